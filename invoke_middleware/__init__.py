@@ -1,0 +1,1 @@
+"""invoke_middleware."""

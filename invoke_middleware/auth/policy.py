@@ -1,0 +1,44 @@
+"""Authorization: one function decides whether a principal may do an action (SPEC §7)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Protocol
+
+from invoke_middleware.auth.principal import CredentialKind, Principal, Role
+from invoke_middleware.registry import Service
+
+
+class Action(str, Enum):
+    """What the caller is trying to do."""
+
+    INVOKE = "invoke"
+    RELAY = "relay"
+    LIST = "list"
+    GET = "get"
+
+
+class Policy(Protocol):
+    """Decides whether ``principal`` may do ``action`` (on ``service``, when there is one).
+
+    ``service`` is ``None`` for :attr:`Action.LIST`. The principal is already known to act in
+    the service's team; a policy only judges roles and kinds.
+    """
+
+    def __call__(self, principal: Principal, action: Action, service: Service | None) -> bool: ...
+
+
+def default_policy(principal: Principal, action: Action, service: Service | None) -> bool:
+    """The platform's rules.
+
+    Invoke and relay need Member or above for user tokens and device credentials, and are
+    always allowed to integration credentials in their own team. Listing and reading
+    metadata are allowed to any member role, Viewer included.
+    """
+    if principal.kind is CredentialKind.INTEGRATION:
+        return True
+    if principal.role is None:
+        return False
+    if action in (Action.INVOKE, Action.RELAY):
+        return principal.role.at_least(Role.MEMBER)
+    return True

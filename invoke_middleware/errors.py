@@ -1,0 +1,269 @@
+"""The one exception tree of the gateway, and the one place errors are rendered.
+
+Every error the gateway itself produces is an instance of :class:`GatewayError`. Each subclass
+knows its HTTP status and its machine-readable ``code`` (SPEC §8); the message is written for
+the caller and never contains upstream error text or a stack trace.
+
+Rendering happens in :func:`render_error` only, so the body shape, the marker header and the
+``X-Request-ID`` header are the same for every error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+#: Marks a response as produced by the gateway itself, so a container's own 502 is never
+#: mistaken for the gateway's. Its value is the error ``code``.
+ERROR_MARKER_HEADER = "X-Invoke-Error"
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorDetail:
+    """One problem found in a request, located by its JSON pointer (RFC 6901)."""
+
+    pointer: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"pointer": self.pointer, "message": self.message}
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway renders itself.
+
+    Subclasses set ``status`` and ``code``; instances carry a caller-safe message and
+    optionally a list of :class:`ErrorDetail` and extra response headers.
+    """
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    default_message: ClassVar[str] = "The gateway failed to handle the request."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: Sequence[ErrorDetail] = (),
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self.message = message or self.default_message
+        self.details = tuple(details)
+        self.headers = tuple(headers)
+        super().__init__(self.message)
+
+
+class InvalidRequestError(GatewayError):
+    status = 400
+    code = "invalid_request"
+    default_message = "The request is invalid."
+
+
+class InvalidPathError(GatewayError):
+    status = 400
+    code = "invalid_path"
+    default_message = "The path is not allowed."
+
+
+class MissingTeamError(GatewayError):
+    status = 400
+    code = "missing_team"
+    default_message = "The X-Team-ID header is required with a user token."
+
+
+class InvalidTeamError(GatewayError):
+    status = 400
+    code = "invalid_request"
+    default_message = "The X-Team-ID header must be a UUID."
+
+
+class UnauthenticatedError(GatewayError):
+    status = 401
+    code = "unauthenticated"
+    # One message for every reason, so a caller cannot tell which check failed (SPEC §7).
+    default_message = "Missing or invalid credentials."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers=(("WWW-Authenticate", "Bearer"),))
+
+
+class ForbiddenError(GatewayError):
+    status = 403
+    code = "forbidden"
+    default_message = "You are not allowed to do this."
+
+
+class ServiceNotFoundError(GatewayError):
+    status = 404
+    code = "service_not_found"
+    default_message = "Service not found."
+
+
+class MethodNotAllowedError(GatewayError):
+    status = 405
+    code = "method_not_allowed"
+    default_message = "Method not allowed."
+
+    def __init__(self, allowed: Sequence[str], message: str | None = None) -> None:
+        super().__init__(message, headers=(("Allow", ", ".join(allowed)),))
+
+
+class ServiceNotRunningError(GatewayError):
+    status = 409
+    code = "service_not_running"
+    default_message = "The service is not running."
+
+
+class LengthRequiredError(GatewayError):
+    status = 411
+    code = "length_required"
+    default_message = "A request body needs Content-Length or chunked framing."
+
+
+class PayloadTooLargeError(GatewayError):
+    status = 413
+    code = "payload_too_large"
+    default_message = "The request body is too large."
+
+
+class HeadersTooLargeError(GatewayError):
+    status = 431
+    code = "request_header_fields_too_large"
+    default_message = "The request headers are too large."
+
+
+class UnsupportedMediaTypeError(GatewayError):
+    status = 415
+    code = "unsupported_media_type"
+    default_message = "The request body must be application/json."
+
+
+class UpgradeNotSupportedError(GatewayError):
+    status = 501
+    code = "upgrade_not_supported"
+    default_message = "Connection upgrades (WebSocket) are not supported."
+
+
+class UpstreamError(GatewayError):
+    """The upstream answered with something that is not a valid HTTP response."""
+
+    status = 502
+    code = "upstream_error"
+    default_message = "The service returned an invalid response."
+
+
+class UpstreamUnreachableError(UpstreamError):
+    code = "upstream_unreachable"
+    default_message = "The service could not be reached."
+
+
+class ResponseTooLargeError(UpstreamError):
+    code = "response_too_large"
+    default_message = "The service's response is larger than the gateway buffers."
+
+
+class UpstreamTimeoutError(GatewayError):
+    status = 504
+    code = "upstream_timeout"
+    default_message = "The service did not answer in time."
+
+
+class LoopDetectedError(GatewayError):
+    status = 508
+    code = "loop_detected"
+    default_message = "The request has already passed through this gateway."
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderedError:
+    """An error turned into an HTTP response: status line, headers and body bytes."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = field(repr=False)
+
+
+class ErrorRenderer(Protocol):
+    """Turns a :class:`GatewayError` into a response. Plug in your own to change the body."""
+
+    def __call__(self, error: GatewayError, *, request_id: str) -> RenderedError: ...
+
+
+_REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    504: "Gateway Timeout",
+    508: "Loop Detected",
+}
+
+
+def reason_phrase(status: int) -> str:
+    """The reason phrase the gateway uses for one of its own statuses."""
+    return _REASONS.get(status, "Error")
+
+
+def _common_headers(error: GatewayError, request_id: str, content_type: str, size: int) -> tuple[tuple[str, str], ...]:
+    return (
+        ("Content-Type", content_type),
+        ("Content-Length", str(size)),
+        ("Cache-Control", "no-store"),
+        (ERROR_MARKER_HEADER, error.code),
+        (REQUEST_ID_HEADER, request_id),
+        *error.headers,
+    )
+
+
+def render_error(error: GatewayError, *, request_id: str) -> RenderedError:
+    """Render ``error`` as the platform's JSON error body (the default renderer).
+
+    ``{"error_message": ..., "code": ..., "request_id": ...}``, plus ``details`` when the
+    error lists problems.
+    """
+    payload: dict[str, Any] = {
+        "error_message": error.message,
+        "code": error.code,
+        "request_id": request_id,
+    }
+    if error.details:
+        payload["details"] = [d.as_dict() for d in error.details]
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = _common_headers(error, request_id, "application/json", len(body))
+    return RenderedError(status=error.status, headers=headers, body=body)
+
+
+def render_problem(error: GatewayError, *, request_id: str) -> RenderedError:
+    """Render ``error`` as RFC 9457 ``application/problem+json``.
+
+    The platform's fields are kept as extension members, so clients written for the default
+    body keep working.
+    """
+    payload: dict[str, Any] = {
+        "type": f"urn:invoke-middleware:error:{error.code}",
+        "title": reason_phrase(error.status),
+        "status": error.status,
+        "detail": error.message,
+        "error_message": error.message,
+        "code": error.code,
+        "request_id": request_id,
+    }
+    if error.details:
+        payload["details"] = [d.as_dict() for d in error.details]
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = _common_headers(error, request_id, "application/problem+json", len(body))
+    return RenderedError(status=error.status, headers=headers, body=body)
+

@@ -1,0 +1,1 @@
+"""The gateway's JSON Schemas and OpenAPI document, installed as ``invoke_middleware.schemas``."""
