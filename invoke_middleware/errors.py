@@ -217,7 +217,9 @@ def reason_phrase(status: int) -> str:
     return _REASONS.get(status, "Error")
 
 
-def _common_headers(error: GatewayError, request_id: str, content_type: str, size: int) -> tuple[tuple[str, str], ...]:
+def _common_headers(
+    error: GatewayError, request_id: str, content_type: str, size: int
+) -> tuple[tuple[str, str], ...]:
     return (
         ("Content-Type", content_type),
         ("Content-Length", str(size)),
@@ -266,4 +268,3 @@ def render_problem(error: GatewayError, *, request_id: str) -> RenderedError:
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = _common_headers(error, request_id, "application/problem+json", len(body))
     return RenderedError(status=error.status, headers=headers, body=body)
-

@@ -12,7 +12,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -24,14 +24,14 @@ SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{1,98}[a-z0-9]")
 MAX_EXTERNAL_URL_LENGTH = 2048
 
 
-class ServiceType(str, Enum):
+class ServiceType(StrEnum):
     """How the gateway reaches a service."""
 
     DEPLOYED = "deployed"
     EXTERNAL = "external"
 
 
-class ServiceStatus(str, Enum):
+class ServiceStatus(StrEnum):
     """Lifecycle of a service. Only ``running`` services are relayed to."""
 
     CREATED = "created"
@@ -67,7 +67,7 @@ class Service:
     external_auth_credential_id: str | None = field(default=None, repr=False)
     usage_prompt: str | None = None
     openapi_url: str | None = None
-    timeouts: Timeouts = Timeouts()
+    timeouts: Timeouts = field(default_factory=Timeouts)
 
     def __post_init__(self) -> None:
         if not is_valid_slug(self.slug):

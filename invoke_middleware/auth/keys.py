@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from enum import Enum
+from enum import StrEnum
 
 PREFIX_LENGTH = 12
 KEY_RANDOM_BYTES = 32
 
 
-class KeyKind(str, Enum):
+class KeyKind(StrEnum):
     """The kind of a credential key, spelled by its prefix."""
 
     INTEGRATION = "sk-"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 from invoke_middleware.auth.principal import CredentialKind, Principal, Role
 from invoke_middleware.registry import Service
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """What the caller is trying to do."""
 
     INVOKE = "invoke"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class CredentialKind(str, Enum):
+class CredentialKind(StrEnum):
     """What kind of credential authenticated the caller (SPEC §7)."""
 
     JWT = "jwt"
@@ -15,7 +15,7 @@ class CredentialKind(str, Enum):
     INTEGRATION = "integration"
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """A user's role in a team. Compare with :meth:`at_least`; highest first: Owner, Admin,
     Member, Viewer."""
 

@@ -76,7 +76,7 @@ class UpstreamResponse:
     failure or after :meth:`close` yields nothing more.
     """
 
-    __slots__ = ("status", "reason", "headers", "content_length", "_chunks", "_close")
+    __slots__ = ("_chunks", "_close", "content_length", "headers", "reason", "status")
 
     def __init__(
         self,
