@@ -1,0 +1,170 @@
+"""The WSGI adapter: :class:`InvokeMiddleware` wraps a host application.
+
+It answers the runtime routes (SPEC §1) and passes every other request to the host app
+untouched: the same environ object, the same response bytes. Usage::
+
+    from flask import Flask
+    from invoke_middleware import InvokeMiddleware, InMemoryServiceRegistry
+
+    app = Flask(__name__)
+    registry = InMemoryServiceRegistry()
+    app.wsgi_app = InvokeMiddleware(app.wsgi_app, registry=registry, prefix="/api/v1")
+
+This module is the only one that knows WSGI: it turns the environ into a
+:class:`~invoke_middleware.request.GatewayRequest`, asks the
+:class:`~invoke_middleware.relay.Gateway`, and writes its answer back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote_to_bytes
+
+from invoke_middleware.auth.base import AuthResolver
+from invoke_middleware.auth.policy import Policy, default_policy
+from invoke_middleware.errors import ErrorRenderer
+from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
+from invoke_middleware.registry import InMemoryServiceRegistry, ServiceRegistry
+from invoke_middleware.relay import Gateway, GatewaySettings, SecretResolver
+from invoke_middleware.request import GatewayRequest, Headers
+from invoke_middleware.routing import RouteKind, Router
+from invoke_middleware.transport.base import Transport
+from invoke_middleware.transport.http import HTTPTransport
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+# Characters left as they are when a decoded path has to be re-encoded (RFC 3986 pchar).
+_PCHAR_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+class InvokeMiddleware:
+    """Answers the runtime routes under ``prefix``; passes everything else to ``app``.
+
+    Collaborators are keyword-only and all have working defaults: an empty in-memory
+    registry, no auth resolvers (every runtime request is then 401 until you pass some), the
+    pooled :class:`~invoke_middleware.transport.http.HTTPTransport` for deployed services and
+    a second one for external services. See :class:`~invoke_middleware.relay.GatewaySettings`
+    for limits and timeouts.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        prefix: str = "",
+        registry: ServiceRegistry | None = None,
+        resolvers: Sequence[AuthResolver] = (),
+        policy: Policy = default_policy,
+        transport: Transport | None = None,
+        egress_transport: Transport | None = None,
+        secret_resolver: SecretResolver | None = None,
+        before_relay: Sequence[BeforeRelayHook] = (),
+        after_relay: Sequence[AfterRelayHook] = (),
+        error_renderer: ErrorRenderer | None = None,
+        settings: GatewaySettings | None = None,
+    ) -> None:
+        self.app = app
+        self.router = Router(prefix)
+        self.gateway = Gateway(
+            registry=registry if registry is not None else InMemoryServiceRegistry(),
+            resolvers=resolvers,
+            policy=policy,
+            transport=transport if transport is not None else HTTPTransport(),
+            egress_transport=egress_transport if egress_transport is not None else HTTPTransport(),
+            secret_resolver=secret_resolver,
+            before_relay=before_relay,
+            after_relay=after_relay,
+            error_renderer=error_renderer,
+            settings=settings,
+        )
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        route = self.router.match(environ.get("PATH_INFO", "") or "/")
+        if route is None:
+            return self.app(environ, start_response)
+        if route.kind is RouteKind.RELAY:
+            assert route.slug is not None
+            raw = _raw_path_info(environ)
+            tail = self.router.raw_tail(raw, route.slug) if raw is not None else None
+            if tail is None:
+                # The raw target is unavailable or spells the route with escapes; fall back to
+                # the decoded tail, re-encoded. Dot segments still reach the path checks.
+                tail = quote(route.tail.encode("latin-1"), safe=_PCHAR_SAFE)
+            route = type(route)(kind=route.kind, slug=route.slug, tail=tail)
+        response = self.gateway.handle(_gateway_request(environ), route)
+        status = f"{response.status} {response.reason}"
+        start_response(status, response.headers)
+        return response.body
+
+    def close(self) -> None:
+        """Close the gateway's transports (their pooled connections)."""
+        self.gateway.transport.close()
+        if self.gateway.egress_transport is not self.gateway.transport:
+            self.gateway.egress_transport.close()
+
+
+def _headers(environ: WSGIEnvironment) -> Headers:
+    items: list[tuple[str, str]] = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            items.append((key[5:].replace("_", "-").title(), value))
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            items.append((key.replace("_", "-").title(), value))
+    return Headers(items)
+
+
+def _gateway_request(environ: WSGIEnvironment) -> GatewayRequest:
+    length_text = environ.get("CONTENT_LENGTH") or ""
+    content_length = int(length_text) if length_text.isdigit() else None
+    # PEP 3333 leaves chunked input to the server; only one that marks the input terminated
+    # (werkzeug, gunicorn) lets us read to its end safely.
+    chunked = (
+        content_length is None
+        and "HTTP_TRANSFER_ENCODING" in environ
+        and bool(environ.get("wsgi.input_terminated"))
+    )
+    return GatewayRequest(
+        method=environ.get("REQUEST_METHOD", "GET").upper(),
+        path=environ.get("PATH_INFO", ""),
+        query=environ.get("QUERY_STRING", ""),
+        headers=_headers(environ),
+        remote_addr=environ.get("REMOTE_ADDR", ""),
+        scheme=environ.get("wsgi.url_scheme", "http"),
+        host=environ.get("HTTP_HOST") or environ.get("SERVER_NAME", ""),
+        body=environ["wsgi.input"],
+        content_length=content_length,
+        chunked=chunked,
+    )
+
+
+def _raw_path_info(environ: WSGIEnvironment) -> str | None:
+    """PATH_INFO as the client spelled it (still percent-encoded), when the server kept it.
+
+    Servers put the request target in ``REQUEST_URI`` or ``RAW_URI``; it is only trusted when
+    it decodes to exactly ``SCRIPT_NAME + PATH_INFO``.
+    """
+    target: Any = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+    if not isinstance(target, str):
+        return None
+    path = target.partition("?")[0]
+    if not path.startswith("/"):
+        # absolute-form (RFC 9112 §3.2.2): drop scheme and authority.
+        slash = path.find("/", path.find("//") + 2) if "//" in path else -1
+        if slash < 0:
+            return None
+        path = path[slash:]
+    script_name = environ.get("SCRIPT_NAME", "")
+    path_info = environ.get("PATH_INFO", "")
+    decoded = unquote_to_bytes(path).decode("latin-1")
+    if decoded != script_name + path_info:
+        return None
+    if not script_name:
+        return path
+    # Find where the raw SCRIPT_NAME ends: the shortest raw prefix that decodes to it.
+    # An escape is three characters, so the raw form is at most three times as long.
+    for index in range(len(script_name), min(len(path), 3 * len(script_name)) + 1):
+        if unquote_to_bytes(path[:index]).decode("latin-1") == script_name:
+            return path[index:]
+    return None

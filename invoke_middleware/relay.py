@@ -1,0 +1,613 @@
+"""The framework-free relay pipeline: authenticate, authorize, look up, build, send.
+
+:class:`Gateway` takes a :class:`~invoke_middleware.request.GatewayRequest` and a
+:class:`~invoke_middleware.routing.RouteMatch` and returns a :class:`GatewayResponse`; it never
+sees WSGI. Every :class:`~invoke_middleware.errors.GatewayError` raised on the way is rendered
+here, by the configured error renderer, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Protocol
+
+from invoke_middleware import headers as hdr
+from invoke_middleware.auth.base import AuthResolver
+from invoke_middleware.auth.policy import Action, Policy, default_policy
+from invoke_middleware.auth.principal import Principal
+from invoke_middleware.envelope import encode_response, parse_envelope
+from invoke_middleware.errors import (
+    REQUEST_ID_HEADER,
+    ErrorRenderer,
+    ForbiddenError,
+    GatewayError,
+    InvalidRequestError,
+    LengthRequiredError,
+    LoopDetectedError,
+    MethodNotAllowedError,
+    PayloadTooLargeError,
+    ResponseTooLargeError,
+    ServiceNotFoundError,
+    ServiceNotRunningError,
+    UnauthenticatedError,
+    UnsupportedMediaTypeError,
+    UpgradeNotSupportedError,
+    UpstreamError,
+    render_error,
+    render_problem,
+)
+from invoke_middleware.hooks import (
+    AfterRelayHook,
+    BeforeRelayHook,
+    RelayFinished,
+    RelayStarted,
+    call_hooks,
+)
+from invoke_middleware.registry import Service, ServiceRegistry, ServiceType, is_valid_slug
+from invoke_middleware.request import GatewayRequest
+from invoke_middleware.routing import RouteKind, RouteMatch
+from invoke_middleware.target import build_target_url
+from invoke_middleware.transport.base import (
+    DEFAULT_TIMEOUTS,
+    Timeouts,
+    Transport,
+    UpstreamRequest,
+    UpstreamResponse,
+)
+
+logger = logging.getLogger("invoke_middleware")
+
+MiB = 1024 * 1024
+_READ_SIZE = 64 * 1024
+_RELAY_FORBIDDEN_METHODS = frozenset({"CONNECT", "TRACE"})
+_METADATA_METHODS = ("GET", "HEAD")
+
+
+class SecretResolver(Protocol):
+    """Turns an external service's ``external_auth_credential_id`` into the value of the
+    ``Authorization`` header sent to it (``None`` when the reference is unknown)."""
+
+    def __call__(self, credential_id: str) -> str | None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewaySettings:
+    """Limits and behaviour switches of the gateway.
+
+    ``max_invoke_body_bytes`` caps the decoded ``body_base64`` of an invoke envelope;
+    ``max_relay_body_bytes`` caps a catch-all upload (streamed, so it can be large);
+    ``max_response_body_bytes`` caps the buffered invoke response (over it: 502
+    ``response_too_large``). ``trusted_proxy_hops`` says how many proxies in front of the
+    gateway may set ``X-Forwarded-*``. ``pseudonym`` names the gateway in ``Via``.
+    ``problem_json`` renders errors as RFC 9457 ``application/problem+json``.
+    """
+
+    max_invoke_body_bytes: int = 10 * MiB
+    max_relay_body_bytes: int = 1024 * MiB
+    max_response_body_bytes: int = 10 * MiB
+    max_header_count: int = 100
+    max_header_bytes: int = 64 * 1024
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
+    trusted_proxy_hops: int = 0
+    pseudonym: str = "invoke-middleware"
+    problem_json: bool = False
+
+    @property
+    def max_envelope_bytes(self) -> int:
+        # base64 grows the body by 4/3; the rest of the envelope (method, path, headers) is
+        # bounded by the header caps and the path limit.
+        return self.max_invoke_body_bytes * 4 // 3 + 4 + 2 * self.max_header_bytes + 4096
+
+
+@dataclass(kw_only=True)
+class GatewayResponse:
+    """What the pipeline answers: status, headers and a (possibly streamed) body.
+
+    ``body`` may have a ``close()``; the WSGI adapter hands it to the server, which calls it.
+    """
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: Iterable[bytes] = field(default_factory=tuple)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _json_response(status: int, payload: object, request_id: str) -> GatewayResponse:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return GatewayResponse(
+        status=status,
+        reason=_reason(status),
+        headers=[
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            (REQUEST_ID_HEADER, request_id),
+        ],
+        body=(body,),
+    )
+
+
+class Gateway:
+    """The relay pipeline, with its collaborators.
+
+    Build one per application and call :meth:`handle` for each runtime request; it is
+    thread-safe as long as its collaborators are.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: ServiceRegistry,
+        resolvers: Sequence[AuthResolver],
+        transport: Transport,
+        egress_transport: Transport | None = None,
+        policy: Policy = default_policy,
+        secret_resolver: SecretResolver | None = None,
+        before_relay: Sequence[BeforeRelayHook] = (),
+        after_relay: Sequence[AfterRelayHook] = (),
+        error_renderer: ErrorRenderer | None = None,
+        settings: GatewaySettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings or GatewaySettings()
+        self.registry = registry
+        self.resolvers = tuple(resolvers)
+        self.transport = transport
+        self.egress_transport = egress_transport or transport
+        self.policy = policy
+        self.secret_resolver = secret_resolver
+        self.before_relay = tuple(before_relay)
+        self.after_relay = tuple(after_relay)
+        if error_renderer is None:
+            error_renderer = render_problem if self.settings.problem_json else render_error
+        self.render = error_renderer
+        self._clock = clock
+
+    # -- entry point -------------------------------------------------------------------
+
+    def handle(self, request: GatewayRequest, route: RouteMatch) -> GatewayResponse:
+        """Answer one runtime request. Never raises for a caller's mistake or an upstream's."""
+        request_id = hdr.choose_request_id(request.headers.get(REQUEST_ID_HEADER))
+        try:
+            return self._dispatch(request, route, request_id)
+        except GatewayError as error:
+            return self.error_response(error, request_id)
+        except Exception:
+            logger.exception("unexpected failure handling request %s", request_id)
+            return self.error_response(GatewayError(), request_id)
+
+    def error_response(self, error: GatewayError, request_id: str) -> GatewayResponse:
+        """Render ``error`` with the configured renderer."""
+        rendered = self.render(error, request_id=request_id)
+        return GatewayResponse(
+            status=rendered.status,
+            reason=_reason(rendered.status),
+            headers=list(rendered.headers),
+            body=(rendered.body,),
+        )
+
+    def _dispatch(
+        self, request: GatewayRequest, route: RouteMatch, request_id: str
+    ) -> GatewayResponse:
+        settings = self.settings
+        hdr.check_header_limits(
+            request.headers,
+            max_count=settings.max_header_count,
+            max_bytes=settings.max_header_bytes,
+        )
+        kind = route.kind
+        if kind is RouteKind.RELAY:
+            if request.method in _RELAY_FORBIDDEN_METHODS:
+                raise MethodNotAllowedError(
+                    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+                    f"{request.method} is not relayed.",
+                )
+            if "Upgrade" in request.headers:
+                raise UpgradeNotSupportedError()
+        elif kind is RouteKind.INVOKE:
+            if request.method != "POST":
+                raise MethodNotAllowedError(["POST"])
+        elif request.method not in _METADATA_METHODS:
+            raise MethodNotAllowedError(list(_METADATA_METHODS))
+
+        principal = self._authenticate(request)
+        if kind is RouteKind.LIST:
+            self._authorize(principal, Action.LIST, None)
+            services = self.registry.list(principal.team_id)
+            payload = {"services": [s.public_metadata() for s in services]}
+            return _json_response(200, payload, request_id)
+
+        service = self._lookup(principal, route.slug)
+        if kind is RouteKind.GET:
+            self._authorize(principal, Action.GET, service)
+            return _json_response(200, service.public_metadata(), request_id)
+
+        self._authorize(principal, Action.INVOKE if kind is RouteKind.INVOKE else Action.RELAY, service)
+        if not service.is_running:
+            raise ServiceNotRunningError(
+                f"The service is {service.service_status.value}, not running."
+            )
+        if hdr.is_loop(request.headers, settings.pseudonym):
+            raise LoopDetectedError()
+        if kind is RouteKind.INVOKE:
+            return self._invoke(request, principal, service, request_id)
+        return self._relay(request, route.tail, principal, service, request_id)
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _authenticate(self, request: GatewayRequest) -> Principal:
+        for resolver in self.resolvers:
+            principal = resolver(request)
+            if principal is not None:
+                return principal
+        raise UnauthenticatedError()
+
+    def _authorize(self, principal: Principal, action: Action, service: Service | None) -> None:
+        if not self.policy(principal, action, service):
+            raise ForbiddenError()
+
+    def _lookup(self, principal: Principal, slug: str | None) -> Service:
+        # Invalid, unknown and other teams' slugs all get the same 404 (SPEC §1).
+        if slug is None or not is_valid_slug(slug):
+            raise ServiceNotFoundError()
+        service = self.registry.get(principal.team_id, slug)
+        if service is None or service.team_id != principal.team_id:
+            raise ServiceNotFoundError()
+        return service
+
+    def _transport_for(self, service: Service) -> Transport:
+        if service.service_type is ServiceType.EXTERNAL:
+            return self.egress_transport
+        return self.transport
+
+    def _upstream_headers(
+        self,
+        request: GatewayRequest,
+        service: Service,
+        request_id: str,
+        end_to_end: Iterable[tuple[str, str]],
+    ) -> list[tuple[str, str]]:
+        settings = self.settings
+        out = hdr.forwarding_headers(
+            end_to_end,
+            remote_addr=request.remote_addr,
+            scheme=request.scheme,
+            host=request.host,
+            incoming=request.headers,
+            trusted_hops=settings.trusted_proxy_hops,
+            pseudonym=settings.pseudonym,
+            request_id=request_id,
+        )
+        if service.service_type is ServiceType.EXTERNAL and service.external_auth_credential_id:
+            out = [(k, v) for k, v in out if k.lower() != "authorization"]
+            secret = None
+            if self.secret_resolver is not None:
+                secret = self.secret_resolver(service.external_auth_credential_id)
+            if secret is None:
+                logger.error(
+                    "no secret for credential reference of service %s (request %s)",
+                    service.slug,
+                    request_id,
+                )
+                raise UpstreamError("The service's credential is not available.")
+            out.append(("Authorization", secret))
+        return out
+
+    def _invoke(
+        self, request: GatewayRequest, principal: Principal, service: Service, request_id: str
+    ) -> GatewayResponse:
+        settings = self.settings
+        content_type = (request.headers.get("Content-Type") or "").partition(";")[0]
+        if content_type.strip().lower() != "application/json":
+            raise UnsupportedMediaTypeError()
+        raw = _read_capped(request, settings.max_envelope_bytes)
+        envelope = parse_envelope(raw, max_body_bytes=settings.max_invoke_body_bytes)
+        path, _, query = envelope.path.partition("?")
+        url = build_target_url(service.base_url, path, query if _ else None)
+        end_to_end = hdr.filter_request_headers(envelope.headers, relay=False)
+        upstream = UpstreamRequest(
+            method=envelope.method,
+            url=url,
+            headers=tuple(self._upstream_headers(request, service, request_id, end_to_end)),
+            body=envelope.body if envelope.body or envelope.method not in ("GET", "HEAD") else None,
+            content_length=len(envelope.body),
+            timeouts=service.timeouts.merged_over(settings.timeouts),
+        )
+        started = self._clock()
+        self._before(request_id, "invoke", principal, service, envelope.method, path)
+        status, error_code, bytes_out = 502, None, 0
+        try:
+            response = self._transport_for(service).send(upstream)
+            try:
+                body = _read_response(response, envelope.method, settings.max_response_body_bytes)
+            finally:
+                response.close()
+            status, bytes_out = response.status, len(body)
+            payload = encode_response(
+                response.status, hdr.fold_response_headers(response.headers), body
+            )
+        except GatewayError as error:
+            status, error_code = error.status, error.code
+            raise
+        finally:
+            self._after(
+                request_id, "invoke", principal, service, envelope.method, path,
+                status=status, bytes_in=len(envelope.body), bytes_out=bytes_out,
+                duration=self._clock() - started, error_code=error_code,
+            )
+        return GatewayResponse(
+            status=200,
+            reason="OK",
+            headers=[
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(payload))),
+                ("Cache-Control", "no-store"),
+                (REQUEST_ID_HEADER, request_id),
+            ],
+            body=(payload,),
+        )
+
+    def _relay(
+        self,
+        request: GatewayRequest,
+        tail: str,
+        principal: Principal,
+        service: Service,
+        request_id: str,
+    ) -> GatewayResponse:
+        settings = self.settings
+        url = build_target_url(service.base_url, tail, request.query or None)
+        body, length = _request_body(request, settings.max_relay_body_bytes)
+        end_to_end = hdr.filter_request_headers(request.headers, relay=True)
+        upstream = UpstreamRequest(
+            method=request.method,
+            url=url,
+            headers=tuple(self._upstream_headers(request, service, request_id, end_to_end)),
+            body=body,
+            content_length=length,
+            timeouts=service.timeouts.merged_over(settings.timeouts),
+        )
+        started = self._clock()
+        self._before(request_id, "relay", principal, service, request.method, tail)
+        try:
+            response = self._transport_for(service).send(upstream)
+        except GatewayError as error:
+            self._after(
+                request_id, "relay", principal, service, request.method, tail,
+                status=error.status, bytes_in=body.sent if body else 0, bytes_out=0,
+                duration=self._clock() - started, error_code=error.code,
+            )
+            raise
+        headers = hdr.filter_response_headers(response.headers)
+        length = _relay_content_length(request.method, response)
+        if length is not None:
+            headers.append(("Content-Length", length))
+        headers.append(("Via", f"1.1 {settings.pseudonym}"))
+        headers.append((REQUEST_ID_HEADER, request_id))
+        stream = _RelayBody(
+            response,
+            on_end=lambda out, code: self._after(
+                request_id, "relay", principal, service, request.method, tail,
+                status=response.status,
+                bytes_in=body.sent if body else 0, bytes_out=out,
+                duration=self._clock() - started, error_code=code,
+            ),
+        )
+        return GatewayResponse(
+            status=response.status,
+            reason=_safe_reason(response.reason, response.status),
+            headers=headers,
+            body=stream,
+        )
+
+    def _before(
+        self, request_id: str, route: str, principal: Principal, service: Service,
+        method: str, path: str,
+    ) -> None:
+        if self.before_relay:
+            call_hooks(
+                self.before_relay,
+                RelayStarted(
+                    request_id=request_id, route=route, principal=principal,
+                    service=service, method=method, path=path,
+                ),
+            )
+
+    def _after(
+        self, request_id: str, route: str, principal: Principal, service: Service,
+        method: str, path: str, *, status: int, bytes_in: int, bytes_out: int,
+        duration: float, error_code: str | None,
+    ) -> None:
+        if self.after_relay:
+            call_hooks(
+                self.after_relay,
+                RelayFinished(
+                    request_id=request_id, route=route, principal=principal,
+                    service=service, method=method, path=path, status=status,
+                    bytes_in=bytes_in, bytes_out=bytes_out, duration=duration,
+                    error_code=error_code,
+                ),
+            )
+
+
+def _safe_reason(reason: str, status: int) -> str:
+    # The upstream's reason phrase goes into our status line: keep it only when it is plain
+    # visible ASCII (RFC 9112 §4 allows more, but nothing a client needs).
+    if reason and reason.isascii() and reason.isprintable() and len(reason) <= 64:
+        return reason
+    return _reason(status)
+
+
+def _relay_content_length(method: str, response: UpstreamResponse) -> str | None:
+    """The ``Content-Length`` to send the client: the upstream's framing, recomputed.
+
+    The body passes through unchanged, so its length is the upstream's; a body that ends
+    short raises mid-stream instead. A HEAD response keeps the length of the representation
+    it describes (RFC 9110 §9.3.2).
+    """
+    if method == "HEAD":
+        values = [v.strip() for k, v in response.headers if k.lower() == "content-length"]
+        if len(set(values)) == 1 and values[0].isdigit():
+            return values[0]
+        return None
+    if response.content_length is None:
+        return None
+    return str(response.content_length)
+
+
+def _read_capped(request: GatewayRequest, limit: int) -> bytes:
+    """Read a whole (small) request body, refusing more than ``limit`` bytes."""
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise PayloadTooLargeError()
+        data = _read_exact(request, request.content_length)
+        return data
+    if not request.chunked:
+        if "Transfer-Encoding" in request.headers:
+            raise LengthRequiredError()
+        return b""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = request.body.read(_READ_SIZE)
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError()
+        parts.append(chunk)
+
+
+def _read_exact(request: GatewayRequest, length: int) -> bytes:
+    parts: list[bytes] = []
+    remaining = length
+    while remaining > 0:
+        chunk = request.body.read(min(remaining, _READ_SIZE))
+        if not chunk:
+            raise InvalidRequestError("The request body ended before Content-Length bytes.")
+        parts.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(parts)
+
+
+class _RequestBody:
+    """The caller's body as an iterable of chunks, read as the transport sends it.
+
+    Counts bytes for the hooks and enforces the upload cap on chunked input, which has no
+    length to check up front.
+    """
+
+    __slots__ = ("_body", "_length", "_limit", "sent")
+
+    def __init__(self, request: GatewayRequest, length: int | None, limit: int) -> None:
+        self._body = request.body
+        self._length = length
+        self._limit = limit
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self._body.read
+        if self._length is not None:
+            remaining = self._length
+            while remaining > 0:
+                chunk = read(min(remaining, _READ_SIZE))
+                if not chunk:
+                    raise InvalidRequestError(
+                        "The request body ended before Content-Length bytes."
+                    )
+                remaining -= len(chunk)
+                self.sent += len(chunk)
+                yield chunk
+            return
+        while True:
+            chunk = read(_READ_SIZE)
+            if not chunk:
+                return
+            self.sent += len(chunk)
+            if self.sent > self._limit:
+                raise PayloadTooLargeError()
+            yield chunk
+
+
+def _request_body(request: GatewayRequest, limit: int) -> tuple[_RequestBody | None, int | None]:
+    """The relay's request body and its length (``None``: chunked), or no body at all."""
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise PayloadTooLargeError()
+        if request.content_length == 0:
+            return None, None
+        return _RequestBody(request, request.content_length, limit), request.content_length
+    if request.chunked:
+        return _RequestBody(request, None, limit), None
+    if "Transfer-Encoding" in request.headers:
+        # Chunked input the server did not de-chunk for us: we cannot find its end.
+        raise LengthRequiredError()
+    return None, None
+
+
+def _read_response(response: UpstreamResponse, method: str, limit: int) -> bytes:
+    """Buffer an invoke response, refusing (never truncating) one over ``limit`` bytes."""
+    if method == "HEAD":
+        return b""
+    if response.content_length is not None and response.content_length > limit:
+        raise ResponseTooLargeError()
+    parts: list[bytes] = []
+    size = 0
+    for chunk in response:
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLargeError()
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+class _RelayBody:
+    """The upstream body on its way to the client, chunk by chunk.
+
+    A failure mid-stream is re-raised so that the server aborts the connection: a truncated
+    body must never look complete (SPEC §8).
+    """
+
+    __slots__ = ("_done", "_on_end", "_response", "_sent")
+
+    def __init__(
+        self, response: UpstreamResponse, on_end: Callable[[int, str | None], None]
+    ) -> None:
+        self._response = response
+        self._on_end = on_end
+        self._sent = 0
+        self._done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._response:
+                self._sent += len(chunk)
+                yield chunk
+        except GatewayError as error:
+            logger.warning("relay aborted mid-stream: %s", error.code)
+            self._finish(error.code)
+            raise
+        self._finish(None)
+
+    def _finish(self, code: str | None) -> None:
+        if not self._done:
+            self._done = True
+            self._on_end(self._sent, code)
+
+    def close(self) -> None:
+        self._response.close()
+        # Closed before the end: the client went away.
+        self._finish("client_closed" if not self._done else None)
+

@@ -1,0 +1,76 @@
+"""The runtime route table (SPEC §1): which paths the gateway answers, and which it passes on.
+
+Routing works on the decoded path the host app would route on, so a path is either the
+gateway's or the host's, never both. The catch-all's tail is taken from the raw request
+target when the server provides one, so percent-encodings reach the safety checks intact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class RouteKind(StrEnum):
+    """The four runtime routes."""
+
+    INVOKE = "invoke"
+    RELAY = "relay"
+    LIST = "list"
+    GET = "get"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteMatch:
+    """A request path that belongs to the gateway.
+
+    ``slug`` is ``None`` for :attr:`RouteKind.LIST`; ``tail`` is the caller's path on the
+    container (``/`` at least) for :attr:`RouteKind.RELAY`, ``""`` otherwise. The slug is not
+    validated here: an invalid slug is a 404 after authentication, like an unknown one.
+    """
+
+    kind: RouteKind
+    slug: str | None = None
+    tail: str = ""
+
+
+class Router:
+    """Matches paths below a configurable prefix against the runtime routes."""
+
+    __slots__ = ("_containers", "_invoke", "_list", "prefix")
+
+    def __init__(self, prefix: str = "") -> None:
+        prefix = prefix.rstrip("/")
+        if prefix and not prefix.startswith("/"):
+            raise ValueError(f"prefix must start with '/': {prefix!r}")
+        self.prefix = prefix
+        self._invoke = prefix + "/r/invoke/"
+        self._list = prefix + "/r/containers"
+        self._containers = prefix + "/r/containers/"
+
+    def match(self, path: str) -> RouteMatch | None:
+        """The route ``path`` belongs to, or ``None`` when it is the host app's."""
+        if path.startswith(self._invoke):
+            slug = path[len(self._invoke) :]
+            if not slug or "/" in slug:
+                return None
+            return RouteMatch(kind=RouteKind.INVOKE, slug=slug)
+        if path == self._list:
+            return RouteMatch(kind=RouteKind.LIST)
+        if path.startswith(self._containers):
+            rest = path[len(self._containers) :]
+            slug, slash, tail = rest.partition("/")
+            if not slug:
+                return None
+            if not slash:
+                return RouteMatch(kind=RouteKind.GET, slug=slug)
+            return RouteMatch(kind=RouteKind.RELAY, slug=slug, tail="/" + tail)
+        return None
+
+    def raw_tail(self, raw_path: str, slug: str) -> str | None:
+        """The tail of a raw (percent-encoded) path for ``slug``, or ``None`` if it does not
+        start with this route literally (then the caller encoded the route itself)."""
+        head = f"{self._containers}{slug}/"
+        if not raw_path.startswith(head):
+            return None
+        return "/" + raw_path[len(head) :]
