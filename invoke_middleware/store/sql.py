@@ -1,0 +1,486 @@
+"""The SQL store: services, credentials and team memberships on SQLAlchemy Core.
+
+A SQLite file is the embedded default; PostgreSQL (``postgresql+psycopg://...``) is for
+deployments where several gateway processes or machines share one store. Tables are created by
+an explicit :meth:`SQLStore.init`, which is safe to run again.
+
+One :class:`SQLStore` owns the engine and hands out three views, one per protocol (the
+protocols share method names such as ``list``, so one object cannot be all three)::
+
+    store = SQLStore("sqlite:///invoke.db")
+    store.init()
+    store.services      # a ServiceRegistry, plus add / set_status / remove / list_all
+    store.credentials   # a CredentialStore, plus get / expire
+    store.memberships   # a MembershipStore
+
+Service lookups go through a short read-through cache (``service_cache_ttl`` seconds, 2 by
+default, ``0`` to disable), cleared at once by this store's own writes; a change made elsewhere
+shows after at most the TTL. Credentials and memberships are never cached: a revocation or a
+role change takes effect on the next request, in every process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import StaticPool
+
+from invoke_middleware.auth.keys import KeyKind, generate_key, hash_key, key_prefix
+from invoke_middleware.auth.principal import Role
+from invoke_middleware.auth.stores import CredentialRecord, IssuedCredential, Membership
+from invoke_middleware.registry import Service, ServiceStatus, ServiceType, is_valid_slug
+from invoke_middleware.store import _schema
+from invoke_middleware.store._cache import TTLCache
+from invoke_middleware.transport.base import Timeouts
+
+__all__ = [
+    "DEFAULT_SERVICE_CACHE_TTL",
+    "DuplicateServiceError",
+    "SQLCredentialStore",
+    "SQLMembershipStore",
+    "SQLServiceRegistry",
+    "SQLStore",
+    "create_engine",
+]
+
+DEFAULT_SERVICE_CACHE_TTL = 2.0
+
+#: How long a SQLite connection waits for another writer before giving up.
+DEFAULT_SQLITE_BUSY_TIMEOUT = 5.0
+
+_SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+
+class DuplicateServiceError(ValueError):
+    """The team already has a service with this slug (or the id is already taken)."""
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _require_aware(when: dt.datetime | None, name: str) -> None:
+    if when is not None and when.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime")
+
+
+def create_engine(
+    url: str | sa.URL, *, sqlite_busy_timeout: float = DEFAULT_SQLITE_BUSY_TIMEOUT
+) -> Engine:
+    """An engine set up for the store: SQLite in WAL mode with a busy timeout, or PostgreSQL.
+
+    A bare ``postgresql://`` URL uses psycopg 3. SQLite connections may be used from any
+    thread and wait up to ``sqlite_busy_timeout`` seconds for a concurrent writer; an
+    in-memory SQLite database (``sqlite://``) is one shared connection, for tests.
+    """
+    url = sa.make_url(url)
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        # A connection may have been closed by the server or a proxy since it was pooled.
+        return sa.create_engine(url, pool_pre_ping=True)
+    if backend != "sqlite":
+        raise ValueError(f"unsupported database {backend!r}: use SQLite or PostgreSQL")
+    options: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
+    if url.database in (None, "", ":memory:"):
+        # Every connection to ":memory:" is a new, empty database: share one.
+        options["poolclass"] = StaticPool
+    engine = sa.create_engine(url, **options)
+    busy_ms = int(sqlite_busy_timeout * 1000)
+
+    @sa.event.listens_for(engine, "connect")
+    def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            # WAL lets readers proceed while one writer commits; the busy timeout makes a
+            # second writer (thread or process) wait instead of failing with "database locked".
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    return engine
+
+
+class SQLStore:
+    """Services, credentials and memberships in one database.
+
+    ``database`` is a URL (``sqlite:///path.db``, ``postgresql+psycopg://user@host/db``) or an
+    existing :class:`~sqlalchemy.engine.Engine` (which :meth:`close` then leaves open).
+    ``clock`` measures the service cache's TTL; ``now`` stamps credentials.
+    """
+
+    def __init__(
+        self,
+        database: str | sa.URL | Engine,
+        *,
+        service_cache_ttl: float = DEFAULT_SERVICE_CACHE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], dt.datetime] = _utc_now,
+    ) -> None:
+        if isinstance(database, Engine):
+            self.engine = database
+            self._owns_engine = False
+        else:
+            self.engine = create_engine(database)
+            self._owns_engine = True
+        backend = self.engine.dialect.name
+        if backend not in _SUPPORTED_BACKENDS:
+            raise ValueError(f"unsupported database {backend!r}: use SQLite or PostgreSQL")
+        self.services = SQLServiceRegistry(
+            self.engine, cache_ttl=service_cache_ttl, clock=clock, now=now
+        )
+        self.credentials = SQLCredentialStore(self.engine, now=now)
+        self.memberships = SQLMembershipStore(self.engine)
+
+    def init(self) -> None:
+        """Create the tables and indexes that do not exist yet; safe to run again."""
+        _schema.metadata.create_all(self.engine, checkfirst=True)
+
+    def close(self) -> None:
+        """Release pooled connections (of an engine this store created)."""
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def __enter__(self) -> SQLStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLStore({self.engine.url.render_as_string(hide_password=True)!r})"
+
+
+class SQLServiceRegistry:
+    """A :class:`~invoke_middleware.registry.ServiceRegistry` on the ``invoke_services`` table,
+    with the management methods a command line needs."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        cache_ttl: float = DEFAULT_SERVICE_CACHE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], dt.datetime] = _utc_now,
+    ) -> None:
+        self._engine = engine
+        self._now = now
+        self._by_slug: TTLCache[tuple[uuid.UUID, str], Service | None] = TTLCache(
+            cache_ttl, clock=clock
+        )
+        self._by_team: TTLCache[uuid.UUID, tuple[Service, ...]] = TTLCache(cache_ttl, clock=clock)
+
+    def get(self, team_id: uuid.UUID, slug: str) -> Service | None:
+        """The service ``slug`` of ``team_id``, or ``None`` (possibly up to the TTL old)."""
+        if not is_valid_slug(slug):
+            return None
+        return self._by_slug.get_or_load((team_id, slug), lambda: self._select_one(team_id, slug))
+
+    def list(self, team_id: uuid.UUID) -> Sequence[Service]:
+        """Every service of ``team_id``, in slug order (possibly up to the TTL old)."""
+        return self._by_team.get_or_load(team_id, lambda: self._select_team(team_id))
+
+    def list_all(self) -> Sequence[Service]:
+        """Every service of every team, by team then slug; never cached."""
+        table = _schema.services
+        query = sa.select(table).order_by(table.c.team_id, table.c.slug)
+        with self._engine.connect() as connection:
+            return [_service_from_row(row) for row in connection.execute(query).mappings()]
+
+    def add(self, service: Service) -> None:
+        """Store a new service; :class:`DuplicateServiceError` if its slug or id is taken."""
+        now = self._now()
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(
+                    sa.insert(_schema.services).values(
+                        **_service_values(service), created_at=now, updated_at=now
+                    )
+                )
+        except sa.exc.IntegrityError as exc:
+            if self._select_one(service.team_id, service.slug) is not None:
+                message = f"team {service.team_id} already has a service {service.slug!r}"
+            else:
+                message = f"a service with id {service.id} already exists"
+            raise DuplicateServiceError(message) from exc
+        finally:
+            self.invalidate()
+
+    def set_status(self, team_id: uuid.UUID, slug: str, status: ServiceStatus) -> bool:
+        """Change a service's status; ``False`` when there is no such service."""
+        table = _schema.services
+        query = (
+            sa.update(table)
+            .where(table.c.team_id == team_id, table.c.slug == slug)
+            .values(service_status=ServiceStatus(status).value, updated_at=self._now())
+        )
+        with self._engine.begin() as connection:
+            changed = connection.execute(query).rowcount
+        self.invalidate()
+        return changed > 0
+
+    def remove(self, team_id: uuid.UUID, slug: str) -> bool:
+        """Delete a service; ``False`` when there is no such service."""
+        table = _schema.services
+        query = sa.delete(table).where(table.c.team_id == team_id, table.c.slug == slug)
+        with self._engine.begin() as connection:
+            removed = connection.execute(query).rowcount
+        self.invalidate()
+        return removed > 0
+
+    def invalidate(self) -> None:
+        """Forget every cached lookup, so the next one reads the database."""
+        self._by_slug.clear()
+        self._by_team.clear()
+
+    def _select_one(self, team_id: uuid.UUID, slug: str) -> Service | None:
+        table = _schema.services
+        query = sa.select(table).where(table.c.team_id == team_id, table.c.slug == slug)
+        with self._engine.connect() as connection:
+            row = connection.execute(query).mappings().one_or_none()
+        return None if row is None else _service_from_row(row)
+
+    def _select_team(self, team_id: uuid.UUID) -> tuple[Service, ...]:
+        table = _schema.services
+        query = sa.select(table).where(table.c.team_id == team_id).order_by(table.c.slug)
+        with self._engine.connect() as connection:
+            return tuple(_service_from_row(row) for row in connection.execute(query).mappings())
+
+
+def _service_values(service: Service) -> dict[str, Any]:
+    return {
+        "id": service.id,
+        "team_id": service.team_id,
+        "slug": service.slug,
+        "display_name": service.display_name,
+        "service_type": service.service_type.value,
+        "service_status": service.service_status.value,
+        "upstream_url": service.upstream_url,
+        "external_url": service.external_url,
+        "external_auth_credential_id": service.external_auth_credential_id,
+        "usage_prompt": service.usage_prompt,
+        "openapi_url": service.openapi_url,
+        "connect_timeout": service.timeouts.connect,
+        "read_timeout": service.timeouts.read,
+        "total_timeout": service.timeouts.total,
+    }
+
+
+def _service_from_row(row: sa.RowMapping) -> Service:
+    return Service(
+        id=row["id"],
+        team_id=row["team_id"],
+        slug=row["slug"],
+        display_name=row["display_name"],
+        service_type=ServiceType(row["service_type"]),
+        service_status=ServiceStatus(row["service_status"]),
+        upstream_url=row["upstream_url"],
+        external_url=row["external_url"],
+        external_auth_credential_id=row["external_auth_credential_id"],
+        usage_prompt=row["usage_prompt"],
+        openapi_url=row["openapi_url"],
+        timeouts=Timeouts(
+            connect=row["connect_timeout"],
+            read=row["read_timeout"],
+            total=row["total_timeout"],
+        ),
+    )
+
+
+class SQLCredentialStore:
+    """A :class:`~invoke_middleware.auth.stores.CredentialStore` on ``invoke_credentials``.
+
+    Only a key's prefix and SHA-256 are stored. Nothing is cached: every lookup reads the
+    database, so a revocation or an expiry applies to the very next request.
+    """
+
+    def __init__(self, engine: Engine, *, now: Callable[[], dt.datetime] = _utc_now) -> None:
+        self._engine = engine
+        self._now = now
+
+    def find_by_prefix(self, prefix: str) -> Sequence[CredentialRecord]:
+        """Every record whose prefix is ``prefix`` (normally zero or one)."""
+        table = _schema.credentials
+        return self._select(sa.select(table).where(table.c.prefix == prefix))
+
+    def get(self, credential_id: uuid.UUID) -> CredentialRecord | None:
+        """The credential ``credential_id``, or ``None``."""
+        table = _schema.credentials
+        found = self._select(sa.select(table).where(table.c.id == credential_id))
+        return found[0] if found else None
+
+    def issue(
+        self,
+        kind: KeyKind,
+        *,
+        team_id: uuid.UUID,
+        user_id: str | None = None,
+        name: str = "",
+        expires_at: dt.datetime | None = None,
+    ) -> IssuedCredential:
+        """Create a credential and return its raw key, once.
+
+        Integration (``sk-``) credentials belong to the team alone and take no ``user_id``;
+        device (``dk-``) credentials act for a user and need one.
+        """
+        kind = KeyKind(kind)
+        if kind is KeyKind.INTEGRATION and user_id is not None:
+            raise ValueError("an integration credential belongs to a team, not to a user")
+        if kind is KeyKind.DEVICE and not user_id:
+            raise ValueError("a device credential needs a user_id")
+        _require_aware(expires_at, "expires_at")
+        key = generate_key(kind)
+        record = CredentialRecord(
+            id=uuid.uuid4(),
+            kind=kind,
+            prefix=key_prefix(key),
+            key_hash=hash_key(key),
+            team_id=team_id,
+            user_id=user_id,
+            name=name,
+            created_at=self._now().astimezone(dt.UTC),
+            expires_at=None if expires_at is None else expires_at.astimezone(dt.UTC),
+        )
+        with self._engine.begin() as connection:
+            connection.execute(
+                sa.insert(_schema.credentials).values(
+                    id=record.id,
+                    kind=record.kind.value,
+                    prefix=record.prefix,
+                    key_hash=record.key_hash,
+                    team_id=record.team_id,
+                    user_id=record.user_id,
+                    name=record.name,
+                    created_at=record.created_at,
+                    expires_at=record.expires_at,
+                )
+            )
+        return IssuedCredential(key=key, record=record)
+
+    def revoke(self, credential_id: uuid.UUID) -> bool:
+        """Revoke for good (the first revocation time is kept); ``False`` when unknown."""
+        table = _schema.credentials
+        with self._engine.begin() as connection:
+            # The write comes first so that SQLite takes its write lock before reading.
+            connection.execute(
+                sa.update(table)
+                .where(table.c.id == credential_id, table.c.revoked_at.is_(None))
+                .values(revoked_at=self._now())
+            )
+            found = connection.execute(sa.select(table.c.id).where(table.c.id == credential_id))
+            return found.first() is not None
+
+    def expire(self, credential_id: uuid.UUID, when: dt.datetime) -> bool:
+        """Make the credential expire at ``when``; ``False`` when there is no such credential."""
+        _require_aware(when, "when")
+        table = _schema.credentials
+        query = sa.update(table).where(table.c.id == credential_id).values(expires_at=when)
+        with self._engine.begin() as connection:
+            return connection.execute(query).rowcount > 0
+
+    def touch(self, credential_id: uuid.UUID, when: dt.datetime) -> None:
+        """Record that the credential was used at ``when`` (an earlier time never overwrites
+        a later one, whatever order concurrent requests finish in)."""
+        _require_aware(when, "when")
+        table = _schema.credentials
+        query = (
+            sa.update(table)
+            .where(
+                table.c.id == credential_id,
+                sa.or_(table.c.last_used_at.is_(None), table.c.last_used_at < when),
+            )
+            .values(last_used_at=when)
+        )
+        with self._engine.begin() as connection:
+            connection.execute(query)
+
+    def list(self, team_id: uuid.UUID) -> Sequence[CredentialRecord]:
+        """A team's credentials, revoked ones included, oldest first."""
+        table = _schema.credentials
+        return self._select(
+            sa.select(table)
+            .where(table.c.team_id == team_id)
+            .order_by(table.c.created_at, table.c.id)
+        )
+
+    def _select(self, query: sa.Select[Any]) -> Sequence[CredentialRecord]:
+        with self._engine.connect() as connection:
+            return [_credential_from_row(row) for row in connection.execute(query).mappings()]
+
+
+def _credential_from_row(row: sa.RowMapping) -> CredentialRecord:
+    return CredentialRecord(
+        id=row["id"],
+        kind=KeyKind(row["kind"]),
+        prefix=row["prefix"],
+        key_hash=row["key_hash"],
+        team_id=row["team_id"],
+        user_id=row["user_id"],
+        name=row["name"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        last_used_at=row["last_used_at"],
+    )
+
+
+class SQLMembershipStore:
+    """A :class:`~invoke_middleware.auth.stores.MembershipStore` on ``invoke_memberships``.
+
+    Nothing is cached: a role change applies to the very next request.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        # Both supported dialects spell an upsert the same way, from their own insert().
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        self._insert = dialect.insert
+
+    def role_of(self, team_id: uuid.UUID, user_id: str) -> Role | None:
+        """The role of ``user_id`` in ``team_id``, or ``None`` when not a member."""
+        table = _schema.memberships
+        query = sa.select(table.c.role).where(
+            table.c.team_id == team_id, table.c.user_id == user_id
+        )
+        with self._engine.connect() as connection:
+            role = connection.execute(query).scalar_one_or_none()
+        return None if role is None else Role(role)
+
+    def set_role(self, team_id: uuid.UUID, user_id: str, role: Role) -> None:
+        """Make ``user_id`` a member of ``team_id`` with ``role``, or change their role."""
+        role = Role(role)
+        statement = self._insert(_schema.memberships).values(
+            team_id=team_id, user_id=user_id, role=role.value
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["team_id", "user_id"], set_={"role": role.value}
+        )
+        with self._engine.begin() as connection:
+            connection.execute(statement)
+
+    def remove(self, team_id: uuid.UUID, user_id: str) -> bool:
+        """Remove ``user_id`` from ``team_id``; ``False`` when they were not a member."""
+        table = _schema.memberships
+        query = sa.delete(table).where(table.c.team_id == team_id, table.c.user_id == user_id)
+        with self._engine.begin() as connection:
+            return connection.execute(query).rowcount > 0
+
+    def list(self, team_id: uuid.UUID) -> Sequence[Membership]:
+        """The members of ``team_id``, by user id."""
+        table = _schema.memberships
+        query = sa.select(table).where(table.c.team_id == team_id).order_by(table.c.user_id)
+        with self._engine.connect() as connection:
+            return [
+                Membership(team_id=row["team_id"], user_id=row["user_id"], role=Role(row["role"]))
+                for row in connection.execute(query).mappings()
+            ]
