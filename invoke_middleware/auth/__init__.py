@@ -1,0 +1,47 @@
+"""Who may call (SPEC §7): principals, resolvers, the policy and the stores they read."""
+
+from invoke_middleware.auth.base import AuthResolver, bearer_token
+from invoke_middleware.auth.cache import VerifiedToken, VerifiedTokenCache
+from invoke_middleware.auth.credentials import CredentialResolver
+from invoke_middleware.auth.jwt import JWTResolver, team_from_header
+from invoke_middleware.auth.keys import KeyKind, generate_key, hash_key, key_matches, key_prefix
+from invoke_middleware.auth.policy import Action, Policy, authorize, default_policy
+from invoke_middleware.auth.principal import CredentialKind, Principal, Role
+from invoke_middleware.auth.stores import (
+    CredentialRecord,
+    CredentialStore,
+    InMemoryCredentialStore,
+    InMemoryMembershipStore,
+    IssuedCredential,
+    Membership,
+    MembershipStore,
+)
+
+__all__ = [
+    "Action",
+    "AuthResolver",
+    "CredentialKind",
+    "CredentialRecord",
+    "CredentialResolver",
+    "CredentialStore",
+    "InMemoryCredentialStore",
+    "InMemoryMembershipStore",
+    "IssuedCredential",
+    "JWTResolver",
+    "KeyKind",
+    "Membership",
+    "MembershipStore",
+    "Policy",
+    "Principal",
+    "Role",
+    "VerifiedToken",
+    "VerifiedTokenCache",
+    "authorize",
+    "bearer_token",
+    "default_policy",
+    "generate_key",
+    "hash_key",
+    "key_matches",
+    "key_prefix",
+    "team_from_header",
+]

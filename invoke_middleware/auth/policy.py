@@ -6,6 +6,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from invoke_middleware.auth.principal import CredentialKind, Principal, Role
+from invoke_middleware.errors import ForbiddenError
 from invoke_middleware.registry import Service
 
 
@@ -42,3 +43,11 @@ def default_policy(principal: Principal, action: Action, service: Service | None
     if action in (Action.INVOKE, Action.RELAY):
         return principal.role.at_least(Role.MEMBER)
     return True
+
+
+def authorize(
+    policy: Policy, principal: Principal, action: Action, service: Service | None
+) -> None:
+    """Raise :class:`~invoke_middleware.errors.ForbiddenError` unless ``policy`` allows it."""
+    if not policy(principal, action, service):
+        raise ForbiddenError

@@ -2,18 +2,33 @@
 
 Both are protocols; the in-memory implementations here are the defaults, and
 :mod:`invoke_middleware.store.sql` implements both on a database.
+
+Example::
+
+    credentials = InMemoryCredentialStore()
+    issued = credentials.issue(KeyKind.INTEGRATION, team_id=team_id, name="ci")
+    print(issued.key)  # shown once; the store keeps only issued.record.prefix and a hash
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from invoke_middleware.auth.keys import KeyKind
+from invoke_middleware.auth.keys import KeyKind, generate_key, hash_key, key_prefix
 from invoke_middleware.auth.principal import Role
+
+#: A source of the current time, timezone-aware (UTC). Injectable for tests.
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    """The current time in UTC, timezone-aware (the default :data:`Clock`)."""
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +97,10 @@ class CredentialStore(Protocol):
         """Revoke for good; ``False`` when there is no such credential."""
         ...
 
+    def expire(self, credential_id: uuid.UUID, when: dt.datetime) -> bool:
+        """Make the credential unusable from ``when`` on; ``False`` when there is none."""
+        ...
+
     def touch(self, credential_id: uuid.UUID, when: dt.datetime) -> None:
         """Record that the credential was used at ``when``."""
         ...
@@ -98,8 +117,123 @@ class MembershipStore(Protocol):
         """The role of ``user_id`` in ``team_id``, or ``None`` when not a member."""
         ...
 
-    def set_role(self, team_id: uuid.UUID, user_id: str, role: Role) -> None: ...
+    def set_role(self, team_id: uuid.UUID, user_id: str, role: Role) -> None:
+        """Make ``user_id`` a member of ``team_id`` with ``role`` (or change the role)."""
+        ...
 
-    def remove(self, team_id: uuid.UUID, user_id: str) -> bool: ...
+    def remove(self, team_id: uuid.UUID, user_id: str) -> bool:
+        """End the membership; ``False`` when ``user_id`` was not a member."""
+        ...
 
-    def list(self, team_id: uuid.UUID) -> Sequence[Membership]: ...
+    def list(self, team_id: uuid.UUID) -> Sequence[Membership]:
+        """A team's memberships, in the order they were created."""
+        ...
+
+
+class InMemoryCredentialStore:
+    """A thread-safe :class:`CredentialStore` in a dict; the default, and handy in tests.
+
+    ``clock`` stamps ``created_at`` and ``revoked_at``.
+    """
+
+    def __init__(self, *, clock: Clock = utc_now) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._records: dict[uuid.UUID, CredentialRecord] = {}
+
+    def find_by_prefix(self, prefix: str) -> Sequence[CredentialRecord]:
+        with self._lock:
+            return [r for r in self._records.values() if r.prefix == prefix]
+
+    def issue(
+        self,
+        kind: KeyKind,
+        *,
+        team_id: uuid.UUID,
+        user_id: str | None = None,
+        name: str = "",
+        expires_at: dt.datetime | None = None,
+    ) -> IssuedCredential:
+        if kind is KeyKind.INTEGRATION and user_id is not None:
+            raise ValueError("integration credentials belong to a team, not a user")
+        if kind is KeyKind.DEVICE and user_id is None:
+            raise ValueError("device credentials need a user_id")
+        with self._lock:
+            key = generate_key(kind)
+            # Prefixes carry 9 random characters; a clash is vanishingly rare, but
+            # find_by_prefix would then return two records and cost a second compare.
+            while any(r.prefix == key_prefix(key) for r in self._records.values()):
+                key = generate_key(kind)
+            record = CredentialRecord(
+                id=uuid.uuid4(),
+                kind=kind,
+                prefix=key_prefix(key),
+                key_hash=hash_key(key),
+                team_id=team_id,
+                user_id=user_id,
+                name=name,
+                created_at=self._clock(),
+                expires_at=expires_at,
+            )
+            self._records[record.id] = record
+        return IssuedCredential(key=key, record=record)
+
+    def revoke(self, credential_id: uuid.UUID) -> bool:
+        with self._lock:
+            record = self._records.get(credential_id)
+            if record is None:
+                return False
+            if record.revoked_at is None:
+                self._records[credential_id] = replace(record, revoked_at=self._clock())
+            return True
+
+    def expire(self, credential_id: uuid.UUID, when: dt.datetime) -> bool:
+        with self._lock:
+            record = self._records.get(credential_id)
+            if record is None:
+                return False
+            self._records[credential_id] = replace(record, expires_at=when)
+            return True
+
+    def touch(self, credential_id: uuid.UUID, when: dt.datetime) -> None:
+        with self._lock:
+            record = self._records.get(credential_id)
+            if record is None:
+                return
+            if record.last_used_at is None or when > record.last_used_at:
+                self._records[credential_id] = replace(record, last_used_at=when)
+
+    def list(self, team_id: uuid.UUID) -> Sequence[CredentialRecord]:
+        with self._lock:
+            records = [r for r in self._records.values() if r.team_id == team_id]
+        return sorted(records, key=lambda r: r.created_at)
+
+
+class InMemoryMembershipStore:
+    """A thread-safe :class:`MembershipStore` in a dict; the default, and handy in tests."""
+
+    def __init__(self, memberships: Sequence[Membership] = ()) -> None:
+        self._lock = threading.Lock()
+        self._roles: dict[tuple[uuid.UUID, str], Role] = {
+            (m.team_id, m.user_id): m.role for m in memberships
+        }
+
+    def role_of(self, team_id: uuid.UUID, user_id: str) -> Role | None:
+        with self._lock:
+            return self._roles.get((team_id, user_id))
+
+    def set_role(self, team_id: uuid.UUID, user_id: str, role: Role) -> None:
+        with self._lock:
+            self._roles[(team_id, user_id)] = role
+
+    def remove(self, team_id: uuid.UUID, user_id: str) -> bool:
+        with self._lock:
+            return self._roles.pop((team_id, user_id), None) is not None
+
+    def list(self, team_id: uuid.UUID) -> Sequence[Membership]:
+        with self._lock:
+            return [
+                Membership(team_id=t, user_id=u, role=r)
+                for (t, u), r in self._roles.items()
+                if t == team_id
+            ]
