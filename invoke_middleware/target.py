@@ -1,0 +1,174 @@
+"""Where a request may go: safe joining of a service's base URL and a caller's path (SPEC §5).
+
+::
+
+    >>> build_target_url("http://10.0.0.7:8080/api", "/v1/items?limit=5")
+    'http://10.0.0.7:8080/api/v1/items?limit=5'
+    >>> build_target_url("http://10.0.0.7:8080/api", "/v1/items", "limit=5")
+    'http://10.0.0.7:8080/api/v1/items?limit=5'
+
+Why no URL parser ever touches the caller's input: URL parsers disagree. ``urllib.parse``,
+urllib3, ``http.client`` and WHATWG-style parsers (browsers, Node, many HTTP servers) differ on
+backslashes (WHATWG reads ``\\`` as ``/``), on a path that starts with ``//`` (an authority to
+some, a path to others), on userinfo, on whitespace and control characters that some strip
+silently, and on unicode that some normalise (NFKC turns U+FF0F into ``/`` and U+FF0E into
+``.``). A check that parses the caller's string with one parser, while the transport or the
+container parses it with another, is bypassed by any input on which the two disagree.
+
+So the caller's text is never parsed. The scheme, host, port and base path come from the
+service record alone (set by the operator, never by the caller); the caller's path and query
+are checked against a strict allow-list of characters, the dangerous shapes are refused, and
+the URL is built by concatenation. Whatever any parser does afterwards, it sees
+``scheme://host[:port]/base`` followed by a path that begins with exactly one ``/``, holds only
+RFC 3986 path characters, no dot segment and no encoded separator, so neither the host nor the
+scheme can change and the base path cannot be escaped.
+
+The path may contain percent-encoded bytes (encoded UTF-8, an encoded space or ``?``), except
+the encodings of ``/``, ``\\`` and NUL, which would let a server that decodes before routing see
+a different path than the gateway checked. Their double encodings (``%252f``, ``%252e``) are
+refused too, for the same reason with servers that decode twice. Empty segments (``/a//b``)
+are allowed below the first character: once the host is fixed they cannot reach another one.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from urllib.parse import urlsplit
+
+from invoke_middleware.errors import InvalidPathError
+
+__all__ = ["MAX_PATH_LENGTH", "MAX_QUERY_LENGTH", "build_target_url"]
+
+#: The longest caller path accepted, without its query (SPEC §3 caps the envelope's path at
+#: the same length).
+MAX_PATH_LENGTH = 2048
+
+#: The longest raw query accepted.
+MAX_QUERY_LENGTH = 8192
+
+# RFC 3986 §3.3: path-abempty = *( "/" segment ), segment = *pchar,
+# pchar = unreserved / pct-encoded / sub-delims / ":" / "@". Anything else must be encoded.
+# The two alternatives are disjoint ("%" is not in the class), so matching stays linear.
+_VALID_PATH = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
+
+# A query is opaque to the gateway: any visible ASCII character except "#" (a fragment never
+# reaches a server), with well-formed escapes.
+_VALID_QUERY = re.compile(r"(?:[\x21\x22\x24\x26-\x7e]|%[0-9A-Fa-f]{2})*")
+
+# Encoded "/", "\" and NUL, also encoded more than once ("%252f" decodes to "%2f").
+_FORBIDDEN_ESCAPE = re.compile(r"%(?:25)*(?:2f|5c|00)", re.IGNORECASE)
+
+# A "." or ".." segment, its dots literal or encoded (once or more) in any case mix. A segment
+# that is dots followed by ";" counts too: some servers drop path parameters before resolving
+# dot segments (the classic "/..;/" bypass).
+_DOT_SEGMENT = re.compile(r"/(?:\.|%(?:25)*2e){1,2}(?=[/;]|\Z)", re.IGNORECASE)
+
+# Only used to explain a refusal, never on the accepted path.
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+_MALFORMED_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
+
+
+def build_target_url(
+    base_url: str,
+    path: str,
+    query: str | None = None,
+    *,
+    max_path_length: int = MAX_PATH_LENGTH,
+    max_query_length: int = MAX_QUERY_LENGTH,
+) -> str:
+    """Join the caller's ``path`` (and query) onto ``base_url``, or refuse it.
+
+    ``base_url`` is the service's origin with an optional base path (``Service.base_url``);
+    it must come from the service record, never from the caller. A trailing ``/`` on it is
+    not doubled.
+
+    ``path`` is raw, still percent-encoded, and must begin with ``/``. With ``query=None``
+    (the invoke envelope) the path may carry its own query after the first ``?``; a bare
+    trailing ``?`` is kept. With ``query`` given (the catch-all relay: the tail and the raw
+    query string without ``?``) the path may not contain ``?`` and an empty query adds none.
+
+    Raises :class:`~invoke_middleware.errors.InvalidPathError` (400 ``invalid_path``) with a
+    short message that never echoes the input, and :class:`ValueError` when ``base_url``
+    itself is not an absolute ``http(s)`` URL without query or fragment (a configuration
+    error, not the caller's).
+    """
+    if query is None:
+        path, separator, query = path.partition("?")
+        has_query = bool(separator)
+    else:
+        has_query = bool(query)
+    _check_path(path, max_path_length)
+    if has_query:
+        _check_query(query, max_query_length)
+        return f"{_base_prefix(base_url)}{path}?{query}"
+    return _base_prefix(base_url) + path
+
+
+def _check_path(path: str, max_length: int) -> None:
+    if len(path) > max_length:
+        raise InvalidPathError(f"The path is longer than {max_length} characters.")
+    if (
+        _VALID_PATH.fullmatch(path) is not None
+        and not path.startswith("//")
+        and _FORBIDDEN_ESCAPE.search(path) is None
+        and _DOT_SEGMENT.search(path) is None
+    ):
+        return
+    raise InvalidPathError(_explain_path(path))
+
+
+def _explain_path(path: str) -> str:
+    """Why ``path`` was refused; the first matching reason, most telling first."""
+    if not path.isascii():
+        return "The path must be ASCII; percent-encode other characters."
+    if _CONTROL_OR_SPACE.search(path):
+        return "The path must not contain whitespace or control characters."
+    if "#" in path:
+        return "The path must not contain a fragment (#)."
+    if "\\" in path:
+        return "The path must not contain a backslash."
+    if "@" in path.partition("/")[0]:
+        return "The path must not contain user information (@ before the first /)."
+    if _SCHEME.match(path):
+        return "The path must not contain a scheme."
+    if not path.startswith("/"):
+        return "The path must begin with /."
+    if path.startswith("//"):
+        return "The path must not begin with //."
+    if _MALFORMED_ESCAPE.search(path):
+        return "The path contains a malformed percent-escape."
+    if _FORBIDDEN_ESCAPE.search(path):
+        return "The path must not contain an encoded /, \\ or NUL."
+    if _DOT_SEGMENT.search(path):
+        return "The path must not contain . or .. segments."
+    return "The path contains a character that must be percent-encoded."
+
+
+def _check_query(query: str, max_length: int) -> None:
+    if len(query) > max_length:
+        raise InvalidPathError(f"The query is longer than {max_length} characters.")
+    if _VALID_QUERY.fullmatch(query) is not None:
+        return
+    if not query.isascii():
+        raise InvalidPathError("The query must be ASCII; percent-encode other characters.")
+    if _CONTROL_OR_SPACE.search(query):
+        raise InvalidPathError("The query must not contain whitespace or control characters.")
+    if "#" in query:
+        raise InvalidPathError("The query must not contain a fragment (#).")
+    raise InvalidPathError("The query contains a malformed percent-escape.")
+
+
+@functools.lru_cache(maxsize=512)
+def _base_prefix(base_url: str) -> str:
+    """``scheme://netloc/base`` without a trailing ``/``; parsed once per base URL.
+
+    Parsing is safe here: the base URL is the operator's, not the caller's.
+    """
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("a service base URL must be an absolute http(s) URL")
+    if parts.query or parts.fragment or "?" in base_url or "#" in base_url:
+        raise ValueError("a service base URL must not have a query or a fragment")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
