@@ -1,0 +1,200 @@
+"""The SQL store's credentials, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from invoke_middleware.auth.keys import PREFIX_LENGTH, KeyKind, hash_key, key_matches
+from invoke_middleware.store import SQLStore
+from tests.store.conftest import Backend
+
+TEAM = uuid.UUID("6f1b1c52-0c39-4d8e-9d55-3c3f3f0e7a01")
+OTHER_TEAM = uuid.UUID("0b6e0bb0-55d5-4a3e-8a43-7f0b8f7c1c02")
+START = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+class SteppingNow:
+    """A wall clock that moves one second each time it is read."""
+
+    def __init__(self) -> None:
+        self._times: Iterator[dt.datetime] = (START + dt.timedelta(seconds=n) for n in range(10**6))
+
+    def __call__(self) -> dt.datetime:
+        return next(self._times)
+
+
+@pytest.fixture
+def store(backend: Backend) -> SQLStore:
+    return backend.open_store(now=SteppingNow())
+
+
+def test_issue_returns_the_key_once_and_a_matching_record(store: SQLStore) -> None:
+    issued = store.credentials.issue(KeyKind.DEVICE, team_id=TEAM, user_id="user-1", name="laptop")
+
+    assert issued.key.startswith("dk-")
+    record = issued.record
+    assert record.prefix == issued.key[:PREFIX_LENGTH]
+    assert key_matches(issued.key, record.key_hash)
+    assert (record.kind, record.team_id, record.user_id, record.name) == (
+        KeyKind.DEVICE,
+        TEAM,
+        "user-1",
+        "laptop",
+    )
+    assert record.created_at == START
+    assert issued.key not in repr(issued)
+
+
+def test_only_the_prefix_and_hash_are_stored(backend: Backend, store: SQLStore) -> None:
+    issued = store.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM, name="ci")
+
+    with store.engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT * FROM invoke_credentials")).all()
+    stored = " ".join(str(value) for row in rows for value in row)
+    secret_part = issued.key[PREFIX_LENGTH:]
+
+    assert len(rows) == 1
+    assert issued.record.prefix in stored
+    assert hash_key(issued.key) in stored
+    assert issued.key not in stored
+    assert secret_part not in stored
+
+
+def test_find_by_prefix_returns_the_stored_record(backend: Backend, store: SQLStore) -> None:
+    issued = store.credentials.issue(KeyKind.DEVICE, team_id=TEAM, user_id="u")
+    store.credentials.issue(KeyKind.DEVICE, team_id=TEAM, user_id="u")
+
+    found = backend.open_store().credentials.find_by_prefix(issued.record.prefix)
+
+    assert list(found) == [issued.record]
+    assert not store.credentials.find_by_prefix("dk-nosuchone")
+
+
+def test_get_finds_a_credential_by_id(store: SQLStore) -> None:
+    issued = store.credentials.issue(KeyKind.AGENT, team_id=TEAM, user_id="u")
+
+    assert store.credentials.get(issued.record.id) == issued.record
+    assert store.credentials.get(uuid.uuid4()) is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "user_id", "message"),
+    [
+        pytest.param(KeyKind.INTEGRATION, "u", "belongs to a team", id="integration-with-user"),
+        pytest.param(KeyKind.DEVICE, None, "needs a user_id", id="device-without-user"),
+    ],
+)
+def test_issue_rejects_a_user_that_does_not_fit_the_kind(
+    store: SQLStore, kind: KeyKind, user_id: str | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        store.credentials.issue(kind, team_id=TEAM, user_id=user_id)
+
+    assert not store.credentials.list(TEAM)
+
+
+def test_timestamps_come_back_as_the_same_instant_in_utc(store: SQLStore) -> None:
+    paris_evening = dt.datetime(2026, 6, 1, 20, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    issued = store.credentials.issue(
+        KeyKind.DEVICE, team_id=TEAM, user_id="u", expires_at=paris_evening
+    )
+
+    (record,) = store.credentials.find_by_prefix(issued.record.prefix)
+
+    assert record.expires_at == paris_evening
+    assert record.expires_at is not None
+    assert record.expires_at.tzinfo is dt.UTC
+    assert record.created_at.tzinfo is dt.UTC
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(
+            lambda s, cid: s.credentials.issue(
+                KeyKind.DEVICE, team_id=TEAM, user_id="u", expires_at=dt.datetime(2030, 1, 1)
+            ),
+            id="issue",
+        ),
+        pytest.param(
+            lambda s, cid: s.credentials.expire(cid, dt.datetime(2030, 1, 1)), id="expire"
+        ),
+        pytest.param(lambda s, cid: s.credentials.touch(cid, dt.datetime(2030, 1, 1)), id="touch"),
+    ],
+)
+def test_naive_datetimes_are_refused(store: SQLStore, call: object) -> None:
+    issued = store.credentials.issue(KeyKind.DEVICE, team_id=TEAM, user_id="u")
+
+    with pytest.raises(ValueError, match="timezone-aware"):
+        call(store, issued.record.id)  # type: ignore[operator]
+
+
+def test_a_revocation_is_seen_by_another_store_at_once(backend: Backend, store: SQLStore) -> None:
+    gateway = backend.open_store()
+    issued = store.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM)
+    (before,) = gateway.credentials.find_by_prefix(issued.record.prefix)
+    assert before.is_usable(START)
+
+    assert store.credentials.revoke(issued.record.id) is True
+
+    (after,) = gateway.credentials.find_by_prefix(issued.record.prefix)
+    assert after.revoked_at is not None
+    assert not after.is_usable(START)
+
+
+def test_revoking_twice_keeps_the_first_time(store: SQLStore) -> None:
+    issued = store.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM)
+    store.credentials.revoke(issued.record.id)
+    first = store.credentials.get(issued.record.id)
+
+    assert store.credentials.revoke(issued.record.id) is True
+
+    assert store.credentials.get(issued.record.id) == first
+
+
+def test_revoking_an_unknown_credential_reports_false(store: SQLStore) -> None:
+    assert store.credentials.revoke(uuid.uuid4()) is False
+
+
+def test_expire_sets_the_expiry_seen_by_another_store(backend: Backend, store: SQLStore) -> None:
+    gateway = backend.open_store()
+    issued = store.credentials.issue(KeyKind.DEVICE, team_id=TEAM, user_id="u")
+    when = START + dt.timedelta(hours=1)
+
+    assert store.credentials.expire(issued.record.id, when) is True
+    assert store.credentials.expire(uuid.uuid4(), when) is False
+
+    (record,) = gateway.credentials.find_by_prefix(issued.record.prefix)
+    assert record.expires_at == when
+    assert record.is_usable(when - dt.timedelta(seconds=1))
+    assert not record.is_usable(when)
+
+
+def test_touch_records_the_latest_use(store: SQLStore) -> None:
+    issued = store.credentials.issue(KeyKind.DEVICE, team_id=TEAM, user_id="u")
+    later = START + dt.timedelta(minutes=5)
+
+    store.credentials.touch(issued.record.id, later)
+    store.credentials.touch(issued.record.id, START + dt.timedelta(minutes=1))
+
+    record = store.credentials.get(issued.record.id)
+    assert record is not None
+    assert record.last_used_at == later
+
+
+def test_list_shows_a_teams_credentials_oldest_first_revoked_included(store: SQLStore) -> None:
+    first = store.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM, name="first")
+    second = store.credentials.issue(KeyKind.DEVICE, team_id=TEAM, user_id="u", name="second")
+    store.credentials.issue(KeyKind.INTEGRATION, team_id=OTHER_TEAM, name="elsewhere")
+    store.credentials.revoke(first.record.id)
+
+    listed = store.credentials.list(TEAM)
+
+    assert [c.name for c in listed] == ["first", "second"]
+    assert listed[0].revoked_at is not None
+    assert listed[1] == second.record

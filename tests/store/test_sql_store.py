@@ -1,0 +1,104 @@
+"""Opening a SQL store: engines, URLs, and concurrent use."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from invoke_middleware.auth.keys import KeyKind
+from invoke_middleware.auth.principal import Role
+from invoke_middleware.store import SQLStore, create_engine
+from tests.store.conftest import Backend
+
+TEAM = uuid.UUID("6f1b1c52-0c39-4d8e-9d55-3c3f3f0e7a01")
+
+
+def test_repr_hides_the_database_password() -> None:
+    store = SQLStore("postgresql+psycopg://gateway:s3cret-pw@127.0.0.1:5432/invoke")
+    try:
+        assert "s3cret-pw" not in repr(store)
+        assert "gateway:***@127.0.0.1" in repr(store)
+    finally:
+        store.close()
+
+
+def test_a_bare_postgresql_url_uses_psycopg() -> None:
+    engine = create_engine("postgresql://gateway@127.0.0.1/invoke")
+    try:
+        assert engine.driver == "psycopg"
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("mysql://root@127.0.0.1/invoke", id="mysql"),
+        pytest.param("oracle://scott@127.0.0.1/invoke", id="oracle"),
+    ],
+)
+def test_other_databases_are_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="use SQLite or PostgreSQL"):
+        create_engine(url)
+
+
+def test_a_sqlite_file_runs_in_wal_mode(tmp_path: Path) -> None:
+    store = SQLStore(f"sqlite:///{tmp_path}/wal.db")
+    try:
+        with store.engine.connect() as connection:
+            mode = connection.execute(sa.text("PRAGMA journal_mode")).scalar_one()
+            busy = connection.execute(sa.text("PRAGMA busy_timeout")).scalar_one()
+        assert (mode, busy) == ("wal", 5000)
+    finally:
+        store.close()
+
+
+def test_an_in_memory_sqlite_store_is_one_database_for_every_thread() -> None:
+    seen: list[Role | None] = []
+    with SQLStore("sqlite://") as store:
+        store.init()
+        store.memberships.set_role(TEAM, "alice", Role.ADMIN)
+
+        thread = threading.Thread(
+            target=lambda: seen.append(store.memberships.role_of(TEAM, "alice"))
+        )
+        thread.start()
+        thread.join(timeout=10)
+
+    assert seen == [Role.ADMIN]
+
+
+def test_a_given_engine_is_used_and_left_open(backend: Backend) -> None:
+    engine = create_engine(backend.url)
+    try:
+        with SQLStore(engine) as store:
+            store.init()
+        with engine.connect() as connection:
+            tables = sa.inspect(connection).get_table_names()
+    finally:
+        engine.dispose()
+
+    assert {"invoke_services", "invoke_credentials", "invoke_memberships"} <= set(tables)
+
+
+def test_threads_can_write_concurrently(backend: Backend) -> None:
+    stores = [backend.open_store(), backend.open_store()]
+
+    def work(n: int) -> None:
+        store = stores[n % 2]
+        issued = store.credentials.issue(KeyKind.DEVICE, team_id=TEAM, user_id=f"user-{n}")
+        store.memberships.set_role(TEAM, f"user-{n}", Role.MEMBER)
+        store.credentials.touch(issued.record.id, issued.record.created_at)
+        store.credentials.revoke(issued.record.id)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(work, range(40)))
+
+    assert len(stores[0].credentials.list(TEAM)) == 40
+    assert all(c.revoked_at is not None for c in stores[1].credentials.list(TEAM))
+    assert len(stores[1].memberships.list(TEAM)) == 40
