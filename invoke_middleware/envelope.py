@@ -1,0 +1,381 @@
+"""The invoke envelope: the JSON body of ``POST /r/invoke/{slug}`` and the JSON it answers with.
+
+The request schema is the one bundled with the package (``schemas/invoke-request.schema.json``,
+installed as ``invoke_middleware.schemas``); it is loaded and compiled once, at import.
+
+>>> envelope = parse_envelope(b'{"method": "GET", "path": "/health"}', max_body_bytes=1024)
+>>> envelope.method, envelope.path, envelope.body
+('GET', '/health', b'')
+>>> encode_response(204, {"X-Trace": "a"}, b"")
+b'{"status_code":204,"headers":{"x-trace":"a"},"body_base64":""}'
+
+Decisions beyond the schema:
+
+* The body must be UTF-8 (RFC 8259 §8.1); ``NaN`` and ``Infinity`` are not JSON and are refused.
+* Duplicate member names are refused (each reported at its pointer). RFC 8259 §4 leaves their
+  meaning to the parser, so ``{"path": "/a", "path": "//b"}`` or two spellings of one header
+  would otherwise mean whatever this parser happens to keep.
+* Strings holding an unpaired UTF-16 surrogate (``"\\ud800"``) are refused: they cannot be
+  encoded on the way to the container (RFC 8259 §8.2).
+* Every problem is reported, sorted by pointer, at most :data:`MAX_DETAILS` of them. Messages
+  never quote the caller's values; a pointer reference token longer than
+  :data:`MAX_POINTER_TOKEN_CHARS` is cut and ends with ``…``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Final
+
+from jsonschema import Draft202012Validator, ValidationError
+
+from invoke_middleware.errors import (
+    ErrorDetail,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    UpstreamError,
+)
+
+__all__ = [
+    "MAX_DETAILS",
+    "MAX_POINTER_TOKEN_CHARS",
+    "REQUEST_SCHEMA_NAME",
+    "InvokeEnvelope",
+    "encode_response",
+    "load_schema",
+    "parse_envelope",
+    "read_schema_bytes",
+]
+
+REQUEST_SCHEMA_NAME: Final = "invoke-request.schema.json"
+
+#: At most this many problems are listed; one more detail says how many were left out.
+MAX_DETAILS: Final = 50
+
+#: A JSON pointer reference token (a header name, say) longer than this is cut.
+MAX_POINTER_TOKEN_CHARS: Final = 64
+
+_SCHEMA_PACKAGE: Final = "invoke_middleware.schemas"
+
+
+@functools.cache
+def read_schema_bytes(name: str) -> bytes:
+    """The raw bytes of a bundled document (``"openapi.json"``, ``"error.schema.json"``, ...).
+
+    Raises :class:`FileNotFoundError` for a name that is not a file of the bundle; names with
+    path separators are refused the same way, so a caller-chosen name cannot leave the bundle.
+    """
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise FileNotFoundError(name)
+    resource = resources.files(_SCHEMA_PACKAGE).joinpath(name)
+    if not resource.is_file():
+        raise FileNotFoundError(name)
+    return resource.read_bytes()
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """A bundled JSON Schema or the OpenAPI document, parsed; a fresh copy on every call."""
+    document = json.loads(read_schema_bytes(name))
+    if not isinstance(document, dict):
+        raise ValueError(f"{name} is not a JSON object")
+    return document
+
+
+_REQUEST_SCHEMA: Final = load_schema(REQUEST_SCHEMA_NAME)
+Draft202012Validator.check_schema(_REQUEST_SCHEMA)
+
+#: The compiled request validator, built once at import.
+REQUEST_VALIDATOR: Final = Draft202012Validator(
+    _REQUEST_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER
+)
+
+_ALLOWED_FIELDS: Final = ", ".join(_REQUEST_SCHEMA["properties"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class InvokeEnvelope:
+    """A validated invoke request: what to send to the container.
+
+    ``path`` is the caller's raw path, query string included; the gateway's path rules
+    (:mod:`invoke_middleware.target`) still apply. ``headers`` keeps the caller's order and
+    spelling, with an array value expanded into one field per element.
+    """
+
+    method: str
+    path: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def __repr__(self) -> str:
+        # Header values may be the container's credentials: show the names only.
+        names = tuple(name for name, _ in self.headers)
+        return (
+            f"InvokeEnvelope(method={self.method!r}, path={self.path!r}, "
+            f"body=<{len(self.body)} bytes>, headers={names!r})"
+        )
+
+
+def parse_envelope(raw: bytes, *, max_body_bytes: int) -> InvokeEnvelope:
+    """Decode, validate and unpack an invoke request body.
+
+    Raises :class:`~invoke_middleware.errors.InvalidRequestError` (400) listing every problem
+    with its JSON pointer, or :class:`~invoke_middleware.errors.PayloadTooLargeError` (413)
+    when the decoded ``body_base64`` is longer than ``max_body_bytes``.
+    """
+    document = _decode_json(raw)
+    problems = [*_find_json_problems(document, ""), *_schema_problems(document)]
+    if problems:
+        raise InvalidRequestError(details=_summarise(problems))
+    body = _decode_body(document.get("body_base64", ""), max_body_bytes=max_body_bytes)
+    return InvokeEnvelope(
+        method=document["method"],
+        path=document["path"],
+        body=body,
+        headers=tuple(_expand_headers(document.get("headers", {}))),
+    )
+
+
+def encode_response(
+    status_code: int, headers: Mapping[str, str | Sequence[str]], body: bytes
+) -> bytes:
+    """The outer 200 body of a structured invoke, as compact JSON bytes.
+
+    Header names are lower-cased; names that differ only in case are merged in order. A name
+    with one value maps to a string, one with several to an array (never folded into one
+    string: ``Set-Cookie`` cannot be, RFC 6265 §3). A name with no values is left out.
+
+    Raises :class:`~invoke_middleware.errors.UpstreamError` (502) for a status outside
+    100-599, which the response schema cannot express.
+    """
+    if isinstance(status_code, bool) or not 100 <= status_code <= 599:
+        raise UpstreamError()
+    merged: dict[str, list[str]] = {}
+    for name, value in headers.items():
+        values = [value] if isinstance(value, str) else list(value)
+        merged.setdefault(name.lower(), []).extend(values)
+    payload = {
+        "status_code": status_code,
+        "headers": {name: v[0] if len(v) == 1 else v for name, v in merged.items() if v},
+        "body_base64": base64.b64encode(body).decode("ascii"),
+    }
+    return json.dumps(payload, separators=(",", ":")).encode("ascii")
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+
+class _DuplicateKeysObject(dict[str, Any]):
+    """A JSON object that had repeated member names; ``duplicates`` lists them in order."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _object_from_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    duplicates: list[str] = []
+    for key, value in pairs:
+        if key in obj:
+            duplicates.append(key)
+        obj[key] = value
+    if not duplicates:
+        return obj
+    marked = _DuplicateKeysObject(obj)
+    marked.duplicates = tuple(duplicates)
+    return marked
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _decode_json(raw: bytes) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _whole_body_error("The body is not UTF-8 (RFC 8259 §8.1).") from exc
+    try:
+        return json.loads(
+            text, object_pairs_hook=_object_from_pairs, parse_constant=_refuse_constant
+        )
+    # ValueError covers JSONDecodeError, NaN/Infinity and over-long integers; RecursionError
+    # is how the parser reports nesting deeper than the interpreter allows.
+    except (ValueError, RecursionError) as exc:
+        raise _whole_body_error("The body is not valid JSON.") from exc
+
+
+def _whole_body_error(message: str) -> InvalidRequestError:
+    return InvalidRequestError(details=[ErrorDetail(pointer="", message=message)])
+
+
+def _decode_body(text: str, *, max_body_bytes: int) -> bytes:
+    # Check the size before decoding, so an oversized body is never allocated twice.
+    decoded_size = len(text) // 4 * 3 - text[-2:].count("=")
+    if decoded_size > max_body_bytes:
+        raise PayloadTooLargeError(
+            f"The decoded body_base64 is larger than {max_body_bytes} bytes."
+        )
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        # The schema admits only well-formed base64; this guards the two from drifting apart.
+        raise InvalidRequestError(
+            details=[ErrorDetail(pointer="/body_base64", message=_BASE64_MESSAGE)]
+        ) from exc
+
+
+def _expand_headers(headers: Mapping[str, str | list[str]]) -> Iterator[tuple[str, str]]:
+    for name, value in headers.items():
+        if isinstance(value, str):
+            yield name, value
+        else:
+            for item in value:
+                yield name, item
+
+
+# --- problems --------------------------------------------------------------------------------
+
+_BASE64_MESSAGE: Final = "must be standard base64 with '=' padding (RFC 4648 §4)"
+_HEADER_NAME_MESSAGE: Final = "is not a valid header name (RFC 9110 token)"
+_HEADER_VALUE_MESSAGE: Final = "must not contain CR, LF or NUL"
+_TYPE_NAMES: Final = {
+    "string": "a string",
+    "array": "an array",
+    "object": "an object",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "a boolean",
+    "null": "null",
+}
+
+
+def _pointer_token(token: str | int) -> str:
+    text = str(token)
+    if len(text) > MAX_POINTER_TOKEN_CHARS:
+        text = text[:MAX_POINTER_TOKEN_CHARS] + "…"
+    # RFC 6901 §3: "~" first, so the "~" of an escaped "/" is not escaped again.
+    return text.replace("~", "~0").replace("/", "~1")
+
+
+def _pointer(path: Iterable[str | int]) -> str:
+    return "".join("/" + _pointer_token(token) for token in path)
+
+
+def _find_json_problems(value: Any, pointer: str) -> Iterator[ErrorDetail]:
+    """Duplicate member names and unpaired surrogates, anywhere in the document."""
+    if isinstance(value, str):
+        if _has_lone_surrogate(value):
+            yield ErrorDetail(pointer=pointer, message="contains an unpaired UTF-16 surrogate")
+    elif isinstance(value, dict):
+        for key in getattr(value, "duplicates", ()):
+            yield ErrorDetail(
+                pointer=pointer + "/" + _pointer_token(key), message="appears more than once"
+            )
+        for key, item in value.items():
+            child = pointer + "/" + _pointer_token(key)
+            if _has_lone_surrogate(key):
+                yield ErrorDetail(pointer=child, message="name contains an unpaired surrogate")
+            yield from _find_json_problems(item, child)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _find_json_problems(item, f"{pointer}/{index}")
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    # json.loads pairs valid surrogate escapes into one code point; what is left is unpaired.
+    return any("\ud800" <= char <= "\udfff" for char in text)
+
+
+def _schema_problems(document: Any) -> Iterator[ErrorDetail]:
+    leaves = [leaf for error in REQUEST_VALIDATOR.iter_errors(document) for leaf in _leaves(error)]
+    # A value of the wrong type is told its type only, not every rule of the right type.
+    mistyped = {tuple(e.absolute_path) for e in leaves if e.validator == "type"}
+    for error in leaves:
+        if error.validator == "type" or tuple(error.absolute_path) not in mistyped:
+            yield from _explain(error)
+
+
+def _leaves(error: ValidationError) -> Iterator[ValidationError]:
+    """Replace an ``anyOf`` failure by the errors of the alternative whose type fits.
+
+    When no alternative's type fits, the ``anyOf`` error itself is the one to explain.
+    """
+    if error.validator != "anyOf":
+        yield error
+        return
+    branches: dict[int, list[ValidationError]] = {}
+    for sub in error.context or ():
+        branches.setdefault(int(sub.relative_schema_path[0]), []).append(sub)
+    alternatives: Any = error.validator_value
+    for index in range(len(alternatives)):
+        errors = branches.get(index, [])
+        if not any(e.validator == "type" and not e.relative_path for e in errors):
+            for sub in errors:
+                yield from _leaves(sub)
+            return
+    yield error
+
+
+def _explain(error: ValidationError) -> Iterator[ErrorDetail]:
+    """Turn one jsonschema error into caller-safe details (never quoting the value)."""
+    path = list(error.absolute_path)
+    pointer = _pointer(path)
+    keyword = error.validator
+    # The stubs type these as "or Unset"; jsonschema always sets them on reported errors.
+    value: Any = error.validator_value
+    instance: Any = error.instance
+    if "propertyNames" in error.absolute_schema_path:
+        # jsonschema reports a bad name at its object; point at the member instead.
+        yield _detail([*path, instance], _HEADER_NAME_MESSAGE)
+    elif keyword == "required":
+        missing = [name for name in value if name not in instance]
+        for name in missing:
+            yield _detail([*path, name], "is required")
+    elif keyword == "additionalProperties":
+        schema: Any = error.schema
+        known = schema.get("properties", {})
+        for name in instance:
+            if name not in known:
+                yield _detail([*path, name], f"is not an allowed field ({_ALLOWED_FIELDS})")
+    elif keyword == "anyOf":
+        yield ErrorDetail(pointer=pointer, message="must be a string or an array of strings")
+    elif keyword == "type":
+        types = [value] if isinstance(value, str) else value
+        yield ErrorDetail(
+            pointer=pointer, message="must be " + " or ".join(_TYPE_NAMES[t] for t in types)
+        )
+    elif keyword == "enum":
+        yield ErrorDetail(pointer=pointer, message="must be one of " + ", ".join(map(str, value)))
+    elif keyword == "maxLength":
+        yield ErrorDetail(pointer=pointer, message=f"must be at most {value} characters long")
+    elif keyword == "minItems":
+        yield ErrorDetail(pointer=pointer, message="must not be an empty array")
+    elif path == ["path"]:
+        yield ErrorDetail(pointer=pointer, message="must begin with '/' and not with '//'")
+    elif path == ["body_base64"]:
+        yield ErrorDetail(pointer=pointer, message=_BASE64_MESSAGE)
+    elif path[:1] == ["headers"]:
+        yield ErrorDetail(pointer=pointer, message=_HEADER_VALUE_MESSAGE)
+    else:
+        # A rule added to the schema without a message here: say where, not what.
+        yield ErrorDetail(pointer=pointer, message="is not valid")
+
+
+def _detail(path: Iterable[str | int], message: str) -> ErrorDetail:
+    return ErrorDetail(pointer=_pointer(path), message=message)
+
+
+def _summarise(problems: Iterable[ErrorDetail]) -> list[ErrorDetail]:
+    unique = sorted(set(problems), key=lambda d: (d.pointer, d.message))
+    if len(unique) <= MAX_DETAILS:
+        return unique
+    hidden = len(unique) - MAX_DETAILS
+    return [
+        *unique[:MAX_DETAILS],
+        ErrorDetail(pointer="", message=f"{hidden} more problems not listed"),
+    ]
