@@ -1,0 +1,356 @@
+"""Header rules, both directions (SPEC §6).
+
+Pure functions over lists of ``(name, value)`` pairs; repeated fields and their order are
+kept everywhere. Names are compared case-insensitively (RFC 9110 §5.1).
+
+On the way up, :func:`forward_request_headers` drops the hop-by-hop set (and every field the
+``Connection`` header names), the gateway's own headers, and on the catch-all relay also the
+caller's credentials; then it adds ``Via``, ``X-Forwarded-For``, ``X-Forwarded-Proto``,
+``X-Forwarded-Host`` and ``X-Request-ID``. :func:`is_loop` spots a request that already passed
+through this gateway. On the way down, :func:`filter_response_headers` drops the hop-by-hop
+set and anything that would pass for the gateway's own; :func:`fold_response_headers` shapes
+the invoke response's ``headers`` object.
+
+Forwarding facts (``X-Forwarded-*``) are regenerated from the connection, never taken from
+the caller, unless :attr:`ForwardingRules.trusted_hops` says how many proxies in front of the
+gateway append to them. With ``trusted_hops = N`` the gateway behaves like werkzeug's
+``ProxyFix(x_for=N, x_proto=N, x_host=N)``:
+
+- the incoming ``X-Forwarded-For`` fields are read as one comma-separated list; when it has at
+  least N entries, its last N are the trusted chain (the N-th from the right is the client as
+  the outermost trusted proxy saw it), and the forwarded ``X-Forwarded-For`` is that chain
+  followed by the connection's remote address. Everything left of the chain was written by
+  the client and is dropped. With fewer than N entries (or N = 0) it is the remote address
+  alone.
+- ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are the N-th value from the right of the
+  incoming field when there are at least N values and that value is well formed (``http`` or
+  ``https``; a host name, IP literal and optional port); otherwise the connection's scheme and
+  host.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from invoke_middleware.errors import (
+    ERROR_MARKER_HEADER,
+    REQUEST_ID_HEADER,
+    HeadersTooLargeError,
+)
+
+__all__ = [
+    "DEFAULT_FORWARDING_RULES",
+    "DEFAULT_MAX_HEADER_BYTES",
+    "DEFAULT_MAX_HEADER_COUNT",
+    "DEFAULT_PSEUDONYM",
+    "GATEWAY_HEADERS",
+    "HOP_BY_HOP_HEADERS",
+    "MAX_REQUEST_ID_LENGTH",
+    "ForwardingRules",
+    "check_header_limits",
+    "choose_request_id",
+    "connection_tokens",
+    "filter_response_headers",
+    "fold_response_headers",
+    "forward_request_headers",
+    "is_loop",
+    "is_safe_value",
+    "is_token",
+]
+
+#: Fields that describe one connection, not the message (RFC 9110 §7.6.1), lower-case.
+#: ``Host`` and ``Content-Length`` are here too: the transport sets both for the upstream
+#: connection (SPEC §6), so the caller's values never travel.
+HOP_BY_HOP_HEADERS: frozenset[str] = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "expect",
+    }
+)
+
+#: Fields only the gateway writes, lower-case. Sent by a caller they are dropped, then the
+#: gateway adds its own: the error marker, the request id, ``Via`` and the forwarding facts.
+#: ``Forwarded``, ``X-Forwarded-Port``, ``X-Forwarded-Prefix`` and ``X-Real-IP`` are not
+#: regenerated but are dropped all the same, because containers commonly trust them to say
+#: who the client is.
+GATEWAY_HEADERS: frozenset[str] = frozenset(
+    {
+        ERROR_MARKER_HEADER.lower(),
+        REQUEST_ID_HEADER.lower(),
+        "via",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-real-ip",
+        "forwarded",
+    }
+)
+
+# The caller's credentials for the gateway itself; on the catch-all relay they never reach
+# the container (SPEC §4). Every "Proxy-*" field is dropped there too.
+_RELAY_CREDENTIAL_HEADERS = frozenset({"authorization", "x-team-id"})
+
+_REQUEST_DROP = HOP_BY_HOP_HEADERS | GATEWAY_HEADERS
+_RELAY_DROP = _REQUEST_DROP | _RELAY_CREDENTIAL_HEADERS
+# A container may not fake a gateway error, nor hand out a second request id: every response
+# carries the gateway's (SPEC §6).
+_RESPONSE_DROP = HOP_BY_HOP_HEADERS | {ERROR_MARKER_HEADER.lower(), REQUEST_ID_HEADER.lower()}
+_RESPONSE_DROP_KEEP_LENGTH = _RESPONSE_DROP - {"content-length"}
+
+#: The name this gateway gives itself in ``Via`` (RFC 9110 §7.6.3 received-by pseudonym).
+DEFAULT_PSEUDONYM = "invoke-middleware"
+
+#: Default caps for :func:`check_header_limits`.
+DEFAULT_MAX_HEADER_COUNT = 100
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+
+MAX_REQUEST_ID_LENGTH = 128
+
+# RFC 9110 §5.6.2: token = 1*tchar.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 §5.5: CR, LF and NUL must never pass into a field value.
+_UNSAFE_VALUE = re.compile(r"[\r\n\x00]")
+_SAFE_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:@/+=\-]{{1,{MAX_REQUEST_ID_LENGTH}}}")
+# RFC 9110 §5.6.5: comments may hold commas, so they go before a Via list is split.
+_VIA_COMMENT = re.compile(r"\([^()]*\)")
+# reg-name / IPv4 / [IPv6], then an optional port.
+_FORWARDED_HOST = re.compile(r"(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+_FORWARDED_PROTOS = frozenset({"http", "https"})
+
+
+def is_token(name: str) -> bool:
+    """Whether ``name`` is an RFC 9110 token, the grammar of a field name (§5.1, §5.6.2)."""
+    return _TOKEN.fullmatch(name) is not None
+
+
+def is_safe_value(value: str) -> bool:
+    """Whether ``value`` holds no CR, LF or NUL (RFC 9110 §5.5), so it cannot split a header."""
+    return _UNSAFE_VALUE.search(value) is None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardingRules:
+    """What the gateway adds on the way up.
+
+    ``pseudonym`` is its name in ``Via`` (an RFC 9110 token, compared case-insensitively when
+    looking for loops); give each gateway deployment in a chain its own. ``trusted_hops`` is
+    how many proxies in front of the gateway append to ``X-Forwarded-*`` (0: trust none, the
+    connection is the client); see the module docstring for the exact rules.
+    """
+
+    pseudonym: str = DEFAULT_PSEUDONYM
+    trusted_hops: int = 0
+
+    def __post_init__(self) -> None:
+        if not is_token(self.pseudonym):
+            raise ValueError("the Via pseudonym must be an RFC 9110 token")
+        if self.trusted_hops < 0:
+            raise ValueError("trusted_hops must be 0 or more")
+
+
+DEFAULT_FORWARDING_RULES = ForwardingRules()
+
+
+def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """The lower-cased field names listed by every ``Connection`` field of ``headers``."""
+    tokens: set[str] = set()
+    for name, value in headers:
+        # Checking the length first keeps the common case to one integer comparison.
+        if len(name) == 10 and name.lower() == "connection":
+            tokens.update(token.strip().lower() for token in value.split(","))
+    tokens.discard("")
+    return frozenset(tokens)
+
+
+def _without(
+    headers: Collection[tuple[str, str]], drop: frozenset[str], *, drop_proxy: bool = False
+) -> list[tuple[str, str]]:
+    named = connection_tokens(headers)
+    if named:
+        drop = drop | named
+    kept = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in drop or (drop_proxy and lowered.startswith("proxy-")):
+            continue
+        kept.append((name, value))
+    return kept
+
+
+def forward_request_headers(
+    incoming: Collection[tuple[str, str]],
+    *,
+    remote_addr: str,
+    scheme: str,
+    host: str,
+    request_id: str,
+    envelope: Collection[tuple[str, str]] | None = None,
+    rules: ForwardingRules = DEFAULT_FORWARDING_RULES,
+) -> list[tuple[str, str]]:
+    """The header fields to send upstream.
+
+    ``incoming`` is the outer request's header list; ``remote_addr``, ``scheme`` and ``host``
+    describe its connection. They always supply the forwarding facts and the existing ``Via``.
+
+    On the catch-all relay (``envelope=None``) the end-to-end fields are ``incoming`` minus the
+    hop-by-hop set, the fields its ``Connection`` names, the gateway's own fields,
+    ``Authorization``, ``X-Team-ID`` and every ``Proxy-*`` field (SPEC §4).
+
+    On the invoke route pass the envelope's ``headers`` (already validated, arrays unrolled
+    into repeated pairs): they are the end-to-end fields, minus the hop-by-hop set, the
+    fields the envelope's own ``Connection`` names and the gateway's own fields; their
+    ``Authorization`` and ``Content-Type`` are kept (SPEC §3). The outer request's fields are
+    never forwarded.
+
+    Then come, in this order: ``Via`` (the incoming ``Via`` list followed by
+    ``1.1 <pseudonym>``), ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and
+    ``X-Request-ID: request_id``. Check :func:`is_loop` on ``incoming`` first.
+    """
+    if envelope is None:
+        forwarded = _without(incoming, _RELAY_DROP, drop_proxy=True)
+    else:
+        forwarded = _without(envelope, _REQUEST_DROP)
+
+    vias: list[str] = []
+    xff: list[str] = []
+    protos: list[str] = []
+    hosts: list[str] = []
+    hops = rules.trusted_hops
+    for name, value in incoming:
+        # Comparing lengths first spares lower-casing most names on this hot path.
+        size = len(name)
+        if size == 3 and name.lower() == "via":
+            vias.append(value.strip())
+        elif hops and 15 <= size <= 17:
+            lowered = name.lower()
+            if lowered == "x-forwarded-for":
+                xff.extend(_split_list(value))
+            elif lowered == "x-forwarded-proto":
+                protos.extend(_split_list(value))
+            elif lowered == "x-forwarded-host":
+                hosts.extend(_split_list(value))
+
+    vias.append(f"1.1 {rules.pseudonym}")
+    chain = [*xff[-hops:], remote_addr] if hops and len(xff) >= hops else [remote_addr]
+    proto = protos[-hops].lower() if hops and len(protos) >= hops else ""
+    if proto not in _FORWARDED_PROTOS:
+        proto = scheme
+    forwarded_host = hosts[-hops] if hops and len(hosts) >= hops else ""
+    if _FORWARDED_HOST.fullmatch(forwarded_host) is None:
+        forwarded_host = host
+
+    forwarded.append(("Via", ", ".join(v for v in vias if v)))
+    forwarded.append(("X-Forwarded-For", ", ".join(chain)))
+    forwarded.append(("X-Forwarded-Proto", proto))
+    forwarded.append(("X-Forwarded-Host", forwarded_host))
+    forwarded.append((REQUEST_ID_HEADER, request_id))
+    return forwarded
+
+
+def _split_list(value: str) -> list[str]:
+    return [item for item in (part.strip() for part in value.split(",")) if item]
+
+
+def is_loop(headers: Iterable[tuple[str, str]], pseudonym: str = DEFAULT_PSEUDONYM) -> bool:
+    """Whether a ``Via`` field of ``headers`` already names ``pseudonym`` as its received-by.
+
+    Each ``Via`` element is ``received-protocol received-by [comment]`` (RFC 9110 §7.6.3);
+    only the received-by part is compared, exactly and case-insensitively, so a pseudonym in
+    a comment or as part of a longer name does not count. The pipeline answers a loop with
+    508 ``loop_detected``.
+    """
+    wanted = pseudonym.lower()
+    for name, value in headers:
+        if len(name) != 3 or name.lower() != "via":
+            continue
+        for element in _VIA_COMMENT.sub("", value).split(","):
+            parts = element.split()
+            if len(parts) >= 2 and parts[1].lower() == wanted:
+                return True
+    return False
+
+
+def choose_request_id(incoming: str | None) -> str:
+    """The caller's ``X-Request-ID`` when it is short and safe, else a new random one.
+
+    Safe means 1 to 128 characters from ``A-Z a-z 0-9 . _ : @ / + = -``: enough for UUIDs,
+    W3C trace ids and base64 ids, never enough to inject into a log line or a header. A new
+    id is a UUID4 in 32 hex digits.
+    """
+    if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming) is not None:
+        return incoming
+    return uuid.uuid4().hex
+
+
+def filter_response_headers(
+    headers: Collection[tuple[str, str]], *, keep_content_length: bool = False
+) -> list[tuple[str, str]]:
+    """The container's response fields that may reach the caller.
+
+    Drops the hop-by-hop set, the fields the response's ``Connection`` names, the gateway's
+    error marker (so a container cannot pass its response off as a gateway error) and
+    ``X-Request-ID`` (the gateway's own is set on every response). ``Content-Length`` is
+    dropped too unless ``keep_content_length``: the streaming relay may keep it when the
+    upstream framed its body by length; the invoke response (SPEC §3) never lists it, since
+    ``Content-Length`` is hop-by-hop in this product. A ``Content-Length`` the response's
+    ``Connection`` names is dropped either way.
+    """
+    drop = _RESPONSE_DROP_KEEP_LENGTH if keep_content_length else _RESPONSE_DROP
+    return _without(headers, drop)
+
+
+def fold_response_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:
+    """The invoke response's ``headers`` object (SPEC §3).
+
+    Names are lower-cased. A field seen once maps to its value; a field seen more than once
+    maps to the array of its values in order. Values are never comma-joined, so ``Set-Cookie``
+    is never folded (RFC 6265 §3): a single cookie stays a string, like any single field, and
+    two or more are an array. Filter with :func:`filter_response_headers` first.
+    """
+    folded: dict[str, str | list[str]] = {}
+    for name, value in headers:
+        key = name.lower()
+        seen = folded.get(key)
+        if seen is None:
+            folded[key] = value
+        elif isinstance(seen, list):
+            seen.append(value)
+        else:
+            folded[key] = [seen, value]
+    return folded
+
+
+def check_header_limits(
+    headers: Iterable[tuple[str, str]],
+    *,
+    max_count: int = DEFAULT_MAX_HEADER_COUNT,
+    max_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> None:
+    """Raise :class:`~invoke_middleware.errors.HeadersTooLargeError` (431) over the caps.
+
+    ``max_count`` caps the number of fields (repeats count one each); ``max_bytes`` caps their
+    size as on the wire, ``name: value`` plus CRLF per field. Characters are counted as bytes,
+    which they are for WSGI's latin-1 header strings.
+    """
+    size = 0
+    for count, (name, value) in enumerate(headers, start=1):
+        size += len(name) + len(value) + 4
+        if count > max_count:
+            raise HeadersTooLargeError(f"The request has more than {max_count} header fields.")
+        if size > max_bytes:
+            raise HeadersTooLargeError(f"The request headers are larger than {max_bytes} bytes.")
