@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
 
 from invoke_middleware.auth.base import AuthResolver
+from invoke_middleware.auth.credentials import CredentialResolver
 from invoke_middleware.auth.policy import Policy, default_policy
+from invoke_middleware.auth.stores import (
+    CredentialStore,
+    InMemoryCredentialStore,
+    InMemoryMembershipStore,
+    MembershipStore,
+)
 from invoke_middleware.errors import ErrorRenderer
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
 from invoke_middleware.registry import InMemoryServiceRegistry, ServiceRegistry
@@ -43,10 +50,12 @@ class InvokeMiddleware:
     """Answers the runtime routes under ``prefix``; passes everything else to ``app``.
 
     Collaborators are keyword-only and all have working defaults: an empty in-memory
-    registry, no auth resolvers (every runtime request is then 401 until you pass some), the
-    pooled :class:`~invoke_middleware.transport.http.HTTPTransport` for deployed services and
-    a second one for external services. See :class:`~invoke_middleware.relay.GatewaySettings`
-    for limits and timeouts.
+    registry; in-memory credential and membership stores (``self.credentials`` and
+    ``self.memberships``) read by a
+    :class:`~invoke_middleware.auth.credentials.CredentialResolver` when ``resolvers`` is not
+    given; the pooled :class:`~invoke_middleware.transport.http.HTTPTransport` for deployed
+    services and a second one for external services (egress). See
+    :class:`~invoke_middleware.relay.GatewaySettings` for limits and timeouts.
     """
 
     def __init__(
@@ -55,7 +64,9 @@ class InvokeMiddleware:
         *,
         prefix: str = "",
         registry: ServiceRegistry | None = None,
-        resolvers: Sequence[AuthResolver] = (),
+        credentials: CredentialStore | None = None,
+        memberships: MembershipStore | None = None,
+        resolvers: Sequence[AuthResolver] | None = None,
         policy: Policy = default_policy,
         transport: Transport | None = None,
         egress_transport: Transport | None = None,
@@ -67,6 +78,10 @@ class InvokeMiddleware:
     ) -> None:
         self.app = app
         self.router = Router(prefix)
+        self.credentials = credentials if credentials is not None else InMemoryCredentialStore()
+        self.memberships = memberships if memberships is not None else InMemoryMembershipStore()
+        if resolvers is None:
+            resolvers = [CredentialResolver(self.credentials, self.memberships)]
         self.gateway = Gateway(
             registry=registry if registry is not None else InMemoryServiceRegistry(),
             resolvers=resolvers,

@@ -174,6 +174,9 @@ class Gateway:
             error_renderer = render_problem if self.settings.problem_json else render_error
         self.render = error_renderer
         self._clock = clock
+        self._forwarding = hdr.ForwardingRules(
+            pseudonym=self.settings.pseudonym, trusted_hops=self.settings.trusted_proxy_hops
+        )
 
     # -- entry point -------------------------------------------------------------------
 
@@ -222,6 +225,11 @@ class Gateway:
         elif request.method not in _METADATA_METHODS:
             raise MethodNotAllowedError(list(_METADATA_METHODS))
 
+        if kind in (RouteKind.INVOKE, RouteKind.RELAY) and hdr.is_loop(
+            request.headers, settings.pseudonym
+        ):
+            # Checked before authentication: a looping request has lost its credentials.
+            raise LoopDetectedError()
         principal = self._authenticate(request)
         if kind is RouteKind.LIST:
             self._authorize(principal, Action.LIST, None)
@@ -234,13 +242,13 @@ class Gateway:
             self._authorize(principal, Action.GET, service)
             return _json_response(200, service.public_metadata(), request_id)
 
-        self._authorize(principal, Action.INVOKE if kind is RouteKind.INVOKE else Action.RELAY, service)
+        self._authorize(
+            principal, Action.INVOKE if kind is RouteKind.INVOKE else Action.RELAY, service
+        )
         if not service.is_running:
             raise ServiceNotRunningError(
                 f"The service is {service.service_status.value}, not running."
             )
-        if hdr.is_loop(request.headers, settings.pseudonym):
-            raise LoopDetectedError()
         if kind is RouteKind.INVOKE:
             return self._invoke(request, principal, service, request_id)
         return self._relay(request, route.tail, principal, service, request_id)
@@ -277,18 +285,16 @@ class Gateway:
         request: GatewayRequest,
         service: Service,
         request_id: str,
-        end_to_end: Iterable[tuple[str, str]],
+        envelope: tuple[tuple[str, str], ...] | None,
     ) -> list[tuple[str, str]]:
-        settings = self.settings
-        out = hdr.forwarding_headers(
-            end_to_end,
+        out = hdr.forward_request_headers(
+            request.headers,
             remote_addr=request.remote_addr,
             scheme=request.scheme,
             host=request.host,
-            incoming=request.headers,
-            trusted_hops=settings.trusted_proxy_hops,
-            pseudonym=settings.pseudonym,
             request_id=request_id,
+            envelope=envelope,
+            rules=self._forwarding,
         )
         if service.service_type is ServiceType.EXTERNAL and service.external_auth_credential_id:
             out = [(k, v) for k, v in out if k.lower() != "authorization"]
@@ -314,19 +320,24 @@ class Gateway:
             raise UnsupportedMediaTypeError()
         raw = _read_capped(request, settings.max_envelope_bytes)
         envelope = parse_envelope(raw, max_body_bytes=settings.max_invoke_body_bytes)
-        path, _, query = envelope.path.partition("?")
-        url = build_target_url(service.base_url, path, query if _ else None)
-        end_to_end = hdr.filter_request_headers(envelope.headers, relay=False)
+        url = build_target_url(service.base_url, envelope.path)
+        path = envelope.path.partition("?")[0]
         upstream = UpstreamRequest(
             method=envelope.method,
             url=url,
-            headers=tuple(self._upstream_headers(request, service, request_id, end_to_end)),
+            headers=tuple(self._upstream_headers(request, service, request_id, envelope.headers)),
             body=envelope.body if envelope.body or envelope.method not in ("GET", "HEAD") else None,
             content_length=len(envelope.body),
             timeouts=service.timeouts.merged_over(settings.timeouts),
         )
-        started = self._clock()
-        self._before(request_id, "invoke", principal, service, envelope.method, path)
+        relay = self._start(
+            request_id=request_id,
+            route="invoke",
+            principal=principal,
+            service=service,
+            method=envelope.method,
+            path=path,
+        )
         status, error_code, bytes_out = 502, None, 0
         try:
             response = self._transport_for(service).send(upstream)
@@ -336,17 +347,15 @@ class Gateway:
                 response.close()
             status, bytes_out = response.status, len(body)
             payload = encode_response(
-                response.status, hdr.fold_response_headers(response.headers), body
+                response.status,
+                hdr.fold_response_headers(hdr.filter_response_headers(response.headers)),
+                body,
             )
         except GatewayError as error:
             status, error_code = error.status, error.code
             raise
         finally:
-            self._after(
-                request_id, "invoke", principal, service, envelope.method, path,
-                status=status, bytes_in=len(envelope.body), bytes_out=bytes_out,
-                duration=self._clock() - started, error_code=error_code,
-            )
+            self._finish(relay, status, len(envelope.body), bytes_out, error_code)
         return GatewayResponse(
             status=200,
             reason="OK",
@@ -370,39 +379,37 @@ class Gateway:
         settings = self.settings
         url = build_target_url(service.base_url, tail, request.query or None)
         body, length = _request_body(request, settings.max_relay_body_bytes)
-        end_to_end = hdr.filter_request_headers(request.headers, relay=True)
         upstream = UpstreamRequest(
             method=request.method,
             url=url,
-            headers=tuple(self._upstream_headers(request, service, request_id, end_to_end)),
+            headers=tuple(self._upstream_headers(request, service, request_id, None)),
             body=body,
             content_length=length,
             timeouts=service.timeouts.merged_over(settings.timeouts),
         )
-        started = self._clock()
-        self._before(request_id, "relay", principal, service, request.method, tail)
+        relay = self._start(
+            request_id=request_id,
+            route="relay",
+            principal=principal,
+            service=service,
+            method=request.method,
+            path=tail,
+        )
         try:
             response = self._transport_for(service).send(upstream)
         except GatewayError as error:
-            self._after(
-                request_id, "relay", principal, service, request.method, tail,
-                status=error.status, bytes_in=body.sent if body else 0, bytes_out=0,
-                duration=self._clock() - started, error_code=error.code,
-            )
+            sent = body.sent if body else 0
+            self._finish(relay, error.status, sent, 0, error.code)
             raise
         headers = hdr.filter_response_headers(response.headers)
-        length = _relay_content_length(request.method, response)
-        if length is not None:
-            headers.append(("Content-Length", length))
-        headers.append(("Via", f"1.1 {settings.pseudonym}"))
+        response_length = _relay_content_length(request.method, response)
+        if response_length is not None:
+            headers.append(("Content-Length", response_length))
         headers.append((REQUEST_ID_HEADER, request_id))
         stream = _RelayBody(
             response,
-            on_end=lambda out, code: self._after(
-                request_id, "relay", principal, service, request.method, tail,
-                status=response.status,
-                bytes_in=body.sent if body else 0, bytes_out=out,
-                duration=self._clock() - started, error_code=code,
+            on_end=lambda received, code: self._finish(
+                relay, response.status, body.sent if body else 0, received, code
             ),
         )
         return GatewayResponse(
@@ -412,34 +419,58 @@ class Gateway:
             body=stream,
         )
 
-    def _before(
-        self, request_id: str, route: str, principal: Principal, service: Service,
-        method: str, path: str,
-    ) -> None:
+    def _start(
+        self,
+        *,
+        request_id: str,
+        route: str,
+        principal: Principal,
+        service: Service,
+        method: str,
+        path: str,
+    ) -> _Relay:
+        event = RelayStarted(
+            request_id=request_id,
+            route=route,
+            principal=principal,
+            service=service,
+            method=method,
+            path=path,
+        )
         if self.before_relay:
-            call_hooks(
-                self.before_relay,
-                RelayStarted(
-                    request_id=request_id, route=route, principal=principal,
-                    service=service, method=method, path=path,
-                ),
-            )
+            call_hooks(self.before_relay, event)
+        return _Relay(event=event, started=self._clock())
 
-    def _after(
-        self, request_id: str, route: str, principal: Principal, service: Service,
-        method: str, path: str, *, status: int, bytes_in: int, bytes_out: int,
-        duration: float, error_code: str | None,
+    def _finish(
+        self, relay: _Relay, status: int, bytes_in: int, bytes_out: int, error_code: str | None
     ) -> None:
-        if self.after_relay:
-            call_hooks(
-                self.after_relay,
-                RelayFinished(
-                    request_id=request_id, route=route, principal=principal,
-                    service=service, method=method, path=path, status=status,
-                    bytes_in=bytes_in, bytes_out=bytes_out, duration=duration,
-                    error_code=error_code,
-                ),
-            )
+        if not self.after_relay:
+            return
+        event = relay.event
+        call_hooks(
+            self.after_relay,
+            RelayFinished(
+                request_id=event.request_id,
+                route=event.route,
+                principal=event.principal,
+                service=event.service,
+                method=event.method,
+                path=event.path,
+                status=status,
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                duration=self._clock() - relay.started,
+                error_code=error_code,
+            ),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Relay:
+    """A relay in flight: what the hooks were told, and when it started."""
+
+    event: RelayStarted
+    started: float
 
 
 def _safe_reason(reason: str, status: int) -> str:
@@ -472,8 +503,7 @@ def _read_capped(request: GatewayRequest, limit: int) -> bytes:
     if request.content_length is not None:
         if request.content_length > limit:
             raise PayloadTooLargeError()
-        data = _read_exact(request, request.content_length)
-        return data
+        return _read_exact(request, request.content_length)
     if not request.chunked:
         if "Transfer-Encoding" in request.headers:
             raise LengthRequiredError()
@@ -524,9 +554,7 @@ class _RequestBody:
             while remaining > 0:
                 chunk = read(min(remaining, _READ_SIZE))
                 if not chunk:
-                    raise InvalidRequestError(
-                        "The request body ended before Content-Length bytes."
-                    )
+                    raise InvalidRequestError("The request body ended before Content-Length bytes.")
                 remaining -= len(chunk)
                 self.sent += len(chunk)
                 yield chunk
@@ -610,4 +638,3 @@ class _RelayBody:
         self._response.close()
         # Closed before the end: the client went away.
         self._finish("client_closed" if not self._done else None)
-
