@@ -91,7 +91,7 @@ class CredentialResolver:
             _refuse("agent keys may not call the gateway", key_prefix(token))
 
         now = self._clock()
-        record = self._find(token)
+        record = self._find(token, kind)
         if record is None:
             _refuse("unknown key or wrong secret", key_prefix(token))
         if record.revoked_at is not None:
@@ -104,7 +104,7 @@ class CredentialResolver:
             self._touch(record, now)
         return principal
 
-    def _find(self, token: str) -> CredentialRecord | None:
+    def _find(self, token: str, kind: KeyKind) -> CredentialRecord | None:
         digest = hash_key(token)
         candidates = self._store.find_by_prefix(key_prefix(token))
         match: CredentialRecord | None = None
@@ -116,7 +116,7 @@ class CredentialResolver:
                 match = record
         if not candidates:
             hmac.compare_digest(digest, _NO_MATCH_HASH)
-        if match is not None and match.kind is not KeyKind.of(token):
+        if match is not None and match.kind is not kind:
             return None
         return match
 

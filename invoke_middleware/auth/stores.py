@@ -140,10 +140,11 @@ class InMemoryCredentialStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._records: dict[uuid.UUID, CredentialRecord] = {}
+        self._by_prefix: dict[str, list[uuid.UUID]] = {}
 
     def find_by_prefix(self, prefix: str) -> Sequence[CredentialRecord]:
         with self._lock:
-            return [r for r in self._records.values() if r.prefix == prefix]
+            return [self._records[i] for i in self._by_prefix.get(prefix, ())]
 
     def issue(
         self,
@@ -162,7 +163,7 @@ class InMemoryCredentialStore:
             key = generate_key(kind)
             # Prefixes carry 9 random characters; a clash is vanishingly rare, but
             # find_by_prefix would then return two records and cost a second compare.
-            while any(r.prefix == key_prefix(key) for r in self._records.values()):
+            while key_prefix(key) in self._by_prefix:
                 key = generate_key(kind)
             record = CredentialRecord(
                 id=uuid.uuid4(),
@@ -176,6 +177,7 @@ class InMemoryCredentialStore:
                 expires_at=expires_at,
             )
             self._records[record.id] = record
+            self._by_prefix.setdefault(record.prefix, []).append(record.id)
         return IssuedCredential(key=key, record=record)
 
     def revoke(self, credential_id: uuid.UUID) -> bool:
