@@ -1,0 +1,393 @@
+"""The default transport: HTTP/1.1 over :mod:`http.client`, with kept-alive connections.
+
+:class:`HTTPTransport` keeps a few idle connections per origin and reuses them, which is what
+makes a relayed request cheap. It speaks exactly the contract of
+:mod:`invoke_middleware.transport.base`: nothing is added to the request but ``Host`` and the
+body framing, nothing of the response is decoded, and every failure becomes one of the
+gateway's own errors::
+
+    transport = HTTPTransport(ca_bundle="/etc/ssl/internal-ca.pem")
+    response = transport.send(UpstreamRequest(method="GET", url="https://svc.internal/health",
+                                              headers=(("Accept", "application/json"),)))
+    try:
+        body = b"".join(response)
+    finally:
+        response.close()
+
+``request.headers`` must not carry ``Host``, ``Content-Length`` or ``Transfer-Encoding``
+(the relay strips them, SPEC §6); the transport writes those itself.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterable, Iterator
+
+from ..errors import (
+    GatewayError,
+    InvalidRequestError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
+)
+from ._framing import content_length_to_send, is_chunked
+from ._origin import Origin, split_url
+from ._retry import may_retry_after_close
+from ._tls import CABundle, resolve_ssl_context
+from .base import UpstreamRequest, UpstreamResponse
+
+__all__ = ["HTTPTransport"]
+
+#: Largest piece handed out per read; a chunk is returned as soon as any bytes arrived.
+_READ_SIZE = 65536
+
+# Where an exchange failed, which decides whether it may be retried.
+_WRITING_HEAD = 0  # request line and headers (and a bytes body, sent with them)
+_READING_BODY = 1  # pulling the next chunk from the caller's body: the caller's failure
+_WRITING_BODY = 2
+_AWAITING_RESPONSE = 3
+
+
+def _translate(exc: Exception) -> GatewayError:
+    """The one place where socket, TLS and protocol errors become the gateway's errors."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeoutError()
+    if isinstance(exc, OSError):
+        # Refused, reset, DNS failure, TLS handshake or verification failure.
+        return UpstreamUnreachableError()
+    if isinstance(exc, http.client.IncompleteRead):
+        return UpstreamError("The service's response ended early.")
+    return UpstreamError()
+
+
+if hasattr(select, "poll"):
+
+    def _peer_closed(sock: socket.socket) -> bool:
+        # An idle keep-alive connection has nothing to read; readable means the peer closed
+        # it (or sent bytes nobody asked for). Either way it cannot carry a request.
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+
+else:  # pragma: no cover - platforms without poll()
+
+    def _peer_closed(sock: socket.socket) -> bool:
+        return bool(select.select([sock], [], [], 0)[0])
+
+
+class _Deadline:
+    """Per-read socket timeouts: the read timeout, capped by what is left of the total."""
+
+    __slots__ = ("_at", "_read")
+
+    def __init__(self, read: float | None, total: float | None) -> None:
+        self._read = read
+        self._at = None if total is None else time.monotonic() + total
+
+    def arm(self, sock: socket.socket) -> None:
+        """Set the socket's timeout for the next wait; raise once the total is spent."""
+        if self._at is None:
+            return
+        remaining = self._at - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        sock.settimeout(remaining if self._read is None or remaining < self._read else self._read)
+
+    def start(self, sock: socket.socket) -> None:
+        if self._at is None:
+            sock.settimeout(self._read)
+        else:
+            self.arm(sock)
+
+
+class _Exchange:
+    """One request on one connection: writes it, then hands out the response's chunks."""
+
+    __slots__ = (
+        "_connection",
+        "_deadline",
+        "_origin",
+        "_response",
+        "_sock",
+        "_transport",
+        "done",
+        "stage",
+    )
+
+    def __init__(
+        self,
+        *,
+        transport: HTTPTransport,
+        origin: Origin,
+        connection: http.client.HTTPConnection,
+        deadline: _Deadline,
+    ) -> None:
+        self._transport = transport
+        self._origin = origin
+        self._connection = connection
+        # Kept apart: http.client drops connection.sock when the response will close it.
+        self._sock: socket.socket = connection.sock
+        self._deadline = deadline
+        self._response: http.client.HTTPResponse | None = None
+        self.stage = _WRITING_HEAD
+        self.done = False
+
+    def write(self, request: UpstreamRequest, target: str) -> None:
+        """Send the request line, headers and body."""
+        connection = self._connection
+        self._deadline.start(self._sock)
+        connection.putrequest(request.method, target, skip_host=True, skip_accept_encoding=True)
+        connection.putheader("Host", self._origin.host_header)
+        for name, value in request.headers:
+            connection.putheader(name, value)
+        length = content_length_to_send(request)
+        if length is not None:
+            connection.putheader("Content-Length", str(length))
+        body = request.body
+        if body is None or isinstance(body, bytes | bytearray | memoryview):
+            connection.endheaders(body)
+            return
+        chunked = is_chunked(request)
+        if chunked:
+            connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        if chunked:
+            self._write_chunked(body)
+        else:
+            self._write_sized(body, length or 0)
+
+    def _write_chunked(self, body: Iterable[bytes]) -> None:
+        sock, deadline = self._sock, self._deadline
+        self.stage = _READING_BODY
+        for chunk in body:
+            if chunk:  # an empty chunk would end the body (RFC 9112 §7.1)
+                self.stage = _WRITING_BODY
+                deadline.arm(sock)
+                sock.sendall(b"%X\r\n%b\r\n" % (len(chunk), chunk))
+                self.stage = _READING_BODY
+        self.stage = _WRITING_BODY
+        deadline.arm(sock)
+        sock.sendall(b"0\r\n\r\n")
+
+    def _write_sized(self, body: Iterable[bytes], length: int) -> None:
+        sock, deadline = self._sock, self._deadline
+        sent = 0
+        self.stage = _READING_BODY
+        for chunk in body:
+            sent += len(chunk)
+            if sent > length:
+                raise _length_mismatch()
+            self.stage = _WRITING_BODY
+            deadline.arm(sock)
+            sock.sendall(chunk)
+            self.stage = _READING_BODY
+        if sent != length:
+            raise _length_mismatch()
+
+    def read_head(self) -> http.client.HTTPResponse:
+        """Wait for the response's status line and headers."""
+        self.stage = _AWAITING_RESPONSE
+        self._deadline.arm(self._sock)
+        self._response = self._connection.getresponse()
+        return self._response
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body, chunk by chunk as it arrives; raises if it ends early."""
+        response = self._response
+        assert response is not None
+        sock, deadline = self._sock, self._deadline
+        try:
+            while not self.done:
+                deadline.arm(sock)
+                chunk = response.read1(_READ_SIZE)
+                if not chunk:
+                    if response.length:
+                        # http.client ends quietly when the peer closes before the
+                        # Content-Length was reached (RFC 9112 §8: incomplete message).
+                        raise http.client.IncompleteRead(b"", response.length)
+                    self.finish()
+                    return
+                yield chunk
+                if response.length == 0:
+                    self.finish()
+                    return
+        except (OSError, http.client.HTTPException) as exc:
+            raise _translate(exc) from exc
+        finally:
+            if not self.done:
+                self.close()
+
+    def finish(self) -> None:
+        """The body was read to its end: keep the connection if the response allows it."""
+        response = self._response
+        assert response is not None
+        self.done = True
+        response.close()
+        if response.will_close or self._connection.sock is None:
+            self._connection.close()
+        else:
+            self._transport._release(self._origin, self._connection)
+
+    def close(self) -> None:
+        """Stop early: the connection is in an unknown state and is discarded."""
+        if self.done:
+            return
+        self.done = True
+        if self._response is not None:
+            self._response.close()
+        self._connection.close()
+
+
+class HTTPTransport:
+    """The default transport: :mod:`http.client` with a small keep-alive pool per origin.
+
+    ``pool_size_per_origin`` bounds how many *idle* connections are kept per origin (more may
+    be open at once under load; extra ones are closed when released). TLS is always verified:
+    against ``ca_bundle`` when given, else the system trust store; or pass a ready
+    ``ssl_context`` (one with a client certificate, for mTLS). Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        *,
+        pool_size_per_origin: int = 10,
+        ca_bundle: CABundle | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if pool_size_per_origin < 0:
+            raise ValueError("pool_size_per_origin must not be negative.")
+        self._pool_size = pool_size_per_origin
+        self._ssl_context = resolve_ssl_context(ca_bundle=ca_bundle, ssl_context=ssl_context)
+        self._idle: dict[Origin, list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Send ``request``; return once the status and headers arrived."""
+        if self._closed:
+            raise RuntimeError("The transport is closed.")
+        origin, target = split_url(request.url)
+        connection = self._idle_connection(origin)
+        if connection is not None:
+            response = self._exchange(origin, target, request, connection, reused=True)
+            if response is not None:
+                return response
+        connection = self._connect(origin, request.timeouts.connect)
+        response = self._exchange(origin, target, request, connection, reused=False)
+        assert response is not None  # only a reused connection asks for a retry
+        return response
+
+    def close(self) -> None:
+        """Close the idle connections; connections still reading a body close when done."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                connection.close()
+
+    def _exchange(
+        self,
+        origin: Origin,
+        target: str,
+        request: UpstreamRequest,
+        connection: http.client.HTTPConnection,
+        *,
+        reused: bool,
+    ) -> UpstreamResponse | None:
+        """Write the request and read the response head; ``None`` asks for one retry."""
+        timeouts = request.timeouts
+        exchange = _Exchange(
+            transport=self,
+            origin=origin,
+            connection=connection,
+            deadline=_Deadline(timeouts.read, timeouts.total),
+        )
+        try:
+            exchange.write(request, target)
+            response = exchange.read_head()
+        except (OSError, http.client.HTTPException) as exc:
+            exchange.close()
+            if exchange.stage == _READING_BODY:
+                raise  # the caller's body failed, not the upstream
+            if reused and _may_retry(request, exchange.stage, exc):
+                return None
+            raise _translate(exc) from exc
+        except BaseException:
+            # The caller's body raised (a GatewayError, say): propagate it unchanged.
+            exchange.close()
+            raise
+        # http.client sets length 0 for HEAD, 1xx, 204 and 304 (RFC 9112 §6.3).
+        length = None if response.chunked else response.length
+        if length == 0:
+            exchange.finish()
+            chunks: Iterator[bytes] = iter(())
+        else:
+            chunks = exchange.chunks()
+        return UpstreamResponse(
+            status=response.status,
+            reason=response.reason,
+            headers=response.msg.items(),
+            chunks=chunks,
+            close=exchange.close,
+            content_length=length,
+        )
+
+    def _connect(self, origin: Origin, timeout: float | None) -> http.client.HTTPConnection:
+        connection: http.client.HTTPConnection
+        if origin.scheme == "https":
+            connection = http.client.HTTPSConnection(
+                origin.host, origin.port, timeout=timeout, context=self._ssl_context
+            )
+        else:
+            connection = http.client.HTTPConnection(origin.host, origin.port, timeout=timeout)
+        try:
+            connection.connect()
+        except OSError as exc:
+            connection.close()
+            raise _translate(exc) from exc
+        return connection
+
+    def _idle_connection(self, origin: Origin) -> http.client.HTTPConnection | None:
+        while True:
+            with self._lock:
+                idle = self._idle.get(origin)
+                if not idle:
+                    return None
+                connection = idle.pop()
+            if connection.sock is not None and not _peer_closed(connection.sock):
+                return connection
+            connection.close()
+
+    def _release(self, origin: Origin, connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if not self._closed:
+                idle = self._idle.setdefault(origin, [])
+                if len(idle) < self._pool_size:
+                    idle.append(connection)
+                    return
+        connection.close()
+
+
+def _may_retry(request: UpstreamRequest, stage: int, exc: Exception) -> bool:
+    """Whether a failure on a reused connection leaves the request safe to send again."""
+    if isinstance(exc, TimeoutError):
+        return False
+    if stage == _WRITING_HEAD:
+        # The peer closed the idle connection before taking anything: no byte of a streamed
+        # body was consumed yet, and a bytes body can be written again.
+        return True
+    return (
+        stage == _AWAITING_RESPONSE
+        and isinstance(exc, ConnectionError)
+        and may_retry_after_close(request)
+    )
+
+
+def _length_mismatch() -> InvalidRequestError:
+    return InvalidRequestError("The request body does not match its declared length.")

@@ -1,0 +1,309 @@
+"""A transport over a :class:`requests.Session`, for hosts that configure their own.
+
+Hand in a session whose adapters carry what your egress needs (mounted adapters, client
+certificates, a pool size of your choosing)::
+
+    session = requests.Session()
+    session.cert = ("/etc/gateway/client.pem", "/etc/gateway/client.key")
+    transport = RequestsTransport(session)
+
+Only the parts of the session that say *how to connect* are used: its mounted adapters (and
+their pools and ``max_retries``), ``verify`` (a CA bundle path; ``False`` is refused, TLS is
+always verified), ``cert`` and an explicit ``proxies`` mapping. What makes requests a browser-like
+client is bypassed without touching the session: the request is prepared here and handed to
+the adapter directly, so the session's default headers (``User-Agent``, ``Accept``,
+``Accept-Encoding``, ``Connection``), ``auth``, ``cookies`` (responses never fill its jar),
+``hooks``, redirects and everything ``trust_env`` would read (``HTTP_PROXY``, ``.netrc``,
+``REQUESTS_CA_BUNDLE``) play no part. The URL is sent as given, never re-quoted.
+
+Repeated request header fields are sent as separate fields; response fields come back with
+repeats kept, grouped by name in order of first appearance (urllib3 keeps them that way).
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, cast
+
+import requests
+import requests.adapters
+import urllib3
+import urllib3.exceptions
+from urllib3.util import SKIP_HEADER
+
+from ..errors import (
+    GatewayError,
+    InvalidRequestError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
+)
+from ._framing import content_length_to_send
+from ._origin import split_url
+from ._retry import may_retry_after_close
+from ._tls import CABundle
+from .base import UpstreamRequest, UpstreamResponse
+
+__all__ = ["RequestsTransport"]
+
+_READ_SIZE = 65536
+
+#: What the adapter and urllib3 raise; everything else (the caller's body failing with a
+#: GatewayError, say) propagates unchanged.
+_FOREIGN_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps (requests and urllib3 nest them in ``args``)."""
+    pending: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            pending.append(reason)
+        pending.append(current.__cause__)
+        pending.append(current.__context__)
+
+
+def _translate(exc: BaseException) -> GatewayError:
+    """The one place where requests, urllib3 and socket errors become the gateway's errors."""
+    causes = list(_chain(exc))
+    if any(isinstance(c, urllib3.exceptions.NewConnectionError) for c in causes):
+        # Checked first: urllib3 derives "could not connect" from its connect-timeout class.
+        return UpstreamUnreachableError()
+    timeouts = (TimeoutError, urllib3.exceptions.TimeoutError, requests.Timeout)
+    if any(isinstance(c, timeouts) for c in causes):
+        return UpstreamTimeoutError()
+    if any(isinstance(c, http.client.IncompleteRead) for c in causes):
+        return UpstreamError("The service's response ended early.")
+    if any(isinstance(c, OSError) for c in causes):
+        # Refused, reset, DNS failure, TLS handshake or verification failure.
+        return UpstreamUnreachableError()
+    return UpstreamError()
+
+
+def _peer_closed_before_answering(exc: BaseException) -> bool:
+    return any(
+        isinstance(c, ConnectionError) and not isinstance(c, ConnectionRefusedError)
+        for c in _chain(exc)
+    ) and not any(isinstance(c, TimeoutError) for c in _chain(exc))
+
+
+class _SizedBody:
+    """A streamed body of known size, checked against it as it is sent."""
+
+    __slots__ = ("_chunks", "_length")
+
+    def __init__(self, chunks: Iterable[bytes], length: int) -> None:
+        self._chunks = chunks
+        self._length = length
+
+    def __iter__(self) -> Iterator[bytes]:
+        sent = 0
+        for chunk in self._chunks:
+            sent += len(chunk)
+            if sent > self._length:
+                raise _length_mismatch()
+            yield chunk
+        if sent != self._length:
+            raise _length_mismatch()
+
+
+def _length_mismatch() -> InvalidRequestError:
+    return InvalidRequestError("The request body does not match its declared length.")
+
+
+class _Exchange:
+    """One response being read from urllib3: chunks as they arrive, then release."""
+
+    __slots__ = ("_deadline", "_read", "_response", "_sock", "done")
+
+    def __init__(
+        self, response: requests.Response, *, read: float | None, deadline: float | None
+    ) -> None:
+        self._response = response
+        self._read = read
+        self._deadline = deadline
+        self._sock = _socket_of(response.raw)
+        self.done = False
+
+    def chunks(self) -> Iterator[bytes]:
+        raw = self._response.raw
+        try:
+            while not self.done:
+                self._arm()
+                chunk = raw.read1(_READ_SIZE, decode_content=False)
+                if not chunk:
+                    self.done = True
+                    raw.release_conn()
+                    return
+                yield chunk
+        except _FOREIGN_ERRORS as exc:
+            raise _translate(exc) from exc
+        finally:
+            self.close()
+
+    def _arm(self) -> None:
+        if self._deadline is None:
+            return
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise UpstreamTimeoutError()
+        if self._sock is not None:
+            read = self._read
+            try:
+                self._sock.settimeout(remaining if read is None or remaining < read else read)
+            except OSError:
+                # The rest of the body is already buffered and the socket gone; the
+                # deadline is still checked before each chunk.
+                self._sock = None
+
+    def close(self) -> None:
+        if not self.done:
+            self.done = True
+            self._response.close()
+
+
+def _socket_of(raw: Any) -> socket.socket | None:
+    """The socket under a urllib3 response, to bound each read by the total deadline."""
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is None:
+        # http.client hands the socket to a response that closes the connection.
+        reader = getattr(getattr(raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(reader, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+class RequestsTransport:
+    """Sends upstream requests through a :class:`requests.Session`'s adapters.
+
+    ``session`` defaults to a new one, closed by :meth:`close`; a session handed in is left
+    open for its owner. ``ca_bundle`` overrides the session's ``verify``. Safe to share
+    between threads (the adapters' connection pools are).
+    """
+
+    def __init__(
+        self, session: requests.Session | None = None, *, ca_bundle: CABundle | None = None
+    ) -> None:
+        self._owns_session = session is None
+        self._session = session if session is not None else requests.Session()
+        verify = self._session.verify if ca_bundle is None else str(ca_bundle)
+        if verify is False:
+            raise ValueError("TLS verification cannot be switched off.")
+        self._verify: bool | str = True if verify is None else verify
+
+    def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Send ``request``; return once the status and headers arrived."""
+        started = time.monotonic()
+        prepared = self._prepare(request)
+        adapter = self._session.get_adapter(prepared.url or request.url)
+        timeouts = request.timeouts
+        read = timeouts.read
+        if timeouts.total is not None and (read is None or timeouts.total < read):
+            read = timeouts.total
+        send_args: dict[str, Any] = {
+            "stream": True,
+            "timeout": (timeouts.connect, read),
+            "verify": self._verify,
+            "cert": self._session.cert,
+            "proxies": dict(self._session.proxies),
+        }
+        pooled = _connections_opened(adapter, prepared, send_args)
+        try:
+            response = adapter.send(prepared, **send_args)
+        except _FOREIGN_ERRORS as exc:
+            reused = pooled is not None and pooled == _connections_opened(
+                adapter, prepared, send_args
+            )
+            if not (
+                reused and may_retry_after_close(request) and _peer_closed_before_answering(exc)
+            ):
+                raise _translate(exc) from exc
+            try:
+                response = adapter.send(self._prepare(request), **send_args)
+            except _FOREIGN_ERRORS as retry_exc:
+                raise _translate(retry_exc) from retry_exc
+        raw = response.raw
+        deadline = None if timeouts.total is None else started + timeouts.total
+        exchange = _Exchange(response, read=timeouts.read, deadline=deadline)
+        length = raw.length_remaining
+        if length == 0:
+            exchange.done = True
+            raw.release_conn()
+            chunks: Iterator[bytes] = iter(())
+        else:
+            chunks = exchange.chunks()
+        return UpstreamResponse(
+            status=raw.status,
+            reason=raw.reason or "",
+            headers=raw.headers.items(),
+            chunks=chunks,
+            close=exchange.close,
+            content_length=length,
+        )
+
+    def close(self) -> None:
+        """Close the session if this transport created it."""
+        if self._owns_session:
+            self._session.close()
+
+    def _prepare(self, request: UpstreamRequest) -> requests.PreparedRequest:
+        origin, _ = split_url(request.url)
+        headers = urllib3.HTTPHeaderDict()
+        headers.add("Host", origin.host_header)
+        for name, value in request.headers:
+            headers.add(name, value)
+        # urllib3 adds these unless told to skip them; the contract adds nothing.
+        for name in ("User-Agent", "Accept-Encoding"):
+            if name not in headers:
+                headers[name] = SKIP_HEADER
+        body = request.body
+        length = content_length_to_send(request)
+        if length is not None:
+            headers["Content-Length"] = str(length)
+            if body is not None and not isinstance(body, bytes | bytearray | memoryview):
+                body = _SizedBody(body, length)
+        prepared = requests.PreparedRequest()
+        prepared.method = request.method
+        # Set directly: PreparedRequest.prepare_url() would re-quote the path.
+        prepared.url = request.url.partition("#")[0]
+        # Without Content-Length the adapter asks urllib3 for chunked coding.
+        prepared.headers = cast(Any, headers)
+        prepared.body = cast(Any, body)
+        return prepared
+
+
+def _connections_opened(
+    adapter: requests.adapters.BaseAdapter,
+    prepared: requests.PreparedRequest,
+    send_args: dict[str, Any],
+) -> int | None:
+    """How many connections the adapter's pool for this URL has opened so far.
+
+    Unchanged across a failed send means the request went out on a connection the pool
+    already had: the only case where a retry is allowed. ``None`` for adapters without pools.
+    """
+    if not isinstance(adapter, requests.adapters.HTTPAdapter):
+        return None
+    try:
+        pool = adapter.get_connection_with_tls_context(
+            prepared, send_args["verify"], proxies=send_args["proxies"], cert=send_args["cert"]
+        )
+    except _FOREIGN_ERRORS:
+        return None
+    opened = getattr(pool, "num_connections", None)
+    return opened if isinstance(opened, int) else None

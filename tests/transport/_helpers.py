@@ -1,0 +1,54 @@
+"""Small helpers shared by the transport tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from invoke_middleware.transport import Timeouts, Transport, UpstreamRequest, UpstreamResponse
+
+QUICK = Timeouts(connect=5.0, read=10.0, total=20.0)
+
+
+def send(
+    transport: Transport,
+    method: str,
+    url: str,
+    *,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes | Iterable[bytes] | None = None,
+    content_length: int | None = None,
+    timeouts: Timeouts = QUICK,
+) -> UpstreamResponse:
+    return transport.send(
+        UpstreamRequest(
+            method=method,
+            url=url,
+            headers=tuple(headers),
+            body=body,
+            content_length=content_length,
+            timeouts=timeouts,
+        )
+    )
+
+
+def fetch(
+    transport: Transport, method: str, url: str, **options: object
+) -> tuple[UpstreamResponse, bytes]:
+    """Send, read the whole body, close; return the response and its body."""
+    response = send(transport, method, url, **options)  # type: ignore[arg-type]
+    try:
+        return response, b"".join(response)
+    finally:
+        response.close()
+
+
+def drain(response: UpstreamResponse) -> bytes:
+    """Read the whole body, then close the response (also when reading fails)."""
+    try:
+        return b"".join(response)
+    finally:
+        response.close()
+
+
+def values(response: UpstreamResponse, name: str) -> list[str]:
+    return [v for n, v in response.headers if n.lower() == name.lower()]
