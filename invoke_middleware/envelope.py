@@ -28,6 +28,7 @@ import base64
 import binascii
 import functools
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -46,6 +47,7 @@ __all__ = [
     "MAX_DETAILS",
     "MAX_POINTER_TOKEN_CHARS",
     "REQUEST_SCHEMA_NAME",
+    "REQUEST_VALIDATOR",
     "InvokeEnvelope",
     "encode_response",
     "load_schema",
@@ -129,10 +131,27 @@ def parse_envelope(raw: bytes, *, max_body_bytes: int) -> InvokeEnvelope:
     when the decoded ``body_base64`` is longer than ``max_body_bytes``.
     """
     document = _decode_json(raw)
-    problems = [*_find_json_problems(document, ""), *_schema_problems(document)]
+    problems = [*_find_json_problems(document), *_schema_problems(document)]
+    encoded = document.get("body_base64", "") if isinstance(document, dict) else ""
+    too_large = False
+    body = b""
+    if isinstance(encoded, str) and not any(p.pointer == "/body_base64" for p in problems):
+        # The size is known from the length: an oversized body is never decoded.
+        too_large = _decoded_size(encoded) > max_body_bytes
+        if not too_large:
+            try:
+                body = base64.b64decode(encoded, validate=True)
+            except binascii.Error:
+                # The schema checks the alphabet and the place of "="; the length (and a final
+                # newline, which Python's "$" lets through) are checked here, so that a
+                # pattern counting groups of four need not run over the whole body.
+                problems.append(ErrorDetail(pointer="/body_base64", message=_BASE64_MESSAGE))
     if problems:
         raise InvalidRequestError(details=_summarise(problems))
-    body = _decode_body(document.get("body_base64", ""), max_body_bytes=max_body_bytes)
+    if too_large:
+        raise PayloadTooLargeError(
+            f"The decoded body_base64 is larger than {max_body_bytes} bytes."
+        )
     return InvokeEnvelope(
         method=document["method"],
         path=document["path"],
@@ -213,20 +232,8 @@ def _whole_body_error(message: str) -> InvalidRequestError:
     return InvalidRequestError(details=[ErrorDetail(pointer="", message=message)])
 
 
-def _decode_body(text: str, *, max_body_bytes: int) -> bytes:
-    # Check the size before decoding, so an oversized body is never allocated twice.
-    decoded_size = len(text) // 4 * 3 - text[-2:].count("=")
-    if decoded_size > max_body_bytes:
-        raise PayloadTooLargeError(
-            f"The decoded body_base64 is larger than {max_body_bytes} bytes."
-        )
-    try:
-        return base64.b64decode(text, validate=True)
-    except binascii.Error as exc:
-        # The schema admits only well-formed base64; this guards the two from drifting apart.
-        raise InvalidRequestError(
-            details=[ErrorDetail(pointer="/body_base64", message=_BASE64_MESSAGE)]
-        ) from exc
+def _decoded_size(encoded: str) -> int:
+    return len(encoded) // 4 * 3 - encoded[-2:].count("=")
 
 
 def _expand_headers(headers: Mapping[str, str | list[str]]) -> Iterator[tuple[str, str]]:
@@ -266,29 +273,40 @@ def _pointer(path: Iterable[str | int]) -> str:
     return "".join("/" + _pointer_token(token) for token in path)
 
 
-def _find_json_problems(value: Any, pointer: str) -> Iterator[ErrorDetail]:
+def _find_json_problems(document: Any) -> Iterator[ErrorDetail]:
     """Duplicate member names and unpaired surrogates, anywhere in the document."""
-    if isinstance(value, str):
-        if _has_lone_surrogate(value):
-            yield ErrorDetail(pointer=pointer, message="contains an unpaired UTF-16 surrogate")
-    elif isinstance(value, dict):
-        for key in getattr(value, "duplicates", ()):
-            yield ErrorDetail(
-                pointer=pointer + "/" + _pointer_token(key), message="appears more than once"
-            )
-        for key, item in value.items():
-            child = pointer + "/" + _pointer_token(key)
-            if _has_lone_surrogate(key):
-                yield ErrorDetail(pointer=child, message="name contains an unpaired surrogate")
-            yield from _find_json_problems(item, child)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _find_json_problems(item, f"{pointer}/{index}")
+    # An explicit stack, not recursion: the parser accepts nesting as deep as the interpreter's
+    # recursion limit, and a recursive walk from deeper in the call stack would overflow.
+    pending: list[tuple[str, Any]] = [("", document)]
+    while pending:
+        pointer, value = pending.pop()
+        if isinstance(value, str):
+            if _has_lone_surrogate(value):
+                yield ErrorDetail(pointer=pointer, message="contains an unpaired UTF-16 surrogate")
+        elif isinstance(value, dict):
+            for key in getattr(value, "duplicates", ()):
+                yield ErrorDetail(pointer=_child(pointer, key), message="appears more than once")
+            for key, item in value.items():
+                if _has_lone_surrogate(key):
+                    yield ErrorDetail(
+                        pointer=_child(pointer, key), message="name contains an unpaired surrogate"
+                    )
+                pending.append((_child(pointer, key), item))
+        elif isinstance(value, list):
+            pending.extend((f"{pointer}/{index}", item) for index, item in enumerate(value))
+
+
+def _child(pointer: str, key: str) -> str:
+    return pointer + "/" + _pointer_token(key)
+
+
+#: json.loads pairs valid surrogate escapes into one code point; what is left is unpaired.
+_LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 def _has_lone_surrogate(text: str) -> bool:
-    # json.loads pairs valid surrogate escapes into one code point; what is left is unpaired.
-    return any("\ud800" <= char <= "\udfff" for char in text)
+    # isascii() is a flag lookup in CPython, so a large base64 body is not scanned.
+    return not text.isascii() and _LONE_SURROGATE.search(text) is not None
 
 
 def _schema_problems(document: Any) -> Iterator[ErrorDetail]:

@@ -384,6 +384,19 @@ def test_every_problem_is_reported_together_sorted_by_pointer() -> None:
     ]
 
 
+def test_badly_padded_body_is_reported_with_the_other_problems() -> None:
+    assert problems(encode(with_fields(method="get", body_base64="QUJDRA="))) == [
+        ("/body_base64", BASE64_MESSAGE),
+        ("/method", METHODS),
+    ]
+
+
+def test_oversized_body_of_an_invalid_envelope_is_a_bad_request() -> None:
+    raw = encode(with_fields(method="get", body_base64=base64.b64encode(b"x" * 100).decode()))
+    with pytest.raises(InvalidRequestError):
+        parse_envelope(raw, max_body_bytes=10)
+
+
 def test_both_missing_fields_are_reported() -> None:
     assert problems(b"{}") == [("/method", "is required"), ("/path", "is required")]
 

@@ -343,10 +343,13 @@ def test_spec_example_response_validates() -> None:
         pytest.param(
             {"status_code": 200, "headers": {"x-a": 1}, "body_base64": ""}, id="value-number"
         ),
-        pytest.param({"status_code": 200, "headers": {}, "body_base64": "QQ"}, id="unpadded-body"),
         pytest.param(
-            {"status_code": 200, "headers": {}, "body_base64": "QQ==\n"}, id="body-newline"
+            {"status_code": 200, "headers": {}, "body_base64": "-_-_"}, id="url-safe-body"
         ),
+        pytest.param(
+            {"status_code": 200, "headers": {}, "body_base64": "Q=QQ"}, id="inner-padding"
+        ),
+        pytest.param({"status_code": 200, "headers": {}, "body_base64": "QQ== "}, id="body-space"),
         pytest.param(
             {"status_code": 200, "headers": {}, "body_base64": "", "x": 1}, id="extra-member"
         ),
