@@ -90,7 +90,8 @@ def _translate(exc: BaseException) -> GatewayError:
         return UpstreamTimeoutError()
     if any(isinstance(c, http.client.IncompleteRead) for c in causes):
         return UpstreamError("The service's response ended early.")
-    if any(isinstance(c, OSError) for c in causes):
+    # requests' own exceptions derive from OSError too; only the underlying ones count.
+    if any(isinstance(c, OSError) and not isinstance(c, requests.RequestException) for c in causes):
         # Refused, reset, DNS failure, TLS handshake or verification failure.
         return UpstreamUnreachableError()
     return UpstreamError()

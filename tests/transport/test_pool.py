@@ -1,0 +1,113 @@
+"""Keep-alive: connections are reused, stale ones are noticed, and retries stay safe."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from invoke_middleware.errors import UpstreamUnreachableError
+from invoke_middleware.transport import HTTPTransport, Transport
+from tests.upstreams import RawUpstream, download_bytes
+
+from ._helpers import fetch, send
+
+
+def _body(*pieces: bytes) -> Iterator[bytes]:
+    yield from pieces
+
+
+def test_connection_is_reused_after_a_complete_response(
+    wire: Transport, raw_upstream: RawUpstream
+) -> None:
+    for _ in range(3):
+        response, _ = fetch(wire, "GET", raw_upstream.url + "/download?size=1000")
+        assert response.status == 200
+
+    assert raw_upstream.connections_accepted == 1
+
+
+def test_connection_is_discarded_when_the_body_was_not_read_to_its_end(
+    wire: Transport, raw_upstream: RawUpstream
+) -> None:
+    response = send(wire, "GET", raw_upstream.url + f"/download?size={1 << 20}")
+    next(iter(response))
+    response.close()
+
+    _, body = fetch(wire, "GET", raw_upstream.url + "/download?size=10")
+
+    assert body == download_bytes(10)
+    assert raw_upstream.connections_accepted == 2
+
+
+def test_connection_the_peer_closed_while_idle_is_not_used(
+    wire: Transport, raw_upstream: RawUpstream
+) -> None:
+    fetch(wire, "GET", raw_upstream.url + "/close-after-response")
+    assert raw_upstream.closed_after_response.wait(10)
+
+    # Not idempotent, so this can only succeed if the stale connection was never tried.
+    response, _ = fetch(wire, "POST", raw_upstream.url + "/echo", body=b"payload")
+
+    assert response.status == 200
+    assert raw_upstream.connections_accepted == 2
+    assert raw_upstream.dropped == 0
+
+
+def test_idempotent_request_is_retried_once_when_a_reused_connection_closes(
+    wire: Transport, raw_upstream: RawUpstream
+) -> None:
+    fetch(wire, "GET", raw_upstream.url + "/drop-next")
+
+    response, _ = fetch(wire, "PUT", raw_upstream.url + "/echo", body=b"same again")
+
+    assert response.status == 200
+    assert raw_upstream.dropped == 1
+    assert raw_upstream.connections_accepted == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "streamed"),
+    [
+        pytest.param("POST", False, id="not-idempotent"),
+        pytest.param("PUT", True, id="streamed-body-consumed"),
+    ],
+)
+def test_request_the_upstream_may_have_processed_is_not_retried(
+    wire: Transport, raw_upstream: RawUpstream, method: str, streamed: bool
+) -> None:
+    fetch(wire, "GET", raw_upstream.url + "/drop-next")
+    body = _body(b"only ", b"once") if streamed else b"only once"
+
+    with pytest.raises(UpstreamUnreachableError):
+        send(wire, method, raw_upstream.url + "/echo", body=body, content_length=9)
+
+    assert raw_upstream.dropped == 1
+    assert raw_upstream.connections_accepted == 1
+
+
+def test_idle_connections_kept_per_origin_are_bounded(raw_upstream: RawUpstream) -> None:
+    transport = HTTPTransport(pool_size_per_origin=1)
+    try:
+        first = send(transport, "GET", raw_upstream.url + "/download?size=10")
+        second = send(transport, "GET", raw_upstream.url + "/download?size=10")
+        for response in (first, second):
+            assert b"".join(response) == download_bytes(10)
+            response.close()
+        for _ in range(2):
+            fetch(transport, "GET", raw_upstream.url + "/download?size=10")
+    finally:
+        transport.close()
+
+    # Two were open at once; only one was kept, and it served both later requests.
+    assert raw_upstream.connections_accepted == 2
+
+
+def test_closed_transport_refuses_to_send(raw_upstream: RawUpstream) -> None:
+    transport = HTTPTransport()
+    fetch(transport, "GET", raw_upstream.url + "/download?size=10")
+
+    transport.close()
+
+    with pytest.raises(RuntimeError):
+        send(transport, "GET", raw_upstream.url + "/download?size=10")

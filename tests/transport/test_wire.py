@@ -1,0 +1,189 @@
+"""What the socket transports put on the wire, and how they fail, against a raw upstream."""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from invoke_middleware.errors import (
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
+)
+from invoke_middleware.transport import Timeouts, Transport
+from tests.upstreams import RawUpstream, ReceivedRequest
+
+from ._helpers import drain, fetch, send, values
+
+
+def _received(transport: Transport, upstream: RawUpstream, **options: object) -> ReceivedRequest:
+    method = str(options.pop("method", "GET"))
+    target = str(options.pop("target", "/echo"))
+    response, body = fetch(transport, method, upstream.url + target, **options)
+    assert response.status == 200
+    return ReceivedRequest.parse(body)
+
+
+def _stream(*pieces: bytes) -> Iterator[bytes]:
+    yield from pieces
+
+
+def test_request_carries_exactly_the_given_fields_plus_host(
+    wire: Transport, raw_upstream: RawUpstream
+) -> None:
+    sent = [("X-One", "1"), ("Accept", "text/plain"), ("X-One", "2")]
+
+    received = _received(wire, raw_upstream, headers=sent)
+
+    assert received.request_line == "GET /echo HTTP/1.1"
+    assert Counter(received.headers) == Counter([("Host", f"127.0.0.1:{raw_upstream.port}"), *sent])
+    assert [v for n, v in received.headers if n == "X-One"] == ["1", "2"]
+
+
+def test_path_and_query_are_sent_as_written(wire: Transport, raw_upstream: RawUpstream) -> None:
+    received = _received(wire, raw_upstream, target="/echo?a=%2F&b=%7E&c=x+y&d")
+
+    assert received.request_line == "GET /echo?a=%2F&b=%7E&c=x+y&d HTTP/1.1"
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "content_length", "framing", "expected"),
+    [
+        pytest.param("GET", None, None, [], b"", id="no-body"),
+        pytest.param("POST", None, None, [("Content-Length", "0")], b"", id="post-without-body"),
+        pytest.param("POST", b"abc", None, [("Content-Length", "3")], b"abc", id="bytes-by-length"),
+        pytest.param(
+            "POST",
+            (b"ab", b"", b"cd"),
+            4,
+            [("Content-Length", "4")],
+            b"abcd",
+            id="stream-with-length",
+        ),
+        pytest.param(
+            "PUT",
+            (b"ab", b"", b"cde"),
+            None,
+            [("Transfer-Encoding", "chunked")],
+            b"abcde",
+            id="stream-chunked",
+        ),
+    ],
+)
+def test_body_is_framed_by_length_or_chunked(
+    wire: Transport,
+    raw_upstream: RawUpstream,
+    method: str,
+    body: bytes | tuple[bytes, ...] | None,
+    content_length: int | None,
+    framing: list[tuple[str, str]],
+    expected: bytes,
+) -> None:
+    streamed = _stream(*body) if isinstance(body, tuple) else body
+
+    received = _received(
+        wire, raw_upstream, method=method, body=streamed, content_length=content_length
+    )
+
+    framing_fields = {"content-length", "transfer-encoding"}
+    assert [(n, v) for n, v in received.headers if n.lower() in framing_fields] == framing
+    assert received.body == expected
+
+
+def test_chunked_upload_sends_each_piece_as_a_chunk(
+    wire: Transport, raw_upstream: RawUpstream
+) -> None:
+    received = _received(wire, raw_upstream, method="POST", body=_stream(b"hello ", b"world"))
+
+    assert received.raw_body == b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"
+
+
+def test_repeated_response_fields_are_kept_in_order(
+    wire: Transport, raw_upstream: RawUpstream
+) -> None:
+    response, _ = fetch(wire, "GET", raw_upstream.url + "/headers")
+
+    assert values(response, "Set-Cookie") == ["a=1; Path=/", "b=2"]
+    assert values(response, "X-Multi") == ["one", "two"]
+
+
+def test_compressed_body_and_its_encoding_are_kept(
+    wire: Transport, raw_upstream: RawUpstream
+) -> None:
+    import gzip
+
+    response, body = fetch(wire, "GET", raw_upstream.url + "/gzip")
+
+    assert values(response, "Content-Encoding") == ["gzip"]
+    assert gzip.decompress(body) == b"compressed " * 100
+
+
+def test_redirect_is_returned_with_its_location(wire: Transport, raw_upstream: RawUpstream) -> None:
+    response, _ = fetch(wire, "POST", raw_upstream.url + "/redirect", body=b"x")
+
+    assert (response.status, response.reason) == (302, "Found")
+    assert values(response, "Location") == ["/echo"]
+
+
+def test_refused_connection_is_unreachable(wire: Transport) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        port = placeholder.getsockname()[1]
+
+    with pytest.raises(UpstreamUnreachableError):
+        send(wire, "GET", f"http://127.0.0.1:{port}/")
+
+
+def test_unresolvable_host_is_unreachable(wire: Transport) -> None:
+    with pytest.raises(UpstreamUnreachableError):
+        send(wire, "GET", "http://does-not-exist.invalid/")
+
+
+def test_silent_upstream_times_out_after_the_read_timeout(
+    wire: Transport, raw_upstream: RawUpstream
+) -> None:
+    timeouts = Timeouts(connect=5.0, read=0.3, total=20.0)
+
+    with pytest.raises(UpstreamTimeoutError):
+        send(wire, "GET", raw_upstream.url + "/hang", timeouts=timeouts)
+
+
+def test_total_deadline_stops_a_body_that_keeps_dripping(
+    wire: Transport, raw_upstream: RawUpstream
+) -> None:
+    # Each byte comes well within the read timeout; only the total deadline can stop it.
+    timeouts = Timeouts(connect=5.0, read=2.0, total=0.5)
+    response = send(
+        wire, "GET", raw_upstream.url + "/drip?count=200&interval=0.02", timeouts=timeouts
+    )
+
+    with pytest.raises(UpstreamTimeoutError):
+        drain(response)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("/reset", id="reset-mid-body"),
+        pytest.param("/truncate", id="closed-before-content-length"),
+        pytest.param("/truncate-chunked", id="closed-before-last-chunk"),
+    ],
+)
+def test_body_that_ends_early_raises(
+    wire: Transport, raw_upstream: RawUpstream, target: str
+) -> None:
+    response = send(wire, "GET", raw_upstream.url + target)
+
+    with pytest.raises(UpstreamError):
+        drain(response)
+
+
+def test_response_that_is_not_http_is_an_upstream_error(
+    wire: Transport, raw_upstream: RawUpstream
+) -> None:
+    with pytest.raises(UpstreamError) as raised:
+        send(wire, "GET", raw_upstream.url + "/garbage")
+
+    assert "not http" not in raised.value.message
