@@ -1,0 +1,189 @@
+"""The standalone gateway: the middleware over a tiny host app, wired to a SQL store.
+
+``invoke-middleware serve`` runs what :func:`build_gateway` returns. The host app behind the
+middleware answers ``GET /healthz`` with 200 and every other path with a JSON 404, so the only
+useful routes are the runtime ones. Usage from Python::
+
+    from pathlib import Path
+    from invoke_middleware._toml_config import load_config
+    from invoke_middleware.standalone import build_gateway
+
+    gateway = build_gateway(load_config(Path("invoke-middleware.toml")))
+    # gateway.app is a WSGI application; gateway.close() releases connections.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from invoke_middleware._toml_config import ConfigError, GatewayConfig, JWTConfig
+from invoke_middleware.auth.base import AuthResolver
+from invoke_middleware.auth.credentials import CredentialResolver
+from invoke_middleware.auth.jwt import JWTResolver
+from invoke_middleware.auth.stores import MembershipStore
+from invoke_middleware.middleware import InvokeMiddleware
+from invoke_middleware.store.sql import SQLStore
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+logger = logging.getLogger("invoke_middleware.standalone")
+
+HEALTH_PATH = "/healthz"
+
+
+def host_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """The host behind the middleware: ``/healthz`` for probes, a JSON 404 for the rest."""
+    path = environ.get("PATH_INFO", "")
+    method = environ.get("REQUEST_METHOD", "GET")
+    if path != HEALTH_PATH:
+        return _json(start_response, "404 Not Found", {"error_message": "Not found."})
+    if method not in ("GET", "HEAD"):
+        return _json(
+            start_response,
+            "405 Method Not Allowed",
+            {"error_message": "Method not allowed."},
+            [("Allow", "GET, HEAD")],
+        )
+    body = _json(start_response, "200 OK", {"status": "ok"})
+    return [] if method == "HEAD" else body
+
+
+def _json(
+    start_response: StartResponse,
+    status: str,
+    payload: object,
+    extra: Iterable[tuple[str, str]] = (),
+) -> list[bytes]:
+    body = json.dumps(payload).encode()
+    start_response(
+        status,
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            *extra,
+        ],
+    )
+    return [body]
+
+
+class EnvironmentSecretResolver:
+    """A :class:`~invoke_middleware.relay.SecretResolver` reading environment variables.
+
+    ``names`` maps a credential reference to the name of an environment variable; the
+    variable's value, read on every request (so a rotated value applies without a restart
+    where the environment can change), is the ``Authorization`` header sent verbatim, e.g.
+    ``Bearer xyz``. An unknown reference or an unset or empty variable gives ``None``, which
+    the gateway turns into a 502 for the caller and an error in its log.
+    """
+
+    def __init__(self, names: Mapping[str, str], environ: Mapping[str, str] = os.environ) -> None:
+        self._names = dict(names)
+        self._environ = environ
+
+    def __call__(self, credential_id: str) -> str | None:
+        name = self._names.get(credential_id)
+        if name is None:
+            logger.error("no [secrets] entry for credential reference %r", credential_id)
+            return None
+        value = self._environ.get(name)
+        if not value:
+            logger.error(
+                "environment variable %s (credential reference %r) is not set", name, credential_id
+            )
+            return None
+        return value
+
+    def __repr__(self) -> str:
+        return f"EnvironmentSecretResolver({sorted(self._names)!r})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StandaloneGateway:
+    """The WSGI application ``serve`` runs, and the store behind it."""
+
+    app: InvokeMiddleware
+    store: SQLStore
+
+    def close(self) -> None:
+        """Close upstream connections and the store's pool."""
+        self.app.close()
+        self.store.close()
+
+
+def build_gateway(
+    config: GatewayConfig, environ: Mapping[str, str] = os.environ
+) -> StandaloneGateway:
+    """Assemble the standalone gateway from ``config``.
+
+    Raises :class:`~invoke_middleware._toml_config.ConfigError` when a JWT key cannot be
+    read or does not suit the configured algorithms.
+    """
+    store = SQLStore(config.database, service_cache_ttl=config.service_cache_ttl)
+    try:
+        resolvers: list[AuthResolver] = [CredentialResolver(store.credentials, store.memberships)]
+        if config.jwt is not None:
+            try:
+                resolvers.append(jwt_resolver(config.jwt, store.memberships, environ))
+            except ConfigError as exc:
+                raise ConfigError(f"{config.path}: {exc}") from None
+        app = InvokeMiddleware(
+            host_app,
+            prefix=config.prefix,
+            registry=store.services,
+            credentials=store.credentials,
+            memberships=store.memberships,
+            resolvers=resolvers,
+            secret_resolver=EnvironmentSecretResolver(config.secrets, environ),
+            settings=config.settings,
+        )
+    except BaseException:
+        store.close()
+        raise
+    return StandaloneGateway(app=app, store=store)
+
+
+def jwt_resolver(
+    config: JWTConfig, memberships: MembershipStore, environ: Mapping[str, str] = os.environ
+) -> JWTResolver:
+    """A :class:`~invoke_middleware.auth.jwt.JWTResolver` for the ``[jwt]`` table."""
+    key: str | bytes | None = None
+    if config.secret_env is not None:
+        key = environ.get(config.secret_env)
+        if not key:
+            raise ConfigError(
+                f"[jwt] secret_env: environment variable {config.secret_env} is not set"
+            )
+    for setting, path in (
+        ("secret_file", config.secret_file),
+        ("public_key_file", config.public_key_file),
+    ):
+        if path is not None:
+            try:
+                key = path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(
+                    f"[jwt] {setting}: cannot read {path}: {exc.strerror or exc}"
+                ) from None
+            if setting == "secret_file":
+                # A trailing newline from an editor or `echo` is not part of the secret.
+                key = key.rstrip(b"\r\n")
+    try:
+        return JWTResolver(
+            memberships,
+            algorithms=config.algorithms,
+            key=key,
+            jwks_url=config.jwks_url,
+            issuer=config.issuer,
+            audience=config.audience,
+            leeway=config.leeway,
+            cache_size=config.cache_size,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"[jwt]: {exc}") from None
