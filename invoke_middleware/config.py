@@ -1,0 +1,587 @@
+"""Settings for the integrations: a flat mapping of values in, a configured middleware out.
+
+Hosts configure the gateway where they configure everything else: an ini file (Pyramid,
+PasteDeploy) or ``app.config`` (Flask). Every setting has one name, spelled ``invoke.<name>``
+in ini files and ``INVOKE_<NAME>`` in Flask config (upper case, dots as underscores: the
+ini ``invoke.jwt.secret_env`` is Flask's ``INVOKE_JWT_SECRET_ENV``)::
+
+    config = parse_settings({"invoke.prefix": "/api/v1", "invoke.problem_json": "on"})
+    app = config.build_middleware(app, before_relay=[audit])
+
+Ini values arrive as strings and are converted here; Flask values may already be numbers,
+booleans or lists. A blank value (or ``None``) leaves the setting at its default. An unknown
+name in the namespace, a value of the wrong type or out of range, an unreadable key file, a
+missing environment variable: each is a :class:`ConfigError` at start-up that names the
+setting as the host spelled it. Secret values never appear in a message.
+
+=========================  ===========  ==================  ===================================
+name                       type         default             meaning
+=========================  ===========  ==================  ===================================
+prefix                     path         ``""``              where the runtime routes live
+database_url               URL          (in memory)         SQLAlchemy URL of the SQL store
+service_cache_ttl          seconds≥0    2                   service lookup cache (needs a URL)
+max_invoke_body_bytes      int>0        10 MiB              decoded invoke body cap
+max_relay_body_bytes       int>0        1 GiB               catch-all upload cap
+max_response_body_bytes    int>0        10 MiB              buffered invoke response cap
+max_header_count           int>0        100                 request header count cap
+max_header_bytes           int>0        64 KiB              request header size cap
+connect_timeout            seconds>0    5                   upstream connect timeout
+read_timeout               seconds>0    60                  upstream wait for each read
+total_timeout              seconds>0    300                 whole exchange; ``none``: no limit
+trusted_proxy_hops         int≥0        0                   proxies trusted for X-Forwarded-*
+pseudonym                  token        invoke-middleware   the gateway's name in ``Via``
+problem_json               bool         false               errors as RFC 9457 problem+json
+ca_bundle                  file         (system store)      CA bundle for external services
+jwt.algorithms             names        (JWT off)           algorithms user tokens may use
+jwt.secret                 text         —                   HMAC secret (prefer secret_env)
+jwt.secret_env             env name     —                   variable holding the HMAC secret
+jwt.public_key_file        file         —                   PEM public key
+jwt.jwks_url               URL          —                   the identity provider's JWKS
+jwt.issuer                 text         (not checked)       required ``iss``
+jwt.audience               names        (not checked)       accepted ``aud`` values
+jwt.leeway                 seconds≥0    0                   clock skew allowed on ``exp``
+jwt.cache_size             int≥0        0 (off)             verified-token cache entries
+=========================  ===========  ==================  ===================================
+
+Booleans accept ``true/false``, ``yes/no``, ``on/off`` and ``1/0``; name lists are separated by
+commas or spaces. JWT authentication is on when ``jwt.algorithms`` and exactly one key source
+(``jwt.secret``, ``jwt.secret_env``, ``jwt.public_key_file``, ``jwt.jwks_url``) are set.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
+from urllib.parse import urlsplit
+
+import jwt as pyjwt
+
+from invoke_middleware.auth.base import AuthResolver
+from invoke_middleware.auth.credentials import CredentialResolver
+from invoke_middleware.auth.jwt import JWTResolver
+from invoke_middleware.auth.policy import Policy
+from invoke_middleware.auth.stores import (
+    CredentialStore,
+    InMemoryCredentialStore,
+    InMemoryMembershipStore,
+    MembershipStore,
+)
+from invoke_middleware.errors import ErrorRenderer
+from invoke_middleware.headers import is_token
+from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
+from invoke_middleware.middleware import InvokeMiddleware
+from invoke_middleware.registry import ServiceRegistry
+from invoke_middleware.relay import GatewaySettings, SecretResolver
+from invoke_middleware.routing import Router
+from invoke_middleware.transport.base import DEFAULT_TIMEOUTS, Timeouts, Transport
+from invoke_middleware.transport.http import HTTPTransport
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+    from invoke_middleware.store.sql import SQLStore
+
+__all__ = [
+    "SETTING_NAMES",
+    "Collaborators",
+    "ConfigError",
+    "InvokeConfig",
+    "JWTSettings",
+    "KeyStyle",
+    "parse_flask_config",
+    "parse_settings",
+]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, missing or malformed.
+
+    ``key`` is the setting as the host spelled it (``invoke.jwt.leeway``,
+    ``INVOKE_JWT_LEEWAY``); the message starts with it.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+
+
+class KeyStyle(StrEnum):
+    """How a host spells setting names."""
+
+    INI = "ini"
+    FLASK = "flask"
+
+    def key(self, name: str) -> str:
+        """The spelling of setting ``name`` (``jwt.secret``) in this style."""
+        if self is KeyStyle.INI:
+            return f"invoke.{name}"
+        return "INVOKE_" + name.upper().replace(".", "_")
+
+
+class Collaborators(TypedDict, total=False):
+    """The objects a host may pass next to the settings; see :class:`InvokeMiddleware`."""
+
+    registry: ServiceRegistry
+    credentials: CredentialStore
+    memberships: MembershipStore
+    resolvers: Sequence[AuthResolver]
+    policy: Policy
+    transport: Transport
+    egress_transport: Transport
+    secret_resolver: SecretResolver
+    before_relay: Sequence[BeforeRelayHook]
+    after_relay: Sequence[AfterRelayHook]
+    error_renderer: ErrorRenderer
+
+
+# --- converters: each takes a raw value and returns it converted, or raises ValueError ------
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError
+    return value.strip()
+
+
+def _integer(value: object, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, str):
+        value = int(value.strip())
+    if not isinstance(value, int) or value < minimum:
+        raise ValueError
+    return value
+
+
+def _positive_int(value: object) -> int:
+    return _integer(value, 1)
+
+
+def _count(value: object) -> int:
+    return _integer(value, 0)
+
+
+def _seconds(value: object, *, zero_allowed: bool) -> float:
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, str):
+        value = float(value.strip())
+    if not isinstance(value, int | float):
+        raise ValueError
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_allowed):
+        raise ValueError
+    return seconds
+
+
+def _positive_seconds(value: object) -> float:
+    return _seconds(value, zero_allowed=False)
+
+
+def _seconds_or_zero(value: object) -> float:
+    return _seconds(value, zero_allowed=True)
+
+
+def _total_seconds(value: object) -> float | None:
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return None
+    return _positive_seconds(value)
+
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _text(value).lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        names = tuple(value.replace(",", " ").split())
+    elif isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        names = tuple(item.strip() for item in value if item.strip())
+    else:
+        raise ValueError
+    if not names:
+        raise ValueError
+    return names
+
+
+def _prefix(value: object) -> str:
+    text = _text(value)
+    if any(c.isspace() or c in "?#%" or ord(c) < 0x20 for c in text):
+        raise ValueError
+    return Router(text).prefix
+
+
+def _database_url(value: object) -> str:
+    text = _text(value)
+    try:
+        import sqlalchemy as sa  # noqa: PLC0415 - only needed with a database
+    except ImportError as exc:
+        raise _Refused("needs the 'sql' extra: pip install 'invoke_middleware[sql]'") from exc
+    try:
+        url = sa.make_url(text)
+    except sa.exc.ArgumentError as exc:
+        raise ValueError from exc
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise _Refused("only sqlite:// and postgresql:// databases are supported")
+    return text
+
+
+def _pseudonym(value: object) -> str:
+    text = _text(value)
+    if not is_token(text):
+        raise ValueError
+    return text
+
+
+def _readable_file(value: object) -> str:
+    path = os.path.expanduser(_text(value))
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise _Refused(f"cannot read the file {path!r}")
+    return path
+
+
+def _ca_bundle(value: object) -> str:
+    path = _readable_file(value)
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, ValueError) as exc:
+        raise _Refused(f"{path!r} holds no usable PEM certificates") from exc
+    return path
+
+
+def _http_url(value: object) -> str:
+    text = _text(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError
+    return text
+
+
+class _Refused(ValueError):
+    """A converter's own explanation, used instead of the setting's expected type."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Setting:
+    convert: Callable[[object], Any]
+    expected: str
+    secret: bool = False
+
+
+_SETTINGS: dict[str, _Setting] = {
+    "prefix": _Setting(convert=_prefix, expected="a path starting with '/' (or empty)"),
+    "database_url": _Setting(
+        convert=_database_url,
+        expected="an SQLAlchemy URL such as sqlite:///invoke.db",
+        secret=True,  # may carry a password
+    ),
+    "service_cache_ttl": _Setting(convert=_seconds_or_zero, expected="seconds (0 or more)"),
+    "max_invoke_body_bytes": _Setting(convert=_positive_int, expected="a positive integer"),
+    "max_relay_body_bytes": _Setting(convert=_positive_int, expected="a positive integer"),
+    "max_response_body_bytes": _Setting(convert=_positive_int, expected="a positive integer"),
+    "max_header_count": _Setting(convert=_positive_int, expected="a positive integer"),
+    "max_header_bytes": _Setting(convert=_positive_int, expected="a positive integer"),
+    "connect_timeout": _Setting(convert=_positive_seconds, expected="seconds (more than 0)"),
+    "read_timeout": _Setting(convert=_positive_seconds, expected="seconds (more than 0)"),
+    "total_timeout": _Setting(
+        convert=_total_seconds, expected="seconds (more than 0), or none for no limit"
+    ),
+    "trusted_proxy_hops": _Setting(convert=_count, expected="an integer (0 or more)"),
+    "pseudonym": _Setting(convert=_pseudonym, expected="an RFC 9110 token such as gateway-1"),
+    "problem_json": _Setting(convert=_boolean, expected="a boolean (true/false, on/off, 1/0)"),
+    "ca_bundle": _Setting(convert=_ca_bundle, expected="the path of a PEM CA bundle"),
+    "jwt.algorithms": _Setting(convert=_names, expected="algorithm names such as RS256, ES256"),
+    "jwt.secret": _Setting(convert=_text, expected="text", secret=True),
+    "jwt.secret_env": _Setting(convert=_text, expected="an environment variable name"),
+    "jwt.public_key_file": _Setting(convert=_readable_file, expected="the path of a PEM file"),
+    "jwt.jwks_url": _Setting(convert=_http_url, expected="an absolute http(s) URL"),
+    "jwt.issuer": _Setting(convert=_text, expected="text"),
+    "jwt.audience": _Setting(convert=_names, expected="one or more audience names"),
+    "jwt.leeway": _Setting(convert=_seconds_or_zero, expected="seconds (0 or more)"),
+    "jwt.cache_size": _Setting(convert=_count, expected="an integer (0 or more)"),
+}
+
+#: Every setting name, unprefixed (``prefix``, ``jwt.secret``, ...).
+SETTING_NAMES: tuple[str, ...] = tuple(_SETTINGS)
+
+_JWT_KEY_SOURCES = ("jwt.secret", "jwt.secret_env", "jwt.public_key_file", "jwt.jwks_url")
+
+
+# --- the result --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class JWTSettings:
+    """How user JWTs are verified; see :class:`~invoke_middleware.auth.jwt.JWTResolver`.
+
+    Exactly one of ``key`` (an HMAC secret or a PEM public key) and ``jwks_url`` is set;
+    ``key_setting`` names the setting the key came from, for messages.
+    """
+
+    algorithms: tuple[str, ...]
+    key: str | bytes | None = field(default=None, repr=False)
+    jwks_url: str | None = None
+    key_setting: str = "jwt.jwks_url"
+    issuer: str | None = None
+    audience: tuple[str, ...] = ()
+    leeway: float = 0.0
+    cache_size: int = 0
+
+    def resolver(self, memberships: MembershipStore) -> JWTResolver:
+        """A resolver for these settings that reads roles from ``memberships``."""
+        audience: str | tuple[str, ...] | None = None
+        if len(self.audience) == 1:
+            audience = self.audience[0]
+        elif self.audience:
+            audience = self.audience
+        return JWTResolver(
+            memberships,
+            algorithms=self.algorithms,
+            key=self.key,
+            jwks_url=self.jwks_url,
+            issuer=self.issuer,
+            audience=audience,
+            leeway=self.leeway,
+            cache_size=self.cache_size,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class InvokeConfig:
+    """Validated settings, ready to build an :class:`InvokeMiddleware` (see the module docs).
+
+    Without ``database_url`` the credential and membership stores and the registry are in
+    memory; with it they are the views of one :class:`~invoke_middleware.store.SQLStore`.
+    """
+
+    prefix: str = ""
+    database_url: str | None = field(default=None, repr=False)
+    service_cache_ttl: float | None = None
+    settings: GatewaySettings = field(default_factory=GatewaySettings)
+    jwt: JWTSettings | None = None
+    ca_bundle: str | None = None
+    style: KeyStyle = KeyStyle.INI
+
+    def build_middleware(
+        self, app: WSGIApplication, **collaborators: Unpack[Collaborators]
+    ) -> InvokeMiddleware:
+        """Wrap ``app``; objects in ``collaborators`` replace the ones the settings describe.
+
+        Raises :class:`ConfigError` when the settings cannot apply: JWT settings next to
+        explicit ``resolvers``, ``ca_bundle`` next to an explicit ``egress_transport``, or a
+        database that cannot be opened.
+        """
+        if self.jwt is not None and "resolvers" in collaborators:
+            raise ConfigError(
+                self.style.key("jwt.algorithms"),
+                "JWT settings build the default resolvers; pass a JWTResolver among your "
+                "resolvers instead",
+            )
+        if self.ca_bundle is not None and "egress_transport" in collaborators:
+            raise ConfigError(
+                self.style.key("ca_bundle"),
+                "configures the default egress transport; set it on the egress_transport "
+                "you pass instead",
+            )
+        if self.database_url is not None and not all(
+            name in collaborators for name in ("registry", "credentials", "memberships")
+        ):
+            store = self._open_store()
+            collaborators.setdefault("registry", store.services)
+            collaborators.setdefault("credentials", store.credentials)
+            collaborators.setdefault("memberships", store.memberships)
+        if self.jwt is not None:
+            # Both resolvers must read the same stores, so they are made here.
+            credentials = collaborators.setdefault("credentials", InMemoryCredentialStore())
+            memberships = collaborators.setdefault("memberships", InMemoryMembershipStore())
+            collaborators["resolvers"] = [
+                CredentialResolver(credentials, memberships),
+                self.jwt.resolver(memberships),
+            ]
+        if self.ca_bundle is not None:
+            collaborators["egress_transport"] = HTTPTransport(ca_bundle=self.ca_bundle)
+        return InvokeMiddleware(app, prefix=self.prefix, settings=self.settings, **collaborators)
+
+    def _open_store(self) -> SQLStore:
+        assert self.database_url is not None
+        import sqlalchemy as sa  # noqa: PLC0415 - only needed with a database
+
+        from invoke_middleware.store.sql import DEFAULT_SERVICE_CACHE_TTL, SQLStore  # noqa: PLC0415
+
+        ttl = self.service_cache_ttl
+        try:
+            return SQLStore(
+                self.database_url,
+                service_cache_ttl=DEFAULT_SERVICE_CACHE_TTL if ttl is None else ttl,
+            )
+        except (ValueError, ImportError, sa.exc.ArgumentError) as exc:
+            raise ConfigError(
+                self.style.key("database_url"), f"cannot open the database ({exc})"
+            ) from exc
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+def parse_settings(settings: Mapping[str, object]) -> InvokeConfig:
+    """Read the ``invoke.*`` keys of ini-style ``settings`` (other keys are ignored)."""
+    return _parse(settings, KeyStyle.INI)
+
+
+def parse_flask_config(config: Mapping[str, object]) -> InvokeConfig:
+    """Read the ``INVOKE_*`` keys of a Flask ``app.config`` (other keys are ignored)."""
+    return _parse(config, KeyStyle.FLASK)
+
+
+def _parse(source: Mapping[str, object], style: KeyStyle) -> InvokeConfig:
+    names = {style.key(name): name for name in _SETTINGS}
+    namespace = style.key("")
+    values: dict[str, Any] = {}
+    for key, raw in source.items():
+        if not key.startswith(namespace):
+            continue
+        name = names.get(key)
+        if name is None:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(key, f"unknown setting{hint}")
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            continue
+        values[name] = _convert(key, _SETTINGS[name], raw)
+    return _assemble(values, style)
+
+
+def _convert(key: str, setting: _Setting, raw: object) -> Any:
+    try:
+        return setting.convert(raw)
+    except _Refused as exc:
+        raise ConfigError(key, str(exc)) from None
+    except (ValueError, TypeError):
+        shown = "" if setting.secret else f", got {raw!r}"
+        raise ConfigError(key, f"expected {setting.expected}{shown}") from None
+
+
+def _assemble(values: dict[str, Any], style: KeyStyle) -> InvokeConfig:
+    if "service_cache_ttl" in values and "database_url" not in values:
+        raise ConfigError(
+            style.key("service_cache_ttl"), f"applies only with {style.key('database_url')}"
+        )
+    timeouts = Timeouts(
+        connect=values.pop("connect_timeout", DEFAULT_TIMEOUTS.connect),
+        read=values.pop("read_timeout", DEFAULT_TIMEOUTS.read),
+        total=values.pop("total_timeout", DEFAULT_TIMEOUTS.total),
+    )
+    limits = {
+        name: values[name]
+        for name in (
+            "max_invoke_body_bytes",
+            "max_relay_body_bytes",
+            "max_response_body_bytes",
+            "max_header_count",
+            "max_header_bytes",
+            "trusted_proxy_hops",
+            "pseudonym",
+            "problem_json",
+        )
+        if name in values
+    }
+    return InvokeConfig(
+        prefix=values.get("prefix", ""),
+        database_url=values.get("database_url"),
+        service_cache_ttl=values.get("service_cache_ttl"),
+        settings=GatewaySettings(timeouts=timeouts, **limits),
+        jwt=_jwt_settings(values, style),
+        ca_bundle=values.get("ca_bundle"),
+        style=style,
+    )
+
+
+def _jwt_settings(values: Mapping[str, Any], style: KeyStyle) -> JWTSettings | None:
+    given = [name for name in _SETTINGS if name.startswith("jwt.") and name in values]
+    if not given:
+        return None
+    sources = [name for name in _JWT_KEY_SOURCES if name in values]
+    if "jwt.algorithms" not in values:
+        raise ConfigError(
+            style.key("jwt.algorithms"), f"required with {style.key(given[0])}; e.g. RS256"
+        )
+    if len(sources) != 1:
+        spelled = ", ".join(style.key(name) for name in _JWT_KEY_SOURCES)
+        problem = "set exactly one of" if not sources else "set only one of"
+        raise ConfigError(style.key((sources or ["jwt.secret"])[-1]), f"{problem} {spelled}")
+    algorithms: tuple[str, ...] = values["jwt.algorithms"]
+    _check_algorithms(algorithms, style)
+    source = sources[0]
+    key: str | bytes | None = None
+    if source == "jwt.secret":
+        key = values["jwt.secret"]
+    elif source == "jwt.secret_env":
+        key = _environment_secret(values["jwt.secret_env"], style)
+    elif source == "jwt.public_key_file":
+        key = _read_key_file(values["jwt.public_key_file"], style)
+    settings = JWTSettings(
+        algorithms=algorithms,
+        key=key,
+        jwks_url=values.get("jwt.jwks_url"),
+        key_setting=source,
+        issuer=values.get("jwt.issuer"),
+        audience=values.get("jwt.audience", ()),
+        leeway=values.get("jwt.leeway", 0.0),
+        cache_size=values.get("jwt.cache_size", 0),
+    )
+    # Build a resolver once now, so that a key that does not suit the algorithms (or an
+    # HMAC algorithm next to a JWKS) fails at start-up and names its setting.
+    try:
+        settings.resolver(InMemoryMembershipStore())
+    except ValueError as exc:
+        blamed = "jwt.algorithms" if source == "jwt.jwks_url" else source
+        raise ConfigError(style.key(blamed), str(exc)) from None
+    return settings
+
+
+def _check_algorithms(algorithms: Sequence[str], style: KeyStyle) -> None:
+    known = pyjwt.algorithms.get_default_algorithms()
+    for name in algorithms:
+        if name.lower() == "none" or name not in known:
+            raise ConfigError(
+                style.key("jwt.algorithms"),
+                f"unknown or refused algorithm {name!r}; choose from {', '.join(sorted(known))}",
+            )
+
+
+def _environment_secret(variable: str, style: KeyStyle) -> str:
+    secret = os.environ.get(variable, "")
+    if not secret:
+        raise ConfigError(
+            style.key("jwt.secret_env"), f"the environment variable {variable!r} is not set"
+        )
+    return secret
+
+
+def _read_key_file(path: str, style: KeyStyle) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise ConfigError(
+            style.key("jwt.public_key_file"), f"cannot read {path!r} ({exc.strerror})"
+        ) from None

@@ -1,0 +1,1 @@
+"""Integration tests: Flask, Pyramid, PasteDeploy and the examples, through real hosts."""
