@@ -21,6 +21,7 @@ from invoke_middleware import (
     ERROR_MARKER_HEADER,
     REQUEST_ID_HEADER,
     CredentialResolver,
+    HTTPTransport,
     InMemoryCredentialStore,
     InMemoryMembershipStore,
     InMemoryServiceRegistry,
@@ -30,6 +31,7 @@ from invoke_middleware import (
     MembershipStore,
     RelayStarted,
     Role,
+    Transport,
 )
 from invoke_middleware.testing import mint_jwt
 from tests.gateway.conftest import OTHER_TEAM, TEAM, make_service
@@ -113,9 +115,15 @@ class AuthWorld:
 
 
 def build_auth_world(
-    upstream: RecordingUpstream, *, jwt_resolver: JWTFactory = hs256_resolver
+    upstream: RecordingUpstream,
+    *,
+    transport: Transport,
+    jwt_resolver: JWTFactory = hs256_resolver,
 ) -> AuthWorld:
-    """A fresh host, middleware and stores: every role of :data:`TEAM` filled."""
+    """A fresh host, middleware and stores: every role of :data:`TEAM` filled.
+
+    ``transport`` is shared, so building a world costs no new TLS context; its owner closes it.
+    """
     credentials = InMemoryCredentialStore()
     memberships = InMemoryMembershipStore()
     for role in Role:
@@ -136,6 +144,8 @@ def build_auth_world(
         credentials=credentials,
         memberships=memberships,
         resolvers=[CredentialResolver(credentials, memberships), jwt_resolver(memberships)],
+        transport=transport,
+        egress_transport=transport,
         before_relay=[started.append],
     )
     host.wsgi_app = middleware  # type: ignore[method-assign]
@@ -185,13 +195,11 @@ def matrix_upstream() -> Iterator[RecordingUpstream]:
 def make_auth_world(
     matrix_upstream: RecordingUpstream,
 ) -> Iterator[Callable[..., AuthWorld]]:
-    """Build worlds on the module's upstream; their transports close with the module."""
-    built: list[AuthWorld] = []
+    """Build worlds on the module's upstream and one transport, closed with the module."""
+    transport = HTTPTransport()
 
     def make(**options: Any) -> AuthWorld:
-        built.append(build_auth_world(matrix_upstream, **options))
-        return built[-1]
+        return build_auth_world(matrix_upstream, transport=transport, **options)
 
     yield make
-    for each in built:
-        each.middleware.close()
+    transport.close()
