@@ -203,6 +203,10 @@ def _assert_allowed(world: AuthWorld, route: str, response: webtest.TestResponse
         assert [(r.method, r.target, r.body) for r in received] == [
             ("POST", OUR_BASE + "/x", RELAY_BODY)
         ]
+    for forwarded in received:
+        # The caller's credentials and team are the gateway's, never the container's (§3, §4).
+        assert forwarded.header("Authorization") is None
+        assert forwarded.header("X-Team-ID") is None
 
 
 @pytest.mark.parametrize(("kind", "role", "route", "situation"), CELLS)
