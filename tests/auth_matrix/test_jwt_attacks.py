@@ -163,6 +163,9 @@ ATTACKS: list[Any] = [
         "rs", lambda k: hand_made({"alg": "none", "typ": "JWT"}, None), id="alg-none-rs256"
     ),
     pytest.param(
+        "jwks", lambda k: hand_made({"alg": "none", "kid": KID}, None), id="alg-none-jwks"
+    ),
+    pytest.param(
         "rs",
         lambda k: hand_made({"alg": "HS256", "typ": "JWT"}, k.signing.public_pem),
         id="hs256-signed-with-the-rs256-public-key",
@@ -243,6 +246,10 @@ def test_a_bad_token_is_one_and_the_same_401_and_reaches_nothing(
     assert {k: v for k, v in response.json.items() if k != "request_id"} == unauthenticated_body
     assert token not in response.text
     assert token not in caplog.text
+    # Which check failed is the operator's business, at debug level only.
+    ours = [r for r in caplog.records if r.name.startswith("invoke_middleware")]
+    assert ours
+    assert all(r.levelno == logging.DEBUG for r in ours)
 
 
 @pytest.mark.parametrize("route", ROUTES)
