@@ -433,10 +433,15 @@ class InvokeConfig:
                 self.database_url,
                 service_cache_ttl=DEFAULT_SERVICE_CACHE_TTL if ttl is None else ttl,
             )
-        except (ValueError, ImportError, sa.exc.ArgumentError) as exc:
+        except ImportError as exc:
             raise ConfigError(
-                self.style.key("database_url"), f"cannot open the database ({exc})"
-            ) from exc
+                self.style.key("database_url"), f"the database driver is missing ({exc.name})"
+            ) from None
+        except (ValueError, sa.exc.ArgumentError):
+            # The exception's text may quote the URL, password included.
+            raise ConfigError(
+                self.style.key("database_url"), "names an unknown database driver"
+            ) from None
 
 
 # --- parsing -----------------------------------------------------------------------------
