@@ -109,8 +109,15 @@ class InvokeMiddleware:
                 tail = quote(route.tail.encode("latin-1"), safe=_PCHAR_SAFE)
             route = type(route)(kind=route.kind, slug=route.slug, tail=tail)
         response = self.gateway.handle(_gateway_request(environ), route)
-        status = f"{response.status} {response.reason}"
-        start_response(status, response.headers)
+        try:
+            start_response(f"{response.status} {response.reason}", response.headers)
+        except BaseException:
+            # The server refused the headers: the body will never be iterated or closed by
+            # it, so release the upstream connection here.
+            close = getattr(response.body, "close", None)
+            if close is not None:
+                close()
+            raise
         return response.body
 
     def close(self) -> None:

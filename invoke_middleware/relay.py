@@ -184,12 +184,17 @@ class Gateway:
         """Answer one runtime request. Never raises for a caller's mistake or an upstream's."""
         request_id = hdr.choose_request_id(request.headers.get(REQUEST_ID_HEADER))
         try:
-            return self._dispatch(request, route, request_id)
+            response = self._dispatch(request, route, request_id)
         except GatewayError as error:
-            return self.error_response(error, request_id)
+            response = self.error_response(error, request_id)
         except Exception:
             logger.exception("unexpected failure handling request %s", request_id)
-            return self.error_response(GatewayError(), request_id)
+            response = self.error_response(GatewayError(), request_id)
+        if request.method == "HEAD" and isinstance(response.body, tuple):
+            # A gateway-made answer to HEAD keeps its headers, Content-Length included, and
+            # drops the body (RFC 9110 §9.3.2). Relayed bodies are the upstream's, empty.
+            response.body = ()
+        return response
 
     def error_response(self, error: GatewayError, request_id: str) -> GatewayResponse:
         """Render ``error`` with the configured renderer."""

@@ -89,7 +89,15 @@ class _Handler(BaseHTTPRequestHandler):
             status = int(path.rsplit("/", 1)[1])
             self._send(status, [("Content-Type", "application/json")], b'{"status":true}')
         elif path == "/cookies":
-            self._send(200, [("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2")], b"")
+            self._send(
+                200,
+                [
+                    ("Content-Type", "text/plain"),
+                    ("Set-Cookie", "a=1; Path=/"),
+                    ("Set-Cookie", "b=2"),
+                ],
+                b"",
+            )
         elif path == "/gzip":
             self._send(
                 200,
@@ -97,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
                 gzip.compress(b"compressed payload " * 20, mtime=0),
             )
         elif path == "/redirect":
-            self._send(302, [("Location", "/elsewhere")], b"moved")
+            self._send(302, [("Location", "/elsewhere"), ("Content-Type", "text/plain")], b"moved")
         elif path.startswith("/bytes/"):
             size = int(path.rsplit("/", 1)[1])
             self._send(200, [("Content-Type", "application/octet-stream")], pattern(size))
@@ -110,6 +118,7 @@ class _Handler(BaseHTTPRequestHandler):
                     ("Keep-Alive", "timeout=5"),
                     ("X-Invoke-Error", "service_not_running"),
                     ("X-Kept", "yes"),
+                    ("Content-Type", "text/plain"),
                 ],
                 b"ok",
             )

@@ -1,0 +1,160 @@
+"""ANY /r/containers/{slug}/{tail}: the catch-all relay (SPEC §4), through WebTest against a
+real loopback upstream. Streaming, timing and large bodies are in tests/integration/."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+
+import pytest
+from werkzeug.test import Client
+
+from invoke_middleware import GatewaySettings
+from tests.gateway.conftest import World
+from tests.gateway.recording_upstream import pattern
+
+
+@pytest.mark.parametrize(
+    ("url", "target"),
+    [
+        pytest.param("/r/containers/echo/", "/", id="root"),
+        pytest.param("/r/containers/echo/a/b", "/a/b", id="nested"),
+        pytest.param("/r/containers/echo/a?x=1&y=%2F", "/a?x=1&y=%2F", id="raw-query"),
+        pytest.param("/r/containers/echo/a%20b", "/a%20b", id="encoded-space"),
+        pytest.param("/r/containers/echo/invoke", "/invoke", id="container-invoke"),
+        pytest.param("/r/containers/based/v1", "/base/v1", id="base-path"),
+    ],
+)
+def test_path_and_query_reach_the_container_unchanged(world: World, url: str, target: str) -> None:
+    res = world.app.get(url, headers=world.auth())
+    assert res.status_int == 200
+    assert world.upstream.last().target == target
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+def test_methods_are_forwarded(world: World, method: str) -> None:
+    res = world.app.request(
+        "/r/containers/echo/m", method=method, headers=world.auth(), body=b"data"
+    )
+    assert json.loads(res.body)["method"] == method
+    assert world.upstream.last().body == (
+        b"data" if method != "GET" else world.upstream.last().body
+    )
+
+
+def test_caller_credentials_and_team_are_not_forwarded(world: World) -> None:
+    world.app.get(
+        "/r/containers/echo/x",
+        headers={
+            **world.auth(),
+            "X-Team-ID": "019abc12-4567-7890-abcd-ef1234567891",
+            "Proxy-Authorization": "Basic eA==",
+            "Proxy-Foo": "1",
+            "X-App": "kept",
+            "Cookie": "c=1",
+        },
+    )
+    received = world.upstream.last()
+    names = received.header_names()
+    assert {"authorization", "x-team-id", "proxy-authorization", "proxy-foo"}.isdisjoint(names)
+    assert received.header("X-App") == "kept"
+    assert received.header("Cookie") == "c=1"
+
+
+def test_status_headers_and_body_come_back_unchanged(world: World) -> None:
+    res = world.app.get("/r/containers/echo/status/418", headers=world.auth(), status=418)
+    assert res.body == b'{"status":true}'
+    assert "X-Invoke-Error" not in res.headers
+    cookies = world.app.get("/r/containers/echo/cookies", headers=world.auth())
+    assert cookies.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2"]
+
+
+def test_binary_download_is_byte_exact(world: World) -> None:
+    res = world.app.get("/r/containers/echo/bytes/300000", headers=world.auth())
+    assert res.body == pattern(300000)
+    assert res.headers["Content-Length"] == "300000"
+
+
+def test_binary_upload_is_byte_exact(world: World) -> None:
+    payload = bytes(range(256)) * 4096
+    world.app.post("/r/containers/echo/up", payload, headers=world.auth())
+    assert world.upstream.last().body == payload
+
+
+def test_gzip_passes_untouched(world: World) -> None:
+    # WebTest decodes gzip responses itself, so this one goes through werkzeug's client.
+    res = Client(world.host).get("/r/containers/echo/gzip", headers=world.auth())
+    assert res.headers["Content-Encoding"] == "gzip"
+    assert res.headers["Content-Length"] == str(len(res.data))
+    assert gzip.decompress(res.data) == b"compressed payload " * 20
+    res.close()
+
+
+def test_redirect_is_returned_not_followed(world: World) -> None:
+    res = world.app.get("/r/containers/echo/redirect", headers=world.auth(), status=302)
+    assert res.headers["Location"] == "/elsewhere"
+    assert len(world.upstream.received) == 1
+
+
+def test_head_keeps_the_length_and_sends_no_body(world: World) -> None:
+    res = world.app.head("/r/containers/echo/bytes/1234", headers=world.auth())
+    assert res.headers["Content-Length"] == "1234"
+    assert res.body == b""
+
+
+def test_hop_by_hop_fields_and_fake_markers_are_dropped(world: World) -> None:
+    res = world.app.get("/r/containers/echo/hop", headers=world.auth())
+    assert res.headers["X-Kept"] == "yes"
+    for name in ("X-Private", "Keep-Alive", "X-Invoke-Error"):
+        assert name not in res.headers
+    assert res.headers["X-Request-ID"]
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT"])
+def test_trace_and_connect_are_405(world: World, method: str) -> None:
+    # WebTest's lint refuses CONNECT itself, so this goes through werkzeug's client.
+    res = Client(world.host).open("/r/containers/echo/x", method=method, headers=world.auth())
+    assert res.status_code == 405
+    assert res.json is not None
+    assert res.json["code"] == "method_not_allowed"
+    res.close()
+    assert world.upstream.received == []
+
+
+def test_websocket_upgrade_is_501(world: World) -> None:
+    res = world.app.get(
+        "/r/containers/echo/ws",
+        headers={**world.auth(), "Connection": "Upgrade", "Upgrade": "websocket"},
+        status=501,
+    )
+    assert res.json["code"] == "upgrade_not_supported"
+    assert world.upstream.received == []
+
+
+def test_content_length_over_the_cap_is_413_before_anything_is_sent(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(settings=GatewaySettings(max_relay_body_bytes=100))
+    res = world.app.post("/r/containers/echo/up", b"x" * 101, headers=world.auth(), status=413)
+    assert res.json["code"] == "payload_too_large"
+    assert world.upstream.received == []
+    world.app.post("/r/containers/echo/up", b"x" * 100, headers=world.auth())
+    assert world.upstream.last().body == b"x" * 100
+
+
+def test_a_request_that_already_passed_the_gateway_is_a_loop(world: World) -> None:
+    res = world.app.get(
+        "/r/containers/echo/x",
+        headers={**world.auth(), "Via": "1.1 proxy-a, 1.1 invoke-middleware"},
+        status=508,
+    )
+    assert res.json["code"] == "loop_detected"
+    assert world.upstream.received == []
+
+
+def test_via_of_other_proxies_is_extended(world: World) -> None:
+    world.app.get("/r/containers/echo/x", headers={**world.auth(), "Via": "1.1 proxy-a"})
+    via = world.upstream.last().header("Via") or ""
+    assert via.startswith("1.1 proxy-a")
+    assert via.endswith("invoke-middleware")
