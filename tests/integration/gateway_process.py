@@ -1,0 +1,117 @@
+"""A gateway in a process of its own, so that its memory can be measured from outside.
+
+``python -m tests.integration.gateway_process SERVER UPSTREAM_URL`` serves a Flask host
+wrapped by the middleware, with one service ``svc`` at ``UPSTREAM_URL``, and prints one JSON
+line once it listens: ``{"port": ..., "key": ..., "pid": ...}`` where ``pid`` is the process
+that handles requests. ``SERVER`` is ``werkzeug`` (threaded, in this process) or ``gunicorn``
+(one gthread worker, forked from this process after the app is built). It runs until it is
+terminated, or until its standard input closes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from invoke_middleware import (
+    InMemoryServiceRegistry,
+    InvokeMiddleware,
+    KeyKind,
+    Service,
+    ServiceStatus,
+    ServiceType,
+)
+from tests.integration.host import host_app
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+
+def _build(upstream_url: str) -> tuple[WSGIApplication, str]:
+    team = uuid.uuid4()
+    registry = InMemoryServiceRegistry()
+    registry.add(
+        Service(
+            id=uuid.uuid4(),
+            team_id=team,
+            slug="svc",
+            display_name="Service",
+            service_type=ServiceType.DEPLOYED,
+            service_status=ServiceStatus.RUNNING,
+            upstream_url=upstream_url,
+        )
+    )
+    host = host_app()
+    middleware = InvokeMiddleware(host.wsgi_app, registry=registry)
+    host.wsgi_app = middleware  # type: ignore[method-assign]
+    key = middleware.credentials.issue(KeyKind.INTEGRATION, team_id=team).key
+    return host, key
+
+
+def _announce(port: int, key: str, pid: int) -> None:
+    print(json.dumps({"port": port, "key": key, "pid": pid}), flush=True)
+
+
+def _exit_when_stdin_closes() -> None:
+    def watch() -> None:
+        sys.stdin.buffer.read()
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _serve_werkzeug(app: WSGIApplication, key: str) -> None:
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    class QuietHandler(WSGIRequestHandler):
+        def log(self, type: str, message: str, *args: Any) -> None:
+            pass
+
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+    _announce(server.server_port, key, os.getpid())
+    server.serve_forever(poll_interval=0.05)
+
+
+def _serve_gunicorn(app: WSGIApplication, key: str) -> None:
+    from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            settings = {
+                "bind": f"127.0.0.1:{port}",
+                "workers": 1,
+                "worker_class": "gthread",
+                "threads": 4,
+                "loglevel": "warning",
+                "post_worker_init": lambda worker: _announce(port, key, worker.pid),
+            }
+            for name, value in settings.items():
+                self.cfg.set(name, value)
+
+        def load(self) -> WSGIApplication:
+            return app
+
+    Server().run()
+
+
+def main(argv: list[str]) -> None:
+    server, upstream_url = argv
+    app, key = _build(upstream_url)
+    _exit_when_stdin_closes()
+    if server == "werkzeug":
+        _serve_werkzeug(app, key)
+    else:
+        _serve_gunicorn(app, key)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
