@@ -114,8 +114,8 @@ def build_world(upstream: RecordingUpstream, **options: Any) -> World:
     middleware = InvokeMiddleware(
         host.wsgi_app,
         registry=registry,
-        before_relay=[started.append],
-        after_relay=[finished.append],
+        before_relay=[*options.pop("before_relay", ()), started.append],
+        after_relay=[*options.pop("after_relay", ()), finished.append],
         **options,
     )
     host.wsgi_app = middleware  # type: ignore[method-assign]
