@@ -131,7 +131,11 @@ def parse_envelope(raw: bytes, *, max_body_bytes: int) -> InvokeEnvelope:
     when the decoded ``body_base64`` is longer than ``max_body_bytes``.
     """
     document = _decode_json(raw)
-    problems = [*_find_json_problems(document), *_schema_problems(document)]
+    problems = [
+        *_find_json_problems(document),
+        *_schema_problems(document),
+        *_unsendable_header_values(document),
+    ]
     encoded = document.get("body_base64", "") if isinstance(document, dict) else ""
     too_large = False
     body = b""
@@ -294,6 +298,34 @@ def _find_json_problems(document: Any) -> Iterator[ErrorDetail]:
                 pending.append((_child(pointer, key), item))
         elif isinstance(value, list):
             pending.extend((f"{pointer}/{index}", item) for index, item in enumerate(value))
+
+
+def _unsendable_header_values(document: Any) -> Iterator[ErrorDetail]:
+    """Header values with characters HTTP/1.1 cannot carry.
+
+    RFC 9110 §5.5 allows visible ASCII and obs-text (octets 0x80-0xFF, sent as Latin-1); a
+    character beyond U+00FF has no octet to be sent as.
+    """
+    headers = document.get("headers") if isinstance(document, dict) else None
+    if not isinstance(headers, dict):
+        return
+    for name, value in headers.items():
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list):
+            continue
+        for index, item in enumerate(values):
+            # Lone surrogates are reported on their own already.
+            if (
+                isinstance(item, str)
+                and not _has_lone_surrogate(item)
+                and any(ord(c) > 0xFF for c in item)
+            ):
+                pointer = _child("/headers", name)
+                if not isinstance(value, str):
+                    pointer = f"{pointer}/{index}"
+                yield ErrorDetail(
+                    pointer=pointer, message="must contain only Latin-1 characters (RFC 9110 §5.5)"
+                )
 
 
 def _child(pointer: str, key: str) -> str:

@@ -282,3 +282,19 @@ def test_a_container_serving_invoke_is_reachable_through_the_catch_all(world: Wo
     res = world.app.post("/r/containers/echo/invoke", b"raw", headers=world.auth())
     assert res.json["target"] == "/invoke"
     assert world.upstream.last().body == b"raw"
+
+
+def test_header_values_beyond_latin1_are_400(world: World) -> None:
+    res = world.invoke(
+        "echo",
+        {"method": "GET", "path": "/", "headers": {"X-A": "snow ☃", "X-B": ["ok", "日本"]}},
+        status=400,
+    )
+    pointers = {d["pointer"] for d in res.json["details"]}
+    assert pointers == {"/headers/X-A", "/headers/X-B/1"}
+    assert world.upstream.received == []
+
+
+def test_latin1_header_values_are_sent_as_octets(world: World) -> None:
+    world.invoke("echo", {"method": "GET", "path": "/", "headers": {"X-A": "caf\u00e9"}})
+    assert world.upstream.last().header("X-A") == "caf\u00e9"
