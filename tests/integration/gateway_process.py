@@ -1,5 +1,7 @@
 """A gateway in a process of its own, so that its memory can be measured from outside.
 
+:func:`start_gateway_process` starts one from a test and yields a :class:`GatewayProcess`.
+
 ``python -m tests.integration.gateway_process SERVER UPSTREAM_URL`` serves a Flask host
 wrapped by the middleware, with one service ``svc`` at ``UPSTREAM_URL``, and prints one JSON
 line once it listens: ``{"port": ..., "key": ..., "pid": ...}`` where ``pid`` is the process
@@ -10,12 +12,19 @@ terminated, or until its standard input closes.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
+import select
 import socket
+import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from invoke_middleware import (
@@ -27,6 +36,10 @@ from invoke_middleware import (
     ServiceType,
 )
 from tests.integration.host import host_app
+
+#: Upper bound for any socket wait of a test client, and for the process to start.
+_TIMEOUT = 30.0
+_REPO = Path(__file__).resolve().parents[2]
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -111,6 +124,58 @@ def main(argv: list[str]) -> None:
         _serve_werkzeug(app, key)
     else:
         _serve_gunicorn(app, key)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayProcess:
+    """A gateway running in a subprocess: where it listens and which process serves."""
+
+    port: int
+    key: str
+    pid: int
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=_TIMEOUT)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def memory(self, field: str) -> int:
+        """``VmRSS`` or ``VmHWM`` of the serving process, in bytes."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise LookupError(field)
+
+    def reset_peak(self) -> int:
+        """Reset the peak to the current resident size (Linux ``clear_refs``); return it."""
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        return self.memory("VmRSS")
+
+
+@contextlib.contextmanager
+def start_gateway_process(server: str, upstream_url: str) -> Iterator[GatewayProcess]:
+    """Run a gateway process (see the module docstring) until the block ends."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", __name__, server, upstream_url],
+        cwd=_REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+    assert process.stdout is not None
+    assert process.stdin is not None
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], _TIMEOUT)
+        assert ready, "the gateway process did not start"
+        info = json.loads(process.stdout.readline())
+        yield GatewayProcess(port=info["port"], key=info["key"], pid=info["pid"])
+    finally:
+        process.terminate()
+        process.wait(_TIMEOUT)
+        process.stdin.close()
+        process.stdout.close()
 
 
 if __name__ == "__main__":

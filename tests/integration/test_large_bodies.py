@@ -9,54 +9,18 @@ the bytes as they go by.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
-import os
-import select
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.integration.gateway import CLIENT_TIMEOUT
+from tests.integration.gateway_process import GatewayProcess, start_gateway_process
 from tests.integration.sink import SinkUpstream, pattern_blocks, pattern_digest, serve_sink
 
 MiB = 1024 * 1024
 #: How much the gateway's peak memory may grow while a body passes through it.
 MEMORY_GROWTH_LIMIT = 60 * MiB
 SIZES = [pytest.param(MiB, id="1MiB"), pytest.param(100 * MiB, id="100MiB")]
-_REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass(frozen=True, kw_only=True)
-class GatewayProcess:
-    """A gateway running in a subprocess: where it listens and which process serves."""
-
-    port: int
-    key: str
-    pid: int
-
-    def connection(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=CLIENT_TIMEOUT)
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-    def memory(self, field: str) -> int:
-        """``VmRSS`` or ``VmHWM`` of the serving process, in bytes."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        raise LookupError(field)
-
-    def reset_peak(self) -> int:
-        """Reset the peak to the current resident size (Linux ``clear_refs``); return it."""
-        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
-        return self.memory("VmRSS")
 
 
 @pytest.fixture(scope="module")
@@ -73,27 +37,9 @@ def sink() -> Iterator[SinkUpstream]:
     ],
 )
 def gateway(request: pytest.FixtureRequest, sink: SinkUpstream) -> Iterator[GatewayProcess]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.gateway_process", request.param, sink.url],
-        cwd=_REPO,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONWARNINGS": "error"},
-    )
-    assert process.stdout is not None
-    assert process.stdin is not None
-    try:
-        ready, _, _ = select.select([process.stdout], [], [], 30)
-        assert ready, "the gateway process did not start"
-        info = json.loads(process.stdout.readline())
-        running = GatewayProcess(port=info["port"], key=info["key"], pid=info["pid"])
+    with start_gateway_process(request.param, sink.url) as running:
         _warm_up(running)
         yield running
-    finally:
-        process.terminate()
-        process.wait(30)
-        process.stdin.close()
-        process.stdout.close()
 
 
 def _warm_up(gateway: GatewayProcess) -> None:

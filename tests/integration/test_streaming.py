@@ -8,13 +8,14 @@ import hashlib
 import http.client
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 
-from invoke_middleware import GatewaySettings, Service, Timeouts
+from invoke_middleware import GatewaySettings, RelayFinished, Service, Timeouts
 from tests.gateway.conftest import make_service
 from tests.gateway.recording_upstream import RecordingUpstream, pattern
 from tests.integration.gateway import (
@@ -25,8 +26,9 @@ from tests.integration.gateway import (
     exchange,
     serve_gateway,
 )
+from tests.integration.gateway_process import GatewayProcess, start_gateway_process
 from tests.integration.sink import SinkUpstream, pattern_blocks, pattern_digest, serve_sink
-from tests.upstreams import RawUpstream
+from tests.upstreams import RawUpstream, serve_raw
 
 EVENT_COUNT = 5
 EVENT_INTERVAL = 0.2
@@ -432,3 +434,107 @@ def test_host_routes_still_reach_the_host(recording: RecordingUpstream) -> None:
     assert (reply.status, reply.body) == (200, b"hello from host")
     assert reply.header("X-Request-ID") is None
     assert recording.received == []
+
+
+@pytest.fixture
+def full_listener() -> Iterator[int]:
+    """A port whose accept queue is full: a connection attempt waits until it times out."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        with socket.create_connection(listener.getsockname(), timeout=CLIENT_TIMEOUT):
+            yield listener.getsockname()[1]
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_connect_timeout_is_a_504(where: str, full_listener: int) -> None:
+    base = f"http://127.0.0.1:{full_listener}"
+    service, settings = _timeout_service(base, where, Timeouts(connect=0.3))
+    with serve_gateway([service], settings=settings) as gateway:
+        reply = exchange(gateway, "GET", "/r/containers/svc/x")
+    assert_gateway_error(reply, 504, "upstream_timeout")
+
+
+def test_client_going_away_mid_download_ends_the_relay(sink: SinkUpstream) -> None:
+    size = 64 * 1024 * 1024
+    finished: list[RelayFinished] = []
+    done = threading.Event()
+
+    def after(event: RelayFinished) -> None:
+        finished.append(event)
+        done.set()
+
+    with serve_gateway([make_service("svc", sink.url)], after_relay=[after]) as gateway:
+        connection = gateway.connection()
+        try:
+            connection.request(
+                "GET", f"/r/containers/svc/download?size={size}", headers=gateway.auth
+            )
+            response = connection.getresponse()
+            assert len(response.read(1024 * 1024)) == 1024 * 1024
+            response.close()  # the socket closes only once the response lets go of it
+        finally:
+            connection.close()
+        assert done.wait(CLIENT_TIMEOUT)
+    [event] = finished
+    assert event.error_code == "client_closed"
+    assert event.status == 200
+    assert 1024 * 1024 <= event.bytes_out < size
+
+
+def test_request_id_is_kept_from_caller_to_upstream_and_back(recording: RecordingUpstream) -> None:
+    with serve_gateway([make_service("svc", recording.url)]) as gateway:
+        ok = exchange(gateway, "GET", "/r/containers/svc/x", [("X-Request-ID", "req-4711")])
+        refused = exchange(gateway, "TRACE", "/r/containers/svc/x", [("X-Request-ID", "req-4712")])
+    assert ok.header("X-Request-ID") == "req-4711"
+    assert recording.last().header("X-Request-ID") == "req-4711"
+    assert assert_gateway_error(refused, 405, "method_not_allowed")["request_id"] == "req-4712"
+
+
+# --- the same streams under gunicorn (gthread), which frames responses itself ------------
+
+
+@pytest.fixture(scope="module")
+def gunicorn_gateway() -> Iterator[GatewayProcess]:
+    with serve_raw() as upstream, start_gateway_process("gunicorn", upstream.url) as running:
+        yield running
+
+
+def test_gunicorn_relays_server_sent_events_one_by_one(
+    gunicorn_gateway: GatewayProcess, session: requests.Session
+) -> None:
+    arrivals: list[tuple[float, bytes]] = []
+    with session.get(
+        f"http://127.0.0.1:{gunicorn_gateway.port}/r/containers/svc/sse",
+        params={"count": EVENT_COUNT, "interval": EVENT_INTERVAL},
+        headers=gunicorn_gateway.auth,
+        stream=True,
+        timeout=CLIENT_TIMEOUT,
+    ) as response:
+        assert response.status_code == 200
+        for piece in response.iter_content(chunk_size=None):
+            arrivals.append((time.monotonic(), piece))
+    assert [piece.count(b"\n\n") for _, piece in arrivals] == [1] * EVENT_COUNT
+    assert arrivals[-1][0] - arrivals[0][0] >= 3 * EVENT_INTERVAL
+
+
+@pytest.mark.parametrize(
+    ("path", "declared"),
+    [
+        pytest.param("/reset", "1000", id="reset-after-100-of-1000-bytes"),
+        pytest.param("/truncate-chunked", None, id="close-before-last-chunk"),
+    ],
+)
+def test_gunicorn_aborts_the_response_when_the_upstream_fails_mid_body(
+    gunicorn_gateway: GatewayProcess, path: str, declared: str | None
+) -> None:
+    connection = gunicorn_gateway.connection()
+    try:
+        connection.request("GET", f"/r/containers/svc{path}", headers=gunicorn_gateway.auth)
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Length") == declared
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()
+    finally:
+        connection.close()
