@@ -1,0 +1,193 @@
+"""``invoke-middleware serve``: the real console script, real HTTP through waitress to a real
+upstream on loopback, with the store changed by other ``invoke-middleware`` processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import time
+
+import requests
+
+from invoke_middleware.testing import mint_jwt
+from tests.cli.conftest import Upstream, Workspace, running_gateway, start_gateway
+
+INVOKE_HEADERS = {"Content-Type": "application/json"}
+
+
+def _invoke(url: str, slug: str, token: str, path: str, **headers: str) -> requests.Response:
+    return requests.post(
+        f"{url}/r/invoke/{slug}",
+        data=json.dumps({"method": "GET", "path": path}),
+        headers={"Authorization": f"Bearer {token}", **INVOKE_HEADERS, **headers},
+        timeout=10,
+    )
+
+
+def _add_hello(space: Workspace, upstream: Upstream) -> None:
+    space.run(
+        "services", "add", "hello", "--team", str(space.team), "--name", "Hello",
+        "--upstream", upstream.url,
+    )  # fmt: skip
+
+
+def test_served_gateway_relays_to_the_upstream_until_the_key_is_revoked(
+    workspace: Workspace, upstream: Upstream
+) -> None:
+    _add_hello(workspace, upstream)
+    key = workspace.issue("--kind", "integration", "--name", "ci")
+    with running_gateway(workspace) as gateway:
+        invoked = _invoke(gateway.url, "hello", key, "/greet?name=ada")
+        assert invoked.status_code == 200
+        envelope = invoked.json()
+        assert envelope["status_code"] == 200
+        echoed = json.loads(base64.b64decode(envelope["body_base64"]))
+        assert echoed["method"] == "GET"
+        assert echoed["path"] == "/greet?name=ada"
+        # The caller's key is the gateway's business, never the container's.
+        assert echoed["authorization"] is None
+
+        relayed = requests.put(
+            f"{gateway.url}/r/containers/hello/items/7?full=1",
+            data=b"payload",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert relayed.status_code == 200
+        assert relayed.json() == {
+            "method": "PUT",
+            "path": "/items/7?full=1",
+            "authorization": None,
+            "body": "payload",
+        }
+        assert len(upstream.seen) == 2
+
+        prefix = key[:12]
+        revoked = workspace.run("credentials", "revoke", prefix)
+        assert revoked.stdout == ""
+        assert prefix in revoked.stderr
+
+        refused = _invoke(gateway.url, "hello", key, "/greet")
+        assert refused.status_code == 401
+        assert refused.json()["code"] == "unauthenticated"
+        assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+        refused_relay = requests.get(
+            f"{gateway.url}/r/containers/hello/",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert refused_relay.status_code == 401
+        assert len(upstream.seen) == 2
+
+
+def test_a_device_key_acts_with_its_users_current_role(
+    workspace: Workspace, upstream: Upstream
+) -> None:
+    _add_hello(workspace, upstream)
+    team = str(workspace.team)
+    workspace.run("members", "set", "--team", team, "--user", "ada", "member")
+    key = workspace.issue("--kind", "device", "--user", "ada")
+    assert key.startswith("dk-")
+    with running_gateway(workspace) as gateway:
+        assert _invoke(gateway.url, "hello", key, "/").status_code == 200
+
+        workspace.run("members", "set", "--team", team, "--user", "ada", "viewer")
+        assert _invoke(gateway.url, "hello", key, "/").status_code == 403
+        listed = requests.get(
+            f"{gateway.url}/r/containers", headers={"Authorization": f"Bearer {key}"}, timeout=10
+        )
+        assert [s["slug"] for s in listed.json()["services"]] == ["hello"]
+
+        workspace.run("members", "remove", "--team", team, "--user", "ada")
+        assert _invoke(gateway.url, "hello", key, "/").status_code == 403
+    assert len(upstream.seen) == 1
+
+
+def test_a_status_change_reaches_the_served_gateway(
+    workspace: Workspace, upstream: Upstream
+) -> None:
+    _add_hello(workspace, upstream)
+    key = workspace.issue("--kind", "integration")
+    with running_gateway(workspace) as gateway:
+        assert _invoke(gateway.url, "hello", key, "/").status_code == 200
+        workspace.run("services", "set-status", "hello", "stopped", "--team", str(workspace.team))
+        # Service lookups may be served from a cache for up to [store] service_cache_ttl
+        # (2 s in the starter config); poll, with a bound, until the change shows.
+        deadline = time.monotonic() + 30
+        answer = _invoke(gateway.url, "hello", key, "/")
+        while answer.status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            answer = _invoke(gateway.url, "hello", key, "/")
+        assert answer.status_code == 409
+        assert answer.json()["code"] == "service_not_running"
+        assert "stopped" in answer.json()["error_message"]
+
+
+def test_user_jwts_are_verified_with_the_configured_secret(
+    workspace: Workspace, upstream: Upstream
+) -> None:
+    _add_hello(workspace, upstream)
+    secret = "a-test-secret-long-enough-for-hs256-keys!"
+    with workspace.config.open("a") as config:
+        config.write('\n[jwt]\nalgorithms = ["HS256"]\nsecret_env = "TEST_JWT_SECRET"\n')
+    workspace.env["TEST_JWT_SECRET"] = secret
+    team = str(workspace.team)
+    workspace.run("members", "set", "--team", team, "--user", "grace", "member")
+    good = mint_jwt(secret_or_private_key=secret, sub="grace")
+    forged = mint_jwt(secret_or_private_key=secret + "-not", sub="grace")
+    with running_gateway(workspace) as gateway:
+        assert _invoke(gateway.url, "hello", good, "/", **{"X-Team-ID": team}).status_code == 200
+        assert _invoke(gateway.url, "hello", forged, "/", **{"X-Team-ID": team}).status_code == 401
+        assert _invoke(gateway.url, "hello", good, "/").json()["code"] == "missing_team"
+    assert len(upstream.seen) == 1
+
+
+def test_healthz_answers_and_other_host_paths_are_json_404(workspace: Workspace) -> None:
+    with running_gateway(workspace) as gateway:
+        health = requests.get(f"{gateway.url}/healthz", timeout=10)
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok"}
+        missing = requests.get(f"{gateway.url}/", timeout=10)
+        assert missing.status_code == 404
+        assert missing.headers["Content-Type"] == "application/json"
+        assert "error_message" in missing.json()
+        assert requests.post(f"{gateway.url}/healthz", timeout=10).status_code == 405
+
+
+def test_runtime_routes_follow_the_configured_prefix(
+    workspace: Workspace, upstream: Upstream
+) -> None:
+    text = workspace.config.read_text()
+    workspace.config.write_text(text.replace('prefix = ""', 'prefix = "/api/v1"'))
+    _add_hello(workspace, upstream)
+    key = workspace.issue("--kind", "integration")
+    with running_gateway(workspace) as gateway:
+        assert gateway.url == f"{gateway.root}/api/v1"
+        assert _invoke(gateway.url, "hello", key, "/").status_code == 200
+        assert _invoke(gateway.root, "hello", key, "/").status_code == 404
+
+
+def test_serve_logs_its_url_and_stops_cleanly_on_sigterm(workspace: Workspace) -> None:
+    served = start_gateway(workspace, "--threads", "2")
+    try:
+        assert requests.get(f"{served.url}/healthz", timeout=10).status_code == 200
+    finally:
+        status = served.stop()
+    log = served.log.read_text()
+    assert status == 0
+    assert f"serving on {served.url} (store sqlite:///" in log
+    assert "2 threads" in log
+    assert log.rstrip().endswith("stopped")
+    assert "Traceback" not in log
+
+
+def test_serve_stops_cleanly_on_sigint(workspace: Workspace) -> None:
+    served = start_gateway(workspace)
+    try:
+        served.process.send_signal(signal.SIGINT)
+        status = served.process.wait(timeout=15)
+    finally:
+        served.stop()
+    assert status == 0
+    assert "Traceback" not in served.log.read_text()
