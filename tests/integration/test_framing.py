@@ -1,0 +1,144 @@
+"""Message framing on both sides of the catch-all (RFC 9110 §8.6, §15.2; RFC 9112 §6).
+
+The gateway writes its own framing towards the client and towards the container; these tests
+check the cases where copying the other side's framing, or trusting ``http.client``'s, goes
+wrong: bodiless statuses, interim (1xx) responses, and requests framed twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from invoke_middleware import HTTPTransport, RequestsTransport, Transport
+from tests.gateway.conftest import make_service
+from tests.gateway.recording_upstream import RecordingUpstream
+from tests.integration.gateway import CLIENT_TIMEOUT, exchange, serve_gateway
+from tests.upstreams import serve_wsgi
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+
+def _bodiless(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    if environ["PATH_INFO"] == "/204":
+        start_response("204 No Content", [("X-Deleted", "1")])
+    else:
+        start_response("304 Not Modified", [("ETag", '"v1"')])
+    return []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="relay._relay_content_length turns http.client's length 0 into Content-Length: 0",
+)
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [pytest.param("/204", 204, id="no-content"), pytest.param("/304", 304, id="not-modified")],
+)
+def test_bodiless_status_gets_no_invented_content_length(path: str, status: int) -> None:
+    # RFC 9110 §8.6: never Content-Length in a 204; in a 304 only the length the 200 would
+    # have had, so none when the container sent none.
+    with serve_wsgi(_bodiless) as upstream, serve_gateway([make_service("svc", upstream)]) as gw:
+        reply = exchange(gw, "GET", "/r/containers/svc" + path)
+    assert reply.status == status
+    assert reply.body == b""
+    assert reply.all("Content-Length") == []
+
+
+@contextlib.contextmanager
+def _upstream_with_early_hints() -> Iterator[str]:
+    """``/first`` answers 103 Early Hints, then its final 200 a moment later; anything else
+    answers 200 at once. One connection at a time, kept alive."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    stop = threading.Event()
+
+    def serve(connection: socket.socket) -> None:
+        with connection, connection.makefile("rb") as reader:
+            while not stop.is_set():
+                line = reader.readline()
+                if not line:
+                    return
+                target = line.split()[1]
+                while reader.readline() not in (b"\r\n", b""):
+                    pass
+                if target == b"/first":
+                    connection.sendall(
+                        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                    )
+                    if stop.wait(0.3):
+                        return
+                    body = b"for the first request"
+                else:
+                    body = b"for the second request"
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+                )
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connection.settimeout(CLIENT_TIMEOUT)
+            threading.Thread(target=serve, args=(connection,)).start()
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(CLIENT_TIMEOUT)
+        listener.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="http.client (and urllib3 under requests) skip only 100 Continue: a 103 is taken "
+    "for the final response and the real one is left on the pooled connection",
+)
+@pytest.mark.parametrize(
+    "transport_class",
+    [pytest.param(HTTPTransport, id="http-client"), pytest.param(RequestsTransport, id="requests")],
+)
+def test_interim_response_is_skipped_and_never_answers_the_next_request(
+    transport_class: type[Transport],
+) -> None:
+    with (
+        _upstream_with_early_hints() as upstream,
+        serve_gateway([make_service("svc", upstream)], transport=transport_class()) as gateway,
+    ):
+        first = exchange(gateway, "GET", "/r/containers/svc/first")
+        second = exchange(gateway, "GET", "/r/containers/svc/second")
+    assert (first.status, first.body) == (200, b"for the first request")
+    assert (second.status, second.body) == (200, b"for the second request")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="middleware._gateway_request reads CONTENT_LENGTH even when Transfer-Encoding is "
+    "present (werkzeug passes both; gunicorn refuses such requests itself)",
+)
+def test_request_framed_by_both_length_and_chunks_is_never_truncated(
+    recording: RecordingUpstream,
+) -> None:
+    # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; refusing is allowed too.
+    # What must not happen is forwarding the first Content-Length bytes as the whole body.
+    with serve_gateway([make_service("svc", recording.url)]) as gateway:
+        reply = exchange(
+            gateway,
+            "POST",
+            "/r/containers/svc/upload",
+            [("Transfer-Encoding", "chunked"), ("Content-Length", "5")],
+            b"b\r\nhello world\r\n0\r\n\r\n",
+        )
+    assert reply.status in (200, 400)
+    assert [r.body for r in recording.received] in ([], [b"hello world"])
