@@ -140,6 +140,10 @@ def _headers(environ: WSGIEnvironment) -> Headers:
 def _gateway_request(environ: WSGIEnvironment) -> GatewayRequest:
     length_text = environ.get("CONTENT_LENGTH") or ""
     content_length = int(length_text) if length_text.isdigit() else None
+    if "HTTP_TRANSFER_ENCODING" in environ:
+        # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length. A server that passes
+        # both on must not make the gateway trust the length (request smuggling).
+        content_length = None
     # PEP 3333 leaves chunked input to the server; only one that marks the input terminated
     # (werkzeug, gunicorn) lets us read to its end safely.
     chunked = (

@@ -491,9 +491,13 @@ def _relay_content_length(method: str, response: UpstreamResponse) -> str | None
 
     The body passes through unchanged, so its length is the upstream's; a body that ends
     short raises mid-stream instead. A HEAD response keeps the length of the representation
-    it describes (RFC 9110 §9.3.2).
+    it describes (RFC 9110 §9.3.2), and so does a 304 (§15.4.5).
     """
-    if method == "HEAD":
+    status = response.status
+    if status == 204 or 100 <= status < 200:
+        return None  # RFC 9110 §8.6: never in these
+    if method == "HEAD" or status == 304:
+        # Both describe a representation they do not carry: keep the upstream's own value.
         values = [v.strip() for k, v in response.headers if k.lower() == "content-length"]
         if len(set(values)) == 1 and values[0].isdigit():
             return values[0]

@@ -341,11 +341,11 @@ class HTTPTransport:
     def _connect(self, origin: Origin, timeout: float | None) -> http.client.HTTPConnection:
         connection: http.client.HTTPConnection
         if origin.scheme == "https":
-            connection = http.client.HTTPSConnection(
+            connection = _HTTPSConnection(
                 origin.host, origin.port, timeout=timeout, context=self._ssl_context
             )
         else:
-            connection = http.client.HTTPConnection(origin.host, origin.port, timeout=timeout)
+            connection = _HTTPConnection(origin.host, origin.port, timeout=timeout)
         try:
             connection.connect()
         except OSError as exc:
@@ -372,6 +372,31 @@ class HTTPTransport:
                     idle.append(connection)
                     return
         connection.close()
+
+
+class _FinalResponse(http.client.HTTPResponse):
+    """An :class:`http.client.HTTPResponse` that skips every interim (1xx) response.
+
+    http.client skips only ``100 Continue``; a ``103 Early Hints`` (RFC 8297) would otherwise
+    be taken for the final response, and the real one left on the pooled connection to answer
+    the next request. ``101`` is final: it switches protocols (and the gateway never asks to).
+    """
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()
+            if status == http.client.CONTINUE or not 100 <= status < 200 or status == 101:
+                # begin() skips 100 itself; anything else is final.
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim response's fields, discarded
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    response_class = _FinalResponse
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    response_class = _FinalResponse
 
 
 def _may_retry(request: UpstreamRequest, stage: int, exc: Exception) -> bool:

@@ -239,6 +239,12 @@ class RequestsTransport:
             except _FOREIGN_ERRORS as retry_exc:
                 raise _translate(retry_exc) from retry_exc
         raw = response.raw
+        if 100 <= raw.status < 200 and raw.status != 101:
+            # urllib3 (like http.client) skips only 100 Continue: a 103 Early Hints would pass
+            # for the final response, with the real one left on the pooled connection to
+            # answer the next request. Closing discards that connection.
+            response.close()
+            raise UpstreamError("The service sent an interim response.")
         deadline = None if timeouts.total is None else started + timeouts.total
         exchange = _Exchange(response, read=timeouts.read, deadline=deadline)
         length = raw.length_remaining
