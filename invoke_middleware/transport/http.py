@@ -384,7 +384,8 @@ class _FinalResponse(http.client.HTTPResponse):
 
     def _read_status(self) -> tuple[str, int, str]:
         while True:
-            version, status, reason = super()._read_status()
+            # Private, but unchanged since Python 3.0 and the only hook between status lines.
+            version, status, reason = super()._read_status()  # type: ignore[misc]
             if status == http.client.CONTINUE or not 100 <= status < 200 or status == 101:
                 # begin() skips 100 itself; anything else is final.
                 return version, status, reason

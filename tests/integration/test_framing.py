@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from invoke_middleware import HTTPTransport, RequestsTransport, Transport
+from invoke_middleware import HTTPTransport, RequestsTransport
 from tests.gateway.conftest import make_service
 from tests.gateway.recording_upstream import RecordingUpstream
 from tests.integration.gateway import CLIENT_TIMEOUT, exchange, serve_gateway
