@@ -129,7 +129,7 @@ def workers_of(master: psutil.Process, count: int, timeout: float = 20.0) -> lis
     """The gunicorn master's worker processes, once all ``count`` of them are forked."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        children = master.children()
+        children: list[psutil.Process] = master.children()
         if len(children) == count:
             return children
         time.sleep(0.1)
@@ -350,7 +350,7 @@ def _cpu_model() -> str:
 
 def _wrk_version() -> str:
     out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
-    return (out.stdout + out.stderr).splitlines()[0].strip()
+    return (out.stdout + out.stderr).splitlines()[0].partition(" Copyright")[0].strip()
 
 
 def report(rounds: dict[str, list[Round]], args: argparse.Namespace, load: str) -> str:
@@ -390,6 +390,10 @@ def report(rounds: dict[str, list[Round]], args: argparse.Namespace, load: str) 
         for name, rs in rounds.items()
         for r in [rs[index]]
     ]
+    # Adjacent rounds share the machine's conditions: their ratios are the steadier figure.
+    paired = list(zip(rounds["relay"], rounds["proxy"], strict=True))
+    rps_ratio = statistics.median(r.rps / p.rps for r, p in paired)
+    cpu_ratio = statistics.median(r.gateway_us / p.gateway_us for r, p in paired)
     relay_total = relay["gateway_us"] + relay["upstream_us"]
     proxy_total = proxy["gateway_us"] + proxy["upstream_us"]
     relay_extra = relay["gateway_us"] - bare["gateway_us"]
@@ -430,10 +434,17 @@ def report(rounds: dict[str, list[Round]], args: argparse.Namespace, load: str) 
             "",
             "## Ratios",
             "",
-            f"- throughput relay / proxy: **{relay['rps'] / proxy['rps']:.2f}**",
+            "Medians of the ratios of adjacent rounds (relay round *n* / proxy round *n*):",
+            "",
+            f"- throughput relay / proxy: **{rps_ratio:.2f}**",
+            f"- gateway CPU per request, relay / proxy: **{cpu_ratio:.2f}**",
+            "",
+            "Ratios of the medians above:",
+            "",
+            f"- throughput relay / proxy: {relay['rps'] / proxy['rps']:.2f}",
             f"- throughput relay / bare: {relay['rps'] / bare['rps']:.2f}",
-            f"- gateway CPU per request, relay / proxy: **"
-            f"{relay['gateway_us'] / proxy['gateway_us']:.2f}**",
+            f"- gateway CPU per request, relay / proxy: "
+            f"{relay['gateway_us'] / proxy['gateway_us']:.2f}",
             f"- gateway CPU per request above bare: relay {relay_extra:.0f} µs, "
             f"proxy {proxy_extra:.0f} µs ({relay_extra / proxy_extra:.2f}x)",
             f"- gateway + upstream CPU per request, relay / proxy: {relay_total / proxy_total:.2f}",
