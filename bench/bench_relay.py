@@ -427,6 +427,8 @@ def report(rounds: dict[str, list[Round]], args: argparse.Namespace, load: str) 
             "",
             "## Results (medians)",
             "",
+            "Each column is its own median over the rounds (so user + system need not add up).",
+            "",
             "| gateway | req/s | p50 ms | p99 ms | gateway CPU µs/req | user | system "
             "| upstream CPU µs/req | gateway + upstream |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
