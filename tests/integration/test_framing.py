@@ -56,7 +56,8 @@ def _upstream_with_early_hints() -> Iterator[str]:
     stop = threading.Event()
 
     def serve(connection: socket.socket) -> None:
-        with connection, connection.makefile("rb") as reader:
+        # The gateway may drop the connection at any point: that ends this thread quietly.
+        with contextlib.suppress(OSError), connection, connection.makefile("rb") as reader:
             while not stop.is_set():
                 line = reader.readline()
                 if not line:
