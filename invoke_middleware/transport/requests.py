@@ -304,10 +304,12 @@ def _connections_opened(
     Unchanged across a failed send means the request went out on a connection the pool
     already had: the only case where a retry is allowed. ``None`` for adapters without pools.
     """
-    if not isinstance(adapter, requests.adapters.HTTPAdapter):
+    # get_connection_with_tls_context() is public since requests 2.32.2.
+    pool_for = getattr(adapter, "get_connection_with_tls_context", None)
+    if not isinstance(adapter, requests.adapters.HTTPAdapter) or pool_for is None:
         return None
     try:
-        pool = adapter.get_connection_with_tls_context(
+        pool = pool_for(
             prepared, send_args["verify"], proxies=send_args["proxies"], cert=send_args["cert"]
         )
     except _FOREIGN_ERRORS:

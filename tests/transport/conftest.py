@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,6 +22,9 @@ from tests.upstreams import (  # noqa: F401  (fixtures)
     tls_files,
 )
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
 
 @dataclass(frozen=True, kw_only=True)
 class Upstreams:
@@ -32,11 +36,13 @@ class Upstreams:
     host_header: str  # what the httpbin URL's Host header reads
 
 
-def _by_host(environ: dict[str, object], start_response: object) -> Iterable[bytes]:
-    import httpbin
+def _by_host(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    import httpbin  # type: ignore[import-untyped]
 
-    app = httpbin.app if environ["SERVER_NAME"] == "httpbin.test" else scripted_app
-    return app(environ, start_response)  # type: ignore[no-any-return, arg-type, operator]
+    if environ["SERVER_NAME"] == "httpbin.test":
+        result: Iterable[bytes] = httpbin.app(environ, start_response)
+        return result
+    return scripted_app(environ, start_response)
 
 
 WIRE_KINDS = [pytest.param("http", id="http"), pytest.param("requests", id="requests")]
@@ -53,7 +59,7 @@ def upstreams(request: pytest.FixtureRequest) -> Iterator[Upstreams]:
     """Each transport in turn, over real servers (or in process, for the WSGI transport)."""
     kind: str = request.param
     if kind == "wsgi":
-        transport: Transport = WSGITransport(_by_host)  # type: ignore[arg-type]
+        transport: Transport = WSGITransport(_by_host)
         yield Upstreams(
             transport=transport,
             httpbin="http://httpbin.test",
