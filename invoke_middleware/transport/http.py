@@ -37,6 +37,7 @@ from ..errors import (
 )
 from ._framing import content_length_to_send, is_chunked
 from ._origin import Origin, split_url
+from ._response import FinalResponse
 from ._retry import may_retry_after_close
 from ._tls import CABundle, resolve_ssl_context
 from .base import UpstreamRequest, UpstreamResponse
@@ -96,13 +97,22 @@ class _Deadline:
         remaining = self._at - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
-        sock.settimeout(remaining if self._read is None or remaining < self._read else self._read)
+        _set_timeout(
+            sock, remaining if self._read is None or remaining < self._read else self._read
+        )
 
     def start(self, sock: socket.socket) -> None:
         if self._at is None:
-            sock.settimeout(self._read)
+            _set_timeout(sock, self._read)
         else:
             self.arm(sock)
+
+
+def _set_timeout(sock: socket.socket, timeout: float | None) -> None:
+    # settimeout is a system call (it switches the blocking mode); gettimeout is not, and on a
+    # kept-alive connection the read timeout is mostly the one already set.
+    if sock.gettimeout() != timeout:
+        sock.settimeout(timeout)
 
 
 class _Exchange:
@@ -374,30 +384,12 @@ class HTTPTransport:
         connection.close()
 
 
-class _FinalResponse(http.client.HTTPResponse):
-    """An :class:`http.client.HTTPResponse` that skips every interim (1xx) response.
-
-    http.client skips only ``100 Continue``; a ``103 Early Hints`` (RFC 8297) would otherwise
-    be taken for the final response, and the real one left on the pooled connection to answer
-    the next request. ``101`` is final: it switches protocols (and the gateway never asks to).
-    """
-
-    def _read_status(self) -> tuple[str, int, str]:
-        while True:
-            # Private, but unchanged since Python 3.0 and the only hook between status lines.
-            version, status, reason = super()._read_status()  # type: ignore[misc]
-            if status == http.client.CONTINUE or not 100 <= status < 200 or status == 101:
-                # begin() skips 100 itself; anything else is final.
-                return version, status, reason
-            http.client.parse_headers(self.fp)  # the interim response's fields, discarded
-
-
 class _HTTPConnection(http.client.HTTPConnection):
-    response_class = _FinalResponse
+    response_class = FinalResponse
 
 
 class _HTTPSConnection(http.client.HTTPSConnection):
-    response_class = _FinalResponse
+    response_class = FinalResponse
 
 
 def _may_retry(request: UpstreamRequest, stage: int, exc: Exception) -> bool:
