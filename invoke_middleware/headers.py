@@ -30,8 +30,8 @@ gateway append to them. With ``trusted_hops = N`` the gateway behaves like werkz
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
@@ -294,7 +294,7 @@ def choose_request_id(incoming: str | None) -> str:
     """
     if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming) is not None:
         return incoming
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, for a third of the cost
 
 
 def filter_response_headers(

@@ -17,6 +17,7 @@ This module is the only one that knows WSGI: it turns the environ into a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
@@ -127,13 +128,24 @@ class InvokeMiddleware:
             self.gateway.egress_transport.close()
 
 
+@functools.lru_cache(maxsize=1024)
+def _field_name(environ_key: str) -> str | None:
+    """``HTTP_X_TEAM_ID`` -> ``X-Team-Id``; ``None`` for keys that are not header fields."""
+    if environ_key.startswith("HTTP_"):
+        return environ_key[5:].replace("_", "-").title()
+    if environ_key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        return environ_key.replace("_", "-").title()
+    return None
+
+
 def _headers(environ: WSGIEnvironment) -> Headers:
-    items: list[tuple[str, str]] = []
+    items = []
     for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            items.append((key[5:].replace("_", "-").title(), value))
-        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
-            items.append((key.replace("_", "-").title(), value))
+        # Only str keys name fields; the rest (wsgi.*, server extras) are skipped cheaply.
+        if key[:5] == "HTTP_" or key[:8] == "CONTENT_":
+            name = _field_name(key)
+            if name is not None and (value or key[:5] == "HTTP_"):
+                items.append((name, value))
     return Headers(items)
 
 
