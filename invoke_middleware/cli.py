@@ -2,6 +2,7 @@
 
 ::
 
+    invoke-middleware demo                       # a throwaway gateway with an example service
     invoke-middleware init                       # write invoke-middleware.toml, create the store
     invoke-middleware services add hello --team TEAM --name Hello --upstream http://127.0.0.1:9000
     invoke-middleware credentials issue --team TEAM --kind integration   # prints the key alone
@@ -33,6 +34,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 
+from invoke_middleware._demo import DEMO_SLUG, demo_setup, example_service
 from invoke_middleware._toml_config import (
     DEFAULT_CONFIG_NAME,
     DEFAULT_STORE_NAME,
@@ -53,6 +55,7 @@ from invoke_middleware.registry import (
     is_valid_slug,
     validate_external_url,
 )
+from invoke_middleware.standalone import build_gateway
 from invoke_middleware.store.sql import DuplicateServiceError, SQLStore
 
 CONFIG_ENV = "INVOKE_MIDDLEWARE_CONFIG"
@@ -205,6 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=_int_at_least(1), help="worker threads (default: from the config)"
     )
     serve.set_defaults(handler=_serve)
+
+    demo = commands.add_parser(
+        "demo",
+        help="a throwaway gateway with an example service, in a temporary directory; "
+        "prints a curl line to try",
+    )
+    demo.add_argument("--host", type=_text, help="listen address (default: 127.0.0.1)")
+    demo.add_argument("--port", type=_int_at_least(0, 65535),
+                      help="listen port, 0 for any free one (default: 8080)")  # fmt: skip
+    demo.add_argument("--threads", type=_int_at_least(1), help="worker threads (default: 8)")
+    demo.set_defaults(handler=_demo)
 
     _add_service_commands(commands)
     _add_member_commands(commands)
@@ -458,13 +472,44 @@ def _init(args: argparse.Namespace, context: _Context) -> None:
 
 
 def _serve(args: argparse.Namespace, context: _Context) -> None:
-    from invoke_middleware.standalone import build_gateway  # noqa: PLC0415
-
     config = context.config
     open_store(config).close()  # fails early, with the hint, when the store is missing
-    host = args.host or config.server.host
-    port = config.server.port if args.port is None else args.port
-    threads = args.threads or config.server.threads
+    _run_gateway(
+        config,
+        host=args.host or config.server.host,
+        port=config.server.port if args.port is None else args.port,
+        threads=args.threads or config.server.threads,
+    )
+
+
+def _demo(args: argparse.Namespace, context: _Context) -> None:
+    with example_service() as upstream, demo_setup(upstream) as demo:
+
+        def announce(base_url: str) -> None:
+            context.notice(
+                f"demo: the example service {DEMO_SLUG!r} of team {demo.team_id} is behind "
+                f"the gateway; everything is deleted on exit (Ctrl-C). Try:"
+            )
+            print(demo.curl_line(base_url), file=context.stdout, flush=True)
+
+        _run_gateway(
+            demo.config,
+            host=args.host or demo.config.server.host,
+            port=demo.config.server.port if args.port is None else args.port,
+            threads=args.threads or demo.config.server.threads,
+            announce=announce,
+        )
+
+
+def _run_gateway(
+    config: GatewayConfig,
+    *,
+    host: str,
+    port: int,
+    threads: int,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the gateway of ``config`` under waitress until SIGINT or SIGTERM."""
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -481,12 +526,15 @@ def _serve(args: argparse.Namespace, context: _Context) -> None:
             raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, _stop)
+        urls = [f"http://{_authority(address)}{config.prefix}" for address in _bound(server)]
         logger.info(
             "serving on %s (store %s, %d threads)",
-            ", ".join(f"http://{_authority(address)}{config.prefix}" for address in _bound(server)),
+            ", ".join(urls),
             config.describe_database(),
             threads,
         )
+        if announce is not None:
+            announce(urls[0])
         # waitress returns from run() on SystemExit or KeyboardInterrupt, after stopping
         # its worker threads.
         server.run()
