@@ -402,9 +402,9 @@ class Gateway:
         )
         try:
             response = self._transport_for(service).send(upstream)
-        except GatewayError as error:
-            sent = body.sent if body else 0
-            self._finish(relay, error.status, sent, 0, error.code)
+        except Exception as error:
+            failure = error if isinstance(error, GatewayError) else GatewayError()
+            self._finish(relay, failure.status, body.sent if body else 0, 0, failure.code)
             raise
         headers = hdr.filter_response_headers(response.headers)
         response_length = _relay_content_length(request.method, response)
@@ -632,9 +632,10 @@ class _RelayBody:
             for chunk in self._response:
                 self._sent += len(chunk)
                 yield chunk
-        except GatewayError as error:
-            logger.warning("relay aborted mid-stream: %s", error.code)
-            self._finish(error.code)
+        except Exception as error:
+            code = error.code if isinstance(error, GatewayError) else GatewayError.code
+            logger.warning("relay aborted mid-stream: %s", code)
+            self._finish(code)
             raise
         self._finish(None)
 
