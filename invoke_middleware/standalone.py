@@ -26,6 +26,7 @@ from invoke_middleware.auth.base import AuthResolver
 from invoke_middleware.auth.credentials import CredentialResolver
 from invoke_middleware.auth.jwt import JWTResolver
 from invoke_middleware.auth.stores import MembershipStore
+from invoke_middleware.logging_hook import RelayLogger
 from invoke_middleware.middleware import InvokeMiddleware
 from invoke_middleware.store.sql import SQLStore
 
@@ -141,6 +142,7 @@ def build_gateway(
             memberships=store.memberships,
             resolvers=resolvers,
             secret_resolver=EnvironmentSecretResolver(config.secrets, environ),
+            after_relay=[RelayLogger()],
             settings=config.settings,
         )
     except BaseException:

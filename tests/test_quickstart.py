@@ -1,6 +1,6 @@
-"""The README quickstart, followed literally: its shell commands, copied from the README (or
-from ``docs/quickstart.md`` until the README carries the block), run by ``bash`` in an empty
-directory, the last one being a ``curl`` through the gateway to a local HTTP service."""
+"""The README quickstart, followed literally: its shell commands, copied from the README, run
+by ``bash`` in an empty directory, the last one being a ``curl`` through the gateway to a
+local HTTP service."""
 
 from __future__ import annotations
 
@@ -26,11 +26,8 @@ STOP_TIMEOUT = 15.0
 
 
 def quickstart_source() -> Path:
-    """The README when it carries the markers, else the draft in docs/."""
-    readme = ROOT / "README.md"
-    if readme.is_file() and START in readme.read_text(encoding="utf-8"):
-        return readme
-    return ROOT / "docs" / "quickstart.md"
+    """The README, whose quickstart block is what a newcomer copies."""
+    return ROOT / "README.md"
 
 
 def quickstart_commands(text: str) -> list[str]:
