@@ -30,6 +30,7 @@ from invoke_middleware.errors import (
     render_problem,
 )
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook, RelayFinished, RelayStarted
+from invoke_middleware.logging_hook import RelayLogger
 from invoke_middleware.middleware import InvokeMiddleware
 from invoke_middleware.registry import (
     InMemoryServiceRegistry,
@@ -83,6 +84,7 @@ __all__ = [
     "Policy",
     "Principal",
     "RelayFinished",
+    "RelayLogger",
     "RelayStarted",
     "RenderedError",
     "RequestsTransport",
