@@ -18,6 +18,7 @@ This module is the only one that knows WSGI: it turns the environ into a
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
@@ -31,7 +32,8 @@ from invoke_middleware.auth.stores import (
     InMemoryMembershipStore,
     MembershipStore,
 )
-from invoke_middleware.errors import ErrorRenderer
+from invoke_middleware.errors import ErrorRenderer, GatewayError, InvalidRequestError
+from invoke_middleware.headers import choose_request_id
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
 from invoke_middleware.registry import InMemoryServiceRegistry, ServiceRegistry
 from invoke_middleware.relay import Gateway, GatewaySettings, SecretResolver
@@ -42,6 +44,8 @@ from invoke_middleware.transport.http import HTTPTransport
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 # Characters left as they are when a decoded path has to be re-encoded (RFC 3986 pchar).
 _PCHAR_SAFE = "/:@!$&'()*+,;=-._~"
@@ -109,7 +113,13 @@ class InvokeMiddleware:
                 # the decoded tail, re-encoded. Dot segments still reach the path checks.
                 tail = quote(route.tail.encode("latin-1"), safe=_PCHAR_SAFE)
             route = type(route)(kind=route.kind, slug=route.slug, tail=tail)
-        response = self.gateway.handle(_gateway_request(environ), route)
+        try:
+            request = _gateway_request(environ)
+        except GatewayError as error:
+            request_id = choose_request_id(environ.get("HTTP_X_REQUEST_ID"))
+            response = self.gateway.error_response(error, request_id)
+        else:
+            response = self.gateway.handle(request, route)
         try:
             start_response(f"{response.status} {response.reason}", response.headers)
         except BaseException:
@@ -150,8 +160,13 @@ def _headers(environ: WSGIEnvironment) -> Headers:
 
 
 def _gateway_request(environ: WSGIEnvironment) -> GatewayRequest:
-    length_text = environ.get("CONTENT_LENGTH") or ""
-    content_length = int(length_text) if length_text.isdigit() else None
+    length_text = (environ.get("CONTENT_LENGTH") or "").strip()
+    content_length = None
+    if length_text:
+        # RFC 9110 §8.6: 1*DIGIT. str.isdigit() also accepts "²" and other Unicode digits.
+        if _DIGITS.fullmatch(length_text) is None:
+            raise InvalidRequestError("The Content-Length header is not a number.")
+        content_length = int(length_text)
     if "HTTP_TRANSFER_ENCODING" in environ:
         # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length. A server that passes
         # both on must not make the gateway trust the length (request smuggling).

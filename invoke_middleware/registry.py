@@ -121,6 +121,9 @@ def validate_external_url(url: str | None) -> None:
         raise ValueError("external_url must be an absolute https:// URL")
     if parts.username is not None or parts.password is not None:
         raise ValueError("external_url must not carry credentials")
+    if parts.query or "?" in url:
+        # The caller's path and query are joined to it; a query of its own has no place then.
+        raise ValueError("external_url must not carry a query")
     if parts.fragment or any(c.isspace() or ord(c) < 0x20 for c in url):
         raise ValueError("external_url must not contain a fragment, spaces or control characters")
 

@@ -499,7 +499,7 @@ def _relay_content_length(method: str, response: UpstreamResponse) -> str | None
     if method == "HEAD" or status == 304:
         # Both describe a representation they do not carry: keep the upstream's own value.
         values = [v.strip() for k, v in response.headers if k.lower() == "content-length"]
-        if len(set(values)) == 1 and values[0].isdigit():
+        if len(set(values)) == 1 and values[0].isascii() and values[0].isdigit():
             return values[0]
         return None
     if response.content_length is None:

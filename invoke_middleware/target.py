@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import re
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from invoke_middleware.errors import InvalidPathError
 
@@ -114,9 +114,26 @@ def _check_path(path: str, max_length: int) -> None:
         and not path.startswith("//")
         and _FORBIDDEN_ESCAPE.search(path) is None
         and _DOT_SEGMENT.search(path) is None
+        and not _hides_escape(path)
     ):
         return
     raise InvalidPathError(_explain_path(path))
+
+
+def _hides_escape(path: str) -> bool:
+    """Whether decoding ``path`` again reveals a dot segment or an encoded separator.
+
+    ``%25`` is an encoded ``%``: ``%25%32%65`` decodes to ``%2e``, and a server that decodes
+    twice sees ``.``. Three rounds cover every nesting a real server chain applies.
+    """
+    decoded = path
+    for _ in range(3):
+        if "%" not in decoded:
+            return False
+        decoded = unquote(decoded)
+        if _FORBIDDEN_ESCAPE.search(decoded) or _DOT_SEGMENT.search(decoded) or "\\" in decoded:
+            return True
+    return False
 
 
 def _explain_path(path: str) -> str:
@@ -141,8 +158,8 @@ def _explain_path(path: str) -> str:
         return "The path contains a malformed percent-escape."
     if _FORBIDDEN_ESCAPE.search(path):
         return "The path must not contain an encoded /, \\ or NUL."
-    if _DOT_SEGMENT.search(path):
-        return "The path must not contain . or .. segments."
+    if _DOT_SEGMENT.search(path) or _hides_escape(path):
+        return "The path must not contain . or .. segments, or encoded separators."
     return "The path contains a character that must be percent-encoded."
 
 

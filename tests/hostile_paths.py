@@ -108,6 +108,11 @@ HOSTILE_PATHS: list[tuple[str, str]] = [
     ("encoded-nul", "/a%00b"),
     ("encoded-nul-extension", "/file.txt%00.png"),
     ("double-encoded-nul", "/a%2500b"),
+    # Every character of the escape encoded again: one decoding gives "%2e" / "%2f".
+    ("double-encoded-dot-dot-all-hex", "/%25%32%65%25%32%65/admin"),
+    ("double-encoded-slash-all-hex", "/%25%32%66etc"),
+    ("double-encoded-backslash-all-hex", "/a%25%35%63b"),
+    ("triple-encoded-dot-dot", "/%2525%32%65%2525%32%65/x"),
     # Malformed percent-escapes.
     ("percent-alone", "/a%"),
     ("percent-one-digit", "/a%2"),

@@ -168,6 +168,13 @@ class JWTResolver:
         except jwt.PyJWKClientConnectionError as exc:
             logger.warning("JWKS endpoint unreachable, JWTs cannot be verified: %s", exc)
             raise UnauthenticatedError from exc
+        except ValueError as exc:
+            # PyJWKClient lets a JSON error through when the endpoint answers with something
+            # else (an HTML error page): the same outage, seen from here.
+            if self._jwks is None:
+                raise
+            logger.warning("JWKS endpoint sent no key set, JWTs cannot be verified")
+            raise UnauthenticatedError from exc
         except jwt.PyJWTError as exc:
             logger.debug("JWT refused: %s", type(exc).__name__)
             raise UnauthenticatedError from exc

@@ -17,10 +17,12 @@ Everything else (chunked decoding, ``read1``, closing) is http.client's.
 from __future__ import annotations
 
 import http.client
+import re
 from collections.abc import Iterator
 from typing import Protocol
 
 _MAX_LINE = 65536
+_DIGITS = re.compile(r"[0-9]{1,18}")
 _MAX_FIELDS = 100
 # RFC 9110 §5.6.2 tchar, as bytes for a quick check of field names.
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -78,13 +80,21 @@ def read_fields(fp: _LineReader) -> list[tuple[str, str]]:
             if not fields:
                 raise http.client.HTTPException("folded line without a field")
             last_name, last_value = fields[-1]
-            fields[-1] = (last_name, f"{last_value} {line.strip().decode('latin-1')}")
+            folded = line.strip()
+            if b"\r" in folded or b"\x00" in folded:
+                raise http.client.HTTPException("malformed header field")
+            fields[-1] = (last_name, f"{last_value} {folded.decode('latin-1')}")
             continue
         name, colon, value = line.partition(b":")
         # No whitespace between name and colon (RFC 9112 §5.1), and the name is a token.
         if not colon or not name or not _TCHAR.issuperset(name):
             raise http.client.HTTPException("malformed header field")
-        fields.append((name.decode("ascii"), value.strip(b" \t\r\n").decode("latin-1")))
+        value = value.strip(b" \t\r\n")
+        if b"\r" in value or b"\x00" in value:
+            # RFC 9110 §5.5: a bare CR or NUL in a value could split the header for a client
+            # further on (response splitting); refuse the response.
+            raise http.client.HTTPException("malformed header field")
+        fields.append((name.decode("ascii"), value.decode("latin-1")))
         if len(fields) > _MAX_FIELDS:
             raise http.client.HTTPException("too many header fields")
 
@@ -125,10 +135,14 @@ class FinalResponse(http.client.HTTPResponse):
             lengths = fields.get_all("content-length")
             if lengths:
                 values = {v.strip() for item in lengths for v in item.split(",")}
-                if len(values) != 1 or not next(iter(values)).isdigit():
+                if len(values) != 1 or _DIGITS.fullmatch(next(iter(values))) is None:
                     raise http.client.HTTPException("invalid Content-Length")
                 self.length = int(values.pop())
         if status in (204, 304) or 100 <= status < 200 or self._method == "HEAD":
+            # No body, whatever the framing fields say (RFC 9112 §6.3, rule 1).
             self.length = 0
+            self.chunked = False
+        if status == 101:
+            self.will_close = True  # the connection no longer speaks HTTP
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True

@@ -62,7 +62,8 @@ class UpstreamRequest:
 
     method: str
     url: str
-    headers: tuple[tuple[str, str], ...]
+    # Not in the repr: it carries the external service's secret and the caller's cookies.
+    headers: tuple[tuple[str, str], ...] = field(repr=False)
     body: bytes | Iterable[bytes] | None = field(default=None, repr=False)
     content_length: int | None = None
     timeouts: Timeouts = DEFAULT_TIMEOUTS

@@ -21,6 +21,7 @@ gateway's own errors::
 from __future__ import annotations
 
 import http.client
+import io
 import re
 import select
 import socket
@@ -28,6 +29,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from ..errors import (
     GatewayError,
@@ -116,6 +118,40 @@ def _set_timeout(sock: socket.socket, timeout: float | None) -> None:
         sock.settimeout(timeout)
 
 
+class _DeadlineReader(io.RawIOBase):
+    """Reads a socket, re-arming its timeout before every receive.
+
+    http.client reads a response head line by line and a chunked body piece by piece; with
+    the timeout set once, each of those waits could take the whole read timeout, and an
+    upstream dripping one byte at a time would outlive the total deadline.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self._deadline.arm(self._sock)
+        return self._sock.recv_into(buffer)
+
+
+class _DeadlineSocket:
+    """What :class:`http.client.HTTPResponse` needs of a socket: a ``makefile`` whose reads
+    honour the deadline. Closing the file leaves the socket to the pool."""
+
+    __slots__ = ("_deadline", "_sock")
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline), _READ_SIZE)
+
+
 class _Exchange:
     """One request on one connection: writes it, then hands out the response's chunks."""
 
@@ -200,8 +236,8 @@ class _Exchange:
     def read_head(self, method: str) -> http.client.HTTPResponse:
         """Wait for the response's status line and headers."""
         self.stage = _AWAITING_RESPONSE
-        self._deadline.arm(self._sock)
-        response = FinalResponse(self._sock, method=method)
+        reader = _DeadlineSocket(self._sock, self._deadline)
+        response = FinalResponse(reader, method=method)  # type: ignore[arg-type]  # duck-typed
         self._response = response
         response.begin()
         return response
@@ -210,10 +246,8 @@ class _Exchange:
         """The body, chunk by chunk as it arrives; raises if it ends early."""
         response = self._response
         assert response is not None
-        sock, deadline = self._sock, self._deadline
         try:
             while not self.done:
-                deadline.arm(sock)
                 chunk = response.read1(_READ_SIZE)
                 if not chunk:
                     if response.length:

@@ -6,10 +6,12 @@ import hmac
 import json
 import logging
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -350,6 +352,43 @@ def test_an_unreachable_jwks_is_401_and_a_warning_for_the_operator(
         for r in caplog.records
     )
     assert token not in caplog.text
+
+
+def test_a_jwks_endpoint_answering_html_is_401_and_a_warning(
+    memberships: InMemoryMembershipStore, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Html(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>502 Bad Gateway</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        resolver = JWTResolver(
+            memberships,
+            jwks_url=f"http://127.0.0.1:{server.server_address[1]}/jwks.json",
+            algorithms=["RS256"],
+            jwks_timeout=2,
+        )
+        with pytest.raises(UnauthenticatedError):
+            resolver(gateway_request(token=rs_token(keys.rsa), team=str(TEAM)))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert any(
+        r.levelno == logging.WARNING and "JWKS endpoint sent no key set" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def _public_pem(keys: Keys) -> bytes:

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable
 
 import pytest
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Response
 
 from invoke_middleware import ERROR_MARKER_HEADER, GatewaySettings, ServiceStatus
 from invoke_middleware.errors import GatewayError, RenderedError
@@ -131,3 +133,24 @@ def test_an_unexpected_failure_is_a_500_without_details(
     assert "hunter2" not in res.text
     assert body["error_message"] == "The gateway failed to handle the request."
     assert any("hunter2" in r.exc_text for r in caplog.records if r.exc_text)
+
+
+@pytest.mark.parametrize(
+    "length",
+    [
+        pytest.param("\u00b2", id="superscript-two"),
+        pytest.param("+3", id="plus-sign"),
+        pytest.param("3x", id="trailing-letter"),
+        pytest.param("-1", id="negative"),
+    ],
+)
+def test_an_unparsable_content_length_is_400_not_a_lost_body(world: World, length: str) -> None:
+    environ = EnvironBuilder(
+        path="/r/containers/echo/up", method="POST", data=b"abc", headers=world.auth()
+    ).get_environ()
+    environ["CONTENT_LENGTH"] = length
+    response = Response.from_app(world.middleware, environ)
+    assert response.status_code == 400
+    assert response.headers[ERROR_MARKER_HEADER] == "invalid_request"
+    assert response.headers["X-Request-ID"]
+    assert world.upstream.received == []

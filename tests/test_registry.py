@@ -1,0 +1,74 @@
+"""The service model refuses records the gateway could not relay to safely (SPEC §2)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from invoke_middleware import InMemoryServiceRegistry, Service, ServiceStatus, ServiceType
+
+TEAM = uuid.uuid4()
+
+
+def external(url: str, **extra: Any) -> Service:
+    return Service(
+        id=uuid.uuid4(),
+        team_id=TEAM,
+        slug="ext",
+        display_name="Ext",
+        service_type=ServiceType.EXTERNAL,
+        service_status=ServiceStatus.RUNNING,
+        external_url=url,
+        **extra,
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("http://api.example.com", id="plain-http"),
+        pytest.param("ftp://api.example.com", id="other-scheme"),
+        pytest.param("//api.example.com", id="scheme-relative"),
+        pytest.param("https://", id="no-host"),
+        pytest.param("https://user:pw@api.example.com", id="userinfo"),
+        pytest.param("https://api.example.com/v1?key=x", id="query"),
+        pytest.param("https://api.example.com/#frag", id="fragment"),
+        pytest.param("https://api.example.com/a b", id="space"),
+        pytest.param("https://api.example.com/" + "a" * 2048, id="too-long"),
+    ],
+)
+def test_external_urls_must_be_plain_https(url: str) -> None:
+    with pytest.raises(ValueError, match="external_url"):
+        external(url)
+
+
+def test_an_https_external_url_with_a_base_path_is_accepted() -> None:
+    assert external("https://api.example.com/v1").base_url == "https://api.example.com/v1"
+
+
+@pytest.mark.parametrize("slug", ["a", "-ab", "ab-", "AB", "a_b", "a" * 101])
+def test_invalid_slugs_are_refused(slug: str) -> None:
+    with pytest.raises(ValueError, match="slug"):
+        Service(
+            id=uuid.uuid4(),
+            team_id=TEAM,
+            slug=slug,
+            display_name="x",
+            service_type=ServiceType.DEPLOYED,
+            service_status=ServiceStatus.RUNNING,
+            upstream_url="http://127.0.0.1:1",
+        )
+
+
+def test_the_credential_reference_is_not_in_the_repr() -> None:
+    service = external("https://api.example.com", external_auth_credential_id="vault:secret/x")
+    assert "vault" not in repr(service)
+
+
+def test_the_registry_only_answers_for_the_owning_team() -> None:
+    registry = InMemoryServiceRegistry([external("https://api.example.com")])
+    assert registry.get(TEAM, "ext") is not None
+    assert registry.get(uuid.uuid4(), "ext") is None
+    assert registry.list(uuid.uuid4()) == []
