@@ -356,8 +356,9 @@ class Gateway:
                 hdr.fold_response_headers(hdr.filter_response_headers(response.headers)),
                 body,
             )
-        except GatewayError as error:
-            status, error_code = error.status, error.code
+        except Exception as error:
+            failure = error if isinstance(error, GatewayError) else GatewayError()
+            status, error_code = failure.status, failure.code
             raise
         finally:
             self._finish(relay, status, len(envelope.body), bytes_out, error_code)
