@@ -11,12 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Protocol
 
 from invoke_middleware import headers as hdr
+from invoke_middleware._bodies import (
+    RelayBody,
+    read_capped,
+    read_response,
+    relay_content_length,
+    request_body,
+)
 from invoke_middleware.auth.base import AuthResolver
 from invoke_middleware.auth.policy import Action, Policy, default_policy
 from invoke_middleware.auth.principal import Principal
@@ -26,12 +33,8 @@ from invoke_middleware.errors import (
     ErrorRenderer,
     ForbiddenError,
     GatewayError,
-    InvalidRequestError,
-    LengthRequiredError,
     LoopDetectedError,
     MethodNotAllowedError,
-    PayloadTooLargeError,
-    ResponseTooLargeError,
     ServiceNotFoundError,
     ServiceNotRunningError,
     UnauthenticatedError,
@@ -57,13 +60,11 @@ from invoke_middleware.transport.base import (
     Timeouts,
     Transport,
     UpstreamRequest,
-    UpstreamResponse,
 )
 
 logger = logging.getLogger("invoke_middleware")
 
 MiB = 1024 * 1024
-_READ_SIZE = 64 * 1024
 _RELAY_FORBIDDEN_METHODS = frozenset({"CONNECT", "TRACE"})
 _METADATA_METHODS = ("GET", "HEAD")
 
@@ -323,7 +324,7 @@ class Gateway:
         content_type = (request.headers.get("Content-Type") or "").partition(";")[0]
         if content_type.strip().lower() != "application/json":
             raise UnsupportedMediaTypeError()
-        raw = _read_capped(request, settings.max_envelope_bytes)
+        raw = read_capped(request, settings.max_envelope_bytes)
         envelope = parse_envelope(raw, max_body_bytes=settings.max_invoke_body_bytes)
         url = build_target_url(service.base_url, envelope.path)
         path = envelope.path.partition("?")[0]
@@ -347,7 +348,7 @@ class Gateway:
         try:
             response = self._transport_for(service).send(upstream)
             try:
-                body = _read_response(response, envelope.method, settings.max_response_body_bytes)
+                body = read_response(response, envelope.method, settings.max_response_body_bytes)
             finally:
                 response.close()
             status, bytes_out = response.status, len(body)
@@ -384,7 +385,7 @@ class Gateway:
     ) -> GatewayResponse:
         settings = self.settings
         url = build_target_url(service.base_url, tail, request.query or None)
-        body, length = _request_body(request, settings.max_relay_body_bytes)
+        body, length = request_body(request, settings.max_relay_body_bytes)
         upstream = UpstreamRequest(
             method=request.method,
             url=url,
@@ -408,11 +409,11 @@ class Gateway:
             self._finish(relay, failure.status, body.sent if body else 0, 0, failure.code)
             raise
         headers = hdr.filter_response_headers(response.headers)
-        response_length = _relay_content_length(request.method, response)
+        response_length = relay_content_length(request.method, response)
         if response_length is not None:
             headers.append(("Content-Length", response_length))
         headers.append((REQUEST_ID_HEADER, request_id))
-        stream = _RelayBody(
+        stream = RelayBody(
             response,
             on_end=lambda received, code: self._finish(
                 relay, response.status, body.sent if body else 0, received, code
@@ -485,167 +486,3 @@ def _safe_reason(reason: str, status: int) -> str:
     if reason and reason.isascii() and reason.isprintable() and len(reason) <= 64:
         return reason
     return _reason(status)
-
-
-def _relay_content_length(method: str, response: UpstreamResponse) -> str | None:
-    """The ``Content-Length`` to send the client: the upstream's framing, recomputed.
-
-    The body passes through unchanged, so its length is the upstream's; a body that ends
-    short raises mid-stream instead. A HEAD response keeps the length of the representation
-    it describes (RFC 9110 §9.3.2), and so does a 304 (§15.4.5).
-    """
-    status = response.status
-    if status == 204 or 100 <= status < 200:
-        return None  # RFC 9110 §8.6: never in these
-    if method == "HEAD" or status == 304:
-        # Both describe a representation they do not carry: keep the upstream's own value.
-        values = [v.strip() for k, v in response.headers if k.lower() == "content-length"]
-        if len(set(values)) == 1 and values[0].isascii() and values[0].isdigit():
-            return values[0]
-        return None
-    if response.content_length is None:
-        return None
-    return str(response.content_length)
-
-
-def _read_capped(request: GatewayRequest, limit: int) -> bytes:
-    """Read a whole (small) request body, refusing more than ``limit`` bytes."""
-    if request.content_length is not None:
-        if request.content_length > limit:
-            raise PayloadTooLargeError()
-        return _read_exact(request, request.content_length)
-    if not request.chunked:
-        if "Transfer-Encoding" in request.headers:
-            raise LengthRequiredError()
-        return b""
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        chunk = request.body.read(_READ_SIZE)
-        if not chunk:
-            return b"".join(parts)
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError()
-        parts.append(chunk)
-
-
-def _read_exact(request: GatewayRequest, length: int) -> bytes:
-    parts: list[bytes] = []
-    remaining = length
-    while remaining > 0:
-        chunk = request.body.read(min(remaining, _READ_SIZE))
-        if not chunk:
-            raise InvalidRequestError("The request body ended before Content-Length bytes.")
-        parts.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(parts)
-
-
-class _RequestBody:
-    """The caller's body as an iterable of chunks, read as the transport sends it.
-
-    Counts bytes for the hooks and enforces the upload cap on chunked input, which has no
-    length to check up front.
-    """
-
-    __slots__ = ("_body", "_length", "_limit", "sent")
-
-    def __init__(self, request: GatewayRequest, length: int | None, limit: int) -> None:
-        self._body = request.body
-        self._length = length
-        self._limit = limit
-        self.sent = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        read = self._body.read
-        if self._length is not None:
-            remaining = self._length
-            while remaining > 0:
-                chunk = read(min(remaining, _READ_SIZE))
-                if not chunk:
-                    raise InvalidRequestError("The request body ended before Content-Length bytes.")
-                remaining -= len(chunk)
-                self.sent += len(chunk)
-                yield chunk
-            return
-        while True:
-            chunk = read(_READ_SIZE)
-            if not chunk:
-                return
-            self.sent += len(chunk)
-            if self.sent > self._limit:
-                raise PayloadTooLargeError()
-            yield chunk
-
-
-def _request_body(request: GatewayRequest, limit: int) -> tuple[_RequestBody | None, int | None]:
-    """The relay's request body and its length (``None``: chunked), or no body at all."""
-    if request.content_length is not None:
-        if request.content_length > limit:
-            raise PayloadTooLargeError()
-        if request.content_length == 0:
-            return None, None
-        return _RequestBody(request, request.content_length, limit), request.content_length
-    if request.chunked:
-        return _RequestBody(request, None, limit), None
-    if "Transfer-Encoding" in request.headers:
-        # Chunked input the server did not de-chunk for us: we cannot find its end.
-        raise LengthRequiredError()
-    return None, None
-
-
-def _read_response(response: UpstreamResponse, method: str, limit: int) -> bytes:
-    """Buffer an invoke response, refusing (never truncating) one over ``limit`` bytes."""
-    if method == "HEAD":
-        return b""
-    if response.content_length is not None and response.content_length > limit:
-        raise ResponseTooLargeError()
-    parts: list[bytes] = []
-    size = 0
-    for chunk in response:
-        size += len(chunk)
-        if size > limit:
-            raise ResponseTooLargeError()
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-class _RelayBody:
-    """The upstream body on its way to the client, chunk by chunk.
-
-    A failure mid-stream is re-raised so that the server aborts the connection: a truncated
-    body must never look complete (SPEC §8).
-    """
-
-    __slots__ = ("_done", "_on_end", "_response", "_sent")
-
-    def __init__(
-        self, response: UpstreamResponse, on_end: Callable[[int, str | None], None]
-    ) -> None:
-        self._response = response
-        self._on_end = on_end
-        self._sent = 0
-        self._done = False
-
-    def __iter__(self) -> Iterator[bytes]:
-        try:
-            for chunk in self._response:
-                self._sent += len(chunk)
-                yield chunk
-        except Exception as error:
-            code = error.code if isinstance(error, GatewayError) else GatewayError.code
-            logger.warning("relay aborted mid-stream: %s", code)
-            self._finish(code)
-            raise
-        self._finish(None)
-
-    def _finish(self, code: str | None) -> None:
-        if not self._done:
-            self._done = True
-            self._on_end(self._sent, code)
-
-    def close(self) -> None:
-        self._response.close()
-        # Closed before the end: the client went away.
-        self._finish("client_closed" if not self._done else None)

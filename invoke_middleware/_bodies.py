@@ -1,0 +1,190 @@
+"""The bodies of a relay: reading the caller's, buffering or streaming the upstream's.
+
+Every function here enforces one of the gateway's limits (SPEC §3, §4, §8) while bytes move:
+uploads are counted as they stream (chunked input has no length to check up front), an
+invoke response over its cap is refused rather than truncated, and a streamed response that
+fails half-way re-raises so the server aborts the connection instead of ending it cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from invoke_middleware.errors import (
+    GatewayError,
+    InvalidRequestError,
+    LengthRequiredError,
+    PayloadTooLargeError,
+    ResponseTooLargeError,
+)
+from invoke_middleware.request import GatewayRequest
+from invoke_middleware.transport.base import UpstreamResponse
+
+logger = logging.getLogger("invoke_middleware")
+
+_READ_SIZE = 64 * 1024
+
+
+def relay_content_length(method: str, response: UpstreamResponse) -> str | None:
+    """The ``Content-Length`` to send the client: the upstream's framing, recomputed.
+
+    The body passes through unchanged, so its length is the upstream's; a body that ends
+    short raises mid-stream instead. A HEAD response keeps the length of the representation
+    it describes (RFC 9110 §9.3.2), and so does a 304 (§15.4.5).
+    """
+    status = response.status
+    if status == 204 or 100 <= status < 200:
+        return None  # RFC 9110 §8.6: never in these
+    if method == "HEAD" or status == 304:
+        # Both describe a representation they do not carry: keep the upstream's own value.
+        values = [v.strip() for k, v in response.headers if k.lower() == "content-length"]
+        if len(set(values)) == 1 and values[0].isascii() and values[0].isdigit():
+            return values[0]
+        return None
+    if response.content_length is None:
+        return None
+    return str(response.content_length)
+
+
+def read_capped(request: GatewayRequest, limit: int) -> bytes:
+    """Read a whole (small) request body, refusing more than ``limit`` bytes."""
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise PayloadTooLargeError()
+        return _read_exact(request, request.content_length)
+    if not request.chunked:
+        if "Transfer-Encoding" in request.headers:
+            raise LengthRequiredError()
+        return b""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = request.body.read(_READ_SIZE)
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError()
+        parts.append(chunk)
+
+
+def _read_exact(request: GatewayRequest, length: int) -> bytes:
+    parts: list[bytes] = []
+    remaining = length
+    while remaining > 0:
+        chunk = request.body.read(min(remaining, _READ_SIZE))
+        if not chunk:
+            raise InvalidRequestError("The request body ended before Content-Length bytes.")
+        parts.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(parts)
+
+
+class RequestBody:
+    """The caller's body as an iterable of chunks, read as the transport sends it.
+
+    Counts bytes for the hooks and enforces the upload cap on chunked input, which has no
+    length to check up front.
+    """
+
+    __slots__ = ("_body", "_length", "_limit", "sent")
+
+    def __init__(self, request: GatewayRequest, length: int | None, limit: int) -> None:
+        self._body = request.body
+        self._length = length
+        self._limit = limit
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self._body.read
+        if self._length is not None:
+            remaining = self._length
+            while remaining > 0:
+                chunk = read(min(remaining, _READ_SIZE))
+                if not chunk:
+                    raise InvalidRequestError("The request body ended before Content-Length bytes.")
+                remaining -= len(chunk)
+                self.sent += len(chunk)
+                yield chunk
+            return
+        while True:
+            chunk = read(_READ_SIZE)
+            if not chunk:
+                return
+            self.sent += len(chunk)
+            if self.sent > self._limit:
+                raise PayloadTooLargeError()
+            yield chunk
+
+
+def request_body(request: GatewayRequest, limit: int) -> tuple[RequestBody | None, int | None]:
+    """The relay's request body and its length (``None``: chunked), or no body at all."""
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise PayloadTooLargeError()
+        if request.content_length == 0:
+            return None, None
+        return RequestBody(request, request.content_length, limit), request.content_length
+    if request.chunked:
+        return RequestBody(request, None, limit), None
+    if "Transfer-Encoding" in request.headers:
+        # Chunked input the server did not de-chunk for us: we cannot find its end.
+        raise LengthRequiredError()
+    return None, None
+
+
+def read_response(response: UpstreamResponse, method: str, limit: int) -> bytes:
+    """Buffer an invoke response, refusing (never truncating) one over ``limit`` bytes."""
+    if method == "HEAD":
+        return b""
+    if response.content_length is not None and response.content_length > limit:
+        raise ResponseTooLargeError()
+    parts: list[bytes] = []
+    size = 0
+    for chunk in response:
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLargeError()
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+class RelayBody:
+    """The upstream body on its way to the client, chunk by chunk.
+
+    A failure mid-stream is re-raised so that the server aborts the connection: a truncated
+    body must never look complete (SPEC §8).
+    """
+
+    __slots__ = ("_done", "_on_end", "_response", "_sent")
+
+    def __init__(
+        self, response: UpstreamResponse, on_end: Callable[[int, str | None], None]
+    ) -> None:
+        self._response = response
+        self._on_end = on_end
+        self._sent = 0
+        self._done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._response:
+                self._sent += len(chunk)
+                yield chunk
+        except Exception as error:
+            code = error.code if isinstance(error, GatewayError) else GatewayError.code
+            logger.warning("relay aborted mid-stream: %s", code)
+            self._finish(code)
+            raise
+        self._finish(None)
+
+    def _finish(self, code: str | None) -> None:
+        if not self._done:
+            self._done = True
+            self._on_end(self._sent, code)
+
+    def close(self) -> None:
+        self._response.close()
+        # Closed before the end: the client went away.
+        self._finish("client_closed" if not self._done else None)
