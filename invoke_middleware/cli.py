@@ -558,6 +558,10 @@ def _authority(address: tuple[str, int]) -> str:
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
+    # Once: a second signal during the clean-up below run() would interrupt closing the
+    # store's connections half-way.
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, signal.SIG_IGN)
     raise SystemExit(0)
 
 
