@@ -1,0 +1,119 @@
+"""Property tests of the target builder (SPEC §5): whatever path it accepts, every URL parser
+sees the service's own origin, and no decoding turns the path into one outside the base path.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import urllib3.util
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from werkzeug.urls import uri_to_iri
+
+from invoke_middleware.errors import InvalidPathError
+from invoke_middleware.target import build_target_url
+
+BASE = "http://svc.internal:8080/base"
+
+# What an attacker would combine inside one segment: dots and their escapes (once, twice,
+# and with every hex digit escaped), separators and their escapes, authority and scheme
+# characters, whitespace, lookalikes, and ordinary text.
+ATOMS = st.sampled_from(
+    [
+        ".",
+        "..",
+        "%2e",
+        "%2E",
+        "%252e",
+        "%25%32%65",
+        "%2f",
+        "%2F",
+        "%252f",
+        "%25%32%66",
+        "%5c",
+        "%00",
+        "%25",
+        "%",
+        "%2",
+        "%zz",
+        "\\",
+        "@",
+        ":",
+        "?",
+        "#",
+        ";",
+        "http:",
+        "evil.example",
+        " ",
+        "\t",
+        "\r\n",
+        "\x00",
+        "\u2215",
+        "\uff0f",
+        "\uff0e",
+        "a",
+        "b1",
+        "~",
+        "-",
+        "%41",
+        "%e2%80%ae",
+        "&",
+        "=",
+    ]
+)
+SEGMENTS = st.lists(ATOMS, min_size=0, max_size=3).map("".join)
+PATHS = st.builds(
+    lambda lead, segments: lead + "/".join(segments),
+    st.sampled_from(["/", "//", "", "/./", "\\"]),
+    st.lists(SEGMENTS, min_size=1, max_size=6),
+)
+
+
+def decoded_forms(path: str) -> list[str]:
+    """``path`` as servers that decode once, twice or three times would see it."""
+    forms = [path]
+    for _ in range(3):
+        forms.append(unquote(forms[-1]))
+    return forms
+
+
+@settings(max_examples=3000, deadline=None)
+@given(PATHS)
+def test_an_accepted_path_never_leaves_the_origin_or_the_base_path(path: str) -> None:
+    try:
+        url = build_target_url(BASE, path)
+    except InvalidPathError:
+        return
+    for parsed_host, parsed_port, parsed_scheme in (
+        (urlsplit(url).hostname, urlsplit(url).port, urlsplit(url).scheme),
+        (
+            urllib3.util.parse_url(url).host,
+            urllib3.util.parse_url(url).port,
+            urllib3.util.parse_url(url).scheme,
+        ),
+        (urlsplit(uri_to_iri(url)).hostname, urlsplit(uri_to_iri(url)).port, "http"),
+    ):
+        assert (parsed_scheme, parsed_host, parsed_port) == ("http", "svc.internal", 8080)
+    assert url.isascii()
+    assert not any(c in url for c in " \t\r\n\x00#\\")
+    target = url[len("http://svc.internal:8080") :].partition("?")[0]
+    for form in decoded_forms(target):
+        # RFC 3986 §5.2.4 dot-segment removal, as a server resolving the path would do.
+        resolved = posixpath.normpath(form.replace("\\", "/"))
+        assert resolved == "/base" or resolved.startswith("/base/"), (path, form, resolved)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/a/b?x=1", id="query"),
+        pytest.param("/%41%42", id="escaped-letters"),
+        pytest.param("/a//b", id="inner-double-slash"),
+        pytest.param("/a.b/c..d", id="dots-inside-names"),
+    ],
+)
+def test_ordinary_paths_are_accepted(path: str) -> None:
+    assert build_target_url(BASE, path).startswith("http://svc.internal:8080/base/")
