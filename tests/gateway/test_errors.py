@@ -154,3 +154,11 @@ def test_an_unparsable_content_length_is_400_not_a_lost_body(world: World, lengt
     assert response.headers[ERROR_MARKER_HEADER] == "invalid_request"
     assert response.headers["X-Request-ID"]
     assert world.upstream.received == []
+
+
+def test_too_many_envelope_headers_is_431(make_world: Callable[..., World]) -> None:
+    world = make_world(settings=GatewaySettings(max_header_count=20))
+    headers = {f"X-H{i}": "v" for i in range(21)}
+    res = world.invoke("echo", {"method": "GET", "path": "/", "headers": headers}, status=431)
+    assert_gateway_error(res, 431, "request_header_fields_too_large")
+    assert world.upstream.received == []
