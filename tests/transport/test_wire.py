@@ -136,7 +136,12 @@ def test_refused_connection_is_unreachable(wire: Transport) -> None:
         send(wire, "GET", f"http://127.0.0.1:{port}/")
 
 
-def test_unresolvable_host_is_unreachable(wire: Transport) -> None:
+def test_unresolvable_host_is_unreachable(wire: Transport, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The lookup fails here, without asking a name server: tests stay on loopback.
+    def no_such_host(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
     with pytest.raises(UpstreamUnreachableError):
         send(wire, "GET", "http://does-not-exist.invalid/")
 
