@@ -217,17 +217,27 @@ def reason_phrase(status: int) -> str:
     return _REASONS.get(status, "Error")
 
 
-def _common_headers(
-    error: GatewayError, request_id: str, content_type: str, size: int
-) -> tuple[tuple[str, str], ...]:
-    return (
+def _rendered(
+    error: GatewayError, request_id: str, content_type: str, extra: dict[str, Any]
+) -> RenderedError:
+    payload: dict[str, Any] = {
+        **extra,
+        "error_message": error.message,
+        "code": error.code,
+        "request_id": request_id,
+    }
+    if error.details:
+        payload["details"] = [d.as_dict() for d in error.details]
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = (
         ("Content-Type", content_type),
-        ("Content-Length", str(size)),
+        ("Content-Length", str(len(body))),
         ("Cache-Control", "no-store"),
         (ERROR_MARKER_HEADER, error.code),
         (REQUEST_ID_HEADER, request_id),
         *error.headers,
     )
+    return RenderedError(status=error.status, headers=headers, body=body)
 
 
 def render_error(error: GatewayError, *, request_id: str) -> RenderedError:
@@ -236,16 +246,7 @@ def render_error(error: GatewayError, *, request_id: str) -> RenderedError:
     ``{"error_message": ..., "code": ..., "request_id": ...}``, plus ``details`` when the
     error lists problems.
     """
-    payload: dict[str, Any] = {
-        "error_message": error.message,
-        "code": error.code,
-        "request_id": request_id,
-    }
-    if error.details:
-        payload["details"] = [d.as_dict() for d in error.details]
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    headers = _common_headers(error, request_id, "application/json", len(body))
-    return RenderedError(status=error.status, headers=headers, body=body)
+    return _rendered(error, request_id, "application/json", {})
 
 
 def render_problem(error: GatewayError, *, request_id: str) -> RenderedError:
@@ -254,17 +255,10 @@ def render_problem(error: GatewayError, *, request_id: str) -> RenderedError:
     The platform's fields are kept as extension members, so clients written for the default
     body keep working.
     """
-    payload: dict[str, Any] = {
+    problem = {
         "type": f"urn:invoke-middleware:error:{error.code}",
         "title": reason_phrase(error.status),
         "status": error.status,
         "detail": error.message,
-        "error_message": error.message,
-        "code": error.code,
-        "request_id": request_id,
     }
-    if error.details:
-        payload["details"] = [d.as_dict() for d in error.details]
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    headers = _common_headers(error, request_id, "application/problem+json", len(body))
-    return RenderedError(status=error.status, headers=headers, body=body)
+    return _rendered(error, request_id, "application/problem+json", problem)
