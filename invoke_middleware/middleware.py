@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
 
@@ -32,13 +33,18 @@ from invoke_middleware.auth.stores import (
     InMemoryMembershipStore,
     MembershipStore,
 )
-from invoke_middleware.errors import ErrorRenderer, GatewayError, InvalidRequestError
+from invoke_middleware.errors import (
+    ErrorRenderer,
+    GatewayError,
+    InvalidPathError,
+    InvalidRequestError,
+)
 from invoke_middleware.headers import choose_request_id
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
 from invoke_middleware.registry import InMemoryServiceRegistry, ServiceRegistry
 from invoke_middleware.relay import Gateway, GatewaySettings, SecretResolver
 from invoke_middleware.request import GatewayRequest, Headers
-from invoke_middleware.routing import RouteKind, Router
+from invoke_middleware.routing import RouteKind, RouteMatch, Router
 from invoke_middleware.transport.base import Transport
 from invoke_middleware.transport.http import HTTPTransport
 
@@ -104,16 +110,9 @@ class InvokeMiddleware:
         route = self.router.match(environ.get("PATH_INFO", "") or "/")
         if route is None:
             return self.app(environ, start_response)
-        if route.kind is RouteKind.RELAY:
-            assert route.slug is not None
-            raw = _raw_path_info(environ)
-            tail = self.router.raw_tail(raw, route.slug) if raw is not None else None
-            if tail is None:
-                # The raw target is unavailable or spells the route with escapes; fall back to
-                # the decoded tail, re-encoded. Dot segments still reach the path checks.
-                tail = quote(route.tail.encode("latin-1"), safe=_PCHAR_SAFE)
-            route = type(route)(kind=route.kind, slug=route.slug, tail=tail)
         try:
+            if route.kind is RouteKind.RELAY:
+                route = replace(route, tail=self._raw_tail(environ, route))
             request = _gateway_request(environ)
         except GatewayError as error:
             request_id = choose_request_id(environ.get("HTTP_X_REQUEST_ID"))
@@ -130,6 +129,21 @@ class InvokeMiddleware:
                 close()
             raise
         return response.body
+
+    def _raw_tail(self, environ: WSGIEnvironment, route: RouteMatch) -> str:
+        """The catch-all's tail as the client spelled it, for the path checks."""
+        assert route.slug is not None
+        raw = _raw_path_info(environ)
+        tail = self.router.raw_tail(raw, route.slug) if raw is not None else None
+        if tail is not None:
+            return tail
+        # The raw target is unavailable or spells the route with escapes: fall back to the
+        # decoded tail, re-encoded. Dot segments still reach the path checks.
+        try:
+            return quote(route.tail.encode("latin-1"), safe=_PCHAR_SAFE)
+        except UnicodeEncodeError:
+            # PEP 3333 environ strings are Latin-1; anything else did not come from a client.
+            raise InvalidPathError() from None
 
     def close(self) -> None:
         """Close the gateway's transports (their pooled connections)."""
