@@ -35,6 +35,7 @@ ca_bundle                  file         (system store)      CA bundle for extern
 jwt.algorithms             names        (JWT off)           algorithms user tokens may use
 jwt.secret                 text         —                   HMAC secret (prefer secret_env)
 jwt.secret_env             env name     —                   variable holding the HMAC secret
+jwt.secret_file            file         —                   file holding the HMAC secret
 jwt.public_key_file        file         —                   PEM public key
 jwt.jwks_url               URL          —                   the identity provider's JWKS
 jwt.issuer                 text         (not checked)       required ``iss``
@@ -45,7 +46,12 @@ jwt.cache_size             int≥0        0 (off)             verified-token cac
 
 Booleans accept ``true/false``, ``yes/no``, ``on/off`` and ``1/0``; name lists are separated by
 commas or spaces. JWT authentication is on when ``jwt.algorithms`` and exactly one key source
-(``jwt.secret``, ``jwt.secret_env``, ``jwt.public_key_file``, ``jwt.jwks_url``) are set.
+(``jwt.secret``, ``jwt.secret_env``, ``jwt.secret_file``, ``jwt.public_key_file``,
+``jwt.jwks_url``) are set; one trailing newline of a secret file is not part of the secret.
+
+The standalone gateway's TOML file uses the same settings (:attr:`KeyStyle.TOML`): the
+``[gateway]`` table holds the names without ``jwt.``, the ``[jwt]`` table the ``jwt.`` ones,
+and the store's two settings are its ``[store]`` table's business.
 """
 
 from __future__ import annotations
@@ -53,10 +59,12 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 from urllib.parse import urlsplit
 
@@ -89,11 +97,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SETTING_NAMES",
+    "CheckedSettings",
     "Collaborators",
     "ConfigError",
     "InvokeConfig",
     "JWTSettings",
     "KeyStyle",
+    "check_settings",
     "parse_flask_config",
     "parse_settings",
 ]
@@ -102,28 +112,55 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A setting is unknown, missing or malformed.
+    """A setting is unknown, missing or malformed, or a configuration file is unreadable.
 
     ``key`` is the setting as the host spelled it (``invoke.jwt.leeway``,
-    ``INVOKE_JWT_LEEWAY``); the message starts with it.
+    ``INVOKE_JWT_LEEWAY``, ``[jwt] leeway``) or the file that cannot be read; ``source`` is
+    the file the setting is in, when there is one. The message is
+    ``[<source>: ]<key>: <problem>``.
     """
 
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
+    def __init__(self, key: str, problem: str, *, source: str | None = None) -> None:
+        located = key if source is None else f"{source}: {key}"
+        super().__init__(f"{located}: {problem}")
         self.key = key
+        self.problem = problem
+        self.source = source
+
+    def located(self, source: str) -> ConfigError:
+        """This error, naming the file ``source`` the setting is in."""
+        return ConfigError(self.key, self.problem, source=source)
 
 
 class KeyStyle(StrEnum):
-    """How a host spells setting names."""
+    """How a host spells setting names.
+
+    ``TOML`` is the standalone gateway's file: ``[gateway] <name>`` and ``[jwt] <name>``. Its
+    values are typed, so a string where a number, boolean or list belongs is refused rather
+    than parsed; the store's settings live in its ``[store]`` table instead.
+    """
 
     INI = "ini"
     FLASK = "flask"
+    TOML = "toml"
 
     def key(self, name: str) -> str:
         """The spelling of setting ``name`` (``jwt.secret``) in this style."""
         if self is KeyStyle.INI:
             return f"invoke.{name}"
+        if self is KeyStyle.TOML:
+            table, _, key = name.rpartition(".")
+            return f"[{table or 'gateway'}] {key}"
         return "INVOKE_" + name.upper().replace(".", "_")
+
+    def names(self) -> dict[str, str]:
+        """Every setting this style knows, spelled -> name."""
+        excluded = _STORE_SETTINGS if self is KeyStyle.TOML else ()
+        return {self.key(name): name for name in _SETTINGS if name not in excluded}
+
+    def owns(self, key: str) -> bool:
+        """Whether ``key`` is in this style's namespace (the TOML tables hold nothing else)."""
+        return self is KeyStyle.TOML or key.startswith(self.key(""))
 
 
 class Collaborators(TypedDict, total=False):
@@ -276,15 +313,40 @@ def _http_url(value: object) -> str:
     return text
 
 
+#: POSIX portable environment variable names (IEEE Std 1003.1, Chapter 8).
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _environment_name(value: object) -> str:
+    text = _text(value)
+    if not _ENV_NAME.fullmatch(text):
+        raise ValueError
+    return text
+
+
 class _Refused(ValueError):
     """A converter's own explanation, used instead of the setting's expected type."""
 
 
+_INT = (int,)
+_NUMBER = (int, float)
+_STR = (str,)
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Setting:
+    """How one setting is converted.
+
+    ``typed`` are the types a typed source (TOML) may give: there a string is never parsed
+    into a number, boolean or list. A ``path`` is relative to the configuration file, when
+    there is one.
+    """
+
     convert: Callable[[object], Any]
     expected: str
+    typed: tuple[type, ...] = _STR
     secret: bool = False
+    path: bool = False
 
 
 _SETTINGS: dict[str, _Setting] = {
@@ -294,36 +356,69 @@ _SETTINGS: dict[str, _Setting] = {
         expected="an SQLAlchemy URL such as sqlite:///invoke.db",
         secret=True,  # may carry a password
     ),
-    "service_cache_ttl": _Setting(convert=_seconds_or_zero, expected="seconds (0 or more)"),
-    "max_invoke_body_bytes": _Setting(convert=_positive_int, expected="a positive integer"),
-    "max_relay_body_bytes": _Setting(convert=_positive_int, expected="a positive integer"),
-    "max_response_body_bytes": _Setting(convert=_positive_int, expected="a positive integer"),
-    "max_header_count": _Setting(convert=_positive_int, expected="a positive integer"),
-    "max_header_bytes": _Setting(convert=_positive_int, expected="a positive integer"),
-    "connect_timeout": _Setting(convert=_positive_seconds, expected="seconds (more than 0)"),
-    "read_timeout": _Setting(convert=_positive_seconds, expected="seconds (more than 0)"),
-    "total_timeout": _Setting(
-        convert=_total_seconds, expected="seconds (more than 0), or none for no limit"
+    "service_cache_ttl": _Setting(
+        convert=_seconds_or_zero, expected="seconds (0 or more)", typed=_NUMBER
     ),
-    "trusted_proxy_hops": _Setting(convert=_count, expected="an integer (0 or more)"),
+    "max_invoke_body_bytes": _Setting(
+        convert=_positive_int, expected="a positive integer", typed=_INT
+    ),
+    "max_relay_body_bytes": _Setting(
+        convert=_positive_int, expected="a positive integer", typed=_INT
+    ),
+    "max_response_body_bytes": _Setting(
+        convert=_positive_int, expected="a positive integer", typed=_INT
+    ),
+    "max_header_count": _Setting(convert=_positive_int, expected="a positive integer", typed=_INT),
+    "max_header_bytes": _Setting(convert=_positive_int, expected="a positive integer", typed=_INT),
+    "connect_timeout": _Setting(
+        convert=_positive_seconds, expected="seconds (more than 0)", typed=_NUMBER
+    ),
+    "read_timeout": _Setting(
+        convert=_positive_seconds, expected="seconds (more than 0)", typed=_NUMBER
+    ),
+    "total_timeout": _Setting(
+        convert=_total_seconds,
+        expected="seconds (more than 0), or none for no limit",
+        typed=(*_NUMBER, str),
+    ),
+    "trusted_proxy_hops": _Setting(convert=_count, expected="an integer (0 or more)", typed=_INT),
     "pseudonym": _Setting(convert=_pseudonym, expected="an RFC 9110 token such as gateway-1"),
-    "problem_json": _Setting(convert=_boolean, expected="a boolean (true/false, on/off, 1/0)"),
-    "ca_bundle": _Setting(convert=_ca_bundle, expected="the path of a PEM CA bundle"),
-    "jwt.algorithms": _Setting(convert=_names, expected="algorithm names such as RS256, ES256"),
+    "problem_json": _Setting(
+        convert=_boolean, expected="a boolean (true/false, on/off, 1/0)", typed=(bool,)
+    ),
+    "ca_bundle": _Setting(convert=_ca_bundle, expected="the path of a PEM CA bundle", path=True),
+    "jwt.algorithms": _Setting(
+        convert=_names, expected="algorithm names such as RS256, ES256", typed=(list,)
+    ),
     "jwt.secret": _Setting(convert=_text, expected="text", secret=True),
-    "jwt.secret_env": _Setting(convert=_text, expected="an environment variable name"),
-    "jwt.public_key_file": _Setting(convert=_readable_file, expected="the path of a PEM file"),
+    "jwt.secret_env": _Setting(convert=_environment_name, expected="an environment variable name"),
+    "jwt.secret_file": _Setting(
+        convert=_readable_file, expected="the path of a file holding the secret", path=True
+    ),
+    "jwt.public_key_file": _Setting(
+        convert=_readable_file, expected="the path of a PEM file", path=True
+    ),
     "jwt.jwks_url": _Setting(convert=_http_url, expected="an absolute http(s) URL"),
     "jwt.issuer": _Setting(convert=_text, expected="text"),
-    "jwt.audience": _Setting(convert=_names, expected="one or more audience names"),
-    "jwt.leeway": _Setting(convert=_seconds_or_zero, expected="seconds (0 or more)"),
-    "jwt.cache_size": _Setting(convert=_count, expected="an integer (0 or more)"),
+    "jwt.audience": _Setting(
+        convert=_names, expected="one or more audience names", typed=(str, list)
+    ),
+    "jwt.leeway": _Setting(convert=_seconds_or_zero, expected="seconds (0 or more)", typed=_NUMBER),
+    "jwt.cache_size": _Setting(convert=_count, expected="an integer (0 or more)", typed=_INT),
 }
 
 #: Every setting name, unprefixed (``prefix``, ``jwt.secret``, ...).
 SETTING_NAMES: tuple[str, ...] = tuple(_SETTINGS)
 
-_JWT_KEY_SOURCES = ("jwt.secret", "jwt.secret_env", "jwt.public_key_file", "jwt.jwks_url")
+_JWT_KEY_SOURCES = (
+    "jwt.secret",
+    "jwt.secret_env",
+    "jwt.secret_file",
+    "jwt.public_key_file",
+    "jwt.jwks_url",
+)
+#: Settings the standalone gateway's file keeps in its ``[store]`` table.
+_STORE_SETTINGS = ("database_url", "service_cache_ttl")
 
 
 # --- the result --------------------------------------------------------------------------
@@ -449,20 +544,54 @@ class InvokeConfig:
 
 def parse_settings(settings: Mapping[str, object]) -> InvokeConfig:
     """Read the ``invoke.*`` keys of ini-style ``settings`` (other keys are ignored)."""
-    return _parse(settings, KeyStyle.INI)
+    return check_settings(settings, KeyStyle.INI).resolve()
 
 
 def parse_flask_config(config: Mapping[str, object]) -> InvokeConfig:
     """Read the ``INVOKE_*`` keys of a Flask ``app.config`` (other keys are ignored)."""
-    return _parse(config, KeyStyle.FLASK)
+    return check_settings(config, KeyStyle.FLASK).resolve()
 
 
-def _parse(source: Mapping[str, object], style: KeyStyle) -> InvokeConfig:
-    names = {style.key(name): name for name in _SETTINGS}
-    namespace = style.key("")
+@dataclass(frozen=True, kw_only=True)
+class CheckedSettings:
+    """Settings converted one by one and checked together, before anything is read.
+
+    :meth:`resolve` reads what the settings point at (the JWT key from its environment
+    variable or file), checks that the key suits the algorithms and gives the
+    :class:`InvokeConfig`. The standalone gateway checks its file when it loads it and
+    resolves when it starts, against the environment it starts in.
+    """
+
+    values: Mapping[str, Any] = field(repr=False)
+    style: KeyStyle = KeyStyle.INI
+
+    @property
+    def prefix(self) -> str:
+        """Where the runtime routes live."""
+        prefix: str = self.values.get("prefix", "")
+        return prefix
+
+    @property
+    def uses_jwt(self) -> bool:
+        """Whether user JWTs are accepted."""
+        return "jwt.algorithms" in self.values
+
+    def resolve(self, environ: Mapping[str, str] = os.environ) -> InvokeConfig:
+        """The configuration, with the JWT key read (``jwt.secret_env`` from ``environ``)."""
+        return _assemble(self.values, self.style, environ)
+
+
+def check_settings(
+    source: Mapping[str, object], style: KeyStyle, *, base: str | None = None
+) -> CheckedSettings:
+    """Convert and check the keys of ``source`` that ``style`` owns (others are ignored).
+
+    File paths are relative to ``base`` when it is given. Raises :class:`ConfigError`.
+    """
+    names = style.names()
     values: dict[str, Any] = {}
     for key, raw in source.items():
-        if not key.startswith(namespace):
+        if not style.owns(key):
             continue
         name = names.get(key)
         if name is None:
@@ -471,8 +600,19 @@ def _parse(source: Mapping[str, object], style: KeyStyle) -> InvokeConfig:
             raise ConfigError(key, f"unknown setting{hint}")
         if raw is None or (isinstance(raw, str) and not raw.strip()):
             continue
-        values[name] = _convert(key, _SETTINGS[name], raw)
-    return _assemble(values, style)
+        setting = _SETTINGS[name]
+        if style is KeyStyle.TOML and not isinstance(raw, setting.typed):
+            raise ConfigError(key, _expected(setting, raw))
+        value = raw
+        if setting.path and base is not None and isinstance(raw, str):
+            value = os.path.join(base, os.path.expanduser(raw.strip()))
+        values[name] = _convert(key, setting, value)
+    if "service_cache_ttl" in values and "database_url" not in values:
+        raise ConfigError(
+            style.key("service_cache_ttl"), f"applies only with {style.key('database_url')}"
+        )
+    _check_jwt(values, style)
+    return CheckedSettings(values=MappingProxyType(values), style=style)
 
 
 def _convert(key: str, setting: _Setting, raw: object) -> Any:
@@ -481,19 +621,21 @@ def _convert(key: str, setting: _Setting, raw: object) -> Any:
     except _Refused as exc:
         raise ConfigError(key, str(exc)) from None
     except (ValueError, TypeError):
-        shown = "" if setting.secret else f", got {raw!r}"
-        raise ConfigError(key, f"expected {setting.expected}{shown}") from None
+        raise ConfigError(key, _expected(setting, raw)) from None
 
 
-def _assemble(values: dict[str, Any], style: KeyStyle) -> InvokeConfig:
-    if "service_cache_ttl" in values and "database_url" not in values:
-        raise ConfigError(
-            style.key("service_cache_ttl"), f"applies only with {style.key('database_url')}"
-        )
+def _expected(setting: _Setting, raw: object) -> str:
+    shown = "" if setting.secret else f", got {raw!r}"
+    return f"expected {setting.expected}{shown}"
+
+
+def _assemble(
+    values: Mapping[str, Any], style: KeyStyle, environ: Mapping[str, str]
+) -> InvokeConfig:
     timeouts = Timeouts(
-        connect=values.pop("connect_timeout", DEFAULT_TIMEOUTS.connect),
-        read=values.pop("read_timeout", DEFAULT_TIMEOUTS.read),
-        total=values.pop("total_timeout", DEFAULT_TIMEOUTS.total),
+        connect=values.get("connect_timeout", DEFAULT_TIMEOUTS.connect),
+        read=values.get("read_timeout", DEFAULT_TIMEOUTS.read),
+        total=values.get("total_timeout", DEFAULT_TIMEOUTS.total),
     )
     limits = {
         name: values[name]
@@ -514,16 +656,17 @@ def _assemble(values: dict[str, Any], style: KeyStyle) -> InvokeConfig:
         database_url=values.get("database_url"),
         service_cache_ttl=values.get("service_cache_ttl"),
         settings=GatewaySettings(timeouts=timeouts, **limits),
-        jwt=_jwt_settings(values, style),
+        jwt=_jwt_settings(values, style, environ),
         ca_bundle=values.get("ca_bundle"),
         style=style,
     )
 
 
-def _jwt_settings(values: Mapping[str, Any], style: KeyStyle) -> JWTSettings | None:
+def _check_jwt(values: Mapping[str, Any], style: KeyStyle) -> None:
+    """The JWT rules that need neither the environment nor the key: one key source."""
     given = [name for name in _SETTINGS if name.startswith("jwt.") and name in values]
     if not given:
-        return None
+        return
     sources = [name for name in _JWT_KEY_SOURCES if name in values]
     if "jwt.algorithms" not in values:
         raise ConfigError(
@@ -531,20 +674,40 @@ def _jwt_settings(values: Mapping[str, Any], style: KeyStyle) -> JWTSettings | N
         )
     if len(sources) != 1:
         spelled = ", ".join(style.key(name) for name in _JWT_KEY_SOURCES)
-        problem = "set exactly one of" if not sources else "set only one of"
-        raise ConfigError(style.key((sources or ["jwt.secret"])[-1]), f"{problem} {spelled}")
-    algorithms: tuple[str, ...] = values["jwt.algorithms"]
-    _check_algorithms(algorithms, style)
-    source = sources[0]
+        problem = (
+            f"set exactly one of {spelled}"
+            if not sources
+            else f"set only one of {spelled} (exactly one key source applies)"
+        )
+        raise ConfigError(style.key((sources or ["jwt.secret"])[-1]), problem)
+    known = pyjwt.algorithms.get_default_algorithms()
+    for name in values["jwt.algorithms"]:
+        if name.lower() == "none" or name not in known:
+            raise ConfigError(
+                style.key("jwt.algorithms"),
+                f"unknown or refused algorithm {name!r}; choose from {', '.join(sorted(known))}",
+            )
+
+
+def _jwt_settings(
+    values: Mapping[str, Any], style: KeyStyle, environ: Mapping[str, str]
+) -> JWTSettings | None:
+    if "jwt.algorithms" not in values:
+        return None
+    (source,) = (name for name in _JWT_KEY_SOURCES if name in values)
     key: str | bytes | None = None
     if source == "jwt.secret":
         key = values["jwt.secret"]
     elif source == "jwt.secret_env":
-        key = _environment_secret(values["jwt.secret_env"], style)
+        key = _environment_secret(values["jwt.secret_env"], style, environ)
+    elif source == "jwt.secret_file":
+        secret = _read_key_file(values[source], source, style)
+        # One trailing newline, from an editor or `echo`, is not part of the secret.
+        key = secret.removesuffix(b"\r\n" if secret.endswith(b"\r\n") else b"\n")
     elif source == "jwt.public_key_file":
-        key = _read_key_file(values["jwt.public_key_file"], style)
+        key = _read_key_file(values[source], source, style)
     settings = JWTSettings(
-        algorithms=algorithms,
+        algorithms=values["jwt.algorithms"],
         key=key,
         jwks_url=values.get("jwt.jwks_url"),
         key_setting=source,
@@ -563,18 +726,8 @@ def _jwt_settings(values: Mapping[str, Any], style: KeyStyle) -> JWTSettings | N
     return settings
 
 
-def _check_algorithms(algorithms: Sequence[str], style: KeyStyle) -> None:
-    known = pyjwt.algorithms.get_default_algorithms()
-    for name in algorithms:
-        if name.lower() == "none" or name not in known:
-            raise ConfigError(
-                style.key("jwt.algorithms"),
-                f"unknown or refused algorithm {name!r}; choose from {', '.join(sorted(known))}",
-            )
-
-
-def _environment_secret(variable: str, style: KeyStyle) -> str:
-    secret = os.environ.get(variable, "")
+def _environment_secret(variable: str, style: KeyStyle, environ: Mapping[str, str]) -> str:
+    secret = environ.get(variable, "")
     if not secret:
         raise ConfigError(
             style.key("jwt.secret_env"), f"the environment variable {variable!r} is not set"
@@ -582,11 +735,9 @@ def _environment_secret(variable: str, style: KeyStyle) -> str:
     return secret
 
 
-def _read_key_file(path: str, style: KeyStyle) -> bytes:
+def _read_key_file(path: str, name: str, style: KeyStyle) -> bytes:
     try:
         with open(path, "rb") as file:
             return file.read()
     except OSError as exc:
-        raise ConfigError(
-            style.key("jwt.public_key_file"), f"cannot read {path!r} ({exc.strerror})"
-        ) from None
+        raise ConfigError(style.key(name), f"cannot read {path!r} ({exc.strerror})") from None
