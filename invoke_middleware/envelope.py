@@ -345,9 +345,18 @@ def _has_lone_surrogate(text: str) -> bool:
 _METHODS: Final = frozenset(_REQUEST_SCHEMA["properties"]["method"]["enum"])
 _MAX_PATH: Final = _REQUEST_SCHEMA["properties"]["path"]["maxLength"]
 _FIELDS: Final = frozenset(_REQUEST_SCHEMA["properties"])
-_BASE64_SHAPE: Final = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_BASE64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _NOT_TCHAR: Final = re.compile(r"[^!#$%&'*+.^_`|~0-9A-Za-z-]")
 _BAD_VALUE: Final = re.compile(r"[\r\n\x00]")
+
+
+def _has_base64_shape(text: str) -> bool:
+    """The schema's ``^[A-Za-z0-9+/]*={0,2}$`` (without the final newline Python's ``$``
+    allows), at C speed: a regex walks a 10 MiB body character by character."""
+    core = text.rstrip("=")
+    if len(text) - len(core) > 2 or not core.isascii():
+        return False
+    return not core.encode("ascii").translate(None, _BASE64_ALPHABET)
 
 
 def _conforms(document: Any) -> bool:
@@ -366,7 +375,7 @@ def _conforms(document: Any) -> bool:
         return False
     if "body_base64" in document:
         body = document["body_base64"]
-        if not isinstance(body, str) or _BASE64_SHAPE.fullmatch(body) is None:
+        if not isinstance(body, str) or not _has_base64_shape(body):
             return False
     if "headers" in document:
         headers = document["headers"]
