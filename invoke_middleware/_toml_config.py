@@ -1,24 +1,52 @@
 """The standalone gateway's configuration: one TOML file, read and checked in full at start.
 
 Every key is optional except where noted; an unknown key is an error, so a typo never passes
-silently. Paths (the SQLite store, JWT key files) are relative to the directory of the file.
-:func:`load_config` raises :class:`ConfigError` with a one-line message that names the file and
-the bad key. :func:`starter_config` is the commented file ``invoke-middleware init`` writes.
+silently. ``[store]``, ``[server]`` and ``[secrets]`` belong to the command line; ``[gateway]``
+and ``[jwt]`` are the settings of :mod:`invoke_middleware.config` (``invoke.read_timeout`` is
+``[gateway] read_timeout``, ``invoke.jwt.leeway`` is ``[jwt] leeway``), converted and checked
+by the same code. Paths (the SQLite store, key and CA files) are relative to the directory of
+the file. :func:`load_config` raises :class:`~invoke_middleware.config.ConfigError` with a
+one-line message ``<file>: [<table>] <key>: <problem>``. :func:`starter_config` is the
+commented file ``invoke-middleware init`` writes.
 """
 
 from __future__ import annotations
 
-import re
+import difflib
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 
-from invoke_middleware.relay import GatewaySettings
-from invoke_middleware.transport.base import DEFAULT_TIMEOUTS, Timeouts
+from invoke_middleware.config import (
+    _SETTINGS,
+    CheckedSettings,
+    ConfigError,
+    KeyStyle,
+    _convert,
+    _environment_name,
+    _expected,
+    _integer,
+    _positive_int,
+    _Setting,
+    _text,
+    check_settings,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG_NAME",
+    "DEFAULT_STORE_NAME",
+    "ConfigError",
+    "GatewayConfig",
+    "ServerConfig",
+    "database_from_setting",
+    "load_config",
+    "sqlite_file",
+    "starter_config",
+]
 
 DEFAULT_CONFIG_NAME = "invoke-middleware.toml"
 DEFAULT_STORE_NAME = "invoke-middleware.sqlite3"
@@ -26,15 +54,25 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_THREADS = 8
 
-#: POSIX portable environment variable names (IEEE Std 1003.1, Chapter 8).
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_JWT_KEY_SOURCES = ("secret_env", "secret_file", "public_key_file", "jwks_url")
 
-T = TypeVar("T")
+def _port(value: object) -> int:
+    port = _integer(value, 0)
+    if port > 65535:
+        raise ValueError
+    return port
 
 
-class ConfigError(ValueError):
-    """The configuration file cannot be read or holds a bad value; the message names it."""
+#: The CLI's own tables; ``[gateway]`` and ``[jwt]`` are the settings of the integrations.
+_STORE = {
+    "database": _Setting(convert=_text, expected="a SQLite file or an SQLAlchemy URL"),
+    "service_cache_ttl": _SETTINGS["service_cache_ttl"],
+}
+_SERVER = {
+    "host": _Setting(convert=_text, expected="a host name or address"),
+    "port": _Setting(convert=_port, expected="a port number (0-65535)", typed=(int,)),
+    "threads": _Setting(convert=_positive_int, expected="a positive integer", typed=(int,)),
+}
+_SECRET_REFERENCE = _Setting(convert=_environment_name, expected="an environment variable name")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,38 +85,25 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class JWTConfig:
-    """How user JWTs are verified: exactly one key source, and the claims to check.
-
-    ``secret_env`` names an environment variable holding an HMAC secret; ``secret_file`` and
-    ``public_key_file`` are (absolute) paths read when the gateway starts; ``jwks_url`` is the
-    identity provider's key set.
-    """
-
-    algorithms: tuple[str, ...]
-    secret_env: str | None = None
-    secret_file: Path | None = None
-    public_key_file: Path | None = None
-    jwks_url: str | None = None
-    issuer: str | None = None
-    audience: str | tuple[str, ...] | None = None
-    leeway: float = 0.0
-    cache_size: int = 0
-
-
-@dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
-    """The whole configuration of a standalone gateway."""
+    """The whole configuration of a standalone gateway.
+
+    ``gateway`` holds the ``[gateway]`` and ``[jwt]`` tables, checked; the JWT key is read
+    from the environment or its file when the gateway is built.
+    """
 
     path: Path
     database: str | sa.URL
     service_cache_ttl: float
     server: ServerConfig
-    prefix: str
-    settings: GatewaySettings
-    jwt: JWTConfig | None
+    gateway: CheckedSettings
     #: credential reference -> name of the environment variable holding the header value.
     secrets: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        """Where the runtime routes live."""
+        return self.gateway.prefix
 
     def describe_database(self) -> str:
         """The store's URL, with any password hidden."""
@@ -92,13 +117,16 @@ def load_config(path: Path) -> GatewayConfig:
             document = tomllib.load(file)
     except FileNotFoundError:
         raise ConfigError(
-            f"{path}: no such file (run `invoke-middleware init` to write one)"
+            str(path), "no such file (run `invoke-middleware init` to write one)"
         ) from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return _Reader(path).config(document)
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    try:
+        return _read(path, document)
+    except ConfigError as exc:
+        raise exc.located(str(path)) from None
 
 
 def database_from_setting(value: str, base: Path) -> str | sa.URL:
@@ -159,19 +187,26 @@ prefix = ""
 # max_invoke_body_bytes = 10485760     # decoded body_base64 of an invoke request
 # max_relay_body_bytes = 1073741824    # a streamed catch-all upload
 # max_response_body_bytes = 10485760   # the buffered response of an invoke
+# max_header_count = 100               # headers of a request (and of an invoke envelope)
+# max_header_bytes = 65536             # their total size
 # connect_timeout = 5.0                # seconds, to the upstream
-# read_timeout = 60.0
-# total_timeout = 300.0
+# read_timeout = 60.0                  # seconds of waiting for each read
+# total_timeout = 300.0                # seconds for the whole exchange; "none": no limit
 # trusted_proxy_hops = 0               # proxies in front of the gateway trusted for X-Forwarded-*
+# pseudonym = "invoke-middleware"      # the gateway's name in the Via header
 # problem_json = false                 # errors as RFC 9457 application/problem+json
+# ca_bundle = "ca.pem"                 # PEM CA bundle for external services (default: system)
 
 # User JWTs (Authorization: Bearer <jwt> with X-Team-ID). Without this table only sk-/dk-
 # keys issued by `invoke-middleware credentials issue` are accepted.
 # [jwt]
 # algorithms = ["HS256"]
-# secret_env = "INVOKE_JWT_SECRET"     # or: secret_file, public_key_file, jwks_url (exactly one)
+# Exactly one key source: secret_env (an environment variable holding the HMAC secret),
+# secret_file (a file holding it; one trailing newline is ignored), public_key_file (PEM),
+# jwks_url (the identity provider's key set) or secret (the HMAC secret itself).
+# secret_env = "INVOKE_JWT_SECRET"
 # issuer = "https://idp.example"
-# audience = "invoke-gateway"
+# audience = "invoke-gateway"          # or a list of accepted audiences
 # leeway = 0                           # seconds of clock skew allowed on exp/nbf
 # cache_size = 10000                   # verified tokens kept; 0 disables the cache
 
@@ -183,249 +218,64 @@ prefix = ""
 """
 
 
-class _Reader:
-    """Checks one parsed document; every error message names ``path`` and the key."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.base = path.resolve().parent
-
-    def fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.path}: {key}: {problem}")
-
-    def table(self, document: Mapping[str, Any], name: str, keys: set[str]) -> dict[str, Any]:
-        value = document.get(name, {})
-        if not isinstance(value, dict):
-            raise self.fail(f"[{name}]", "must be a table")
-        for key in value:
-            if key not in keys:
-                raise self.fail(f"[{name}] {key}", "unknown key")
-        return value
-
-    def get(  # noqa: PLR0917 - reads as a table row at each call site
-        self,
-        table: Mapping[str, Any],
-        name: str,
-        key: str,
-        check: Callable[[Any], T | None],
-        expected: str,
-        default: T,
-    ) -> T:
-        if key not in table:
-            return default
-        checked = check(table[key])
-        if checked is None:
-            raise self.fail(f"[{name}] {key}", f"must be {expected}, got {table[key]!r}")
-        return checked
-
-    def config(self, document: Mapping[str, Any]) -> GatewayConfig:
-        for name in document:
-            if name not in ("store", "server", "gateway", "jwt", "secrets"):
-                raise self.fail(
-                    f"[{name}]" if isinstance(document[name], dict) else name, "unknown key"
-                )
-        store = self.table(document, "store", {"database", "service_cache_ttl"})
-        database = self.get(
-            store, "store", "database", _text, "a non-empty string", DEFAULT_STORE_NAME
-        )
-        try:
-            url = database_from_setting(database, self.base)
-            sa.make_url(url)
-        except sa.exc.ArgumentError:
-            raise self.fail("[store] database", f"not a database URL: {database!r}") from None
-        return GatewayConfig(
-            path=self.path,
-            database=url,
-            service_cache_ttl=self.get(
-                store, "store", "service_cache_ttl", _non_negative, "a number >= 0", 2.0
-            ),
-            server=self.server(document),
-            prefix=self.prefix(document),
-            settings=self.settings(document),
-            jwt=self.jwt(document),
-            secrets=self.secrets(document),
-        )
-
-    def server(self, document: Mapping[str, Any]) -> ServerConfig:
-        table = self.table(document, "server", {"host", "port", "threads"})
-        return ServerConfig(
-            host=self.get(table, "server", "host", _text, "a non-empty string", DEFAULT_HOST),
-            port=self.get(table, "server", "port", _port, "a port number (0-65535)", DEFAULT_PORT),
-            threads=self.get(
-                table, "server", "threads", _positive_int, "an integer >= 1", DEFAULT_THREADS
-            ),
-        )
-
-    def prefix(self, document: Mapping[str, Any]) -> str:
-        table = document.get("gateway", {})
-        if not isinstance(table, dict):
-            raise self.fail("[gateway]", "must be a table")
-        return self.get(table, "gateway", "prefix", _prefix, 'a path such as "/api/v1" (or "")', "")
-
-    def settings(self, document: Mapping[str, Any]) -> GatewaySettings:
-        sizes = ("max_invoke_body_bytes", "max_relay_body_bytes", "max_response_body_bytes")
-        times = ("connect_timeout", "read_timeout", "total_timeout")
-        table = self.table(
-            document,
-            "gateway",
-            {"prefix", *sizes, *times, "trusted_proxy_hops", "problem_json"},
-        )
-        defaults = GatewaySettings()
-        limits = {
-            key: self.get(
-                table, "gateway", key, _positive_int, "an integer >= 1", getattr(defaults, key)
-            )
-            for key in sizes
-        }
-        timeouts = {
-            key.removesuffix("_timeout"): self.get(
-                table,
-                "gateway",
-                key,
-                _positive,
-                "a number of seconds > 0",
-                getattr(DEFAULT_TIMEOUTS, key.removesuffix("_timeout")),
-            )
-            for key in times
-        }
-        return GatewaySettings(
-            **limits,
-            timeouts=Timeouts(**timeouts),
-            trusted_proxy_hops=self.get(
-                table,
-                "gateway",
-                "trusted_proxy_hops",
-                _non_negative_int,
-                "an integer >= 0",
-                defaults.trusted_proxy_hops,
-            ),
-            problem_json=self.get(
-                table, "gateway", "problem_json", _bool, "true or false", defaults.problem_json
-            ),
-        )
-
-    def jwt(self, document: Mapping[str, Any]) -> JWTConfig | None:
-        if "jwt" not in document:
-            return None
-        keys = {"algorithms", *_JWT_KEY_SOURCES, "issuer", "audience", "leeway", "cache_size"}
-        table = self.table(document, "jwt", keys)
-        if "algorithms" not in table:
-            raise self.fail("[jwt] algorithms", 'missing (e.g. algorithms = ["RS256"])')
-        sources = [key for key in _JWT_KEY_SOURCES if key in table]
-        if len(sources) != 1:
-            raise self.fail(
-                "[jwt]", f"set exactly one of {', '.join(_JWT_KEY_SOURCES)} (found {len(sources)})"
-            )
-        return JWTConfig(
-            algorithms=self.get(
-                table, "jwt", "algorithms", _names, "a non-empty list of names", ()
-            ),
-            secret_env=self.get(
-                table, "jwt", "secret_env", _env_name, "an environment variable name", None
-            ),
-            secret_file=self.get(table, "jwt", "secret_file", self._file, "a file path", None),
-            public_key_file=self.get(
-                table, "jwt", "public_key_file", self._file, "a file path", None
-            ),
-            jwks_url=self.get(table, "jwt", "jwks_url", _http_url, "an http(s) URL", None),
-            issuer=self.get(table, "jwt", "issuer", _text, "a non-empty string", None),
-            audience=self.get(
-                table, "jwt", "audience", _audience, "a string or a list of strings", None
-            ),
-            leeway=self.get(table, "jwt", "leeway", _non_negative, "a number of seconds >= 0", 0.0),
-            cache_size=self.get(
-                table, "jwt", "cache_size", _non_negative_int, "an integer >= 0", 0
-            ),
-        )
-
-    def secrets(self, document: Mapping[str, Any]) -> dict[str, str]:
-        table = document.get("secrets", {})
-        if not isinstance(table, dict):
-            raise self.fail("[secrets]", "must be a table")
-        for reference, name in table.items():
-            if _env_name(name) is None:
-                raise self.fail(
-                    f"[secrets] {reference}",
-                    f"must be the name of an environment variable, got {name!r}",
-                )
-        return dict(table)
-
-    def _file(self, value: Any) -> Path | None:
-        text = _text(value)
-        return None if text is None else self.base / text
+def _read(path: Path, document: Mapping[str, Any]) -> GatewayConfig:
+    for name, value in document.items():
+        if name not in ("store", "server", "gateway", "jwt", "secrets"):
+            raise ConfigError(f"[{name}]" if isinstance(value, dict) else name, "unknown key")
+    base = path.resolve().parent
+    store = _values(document, "store", _STORE)
+    database = store.get("database", DEFAULT_STORE_NAME)
+    try:
+        url = database_from_setting(database, base)
+        sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ConfigError("[store] database", f"not a database URL: {database!r}") from None
+    server = _values(document, "server", _SERVER)
+    # Spelled as KeyStyle.TOML spells the settings, so a key of one table never names a
+    # setting of the other.
+    flat = {
+        f"[{table}] {key}": value
+        for table in ("gateway", "jwt")
+        for key, value in _table(document, table).items()
+    }
+    secrets = _table(document, "secrets")
+    for reference, name in secrets.items():
+        _check(f"[secrets] {reference}", _SECRET_REFERENCE, name)
+    return GatewayConfig(
+        path=path,
+        database=url,
+        service_cache_ttl=store.get("service_cache_ttl", 2.0),
+        server=ServerConfig(**server),
+        gateway=check_settings(flat, KeyStyle.TOML, base=str(base)),
+        secrets=dict(secrets),
+    )
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value.strip() else None
+def _table(document: Mapping[str, Any], name: str) -> dict[str, Any]:
+    table = document.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}]", "must be a table")
+    return table
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
+def _values(
+    document: Mapping[str, Any], name: str, settings: Mapping[str, _Setting]
+) -> dict[str, Any]:
+    """The keys of the CLI's own table ``name``, converted like the settings' (a blank value
+    is the default)."""
+    values: dict[str, Any] = {}
+    for key, raw in _table(document, name).items():
+        setting = settings.get(key)
+        if setting is None:
+            close = difflib.get_close_matches(key, settings, n=1)
+            hint = f"; did you mean [{name}] {close[0]}?" if close else ""
+            raise ConfigError(f"[{name}] {key}", f"unknown setting{hint}")
+        if not (isinstance(raw, str) and not raw.strip()):
+            values[key] = _check(f"[{name}] {key}", setting, raw)
+    return values
 
 
-def _positive(value: Any) -> float | None:
-    number = _number(value)
-    return number if number is not None and number > 0 else None
-
-
-def _non_negative(value: Any) -> float | None:
-    number = _number(value)
-    return number if number is not None and number >= 0 else None
-
-
-def _integer(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _positive_int(value: Any) -> int | None:
-    number = _integer(value)
-    return number if number is not None and number >= 1 else None
-
-
-def _non_negative_int(value: Any) -> int | None:
-    number = _integer(value)
-    return number if number is not None and number >= 0 else None
-
-
-def _port(value: Any) -> int | None:
-    number = _integer(value)
-    return number if number is not None and 0 <= number <= 65535 else None
-
-
-def _bool(value: Any) -> bool | None:
-    return value if isinstance(value, bool) else None
-
-
-def _prefix(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    if value == "":
-        return value
-    if not value.startswith("/") or "//" in value or any(c.isspace() for c in value):
-        return None
-    return value
-
-
-def _env_name(value: Any) -> str | None:
-    return value if isinstance(value, str) and _ENV_NAME.fullmatch(value) else None
-
-
-def _names(value: Any) -> tuple[str, ...] | None:
-    if not isinstance(value, list) or not value:
-        return None
-    if not all(_text(item) for item in value):
-        return None
-    return tuple(value)
-
-
-def _audience(value: Any) -> str | tuple[str, ...] | None:
-    return _text(value) if isinstance(value, str) else _names(value)
-
-
-def _http_url(value: Any) -> str | None:
-    text = _text(value)
-    if text is None or not text.startswith(("https://", "http://")):
-        return None
-    return text
+def _check(key: str, setting: _Setting, raw: object) -> Any:
+    if not isinstance(raw, setting.typed):
+        raise ConfigError(key, _expected(setting, raw, typed=True))
+    return _convert(key, setting, raw)

@@ -38,7 +38,6 @@ from invoke_middleware._demo import DEMO_SLUG, demo_setup, example_service
 from invoke_middleware._toml_config import (
     DEFAULT_CONFIG_NAME,
     DEFAULT_STORE_NAME,
-    ConfigError,
     GatewayConfig,
     database_from_setting,
     load_config,
@@ -48,6 +47,7 @@ from invoke_middleware._toml_config import (
 from invoke_middleware.auth.keys import PREFIX_LENGTH, KeyKind, key_matches
 from invoke_middleware.auth.principal import Role
 from invoke_middleware.auth.stores import CredentialRecord
+from invoke_middleware.config import ConfigError
 from invoke_middleware.registry import (
     Service,
     ServiceStatus,

@@ -338,13 +338,14 @@ class _Setting:
     """How one setting is converted.
 
     ``typed`` are the types a typed source (TOML) may give: there a string is never parsed
-    into a number, boolean or list. A ``path`` is relative to the configuration file, when
-    there is one.
+    into a number, boolean or list, and ``typed_expected`` (when set) says what it takes. A
+    ``path`` is relative to the configuration file, when there is one.
     """
 
     convert: Callable[[object], Any]
     expected: str
     typed: tuple[type, ...] = _STR
+    typed_expected: str | None = None
     secret: bool = False
     path: bool = False
 
@@ -384,11 +385,17 @@ _SETTINGS: dict[str, _Setting] = {
     "trusted_proxy_hops": _Setting(convert=_count, expected="an integer (0 or more)", typed=_INT),
     "pseudonym": _Setting(convert=_pseudonym, expected="an RFC 9110 token such as gateway-1"),
     "problem_json": _Setting(
-        convert=_boolean, expected="a boolean (true/false, on/off, 1/0)", typed=(bool,)
+        convert=_boolean,
+        expected="a boolean (true/false, on/off, 1/0)",
+        typed=(bool,),
+        typed_expected="true or false",
     ),
     "ca_bundle": _Setting(convert=_ca_bundle, expected="the path of a PEM CA bundle", path=True),
     "jwt.algorithms": _Setting(
-        convert=_names, expected="algorithm names such as RS256, ES256", typed=(list,)
+        convert=_names,
+        expected="algorithm names such as RS256, ES256",
+        typed=(list,),
+        typed_expected='a list of algorithm names such as ["RS256"]',
     ),
     "jwt.secret": _Setting(convert=_text, expected="text", secret=True),
     "jwt.secret_env": _Setting(convert=_environment_name, expected="an environment variable name"),
@@ -602,7 +609,7 @@ def check_settings(
             continue
         setting = _SETTINGS[name]
         if style is KeyStyle.TOML and not isinstance(raw, setting.typed):
-            raise ConfigError(key, _expected(setting, raw))
+            raise ConfigError(key, _expected(setting, raw, typed=True))
         value = raw
         if setting.path and base is not None and isinstance(raw, str):
             value = os.path.join(base, os.path.expanduser(raw.strip()))
@@ -624,9 +631,10 @@ def _convert(key: str, setting: _Setting, raw: object) -> Any:
         raise ConfigError(key, _expected(setting, raw)) from None
 
 
-def _expected(setting: _Setting, raw: object) -> str:
+def _expected(setting: _Setting, raw: object, *, typed: bool = False) -> str:
+    expected = (typed and setting.typed_expected) or setting.expected
     shown = "" if setting.secret else f", got {raw!r}"
-    return f"expected {setting.expected}{shown}"
+    return f"expected {expected}{shown}"
 
 
 def _assemble(

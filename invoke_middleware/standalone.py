@@ -21,11 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from invoke_middleware._toml_config import ConfigError, GatewayConfig, JWTConfig
-from invoke_middleware.auth.base import AuthResolver
-from invoke_middleware.auth.credentials import CredentialResolver
-from invoke_middleware.auth.jwt import JWTResolver
-from invoke_middleware.auth.stores import MembershipStore
+from invoke_middleware._toml_config import GatewayConfig
+from invoke_middleware.config import ConfigError
 from invoke_middleware.logging_hook import RelayLogger
 from invoke_middleware.middleware import InvokeMiddleware
 from invoke_middleware.store.sql import SQLStore
@@ -121,71 +118,26 @@ class StandaloneGateway:
 def build_gateway(
     config: GatewayConfig, environ: Mapping[str, str] = os.environ
 ) -> StandaloneGateway:
-    """Assemble the standalone gateway from ``config``.
+    """Assemble the standalone gateway from ``config``; a JWT key is read from ``environ``.
 
-    Raises :class:`~invoke_middleware._toml_config.ConfigError` when a JWT key cannot be
-    read or does not suit the configured algorithms.
+    Raises :class:`~invoke_middleware.config.ConfigError`, naming the file, when a JWT key
+    cannot be read or does not suit the configured algorithms.
     """
+    try:
+        settings = config.gateway.resolve(environ)
+    except ConfigError as exc:
+        raise exc.located(str(config.path)) from None
     store = SQLStore(config.database, service_cache_ttl=config.service_cache_ttl)
     try:
-        resolvers: list[AuthResolver] = [CredentialResolver(store.credentials, store.memberships)]
-        if config.jwt is not None:
-            try:
-                resolvers.append(jwt_resolver(config.jwt, store.memberships, environ))
-            except ConfigError as exc:
-                raise ConfigError(f"{config.path}: {exc}") from None
-        app = InvokeMiddleware(
+        app = settings.build_middleware(
             host_app,
-            prefix=config.prefix,
             registry=store.services,
             credentials=store.credentials,
             memberships=store.memberships,
-            resolvers=resolvers,
             secret_resolver=EnvironmentSecretResolver(config.secrets, environ),
             after_relay=[RelayLogger()],
-            settings=config.settings,
         )
     except BaseException:
         store.close()
         raise
     return StandaloneGateway(app=app, store=store)
-
-
-def jwt_resolver(
-    config: JWTConfig, memberships: MembershipStore, environ: Mapping[str, str] = os.environ
-) -> JWTResolver:
-    """A :class:`~invoke_middleware.auth.jwt.JWTResolver` for the ``[jwt]`` table."""
-    key: str | bytes | None = None
-    if config.secret_env is not None:
-        key = environ.get(config.secret_env)
-        if not key:
-            raise ConfigError(
-                f"[jwt] secret_env: environment variable {config.secret_env} is not set"
-            )
-    for setting, path in (
-        ("secret_file", config.secret_file),
-        ("public_key_file", config.public_key_file),
-    ):
-        if path is not None:
-            try:
-                key = path.read_bytes()
-            except OSError as exc:
-                raise ConfigError(
-                    f"[jwt] {setting}: cannot read {path}: {exc.strerror or exc}"
-                ) from None
-            if setting == "secret_file":
-                # A trailing newline from an editor or `echo` is not part of the secret.
-                key = key.rstrip(b"\r\n")
-    try:
-        return JWTResolver(
-            memberships,
-            algorithms=config.algorithms,
-            key=key,
-            jwks_url=config.jwks_url,
-            issuer=config.issuer,
-            audience=config.audience,
-            leeway=config.leeway,
-            cache_size=config.cache_size,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"[jwt]: {exc}") from None

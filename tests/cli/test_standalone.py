@@ -5,17 +5,22 @@ services)."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import certifi
 import pytest
 from webtest import TestApp
 
 from invoke_middleware._toml_config import ConfigError, load_config, starter_config
 from invoke_middleware.auth.keys import KeyKind
 from invoke_middleware.auth.principal import Role
+from invoke_middleware.config import JWTSettings
 from invoke_middleware.registry import Service, ServiceStatus, ServiceType
+from invoke_middleware.relay import GatewaySettings
 from invoke_middleware.standalone import (
     EnvironmentSecretResolver,
     StandaloneGateway,
@@ -28,7 +33,12 @@ from invoke_middleware.testing import (
     make_response,
     mint_jwt,
 )
-from invoke_middleware.transport.base import UpstreamRequest, UpstreamResponse
+from invoke_middleware.transport.base import (
+    DEFAULT_TIMEOUTS,
+    Timeouts,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 
 TEAM = uuid.UUID("2c9f7a30-1b4e-4d6a-8f2c-5e7d9b0a1c3e")
 
@@ -202,6 +212,164 @@ def test_the_starter_config_loads_with_the_documented_defaults(tmp_path: Path) -
     assert config.server.host == "127.0.0.1"
     assert config.server.port == 8080
     assert config.prefix == ""
-    assert config.jwt is None
+    assert not config.gateway.uses_jwt
     assert config.secrets == {}
     assert config.describe_database() == f"sqlite:///{tmp_path.resolve()}/invoke-middleware.sqlite3"
+
+
+# -- the [gateway] and [jwt] tables are the integrations' settings ----------------------------
+
+
+def test_every_commented_gateway_setting_of_the_starter_config_is_valid(tmp_path: Path) -> None:
+    shutil.copy(certifi.where(), tmp_path / "ca.pem")
+    lines = starter_config().splitlines()
+    start, end = lines.index("[gateway]"), lines.index("# [jwt]")
+    uncommented = [
+        re.sub(r"^# ", "", line) if re.match(r"# [a-z_]+ = ", line) else line
+        for line in lines[start:end]
+    ]
+    assert len([line for line in uncommented if not line.startswith("#")]) > 10
+    path = tmp_path / "gateway.toml"
+    path.write_text("\n".join([*lines[:start], *uncommented, *lines[end:]]))
+
+    config = load_config(path).gateway.resolve({})
+
+    assert config.settings == GatewaySettings()
+    assert config.ca_bundle == str(tmp_path / "ca.pem")
+
+
+def test_the_gateway_table_takes_the_settings_of_the_integrations(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    config.write_text(
+        starter_config().replace(
+            'prefix = ""\n',
+            'prefix = "/api"\nmax_header_count = 7\nmax_header_bytes = 4096\n'
+            'pseudonym = "edge-1"\ntotal_timeout = "none"\nread_timeout = 2.5\n'
+            "trusted_proxy_hops = 1\nproblem_json = true\n",
+        )
+    )
+
+    resolved = load_config(config).gateway.resolve({})
+
+    assert resolved.prefix == "/api"
+    assert resolved.settings == GatewaySettings(
+        max_header_count=7,
+        max_header_bytes=4096,
+        pseudonym="edge-1",
+        timeouts=Timeouts(connect=DEFAULT_TIMEOUTS.connect, read=2.5, total=None),
+        trusted_proxy_hops=1,
+        problem_json=True,
+    )
+
+
+def test_a_header_cap_from_the_file_applies_to_requests(
+    assembled: tuple[Path, list[StandaloneGateway]],
+) -> None:
+    tmp_path, built = assembled
+    config = _config(tmp_path)
+    config.write_text(
+        starter_config().replace('prefix = ""\n', 'prefix = ""\nmax_header_count = 3\n')
+    )
+    app = TestApp(_build(built, config, {}).app)
+    few = app.get("/r/containers", expect_errors=True)
+    many = app.get(
+        "/r/containers", headers={f"X-Extra-{n}": "1" for n in range(5)}, expect_errors=True
+    )
+    assert few.status_int == 401
+    assert many.status_int == 431
+
+
+@pytest.mark.parametrize(
+    ("table", "line", "expected"),
+    [
+        pytest.param("gateway", "read_timeout = 0",
+                     "[gateway] read_timeout: expected seconds (more than 0), got 0",
+                     id="zero-seconds"),
+        pytest.param("gateway", 'max_header_count = "100"',
+                     "[gateway] max_header_count: expected a positive integer, got '100'",
+                     id="string-for-integer"),
+        pytest.param("gateway", 'problem_json = "yes"',
+                     "[gateway] problem_json: expected true or false, got 'yes'",
+                     id="string-for-boolean"),
+        pytest.param("gateway", 'total_timeout = "never"', "[gateway] total_timeout: expected",
+                     id="total-timeout-word"),
+        pytest.param("gateway", 'pseudonym = "edge one"', "[gateway] pseudonym: expected",
+                     id="pseudonym-not-a-token"),
+        pytest.param("gateway", 'ca_bundle = "missing.pem"',
+                     "[gateway] ca_bundle: cannot read the file", id="ca-bundle-missing"),
+        pytest.param("gateway", "read_timout = 5",
+                     "[gateway] read_timout: unknown setting; did you mean [gateway] read_timeout?",
+                     id="gateway-typo"),
+        pytest.param("gateway", 'database_url = "sqlite://"', "[gateway] database_url: unknown",
+                     id="store-setting-in-gateway"),
+        pytest.param("jwt", "leway = 1",
+                     "[jwt] leway: unknown setting; did you mean [jwt] leeway?", id="jwt-typo"),
+        pytest.param("jwt", 'algorithms = ["HS256"]\nsecret_env = "A"\nsecret = "x"',
+                     "set only one of", id="jwt-two-sources"),
+        pytest.param("jwt", 'algorithms = ["none"]\nsecret_env = "A"',
+                     "[jwt] algorithms: unknown or refused algorithm 'none'", id="jwt-alg-none"),
+        pytest.param("jwt", 'algorithms = ["HS256"]\nsecret_env = "NOT A NAME"',
+                     "[jwt] secret_env: expected an environment variable name",
+                     id="jwt-secret-env-not-a-name"),
+    ],
+)  # fmt: skip
+def test_a_bad_setting_names_the_file_and_the_key(
+    tmp_path: Path, table: str, line: str, expected: str
+) -> None:
+    text = starter_config()
+    if table == "gateway":
+        text = text.replace('prefix = ""\n', f'prefix = ""\n{line}\n')
+    else:
+        text += f"\n[jwt]\n{line}\n"
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+
+    assert str(error.value).startswith(f"{path}: [{table}] ")
+    assert expected in str(error.value)
+    assert error.value.source == str(path)
+
+
+def test_the_jwt_table_takes_the_jwt_settings_of_the_integrations(tmp_path: Path) -> None:
+    secret = "a-secret-that-is-long-enough-for-hs256!!"
+    config = _config(
+        tmp_path,
+        '[jwt]\nalgorithms = ["HS256"]\nsecret_env = "GATEWAY_JWT"\n'
+        'issuer = "https://idp.example"\naudience = ["gateway", "tools"]\nleeway = 5\n'
+        "cache_size = 100\n",
+    )
+
+    jwt = load_config(config).gateway.resolve({"GATEWAY_JWT": secret}).jwt
+
+    assert jwt == JWTSettings(
+        algorithms=("HS256",),
+        key=secret,
+        key_setting="jwt.secret_env",
+        issuer="https://idp.example",
+        audience=("gateway", "tools"),
+        leeway=5.0,
+        cache_size=100,
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "secret"),
+    [
+        pytest.param(b"s" * 40 + b"\n", b"s" * 40, id="newline"),
+        pytest.param(b"s" * 40 + b"\r\n", b"s" * 40, id="crlf"),
+        pytest.param(b"s" * 40, b"s" * 40, id="no-newline"),
+        pytest.param(b"s" * 40 + b"\n\n", b"s" * 40 + b"\n", id="only-one-newline"),
+    ],
+)
+def test_a_secret_file_loses_one_trailing_newline(
+    tmp_path: Path, content: bytes, secret: bytes
+) -> None:
+    (tmp_path / "jwt.secret").write_bytes(content)
+    config = _config(tmp_path, '[jwt]\nalgorithms = ["HS256"]\nsecret_file = "jwt.secret"\n')
+
+    jwt = load_config(config).gateway.resolve({}).jwt
+
+    assert jwt is not None
+    assert jwt.key == secret
