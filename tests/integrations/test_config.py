@@ -41,7 +41,14 @@ def key_files(tmp_path: Path) -> dict[str, str]:
     private.write_bytes(pair.private_pem)
     not_pem = tmp_path / "notes.txt"
     not_pem.write_text("not a certificate\n")
-    return {"public": str(public), "private": str(private), "not_pem": str(not_pem)}
+    secret = tmp_path / "jwt.secret"
+    secret.write_text(SECRET + "\n")
+    return {
+        "public": str(public),
+        "private": str(private),
+        "not_pem": str(not_pem),
+        "secret": str(secret),
+    }
 
 
 # --- conversion ------------------------------------------------------------------------------
@@ -145,6 +152,7 @@ def test_every_setting_has_an_ini_and_a_flask_spelling() -> None:
     [
         pytest.param("secret", id="secret"),
         pytest.param("secret_env", id="secret-from-environment"),
+        pytest.param("secret_file", id="secret-file"),
         pytest.param("public_key_file", id="public-key-file"),
         pytest.param("jwks_url", id="jwks"),
     ],
@@ -158,6 +166,10 @@ def test_each_jwt_key_source_configures_a_resolver(
         "secret_env": {
             "invoke.jwt.algorithms": "HS256",
             "invoke.jwt.secret_env": "GATEWAY_JWT_SECRET",
+        },
+        "secret_file": {
+            "invoke.jwt.algorithms": "HS256",
+            "invoke.jwt.secret_file": key_files["secret"],
         },
         "public_key_file": {
             "invoke.jwt.algorithms": "RS256, PS256",
@@ -175,6 +187,8 @@ def test_each_jwt_key_source_configures_a_resolver(
 
     assert config.jwt is not None
     assert config.jwt.key_setting == f"jwt.{source}"
+    if source == "secret_file":
+        assert config.jwt.key == SECRET.encode()  # without the file's trailing newline
     assert config.jwt.issuer == "https://idp.example"
     assert config.jwt.leeway == 5.0
     middleware = config.build_middleware(host)
@@ -263,6 +277,9 @@ def test_secrets_stay_out_of_the_config_repr() -> None:
                       "invoke.jwt.secret_env": "INVOKE_TEST_UNSET_VARIABLE"},
                      "invoke.jwt.secret_env", "'INVOKE_TEST_UNSET_VARIABLE' is not set",
                      id="jwt-secret-env-unset"),
+        pytest.param({"invoke.jwt.algorithms": "HS256",
+                      "invoke.jwt.secret_file": "/nonexistent/jwt.secret"},
+                     "invoke.jwt.secret_file", "cannot read", id="jwt-secret-file-missing"),
         pytest.param({"invoke.jwt.algorithms": "RS256",
                       "invoke.jwt.public_key_file": "/nonexistent/key.pem"},
                      "invoke.jwt.public_key_file", "cannot read", id="jwt-key-file-missing"),
