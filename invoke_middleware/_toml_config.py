@@ -21,20 +21,18 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from invoke_middleware.config import (
-    _SETTINGS,
-    CheckedSettings,
+from invoke_middleware._settings import (
+    SETTINGS,
     ConfigError,
-    KeyStyle,
-    _convert,
-    _environment_name,
-    _expected,
-    _integer,
-    _positive_int,
-    _Setting,
-    _text,
-    check_settings,
+    Setting,
+    as_integer,
+    as_text,
+    convert_setting,
+    environment_name,
+    expected_text,
+    positive_int,
 )
+from invoke_middleware.config import CheckedSettings, KeyStyle, check_settings
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
@@ -56,7 +54,7 @@ DEFAULT_THREADS = 8
 
 
 def _port(value: object) -> int:
-    port = _integer(value, 0)
+    port = as_integer(value, 0)
     if port > 65535:
         raise ValueError
     return port
@@ -64,15 +62,15 @@ def _port(value: object) -> int:
 
 #: The CLI's own tables; ``[gateway]`` and ``[jwt]`` are the settings of the integrations.
 _STORE = {
-    "database": _Setting(convert=_text, expected="a SQLite file or an SQLAlchemy URL"),
-    "service_cache_ttl": _SETTINGS["service_cache_ttl"],
+    "database": Setting(convert=as_text, expected="a SQLite file or an SQLAlchemy URL"),
+    "service_cache_ttl": SETTINGS["service_cache_ttl"],
 }
 _SERVER = {
-    "host": _Setting(convert=_text, expected="a host name or address"),
-    "port": _Setting(convert=_port, expected="a port number (0-65535)", typed=(int,)),
-    "threads": _Setting(convert=_positive_int, expected="a positive integer", typed=(int,)),
+    "host": Setting(convert=as_text, expected="a host name or address"),
+    "port": Setting(convert=_port, expected="a port number (0-65535)", typed=(int,)),
+    "threads": Setting(convert=positive_int, expected="a positive integer", typed=(int,)),
 }
-_SECRET_REFERENCE = _Setting(convert=_environment_name, expected="an environment variable name")
+_SECRET_REFERENCE = Setting(convert=environment_name, expected="an environment variable name")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,7 +257,7 @@ def _table(document: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 
 def _values(
-    document: Mapping[str, Any], name: str, settings: Mapping[str, _Setting]
+    document: Mapping[str, Any], name: str, settings: Mapping[str, Setting]
 ) -> dict[str, Any]:
     """The keys of the CLI's own table ``name``, converted like the settings' (a blank value
     is the default)."""
@@ -275,7 +273,7 @@ def _values(
     return values
 
 
-def _check(key: str, setting: _Setting, raw: object) -> Any:
+def _check(key: str, setting: Setting, raw: object) -> Any:
     if not isinstance(raw, setting.typed):
-        raise ConfigError(key, _expected(setting, raw, typed=True))
-    return _convert(key, setting, raw)
+        raise ConfigError(key, expected_text(setting, raw, typed=True))
+    return convert_setting(key, setting, raw)

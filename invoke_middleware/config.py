@@ -57,19 +57,24 @@ and the store's two settings are its ``[store]`` table's business.
 from __future__ import annotations
 
 import difflib
-import math
 import os
-import re
-import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
-from urllib.parse import urlsplit
 
 import jwt as pyjwt
 
+from invoke_middleware._settings import (
+    JWT_KEY_SOURCES,
+    SETTING_NAMES,
+    SETTINGS,
+    STORE_SETTINGS,
+    ConfigError,
+    convert_setting,
+    expected_text,
+)
 from invoke_middleware.auth.base import AuthResolver
 from invoke_middleware.auth.credentials import CredentialResolver
 from invoke_middleware.auth.jwt import JWTResolver
@@ -81,12 +86,10 @@ from invoke_middleware.auth.stores import (
     MembershipStore,
 )
 from invoke_middleware.errors import ErrorRenderer
-from invoke_middleware.headers import is_token
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
 from invoke_middleware.middleware import InvokeMiddleware
 from invoke_middleware.registry import ServiceRegistry
 from invoke_middleware.relay import GatewaySettings, SecretResolver
-from invoke_middleware.routing import Router
 from invoke_middleware.transport.base import DEFAULT_TIMEOUTS, Timeouts, Transport
 from invoke_middleware.transport.http import HTTPTransport
 
@@ -109,27 +112,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A setting is unknown, missing or malformed, or a configuration file is unreadable.
-
-    ``key`` is the setting as the host spelled it (``invoke.jwt.leeway``,
-    ``INVOKE_JWT_LEEWAY``, ``[jwt] leeway``) or the file that cannot be read; ``source`` is
-    the file the setting is in, when there is one. The message is
-    ``[<source>: ]<key>: <problem>``.
-    """
-
-    def __init__(self, key: str, problem: str, *, source: str | None = None) -> None:
-        located = key if source is None else f"{source}: {key}"
-        super().__init__(f"{located}: {problem}")
-        self.key = key
-        self.problem = problem
-        self.source = source
-
-    def located(self, source: str) -> ConfigError:
-        """This error, naming the file ``source`` the setting is in."""
-        return ConfigError(self.key, self.problem, source=source)
 
 
 class KeyStyle(StrEnum):
@@ -155,8 +137,8 @@ class KeyStyle(StrEnum):
 
     def names(self) -> dict[str, str]:
         """Every setting this style knows, spelled -> name."""
-        excluded = _STORE_SETTINGS if self is KeyStyle.TOML else ()
-        return {self.key(name): name for name in _SETTINGS if name not in excluded}
+        excluded = STORE_SETTINGS if self is KeyStyle.TOML else ()
+        return {self.key(name): name for name in SETTINGS if name not in excluded}
 
     def owns(self, key: str) -> bool:
         """Whether ``key`` is in this style's namespace (the TOML tables hold nothing else)."""
@@ -177,255 +159,6 @@ class Collaborators(TypedDict, total=False):
     before_relay: Sequence[BeforeRelayHook]
     after_relay: Sequence[AfterRelayHook]
     error_renderer: ErrorRenderer
-
-
-# --- converters: each takes a raw value and returns it converted, or raises ValueError ------
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError
-    return value.strip()
-
-
-def _integer(value: object, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise ValueError
-    if isinstance(value, str):
-        value = int(value.strip())
-    if not isinstance(value, int) or value < minimum:
-        raise ValueError
-    return value
-
-
-def _positive_int(value: object) -> int:
-    return _integer(value, 1)
-
-
-def _count(value: object) -> int:
-    return _integer(value, 0)
-
-
-def _seconds(value: object, *, zero_allowed: bool) -> float:
-    if isinstance(value, bool):
-        raise ValueError
-    if isinstance(value, str):
-        value = float(value.strip())
-    if not isinstance(value, int | float):
-        raise ValueError
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_allowed):
-        raise ValueError
-    return seconds
-
-
-def _positive_seconds(value: object) -> float:
-    return _seconds(value, zero_allowed=False)
-
-
-def _seconds_or_zero(value: object) -> float:
-    return _seconds(value, zero_allowed=True)
-
-
-def _total_seconds(value: object) -> float | None:
-    if isinstance(value, str) and value.strip().lower() == "none":
-        return None
-    return _positive_seconds(value)
-
-
-_TRUE = frozenset({"true", "yes", "on", "1"})
-_FALSE = frozenset({"false", "no", "off", "0"})
-
-
-def _boolean(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = _text(value).lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError
-
-
-def _names(value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        names = tuple(value.replace(",", " ").split())
-    elif isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
-        names = tuple(item.strip() for item in value if item.strip())
-    else:
-        raise ValueError
-    if not names:
-        raise ValueError
-    return names
-
-
-def _prefix(value: object) -> str:
-    text = _text(value)
-    if any(c.isspace() or c in "?#%" or ord(c) < 0x20 for c in text):
-        raise ValueError
-    return Router(text).prefix
-
-
-def _database_url(value: object) -> str:
-    text = _text(value)
-    try:
-        import sqlalchemy as sa  # noqa: PLC0415 - only needed with a database
-    except ImportError as exc:
-        raise _Refused("needs the 'sql' extra: pip install 'invoke_middleware[sql]'") from exc
-    try:
-        url = sa.make_url(text)
-    except sa.exc.ArgumentError as exc:
-        raise ValueError from exc
-    if url.get_backend_name() not in ("sqlite", "postgresql"):
-        raise _Refused("only sqlite:// and postgresql:// databases are supported")
-    return text
-
-
-def _pseudonym(value: object) -> str:
-    text = _text(value)
-    if not is_token(text):
-        raise ValueError
-    return text
-
-
-def _readable_file(value: object) -> str:
-    path = os.path.expanduser(_text(value))
-    if not os.path.isfile(path) or not os.access(path, os.R_OK):
-        raise _Refused(f"cannot read the file {path!r}")
-    return path
-
-
-def _ca_bundle(value: object) -> str:
-    path = _readable_file(value)
-    try:
-        ssl.create_default_context(cafile=path)
-    except (ssl.SSLError, ValueError) as exc:
-        raise _Refused(f"{path!r} holds no usable PEM certificates") from exc
-    return path
-
-
-def _http_url(value: object) -> str:
-    text = _text(value)
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError
-    return text
-
-
-#: POSIX portable environment variable names (IEEE Std 1003.1, Chapter 8).
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _environment_name(value: object) -> str:
-    text = _text(value)
-    if not _ENV_NAME.fullmatch(text):
-        raise ValueError
-    return text
-
-
-class _Refused(ValueError):
-    """A converter's own explanation, used instead of the setting's expected type."""
-
-
-_INT = (int,)
-_NUMBER = (int, float)
-_STR = (str,)
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Setting:
-    """How one setting is converted.
-
-    ``typed`` are the types a typed source (TOML) may give: there a string is never parsed
-    into a number, boolean or list, and ``typed_expected`` (when set) says what it takes. A
-    ``path`` is relative to the configuration file, when there is one.
-    """
-
-    convert: Callable[[object], Any]
-    expected: str
-    typed: tuple[type, ...] = _STR
-    typed_expected: str | None = None
-    secret: bool = False
-    path: bool = False
-
-
-_SETTINGS: dict[str, _Setting] = {
-    "prefix": _Setting(convert=_prefix, expected="a path starting with '/' (or empty)"),
-    "database_url": _Setting(
-        convert=_database_url,
-        expected="an SQLAlchemy URL such as sqlite:///invoke.db",
-        secret=True,  # may carry a password
-    ),
-    "service_cache_ttl": _Setting(
-        convert=_seconds_or_zero, expected="seconds (0 or more)", typed=_NUMBER
-    ),
-    "max_invoke_body_bytes": _Setting(
-        convert=_positive_int, expected="a positive integer", typed=_INT
-    ),
-    "max_relay_body_bytes": _Setting(
-        convert=_positive_int, expected="a positive integer", typed=_INT
-    ),
-    "max_response_body_bytes": _Setting(
-        convert=_positive_int, expected="a positive integer", typed=_INT
-    ),
-    "max_header_count": _Setting(convert=_positive_int, expected="a positive integer", typed=_INT),
-    "max_header_bytes": _Setting(convert=_positive_int, expected="a positive integer", typed=_INT),
-    "connect_timeout": _Setting(
-        convert=_positive_seconds, expected="seconds (more than 0)", typed=_NUMBER
-    ),
-    "read_timeout": _Setting(
-        convert=_positive_seconds, expected="seconds (more than 0)", typed=_NUMBER
-    ),
-    "total_timeout": _Setting(
-        convert=_total_seconds,
-        expected="seconds (more than 0), or none for no limit",
-        typed=(*_NUMBER, str),
-    ),
-    "trusted_proxy_hops": _Setting(convert=_count, expected="an integer (0 or more)", typed=_INT),
-    "pseudonym": _Setting(convert=_pseudonym, expected="an RFC 9110 token such as gateway-1"),
-    "problem_json": _Setting(
-        convert=_boolean,
-        expected="a boolean (true/false, on/off, 1/0)",
-        typed=(bool,),
-        typed_expected="true or false",
-    ),
-    "ca_bundle": _Setting(convert=_ca_bundle, expected="the path of a PEM CA bundle", path=True),
-    "jwt.algorithms": _Setting(
-        convert=_names,
-        expected="algorithm names such as RS256, ES256",
-        typed=(list,),
-        typed_expected='a list of algorithm names such as ["RS256"]',
-    ),
-    "jwt.secret": _Setting(convert=_text, expected="text", secret=True),
-    "jwt.secret_env": _Setting(convert=_environment_name, expected="an environment variable name"),
-    "jwt.secret_file": _Setting(
-        convert=_readable_file, expected="the path of a file holding the secret", path=True
-    ),
-    "jwt.public_key_file": _Setting(
-        convert=_readable_file, expected="the path of a PEM file", path=True
-    ),
-    "jwt.jwks_url": _Setting(convert=_http_url, expected="an absolute http(s) URL"),
-    "jwt.issuer": _Setting(convert=_text, expected="text"),
-    "jwt.audience": _Setting(
-        convert=_names, expected="one or more audience names", typed=(str, list)
-    ),
-    "jwt.leeway": _Setting(convert=_seconds_or_zero, expected="seconds (0 or more)", typed=_NUMBER),
-    "jwt.cache_size": _Setting(convert=_count, expected="an integer (0 or more)", typed=_INT),
-}
-
-#: Every setting name, unprefixed (``prefix``, ``jwt.secret``, ...).
-SETTING_NAMES: tuple[str, ...] = tuple(_SETTINGS)
-
-_JWT_KEY_SOURCES = (
-    "jwt.secret",
-    "jwt.secret_env",
-    "jwt.secret_file",
-    "jwt.public_key_file",
-    "jwt.jwks_url",
-)
-#: Settings the standalone gateway's file keeps in its ``[store]`` table.
-_STORE_SETTINGS = ("database_url", "service_cache_ttl")
 
 
 # --- the result --------------------------------------------------------------------------
@@ -607,34 +340,19 @@ def check_settings(
             raise ConfigError(key, f"unknown setting{hint}")
         if raw is None or (isinstance(raw, str) and not raw.strip()):
             continue
-        setting = _SETTINGS[name]
+        setting = SETTINGS[name]
         if style is KeyStyle.TOML and not isinstance(raw, setting.typed):
-            raise ConfigError(key, _expected(setting, raw, typed=True))
+            raise ConfigError(key, expected_text(setting, raw, typed=True))
         value = raw
         if setting.path and base is not None and isinstance(raw, str):
             value = os.path.join(base, os.path.expanduser(raw.strip()))
-        values[name] = _convert(key, setting, value)
+        values[name] = convert_setting(key, setting, value)
     if "service_cache_ttl" in values and "database_url" not in values:
         raise ConfigError(
             style.key("service_cache_ttl"), f"applies only with {style.key('database_url')}"
         )
     _check_jwt(values, style)
     return CheckedSettings(values=MappingProxyType(values), style=style)
-
-
-def _convert(key: str, setting: _Setting, raw: object) -> Any:
-    try:
-        return setting.convert(raw)
-    except _Refused as exc:
-        raise ConfigError(key, str(exc)) from None
-    except (ValueError, TypeError):
-        raise ConfigError(key, _expected(setting, raw)) from None
-
-
-def _expected(setting: _Setting, raw: object, *, typed: bool = False) -> str:
-    expected = (typed and setting.typed_expected) or setting.expected
-    shown = "" if setting.secret else f", got {raw!r}"
-    return f"expected {expected}{shown}"
 
 
 def _assemble(
@@ -672,16 +390,16 @@ def _assemble(
 
 def _check_jwt(values: Mapping[str, Any], style: KeyStyle) -> None:
     """The JWT rules that need neither the environment nor the key: one key source."""
-    given = [name for name in _SETTINGS if name.startswith("jwt.") and name in values]
+    given = [name for name in SETTINGS if name.startswith("jwt.") and name in values]
     if not given:
         return
-    sources = [name for name in _JWT_KEY_SOURCES if name in values]
+    sources = [name for name in JWT_KEY_SOURCES if name in values]
     if "jwt.algorithms" not in values:
         raise ConfigError(
             style.key("jwt.algorithms"), f"required with {style.key(given[0])}; e.g. RS256"
         )
     if len(sources) != 1:
-        spelled = ", ".join(style.key(name) for name in _JWT_KEY_SOURCES)
+        spelled = ", ".join(style.key(name) for name in JWT_KEY_SOURCES)
         problem = (
             f"set exactly one of {spelled}"
             if not sources
@@ -702,7 +420,7 @@ def _jwt_settings(
 ) -> JWTSettings | None:
     if "jwt.algorithms" not in values:
         return None
-    (source,) = (name for name in _JWT_KEY_SOURCES if name in values)
+    (source,) = (name for name in JWT_KEY_SOURCES if name in values)
     key: str | bytes | None = None
     if source == "jwt.secret":
         key = values["jwt.secret"]

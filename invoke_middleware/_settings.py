@@ -1,0 +1,313 @@
+"""The table of settings and how each value is converted and checked.
+
+One table serves every way a host configures the gateway: ini files and Flask config
+(:mod:`invoke_middleware.config`) and the standalone gateway's TOML file
+(:mod:`invoke_middleware._toml_config`). A converter takes a raw value (a string from an ini
+file, or a typed value) and returns it converted, or raises :class:`ValueError`; the table
+says what each setting expects, so every error can name the setting and what it takes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from invoke_middleware.headers import is_token
+from invoke_middleware.routing import Router
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, missing or malformed, or a configuration file is unreadable.
+
+    ``key`` is the setting as the host spelled it (``invoke.jwt.leeway``,
+    ``INVOKE_JWT_LEEWAY``, ``[jwt] leeway``) or the file that cannot be read; ``source`` is
+    the file the setting is in, when there is one. The message is
+    ``[<source>: ]<key>: <problem>``.
+    """
+
+    def __init__(self, key: str, problem: str, *, source: str | None = None) -> None:
+        located = key if source is None else f"{source}: {key}"
+        super().__init__(f"{located}: {problem}")
+        self.key = key
+        self.problem = problem
+        self.source = source
+
+    def located(self, source: str) -> ConfigError:
+        """This error, naming the file ``source`` the setting is in."""
+        return ConfigError(self.key, self.problem, source=source)
+
+
+# --- converters: each takes a raw value and returns it converted, or raises ValueError ------
+
+
+def as_text(value: object) -> str:
+    """A string, stripped."""
+    if not isinstance(value, str):
+        raise ValueError
+    return value.strip()
+
+
+def as_integer(value: object, minimum: int) -> int:
+    """An integer (not a bool) of at least ``minimum``; digits in a string are parsed."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, str):
+        value = int(value.strip())
+    if not isinstance(value, int) or value < minimum:
+        raise ValueError
+    return value
+
+
+def positive_int(value: object) -> int:
+    """An integer of at least 1."""
+    return as_integer(value, 1)
+
+
+def _count(value: object) -> int:
+    return as_integer(value, 0)
+
+
+def _seconds(value: object, *, zero_allowed: bool) -> float:
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, str):
+        value = float(value.strip())
+    if not isinstance(value, int | float):
+        raise ValueError
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_allowed):
+        raise ValueError
+    return seconds
+
+
+def _positive_seconds(value: object) -> float:
+    return _seconds(value, zero_allowed=False)
+
+
+def _seconds_or_zero(value: object) -> float:
+    return _seconds(value, zero_allowed=True)
+
+
+def _total_seconds(value: object) -> float | None:
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return None
+    return _positive_seconds(value)
+
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = as_text(value).lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        names = tuple(value.replace(",", " ").split())
+    elif isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        names = tuple(item.strip() for item in value if item.strip())
+    else:
+        raise ValueError
+    if not names:
+        raise ValueError
+    return names
+
+
+def _prefix(value: object) -> str:
+    text = as_text(value)
+    if any(c.isspace() or c in "?#%" or ord(c) < 0x20 for c in text):
+        raise ValueError
+    return Router(text).prefix
+
+
+def _database_url(value: object) -> str:
+    text = as_text(value)
+    try:
+        import sqlalchemy as sa  # noqa: PLC0415 - only needed with a database
+    except ImportError as exc:
+        raise Refused("needs the 'sql' extra: pip install 'invoke_middleware[sql]'") from exc
+    try:
+        url = sa.make_url(text)
+    except sa.exc.ArgumentError as exc:
+        raise ValueError from exc
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise Refused("only sqlite:// and postgresql:// databases are supported")
+    return text
+
+
+def _pseudonym(value: object) -> str:
+    text = as_text(value)
+    if not is_token(text):
+        raise ValueError
+    return text
+
+
+def _readable_file(value: object) -> str:
+    path = os.path.expanduser(as_text(value))
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise Refused(f"cannot read the file {path!r}")
+    return path
+
+
+def _ca_bundle(value: object) -> str:
+    path = _readable_file(value)
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, ValueError) as exc:
+        raise Refused(f"{path!r} holds no usable PEM certificates") from exc
+    return path
+
+
+def _http_url(value: object) -> str:
+    text = as_text(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError
+    return text
+
+
+#: POSIX portable environment variable names (IEEE Std 1003.1, Chapter 8).
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def environment_name(value: object) -> str:
+    """A POSIX environment variable name."""
+    text = as_text(value)
+    if not _ENV_NAME.fullmatch(text):
+        raise ValueError
+    return text
+
+
+class Refused(ValueError):
+    """A converter's own explanation, used instead of the setting's expected type."""
+
+
+_INT = (int,)
+_NUMBER = (int, float)
+_STR = (str,)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Setting:
+    """How one setting is converted.
+
+    ``typed`` are the types a typed source (TOML) may give: there a string is never parsed
+    into a number, boolean or list, and ``typed_expected`` (when set) says what it takes. A
+    ``path`` is relative to the configuration file, when there is one.
+    """
+
+    convert: Callable[[object], Any]
+    expected: str
+    typed: tuple[type, ...] = _STR
+    typed_expected: str | None = None
+    secret: bool = False
+    path: bool = False
+
+
+SETTINGS: dict[str, Setting] = {
+    "prefix": Setting(convert=_prefix, expected="a path starting with '/' (or empty)"),
+    "database_url": Setting(
+        convert=_database_url,
+        expected="an SQLAlchemy URL such as sqlite:///invoke.db",
+        secret=True,  # may carry a password
+    ),
+    "service_cache_ttl": Setting(
+        convert=_seconds_or_zero, expected="seconds (0 or more)", typed=_NUMBER
+    ),
+    "max_invoke_body_bytes": Setting(
+        convert=positive_int, expected="a positive integer", typed=_INT
+    ),
+    "max_relay_body_bytes": Setting(
+        convert=positive_int, expected="a positive integer", typed=_INT
+    ),
+    "max_response_body_bytes": Setting(
+        convert=positive_int, expected="a positive integer", typed=_INT
+    ),
+    "max_header_count": Setting(convert=positive_int, expected="a positive integer", typed=_INT),
+    "max_header_bytes": Setting(convert=positive_int, expected="a positive integer", typed=_INT),
+    "connect_timeout": Setting(
+        convert=_positive_seconds, expected="seconds (more than 0)", typed=_NUMBER
+    ),
+    "read_timeout": Setting(
+        convert=_positive_seconds, expected="seconds (more than 0)", typed=_NUMBER
+    ),
+    "total_timeout": Setting(
+        convert=_total_seconds,
+        expected="seconds (more than 0), or none for no limit",
+        typed=(*_NUMBER, str),
+    ),
+    "trusted_proxy_hops": Setting(convert=_count, expected="an integer (0 or more)", typed=_INT),
+    "pseudonym": Setting(convert=_pseudonym, expected="an RFC 9110 token such as gateway-1"),
+    "problem_json": Setting(
+        convert=_boolean,
+        expected="a boolean (true/false, on/off, 1/0)",
+        typed=(bool,),
+        typed_expected="true or false",
+    ),
+    "ca_bundle": Setting(convert=_ca_bundle, expected="the path of a PEM CA bundle", path=True),
+    "jwt.algorithms": Setting(
+        convert=_names,
+        expected="algorithm names such as RS256, ES256",
+        typed=(list,),
+        typed_expected='a list of algorithm names such as ["RS256"]',
+    ),
+    "jwt.secret": Setting(convert=as_text, expected="text", secret=True),
+    "jwt.secret_env": Setting(convert=environment_name, expected="an environment variable name"),
+    "jwt.secret_file": Setting(
+        convert=_readable_file, expected="the path of a file holding the secret", path=True
+    ),
+    "jwt.public_key_file": Setting(
+        convert=_readable_file, expected="the path of a PEM file", path=True
+    ),
+    "jwt.jwks_url": Setting(convert=_http_url, expected="an absolute http(s) URL"),
+    "jwt.issuer": Setting(convert=as_text, expected="text"),
+    "jwt.audience": Setting(
+        convert=_names, expected="one or more audience names", typed=(str, list)
+    ),
+    "jwt.leeway": Setting(convert=_seconds_or_zero, expected="seconds (0 or more)", typed=_NUMBER),
+    "jwt.cache_size": Setting(convert=_count, expected="an integer (0 or more)", typed=_INT),
+}
+
+#: Every setting name, unprefixed (``prefix``, ``jwt.secret``, ...).
+SETTING_NAMES: tuple[str, ...] = tuple(SETTINGS)
+
+JWT_KEY_SOURCES = (
+    "jwt.secret",
+    "jwt.secret_env",
+    "jwt.secret_file",
+    "jwt.public_key_file",
+    "jwt.jwks_url",
+)
+#: Settings the standalone gateway's file keeps in its ``[store]`` table.
+STORE_SETTINGS = ("database_url", "service_cache_ttl")
+
+
+def convert_setting(key: str, setting: Setting, raw: object) -> Any:
+    """``raw`` converted by ``setting``, or a :class:`ConfigError` naming ``key``."""
+    try:
+        return setting.convert(raw)
+    except Refused as exc:
+        raise ConfigError(key, str(exc)) from None
+    except (ValueError, TypeError):
+        raise ConfigError(key, expected_text(setting, raw)) from None
+
+
+def expected_text(setting: Setting, raw: object, *, typed: bool = False) -> str:
+    """What ``setting`` takes, and what it got unless the setting is a secret."""
+    expected = (typed and setting.typed_expected) or setting.expected
+    shown = "" if setting.secret else f", got {raw!r}"
+    return f"expected {expected}{shown}"
