@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import http.client
 import re
-from collections.abc import Iterator
 from typing import Protocol
+
+from invoke_middleware.request import Headers
 
 _MAX_LINE = 65536
 _DIGITS = re.compile(r"[0-9]{1,18}")
@@ -28,35 +29,15 @@ _MAX_FIELDS = 100
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
-class ResponseFields:
-    """The header fields of a response, in order, repeats kept.
+class ResponseFields(Headers):
+    """The header fields of a response: :class:`~invoke_middleware.request.Headers` (ordered,
+    repeats kept, names case-insensitive), plus the ``items()`` that http.client and the
+    transport read, as they would of :class:`http.client.HTTPMessage`."""
 
-    Offers what http.client and the transport use of :class:`http.client.HTTPMessage`:
-    ``get``, ``get_all`` and ``items``, with case-insensitive names.
-    """
-
-    __slots__ = ("_fields",)
-
-    def __init__(self, fields: list[tuple[str, str]]) -> None:
-        self._fields = fields
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        lowered = name.lower()
-        for key, value in self._fields:
-            if key.lower() == lowered:
-                return value
-        return default
-
-    def get_all(self, name: str, default: list[str] | None = None) -> list[str] | None:
-        lowered = name.lower()
-        found = [value for key, value in self._fields if key.lower() == lowered]
-        return found or default
+    __slots__ = ()
 
     def items(self) -> list[tuple[str, str]]:
-        return list(self._fields)
-
-    def __iter__(self) -> Iterator[str]:
-        return (key for key, _ in self._fields)
+        return list(self)
 
 
 class _LineReader(Protocol):

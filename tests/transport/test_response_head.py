@@ -127,3 +127,24 @@ def test_a_chunked_body_dripping_chunk_sizes_meets_the_total_deadline() -> None:
     parts = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"] + [b"1"] * 40
     with scripted(parts, pause=0.1) as url, pytest.raises(UpstreamTimeoutError):
         fetch(url, timeouts=Timeouts(connect=2, read=1, total=1.0))
+
+
+def test_a_response_framed_both_ways_does_not_keep_its_connection() -> None:
+    # RFC 9112 §6.3: Transfer-Encoding wins, and the connection must close afterwards.
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with scripted([head + b"3\r\nabc\r\n0\r\n\r\n"]) as url:
+        transport = HTTPTransport()
+        try:
+            response = transport.send(
+                UpstreamRequest(
+                    method="GET",
+                    url=url + "/",
+                    headers=(),
+                    timeouts=Timeouts(connect=2, read=2, total=5),
+                )
+            )
+            assert b"".join(response) == b"abc"
+            response.close()
+            assert not any(transport._idle.values())  # not returned to the pool
+        finally:
+            transport.close()
