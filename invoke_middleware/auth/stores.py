@@ -74,6 +74,18 @@ class Membership:
     role: Role
 
 
+def check_owner(kind: KeyKind, user_id: str | None) -> None:
+    """Raise :class:`ValueError` unless ``user_id`` suits a credential of ``kind``.
+
+    Integration (``sk-``) credentials belong to the team alone; device (``dk-``) credentials
+    act for a user and need one. Every :class:`CredentialStore` checks this in ``issue``.
+    """
+    if kind is KeyKind.INTEGRATION and user_id is not None:
+        raise ValueError("an integration credential belongs to a team, not to a user")
+    if kind is KeyKind.DEVICE and not user_id:
+        raise ValueError("a device credential needs a user_id")
+
+
 class CredentialStore(Protocol):
     """Where ``sk-``/``dk-``/``ak-`` credentials live."""
 
@@ -155,10 +167,7 @@ class InMemoryCredentialStore:
         name: str = "",
         expires_at: dt.datetime | None = None,
     ) -> IssuedCredential:
-        if kind is KeyKind.INTEGRATION and user_id is not None:
-            raise ValueError("integration credentials belong to a team, not a user")
-        if kind is KeyKind.DEVICE and user_id is None:
-            raise ValueError("device credentials need a user_id")
+        check_owner(kind, user_id)
         with self._lock:
             key = generate_key(kind)
             # Prefixes carry 9 random characters; a clash is vanishingly rare, but

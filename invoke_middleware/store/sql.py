@@ -34,7 +34,12 @@ from sqlalchemy.pool import StaticPool
 
 from invoke_middleware.auth.keys import KeyKind, generate_key, hash_key, key_prefix
 from invoke_middleware.auth.principal import Role
-from invoke_middleware.auth.stores import CredentialRecord, IssuedCredential, Membership
+from invoke_middleware.auth.stores import (
+    CredentialRecord,
+    IssuedCredential,
+    Membership,
+    check_owner,
+)
 from invoke_middleware.registry import Service, ServiceStatus, ServiceType, is_valid_slug
 from invoke_middleware.store import _schema
 from invoke_middleware.store._cache import TTLCache
@@ -334,10 +339,7 @@ class SQLCredentialStore:
         device (``dk-``) credentials act for a user and need one.
         """
         kind = KeyKind(kind)
-        if kind is KeyKind.INTEGRATION and user_id is not None:
-            raise ValueError("an integration credential belongs to a team, not to a user")
-        if kind is KeyKind.DEVICE and not user_id:
-            raise ValueError("a device credential needs a user_id")
+        check_owner(kind, user_id)
         _require_aware(expires_at, "expires_at")
         key = generate_key(kind)
         record = CredentialRecord(
