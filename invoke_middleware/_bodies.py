@@ -12,11 +12,11 @@ import logging
 from collections.abc import Callable, Iterator
 
 from invoke_middleware.errors import (
-    GatewayError,
     InvalidRequestError,
     LengthRequiredError,
     PayloadTooLargeError,
     ResponseTooLargeError,
+    as_gateway_error,
 )
 from invoke_middleware.request import GatewayRequest
 from invoke_middleware.transport.base import UpstreamResponse
@@ -173,7 +173,7 @@ class RelayBody:
                 self._sent += len(chunk)
                 yield chunk
         except Exception as error:
-            code = error.code if isinstance(error, GatewayError) else GatewayError.code
+            code = as_gateway_error(error).code
             logger.warning("relay aborted mid-stream: %s", code)
             self._finish(code)
             raise

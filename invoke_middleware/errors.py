@@ -57,6 +57,11 @@ class GatewayError(Exception):
         super().__init__(self.message)
 
 
+def as_gateway_error(error: BaseException) -> GatewayError:
+    """``error`` itself when it is the gateway's, else the generic 500 that stands for a bug."""
+    return error if isinstance(error, GatewayError) else GatewayError()
+
+
 class InvalidRequestError(GatewayError):
     status = 400
     code = "invalid_request"

@@ -41,6 +41,7 @@ from invoke_middleware.errors import (
     UnsupportedMediaTypeError,
     UpgradeNotSupportedError,
     UpstreamError,
+    as_gateway_error,
     render_error,
     render_problem,
 )
@@ -126,7 +127,12 @@ def _reason(status: int) -> str:
 
 
 def _json_response(status: int, payload: object, request_id: str) -> GatewayResponse:
-    body = json.dumps(payload, separators=(",", ":")).encode()
+    return _json_body_response(
+        status, json.dumps(payload, separators=(",", ":")).encode(), request_id
+    )
+
+
+def _json_body_response(status: int, body: bytes, request_id: str) -> GatewayResponse:
     return GatewayResponse(
         status=status,
         reason=_reason(status),
@@ -364,22 +370,12 @@ class Gateway:
                 body,
             )
         except Exception as error:
-            failure = error if isinstance(error, GatewayError) else GatewayError()
+            failure = as_gateway_error(error)
             status, error_code = failure.status, failure.code
             raise
         finally:
             self._finish(relay, status, len(envelope.body), bytes_out, error_code)
-        return GatewayResponse(
-            status=200,
-            reason="OK",
-            headers=[
-                ("Content-Type", "application/json"),
-                ("Content-Length", str(len(payload))),
-                ("Cache-Control", "no-store"),
-                (REQUEST_ID_HEADER, request_id),
-            ],
-            body=(payload,),
-        )
+        return _json_body_response(200, payload, request_id)
 
     def _relay(
         self,
@@ -411,7 +407,7 @@ class Gateway:
         try:
             response = self._transport_for(service).send(upstream)
         except Exception as error:
-            failure = error if isinstance(error, GatewayError) else GatewayError()
+            failure = as_gateway_error(error)
             self._finish(relay, failure.status, body.sent if body else 0, 0, failure.code)
             raise
         headers = hdr.filter_response_headers(response.headers)
