@@ -53,8 +53,9 @@ MAX_QUERY_LENGTH = 8192
 _VALID_PATH = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
 
 # A query is opaque to the gateway: any visible ASCII character except "#" (a fragment never
-# reaches a server), with well-formed escapes.
-_VALID_QUERY = re.compile(r"(?:[\x21\x22\x24\x26-\x7e]|%[0-9A-Fa-f]{2})*")
+# reaches a server) and "\\" (which parsers that read it as "/" could take into the path),
+# with well-formed escapes.
+_VALID_QUERY = re.compile(r"(?:[\x21\x22\x24\x26-\x5b\x5d-\x7e]|%[0-9A-Fa-f]{2})*")
 
 # Encoded "/", "\" and NUL, also encoded more than once ("%252f" decodes to "%2f").
 _FORBIDDEN_ESCAPE = re.compile(r"%(?:25)*(?:2f|5c|00)", re.IGNORECASE)
@@ -174,6 +175,8 @@ def _check_query(query: str, max_length: int) -> None:
         raise InvalidPathError("The query must not contain whitespace or control characters.")
     if "#" in query:
         raise InvalidPathError("The query must not contain a fragment (#).")
+    if "\\" in query:
+        raise InvalidPathError("The query must not contain a backslash; percent-encode it.")
     raise InvalidPathError("The query contains a malformed percent-escape.")
 
 

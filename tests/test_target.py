@@ -188,6 +188,7 @@ def test_the_length_limits_can_be_lowered() -> None:
         pytest.param("/\uff0f", "ASCII", id="non-ascii"),
         pytest.param("x", "begin with /", id="relative"),
         pytest.param("/a|b", "percent-encoded", id="outside-allow-list"),
+        pytest.param("/?\\", "query must not contain a backslash", id="backslash-in-query"),
     ],
 )
 def test_the_refusal_says_why(path: str, reason: str) -> None:
