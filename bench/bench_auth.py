@@ -2,7 +2,7 @@
 
 Run: ``python bench/bench_auth.py`` (writes ``bench/results/auth.md``).
 
-Every resolver is called with a fresh :class:`GatewayRequest` per call, as the gateway does, so
+Every resolver is called with a fresh :class:`PipelineRequest` per call, as the gateway does, so
 the baseline is "build a request and call a resolver that does nothing". The in-memory stores
 are used, so the credential numbers are the resolver's own cost; a database store adds its
 round trip for ``find_by_prefix`` (and ``role_of`` for device keys and JWTs).
@@ -32,7 +32,8 @@ from invoke_middleware.auth import (
     Principal,
     Role,
 )
-from invoke_middleware.request import GatewayRequest, Headers
+from invoke_middleware.headers import Headers
+from invoke_middleware.request import PipelineRequest
 from invoke_middleware.testing import generate_keypair, issue_test_credential, mint_jwt
 
 TEAM = uuid.UUID("11111111-1111-4111-8111-111111111111")
@@ -40,8 +41,8 @@ SECRET = "bench-secret-" + "b" * 40
 RESULTS = Path(__file__).parent / "results" / "auth.md"
 
 
-def make_request(token: str) -> GatewayRequest:
-    return GatewayRequest(
+def make_request(token: str) -> PipelineRequest:
+    return PipelineRequest(
         method="POST",
         path="/r/invoke/echo",
         query="",
@@ -61,11 +62,11 @@ def make_request(token: str) -> GatewayRequest:
     )
 
 
-def no_op(request: GatewayRequest) -> Principal | None:
+def no_op(request: PipelineRequest) -> Principal | None:
     return None
 
 
-def cases() -> list[tuple[str, Callable[[GatewayRequest], Principal | None], str]]:
+def cases() -> list[tuple[str, Callable[[PipelineRequest], Principal | None], str]]:
     memberships = InMemoryMembershipStore()
     memberships.set_role(TEAM, "alice", Role.MEMBER)
     credentials = InMemoryCredentialStore()
@@ -102,7 +103,7 @@ def cases() -> list[tuple[str, Callable[[GatewayRequest], Principal | None], str
     ]
 
 
-def measure(resolver: Callable[[GatewayRequest], Principal | None], token: str) -> float:
+def measure(resolver: Callable[[PipelineRequest], Principal | None], token: str) -> float:
     """Median over repeats of the best-case per-call time, in microseconds."""
 
     def call() -> None:
@@ -138,7 +139,7 @@ def main() -> None:
     lines = [
         "# Auth resolver cost per request",
         "",
-        "Produced by `bench/bench_auth.py`. Each call builds a fresh `GatewayRequest` and runs",
+        "Produced by `bench/bench_auth.py`. Each call builds a fresh `PipelineRequest` and runs",
         "one resolver on it; in-memory stores (1,002 credentials); median of 7 repeats.",
         "The ratio is against the baseline measured in the same run.",
         "",

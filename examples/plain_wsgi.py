@@ -3,7 +3,7 @@
 The gateway answers ``/api/v1/r/...``; every other request reaches ``host_app`` untouched.
 Services, keys and memberships live in a SQLite file (create them with the
 ``invoke-middleware`` command line on the same database, or in code through
-``app.gateway.registry`` and ``app.credentials``). Run::
+``app.registry`` and ``app.credentials``). Run::
 
     python examples/plain_wsgi.py                  # http://127.0.0.1:8000
     curl -H "Authorization: Bearer sk-..." http://127.0.0.1:8000/api/v1/r/containers/<slug>/

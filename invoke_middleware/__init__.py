@@ -29,9 +29,11 @@ from invoke_middleware.errors import (
     render_error,
     render_problem,
 )
+from invoke_middleware.headers import Headers
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook, RelayFinished, RelayStarted
 from invoke_middleware.logging_hook import RelayLogger
 from invoke_middleware.middleware import InvokeMiddleware
+from invoke_middleware.pipeline import Pipeline, PipelineResponse, PipelineSettings, SecretResolver
 from invoke_middleware.registry import (
     InMemoryServiceRegistry,
     Service,
@@ -39,8 +41,7 @@ from invoke_middleware.registry import (
     ServiceStatus,
     ServiceType,
 )
-from invoke_middleware.relay import Gateway, GatewayResponse, GatewaySettings, SecretResolver
-from invoke_middleware.request import GatewayRequest, Headers
+from invoke_middleware.request import PipelineRequest
 from invoke_middleware.transport import (
     DEFAULT_TIMEOUTS,
     HTTPTransport,
@@ -65,11 +66,7 @@ __all__ = [
     "CredentialResolver",
     "CredentialStore",
     "ErrorRenderer",
-    "Gateway",
     "GatewayError",
-    "GatewayRequest",
-    "GatewayResponse",
-    "GatewaySettings",
     "HTTPTransport",
     "Headers",
     "InMemoryCredentialStore",
@@ -81,6 +78,10 @@ __all__ = [
     "KeyKind",
     "Membership",
     "MembershipStore",
+    "Pipeline",
+    "PipelineRequest",
+    "PipelineResponse",
+    "PipelineSettings",
     "Policy",
     "Principal",
     "RelayFinished",

@@ -18,7 +18,7 @@ from invoke_middleware.errors import (
     ResponseTooLargeError,
     as_gateway_error,
 )
-from invoke_middleware.request import GatewayRequest
+from invoke_middleware.request import PipelineRequest
 from invoke_middleware.transport.base import UpstreamResponse
 
 logger = logging.getLogger("invoke_middleware")
@@ -47,7 +47,7 @@ def relay_content_length(method: str, response: UpstreamResponse) -> str | None:
     return str(response.content_length)
 
 
-def read_capped(request: GatewayRequest, limit: int) -> bytes:
+def read_capped(request: PipelineRequest, limit: int) -> bytes:
     """Read a whole (small) request body, refusing more than ``limit`` bytes."""
     if request.content_length is not None:
         if request.content_length > limit:
@@ -69,7 +69,7 @@ def read_capped(request: GatewayRequest, limit: int) -> bytes:
         parts.append(chunk)
 
 
-def _read_exact(request: GatewayRequest, length: int) -> bytes:
+def _read_exact(request: PipelineRequest, length: int) -> bytes:
     parts: list[bytes] = []
     remaining = length
     while remaining > 0:
@@ -90,7 +90,7 @@ class RequestBody:
 
     __slots__ = ("_body", "_length", "_limit", "sent")
 
-    def __init__(self, request: GatewayRequest, length: int | None, limit: int) -> None:
+    def __init__(self, request: PipelineRequest, length: int | None, limit: int) -> None:
         self._body = request.body
         self._length = length
         self._limit = limit
@@ -118,7 +118,7 @@ class RequestBody:
             yield chunk
 
 
-def request_body(request: GatewayRequest, limit: int) -> tuple[RequestBody | None, int | None]:
+def request_body(request: PipelineRequest, limit: int) -> tuple[RequestBody | None, int | None]:
     """The relay's request body and its length (``None``: chunked), or no body at all."""
     if request.content_length is not None:
         if request.content_length > limit:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from invoke_middleware._toml_config import (
     DEFAULT_CONFIG_NAME,
-    GatewayConfig,
+    StandaloneConfig,
     load_config,
     starter_config,
 )
@@ -35,7 +35,7 @@ DEMO_SLUG = "hello"
 class Demo:
     """The demo's configuration (in its temporary directory), team and key."""
 
-    config: GatewayConfig
+    config: StandaloneConfig
     team_id: uuid.UUID
     key: str
 

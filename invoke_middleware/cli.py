@@ -38,7 +38,7 @@ from invoke_middleware._demo import DEMO_SLUG, demo_setup, example_service
 from invoke_middleware._toml_config import (
     DEFAULT_CONFIG_NAME,
     DEFAULT_STORE_NAME,
-    GatewayConfig,
+    StandaloneConfig,
     database_from_setting,
     load_config,
     sqlite_file,
@@ -55,7 +55,7 @@ from invoke_middleware.registry import (
     is_valid_slug,
     validate_external_url,
 )
-from invoke_middleware.standalone import build_gateway
+from invoke_middleware.standalone import build_standalone_app
 from invoke_middleware.store.sql import DuplicateServiceError, SQLStore
 
 CONFIG_ENV = "INVOKE_MIDDLEWARE_CONFIG"
@@ -369,11 +369,11 @@ class _Context:
         self.config_path = config_path
         self.stdout = stdout
         self.stderr = stderr
-        self._config: GatewayConfig | None = None
+        self._config: StandaloneConfig | None = None
         self._store: SQLStore | None = None
 
     @property
-    def config(self) -> GatewayConfig:
+    def config(self) -> StandaloneConfig:
         if self._config is None:
             try:
                 self._config = load_config(self.config_path)
@@ -395,7 +395,7 @@ class _Context:
             self._store.close()
 
 
-def open_store(config: GatewayConfig) -> SQLStore:
+def open_store(config: StandaloneConfig) -> SQLStore:
     """The configured store; a missing SQLite file is an error, not a new empty database."""
     path = sqlite_file(config.database)
     if path is not None and not path.exists():
@@ -502,7 +502,7 @@ def _demo(args: argparse.Namespace, context: _Context) -> None:
 
 
 def _run_gateway(
-    config: GatewayConfig,
+    config: StandaloneConfig,
     *,
     host: str,
     port: int,
@@ -516,7 +516,7 @@ def _run_gateway(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        gateway = build_gateway(config)
+        gateway = build_standalone_app(config)
     except ConfigError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
     try:

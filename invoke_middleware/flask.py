@@ -18,7 +18,7 @@ untouched. Settings are the ``INVOKE_*`` keys of ``app.config`` (see
         return app
 
 The middleware is kept in ``app.extensions["invoke_middleware"]``; a host reaches the stores
-through it (``.credentials``, ``.memberships``, ``.gateway.registry``).
+through it (``.credentials``, ``.memberships``, ``.registry``).
 
 Without the extension, wrap the app yourself with the same effect::
 

@@ -23,7 +23,7 @@ logger = logging.getLogger("invoke_middleware.hooks")
 class RelayStarted:
     """A relay is about to be sent upstream.
 
-    ``route`` is ``"invoke"`` (structured) or ``"relay"`` (catch-all).
+    ``route`` is ``"invoke"`` (structured) or ``"catch_all"``.
     """
 
     request_id: str

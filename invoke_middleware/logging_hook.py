@@ -11,7 +11,7 @@ Usage::
 
 Each record reads like::
 
-    relay request_id=5f0c… route=relay team=019abc12-… user=- slug=echo method=GET
+    relay request_id=5f0c… route=catch_all team=019abc12-… user=- slug=echo method=GET
     path=/v1/items status=200 bytes_in=0 bytes_out=512 duration_ms=3.127 error=-
 
 (on one line). The same fields are set on the record as attributes (``extra``), for JSON and

@@ -11,14 +11,15 @@ untouched: the same environ object, the same response bytes. Usage::
     app.wsgi_app = InvokeMiddleware(app.wsgi_app, registry=registry, prefix="/api/v1")
 
 This module is the only one that knows WSGI: it turns the environ into a
-:class:`~invoke_middleware.request.GatewayRequest`, asks the
-:class:`~invoke_middleware.relay.Gateway`, and writes its answer back.
+:class:`~invoke_middleware.request.PipelineRequest`, asks the
+:class:`~invoke_middleware.pipeline.Pipeline`, and writes its answer back.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -39,11 +40,11 @@ from invoke_middleware.errors import (
     InvalidPathError,
     InvalidRequestError,
 )
-from invoke_middleware.headers import choose_request_id
+from invoke_middleware.headers import Headers, choose_request_id
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
+from invoke_middleware.pipeline import Pipeline, PipelineSettings, SecretResolver
 from invoke_middleware.registry import InMemoryServiceRegistry, ServiceRegistry
-from invoke_middleware.relay import Gateway, GatewaySettings, SecretResolver
-from invoke_middleware.request import GatewayRequest, Headers
+from invoke_middleware.request import PipelineRequest
 from invoke_middleware.routing import RouteKind, RouteMatch, Router
 from invoke_middleware.transport.base import Transport
 from invoke_middleware.transport.http import HTTPTransport
@@ -66,7 +67,7 @@ class InvokeMiddleware:
     :class:`~invoke_middleware.auth.credentials.CredentialResolver` when ``resolvers`` is not
     given; the pooled :class:`~invoke_middleware.transport.http.HTTPTransport` for deployed
     services and a second one for external services (egress). See
-    :class:`~invoke_middleware.relay.GatewaySettings` for limits and timeouts.
+    :class:`~invoke_middleware.pipeline.PipelineSettings` for limits and timeouts.
     """
 
     def __init__(
@@ -85,7 +86,7 @@ class InvokeMiddleware:
         before_relay: Sequence[BeforeRelayHook] = (),
         after_relay: Sequence[AfterRelayHook] = (),
         error_renderer: ErrorRenderer | None = None,
-        settings: GatewaySettings | None = None,
+        settings: PipelineSettings | None = None,
     ) -> None:
         self.app = app
         self.router = Router(prefix)
@@ -93,7 +94,7 @@ class InvokeMiddleware:
         self.memberships = memberships if memberships is not None else InMemoryMembershipStore()
         if resolvers is None:
             resolvers = [CredentialResolver(self.credentials, self.memberships)]
-        self.gateway = Gateway(
+        self.pipeline = Pipeline(
             registry=registry if registry is not None else InMemoryServiceRegistry(),
             resolvers=resolvers,
             policy=policy,
@@ -111,14 +112,14 @@ class InvokeMiddleware:
         if route is None:
             return self.app(environ, start_response)
         try:
-            if route.kind is RouteKind.RELAY:
+            if route.kind is RouteKind.CATCH_ALL:
                 route = replace(route, tail=self._raw_tail(environ, route))
-            request = _gateway_request(environ)
+            request = _pipeline_request(environ)
         except GatewayError as error:
             request_id = choose_request_id(environ.get("HTTP_X_REQUEST_ID"))
-            response = self.gateway.error_response(error, request_id)
+            response = self.pipeline.error_response(error, request_id)
         else:
-            response = self.gateway.handle(request, route)
+            response = self.pipeline.handle(request, route)
         try:
             start_response(f"{response.status} {response.reason}", response.headers)
         except BaseException:
@@ -145,11 +146,26 @@ class InvokeMiddleware:
             # PEP 3333 environ strings are Latin-1; anything else did not come from a client.
             raise InvalidPathError() from None
 
+    @property
+    def registry(self) -> ServiceRegistry:
+        """The service registry the runtime routes look services up in."""
+        return self.pipeline.registry
+
+    @property
+    def gateway(self) -> Pipeline:
+        """Deprecated name of :attr:`pipeline`."""
+        warnings.warn(
+            "InvokeMiddleware.gateway is deprecated; use .pipeline (or .registry)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.pipeline
+
     def close(self) -> None:
         """Close the gateway's transports (their pooled connections)."""
-        self.gateway.transport.close()
-        if self.gateway.egress_transport is not self.gateway.transport:
-            self.gateway.egress_transport.close()
+        self.pipeline.transport.close()
+        if self.pipeline.egress_transport is not self.pipeline.transport:
+            self.pipeline.egress_transport.close()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -173,7 +189,7 @@ def _headers(environ: WSGIEnvironment) -> Headers:
     return Headers(items)
 
 
-def _gateway_request(environ: WSGIEnvironment) -> GatewayRequest:
+def _pipeline_request(environ: WSGIEnvironment) -> PipelineRequest:
     length_text = (environ.get("CONTENT_LENGTH") or "").strip()
     content_length = None
     if length_text:
@@ -192,7 +208,7 @@ def _gateway_request(environ: WSGIEnvironment) -> GatewayRequest:
         and "HTTP_TRANSFER_ENCODING" in environ
         and bool(environ.get("wsgi.input_terminated"))
     )
-    return GatewayRequest(
+    return PipelineRequest(
         method=environ.get("REQUEST_METHOD", "GET").upper(),
         path=environ.get("PATH_INFO", ""),
         query=environ.get("QUERY_STRING", ""),

@@ -24,7 +24,7 @@ middleware's streamed body as ``app_iter`` and is written out exactly as produce
 WebOb response would make a relative ``Location`` absolute). Settings are checked by the include
 itself, so a bad one fails ``config.include`` and names the key; the middleware is built when
 the app is made, and :func:`get_middleware` returns it (``.credentials``, ``.memberships``,
-``.gateway.registry``).
+``.registry``).
 
 To wrap the whole Pyramid app instead, use the PasteDeploy filter (:mod:`invoke_middleware.paste`)
 or ``InvokeMiddleware(config.make_wsgi_app(), ...)``.
@@ -39,7 +39,7 @@ from pyramid.httpexceptions import HTTPNotFound  # type: ignore[import-untyped]
 from pyramid.response import Response  # type: ignore[import-untyped]
 from pyramid.tweens import INGRESS  # type: ignore[import-untyped]
 
-from invoke_middleware.config import Collaborators, InvokeConfig, parse_settings
+from invoke_middleware.config import Collaborators, MiddlewareConfig, parse_settings
 from invoke_middleware.middleware import InvokeMiddleware
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def get_middleware(registry: Any) -> InvokeMiddleware:
 
 def invoke_tween_factory(handler: Callable[[Any], Any], registry: Any) -> InvokeTween:
     """The tween factory the include registers (Pyramid calls it in ``make_wsgi_app``)."""
-    config: InvokeConfig = registry[_CONFIG_KEY]
+    config: MiddlewareConfig = registry[_CONFIG_KEY]
     collaborators: Collaborators = registry[_COLLABORATORS_KEY]
     # The tween gives the middleware runtime paths only, so the app behind it never sees a
     # request; a plain 404 stands there.

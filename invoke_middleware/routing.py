@@ -15,9 +15,11 @@ class RouteKind(StrEnum):
     """The four runtime routes."""
 
     INVOKE = "invoke"
-    RELAY = "relay"
+    CATCH_ALL = "catch_all"
     LIST = "list"
     GET = "get"
+    #: Deprecated name of :attr:`CATCH_ALL`.
+    RELAY = "catch_all"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,7 +27,7 @@ class RouteMatch:
     """A request path that belongs to the gateway.
 
     ``slug`` is ``None`` for :attr:`RouteKind.LIST`; ``tail`` is the caller's path on the
-    container (``/`` at least) for :attr:`RouteKind.RELAY`, ``""`` otherwise. The slug is not
+    container (``/`` at least) for :attr:`RouteKind.CATCH_ALL`, ``""`` otherwise. The slug is not
     validated here: an invalid slug is a 404 after authentication, like an unknown one.
     """
 
@@ -64,7 +66,7 @@ class Router:
                 return None
             if not slash:
                 return RouteMatch(kind=RouteKind.GET, slug=slug)
-            return RouteMatch(kind=RouteKind.RELAY, slug=slug, tail="/" + tail)
+            return RouteMatch(kind=RouteKind.CATCH_ALL, slug=slug, tail="/" + tail)
         return None
 
     def raw_tail(self, raw_path: str, slug: str) -> str | None:

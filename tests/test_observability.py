@@ -38,7 +38,7 @@ _FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]+)')
 
 
 @dataclass
-class Gateway:
+class GatewayUnderTest:
     app: webtest.TestApp
     middleware: InvokeMiddleware
     key: str
@@ -67,10 +67,10 @@ def upstream() -> Iterator[RecordingUpstream]:
 
 
 @pytest.fixture
-def make_gateway(upstream: RecordingUpstream) -> Iterator[Callable[..., Gateway]]:
+def make_gateway(upstream: RecordingUpstream) -> Iterator[Callable[..., GatewayUnderTest]]:
     built: list[InvokeMiddleware] = []
 
-    def make(**hooks: Any) -> Gateway:
+    def make(**hooks: Any) -> GatewayUnderTest:
         registry = InMemoryServiceRegistry()
         registry.add(make_service("echo", upstream.url))
         registry.add(make_service("down", _refused_url()))
@@ -79,7 +79,7 @@ def make_gateway(upstream: RecordingUpstream) -> Iterator[Callable[..., Gateway]
         host.wsgi_app = middleware  # type: ignore[method-assign]
         built.append(middleware)
         key = middleware.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM).key
-        return Gateway(app=webtest.TestApp(host), middleware=middleware, key=key)
+        return GatewayUnderTest(app=webtest.TestApp(host), middleware=middleware, key=key)
 
     yield make
     for middleware in built:
@@ -107,7 +107,7 @@ def relay_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 def test_a_relay_writes_one_line_with_its_facts(
-    make_gateway: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
+    make_gateway: Callable[..., GatewayUnderTest], caplog: pytest.LogCaptureFixture
 ) -> None:
     gateway = make_gateway(after_relay=[RelayLogger(logging.getLogger(LOGGER))])
     caplog.set_level(logging.INFO, logger=LOGGER)
@@ -119,7 +119,7 @@ def test_a_relay_writes_one_line_with_its_facts(
     fields = parse_line(record.getMessage())
     assert list(fields) == list(FIELDS)
     assert fields["request_id"] == "req-123"
-    assert fields["route"] == "relay"
+    assert fields["route"] == "catch_all"
     assert fields["team"] == str(TEAM)
     assert fields["user"] == "-"
     assert fields["slug"] == "echo"
@@ -133,7 +133,7 @@ def test_a_relay_writes_one_line_with_its_facts(
 
 
 def test_the_record_carries_the_fields_for_structured_handlers(
-    make_gateway: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
+    make_gateway: Callable[..., GatewayUnderTest], caplog: pytest.LogCaptureFixture
 ) -> None:
     gateway = make_gateway(after_relay=[RelayLogger(logging.getLogger(LOGGER))])
     caplog.set_level(logging.INFO, logger=LOGGER)
@@ -156,7 +156,7 @@ def test_the_record_carries_the_fields_for_structured_handlers(
 
 
 def test_an_invoke_is_logged_with_the_envelope_path_without_its_query(
-    make_gateway: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
+    make_gateway: Callable[..., GatewayUnderTest], caplog: pytest.LogCaptureFixture
 ) -> None:
     gateway = make_gateway(after_relay=[RelayLogger(logging.getLogger(LOGGER))])
     caplog.set_level(logging.INFO, logger=LOGGER)
@@ -167,7 +167,7 @@ def test_an_invoke_is_logged_with_the_envelope_path_without_its_query(
 
 
 def test_a_failed_relay_is_logged_with_the_gateway_status_and_error_code(
-    make_gateway: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
+    make_gateway: Callable[..., GatewayUnderTest], caplog: pytest.LogCaptureFixture
 ) -> None:
     gateway = make_gateway(after_relay=[RelayLogger(logging.getLogger(LOGGER))])
     caplog.set_level(logging.INFO, logger=LOGGER)
@@ -178,7 +178,7 @@ def test_a_failed_relay_is_logged_with_the_gateway_status_and_error_code(
 
 
 def test_the_log_never_holds_the_key_the_query_or_a_body(
-    make_gateway: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
+    make_gateway: Callable[..., GatewayUnderTest], caplog: pytest.LogCaptureFixture
 ) -> None:
     gateway = make_gateway(after_relay=[RelayLogger(logging.getLogger(LOGGER))])
     caplog.set_level(logging.DEBUG)
@@ -212,7 +212,7 @@ def test_the_log_never_holds_the_key_the_query_or_a_body(
 def _event(**changes: Any) -> RelayFinished:
     values: dict[str, Any] = {
         "request_id": "r1",
-        "route": "relay",
+        "route": "catch_all",
         "principal": Principal(kind=CredentialKind.INTEGRATION, team_id=TEAM),
         "service": make_service("echo", "http://127.0.0.1:9"),
         "method": "GET",
@@ -288,8 +288,8 @@ def test_the_default_logger_is_the_access_logger(caplog: pytest.LogCaptureFixtur
 
 
 def metered(
-    make_gateway: Callable[..., Gateway], **extra_hooks: Any
-) -> tuple[Gateway, CollectorRegistry]:
+    make_gateway: Callable[..., GatewayUnderTest], **extra_hooks: Any
+) -> tuple[GatewayUnderTest, CollectorRegistry]:
     registry = CollectorRegistry()
     metrics = RelayMetrics(registry)
     gateway = make_gateway(
@@ -305,7 +305,7 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 
 def test_metrics_count_relays_by_route_type_status_class_and_error(
-    make_gateway: Callable[..., Gateway],
+    make_gateway: Callable[..., GatewayUnderTest],
 ) -> None:
     gateway, registry = metered(make_gateway)
     gateway.relay("echo/a")
@@ -324,15 +324,15 @@ def test_metrics_count_relays_by_route_type_status_class_and_error(
             error_code=error_code,
         )
 
-    assert relays("relay", "2xx") == 2
-    assert relays("relay", "4xx") == 1
-    assert relays("relay", "5xx", "upstream_unreachable") == 1
-    assert relays("relay", "5xx") == 0
+    assert relays("catch_all", "2xx") == 2
+    assert relays("catch_all", "4xx") == 1
+    assert relays("catch_all", "5xx", "upstream_unreachable") == 1
+    assert relays("catch_all", "5xx") == 0
     # The container's own status, not the envelope's outer 200.
     assert relays("invoke", "5xx") == 1
-    assert sample(registry, "invoke_relay_duration_seconds_count", route="relay") == 4
+    assert sample(registry, "invoke_relay_duration_seconds_count", route="catch_all") == 4
     assert sample(registry, "invoke_relay_duration_seconds_count", route="invoke") == 1
-    assert sample(registry, "invoke_relay_duration_seconds_sum", route="relay") > 0
+    assert sample(registry, "invoke_relay_duration_seconds_sum", route="catch_all") > 0
 
 
 @pytest.mark.parametrize(
@@ -345,15 +345,15 @@ def test_metrics_count_relays_by_route_type_status_class_and_error(
     ],
 )
 def test_the_status_class_is_the_upstream_status_hundreds(
-    make_gateway: Callable[..., Gateway], path: str, status_class: str
+    make_gateway: Callable[..., GatewayUnderTest], path: str, status_class: str
 ) -> None:
     gateway, registry = metered(make_gateway)
     gateway.relay(path, status="*")
-    labels = {"route": "relay", "service_type": "deployed", "error_code": ""}
+    labels = {"route": "catch_all", "service_type": "deployed", "error_code": ""}
     assert sample(registry, "invoke_relays_total", status_class=status_class, **labels) == 1
 
 
-def test_metrics_count_body_bytes_each_way(make_gateway: Callable[..., Gateway]) -> None:
+def test_metrics_count_body_bytes_each_way(make_gateway: Callable[..., GatewayUnderTest]) -> None:
     gateway, registry = metered(make_gateway)
     gateway.app.put(
         "/r/containers/echo/blob",
@@ -362,13 +362,13 @@ def test_metrics_count_body_bytes_each_way(make_gateway: Callable[..., Gateway])
     )
     download = gateway.relay("echo/bytes/5000")
     assert len(download.body) == 5000
-    assert sample(registry, "invoke_relay_request_bytes_total", route="relay") == 1000
-    received = sample(registry, "invoke_relay_response_bytes_total", route="relay")
+    assert sample(registry, "invoke_relay_request_bytes_total", route="catch_all") == 1000
+    received = sample(registry, "invoke_relay_response_bytes_total", route="catch_all")
     assert received > 5000  # the echo of the upload, plus the download
 
 
 def test_the_in_flight_gauge_counts_a_running_relay_and_returns_to_zero(
-    make_gateway: Callable[..., Gateway],
+    make_gateway: Callable[..., GatewayUnderTest],
 ) -> None:
     seen: list[float] = []
     registry_box: list[CollectorRegistry] = []
@@ -381,12 +381,12 @@ def test_the_in_flight_gauge_counts_a_running_relay_and_returns_to_zero(
     gateway.relay("echo/one")
     gateway.invoke("echo", {"method": "GET", "path": "/two"})
     assert seen == [1.0, 1.0]
-    assert sample(registry, "invoke_relays_in_flight", route="relay") == 0
+    assert sample(registry, "invoke_relays_in_flight", route="catch_all") == 0
     assert sample(registry, "invoke_relays_in_flight", route="invoke") == 0
 
 
 def test_metric_labels_never_name_a_team_slug_user_or_path(
-    make_gateway: Callable[..., Gateway],
+    make_gateway: Callable[..., GatewayUnderTest],
 ) -> None:
     gateway, registry = metered(make_gateway)
     gateway.relay("echo/unique-path-3b9e")
@@ -420,7 +420,7 @@ def test_importing_metrics_without_prometheus_client_names_the_extra(
 
 
 def test_a_raising_hook_breaks_neither_the_relay_nor_the_hooks_after_it(
-    make_gateway: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
+    make_gateway: Callable[..., GatewayUnderTest], caplog: pytest.LogCaptureFixture
 ) -> None:
     def boom(event: object) -> None:
         raise RuntimeError("hook failure")
@@ -436,9 +436,9 @@ def test_a_raising_hook_breaks_neither_the_relay_nor_the_hooks_after_it(
     assert res.status_int == 200
     assert json.loads(res.body)["target"] == "/still-works"
     assert len(relay_records(caplog)) == 1
-    labels = {"route": "relay", "service_type": "deployed", "status_class": "2xx"}
+    labels = {"route": "catch_all", "service_type": "deployed", "status_class": "2xx"}
     assert sample(registry, "invoke_relays_total", error_code="", **labels) == 1
-    assert sample(registry, "invoke_relays_in_flight", route="relay") == 0
+    assert sample(registry, "invoke_relays_in_flight", route="catch_all") == 0
     failures = [r for r in caplog.records if r.name == "invoke_middleware.hooks"]
     assert len(failures) == 2
     assert all(r.exc_info is not None for r in failures)

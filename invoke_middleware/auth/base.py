@@ -12,16 +12,16 @@ from __future__ import annotations
 from typing import Protocol
 
 from invoke_middleware.auth.principal import Principal
-from invoke_middleware.request import GatewayRequest
+from invoke_middleware.request import PipelineRequest
 
 
 class AuthResolver(Protocol):
     """Turns a request into a principal, ``None`` ("not mine"), or raises ("mine, but bad")."""
 
-    def __call__(self, request: GatewayRequest) -> Principal | None: ...
+    def __call__(self, request: PipelineRequest) -> Principal | None: ...
 
 
-def bearer_token(request: GatewayRequest) -> str | None:
+def bearer_token(request: PipelineRequest) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, or ``None``.
 
     The scheme is case-insensitive (RFC 9110 §11.1); anything else in the header is not a

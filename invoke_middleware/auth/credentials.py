@@ -40,7 +40,7 @@ from invoke_middleware.auth.stores import (
     utc_now,
 )
 from invoke_middleware.errors import ForbiddenError, UnauthenticatedError
-from invoke_middleware.request import GatewayRequest
+from invoke_middleware.request import PipelineRequest
 
 logger = logging.getLogger("invoke_middleware.auth")
 
@@ -78,7 +78,7 @@ class CredentialResolver:
         self._clock = clock
         self._touches = _TouchThrottle(touch_interval)
 
-    def __call__(self, request: GatewayRequest) -> Principal | None:
+    def __call__(self, request: PipelineRequest) -> Principal | None:
         token = bearer_token(request)
         if token is None:
             return None

@@ -53,7 +53,7 @@ from invoke_middleware.errors import (
     MissingTeamError,
     UnauthenticatedError,
 )
-from invoke_middleware.request import GatewayRequest
+from invoke_middleware.request import PipelineRequest
 
 logger = logging.getLogger("invoke_middleware.auth")
 
@@ -129,7 +129,7 @@ class JWTResolver:
             else None
         )
 
-    def __call__(self, request: GatewayRequest) -> Principal | None:
+    def __call__(self, request: PipelineRequest) -> Principal | None:
         token = bearer_token(request)
         if token is None or KeyKind.of(token) is not None:
             return None
@@ -186,7 +186,7 @@ class JWTResolver:
         )
 
 
-def team_from_header(request: GatewayRequest) -> uuid.UUID:
+def team_from_header(request: PipelineRequest) -> uuid.UUID:
     """The team a user token acts in: the ``X-Team-ID`` header, which must be one UUID.
 
     Raises :class:`MissingTeamError` when absent or empty, :class:`InvalidTeamError` when it

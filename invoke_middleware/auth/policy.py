@@ -14,9 +14,11 @@ class Action(StrEnum):
     """What the caller is trying to do."""
 
     INVOKE = "invoke"
-    RELAY = "relay"
+    CATCH_ALL = "catch_all"
     LIST = "list"
     GET = "get"
+    #: Deprecated name of :attr:`CATCH_ALL`.
+    RELAY = "catch_all"
 
 
 class Policy(Protocol):
@@ -40,7 +42,7 @@ def default_policy(principal: Principal, action: Action, service: Service | None
         return True
     if principal.role is None:
         return False
-    if action in (Action.INVOKE, Action.RELAY):
+    if action in (Action.INVOKE, Action.CATCH_ALL):
         return principal.role.at_least(Role.MEMBER)
     return True
 

@@ -20,7 +20,7 @@ import http.client
 import re
 from typing import Protocol
 
-from invoke_middleware.request import Headers
+from invoke_middleware.headers import Headers
 
 _MAX_LINE = 65536
 _DIGITS = re.compile(r"[0-9]{1,18}")
@@ -30,7 +30,7 @@ _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefgh
 
 
 class ResponseFields(Headers):
-    """The header fields of a response: :class:`~invoke_middleware.request.Headers` (ordered,
+    """The header fields of a response: :class:`~invoke_middleware.headers.Headers` (ordered,
     repeats kept, names case-insensitive), plus the ``items()`` that http.client and the
     transport read, as they would of :class:`http.client.HTTPMessage`."""
 

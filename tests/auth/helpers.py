@@ -6,7 +6,8 @@ import datetime as dt
 import io
 from collections.abc import Iterable
 
-from invoke_middleware.request import GatewayRequest, Headers
+from invoke_middleware.headers import Headers
+from invoke_middleware.request import PipelineRequest
 
 
 def gateway_request(
@@ -14,14 +15,14 @@ def gateway_request(
     token: str | None = None,
     team: str | None = None,
     headers: Iterable[tuple[str, str]] = (),
-) -> GatewayRequest:
+) -> PipelineRequest:
     """A GET request carrying ``Authorization: Bearer <token>`` and ``X-Team-ID: <team>``."""
     fields = list(headers)
     if token is not None:
         fields.append(("Authorization", f"Bearer {token}"))
     if team is not None:
         fields.append(("X-Team-ID", team))
-    return GatewayRequest(
+    return PipelineRequest(
         method="GET",
         path="/r/containers",
         query="",

@@ -41,7 +41,7 @@ REFUSED = [
     *[
         pytest.param(user(Role.VIEWER, kind), action, id=f"{kind}-viewer-{action}")
         for kind in (CredentialKind.JWT, CredentialKind.DEVICE)
-        for action in (Action.INVOKE, Action.RELAY)
+        for action in (Action.INVOKE, Action.CATCH_ALL)
     ],
     *[pytest.param(user(None), action, id=f"no-role-{action}") for action in Action],
 ]

@@ -102,7 +102,7 @@ class AuthWorld:
             return self.app.post_json(
                 f"/r/invoke/{slug}", INVOKE_ENVELOPE, headers=headers, expect_errors=True
             )
-        if route == "relay":
+        if route == "catch_all":
             headers["Content-Type"] = "application/octet-stream"
             return self.app.post(
                 f"/r/containers/{slug}/x", RELAY_BODY, headers=headers, expect_errors=True

@@ -203,7 +203,7 @@ ATTACKS: list[Any] = [
     ),
 ]
 
-ROUTES = [pytest.param("invoke", id="invoke"), pytest.param("relay", id="relay")]
+ROUTES = [pytest.param("invoke", id="invoke"), pytest.param("catch_all", id="catch_all")]
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from tests.auth_matrix.conftest import (
     user_token,
 )
 
-ROUTES = ("invoke", "relay", "list", "get")
+ROUTES = ("invoke", "catch_all", "list", "get")
 SITUATIONS = ("own", "other", "missing", "malformed", "elsewhere")
 #: Role labels; ``none`` is a user who is not a member of the team.
 USER_ROLES = ("owner", "admin", "member", "viewer", "none")
@@ -88,7 +88,7 @@ def expected(kind: str, role: str, route: str, situation: str) -> Outcome:
         return FORBIDDEN
     if situation == "other" and route != "list":
         return NOT_FOUND
-    if route in ("invoke", "relay") and role == "viewer":
+    if route in ("invoke", "catch_all") and role == "viewer":
         return FORBIDDEN
     return ALLOWED
 
@@ -238,7 +238,7 @@ def test_each_cell_answers_what_the_spec_says(
 def test_the_matrix_covers_every_kind_role_route_and_situation() -> None:
     ids = {"-".join(cell) for cell in CELL_VALUES}
     assert "jwt-viewer-invoke-own" in ids
-    assert "sk-integration-relay-elsewhere" in ids
+    assert "sk-integration-catch_all-elsewhere" in ids
     assert "dk-none-get-other" in ids
     assert not any(i.endswith("-list-other") for i in ids)
     # jwt, dk and ak for each of 5 roles, sk, and the bad credentials: 19 cells each.

@@ -19,12 +19,12 @@ from invoke_middleware._toml_config import ConfigError, load_config, starter_con
 from invoke_middleware.auth.keys import KeyKind
 from invoke_middleware.auth.principal import Role
 from invoke_middleware.config import JWTSettings
+from invoke_middleware.pipeline import PipelineSettings
 from invoke_middleware.registry import Service, ServiceStatus, ServiceType
-from invoke_middleware.relay import GatewaySettings
 from invoke_middleware.standalone import (
     EnvironmentSecretResolver,
-    StandaloneGateway,
-    build_gateway,
+    StandaloneApp,
+    build_standalone_app,
     host_app,
 )
 from invoke_middleware.testing import (
@@ -89,7 +89,7 @@ def test_the_secret_resolver_reads_the_environment_at_request_time() -> None:
     assert resolver("billing") == "Bearer rotated"
 
 
-# -- build_gateway ---------------------------------------------------------------------------
+# -- build_standalone_app --------------------------------------------------------------
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
@@ -99,25 +99,23 @@ def _config(tmp_path: Path, extra: str = "") -> Path:
 
 
 @pytest.fixture
-def assembled(tmp_path: Path) -> Iterator[tuple[Path, list[StandaloneGateway]]]:
+def assembled(tmp_path: Path) -> Iterator[tuple[Path, list[StandaloneApp]]]:
     """A place for configs, and every gateway built from them closed afterwards."""
-    built: list[StandaloneGateway] = []
+    built: list[StandaloneApp] = []
     yield tmp_path, built
     for gateway in built:
         gateway.close()
 
 
-def _build(
-    built: list[StandaloneGateway], path: Path, environ: dict[str, str]
-) -> StandaloneGateway:
-    gateway = build_gateway(load_config(path), environ)
+def _build(built: list[StandaloneApp], path: Path, environ: dict[str, str]) -> StandaloneApp:
+    gateway = build_standalone_app(load_config(path), environ)
     built.append(gateway)
     gateway.store.init()
     return gateway
 
 
 def test_an_external_service_gets_its_secret_from_the_environment(
-    assembled: tuple[Path, list[StandaloneGateway]],
+    assembled: tuple[Path, list[StandaloneApp]],
 ) -> None:
     tmp_path, built = assembled
     config = _config(tmp_path, 'billing-api = "BILLING_AUTH"\n')
@@ -142,7 +140,7 @@ def test_an_external_service_gets_its_secret_from_the_environment(
         return make_response(200, body=b"{}")
 
     # Only the egress (external) transport is replaced: nothing leaves the machine.
-    gateway.app.gateway.egress_transport = MockTransport(answer)
+    gateway.app.pipeline.egress_transport = MockTransport(answer)
     response = TestApp(gateway.app).get(
         "/r/containers/billing/invoices",
         headers={"Authorization": f"Bearer {key}"},
@@ -154,7 +152,7 @@ def test_an_external_service_gets_its_secret_from_the_environment(
 
 
 def test_a_public_key_file_verifies_user_jwts(
-    assembled: tuple[Path, list[StandaloneGateway]],
+    assembled: tuple[Path, list[StandaloneApp]],
 ) -> None:
     tmp_path, built = assembled
     pair = generate_keypair("ES256")
@@ -173,7 +171,7 @@ def test_a_public_key_file_verifies_user_jwts(
 
 
 def test_a_secret_file_loses_its_trailing_newline(
-    assembled: tuple[Path, list[StandaloneGateway]],
+    assembled: tuple[Path, list[StandaloneApp]],
 ) -> None:
     tmp_path, built = assembled
     secret = "a-secret-that-is-long-enough-for-hs256!!"
@@ -202,7 +200,7 @@ def test_an_unusable_jwt_key_is_a_config_error_naming_the_file(
 ) -> None:
     config = _config(tmp_path, f'[jwt]\nalgorithms = ["HS256"]\n{jwt_table}\n')
     with pytest.raises(ConfigError) as error:
-        build_gateway(load_config(config), environ)
+        build_standalone_app(load_config(config), environ)
     assert str(config) in str(error.value)
     assert fragment in str(error.value)
 
@@ -234,7 +232,7 @@ def test_every_commented_gateway_setting_of_the_starter_config_is_valid(tmp_path
 
     config = load_config(path).gateway.resolve({})
 
-    assert config.settings == GatewaySettings()
+    assert config.settings == PipelineSettings()
     assert config.ca_bundle == str(tmp_path / "ca.pem")
 
 
@@ -252,7 +250,7 @@ def test_the_gateway_table_takes_the_settings_of_the_integrations(tmp_path: Path
     resolved = load_config(config).gateway.resolve({})
 
     assert resolved.prefix == "/api"
-    assert resolved.settings == GatewaySettings(
+    assert resolved.settings == PipelineSettings(
         max_header_count=7,
         max_header_bytes=4096,
         pseudonym="edge-1",
@@ -263,7 +261,7 @@ def test_the_gateway_table_takes_the_settings_of_the_integrations(tmp_path: Path
 
 
 def test_a_header_cap_from_the_file_applies_to_requests(
-    assembled: tuple[Path, list[StandaloneGateway]],
+    assembled: tuple[Path, list[StandaloneApp]],
 ) -> None:
     tmp_path, built = assembled
     config = _config(tmp_path)

@@ -16,9 +16,9 @@ import pytest
 import webtest
 
 from invoke_middleware import (
-    GatewaySettings,
     InMemoryServiceRegistry,
     InvokeMiddleware,
+    PipelineSettings,
     Service,
     ServiceStatus,
     ServiceType,
@@ -110,7 +110,7 @@ def build_world(upstream: RecordingUpstream, **options: Any) -> World:
     started: list[RelayStarted] = []
     finished: list[RelayFinished] = []
     host = host_app()
-    options.setdefault("settings", GatewaySettings())
+    options.setdefault("settings", PipelineSettings())
     middleware = InvokeMiddleware(
         host.wsgi_app,
         registry=registry,

@@ -10,7 +10,7 @@ import pytest
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Response
 
-from invoke_middleware import ERROR_MARKER_HEADER, GatewaySettings, ServiceStatus
+from invoke_middleware import ERROR_MARKER_HEADER, PipelineSettings, ServiceStatus
 from invoke_middleware.errors import GatewayError, RenderedError
 from tests.gateway.conftest import World
 
@@ -29,7 +29,7 @@ def assert_gateway_error(res: object, status: int, code: str) -> dict[str, objec
 
 
 @pytest.mark.parametrize("status", [s for s in ServiceStatus if s is not ServiceStatus.RUNNING])
-@pytest.mark.parametrize("route", ["invoke", "relay"])
+@pytest.mark.parametrize("route", ["invoke", "catch_all"])
 def test_a_service_that_is_not_running_is_409_naming_its_status(
     world: World, status: ServiceStatus, route: str
 ) -> None:
@@ -82,7 +82,7 @@ def test_invalid_path_in_the_envelope_is_400_invalid_path(world: World) -> None:
 
 
 def test_too_many_headers_is_431(make_world: Callable[..., World]) -> None:
-    world = make_world(settings=GatewaySettings(max_header_count=5))
+    world = make_world(settings=PipelineSettings(max_header_count=5))
     headers = {**world.auth(), **{f"X-H{i}": "v" for i in range(6)}}
     res = world.app.get("/r/containers", headers=headers, status=431)
     assert_gateway_error(res, 431, "request_header_fields_too_large")
@@ -98,7 +98,7 @@ def test_refused_connection_is_502_unreachable(world: World) -> None:
 
 
 def test_problem_json_is_available(make_world: Callable[..., World]) -> None:
-    world = make_world(settings=GatewaySettings(problem_json=True))
+    world = make_world(settings=PipelineSettings(problem_json=True))
     res = world.app.get("/r/containers/missing", headers=world.auth(), status=404)
     assert res.content_type == "application/problem+json"
     assert res.json["status"] == 404
@@ -157,7 +157,7 @@ def test_an_unparsable_content_length_is_400_not_a_lost_body(world: World, lengt
 
 
 def test_too_many_envelope_headers_is_431(make_world: Callable[..., World]) -> None:
-    world = make_world(settings=GatewaySettings(max_header_count=20))
+    world = make_world(settings=PipelineSettings(max_header_count=20))
     headers = {f"X-H{i}": "v" for i in range(21)}
     res = world.invoke("echo", {"method": "GET", "path": "/", "headers": headers}, status=431)
     assert_gateway_error(res, 431, "request_header_fields_too_large")

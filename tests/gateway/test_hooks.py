@@ -36,7 +36,7 @@ def test_hooks_see_an_invoke(world: World) -> None:
 def test_hooks_see_a_streamed_relay_when_it_ends(world: World) -> None:
     world.app.post("/r/containers/echo/bytes/1000", b"abc", headers=world.auth())
     [finished] = world.finished
-    assert finished.route == "relay"
+    assert finished.route == "catch_all"
     assert finished.path == "/bytes/1000"
     assert finished.bytes_in == 3
     assert finished.bytes_out == 1000

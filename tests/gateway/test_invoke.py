@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from invoke_middleware import ERROR_MARKER_HEADER, GatewaySettings
+from invoke_middleware import ERROR_MARKER_HEADER, PipelineSettings
 from tests.gateway.conftest import World
 from tests.gateway.recording_upstream import pattern
 
@@ -190,7 +190,7 @@ def test_base_path_of_the_service_is_prefixed(world: World) -> None:
 def test_response_over_the_cap_is_a_502_not_a_truncated_body(
     make_world: Callable[..., World],
 ) -> None:
-    world = make_world(settings=GatewaySettings(max_response_body_bytes=1000))
+    world = make_world(settings=PipelineSettings(max_response_body_bytes=1000))
     res = world.invoke("echo", {"method": "GET", "path": "/bytes/1001"}, status=502)
     assert res.json["code"] == "response_too_large"
     assert res.headers[ERROR_MARKER_HEADER] == "response_too_large"
@@ -199,7 +199,7 @@ def test_response_over_the_cap_is_a_502_not_a_truncated_body(
 
 
 def test_decoded_body_over_the_limit_is_413(make_world: Callable[..., World]) -> None:
-    world = make_world(settings=GatewaySettings(max_invoke_body_bytes=10))
+    world = make_world(settings=PipelineSettings(max_invoke_body_bytes=10))
     res = world.invoke(
         "echo", {"method": "POST", "path": "/", "body_base64": b64(b"x" * 11)}, status=413
     )
@@ -210,7 +210,7 @@ def test_decoded_body_over_the_limit_is_413(make_world: Callable[..., World]) ->
 def test_content_length_over_the_envelope_limit_is_413_before_reading(
     make_world: Callable[..., World],
 ) -> None:
-    world = make_world(settings=GatewaySettings(max_invoke_body_bytes=10))
+    world = make_world(settings=PipelineSettings(max_invoke_body_bytes=10))
     big = {"method": "POST", "path": "/", "body_base64": b64(b"x" * 300_000)}
     res = world.invoke("echo", big, status=413)
     assert res.json["code"] == "payload_too_large"

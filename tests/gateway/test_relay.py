@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 from werkzeug.test import Client
 
-from invoke_middleware import GatewaySettings
+from invoke_middleware import PipelineSettings
 from tests.gateway.conftest import World
 from tests.gateway.recording_upstream import pattern
 
@@ -135,7 +135,7 @@ def test_websocket_upgrade_is_501(world: World) -> None:
 def test_content_length_over_the_cap_is_413_before_anything_is_sent(
     make_world: Callable[..., World],
 ) -> None:
-    world = make_world(settings=GatewaySettings(max_relay_body_bytes=100))
+    world = make_world(settings=PipelineSettings(max_relay_body_bytes=100))
     res = world.app.post("/r/containers/echo/up", b"x" * 101, headers=world.auth(), status=413)
     assert res.json["code"] == "payload_too_large"
     assert world.upstream.received == []

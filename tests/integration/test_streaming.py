@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from invoke_middleware import GatewaySettings, RelayFinished, Service, Timeouts
+from invoke_middleware import PipelineSettings, RelayFinished, Service, Timeouts
 from tests.gateway.conftest import make_service
 from tests.gateway.recording_upstream import RecordingUpstream, pattern
 from tests.integration.gateway import (
@@ -141,10 +141,10 @@ def test_upstream_failure_mid_body_aborts_the_client_response(
 # --- timeouts and unreachable upstreams -----------------------------------------------------
 
 
-def _timeout_service(base: str, where: str, timeouts: Timeouts) -> tuple[Service, GatewaySettings]:
+def _timeout_service(base: str, where: str, timeouts: Timeouts) -> tuple[Service, PipelineSettings]:
     if where == "gateway":
-        return make_service("svc", base), GatewaySettings(timeouts=timeouts)
-    return make_service("svc", base, timeouts=timeouts), GatewaySettings()
+        return make_service("svc", base), PipelineSettings(timeouts=timeouts)
+    return make_service("svc", base, timeouts=timeouts), PipelineSettings()
 
 
 WHERE = [pytest.param("gateway", id="gateway-settings"), pytest.param("service", id="per-service")]
@@ -350,7 +350,7 @@ def test_chunked_upload_to_a_server_that_cannot_terminate_it_is_a_411(
 def test_content_length_over_the_cap_is_a_413_before_the_body_is_sent(
     recording: RecordingUpstream,
 ) -> None:
-    settings = GatewaySettings(max_relay_body_bytes=1000)
+    settings = PipelineSettings(max_relay_body_bytes=1000)
     with serve_gateway([make_service("svc", recording.url)], settings=settings) as gateway:
         # Only the head is sent: the answer must come without the gateway waiting for a body.
         head = (
@@ -375,7 +375,7 @@ def test_chunked_upload_over_the_cap_never_reaches_the_upstream_whole(
     sink: SinkUpstream,
 ) -> None:
     cap, size = 100_000, 400_000
-    settings = GatewaySettings(max_relay_body_bytes=cap)
+    settings = PipelineSettings(max_relay_body_bytes=cap)
     with serve_gateway([make_service("svc", sink.url)], settings=settings) as gateway:
         chunks = b"".join(b"%X\r\n%b\r\n" % (len(p), p) for p in pattern_blocks(size, 10_000))
         reply = exchange(

@@ -42,7 +42,7 @@ def issue_key(credentials: Any) -> str:
 
 def seed(middleware: Any, upstream_url: str) -> str:
     """Register the echo service in ``middleware``'s registry; return a fresh ``sk-`` key."""
-    register_echo(middleware.gateway.registry, upstream_url)
+    register_echo(middleware.registry, upstream_url)
     return issue_key(middleware.credentials)
 
 

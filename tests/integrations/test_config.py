@@ -8,14 +8,14 @@ from typing import Any
 import certifi
 import pytest
 
-from invoke_middleware import GatewaySettings, InMemoryServiceRegistry
+from invoke_middleware import InMemoryServiceRegistry, PipelineSettings
 from invoke_middleware.auth.credentials import CredentialResolver
 from invoke_middleware.auth.jwt import JWTResolver
 from invoke_middleware.config import (
     SETTING_NAMES,
     ConfigError,
-    InvokeConfig,
     KeyStyle,
+    MiddlewareConfig,
     parse_flask_config,
     parse_settings,
 )
@@ -57,8 +57,8 @@ def key_files(tmp_path: Path) -> dict[str, str]:
 def test_no_settings_give_the_defaults() -> None:
     config = parse_settings({"pyramid.reload_templates": "true"})
 
-    assert config == InvokeConfig()
-    assert config.settings == GatewaySettings()
+    assert config == MiddlewareConfig()
+    assert config.settings == PipelineSettings()
 
 
 def test_ini_strings_are_converted_to_typed_settings() -> None:
@@ -86,7 +86,7 @@ def test_ini_strings_are_converted_to_typed_settings() -> None:
     assert config.database_url == "sqlite:///invoke.db"
     assert config.service_cache_ttl == 0.5
     assert config.ca_bundle == certifi.where()
-    assert config.settings == GatewaySettings(
+    assert config.settings == PipelineSettings(
         max_invoke_body_bytes=1000,
         max_relay_body_bytes=2000,
         max_response_body_bytes=3000,
@@ -113,7 +113,7 @@ def test_booleans_accept_the_usual_spellings(text: str, expected: bool) -> None:
 def test_blank_values_leave_the_default() -> None:
     config = parse_settings({"invoke.prefix": "", "invoke.read_timeout": "  "})
 
-    assert config == InvokeConfig()
+    assert config == MiddlewareConfig()
 
 
 def test_flask_keys_are_the_upper_case_names_and_take_native_values() -> None:
@@ -193,7 +193,7 @@ def test_each_jwt_key_source_configures_a_resolver(
     assert config.jwt.leeway == 5.0
     middleware = config.build_middleware(host)
     try:
-        kinds = [type(resolver) for resolver in middleware.gateway.resolvers]
+        kinds = [type(resolver) for resolver in middleware.pipeline.resolvers]
         assert kinds == [CredentialResolver, JWTResolver]
     finally:
         middleware.close()
@@ -401,8 +401,8 @@ def test_database_url_makes_the_sql_store_the_default_collaborators(tmp_path: Pa
     from_store = config.build_middleware(host)
     mixed = config.build_middleware(host, registry=registry)
     try:
-        assert isinstance(from_store.gateway.registry, SQLServiceRegistry)
-        assert mixed.gateway.registry is registry
+        assert isinstance(from_store.registry, SQLServiceRegistry)
+        assert mixed.registry is registry
         assert type(mixed.credentials).__name__ == "SQLCredentialStore"
     finally:
         from_store.close()
@@ -412,8 +412,8 @@ def test_database_url_makes_the_sql_store_the_default_collaborators(tmp_path: Pa
 def test_ca_bundle_configures_a_separate_egress_transport() -> None:
     middleware = parse_settings({"invoke.ca_bundle": certifi.where()}).build_middleware(host)
     try:
-        assert isinstance(middleware.gateway.egress_transport, HTTPTransport)
-        assert middleware.gateway.egress_transport is not middleware.gateway.transport
+        assert isinstance(middleware.pipeline.egress_transport, HTTPTransport)
+        assert middleware.pipeline.egress_transport is not middleware.pipeline.transport
     finally:
         middleware.close()
 

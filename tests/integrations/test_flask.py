@@ -114,8 +114,8 @@ def test_one_extension_serves_several_apps_with_the_same_collaborators(
         key = issue_key(app.extensions[EXTENSION_KEY].credentials)
         check_relay(webtest.TestApp(app), key, prefix)
 
-    assert [event.route for event in finished] == ["relay", "relay"]
-    assert all(m.gateway.registry is registry for m in middlewares)
+    assert [event.route for event in finished] == ["catch_all", "catch_all"]
+    assert all(m.registry is registry for m in middlewares)
 
 
 def test_init_app_twice_on_one_app_is_refused(middlewares: list[InvokeMiddleware]) -> None:

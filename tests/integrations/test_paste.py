@@ -115,7 +115,7 @@ def test_string_settings_are_converted_and_applied(pipeline: InvokeMiddleware, k
     )
 
     assert response.content_type == "application/problem+json"
-    assert pipeline.gateway.settings.max_relay_body_bytes == 16
+    assert pipeline.pipeline.settings.max_relay_body_bytes == 16
 
 
 @pytest.mark.parametrize(

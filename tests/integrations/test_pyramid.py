@@ -155,8 +155,8 @@ def test_collaborators_directive_passes_objects_to_the_middleware(
 
     check_relay(webtest.TestApp(router), issue_key(middleware.credentials), PREFIX)
 
-    assert middleware.gateway.registry is registry
-    assert [(event.route, event.service.slug) for event in started] == [("relay", "echo")]
+    assert middleware.registry is registry
+    assert [(event.route, event.service.slug) for event in started] == [("catch_all", "echo")]
 
 
 def test_middleware_is_reachable_only_once_the_app_is_made() -> None:
