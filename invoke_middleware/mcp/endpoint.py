@@ -145,9 +145,7 @@ class MCPEndpoint:
         self._origins = frozenset(origin.lower() for origin in settings.mcp_allowed_origins)
         self._kinds = frozenset(settings.mcp_credential_kinds)
         self._clock = clock
-        self._openapi: OrderedDict[tuple[object, ...], tuple[float, dict[str, Any]]] = (
-            OrderedDict()
-        )
+        self._openapi: OrderedDict[tuple[object, ...], tuple[float, dict[str, Any]]] = OrderedDict()
         self._openapi_lock = threading.Lock()
 
     # -- transport ---------------------------------------------------------------------
@@ -194,20 +192,20 @@ class MCPEndpoint:
                 parse_constant=_refuse_constant,
             )
         except (ValueError, RecursionError):
-            error = JSONRPCError(PARSE_ERROR, "Parse error: the body is not a JSON document.")
-            return 400, _error_response(None, error)
+            unparsed = JSONRPCError(PARSE_ERROR, "Parse error: the body is not a JSON document.")
+            return 400, _error_response(None, unparsed)
         if not isinstance(document, list):
             return self._one(document, request, principal, request_id)
         if not _batches_allowed(headers):
-            error = JSONRPCError(INVALID_REQUEST, "Batches are not supported in this revision.")
-            return 400, _error_response(None, error)
+            refusal = JSONRPCError(INVALID_REQUEST, "Batches are not supported in this revision.")
+            return 400, _error_response(None, refusal)
         if not document:
             return 400, _error_response(None, JSONRPCError(INVALID_REQUEST, "Empty batch."))
-        answers = []
+        answers: list[object] = []
         for item in document:
             if isinstance(item, dict) and item.get("method") == "initialize":
-                error = JSONRPCError(INVALID_REQUEST, "initialize may not be part of a batch.")
-                answers.append(_error_response(request_id_of(item), error))
+                refusal = JSONRPCError(INVALID_REQUEST, "initialize may not be part of a batch.")
+                answers.append(_error_response(request_id_of(item), refusal))
                 continue
             _, answer = self._one(item, request, principal, request_id)
             if answer is not None:
@@ -226,8 +224,8 @@ class MCPEndpoint:
             return http_status(error, guessed), _error_response(request_id_of(document), error)
         if message.kind is MessageKind.RESPONSE:
             if guessed is Era.STATELESS:
-                error = JSONRPCError(INVALID_REQUEST, "Clients do not send responses.")
-                return 400, _error_response(message.id, error)
+                refusal = JSONRPCError(INVALID_REQUEST, "Clients do not send responses.")
+                return 400, _error_response(message.id, refusal)
             return 202, None  # the server never sends requests: nothing awaits it
         if message.kind is MessageKind.NOTIFICATION:
             return 202, None
@@ -242,8 +240,8 @@ class MCPEndpoint:
             return http_status(error, era), _error_response(message.id, error)
         except Exception:
             logger.exception("MCP request %s failed", request_id)
-            error = JSONRPCError(INTERNAL_ERROR, "Internal error.")
-            return http_status(error, era), _error_response(message.id, error)
+            failure = JSONRPCError(INTERNAL_ERROR, "Internal error.")
+            return http_status(failure, era), _error_response(message.id, failure)
         if era is Era.STATELESS:
             result = {
                 "resultType": "complete",
@@ -260,7 +258,7 @@ class MCPEndpoint:
         principal: Principal,
         request_id: str,
     ) -> dict[str, Any]:
-        method, params, version = message.method, message.params or {}, negotiated.version
+        method, params, version = message.method, dict(message.params or {}), negotiated.version
         stateless = negotiated.era is Era.STATELESS
         if method == "tools/list":
             if params.get("cursor") is not None:
@@ -369,7 +367,7 @@ class _ToolCall:
     def _invalid_arguments(self, message: str, details: object = None) -> dict[str, Any]:
         if not at_least(self.version, "2025-11-25"):
             raise JSONRPCError(INVALID_PARAMS, f"Invalid arguments: {message}", data=details)
-        body = {"code": "invalid_arguments", "error_message": message}
+        body: dict[str, Any] = {"code": "invalid_arguments", "error_message": message}
         if details is not None:
             body["details"] = details
         return tool_error(f"Invalid arguments: {message}", body)
@@ -483,9 +481,8 @@ class _Refusal:
             body = {}
         # The default renderer says error_message, RFC 9457 says detail; a host's renderer may
         # say neither.
-        message = body.get("error_message") or body.get("detail")
-        if not isinstance(message, str):
-            message = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+        found = body.get("error_message") or body.get("detail")
+        message = found if isinstance(found, str) else _phrase(status)
         return cls(
             status=status,
             code=code,
@@ -543,6 +540,13 @@ def _drain(body: Iterable[bytes]) -> bytes:
         close = getattr(body, "close", None)
         if close is not None:
             close()
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 def _server_info() -> dict[str, str]:
@@ -611,9 +615,7 @@ def _wants_event_stream(headers: Headers) -> bool:
     raise NotAcceptableError()
 
 
-def _response(
-    status: int, answer: object | None, request_id: str, *, sse: bool
-) -> GatewayResponse:
+def _response(status: int, answer: object | None, request_id: str, *, sse: bool) -> GatewayResponse:
     headers = [("Cache-Control", "no-store"), (REQUEST_ID_HEADER, request_id)]
     if answer is None:
         body = b""

@@ -140,8 +140,8 @@ def request_id_of(document: object) -> str | int | None:
     """The ``id`` of a (possibly malformed) message, when it is one a response may echo."""
     if isinstance(document, dict):
         value = document.get("id")
-        if _is_valid_id(value):
-            return value  # type: ignore[no-any-return]
+        if isinstance(value, str | int) and _is_valid_id(value):
+            return value
     return None
 
 
@@ -205,7 +205,9 @@ def era_of(message: Message, headers: Headers) -> Negotiated:
     if header is None:
         if message.method == "initialize" or meta_version is None:
             return Negotiated(era=Era.HANDSHAKE, version=DEFAULT_HEADERLESS_VERSION)
-        raise JSONRPCError(HEADER_MISMATCH, f"Header mismatch: the {VERSION_HEADER} header is missing.")
+        raise JSONRPCError(
+            HEADER_MISMATCH, f"Header mismatch: the {VERSION_HEADER} header is missing."
+        )
     header = header.strip()
     if header in HANDSHAKE_VERSIONS:
         if meta_version is not None and meta_version != header:

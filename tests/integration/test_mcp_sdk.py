@@ -34,7 +34,9 @@ async def _session(gateway: RunningGateway, mode: str) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     async with (
         httpx2.AsyncClient(headers=gateway.auth, timeout=15) as http,
-        Client(streamable_http_client(f"{gateway.url}/r/mcp", http_client=http), mode=mode) as client,
+        Client(
+            streamable_http_client(f"{gateway.url}/r/mcp", http_client=http), mode=mode
+        ) as client,
     ):
         seen["version"] = client.protocol_version
         seen["tools"] = await client.list_tools()

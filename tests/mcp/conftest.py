@@ -8,12 +8,14 @@ the per-request ``_meta`` and the ``Mcp-Method``/``Mcp-Name`` headers.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from tests.gateway.conftest import World, make_world, upstream, world  # noqa: F401 (fixtures)
+from tests.gateway.conftest import World, make_world, upstream  # noqa: F401 (fixtures)
+from tests.gateway.conftest import world as world  # noqa: F401 (fixture)
 
 STATELESS = "2026-07-28"
 _ids = itertools.count(1)
@@ -71,10 +73,17 @@ class StatelessAgent(Agent):
 
 
 @pytest.fixture
+def world(make_world: Callable[..., World]) -> World:
+    return make_world()
+
+
+@pytest.fixture
 def agent(world: World) -> Agent:
+    """A handshake-era client of revision 2025-11-25."""
     return Agent(world, version="2025-11-25")
 
 
 @pytest.fixture
 def modern(world: World) -> StatelessAgent:
+    """A 2026-07-28 client."""
     return StatelessAgent(world)
