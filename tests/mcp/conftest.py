@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from tests.gateway.conftest import World, make_world, upstream  # noqa: F401 (fixtures)
-from tests.gateway.conftest import world as world  # noqa: F401 (fixture)
 
 STATELESS = "2026-07-28"
 _ids = itertools.count(1)
@@ -73,7 +72,7 @@ class StatelessAgent(Agent):
 
 
 @pytest.fixture
-def world(make_world: Callable[..., World]) -> World:
+def world(make_world: Callable[..., World]) -> World:  # noqa: F811 - the gateway fixture, local
     return make_world()
 
 
