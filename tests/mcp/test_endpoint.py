@@ -56,7 +56,8 @@ def test_an_event_stream_only_client_gets_one_sse_event(agent: Agent) -> None:
     response = agent.request("ping", Accept="text/event-stream")
     assert response.content_type == "text/event-stream"
     event = response.text
-    assert event.startswith("event: message\ndata: ") and event.endswith("\n\n")
+    assert event.startswith("event: message\ndata: ")
+    assert event.endswith("\n\n")
     assert json.loads(event.split("data: ", 1)[1])["result"] == {}
 
 
@@ -265,7 +266,8 @@ def test_server_discover_lists_versions_and_caching_hints(modern: StatelessAgent
     assert result["resultType"] == "complete"
     assert result["supportedVersions"][-1] == STATELESS
     assert result["capabilities"] == {"tools": {}}
-    assert result["ttlMs"] > 0 and result["cacheScope"] == "public"
+    assert result["ttlMs"] > 0
+    assert result["cacheScope"] == "public"
     assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "invoke-middleware"
 
 
@@ -274,7 +276,8 @@ def test_stateless_results_carry_result_type_and_private_list_hints(
 ) -> None:
     listed = modern.request("tools/list").json["result"]
     assert listed["resultType"] == "complete"
-    assert listed["cacheScope"] == "private" and listed["ttlMs"] >= 0
+    assert listed["cacheScope"] == "private"
+    assert listed["ttlMs"] >= 0
     called = modern.call("list_container_services", {}).json["result"]
     assert called["resultType"] == "complete"
 
