@@ -73,7 +73,6 @@ from invoke_middleware.mcp.protocol import (
     request_id_of,
 )
 from invoke_middleware.mcp.tools import (
-    CALL_TOOL,
     GET_TOOL,
     LIST_TOOL,
     TOOLS_BY_NAME,

@@ -335,3 +335,28 @@ def test_a_base64_encoded_name_header_is_decoded(modern: StatelessAgent) -> None
     encoded = "=?base64?" + base64.b64encode(b"list_container_services").decode() + "?="
     response = modern.call("list_container_services", {}, headers={"Mcp-Name": encoded})
     assert response.json["result"]["isError"] is False
+
+
+def test_the_settings_table_configures_origins_and_credential_kinds() -> None:
+    from invoke_middleware.config import ConfigError, parse_flask_config, parse_settings
+
+    config = parse_settings(
+        {
+            "invoke.mcp_allowed_origins": "https://App.example, http://localhost:3000",
+            "invoke.mcp_credential_kinds": "sk dk",
+        }
+    )
+    assert config.settings.mcp_allowed_origins == ("https://app.example", "http://localhost:3000")
+    assert config.settings.mcp_credential_kinds == {
+        CredentialKind.INTEGRATION,
+        CredentialKind.DEVICE,
+    }
+    flask = parse_flask_config({"INVOKE_MCP_CREDENTIAL_KINDS": ["jwt"]})
+    assert flask.settings.mcp_credential_kinds == {CredentialKind.JWT}
+    for key, bad in [
+        ("invoke.mcp_allowed_origins", "https://app.example/"),
+        ("invoke.mcp_allowed_origins", "app.example"),
+        ("invoke.mcp_credential_kinds", "ak"),
+    ]:
+        with pytest.raises(ConfigError, match=key):
+            parse_settings({key: bad})
