@@ -127,6 +127,31 @@ def _names(value: object) -> tuple[str, ...]:
     return names
 
 
+def _origins(value: object) -> tuple[str, ...]:
+    # An origin is scheme://host[:port] (RFC 6454 §6.2): no path, no trailing slash.
+    origins = _names(value)
+    for origin in origins:
+        parts = urlsplit(origin)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or origin != (f"{parts.scheme}://{parts.netloc}")
+        ):
+            raise ValueError
+    return tuple(origin.lower() for origin in origins)
+
+
+#: What ``mcp_credential_kinds`` may name: the token kinds of the README's auth table.
+_CREDENTIAL_KINDS = {"sk": "integration", "dk": "device", "jwt": "jwt"}
+
+
+def _credential_kinds(value: object) -> frozenset[str]:
+    names = _names(value)
+    if any(name not in _CREDENTIAL_KINDS for name in names):
+        raise ValueError
+    return frozenset(_CREDENTIAL_KINDS[name] for name in names)
+
+
 def _prefix(value: object) -> str:
     text = as_text(value)
     if any(c.isspace() or c in "?#%" or ord(c) < 0x20 for c in text):
@@ -257,6 +282,16 @@ SETTINGS: dict[str, Setting] = {
         expected="a boolean (true/false, on/off, 1/0)",
         typed=(bool,),
         typed_expected="true or false",
+    ),
+    "mcp_allowed_origins": Setting(
+        convert=_origins,
+        expected="origins such as https://app.example",
+        typed=(str, list),
+    ),
+    "mcp_credential_kinds": Setting(
+        convert=_credential_kinds,
+        expected="credential kinds among sk, dk, jwt",
+        typed=(str, list),
     ),
     "ca_bundle": Setting(convert=_ca_bundle, expected="the path of a PEM CA bundle", path=True),
     "jwt.algorithms": Setting(

@@ -31,6 +31,8 @@ total_timeout              seconds>0    300                 whole exchange; ``no
 trusted_proxy_hops         int≥0        0                   proxies trusted for X-Forwarded-*
 pseudonym                  token        invoke-middleware   the gateway's name in ``Via``
 problem_json               bool         false               errors as RFC 9457 problem+json
+mcp_allowed_origins        origins      (none)              pages that may call ``/r/mcp``
+mcp_credential_kinds       names        sk                  credentials ``/r/mcp`` admits
 ca_bundle                  file         (system store)      CA bundle for external services
 jwt.algorithms             names        (JWT off)           algorithms user tokens may use
 jwt.secret                 text         —                   HMAC secret (prefer secret_env)
@@ -79,6 +81,7 @@ from invoke_middleware.auth.base import AuthResolver
 from invoke_middleware.auth.credentials import CredentialResolver
 from invoke_middleware.auth.jwt import JWTResolver
 from invoke_middleware.auth.policy import Policy
+from invoke_middleware.auth.principal import CredentialKind
 from invoke_middleware.auth.stores import (
     CredentialStore,
     InMemoryCredentialStore,
@@ -377,6 +380,12 @@ def _assemble(
         )
         if name in values
     }
+    if "mcp_allowed_origins" in values:
+        limits["mcp_allowed_origins"] = values["mcp_allowed_origins"]
+    if "mcp_credential_kinds" in values:
+        limits["mcp_credential_kinds"] = frozenset(
+            CredentialKind(kind) for kind in values["mcp_credential_kinds"]
+        )
     return MiddlewareConfig(
         prefix=values.get("prefix", ""),
         database_url=values.get("database_url"),

@@ -26,7 +26,7 @@ from invoke_middleware._bodies import (
 )
 from invoke_middleware.auth.base import AuthResolver
 from invoke_middleware.auth.policy import Action, Policy, default_policy
-from invoke_middleware.auth.principal import Principal
+from invoke_middleware.auth.principal import CredentialKind, Principal
 from invoke_middleware.envelope import encode_response, parse_envelope
 from invoke_middleware.errors import (
     REQUEST_ID_HEADER,
@@ -87,6 +87,9 @@ class PipelineSettings:
     ``response_too_large``). ``trusted_proxy_hops`` says how many proxies in front of the
     gateway may set ``X-Forwarded-*``. ``pseudonym`` names the gateway in ``Via``.
     ``problem_json`` renders errors as RFC 9457 ``application/problem+json``.
+    ``mcp_allowed_origins`` lists the origins (``https://app.example``) whose pages may call the
+    MCP endpoint (any other ``Origin`` gets 403); ``mcp_credential_kinds`` the credential kinds
+    it admits (integration keys only, by default).
     """
 
     max_invoke_body_bytes: int = 10 * MiB
@@ -98,6 +101,8 @@ class PipelineSettings:
     trusted_proxy_hops: int = 0
     pseudonym: str = "invoke-middleware"
     problem_json: bool = False
+    mcp_allowed_origins: tuple[str, ...] = ()
+    mcp_credential_kinds: frozenset[CredentialKind] = frozenset({CredentialKind.INTEGRATION})
 
     @property
     def max_envelope_bytes(self) -> int:
@@ -184,6 +189,10 @@ class Pipeline:
         self._forwarding = hdr.ForwardingRules(
             pseudonym=self.settings.pseudonym, trusted_hops=self.settings.trusted_proxy_hops
         )
+        # The MCP endpoint answers its tools by calling this gateway back.
+        from invoke_middleware.mcp.endpoint import MCPEndpoint  # noqa: PLC0415 - it imports us
+
+        self.mcp = MCPEndpoint(self, clock=clock)
 
     # -- entry point -------------------------------------------------------------------
 
@@ -223,6 +232,8 @@ class Pipeline:
             max_bytes=settings.max_header_bytes,
         )
         kind = route.kind
+        if kind is RouteKind.MCP:
+            return self.mcp.handle(request, request_id)
         if kind is RouteKind.CATCH_ALL:
             if request.method in _RELAY_FORBIDDEN_METHODS:
                 raise MethodNotAllowedError(

@@ -12,12 +12,13 @@ from enum import StrEnum
 
 
 class RouteKind(StrEnum):
-    """The four runtime routes."""
+    """The runtime routes."""
 
     INVOKE = "invoke"
     CATCH_ALL = "catch_all"
     LIST = "list"
     GET = "get"
+    MCP = "mcp"
     #: Deprecated name of :attr:`CATCH_ALL`.
     RELAY = "catch_all"
 
@@ -39,7 +40,7 @@ class RouteMatch:
 class Router:
     """Matches paths below a configurable prefix against the runtime routes."""
 
-    __slots__ = ("_containers", "_invoke", "_list", "prefix")
+    __slots__ = ("_containers", "_invoke", "_list", "_mcp", "prefix")
 
     def __init__(self, prefix: str = "") -> None:
         prefix = prefix.rstrip("/")
@@ -49,6 +50,7 @@ class Router:
         self._invoke = prefix + "/r/invoke/"
         self._list = prefix + "/r/containers"
         self._containers = prefix + "/r/containers/"
+        self._mcp = prefix + "/r/mcp"
 
     def match(self, path: str) -> RouteMatch | None:
         """The route ``path`` belongs to, or ``None`` when it is the host app's."""
@@ -59,6 +61,8 @@ class Router:
             return RouteMatch(kind=RouteKind.INVOKE, slug=slug)
         if path == self._list:
             return RouteMatch(kind=RouteKind.LIST)
+        if path == self._mcp:
+            return RouteMatch(kind=RouteKind.MCP)
         if path.startswith(self._containers):
             rest = path[len(self._containers) :]
             slug, slash, tail = rest.partition("/")

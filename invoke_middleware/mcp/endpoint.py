@@ -1,0 +1,638 @@
+"""``POST {prefix}/r/mcp``: MCP's Streamable HTTP transport, stateless, over the relay pipeline.
+
+:class:`MCPEndpoint` checks the transport rules (``Origin`` allow-list, ``POST`` only, the
+admitted credential kinds, ``Accept``, ``Content-Type``, size), reads one JSON-RPC message (or
+a 2025-03-26 batch) and answers it in its own era (:mod:`invoke_middleware.mcp.protocol`).
+
+Tool calls do not reach services by a path of their own: each one is answered by running the
+gateway's pipeline on a synthetic request for the matching route, carrying the caller's
+credentials and the gateway's request id, so authentication, policy, hooks, header rules, caps
+and limits apply exactly as on those routes:
+
+=========================  ==========================================================
+tool                       route
+=========================  ==========================================================
+list_container_services    ``GET /r/containers``
+get_container_service      ``GET /r/containers/{slug}`` (+ the OpenAPI document through
+                           ``POST /r/invoke/{slug}``)
+call_container_service     ``POST /r/invoke/{slug}`` with the envelope
+=========================  ==========================================================
+
+A refusal of the pipeline (404, 409, 400 ``invalid_path``, 502, 504, 429, ...) becomes a tool
+result with ``isError: true`` that names the gateway's code; only its internal errors are
+JSON-RPC errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any, Final
+
+from invoke_middleware._bodies import read_capped
+from invoke_middleware.auth.principal import Principal
+from invoke_middleware.errors import (
+    ERROR_MARKER_HEADER,
+    REQUEST_ID_HEADER,
+    GatewayError,
+    MethodNotAllowedError,
+    UnauthenticatedError,
+    UnsupportedMediaTypeError,
+)
+from invoke_middleware.headers import Headers
+from invoke_middleware.mcp.protocol import (
+    DEFAULT_HEADERLESS_VERSION,
+    HANDSHAKE_VERSIONS,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    META_SERVER_INFO,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    STATELESS_VERSIONS,
+    SUPPORTED_VERSIONS,
+    VERSION_HEADER,
+    Era,
+    JSONRPCError,
+    Message,
+    MessageKind,
+    Negotiated,
+    at_least,
+    check_stateless_request,
+    classify,
+    era_of,
+    http_status,
+    negotiate_initialize,
+    request_id_of,
+)
+from invoke_middleware.mcp.tools import (
+    GET_TOOL,
+    LIST_TOOL,
+    TOOLS_BY_NAME,
+    tool_definitions,
+    tool_error,
+    tool_result,
+)
+from invoke_middleware.pipeline import Pipeline, PipelineResponse
+from invoke_middleware.request import PipelineRequest
+from invoke_middleware.routing import RouteKind, RouteMatch
+
+logger = logging.getLogger("invoke_middleware.mcp")
+
+SERVER_NAME: Final = "invoke-middleware"
+SERVER_VERSION: Final = "0.1.0"
+
+#: An OpenAPI document larger than this is reported as unavailable, not returned.
+OPENAPI_MAX_BYTES: Final = 1024 * 1024
+#: How long a fetched OpenAPI document is reused, per credential and service.
+OPENAPI_CACHE_SECONDS: Final = 30.0
+_OPENAPI_CACHE_ENTRIES: Final = 256
+
+#: ``ttlMs`` of the 2026-07-28 cacheable results.
+DISCOVER_TTL_MS: Final = 3_600_000
+TOOLS_TTL_MS: Final = 300_000
+
+INSTRUCTIONS: Final = (
+    "This server relays calls to your team's container services. List them with "
+    "list_container_services, read one (its usage_prompt and OpenAPI document) with "
+    "get_container_service, then call it with call_container_service."
+)
+
+# The outer request's fields that a synthetic pipeline request does not carry: its framing,
+# its content negotiation and the MCP transport's own headers. Credentials (Authorization,
+# X-Team-ID, cookies for a host's resolver), Via and X-Forwarded-* are carried, so the pipeline
+# authenticates the same caller and detects the same loops.
+_NOT_CARRIED: Final = frozenset(
+    {"content-type", "content-length", "transfer-encoding", "accept", "x-request-id", "origin"}
+)
+
+
+class NotAcceptableError(GatewayError):
+    """The caller accepts neither ``application/json`` nor ``text/event-stream``."""
+
+    status = 406
+    code = "not_acceptable"
+    default_message = "Accept application/json or text/event-stream."
+
+
+class ForbiddenOriginError(GatewayError):
+    """A browser page from an origin not on the allow-list (DNS-rebinding defence)."""
+
+    status = 403
+    code = "forbidden"
+    default_message = "This origin may not call the MCP endpoint."
+
+
+class MCPEndpoint:
+    """Answers ``POST {prefix}/r/mcp`` with ``pipeline``'s collaborators and settings.
+
+    ``pipeline.settings.mcp_allowed_origins`` lists the origins a request with an ``Origin``
+    header may come from; ``pipeline.settings.mcp_credential_kinds`` the credential kinds
+    admitted (integration keys only, by default).
+    """
+
+    def __init__(self, pipeline: Pipeline, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.pipeline = pipeline
+        settings = pipeline.settings
+        self._origins = frozenset(origin.lower() for origin in settings.mcp_allowed_origins)
+        self._kinds = frozenset(settings.mcp_credential_kinds)
+        self._clock = clock
+        self._openapi: OrderedDict[tuple[object, ...], tuple[float, dict[str, Any]]] = OrderedDict()
+        self._openapi_lock = threading.Lock()
+
+    # -- transport ---------------------------------------------------------------------
+
+    def handle(self, request: PipelineRequest, request_id: str) -> PipelineResponse:
+        """Answer one HTTP request to the endpoint; raises :class:`GatewayError` for the
+        refusals that come before any JSON-RPC message is read."""
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.strip().lower() not in self._origins:
+            raise ForbiddenOriginError()
+        if request.method != "POST":
+            # No GET stream and no session to DELETE: stateless, JSON responses.
+            raise MethodNotAllowedError(["POST"])
+        principal = self._authenticate(request)
+        sse = _wants_event_stream(request.headers)
+        content_type = (request.headers.get("Content-Type") or "").partition(";")[0]
+        if content_type.strip().lower() != "application/json":
+            raise UnsupportedMediaTypeError()
+        raw = read_capped(request, self.pipeline.settings.max_envelope_bytes + 64 * 1024)
+        status, answer = self._answer(raw, request, principal, request_id)
+        return _response(status, answer, request_id, sse=sse)
+
+    def _authenticate(self, request: PipelineRequest) -> Principal:
+        for resolver in self.pipeline.resolvers:
+            principal = resolver(request)
+            if principal is not None:
+                if principal.kind not in self._kinds:
+                    # A valid credential of a kind this endpoint does not admit is refused
+                    # like any other credential it cannot use, with the same message.
+                    raise UnauthenticatedError()
+                return principal
+        raise UnauthenticatedError()
+
+    # -- JSON-RPC ------------------------------------------------------------------------
+
+    def _answer(
+        self, raw: bytes, request: PipelineRequest, principal: Principal, request_id: str
+    ) -> tuple[int, object | None]:
+        headers = request.headers
+        try:
+            document = json.loads(
+                raw.decode("utf-8"),
+                object_pairs_hook=_unique_members,
+                parse_constant=_refuse_constant,
+            )
+        except (ValueError, RecursionError):
+            unparsed = JSONRPCError(PARSE_ERROR, "Parse error: the body is not a JSON document.")
+            return 400, _error_response(None, unparsed)
+        if not isinstance(document, list):
+            return self._one(document, request, principal, request_id)
+        if not _batches_allowed(headers):
+            refusal = JSONRPCError(INVALID_REQUEST, "Batches are not supported in this revision.")
+            return 400, _error_response(None, refusal)
+        if not document:
+            return 400, _error_response(None, JSONRPCError(INVALID_REQUEST, "Empty batch."))
+        answers: list[object] = []
+        for item in document:
+            if isinstance(item, dict) and item.get("method") == "initialize":
+                refusal = JSONRPCError(INVALID_REQUEST, "initialize may not be part of a batch.")
+                answers.append(_error_response(request_id_of(item), refusal))
+                continue
+            _, answer = self._one(item, request, principal, request_id)
+            if answer is not None:
+                answers.append(answer)
+        # A batch of notifications and responses only is accepted like one of them.
+        return (200, answers) if answers else (202, None)
+
+    def _one(
+        self, document: object, request: PipelineRequest, principal: Principal, request_id: str
+    ) -> tuple[int, object | None]:
+        headers = request.headers
+        guessed = _era_from_header(headers)
+        try:
+            message = classify(document)
+        except JSONRPCError as error:
+            return http_status(error, guessed), _error_response(request_id_of(document), error)
+        if message.kind is MessageKind.RESPONSE:
+            if guessed is Era.STATELESS:
+                refusal = JSONRPCError(INVALID_REQUEST, "Clients do not send responses.")
+                return 400, _error_response(message.id, refusal)
+            return 202, None  # the server never sends requests: nothing awaits it
+        if message.kind is MessageKind.NOTIFICATION:
+            return 202, None
+        era = guessed
+        try:
+            negotiated = era_of(message, headers)
+            era = negotiated.era
+            if era is Era.STATELESS:
+                check_stateless_request(message, headers, negotiated.version)
+            result = self._dispatch(message, negotiated, request, principal, request_id)
+        except JSONRPCError as error:
+            return http_status(error, era), _error_response(message.id, error)
+        except Exception:
+            logger.exception("MCP request %s failed", request_id)
+            failure = JSONRPCError(INTERNAL_ERROR, "Internal error.")
+            return http_status(failure, era), _error_response(message.id, failure)
+        if era is Era.STATELESS:
+            result = {
+                "resultType": "complete",
+                **result,
+                "_meta": {META_SERVER_INFO: _server_info()},
+            }
+        return 200, {"jsonrpc": "2.0", "id": message.id, "result": result}
+
+    def _dispatch(
+        self,
+        message: Message,
+        negotiated: Negotiated,
+        request: PipelineRequest,
+        principal: Principal,
+        request_id: str,
+    ) -> dict[str, Any]:
+        method, params, version = message.method, dict(message.params or {}), negotiated.version
+        stateless = negotiated.era is Era.STATELESS
+        if method == "tools/list":
+            if params.get("cursor") is not None:
+                # Every list fits one page, so no cursor was ever issued.
+                raise JSONRPCError(INVALID_PARAMS, "Invalid cursor.")
+            listed: dict[str, Any] = {"tools": tool_definitions(version)}
+            if stateless:
+                # Offered only to an admitted credential: no shared cache may serve it to
+                # another authorization context.
+                listed.update(ttlMs=TOOLS_TTL_MS, cacheScope="private")
+            return listed
+        if method == "tools/call":
+            return self._call(params, version, request, principal, request_id)
+        if stateless and method == "server/discover":
+            return {
+                "supportedVersions": list(SUPPORTED_VERSIONS),
+                "capabilities": {"tools": {}},
+                "instructions": INSTRUCTIONS,
+                "ttlMs": DISCOVER_TTL_MS,
+                "cacheScope": "public",
+            }
+        if not stateless and method == "initialize":
+            return {
+                "protocolVersion": negotiate_initialize(params),
+                "capabilities": {"tools": {}},
+                "serverInfo": _server_info(),
+                "instructions": INSTRUCTIONS,
+            }
+        if not stateless and method == "ping":
+            return {}
+        if stateless and method == "initialize":
+            raise JSONRPCError(
+                METHOD_NOT_FOUND,
+                "Method not found: initialize is not part of revision "
+                f"{version}; this server supports {', '.join(SUPPORTED_VERSIONS)}.",
+            )
+        raise JSONRPCError(METHOD_NOT_FOUND, "Method not found.")
+
+    # -- tools ---------------------------------------------------------------------------
+
+    def _call(
+        self,
+        params: dict[str, Any],
+        version: str,
+        request: PipelineRequest,
+        principal: Principal,
+        request_id: str,
+    ) -> dict[str, Any]:
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise JSONRPCError(INVALID_PARAMS, "params.name must be a string.")
+        if name not in TOOLS_BY_NAME:
+            raise JSONRPCError(INVALID_PARAMS, f"Unknown tool: {name[:128]}")
+        arguments = params.get("arguments")
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise JSONRPCError(INVALID_PARAMS, "params.arguments must be an object.")
+        call = _ToolCall(self, version, request, principal, request_id)
+        if name == LIST_TOOL:
+            return call.list_services(arguments)
+        if name == GET_TOOL:
+            return call.get_service(arguments)
+        return call.call_service(arguments)
+
+    def cached_openapi(self, key: tuple[object, ...]) -> dict[str, Any] | None:
+        """A fetched OpenAPI result still fresh for ``key``, or ``None``."""
+        with self._openapi_lock:
+            entry = self._openapi.get(key)
+            if entry is None:
+                return None
+            expires, value = entry
+            if expires <= self._clock():
+                del self._openapi[key]
+                return None
+            return value
+
+    def remember_openapi(self, key: tuple[object, ...], value: dict[str, Any]) -> None:
+        """Keep ``value`` for :data:`OPENAPI_CACHE_SECONDS`; the oldest entry goes when full."""
+        with self._openapi_lock:
+            self._openapi[key] = (self._clock() + OPENAPI_CACHE_SECONDS, value)
+            self._openapi.move_to_end(key)
+            while len(self._openapi) > _OPENAPI_CACHE_ENTRIES:
+                self._openapi.popitem(last=False)
+
+
+class _ToolCall:
+    """One ``tools/call``: runs the pipeline on synthetic requests and shapes the result."""
+
+    def __init__(
+        self,
+        endpoint: MCPEndpoint,
+        version: str,
+        request: PipelineRequest,
+        principal: Principal,
+        request_id: str,
+    ) -> None:
+        self.endpoint = endpoint
+        self.version = version
+        self.request = request
+        self.principal = principal
+        self.request_id = request_id
+
+    # Arguments that break the tool's input schema are a protocol error up to 2025-06-18 and
+    # a tool execution error from 2025-11-25 on ("Error Handling" of each revision).
+    def _invalid_arguments(self, message: str, details: object = None) -> dict[str, Any]:
+        if not at_least(self.version, "2025-11-25"):
+            raise JSONRPCError(INVALID_PARAMS, f"Invalid arguments: {message}", data=details)
+        body: dict[str, Any] = {"code": "invalid_arguments", "error_message": message}
+        if details is not None:
+            body["details"] = details
+        return tool_error(f"Invalid arguments: {message}", body)
+
+    def _slug(self, arguments: dict[str, Any]) -> str | None:
+        slug = arguments.get("service_slug")
+        return slug if isinstance(slug, str) else None
+
+    def list_services(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        if arguments:
+            return self._invalid_arguments("list_container_services takes no arguments.")
+        outcome = self._run(RouteMatch(kind=RouteKind.LIST), "GET", None)
+        if isinstance(outcome, _Refusal):
+            return outcome.result(self.request_id)
+        return tool_result(self.version, outcome)
+
+    def get_service(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        slug = self._slug(arguments)
+        if slug is None or set(arguments) != {"service_slug"}:
+            return self._invalid_arguments("give service_slug, a string, and nothing else.")
+        outcome = self._run(RouteMatch(kind=RouteKind.GET, slug=slug), "GET", None)
+        if isinstance(outcome, _Refusal):
+            return outcome.result(self.request_id)
+        return tool_result(
+            self.version, {"service": outcome, "openapi": self._openapi_for(slug, outcome)}
+        )
+
+    def call_service(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        slug = self._slug(arguments)
+        if slug is None:
+            return self._invalid_arguments("service_slug is required and must be a string.")
+        envelope = {key: value for key, value in arguments.items() if key != "service_slug"}
+        body = json.dumps(envelope).encode()
+        outcome = self._run(RouteMatch(kind=RouteKind.INVOKE, slug=slug), "POST", body)
+        if isinstance(outcome, _Refusal):
+            if outcome.code == "invalid_request":
+                # The envelope broke the invoke schema: the tool's input schema is that schema.
+                return self._invalid_arguments(outcome.message, outcome.details)
+            return outcome.result(self.request_id)
+        text = _utf8_body(outcome)
+        return tool_result(self.version, outcome, extra_text=() if text is None else (text,))
+
+    def _openapi_for(self, slug: str, service: dict[str, Any]) -> dict[str, Any]:
+        url = service.get("openapi_url")
+        if not url:
+            return {"status": "not_declared"}
+        if service.get("service_status") != "running":
+            return {"status": "not_running"}
+        principal = self.principal
+        key = (principal.team_id, principal.kind, principal.credential_id, slug, url)
+        cached = self.endpoint.cached_openapi(key)
+        if cached is not None:
+            return cached
+        envelope = {"method": "GET", "path": url, "headers": {"Accept": "application/json"}}
+        outcome = self._run(
+            RouteMatch(kind=RouteKind.INVOKE, slug=slug), "POST", json.dumps(envelope).encode()
+        )
+        result = _openapi_result(outcome)
+        if result["status"] == "included":
+            self.endpoint.remember_openapi(key, result)
+        return result
+
+    def _run(self, route: RouteMatch, method: str, body: bytes | None) -> dict[str, Any] | _Refusal:
+        """Run the pipeline on a synthetic request for ``route``; its JSON, or its refusal."""
+        outer = self.request
+        fields = [(k, v) for k, v in outer.headers if k.lower() not in _NOT_CARRIED]
+        fields.append((REQUEST_ID_HEADER, self.request_id))
+        if body is not None:
+            fields += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        synthetic = PipelineRequest(
+            method=method,
+            path=outer.path,
+            query="",
+            headers=Headers(fields),
+            remote_addr=outer.remote_addr,
+            scheme=outer.scheme,
+            host=outer.host,
+            body=io.BytesIO(body or b""),
+            content_length=None if body is None else len(body),
+        )
+        response = self.endpoint.pipeline.handle(synthetic, route)
+        raw = _drain(response.body)
+        if response.status == 200:
+            payload = json.loads(raw)
+            assert isinstance(payload, dict)
+            return payload
+        return _Refusal.read(response.status, Headers(response.headers), raw)
+
+
+class _Refusal:
+    """The pipeline's error response, as a tool can report it."""
+
+    def __init__(self, *, status: int, code: str, message: str, details: object, retry: str | None):
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.retry_after = retry
+
+    @classmethod
+    def read(cls, status: int, headers: Headers, raw: bytes) -> _Refusal:
+        code = headers.get(ERROR_MARKER_HEADER) or "internal_error"
+        if code == "internal_error":
+            # The gateway's own failure is not the caller's to fix: a JSON-RPC internal error.
+            raise JSONRPCError(INTERNAL_ERROR, "Internal error.")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            body = {}
+        # The default renderer says error_message, RFC 9457 says detail; a host's renderer may
+        # say neither.
+        found = body.get("error_message") or body.get("detail")
+        message = found if isinstance(found, str) else _phrase(status)
+        return cls(
+            status=status,
+            code=code,
+            message=message,
+            details=body.get("details"),
+            retry=headers.get("Retry-After"),
+        )
+
+    def result(self, request_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "status": self.status,
+            "code": self.code,
+            "error_message": self.message,
+            "request_id": request_id,
+        }
+        if self.details is not None:
+            body["details"] = self.details
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        return tool_error(f"The gateway refused the call ({self.code}): {self.message}", body)
+
+
+def _openapi_result(outcome: dict[str, Any] | _Refusal) -> dict[str, Any]:
+    if isinstance(outcome, _Refusal):
+        return {"status": "unavailable", "error": f"{outcome.code}: {outcome.message}"}
+    status = outcome["status_code"]
+    if not 200 <= status < 300:
+        return {"status": "unavailable", "error": f"the service answered HTTP {status}"}
+    body = base64.b64decode(outcome["body_base64"])
+    if len(body) > OPENAPI_MAX_BYTES:
+        return {"status": "unavailable", "error": f"larger than {OPENAPI_MAX_BYTES} bytes"}
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"status": "unavailable", "error": "the document is not UTF-8 text"}
+    try:
+        return {"status": "included", "document": json.loads(text)}
+    except (ValueError, RecursionError):
+        return {"status": "included", "text": text}
+
+
+def _utf8_body(payload: dict[str, Any]) -> str | None:
+    """The container's body as text, when it is non-empty UTF-8."""
+    try:
+        body = base64.b64decode(payload.get("body_base64", ""), validate=True)
+        return body.decode("utf-8") if body else None
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _drain(body: Iterable[bytes]) -> bytes:
+    try:
+        return b"".join(body)
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _server_info() -> dict[str, str]:
+    return {"name": SERVER_NAME, "version": SERVER_VERSION}
+
+
+def _error_response(message_id: str | int | None, error: JSONRPCError) -> dict[str, Any]:
+    response: dict[str, Any] = {"jsonrpc": "2.0", "error": error.as_error_object()}
+    if message_id is not None:
+        response["id"] = message_id
+    return response
+
+
+def _era_from_header(headers: Headers) -> Era:
+    header = (headers.get(VERSION_HEADER) or "").strip()
+    return Era.STATELESS if header in STATELESS_VERSIONS else Era.HANDSHAKE
+
+
+def _batches_allowed(headers: Headers) -> bool:
+    # Only revision 2025-03-26 defined batches (2025-06-18 removed them); a headerless request
+    # speaks 2025-03-26.
+    header = headers.get(VERSION_HEADER)
+    version = DEFAULT_HEADERLESS_VERSION if header is None else header.strip()
+    return version == "2025-03-26" and version in HANDSHAKE_VERSIONS
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A repeated member would mean whatever the parser keeps (RFC 8259 §4): refuse it, as the
+    # invoke envelope does, so the gateway never acts on a value a checker did not see.
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise ValueError("repeated member name")
+    return document
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _wants_event_stream(headers: Headers) -> bool:
+    """Whether to answer as one SSE event (``Accept`` has ``text/event-stream`` but not JSON).
+
+    No ``Accept`` at all accepts anything (RFC 9110 §12.5.1); one that rules out both is 406.
+    """
+    values = headers.get_all("Accept")
+    if not values:
+        return False
+    accepted: dict[str, float] = {}
+    for part in ",".join(values).split(","):
+        media, *parameters = part.split(";")
+        quality = 1.0
+        for parameter in parameters:
+            key, _, value = parameter.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value.strip())
+                except ValueError:
+                    quality = 0.0
+        media = media.strip().lower()
+        if media:
+            accepted[media] = max(accepted.get(media, 0.0), quality)
+    if any(accepted.get(m, 0.0) > 0 for m in ("application/json", "application/*", "*/*")):
+        return False
+    if any(accepted.get(m, 0.0) > 0 for m in ("text/event-stream", "text/*")):
+        return True
+    raise NotAcceptableError()
+
+
+def _response(
+    status: int, answer: object | None, request_id: str, *, sse: bool
+) -> PipelineResponse:
+    headers = [("Cache-Control", "no-store"), (REQUEST_ID_HEADER, request_id)]
+    if answer is None:
+        body = b""
+    elif sse and status == 200:
+        # One event per response message, then the stream ends: the request is answered.
+        messages = answer if isinstance(answer, list) else [answer]
+        body = b"".join(
+            b"event: message\ndata: " + json.dumps(m, separators=(",", ":")).encode() + b"\n\n"
+            for m in messages
+        )
+        headers += [("Content-Type", "text/event-stream"), ("X-Accel-Buffering", "no")]
+    else:
+        body = json.dumps(answer, separators=(",", ":")).encode()
+        headers.append(("Content-Type", "application/json"))
+    headers.append(("Content-Length", str(len(body))))
+    return PipelineResponse(
+        status=status, reason=HTTPStatus(status).phrase, headers=headers, body=(body,)
+    )

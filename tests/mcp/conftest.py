@@ -1,0 +1,88 @@
+"""The MCP endpoint under test: the gateway tests' Flask host and loopback upstream.
+
+:class:`Agent` posts JSON-RPC messages to ``/r/mcp`` through WebTest, in either era: a
+handshake-era client names its revision in ``MCP-Protocol-Version``, a 2026-07-28 client adds
+the per-request ``_meta`` and the ``Mcp-Method``/``Mcp-Name`` headers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tests.gateway.conftest import World, make_world, upstream  # noqa: F401 (fixtures)
+
+STATELESS = "2026-07-28"
+_ids = itertools.count(1)
+
+
+def stateless_meta(version: str = STATELESS) -> dict[str, Any]:
+    return {
+        "io.modelcontextprotocol/protocolVersion": version,
+        "io.modelcontextprotocol/clientInfo": {"name": "test-agent", "version": "1.0"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+
+
+@dataclass
+class Agent:
+    """Sends JSON-RPC messages to the MCP endpoint as one caller."""
+
+    world: World
+    key: str = "sk"
+    version: str | None = None  # handshake-era MCP-Protocol-Version; None: no header
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def post(self, document: Any, *, status: int | None = 200, **headers: str) -> Any:
+        sent = {**self.world.auth(self.key), "Accept": "application/json, text/event-stream"}
+        if self.version is not None:
+            sent["MCP-Protocol-Version"] = self.version
+        sent.update(self.headers)
+        sent.update(headers)
+        return self.world.app.post_json("/r/mcp", document, headers=sent, status=status)
+
+    def request(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> Any:
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": next(_ids), "method": method}
+        if params is not None:
+            message["params"] = params
+        return self.post(message, **kw)
+
+    def call(self, tool: str, arguments: dict[str, Any] | None = None, **kw: Any) -> Any:
+        params: dict[str, Any] = {"name": tool}
+        if arguments is not None:
+            params["arguments"] = arguments
+        return self.request("tools/call", params, **kw)
+
+
+@dataclass
+class StatelessAgent(Agent):
+    """A 2026-07-28 client: ``_meta`` on every request, the mirrored headers on every POST."""
+
+    def request(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> Any:
+        params = {**(params or {}), "_meta": stateless_meta()}
+        headers = {"MCP-Protocol-Version": STATELESS, "Mcp-Method": method}
+        if method == "tools/call":
+            headers["Mcp-Name"] = params["name"]
+        headers.update(kw.pop("headers", {}))
+        return super().request(method, params, **headers, **kw)
+
+
+@pytest.fixture
+def world(make_world: Callable[..., World]) -> World:  # noqa: F811 - the gateway fixture, local
+    return make_world()
+
+
+@pytest.fixture
+def agent(world: World) -> Agent:
+    """A handshake-era client of revision 2025-11-25."""
+    return Agent(world, version="2025-11-25")
+
+
+@pytest.fixture
+def modern(world: World) -> StatelessAgent:
+    """A 2026-07-28 client."""
+    return StatelessAgent(world)

@@ -1,0 +1,362 @@
+"""The MCP endpoint through the real middleware: transport, both eras, JSON-RPC discipline."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from invoke_middleware import PipelineSettings
+from invoke_middleware.auth.principal import CredentialKind
+from invoke_middleware.envelope import load_schema
+from tests.gateway.conftest import World
+from tests.mcp.conftest import STATELESS, Agent, StatelessAgent, stateless_meta
+
+INIT = {"capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+
+
+def error_code(response: Any) -> int:
+    return int(response.json["error"]["code"])
+
+
+# -- transport ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["get", "delete"])
+def test_get_and_delete_are_405_with_allow_post(world: World, method: str) -> None:
+    response = getattr(world.app, method)("/r/mcp", headers=world.auth(), status=405)
+    assert response.headers["Allow"] == "POST"
+    assert response.headers["X-Request-ID"]
+
+
+def test_initialize_mints_no_session(agent: Agent) -> None:
+    response = agent.request("initialize", {"protocolVersion": "2025-11-25", **INIT})
+    assert "Mcp-Session-Id" not in response.headers
+    assert response.content_type == "application/json"
+
+
+def test_a_notification_is_202_with_no_body(agent: Agent) -> None:
+    response = agent.post({"jsonrpc": "2.0", "method": "notifications/initialized"}, status=202)
+    assert response.body == b""
+    assert response.headers["X-Request-ID"]
+
+
+def test_a_client_response_is_202_in_the_handshake_era_and_400_in_the_stateless_one(
+    agent: Agent, modern: StatelessAgent
+) -> None:
+    message = {"jsonrpc": "2.0", "id": 7, "result": {}}
+    agent.post(message, status=202)
+    refused = modern.post(message, status=400, **{"MCP-Protocol-Version": STATELESS})
+    assert error_code(refused) == -32600
+
+
+def test_an_event_stream_only_client_gets_one_sse_event(agent: Agent) -> None:
+    response = agent.request("ping", Accept="text/event-stream")
+    assert response.content_type == "text/event-stream"
+    event = response.text
+    assert event.startswith("event: message\ndata: ")
+    assert event.endswith("\n\n")
+    assert json.loads(event.split("data: ", 1)[1])["result"] == {}
+
+
+def test_a_client_accepting_neither_json_nor_sse_is_406(agent: Agent) -> None:
+    agent.request("ping", Accept="text/html", status=406)
+
+
+def test_a_body_that_is_not_json_typed_is_415(world: World) -> None:
+    world.app.post("/r/mcp", "{}", headers=world.auth(), content_type="text/plain", status=415)
+
+
+def test_an_origin_not_on_the_allow_list_is_403(agent: Agent) -> None:
+    response = agent.request("ping", Origin="http://evil.example", status=403)
+    assert response.headers["X-Request-ID"]
+
+
+def test_an_allowed_origin_is_served(make_world: Any) -> None:
+    settings = PipelineSettings(mcp_allowed_origins=("https://app.example",))
+    agent = Agent(make_world(settings=settings), version="2025-11-25")
+    agent.request("ping", Origin="https://APP.example")
+    agent.request("ping", Origin="https://other.example", status=403)
+
+
+# -- auth ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [None, "owner", "ak"], ids=["missing", "device", "agent"])
+def test_only_integration_keys_are_admitted_by_default(world: World, key: str | None) -> None:
+    agent = Agent(world, version="2025-11-25")
+    if key is None:
+        agent.headers["Authorization"] = ""
+    else:
+        agent.key = key
+    response = agent.request("tools/list", status=401)
+    # No OAuth server: a bare challenge, no resource_metadata to discover.
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.headers["X-Request-ID"]
+
+
+def test_a_setting_admits_device_keys_with_their_role(make_world: Any) -> None:
+    kinds = frozenset({CredentialKind.INTEGRATION, CredentialKind.DEVICE})
+    world = make_world(settings=PipelineSettings(mcp_credential_kinds=kinds))
+    member = Agent(world, key="member", version="2025-11-25")
+    assert not member.call("list_container_services", {}).json["result"]["isError"]
+    viewer = Agent(world, key="viewer", version="2025-11-25")
+    # A Viewer may list but not invoke: the pipeline's policy, reported as a tool error.
+    called = viewer.call(
+        "call_container_service", {"service_slug": "echo", "method": "GET", "path": "/"}
+    )
+    assert called.json["result"]["isError"]
+    assert "forbidden" in called.json["result"]["content"][0]["text"]
+
+
+# -- handshake era ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("requested", "answered"),
+    [
+        ("2024-11-05", "2024-11-05"),
+        ("2025-03-26", "2025-03-26"),
+        ("2025-06-18", "2025-06-18"),
+        ("2025-11-25", "2025-11-25"),
+        ("2026-07-28", "2025-11-25"),
+        ("1999-01-01", "2025-11-25"),
+    ],
+)
+def test_initialize_echoes_a_supported_version_else_the_latest(
+    world: World, requested: str, answered: str
+) -> None:
+    response = Agent(world).request("initialize", {"protocolVersion": requested, **INIT})
+    result = response.json["result"]
+    assert result["protocolVersion"] == answered
+    assert result["capabilities"] == {"tools": {}}
+    assert result["serverInfo"]["name"] == "invoke-middleware"
+    assert "resultType" not in result
+
+
+def test_an_unsupported_protocol_version_header_is_400_with_the_supported_list(
+    agent: Agent,
+) -> None:
+    response = agent.request("tools/list", status=400, **{"MCP-Protocol-Version": "2099-01-01"})
+    error = response.json["error"]
+    assert error["code"] == -32022
+    assert error["data"]["requested"] == "2099-01-01"
+    assert "2025-11-25" in error["data"]["supported"]
+    assert STATELESS in error["data"]["supported"]
+
+
+def test_tool_fields_follow_the_revision(world: World) -> None:
+    def tools(version: str) -> dict[str, Any]:
+        listed = Agent(world, version=version).request("tools/list").json["result"]["tools"]
+        return {tool["name"]: tool for tool in listed}
+
+    old = tools("2024-11-05")["call_container_service"]
+    assert set(old) == {"name", "description", "inputSchema"}
+    assert "title" not in tools("2025-03-26")["call_container_service"]
+    assert tools("2025-03-26")["call_container_service"]["annotations"]["openWorldHint"]
+    new = tools("2025-06-18")
+    assert new["list_container_services"]["annotations"]["readOnlyHint"] is True
+    assert new["call_container_service"]["annotations"]["readOnlyHint"] is False
+    assert new["call_container_service"]["outputSchema"] == load_schema(
+        "invoke-response.schema.json"
+    )
+
+
+def test_the_call_input_schema_is_the_invoke_schema_plus_the_slug(agent: Agent) -> None:
+    listed = agent.request("tools/list").json["result"]["tools"]
+    schema = next(t for t in listed if t["name"] == "call_container_service")["inputSchema"]
+    invoke = load_schema("invoke-request.schema.json")
+    assert schema["required"] == ["service_slug", *invoke["required"]]
+    assert {k: v for k, v in schema["properties"].items() if k != "service_slug"} == invoke[
+        "properties"
+    ]
+    assert schema["$defs"] == invoke["$defs"]
+    assert schema["additionalProperties"] is False
+
+
+def test_structured_content_appears_from_2025_06_18(world: World) -> None:
+    old = Agent(world, version="2025-03-26").call("list_container_services", {})
+    assert "structuredContent" not in old.json["result"]
+    new = Agent(world, version="2025-06-18").call("list_container_services", {})
+    assert new.json["result"]["structuredContent"]["services"]
+
+
+def test_a_batch_is_answered_in_2025_03_26_only(world: World) -> None:
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "nope"},
+    ]
+    answers = Agent(world).post(batch).json  # no header: 2025-03-26
+    assert [a["id"] for a in answers] == [1, 2]
+    assert answers[0]["result"] == {}
+    assert answers[1]["error"]["code"] == -32601
+    refused = Agent(world, version="2025-06-18").post(batch, status=400)
+    assert error_code(refused) == -32600
+
+
+# -- JSON-RPC discipline ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        pytest.param(b"{nope", -32700, id="not-json"),
+        pytest.param(b'{"a": 1, "a": 2}', -32700, id="repeated-member"),
+        pytest.param(b"\xff", -32700, id="not-utf8"),
+        pytest.param(b"[" * 100_000, -32700, id="deep"),
+        pytest.param(b'"text"', -32600, id="not-an-object"),
+        pytest.param(b'{"jsonrpc": "1.0", "id": 1, "method": "ping"}', -32600, id="version"),
+        pytest.param(b'{"jsonrpc": "2.0", "id": null, "method": "ping"}', -32600, id="null-id"),
+        pytest.param(b'{"jsonrpc": "2.0", "id": 1.5, "method": "ping"}', -32600, id="float-id"),
+        pytest.param(b'{"jsonrpc": "2.0", "id": 1}', -32600, id="no-method"),
+    ],
+)
+def test_malformed_messages_are_400_with_their_code(world: World, body: bytes, code: int) -> None:
+    for version in ("2025-11-25", STATELESS):
+        response = world.app.post(
+            "/r/mcp",
+            body,
+            headers={**world.auth(), "MCP-Protocol-Version": version},
+            content_type="application/json",
+            status=400,
+        )
+        assert error_code(response) == code
+        assert "Traceback" not in response.text
+        assert response.headers["X-Request-ID"]
+
+
+def test_unknown_methods_and_tools_have_each_era_s_status(
+    agent: Agent, modern: StatelessAgent
+) -> None:
+    assert error_code(agent.request("resources/list")) == -32601  # 200
+    assert error_code(modern.request("resources/list", status=404)) == -32601
+    assert error_code(agent.call("no_such_tool", {})) == -32602
+    assert error_code(modern.call("no_such_tool", {}, status=400)) == -32602
+
+
+def test_ping_exists_in_the_handshake_era_only(agent: Agent, modern: StatelessAgent) -> None:
+    assert agent.request("ping").json["result"] == {}
+    modern.request("ping", status=404)
+    modern.request("initialize", {"protocolVersion": "2025-11-25", **INIT}, status=404)
+
+
+def test_an_internal_failure_is_an_internal_error_without_a_traceback(
+    agent: Agent, modern: StatelessAgent, world: World
+) -> None:
+    def broken(team_id: Any) -> list[Any]:
+        raise RuntimeError("registry down: secret detail")
+
+    world.registry.list = broken  # type: ignore[method-assign]
+    for response in (
+        agent.call("list_container_services", {}),
+        modern.call("list_container_services", {}, status=500),
+    ):
+        assert error_code(response) == -32603
+        assert "secret detail" not in response.text
+
+
+# -- stateless era ---------------------------------------------------------------------
+
+
+def test_server_discover_lists_versions_and_caching_hints(modern: StatelessAgent) -> None:
+    result = modern.request("server/discover").json["result"]
+    assert result["resultType"] == "complete"
+    assert result["supportedVersions"][-1] == STATELESS
+    assert result["capabilities"] == {"tools": {}}
+    assert result["ttlMs"] > 0
+    assert result["cacheScope"] == "public"
+    assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "invoke-middleware"
+
+
+def test_stateless_results_carry_result_type_and_private_list_hints(
+    modern: StatelessAgent,
+) -> None:
+    listed = modern.request("tools/list").json["result"]
+    assert listed["resultType"] == "complete"
+    assert listed["cacheScope"] == "private"
+    assert listed["ttlMs"] >= 0
+    called = modern.call("list_container_services", {}).json["result"]
+    assert called["resultType"] == "complete"
+
+
+def test_missing_request_meta_is_invalid_params(modern: StatelessAgent) -> None:
+    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    response = modern.post(
+        message, status=400, **{"MCP-Protocol-Version": STATELESS, "Mcp-Method": "tools/list"}
+    )
+    assert error_code(response) == -32602
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"Mcp-Method": "tools/list"}, id="method-mismatch"),
+        pytest.param({"Mcp-Name": "get_container_service"}, id="name-mismatch"),
+        pytest.param({"Mcp-Name": "=?base64?!!!?="}, id="bad-sentinel"),
+    ],
+)
+def test_mirrored_header_mismatches_are_400_header_mismatch(
+    modern: StatelessAgent, headers: dict[str, str]
+) -> None:
+    response = modern.call("list_container_services", {}, headers=headers, status=400)
+    assert error_code(response) == -32020
+
+
+def test_a_missing_mirrored_header_is_a_header_mismatch(world: World) -> None:
+    message = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/list",
+        "params": {"_meta": stateless_meta()},
+    }
+    response = Agent(world, version=STATELESS).post(message, status=400)
+    assert error_code(response) == -32020
+    headerless = Agent(world).post(message, status=400)
+    assert error_code(headerless) == -32020
+
+
+def test_a_meta_version_that_differs_from_the_header_is_a_mismatch(world: World) -> None:
+    message = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/list",
+        "params": {"_meta": stateless_meta("2025-11-25")},
+    }
+    response = Agent(world, version=STATELESS).post(
+        message, status=400, **{"Mcp-Method": "tools/list"}
+    )
+    assert error_code(response) == -32020
+
+
+def test_a_base64_encoded_name_header_is_decoded(modern: StatelessAgent) -> None:
+    encoded = "=?base64?" + base64.b64encode(b"list_container_services").decode() + "?="
+    response = modern.call("list_container_services", {}, headers={"Mcp-Name": encoded})
+    assert response.json["result"]["isError"] is False
+
+
+def test_the_settings_table_configures_origins_and_credential_kinds() -> None:
+    from invoke_middleware.config import ConfigError, parse_flask_config, parse_settings
+
+    config = parse_settings(
+        {
+            "invoke.mcp_allowed_origins": "https://App.example, http://localhost:3000",
+            "invoke.mcp_credential_kinds": "sk dk",
+        }
+    )
+    assert config.settings.mcp_allowed_origins == ("https://app.example", "http://localhost:3000")
+    assert config.settings.mcp_credential_kinds == {
+        CredentialKind.INTEGRATION,
+        CredentialKind.DEVICE,
+    }
+    flask = parse_flask_config({"INVOKE_MCP_CREDENTIAL_KINDS": ["jwt"]})
+    assert flask.settings.mcp_credential_kinds == {CredentialKind.JWT}
+    for key, bad in [
+        ("invoke.mcp_allowed_origins", "https://app.example/"),
+        ("invoke.mcp_allowed_origins", "app.example"),
+        ("invoke.mcp_credential_kinds", "ak"),
+    ]:
+        with pytest.raises(ConfigError, match=key):
+            parse_settings({key: bad})
