@@ -183,6 +183,22 @@ class LoopDetectedError(GatewayError):
     default_message = "The request has already passed through this gateway."
 
 
+class NotAcceptableError(GatewayError):
+    """The caller accepts neither ``application/json`` nor ``text/event-stream``."""
+
+    status = 406
+    code = "not_acceptable"
+    default_message = "Accept application/json or text/event-stream."
+
+
+class ForbiddenOriginError(GatewayError):
+    """A browser page from an origin not on the allow-list (DNS-rebinding defence)."""
+
+    status = 403
+    code = "forbidden"
+    default_message = "This origin may not call the MCP endpoint."
+
+
 @dataclass(frozen=True, kw_only=True)
 class RenderedError:
     """An error turned into an HTTP response: status line, headers and body bytes."""

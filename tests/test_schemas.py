@@ -166,6 +166,7 @@ def test_openapi_describes_every_runtime_route() -> None:
             "patch",
             "trace",
         },
+        "/r/mcp": {"post", "get", "delete"},
     }
 
 

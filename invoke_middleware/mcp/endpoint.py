@@ -42,8 +42,9 @@ from invoke_middleware.auth.principal import Principal
 from invoke_middleware.errors import (
     ERROR_MARKER_HEADER,
     REQUEST_ID_HEADER,
-    GatewayError,
+    ForbiddenOriginError,
     MethodNotAllowedError,
+    NotAcceptableError,
     UnauthenticatedError,
     UnsupportedMediaTypeError,
 )
@@ -113,22 +114,6 @@ INSTRUCTIONS: Final = (
 _NOT_CARRIED: Final = frozenset(
     {"content-type", "content-length", "transfer-encoding", "accept", "x-request-id", "origin"}
 )
-
-
-class NotAcceptableError(GatewayError):
-    """The caller accepts neither ``application/json`` nor ``text/event-stream``."""
-
-    status = 406
-    code = "not_acceptable"
-    default_message = "Accept application/json or text/event-stream."
-
-
-class ForbiddenOriginError(GatewayError):
-    """A browser page from an origin not on the allow-list (DNS-rebinding defence)."""
-
-    status = 403
-    code = "forbidden"
-    default_message = "This origin may not call the MCP endpoint."
 
 
 class MCPEndpoint:
