@@ -226,7 +226,8 @@ def _raw_path_info(environ: WSGIEnvironment) -> str | None:
     """PATH_INFO as the client spelled it (still percent-encoded), when the server kept it.
 
     Servers put the request target in ``REQUEST_URI`` or ``RAW_URI``; it is only trusted when
-    it decodes to exactly ``SCRIPT_NAME + PATH_INFO``.
+    it decodes to exactly ``SCRIPT_NAME + PATH_INFO``; when it decodes to something else the
+    server changed the path, and :class:`InvalidPathError` is raised.
     """
     target: Any = environ.get("REQUEST_URI") or environ.get("RAW_URI")
     if not isinstance(target, str):
@@ -242,7 +243,9 @@ def _raw_path_info(environ: WSGIEnvironment) -> str | None:
     path_info = environ.get("PATH_INFO", "")
     decoded = unquote_to_bytes(path).decode("latin-1")
     if decoded != script_name + path_info:
-        return None
+        # The server rewrote the path it decoded (a lossy UTF-8 decoding turns overlong or
+        # invalid bytes into U+FFFD, say): what the client sent is unknown, so it is not relayed.
+        raise InvalidPathError("The server could not decode the path as it was sent.")
     if not script_name:
         return path
     # Find where the raw SCRIPT_NAME ends: the shortest raw prefix that decodes to it.

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from urllib.parse import unquote, urlsplit
 
 from invoke_middleware.errors import InvalidPathError
@@ -64,6 +65,25 @@ _FORBIDDEN_ESCAPE = re.compile(r"%(?:25)*(?:2f|5c|00)", re.IGNORECASE)
 # that is dots followed by ";" counts too: some servers drop path parameters before resolving
 # dot segments (the classic "/..;/" bypass).
 _DOT_SEGMENT = re.compile(r"/(?:\.|%(?:25)*2e){1,2}(?=[/;]|\Z)", re.IGNORECASE)
+
+# An encoded control character (%00-%1F, %7F), also encoded more than once: a server that logs
+# or routes on the decoded path would see a line break or a NUL the gateway never checked.
+_ENCODED_CONTROL = re.compile(r"%(?:25)*(?:[01][0-9a-f]|7f)", re.IGNORECASE)
+
+# A run of percent-escapes, decoded as one byte string (multi-byte UTF-8 spans several).
+_ESCAPE_RUN = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+
+# Overlong UTF-8 (a code point spelled with more bytes than it needs). Strict decoders refuse
+# it, lenient ones decode it: "%c0%ae" is "." to them.
+_OVERLONG = re.compile(
+    rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x9f][\x80-\xbf]|\xf0[\x80-\x8f][\x80-\xbf]{2}"
+)
+
+# Where a server that splits after decoding ends a segment.
+_SEGMENT_END = re.compile(r"[?#;]")
+
+# How many rounds of percent-decoding a chain of servers is assumed to apply.
+_DECODING_ROUNDS = 3
 
 # Only used to explain a refusal, never on the accepted path.
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
@@ -114,8 +134,10 @@ def _check_path(path: str, max_length: int) -> None:
         _VALID_PATH.fullmatch(path) is not None
         and not path.startswith("//")
         and _FORBIDDEN_ESCAPE.search(path) is None
+        and _ENCODED_CONTROL.search(path) is None
         and _DOT_SEGMENT.search(path) is None
         and not _hides_escape(path)
+        and not _hides_dot_segment(path)
     ):
         return
     raise InvalidPathError(_explain_path(path))
@@ -135,6 +157,50 @@ def _hides_escape(path: str) -> bool:
         if _FORBIDDEN_ESCAPE.search(decoded) or _DOT_SEGMENT.search(decoded) or "\\" in decoded:
             return True
     return False
+
+
+def _hides_dot_segment(path: str) -> bool:
+    """Whether some common decoding turns a segment of ``path`` into ``.`` or ``..``.
+
+    Stacks behind the gateway decode in ways a literal check misses: once or twice, overlong
+    UTF-8 accepted, Unicode folded with NFKC (U+FF0E and U+2024 are "."), whitespace trimmed,
+    the segment cut at ``?``, ``#`` or ``;``. Every segment with an escape is read each of those
+    ways; the cost is linear in the path's length.
+    """
+    return any(
+        _reads_as_dots(form)
+        for segment in path.split("/")
+        if "%" in segment
+        for form in _decoded_forms(segment)
+    )
+
+
+def _decoded_forms(segment: str) -> list[str]:
+    forms: list[str] = []
+    for _ in range(_DECODING_ROUNDS):
+        if "%" not in segment:
+            break
+        segment = _ESCAPE_RUN.sub(_decode_leniently, segment)
+        forms += (segment, unicodedata.normalize("NFKC", segment))
+    return forms
+
+
+def _decode_leniently(escapes: re.Match[str]) -> str:
+    """Percent-escapes as a lenient UTF-8 decoder reads them (overlong forms accepted)."""
+    raw = bytes.fromhex(escapes.group().replace("%", ""))
+    return _OVERLONG.sub(_shortest_form, raw).decode("utf-8", "replace")
+
+
+def _shortest_form(overlong: re.Match[bytes]) -> bytes:
+    raw = overlong.group()
+    code_point = raw[0] & (0x3F >> (len(raw) - 1))
+    for byte in raw[1:]:
+        code_point = code_point << 6 | byte & 0x3F
+    return chr(code_point).encode()
+
+
+def _reads_as_dots(segment: str) -> bool:
+    return _SEGMENT_END.split(segment.strip(), maxsplit=1)[0].strip() in (".", "..")
 
 
 def _explain_path(path: str) -> str:
@@ -159,7 +225,9 @@ def _explain_path(path: str) -> str:
         return "The path contains a malformed percent-escape."
     if _FORBIDDEN_ESCAPE.search(path):
         return "The path must not contain an encoded /, \\ or NUL."
-    if _DOT_SEGMENT.search(path) or _hides_escape(path):
+    if _ENCODED_CONTROL.search(path):
+        return "The path must not contain encoded control characters."
+    if _DOT_SEGMENT.search(path) or _hides_escape(path) or _hides_dot_segment(path):
         return "The path must not contain . or .. segments, or encoded separators."
     return "The path contains a character that must be percent-encoded."
 

@@ -113,6 +113,27 @@ HOSTILE_PATHS: list[tuple[str, str]] = [
     ("double-encoded-slash-all-hex", "/%25%32%66etc"),
     ("double-encoded-backslash-all-hex", "/a%25%35%63b"),
     ("triple-encoded-dot-dot", "/%2525%32%65%2525%32%65/x"),
+    # Dot segments behind look-alikes: a stack that decodes once and then splits at "?", "#" or
+    # ";", trims whitespace, accepts overlong UTF-8 or folds Unicode (NFKC) sees "..".
+    ("dot-dot-encoded-question-mark", "/..%3f/admin"),
+    ("dot-dot-encoded-hash", "/..%23/admin"),
+    ("encoded-dot-dot-encoded-semicolon", "/%2e%2e%3b/admin"),
+    ("dot-dot-encoded-space", "/..%20/admin"),
+    ("dot-encoded-nbsp", "/.%c2%a0/admin"),
+    ("double-encoded-dot-dot-question-mark", "/%252e%252e%253f/admin"),
+    ("overlong-two-byte-dot-dot", "/%c0%ae%c0%ae/admin"),
+    ("overlong-three-byte-dot-dot", "/%e0%80%ae%e0%80%ae/admin"),
+    ("overlong-four-byte-dot", "/%f0%80%80%ae/admin"),
+    ("encoded-fullwidth-dot-dot", "/%ef%bc%8e%ef%bc%8e/admin"),
+    ("encoded-one-dot-leader-pair", "/%e2%80%a4%e2%80%a4/admin"),
+    ("encoded-two-dot-leader", "/%e2%80%a5/admin"),
+    ("encoded-small-full-stop", "/%ef%b9%92/admin"),
+    # Encoded control characters: a server that logs or routes on the decoded path sees them.
+    ("encoded-crlf", "/a%0d%0aX-Injected:%20yes"),
+    ("encoded-tab", "/a%09b"),
+    ("encoded-escape", "/a%1bb"),
+    ("encoded-delete", "/a%7fb"),
+    ("double-encoded-line-feed", "/a%250ab"),
     # Malformed percent-escapes.
     ("percent-alone", "/a%"),
     ("percent-one-digit", "/a%2"),

@@ -189,6 +189,9 @@ def test_the_length_limits_can_be_lowered() -> None:
         pytest.param("x", "begin with /", id="relative"),
         pytest.param("/a|b", "percent-encoded", id="outside-allow-list"),
         pytest.param("/?\\", "query must not contain a backslash", id="backslash-in-query"),
+        pytest.param("/a%0d%0ab", "encoded control characters", id="encoded-crlf"),
+        pytest.param("/%c0%ae%c0%ae/x", r"\. or \.\. segments", id="overlong-dot-dot"),
+        pytest.param("/..%3f/x", r"\. or \.\. segments", id="dot-dot-encoded-question-mark"),
     ],
 )
 def test_the_refusal_says_why(path: str, reason: str) -> None:

@@ -5,6 +5,8 @@ sees the service's own origin, and no decoding turns the path into one outside t
 from __future__ import annotations
 
 import posixpath
+import re
+import unicodedata
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -62,6 +64,19 @@ ATOMS = st.sampled_from(
         "%e2%80%ae",
         "&",
         "=",
+        "%3f",
+        "%23",
+        "%3b",
+        "%20",
+        "%09",
+        "%0a",
+        "%7f",
+        "%c2%a0",
+        "%c0%ae",
+        "%e0%80%ae",
+        "%ef%bc%8e",
+        "%e2%80%a4",
+        "%e2%80%a5",
     ]
 )
 SEGMENTS = st.lists(ATOMS, min_size=0, max_size=3).map("".join)
@@ -72,12 +87,26 @@ PATHS = st.builds(
 )
 
 
+# Overlong UTF-8 spellings of "." that a lenient decoder accepts.
+OVERLONG_DOTS = ("%c0%ae", "%e0%80%ae", "%f0%80%80%ae")
+
+
 def decoded_forms(path: str) -> list[str]:
-    """``path`` as servers that decode once, twice or three times would see it."""
+    """``path`` as servers would see it that decode once, twice or three times, accept overlong
+    UTF-8, fold Unicode with NFKC, and trim and cut each segment at ``?``, ``#`` or ``;``."""
     forms = [path]
     for _ in range(3):
+        lenient = forms[-1]
+        for overlong in OVERLONG_DOTS:
+            lenient = re.sub(re.escape(overlong), ".", lenient, flags=re.IGNORECASE)
         forms.append(unquote(forms[-1]))
-    return forms
+        forms.append(unquote(lenient))
+    forms += [unicodedata.normalize("NFKC", form) for form in forms]
+    return forms + ["/".join(cut_segment(s) for s in form.split("/")) for form in forms]
+
+
+def cut_segment(segment: str) -> str:
+    return re.split(r"[?#;]", segment.strip(), maxsplit=1)[0].strip()
 
 
 @settings(max_examples=3000, deadline=None)
@@ -104,6 +133,8 @@ def test_an_accepted_path_never_leaves_the_origin_or_the_base_path(path: str) ->
         # RFC 3986 §5.2.4 dot-segment removal, as a server resolving the path would do.
         resolved = posixpath.normpath(form.replace("\\", "/"))
         assert resolved == "/base" or resolved.startswith("/base/"), (path, form, resolved)
+    for form in decoded_forms(target)[:4]:
+        assert not any(c < " " or c == "\x7f" for c in form), (path, form)
 
 
 @pytest.mark.parametrize(
@@ -113,6 +144,9 @@ def test_an_accepted_path_never_leaves_the_origin_or_the_base_path(path: str) ->
         pytest.param("/%41%42", id="escaped-letters"),
         pytest.param("/a//b", id="inner-double-slash"),
         pytest.param("/a.b/c..d", id="dots-inside-names"),
+        pytest.param("/caf%C3%A9/%E2%80%A4x", id="encoded-utf-8-and-a-dot-leader-in-a-name"),
+        pytest.param("/a%20b/..x%3f", id="encoded-space-and-dots-inside-names"),
+        pytest.param("/x?a=%0d%0a", id="encoded-control-in-the-query"),
     ],
 )
 def test_ordinary_paths_are_accepted(path: str) -> None:
