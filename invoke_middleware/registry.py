@@ -75,9 +75,7 @@ class Service:
         if self.service_type is ServiceType.DEPLOYED:
             if not self.upstream_url:
                 raise ValueError("a deployed service needs an upstream_url")
-            parts = urlsplit(self.upstream_url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("upstream_url must be an absolute http(s) URL")
+            _validate_base_url(self.upstream_url, "upstream_url", ("http", "https"))
         else:
             validate_external_url(self.external_url)
 
@@ -116,16 +114,31 @@ def validate_external_url(url: str | None) -> None:
         raise ValueError("an external service needs an external_url")
     if len(url) > MAX_EXTERNAL_URL_LENGTH:
         raise ValueError(f"external_url is longer than {MAX_EXTERNAL_URL_LENGTH} characters")
+    _validate_base_url(url, "external_url", ("https",))
+
+
+def _validate_base_url(url: str, name: str, schemes: tuple[str, ...]) -> None:
+    """The one rule for the URLs caller paths are joined to (``upstream_url``,
+    ``external_url``): checked when the service is created, so that no request fails later."""
+    spelled = " or ".join(f"{scheme}://" for scheme in schemes)
+    if any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in url):
+        raise ValueError(f"{name} must not contain spaces or control characters")
     parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ValueError("external_url must be an absolute https:// URL")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("external_url must not carry credentials")
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"{name} must be an absolute {spelled} URL")
+    if "@" in parts.netloc:
+        # Credentials in the URL would be sent to every request's host and shown by every
+        # listing; an external service's secret goes in external_auth_credential_id.
+        raise ValueError(f"{name} must not carry credentials (user:password@)")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise ValueError(f"{name} has an invalid port") from None
     if parts.query or "?" in url:
         # The caller's path and query are joined to it; a query of its own has no place then.
-        raise ValueError("external_url must not carry a query")
-    if parts.fragment or any(c.isspace() or ord(c) < 0x20 for c in url):
-        raise ValueError("external_url must not contain a fragment, spaces or control characters")
+        raise ValueError(f"{name} must not carry a query")
+    if parts.fragment or "#" in url:
+        raise ValueError(f"{name} must not contain a fragment")
 
 
 class ServiceRegistry(Protocol):

@@ -44,6 +44,43 @@ def test_external_urls_must_be_plain_https(url: str) -> None:
         external(url)
 
 
+def deployed(url: str) -> Service:
+    return Service(
+        id=uuid.uuid4(),
+        team_id=TEAM,
+        slug="svc",
+        display_name="Svc",
+        service_type=ServiceType.DEPLOYED,
+        service_status=ServiceStatus.RUNNING,
+        upstream_url=url,
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        pytest.param("ftp://10.0.0.7", "absolute http:// or https://", id="other-scheme"),
+        pytest.param("http://", "absolute", id="no-host"),
+        pytest.param("http://user:pw@10.0.0.7:8080", "credentials", id="userinfo"),
+        pytest.param("http://user@10.0.0.7", "credentials", id="user-only"),
+        pytest.param("http://@10.0.0.7", "credentials", id="empty-userinfo"),
+        pytest.param("http://10.0.0.7:99999", "invalid port", id="port-out-of-range"),
+        pytest.param("http://10.0.0.7:80a", "invalid port", id="port-not-a-number"),
+        pytest.param("http://10.0.0.7/api?x=1", "query", id="query"),
+        pytest.param("http://10.0.0.7/api#x", "fragment", id="fragment"),
+        pytest.param("http://10.0.0.7/a\nb", "control", id="control-character"),
+    ],
+)
+def test_upstream_urls_are_refused_when_the_service_is_created(url: str, reason: str) -> None:
+    # Accepted, each of these would fail every request later (or leak a password in listings).
+    with pytest.raises(ValueError, match=f"upstream_url.*{reason}"):
+        deployed(url)
+
+
+def test_an_upstream_url_with_a_port_and_base_path_is_accepted() -> None:
+    assert deployed("http://10.0.0.7:8080/api").base_url == "http://10.0.0.7:8080/api"
+
+
 def test_an_https_external_url_with_a_base_path_is_accepted() -> None:
     assert external("https://api.example.com/v1").base_url == "https://api.example.com/v1"
 
