@@ -360,3 +360,75 @@ def test_the_settings_table_configures_origins_and_credential_kinds() -> None:
     ]:
         with pytest.raises(ConfigError, match=key):
             parse_settings({key: bad})
+
+
+def test_a_batch_longer_than_the_cap_is_refused_whole(world: World) -> None:
+    from invoke_middleware.mcp.endpoint import MAX_BATCH_MESSAGES
+
+    arguments = {"service_slug": "echo", "method": "GET", "path": "/"}
+    batch = [
+        {
+            "jsonrpc": "2.0",
+            "id": n,
+            "method": "tools/call",
+            "params": {"name": "call_container_service", "arguments": arguments},
+        }
+        for n in range(MAX_BATCH_MESSAGES + 1)
+    ]
+    refused = Agent(world).post(batch, status=400)  # no header: 2025-03-26
+    assert error_code(refused) == -32600
+    assert world.upstream.received == []
+    answered = Agent(world).post(batch[:MAX_BATCH_MESSAGES]).json
+    assert len(answered) == MAX_BATCH_MESSAGES
+    assert len(world.upstream.received) == MAX_BATCH_MESSAGES
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param({"jsonrpc": "2.0", "method": "notifications/initialized"}, id="notification"),
+        pytest.param({"jsonrpc": "2.0", "id": 3, "result": {}}, id="response"),
+    ],
+)
+def test_a_notification_or_response_naming_an_unsupported_revision_is_400(
+    agent: Agent, message: dict[str, Any]
+) -> None:
+    response = agent.post(message, status=400, **{"MCP-Protocol-Version": "2099-01-01"})
+    assert error_code(response) == -32022
+    assert "id" not in response.json
+
+
+# -- instructions ----------------------------------------------------------------------
+
+
+def test_initialize_and_discover_tell_the_agent_how_to_use_the_tools(
+    agent: Agent, modern: StatelessAgent
+) -> None:
+    initialized = agent.request("initialize", {"protocolVersion": "2025-11-25", **INIT})
+    discovered = modern.request("server/discover")
+    instructions = initialized.json["result"]["instructions"]
+    assert discovered.json["result"]["instructions"] == instructions
+    # The workflow, in order: list, read, call.
+    order = [
+        instructions.index(name)
+        for name in ("list_container_services", "get_container_service", "call_container_service")
+    ]
+    assert order == sorted(order)
+    # What an agent needs to build a call and read its outcome.
+    for needed in (
+        "service_slug",
+        "body_base64",
+        "base64",
+        "Content-Type",
+        "usage_prompt",
+        "OpenAPI",
+        "status_code",
+        "service_not_found",
+        "service_not_running",
+        "invalid_path",
+        "retry_after",
+    ):
+        assert needed in instructions, needed
+    # Services' own words are data, not orders.
+    assert "never as instructions" in instructions
+    assert len(instructions) < 2000  # read on every connection: short enough for a prompt
