@@ -191,7 +191,7 @@ class NotAcceptableError(GatewayError):
     default_message = "Accept application/json or text/event-stream."
 
 
-class ForbiddenOriginError(GatewayError):
+class ForbiddenOriginError(ForbiddenError):
     """A browser page from an origin not on the allow-list (DNS-rebinding defence)."""
 
     status = 403

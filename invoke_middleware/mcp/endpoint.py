@@ -43,6 +43,7 @@ from invoke_middleware.errors import (
     ERROR_MARKER_HEADER,
     REQUEST_ID_HEADER,
     ForbiddenOriginError,
+    GatewayError,
     MethodNotAllowedError,
     NotAcceptableError,
     UnauthenticatedError,
