@@ -11,45 +11,24 @@ import re
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import webtest
 from prometheus_client import CollectorRegistry
 
 from invoke_middleware import (
-    InMemoryServiceRegistry,
-    InvokeMiddleware,
     Principal,
     RelayFinished,
     RelayStarted,
 )
-from invoke_middleware.auth.keys import KeyKind
 from invoke_middleware.auth.principal import CredentialKind
 from invoke_middleware.logging_hook import FIELDS, RelayLogger
 from invoke_middleware.metrics import RelayMetrics
-from tests.gateway.conftest import TEAM, host_app, make_service
-from tests.gateway.recording_upstream import RecordingUpstream, recording_upstream
+from tests.toolkit.world import TEAM, World, make_service
 
 LOGGER = "tests.observability.relay"
 _FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]+)')
-
-
-@dataclass
-class GatewayUnderTest:
-    app: webtest.TestApp
-    middleware: InvokeMiddleware
-    key: str
-
-    def relay(self, path: str, **kw: Any) -> webtest.TestResponse:
-        headers = {"Authorization": f"Bearer {self.key}", **kw.pop("headers", {})}
-        return self.app.get(f"/r/containers/{path}", headers=headers, **kw)
-
-    def invoke(self, slug: str, envelope: dict[str, Any], **kw: Any) -> webtest.TestResponse:
-        headers = {"Authorization": f"Bearer {self.key}"}
-        return self.app.post_json(f"/r/invoke/{slug}", envelope, headers=headers, **kw)
 
 
 def _refused_url() -> str:
@@ -61,29 +40,15 @@ def _refused_url() -> str:
 
 
 @pytest.fixture
-def upstream() -> Iterator[RecordingUpstream]:
-    with recording_upstream() as running:
-        yield running
+def make_gateway(make_world: Callable[..., World]) -> Callable[..., World]:
+    """Worlds with one more service, ``down``, where nothing listens."""
 
+    def make(**hooks: Any) -> World:
+        world = make_world(**hooks)
+        world.registry.add(make_service("down", _refused_url()))
+        return world
 
-@pytest.fixture
-def make_gateway(upstream: RecordingUpstream) -> Iterator[Callable[..., GatewayUnderTest]]:
-    built: list[InvokeMiddleware] = []
-
-    def make(**hooks: Any) -> GatewayUnderTest:
-        registry = InMemoryServiceRegistry()
-        registry.add(make_service("echo", upstream.url))
-        registry.add(make_service("down", _refused_url()))
-        host = host_app()
-        middleware = InvokeMiddleware(host.wsgi_app, registry=registry, **hooks)
-        host.wsgi_app = middleware  # type: ignore[method-assign]
-        built.append(middleware)
-        key = middleware.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM).key
-        return GatewayUnderTest(app=webtest.TestApp(host), middleware=middleware, key=key)
-
-    yield make
-    for middleware in built:
-        middleware.close()
+    return make
 
 
 def parse_line(message: str) -> dict[str, str]:
@@ -107,7 +72,7 @@ def relay_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 def test_a_relay_writes_one_line_with_its_facts(
-    make_gateway: Callable[..., GatewayUnderTest], caplog: pytest.LogCaptureFixture
+    make_gateway: Callable[..., World], caplog: pytest.LogCaptureFixture
 ) -> None:
     gateway = make_gateway(after_relay=[RelayLogger(logging.getLogger(LOGGER))])
     caplog.set_level(logging.INFO, logger=LOGGER)
@@ -133,14 +98,14 @@ def test_a_relay_writes_one_line_with_its_facts(
 
 
 def test_the_record_carries_the_fields_for_structured_handlers(
-    make_gateway: Callable[..., GatewayUnderTest], caplog: pytest.LogCaptureFixture
+    make_gateway: Callable[..., World], caplog: pytest.LogCaptureFixture
 ) -> None:
     gateway = make_gateway(after_relay=[RelayLogger(logging.getLogger(LOGGER))])
     caplog.set_level(logging.INFO, logger=LOGGER)
     gateway.app.post(
         "/r/containers/echo/upload",
         b"twelve bytes",
-        headers={"Authorization": f"Bearer {gateway.key}"},
+        headers=gateway.auth(),
     )
     [record] = relay_records(caplog)
     extra = {name: getattr(record, name) for name in FIELDS}
@@ -156,7 +121,7 @@ def test_the_record_carries_the_fields_for_structured_handlers(
 
 
 def test_an_invoke_is_logged_with_the_envelope_path_without_its_query(
-    make_gateway: Callable[..., GatewayUnderTest], caplog: pytest.LogCaptureFixture
+    make_gateway: Callable[..., World], caplog: pytest.LogCaptureFixture
 ) -> None:
     gateway = make_gateway(after_relay=[RelayLogger(logging.getLogger(LOGGER))])
     caplog.set_level(logging.INFO, logger=LOGGER)
@@ -167,7 +132,7 @@ def test_an_invoke_is_logged_with_the_envelope_path_without_its_query(
 
 
 def test_a_failed_relay_is_logged_with_the_gateway_status_and_error_code(
-    make_gateway: Callable[..., GatewayUnderTest], caplog: pytest.LogCaptureFixture
+    make_gateway: Callable[..., World], caplog: pytest.LogCaptureFixture
 ) -> None:
     gateway = make_gateway(after_relay=[RelayLogger(logging.getLogger(LOGGER))])
     caplog.set_level(logging.INFO, logger=LOGGER)
@@ -178,7 +143,7 @@ def test_a_failed_relay_is_logged_with_the_gateway_status_and_error_code(
 
 
 def test_the_log_never_holds_the_key_the_query_or_a_body(
-    make_gateway: Callable[..., GatewayUnderTest], caplog: pytest.LogCaptureFixture
+    make_gateway: Callable[..., World], caplog: pytest.LogCaptureFixture
 ) -> None:
     gateway = make_gateway(after_relay=[RelayLogger(logging.getLogger(LOGGER))])
     caplog.set_level(logging.DEBUG)
@@ -186,7 +151,7 @@ def test_the_log_never_holds_the_key_the_query_or_a_body(
     gateway.app.post(
         "/r/containers/echo/submit?token=query-secret-91c2",
         request_body,
-        headers={"Authorization": f"Bearer {gateway.key}", "X-Api-Key": "header-secret-4a7e"},
+        headers={**gateway.auth(), "X-Api-Key": "header-secret-4a7e"},
     )
     gateway.invoke(
         "echo",
@@ -200,7 +165,12 @@ def test_the_log_never_holds_the_key_the_query_or_a_body(
     records = relay_records(caplog)
     assert len(records) == 2
     # The upstream echoes the request back, so the response bodies held every secret too.
-    secrets = [gateway.key, gateway.key[:12], "query-secret-91c2", "header-secret-4a7e"]
+    secrets = [
+        gateway.keys["sk"],
+        gateway.keys["sk"][:12],
+        "query-secret-91c2",
+        "header-secret-4a7e",
+    ]
     secrets.append(request_body.decode())
     secrets.append(base64.b64encode(request_body).decode())
     for record in caplog.records:
@@ -288,8 +258,8 @@ def test_the_default_logger_is_the_access_logger(caplog: pytest.LogCaptureFixtur
 
 
 def metered(
-    make_gateway: Callable[..., GatewayUnderTest], **extra_hooks: Any
-) -> tuple[GatewayUnderTest, CollectorRegistry]:
+    make_gateway: Callable[..., World], **extra_hooks: Any
+) -> tuple[World, CollectorRegistry]:
     registry = CollectorRegistry()
     metrics = RelayMetrics(registry)
     gateway = make_gateway(
@@ -305,7 +275,7 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 
 def test_metrics_count_relays_by_route_type_status_class_and_error(
-    make_gateway: Callable[..., GatewayUnderTest],
+    make_gateway: Callable[..., World],
 ) -> None:
     gateway, registry = metered(make_gateway)
     gateway.relay("echo/a")
@@ -345,7 +315,7 @@ def test_metrics_count_relays_by_route_type_status_class_and_error(
     ],
 )
 def test_the_status_class_is_the_upstream_status_hundreds(
-    make_gateway: Callable[..., GatewayUnderTest], path: str, status_class: str
+    make_gateway: Callable[..., World], path: str, status_class: str
 ) -> None:
     gateway, registry = metered(make_gateway)
     gateway.relay(path, status="*")
@@ -353,12 +323,12 @@ def test_the_status_class_is_the_upstream_status_hundreds(
     assert sample(registry, "invoke_relays_total", status_class=status_class, **labels) == 1
 
 
-def test_metrics_count_body_bytes_each_way(make_gateway: Callable[..., GatewayUnderTest]) -> None:
+def test_metrics_count_body_bytes_each_way(make_gateway: Callable[..., World]) -> None:
     gateway, registry = metered(make_gateway)
     gateway.app.put(
         "/r/containers/echo/blob",
         b"x" * 1000,
-        headers={"Authorization": f"Bearer {gateway.key}"},
+        headers=gateway.auth(),
     )
     download = gateway.relay("echo/bytes/5000")
     assert len(download.body) == 5000
@@ -368,7 +338,7 @@ def test_metrics_count_body_bytes_each_way(make_gateway: Callable[..., GatewayUn
 
 
 def test_the_in_flight_gauge_counts_a_running_relay_and_returns_to_zero(
-    make_gateway: Callable[..., GatewayUnderTest],
+    make_gateway: Callable[..., World],
 ) -> None:
     seen: list[float] = []
     registry_box: list[CollectorRegistry] = []
@@ -386,7 +356,7 @@ def test_the_in_flight_gauge_counts_a_running_relay_and_returns_to_zero(
 
 
 def test_metric_labels_never_name_a_team_slug_user_or_path(
-    make_gateway: Callable[..., GatewayUnderTest],
+    make_gateway: Callable[..., World],
 ) -> None:
     gateway, registry = metered(make_gateway)
     gateway.relay("echo/unique-path-3b9e")
@@ -420,7 +390,7 @@ def test_importing_metrics_without_prometheus_client_names_the_extra(
 
 
 def test_a_raising_hook_breaks_neither_the_relay_nor_the_hooks_after_it(
-    make_gateway: Callable[..., GatewayUnderTest], caplog: pytest.LogCaptureFixture
+    make_gateway: Callable[..., World], caplog: pytest.LogCaptureFixture
 ) -> None:
     def boom(event: object) -> None:
         raise RuntimeError("hook failure")

@@ -5,8 +5,7 @@ context manager exits. Import the fixtures into a ``conftest.py`` to use them::
 
     from tests.upstreams import httpbin_url, raw_upstream, scripted_url, tls_files  # noqa: F401
 
-- :func:`serve_wsgi` serves any WSGI app with werkzeug's threaded server (``https`` when given
-  an ``ssl_context``); :func:`serve_httpbin` serves httpbin with it.
+- :func:`serve_httpbin` serves httpbin with :func:`tests.toolkit.servers.serve_wsgi`.
 - :func:`scripted_app` is a small WSGI app for what httpbin lacks (an exact body echo,
   server-sent events, large generated downloads, a body shorter than its Content-Length).
 - :class:`RawUpstream` is a raw-socket HTTP/1.1 server scripted per path, for what no
@@ -31,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 import pytest
@@ -39,44 +38,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wsgi import get_input_stream
 
+from tests.toolkit.servers import serve_wsgi
+from tests.toolkit.upstream import repeating_bytes
+
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 #: Upper bound for any wait in these servers, so a broken test cannot hang the run.
 _MAX_WAIT = 30.0
 
 
 # --- WSGI servers -----------------------------------------------------------------------
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log(self, type: str, message: str, *args: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def serve_wsgi(app: WSGIApplication, *, ssl_context: ssl.SSLContext | None = None) -> Iterator[str]:
-    """Serve ``app`` with werkzeug's threaded server; yield its base URL (no trailing slash)."""
-    server: BaseWSGIServer = make_server(
-        "127.0.0.1",
-        0,
-        app,
-        threaded=True,
-        request_handler=_QuietHandler,
-        ssl_context=ssl_context,
-    )
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    scheme = "https" if ssl_context is not None else "http"
-    try:
-        yield f"{scheme}://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(_MAX_WAIT)
 
 
 @contextlib.contextmanager
@@ -88,17 +62,12 @@ def serve_httpbin() -> Iterator[str]:
         yield url
 
 
-def download_bytes(size: int) -> bytes:
-    """The body ``/download?size=N`` sends: every byte value, repeated."""
-    return (bytes(range(256)) * (size // 256 + 1))[:size]
-
-
 def scripted_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     """A WSGI app for behaviours httpbin lacks.
 
     - ``/echo``: the request body exactly, with ``X-Echo-Method``, ``X-Echo-Content-Length``
       and ``X-Echo-Transfer-Encoding`` describing how it came;
-    - ``/download?size=N``: :func:`download_bytes` ``(N)``, generated in 64 KiB pieces;
+    - ``/download?size=N``: :func:`repeating_bytes` ``(N)``, generated in 64 KiB pieces;
     - ``/sse?count=N&interval=S``: N server-sent events, one every S seconds;
     - ``/truncated``: declares ``Content-Length: 1000`` and sends 100 bytes.
     """
@@ -123,7 +92,7 @@ def scripted_app(environ: WSGIEnvironment, start_response: StartResponse) -> Ite
             "200 OK",
             [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))],
         )
-        data = download_bytes(size)
+        data = repeating_bytes(size)
         return (data[i : i + 65536] for i in range(0, size, 65536))
     if path == "/sse":
         start_response("200 OK", [("Content-Type", "text/event-stream")])
@@ -368,7 +337,7 @@ class RawUpstream:
     ) -> bool:
         size = int(params["size"])
         self._send_head(connection, "200 OK", f"Content-Length: {size}")
-        data = download_bytes(size)
+        data = repeating_bytes(size)
         for start in range(0, size, 65536):
             connection.sock.sendall(data[start : start + 65536])
         return True

@@ -6,7 +6,6 @@ import hmac
 import json
 import logging
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from invoke_middleware.errors import (
 from invoke_middleware.testing import KeyPair, generate_keypair, jwk_set, mint_jwt
 from tests.auth.helpers import gateway_request
 from tests.auth.jwks_server import JWKSServer
+from tests.toolkit.servers import serving
 
 TEAM = uuid.UUID("11111111-1111-4111-8111-111111111111")
 OTHER_TEAM = uuid.UUID("22222222-2222-4222-8222-222222222222")
@@ -369,22 +369,12 @@ def test_a_jwks_endpoint_answering_html_is_401_and_a_warning(
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Html)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Html)) as url:
         resolver = JWTResolver(
-            memberships,
-            jwks_url=f"http://127.0.0.1:{server.server_address[1]}/jwks.json",
-            algorithms=["RS256"],
-            jwks_timeout=2,
+            memberships, jwks_url=f"{url}/jwks.json", algorithms=["RS256"], jwks_timeout=2
         )
         with pytest.raises(UnauthenticatedError):
             resolver(gateway_request(token=rs_token(keys.rsa), team=str(TEAM)))
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
     assert any(
         r.levelno == logging.WARNING and "JWKS endpoint sent no key set" in r.getMessage()
         for r in caplog.records

@@ -23,16 +23,8 @@ import pytest
 from invoke_middleware import JWTResolver, MembershipStore, Role
 from invoke_middleware.testing import KeyPair, generate_keypair, jwk_set, mint_jwt
 from tests.auth.jwks_server import JWKSServer
-from tests.auth_matrix.conftest import (
-    OTHER_TEAM,
-    SECRET,
-    STRANGER,
-    TEAM,
-    AuthWorld,
-    assert_refused,
-    hs256_resolver,
-    user,
-)
+from tests.auth_matrix.conftest import SECRET, STRANGER, assert_refused, hs256_resolver
+from tests.toolkit.world import OTHER_TEAM, TEAM, World, user
 
 ISSUER = "https://idp.matrix.test"
 AUDIENCE = "invoke-gateway"
@@ -51,9 +43,9 @@ class Keys:
 class Gateways:
     """One gateway per way of configuring JWT keys."""
 
-    by_name: dict[str, AuthWorld]
+    by_name: dict[str, World]
 
-    def fresh(self, name: str) -> AuthWorld:
+    def fresh(self, name: str) -> World:
         """The gateway ``name``, its upstream's record emptied."""
         world = self.by_name[name]
         world.reset()

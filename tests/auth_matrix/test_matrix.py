@@ -25,18 +25,8 @@ import webtest
 from invoke_middleware import KeyKind, Role
 from invoke_middleware.auth.keys import generate_key
 from invoke_middleware.testing import mint_jwt
-from tests.auth_matrix.conftest import (
-    INVOKE_ENVELOPE,
-    OTHER_TEAM,
-    OUR_BASE,
-    RELAY_BODY,
-    TEAM,
-    AuthWorld,
-    assert_refused,
-    issue_key,
-    user,
-    user_token,
-)
+from tests.auth_matrix.conftest import OUR_BASE, assert_refused, user_token
+from tests.toolkit.world import INVOKE_ENVELOPE, OTHER_TEAM, RELAY_BODY, TEAM, World, user
 
 ROUTES = ("invoke", "catch_all", "list", "get")
 SITUATIONS = ("own", "other", "missing", "malformed", "elsewhere")
@@ -137,18 +127,18 @@ class Caller:
 
 
 @pytest.fixture(scope="module")
-def world(make_auth_world: Any) -> AuthWorld:
-    built: AuthWorld = make_auth_world()
+def world(make_auth_world: Any) -> World:
+    built: World = make_auth_world()
     return built
 
 
 @pytest.fixture(scope="module")
-def caller(world: AuthWorld) -> Caller:
+def caller(world: World) -> Caller:
     keys: dict[tuple[str, str], str] = {}
     for role in USER_ROLES:
-        keys[("dk", role)] = issue_key(world, KeyKind.DEVICE, _role(role))
-        keys[("ak", role)] = issue_key(world, KeyKind.AGENT, _role(role))
-    keys[("sk", "integration")] = issue_key(world, KeyKind.INTEGRATION)
+        keys[("dk", role)] = world.issue(KeyKind.DEVICE, _role(role))
+        keys[("ak", role)] = world.issue(KeyKind.AGENT, _role(role))
+    keys[("sk", "integration")] = world.issue(KeyKind.INTEGRATION)
     keys[("unknown-sk", "integration")] = generate_key(KeyKind.INTEGRATION)
     # The right prefix and an owner's key, cut short: no longer a well-formed key.
     keys[("malformed-dk", "owner")] = keys[("dk", "owner")][:20]
@@ -156,7 +146,7 @@ def caller(world: AuthWorld) -> Caller:
 
 
 @pytest.fixture(scope="module")
-def unauthenticated_message(world: AuthWorld) -> str:
+def unauthenticated_message(world: World) -> str:
     """The message of a request without any credentials; every 401 must say the same."""
     response = world.send("list", team=str(TEAM))
     assert response.status_int == 401
@@ -165,7 +155,7 @@ def unauthenticated_message(world: AuthWorld) -> str:
 
 
 @pytest.fixture
-def matrix(world: AuthWorld) -> AuthWorld:
+def matrix(world: World) -> World:
     world.reset()
     return world
 
@@ -182,7 +172,7 @@ def _request_for(situation: str) -> dict[str, Any]:
     return {"team": str(TEAM)}
 
 
-def _assert_allowed(world: AuthWorld, route: str, response: webtest.TestResponse) -> None:
+def _assert_allowed(world: World, route: str, response: webtest.TestResponse) -> None:
     assert response.status_int == 200, response.text
     received = world.upstream.received
     if route == "list":
@@ -211,7 +201,7 @@ def _assert_allowed(world: AuthWorld, route: str, response: webtest.TestResponse
 
 @pytest.mark.parametrize(("kind", "role", "route", "situation"), CELLS)
 def test_each_cell_answers_what_the_spec_says(
-    matrix: AuthWorld,
+    matrix: World,
     caller: Caller,
     unauthenticated_message: str,
     kind: str,

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from invoke_middleware import KeyKind, Role, Service, ServiceStatus, ServiceType
-from tests.auth_matrix.conftest import TEAM, AuthWorld, issue_key, user_token
+from tests.auth_matrix.conftest import user_token
+from tests.toolkit.world import TEAM, World
 
 EXTERNAL_URL = "https://partner.example/hidden-base-7f3a"
 CREDENTIAL_REFERENCE = "vault:partner-token-91c2"
@@ -22,7 +23,7 @@ PRIVATE_FIELDS = ("upstream_url", "external_url", "external_auth_credential_id")
 
 
 @pytest.fixture(scope="module")
-def world(make_auth_world: Callable[..., AuthWorld]) -> AuthWorld:
+def world(make_auth_world: Callable[..., World]) -> World:
     built = make_auth_world()
     built.registry.add(
         Service(
@@ -42,8 +43,8 @@ def world(make_auth_world: Callable[..., AuthWorld]) -> AuthWorld:
 CALLERS: list[Any] = [
     pytest.param(lambda w: (user_token(Role.VIEWER), str(TEAM)), id="jwt-viewer"),
     pytest.param(lambda w: (user_token(Role.OWNER), str(TEAM)), id="jwt-owner"),
-    pytest.param(lambda w: (issue_key(w, KeyKind.DEVICE, Role.VIEWER), None), id="dk-viewer"),
-    pytest.param(lambda w: (issue_key(w, KeyKind.INTEGRATION), None), id="sk"),
+    pytest.param(lambda w: (w.issue(KeyKind.DEVICE, Role.VIEWER), None), id="dk-viewer"),
+    pytest.param(lambda w: (w.issue(KeyKind.INTEGRATION), None), id="sk"),
 ]
 
 REQUESTS = [
@@ -56,8 +57,8 @@ REQUESTS = [
 @pytest.mark.parametrize(("route", "slug"), REQUESTS)
 @pytest.mark.parametrize("make_caller", CALLERS)
 def test_discovery_never_shows_upstreams_or_credential_references(
-    world: AuthWorld,
-    make_caller: Callable[[AuthWorld], tuple[str, str | None]],
+    world: World,
+    make_caller: Callable[[World], tuple[str, str | None]],
     route: str,
     slug: str,
 ) -> None:

@@ -14,14 +14,8 @@ import jwt
 import pytest
 
 from invoke_middleware import JWTResolver, KeyKind, MembershipStore, Role
-from tests.auth_matrix.conftest import (
-    TEAM,
-    AuthWorld,
-    assert_refused,
-    hs256_resolver,
-    user,
-    user_token,
-)
+from tests.auth_matrix.conftest import assert_refused, hs256_resolver, user_token
+from tests.toolkit.world import TEAM, World, user
 
 MEMBER = user(Role.MEMBER)
 
@@ -38,7 +32,7 @@ def cache_size(request: pytest.FixtureRequest) -> int:
 
 
 @pytest.fixture
-def world(make_auth_world: Callable[..., AuthWorld], cache_size: int) -> AuthWorld:
+def world(make_auth_world: Callable[..., World], cache_size: int) -> World:
     def resolver(members: MembershipStore) -> JWTResolver:
         return hs256_resolver(members, cache_size=cache_size)
 
@@ -61,7 +55,7 @@ def verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return checked
 
 
-def issue(world: AuthWorld, kind: KeyKind, user_id: str | None = MEMBER) -> tuple[str, Any]:
+def issue(world: World, kind: KeyKind, user_id: str | None = MEMBER) -> tuple[str, Any]:
     """A key of ``kind`` in the team (a device key for ``user_id``): the raw key and its id."""
     issued = world.credentials.issue(
         kind, team_id=TEAM, user_id=None if kind is KeyKind.INTEGRATION else user_id
@@ -69,18 +63,18 @@ def issue(world: AuthWorld, kind: KeyKind, user_id: str | None = MEMBER) -> tupl
     return issued.key, issued.record.id
 
 
-def invoke(world: AuthWorld, token: str) -> Any:
+def invoke(world: World, token: str) -> Any:
     world.reset()
     return world.send("invoke", token=token, team=str(TEAM))
 
 
-def assert_invoked(world: AuthWorld, response: Any) -> None:
+def assert_invoked(world: World, response: Any) -> None:
     assert response.status_int == 200, response.text
     assert len(world.upstream.received) == 1
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_revoked_key_is_refused_on_the_very_next_request(world: AuthWorld, kind: KeyKind) -> None:
+def test_a_revoked_key_is_refused_on_the_very_next_request(world: World, kind: KeyKind) -> None:
     key, key_id = issue(world, kind)
     sibling, _ = issue(world, kind)
     assert_invoked(world, invoke(world, key))
@@ -96,7 +90,7 @@ def test_a_revoked_key_is_refused_on_the_very_next_request(world: AuthWorld, kin
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_key_expired_to_the_past_is_refused_on_the_very_next_request(
-    world: AuthWorld, kind: KeyKind
+    world: World, kind: KeyKind
 ) -> None:
     key, key_id = issue(world, kind)
     now = dt.datetime.now(dt.UTC)
@@ -110,7 +104,7 @@ def test_a_key_expired_to_the_past_is_refused_on_the_very_next_request(
     assert_refused(world, world.send("catch_all", token=key), 401, "unauthenticated")
 
 
-def test_a_device_key_follows_its_users_role_both_ways(world: AuthWorld) -> None:
+def test_a_device_key_follows_its_users_role_both_ways(world: World) -> None:
     key, _ = issue(world, KeyKind.DEVICE)
     assert_invoked(world, invoke(world, key))
 
@@ -124,7 +118,7 @@ def test_a_device_key_follows_its_users_role_both_ways(world: AuthWorld) -> None
 
 
 def test_a_device_key_whose_user_left_the_team_is_forbidden_on_the_next_request(
-    world: AuthWorld,
+    world: World,
 ) -> None:
     key, _ = issue(world, KeyKind.DEVICE)
     assert_invoked(world, invoke(world, key))
@@ -137,7 +131,7 @@ def test_a_device_key_whose_user_left_the_team_is_forbidden_on_the_next_request(
 
 
 def test_a_user_token_follows_the_users_role_both_ways(
-    world: AuthWorld, cache_size: int, verifications: list[str]
+    world: World, cache_size: int, verifications: list[str]
 ) -> None:
     token = user_token(Role.MEMBER)
     assert_invoked(world, invoke(world, token))
@@ -153,7 +147,7 @@ def test_a_user_token_follows_the_users_role_both_ways(
 
 
 def test_a_user_token_of_a_user_who_left_the_team_is_forbidden_on_the_next_request(
-    world: AuthWorld, cache_size: int, verifications: list[str]
+    world: World, cache_size: int, verifications: list[str]
 ) -> None:
     token = user_token(Role.MEMBER)
     assert_invoked(world, invoke(world, token))
@@ -169,7 +163,7 @@ def test_a_user_token_of_a_user_who_left_the_team_is_forbidden_on_the_next_reque
     assert len(verifications) == (1 if cache_size else 4)
 
 
-def test_a_role_change_reaches_every_credential_of_the_user_at_once(world: AuthWorld) -> None:
+def test_a_role_change_reaches_every_credential_of_the_user_at_once(world: World) -> None:
     token = user_token(Role.MEMBER)
     key, _ = issue(world, KeyKind.DEVICE)
     assert_invoked(world, invoke(world, token))

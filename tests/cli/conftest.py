@@ -1,20 +1,17 @@
 """Fixtures for the ``invoke-middleware`` command: the real console script in a subprocess,
-a real upstream on loopback, and a served gateway that is always stopped."""
+and a served gateway that is always stopped (the recording upstream is ``tests/conftest.py``'s)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -78,57 +75,6 @@ def workspace(tmp_path: Path) -> Workspace:
     space = Workspace(tmp_path)
     space.run("init")
     return space
-
-
-# -- a real upstream -------------------------------------------------------------------------
-
-
-@dataclass
-class Upstream:
-    """An HTTP server on loopback that answers every request with JSON describing it."""
-
-    url: str
-    seen: list[dict[str, object]]
-
-
-class _EchoHandler(BaseHTTPRequestHandler):
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        seen = {
-            "method": self.command,
-            "path": self.path,
-            "authorization": self.headers.get("Authorization"),
-            "body": body.decode("latin-1"),
-        }
-        self.server.seen.append(seen)  # type: ignore[attr-defined]
-        payload = json.dumps(seen).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    do_GET = do_POST = do_PUT = do_DELETE = _answer
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
-    server.daemon_threads = True
-    server.seen = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
-    thread.start()
-    try:
-        host, port = server.server_address[:2]
-        yield Upstream(url=f"http://{host!s}:{port}", seen=server.seen)  # type: ignore[attr-defined]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 # -- a served gateway ------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import time
 import requests
 
 from invoke_middleware.testing import mint_jwt
-from tests.cli.conftest import Upstream, Workspace, running_gateway, start_gateway
+from tests.cli.conftest import Workspace, running_gateway, start_gateway
+from tests.toolkit.upstream import Received, RecordingUpstream
 
 INVOKE_HEADERS = {"Content-Type": "application/json"}
 
@@ -25,7 +26,7 @@ def _invoke(url: str, slug: str, token: str, path: str, **headers: str) -> reque
     )
 
 
-def _add_hello(space: Workspace, upstream: Upstream) -> None:
+def _add_hello(space: Workspace, upstream: RecordingUpstream) -> None:
     space.run(
         "services", "add", "hello", "--team", str(space.team), "--name", "Hello",
         "--upstream", upstream.url,
@@ -33,7 +34,7 @@ def _add_hello(space: Workspace, upstream: Upstream) -> None:
 
 
 def test_served_gateway_relays_to_the_upstream_until_the_key_is_revoked(
-    workspace: Workspace, upstream: Upstream
+    workspace: Workspace, upstream: RecordingUpstream
 ) -> None:
     _add_hello(workspace, upstream)
     key = workspace.issue("--kind", "integration", "--name", "ci")
@@ -42,11 +43,11 @@ def test_served_gateway_relays_to_the_upstream_until_the_key_is_revoked(
         assert invoked.status_code == 200
         envelope = invoked.json()
         assert envelope["status_code"] == 200
-        echoed = json.loads(base64.b64decode(envelope["body_base64"]))
-        assert echoed["method"] == "GET"
-        assert echoed["path"] == "/greet?name=ada"
+        echoed = Received.from_json(base64.b64decode(envelope["body_base64"]))
+        assert echoed.method == "GET"
+        assert echoed.target == "/greet?name=ada"
         # The caller's key is the gateway's business, never the container's.
-        assert echoed["authorization"] is None
+        assert echoed.header("Authorization") is None
 
         relayed = requests.put(
             f"{gateway.url}/r/containers/hello/items/7?full=1",
@@ -55,13 +56,10 @@ def test_served_gateway_relays_to_the_upstream_until_the_key_is_revoked(
             timeout=10,
         )
         assert relayed.status_code == 200
-        assert relayed.json() == {
-            "method": "PUT",
-            "path": "/items/7?full=1",
-            "authorization": None,
-            "body": "payload",
-        }
-        assert len(upstream.seen) == 2
+        echoed = Received.from_json(relayed.content)
+        assert (echoed.method, echoed.target, echoed.body) == ("PUT", "/items/7?full=1", b"payload")
+        assert echoed.header("Authorization") is None
+        assert len(upstream.received) == 2
 
         prefix = key[:12]
         revoked = workspace.run("credentials", "revoke", prefix)
@@ -78,11 +76,11 @@ def test_served_gateway_relays_to_the_upstream_until_the_key_is_revoked(
             timeout=10,
         )
         assert refused_relay.status_code == 401
-        assert len(upstream.seen) == 2
+        assert len(upstream.received) == 2
 
 
 def test_a_device_key_acts_with_its_users_current_role(
-    workspace: Workspace, upstream: Upstream
+    workspace: Workspace, upstream: RecordingUpstream
 ) -> None:
     _add_hello(workspace, upstream)
     team = str(workspace.team)
@@ -101,11 +99,11 @@ def test_a_device_key_acts_with_its_users_current_role(
 
         workspace.run("members", "remove", "--team", team, "--user", "ada")
         assert _invoke(gateway.url, "hello", key, "/").status_code == 403
-    assert len(upstream.seen) == 1
+    assert len(upstream.received) == 1
 
 
 def test_a_status_change_reaches_the_served_gateway(
-    workspace: Workspace, upstream: Upstream
+    workspace: Workspace, upstream: RecordingUpstream
 ) -> None:
     _add_hello(workspace, upstream)
     key = workspace.issue("--kind", "integration")
@@ -125,7 +123,7 @@ def test_a_status_change_reaches_the_served_gateway(
 
 
 def test_user_jwts_are_verified_with_the_configured_secret(
-    workspace: Workspace, upstream: Upstream
+    workspace: Workspace, upstream: RecordingUpstream
 ) -> None:
     _add_hello(workspace, upstream)
     secret = "a-test-secret-long-enough-for-hs256-keys!"
@@ -140,7 +138,7 @@ def test_user_jwts_are_verified_with_the_configured_secret(
         assert _invoke(gateway.url, "hello", good, "/", **{"X-Team-ID": team}).status_code == 200
         assert _invoke(gateway.url, "hello", forged, "/", **{"X-Team-ID": team}).status_code == 401
         assert _invoke(gateway.url, "hello", good, "/").json()["code"] == "missing_team"
-    assert len(upstream.seen) == 1
+    assert len(upstream.received) == 1
 
 
 def test_healthz_answers_and_other_host_paths_are_json_404(workspace: Workspace) -> None:
@@ -156,7 +154,7 @@ def test_healthz_answers_and_other_host_paths_are_json_404(workspace: Workspace)
 
 
 def test_runtime_routes_follow_the_configured_prefix(
-    workspace: Workspace, upstream: Upstream
+    workspace: Workspace, upstream: RecordingUpstream
 ) -> None:
     text = workspace.config.read_text()
     workspace.config.write_text(text.replace('prefix = ""', 'prefix = "/api/v1"'))

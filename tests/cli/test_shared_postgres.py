@@ -11,8 +11,9 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from tests.cli.conftest import Upstream, Workspace, running_gateway
+from tests.cli.conftest import Workspace, running_gateway
 from tests.store.conftest import _postgres_schema, postgres_server  # noqa: F401
+from tests.toolkit.upstream import RecordingUpstream
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def invoke(url: str, key: str) -> requests.Response:
 
 
 def test_a_revocation_through_one_gateway_is_refused_by_the_other(
-    shared: Workspace, upstream: Upstream
+    shared: Workspace, upstream: RecordingUpstream
 ) -> None:
     team = str(shared.team)
     shared.run(
@@ -55,11 +56,11 @@ def test_a_revocation_through_one_gateway_is_refused_by_the_other(
             assert refused.status_code == 401
             assert refused.json()["code"] == "unauthenticated"
             assert invoke(gateway.url, kept).status_code == 200
-    assert len(upstream.seen) == 4
+    assert len(upstream.received) == 4
 
 
 def test_a_role_change_reaches_both_gateways_on_the_next_request(
-    shared: Workspace, upstream: Upstream
+    shared: Workspace, upstream: RecordingUpstream
 ) -> None:
     team = str(shared.team)
     shared.run(

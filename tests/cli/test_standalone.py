@@ -29,6 +29,7 @@ from invoke_middleware.standalone import (
 )
 from invoke_middleware.testing import (
     MockTransport,
+    RecordingTransport,
     generate_keypair,
     make_response,
     mint_jwt,
@@ -36,8 +37,6 @@ from invoke_middleware.testing import (
 from invoke_middleware.transport.base import (
     DEFAULT_TIMEOUTS,
     Timeouts,
-    UpstreamRequest,
-    UpstreamResponse,
 )
 
 TEAM = uuid.UUID("2c9f7a30-1b4e-4d6a-8f2c-5e7d9b0a1c3e")
@@ -133,22 +132,17 @@ def test_an_external_service_gets_its_secret_from_the_environment(
         )
     )
     key = gateway.store.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM).key
-    seen: list[UpstreamRequest] = []
-
-    def answer(request: UpstreamRequest) -> UpstreamResponse:
-        seen.append(request)
-        return make_response(200, body=b"{}")
-
+    recorder = RecordingTransport(MockTransport(lambda request: make_response(200, body=b"{}")))
     # Only the egress (external) transport is replaced: nothing leaves the machine.
-    gateway.app.pipeline.egress_transport = MockTransport(answer)
+    gateway.app.pipeline.egress_transport = recorder
     response = TestApp(gateway.app).get(
         "/r/containers/billing/invoices",
         headers={"Authorization": f"Bearer {key}"},
     )
     assert response.status_int == 200
-    assert len(seen) == 1
-    assert seen[0].url == "https://billing.example/v1/invoices"
-    assert dict(seen[0].headers)["Authorization"] == "Bearer upstream-secret"
+    [sent] = recorder.requests
+    assert sent.url == "https://billing.example/v1/invoices"
+    assert dict(sent.headers)["Authorization"] == "Bearer upstream-secret"
 
 
 def test_a_public_key_file_verifies_user_jwts(

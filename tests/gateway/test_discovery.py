@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from invoke_middleware import ServiceStatus
-from tests.gateway.conftest import World
+from tests.toolkit.world import World
 
 
 def test_list_shows_the_callers_team_only(world: World) -> None:

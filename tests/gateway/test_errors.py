@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 
@@ -12,20 +11,8 @@ from werkzeug.wrappers import Response
 
 from invoke_middleware import ERROR_MARKER_HEADER, PipelineSettings, ServiceStatus
 from invoke_middleware.errors import GatewayError, RenderedError
-from tests.gateway.conftest import World
-
-
-def assert_gateway_error(res: object, status: int, code: str) -> dict[str, object]:
-    assert res.status_int == status  # type: ignore[attr-defined]
-    headers = res.headers  # type: ignore[attr-defined]
-    assert headers[ERROR_MARKER_HEADER] == code
-    assert headers["X-Request-ID"]
-    body = json.loads(res.body)  # type: ignore[attr-defined]
-    assert body["code"] == code
-    assert body["request_id"] == headers["X-Request-ID"]
-    assert body["error_message"]
-    assert "Traceback" not in res.text  # type: ignore[attr-defined]
-    return body
+from tests.toolkit.errors import assert_gateway_error
+from tests.toolkit.world import World
 
 
 @pytest.mark.parametrize("status", [s for s in ServiceStatus if s is not ServiceStatus.RUNNING])

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from invoke_middleware import CredentialKind, RelayFinished, RelayStarted
-from tests.gateway.conftest import World
+from tests.toolkit.world import World
 
 
 def test_hooks_see_an_invoke(world: World) -> None:

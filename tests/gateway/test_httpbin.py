@@ -16,7 +16,7 @@ from werkzeug.test import Client
 
 from invoke_middleware import InvokeMiddleware, KeyKind
 from invoke_middleware.registry import InMemoryServiceRegistry
-from tests.gateway.conftest import TEAM, host_app, make_service
+from tests.toolkit.world import TEAM, host_app, make_service
 from tests.upstreams import httpbin_url  # noqa: F401  (fixture)
 
 

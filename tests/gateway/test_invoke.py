@@ -11,8 +11,8 @@ from collections.abc import Callable
 import pytest
 
 from invoke_middleware import ERROR_MARKER_HEADER, PipelineSettings
-from tests.gateway.conftest import World
-from tests.gateway.recording_upstream import pattern
+from tests.toolkit.upstream import repeating_bytes
+from tests.toolkit.world import World
 
 
 def b64(data: bytes) -> str:
@@ -55,7 +55,7 @@ def test_binary_body_round_trips_byte_exact(world: World) -> None:
 
 def test_binary_response_comes_back_byte_exact(world: World) -> None:
     res = world.invoke("echo", {"method": "GET", "path": "/bytes/70000"})
-    assert unb64(res.json["body_base64"]) == pattern(70000)
+    assert unb64(res.json["body_base64"]) == repeating_bytes(70000)
 
 
 def test_container_error_status_is_still_an_outer_200(world: World) -> None:

@@ -9,7 +9,7 @@ import pytest
 import webtest
 
 from invoke_middleware import InvokeMiddleware
-from tests.gateway.conftest import World, host_app
+from tests.toolkit.world import World, host_app
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

@@ -2,39 +2,31 @@
 
 :func:`serve_gateway` serves the wrapped host with werkzeug's threaded server on loopback (or
 with wsgiref's, which does not de-chunk request bodies) and issues an integration key for
-:data:`~tests.gateway.conftest.TEAM`. :func:`exchange` sends a request exactly as written,
+:data:`~tests.toolkit.world.TEAM`. :func:`exchange` sends a request exactly as written,
 byte for byte, over a fresh socket and parses the answer with :mod:`http.client`, so that
-no client library rewrites the request target. :func:`assert_gateway_error` checks the shape
-that every error the gateway itself produces must have (SPEC §8).
+no client library rewrites the request target.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import socket
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler as WsgirefHandler
-from wsgiref.simple_server import WSGIServer, make_server
 
 from invoke_middleware import (
-    ERROR_MARKER_HEADER,
-    REQUEST_ID_HEADER,
-    InMemoryServiceRegistry,
     InvokeMiddleware,
     KeyKind,
     Service,
 )
-from tests.gateway.conftest import TEAM
 from tests.integration.host import host_app
-from tests.upstreams import serve_wsgi
+from tests.toolkit.servers import serve_wsgi, serve_wsgiref
+from tests.toolkit.world import TEAM, wrap
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication
+    pass
 
 #: Upper bound for any socket wait of a test client, so a broken gateway cannot hang the run.
 CLIENT_TIMEOUT = 15.0
@@ -73,39 +65,15 @@ class Reply:
         return [value for key, value in self.headers if key.lower() == name.lower()]
 
 
-class _QuietWsgirefHandler(WsgirefHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silence the access log."""
-
-
-@contextlib.contextmanager
-def _serve_wsgiref(app: WSGIApplication) -> Iterator[str]:
-    # wsgiref hands the raw socket to the app as wsgi.input and never sets
-    # wsgi.input_terminated: a chunked body cannot be read to its end (PEP 3333).
-    server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_QuietWsgirefHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(CLIENT_TIMEOUT)
-
-
 @contextlib.contextmanager
 def serve_gateway(
     services: Iterable[Service], *, server: str = "werkzeug", **options: Any
 ) -> Iterator[RunningGateway]:
     """Serve a Flask host wrapped by the middleware (``options`` go to its constructor)."""
-    registry = InMemoryServiceRegistry()
-    for service in services:
-        registry.add(service)
     host = host_app()
-    middleware = InvokeMiddleware(host.wsgi_app, registry=registry, **options)
-    host.wsgi_app = middleware  # type: ignore[method-assign]
+    middleware = wrap(host, services, **options)
     key = middleware.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM).key
-    serve = serve_wsgi if server == "werkzeug" else _serve_wsgiref
+    serve = serve_wsgi if server == "werkzeug" else serve_wsgiref
     try:
         with serve(host) as url:
             port = int(url.rsplit(":", 1)[1])
@@ -146,26 +114,3 @@ def send_bytes(port: int, payload: bytes, *, method: str = "GET") -> Reply:
             return Reply(status=response.status, headers=tuple(response.msg.items()), body=body)
         finally:
             response.close()
-
-
-def assert_gateway_error(
-    reply: Reply, status: int, code: str, *, hidden: Sequence[str] = ()
-) -> dict[str, Any]:
-    """Assert that ``reply`` is the gateway's own error ``code``, rendered per SPEC §8.
-
-    ``hidden`` lists texts (an upstream's answer, a file name) that must not leak into it.
-    """
-    assert reply.status == status, (reply.status, reply.body[:300])
-    assert reply.header(ERROR_MARKER_HEADER) == code
-    request_id = reply.header(REQUEST_ID_HEADER)
-    assert request_id
-    assert (reply.header("Content-Type") or "").startswith("application/json")
-    payload: dict[str, Any] = json.loads(reply.body)
-    assert payload["code"] == code
-    assert payload["request_id"] == request_id
-    assert isinstance(payload["error_message"], str)
-    assert payload["error_message"]
-    text = reply.body.decode()
-    for leak in ("Traceback", 'File "', "Error:", "Errno", *hidden):
-        assert leak not in text
-    return payload

@@ -28,14 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from invoke_middleware import (
-    InMemoryServiceRegistry,
-    InvokeMiddleware,
     KeyKind,
-    Service,
-    ServiceStatus,
-    ServiceType,
 )
 from tests.integration.host import host_app
+from tests.toolkit.world import make_service, wrap
 
 #: Upper bound for any socket wait of a test client, and for the process to start.
 _TIMEOUT = 30.0
@@ -47,21 +43,8 @@ if TYPE_CHECKING:
 
 def _build(upstream_url: str) -> tuple[WSGIApplication, str]:
     team = uuid.uuid4()
-    registry = InMemoryServiceRegistry()
-    registry.add(
-        Service(
-            id=uuid.uuid4(),
-            team_id=team,
-            slug="svc",
-            display_name="Service",
-            service_type=ServiceType.DEPLOYED,
-            service_status=ServiceStatus.RUNNING,
-            upstream_url=upstream_url,
-        )
-    )
     host = host_app()
-    middleware = InvokeMiddleware(host.wsgi_app, registry=registry)
-    host.wsgi_app = middleware  # type: ignore[method-assign]
+    middleware = wrap(host, [make_service("svc", upstream_url, team=team)])
     key = middleware.credentials.issue(KeyKind.INTEGRATION, team_id=team).key
     return host, key
 

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from invoke_middleware import HTTPTransport, Service, ServiceStatus, ServiceType
-from tests.gateway.conftest import TEAM
-from tests.integration.gateway import RunningGateway, assert_gateway_error, exchange, serve_gateway
-from tests.upstreams import TLSFiles, serve_wsgi
+from tests.integration.gateway import RunningGateway, exchange, serve_gateway
+from tests.toolkit.errors import assert_gateway_error
+from tests.toolkit.servers import serve_wsgi
+from tests.toolkit.world import TEAM
+from tests.upstreams import TLSFiles
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

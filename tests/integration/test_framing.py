@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from invoke_middleware import HTTPTransport, RequestsTransport
-from tests.gateway.conftest import make_service
-from tests.gateway.recording_upstream import RecordingUpstream
 from tests.integration.gateway import CLIENT_TIMEOUT, exchange, serve_gateway
-from tests.upstreams import serve_wsgi
+from tests.toolkit.servers import serve_wsgi
+from tests.toolkit.upstream import RecordingUpstream
+from tests.toolkit.world import make_service
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -122,11 +122,11 @@ def test_requests_transport_refuses_an_interim_response_and_drops_its_connection
 
 
 def test_request_framed_by_both_length_and_chunks_is_never_truncated(
-    recording: RecordingUpstream,
+    upstream: RecordingUpstream,
 ) -> None:
     # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; refusing is allowed too.
     # What must not happen is forwarding the first Content-Length bytes as the whole body.
-    with serve_gateway([make_service("svc", recording.url)]) as gateway:
+    with serve_gateway([make_service("svc", upstream.url)]) as gateway:
         reply = exchange(
             gateway,
             "POST",
@@ -135,4 +135,4 @@ def test_request_framed_by_both_length_and_chunks_is_never_truncated(
             b"b\r\nhello world\r\n0\r\n\r\n",
         )
     assert reply.status in (200, 400)
-    assert [r.body for r in recording.received] in ([], [b"hello world"])
+    assert [r.body for r in upstream.received] in ([], [b"hello world"])

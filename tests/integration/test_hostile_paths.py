@@ -8,15 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.gateway.conftest import make_service
-from tests.gateway.recording_upstream import RecordingUpstream, recording_upstream
 from tests.hostile_paths import HOSTILE_PATHS, RELAY_SAFE
 from tests.integration.gateway import (
     RunningGateway,
-    assert_gateway_error,
     exchange,
     serve_gateway,
 )
+from tests.toolkit.errors import assert_gateway_error
+from tests.toolkit.upstream import RecordingUpstream, recording_upstream
+from tests.toolkit.world import make_service
 
 ENVELOPE_CASES = [pytest.param(path, id=case_id) for case_id, path in HOSTILE_PATHS]
 RELAY_CASES = [

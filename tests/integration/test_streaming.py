@@ -16,18 +16,18 @@ import pytest
 import requests
 
 from invoke_middleware import PipelineSettings, RelayFinished, Service, Timeouts
-from tests.gateway.conftest import make_service
-from tests.gateway.recording_upstream import RecordingUpstream, pattern
 from tests.integration.gateway import (
     CLIENT_TIMEOUT,
     Reply,
     RunningGateway,
-    assert_gateway_error,
     exchange,
     serve_gateway,
 )
 from tests.integration.gateway_process import GatewayProcess, start_gateway_process
 from tests.integration.sink import SinkUpstream, pattern_blocks, pattern_digest, serve_sink
+from tests.toolkit.errors import assert_gateway_error
+from tests.toolkit.upstream import RecordingUpstream, repeating_bytes
+from tests.toolkit.world import make_service
 from tests.upstreams import RawUpstream, serve_raw
 
 EVENT_COUNT = 5
@@ -217,9 +217,9 @@ def test_response_that_is_not_http_is_a_502_without_its_text(raw_upstream: RawUp
     "status", [pytest.param(code, id=str(code)) for code in (201, 202, 404, 418, 500, 503)]
 )
 def test_upstream_status_and_body_come_back_unchanged(
-    status: int, recording: RecordingUpstream
+    status: int, upstream: RecordingUpstream
 ) -> None:
-    with serve_gateway([make_service("svc", recording.url)]) as gateway:
+    with serve_gateway([make_service("svc", upstream.url)]) as gateway:
         reply = exchange(gateway, "GET", f"/r/containers/svc/status/{status}")
     assert reply.status == status
     assert reply.body == b'{"status":true}'
@@ -235,36 +235,36 @@ def test_repeated_response_headers_come_back_in_order(raw_upstream: RawUpstream)
     assert reply.all("X-Multi") == ["one", "two"]
 
 
-def test_binary_and_gzip_bodies_come_back_byte_exact(recording: RecordingUpstream) -> None:
-    with serve_gateway([make_service("svc", recording.url)]) as gateway:
+def test_binary_and_gzip_bodies_come_back_byte_exact(upstream: RecordingUpstream) -> None:
+    with serve_gateway([make_service("svc", upstream.url)]) as gateway:
         binary = exchange(gateway, "GET", "/r/containers/svc/bytes/70000")
         compressed = exchange(
             gateway, "GET", "/r/containers/svc/gzip", [("Accept-Encoding", "gzip")]
         )
-    assert binary.body == pattern(70000)
+    assert binary.body == repeating_bytes(70000)
     assert binary.header("Content-Length") == "70000"
     assert compressed.header("Content-Encoding") == "gzip"
     assert gzip.decompress(compressed.body) == b"compressed payload " * 20
 
 
-def test_redirect_is_returned_not_followed(recording: RecordingUpstream) -> None:
-    with serve_gateway([make_service("svc", recording.url)]) as gateway:
+def test_redirect_is_returned_not_followed(upstream: RecordingUpstream) -> None:
+    with serve_gateway([make_service("svc", upstream.url)]) as gateway:
         reply = exchange(gateway, "GET", "/r/containers/svc/redirect")
     assert reply.status == 302
     assert reply.header("Location") == "/elsewhere"
     assert reply.body == b"moved"
-    assert [r.target for r in recording.received] == ["/redirect"]
+    assert [r.target for r in upstream.received] == ["/redirect"]
 
 
 def test_head_keeps_the_content_length_of_the_representation(
-    recording: RecordingUpstream,
+    upstream: RecordingUpstream,
 ) -> None:
-    with serve_gateway([make_service("svc", recording.url)]) as gateway:
+    with serve_gateway([make_service("svc", upstream.url)]) as gateway:
         reply = exchange(gateway, "HEAD", "/r/containers/svc/bytes/5000")
     assert reply.status == 200
     assert reply.header("Content-Length") == "5000"
     assert reply.body == b""
-    assert recording.last().method == "HEAD"
+    assert upstream.last().method == "HEAD"
 
 
 # --- request bodies ---------------------------------------------------------------------
@@ -331,9 +331,9 @@ def _digest_of(pieces: Iterator[bytes]) -> str:
 
 
 def test_chunked_upload_to_a_server_that_cannot_terminate_it_is_a_411(
-    recording: RecordingUpstream,
+    upstream: RecordingUpstream,
 ) -> None:
-    with serve_gateway([make_service("svc", recording.url)], server="wsgiref") as gateway:
+    with serve_gateway([make_service("svc", upstream.url)], server="wsgiref") as gateway:
         reply = exchange(
             gateway,
             "POST",
@@ -344,14 +344,14 @@ def test_chunked_upload_to_a_server_that_cannot_terminate_it_is_a_411(
         control = exchange(gateway, "POST", "/r/containers/svc/upload", body=b"hello")
     assert_gateway_error(reply, 411, "length_required")
     assert control.status == 200
-    assert [r.body for r in recording.received] == [b"hello"]
+    assert [r.body for r in upstream.received] == [b"hello"]
 
 
 def test_content_length_over_the_cap_is_a_413_before_the_body_is_sent(
-    recording: RecordingUpstream,
+    upstream: RecordingUpstream,
 ) -> None:
     settings = PipelineSettings(max_relay_body_bytes=1000)
-    with serve_gateway([make_service("svc", recording.url)], settings=settings) as gateway:
+    with serve_gateway([make_service("svc", upstream.url)], settings=settings) as gateway:
         # Only the head is sent: the answer must come without the gateway waiting for a body.
         head = (
             "PUT /r/containers/svc/upload HTTP/1.1\r\n"
@@ -368,7 +368,7 @@ def test_content_length_over_the_cap_is_a_413_before_the_body_is_sent(
             )
             response.close()
     assert_gateway_error(reply, 413, "payload_too_large")
-    assert recording.received == []
+    assert upstream.received == []
 
 
 def test_chunked_upload_over_the_cap_never_reaches_the_upstream_whole(
@@ -395,15 +395,15 @@ def test_chunked_upload_over_the_cap_never_reaches_the_upstream_whole(
 @pytest.mark.parametrize(
     "method", [pytest.param("TRACE", id="trace"), pytest.param("CONNECT", id="connect")]
 )
-def test_trace_and_connect_are_405(method: str, recording: RecordingUpstream) -> None:
-    with serve_gateway([make_service("svc", recording.url)]) as gateway:
+def test_trace_and_connect_are_405(method: str, upstream: RecordingUpstream) -> None:
+    with serve_gateway([make_service("svc", upstream.url)]) as gateway:
         reply = exchange(gateway, method, "/r/containers/svc/x")
     assert_gateway_error(reply, 405, "method_not_allowed")
-    assert recording.received == []
+    assert upstream.received == []
 
 
-def test_websocket_upgrade_is_501(recording: RecordingUpstream) -> None:
-    with serve_gateway([make_service("svc", recording.url)]) as gateway:
+def test_websocket_upgrade_is_501(upstream: RecordingUpstream) -> None:
+    with serve_gateway([make_service("svc", upstream.url)]) as gateway:
         reply = exchange(
             gateway,
             "GET",
@@ -416,24 +416,24 @@ def test_websocket_upgrade_is_501(recording: RecordingUpstream) -> None:
             ],
         )
     assert_gateway_error(reply, 501, "upgrade_not_supported")
-    assert recording.received == []
+    assert upstream.received == []
 
 
-def test_request_that_already_passed_the_gateway_is_a_508(recording: RecordingUpstream) -> None:
-    with serve_gateway([make_service("svc", recording.url)]) as gateway:
+def test_request_that_already_passed_the_gateway_is_a_508(upstream: RecordingUpstream) -> None:
+    with serve_gateway([make_service("svc", upstream.url)]) as gateway:
         reply = exchange(gateway, "GET", "/r/containers/svc/x", [("Via", "1.1 invoke-middleware")])
         forwarded = exchange(gateway, "GET", "/r/containers/svc/x")
     assert_gateway_error(reply, 508, "loop_detected")
     assert forwarded.status == 200
-    assert [r.header("Via") for r in recording.received] == ["1.1 invoke-middleware"]
+    assert [r.header("Via") for r in upstream.received] == ["1.1 invoke-middleware"]
 
 
-def test_host_routes_still_reach_the_host(recording: RecordingUpstream) -> None:
-    with serve_gateway([make_service("svc", recording.url)]) as gateway:
+def test_host_routes_still_reach_the_host(upstream: RecordingUpstream) -> None:
+    with serve_gateway([make_service("svc", upstream.url)]) as gateway:
         reply = exchange(gateway, "GET", "/hello", auth=False)
     assert (reply.status, reply.body) == (200, b"hello from host")
     assert reply.header("X-Request-ID") is None
-    assert recording.received == []
+    assert upstream.received == []
 
 
 @pytest.fixture
@@ -482,12 +482,12 @@ def test_client_going_away_mid_download_ends_the_relay(sink: SinkUpstream) -> No
     assert 1024 * 1024 <= event.bytes_out < size
 
 
-def test_request_id_is_kept_from_caller_to_upstream_and_back(recording: RecordingUpstream) -> None:
-    with serve_gateway([make_service("svc", recording.url)]) as gateway:
+def test_request_id_is_kept_from_caller_to_upstream_and_back(upstream: RecordingUpstream) -> None:
+    with serve_gateway([make_service("svc", upstream.url)]) as gateway:
         ok = exchange(gateway, "GET", "/r/containers/svc/x", [("X-Request-ID", "req-4711")])
         refused = exchange(gateway, "TRACE", "/r/containers/svc/x", [("X-Request-ID", "req-4712")])
     assert ok.header("X-Request-ID") == "req-4711"
-    assert recording.last().header("X-Request-ID") == "req-4711"
+    assert upstream.last().header("X-Request-ID") == "req-4711"
     assert assert_gateway_error(refused, 405, "method_not_allowed")["request_id"] == "req-4712"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import uuid
 from typing import Any
 
@@ -14,6 +13,7 @@ from pyramid.response import Response
 
 from invoke_middleware import Service, ServiceStatus, ServiceType
 from invoke_middleware.auth.keys import KeyKind
+from tests.toolkit.upstream import Received
 
 TEAM = uuid.UUID("0190aa00-0000-7000-8000-000000000001")
 SLUG = "echo"
@@ -62,12 +62,12 @@ def check_invoke(app: webtest.TestApp, key: str, prefix: str = "") -> None:
     assert response.status_int == 200
     assert response.json["status_code"] == 200
     assert response.json["headers"]["x-upstream"] == "loopback"
-    echo = json.loads(base64.b64decode(response.json["body_base64"]))
-    assert echo["method"] == "POST"
-    assert echo["target"] == "/things?colour=blue"
-    assert echo["body"] == "hello upstream"
-    assert echo["headers"]["x-trace"] == "t-1"
-    assert "authorization" not in echo["headers"]
+    echo = Received.from_json(base64.b64decode(response.json["body_base64"]))
+    assert echo.method == "POST"
+    assert echo.target == "/things?colour=blue"
+    assert echo.body == b"hello upstream"
+    assert echo.header("X-Trace") == "t-1"
+    assert echo.header("Authorization") is None
 
 
 def check_relay(app: webtest.TestApp, key: str, prefix: str = "") -> None:
@@ -80,11 +80,11 @@ def check_relay(app: webtest.TestApp, key: str, prefix: str = "") -> None:
     assert response.status_int == 200
     assert response.headers["X-Upstream"] == "loopback"
     assert response.headers["X-Request-ID"]
-    echo = response.json
-    assert echo["method"] == "PUT"
-    assert echo["target"] == "/files/report.txt?version=2"
-    assert echo["body"] == "new contents"
-    assert "authorization" not in echo["headers"]
+    echo = Received.from_json(response.body)
+    assert echo.method == "PUT"
+    assert echo.target == "/files/report.txt?version=2"
+    assert echo.body == b"new contents"
+    assert echo.header("Authorization") is None
 
 
 def check_refused_without_key(app: webtest.TestApp, prefix: str = "") -> None:

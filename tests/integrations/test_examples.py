@@ -17,7 +17,6 @@ from invoke_middleware import InvokeMiddleware
 from invoke_middleware.auth.keys import KeyKind
 from invoke_middleware.pyramid import get_middleware
 from invoke_middleware.store import SQLStore
-from tests.integrations.conftest import LoopbackUpstream
 from tests.integrations.helpers import (
     TEAM,
     check_invoke,
@@ -26,6 +25,7 @@ from tests.integrations.helpers import (
     register_echo,
     seed,
 )
+from tests.toolkit.upstream import RecordingUpstream
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PREFIX = "/api/v1"
@@ -50,7 +50,7 @@ def middlewares() -> Iterator[list[InvokeMiddleware]]:
 
 
 def test_plain_wsgi_example_relays_and_serves_its_host_page(
-    examples: None, tmp_path: Path, upstream: LoopbackUpstream, middlewares: list[Any]
+    examples: None, tmp_path: Path, upstream: RecordingUpstream, middlewares: list[Any]
 ) -> None:
     app = load("plain_wsgi").make_app(f"sqlite:///{tmp_path / 'invoke.db'}")
     middlewares.append(app)
@@ -63,7 +63,7 @@ def test_plain_wsgi_example_relays_and_serves_its_host_page(
 
 
 def test_flask_example_relays_and_serves_its_host_page(
-    examples: None, tmp_path: Path, upstream: LoopbackUpstream, middlewares: list[Any]
+    examples: None, tmp_path: Path, upstream: RecordingUpstream, middlewares: list[Any]
 ) -> None:
     app = load("flask_app").create_app({"INVOKE_DATABASE_URL": f"sqlite:///{tmp_path / 'f.db'}"})
     middleware = app.extensions["invoke_middleware"]
@@ -78,7 +78,7 @@ def test_flask_example_relays_and_serves_its_host_page(
 
 
 @pytest.fixture
-def pyramid_ini(examples: None, tmp_path: Path, upstream: LoopbackUpstream) -> tuple[str, str]:
+def pyramid_ini(examples: None, tmp_path: Path, upstream: RecordingUpstream) -> tuple[str, str]:
     """The example ini, copied as is next to a store set up by its operator; and a key."""
     shutil.copy(EXAMPLES / "pyramid.ini", tmp_path / "pyramid.ini")
     with SQLStore(f"sqlite:///{tmp_path / 'invoke.db'}") as store:

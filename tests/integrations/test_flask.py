@@ -16,7 +16,6 @@ from invoke_middleware.flask import EXTENSION_KEY, InvokeExtension
 from invoke_middleware.hooks import RelayFinished
 from invoke_middleware.store import SQLStore
 from invoke_middleware.testing import mint_jwt
-from tests.integrations.conftest import LoopbackUpstream
 from tests.integrations.helpers import (
     TEAM,
     bearer,
@@ -29,6 +28,7 @@ from tests.integrations.helpers import (
     same_response,
     seed,
 )
+from tests.toolkit.upstream import RecordingUpstream
 
 PREFIX = "/api/v1"
 JWT_SECRET = "flask-test-secret-of-at-least-32-bytes!"
@@ -51,7 +51,7 @@ def wrapped_host(middlewares: list[InvokeMiddleware], **config: Any) -> Any:
 
 
 def test_extension_relays_invoke_and_catch_all_to_the_upstream(
-    upstream: LoopbackUpstream, middlewares: list[InvokeMiddleware]
+    upstream: RecordingUpstream, middlewares: list[InvokeMiddleware]
 ) -> None:
     app = wrapped_host(middlewares)
     key = seed(app.extensions[EXTENSION_KEY], upstream.url)
@@ -99,7 +99,7 @@ def test_init_app_wraps_wsgi_app_and_keeps_the_middleware_in_extensions(
 
 
 def test_one_extension_serves_several_apps_with_the_same_collaborators(
-    upstream: LoopbackUpstream, middlewares: list[InvokeMiddleware]
+    upstream: RecordingUpstream, middlewares: list[InvokeMiddleware]
 ) -> None:
     registry = InMemoryServiceRegistry()
     register_echo(registry, upstream.url)
@@ -149,7 +149,7 @@ def test_bad_config_fails_init_app_naming_the_flask_key(key: str, value: Any, me
 
 
 def test_native_flask_values_configure_the_gateway(
-    upstream: LoopbackUpstream, middlewares: list[InvokeMiddleware]
+    upstream: RecordingUpstream, middlewares: list[InvokeMiddleware]
 ) -> None:
     app = wrapped_host(
         middlewares,
@@ -168,7 +168,7 @@ def test_native_flask_values_configure_the_gateway(
 
 
 def test_database_url_serves_services_and_keys_from_the_sql_store(
-    tmp_path: Any, upstream: LoopbackUpstream, middlewares: list[InvokeMiddleware]
+    tmp_path: Any, upstream: RecordingUpstream, middlewares: list[InvokeMiddleware]
 ) -> None:
     url = f"sqlite:///{tmp_path / 'invoke.db'}"
     with SQLStore(url) as store:
@@ -184,7 +184,7 @@ def test_database_url_serves_services_and_keys_from_the_sql_store(
 
 
 def test_jwt_settings_authenticate_users_against_the_shared_memberships(
-    upstream: LoopbackUpstream, middlewares: list[InvokeMiddleware]
+    upstream: RecordingUpstream, middlewares: list[InvokeMiddleware]
 ) -> None:
     app = wrapped_host(middlewares, INVOKE_JWT_ALGORITHMS=["HS256"], INVOKE_JWT_SECRET=JWT_SECRET)
     middleware = app.extensions[EXTENSION_KEY]

@@ -13,7 +13,6 @@ from invoke_middleware import InvokeMiddleware
 from invoke_middleware.auth.keys import KeyKind
 from invoke_middleware.config import ConfigError
 from invoke_middleware.store import SQLStore
-from tests.integrations.conftest import LoopbackUpstream
 from tests.integrations.helpers import (
     TEAM,
     bearer,
@@ -24,6 +23,7 @@ from tests.integrations.helpers import (
     register_echo,
     same_response,
 )
+from tests.toolkit.upstream import RecordingUpstream
 
 PREFIX = "/api/v1"
 
@@ -54,7 +54,7 @@ def write_ini(
 
 
 @pytest.fixture
-def key(tmp_path: Path, upstream: LoopbackUpstream) -> str:
+def key(tmp_path: Path, upstream: RecordingUpstream) -> str:
     """The store the ini names, set up as an operator would: tables, a service, a key."""
     with SQLStore(f"sqlite:///{tmp_path}/invoke.db") as store:
         store.init()

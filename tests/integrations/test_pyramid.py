@@ -15,7 +15,6 @@ from invoke_middleware import InMemoryServiceRegistry, InvokeMiddleware
 from invoke_middleware.config import ConfigError
 from invoke_middleware.hooks import RelayStarted
 from invoke_middleware.pyramid import get_middleware
-from tests.integrations.conftest import MAX_HOLD, LoopbackUpstream
 from tests.integrations.helpers import (
     bearer,
     check_invoke,
@@ -28,6 +27,7 @@ from tests.integrations.helpers import (
     same_response,
     seed,
 )
+from tests.toolkit.upstream import MAX_HOLD, RecordingUpstream
 
 PREFIX = "/api/v1"
 SETTINGS = {"invoke.prefix": PREFIX, "pyramid.reload_templates": "false"}
@@ -49,7 +49,7 @@ def make_app(routers: list[Any], settings: dict[str, Any] = SETTINGS, **collabor
 
 
 def test_include_relays_invoke_and_catch_all_to_the_upstream(
-    upstream: LoopbackUpstream, routers: list[Any]
+    upstream: RecordingUpstream, routers: list[Any]
 ) -> None:
     router = make_app(routers)
     key = seed(get_middleware(router.registry), upstream.url)
@@ -84,7 +84,7 @@ def test_host_routes_answer_exactly_as_without_the_include(
 
 
 def test_relayed_response_streams_each_chunk_as_the_upstream_sends_it(
-    upstream: LoopbackUpstream, routers: list[Any]
+    upstream: RecordingUpstream, routers: list[Any]
 ) -> None:
     router = make_app(routers)
     key = seed(get_middleware(router.registry), upstream.url)
@@ -111,7 +111,7 @@ def test_relayed_response_streams_each_chunk_as_the_upstream_sends_it(
 
 
 def test_relayed_headers_are_written_as_the_upstream_sent_them(
-    upstream: LoopbackUpstream, routers: list[Any]
+    upstream: RecordingUpstream, routers: list[Any]
 ) -> None:
     router = make_app(routers)
     key = seed(get_middleware(router.registry), upstream.url)
@@ -125,7 +125,7 @@ def test_relayed_headers_are_written_as_the_upstream_sent_them(
 
 
 def test_runtime_requests_bypass_pyramid_request_handling(
-    upstream: LoopbackUpstream, routers: list[Any]
+    upstream: RecordingUpstream, routers: list[Any]
 ) -> None:
     seen: list[str] = []
     with Configurator(settings=SETTINGS) as config:
@@ -145,7 +145,7 @@ def test_runtime_requests_bypass_pyramid_request_handling(
 
 
 def test_collaborators_directive_passes_objects_to_the_middleware(
-    upstream: LoopbackUpstream, routers: list[Any]
+    upstream: RecordingUpstream, routers: list[Any]
 ) -> None:
     registry = InMemoryServiceRegistry()
     register_echo(registry, upstream.url)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from invoke_middleware.errors import PayloadTooLargeError, UpstreamError
-from tests.upstreams import download_bytes
+from tests.toolkit.upstream import repeating_bytes
 
 from ._helpers import drain, fetch, send, values
 from .conftest import Upstreams
@@ -80,7 +80,7 @@ def test_one_mebibyte_download_arrives_byte_exact(upstreams: Upstreams) -> None:
     response, body = fetch(upstreams.transport, "GET", upstreams.scripted + f"/download?size={MIB}")
 
     assert response.content_length == MIB
-    assert body == download_bytes(MIB)
+    assert body == repeating_bytes(MIB)
 
 
 def test_compressed_body_is_returned_undecoded(upstreams: Upstreams) -> None:
@@ -171,7 +171,7 @@ def test_closing_before_the_body_is_read_is_safe_and_idempotent(upstreams: Upstr
     assert first
     assert list(response) == []
     _, body = fetch(upstreams.transport, "GET", upstreams.scripted + "/download?size=10")
-    assert body == download_bytes(10)
+    assert body == repeating_bytes(10)
 
 
 def test_environment_proxy_settings_are_ignored(

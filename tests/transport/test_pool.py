@@ -8,7 +8,8 @@ import pytest
 
 from invoke_middleware.errors import UpstreamUnreachableError
 from invoke_middleware.transport import HTTPTransport, Transport
-from tests.upstreams import RawUpstream, download_bytes
+from tests.toolkit.upstream import repeating_bytes
+from tests.upstreams import RawUpstream
 
 from ._helpers import fetch, send
 
@@ -36,7 +37,7 @@ def test_connection_is_discarded_when_the_body_was_not_read_to_its_end(
 
     _, body = fetch(wire, "GET", raw_upstream.url + "/download?size=10")
 
-    assert body == download_bytes(10)
+    assert body == repeating_bytes(10)
     assert raw_upstream.connections_accepted == 2
 
 
@@ -92,7 +93,7 @@ def test_idle_connections_kept_per_origin_are_bounded(raw_upstream: RawUpstream)
         first = send(transport, "GET", raw_upstream.url + "/download?size=10")
         second = send(transport, "GET", raw_upstream.url + "/download?size=10")
         for response in (first, second):
-            assert b"".join(response) == download_bytes(10)
+            assert b"".join(response) == repeating_bytes(10)
             response.close()
         for _ in range(2):
             fetch(transport, "GET", raw_upstream.url + "/download?size=10")

@@ -10,7 +10,9 @@ import requests
 
 from invoke_middleware.errors import UpstreamUnreachableError
 from invoke_middleware.transport import HTTPTransport, RequestsTransport, Transport
-from tests.upstreams import TLSFiles, download_bytes, scripted_app, serve_wsgi
+from tests.toolkit.servers import serve_wsgi
+from tests.toolkit.upstream import repeating_bytes
+from tests.upstreams import TLSFiles, scripted_app
 
 from ._helpers import fetch, send
 
@@ -79,7 +81,7 @@ def test_configured_ca_bundle_is_trusted(
         transport.close()
 
     assert response.status == 200
-    assert body == download_bytes(300)
+    assert body == repeating_bytes(300)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -98,7 +100,7 @@ def test_client_certificate_is_presented_when_configured(
         session.close()
 
     assert response.status == 200
-    assert body == download_bytes(10)
+    assert body == repeating_bytes(10)
 
 
 def test_context_that_skips_verification_is_refused() -> None:

@@ -1,17 +1,20 @@
-"""A loopback HTTP/1.1 upstream that records exactly what reached it.
+"""The recording upstream: a loopback HTTP/1.1 server that records exactly what reached it.
 
-Every request is recorded (request line, header fields in order, body bytes as received,
-with chunked bodies de-chunked) so tests can assert what the gateway forwarded, and that a
-refused request forwarded nothing. Paths choose the answer:
+Every request is recorded as a :class:`Received` (request line, header fields in order, body
+bytes as received, with a chunked body de-chunked), so a test can assert what the gateway
+forwarded, and that a refused request forwarded nothing. Paths choose the answer:
 
 - ``/status/<code>``: that status with a small JSON body;
 - ``/cookies``: two ``Set-Cookie`` fields;
 - ``/gzip``: a gzip body with ``Content-Encoding: gzip``;
-- ``/redirect``: ``302`` to ``/elsewhere``;
-- ``/bytes/<n>``: ``n`` bytes (a repeating 0..255 pattern);
+- ``/redirect``: ``302`` to the relative ``/elsewhere``;
+- ``/bytes/<n>``: :func:`repeating_bytes` ``(n)``;
 - ``/hop``: a response carrying hop-by-hop fields and a fake gateway error marker;
-- anything else: ``200`` echoing the request as JSON (``method``, ``target``, ``headers``,
-  ``body_base64``).
+- ``/events``: a chunked ``text/event-stream`` that sends one event, then holds the second
+  until the test sets :attr:`RecordingUpstream.release` (bounded wait), so a test can prove
+  the first event reached it while the upstream was still sending;
+- anything else: ``200`` with ``X-Upstream: loopback`` and the request echoed as JSON, in the
+  shape :meth:`Received.to_json` writes and :meth:`Received.from_json` reads.
 """
 
 from __future__ import annotations
@@ -22,11 +25,21 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.toolkit.servers import serving
 
-@dataclass(frozen=True)
+#: Longest time ``/events`` holds its stream open waiting for the test.
+MAX_HOLD = 5.0
+
+
+def repeating_bytes(size: int) -> bytes:
+    """``size`` bytes: every byte value from 0 to 255, repeated (what downloads send)."""
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Received:
     """One request as the upstream saw it."""
 
@@ -36,6 +49,7 @@ class Received:
     body: bytes
 
     def header(self, name: str) -> str | None:
+        """The first value of the field ``name`` (any case), or ``None``."""
         for key, value in self.headers:
             if key.lower() == name.lower():
                 return value
@@ -44,10 +58,27 @@ class Received:
     def header_names(self) -> set[str]:
         return {key.lower() for key, _ in self.headers}
 
+    def to_json(self) -> bytes:
+        """The echo: ``method``, ``target``, ``headers`` (name/value pairs), ``body_base64``."""
+        return json.dumps(
+            {
+                "method": self.method,
+                "target": self.target,
+                "headers": self.headers,
+                "body_base64": base64.b64encode(self.body).decode(),
+            }
+        ).encode()
 
-def pattern(size: int) -> bytes:
-    block = bytes(range(256))
-    return (block * (size // 256 + 1))[:size]
+    @classmethod
+    def from_json(cls, echo: bytes | str) -> Received:
+        """Read an echo written by :meth:`to_json` (a response body from the upstream)."""
+        fields = json.loads(echo)
+        return cls(
+            method=fields["method"],
+            target=fields["target"],
+            headers=[(name, value) for name, value in fields["headers"]],
+            body=base64.b64decode(fields["body_base64"]),
+        )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -81,8 +112,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _handle(self) -> None:
-        body = self._read_body()
-        received = Received(self.command, self.path, list(self.headers.items()), body)
+        received = Received(
+            method=self.command,
+            target=self.path,
+            headers=list(self.headers.items()),
+            body=self._read_body(),
+        )
         self.server.received.append(received)
         path = self.path.partition("?")[0]
         if path.startswith("/status/"):
@@ -108,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(302, [("Location", "/elsewhere"), ("Content-Type", "text/plain")], b"moved")
         elif path.startswith("/bytes/"):
             size = int(path.rsplit("/", 1)[1])
-            self._send(200, [("Content-Type", "application/octet-stream")], pattern(size))
+            self._send(200, [("Content-Type", "application/octet-stream")], repeating_bytes(size))
         elif path == "/hop":
             self._send(
                 200,
@@ -122,14 +157,27 @@ class _Handler(BaseHTTPRequestHandler):
                 ],
                 b"ok",
             )
+        elif path == "/events":
+            self._events()
         else:
-            echo = {
-                "method": self.command,
-                "target": self.path,
-                "headers": list(self.headers.items()),
-                "body_base64": base64.b64encode(body).decode(),
-            }
-            self._send(200, [("Content-Type", "application/json")], json.dumps(echo).encode())
+            headers = [("Content-Type", "application/json"), ("X-Upstream", "loopback")]
+            self._send(200, headers, received.to_json())
+
+    def _events(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self._chunk(b"data: first\n\n")
+        self.server.release.wait(MAX_HOLD)
+        self._chunk(b"data: second\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+        self.server.second_event_sent.set()
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
 
@@ -140,20 +188,34 @@ class _Server(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.received: list[Received] = []
+        self.release = threading.Event()
+        self.second_event_sent = threading.Event()
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class RecordingUpstream:
-    """A running upstream: its base URL and what it received."""
+    """A running recording upstream: its base URL, what it received, and ``/events``' pacing."""
 
     url: str
-    server: _Server
+    server: _Server = field(repr=False)
 
     @property
     def received(self) -> list[Received]:
+        """Every request so far, in order (clear it to forget them)."""
         return self.server.received
 
+    @property
+    def release(self) -> threading.Event:
+        """Set it to let ``/events`` send its second event."""
+        return self.server.release
+
+    @property
+    def second_event_sent(self) -> threading.Event:
+        """Set once ``/events`` has sent its second event and ended the stream."""
+        return self.server.second_event_sent
+
     def last(self) -> Received:
+        """The latest request (the upstream must have received one)."""
         assert self.server.received, "the upstream received nothing"
         return self.server.received[-1]
 
@@ -162,11 +224,9 @@ class RecordingUpstream:
 def recording_upstream() -> Iterator[RecordingUpstream]:
     """Serve a :class:`RecordingUpstream` on 127.0.0.1 for the duration of the block."""
     server = _Server()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield RecordingUpstream(f"http://127.0.0.1:{server.server_address[1]}", server)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(server) as url:
+        try:
+            yield RecordingUpstream(url=url, server=server)
+        finally:
+            # A stream still held open ends before the server stops.
+            server.release.set()
