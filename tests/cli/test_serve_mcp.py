@@ -17,12 +17,13 @@ import requests
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.cli.conftest import Upstream, Workspace, running_gateway
+from tests.cli.conftest import Workspace, running_gateway
+from tests.toolkit.upstream import Received, RecordingUpstream
 
 ACCEPT = "application/json, text/event-stream"
 
 
-def _add_hello(space: Workspace, upstream: Upstream) -> None:
+def _add_hello(space: Workspace, upstream: RecordingUpstream) -> None:
     space.run(
         "services", "add", "hello", "--team", str(space.team), "--name", "Hello",
         "--upstream", upstream.url, "--usage-prompt", "GET /greet?name=...",
@@ -57,7 +58,7 @@ def _rpc(url: str, key: str, message: dict[str, Any], **headers: str) -> request
 
 
 def test_served_gateway_answers_mcp_agents_with_an_integration_key(
-    workspace: Workspace, upstream: Upstream
+    workspace: Workspace, upstream: RecordingUpstream
 ) -> None:
     _add_hello(workspace, upstream)
     key = workspace.issue("--kind", "integration", "--name", "agent")
@@ -72,9 +73,9 @@ def test_served_gateway_answers_mcp_agents_with_an_integration_key(
         ]
         called = seen["called"]
         assert not called.is_error
-        echoed = json.loads(base64.b64decode(called.structured_content["body_base64"]))
-        assert echoed["path"] == "/greet?name=agent"
-        assert echoed["authorization"] is None  # the agent's key stays at the gateway
+        echoed = Received.from_json(base64.b64decode(called.structured_content["body_base64"]))
+        assert echoed.target == "/greet?name=agent"
+        assert echoed.header("Authorization") is None  # the agent's key stays at the gateway
 
         initialized = _rpc(
             endpoint,
@@ -109,7 +110,7 @@ def test_served_gateway_answers_mcp_agents_with_an_integration_key(
         assert result["isError"] is False
         assert result["structuredContent"]["status_code"] == 200
 
-        assert [(s["method"], s["path"]) for s in upstream.seen] == [
+        assert [(r.method, r.target) for r in upstream.received] == [
             ("GET", "/greet?name=agent"),
             ("DELETE", "/items/3"),
         ]
@@ -118,4 +119,4 @@ def test_served_gateway_answers_mcp_agents_with_an_integration_key(
         refused = _rpc(endpoint, "sk-unknown", call, **{"MCP-Protocol-Version": "2025-06-18"})
         assert refused.status_code == 401
         assert refused.headers["WWW-Authenticate"] == "Bearer"
-        assert len(upstream.seen) == 2
+        assert len(upstream.received) == 2

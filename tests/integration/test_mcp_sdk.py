@@ -18,14 +18,14 @@ import pytest
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.gateway.conftest import make_service
-from tests.gateway.recording_upstream import RecordingUpstream
 from tests.integration.gateway import RunningGateway, serve_gateway
+from tests.toolkit.upstream import RecordingUpstream
+from tests.toolkit.world import make_service
 
 
 @pytest.fixture
-def gateway(recording: RecordingUpstream) -> Iterator[RunningGateway]:
-    services = [make_service("echo", recording.url, usage_prompt="POST JSON to /anything")]
+def gateway(upstream: RecordingUpstream) -> Iterator[RunningGateway]:
+    services = [make_service("echo", upstream.url, usage_prompt="POST JSON to /anything")]
     with serve_gateway(services) as running:
         yield running
 
@@ -66,7 +66,7 @@ async def _session(gateway: RunningGateway, mode: str) -> dict[str, Any]:
     ],
 )
 def test_sdk_client_lists_and_calls_a_service_through_the_gateway(
-    gateway: RunningGateway, recording: RecordingUpstream, mode: str, version: str
+    gateway: RunningGateway, upstream: RecordingUpstream, mode: str, version: str
 ) -> None:
     seen = anyio.run(_session, gateway, mode)
 
@@ -94,7 +94,7 @@ def test_sdk_client_lists_and_calls_a_service_through_the_gateway(
     echoed = json.loads(called.content[1].text)  # the UTF-8 body as its own text block
     assert echoed["target"] == "/anything?from=sdk"
     assert base64.b64decode(echoed["body_base64"]) == b'{"hello":"world"}'
-    (forwarded,) = [r for r in recording.received if r.target == "/anything?from=sdk"]
+    (forwarded,) = [r for r in upstream.received if r.target == "/anything?from=sdk"]
     assert forwarded.body == b'{"hello":"world"}'
     assert forwarded.header("Authorization") is None  # the gateway key never reaches it
 

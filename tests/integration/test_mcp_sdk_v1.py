@@ -28,9 +28,9 @@ from typing import Any
 
 import pytest
 
-from tests.gateway.conftest import make_service
-from tests.gateway.recording_upstream import RecordingUpstream
 from tests.integration.gateway import RunningGateway, serve_gateway
+from tests.toolkit.upstream import RecordingUpstream
+from tests.toolkit.world import make_service
 
 #: Seconds allowed to create the environment and install the SDK into it.
 BUILD_TIMEOUT = 300
@@ -167,10 +167,10 @@ def sdk1_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def gateway(recording: RecordingUpstream) -> Iterator[RunningGateway]:
+def gateway(upstream: RecordingUpstream) -> Iterator[RunningGateway]:
     services = [
         make_service(
-            "echo", recording.url, usage_prompt="POST JSON to /anything", openapi_url="/openapi"
+            "echo", upstream.url, usage_prompt="POST JSON to /anything", openapi_url="/openapi"
         )
     ]
     with serve_gateway(services) as running:
@@ -178,7 +178,7 @@ def gateway(recording: RecordingUpstream) -> Iterator[RunningGateway]:
 
 
 def test_sdk_1x_client_initializes_lists_and_calls_through_the_gateway(
-    sdk1_python: Path, gateway: RunningGateway, recording: RecordingUpstream, tmp_path: Path
+    sdk1_python: Path, gateway: RunningGateway, upstream: RecordingUpstream, tmp_path: Path
 ) -> None:
     script = tmp_path / "client.py"
     script.write_text(CLIENT_SCRIPT)
@@ -224,11 +224,11 @@ def test_sdk_1x_client_initializes_lists_and_calls_through_the_gateway(
     echoed = json.loads(called["texts"][1])  # the UTF-8 body as its own text block
     assert echoed["target"] == "/anything?from=sdk1"
     assert base64.b64decode(echoed["body_base64"]) == b'{"hello":"v1"}'
-    (forwarded,) = [r for r in recording.received if r.target == "/anything?from=sdk1"]
+    (forwarded,) = [r for r in upstream.received if r.target == "/anything?from=sdk1"]
     assert forwarded.body == b'{"hello":"v1"}'
     assert forwarded.header("Authorization") is None
 
     refused = seen["refused"]
     assert refused["is_error"] is True
     assert "service_not_found" in refused["texts"][0]
-    assert not [r for r in recording.received if r.target == "/"]
+    assert not [r for r in upstream.received if r.target == "/"]

@@ -8,13 +8,12 @@ the per-request ``_meta`` and the ``Mcp-Method``/``Mcp-Name`` headers.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from tests.gateway.conftest import World, make_world, upstream  # noqa: F401 (fixtures)
+from tests.toolkit.world import World
 
 STATELESS = "2026-07-28"
 _ids = itertools.count(1)
@@ -69,11 +68,6 @@ class StatelessAgent(Agent):
             headers["Mcp-Name"] = params["name"]
         headers.update(kw.pop("headers", {}))
         return super().request(method, params, **headers, **kw)
-
-
-@pytest.fixture
-def world(make_world: Callable[..., World]) -> World:  # noqa: F811 - the gateway fixture, local
-    return make_world()
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from invoke_middleware import (
     Role,
 )
 from tests.auth_matrix.conftest import hs256_resolver, user_token
-from tests.gateway.conftest import OTHER_TEAM, TEAM, World
 from tests.mcp.conftest import Agent, StatelessAgent
+from tests.toolkit.world import OTHER_TEAM, TEAM, World
 
 ECHO_CALL = {"service_slug": "echo", "method": "POST", "path": "/from-mcp"}
 

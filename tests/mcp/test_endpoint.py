@@ -11,8 +11,8 @@ import pytest
 from invoke_middleware import PipelineSettings
 from invoke_middleware.auth.principal import CredentialKind
 from invoke_middleware.envelope import load_schema
-from tests.gateway.conftest import World
 from tests.mcp.conftest import STATELESS, Agent, StatelessAgent, stateless_meta
+from tests.toolkit.world import World
 
 INIT = {"capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
 

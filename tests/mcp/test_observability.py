@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from invoke_middleware import PipelineSettings, RelayLogger
 from invoke_middleware.metrics import RelayMetrics
-from tests.gateway.conftest import TEAM, World, make_service
 from tests.mcp.conftest import Agent, StatelessAgent
+from tests.toolkit.world import TEAM, World, make_service
 
 ACCESS_LOG = "tests.mcp.access"
 

@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 from invoke_middleware import ServiceStatus
-from tests.gateway.conftest import World, make_service
 from tests.mcp.conftest import Agent, StatelessAgent
+from tests.toolkit.world import World, make_service
 
 
 def result_of(response: Any) -> dict[str, Any]:
