@@ -18,6 +18,7 @@ from invoke_middleware.errors import (
     ResponseTooLargeError,
     as_gateway_error,
 )
+from invoke_middleware.headers import CONTENT_LENGTH_PATTERN
 from invoke_middleware.request import PipelineRequest
 from invoke_middleware.transport.base import UpstreamResponse
 
@@ -39,7 +40,7 @@ def relay_content_length(method: str, response: UpstreamResponse) -> str | None:
     if method == "HEAD" or status == 304:
         # Both describe a representation they do not carry: keep the upstream's own value.
         values = [v.strip() for k, v in response.headers if k.lower() == "content-length"]
-        if len(set(values)) == 1 and values[0].isascii() and values[0].isdigit():
+        if len(set(values)) == 1 and CONTENT_LENGTH_PATTERN.fullmatch(values[0]):
             return values[0]
         return None
     if response.content_length is None:

@@ -42,6 +42,7 @@ from invoke_middleware.errors import (
     PayloadTooLargeError,
     UpstreamError,
 )
+from invoke_middleware.headers import is_safe_value, is_token
 
 __all__ = [
     "MAX_DETAILS",
@@ -346,8 +347,6 @@ _METHODS: Final = frozenset(_REQUEST_SCHEMA["properties"]["method"]["enum"])
 _MAX_PATH: Final = _REQUEST_SCHEMA["properties"]["path"]["maxLength"]
 _FIELDS: Final = frozenset(_REQUEST_SCHEMA["properties"])
 _BASE64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-_NOT_TCHAR: Final = re.compile(r"[^!#$%&'*+.^_`|~0-9A-Za-z-]")
-_BAD_VALUE: Final = re.compile(r"[\r\n\x00]")
 
 
 def _has_base64_shape(text: str) -> bool:
@@ -382,11 +381,11 @@ def _conforms(document: Any) -> bool:
         if not isinstance(headers, dict):
             return False
         for name, value in headers.items():
-            if not name or _NOT_TCHAR.search(name):
+            if not is_token(name):
                 return False
             values = value if isinstance(value, list) else [value]
             if not values or not all(
-                isinstance(item, str) and _BAD_VALUE.search(item) is None for item in values
+                isinstance(item, str) and is_safe_value(item) for item in values
             ):
                 return False
     return True

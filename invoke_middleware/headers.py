@@ -34,6 +34,7 @@ import os
 import re
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Final
 
 from invoke_middleware.errors import (
     ERROR_MARKER_HEADER,
@@ -42,6 +43,7 @@ from invoke_middleware.errors import (
 )
 
 __all__ = [
+    "CONTENT_LENGTH_PATTERN",
     "DEFAULT_FORWARDING_RULES",
     "DEFAULT_MAX_HEADER_BYTES",
     "DEFAULT_MAX_HEADER_COUNT",
@@ -49,6 +51,9 @@ __all__ = [
     "GATEWAY_HEADERS",
     "HOP_BY_HOP_HEADERS",
     "MAX_REQUEST_ID_LENGTH",
+    "TCHARS",
+    "TOKEN_PATTERN",
+    "UNSAFE_VALUE_PATTERN",
     "ForwardingRules",
     "check_header_limits",
     "choose_request_id",
@@ -121,10 +126,22 @@ DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 
 MAX_REQUEST_ID_LENGTH = 128
 
-# RFC 9110 §5.6.2: token = 1*tchar.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# RFC 9110 §5.5: CR, LF and NUL must never pass into a field value.
-_UNSAFE_VALUE = re.compile(r"[\r\n\x00]")
+# --- the field grammar: every module that checks a name or a value uses these -------------
+
+#: The characters of an RFC 9110 token (§5.6.2 tchar): field names, methods, ``Via`` pseudonyms.
+TCHARS: Final = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+#: ``token = 1*tchar`` (RFC 9110 §5.6.2); use with ``fullmatch``.
+TOKEN_PATTERN: Final = re.compile(f"[{re.escape(TCHARS)}]+")
+
+#: CR, LF and NUL, which must never pass into a field value (RFC 9110 §5.5): they would split
+#: the header section for the next reader. Use with ``search``.
+UNSAFE_VALUE_PATTERN: Final = re.compile(r"[\r\n\x00]")
+
+#: ``Content-Length = 1*DIGIT`` (RFC 9110 §8.6), ASCII digits only (``str.isdigit`` also takes
+#: "²"), at most 18 of them so the value fits a 64-bit length. Use with ``fullmatch``.
+CONTENT_LENGTH_PATTERN: Final = re.compile(r"[0-9]{1,18}")
+
 _SAFE_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:@/+=\-]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 # RFC 9110 §5.6.5: comments may hold commas, so they go before a Via list is split.
 _VIA_COMMENT = re.compile(r"\([^()]*\)")
@@ -176,12 +193,12 @@ class Headers:
 
 def is_token(name: str) -> bool:
     """Whether ``name`` is an RFC 9110 token, the grammar of a field name (§5.1, §5.6.2)."""
-    return _TOKEN.fullmatch(name) is not None
+    return TOKEN_PATTERN.fullmatch(name) is not None
 
 
 def is_safe_value(value: str) -> bool:
     """Whether ``value`` holds no CR, LF or NUL (RFC 9110 §5.5), so it cannot split a header."""
-    return _UNSAFE_VALUE.search(value) is None
+    return UNSAFE_VALUE_PATTERN.search(value) is None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,6 @@ This module is the only one that knows WSGI: it turns the environ into a
 from __future__ import annotations
 
 import functools
-import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -40,7 +39,7 @@ from invoke_middleware.errors import (
     InvalidPathError,
     InvalidRequestError,
 )
-from invoke_middleware.headers import Headers, choose_request_id
+from invoke_middleware.headers import CONTENT_LENGTH_PATTERN, Headers, choose_request_id
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
 from invoke_middleware.pipeline import Pipeline, PipelineSettings, SecretResolver
 from invoke_middleware.registry import InMemoryServiceRegistry, ServiceRegistry
@@ -51,8 +50,6 @@ from invoke_middleware.transport.http import HTTPTransport
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
-
-_DIGITS = re.compile(r"[0-9]{1,18}")
 
 # Characters left as they are when a decoded path has to be re-encoded (RFC 3986 pchar).
 _PCHAR_SAFE = "/:@!$&'()*+,;=-._~"
@@ -193,8 +190,7 @@ def _pipeline_request(environ: WSGIEnvironment) -> PipelineRequest:
     length_text = (environ.get("CONTENT_LENGTH") or "").strip()
     content_length = None
     if length_text:
-        # RFC 9110 §8.6: 1*DIGIT. str.isdigit() also accepts "²" and other Unicode digits.
-        if _DIGITS.fullmatch(length_text) is None:
+        if CONTENT_LENGTH_PATTERN.fullmatch(length_text) is None:
             raise InvalidRequestError("The Content-Length header is not a number.")
         content_length = int(length_text)
     if "HTTP_TRANSFER_ENCODING" in environ:
