@@ -42,7 +42,7 @@ from invoke_middleware.errors import (
     PayloadTooLargeError,
     UpstreamError,
 )
-from invoke_middleware.headers import is_safe_value, is_token
+from invoke_middleware.headers import fold_response_headers, is_safe_value, is_token
 
 __all__ = [
     "MAX_DETAILS",
@@ -167,26 +167,29 @@ def parse_envelope(raw: bytes, *, max_body_bytes: int) -> InvokeEnvelope:
 
 
 def encode_response(
-    status_code: int, headers: Mapping[str, str | Sequence[str]], body: bytes
+    status_code: int,
+    headers: Iterable[tuple[str, str]] | Mapping[str, str | Sequence[str]],
+    body: bytes,
 ) -> bytes:
     """The outer 200 body of a structured invoke, as compact JSON bytes.
 
-    Header names are lower-cased; names that differ only in case are merged in order. A name
-    with one value maps to a string, one with several to an array (never folded into one
-    string: ``Set-Cookie`` cannot be, RFC 6265 §3). A name with no values is left out.
+    ``headers`` are ``(name, value)`` pairs (a response's fields, filtered by
+    :func:`~invoke_middleware.headers.filter_response_headers`), or a mapping of names to a
+    value or a sequence of values. They are folded once, by
+    :func:`~invoke_middleware.headers.fold_response_headers`: names lower-cased, names that
+    differ only in case merged in order, a name with one value mapped to a string and one
+    with several to an array (never joined into one string: ``Set-Cookie`` cannot be,
+    RFC 6265 §3). A name with no values is left out.
 
     Raises :class:`~invoke_middleware.errors.UpstreamError` (502) for a status outside
     100-599, which the response schema cannot express.
     """
     if isinstance(status_code, bool) or not 100 <= status_code <= 599:
         raise UpstreamError()
-    merged: dict[str, list[str]] = {}
-    for name, value in headers.items():
-        values = [value] if isinstance(value, str) else list(value)
-        merged.setdefault(name.lower(), []).extend(values)
+    pairs = _expand_headers(headers) if isinstance(headers, Mapping) else headers
     payload = {
         "status_code": status_code,
-        "headers": {name: v[0] if len(v) == 1 else v for name, v in merged.items() if v},
+        "headers": fold_response_headers(pairs),
         "body_base64": base64.b64encode(body).decode("ascii"),
     }
     return json.dumps(payload, separators=(",", ":")).encode("ascii")
@@ -242,7 +245,7 @@ def _decoded_size(encoded: str) -> int:
     return len(encoded) // 4 * 3 - encoded[-2:].count("=")
 
 
-def _expand_headers(headers: Mapping[str, str | list[str]]) -> Iterator[tuple[str, str]]:
+def _expand_headers(headers: Mapping[str, str | Sequence[str]]) -> Iterator[tuple[str, str]]:
     for name, value in headers.items():
         if isinstance(value, str):
             yield name, value

@@ -111,11 +111,11 @@ GATEWAY_HEADERS: frozenset[str] = frozenset(
 _RELAY_CREDENTIAL_HEADERS = frozenset({"authorization", "x-team-id"})
 
 _REQUEST_DROP = HOP_BY_HOP_HEADERS | GATEWAY_HEADERS
+_REQUEST_DROP_AUTHORIZATION = _REQUEST_DROP | {"authorization"}
 _RELAY_DROP = _REQUEST_DROP | _RELAY_CREDENTIAL_HEADERS
 # A container may not fake a gateway error, nor hand out a second request id: every response
 # carries the gateway's (SPEC §6).
 _RESPONSE_DROP = HOP_BY_HOP_HEADERS | {ERROR_MARKER_HEADER.lower(), REQUEST_ID_HEADER.lower()}
-_RESPONSE_DROP_KEEP_LENGTH = _RESPONSE_DROP - {"content-length"}
 
 #: The name this gateway gives itself in ``Via`` (RFC 9110 §7.6.3 received-by pseudonym).
 DEFAULT_PSEUDONYM = "invoke-middleware"
@@ -235,19 +235,18 @@ def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
     return frozenset(tokens)
 
 
-def _without(
+def _kept(
     headers: Collection[tuple[str, str]], drop: frozenset[str], *, drop_proxy: bool = False
-) -> list[tuple[str, str]]:
+) -> Iterator[tuple[str, str]]:
+    """The fields of ``headers`` not in ``drop``, nor named by its ``Connection`` fields."""
     named = connection_tokens(headers)
     if named:
         drop = drop | named
-    kept = []
     for name, value in headers:
         lowered = name.lower()
         if lowered in drop or (drop_proxy and lowered.startswith("proxy-")):
             continue
-        kept.append((name, value))
-    return kept
+        yield name, value
 
 
 def forward_request_headers(
@@ -258,9 +257,10 @@ def forward_request_headers(
     host: str,
     request_id: str,
     envelope: Collection[tuple[str, str]] | None = None,
+    authorization: str | None = None,
     rules: ForwardingRules = DEFAULT_FORWARDING_RULES,
-) -> list[tuple[str, str]]:
-    """The header fields to send upstream.
+) -> tuple[tuple[str, str], ...]:
+    """The header fields to send upstream, in the tuple the upstream request carries.
 
     ``incoming`` is the outer request's header list; ``remote_addr``, ``scheme`` and ``host``
     describe its connection. They always supply the forwarding facts and the existing ``Via``.
@@ -277,12 +277,15 @@ def forward_request_headers(
 
     Then come, in this order: ``Via`` (the incoming ``Via`` list followed by
     ``1.1 <pseudonym>``), ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and
-    ``X-Request-ID: request_id``. Check :func:`is_loop` on ``incoming`` first.
+    ``X-Request-ID: request_id``. Last, when ``authorization`` is given (an external service's
+    own credential), ``Authorization: authorization``, and no other ``Authorization`` field.
+    Check :func:`is_loop` on ``incoming`` first.
     """
     if envelope is None:
-        forwarded = _without(incoming, _RELAY_DROP, drop_proxy=True)
+        end_to_end = _kept(incoming, _RELAY_DROP, drop_proxy=True)
     else:
-        forwarded = _without(envelope, _REQUEST_DROP)
+        drop = _REQUEST_DROP if authorization is None else _REQUEST_DROP_AUTHORIZATION
+        end_to_end = _kept(envelope, drop)
 
     vias: list[str] = []
     xff: list[str] = []
@@ -312,12 +315,16 @@ def forward_request_headers(
     if _FORWARDED_HOST.fullmatch(forwarded_host) is None:
         forwarded_host = host
 
-    forwarded.append(("Via", ", ".join(v for v in vias if v)))
-    forwarded.append(("X-Forwarded-For", ", ".join(chain)))
-    forwarded.append(("X-Forwarded-Proto", proto))
-    forwarded.append(("X-Forwarded-Host", forwarded_host))
-    forwarded.append((REQUEST_ID_HEADER, request_id))
-    return forwarded
+    added = [
+        ("Via", ", ".join(v for v in vias if v)),
+        ("X-Forwarded-For", ", ".join(chain)),
+        ("X-Forwarded-Proto", proto),
+        ("X-Forwarded-Host", forwarded_host),
+        (REQUEST_ID_HEADER, request_id),
+    ]
+    if authorization is not None:
+        added.append(("Authorization", authorization))
+    return (*end_to_end, *added)
 
 
 def _split_list(value: str) -> list[str]:
@@ -355,21 +362,15 @@ def choose_request_id(incoming: str | None) -> str:
     return os.urandom(16).hex()  # as random as uuid4().hex, for a third of the cost
 
 
-def filter_response_headers(
-    headers: Collection[tuple[str, str]], *, keep_content_length: bool = False
-) -> list[tuple[str, str]]:
+def filter_response_headers(headers: Collection[tuple[str, str]]) -> list[tuple[str, str]]:
     """The container's response fields that may reach the caller.
 
-    Drops the hop-by-hop set, the fields the response's ``Connection`` names, the gateway's
-    error marker (so a container cannot pass its response off as a gateway error) and
-    ``X-Request-ID`` (the gateway's own is set on every response). ``Content-Length`` is
-    dropped too unless ``keep_content_length``: the streaming relay may keep it when the
-    upstream framed its body by length; the invoke response (SPEC §3) never lists it, since
-    ``Content-Length`` is hop-by-hop in this product. A ``Content-Length`` the response's
-    ``Connection`` names is dropped either way.
+    Drops the hop-by-hop set (``Content-Length`` included: the gateway frames the body it
+    sends itself), the fields the response's ``Connection`` names, the gateway's error marker
+    (so a container cannot pass its response off as a gateway error) and ``X-Request-ID``
+    (the gateway's own is set on every response).
     """
-    drop = _RESPONSE_DROP_KEEP_LENGTH if keep_content_length else _RESPONSE_DROP
-    return _without(headers, drop)
+    return list(_kept(headers, _RESPONSE_DROP))
 
 
 def fold_response_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:

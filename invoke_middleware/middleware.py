@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
@@ -175,15 +175,13 @@ def _field_name(environ_key: str) -> str | None:
     return None
 
 
-def _headers(environ: WSGIEnvironment) -> Headers:
-    items = []
+def _header_fields(environ: WSGIEnvironment) -> Iterator[tuple[str, str]]:
     for key, value in environ.items():
         # Only str keys name fields; the rest (wsgi.*, server extras) are skipped cheaply.
         if key[:5] == "HTTP_" or key[:8] == "CONTENT_":
             name = _field_name(key)
             if name is not None and (value or key[:5] == "HTTP_"):
-                items.append((name, value))
-    return Headers(items)
+                yield name, value
 
 
 def _pipeline_request(environ: WSGIEnvironment) -> PipelineRequest:
@@ -208,7 +206,8 @@ def _pipeline_request(environ: WSGIEnvironment) -> PipelineRequest:
         method=environ.get("REQUEST_METHOD", "GET").upper(),
         path=environ.get("PATH_INFO", ""),
         query=environ.get("QUERY_STRING", ""),
-        headers=_headers(environ),
+        # The one copy of the request's fields: the pipeline filters it into the upstream's.
+        headers=Headers(_header_fields(environ)),
         remote_addr=environ.get("REMOTE_ADDR", ""),
         scheme=environ.get("wsgi.url_scheme", "http"),
         host=environ.get("HTTP_HOST") or environ.get("SERVER_NAME", ""),

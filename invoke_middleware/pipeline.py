@@ -298,30 +298,28 @@ class Pipeline:
         service: Service,
         request_id: str,
         envelope: tuple[tuple[str, str], ...] | None,
-    ) -> list[tuple[str, str]]:
-        out = hdr.forward_request_headers(
-            request.headers,
-            remote_addr=request.remote_addr,
-            scheme=request.scheme,
-            host=request.host,
-            request_id=request_id,
-            envelope=envelope,
-            rules=self._forwarding,
-        )
+    ) -> tuple[tuple[str, str], ...]:
+        authorization = None
         if service.service_type is ServiceType.EXTERNAL and service.external_auth_credential_id:
-            out = [(k, v) for k, v in out if k.lower() != "authorization"]
-            secret = None
             if self.secret_resolver is not None:
-                secret = self.secret_resolver(service.external_auth_credential_id)
-            if secret is None:
+                authorization = self.secret_resolver(service.external_auth_credential_id)
+            if authorization is None:
                 logger.error(
                     "no secret for credential reference of service %s (request %s)",
                     service.slug,
                     request_id,
                 )
                 raise UpstreamError("The service's credential is not available.")
-            out.append(("Authorization", secret))
-        return out
+        return hdr.forward_request_headers(
+            request.headers,
+            remote_addr=request.remote_addr,
+            scheme=request.scheme,
+            host=request.host,
+            request_id=request_id,
+            envelope=envelope,
+            authorization=authorization,
+            rules=self._forwarding,
+        )
 
     def _invoke(
         self, request: PipelineRequest, principal: Principal, service: Service, request_id: str
@@ -343,7 +341,7 @@ class Pipeline:
         upstream = UpstreamRequest(
             method=envelope.method,
             url=url,
-            headers=tuple(self._upstream_headers(request, service, request_id, envelope.headers)),
+            headers=self._upstream_headers(request, service, request_id, envelope.headers),
             body=envelope.body if envelope.body or envelope.method not in ("GET", "HEAD") else None,
             content_length=len(envelope.body),
             timeouts=service.timeouts.merged_over(settings.timeouts),
@@ -365,9 +363,7 @@ class Pipeline:
                 response.close()
             status, bytes_out = response.status, len(body)
             payload = encode_response(
-                response.status,
-                hdr.fold_response_headers(hdr.filter_response_headers(response.headers)),
-                body,
+                response.status, hdr.filter_response_headers(response.headers), body
             )
         except Exception as error:
             failure = as_gateway_error(error)
@@ -391,7 +387,7 @@ class Pipeline:
         upstream = UpstreamRequest(
             method=request.method,
             url=url,
-            headers=tuple(self._upstream_headers(request, service, request_id, None)),
+            headers=self._upstream_headers(request, service, request_id, None),
             body=body,
             content_length=length,
             timeouts=service.timeouts.merged_over(settings.timeouts),
