@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Protocol
 
 from invoke_middleware import headers as hdr
@@ -42,6 +41,7 @@ from invoke_middleware.errors import (
     UpgradeNotSupportedError,
     UpstreamError,
     as_gateway_error,
+    reason_phrase,
     render_error,
     render_problem,
 )
@@ -119,13 +119,6 @@ class PipelineResponse:
     body: Iterable[bytes] = field(default_factory=tuple)
 
 
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
 def _json_response(status: int, payload: object, request_id: str) -> PipelineResponse:
     return _json_body_response(
         status, json.dumps(payload, separators=(",", ":")).encode(), request_id
@@ -135,7 +128,7 @@ def _json_response(status: int, payload: object, request_id: str) -> PipelineRes
 def _json_body_response(status: int, body: bytes, request_id: str) -> PipelineResponse:
     return PipelineResponse(
         status=status,
-        reason=_reason(status),
+        reason=reason_phrase(status),
         headers=[
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),
@@ -208,7 +201,7 @@ class Pipeline:
         rendered = self.render(error, request_id=request_id)
         return PipelineResponse(
             status=rendered.status,
-            reason=_reason(rendered.status),
+            reason=reason_phrase(rendered.status),
             headers=list(rendered.headers),
             body=(rendered.body,),
         )
@@ -483,4 +476,4 @@ def _safe_reason(reason: str, status: int) -> str:
     # visible ASCII (RFC 9112 §4 allows more, but nothing a client needs).
     if reason and reason.isascii() and reason.isprintable() and len(reason) <= 64:
         return reason
-    return _reason(status)
+    return reason_phrase(status)
