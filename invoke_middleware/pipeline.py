@@ -444,16 +444,10 @@ class Pipeline:
     ) -> None:
         if not self.after_relay:
             return
-        event = relay.event
         call_hooks(
             self.after_relay,
             RelayFinished(
-                request_id=event.request_id,
-                route=event.route,
-                principal=event.principal,
-                service=event.service,
-                method=event.method,
-                path=event.path,
+                started=relay.event,
                 status=status,
                 bytes_in=bytes_in,
                 bytes_out=bytes_out,
