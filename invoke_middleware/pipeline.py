@@ -24,13 +24,12 @@ from invoke_middleware._bodies import (
     request_body,
 )
 from invoke_middleware.auth.base import AuthResolver
-from invoke_middleware.auth.policy import Action, Policy, default_policy
+from invoke_middleware.auth.policy import Action, Policy, authorize, default_policy
 from invoke_middleware.auth.principal import Principal
 from invoke_middleware.envelope import encode_response, parse_envelope
 from invoke_middleware.errors import (
     REQUEST_ID_HEADER,
     ErrorRenderer,
-    ForbiddenError,
     GatewayError,
     LoopDetectedError,
     MethodNotAllowedError,
@@ -237,18 +236,21 @@ class Pipeline:
             raise LoopDetectedError()
         principal = self._authenticate(request)
         if kind is RouteKind.LIST:
-            self._authorize(principal, Action.LIST, None)
+            authorize(self.policy, principal, Action.LIST, None)
             services = self.registry.list(principal.team_id)
             payload = {"services": [s.public_metadata() for s in services]}
             return _json_response(200, payload, request_id)
 
         service = self._lookup(principal, route.slug)
         if kind is RouteKind.GET:
-            self._authorize(principal, Action.GET, service)
+            authorize(self.policy, principal, Action.GET, service)
             return _json_response(200, service.public_metadata(), request_id)
 
-        self._authorize(
-            principal, Action.INVOKE if kind is RouteKind.INVOKE else Action.CATCH_ALL, service
+        authorize(
+            self.policy,
+            principal,
+            Action.INVOKE if kind is RouteKind.INVOKE else Action.CATCH_ALL,
+            service,
         )
         if not service.is_running:
             raise ServiceNotRunningError(
@@ -266,10 +268,6 @@ class Pipeline:
             if principal is not None:
                 return principal
         raise UnauthenticatedError()
-
-    def _authorize(self, principal: Principal, action: Action, service: Service | None) -> None:
-        if not self.policy(principal, action, service):
-            raise ForbiddenError()
 
     def _lookup(self, principal: Principal, slug: str | None) -> Service:
         # Invalid, unknown and other teams' slugs all get the same 404 (SPEC §1).
