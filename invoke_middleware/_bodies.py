@@ -48,40 +48,6 @@ def relay_content_length(method: str, response: UpstreamResponse) -> str | None:
     return str(response.content_length)
 
 
-def read_capped(request: PipelineRequest, limit: int) -> bytes:
-    """Read a whole (small) request body, refusing more than ``limit`` bytes."""
-    if request.content_length is not None:
-        if request.content_length > limit:
-            raise PayloadTooLargeError()
-        return _read_exact(request, request.content_length)
-    if not request.chunked:
-        if "Transfer-Encoding" in request.headers:
-            raise LengthRequiredError()
-        return b""
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        chunk = request.body.read(_READ_SIZE)
-        if not chunk:
-            return b"".join(parts)
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError()
-        parts.append(chunk)
-
-
-def _read_exact(request: PipelineRequest, length: int) -> bytes:
-    parts: list[bytes] = []
-    remaining = length
-    while remaining > 0:
-        chunk = request.body.read(min(remaining, _READ_SIZE))
-        if not chunk:
-            raise InvalidRequestError("The request body ended before Content-Length bytes.")
-        parts.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(parts)
-
-
 class RequestBody:
     """The caller's body as an iterable of chunks, read as the transport sends it.
 
@@ -133,6 +99,15 @@ def request_body(request: PipelineRequest, limit: int) -> tuple[RequestBody | No
         # Chunked input the server did not de-chunk for us: we cannot find its end.
         raise LengthRequiredError()
     return None, None
+
+
+def read_capped(request: PipelineRequest, limit: int) -> bytes:
+    """Read a whole (small) request body, refusing more than ``limit`` bytes.
+
+    The same rules as the streamed :func:`request_body`, whose chunks it joins.
+    """
+    body, _ = request_body(request, limit)
+    return b"".join(body) if body is not None else b""
 
 
 def read_response(response: UpstreamResponse, method: str, limit: int) -> bytes:
