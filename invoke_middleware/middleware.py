@@ -46,7 +46,6 @@ from invoke_middleware.registry import InMemoryServiceRegistry, ServiceRegistry
 from invoke_middleware.request import PipelineRequest
 from invoke_middleware.routing import RouteKind, RouteMatch, Router
 from invoke_middleware.transport.base import Transport
-from invoke_middleware.transport.http import HTTPTransport
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -63,7 +62,8 @@ class InvokeMiddleware:
     ``self.memberships``) read by a
     :class:`~invoke_middleware.auth.credentials.CredentialResolver` when ``resolvers`` is not
     given; the pooled :class:`~invoke_middleware.transport.http.HTTPTransport` for deployed
-    services and a second one for external services (egress). See
+    services and a second one for external services (egress), as
+    :class:`~invoke_middleware.pipeline.Pipeline` makes them. See
     :class:`~invoke_middleware.pipeline.PipelineSettings` for limits and timeouts.
     """
 
@@ -95,8 +95,8 @@ class InvokeMiddleware:
             registry=registry if registry is not None else InMemoryServiceRegistry(),
             resolvers=resolvers,
             policy=policy,
-            transport=transport if transport is not None else HTTPTransport(),
-            egress_transport=egress_transport if egress_transport is not None else HTTPTransport(),
+            transport=transport,
+            egress_transport=egress_transport,
             secret_resolver=secret_resolver,
             before_relay=before_relay,
             after_relay=after_relay,
@@ -159,10 +159,8 @@ class InvokeMiddleware:
         return self.pipeline
 
     def close(self) -> None:
-        """Close the gateway's transports (their pooled connections)."""
-        self.pipeline.transport.close()
-        if self.pipeline.egress_transport is not self.pipeline.transport:
-            self.pipeline.egress_transport.close()
+        """Close the pipeline's transports (their pooled connections)."""
+        self.pipeline.close()
 
 
 @functools.lru_cache(maxsize=1024)

@@ -61,6 +61,7 @@ from invoke_middleware.transport.base import (
     Transport,
     UpstreamRequest,
 )
+from invoke_middleware.transport.http import HTTPTransport
 
 logger = logging.getLogger("invoke_middleware")
 
@@ -142,7 +143,10 @@ class Pipeline:
     """The relay pipeline, with its collaborators.
 
     Build one per application and call :meth:`handle` for each runtime request; it is
-    thread-safe as long as its collaborators are.
+    thread-safe as long as its collaborators are. ``transport`` carries the relays to
+    deployed services and ``egress_transport`` those to external ones; each left out is an
+    :class:`~invoke_middleware.transport.http.HTTPTransport` of its own (pass the same
+    object twice to share one). :meth:`close` closes them.
     """
 
     def __init__(
@@ -150,7 +154,7 @@ class Pipeline:
         *,
         registry: ServiceRegistry,
         resolvers: Sequence[AuthResolver],
-        transport: Transport,
+        transport: Transport | None = None,
         egress_transport: Transport | None = None,
         policy: Policy = default_policy,
         secret_resolver: SecretResolver | None = None,
@@ -163,8 +167,12 @@ class Pipeline:
         self.settings = settings or PipelineSettings()
         self.registry = registry
         self.resolvers = tuple(resolvers)
-        self.transport = transport
-        self.egress_transport = egress_transport or transport
+        # Each default is a pool of its own: connections to external services never share a
+        # pool (nor its TLS settings) with the deployed services'.
+        self.transport = transport if transport is not None else HTTPTransport()
+        self.egress_transport = (
+            egress_transport if egress_transport is not None else HTTPTransport()
+        )
         self.policy = policy
         self.secret_resolver = secret_resolver
         self.before_relay = tuple(before_relay)
@@ -176,6 +184,12 @@ class Pipeline:
         self._forwarding = hdr.ForwardingRules(
             pseudonym=self.settings.pseudonym, trusted_hops=self.settings.trusted_proxy_hops
         )
+
+    def close(self) -> None:
+        """Close the transports (their pooled connections), each once."""
+        self.transport.close()
+        if self.egress_transport is not self.transport:
+            self.egress_transport.close()
 
     # -- entry point -------------------------------------------------------------------
 
