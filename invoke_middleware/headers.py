@@ -355,11 +355,12 @@ def choose_request_id(incoming: str | None) -> str:
 
     Safe means 1 to 128 characters from ``A-Z a-z 0-9 . _ : @ / + = -``: enough for UUIDs,
     W3C trace ids and base64 ids, never enough to inject into a log line or a header. A new
-    id is a UUID4 in 32 hex digits.
+    id is 16 random bytes (:func:`os.urandom`) in 32 lower-case hex digits; it has the shape
+    of ``uuid4().hex`` but not its version bits.
     """
     if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming) is not None:
         return incoming
-    return os.urandom(16).hex()  # as random as uuid4().hex, for a third of the cost
+    return os.urandom(16).hex()  # more random than uuid4().hex, for a third of the cost
 
 
 def filter_response_headers(headers: Collection[tuple[str, str]]) -> list[tuple[str, str]]:
