@@ -1,7 +1,9 @@
 """The invoke envelope: the JSON body of ``POST /r/invoke/{slug}`` and the JSON it answers with.
 
 The request schema is the one bundled with the package (``schemas/invoke-request.schema.json``,
-installed as ``invoke_middleware.schemas``); it is loaded and compiled once, at import.
+installed as ``invoke_middleware.schemas``); it is read once, at import. A hand-written check
+of the same rules accepts a valid envelope; jsonschema is imported, and the schema compiled,
+only when an envelope fails that check and the refusal has to be explained.
 
 >>> envelope = parse_envelope(b'{"method": "GET", "path": "/health"}', max_body_bytes=1024)
 >>> envelope.method, envelope.path, envelope.body
@@ -32,9 +34,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Final
-
-from jsonschema import Draft202012Validator, ValidationError
+from typing import TYPE_CHECKING, Any, Final
 
 from invoke_middleware.errors import (
     ErrorDetail,
@@ -43,6 +43,9 @@ from invoke_middleware.errors import (
     UpstreamError,
 )
 from invoke_middleware.headers import fold_response_headers, is_safe_value, is_token
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator, ValidationError
 
 __all__ = [
     "MAX_DETAILS",
@@ -91,12 +94,26 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 _REQUEST_SCHEMA: Final = load_schema(REQUEST_SCHEMA_NAME)
-Draft202012Validator.check_schema(_REQUEST_SCHEMA)
 
-#: The compiled request validator, built once at import.
-REQUEST_VALIDATOR: Final = Draft202012Validator(
-    _REQUEST_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER
-)
+#: The compiled request validator (a ``jsonschema.Draft202012Validator``), built on first use.
+REQUEST_VALIDATOR: Draft202012Validator
+
+
+@functools.cache
+def _request_validator() -> Draft202012Validator:
+    # Importing jsonschema costs more than importing the rest of the package: only a refusal
+    # that has to be explained pays for it.
+    from jsonschema import Draft202012Validator  # noqa: PLC0415
+
+    Draft202012Validator.check_schema(_REQUEST_SCHEMA)
+    return Draft202012Validator(_REQUEST_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "REQUEST_VALIDATOR":
+        return _request_validator()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _ALLOWED_FIELDS: Final = ", ".join(_REQUEST_SCHEMA["properties"])
 
@@ -395,7 +412,8 @@ def _conforms(document: Any) -> bool:
 
 
 def _schema_problems(document: Any) -> Iterator[ErrorDetail]:
-    leaves = [leaf for error in REQUEST_VALIDATOR.iter_errors(document) for leaf in _leaves(error)]
+    errors = _request_validator().iter_errors(document)
+    leaves = [leaf for error in errors for leaf in _leaves(error)]
     # A value of the wrong type is told its type only, not every rule of the right type.
     mistyped = {tuple(e.absolute_path) for e in leaves if e.validator == "type"}
     for error in leaves:
