@@ -237,16 +237,18 @@ def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
 
 def _kept(
     headers: Collection[tuple[str, str]], drop: frozenset[str], *, drop_proxy: bool = False
-) -> Iterator[tuple[str, str]]:
+) -> list[tuple[str, str]]:
     """The fields of ``headers`` not in ``drop``, nor named by its ``Connection`` fields."""
     named = connection_tokens(headers)
     if named:
         drop = drop | named
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered in drop or (drop_proxy and lowered.startswith("proxy-")):
-            continue
-        yield name, value
+    if drop_proxy:
+        return [
+            (name, value)
+            for name, value in headers
+            if (lowered := name.lower()) not in drop and not lowered.startswith("proxy-")
+        ]
+    return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
 def forward_request_headers(
@@ -315,16 +317,16 @@ def forward_request_headers(
     if _FORWARDED_HOST.fullmatch(forwarded_host) is None:
         forwarded_host = host
 
-    added = [
+    end_to_end += (
         ("Via", ", ".join(v for v in vias if v)),
         ("X-Forwarded-For", ", ".join(chain)),
         ("X-Forwarded-Proto", proto),
         ("X-Forwarded-Host", forwarded_host),
         (REQUEST_ID_HEADER, request_id),
-    ]
+    )
     if authorization is not None:
-        added.append(("Authorization", authorization))
-    return (*end_to_end, *added)
+        end_to_end.append(("Authorization", authorization))
+    return tuple(end_to_end)
 
 
 def _split_list(value: str) -> list[str]:
@@ -371,7 +373,7 @@ def filter_response_headers(headers: Collection[tuple[str, str]]) -> list[tuple[
     (so a container cannot pass its response off as a gateway error) and ``X-Request-ID``
     (the gateway's own is set on every response).
     """
-    return list(_kept(headers, _RESPONSE_DROP))
+    return _kept(headers, _RESPONSE_DROP)
 
 
 def fold_response_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:
