@@ -34,12 +34,13 @@ def host_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 def log_relay(event: RelayFinished) -> None:
     """An after-relay hook: one line per relay, never a body or a key."""
+    started = event.started
     logger.info(
         "%s %s %s %s -> %d (%d bytes)",
-        event.request_id,
-        event.service.slug,
-        event.method,
-        event.path,
+        started.request_id,
+        started.service.slug,
+        started.method,
+        started.path,
         event.status,
         event.bytes_out,
     )

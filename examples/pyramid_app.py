@@ -24,7 +24,10 @@ logger = logging.getLogger("example.gateway")
 
 def log_relay(event: RelayFinished) -> None:
     """An after-relay hook: one line per relay, never a body or a key."""
-    logger.info("%s %s %s -> %d", event.request_id, event.service.slug, event.path, event.status)
+    started = event.started
+    logger.info(
+        "%s %s %s -> %d", started.request_id, started.service.slug, started.path, event.status
+    )
 
 
 def home(request: Any) -> Response:

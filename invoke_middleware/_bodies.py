@@ -18,6 +18,7 @@ from invoke_middleware.errors import (
     ResponseTooLargeError,
     as_gateway_error,
 )
+from invoke_middleware.headers import CONTENT_LENGTH_PATTERN
 from invoke_middleware.request import PipelineRequest
 from invoke_middleware.transport.base import UpstreamResponse
 
@@ -39,46 +40,12 @@ def relay_content_length(method: str, response: UpstreamResponse) -> str | None:
     if method == "HEAD" or status == 304:
         # Both describe a representation they do not carry: keep the upstream's own value.
         values = [v.strip() for k, v in response.headers if k.lower() == "content-length"]
-        if len(set(values)) == 1 and values[0].isascii() and values[0].isdigit():
+        if len(set(values)) == 1 and CONTENT_LENGTH_PATTERN.fullmatch(values[0]):
             return values[0]
         return None
     if response.content_length is None:
         return None
     return str(response.content_length)
-
-
-def read_capped(request: PipelineRequest, limit: int) -> bytes:
-    """Read a whole (small) request body, refusing more than ``limit`` bytes."""
-    if request.content_length is not None:
-        if request.content_length > limit:
-            raise PayloadTooLargeError()
-        return _read_exact(request, request.content_length)
-    if not request.chunked:
-        if "Transfer-Encoding" in request.headers:
-            raise LengthRequiredError()
-        return b""
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        chunk = request.body.read(_READ_SIZE)
-        if not chunk:
-            return b"".join(parts)
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError()
-        parts.append(chunk)
-
-
-def _read_exact(request: PipelineRequest, length: int) -> bytes:
-    parts: list[bytes] = []
-    remaining = length
-    while remaining > 0:
-        chunk = request.body.read(min(remaining, _READ_SIZE))
-        if not chunk:
-            raise InvalidRequestError("The request body ended before Content-Length bytes.")
-        parts.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(parts)
 
 
 class RequestBody:
@@ -132,6 +99,15 @@ def request_body(request: PipelineRequest, limit: int) -> tuple[RequestBody | No
         # Chunked input the server did not de-chunk for us: we cannot find its end.
         raise LengthRequiredError()
     return None, None
+
+
+def read_capped(request: PipelineRequest, limit: int) -> bytes:
+    """Read a whole (small) request body, refusing more than ``limit`` bytes.
+
+    The same rules as the streamed :func:`request_body`, whose chunks it joins.
+    """
+    body, _ = request_body(request, limit)
+    return b"".join(body) if body is not None else b""
 
 
 def read_response(response: UpstreamResponse, method: str, limit: int) -> bytes:

@@ -1,7 +1,9 @@
 """The invoke envelope: the JSON body of ``POST /r/invoke/{slug}`` and the JSON it answers with.
 
 The request schema is the one bundled with the package (``schemas/invoke-request.schema.json``,
-installed as ``invoke_middleware.schemas``); it is loaded and compiled once, at import.
+installed as ``invoke_middleware.schemas``); it is read once, at import. A hand-written check
+of the same rules accepts a valid envelope; jsonschema is imported, and the schema compiled,
+only when an envelope fails that check and the refusal has to be explained.
 
 >>> envelope = parse_envelope(b'{"method": "GET", "path": "/health"}', max_body_bytes=1024)
 >>> envelope.method, envelope.path, envelope.body
@@ -32,9 +34,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Final
-
-from jsonschema import Draft202012Validator, ValidationError
+from typing import TYPE_CHECKING, Any, Final
 
 from invoke_middleware.errors import (
     ErrorDetail,
@@ -42,6 +42,10 @@ from invoke_middleware.errors import (
     PayloadTooLargeError,
     UpstreamError,
 )
+from invoke_middleware.headers import fold_response_headers, is_safe_value, is_token
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator, ValidationError
 
 __all__ = [
     "MAX_DETAILS",
@@ -90,12 +94,26 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 _REQUEST_SCHEMA: Final = load_schema(REQUEST_SCHEMA_NAME)
-Draft202012Validator.check_schema(_REQUEST_SCHEMA)
 
-#: The compiled request validator, built once at import.
-REQUEST_VALIDATOR: Final = Draft202012Validator(
-    _REQUEST_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER
-)
+#: The compiled request validator (a ``jsonschema.Draft202012Validator``), built on first use.
+REQUEST_VALIDATOR: Draft202012Validator
+
+
+@functools.cache
+def _request_validator() -> Draft202012Validator:
+    # Importing jsonschema costs more than importing the rest of the package: only a refusal
+    # that has to be explained pays for it.
+    from jsonschema import Draft202012Validator  # noqa: PLC0415
+
+    Draft202012Validator.check_schema(_REQUEST_SCHEMA)
+    return Draft202012Validator(_REQUEST_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "REQUEST_VALIDATOR":
+        return _request_validator()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _ALLOWED_FIELDS: Final = ", ".join(_REQUEST_SCHEMA["properties"])
 
@@ -166,26 +184,29 @@ def parse_envelope(raw: bytes, *, max_body_bytes: int) -> InvokeEnvelope:
 
 
 def encode_response(
-    status_code: int, headers: Mapping[str, str | Sequence[str]], body: bytes
+    status_code: int,
+    headers: Iterable[tuple[str, str]] | Mapping[str, str | Sequence[str]],
+    body: bytes,
 ) -> bytes:
     """The outer 200 body of a structured invoke, as compact JSON bytes.
 
-    Header names are lower-cased; names that differ only in case are merged in order. A name
-    with one value maps to a string, one with several to an array (never folded into one
-    string: ``Set-Cookie`` cannot be, RFC 6265 §3). A name with no values is left out.
+    ``headers`` are ``(name, value)`` pairs (a response's fields, filtered by
+    :func:`~invoke_middleware.headers.filter_response_headers`), or a mapping of names to a
+    value or a sequence of values. They are folded once, by
+    :func:`~invoke_middleware.headers.fold_response_headers`: names lower-cased, names that
+    differ only in case merged in order, a name with one value mapped to a string and one
+    with several to an array (never joined into one string: ``Set-Cookie`` cannot be,
+    RFC 6265 §3). A name with no values is left out.
 
     Raises :class:`~invoke_middleware.errors.UpstreamError` (502) for a status outside
     100-599, which the response schema cannot express.
     """
     if isinstance(status_code, bool) or not 100 <= status_code <= 599:
         raise UpstreamError()
-    merged: dict[str, list[str]] = {}
-    for name, value in headers.items():
-        values = [value] if isinstance(value, str) else list(value)
-        merged.setdefault(name.lower(), []).extend(values)
+    pairs = _expand_headers(headers) if isinstance(headers, Mapping) else headers
     payload = {
         "status_code": status_code,
-        "headers": {name: v[0] if len(v) == 1 else v for name, v in merged.items() if v},
+        "headers": fold_response_headers(pairs),
         "body_base64": base64.b64encode(body).decode("ascii"),
     }
     return json.dumps(payload, separators=(",", ":")).encode("ascii")
@@ -241,7 +262,7 @@ def _decoded_size(encoded: str) -> int:
     return len(encoded) // 4 * 3 - encoded[-2:].count("=")
 
 
-def _expand_headers(headers: Mapping[str, str | list[str]]) -> Iterator[tuple[str, str]]:
+def _expand_headers(headers: Mapping[str, str | Sequence[str]]) -> Iterator[tuple[str, str]]:
     for name, value in headers.items():
         if isinstance(value, str):
             yield name, value
@@ -346,8 +367,6 @@ _METHODS: Final = frozenset(_REQUEST_SCHEMA["properties"]["method"]["enum"])
 _MAX_PATH: Final = _REQUEST_SCHEMA["properties"]["path"]["maxLength"]
 _FIELDS: Final = frozenset(_REQUEST_SCHEMA["properties"])
 _BASE64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-_NOT_TCHAR: Final = re.compile(r"[^!#$%&'*+.^_`|~0-9A-Za-z-]")
-_BAD_VALUE: Final = re.compile(r"[\r\n\x00]")
 
 
 def _has_base64_shape(text: str) -> bool:
@@ -382,18 +401,19 @@ def _conforms(document: Any) -> bool:
         if not isinstance(headers, dict):
             return False
         for name, value in headers.items():
-            if not name or _NOT_TCHAR.search(name):
+            if not is_token(name):
                 return False
             values = value if isinstance(value, list) else [value]
             if not values or not all(
-                isinstance(item, str) and _BAD_VALUE.search(item) is None for item in values
+                isinstance(item, str) and is_safe_value(item) for item in values
             ):
                 return False
     return True
 
 
 def _schema_problems(document: Any) -> Iterator[ErrorDetail]:
-    leaves = [leaf for error in REQUEST_VALIDATOR.iter_errors(document) for leaf in _leaves(error)]
+    errors = _request_validator().iter_errors(document)
+    leaves = [leaf for error in errors for leaf in _leaves(error)]
     # A value of the wrong type is told its type only, not every rule of the right type.
     mistyped = {tuple(e.absolute_path) for e in leaves if e.validator == "type"}
     for error in leaves:

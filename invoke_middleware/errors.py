@@ -11,9 +11,11 @@ Rendering happens in :func:`render_error` only, so the body shape, the marker he
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from http import HTTPStatus
+from types import MappingProxyType
+from typing import Any, ClassVar, Final, Protocol
 
 #: Marks a response as produced by the gateway itself, so a container's own 502 is never
 #: mistaken for the gateway's. Its value is the error ``code``.
@@ -214,28 +216,31 @@ class ErrorRenderer(Protocol):
     def __call__(self, error: GatewayError, *, request_id: str) -> RenderedError: ...
 
 
-_REASONS = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    411: "Length Required",
-    413: "Content Too Large",
-    415: "Unsupported Media Type",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    502: "Bad Gateway",
-    504: "Gateway Timeout",
-    508: "Loop Detected",
-}
+#: The reason phrase of every registered status code, as RFC 9110 §15 (and the RFCs the IANA
+#: registry cites for the rest) spells it. :class:`http.HTTPStatus` still has the RFC 7231
+#: names of four of them before Python 3.13; RFC 9110 renamed those.
+REASON_PHRASES: Final[Mapping[int, str]] = MappingProxyType(
+    {status.value: status.phrase for status in HTTPStatus}
+    | {
+        413: "Content Too Large",
+        414: "URI Too Long",
+        416: "Range Not Satisfiable",
+        422: "Unprocessable Content",
+    }
+)
 
 
 def reason_phrase(status: int) -> str:
-    """The reason phrase the gateway uses for one of its own statuses."""
-    return _REASONS.get(status, "Error")
+    """The reason phrase for ``status``, for status lines and problem titles alike.
+
+    An unregistered code gets the phrase of its class's ``x00`` code, as RFC 9110 §15 tells a
+    client to read it (``599`` is an ``Internal Server Error``); ``"Unknown"`` outside
+    100-599.
+    """
+    phrase = REASON_PHRASES.get(status)
+    if phrase is None:
+        phrase = REASON_PHRASES.get(status // 100 * 100, "Unknown")
+    return phrase
 
 
 def _rendered(

@@ -34,6 +34,7 @@ import os
 import re
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Final
 
 from invoke_middleware.errors import (
     ERROR_MARKER_HEADER,
@@ -42,6 +43,7 @@ from invoke_middleware.errors import (
 )
 
 __all__ = [
+    "CONTENT_LENGTH_PATTERN",
     "DEFAULT_FORWARDING_RULES",
     "DEFAULT_MAX_HEADER_BYTES",
     "DEFAULT_MAX_HEADER_COUNT",
@@ -49,6 +51,9 @@ __all__ = [
     "GATEWAY_HEADERS",
     "HOP_BY_HOP_HEADERS",
     "MAX_REQUEST_ID_LENGTH",
+    "TCHARS",
+    "TOKEN_PATTERN",
+    "UNSAFE_VALUE_PATTERN",
     "ForwardingRules",
     "check_header_limits",
     "choose_request_id",
@@ -106,11 +111,11 @@ GATEWAY_HEADERS: frozenset[str] = frozenset(
 _RELAY_CREDENTIAL_HEADERS = frozenset({"authorization", "x-team-id"})
 
 _REQUEST_DROP = HOP_BY_HOP_HEADERS | GATEWAY_HEADERS
+_REQUEST_DROP_AUTHORIZATION = _REQUEST_DROP | {"authorization"}
 _RELAY_DROP = _REQUEST_DROP | _RELAY_CREDENTIAL_HEADERS
 # A container may not fake a gateway error, nor hand out a second request id: every response
 # carries the gateway's (SPEC §6).
 _RESPONSE_DROP = HOP_BY_HOP_HEADERS | {ERROR_MARKER_HEADER.lower(), REQUEST_ID_HEADER.lower()}
-_RESPONSE_DROP_KEEP_LENGTH = _RESPONSE_DROP - {"content-length"}
 
 #: The name this gateway gives itself in ``Via`` (RFC 9110 §7.6.3 received-by pseudonym).
 DEFAULT_PSEUDONYM = "invoke-middleware"
@@ -121,10 +126,22 @@ DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 
 MAX_REQUEST_ID_LENGTH = 128
 
-# RFC 9110 §5.6.2: token = 1*tchar.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# RFC 9110 §5.5: CR, LF and NUL must never pass into a field value.
-_UNSAFE_VALUE = re.compile(r"[\r\n\x00]")
+# --- the field grammar: every module that checks a name or a value uses these -------------
+
+#: The characters of an RFC 9110 token (§5.6.2 tchar): field names, methods, ``Via`` pseudonyms.
+TCHARS: Final = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+#: ``token = 1*tchar`` (RFC 9110 §5.6.2); use with ``fullmatch``.
+TOKEN_PATTERN: Final = re.compile(f"[{re.escape(TCHARS)}]+")
+
+#: CR, LF and NUL, which must never pass into a field value (RFC 9110 §5.5): they would split
+#: the header section for the next reader. Use with ``search``.
+UNSAFE_VALUE_PATTERN: Final = re.compile(r"[\r\n\x00]")
+
+#: ``Content-Length = 1*DIGIT`` (RFC 9110 §8.6), ASCII digits only (``str.isdigit`` also takes
+#: "²"), at most 18 of them so the value fits a 64-bit length. Use with ``fullmatch``.
+CONTENT_LENGTH_PATTERN: Final = re.compile(r"[0-9]{1,18}")
+
 _SAFE_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:@/+=\-]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 # RFC 9110 §5.6.5: comments may hold commas, so they go before a Via list is split.
 _VIA_COMMENT = re.compile(r"\([^()]*\)")
@@ -176,12 +193,12 @@ class Headers:
 
 def is_token(name: str) -> bool:
     """Whether ``name`` is an RFC 9110 token, the grammar of a field name (§5.1, §5.6.2)."""
-    return _TOKEN.fullmatch(name) is not None
+    return TOKEN_PATTERN.fullmatch(name) is not None
 
 
 def is_safe_value(value: str) -> bool:
     """Whether ``value`` holds no CR, LF or NUL (RFC 9110 §5.5), so it cannot split a header."""
-    return _UNSAFE_VALUE.search(value) is None
+    return UNSAFE_VALUE_PATTERN.search(value) is None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,19 +235,20 @@ def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
     return frozenset(tokens)
 
 
-def _without(
+def _kept(
     headers: Collection[tuple[str, str]], drop: frozenset[str], *, drop_proxy: bool = False
 ) -> list[tuple[str, str]]:
+    """The fields of ``headers`` not in ``drop``, nor named by its ``Connection`` fields."""
     named = connection_tokens(headers)
     if named:
         drop = drop | named
-    kept = []
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered in drop or (drop_proxy and lowered.startswith("proxy-")):
-            continue
-        kept.append((name, value))
-    return kept
+    if drop_proxy:
+        return [
+            (name, value)
+            for name, value in headers
+            if (lowered := name.lower()) not in drop and not lowered.startswith("proxy-")
+        ]
+    return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
 def forward_request_headers(
@@ -241,9 +259,10 @@ def forward_request_headers(
     host: str,
     request_id: str,
     envelope: Collection[tuple[str, str]] | None = None,
+    authorization: str | None = None,
     rules: ForwardingRules = DEFAULT_FORWARDING_RULES,
-) -> list[tuple[str, str]]:
-    """The header fields to send upstream.
+) -> tuple[tuple[str, str], ...]:
+    """The header fields to send upstream, in the tuple the upstream request carries.
 
     ``incoming`` is the outer request's header list; ``remote_addr``, ``scheme`` and ``host``
     describe its connection. They always supply the forwarding facts and the existing ``Via``.
@@ -260,12 +279,15 @@ def forward_request_headers(
 
     Then come, in this order: ``Via`` (the incoming ``Via`` list followed by
     ``1.1 <pseudonym>``), ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and
-    ``X-Request-ID: request_id``. Check :func:`is_loop` on ``incoming`` first.
+    ``X-Request-ID: request_id``. Last, when ``authorization`` is given (an external service's
+    own credential), ``Authorization: authorization``, and no other ``Authorization`` field.
+    Check :func:`is_loop` on ``incoming`` first.
     """
     if envelope is None:
-        forwarded = _without(incoming, _RELAY_DROP, drop_proxy=True)
+        end_to_end = _kept(incoming, _RELAY_DROP, drop_proxy=True)
     else:
-        forwarded = _without(envelope, _REQUEST_DROP)
+        drop = _REQUEST_DROP if authorization is None else _REQUEST_DROP_AUTHORIZATION
+        end_to_end = _kept(envelope, drop)
 
     vias: list[str] = []
     xff: list[str] = []
@@ -295,12 +317,16 @@ def forward_request_headers(
     if _FORWARDED_HOST.fullmatch(forwarded_host) is None:
         forwarded_host = host
 
-    forwarded.append(("Via", ", ".join(v for v in vias if v)))
-    forwarded.append(("X-Forwarded-For", ", ".join(chain)))
-    forwarded.append(("X-Forwarded-Proto", proto))
-    forwarded.append(("X-Forwarded-Host", forwarded_host))
-    forwarded.append((REQUEST_ID_HEADER, request_id))
-    return forwarded
+    end_to_end += (
+        ("Via", ", ".join(v for v in vias if v)),
+        ("X-Forwarded-For", ", ".join(chain)),
+        ("X-Forwarded-Proto", proto),
+        ("X-Forwarded-Host", forwarded_host),
+        (REQUEST_ID_HEADER, request_id),
+    )
+    if authorization is not None:
+        end_to_end.append(("Authorization", authorization))
+    return tuple(end_to_end)
 
 
 def _split_list(value: str) -> list[str]:
@@ -331,28 +357,23 @@ def choose_request_id(incoming: str | None) -> str:
 
     Safe means 1 to 128 characters from ``A-Z a-z 0-9 . _ : @ / + = -``: enough for UUIDs,
     W3C trace ids and base64 ids, never enough to inject into a log line or a header. A new
-    id is a UUID4 in 32 hex digits.
+    id is 16 random bytes (:func:`os.urandom`) in 32 lower-case hex digits; it has the shape
+    of ``uuid4().hex`` but not its version bits.
     """
     if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming) is not None:
         return incoming
-    return os.urandom(16).hex()  # as random as uuid4().hex, for a third of the cost
+    return os.urandom(16).hex()  # more random than uuid4().hex, for a third of the cost
 
 
-def filter_response_headers(
-    headers: Collection[tuple[str, str]], *, keep_content_length: bool = False
-) -> list[tuple[str, str]]:
+def filter_response_headers(headers: Collection[tuple[str, str]]) -> list[tuple[str, str]]:
     """The container's response fields that may reach the caller.
 
-    Drops the hop-by-hop set, the fields the response's ``Connection`` names, the gateway's
-    error marker (so a container cannot pass its response off as a gateway error) and
-    ``X-Request-ID`` (the gateway's own is set on every response). ``Content-Length`` is
-    dropped too unless ``keep_content_length``: the streaming relay may keep it when the
-    upstream framed its body by length; the invoke response (SPEC §3) never lists it, since
-    ``Content-Length`` is hop-by-hop in this product. A ``Content-Length`` the response's
-    ``Connection`` names is dropped either way.
+    Drops the hop-by-hop set (``Content-Length`` included: the gateway frames the body it
+    sends itself), the fields the response's ``Connection`` names, the gateway's error marker
+    (so a container cannot pass its response off as a gateway error) and ``X-Request-ID``
+    (the gateway's own is set on every response).
     """
-    drop = _RESPONSE_DROP_KEEP_LENGTH if keep_content_length else _RESPONSE_DROP
-    return _without(headers, drop)
+    return _kept(headers, _RESPONSE_DROP)
 
 
 def fold_response_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:

@@ -9,14 +9,17 @@ ignored: it never breaks the relay.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from invoke_middleware.auth.principal import Principal
 from invoke_middleware.registry import Service
 
 logger = logging.getLogger("invoke_middleware.hooks")
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,27 +37,49 @@ class RelayStarted:
     path: str
 
 
+class _StartedField(Generic[_T]):
+    """A deprecated alias on :class:`RelayFinished` of one field of its ``started`` event."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, instance: RelayFinished | None, owner: type | None = None) -> _T:
+        if instance is None:
+            return self  # type: ignore[return-value]  # the class attribute, for introspection
+        warnings.warn(
+            f"RelayFinished.{self._name} is deprecated; use RelayFinished.started.{self._name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        value: _T = getattr(instance.started, self._name)
+        return value
+
+
 @dataclass(frozen=True, kw_only=True)
 class RelayFinished:
     """A relay ended: the response was delivered, or it failed.
 
-    ``status`` is the container's status, or the gateway's own when ``error_code`` is set
-    (the relay failed before or while the response streamed). ``bytes_in`` counts request
-    body bytes sent upstream, ``bytes_out`` response body bytes received; ``duration`` is in
-    seconds from the start of the relay to its end.
+    ``started`` is the event the before-relay hooks received (who called which service, the
+    request id, method and path). ``status`` is the container's status, or the gateway's own
+    when ``error_code`` is set (the relay failed before or while the response streamed).
+    ``bytes_in`` counts request body bytes sent upstream, ``bytes_out`` response body bytes
+    received; ``duration`` is in seconds from the start of the relay to its end.
     """
 
-    request_id: str
-    route: str
-    principal: Principal
-    service: Service
-    method: str
-    path: str
+    started: RelayStarted
     status: int
     bytes_in: int
     bytes_out: int
     duration: float
     error_code: str | None = None
+
+    # Deprecated: these were copies of the started event's fields; read them from ``started``.
+    request_id = _StartedField[str]()
+    route = _StartedField[str]()
+    principal = _StartedField[Principal]()
+    service = _StartedField[Service]()
+    method = _StartedField[str]()
+    path = _StartedField[str]()
 
 
 BeforeRelayHook = Callable[[RelayStarted], None]
@@ -63,10 +88,14 @@ AfterRelayHook = Callable[[RelayFinished], None]
 _E = TypeVar("_E", RelayStarted, RelayFinished)
 
 
+def _request_id(event: RelayStarted | RelayFinished) -> str:
+    return event.started.request_id if isinstance(event, RelayFinished) else event.request_id
+
+
 def call_hooks(hooks: Sequence[Callable[[_E], None]], event: _E) -> None:
     """Call each hook with ``event``; log and swallow what a hook raises."""
     for hook in hooks:
         try:
             hook(event)
         except Exception:
-            logger.exception("relay hook %r failed (request %s)", hook, event.request_id)
+            logger.exception("relay hook %r failed (request %s)", hook, _request_id(event))

@@ -78,16 +78,17 @@ class RelayLogger:
     def __call__(self, event: RelayFinished) -> None:
         if not self.logger.isEnabledFor(self.level):
             return
+        started = event.started
         fields: dict[str, object] = {
-            "request_id": event.request_id,
-            "route": event.route,
-            "team": str(event.principal.team_id),
-            "user": event.principal.user_id,
-            "slug": event.service.slug,
-            "method": event.method,
+            "request_id": started.request_id,
+            "route": started.route,
+            "team": str(started.principal.team_id),
+            "user": started.principal.user_id,
+            "slug": started.service.slug,
+            "method": started.method,
             # The gateway hands hooks the path without its query; dropped again here so the
             # guarantee holds for any event.
-            "path": event.path.partition("?")[0],
+            "path": started.path.partition("?")[0],
             "status": event.status,
             "bytes_in": event.bytes_in,
             "bytes_out": event.bytes_out,

@@ -21,7 +21,7 @@ With the default ``namespace="invoke"``:
   body bytes sent upstream and received from it;
 - ``invoke_relays_in_flight{route}``: relays started and not yet finished.
 
-Labels are low-cardinality on purpose: ``route`` is ``invoke`` or ``relay``,
+Labels are low-cardinality on purpose: ``route`` is ``invoke`` or ``catch_all``,
 ``service_type`` ``deployed`` or ``external``, ``status_class`` ``1xx`` to ``5xx``,
 ``error_code`` one of the gateway's fixed error codes (empty when the relay succeeded). Slugs,
 teams, users and paths are left out: each distinct label value makes a new time series that
@@ -111,11 +111,11 @@ class RelayMetrics:
 
     def after_relay(self, event: RelayFinished) -> None:
         """Record the finished relay and count it out of flight."""
-        route = event.route
+        route = event.started.route
         self.in_flight.labels(route).dec()
         self.relays.labels(
             route,
-            event.service.service_type.value,
+            event.started.service.service_type.value,
             f"{event.status // 100}xx",
             event.error_code or "",
         ).inc()

@@ -18,9 +18,8 @@ This module is the only one that knows WSGI: it turns the environ into a
 from __future__ import annotations
 
 import functools
-import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
@@ -40,19 +39,16 @@ from invoke_middleware.errors import (
     InvalidPathError,
     InvalidRequestError,
 )
-from invoke_middleware.headers import Headers, choose_request_id
+from invoke_middleware.headers import CONTENT_LENGTH_PATTERN, Headers, choose_request_id
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
 from invoke_middleware.pipeline import Pipeline, PipelineSettings, SecretResolver
 from invoke_middleware.registry import InMemoryServiceRegistry, ServiceRegistry
 from invoke_middleware.request import PipelineRequest
 from invoke_middleware.routing import RouteKind, RouteMatch, Router
 from invoke_middleware.transport.base import Transport
-from invoke_middleware.transport.http import HTTPTransport
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
-
-_DIGITS = re.compile(r"[0-9]{1,18}")
 
 # Characters left as they are when a decoded path has to be re-encoded (RFC 3986 pchar).
 _PCHAR_SAFE = "/:@!$&'()*+,;=-._~"
@@ -66,7 +62,8 @@ class InvokeMiddleware:
     ``self.memberships``) read by a
     :class:`~invoke_middleware.auth.credentials.CredentialResolver` when ``resolvers`` is not
     given; the pooled :class:`~invoke_middleware.transport.http.HTTPTransport` for deployed
-    services and a second one for external services (egress). See
+    services and a second one for external services (egress), as
+    :class:`~invoke_middleware.pipeline.Pipeline` makes them. See
     :class:`~invoke_middleware.pipeline.PipelineSettings` for limits and timeouts.
     """
 
@@ -98,8 +95,8 @@ class InvokeMiddleware:
             registry=registry if registry is not None else InMemoryServiceRegistry(),
             resolvers=resolvers,
             policy=policy,
-            transport=transport if transport is not None else HTTPTransport(),
-            egress_transport=egress_transport if egress_transport is not None else HTTPTransport(),
+            transport=transport,
+            egress_transport=egress_transport,
             secret_resolver=secret_resolver,
             before_relay=before_relay,
             after_relay=after_relay,
@@ -162,10 +159,8 @@ class InvokeMiddleware:
         return self.pipeline
 
     def close(self) -> None:
-        """Close the gateway's transports (their pooled connections)."""
-        self.pipeline.transport.close()
-        if self.pipeline.egress_transport is not self.pipeline.transport:
-            self.pipeline.egress_transport.close()
+        """Close the pipeline's transports (their pooled connections)."""
+        self.pipeline.close()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -178,23 +173,20 @@ def _field_name(environ_key: str) -> str | None:
     return None
 
 
-def _headers(environ: WSGIEnvironment) -> Headers:
-    items = []
+def _header_fields(environ: WSGIEnvironment) -> Iterator[tuple[str, str]]:
     for key, value in environ.items():
         # Only str keys name fields; the rest (wsgi.*, server extras) are skipped cheaply.
         if key[:5] == "HTTP_" or key[:8] == "CONTENT_":
             name = _field_name(key)
             if name is not None and (value or key[:5] == "HTTP_"):
-                items.append((name, value))
-    return Headers(items)
+                yield name, value
 
 
 def _pipeline_request(environ: WSGIEnvironment) -> PipelineRequest:
     length_text = (environ.get("CONTENT_LENGTH") or "").strip()
     content_length = None
     if length_text:
-        # RFC 9110 §8.6: 1*DIGIT. str.isdigit() also accepts "²" and other Unicode digits.
-        if _DIGITS.fullmatch(length_text) is None:
+        if CONTENT_LENGTH_PATTERN.fullmatch(length_text) is None:
             raise InvalidRequestError("The Content-Length header is not a number.")
         content_length = int(length_text)
     if "HTTP_TRANSFER_ENCODING" in environ:
@@ -212,7 +204,8 @@ def _pipeline_request(environ: WSGIEnvironment) -> PipelineRequest:
         method=environ.get("REQUEST_METHOD", "GET").upper(),
         path=environ.get("PATH_INFO", ""),
         query=environ.get("QUERY_STRING", ""),
-        headers=_headers(environ),
+        # The one copy of the request's fields: the pipeline filters it into the upstream's.
+        headers=Headers(_header_fields(environ)),
         remote_addr=environ.get("REMOTE_ADDR", ""),
         scheme=environ.get("wsgi.url_scheme", "http"),
         host=environ.get("HTTP_HOST") or environ.get("SERVER_NAME", ""),

@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Protocol
 
 from invoke_middleware import headers as hdr
@@ -25,13 +24,12 @@ from invoke_middleware._bodies import (
     request_body,
 )
 from invoke_middleware.auth.base import AuthResolver
-from invoke_middleware.auth.policy import Action, Policy, default_policy
+from invoke_middleware.auth.policy import Action, Policy, authorize, default_policy
 from invoke_middleware.auth.principal import CredentialKind, Principal
 from invoke_middleware.envelope import encode_response, parse_envelope
 from invoke_middleware.errors import (
     REQUEST_ID_HEADER,
     ErrorRenderer,
-    ForbiddenError,
     GatewayError,
     LoopDetectedError,
     MethodNotAllowedError,
@@ -42,6 +40,7 @@ from invoke_middleware.errors import (
     UpgradeNotSupportedError,
     UpstreamError,
     as_gateway_error,
+    reason_phrase,
     render_error,
     render_problem,
 )
@@ -62,6 +61,7 @@ from invoke_middleware.transport.base import (
     Transport,
     UpstreamRequest,
 )
+from invoke_middleware.transport.http import HTTPTransport
 
 logger = logging.getLogger("invoke_middleware")
 
@@ -124,13 +124,6 @@ class PipelineResponse:
     body: Iterable[bytes] = field(default_factory=tuple)
 
 
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
 def _json_response(status: int, payload: object, request_id: str) -> PipelineResponse:
     return _json_body_response(
         status, json.dumps(payload, separators=(",", ":")).encode(), request_id
@@ -140,7 +133,7 @@ def _json_response(status: int, payload: object, request_id: str) -> PipelineRes
 def _json_body_response(status: int, body: bytes, request_id: str) -> PipelineResponse:
     return PipelineResponse(
         status=status,
-        reason=_reason(status),
+        reason=reason_phrase(status),
         headers=[
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),
@@ -155,7 +148,10 @@ class Pipeline:
     """The relay pipeline, with its collaborators.
 
     Build one per application and call :meth:`handle` for each runtime request; it is
-    thread-safe as long as its collaborators are.
+    thread-safe as long as its collaborators are. ``transport`` carries the relays to
+    deployed services and ``egress_transport`` those to external ones; each left out is an
+    :class:`~invoke_middleware.transport.http.HTTPTransport` of its own (pass the same
+    object twice to share one). :meth:`close` closes them.
     """
 
     def __init__(
@@ -163,7 +159,7 @@ class Pipeline:
         *,
         registry: ServiceRegistry,
         resolvers: Sequence[AuthResolver],
-        transport: Transport,
+        transport: Transport | None = None,
         egress_transport: Transport | None = None,
         policy: Policy = default_policy,
         secret_resolver: SecretResolver | None = None,
@@ -176,8 +172,12 @@ class Pipeline:
         self.settings = settings or PipelineSettings()
         self.registry = registry
         self.resolvers = tuple(resolvers)
-        self.transport = transport
-        self.egress_transport = egress_transport or transport
+        # Each default is a pool of its own: connections to external services never share a
+        # pool (nor its TLS settings) with the deployed services'.
+        self.transport = transport if transport is not None else HTTPTransport()
+        self.egress_transport = (
+            egress_transport if egress_transport is not None else HTTPTransport()
+        )
         self.policy = policy
         self.secret_resolver = secret_resolver
         self.before_relay = tuple(before_relay)
@@ -193,6 +193,12 @@ class Pipeline:
         from invoke_middleware.mcp.endpoint import MCPEndpoint  # noqa: PLC0415 - it imports us
 
         self.mcp = MCPEndpoint(self, clock=clock)
+
+    def close(self) -> None:
+        """Close the transports (their pooled connections), each once."""
+        self.transport.close()
+        if self.egress_transport is not self.transport:
+            self.egress_transport.close()
 
     # -- entry point -------------------------------------------------------------------
 
@@ -217,7 +223,7 @@ class Pipeline:
         rendered = self.render(error, request_id=request_id)
         return PipelineResponse(
             status=rendered.status,
-            reason=_reason(rendered.status),
+            reason=reason_phrase(rendered.status),
             headers=list(rendered.headers),
             body=(rendered.body,),
         )
@@ -255,18 +261,21 @@ class Pipeline:
             raise LoopDetectedError()
         principal = self._authenticate(request)
         if kind is RouteKind.LIST:
-            self._authorize(principal, Action.LIST, None)
+            authorize(self.policy, principal, Action.LIST, None)
             services = self.registry.list(principal.team_id)
             payload = {"services": [s.public_metadata() for s in services]}
             return _json_response(200, payload, request_id)
 
         service = self._lookup(principal, route.slug)
         if kind is RouteKind.GET:
-            self._authorize(principal, Action.GET, service)
+            authorize(self.policy, principal, Action.GET, service)
             return _json_response(200, service.public_metadata(), request_id)
 
-        self._authorize(
-            principal, Action.INVOKE if kind is RouteKind.INVOKE else Action.CATCH_ALL, service
+        authorize(
+            self.policy,
+            principal,
+            Action.INVOKE if kind is RouteKind.INVOKE else Action.CATCH_ALL,
+            service,
         )
         if not service.is_running:
             raise ServiceNotRunningError(
@@ -284,10 +293,6 @@ class Pipeline:
             if principal is not None:
                 return principal
         raise UnauthenticatedError()
-
-    def _authorize(self, principal: Principal, action: Action, service: Service | None) -> None:
-        if not self.policy(principal, action, service):
-            raise ForbiddenError()
 
     def _lookup(self, principal: Principal, slug: str | None) -> Service:
         # Invalid, unknown and other teams' slugs all get the same 404 (SPEC §1).
@@ -309,30 +314,28 @@ class Pipeline:
         service: Service,
         request_id: str,
         envelope: tuple[tuple[str, str], ...] | None,
-    ) -> list[tuple[str, str]]:
-        out = hdr.forward_request_headers(
-            request.headers,
-            remote_addr=request.remote_addr,
-            scheme=request.scheme,
-            host=request.host,
-            request_id=request_id,
-            envelope=envelope,
-            rules=self._forwarding,
-        )
+    ) -> tuple[tuple[str, str], ...]:
+        authorization = None
         if service.service_type is ServiceType.EXTERNAL and service.external_auth_credential_id:
-            out = [(k, v) for k, v in out if k.lower() != "authorization"]
-            secret = None
             if self.secret_resolver is not None:
-                secret = self.secret_resolver(service.external_auth_credential_id)
-            if secret is None:
+                authorization = self.secret_resolver(service.external_auth_credential_id)
+            if authorization is None:
                 logger.error(
                     "no secret for credential reference of service %s (request %s)",
                     service.slug,
                     request_id,
                 )
                 raise UpstreamError("The service's credential is not available.")
-            out.append(("Authorization", secret))
-        return out
+        return hdr.forward_request_headers(
+            request.headers,
+            remote_addr=request.remote_addr,
+            scheme=request.scheme,
+            host=request.host,
+            request_id=request_id,
+            envelope=envelope,
+            authorization=authorization,
+            rules=self._forwarding,
+        )
 
     def _invoke(
         self, request: PipelineRequest, principal: Principal, service: Service, request_id: str
@@ -354,7 +357,7 @@ class Pipeline:
         upstream = UpstreamRequest(
             method=envelope.method,
             url=url,
-            headers=tuple(self._upstream_headers(request, service, request_id, envelope.headers)),
+            headers=self._upstream_headers(request, service, request_id, envelope.headers),
             body=envelope.body if envelope.body or envelope.method not in ("GET", "HEAD") else None,
             content_length=len(envelope.body),
             timeouts=service.timeouts.merged_over(settings.timeouts),
@@ -376,9 +379,7 @@ class Pipeline:
                 response.close()
             status, bytes_out = response.status, len(body)
             payload = encode_response(
-                response.status,
-                hdr.fold_response_headers(hdr.filter_response_headers(response.headers)),
-                body,
+                response.status, hdr.filter_response_headers(response.headers), body
             )
         except Exception as error:
             failure = as_gateway_error(error)
@@ -402,7 +403,7 @@ class Pipeline:
         upstream = UpstreamRequest(
             method=request.method,
             url=url,
-            headers=tuple(self._upstream_headers(request, service, request_id, None)),
+            headers=self._upstream_headers(request, service, request_id, None),
             body=body,
             content_length=length,
             timeouts=service.timeouts.merged_over(settings.timeouts),
@@ -466,16 +467,10 @@ class Pipeline:
     ) -> None:
         if not self.after_relay:
             return
-        event = relay.event
         call_hooks(
             self.after_relay,
             RelayFinished(
-                request_id=event.request_id,
-                route=event.route,
-                principal=event.principal,
-                service=event.service,
-                method=event.method,
-                path=event.path,
+                started=relay.event,
                 status=status,
                 bytes_in=bytes_in,
                 bytes_out=bytes_out,
@@ -498,4 +493,4 @@ def _safe_reason(reason: str, status: int) -> str:
     # visible ASCII (RFC 9112 §4 allows more, but nothing a client needs).
     if reason and reason.isascii() and reason.isprintable() and len(reason) <= 64:
         return reason
-    return _reason(status)
+    return reason_phrase(status)

@@ -22,9 +22,13 @@ class BodyReader(Protocol):
 class PipelineRequest:
     """One incoming request, as the pipeline sees it.
 
-    ``path`` is the raw (still percent-encoded) path below the gateway's prefix; ``query`` is
-    the raw query string without ``?``. ``content_length`` is ``None`` when the caller sent no
-    ``Content-Length``; ``chunked`` says the server de-chunked the body and marks its end.
+    ``path`` is the WSGI ``PATH_INFO``: decoded by the server (``%2F`` already a ``/``, each
+    octet one Latin-1 character, PEP 3333), below the host's ``SCRIPT_NAME`` and with the
+    gateway's prefix, e.g. ``/api/r/containers/echo/a b``. It is for resolvers and logs: the
+    route was matched on it, and the catch-all sends the tail as the client spelled it.
+    ``query`` is the raw query string without ``?``. ``content_length`` is ``None`` when the
+    caller sent no ``Content-Length``; ``chunked`` says the server de-chunked the body and
+    marks its end.
     """
 
     method: str

@@ -180,20 +180,19 @@ def test_the_log_never_holds_the_key_the_query_or_a_body(
 
 
 def _event(**changes: Any) -> RelayFinished:
-    values: dict[str, Any] = {
+    """A finished relay; ``changes`` replace fields of it or of its started event."""
+    started: dict[str, Any] = {
         "request_id": "r1",
         "route": "catch_all",
         "principal": Principal(kind=CredentialKind.INTEGRATION, team_id=TEAM),
         "service": make_service("echo", "http://127.0.0.1:9"),
         "method": "GET",
         "path": "/x",
-        "status": 200,
-        "bytes_in": 0,
-        "bytes_out": 2,
-        "duration": 0.001,
     }
-    values.update(changes)
-    return RelayFinished(**values)
+    finished: dict[str, Any] = {"status": 200, "bytes_in": 0, "bytes_out": 2, "duration": 0.001}
+    for name, value in changes.items():
+        (started if name in started else finished)[name] = value
+    return RelayFinished(started=RelayStarted(**started), **finished)
 
 
 @pytest.mark.parametrize(

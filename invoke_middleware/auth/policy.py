@@ -52,4 +52,4 @@ def authorize(
 ) -> None:
     """Raise :class:`~invoke_middleware.errors.ForbiddenError` unless ``policy`` allows it."""
     if not policy(principal, action, service):
-        raise ForbiddenError
+        raise ForbiddenError()

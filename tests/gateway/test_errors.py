@@ -93,6 +93,15 @@ def test_problem_json_is_available(make_world: Callable[..., World]) -> None:
     assert res.json["code"] == "service_not_found"
 
 
+def test_the_status_line_and_the_problem_title_use_one_rfc_9110_phrase(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(settings=PipelineSettings(problem_json=True, max_relay_body_bytes=10))
+    res = world.app.post("/r/containers/echo/up", b"x" * 11, headers=world.auth(), status=413)
+    assert res.status == "413 Content Too Large"
+    assert res.json["title"] == "Content Too Large"
+
+
 def test_a_custom_renderer_renders_every_error(make_world: Callable[..., World]) -> None:
     def renderer(error: GatewayError, *, request_id: str) -> RenderedError:
         body = f"{error.code}:{request_id}".encode()

@@ -20,12 +20,13 @@ def test_hooks_see_an_invoke(world: World) -> None:
     )
     [started] = world.started
     [finished] = world.finished
-    assert started.route == finished.route == "invoke"
+    assert finished.started is started
+    assert started.route == "invoke"
     assert started.service.slug == "echo"
     assert started.principal.kind is CredentialKind.INTEGRATION
-    assert finished.request_id == res.headers["X-Request-ID"]
-    assert finished.method == "POST"
-    assert finished.path == "/p"
+    assert started.request_id == res.headers["X-Request-ID"]
+    assert started.method == "POST"
+    assert started.path == "/p"
     assert finished.status == 200
     assert finished.bytes_in == 5
     assert finished.bytes_out > 0
@@ -36,8 +37,8 @@ def test_hooks_see_an_invoke(world: World) -> None:
 def test_hooks_see_a_streamed_relay_when_it_ends(world: World) -> None:
     world.app.post("/r/containers/echo/bytes/1000", b"abc", headers=world.auth())
     [finished] = world.finished
-    assert finished.route == "catch_all"
-    assert finished.path == "/bytes/1000"
+    assert finished.started.route == "catch_all"
+    assert finished.started.path == "/bytes/1000"
     assert finished.bytes_in == 3
     assert finished.bytes_out == 1000
 
@@ -49,6 +50,13 @@ def test_hooks_see_an_upstream_failure(world: World) -> None:
     [finished] = world.finished
     assert finished.error_code == "upstream_unreachable"
     assert finished.status == 502
+
+
+def test_the_finished_events_old_field_names_are_deprecated_aliases(world: World) -> None:
+    world.invoke("echo", {"method": "GET", "path": "/"})
+    [finished] = world.finished
+    with pytest.warns(DeprecationWarning, match=r"RelayFinished\.started\.request_id"):
+        assert finished.request_id == finished.started.request_id
 
 
 def test_refused_requests_are_not_relays(world: World) -> None:

@@ -114,7 +114,7 @@ def test_one_extension_serves_several_apps_with_the_same_collaborators(
         key = issue_key(app.extensions[EXTENSION_KEY].credentials)
         check_relay(webtest.TestApp(app), key, prefix)
 
-    assert [event.route for event in finished] == ["catch_all", "catch_all"]
+    assert [event.started.route for event in finished] == ["catch_all", "catch_all"]
     assert all(m.registry is registry for m in middlewares)
 
 

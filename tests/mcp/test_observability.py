@@ -70,7 +70,7 @@ def test_a_tool_call_is_logged_and_counted_as_an_invoke_relay_with_the_request_i
 
     assert relays_total(registry, "invoke", "2xx", "") == 1
     assert registry.get_sample_value("invoke_relays_in_flight", {"route": "invoke"}) == 0
-    assert world.finished[-1].request_id == request_id
+    assert world.finished[-1].started.request_id == request_id
     assert world.upstream.received[-1].header("X-Request-ID") == request_id
 
 
