@@ -2,12 +2,19 @@
 services, safely.
 
 Wrap a WSGI application with :class:`InvokeMiddleware`; it answers the runtime routes and
-passes every other request through untouched. This module only re-exports the public names.
+passes every other request through untouched. This module only re-exports the public names:
+what a host needs to embed the middleware, and what an author of a custom transport, auth
+resolver or service registry needs to implement one.
+
+:class:`JWTResolver` and the transports are imported on first use, so
+``import invoke_middleware`` loads neither PyJWT and cryptography nor requests and urllib3.
 """
 
+from typing import TYPE_CHECKING
+
+from invoke_middleware._lazy import lazy_attributes
 from invoke_middleware.auth.base import AuthResolver, bearer_token
 from invoke_middleware.auth.credentials import CredentialResolver
-from invoke_middleware.auth.jwt import JWTResolver
 from invoke_middleware.auth.keys import KeyKind
 from invoke_middleware.auth.policy import Action, Policy, default_policy
 from invoke_middleware.auth.principal import CredentialKind, Principal, Role
@@ -26,6 +33,9 @@ from invoke_middleware.errors import (
     ErrorRenderer,
     GatewayError,
     RenderedError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
     render_error,
     render_problem,
 )
@@ -33,7 +43,7 @@ from invoke_middleware.headers import Headers
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook, RelayFinished, RelayStarted
 from invoke_middleware.logging_hook import RelayLogger
 from invoke_middleware.middleware import InvokeMiddleware
-from invoke_middleware.pipeline import Pipeline, PipelineResponse, PipelineSettings, SecretResolver
+from invoke_middleware.pipeline import PipelineSettings, SecretResolver
 from invoke_middleware.registry import (
     InMemoryServiceRegistry,
     Service,
@@ -42,16 +52,19 @@ from invoke_middleware.registry import (
     ServiceType,
 )
 from invoke_middleware.request import PipelineRequest
-from invoke_middleware.transport import (
+from invoke_middleware.transport.base import (
     DEFAULT_TIMEOUTS,
-    HTTPTransport,
-    RequestsTransport,
     Timeouts,
     Transport,
     UpstreamRequest,
     UpstreamResponse,
-    WSGITransport,
 )
+
+if TYPE_CHECKING:
+    from invoke_middleware.auth.jwt import JWTResolver
+    from invoke_middleware.transport.http import HTTPTransport
+    from invoke_middleware.transport.requests import RequestsTransport
+    from invoke_middleware.transport.wsgi import WSGITransport
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
@@ -78,9 +91,7 @@ __all__ = [
     "KeyKind",
     "Membership",
     "MembershipStore",
-    "Pipeline",
     "PipelineRequest",
-    "PipelineResponse",
     "PipelineSettings",
     "Policy",
     "Principal",
@@ -97,11 +108,36 @@ __all__ = [
     "ServiceType",
     "Timeouts",
     "Transport",
+    "UpstreamError",
     "UpstreamRequest",
     "UpstreamResponse",
+    "UpstreamTimeoutError",
+    "UpstreamUnreachableError",
     "WSGITransport",
     "bearer_token",
     "default_policy",
     "render_error",
     "render_problem",
 ]
+
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    {
+        "HTTPTransport": "invoke_middleware.transport.http",
+        "JWTResolver": "invoke_middleware.auth.jwt",
+        "RequestsTransport": "invoke_middleware.transport.requests",
+        "WSGITransport": "invoke_middleware.transport.wsgi",
+    },
+    # Names this package exported before: pipeline internals, and the old names of the
+    # pipeline's request and settings.
+    deprecated={
+        "Gateway": ("invoke_middleware.pipeline", "Pipeline"),
+        "GatewayRequest": ("invoke_middleware", "PipelineRequest"),
+        "GatewayResponse": ("invoke_middleware.pipeline", "PipelineResponse"),
+        "GatewaySettings": ("invoke_middleware", "PipelineSettings"),
+        "Pipeline": ("invoke_middleware.pipeline", "Pipeline"),
+        "PipelineResponse": ("invoke_middleware.pipeline", "PipelineResponse"),
+    },
+)
+
+del TYPE_CHECKING, lazy_attributes
