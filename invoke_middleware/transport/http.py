@@ -7,12 +7,10 @@ body framing, nothing of the response is decoded, and every failure becomes one 
 gateway's own errors::
 
     transport = HTTPTransport(ca_bundle="/etc/ssl/internal-ca.pem")
-    response = transport.send(UpstreamRequest(method="GET", url="https://svc.internal/health",
-                                              headers=(("Accept", "application/json"),)))
-    try:
+    request = UpstreamRequest(method="GET", url="https://svc.internal/health",
+                              headers=(("Accept", "application/json"),))
+    with transport.send(request) as response:
         body = b"".join(response)
-    finally:
-        response.close()
 
 ``request.headers`` must not carry ``Host``, ``Content-Length`` or ``Transfer-Encoding``
 (the relay strips them, SPEC §6); the transport writes those itself.
