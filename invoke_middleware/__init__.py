@@ -13,19 +13,24 @@ resolver or service registry needs to implement one.
 from typing import TYPE_CHECKING
 
 from invoke_middleware._lazy import lazy_attributes
-from invoke_middleware.auth.base import AuthResolver, bearer_token
-from invoke_middleware.auth.credentials import CredentialResolver
-from invoke_middleware.auth.keys import KeyKind
-from invoke_middleware.auth.policy import Action, Policy, default_policy
-from invoke_middleware.auth.principal import CredentialKind, Principal, Role
-from invoke_middleware.auth.stores import (
+from invoke_middleware.auth import (
+    Action,
+    AuthResolver,
+    CredentialKind,
     CredentialRecord,
+    CredentialResolver,
     CredentialStore,
     InMemoryCredentialStore,
     InMemoryMembershipStore,
     IssuedCredential,
+    KeyKind,
     Membership,
     MembershipStore,
+    Policy,
+    Principal,
+    Role,
+    bearer_token,
+    default_policy,
 )
 from invoke_middleware.errors import (
     ERROR_MARKER_HEADER,
@@ -52,7 +57,7 @@ from invoke_middleware.registry import (
     ServiceType,
 )
 from invoke_middleware.request import PipelineRequest
-from invoke_middleware.transport.base import (
+from invoke_middleware.transport import (
     DEFAULT_TIMEOUTS,
     Timeouts,
     Transport,
@@ -61,10 +66,8 @@ from invoke_middleware.transport.base import (
 )
 
 if TYPE_CHECKING:
-    from invoke_middleware.auth.jwt import JWTResolver
-    from invoke_middleware.transport.http import HTTPTransport
-    from invoke_middleware.transport.requests import RequestsTransport
-    from invoke_middleware.transport.wsgi import WSGITransport
+    from invoke_middleware.auth import JWTResolver
+    from invoke_middleware.transport import HTTPTransport, RequestsTransport, WSGITransport
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
@@ -123,10 +126,10 @@ __all__ = [
 __getattr__, __dir__ = lazy_attributes(
     __name__,
     {
-        "HTTPTransport": "invoke_middleware.transport.http",
-        "JWTResolver": "invoke_middleware.auth.jwt",
-        "RequestsTransport": "invoke_middleware.transport.requests",
-        "WSGITransport": "invoke_middleware.transport.wsgi",
+        "HTTPTransport": "invoke_middleware.transport",
+        "JWTResolver": "invoke_middleware.auth",
+        "RequestsTransport": "invoke_middleware.transport",
+        "WSGITransport": "invoke_middleware.transport",
     },
     # Names this package exported before: pipeline internals, and the old names of the
     # pipeline's request and settings.
