@@ -27,19 +27,6 @@ def _get(url: str) -> UpstreamRequest:
     return UpstreamRequest(method="GET", url=url, headers=(), timeouts=QUICK)
 
 
-def test_leaving_the_with_block_of_a_half_read_response_discards_its_connection(
-    wire: Transport, raw_upstream: RawUpstream
-) -> None:
-    with wire.send(_get(raw_upstream.url + f"/download?size={1 << 20}")) as response:
-        first = next(iter(response))
-
-    assert first
-    assert list(response) == []
-    _, body = fetch(wire, "GET", raw_upstream.url + "/download?size=10")
-    assert body == download_bytes(10)
-    assert raw_upstream.connections_accepted == 2
-
-
 def test_leaving_the_with_block_of_a_read_response_keeps_its_connection(
     wire: Transport, raw_upstream: RawUpstream
 ) -> None:
