@@ -2,23 +2,35 @@
 services, safely.
 
 Wrap a WSGI application with :class:`InvokeMiddleware`; it answers the runtime routes and
-passes every other request through untouched. This module only re-exports the public names.
+passes every other request through untouched. This module only re-exports the public names:
+what a host needs to embed the middleware, and what an author of a custom transport, auth
+resolver or service registry needs to implement one.
+
+:class:`JWTResolver` and the transports are imported on first use, so
+``import invoke_middleware`` loads neither PyJWT and cryptography nor requests and urllib3.
 """
 
-from invoke_middleware.auth.base import AuthResolver, bearer_token
-from invoke_middleware.auth.credentials import CredentialResolver
-from invoke_middleware.auth.jwt import JWTResolver
-from invoke_middleware.auth.keys import KeyKind
-from invoke_middleware.auth.policy import Action, Policy, default_policy
-from invoke_middleware.auth.principal import CredentialKind, Principal, Role
-from invoke_middleware.auth.stores import (
+from typing import TYPE_CHECKING
+
+from invoke_middleware._lazy import lazy_attributes
+from invoke_middleware.auth import (
+    Action,
+    AuthResolver,
+    CredentialKind,
     CredentialRecord,
+    CredentialResolver,
     CredentialStore,
     InMemoryCredentialStore,
     InMemoryMembershipStore,
     IssuedCredential,
+    KeyKind,
     Membership,
     MembershipStore,
+    Policy,
+    Principal,
+    Role,
+    bearer_token,
+    default_policy,
 )
 from invoke_middleware.errors import (
     ERROR_MARKER_HEADER,
@@ -26,6 +38,9 @@ from invoke_middleware.errors import (
     ErrorRenderer,
     GatewayError,
     RenderedError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
     render_error,
     render_problem,
 )
@@ -33,7 +48,7 @@ from invoke_middleware.headers import Headers
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook, RelayFinished, RelayStarted
 from invoke_middleware.logging_hook import RelayLogger
 from invoke_middleware.middleware import InvokeMiddleware
-from invoke_middleware.pipeline import Pipeline, PipelineResponse, PipelineSettings, SecretResolver
+from invoke_middleware.pipeline import PipelineSettings, SecretResolver
 from invoke_middleware.registry import (
     InMemoryServiceRegistry,
     Service,
@@ -44,14 +59,15 @@ from invoke_middleware.registry import (
 from invoke_middleware.request import PipelineRequest
 from invoke_middleware.transport import (
     DEFAULT_TIMEOUTS,
-    HTTPTransport,
-    RequestsTransport,
     Timeouts,
     Transport,
     UpstreamRequest,
     UpstreamResponse,
-    WSGITransport,
 )
+
+if TYPE_CHECKING:
+    from invoke_middleware.auth import JWTResolver
+    from invoke_middleware.transport import HTTPTransport, RequestsTransport, WSGITransport
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
@@ -78,9 +94,7 @@ __all__ = [
     "KeyKind",
     "Membership",
     "MembershipStore",
-    "Pipeline",
     "PipelineRequest",
-    "PipelineResponse",
     "PipelineSettings",
     "Policy",
     "Principal",
@@ -97,11 +111,36 @@ __all__ = [
     "ServiceType",
     "Timeouts",
     "Transport",
+    "UpstreamError",
     "UpstreamRequest",
     "UpstreamResponse",
+    "UpstreamTimeoutError",
+    "UpstreamUnreachableError",
     "WSGITransport",
     "bearer_token",
     "default_policy",
     "render_error",
     "render_problem",
 ]
+
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    {
+        "HTTPTransport": "invoke_middleware.transport",
+        "JWTResolver": "invoke_middleware.auth",
+        "RequestsTransport": "invoke_middleware.transport",
+        "WSGITransport": "invoke_middleware.transport",
+    },
+    # Names this package exported before: pipeline internals, and the old names of the
+    # pipeline's request and settings.
+    deprecated={
+        "Gateway": ("invoke_middleware.pipeline", "Pipeline"),
+        "GatewayRequest": ("invoke_middleware", "PipelineRequest"),
+        "GatewayResponse": ("invoke_middleware.pipeline", "PipelineResponse"),
+        "GatewaySettings": ("invoke_middleware", "PipelineSettings"),
+        "Pipeline": ("invoke_middleware.pipeline", "Pipeline"),
+        "PipelineResponse": ("invoke_middleware.pipeline", "PipelineResponse"),
+    },
+)
+
+del TYPE_CHECKING, lazy_attributes

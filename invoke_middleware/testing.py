@@ -35,7 +35,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from invoke_middleware.auth.keys import KeyKind
 from invoke_middleware.auth.stores import CredentialStore
-from invoke_middleware.transport.base import Transport, UpstreamRequest, UpstreamResponse
+from invoke_middleware.transport.base import (
+    Closeable,
+    Transport,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 
 __all__ = [
     "KeyPair",
@@ -155,12 +160,10 @@ def issue_test_credential(
 
 def read_body(request: UpstreamRequest) -> bytes:
     """The whole body of ``request``; consumes it when it is an iterable of chunks."""
-    body = request.body
-    if body is None:
-        return b""
-    if isinstance(body, bytes):
-        return body
-    return b"".join(body)
+    stream = request.body_stream
+    if stream is None:
+        return request.body_bytes or b""
+    return b"".join(stream)
 
 
 def make_response(
@@ -223,7 +226,7 @@ class _MockBody:
         self.closed = True
 
 
-class MockTransport:
+class MockTransport(Closeable):
     """A transport that answers every request with ``handler(request)``.
 
     The request body is read first, as a real transport would send it, so errors raised
@@ -244,7 +247,7 @@ class MockTransport:
         self.closed = True
 
 
-class RecordingTransport:
+class RecordingTransport(Closeable):
     """Records every request (body read into ``bytes``) and passes it on to ``inner``.
 
     ``requests`` lists them in the order they were sent; an empty list proves that nothing

@@ -154,7 +154,7 @@ def test_make_response_streams_chunks_and_reads_content_length_from_headers() ->
     )
 
     assert response.content_length == 6
-    assert response.headers == (("Content-Length", "6"), ("Set-Cookie", "a=1"))
+    assert list(response.headers) == [("Content-Length", "6"), ("Set-Cookie", "a=1")]
     assert list(response) == [b"abc", b"def"]
 
 
@@ -207,4 +207,15 @@ def test_recording_transport_closes_its_inner_transport() -> None:
     inner = MockTransport(lambda request: make_response())
     RecordingTransport(inner).close()
 
+    assert inner.closed
+
+
+def test_testing_transports_and_responses_close_when_their_with_block_ends() -> None:
+    inner = MockTransport(lambda request: make_response(chunks=[b"one", b"two"]))
+
+    with RecordingTransport(inner) as recorder, recorder.send(_request(None)) as response:
+        body = iter(response)
+        assert next(body) == b"one"
+
+    assert list(body) == []
     assert inner.closed

@@ -1,9 +1,15 @@
-"""Who may call (SPEC §7): principals, resolvers, the policy and the stores they read."""
+"""Who may call (SPEC §7): principals, resolvers, the policy and the stores they read.
 
+:class:`JWTResolver` and :func:`team_from_header` are imported on first use, so importing the
+package never loads PyJWT and cryptography.
+"""
+
+from typing import TYPE_CHECKING
+
+from invoke_middleware._lazy import lazy_attributes
 from invoke_middleware.auth.base import AuthResolver, bearer_token
 from invoke_middleware.auth.cache import VerifiedToken, VerifiedTokenCache
 from invoke_middleware.auth.credentials import CredentialResolver
-from invoke_middleware.auth.jwt import JWTResolver, team_from_header
 from invoke_middleware.auth.keys import KeyKind, generate_key, hash_key, key_matches, key_prefix
 from invoke_middleware.auth.policy import Action, Policy, authorize, default_policy
 from invoke_middleware.auth.principal import CredentialKind, Principal, Role
@@ -16,6 +22,9 @@ from invoke_middleware.auth.stores import (
     Membership,
     MembershipStore,
 )
+
+if TYPE_CHECKING:
+    from invoke_middleware.auth.jwt import JWTResolver, team_from_header
 
 __all__ = [
     "Action",
@@ -45,3 +54,13 @@ __all__ = [
     "key_prefix",
     "team_from_header",
 ]
+
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    {
+        "JWTResolver": "invoke_middleware.auth.jwt",
+        "team_from_header": "invoke_middleware.auth.jwt",
+    },
+)
+
+del TYPE_CHECKING, lazy_attributes

@@ -3,15 +3,33 @@
 :class:`HTTPTransport` is the default. :class:`RequestsTransport` sends through a
 :class:`requests.Session` a host configured itself; :class:`WSGITransport` calls a WSGI
 application in process. All honour the contract in :mod:`invoke_middleware.transport.base`.
+
+The transports are imported on first use: the contract alone (what a module needs to name
+:class:`Timeouts` or to implement a transport) loads neither :mod:`http.client` and
+:mod:`ssl` nor requests and urllib3.
 """
 
-from .base import DEFAULT_TIMEOUTS, Timeouts, Transport, UpstreamRequest, UpstreamResponse
-from .http import HTTPTransport
-from .requests import RequestsTransport
-from .wsgi import WSGITransport
+from typing import TYPE_CHECKING
+
+from invoke_middleware._lazy import lazy_attributes
+
+from .base import (
+    DEFAULT_TIMEOUTS,
+    Closeable,
+    Timeouts,
+    Transport,
+    UpstreamRequest,
+    UpstreamResponse,
+)
+
+if TYPE_CHECKING:
+    from .http import HTTPTransport
+    from .requests import RequestsTransport
+    from .wsgi import WSGITransport
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
+    "Closeable",
     "HTTPTransport",
     "RequestsTransport",
     "Timeouts",
@@ -20,3 +38,14 @@ __all__ = [
     "UpstreamResponse",
     "WSGITransport",
 ]
+
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    {
+        "HTTPTransport": "invoke_middleware.transport.http",
+        "RequestsTransport": "invoke_middleware.transport.requests",
+        "WSGITransport": "invoke_middleware.transport.wsgi",
+    },
+)
+
+del TYPE_CHECKING, lazy_attributes

@@ -5,7 +5,8 @@
 - interim responses (1xx other than ``101``) are skipped: http.client skips only ``100``, and
   a ``103 Early Hints`` (RFC 8297) would pass for the final response, leaving the real one on
   the pooled connection to answer the next request;
-- header fields are parsed by a small line parser instead of the :mod:`email` package, which
+- header fields are parsed by a small line parser into a
+  :class:`~invoke_middleware.headers.Headers` instead of by the :mod:`email` package, which
   costs more than the rest of a relay's response handling together;
 - framing is checked strictly (RFC 9112 §6.3): conflicting or malformed ``Content-Length``
   values are an error rather than "the first one wins", since a gateway that guessed could be
@@ -27,17 +28,6 @@ _DIGITS = re.compile(r"[0-9]{1,18}")
 _MAX_FIELDS = 100
 # RFC 9110 §5.6.2 tchar, as bytes for a quick check of field names.
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-
-
-class ResponseFields(Headers):
-    """The header fields of a response: :class:`~invoke_middleware.headers.Headers` (ordered,
-    repeats kept, names case-insensitive), plus the ``items()`` that http.client and the
-    transport read, as they would of :class:`http.client.HTTPMessage`."""
-
-    __slots__ = ()
-
-    def items(self) -> list[tuple[str, str]]:
-        return list(self)
 
 
 class _LineReader(Protocol):
@@ -83,6 +73,10 @@ def read_fields(fp: _LineReader) -> list[tuple[str, str]]:
 class FinalResponse(http.client.HTTPResponse):
     """An http.client response that skips interim responses and parses its head strictly."""
 
+    #: The header fields: the package's one container, handed to the transport's response
+    #: as it is. ``msg`` and ``headers`` name it too, for http.client's own reads.
+    fields: Headers
+
     def begin(self) -> None:
         if self.headers is not None:
             return
@@ -99,9 +93,9 @@ class FinalResponse(http.client.HTTPResponse):
             self.version = 11
         else:
             raise http.client.UnknownProtocol(version)
-        fields = ResponseFields(read_fields(self.fp))
-        # http.client and the transport read the fields through these two names.
-        self.headers = self.msg = fields
+        fields = Headers(read_fields(self.fp))
+        # http.client reads the fields through the first two names, the transport the third.
+        self.headers = self.msg = self.fields = fields
 
         codings = fields.get_all("transfer-encoding")
         self.chunked = bool(codings) and codings[-1].rsplit(",", 1)[-1].strip().lower() == "chunked"

@@ -6,24 +6,63 @@ implementation honours the same contract, which the gateway relies on:
 - the request goes exactly where ``request.url`` says; redirects are returned, never followed;
   proxy settings and ``.netrc`` from the environment are never used;
 - the headers sent are exactly ``request.headers`` plus ``Host`` and the body framing
-  (``Content-Length`` when ``request.content_length`` is known, else chunked); no
+  (:attr:`UpstreamRequest.wire_content_length` when known, else chunked); no
   ``Accept-Encoding`` or ``User-Agent`` of the transport's own;
 - the body is sent as it is produced, never read whole first;
-- the response's status, reason and header fields come back in order with repeats kept; body
-  bytes come back undecoded (``Content-Encoding`` untouched), chunk by chunk as they arrive;
+- the response's status, reason and header fields come back in order with repeats kept (one
+  :class:`~invoke_middleware.headers.Headers`); body bytes come back undecoded
+  (``Content-Encoding`` untouched), chunk by chunk as they arrive;
 - connection failures raise :class:`~invoke_middleware.errors.UpstreamUnreachableError`,
   timeouts :class:`~invoke_middleware.errors.UpstreamTimeoutError`, malformed responses
   :class:`~invoke_middleware.errors.UpstreamError`, both from ``send`` and from iterating the
   body; a body that ends early raises instead of ending cleanly;
 - a :class:`~invoke_middleware.errors.GatewayError` raised while reading ``request.body``
   (the caller's body was too large, say) propagates unchanged.
+
+Lifecycles follow httpx: the bundled transports and every :class:`UpstreamResponse` are
+context managers whose exit calls ``close()``, so a host or a test can write::
+
+    with HTTPTransport() as transport, transport.send(request) as response:
+        body = b"".join(response)
+
+A transport of your own only needs ``send`` and ``close``; derive it from :class:`Closeable`
+to get the ``with`` form too.
+
+This module imports nothing beyond the standard library and the package's light modules, so
+implementing or type-checking against the contract loads no HTTP client.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Self, cast
+
+from invoke_middleware.errors import InvalidRequestError
+from invoke_middleware.headers import Headers
+
+#: Methods whose request defines a meaning for content: without a body they still announce
+#: ``Content-Length: 0`` (RFC 9110 §8.6).
+_METHODS_WITH_CONTENT = frozenset({"POST", "PUT", "PATCH"})
+
+#: RFC 9110 §9.2.2.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+class Closeable:
+    """``with`` support for anything with a ``close()``: leaving the block calls it."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        """Release what the object holds."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +96,8 @@ class UpstreamRequest:
 
     ``url`` is absolute and already checked (see :mod:`invoke_middleware.target`); ``body`` is
     ``None``, bytes, or an iterable of byte chunks; ``content_length`` is its size when known
-    (``None`` with an iterable body means chunked transfer coding).
+    (``None`` with an iterable body means chunked transfer coding). The properties below say
+    how the body goes on the wire, so that every transport frames it the same way.
     """
 
     method: str
@@ -68,13 +108,86 @@ class UpstreamRequest:
     content_length: int | None = None
     timeouts: Timeouts = DEFAULT_TIMEOUTS
 
+    @property
+    def body_stream(self) -> Iterable[bytes] | None:
+        """The body when it is an iterable of chunks (sent as produced, readable only once);
+        ``None`` when there is no body or it is held in memory."""
+        body = self.body
+        # bytearray and memoryview are iterable too, but of ints: they are bodies in memory.
+        if body is None or isinstance(body, bytes | bytearray | memoryview):
+            return None
+        return body
 
-class UpstreamResponse:
+    @property
+    def body_bytes(self) -> bytes | None:
+        """The body when it is held in memory; ``None`` when there is none or it is streamed."""
+        return None if self.body_stream is not None else cast(bytes | None, self.body)
+
+    @property
+    def wire_content_length(self) -> int | None:
+        """The ``Content-Length`` to send (RFC 9112 §6); ``None`` means none is sent.
+
+        A body in memory is framed by its length, a streamed one by ``content_length`` when
+        the caller knows it, else it goes chunked (:attr:`is_chunked`). Without a body, the
+        methods that define a meaning for content still announce ``0``.
+        """
+        if self.body is None:
+            return 0 if self.method in _METHODS_WITH_CONTENT else None
+        body = self.body_bytes
+        return len(body) if body is not None else self.content_length
+
+    @property
+    def is_chunked(self) -> bool:
+        """Whether the body goes with ``Transfer-Encoding: chunked`` (streamed, size unknown)."""
+        return self.body_stream is not None and self.content_length is None
+
+    @property
+    def may_retry_after_close(self) -> bool:
+        """Whether the request may be sent again after a reused keep-alive connection closed
+        before any response byte.
+
+        A server may close an idle connection at the moment a request is written to it
+        (RFC 9112 §9.3.1). The request is retried once, on a fresh connection, only when the
+        server cannot have acted on it twice: an idempotent method (RFC 9110 §9.2.2) and a
+        body that can be sent again (none, or in memory).
+        """
+        return self.method in IDEMPOTENT_METHODS and self.body_stream is None
+
+    def checked_stream(self) -> Iterator[bytes]:
+        """The streamed body's chunks (none when it is not streamed), checked against
+        ``content_length`` when that is declared.
+
+        Raises :class:`~invoke_middleware.errors.InvalidRequestError` as soon as the body
+        runs past the declared length, or when it ends short of it: the framing already sent
+        would otherwise be a lie the upstream reads as the start of another request.
+        """
+        stream = self.body_stream or ()
+        expected = self.content_length
+        if expected is None:
+            yield from stream
+            return
+        sent = 0
+        for chunk in stream:
+            sent += len(chunk)
+            if sent > expected:
+                raise _length_mismatch()
+            yield chunk
+        if sent != expected:
+            raise _length_mismatch()
+
+
+def _length_mismatch() -> InvalidRequestError:
+    return InvalidRequestError("The request body does not match its declared length.")
+
+
+class UpstreamResponse(Closeable):
     """A response whose body has not been read yet.
 
-    Iterate it to get the body chunk by chunk; :meth:`close` releases the connection (back to
-    the pool when the body was read to its end, otherwise it is discarded). Iterating after a
-    failure or after :meth:`close` yields nothing more.
+    Iterate it to get the body chunk by chunk; :meth:`close` (or leaving a ``with`` block)
+    releases the connection: back to the pool when the body was read to its end, otherwise
+    it is discarded. Iterating after a failure or after :meth:`close` yields nothing more.
+    ``headers`` is the response's header fields, taken as they are when the transport hands
+    in a :class:`~invoke_middleware.headers.Headers` already.
     """
 
     __slots__ = ("_chunks", "_close", "content_length", "headers", "reason", "status")
@@ -91,7 +204,7 @@ class UpstreamResponse:
     ) -> None:
         self.status = status
         self.reason = reason
-        self.headers = tuple(headers)
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
         self.content_length = content_length
         self._chunks = chunks
         self._close = close
@@ -100,6 +213,7 @@ class UpstreamResponse:
         return self._chunks
 
     def close(self) -> None:
+        """Release the connection; the body cannot be read afterwards."""
         self._close()
 
     def __repr__(self) -> str:

@@ -7,12 +7,10 @@ body framing, nothing of the response is decoded, and every failure becomes one 
 gateway's own errors::
 
     transport = HTTPTransport(ca_bundle="/etc/ssl/internal-ca.pem")
-    response = transport.send(UpstreamRequest(method="GET", url="https://svc.internal/health",
-                                              headers=(("Accept", "application/json"),)))
-    try:
+    request = UpstreamRequest(method="GET", url="https://svc.internal/health",
+                              headers=(("Accept", "application/json"),))
+    with transport.send(request) as response:
         body = b"".join(response)
-    finally:
-        response.close()
 
 ``request.headers`` must not carry ``Host``, ``Content-Length`` or ``Transfer-Encoding``
 (the relay strips them, SPEC §6); the transport writes those itself.
@@ -38,12 +36,11 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
-from ._framing import content_length_to_send, is_chunked
+from ..headers import is_safe_value, is_token
 from ._origin import Origin, split_url
 from ._response import FinalResponse
-from ._retry import may_retry_after_close
 from ._tls import CABundle, resolve_ssl_context
-from .base import UpstreamRequest, UpstreamResponse
+from .base import Closeable, UpstreamRequest, UpstreamResponse
 
 __all__ = ["HTTPTransport"]
 
@@ -186,11 +183,9 @@ class _Exchange:
     def write(self, request: UpstreamRequest, target: str) -> None:
         """Send the request line, headers and body."""
         self._deadline.start(self._sock)
-        length = content_length_to_send(request)
-        body = request.body
-        chunked = is_chunked(request)
-        head = _request_head(request, target, self._origin.host_header, length, chunked)
-        if body is None or isinstance(body, bytes | bytearray | memoryview):
+        head = _request_head(request, target, self._origin.host_header)
+        if request.body_stream is None:
+            body = request.body_bytes
             if body and len(body) <= _READ_SIZE:
                 # One write for head and body: one system call, one packet.
                 self._sock.sendall(head + body)
@@ -200,40 +195,23 @@ class _Exchange:
                     self._sock.sendall(body)
             return
         self._sock.sendall(head)
-        if chunked:
-            self._write_chunked(body)
-        else:
-            self._write_sized(body, length or 0)
+        self._write_stream(request.checked_stream(), chunked=request.is_chunked)
 
-    def _write_chunked(self, body: Iterable[bytes]) -> None:
+    def _write_stream(self, chunks: Iterable[bytes], *, chunked: bool) -> None:
         sock, deadline = self._sock, self._deadline
         self.stage = _READING_BODY
-        for chunk in body:
-            if chunk:  # an empty chunk would end the body (RFC 9112 §7.1)
+        for chunk in chunks:
+            if chunk:  # an empty chunk would end a chunked body (RFC 9112 §7.1)
                 self.stage = _WRITING_BODY
                 deadline.arm(sock)
-                sock.sendall(b"%X\r\n%b\r\n" % (len(chunk), chunk))
+                sock.sendall(b"%X\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                 self.stage = _READING_BODY
-        self.stage = _WRITING_BODY
-        deadline.arm(sock)
-        sock.sendall(b"0\r\n\r\n")
-
-    def _write_sized(self, body: Iterable[bytes], length: int) -> None:
-        sock, deadline = self._sock, self._deadline
-        sent = 0
-        self.stage = _READING_BODY
-        for chunk in body:
-            sent += len(chunk)
-            if sent > length:
-                raise _length_mismatch()
+        if chunked:
             self.stage = _WRITING_BODY
             deadline.arm(sock)
-            sock.sendall(chunk)
-            self.stage = _READING_BODY
-        if sent != length:
-            raise _length_mismatch()
+            sock.sendall(b"0\r\n\r\n")
 
-    def read_head(self, method: str) -> http.client.HTTPResponse:
+    def read_head(self, method: str) -> FinalResponse:
         """Wait for the response's status line and headers."""
         self.stage = _AWAITING_RESPONSE
         reader = _DeadlineSocket(self._sock, self._deadline)
@@ -287,7 +265,7 @@ class _Exchange:
         self._connection.close()
 
 
-class HTTPTransport:
+class HTTPTransport(Closeable):
     """The default transport: :mod:`http.client` with a small keep-alive pool per origin.
 
     ``pool_size_per_origin`` bounds how many *idle* connections are kept per origin (more may
@@ -376,7 +354,7 @@ class HTTPTransport:
         return UpstreamResponse(
             status=response.status,
             reason=response.reason,
-            headers=response.msg.items(),
+            headers=response.fields,  # already a Headers: handed over without a copy
             chunks=chunks,
             close=exchange.close,
             content_length=length,
@@ -426,16 +404,12 @@ class _HTTPSConnection(http.client.HTTPSConnection):
     response_class = FinalResponse
 
 
-# RFC 9110 §5.6.2 token; request targets come checked from the relay, but a transport is
-# also used directly, and nothing that could split the request may reach the wire.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_UNSAFE_VALUE = re.compile(r"[\r\n\x00]")
+# Request targets come checked from the relay, but a transport is also used directly, and
+# nothing that could split the request may reach the wire.
 _UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
 
-def _request_head(
-    request: UpstreamRequest, target: str, host: str, length: int | None, chunked: bool
-) -> bytes:
+def _request_head(request: UpstreamRequest, target: str, host: str) -> bytes:
     """The request line and header section, as sent (RFC 9112 §3, §5).
 
     Written here rather than through http.client's putheader, which costs more than the rest
@@ -443,16 +417,17 @@ def _request_head(
     or NUL in values, no whitespace or control characters in the target.
     """
     method = request.method
-    if not _TOKEN.fullmatch(method) or _UNSAFE_TARGET.search(target):
+    if not is_token(method) or _UNSAFE_TARGET.search(target):
         raise InvalidRequestError("The request cannot be sent.")
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
     for name, value in request.headers:
-        if not _TOKEN.fullmatch(name) or _UNSAFE_VALUE.search(value):
+        if not is_token(name) or not is_safe_value(value):
             raise InvalidRequestError("A request header cannot be sent.")
         lines.append(f"{name}: {value}\r\n")
+    length = request.wire_content_length
     if length is not None:
         lines.append(f"Content-Length: {length}\r\n")
-    elif chunked:
+    elif request.is_chunked:
         lines.append("Transfer-Encoding: chunked\r\n")
     lines.append("\r\n")
     try:
@@ -473,9 +448,5 @@ def _may_retry(request: UpstreamRequest, stage: int, exc: Exception) -> bool:
     return (
         stage == _AWAITING_RESPONSE
         and isinstance(exc, ConnectionError)
-        and may_retry_after_close(request)
+        and request.may_retry_after_close
     )
-
-
-def _length_mismatch() -> InvalidRequestError:
-    return InvalidRequestError("The request body does not match its declared length.")

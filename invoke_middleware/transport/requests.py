@@ -36,16 +36,14 @@ from urllib3.util import SKIP_HEADER
 
 from ..errors import (
     GatewayError,
-    InvalidRequestError,
     UpstreamError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
-from ._framing import content_length_to_send
+from ..headers import Headers
 from ._origin import split_url
-from ._retry import may_retry_after_close
 from ._tls import CABundle
-from .base import UpstreamRequest, UpstreamResponse
+from .base import Closeable, UpstreamRequest, UpstreamResponse
 
 __all__ = ["RequestsTransport"]
 
@@ -102,30 +100,6 @@ def _peer_closed_before_answering(exc: BaseException) -> bool:
         isinstance(c, ConnectionError) and not isinstance(c, ConnectionRefusedError)
         for c in _chain(exc)
     ) and not any(isinstance(c, TimeoutError) for c in _chain(exc))
-
-
-class _SizedBody:
-    """A streamed body of known size, checked against it as it is sent."""
-
-    __slots__ = ("_chunks", "_length")
-
-    def __init__(self, chunks: Iterable[bytes], length: int) -> None:
-        self._chunks = chunks
-        self._length = length
-
-    def __iter__(self) -> Iterator[bytes]:
-        sent = 0
-        for chunk in self._chunks:
-            sent += len(chunk)
-            if sent > self._length:
-                raise _length_mismatch()
-            yield chunk
-        if sent != self._length:
-            raise _length_mismatch()
-
-
-def _length_mismatch() -> InvalidRequestError:
-    return InvalidRequestError("The request body does not match its declared length.")
 
 
 class _Exchange:
@@ -189,7 +163,7 @@ def _socket_of(raw: Any) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-class RequestsTransport:
+class RequestsTransport(Closeable):
     """Sends upstream requests through a :class:`requests.Session`'s adapters.
 
     ``session`` defaults to a new one, closed by :meth:`close`; a session handed in is left
@@ -231,7 +205,7 @@ class RequestsTransport:
                 adapter, prepared, send_args
             )
             if not (
-                reused and may_retry_after_close(request) and _peer_closed_before_answering(exc)
+                reused and request.may_retry_after_close and _peer_closed_before_answering(exc)
             ):
                 raise _translate(exc) from exc
             try:
@@ -257,7 +231,7 @@ class RequestsTransport:
         return UpstreamResponse(
             status=raw.status,
             reason=raw.reason or "",
-            headers=raw.headers.items(),
+            headers=Headers(raw.headers.items()),
             chunks=chunks,
             close=exchange.close,
             content_length=length,
@@ -278,12 +252,12 @@ class RequestsTransport:
         for name in ("User-Agent", "Accept-Encoding"):
             if name not in headers:
                 headers[name] = SKIP_HEADER
-        body = request.body
-        length = content_length_to_send(request)
+        body: bytes | Iterable[bytes] | None = request.body
+        length = request.wire_content_length
         if length is not None:
             headers["Content-Length"] = str(length)
-            if body is not None and not isinstance(body, bytes | bytearray | memoryview):
-                body = _SizedBody(body, length)
+            if request.body_stream is not None:
+                body = request.checked_stream()
         prepared = requests.PreparedRequest()
         prepared.method = request.method
         # Set directly: PreparedRequest.prepare_url() would re-quote the path.

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from ..errors import GatewayError, UpstreamError
-from ._framing import content_length_to_send, is_chunked
+from ..headers import Headers
 from ._origin import split_url
-from .base import UpstreamRequest, UpstreamResponse
+from .base import Closeable, UpstreamRequest, UpstreamResponse
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -145,13 +145,13 @@ def _status(status: str | None) -> tuple[int, str]:
     return int(code), reason
 
 
-def _declared_length(headers: list[tuple[str, str]]) -> int | None:
-    for name, value in headers:
-        if name.lower() == "content-length":
-            if not value.isdigit():
-                raise UpstreamError()
-            return int(value)
-    return None
+def _declared_length(headers: Headers) -> int | None:
+    value = headers.get("Content-Length")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise UpstreamError()
+    return int(value)
 
 
 class _Body:
@@ -195,7 +195,7 @@ class _Body:
             self._call.close()
 
 
-class WSGITransport:
+class WSGITransport(Closeable):
     """Sends upstream requests to a WSGI application, in process.
 
     ``remote_addr`` is what the application sees as ``REMOTE_ADDR``.
@@ -216,7 +216,7 @@ class WSGITransport:
                 first = call.next_chunk()
             call.headers_sent = True
             status, reason = _status(call.status)
-            headers = list(call.headers)
+            headers = Headers(call.headers)
             if not all(isinstance(n, str) and isinstance(v, str) for n, v in headers):
                 raise UpstreamError()
             if request.method == "HEAD" or status < 200 or status in (204, 304):
@@ -263,7 +263,7 @@ class WSGITransport:
             "HTTP_HOST": origin.host_header,
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": origin.scheme,
-            "wsgi.input": _input_stream(request.body),
+            "wsgi.input": _input_stream(request),
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": True,
             "wsgi.multiprocess": False,
@@ -284,20 +284,19 @@ class WSGITransport:
                 environ[key] = f"{environ[key]}{separator}{value}"
             else:
                 environ[key] = value
-        length = content_length_to_send(request)
+        length = request.wire_content_length
         if length is not None:
             environ["CONTENT_LENGTH"] = str(length)
-        if is_chunked(request):
+        if request.is_chunked:
             environ["HTTP_TRANSFER_ENCODING"] = "chunked"
         return environ
 
 
-def _input_stream(body: bytes | Iterable[bytes] | None) -> io.BufferedIOBase:
-    if body is None:
-        return io.BytesIO()
-    if isinstance(body, bytes | bytearray | memoryview):
-        return io.BytesIO(body)
-    return io.BufferedReader(_IterableReader(body))
+def _input_stream(request: UpstreamRequest) -> io.BufferedIOBase:
+    stream = request.body_stream
+    if stream is None:
+        return io.BytesIO(request.body_bytes or b"")
+    return io.BufferedReader(_IterableReader(stream))
 
 
 def _nothing() -> None:

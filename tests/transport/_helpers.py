@@ -36,19 +36,14 @@ def fetch(
 ) -> tuple[UpstreamResponse, bytes]:
     """Send, read the whole body, close; return the response and its body."""
     response = send(transport, method, url, **options)  # type: ignore[arg-type]
-    try:
-        return response, b"".join(response)
-    finally:
-        response.close()
+    return response, drain(response)
 
 
 def drain(response: UpstreamResponse) -> bytes:
     """Read the whole body, then close the response (also when reading fails)."""
-    try:
+    with response:
         return b"".join(response)
-    finally:
-        response.close()
 
 
 def values(response: UpstreamResponse, name: str) -> list[str]:
-    return [v for n, v in response.headers if n.lower() == name.lower()]
+    return response.headers.get_all(name)

@@ -31,9 +31,9 @@ def test_connection_is_reused_after_a_complete_response(
 def test_connection_is_discarded_when_the_body_was_not_read_to_its_end(
     wire: Transport, raw_upstream: RawUpstream
 ) -> None:
-    response = send(wire, "GET", raw_upstream.url + f"/download?size={1 << 20}")
-    next(iter(response))
-    response.close()
+    # Leaving the with block closes the response (UpstreamResponse is a context manager).
+    with send(wire, "GET", raw_upstream.url + f"/download?size={1 << 20}") as response:
+        next(iter(response))
 
     _, body = fetch(wire, "GET", raw_upstream.url + "/download?size=10")
 

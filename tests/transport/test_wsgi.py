@@ -159,9 +159,9 @@ def test_error_before_the_body_replaces_the_status() -> None:
 
     response, body = fetch(WSGITransport(app), "GET", "http://svc.internal/")
 
-    assert (response.status, response.headers, body) == (
+    assert (response.status, list(response.headers), body) == (
         500,
-        (("X-Failed", "yes"),),
+        [("X-Failed", "yes")],
         b"failed",
     )
 
