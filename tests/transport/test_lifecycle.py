@@ -15,7 +15,8 @@ from invoke_middleware.transport import (
     UpstreamRequest,
     WSGITransport,
 )
-from tests.upstreams import RawUpstream, download_bytes
+from tests.toolkit.upstream import repeating_bytes
+from tests.upstreams import RawUpstream
 
 from ._helpers import QUICK, fetch
 
@@ -32,7 +33,7 @@ def test_leaving_the_with_block_of_a_read_response_keeps_its_connection(
 ) -> None:
     for _ in range(2):
         with wire.send(_get(raw_upstream.url + "/download?size=1000")) as response:
-            assert b"".join(response) == download_bytes(1000)
+            assert b"".join(response) == repeating_bytes(1000)
 
     assert raw_upstream.connections_accepted == 1
 
@@ -41,7 +42,7 @@ def test_http_transport_is_closed_when_its_with_block_ends(raw_upstream: RawUpst
     with HTTPTransport() as transport:
         _, body = fetch(transport, "GET", raw_upstream.url + "/download?size=10")
 
-    assert body == download_bytes(10)
+    assert body == repeating_bytes(10)
     with pytest.raises(RuntimeError, match="closed"):
         transport.send(_get(raw_upstream.url + "/download?size=10"))
 

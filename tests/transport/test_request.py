@@ -9,7 +9,8 @@ import pytest
 
 from invoke_middleware.errors import InvalidRequestError
 from invoke_middleware.transport import Transport, UpstreamRequest
-from tests.upstreams import RawUpstream, download_bytes
+from tests.toolkit.upstream import repeating_bytes
+from tests.upstreams import RawUpstream
 
 from ._helpers import fetch, send
 
@@ -138,4 +139,4 @@ def test_a_stream_that_breaks_its_declared_length_never_finishes_the_request(
 
     # The transport is still usable: the broken exchange's connection was not kept.
     _, body = fetch(wire, "GET", raw_upstream.url + "/download?size=10")
-    assert body == download_bytes(10)
+    assert body == repeating_bytes(10)
