@@ -30,7 +30,7 @@ import uuid
 from typing import NoReturn
 
 from invoke_middleware.auth.base import bearer_token
-from invoke_middleware.auth.keys import KeyKind, hash_key, key_prefix
+from invoke_middleware.auth.keys import hash_key, key_prefix
 from invoke_middleware.auth.principal import CredentialKind, Principal
 from invoke_middleware.auth.stores import (
     Clock,
@@ -82,12 +82,12 @@ class CredentialResolver:
         token = bearer_token(request)
         if token is None:
             return None
-        kind = KeyKind.of(token)
+        kind = CredentialKind.of_key(token)
         if kind is None:
             return None
         if _KEY_PATTERN.fullmatch(token) is None:
             _refuse("malformed key")
-        if kind is KeyKind.AGENT:
+        if kind is CredentialKind.AGENT:
             _refuse("agent keys may not call the gateway", key_prefix(token))
 
         now = self._clock()
@@ -104,7 +104,7 @@ class CredentialResolver:
             self._touch(record, now)
         return principal
 
-    def _find(self, token: str, kind: KeyKind) -> CredentialRecord | None:
+    def _find(self, token: str, kind: CredentialKind) -> CredentialRecord | None:
         digest = hash_key(token)
         candidates = self._store.find_by_prefix(key_prefix(token))
         match: CredentialRecord | None = None
@@ -121,7 +121,7 @@ class CredentialResolver:
         return match
 
     def _principal(self, record: CredentialRecord) -> Principal:
-        if record.kind is KeyKind.INTEGRATION:
+        if record.kind is CredentialKind.INTEGRATION:
             return Principal(
                 kind=CredentialKind.INTEGRATION,
                 team_id=record.team_id,

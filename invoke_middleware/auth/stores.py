@@ -6,7 +6,7 @@ Both are protocols; the in-memory implementations here are the defaults, and
 Example::
 
     credentials = InMemoryCredentialStore()
-    issued = credentials.issue(KeyKind.INTEGRATION, team_id=team_id, name="ci")
+    issued = credentials.issue(CredentialKind.INTEGRATION, team_id=team_id, name="ci")
     print(issued.key)  # shown once; the store keeps only issued.record.prefix and a hash
 """
 
@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from invoke_middleware.auth.keys import KeyKind, generate_key, hash_key, key_prefix
-from invoke_middleware.auth.principal import Role
+from invoke_middleware.auth.keys import generate_key, hash_key, key_prefix
+from invoke_middleware.auth.principal import CredentialKind, Role
 
 #: A source of the current time, timezone-aware (UTC). Injectable for tests.
 Clock = Callable[[], dt.datetime]
@@ -39,7 +39,7 @@ class CredentialRecord:
     """
 
     id: uuid.UUID
-    kind: KeyKind
+    kind: CredentialKind
     prefix: str
     key_hash: str = field(repr=False)
     team_id: uuid.UUID
@@ -74,15 +74,15 @@ class Membership:
     role: Role
 
 
-def check_owner(kind: KeyKind, user_id: str | None) -> None:
+def check_owner(kind: CredentialKind, user_id: str | None) -> None:
     """Raise :class:`ValueError` unless ``user_id`` suits a credential of ``kind``.
 
     Integration (``sk-``) credentials belong to the team alone; device (``dk-``) credentials
     act for a user and need one. Every :class:`CredentialStore` checks this in ``issue``.
     """
-    if kind is KeyKind.INTEGRATION and user_id is not None:
+    if kind is CredentialKind.INTEGRATION and user_id is not None:
         raise ValueError("an integration credential belongs to a team, not to a user")
-    if kind is KeyKind.DEVICE and not user_id:
+    if kind is CredentialKind.DEVICE and not user_id:
         raise ValueError("a device credential needs a user_id")
 
 
@@ -95,7 +95,7 @@ class CredentialStore(Protocol):
 
     def issue(
         self,
-        kind: KeyKind,
+        kind: CredentialKind,
         *,
         team_id: uuid.UUID,
         user_id: str | None = None,
@@ -160,7 +160,7 @@ class InMemoryCredentialStore:
 
     def issue(
         self,
-        kind: KeyKind,
+        kind: CredentialKind,
         *,
         team_id: uuid.UUID,
         user_id: str | None = None,

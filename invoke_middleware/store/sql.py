@@ -32,8 +32,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 
-from invoke_middleware.auth.keys import KeyKind, generate_key, hash_key, key_prefix
-from invoke_middleware.auth.principal import Role
+from invoke_middleware.auth.keys import generate_key, hash_key, key_prefix
+from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.auth.stores import (
     CredentialRecord,
     IssuedCredential,
@@ -326,7 +326,7 @@ class SQLCredentialStore:
 
     def issue(
         self,
-        kind: KeyKind,
+        kind: CredentialKind,
         *,
         team_id: uuid.UUID,
         user_id: str | None = None,
@@ -338,7 +338,7 @@ class SQLCredentialStore:
         Integration (``sk-``) credentials belong to the team alone and take no ``user_id``;
         device (``dk-``) credentials act for a user and need one.
         """
-        kind = KeyKind(kind)
+        kind = CredentialKind(kind)
         check_owner(kind, user_id)
         _require_aware(expires_at, "expires_at")
         key = generate_key(kind)
@@ -357,7 +357,7 @@ class SQLCredentialStore:
             connection.execute(
                 sa.insert(_schema.credentials).values(
                     id=record.id,
-                    kind=record.kind.value,
+                    kind=record.kind.key_prefix,
                     prefix=record.prefix,
                     key_hash=record.key_hash,
                     team_id=record.team_id,
@@ -423,7 +423,8 @@ class SQLCredentialStore:
 def _credential_from_row(row: sa.RowMapping) -> CredentialRecord:
     return CredentialRecord(
         id=row["id"],
-        kind=KeyKind(row["kind"]),
+        # The column holds the key prefix ("sk-"), which CredentialKind reads back.
+        kind=CredentialKind(row["kind"]),
         prefix=row["prefix"],
         key_hash=row["key_hash"],
         team_id=row["team_id"],

@@ -16,8 +16,7 @@ import pytest
 from webtest import TestApp
 
 from invoke_middleware._toml_config import ConfigError, load_config, starter_config
-from invoke_middleware.auth.keys import KeyKind
-from invoke_middleware.auth.principal import Role
+from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.config import JWTSettings
 from invoke_middleware.pipeline import PipelineSettings
 from invoke_middleware.registry import Service, ServiceStatus, ServiceType
@@ -132,7 +131,7 @@ def test_an_external_service_gets_its_secret_from_the_environment(
             external_auth_credential_id="billing-api",
         )
     )
-    key = gateway.store.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM).key
+    key = gateway.store.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
     seen: list[UpstreamRequest] = []
 
     def answer(request: UpstreamRequest) -> UpstreamResponse:
