@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import uuid
 
 import pytest
@@ -13,6 +11,7 @@ from invoke_middleware.auth import (
     Membership,
     Role,
 )
+from tests.auth.credential_contract import CredentialCreationContract
 from tests.auth.helpers import FakeClock
 
 TEAM = uuid.UUID("11111111-1111-4111-8111-111111111111")
@@ -29,51 +28,16 @@ def store(clock: FakeClock) -> InMemoryCredentialStore:
     return InMemoryCredentialStore(clock=clock)
 
 
-@pytest.mark.parametrize(
-    ("kind", "user_id"),
-    [
-        pytest.param(CredentialKind.INTEGRATION, None, id="integration"),
-        pytest.param(CredentialKind.DEVICE, "user-1", id="device"),
-        pytest.param(CredentialKind.AGENT, "user-1", id="agent"),
-    ],
-)
-def test_issue_returns_the_raw_key_and_stores_only_its_prefix_and_hash(
-    store: InMemoryCredentialStore, kind: CredentialKind, user_id: str | None
-) -> None:
-    issued = store.issue(kind, team_id=TEAM, user_id=user_id, name="laptop")
-
-    assert kind.key_prefix is not None
-    assert issued.key.startswith(kind.key_prefix)
-    assert len(issued.key) == len(kind.key_prefix) + 43
-    record = issued.record
-    assert record.prefix == issued.key[:12]
-    assert record.key_hash == hashlib.sha256(issued.key.encode()).hexdigest()
-    secret_part = issued.key[12:]
-    for value in dataclasses.asdict(record).values():
-        assert secret_part not in str(value)
-    assert secret_part not in repr(record)
-    assert secret_part not in repr(issued)
-    assert [r.key_hash for r in store.find_by_prefix(record.prefix)] == [record.key_hash]
+class TestInMemoryCredentialCreation(CredentialCreationContract):
+    @pytest.fixture
+    def credentials(self, store: InMemoryCredentialStore) -> InMemoryCredentialStore:
+        return store
 
 
 def test_issued_keys_are_all_different(store: InMemoryCredentialStore) -> None:
     keys = {store.issue(CredentialKind.INTEGRATION, team_id=TEAM).key for _ in range(50)}
 
     assert len(keys) == 50
-
-
-@pytest.mark.parametrize(
-    ("kind", "user_id"),
-    [
-        pytest.param(CredentialKind.INTEGRATION, "user-1", id="integration-with-user"),
-        pytest.param(CredentialKind.DEVICE, None, id="device-without-user"),
-    ],
-)
-def test_issue_refuses_a_credential_bound_to_the_wrong_owner(
-    store: InMemoryCredentialStore, kind: CredentialKind, user_id: str | None
-) -> None:
-    with pytest.raises(ValueError, match="user"):
-        store.issue(kind, team_id=TEAM, user_id=user_id)
 
 
 def test_revoke_is_irreversible(store: InMemoryCredentialStore, clock: FakeClock) -> None:
