@@ -64,8 +64,6 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
-import jwt as pyjwt
-
 from invoke_middleware._settings import (
     JWT_KEY_SOURCES,
     SETTING_NAMES,
@@ -77,7 +75,6 @@ from invoke_middleware._settings import (
 )
 from invoke_middleware.auth.base import AuthResolver
 from invoke_middleware.auth.credentials import CredentialResolver
-from invoke_middleware.auth.jwt import JWTResolver
 from invoke_middleware.auth.policy import Policy
 from invoke_middleware.auth.stores import (
     CredentialStore,
@@ -96,6 +93,7 @@ from invoke_middleware.transport.http import HTTPTransport
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
+    from invoke_middleware.auth.jwt import JWTResolver
     from invoke_middleware.store.sql import SQLStore
 
 __all__ = [
@@ -183,6 +181,8 @@ class JWTSettings:
 
     def resolver(self, memberships: MembershipStore) -> JWTResolver:
         """A resolver for these settings that reads roles from ``memberships``."""
+        # PyJWT and cryptography load only for a host that configures JWTs.
+        from invoke_middleware.auth.jwt import JWTResolver  # noqa: PLC0415
         audience: str | tuple[str, ...] | None = None
         if len(self.audience) == 1:
             audience = self.audience[0]
@@ -406,7 +406,9 @@ def _check_jwt(values: Mapping[str, Any], style: KeyStyle) -> None:
             else f"set only one of {spelled} (exactly one key source applies)"
         )
         raise ConfigError(style.key((sources or ["jwt.secret"])[-1]), problem)
-    known = pyjwt.algorithms.get_default_algorithms()
+    from jwt.algorithms import get_default_algorithms  # noqa: PLC0415 - only with JWT settings
+
+    known = get_default_algorithms()
     for name in values["jwt.algorithms"]:
         if name.lower() == "none" or name not in known:
             raise ConfigError(
