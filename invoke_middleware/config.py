@@ -14,35 +14,35 @@ name in the namespace, a value of the wrong type or out of range, an unreadable 
 missing environment variable: each is a :class:`ConfigError` at start-up that names the
 setting as the host spelled it. Secret values never appear in a message.
 
-=========================  ===========  ==================  ===================================
-name                       type         default             meaning
-=========================  ===========  ==================  ===================================
-prefix                     path         ``""``              where the runtime routes live
-database_url               URL          (in memory)         SQLAlchemy URL of the SQL store
-service_cache_ttl          seconds≥0    2                   service lookup cache (needs a URL)
-max_invoke_body_bytes      int>0        10 MiB              decoded invoke body cap
-max_relay_body_bytes       int>0        1 GiB               catch-all upload cap
-max_response_body_bytes    int>0        10 MiB              buffered invoke response cap
-max_header_count           int>0        100                 request header count cap
-max_header_bytes           int>0        64 KiB              request header size cap
-connect_timeout            seconds>0    5                   upstream connect timeout
-read_timeout               seconds>0    60                  upstream wait for each read
-total_timeout              seconds>0    300                 whole exchange; ``none``: no limit
-trusted_proxy_hops         int≥0        0                   proxies trusted for X-Forwarded-*
-pseudonym                  token        invoke-middleware   the gateway's name in ``Via``
-problem_json               bool         false               errors as RFC 9457 problem+json
-ca_bundle                  file         (system store)      CA bundle for external services
-jwt.algorithms             names        (JWT off)           algorithms user tokens may use
-jwt.secret                 text         —                   HMAC secret (prefer secret_env)
-jwt.secret_env             env name     —                   variable holding the HMAC secret
-jwt.secret_file            file         —                   file holding the HMAC secret
-jwt.public_key_file        file         —                   PEM public key
-jwt.jwks_url               URL          —                   the identity provider's JWKS
-jwt.issuer                 text         (not checked)       required ``iss``
-jwt.audience               names        (not checked)       accepted ``aud`` values
-jwt.leeway                 seconds≥0    0                   clock skew allowed on ``exp``
-jwt.cache_size             int≥0        0 (off)             verified-token cache entries
-=========================  ===========  ==================  ===================================
+=======================  ====================  =================  ==================================
+name                     type                  default            meaning
+=======================  ====================  =================  ==================================
+prefix                   path                  ""                 where the runtime routes live
+database_url             SQLAlchemy URL        in-memory stores   store for services, keys, members
+service_cache_ttl        seconds ≥ 0           2                  service lookup cache (needs a URL)
+max_invoke_body_bytes    int > 0               10 MiB             decoded invoke body cap
+max_relay_body_bytes     int > 0               1 GiB              catch-all upload cap
+max_response_body_bytes  int > 0               10 MiB             buffered invoke response cap
+max_header_count         int > 0               100                request header count cap
+max_header_bytes         int > 0               64 KiB             request header size cap
+connect_timeout          seconds > 0           5                  upstream connect timeout
+read_timeout             seconds > 0           60                 upstream wait for each read
+total_timeout            seconds > 0, or none  300                the whole exchange; none: no limit
+trusted_proxy_hops       int ≥ 0               0                  proxies trusted for X-Forwarded-*
+pseudonym                RFC 9110 token        invoke-middleware  the gateway's name in Via
+problem_json             bool                  false              errors as RFC 9457 problem+json
+ca_bundle                PEM file              system store       CA bundle for external services
+jwt.algorithms           list                  JWT off            algorithms user tokens may use
+jwt.secret               text                  —                  HMAC secret (prefer secret_env)
+jwt.secret_env           env name              —                  variable holding the HMAC secret
+jwt.secret_file          file                  —                  file holding the HMAC secret
+jwt.public_key_file      PEM file              —                  the public key
+jwt.jwks_url             URL                   —                  the identity provider's JWKS
+jwt.issuer               text                  not checked        required iss
+jwt.audience             list                  not checked        accepted aud values
+jwt.leeway               seconds ≥ 0           0                  clock skew allowed on exp
+jwt.cache_size           int ≥ 0               0 (off)            verified-token cache entries
+=======================  ====================  =================  ==================================
 
 Booleans accept ``true/false``, ``yes/no``, ``on/off`` and ``1/0``; name lists are separated by
 commas or spaces. JWT authentication is on when ``jwt.algorithms`` and exactly one key source
@@ -183,6 +183,7 @@ class JWTSettings:
         """A resolver for these settings that reads roles from ``memberships``."""
         # PyJWT and cryptography load only for a host that configures JWTs.
         from invoke_middleware.auth.jwt import JWTResolver  # noqa: PLC0415
+
         audience: str | tuple[str, ...] | None = None
         if len(self.audience) == 1:
             audience = self.audience[0]
