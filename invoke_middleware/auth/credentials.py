@@ -1,4 +1,6 @@
-"""The resolver for stored credentials: ``sk-`` integration and ``dk-`` device keys (SPEC §7).
+"""The resolver for stored credentials: ``sk-`` integration and ``dk-`` device keys.
+
+The rules are the README's "Auth" section.
 
 Example::
 
@@ -58,7 +60,8 @@ _NO_MATCH_HASH = "0" * 64
 
 
 class CredentialResolver:
-    """Authenticates ``sk-`` and ``dk-`` bearer keys against a :class:`CredentialStore`.
+    """Authenticates ``sk-`` and ``dk-`` bearer keys against a :class:`CredentialStore`
+    (and refuses ``ak-`` agent keys).
 
     ``memberships`` gives device keys their user's current role. ``clock`` decides expiry
     and stamps ``last_used_at``, which is written through ``store.touch`` at most once per

@@ -1,4 +1,4 @@
-"""The resolver for user JWTs (SPEC §7).
+"""The resolver for user JWTs (the README's "Auth" section).
 
 Examples::
 

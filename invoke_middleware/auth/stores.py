@@ -1,7 +1,8 @@
 """The stores auth resolvers read: credentials and team memberships.
 
 Both are protocols; the in-memory implementations here are the defaults, and
-:mod:`invoke_middleware.store.sql` implements both on a database.
+:mod:`invoke_middleware.store.sql` implements both on a database. Every store issues keys
+through :func:`new_credential`, so the rules of issuing are the same whatever the store.
 
 Example::
 
