@@ -24,7 +24,7 @@ from invoke_middleware._toml_config import (
     load_config,
     starter_config,
 )
-from invoke_middleware.auth.keys import KeyKind
+from invoke_middleware.auth.principal import CredentialKind
 from invoke_middleware.registry import Service, ServiceStatus, ServiceType
 from invoke_middleware.store.sql import SQLStore
 
@@ -101,5 +101,7 @@ def demo_setup(upstream_url: str) -> Iterator[Demo]:
                     usage_prompt="Answers every GET with a JSON greeting.",
                 )
             )
-            key = store.credentials.issue(KeyKind.INTEGRATION, team_id=team_id, name="demo").key
+            key = store.credentials.issue(
+                CredentialKind.INTEGRATION, team_id=team_id, name="demo"
+            ).key
         yield Demo(config=config, team_id=team_id, key=key)

@@ -1,6 +1,8 @@
 """The table of settings and how each value is converted and checked.
 
-One table serves every way a host configures the gateway: ini files and Flask config
+:data:`SETTINGS` is the one table of settings: the README's settings table, the table in
+:mod:`invoke_middleware.config` and the standalone starter file follow it (tests compare them).
+It serves every way a host configures the gateway: ini files and Flask config
 (:mod:`invoke_middleware.config`) and the standalone gateway's TOML file
 (:mod:`invoke_middleware._toml_config`). A converter takes a raw value (a string from an ini
 file, or a typed value) and returns it converted, or raises :class:`ValueError`; the table
@@ -227,8 +229,18 @@ _STR = (str,)
 
 
 @dataclass(frozen=True, kw_only=True)
+class SettingDoc:
+    """How the settings table in the README and in :mod:`invoke_middleware.config` shows a
+    setting (a test keeps both tables equal to these)."""
+
+    type: str
+    default: str
+    meaning: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Setting:
-    """How one setting is converted.
+    """How one setting is converted, and how the documentation shows it (``doc``).
 
     ``typed`` are the types a typed source (TOML) may give: there a string is never parsed
     into a number, boolean or list, and ``typed_expected`` (when set) says what it takes. A
@@ -236,6 +248,7 @@ class Setting:
     """
 
     convert: Callable[[object], Any]
+    doc: SettingDoc | None = None
     expected: str
     typed: tuple[type, ...] = _STR
     typed_expected: str | None = None
@@ -244,77 +257,191 @@ class Setting:
 
 
 SETTINGS: dict[str, Setting] = {
-    "prefix": Setting(convert=_prefix, expected="a path starting with '/' (or empty)"),
+    "prefix": Setting(
+        doc=SettingDoc(type="path", default='""', meaning="where the runtime routes live"),
+        convert=_prefix,
+        expected="a path starting with '/' (or empty)",
+    ),
     "database_url": Setting(
+        doc=SettingDoc(
+            type="SQLAlchemy URL",
+            default="in-memory stores",
+            meaning="store for services, keys, members",
+        ),
         convert=_database_url,
         expected="an SQLAlchemy URL such as sqlite:///invoke.db",
         secret=True,  # may carry a password
     ),
     "service_cache_ttl": Setting(
-        convert=_seconds_or_zero, expected="seconds (0 or more)", typed=_NUMBER
+        doc=SettingDoc(
+            type="seconds ≥ 0", default="2", meaning="service lookup cache (needs a URL)"
+        ),
+        convert=_seconds_or_zero,
+        expected="seconds (0 or more)",
+        typed=_NUMBER,
     ),
     "max_invoke_body_bytes": Setting(
-        convert=positive_int, expected="a positive integer", typed=_INT
+        doc=SettingDoc(type="int > 0", default="10 MiB", meaning="decoded invoke body cap"),
+        convert=positive_int,
+        expected="a positive integer",
+        typed=_INT,
     ),
     "max_relay_body_bytes": Setting(
-        convert=positive_int, expected="a positive integer", typed=_INT
+        doc=SettingDoc(type="int > 0", default="1 GiB", meaning="catch-all upload cap"),
+        convert=positive_int,
+        expected="a positive integer",
+        typed=_INT,
     ),
     "max_response_body_bytes": Setting(
-        convert=positive_int, expected="a positive integer", typed=_INT
+        doc=SettingDoc(type="int > 0", default="10 MiB", meaning="buffered invoke response cap"),
+        convert=positive_int,
+        expected="a positive integer",
+        typed=_INT,
     ),
-    "max_header_count": Setting(convert=positive_int, expected="a positive integer", typed=_INT),
-    "max_header_bytes": Setting(convert=positive_int, expected="a positive integer", typed=_INT),
+    "max_header_count": Setting(
+        doc=SettingDoc(type="int > 0", default="100", meaning="request header count cap"),
+        convert=positive_int,
+        expected="a positive integer",
+        typed=_INT,
+    ),
+    "max_header_bytes": Setting(
+        doc=SettingDoc(type="int > 0", default="64 KiB", meaning="request header size cap"),
+        convert=positive_int,
+        expected="a positive integer",
+        typed=_INT,
+    ),
     "connect_timeout": Setting(
-        convert=_positive_seconds, expected="seconds (more than 0)", typed=_NUMBER
+        doc=SettingDoc(type="seconds > 0", default="5", meaning="upstream connect timeout"),
+        convert=_positive_seconds,
+        expected="seconds (more than 0)",
+        typed=_NUMBER,
     ),
     "read_timeout": Setting(
-        convert=_positive_seconds, expected="seconds (more than 0)", typed=_NUMBER
+        doc=SettingDoc(type="seconds > 0", default="60", meaning="upstream wait for each read"),
+        convert=_positive_seconds,
+        expected="seconds (more than 0)",
+        typed=_NUMBER,
     ),
     "total_timeout": Setting(
+        doc=SettingDoc(
+            type="seconds > 0, or none", default="300", meaning="the whole exchange; none: no limit"
+        ),
         convert=_total_seconds,
         expected="seconds (more than 0), or none for no limit",
         typed=(*_NUMBER, str),
     ),
-    "trusted_proxy_hops": Setting(convert=_count, expected="an integer (0 or more)", typed=_INT),
-    "pseudonym": Setting(convert=_pseudonym, expected="an RFC 9110 token such as gateway-1"),
+    "trusted_proxy_hops": Setting(
+        doc=SettingDoc(type="int ≥ 0", default="0", meaning="proxies trusted for X-Forwarded-*"),
+        convert=_count,
+        expected="an integer (0 or more)",
+        typed=_INT,
+    ),
+    "pseudonym": Setting(
+        doc=SettingDoc(
+            type="RFC 9110 token", default="invoke-middleware", meaning="the gateway's name in Via"
+        ),
+        convert=_pseudonym,
+        expected="an RFC 9110 token such as gateway-1",
+    ),
     "problem_json": Setting(
+        doc=SettingDoc(type="bool", default="false", meaning="errors as RFC 9457 problem+json"),
         convert=_boolean,
         expected="a boolean (true/false, on/off, 1/0)",
         typed=(bool,),
         typed_expected="true or false",
     ),
     "mcp_allowed_origins": Setting(
+        doc=SettingDoc(
+            type="list of origins",
+            default="none",
+            meaning="pages that may call /r/mcp",
+        ),
         convert=_origins,
         expected="origins such as https://app.example",
         typed=(str, list),
     ),
     "mcp_credential_kinds": Setting(
+        doc=SettingDoc(
+            type="list of sk, dk, jwt",
+            default="sk",
+            meaning="credentials /r/mcp admits",
+        ),
         convert=_credential_kinds,
         expected="credential kinds among sk, dk, jwt",
         typed=(str, list),
     ),
-    "ca_bundle": Setting(convert=_ca_bundle, expected="the path of a PEM CA bundle", path=True),
+    "ca_bundle": Setting(
+        doc=SettingDoc(
+            type="PEM file",
+            default="system store",
+            meaning="CA bundle for external services",
+        ),
+        convert=_ca_bundle,
+        expected="the path of a PEM CA bundle",
+        path=True,
+    ),
     "jwt.algorithms": Setting(
+        doc=SettingDoc(
+            type="list",
+            default="JWT off",
+            meaning="algorithms user tokens may use",
+        ),
         convert=_names,
         expected="algorithm names such as RS256, ES256",
         typed=(list,),
         typed_expected='a list of algorithm names such as ["RS256"]',
     ),
-    "jwt.secret": Setting(convert=as_text, expected="text", secret=True),
-    "jwt.secret_env": Setting(convert=environment_name, expected="an environment variable name"),
+    "jwt.secret": Setting(
+        doc=SettingDoc(type="text", default="—", meaning="HMAC secret (prefer secret_env)"),
+        convert=as_text,
+        expected="text",
+        secret=True,
+    ),
+    "jwt.secret_env": Setting(
+        doc=SettingDoc(type="env name", default="—", meaning="variable holding the HMAC secret"),
+        convert=environment_name,
+        expected="an environment variable name",
+    ),
     "jwt.secret_file": Setting(
-        convert=_readable_file, expected="the path of a file holding the secret", path=True
+        doc=SettingDoc(type="file", default="—", meaning="file holding the HMAC secret"),
+        convert=_readable_file,
+        expected="the path of a file holding the secret",
+        path=True,
     ),
     "jwt.public_key_file": Setting(
-        convert=_readable_file, expected="the path of a PEM file", path=True
+        doc=SettingDoc(type="PEM file", default="—", meaning="the public key"),
+        convert=_readable_file,
+        expected="the path of a PEM file",
+        path=True,
     ),
-    "jwt.jwks_url": Setting(convert=_http_url, expected="an absolute http(s) URL"),
-    "jwt.issuer": Setting(convert=as_text, expected="text"),
+    "jwt.jwks_url": Setting(
+        doc=SettingDoc(type="URL", default="—", meaning="the identity provider's JWKS"),
+        convert=_http_url,
+        expected="an absolute http(s) URL",
+    ),
+    "jwt.issuer": Setting(
+        doc=SettingDoc(type="text", default="not checked", meaning="required iss"),
+        convert=as_text,
+        expected="text",
+    ),
     "jwt.audience": Setting(
-        convert=_names, expected="one or more audience names", typed=(str, list)
+        doc=SettingDoc(type="list", default="not checked", meaning="accepted aud values"),
+        convert=_names,
+        expected="one or more audience names",
+        typed=(str, list),
     ),
-    "jwt.leeway": Setting(convert=_seconds_or_zero, expected="seconds (0 or more)", typed=_NUMBER),
-    "jwt.cache_size": Setting(convert=_count, expected="an integer (0 or more)", typed=_INT),
+    "jwt.leeway": Setting(
+        doc=SettingDoc(type="seconds ≥ 0", default="0", meaning="clock skew allowed on exp"),
+        convert=_seconds_or_zero,
+        expected="seconds (0 or more)",
+        typed=_NUMBER,
+    ),
+    "jwt.cache_size": Setting(
+        doc=SettingDoc(type="int ≥ 0", default="0 (off)", meaning="verified-token cache entries"),
+        convert=_count,
+        expected="an integer (0 or more)",
+        typed=_INT,
+    ),
 }
 
 #: Every setting name, unprefixed (``prefix``, ``jwt.secret``, ...).

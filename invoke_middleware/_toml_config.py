@@ -193,6 +193,8 @@ prefix = ""
 # trusted_proxy_hops = 0               # proxies in front of the gateway trusted for X-Forwarded-*
 # pseudonym = "invoke-middleware"      # the gateway's name in the Via header
 # problem_json = false                 # errors as RFC 9457 application/problem+json
+# mcp_allowed_origins = ["https://app.example"]  # pages that may call /r/mcp (default: none)
+# mcp_credential_kinds = ["sk"]        # credentials /r/mcp admits, among "sk", "dk", "jwt"
 # ca_bundle = "ca.pem"                 # PEM CA bundle for external services (default: system)
 
 # User JWTs (Authorization: Bearer <jwt> with X-Team-ID). Without this table only sk-/dk-

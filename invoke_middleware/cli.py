@@ -44,8 +44,8 @@ from invoke_middleware._toml_config import (
     sqlite_file,
     starter_config,
 )
-from invoke_middleware.auth.keys import PREFIX_LENGTH, KeyKind, key_matches
-from invoke_middleware.auth.principal import Role
+from invoke_middleware.auth.keys import PREFIX_LENGTH, key_matches
+from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.auth.stores import CredentialRecord
 from invoke_middleware.config import ConfigError
 from invoke_middleware.registry import (
@@ -66,7 +66,6 @@ EXIT_USAGE = 2
 
 #: Matches the store's column (see ``store/_schema.py``).
 _MAX_USER_ID_LENGTH = 255
-_KINDS = {"integration": KeyKind.INTEGRATION, "device": KeyKind.DEVICE}
 
 logger = logging.getLogger("invoke_middleware.cli")
 
@@ -331,7 +330,7 @@ def _add_credential_commands(commands: argparse._SubParsersAction[_Parser]) -> N
     issue.add_argument("--team", type=_team, required=True)
     issue.add_argument(
         "--kind",
-        choices=sorted(_KINDS),
+        choices=[CredentialKind.DEVICE.value, CredentialKind.INTEGRATION.value],
         required=True,
         help="integration (sk-, acts for the team) or device (dk-, for --user)",
     )
@@ -682,12 +681,12 @@ def _members_list(args: argparse.Namespace, context: _Context) -> None:
 
 
 def _credentials_issue(args: argparse.Namespace, context: _Context) -> None:
-    kind = _KINDS[args.kind]
-    if kind is KeyKind.INTEGRATION and args.user is not None:
+    kind = CredentialKind(args.kind)
+    if kind is CredentialKind.INTEGRATION and args.user is not None:
         raise CommandError(
             "an integration key belongs to the team: --user is for --kind device", EXIT_USAGE
         )
-    if kind is KeyKind.DEVICE:
+    if kind is CredentialKind.DEVICE:
         if args.user is None:
             raise CommandError("--kind device needs --user", EXIT_USAGE)
         if context.store.memberships.role_of(args.team, args.user) is None:
@@ -730,7 +729,7 @@ def _find_credential(context: _Context, reference: str) -> CredentialRecord:
             raise CommandError(f"no credential with id {reference}")
         return record
     reference = reference.removesuffix("…")
-    if KeyKind.of(reference) is None or len(reference) < PREFIX_LENGTH:
+    if CredentialKind.of_key(reference) is None or len(reference) < PREFIX_LENGTH:
         raise CommandError(
             f"not a credential id or prefix: {reference!r} (see `{PROG} credentials list`)",
             EXIT_USAGE,
@@ -753,7 +752,7 @@ def _credentials_list(args: argparse.Namespace, context: _Context) -> None:
         [
             str(r.id),
             r.prefix + "…",
-            "integration" if r.kind is KeyKind.INTEGRATION else "device",
+            r.kind.value,
             r.user_id or "-",
             r.name or "-",
             _when(r.created_at),

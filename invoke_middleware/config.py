@@ -14,37 +14,37 @@ name in the namespace, a value of the wrong type or out of range, an unreadable 
 missing environment variable: each is a :class:`ConfigError` at start-up that names the
 setting as the host spelled it. Secret values never appear in a message.
 
-=========================  ===========  ==================  ===================================
-name                       type         default             meaning
-=========================  ===========  ==================  ===================================
-prefix                     path         ``""``              where the runtime routes live
-database_url               URL          (in memory)         SQLAlchemy URL of the SQL store
-service_cache_ttl          seconds≥0    2                   service lookup cache (needs a URL)
-max_invoke_body_bytes      int>0        10 MiB              decoded invoke body cap
-max_relay_body_bytes       int>0        1 GiB               catch-all upload cap
-max_response_body_bytes    int>0        10 MiB              buffered invoke response cap
-max_header_count           int>0        100                 request header count cap
-max_header_bytes           int>0        64 KiB              request header size cap
-connect_timeout            seconds>0    5                   upstream connect timeout
-read_timeout               seconds>0    60                  upstream wait for each read
-total_timeout              seconds>0    300                 whole exchange; ``none``: no limit
-trusted_proxy_hops         int≥0        0                   proxies trusted for X-Forwarded-*
-pseudonym                  token        invoke-middleware   the gateway's name in ``Via``
-problem_json               bool         false               errors as RFC 9457 problem+json
-mcp_allowed_origins        origins      (none)              pages that may call ``/r/mcp``
-mcp_credential_kinds       names        sk                  credentials ``/r/mcp`` admits
-ca_bundle                  file         (system store)      CA bundle for external services
-jwt.algorithms             names        (JWT off)           algorithms user tokens may use
-jwt.secret                 text         —                   HMAC secret (prefer secret_env)
-jwt.secret_env             env name     —                   variable holding the HMAC secret
-jwt.secret_file            file         —                   file holding the HMAC secret
-jwt.public_key_file        file         —                   PEM public key
-jwt.jwks_url               URL          —                   the identity provider's JWKS
-jwt.issuer                 text         (not checked)       required ``iss``
-jwt.audience               names        (not checked)       accepted ``aud`` values
-jwt.leeway                 seconds≥0    0                   clock skew allowed on ``exp``
-jwt.cache_size             int≥0        0 (off)             verified-token cache entries
-=========================  ===========  ==================  ===================================
+=======================  ====================  =================  ==================================
+name                     type                  default            meaning
+=======================  ====================  =================  ==================================
+prefix                   path                  ""                 where the runtime routes live
+database_url             SQLAlchemy URL        in-memory stores   store for services, keys, members
+service_cache_ttl        seconds ≥ 0           2                  service lookup cache (needs a URL)
+max_invoke_body_bytes    int > 0               10 MiB             decoded invoke body cap
+max_relay_body_bytes     int > 0               1 GiB              catch-all upload cap
+max_response_body_bytes  int > 0               10 MiB             buffered invoke response cap
+max_header_count         int > 0               100                request header count cap
+max_header_bytes         int > 0               64 KiB             request header size cap
+connect_timeout          seconds > 0           5                  upstream connect timeout
+read_timeout             seconds > 0           60                 upstream wait for each read
+total_timeout            seconds > 0, or none  300                the whole exchange; none: no limit
+trusted_proxy_hops       int ≥ 0               0                  proxies trusted for X-Forwarded-*
+pseudonym                RFC 9110 token        invoke-middleware  the gateway's name in Via
+problem_json             bool                  false              errors as RFC 9457 problem+json
+mcp_allowed_origins      list of origins       none               pages that may call /r/mcp
+mcp_credential_kinds     list of sk, dk, jwt   sk                 credentials /r/mcp admits
+ca_bundle                PEM file              system store       CA bundle for external services
+jwt.algorithms           list                  JWT off            algorithms user tokens may use
+jwt.secret               text                  —                  HMAC secret (prefer secret_env)
+jwt.secret_env           env name              —                  variable holding the HMAC secret
+jwt.secret_file          file                  —                  file holding the HMAC secret
+jwt.public_key_file      PEM file              —                  the public key
+jwt.jwks_url             URL                   —                  the identity provider's JWKS
+jwt.issuer               text                  not checked        required iss
+jwt.audience             list                  not checked        accepted aud values
+jwt.leeway               seconds ≥ 0           0                  clock skew allowed on exp
+jwt.cache_size           int ≥ 0               0 (off)            verified-token cache entries
+=======================  ====================  =================  ==================================
 
 Booleans accept ``true/false``, ``yes/no``, ``on/off`` and ``1/0``; name lists are separated by
 commas or spaces. JWT authentication is on when ``jwt.algorithms`` and exactly one key source
@@ -66,8 +66,6 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
-import jwt as pyjwt
-
 from invoke_middleware._settings import (
     JWT_KEY_SOURCES,
     SETTING_NAMES,
@@ -79,7 +77,6 @@ from invoke_middleware._settings import (
 )
 from invoke_middleware.auth.base import AuthResolver
 from invoke_middleware.auth.credentials import CredentialResolver
-from invoke_middleware.auth.jwt import JWTResolver
 from invoke_middleware.auth.policy import Policy
 from invoke_middleware.auth.principal import CredentialKind
 from invoke_middleware.auth.stores import (
@@ -99,6 +96,7 @@ from invoke_middleware.transport.http import HTTPTransport
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
+    from invoke_middleware.auth.jwt import JWTResolver
     from invoke_middleware.store.sql import SQLStore
 
 __all__ = [
@@ -186,6 +184,9 @@ class JWTSettings:
 
     def resolver(self, memberships: MembershipStore) -> JWTResolver:
         """A resolver for these settings that reads roles from ``memberships``."""
+        # PyJWT and cryptography load only for a host that configures JWTs.
+        from invoke_middleware.auth.jwt import JWTResolver  # noqa: PLC0415
+
         audience: str | tuple[str, ...] | None = None
         if len(self.audience) == 1:
             audience = self.audience[0]
@@ -415,7 +416,9 @@ def _check_jwt(values: Mapping[str, Any], style: KeyStyle) -> None:
             else f"set only one of {spelled} (exactly one key source applies)"
         )
         raise ConfigError(style.key((sources or ["jwt.secret"])[-1]), problem)
-    known = pyjwt.algorithms.get_default_algorithms()
+    from jwt.algorithms import get_default_algorithms  # noqa: PLC0415 - only with JWT settings
+
+    known = get_default_algorithms()
     for name in values["jwt.algorithms"]:
         if name.lower() == "none" or name not in known:
             raise ConfigError(

@@ -1,4 +1,6 @@
-"""The resolver for stored credentials: ``sk-`` integration and ``dk-`` device keys (SPEC §7).
+"""The resolver for stored credentials: ``sk-`` integration and ``dk-`` device keys.
+
+The rules are the README's "Auth" section.
 
 Example::
 
@@ -30,7 +32,7 @@ import uuid
 from typing import NoReturn
 
 from invoke_middleware.auth.base import bearer_token
-from invoke_middleware.auth.keys import KeyKind, hash_key, key_prefix
+from invoke_middleware.auth.keys import hash_key, key_prefix
 from invoke_middleware.auth.principal import CredentialKind, Principal
 from invoke_middleware.auth.stores import (
     Clock,
@@ -58,7 +60,8 @@ _NO_MATCH_HASH = "0" * 64
 
 
 class CredentialResolver:
-    """Authenticates ``sk-`` and ``dk-`` bearer keys against a :class:`CredentialStore`.
+    """Authenticates ``sk-`` and ``dk-`` bearer keys against a :class:`CredentialStore`
+    (and refuses ``ak-`` agent keys).
 
     ``memberships`` gives device keys their user's current role. ``clock`` decides expiry
     and stamps ``last_used_at``, which is written through ``store.touch`` at most once per
@@ -82,12 +85,12 @@ class CredentialResolver:
         token = bearer_token(request)
         if token is None:
             return None
-        kind = KeyKind.of(token)
+        kind = CredentialKind.of_key(token)
         if kind is None:
             return None
         if _KEY_PATTERN.fullmatch(token) is None:
             _refuse("malformed key")
-        if kind is KeyKind.AGENT:
+        if kind is CredentialKind.AGENT:
             _refuse("agent keys may not call the gateway", key_prefix(token))
 
         now = self._clock()
@@ -104,7 +107,7 @@ class CredentialResolver:
             self._touch(record, now)
         return principal
 
-    def _find(self, token: str, kind: KeyKind) -> CredentialRecord | None:
+    def _find(self, token: str, kind: CredentialKind) -> CredentialRecord | None:
         digest = hash_key(token)
         candidates = self._store.find_by_prefix(key_prefix(token))
         match: CredentialRecord | None = None
@@ -121,7 +124,7 @@ class CredentialResolver:
         return match
 
     def _principal(self, record: CredentialRecord) -> Principal:
-        if record.kind is KeyKind.INTEGRATION:
+        if record.kind is CredentialKind.INTEGRATION:
             return Principal(
                 kind=CredentialKind.INTEGRATION,
                 team_id=record.team_id,

@@ -1,4 +1,4 @@
-"""The resolver for user JWTs (SPEC §7).
+"""The resolver for user JWTs (the README's "Auth" section).
 
 Examples::
 
@@ -44,7 +44,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from invoke_middleware.auth.base import bearer_token
 from invoke_middleware.auth.cache import DEFAULT_MAX_AGE, VerifiedToken, VerifiedTokenCache
-from invoke_middleware.auth.keys import KeyKind
 from invoke_middleware.auth.principal import CredentialKind, Principal
 from invoke_middleware.auth.stores import MembershipStore
 from invoke_middleware.errors import (
@@ -131,7 +130,7 @@ class JWTResolver:
 
     def __call__(self, request: PipelineRequest) -> Principal | None:
         token = bearer_token(request)
-        if token is None or KeyKind.of(token) is not None:
+        if token is None or CredentialKind.of_key(token) is not None:
             return None
         verified = self._cache.get(token) if self._cache is not None else None
         if verified is None:

@@ -1,8 +1,10 @@
-"""Credential keys: their format, how they are generated, stored and compared (SPEC §7).
+"""Credential keys: their format, how they are generated, stored and compared.
 
-A key is its kind prefix (``sk-``, ``dk-``, ``ak-``) followed by 43 URL-safe characters from 32
-random bytes. Stores keep only the first :data:`PREFIX_LENGTH` characters (to find the record)
-and the SHA-256 of the whole key (to check it); the raw key is shown once, when issued.
+A key is its kind's prefix (``sk-``, ``dk-``, ``ak-``: see
+:attr:`~invoke_middleware.auth.principal.CredentialKind.key_prefix`) followed by 43 URL-safe
+characters from 32 random bytes. Stores keep only the first :data:`PREFIX_LENGTH` characters
+(the key's public prefix, to find the record) and the SHA-256 of the whole key (to check it);
+the raw key is shown once, when issued.
 """
 
 from __future__ import annotations
@@ -10,35 +12,39 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from enum import StrEnum
+
+from invoke_middleware.auth.principal import CredentialKind
+
+__all__ = [
+    "KEY_RANDOM_BYTES",
+    "PREFIX_LENGTH",
+    "KeyKind",
+    "generate_key",
+    "hash_key",
+    "key_matches",
+    "key_prefix",
+]
 
 PREFIX_LENGTH = 12
 KEY_RANDOM_BYTES = 32
 
-
-class KeyKind(StrEnum):
-    """The kind of a credential key, spelled by its prefix."""
-
-    INTEGRATION = "sk-"
-    DEVICE = "dk-"
-    AGENT = "ak-"
-
-    @classmethod
-    def of(cls, key: str) -> KeyKind | None:
-        """The kind ``key`` claims by its prefix, or ``None`` when it is not a credential key."""
-        for kind in cls:
-            if key.startswith(kind.value):
-                return kind
-        return None
+#: Deprecated: the kinds of keys are :class:`~invoke_middleware.auth.principal.CredentialKind`
+#: (its ``INTEGRATION``, ``DEVICE`` and ``AGENT`` members). Kept so that existing imports work;
+#: ``KeyKind.of`` warns, use ``CredentialKind.of_key``.
+KeyKind = CredentialKind
 
 
-def generate_key(kind: KeyKind) -> str:
-    """A new random key of ``kind``."""
-    return kind.value + secrets.token_urlsafe(KEY_RANDOM_BYTES)
+def generate_key(kind: CredentialKind) -> str:
+    """A new random key of ``kind``; :class:`ValueError` for a kind that has no keys (JWT)."""
+    prefix = CredentialKind(kind).key_prefix
+    if prefix is None:
+        raise ValueError(f"{kind} credentials are not keys")
+    return prefix + secrets.token_urlsafe(KEY_RANDOM_BYTES)
 
 
 def key_prefix(key: str) -> str:
-    """The public part of ``key`` that stores index and lists show."""
+    """The public part of ``key`` (its first :data:`PREFIX_LENGTH` characters) that stores
+    index and lists show."""
     return key[:PREFIX_LENGTH]
 
 

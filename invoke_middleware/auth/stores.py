@@ -1,12 +1,13 @@
 """The stores auth resolvers read: credentials and team memberships.
 
 Both are protocols; the in-memory implementations here are the defaults, and
-:mod:`invoke_middleware.store.sql` implements both on a database.
+:mod:`invoke_middleware.store.sql` implements both on a database. Every store issues keys
+through :func:`new_credential`, so the rules of issuing are the same whatever the store.
 
 Example::
 
     credentials = InMemoryCredentialStore()
-    issued = credentials.issue(KeyKind.INTEGRATION, team_id=team_id, name="ci")
+    issued = credentials.issue(CredentialKind.INTEGRATION, team_id=team_id, name="ci")
     print(issued.key)  # shown once; the store keeps only issued.record.prefix and a hash
 """
 
@@ -19,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from invoke_middleware.auth.keys import KeyKind, generate_key, hash_key, key_prefix
-from invoke_middleware.auth.principal import Role
+from invoke_middleware.auth.keys import generate_key, hash_key, key_prefix
+from invoke_middleware.auth.principal import CredentialKind, Role
 
 #: A source of the current time, timezone-aware (UTC). Injectable for tests.
 Clock = Callable[[], dt.datetime]
@@ -39,7 +40,7 @@ class CredentialRecord:
     """
 
     id: uuid.UUID
-    kind: KeyKind
+    kind: CredentialKind
     prefix: str
     key_hash: str = field(repr=False)
     team_id: uuid.UUID
@@ -74,16 +75,73 @@ class Membership:
     role: Role
 
 
-def check_owner(kind: KeyKind, user_id: str | None) -> None:
+#: How many keys :func:`new_credential` draws before giving up on finding a free prefix. A
+#: prefix carries 9 random characters (54 bits), so even one clash is vanishingly rare; several
+#: in a row mean the random source is broken.
+MAX_PREFIX_ATTEMPTS = 5
+
+
+def check_owner(kind: CredentialKind, user_id: str | None) -> None:
     """Raise :class:`ValueError` unless ``user_id`` suits a credential of ``kind``.
 
     Integration (``sk-``) credentials belong to the team alone; device (``dk-``) credentials
-    act for a user and need one. Every :class:`CredentialStore` checks this in ``issue``.
+    act for a user and need one. :func:`new_credential` checks this for every store.
     """
-    if kind is KeyKind.INTEGRATION and user_id is not None:
+    if kind is CredentialKind.INTEGRATION and user_id is not None:
         raise ValueError("an integration credential belongs to a team, not to a user")
-    if kind is KeyKind.DEVICE and not user_id:
+    if kind is CredentialKind.DEVICE and not user_id:
         raise ValueError("a device credential needs a user_id")
+
+
+def require_aware(when: dt.datetime | None, name: str) -> None:
+    """Raise :class:`ValueError` when ``when`` is a naive datetime (``None`` passes).
+
+    A naive time has no instant: stores would compare it with the clock's aware time and fail
+    at the first request, or read it back shifted by the server's time zone.
+    """
+    if when is not None and when.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime")
+
+
+def new_credential(
+    kind: CredentialKind,
+    *,
+    team_id: uuid.UUID,
+    user_id: str | None = None,
+    name: str = "",
+    expires_at: dt.datetime | None = None,
+    created_at: dt.datetime,
+    prefix_taken: Callable[[str], bool],
+) -> IssuedCredential:
+    """A new credential for a store to save: the rules every ``issue`` follows, in one place.
+
+    ``kind`` must be a key kind, and ``user_id`` suit it (:func:`check_owner`); both times
+    must be timezone-aware and are kept in UTC. A key whose public prefix ``prefix_taken``
+    reports as already used is drawn again, so that a prefix normally finds one record; after
+    :data:`MAX_PREFIX_ATTEMPTS` draws this raises :class:`RuntimeError`.
+    """
+    kind = CredentialKind(kind)
+    check_owner(kind, user_id)
+    require_aware(expires_at, "expires_at")
+    require_aware(created_at, "created_at")
+    for _ in range(MAX_PREFIX_ATTEMPTS):
+        key = generate_key(kind)
+        if not prefix_taken(key_prefix(key)):
+            break
+    else:
+        raise RuntimeError(f"no free key prefix in {MAX_PREFIX_ATTEMPTS} random draws")
+    record = CredentialRecord(
+        id=uuid.uuid4(),
+        kind=kind,
+        prefix=key_prefix(key),
+        key_hash=hash_key(key),
+        team_id=team_id,
+        user_id=user_id,
+        name=name,
+        created_at=created_at.astimezone(dt.UTC),
+        expires_at=None if expires_at is None else expires_at.astimezone(dt.UTC),
+    )
+    return IssuedCredential(key=key, record=record)
 
 
 class CredentialStore(Protocol):
@@ -95,14 +153,18 @@ class CredentialStore(Protocol):
 
     def issue(
         self,
-        kind: KeyKind,
+        kind: CredentialKind,
         *,
         team_id: uuid.UUID,
         user_id: str | None = None,
         name: str = "",
         expires_at: dt.datetime | None = None,
     ) -> IssuedCredential:
-        """Create a credential and return its raw key, once."""
+        """Create a credential and return its raw key, once (see :func:`new_credential`).
+
+        Raises :class:`ValueError` for a ``user_id`` that does not suit ``kind`` or a naive
+        ``expires_at``.
+        """
         ...
 
     def revoke(self, credential_id: uuid.UUID) -> bool:
@@ -110,7 +172,8 @@ class CredentialStore(Protocol):
         ...
 
     def expire(self, credential_id: uuid.UUID, when: dt.datetime) -> bool:
-        """Make the credential unusable from ``when`` on; ``False`` when there is none."""
+        """Make the credential unusable from ``when`` (timezone-aware) on; ``False`` when
+        there is none."""
         ...
 
     def touch(self, credential_id: uuid.UUID, when: dt.datetime) -> None:
@@ -145,7 +208,7 @@ class MembershipStore(Protocol):
 class InMemoryCredentialStore:
     """A thread-safe :class:`CredentialStore` in a dict; the default, and handy in tests.
 
-    ``clock`` stamps ``created_at`` and ``revoked_at``.
+    ``clock`` stamps ``created_at`` and ``revoked_at``; it must give timezone-aware times.
     """
 
     def __init__(self, *, clock: Clock = utc_now) -> None:
@@ -160,34 +223,27 @@ class InMemoryCredentialStore:
 
     def issue(
         self,
-        kind: KeyKind,
+        kind: CredentialKind,
         *,
         team_id: uuid.UUID,
         user_id: str | None = None,
         name: str = "",
         expires_at: dt.datetime | None = None,
     ) -> IssuedCredential:
-        check_owner(kind, user_id)
         with self._lock:
-            key = generate_key(kind)
-            # Prefixes carry 9 random characters; a clash is vanishingly rare, but
-            # find_by_prefix would then return two records and cost a second compare.
-            while key_prefix(key) in self._by_prefix:
-                key = generate_key(kind)
-            record = CredentialRecord(
-                id=uuid.uuid4(),
-                kind=kind,
-                prefix=key_prefix(key),
-                key_hash=hash_key(key),
+            issued = new_credential(
+                kind,
                 team_id=team_id,
                 user_id=user_id,
                 name=name,
-                created_at=self._clock(),
                 expires_at=expires_at,
+                created_at=self._clock(),
+                prefix_taken=self._by_prefix.__contains__,
             )
+            record = issued.record
             self._records[record.id] = record
             self._by_prefix.setdefault(record.prefix, []).append(record.id)
-        return IssuedCredential(key=key, record=record)
+        return issued
 
     def revoke(self, credential_id: uuid.UUID) -> bool:
         with self._lock:
@@ -199,6 +255,7 @@ class InMemoryCredentialStore:
             return True
 
     def expire(self, credential_id: uuid.UUID, when: dt.datetime) -> bool:
+        require_aware(when, "when")
         with self._lock:
             record = self._records.get(credential_id)
             if record is None:
@@ -207,6 +264,7 @@ class InMemoryCredentialStore:
             return True
 
     def touch(self, credential_id: uuid.UUID, when: dt.datetime) -> None:
+        require_aware(when, "when")
         with self._lock:
             record = self._records.get(credential_id)
             if record is None:

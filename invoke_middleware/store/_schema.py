@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-from invoke_middleware.auth.keys import PREFIX_LENGTH, KeyKind
-from invoke_middleware.auth.principal import Role
+from invoke_middleware.auth.keys import PREFIX_LENGTH
+from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.registry import MAX_EXTERNAL_URL_LENGTH, ServiceStatus, ServiceType
 
-#: SPEC §1 allows slugs of at most 100 characters.
+#: Slugs are at most 100 characters (see ``registry.is_valid_slug``).
 MAX_SLUG_LENGTH = 100
 
 #: Long enough for the subject of any identity provider seen in practice.
@@ -70,9 +69,15 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
         return value.astimezone(dt.UTC)
 
 
-def _one_of(column: str, values: Iterable[StrEnum]) -> str:
-    allowed = ", ".join(f"'{value.value}'" for value in values)
+def _one_of(column: str, values: Iterable[str]) -> str:
+    allowed = ", ".join(f"'{value}'" for value in values)
     return f"{column} IN ({allowed})"
+
+
+#: What the credentials' ``kind`` column holds: each key kind's prefix (``sk-``, ``dk-``,
+#: ``ak-``), as it always has, so existing databases keep working. ``CredentialKind("sk-")``
+#: reads a stored value back.
+STORED_KINDS = tuple(kind.key_prefix for kind in CredentialKind if kind.key_prefix is not None)
 
 
 services = sa.Table(
@@ -113,7 +118,7 @@ credentials = sa.Table(
     sa.Column("expires_at", UTCDateTime(), nullable=True),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
     sa.Column("last_used_at", UTCDateTime(), nullable=True),
-    sa.CheckConstraint(_one_of("kind", KeyKind), name="kind"),
+    sa.CheckConstraint(_one_of("kind", STORED_KINDS), name="kind"),
 )
 
 memberships = sa.Table(

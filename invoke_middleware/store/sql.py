@@ -32,13 +32,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 
-from invoke_middleware.auth.keys import KeyKind, generate_key, hash_key, key_prefix
-from invoke_middleware.auth.principal import Role
+from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.auth.stores import (
     CredentialRecord,
     IssuedCredential,
     Membership,
-    check_owner,
+    new_credential,
+    require_aware,
 )
 from invoke_middleware.registry import Service, ServiceStatus, ServiceType, is_valid_slug
 from invoke_middleware.store import _schema
@@ -69,11 +69,6 @@ class DuplicateServiceError(ValueError):
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _require_aware(when: dt.datetime | None, name: str) -> None:
-    if when is not None and when.utcoffset() is None:
-        raise ValueError(f"{name} must be a timezone-aware datetime")
 
 
 def create_engine(
@@ -326,38 +321,33 @@ class SQLCredentialStore:
 
     def issue(
         self,
-        kind: KeyKind,
+        kind: CredentialKind,
         *,
         team_id: uuid.UUID,
         user_id: str | None = None,
         name: str = "",
         expires_at: dt.datetime | None = None,
     ) -> IssuedCredential:
-        """Create a credential and return its raw key, once.
-
-        Integration (``sk-``) credentials belong to the team alone and take no ``user_id``;
-        device (``dk-``) credentials act for a user and need one.
-        """
-        kind = KeyKind(kind)
-        check_owner(kind, user_id)
-        _require_aware(expires_at, "expires_at")
-        key = generate_key(kind)
-        record = CredentialRecord(
-            id=uuid.uuid4(),
-            kind=kind,
-            prefix=key_prefix(key),
-            key_hash=hash_key(key),
+        """Create a credential and return its raw key, once (see
+        :func:`~invoke_middleware.auth.stores.new_credential` for the rules)."""
+        issued = new_credential(
+            kind,
             team_id=team_id,
             user_id=user_id,
             name=name,
-            created_at=self._now().astimezone(dt.UTC),
-            expires_at=None if expires_at is None else expires_at.astimezone(dt.UTC),
+            expires_at=expires_at,
+            created_at=self._now(),
+            # Read outside the insert's transaction: SQLite could not turn a read transaction
+            # into a write one while another writer commits. Two processes drawing the same
+            # prefix at once is harmless: the resolver compares every record of a prefix.
+            prefix_taken=lambda prefix: bool(self.find_by_prefix(prefix)),
         )
+        record = issued.record
         with self._engine.begin() as connection:
             connection.execute(
                 sa.insert(_schema.credentials).values(
                     id=record.id,
-                    kind=record.kind.value,
+                    kind=record.kind.key_prefix,
                     prefix=record.prefix,
                     key_hash=record.key_hash,
                     team_id=record.team_id,
@@ -367,7 +357,7 @@ class SQLCredentialStore:
                     expires_at=record.expires_at,
                 )
             )
-        return IssuedCredential(key=key, record=record)
+        return issued
 
     def revoke(self, credential_id: uuid.UUID) -> bool:
         """Revoke for good (the first revocation time is kept); ``False`` when unknown."""
@@ -384,7 +374,7 @@ class SQLCredentialStore:
 
     def expire(self, credential_id: uuid.UUID, when: dt.datetime) -> bool:
         """Make the credential expire at ``when``; ``False`` when there is no such credential."""
-        _require_aware(when, "when")
+        require_aware(when, "when")
         table = _schema.credentials
         query = sa.update(table).where(table.c.id == credential_id).values(expires_at=when)
         with self._engine.begin() as connection:
@@ -393,7 +383,7 @@ class SQLCredentialStore:
     def touch(self, credential_id: uuid.UUID, when: dt.datetime) -> None:
         """Record that the credential was used at ``when`` (an earlier time never overwrites
         a later one, whatever order concurrent requests finish in)."""
-        _require_aware(when, "when")
+        require_aware(when, "when")
         table = _schema.credentials
         query = (
             sa.update(table)
@@ -423,7 +413,8 @@ class SQLCredentialStore:
 def _credential_from_row(row: sa.RowMapping) -> CredentialRecord:
     return CredentialRecord(
         id=row["id"],
-        kind=KeyKind(row["kind"]),
+        # The column holds the key prefix ("sk-"), which CredentialKind reads back.
+        kind=CredentialKind(row["kind"]),
         prefix=row["prefix"],
         key_hash=row["key_hash"],
         team_id=row["team_id"],

@@ -14,7 +14,6 @@ from invoke_middleware.auth import (
     CredentialResolver,
     InMemoryCredentialStore,
     InMemoryMembershipStore,
-    KeyKind,
     Role,
     generate_key,
 )
@@ -52,7 +51,7 @@ def resolver(
 def test_integration_key_authenticates_as_its_team_without_role(
     store: InMemoryCredentialStore, resolver: CredentialResolver
 ) -> None:
-    issued = store.issue(KeyKind.INTEGRATION, team_id=TEAM)
+    issued = store.issue(CredentialKind.INTEGRATION, team_id=TEAM)
 
     principal = resolver(gateway_request(token=issued.key))
 
@@ -68,7 +67,7 @@ def test_integration_key_authenticates_as_its_team_without_role(
 def test_device_key_authenticates_as_its_user_with_the_current_role(
     store: InMemoryCredentialStore, resolver: CredentialResolver
 ) -> None:
-    issued = store.issue(KeyKind.DEVICE, team_id=TEAM, user_id="dev")
+    issued = store.issue(CredentialKind.DEVICE, team_id=TEAM, user_id="dev")
 
     principal = resolver(gateway_request(token=issued.key))
 
@@ -88,14 +87,14 @@ def test_device_key_authenticates_as_its_user_with_the_current_role(
 @pytest.mark.parametrize(
     ("kind", "user_id"),
     [
-        pytest.param(KeyKind.INTEGRATION, None, id="sk"),
-        pytest.param(KeyKind.DEVICE, "dev", id="dk"),
+        pytest.param(CredentialKind.INTEGRATION, None, id="sk"),
+        pytest.param(CredentialKind.DEVICE, "dev", id="dk"),
     ],
 )
 def test_credential_team_comes_from_the_record_and_x_team_id_is_ignored(
     store: InMemoryCredentialStore,
     resolver: CredentialResolver,
-    kind: KeyKind,
+    kind: CredentialKind,
     user_id: str | None,
     team_header: str | None,
 ) -> None:
@@ -125,30 +124,30 @@ def test_tokens_without_a_credential_prefix_are_not_this_resolvers(
 
 
 def _agent_key(store: InMemoryCredentialStore, clock: FakeClock) -> str:
-    return store.issue(KeyKind.AGENT, team_id=TEAM, user_id="dev").key
+    return store.issue(CredentialKind.AGENT, team_id=TEAM, user_id="dev").key
 
 
 def _unknown_key(store: InMemoryCredentialStore, clock: FakeClock) -> str:
-    return generate_key(KeyKind.INTEGRATION)
+    return generate_key(CredentialKind.INTEGRATION)
 
 
 def _wrong_secret(store: InMemoryCredentialStore, clock: FakeClock) -> str:
-    key = store.issue(KeyKind.INTEGRATION, team_id=TEAM).key
-    return key[:12] + generate_key(KeyKind.INTEGRATION)[12:]
+    key = store.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+    return key[:12] + generate_key(CredentialKind.INTEGRATION)[12:]
 
 
 def _revoked(store: InMemoryCredentialStore, clock: FakeClock) -> str:
-    issued = store.issue(KeyKind.DEVICE, team_id=TEAM, user_id="dev")
+    issued = store.issue(CredentialKind.DEVICE, team_id=TEAM, user_id="dev")
     store.revoke(issued.record.id)
     return issued.key
 
 
 def _expired(store: InMemoryCredentialStore, clock: FakeClock) -> str:
-    return store.issue(KeyKind.INTEGRATION, team_id=TEAM, expires_at=clock.now).key
+    return store.issue(CredentialKind.INTEGRATION, team_id=TEAM, expires_at=clock.now).key
 
 
 def _too_short(store: InMemoryCredentialStore, clock: FakeClock) -> str:
-    return store.issue(KeyKind.INTEGRATION, team_id=TEAM).key[:-1]
+    return store.issue(CredentialKind.INTEGRATION, team_id=TEAM).key[:-1]
 
 
 def _too_long(store: InMemoryCredentialStore, clock: FakeClock) -> str:
@@ -156,7 +155,7 @@ def _too_long(store: InMemoryCredentialStore, clock: FakeClock) -> str:
 
 
 def _not_url_safe(store: InMemoryCredentialStore, clock: FakeClock) -> str:
-    key = store.issue(KeyKind.INTEGRATION, team_id=TEAM).key
+    key = store.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
     return key[:20] + "+" + key[21:]
 
 
@@ -201,7 +200,7 @@ def test_bad_credentials_are_refused_with_one_and_the_same_401(
 def test_revocation_applies_on_the_very_next_call(
     store: InMemoryCredentialStore, resolver: CredentialResolver
 ) -> None:
-    issued = store.issue(KeyKind.INTEGRATION, team_id=TEAM)
+    issued = store.issue(CredentialKind.INTEGRATION, team_id=TEAM)
     assert resolver(gateway_request(token=issued.key)) is not None
 
     store.revoke(issued.record.id)
@@ -213,7 +212,9 @@ def test_revocation_applies_on_the_very_next_call(
 def test_expiry_applies_from_the_expiry_instant(
     store: InMemoryCredentialStore, resolver: CredentialResolver, clock: FakeClock
 ) -> None:
-    key = store.issue(KeyKind.INTEGRATION, team_id=TEAM, expires_at=clock.now + dt.timedelta(1)).key
+    key = store.issue(
+        CredentialKind.INTEGRATION, team_id=TEAM, expires_at=clock.now + dt.timedelta(1)
+    ).key
     assert resolver(gateway_request(token=key)) is not None
 
     clock.advance(dt.timedelta(days=1).total_seconds())
@@ -227,7 +228,7 @@ def test_device_role_changes_apply_on_the_very_next_call(
     memberships: InMemoryMembershipStore,
     resolver: CredentialResolver,
 ) -> None:
-    key = store.issue(KeyKind.DEVICE, team_id=TEAM, user_id="dev").key
+    key = store.issue(CredentialKind.DEVICE, team_id=TEAM, user_id="dev").key
     request = gateway_request(token=key)
     principal = resolver(request)
     assert principal is not None
@@ -245,7 +246,7 @@ def test_device_key_of_a_removed_member_is_forbidden_on_the_very_next_call(
     memberships: InMemoryMembershipStore,
     resolver: CredentialResolver,
 ) -> None:
-    key = store.issue(KeyKind.DEVICE, team_id=TEAM, user_id="dev").key
+    key = store.issue(CredentialKind.DEVICE, team_id=TEAM, user_id="dev").key
     assert resolver(gateway_request(token=key)) is not None
 
     memberships.remove(TEAM, "dev")
@@ -278,8 +279,8 @@ def test_last_used_is_written_at_most_once_a_minute_per_key(
 ) -> None:
     counting = CountingStore(store)
     resolver = CredentialResolver(counting, memberships, clock=clock)
-    first = store.issue(KeyKind.INTEGRATION, team_id=TEAM)
-    second = store.issue(KeyKind.DEVICE, team_id=TEAM, user_id="dev")
+    first = store.issue(CredentialKind.INTEGRATION, team_id=TEAM)
+    second = store.issue(CredentialKind.DEVICE, team_id=TEAM, user_id="dev")
     start = clock.now
 
     for _ in range(3):
@@ -303,7 +304,7 @@ def test_a_failed_last_used_write_does_not_refuse_the_caller(
 ) -> None:
     counting = CountingStore(store, fail_touch=True)
     resolver = CredentialResolver(counting, memberships, clock=clock)
-    issued = store.issue(KeyKind.INTEGRATION, team_id=TEAM)
+    issued = store.issue(CredentialKind.INTEGRATION, team_id=TEAM)
 
     principal = resolver(gateway_request(token=issued.key))
 
@@ -316,8 +317,8 @@ def test_a_failed_last_used_write_does_not_refuse_the_caller(
 def test_a_record_whose_kind_differs_from_the_key_prefix_is_refused(
     store: InMemoryCredentialStore, memberships: InMemoryMembershipStore, clock: FakeClock
 ) -> None:
-    issued = store.issue(KeyKind.INTEGRATION, team_id=TEAM)
-    forged = dataclasses.replace(issued.record, kind=KeyKind.DEVICE, user_id="dev")
+    issued = store.issue(CredentialKind.INTEGRATION, team_id=TEAM)
+    forged = dataclasses.replace(issued.record, kind=CredentialKind.DEVICE, user_id="dev")
 
     class OneRecord(CountingStore):
         def find_by_prefix(self, prefix: str) -> Sequence[CredentialRecord]:

@@ -16,8 +16,7 @@ import pytest
 from webtest import TestApp
 
 from invoke_middleware._toml_config import ConfigError, load_config, starter_config
-from invoke_middleware.auth.keys import KeyKind
-from invoke_middleware.auth.principal import Role
+from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.config import JWTSettings
 from invoke_middleware.pipeline import PipelineSettings
 from invoke_middleware.registry import Service, ServiceStatus, ServiceType
@@ -131,7 +130,7 @@ def test_an_external_service_gets_its_secret_from_the_environment(
             external_auth_credential_id="billing-api",
         )
     )
-    key = gateway.store.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM).key
+    key = gateway.store.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
     recorder = RecordingTransport(MockTransport(lambda request: make_response(200, body=b"{}")))
     # Only the egress (external) transport is replaced: nothing leaves the machine.
     gateway.app.pipeline.egress_transport = recorder
@@ -226,7 +225,8 @@ def test_every_commented_gateway_setting_of_the_starter_config_is_valid(tmp_path
 
     config = load_config(path).gateway.resolve({})
 
-    assert config.settings == PipelineSettings()
+    # The example origin is the one value the starter shows that is not a default.
+    assert config.settings == PipelineSettings(mcp_allowed_origins=("https://app.example",))
     assert config.ca_bundle == str(tmp_path / "ca.pem")
 
 

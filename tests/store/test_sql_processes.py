@@ -9,7 +9,7 @@ import textwrap
 import uuid
 from pathlib import Path
 
-from invoke_middleware.auth.keys import KeyKind
+from invoke_middleware.auth.principal import CredentialKind
 from tests.store.conftest import Backend
 
 TEAM = uuid.UUID("6f1b1c52-0c39-4d8e-9d55-3c3f3f0e7a01")
@@ -60,7 +60,7 @@ def _answer(checker: subprocess.Popen[str], key: str | None = None) -> str:
 def test_a_revocation_in_one_process_is_refused_by_another_on_its_next_lookup(
     backend: Backend,
 ) -> None:
-    issued = backend.open_store().credentials.issue(KeyKind.INTEGRATION, team_id=TEAM)
+    issued = backend.open_store().credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM)
     checker = subprocess.Popen(
         [sys.executable, "-c", CHECKER, backend.url],
         cwd=REPO,

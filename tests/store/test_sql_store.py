@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from invoke_middleware.auth.keys import KeyKind
-from invoke_middleware.auth.principal import Role
+from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.store import SQLStore, create_engine
 from tests.store.conftest import Backend
 
@@ -91,7 +90,7 @@ def test_threads_can_write_concurrently(backend: Backend) -> None:
 
     def work(n: int) -> None:
         store = stores[n % 2]
-        issued = store.credentials.issue(KeyKind.DEVICE, team_id=TEAM, user_id=f"user-{n}")
+        issued = store.credentials.issue(CredentialKind.DEVICE, team_id=TEAM, user_id=f"user-{n}")
         store.memberships.set_role(TEAM, f"user-{n}", Role.MEMBER)
         store.credentials.touch(issued.record.id, issued.record.created_at)
         store.credentials.revoke(issued.record.id)
