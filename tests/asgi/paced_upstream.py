@@ -78,12 +78,12 @@ class PacedUpstream:
                         sock.sendall(b"0\r\n\r\n")  # the stream's clean end
                     return
                 data = event(number)
+                self.sent_at.append(time.monotonic())  # before: the reader may be quicker
                 try:
                     sock.sendall(b"%X\r\n%b\r\n" % (len(data), data))
                 except OSError:
                     self.closed.set()
                     return
-                self.sent_at.append(time.monotonic())
                 number += 1
 
     @staticmethod
