@@ -1,0 +1,219 @@
+"""ASGI hosts (FastAPI, Starlette): :class:`InvokeASGIMiddleware` serves the runtime routes.
+
+The gateway is a WSGI application; this module runs it inside an ASGI server with
+`a2wsgi <https://pypi.org/project/a2wsgi/>`_ (the ``asgi`` extra). Runtime requests go to
+:class:`~invoke_middleware.middleware.InvokeMiddleware` on a bounded pool of threads; every
+other request (and every WebSocket or lifespan event) goes to the ASGI app untouched, on the
+event loop, never on a thread. Usage::
+
+    from fastapi import FastAPI
+    from werkzeug.exceptions import NotFound
+    from invoke_middleware import InvokeMiddleware
+    from invoke_middleware.asgi import InvokeASGIMiddleware
+
+    gateway = InvokeMiddleware(NotFound(), registry=registry, prefix="/api/v1")
+    app = FastAPI()
+    app.add_middleware(InvokeASGIMiddleware, gateway=gateway)
+
+What it adds to a plain ``a2wsgi.WSGIMiddleware`` mount, so that the gateway keeps the
+guarantees it has under a WSGI server (see "ASGI hosts" in the README):
+
+- the request target as the client spelled it (``REQUEST_URI``, from the ASGI ``raw_path``):
+  an encoded ``/`` or an invalid escape is refused, not decoded away by the server;
+- ``wsgi.input_terminated``: the ASGI server de-chunks request bodies and signals their end,
+  so a chunked upload streams instead of being refused with 411;
+- a client that goes away is noticed: an upload that ends early fails instead of looking
+  complete to the upstream, and a streamed response stops at its next chunk, closing the
+  upstream connection and freeing the thread (a2wsgi alone keeps reading the upstream to its
+  end, as the server drops what it is sent for a closed connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote_to_bytes
+
+from a2wsgi import WSGIMiddleware
+
+from invoke_middleware.errors import InvalidRequestError
+from invoke_middleware.middleware import InvokeMiddleware
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+__all__ = [
+    "DEFAULT_SEND_QUEUE_SIZE",
+    "DEFAULT_WORKERS",
+    "ASGIApp",
+    "InvokeASGIMiddleware",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Threads that run runtime requests. A streamed relay holds one for as long as it streams;
+#: requests beyond this wait for a free thread (holding only their socket).
+DEFAULT_WORKERS = 32
+#: Response chunks (up to 64 KiB each) queued between a thread and the event loop, per
+#: request. A thread that gets ahead of a slow client waits: memory stays bounded.
+DEFAULT_SEND_QUEUE_SIZE = 4
+
+# Where the per-request client state rides from the event loop to the thread: a2wsgi puts
+# the ASGI scope in the WSGI environ as "asgi.scope".
+_CLIENT_KEY = "invoke_middleware.client"
+
+
+class _Client:
+    """The caller's side of one request: its body messages, and whether it went away.
+
+    A single task owns the server's ``receive``, so that a disconnect is seen even while the
+    gateway is not reading the body (a GET whose response streams, say). Body messages are
+    handed over one at a time: the server stops reading the socket while one waits, so an
+    upload is never buffered ahead of the upstream.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._messages: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)
+        self.gone = threading.Event()
+
+    async def pump(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] != "http.request":
+                self.gone.set()
+                with contextlib.suppress(asyncio.QueueFull):
+                    self._messages.put_nowait(message)  # wakes a reader that is waiting
+                return
+            await self._messages.put(message)
+
+    async def receive(self) -> Message:
+        """The next body message; raises when the client left before the body ended."""
+        if self.gone.is_set() and self._messages.empty():
+            raise _client_left()
+        message = await self._messages.get()
+        if message["type"] != "http.request":
+            raise _client_left()
+        return message
+
+
+def _client_left() -> InvalidRequestError:
+    # Raised in the thread that reads the body: the relay fails and the upstream connection is
+    # closed, so a truncated upload never reaches the container as a complete one.
+    return InvalidRequestError("The client closed the connection before the body ended.")
+
+
+class _UntilClientLeaves:
+    """The gateway's response body, cut short once the client has gone away."""
+
+    __slots__ = ("_body", "_gone")
+
+    def __init__(self, body: Iterable[bytes], gone: threading.Event) -> None:
+        self._body = body
+        self._gone = gone
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._body:
+            if self._gone.is_set():
+                return  # close() follows: it closes the upstream connection
+            yield chunk
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()
+
+
+def _request_uri(scope: Scope) -> str | None:
+    """The request target as sent (path still percent-encoded), or ``None`` if unknown."""
+    raw: bytes | None = scope.get("raw_path")
+    if raw is None:
+        return None
+    path = raw.decode("latin-1")
+    root = scope.get("root_path", "")
+    if root and not unquote_to_bytes(path).decode("latin-1").startswith(root):
+        # Some servers (uvicorn's --root-path) add root_path to "path" but not to "raw_path".
+        path = quote(root.encode("utf-8"), safe="/") + path
+    query = scope.get("query_string", b"").decode("latin-1")
+    return f"{path}?{query}" if query else path
+
+
+class _GatewayWSGIApp:
+    """Runs in a2wsgi's threads: completes the environ, then calls the gateway."""
+
+    def __init__(self, gateway: InvokeMiddleware) -> None:
+        self.gateway = gateway
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        scope: Scope = environ["asgi.scope"]
+        client: _Client = scope[_CLIENT_KEY]
+        environ["wsgi.input_terminated"] = True  # the ASGI server signals the body's end
+        request_uri = _request_uri(scope)
+        if request_uri is not None:
+            environ["REQUEST_URI"] = request_uri
+        return _UntilClientLeaves(self.gateway(environ, start_response), client.gone)
+
+
+class InvokeASGIMiddleware:
+    """ASGI middleware: the gateway's runtime routes on threads, everything else to ``app``.
+
+    ``gateway`` is an :class:`~invoke_middleware.middleware.InvokeMiddleware` (its own WSGI
+    app is never called from here; give it ``werkzeug.exceptions.NotFound()``). ``workers``
+    bounds the threads that run runtime requests (see :data:`DEFAULT_WORKERS`);
+    ``send_queue_size`` bounds the response chunks queued per request. Works as
+    ``app.add_middleware(InvokeASGIMiddleware, gateway=...)`` in FastAPI and Starlette.
+    Call :meth:`close` at shutdown.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        gateway: InvokeMiddleware,
+        workers: int = DEFAULT_WORKERS,
+        send_queue_size: int = DEFAULT_SEND_QUEUE_SIZE,
+    ) -> None:
+        if workers < 1 or send_queue_size < 1:
+            raise ValueError("workers and send_queue_size must be at least 1.")
+        self.app = app
+        self.gateway = gateway
+        self.workers = workers
+        self._wsgi = WSGIMiddleware(
+            _GatewayWSGIApp(gateway),  # type: ignore[arg-type]  # a2wsgi's own WSGI types
+            workers=workers,
+            send_queue_size=send_queue_size,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._is_runtime(scope):
+            await self.app(scope, receive, send)
+            return
+        client = _Client(receive)
+        pump = asyncio.create_task(client.pump())
+        try:
+            await self._wsgi({**scope, _CLIENT_KEY: client}, client.receive, send)  # type: ignore[arg-type]
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+    def _is_runtime(self, scope: Scope) -> bool:
+        # The same PATH_INFO a2wsgi will build, so both sides agree on what is a runtime route.
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        path_info = path.encode("utf-8").decode("latin-1")
+        return self.gateway.router.match(path_info or "/") is not None
+
+    def close(self) -> None:
+        """Stop the threads (after the requests they run) and close the gateway's transports."""
+        self._wsgi.executor.shutdown(wait=False)
+        self.gateway.close()

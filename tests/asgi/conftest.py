@@ -1,0 +1,3 @@
+"""Fixtures for the ASGI host tests."""
+
+from tests.integrations.conftest import upstream  # noqa: F401  (fixture)

@@ -1,0 +1,244 @@
+"""A FastAPI host with the gateway under a real uvicorn on loopback: routes, streaming,
+clients that go away, and errors in the gateway's format."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from invoke_middleware import RelayFinished
+from tests.asgi.paced_upstream import MAX_WAIT, event, serve_paced
+from tests.asgi.server import PREFIX, host_app, make_gateway, serve_uvicorn
+from tests.integration.gateway import (
+    CLIENT_TIMEOUT,
+    RunningGateway,
+    assert_gateway_error,
+    exchange,
+)
+from tests.integration.sink import SinkUpstream, pattern_blocks, pattern_digest, serve_sink
+from tests.upstreams import RawUpstream, serve_raw
+
+RELAY = PREFIX + "/r/containers/svc"
+EVENT_COUNT = 5
+
+
+class Finished:
+    """An after-relay hook that keeps what it is told; :meth:`wait` for a number of them."""
+
+    def __init__(self) -> None:
+        self.events: list[RelayFinished] = []
+        self._arrived = threading.Condition()
+
+    def __call__(self, finished: RelayFinished) -> None:
+        with self._arrived:
+            self.events.append(finished)
+            self._arrived.notify_all()
+
+    def wait(self, count: int) -> list[RelayFinished]:
+        with self._arrived:
+            self._arrived.wait_for(lambda: len(self.events) >= count, MAX_WAIT)
+        return list(self.events)
+
+
+@contextlib.contextmanager
+def running(upstream_url: str, *, workers: int = 4, **options: Any) -> Iterator[RunningGateway]:
+    """The FastAPI host with the gateway (``options``) under uvicorn, ``workers`` threads."""
+    gateway, key = make_gateway(upstream_url, **options)
+    try:
+        with serve_uvicorn(host_app(gateway, workers=workers)) as port:
+            yield RunningGateway(
+                url=f"http://127.0.0.1:{port}", port=port, key=key, middleware=gateway
+            )
+    finally:
+        gateway.close()
+
+
+@pytest.fixture
+def raw() -> Iterator[RawUpstream]:
+    with serve_raw() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def sink() -> Iterator[SinkUpstream]:
+    with serve_sink() as upstream:
+        yield upstream
+
+
+@contextlib.contextmanager
+def _events_request(gateway: RunningGateway) -> Iterator[http.client.HTTPResponse]:
+    connection = gateway.connection()
+    try:
+        connection.request("GET", RELAY + "/events", headers=gateway.auth)
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Type") == "text/event-stream"
+        yield response
+    finally:
+        connection.close()
+
+
+def _read_event(response: http.client.HTTPResponse) -> bytes:
+    """Read up to the end of one event (``read1`` returns what has arrived, never waits for
+    more once it has some)."""
+    data = b""
+    while not data.endswith(b"\n\n"):
+        piece = response.read1(65536)
+        assert piece, "the stream ended"
+        data += piece
+    return data
+
+
+# --- routes ----------------------------------------------------------------------------
+
+
+def test_host_keeps_its_own_routes_next_to_the_runtime_routes(raw: RawUpstream) -> None:
+    with running(raw.url) as gateway:
+        hello = exchange(gateway, "GET", "/hello", auth=False)
+        profile = exchange(gateway, "GET", PREFIX + "/profile", auth=False)
+        unknown = exchange(gateway, "GET", PREFIX + "/nothing-here", auth=False)
+        listing = exchange(gateway, "GET", PREFIX + "/r/containers")
+        relayed = exchange(gateway, "GET", RELAY + "/headers")
+    assert (hello.status, json.loads(hello.body)) == (200, {"host": "fastapi"})
+    assert (profile.status, json.loads(profile.body)) == (200, {"user": "ada"})
+    # FastAPI's own 404, not the gateway's.
+    assert unknown.status == 404
+    assert unknown.header("X-Invoke-Error") is None
+    assert listing.status == 200
+    assert [s["slug"] for s in json.loads(listing.body)["services"]] == ["svc"]
+    assert relayed.status == 200
+    assert relayed.all("Set-Cookie") == ["a=1; Path=/", "b=2"]
+    assert relayed.header("X-Request-ID")
+
+
+# --- streaming -------------------------------------------------------------------------
+
+
+def test_server_sent_events_reach_the_client_one_by_one_as_the_upstream_sends_them() -> None:
+    with (
+        serve_paced() as upstream,
+        running(upstream.url) as gateway,
+        _events_request(gateway) as response,
+    ):
+        for number in range(EVENT_COUNT):
+            upstream.send_next()
+            # The upstream has not sent event n+1 yet: event n came on its own.
+            assert _read_event(response) == event(number)
+            assert len(upstream.sent_at) == number + 1
+        upstream.end()
+        assert response.read() == b""  # and the stream ends cleanly
+
+
+def test_client_that_leaves_mid_stream_frees_the_thread_and_the_upstream() -> None:
+    finished = Finished()
+    # One thread only: the request after the disconnect is served only if it was freed.
+    with (
+        serve_paced() as upstream,
+        running(upstream.url, workers=1, after_relay=[finished]) as gateway,
+    ):
+        with _events_request(gateway) as response:
+            upstream.send_next()
+            assert _read_event(response) == event(0)
+        # The client went away, the stream still open upstream.
+        # The thread notices at the next chunk; send until the upstream sees the close.
+        for _ in range(int(MAX_WAIT / 0.1)):
+            upstream.send_next()
+            if upstream.closed.wait(0.1):
+                break
+        assert upstream.closed.is_set()
+        [relay] = finished.wait(1)
+        assert relay.error_code == "client_closed"
+        listing = exchange(gateway, "GET", PREFIX + "/r/containers")
+        assert listing.status == 200
+
+
+def test_chunked_upload_streams_to_the_upstream_byte_exact(sink: SinkUpstream) -> None:
+    size = 3 * 1024 * 1024 + 17
+    with running(sink.url) as gateway:
+        connection = gateway.connection()
+        connection.request(
+            "PUT",
+            RELAY + "/upload",
+            body=pattern_blocks(size),
+            headers={**gateway.auth, "Transfer-Encoding": "chunked"},
+            encode_chunked=True,
+        )
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        connection.close()
+    assert response.status == 200
+    assert answer == {"size": size, "sha256": pattern_digest(size)}
+    assert sink.uploads[-1].complete
+    assert sink.uploads[-1].transfer_encoding == "chunked"
+
+
+@pytest.mark.parametrize(
+    "chunked", [pytest.param(False, id="content-length"), pytest.param(True, id="chunked")]
+)
+def test_upload_the_client_abandons_never_reaches_the_upstream_complete(
+    sink: SinkUpstream, chunked: bool
+) -> None:
+    finished = Finished()
+    with running(sink.url, after_relay=[finished]) as gateway:
+        framing = "Transfer-Encoding: chunked" if chunked else "Content-Length: 10000000"
+        head = (
+            f"PUT {RELAY}/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {gateway.key}\r\n{framing}\r\n\r\n"
+        ).encode()
+        piece = b"x" * 65536
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=CLIENT_TIMEOUT) as sock:
+            sock.sendall(head)
+            for _ in range(8):
+                sock.sendall(b"%X\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
+        [relay] = finished.wait(1)
+        exchange(gateway, "GET", PREFIX + "/r/containers")  # still serving
+    assert relay.error_code is not None
+    assert relay.bytes_in < 10_000_000
+    assert sink.uploads, "the upstream never saw the upload"
+    assert not sink.uploads[-1].complete
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+def test_gateway_errors_keep_their_format_under_uvicorn(raw: RawUpstream) -> None:
+    with running(raw.url) as gateway:
+        assert_gateway_error(
+            exchange(gateway, "GET", RELAY + "/x", auth=False), 401, "unauthenticated"
+        )
+        assert_gateway_error(
+            exchange(gateway, "GET", PREFIX + "/r/containers/nope/x"), 404, "service_not_found"
+        )
+        assert_gateway_error(exchange(gateway, "GET", RELAY + "/garbage"), 502, "upstream_error")
+        # uvicorn decodes the path; the gateway still checks the target as the client sent it.
+        assert_gateway_error(exchange(gateway, "GET", RELAY + "/a%2Fb"), 400, "invalid_path")
+        assert_gateway_error(exchange(gateway, "GET", RELAY + "/%2e%2e/x"), 400, "invalid_path")
+        assert_gateway_error(
+            exchange(
+                gateway, "POST", PREFIX + "/r/invoke/svc", [("Content-Type", "text/plain")], b"x"
+            ),
+            415,
+            "unsupported_media_type",
+        )
+        reply = exchange(gateway, "GET", RELAY + "/x", [("X-Request-ID", "trace-42")], auth=False)
+    assert reply.header("X-Request-ID") == "trace-42"
+    assert json.loads(reply.body)["request_id"] == "trace-42"
+
+
+def test_upstream_failure_mid_body_aborts_the_client_response(raw: RawUpstream) -> None:
+    with running(raw.url) as gateway:
+        connection = gateway.connection()
+        connection.request("GET", RELAY + "/truncate", headers=gateway.auth)
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Length") == "1000"
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()
+        connection.close()
