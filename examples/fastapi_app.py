@@ -21,10 +21,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from werkzeug.exceptions import NotFound
 
 from invoke_middleware import InvokeMiddleware
-from invoke_middleware.asgi import InvokeASGIMiddleware
+from invoke_middleware.asgi import InvokeASGIMiddleware, no_wsgi_host
 from invoke_middleware.hooks import RelayFinished
 from invoke_middleware.store import SQLStore
 
@@ -44,9 +43,9 @@ def create_app(database_url: str | None = None) -> FastAPI:
     """
     store = SQLStore(database_url or os.environ.get("INVOKE_DATABASE_URL", "sqlite:///invoke.db"))
     store.init()  # creates the tables that are missing; safe on every start
-    # NotFound(): the gateway's own fallback is never reached, FastAPI answers the rest.
+    # no_wsgi_host: the gateway's own fallback is never reached, FastAPI answers the rest.
     gateway = InvokeMiddleware(
-        NotFound(),
+        no_wsgi_host,
         prefix="/api/v1",
         registry=store.services,
         credentials=store.credentials,

@@ -7,11 +7,10 @@ other request (and every WebSocket or lifespan event) goes to the ASGI app untou
 event loop, never on a thread. Usage::
 
     from fastapi import FastAPI
-    from werkzeug.exceptions import NotFound
     from invoke_middleware import InvokeMiddleware
-    from invoke_middleware.asgi import InvokeASGIMiddleware
+    from invoke_middleware.asgi import InvokeASGIMiddleware, no_wsgi_host
 
-    gateway = InvokeMiddleware(NotFound(), registry=registry, prefix="/api/v1")
+    gateway = InvokeMiddleware(no_wsgi_host, registry=registry, prefix="/api/v1")
     app = FastAPI()
     app.add_middleware(InvokeASGIMiddleware, gateway=gateway)
 
@@ -50,6 +49,7 @@ __all__ = [
     "DEFAULT_WORKERS",
     "ASGIApp",
     "InvokeASGIMiddleware",
+    "no_wsgi_host",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -68,6 +68,16 @@ DEFAULT_SEND_QUEUE_SIZE = 4
 # Where the per-request client state rides from the event loop to the thread: a2wsgi puts
 # the ASGI scope in the WSGI environ as "asgi.scope".
 _CLIENT_KEY = "invoke_middleware.client"
+
+
+def no_wsgi_host(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """The WSGI host to give an :class:`InvokeMiddleware` served under an ASGI app.
+
+    :class:`InvokeASGIMiddleware` only hands it the runtime routes, so this app is never
+    reached there; should the gateway be called directly with another path, it answers 404.
+    """
+    start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "9")])
+    return [b"Not Found"]
 
 
 class _Client:
@@ -165,7 +175,7 @@ class InvokeASGIMiddleware:
     """ASGI middleware: the gateway's runtime routes on threads, everything else to ``app``.
 
     ``gateway`` is an :class:`~invoke_middleware.middleware.InvokeMiddleware` (its own WSGI
-    app is never called from here; give it ``werkzeug.exceptions.NotFound()``). ``workers``
+    app is never called from here; give it :func:`no_wsgi_host`). ``workers``
     bounds the threads that run runtime requests (see :data:`DEFAULT_WORKERS`);
     ``send_queue_size`` bounds the response chunks queued per request. Works as
     ``app.add_middleware(InvokeASGIMiddleware, gateway=...)`` in FastAPI and Starlette.

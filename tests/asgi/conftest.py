@@ -1,3 +1,1 @@
-"""Fixtures for the ASGI host tests."""
-
-from tests.integrations.conftest import upstream  # noqa: F401  (fixture)
+"""Fixtures for the ASGI host tests: the recording upstream is ``tests/conftest.py``'s."""

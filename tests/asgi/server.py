@@ -27,7 +27,6 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
-from werkzeug.exceptions import NotFound
 
 from invoke_middleware import (
     InMemoryServiceRegistry,
@@ -37,7 +36,7 @@ from invoke_middleware import (
     ServiceStatus,
     ServiceType,
 )
-from invoke_middleware.asgi import InvokeASGIMiddleware
+from invoke_middleware.asgi import InvokeASGIMiddleware, no_wsgi_host
 from tests.integration.gateway_process import GatewayProcess
 
 PREFIX = "/api/v1"
@@ -77,7 +76,7 @@ def make_gateway(upstream_url: str, **options: Any) -> tuple[InvokeMiddleware, s
             upstream_url=upstream_url,
         )
     )
-    gateway = InvokeMiddleware(NotFound(), registry=registry, prefix=PREFIX, **options)
+    gateway = InvokeMiddleware(no_wsgi_host, registry=registry, prefix=PREFIX, **options)
     key = gateway.credentials.issue(KeyKind.INTEGRATION, team_id=team).key
     return gateway, key
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 import select
 import socket
@@ -15,8 +14,8 @@ import requests
 
 from invoke_middleware.store import SQLStore
 from tests.asgi.server import START_TIMEOUT
-from tests.integrations.conftest import LoopbackUpstream
 from tests.integrations.helpers import SLUG, bearer, issue_key, register_echo
+from tests.toolkit.upstream import Received, RecordingUpstream
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fastapi_app.py"
 PREFIX = "/api/v1"
@@ -30,7 +29,7 @@ def _free_port() -> int:
 
 
 def test_fastapi_example_serves_its_page_and_relays_when_run_as_a_script(
-    tmp_path: Path, upstream: LoopbackUpstream
+    tmp_path: Path, upstream: RecordingUpstream
 ) -> None:
     database = f"sqlite:///{tmp_path / 'invoke.db'}"
     with SQLStore(database) as store:
@@ -91,10 +90,11 @@ def test_fastapi_example_serves_its_page_and_relays_when_run_as_a_script(
         assert process.stderr is not None
         process.stderr.close()
     assert relayed.status_code == 200
-    assert relayed.json()["target"] == "/files/a.txt?v=2"
-    assert relayed.json()["body"] == "new contents"
-    assert "authorization" not in relayed.json()["headers"]
+    echoed = Received.from_json(relayed.content)
+    assert echoed.target == "/files/a.txt?v=2"
+    assert echoed.body == b"new contents"
+    assert echoed.header("Authorization") is None
     assert invoked.status_code == 200
-    assert json.loads(base64.b64decode(invoked.json()["body_base64"]))["body"] == "hi"
+    assert Received.from_json(base64.b64decode(invoked.json()["body_base64"])).body == b"hi"
     assert refused.status_code == 401
     assert refused.headers["X-Invoke-Error"] == "unauthenticated"

@@ -16,13 +16,9 @@ import pytest
 from invoke_middleware import RelayFinished
 from tests.asgi.paced_upstream import MAX_WAIT, event, serve_paced
 from tests.asgi.server import PREFIX, host_app, make_gateway, serve_uvicorn
-from tests.integration.gateway import (
-    CLIENT_TIMEOUT,
-    RunningGateway,
-    assert_gateway_error,
-    exchange,
-)
+from tests.integration.gateway import CLIENT_TIMEOUT, RunningGateway, exchange
 from tests.integration.sink import SinkUpstream, pattern_blocks, pattern_digest, serve_sink
+from tests.toolkit.errors import assert_gateway_error
 from tests.upstreams import RawUpstream, serve_raw
 
 RELAY = PREFIX + "/r/containers/svc"
