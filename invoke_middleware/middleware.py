@@ -50,6 +50,9 @@ from invoke_middleware.transport.base import Transport
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+# U+FFFD as a PEP 3333 environ string carries it: what a lossy UTF-8 decoding leaves.
+_LOST_BYTES = "\ufffd".encode().decode("latin-1")
+
 # Characters left as they are when a decoded path has to be re-encoded (RFC 3986 pchar).
 _PCHAR_SAFE = "/:@!$&'()*+,;=-._~"
 
@@ -219,8 +222,8 @@ def _raw_path_info(environ: WSGIEnvironment) -> str | None:
     """PATH_INFO as the client spelled it (still percent-encoded), when the server kept it.
 
     Servers put the request target in ``REQUEST_URI`` or ``RAW_URI``; it is only trusted when
-    it decodes to exactly ``SCRIPT_NAME + PATH_INFO``; when it decodes to something else the
-    server changed the path, and :class:`InvalidPathError` is raised.
+    it decodes to exactly ``SCRIPT_NAME + PATH_INFO`` (or ``PATH_INFO`` alone). When the server
+    replaced bytes it could not decode, :class:`InvalidPathError` is raised.
     """
     target: Any = environ.get("REQUEST_URI") or environ.get("RAW_URI")
     if not isinstance(target, str):
@@ -235,10 +238,16 @@ def _raw_path_info(environ: WSGIEnvironment) -> str | None:
     script_name = environ.get("SCRIPT_NAME", "")
     path_info = environ.get("PATH_INFO", "")
     decoded = unquote_to_bytes(path).decode("latin-1")
+    if decoded == path_info and decoded != script_name + path_info:
+        # The target leaves out the mount point (a proxy stripped the prefix it sets as
+        # SCRIPT_NAME, or a test client): it spells PATH_INFO alone.
+        return path
     if decoded != script_name + path_info:
-        # The server rewrote the path it decoded (a lossy UTF-8 decoding turns overlong or
-        # invalid bytes into U+FFFD, say): what the client sent is unknown, so it is not relayed.
-        raise InvalidPathError("The server could not decode the path as it was sent.")
+        if _LOST_BYTES in path_info and _LOST_BYTES not in decoded:
+            # The server decoded the path lossily (invalid or overlong UTF-8 became U+FFFD):
+            # what the client sent is unknown, so it is not relayed.
+            raise InvalidPathError("The server could not decode the path as it was sent.")
+        return None
     if not script_name:
         return path
     # Find where the raw SCRIPT_NAME ends: the shortest raw prefix that decodes to it.
