@@ -12,6 +12,12 @@ own) on the connection, where a careless pool would read it as the next caller's
   it went out);
 - ``/head-body`` (``HEAD``): a head announcing a body, then that body anyway, which is the
   planted response (``?late=1``: 50 ms later, ``late_sent`` set after).
+
+And two answers a WSGI server must never be handed as they are:
+
+- ``/trailers``: ``hello`` with a ``Trailers`` field (which PEP 3333 servers refuse from an
+  application) and a ``Connection``-named field;
+- ``/switch``: ``101 Switching Protocols`` to a request that asked for no upgrade.
 """
 
 from __future__ import annotations
@@ -99,6 +105,20 @@ class HostileUpstream(RawUpstream):
         else:
             connection.sock.sendall(self._head(len(PLANTED)) + PLANTED)
         return True
+
+    def _handle_trailers(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        fields = [("Content-Type", "text/plain"), ("Trailers", "X-Checksum")]
+        fields += [("Connection", "X-Hop"), ("X-Hop", "1"), ("X-Kept", "yes")]
+        return self._respond(connection, method, "200 OK", fields, b"hello")
+
+    def _handle_switch(self, connection: _Connection, method: str, params: dict[str, str]) -> bool:
+        self._send_head(
+            connection, "101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade"
+        )
+        connection.sock.sendall(b"\x81\x05hello")  # a WebSocket frame, as if upgraded
+        return False
 
 
 @contextlib.contextmanager
