@@ -55,6 +55,7 @@ __all__ = [
     "MAX_REQUEST_ID_LENGTH",
     "TCHARS",
     "TOKEN_PATTERN",
+    "UNSAFE_TARGET_PATTERN",
     "UNSAFE_VALUE_PATTERN",
     "WSGI_REFUSED_HEADERS",
     "ForwardingRules",
@@ -169,6 +170,11 @@ CONTENT_LENGTH_PATTERN: Final = re.compile(r"[0-9]{1,18}")
 #: A control character other than HTAB, which no field value may hold (RFC 9110 §5.5) and a
 #: WSGI server such as gunicorn refuses in a response. Use with ``search``.
 CONTROL_CHARACTER_PATTERN: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+#: Whitespace and control characters, which a request-target never holds (RFC 9112 §3.2):
+#: one would end it early and let the rest pass for another part of the request. Use with
+#: ``search``.
+UNSAFE_TARGET_PATTERN: Final = re.compile(r"[\x00-\x20\x7f]")
 
 _SAFE_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:@/+=\-]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 # RFC 9110 §5.6.5: comments may hold commas, so they go before a Via list is split.

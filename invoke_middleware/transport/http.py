@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import http.client
 import io
-import re
 import select
 import socket
 import ssl
@@ -37,7 +36,7 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
-from ..headers import is_safe_value, is_token
+from ..headers import UNSAFE_TARGET_PATTERN, is_safe_value, is_token
 from ._origin import Origin, split_url
 from ._response import FinalResponse
 from ._tls import CABundle, resolve_ssl_context
@@ -487,11 +486,6 @@ class _HTTPSConnection(http.client.HTTPSConnection):
     response_class = FinalResponse
 
 
-# Request targets come checked from the relay, but a transport is also used directly, and
-# nothing that could split the request may reach the wire.
-_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
-
-
 def _request_head(request: UpstreamRequest, target: str, host: str) -> bytes:
     """The request line and header section, as sent (RFC 9112 §3, §5).
 
@@ -500,7 +494,9 @@ def _request_head(request: UpstreamRequest, target: str, host: str) -> bytes:
     or NUL in values, no whitespace or control characters in the target.
     """
     method = request.method
-    if not is_token(method) or _UNSAFE_TARGET.search(target):
+    # Request targets come checked from the relay, but a transport is also used directly, and
+    # nothing that could split the request may reach the wire.
+    if not is_token(method) or UNSAFE_TARGET_PATTERN.search(target):
         raise InvalidRequestError("The request cannot be sent.")
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
     for name, value in request.headers:
