@@ -25,7 +25,8 @@ gateway append to them. With ``trusted_hops = N`` the gateway behaves like werkz
 - ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are the N-th value from the right of the
   incoming field when there are at least N values and that value is well formed (``http`` or
   ``https``; a host name, IP literal and optional port); otherwise the connection's scheme and
-  host.
+  host. The caller's ``Host`` is its own text, so ``X-Forwarded-Host`` is left out when that
+  is not a valid ``host[:port]`` either.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from invoke_middleware.errors import (
 
 __all__ = [
     "CONTENT_LENGTH_PATTERN",
+    "CONTROL_CHARACTER_PATTERN",
     "DEFAULT_FORWARDING_RULES",
     "DEFAULT_MAX_HEADER_BYTES",
     "DEFAULT_MAX_HEADER_COUNT",
@@ -53,7 +55,9 @@ __all__ = [
     "MAX_REQUEST_ID_LENGTH",
     "TCHARS",
     "TOKEN_PATTERN",
+    "UNSAFE_TARGET_PATTERN",
     "UNSAFE_VALUE_PATTERN",
+    "WSGI_REFUSED_HEADERS",
     "ForwardingRules",
     "check_header_limits",
     "choose_request_id",
@@ -113,9 +117,30 @@ _RELAY_CREDENTIAL_HEADERS = frozenset({"authorization", "x-team-id"})
 _REQUEST_DROP = HOP_BY_HOP_HEADERS | GATEWAY_HEADERS
 _REQUEST_DROP_AUTHORIZATION = _REQUEST_DROP | {"authorization"}
 _RELAY_DROP = _REQUEST_DROP | _RELAY_CREDENTIAL_HEADERS
+#: Names a PEP 3333 server refuses in an application's response, lower-case: the union of
+#: wsgiref's (``wsgiref.util.is_hop_by_hop``, an assertion), waitress's (an assertion, so a
+#: 500) and gunicorn's (dropped) lists. ``Trailers`` is not a field of RFC 9110, but the
+#: servers refuse it all the same, so a relayed response must never carry it.
+WSGI_REFUSED_HEADERS: frozenset[str] = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
 # A container may not fake a gateway error, nor hand out a second request id: every response
 # carries the gateway's (SPEC §6).
-_RESPONSE_DROP = HOP_BY_HOP_HEADERS | {ERROR_MARKER_HEADER.lower(), REQUEST_ID_HEADER.lower()}
+_RESPONSE_DROP = (
+    HOP_BY_HOP_HEADERS
+    | WSGI_REFUSED_HEADERS
+    | {ERROR_MARKER_HEADER.lower(), REQUEST_ID_HEADER.lower()}
+)
 
 #: The name this gateway gives itself in ``Via`` (RFC 9110 §7.6.3 received-by pseudonym).
 DEFAULT_PSEUDONYM = "invoke-middleware"
@@ -142,11 +167,20 @@ UNSAFE_VALUE_PATTERN: Final = re.compile(r"[\r\n\x00]")
 #: "²"), at most 18 of them so the value fits a 64-bit length. Use with ``fullmatch``.
 CONTENT_LENGTH_PATTERN: Final = re.compile(r"[0-9]{1,18}")
 
+#: A control character other than HTAB, which no field value may hold (RFC 9110 §5.5) and a
+#: WSGI server such as gunicorn refuses in a response. Use with ``search``.
+CONTROL_CHARACTER_PATTERN: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+#: Whitespace and control characters, which a request-target never holds (RFC 9112 §3.2):
+#: one would end it early and let the rest pass for another part of the request. Use with
+#: ``search``.
+UNSAFE_TARGET_PATTERN: Final = re.compile(r"[\x00-\x20\x7f]")
+
 _SAFE_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:@/+=\-]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 # RFC 9110 §5.6.5: comments may hold commas, so they go before a Via list is split.
 _VIA_COMMENT = re.compile(r"\([^()]*\)")
 # reg-name / IPv4 / [IPv6], then an optional port.
-_FORWARDED_HOST = re.compile(r"(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+_FORWARDED_HOST = re.compile(r"(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?")
 _FORWARDED_PROTOS = frozenset({"http", "https"})
 
 
@@ -314,19 +348,27 @@ def forward_request_headers(
     if proto not in _FORWARDED_PROTOS:
         proto = scheme
     forwarded_host = hosts[-hops] if hops and len(hosts) >= hops else ""
-    if _FORWARDED_HOST.fullmatch(forwarded_host) is None:
+    if not _is_host(forwarded_host):
         forwarded_host = host
 
     end_to_end += (
         ("Via", ", ".join(v for v in vias if v)),
         ("X-Forwarded-For", ", ".join(chain)),
         ("X-Forwarded-Proto", proto),
-        ("X-Forwarded-Host", forwarded_host),
-        (REQUEST_ID_HEADER, request_id),
     )
+    # The caller's Host is whatever it wrote: passed on only when it names a host.
+    if _is_host(forwarded_host):
+        end_to_end.append(("X-Forwarded-Host", forwarded_host))
+    end_to_end.append((REQUEST_ID_HEADER, request_id))
     if authorization is not None:
         end_to_end.append(("Authorization", authorization))
     return tuple(end_to_end)
+
+
+def _is_host(value: str) -> bool:
+    """Whether ``value`` is ``host[:port]``: a reg-name or IP literal, a port up to 65535."""
+    match = _FORWARDED_HOST.fullmatch(value)
+    return match is not None and (match[1] is None or int(match[1]) <= 65535)
 
 
 def _split_list(value: str) -> list[str]:
@@ -369,11 +411,18 @@ def filter_response_headers(headers: Collection[tuple[str, str]]) -> list[tuple[
     """The container's response fields that may reach the caller.
 
     Drops the hop-by-hop set (``Content-Length`` included: the gateway frames the body it
-    sends itself), the fields the response's ``Connection`` names, the gateway's error marker
+    sends itself), every name a WSGI server refuses from an application
+    (:data:`WSGI_REFUSED_HEADERS`: under any server the response is relayed, never turned
+    into the server's 500), fields whose value holds a control character, the fields the
+    response's ``Connection`` names, the gateway's error marker
     (so a container cannot pass its response off as a gateway error) and ``X-Request-ID``
     (the gateway's own is set on every response).
     """
-    return _kept(headers, _RESPONSE_DROP)
+    return [
+        (name, value)
+        for name, value in _kept(headers, _RESPONSE_DROP)
+        if CONTROL_CHARACTER_PATTERN.search(value) is None
+    ]
 
 
 def fold_response_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:

@@ -60,6 +60,7 @@ from invoke_middleware.transport.base import (
     Timeouts,
     Transport,
     UpstreamRequest,
+    UpstreamResponse,
 )
 from invoke_middleware.transport.http import HTTPTransport
 
@@ -361,6 +362,7 @@ class Pipeline:
             body=envelope.body if envelope.body or envelope.method not in ("GET", "HEAD") else None,
             content_length=len(envelope.body),
             timeouts=service.timeouts.merged_over(settings.timeouts),
+            tenant=_tenant(principal),
         )
         relay = self._start(
             request_id=request_id,
@@ -372,7 +374,7 @@ class Pipeline:
         )
         status, error_code, bytes_out = 502, None, 0
         try:
-            response = self._transport_for(service).send(upstream)
+            response = _final(self._transport_for(service).send(upstream))
             try:
                 body = read_response(response, envelope.method, settings.max_response_body_bytes)
             finally:
@@ -407,6 +409,7 @@ class Pipeline:
             body=body,
             content_length=length,
             timeouts=service.timeouts.merged_over(settings.timeouts),
+            tenant=_tenant(principal),
         )
         relay = self._start(
             request_id=request_id,
@@ -417,7 +420,7 @@ class Pipeline:
             path=tail,
         )
         try:
-            response = self._transport_for(service).send(upstream)
+            response = _final(self._transport_for(service).send(upstream))
         except Exception as error:
             failure = as_gateway_error(error)
             self._finish(relay, failure.status, body.sent if body else 0, 0, failure.code)
@@ -486,6 +489,22 @@ class _Relay:
 
     event: RelayStarted
     started: float
+
+
+def _final(response: UpstreamResponse) -> UpstreamResponse:
+    """``response``, unless it is not a final answer: a ``101`` (only ever an answer to an
+    upgrade, which the gateway never relays: the caller got 501 before asking), or any other
+    1xx a transport let through. A WSGI server cannot send either to the caller."""
+    if response.status < 200:
+        response.close()
+        raise UpstreamError("The service switched protocols; upgrades are not relayed.")
+    return response
+
+
+def _tenant(principal: Principal) -> str:
+    # Transports pool connections per tenant: no connection, and so no byte an upstream sends
+    # past the end of a response, ever passes from one team to another (README, security).
+    return str(principal.team_id)
 
 
 def _safe_reason(reason: str, status: int) -> str:

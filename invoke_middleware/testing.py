@@ -21,7 +21,6 @@ Upstreams without a network, in the style of ``httpx.MockTransport``::
 
 from __future__ import annotations
 
-import http
 import threading
 import time
 import uuid
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from invoke_middleware.auth.keys import KeyKind
 from invoke_middleware.auth.stores import CredentialStore
+from invoke_middleware.errors import reason_phrase
 from invoke_middleware.transport.base import (
     Closeable,
     Transport,
@@ -187,10 +187,7 @@ def make_response(
         if name.lower() == "content-length" and value.isdigit():
             content_length = int(value)
     if reason is None:
-        try:
-            reason = http.HTTPStatus(status).phrase
-        except ValueError:
-            reason = ""
+        reason = reason_phrase(status)
     stream = _MockBody([body] if chunks is None else chunks)
     return UpstreamResponse(
         status=status,

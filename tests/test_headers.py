@@ -556,3 +556,85 @@ def test_is_safe_value_refuses_cr_lf_and_nul(value: str, safe: bool) -> None:
 def test_connection_tokens_reads_every_connection_field() -> None:
     headers = [("connection", "Keep-Alive, X-A"), ("CONNECTION", " x-b ,"), ("X-A", "1")]
     assert connection_tokens(headers) == frozenset({"keep-alive", "x-a", "x-b"})
+
+
+# --- what a WSGI server refuses from an application ---------------------------------------
+
+#: The union of the names wsgiref (``wsgiref.util.is_hop_by_hop``), waitress
+#: (``waitress.task.hop_by_hop``) and gunicorn (``gunicorn.util.hop_headers``, which it drops)
+#: treat as hop-by-hop in an application's response.
+WSGI_SERVERS_REFUSE = [
+    "Connection",
+    "Keep-Alive",
+    "Proxy-Authenticate",
+    "Proxy-Authorization",
+    "TE",
+    "Trailers",
+    "Transfer-Encoding",
+    "Upgrade",
+]
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in WSGI_SERVERS_REFUSE])
+def test_response_filtering_drops_every_name_a_wsgi_server_refuses(name: str) -> None:
+    received = [("Content-Type", "text/plain"), (name, "x"), (name.lower(), "y")]
+    assert filter_response_headers(received) == [("Content-Type", "text/plain")]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("a\x01b", id="soh"),
+        pytest.param("a\x1bb", id="escape"),
+        pytest.param("a\x7fb", id="del"),
+        pytest.param("a\x0bb", id="vertical-tab"),
+    ],
+)
+def test_response_filtering_drops_fields_whose_value_holds_a_control_character(
+    value: str,
+) -> None:
+    received = [("X-Bad", value), ("X-Good", "a\tb caf\xe9")]
+    assert filter_response_headers(received) == [("X-Good", "a\tb caf\xe9")]
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        pytest.param("gw.example.com", id="name"),
+        pytest.param("gw.example.com:8443", id="name-port"),
+        pytest.param("10.0.0.1", id="ipv4"),
+        pytest.param("[2001:db8::1]:8080", id="ipv6-port"),
+    ],
+)
+def test_x_forwarded_host_is_the_callers_host_when_it_is_valid(host: str) -> None:
+    sent = forward_request_headers(
+        [], remote_addr="203.0.113.9", scheme="https", host=host, request_id="rid-1"
+    )
+    assert added(sent)["x-forwarded-host"] == host
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("evil.example/path", id="slash"),
+        pytest.param("a b", id="space"),
+        pytest.param("evil\x01.example", id="control"),
+        pytest.param("user@evil.example", id="userinfo"),
+        pytest.param("evil.example:port", id="bad-port"),
+        pytest.param("evil.example:123456", id="long-port"),
+        pytest.param("[::1", id="open-bracket"),
+        pytest.param("caf\xe9.example", id="non-ascii"),
+    ],
+)
+def test_x_forwarded_host_is_omitted_when_the_callers_host_is_not_a_host(host: str) -> None:
+    sent = forward_request_headers(
+        [], remote_addr="203.0.113.9", scheme="https", host=host, request_id="rid-1"
+    )
+    assert "x-forwarded-host" not in added(sent)
+    assert [name for name, _ in sent] == [
+        "Via",
+        "X-Forwarded-For",
+        "X-Forwarded-Proto",
+        "X-Request-ID",
+    ]

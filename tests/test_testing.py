@@ -16,7 +16,7 @@ from invoke_middleware.auth import (
     KeyKind,
     Role,
 )
-from invoke_middleware.errors import PayloadTooLargeError, UpstreamError
+from invoke_middleware.errors import PayloadTooLargeError, UpstreamError, reason_phrase
 from invoke_middleware.testing import (
     MockTransport,
     RecordingTransport,
@@ -138,6 +138,11 @@ def test_mock_transport_hands_the_handler_the_whole_body_as_bytes() -> None:
     assert seen[0].body == b"abcd"
     assert (response.status, response.reason) == (201, "Created")
     assert b"".join(response) == b"created"
+
+
+@pytest.mark.parametrize("status", [200, 418, 499, 599, 999])
+def test_make_response_takes_its_reason_from_the_gateways_one_table(status: int) -> None:
+    assert make_response(status).reason == reason_phrase(status)
 
 
 def test_mock_transport_refuses_requests_once_closed() -> None:

@@ -18,16 +18,14 @@ Everything else (chunked decoding, ``read1``, closing) is http.client's.
 from __future__ import annotations
 
 import http.client
-import re
 from typing import Protocol
 
-from invoke_middleware.headers import Headers
+from invoke_middleware.headers import CONTENT_LENGTH_PATTERN, TCHARS, Headers
 
 _MAX_LINE = 65536
-_DIGITS = re.compile(r"[0-9]{1,18}")
 _MAX_FIELDS = 100
-# RFC 9110 §5.6.2 tchar, as bytes for a quick check of field names.
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+# The token characters as bytes, to check a field name before decoding it.
+_TCHAR = frozenset(TCHARS.encode("ascii"))
 
 
 class _LineReader(Protocol):
@@ -110,7 +108,7 @@ class FinalResponse(http.client.HTTPResponse):
             lengths = fields.get_all("content-length")
             if lengths:
                 values = {v.strip() for item in lengths for v in item.split(",")}
-                if len(values) != 1 or _DIGITS.fullmatch(next(iter(values))) is None:
+                if len(values) != 1 or CONTENT_LENGTH_PATTERN.fullmatch(next(iter(values))) is None:
                     raise http.client.HTTPException("invalid Content-Length")
                 self.length = int(values.pop())
         if status in (204, 304) or 100 <= status < 200 or self._method == "HEAD":

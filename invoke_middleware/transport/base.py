@@ -17,7 +17,13 @@ implementation honours the same contract, which the gateway relies on:
   :class:`~invoke_middleware.errors.UpstreamError`, both from ``send`` and from iterating the
   body; a body that ends early raises instead of ending cleanly;
 - a :class:`~invoke_middleware.errors.GatewayError` raised while reading ``request.body``
-  (the caller's body was too large, say) propagates unchanged.
+  (the caller's body was too large, say) propagates unchanged;
+- a connection is never shared between two :attr:`UpstreamRequest.tenant` values: a transport
+  that keeps connections pools them per tenant *and* origin, so bytes an upstream sends past
+  the end of one tenant's response can never be read as another tenant's. A pooled
+  connection is reused only when its last response ended exactly at its framing, with nothing
+  buffered or readable after it. A transport without a pool (one connection per request, or
+  no connection at all) has nothing to do for this.
 
 Lifecycles follow httpx: the bundled transports and every :class:`UpstreamResponse` are
 context managers whose exit calls ``close()``, so a host or a test can write::
@@ -98,6 +104,10 @@ class UpstreamRequest:
     ``None``, bytes, or an iterable of byte chunks; ``content_length`` is its size when known
     (``None`` with an iterable body means chunked transfer coding). The properties below say
     how the body goes on the wire, so that every transport frames it the same way.
+
+    ``tenant`` names who the request is sent for (the gateway sets the caller's team id):
+    connections are pooled per tenant, never shared between two (see the module docstring).
+    ``None`` is a tenant of its own, for requests sent outside the gateway.
     """
 
     method: str
@@ -107,6 +117,7 @@ class UpstreamRequest:
     body: bytes | Iterable[bytes] | None = field(default=None, repr=False)
     content_length: int | None = None
     timeouts: Timeouts = DEFAULT_TIMEOUTS
+    tenant: str | None = None
 
     @property
     def body_stream(self) -> Iterable[bytes] | None:

@@ -1,7 +1,7 @@
 """The default transport: HTTP/1.1 over :mod:`http.client`, with kept-alive connections.
 
-:class:`HTTPTransport` keeps a few idle connections per origin and reuses them, which is what
-makes a relayed request cheap. It speaks exactly the contract of
+:class:`HTTPTransport` keeps a few idle connections per tenant and origin and reuses them,
+which is what makes a relayed request cheap. It speaks exactly the contract of
 :mod:`invoke_middleware.transport.base`: nothing is added to the request but ``Host`` and the
 body framing, nothing of the response is decoded, and every failure becomes one of the
 gateway's own errors::
@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import http.client
 import io
-import re
 import select
 import socket
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -36,13 +36,16 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
-from ..headers import is_safe_value, is_token
+from ..headers import UNSAFE_TARGET_PATTERN, is_safe_value, is_token
 from ._origin import Origin, split_url
 from ._response import FinalResponse
 from ._tls import CABundle, resolve_ssl_context
 from .base import Closeable, UpstreamRequest, UpstreamResponse
 
 __all__ = ["HTTPTransport"]
+
+#: Connections are pooled per tenant and origin: never shared between two tenants.
+_PoolKey = tuple[str | None, Origin]
 
 #: Largest piece handed out per read; a chunk is returned as soon as any bytes arrived.
 _READ_SIZE = 65536
@@ -68,17 +71,26 @@ def _translate(exc: Exception) -> GatewayError:
 
 if hasattr(select, "poll"):
 
-    def _peer_closed(sock: socket.socket) -> bool:
-        # An idle keep-alive connection has nothing to read; readable means the peer closed
-        # it (or sent bytes nobody asked for). Either way it cannot carry a request.
+    def _readable(sock: socket.socket) -> bool:
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         return bool(poller.poll(0))
 
 else:  # pragma: no cover - platforms without poll()
 
-    def _peer_closed(sock: socket.socket) -> bool:
+    def _readable(sock: socket.socket) -> bool:
         return bool(select.select([sock], [], [], 0)[0])
+
+
+def _is_quiet(sock: socket.socket) -> bool:
+    """Whether nothing waits to be read on an idle connection: no bytes the TLS layer has
+    already decrypted (``SSLSocket.pending``, which the socket's readiness does not show),
+    nothing on the socket. Bytes there were sent past the end of the last response, or the
+    peer closed; either way the connection must not carry another request, whose answer
+    they would pass for."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return False
+    return not _readable(sock)
 
 
 class _Deadline:
@@ -126,27 +138,54 @@ class _DeadlineReader(io.RawIOBase):
     def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
         self._sock = sock
         self._deadline = deadline
+        self.closing = False
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: Any) -> int | None:
+        if self.closing:
+            return None  # "nothing without waiting": the buffer is looked at, not filled
         self._deadline.arm(self._sock)
         return self._sock.recv_into(buffer)
+
+
+class _ResponseReader(io.BufferedReader):
+    """The buffered reader of one response; it notes, when closed, whether it holds bytes
+    beyond what http.client read (``surplus``).
+
+    http.client closes it as soon as the body's framing is complete, and the bytes left in
+    its buffer then were sent past the end of the response: they are discarded with the
+    reader, and the connection with them (RFC 9112 §9.3: a response that ends elsewhere than
+    its framing says leaves the connection in an unknown state).
+    """
+
+    surplus = False
+
+    def close(self) -> None:
+        if not self.closed:
+            raw = self.raw
+            if isinstance(raw, _DeadlineReader):
+                raw.closing = True
+                # Returns what is buffered; with the raw reader closing, never waits.
+                self.surplus = bool(self.peek(1))
+        super().close()
 
 
 class _DeadlineSocket:
     """What :class:`http.client.HTTPResponse` needs of a socket: a ``makefile`` whose reads
     honour the deadline. Closing the file leaves the socket to the pool."""
 
-    __slots__ = ("_deadline", "_sock")
+    __slots__ = ("_deadline", "_sock", "reader")
 
     def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
         self._sock = sock
         self._deadline = deadline
+        self.reader: _ResponseReader | None = None
 
     def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline), _READ_SIZE)
+        self.reader = _ResponseReader(_DeadlineReader(self._sock, self._deadline), _READ_SIZE)
+        return self.reader
 
 
 class _Exchange:
@@ -155,7 +194,8 @@ class _Exchange:
     __slots__ = (
         "_connection",
         "_deadline",
-        "_origin",
+        "_key",
+        "_reader",
         "_response",
         "_sock",
         "_transport",
@@ -167,23 +207,24 @@ class _Exchange:
         self,
         *,
         transport: HTTPTransport,
-        origin: Origin,
+        key: _PoolKey,
         connection: http.client.HTTPConnection,
         deadline: _Deadline,
     ) -> None:
         self._transport = transport
-        self._origin = origin
+        self._key = key
         self._connection = connection
         self._sock: socket.socket = connection.sock
         self._deadline = deadline
         self._response: http.client.HTTPResponse | None = None
+        self._reader: _DeadlineSocket | None = None
         self.stage = _WRITING_HEAD
         self.done = False
 
     def write(self, request: UpstreamRequest, target: str) -> None:
         """Send the request line, headers and body."""
         self._deadline.start(self._sock)
-        head = _request_head(request, target, self._origin.host_header)
+        head = _request_head(request, target, self._key[1].host_header)
         if request.body_stream is None:
             body = request.body_bytes
             if body and len(body) <= _READ_SIZE:
@@ -214,7 +255,7 @@ class _Exchange:
     def read_head(self, method: str) -> FinalResponse:
         """Wait for the response's status line and headers."""
         self.stage = _AWAITING_RESPONSE
-        reader = _DeadlineSocket(self._sock, self._deadline)
+        reader = self._reader = _DeadlineSocket(self._sock, self._deadline)
         response = FinalResponse(reader, method=method)  # type: ignore[arg-type]  # duck-typed
         self._response = response
         response.begin()
@@ -245,15 +286,21 @@ class _Exchange:
                 self.close()
 
     def finish(self) -> None:
-        """The body was read to its end: keep the connection if the response allows it."""
+        """The body was read to its end: keep the connection if the response allows it and
+        it ended exactly at its framing, with nothing buffered or readable past it."""
         response = self._response
         assert response is not None
         self.done = True
         response.close()
-        if response.will_close:
+        reader = self._reader.reader if self._reader is not None else None
+        if (
+            response.will_close
+            or (reader is not None and reader.surplus)
+            or not _is_quiet(self._sock)
+        ):
             self._connection.close()
         else:
-            self._transport._release(self._origin, self._connection)
+            self._transport._release(self._key, self._connection)
 
     def close(self) -> None:
         """Stop early: the connection is in an unknown state and is discarded."""
@@ -266,26 +313,36 @@ class _Exchange:
 
 
 class HTTPTransport(Closeable):
-    """The default transport: :mod:`http.client` with a small keep-alive pool per origin.
+    """The default transport: :mod:`http.client` with a small keep-alive pool per tenant and
+    origin.
 
-    ``pool_size_per_origin`` bounds how many *idle* connections are kept per origin (more may
-    be open at once under load; extra ones are closed when released). TLS is always verified:
-    against ``ca_bundle`` when given, else the system trust store; or pass a ready
-    ``ssl_context`` (one with a client certificate, for mTLS). Safe to share between threads.
+    Connections are pooled per :attr:`~invoke_middleware.transport.base.UpstreamRequest.tenant`
+    and origin, so no connection ever carries two tenants' exchanges, and one goes back to its
+    pool only when its response ended exactly at its framing with nothing buffered or readable
+    after it (checked again before it is reused). ``pool_size_per_origin`` bounds how many
+    *idle* connections are kept per tenant and origin (more may be open at once under load;
+    extra ones are closed when released), ``max_idle_connections`` how many are kept in all
+    (over it, the connection idle the longest is closed). TLS is always verified: against
+    ``ca_bundle`` when given, else the system trust store; or pass a ready ``ssl_context``
+    (one with a client certificate, for mTLS). Safe to share between threads.
     """
 
     def __init__(
         self,
         *,
         pool_size_per_origin: int = 10,
+        max_idle_connections: int = 256,
         ca_bundle: CABundle | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        if pool_size_per_origin < 0:
-            raise ValueError("pool_size_per_origin must not be negative.")
+        if pool_size_per_origin < 0 or max_idle_connections < 0:
+            raise ValueError("Pool sizes must not be negative.")
         self._pool_size = pool_size_per_origin
+        self._max_idle = max_idle_connections
         self._ssl_context = resolve_ssl_context(ca_bundle=ca_bundle, ssl_context=ssl_context)
-        self._idle: dict[Origin, list[http.client.HTTPConnection]] = {}
+        # Least recently released first: the end that gives up a connection over the cap.
+        self._idle: OrderedDict[_PoolKey, list[http.client.HTTPConnection]] = OrderedDict()
+        self._idle_count = 0
         self._lock = threading.Lock()
         self._closed = False
 
@@ -294,13 +351,14 @@ class HTTPTransport(Closeable):
         if self._closed:
             raise RuntimeError("The transport is closed.")
         origin, target = split_url(request.url)
-        connection = self._idle_connection(origin)
+        key = (request.tenant, origin)
+        connection = self._idle_connection(key)
         if connection is not None:
-            response = self._exchange(origin, target, request, connection, reused=True)
+            response = self._exchange(key, target, request, connection, reused=True)
             if response is not None:
                 return response
         connection = self._connect(origin, request.timeouts.connect)
-        response = self._exchange(origin, target, request, connection, reused=False)
+        response = self._exchange(key, target, request, connection, reused=False)
         assert response is not None  # only a reused connection asks for a retry
         return response
 
@@ -308,14 +366,15 @@ class HTTPTransport(Closeable):
         """Close the idle connections; connections still reading a body close when done."""
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, {}
+            idle, self._idle = self._idle, OrderedDict()
+            self._idle_count = 0
         for connections in idle.values():
             for connection in connections:
                 connection.close()
 
     def _exchange(
         self,
-        origin: Origin,
+        key: _PoolKey,
         target: str,
         request: UpstreamRequest,
         connection: http.client.HTTPConnection,
@@ -326,7 +385,7 @@ class HTTPTransport(Closeable):
         timeouts = request.timeouts
         exchange = _Exchange(
             transport=self,
-            origin=origin,
+            key=key,
             connection=connection,
             deadline=_Deadline(timeouts.read, timeouts.total),
         )
@@ -375,25 +434,48 @@ class HTTPTransport(Closeable):
             raise _translate(exc) from exc
         return connection
 
-    def _idle_connection(self, origin: Origin) -> http.client.HTTPConnection | None:
+    def _idle_connection(self, key: _PoolKey) -> http.client.HTTPConnection | None:
         while True:
             with self._lock:
-                idle = self._idle.get(origin)
+                idle = self._idle.get(key)
                 if not idle:
                     return None
                 connection = idle.pop()
-            if connection.sock is not None and not _peer_closed(connection.sock):
+                self._idle_count -= 1
+                if not idle:
+                    del self._idle[key]
+            # Checked again: bytes may have arrived since the connection was released.
+            if connection.sock is not None and _is_quiet(connection.sock):
                 return connection
             connection.close()
 
-    def _release(self, origin: Origin, connection: http.client.HTTPConnection) -> None:
+    def _release(self, key: _PoolKey, connection: http.client.HTTPConnection) -> None:
+        evicted = None
+        unused: http.client.HTTPConnection | None = connection
         with self._lock:
-            if not self._closed:
-                idle = self._idle.setdefault(origin, [])
-                if len(idle) < self._pool_size:
-                    idle.append(connection)
-                    return
-        connection.close()
+            if (
+                not self._closed
+                and len(self._idle.get(key, ())) < self._pool_size
+                and (self._idle_count < self._max_idle or self._idle)
+            ):
+                if self._idle_count >= self._max_idle:
+                    evicted = self._pop_oldest()
+                self._idle.setdefault(key, []).append(connection)
+                self._idle.move_to_end(key)
+                self._idle_count += 1
+                unused = None
+        for closing in (evicted, unused):
+            if closing is not None:
+                closing.close()
+
+    def _pop_oldest(self) -> http.client.HTTPConnection:
+        """Take the connection idle the longest out of the pool (the lock is held)."""
+        key, idle = next(iter(self._idle.items()))
+        connection = idle.pop(0)
+        self._idle_count -= 1
+        if not idle:
+            del self._idle[key]
+        return connection
 
 
 class _HTTPConnection(http.client.HTTPConnection):
@@ -404,11 +486,6 @@ class _HTTPSConnection(http.client.HTTPSConnection):
     response_class = FinalResponse
 
 
-# Request targets come checked from the relay, but a transport is also used directly, and
-# nothing that could split the request may reach the wire.
-_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
-
-
 def _request_head(request: UpstreamRequest, target: str, host: str) -> bytes:
     """The request line and header section, as sent (RFC 9112 §3, §5).
 
@@ -417,7 +494,9 @@ def _request_head(request: UpstreamRequest, target: str, host: str) -> bytes:
     or NUL in values, no whitespace or control characters in the target.
     """
     method = request.method
-    if not is_token(method) or _UNSAFE_TARGET.search(target):
+    # Request targets come checked from the relay, but a transport is also used directly, and
+    # nothing that could split the request may reach the wire.
+    if not is_token(method) or UNSAFE_TARGET_PATTERN.search(target):
         raise InvalidRequestError("The request cannot be sent.")
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
     for name, value in request.headers:

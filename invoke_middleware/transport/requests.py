@@ -18,20 +18,35 @@ the adapter directly, so the session's default headers (``User-Agent``, ``Accept
 
 Repeated request header fields are sent as separate fields; response fields come back with
 repeats kept, grouped by name in order of first appearance (urllib3 keeps them that way).
+
+Connections are never shared between tenants (see :mod:`invoke_middleware.transport.base`):
+each tenant sends through a twin of the session's adapter with a connection pool of its own,
+made the way requests copies an adapter (``__getstate__``/``__setstate__``, so a subclass
+that lists its settings in ``__attrs__`` keeps them). A twin's connections are checked before
+reuse for bytes the TLS layer already holds, which urllib3's own check does not see. An
+adapter that is not an :class:`~requests.adapters.HTTPAdapter` is used as it is: it must keep
+tenants apart itself.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import socket
+import ssl
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 import requests
 import requests.adapters
 import urllib3
+import urllib3.connection
+import urllib3.connectionpool
 import urllib3.exceptions
+import urllib3.poolmanager
 from urllib3.util import SKIP_HEADER
 
 from ..errors import (
@@ -48,6 +63,9 @@ from .base import Closeable, UpstreamRequest, UpstreamResponse
 __all__ = ["RequestsTransport"]
 
 _READ_SIZE = 65536
+
+#: How many tenants' adapter twins are kept; the least recently used one is closed beyond.
+_MAX_TENANTS = 256
 
 #: What the adapter and urllib3 raise; everything else (the caller's body failing with a
 #: GatewayError, say) propagates unchanged.
@@ -163,6 +181,85 @@ def _socket_of(raw: Any) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
+@functools.cache
+def _checked_connection_class(
+    base: type[urllib3.connection.HTTPConnection],
+) -> type[urllib3.connection.HTTPConnection]:
+    """``base``, whose idle-connection check also looks at bytes the TLS layer holds."""
+
+    class CheckedConnection(base):  # type: ignore[valid-type,misc]
+        @property
+        def is_connected(self) -> bool:
+            sock = self.sock
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                # Decrypted bytes past the last response: the socket looks idle, but the next
+                # request would read them as its answer.
+                return False
+            return bool(super().is_connected)
+
+    CheckedConnection.__name__ = CheckedConnection.__qualname__ = "Checked" + base.__name__
+    return CheckedConnection
+
+
+@functools.cache
+def _checked_pool_class(
+    base: type[urllib3.connectionpool.HTTPConnectionPool],
+) -> type[urllib3.connectionpool.HTTPConnectionPool]:
+    connection_class = _checked_connection_class(base.ConnectionCls)
+    return type("Checked" + base.__name__, (base,), {"ConnectionCls": connection_class})
+
+
+def _twin(adapter: requests.adapters.HTTPAdapter) -> requests.adapters.HTTPAdapter:
+    """A copy of ``adapter`` with a connection pool of its own, checked before reuse."""
+    twin = object.__new__(type(adapter))
+    twin.__dict__.update(vars(adapter))
+    # requests' own copy protocol: restores the settings and builds a new pool manager.
+    cast(Any, twin).__setstate__(adapter.__getstate__())
+    manager = twin.poolmanager
+    if isinstance(manager, urllib3.poolmanager.PoolManager):
+        manager.pool_classes_by_scheme = {
+            scheme: _checked_pool_class(pool)
+            for scheme, pool in manager.pool_classes_by_scheme.items()
+        }
+    return twin
+
+
+class _TenantAdapters:
+    """Per tenant, a twin of each of the session's adapters (bounded; least recent closed)."""
+
+    def __init__(self) -> None:
+        self._twins: OrderedDict[
+            tuple[str | None, requests.adapters.BaseAdapter], requests.adapters.HTTPAdapter
+        ] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(
+        self, adapter: requests.adapters.BaseAdapter, tenant: str | None
+    ) -> requests.adapters.BaseAdapter:
+        if not isinstance(adapter, requests.adapters.HTTPAdapter):
+            return adapter
+        key = (tenant, adapter)
+        with self._lock:
+            twin = self._twins.get(key)
+            if twin is not None:
+                self._twins.move_to_end(key)
+                return twin
+            twin = self._twins[key] = _twin(adapter)
+            evicted = (
+                self._twins.popitem(last=False)[1] if len(self._twins) > _MAX_TENANTS else None
+            )
+        if evicted is not None:
+            # Connections still reading a body close when they are released.
+            evicted.close()
+        return twin
+
+    def close(self) -> None:
+        with self._lock:
+            twins, self._twins = list(self._twins.values()), OrderedDict()
+        for twin in twins:
+            twin.close()
+
+
 class RequestsTransport(Closeable):
     """Sends upstream requests through a :class:`requests.Session`'s adapters.
 
@@ -180,12 +277,15 @@ class RequestsTransport(Closeable):
         if verify is False:
             raise ValueError("TLS verification cannot be switched off.")
         self._verify: bool | str = True if verify is None else verify
+        self._adapters = _TenantAdapters()
 
     def send(self, request: UpstreamRequest) -> UpstreamResponse:
         """Send ``request``; return once the status and headers arrived."""
         started = time.monotonic()
         prepared = self._prepare(request)
-        adapter = self._session.get_adapter(prepared.url or request.url)
+        adapter = self._adapters.get(
+            self._session.get_adapter(prepared.url or request.url), request.tenant
+        )
         timeouts = request.timeouts
         read = timeouts.read
         if timeouts.total is not None and (read is None or timeouts.total < read):
@@ -238,7 +338,8 @@ class RequestsTransport(Closeable):
         )
 
     def close(self) -> None:
-        """Close the session if this transport created it."""
+        """Close the tenants' connection pools, and the session if this transport created it."""
+        self._adapters.close()
         if self._owns_session:
             self._session.close()
 

@@ -10,7 +10,10 @@ tests, or to serve a service that lives inside the host process::
 
 The URL only names the server (``SERVER_NAME``, ``SERVER_PORT``, ``HTTP_HOST``,
 ``wsgi.url_scheme``); nothing is resolved or connected. There is no socket, so there are no
-connect or read timeouts either: the application runs in the caller's thread.
+connect or read timeouts either: the application runs in the caller's thread. Nor is there a
+connection to keep between requests, so :attr:`UpstreamRequest.tenant` has nothing to keep
+apart: each call gets its own environ, input stream and response iterable, and no byte of one
+call can be read by another.
 
 The environ is what a careful WSGI server builds: ``PATH_INFO`` percent-decoded as PEP 3333
 requires (``RAW_URI`` and ``REQUEST_URI`` keep the target as sent), repeated header fields

@@ -18,6 +18,7 @@ def send(
     body: bytes | Iterable[bytes] | None = None,
     content_length: int | None = None,
     timeouts: Timeouts = QUICK,
+    tenant: str | None = None,
 ) -> UpstreamResponse:
     return transport.send(
         UpstreamRequest(
@@ -27,6 +28,7 @@ def send(
             body=body,
             content_length=content_length,
             timeouts=timeouts,
+            tenant=tenant,
         )
     )
 

@@ -1,0 +1,128 @@
+"""A loopback upstream that sends bytes nobody asked for, over plain TCP or TLS.
+
+:class:`HostileUpstream` is the tests' :class:`~tests.upstreams.RawUpstream` with a few more
+paths, each answering correctly and then planting :data:`PLANTED` (a complete response of its
+own) on the connection, where a careless pool would read it as the next caller's answer:
+
+- ``/say?word=W``: a well-behaved answer whose body is ``W``;
+- ``/surplus?word=W``: ``W``, and the planted response in the same write;
+- ``/surplus-split?word=W``: the head in one write, then ``W`` and the planted response in a
+  second one (over TLS the planted bytes then wait in the TLS layer, not on the socket);
+- ``/late?word=W``: ``W``, then the planted response 50 ms later (``late_sent`` is set once
+  it went out);
+- ``/head-body`` (``HEAD``): a head announcing a body, then that body anyway, which is the
+  planted response (``?late=1``: 50 ms later, ``late_sent`` set after).
+
+And two answers a WSGI server must never be handed as they are:
+
+- ``/trailers``: ``hello`` with a ``Trailers`` field (which PEP 3333 servers refuse from an
+  application) and a ``Connection``-named field;
+- ``/switch``: ``101 Switching Protocols`` to a request that asked for no upgrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from tests.upstreams import RawUpstream
+
+if TYPE_CHECKING:
+    from tests.upstreams import _Connection
+
+#: What every hostile path plants after its answer: a response that is nobody's.
+PLANTED = b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\nnot-your-answer"
+
+_LATE = 0.05
+
+
+class HostileUpstream(RawUpstream):
+    """A :class:`~tests.upstreams.RawUpstream` with the hostile paths above; TLS when
+    ``ssl_context`` (a server context) is given."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__()
+        self._ssl_context = ssl_context
+        if ssl_context is not None:
+            self.url = self.url.replace("http://", "https://", 1)
+        #: Set when a late path has sent its planted bytes.
+        self.late_sent = threading.Event()
+
+    def _serve(self, connection: _Connection) -> None:
+        if self._ssl_context is not None:
+            try:
+                tls = self._ssl_context.wrap_socket(connection.sock, server_side=True)
+            except OSError:
+                connection.close()
+                return
+            # The same connection object, so that stopping the server still reaches it.
+            connection.sock, connection.reader = tls, tls.makefile("rb")
+        super()._serve(connection)
+
+    def _head(self, body_length: int) -> bytes:
+        return (
+            f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {body_length}\r\n\r\n"
+        ).encode()
+
+    def _plant_later(self, connection: _Connection) -> None:
+        if not self._stop.wait(_LATE):
+            connection.sock.sendall(PLANTED)
+            self.late_sent.set()
+
+    def _handle_say(self, connection: _Connection, method: str, params: dict[str, str]) -> bool:
+        word = params["word"].encode()
+        connection.sock.sendall(self._head(len(word)) + word)
+        return True
+
+    def _handle_surplus(self, connection: _Connection, method: str, params: dict[str, str]) -> bool:
+        word = params["word"].encode()
+        connection.sock.sendall(self._head(len(word)) + word + PLANTED)
+        return True
+
+    def _handle_surplus_split(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        word = params["word"].encode()
+        connection.sock.sendall(self._head(len(word)))
+        connection.sock.sendall(word + PLANTED)
+        return True
+
+    def _handle_late(self, connection: _Connection, method: str, params: dict[str, str]) -> bool:
+        word = params["word"].encode()
+        connection.sock.sendall(self._head(len(word)) + word)
+        self._plant_later(connection)
+        return True
+
+    def _handle_head_body(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        if params.get("late") == "1":
+            connection.sock.sendall(self._head(len(PLANTED)))
+            self._plant_later(connection)
+        else:
+            connection.sock.sendall(self._head(len(PLANTED)) + PLANTED)
+        return True
+
+    def _handle_trailers(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        fields = [("Content-Type", "text/plain"), ("Trailers", "X-Checksum")]
+        fields += [("Connection", "X-Hop"), ("X-Hop", "1"), ("X-Kept", "yes")]
+        return self._respond(connection, method, "200 OK", fields, b"hello")
+
+    def _handle_switch(self, connection: _Connection, method: str, params: dict[str, str]) -> bool:
+        self._send_head(
+            connection, "101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade"
+        )
+        connection.sock.sendall(b"\x81\x05hello")  # a WebSocket frame, as if upgraded
+        return False
+
+
+@contextlib.contextmanager
+def serve_hostile(ssl_context: ssl.SSLContext | None = None) -> Iterator[HostileUpstream]:
+    """Run a :class:`HostileUpstream`; yield it (its base URL is ``.url``)."""
+    with HostileUpstream(ssl_context=ssl_context) as upstream:
+        yield upstream
