@@ -38,6 +38,7 @@ import unicodedata
 from urllib.parse import unquote, urlsplit
 
 from invoke_middleware.errors import InvalidPathError
+from invoke_middleware.headers import UNSAFE_TARGET_PATTERN
 
 __all__ = ["MAX_PATH_LENGTH", "MAX_QUERY_LENGTH", "build_target_url"]
 
@@ -86,7 +87,6 @@ _SEGMENT_END = re.compile(r"[?#;]")
 _DECODING_ROUNDS = 3
 
 # Only used to explain a refusal, never on the accepted path.
-_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 _MALFORMED_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
 
@@ -207,7 +207,7 @@ def _explain_path(path: str) -> str:
     """Why ``path`` was refused; the first matching reason, most telling first."""
     if not path.isascii():
         return "The path must be ASCII; percent-encode other characters."
-    if _CONTROL_OR_SPACE.search(path):
+    if UNSAFE_TARGET_PATTERN.search(path):
         return "The path must not contain whitespace or control characters."
     if "#" in path:
         return "The path must not contain a fragment (#)."
@@ -239,7 +239,7 @@ def _check_query(query: str, max_length: int) -> None:
         return
     if not query.isascii():
         raise InvalidPathError("The query must be ASCII; percent-encode other characters.")
-    if _CONTROL_OR_SPACE.search(query):
+    if UNSAFE_TARGET_PATTERN.search(query):
         raise InvalidPathError("The query must not contain whitespace or control characters.")
     if "#" in query:
         raise InvalidPathError("The query must not contain a fragment (#).")
