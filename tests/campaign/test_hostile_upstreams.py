@@ -31,7 +31,7 @@ from invoke_middleware import (
     PipelineSettings,
 )
 from invoke_middleware.transport import HTTPTransport, Timeouts
-from tests.campaign.conftest import scale
+from tests.campaign.conftest import record_figures, scale
 from tests.campaign.hostile_upstream import HELLO, LEFTOVER, HostileUpstream, serve_hostile
 from tests.gateway.conftest import OTHER_TEAM, TEAM, make_service
 from tests.integration.host import host_app
@@ -220,6 +220,7 @@ def test_misbehaving_upstream_leaves_nothing_for_the_next_team(
             assert_own_answer(gateway)
             assert_outcome(gateway.invoke_as_a(expected.method, f"/case/{case}"), expected)
             assert_own_answer(gateway)
+    record_figures("hostile", {"case": f"{scheme}-{case}", "exchanges": 3 * REPEATS})
 
 
 @pytest.mark.xfail(strict=True, reason=RAGGED_TLS_CLOSE)

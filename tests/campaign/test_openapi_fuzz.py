@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from invoke_middleware import (
     KeyKind,
     ServiceStatus,
 )
-from tests.campaign.conftest import answering_app, scale
+from tests.campaign.conftest import answering_app, record_figures, scale
 from tests.gateway.conftest import OTHER_TEAM, TEAM, host_app, make_service
 from tests.upstreams import serve_wsgi
 
@@ -165,7 +166,18 @@ def gateway() -> Iterator[tuple[Any, str]]:
             yield host, key
         finally:
             middleware.close()
+            record_figures(
+                "fuzz",
+                {
+                    "requests": sum(STATUSES.values()),
+                    "operations": len({key.rsplit(" ", 1)[0] for key in STATUSES}),
+                    "statuses": dict(sorted(STATUSES.items())),
+                },
+            )
 
+
+#: How many answers of each status each operation got ("POST /r/mcp 200": 17).
+STATUSES: Counter[str] = Counter()
 
 CONFORMANCE = [
     status_code_conformance,
@@ -215,6 +227,7 @@ def test_every_answer_conforms_to_the_document(case: Case[Any], gateway: tuple[A
     app, key = gateway
     headers = {"Authorization": f"Bearer {key}", "X-Request-ID": f"fuzz-{uuid.uuid4().hex[:12]}"}
     response = case.call(app=app, headers=headers)
+    STATUSES[f"{case.method} {case.operation.path} {response.status_code}"] += 1
     check_answer(case, response)
 
 
