@@ -40,8 +40,9 @@ class Misbehaviour:
     ``parts`` are written in order, each as its own write (its own TLS record over TLS);
     ``then`` says what happens to the connection afterwards: ``keep`` it, ``close`` it
     cleanly (over TLS: without ``close_notify``, as Python's ``close()`` does), ``reset`` it
-    (TCP RST), ``hold`` it open without writing until the client leaves, or ``drip-interim``:
-    send a ``103`` every 50 ms until the client leaves.
+    (TCP RST), ``hold`` it open without writing until the client leaves, ``drip-interim``:
+    send a ``103`` every 50 ms until the client leaves, or ``late``: 50 ms after the response,
+    write a forged one and set :attr:`HostileUpstream.late_written`.
     ``later`` is written when the next request arrives on the connection (see the module doc).
     """
 
@@ -66,6 +67,7 @@ CASES: dict[str, Misbehaviour] = {
     # surplus decrypted inside the TLS layer, where polling the socket cannot see it.
     "surplus-with-body": Misbehaviour(parts=(_response(b"", "Content-Length: 5"), HELLO + FORGED)),
     "late-bytes": Misbehaviour(parts=(_OK,), later=FORGED),
+    "late-bytes-after-50ms": Misbehaviour(parts=(_OK,), then="late"),
     "head-body-same-write": Misbehaviour(parts=(_response(LEFTOVER, "Content-Length: 33"),)),
     "head-body-late": Misbehaviour(parts=(_response(b"", "Content-Length: 33"),), later=FORGED),
     "length-short": Misbehaviour(parts=(_response(HELLO + LEFTOVER, "Content-Length: 5"),)),
@@ -129,6 +131,7 @@ class HostileUpstream:
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         self.connections = 0
         self.later_written = 0
+        self.late_written = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -202,6 +205,11 @@ class HostileUpstream:
                 if case.then == "hold":
                     self._hold(sock)
                     return
+                if case.then == "late":
+                    if not self._stop.wait(0.05):
+                        sock.sendall(FORGED)
+                        self.late_written.set()
+                    continue
                 if case.then == "drip-interim":
                     self._drip_interim(sock)
                     return

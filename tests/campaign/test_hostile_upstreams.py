@@ -32,7 +32,13 @@ from invoke_middleware import (
 )
 from invoke_middleware.transport import HTTPTransport, Timeouts
 from tests.campaign.conftest import record_figures, scale
-from tests.campaign.hostile_upstream import HELLO, LEFTOVER, HostileUpstream, serve_hostile
+from tests.campaign.hostile_upstream import (
+    CASES,
+    HELLO,
+    LEFTOVER,
+    HostileUpstream,
+    serve_hostile,
+)
 from tests.gateway.conftest import OTHER_TEAM, TEAM, make_service
 from tests.integration.host import host_app
 from tests.upstreams import TLSFiles
@@ -80,6 +86,7 @@ MATRIX: list[tuple[str, Outcome, str | None, str | None]] = [
     ("surplus-next-write", ANSWER, None, None),
     ("surplus-with-body", ANSWER, None, DEFECT_2),
     ("late-bytes", ANSWER, DEFECT_2, DEFECT_2),
+    ("late-bytes-after-50ms", ANSWER, None, None),
     ("head-body-same-write", HEAD_ANSWER, None, None),
     ("head-body-late", HEAD_ANSWER, DEFECT_2, DEFECT_2),
     ("length-short", ANSWER, None, None),
@@ -218,7 +225,11 @@ def test_misbehaving_upstream_leaves_nothing_for_the_next_team(
             # The pool holds one idle connection to the origin: a well-formed exchange first,
             # so the misbehaving one may run on a reused connection too.
             assert_own_answer(gateway)
+            upstream.late_written.clear()
             assert_outcome(gateway.invoke_as_a(expected.method, f"/case/{case}"), expected)
+            if CASES[case].then == "late":
+                # Bytes that arrived before the connection is reused: the pool must see them.
+                assert upstream.late_written.wait(5)
             assert_own_answer(gateway)
     record_figures("hostile", {"case": f"{scheme}-{case}", "exchanges": 3 * REPEATS})
 
