@@ -9,13 +9,17 @@ form, whose figures go to ``bench/results/campaign.md`` (see ``bench/campaign.py
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from werkzeug.wsgi import get_input_stream
 
+from tests.gateway.recording_upstream import RecordingUpstream
+from tests.gateway.recording_upstream import _Server as _RecordingServer
 from tests.upstreams import tls_files  # noqa: F401  (fixture)
 
 if TYPE_CHECKING:
@@ -51,6 +55,27 @@ def answering_app(environ: WSGIEnvironment, start_response: StartResponse) -> It
         "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(account)))]
     )
     return [account]
+
+
+class _DeepBacklogServer(_RecordingServer):
+    # socketserver's default listen backlog (5) overflows under dozens of concurrent
+    # connects: the kernel then drops or resets them, and the gateway rightly answers 502.
+    request_queue_size = 256
+
+
+@contextlib.contextmanager
+def deep_backlog_recording_upstream() -> Iterator[RecordingUpstream]:
+    """:func:`~tests.gateway.recording_upstream.recording_upstream`, with a listen backlog
+    deep enough for the soak's concurrent connects."""
+    server = _DeepBacklogServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield RecordingUpstream(f"http://127.0.0.1:{server.server_address[1]}", server)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def record_figures(suite: str, figures: dict[str, object]) -> None:

@@ -132,6 +132,8 @@ class HostileUpstream:
         self.connections = 0
         self.later_written = 0
         self.late_written = threading.Event()
+        #: Set once every part of a case has been written (handed to the kernel).
+        self.case_written = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -196,6 +198,7 @@ class HostileUpstream:
                 case = CASES[target.removeprefix("/case/")]
                 for part in case.parts:
                     sock.sendall(part)
+                self.case_written.set()
                 later = case.later
                 if case.then == "reset":
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

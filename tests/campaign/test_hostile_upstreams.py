@@ -225,10 +225,13 @@ def test_misbehaving_upstream_leaves_nothing_for_the_next_team(
             # The pool holds one idle connection to the origin: a well-formed exchange first,
             # so the misbehaving one may run on a reused connection too.
             assert_own_answer(gateway)
+            upstream.case_written.clear()
             upstream.late_written.clear()
             assert_outcome(gateway.invoke_as_a(expected.method, f"/case/{case}"), expected)
+            # Whatever the upstream wrote is on its way before the connection is reused: the
+            # pool must see it. (Bytes written after the reuse are the "later" cases.)
+            assert upstream.case_written.wait(5)
             if CASES[case].then == "late":
-                # Bytes that arrived before the connection is reused: the pool must see them.
                 assert upstream.late_written.wait(5)
             assert_own_answer(gateway)
     record_figures("hostile", {"case": f"{scheme}-{case}", "exchanges": 3 * REPEATS})

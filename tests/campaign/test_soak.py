@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 import psutil
 import pytest
 
-from invoke_middleware import KeyKind
+from invoke_middleware import ERROR_MARKER_HEADER, KeyKind
 from invoke_middleware.transport import HTTPTransport
-from tests.campaign.conftest import record_figures, scale
+from tests.campaign.conftest import deep_backlog_recording_upstream, record_figures, scale
 from tests.gateway.conftest import OTHER_TEAM, make_service
-from tests.gateway.recording_upstream import recording_upstream
 from tests.integration.gateway import CLIENT_TIMEOUT, RunningGateway, serve_gateway
 
 CLIENTS = 64
@@ -65,7 +64,7 @@ def soak() -> Iterator[Soak]:
     transport = HTTPTransport(pool_size_per_origin=POOL_LIMIT)
     # The recording upstream keeps connections alive (werkzeug's server closes each one),
     # so the pool is really used; it echoes each request as JSON.
-    with recording_upstream() as upstream:
+    with deep_backlog_recording_upstream() as upstream:
         services = [
             make_service("ours", upstream.url),
             make_service("theirs", upstream.url, team=OTHER_TEAM),
@@ -98,7 +97,13 @@ def one_exchange(
         connection.request("POST", f"/r/containers/{slug}/own/{token}", token.encode(), headers)
         response = connection.getresponse()
         body = response.read()
-        return response.status, json.loads(body) if response.status == 200 else None, token
+        if response.status != 200:
+            return (
+                response.status,
+                {"gateway_error": response.getheader(ERROR_MARKER_HEADER)},
+                token,
+            )
+        return response.status, json.loads(body), token
     envelope = {
         "method": "POST",
         "path": f"/own/{token}",
@@ -110,7 +115,7 @@ def one_exchange(
     response = connection.getresponse()
     body = response.read()
     if response.status != 200:
-        return response.status, None, token
+        return response.status, {"gateway_error": response.getheader(ERROR_MARKER_HEADER)}, token
     answer = json.loads(body)
     if answer["status_code"] != 200:
         return answer["status_code"], None, token
@@ -144,7 +149,7 @@ def client(soak: Soak, number: int, tally: Tally, start: threading.Barrier) -> N
                 tally.requests += 1
                 tally.max_idle_per_key = max(tally.max_idle_per_key, idle)
                 if status != 200 or account is None:
-                    tally.errors.append(f"client {number}: status {status}")
+                    tally.errors.append(f"client {number}: status {status} {account}")
                     continue
                 own = (
                     account.get("target") == f"/own/{token}"
@@ -228,4 +233,4 @@ def test_many_clients_of_two_teams_get_their_own_answers_and_leave_nothing_behin
     assert tally.max_idle_per_key <= POOL_LIMIT
     assert max(idle_per_key(soak.transport), default=0) <= POOL_LIMIT
     assert fds_after <= fds_before
-    assert threads_after <= threads_before
+    assert threads_after <= threads_before, [thread.name for thread in threading.enumerate()]
