@@ -279,6 +279,9 @@ class _Exchange:
                 if response.length == 0:
                     self.finish()
                     return
+        except ssl.SSLEOFError as exc:
+            # The TLS connection closed without close_notify: the body may be truncated.
+            raise UpstreamError("The service's response ended early.") from exc
         except (OSError, http.client.HTTPException) as exc:
             raise _translate(exc) from exc
         finally:
@@ -485,6 +488,19 @@ class _HTTPConnection(http.client.HTTPConnection):
 class _HTTPSConnection(http.client.HTTPSConnection):
     response_class = FinalResponse
 
+    def __init__(self, host: str, port: int, *, timeout: float | None, context: ssl.SSLContext):
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._tls = context
+
+    def connect(self) -> None:
+        # RFC 9112 §9.8: a body delimited by the close is complete only if the close carries
+        # TLS close_notify. The default wrap reads a bare TCP close as a clean end
+        # (suppress_ragged_eofs), so a truncated body would pass for a whole one.
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._tls.wrap_socket(
+            self.sock, server_hostname=self.host, suppress_ragged_eofs=False
+        )
+
 
 def _request_head(request: UpstreamRequest, target: str, host: str) -> bytes:
     """The request line and header section, as sent (RFC 9112 §3, §5).
@@ -526,6 +542,7 @@ def _may_retry(request: UpstreamRequest, stage: int, exc: Exception) -> bool:
         return True
     return (
         stage == _AWAITING_RESPONSE
-        and isinstance(exc, ConnectionError)
+        # A TLS peer that closes an idle connection without close_notify reads as SSLEOFError.
+        and isinstance(exc, ConnectionError | ssl.SSLEOFError)
         and request.may_retry_after_close
     )

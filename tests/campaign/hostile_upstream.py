@@ -1,0 +1,268 @@
+"""A loopback upstream that misbehaves on request, over plain TCP or TLS.
+
+:class:`HostileUpstream` serves HTTP/1.1 on kept-alive connections, one thread per
+connection. Two kinds of request target:
+
+- ``/own/<token>``: a well-formed ``200`` whose body is exactly ``<token>``, so that a caller
+  can tell its own answer from anyone else's;
+- ``/case/<name>``: the misbehaviour :data:`CASES` names, written byte for byte.
+
+A case may also leave bytes for *later* (:attr:`Misbehaviour.later`): they are written on
+the same connection the moment the next request's head has arrived on it, before its own
+answer: the worst moment, after any check a client could make before reusing the connection.
+Such bytes are always a complete forged response carrying :data:`LEFTOVER`, so a test can
+tell them apart from a caller's own answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+#: The body of every forged response: whoever reads it got bytes meant for someone else.
+LEFTOVER = b"LEFTOVER-MEANT-FOR-ANOTHER-CALLER"
+FORGED = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(LEFTOVER), LEFTOVER)
+
+#: Upper bound for any wait of the server, so a broken test cannot hang the run.
+_MAX_WAIT = 15.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Misbehaviour:
+    """What the upstream writes for one case.
+
+    ``parts`` are written in order, each as its own write (its own TLS record over TLS);
+    ``then`` says what happens to the connection afterwards: ``keep`` it, ``close`` it
+    cleanly (over TLS: without ``close_notify``, as Python's ``close()`` does), ``reset`` it
+    (TCP RST), ``hold`` it open without writing until the client leaves, ``drip-interim``:
+    send a ``103`` every 50 ms until the client leaves, or ``late``: 50 ms after the response,
+    write a forged one and set :attr:`HostileUpstream.late_written`.
+    ``later`` is written when the next request arrives on the connection (see the module doc).
+    """
+
+    parts: tuple[bytes, ...] = ()
+    then: str = "keep"
+    later: bytes = b""
+
+
+def _response(body: bytes, *fields: str, status: str = "200 OK") -> bytes:
+    head = "\r\n".join([f"HTTP/1.1 {status}", *fields])
+    return head.encode("latin-1") + b"\r\n\r\n" + body
+
+
+HELLO = b"hello"
+_OK = _response(HELLO, "Content-Length: 5")
+
+CASES: dict[str, Misbehaviour] = {
+    "well-formed": Misbehaviour(parts=(_OK,)),
+    "surplus-same-write": Misbehaviour(parts=(_OK + FORGED,)),
+    "surplus-next-write": Misbehaviour(parts=(_OK, FORGED)),
+    # Over TLS the body and the surplus share one record: reading exactly the body leaves the
+    # surplus decrypted inside the TLS layer, where polling the socket cannot see it.
+    "surplus-with-body": Misbehaviour(parts=(_response(b"", "Content-Length: 5"), HELLO + FORGED)),
+    "late-bytes": Misbehaviour(parts=(_OK,), later=FORGED),
+    "late-bytes-after-50ms": Misbehaviour(parts=(_OK,), then="late"),
+    "head-body-same-write": Misbehaviour(parts=(_response(LEFTOVER, "Content-Length: 33"),)),
+    "head-body-late": Misbehaviour(parts=(_response(b"", "Content-Length: 33"),), later=FORGED),
+    "length-short": Misbehaviour(parts=(_response(HELLO + LEFTOVER, "Content-Length: 5"),)),
+    "length-long-then-close": Misbehaviour(
+        parts=(_response(HELLO, "Content-Length: 100"),), then="close"
+    ),
+    "length-long-then-hold": Misbehaviour(
+        parts=(_response(HELLO, "Content-Length: 100"),), then="hold"
+    ),
+    "lengths-conflicting": Misbehaviour(
+        parts=(_response(HELLO + b"!", "Content-Length: 5", "Content-Length: 6"),)
+    ),
+    "lengths-conflicting-in-one-field": Misbehaviour(
+        parts=(_response(HELLO + b"!", "Content-Length: 5, 6"),)
+    ),
+    "length-and-chunked": Misbehaviour(
+        parts=(
+            _response(
+                b"5\r\nhello\r\n0\r\n\r\n" + FORGED,
+                "Content-Length: 5",
+                "Transfer-Encoding: chunked",
+            ),
+        )
+    ),
+    "chunked-then-surplus": Misbehaviour(
+        parts=(_response(b"5\r\nhello\r\n0\r\n\r\n", "Transfer-Encoding: chunked"), FORGED)
+    ),
+    "interim-storm": Misbehaviour(
+        parts=(
+            b"HTTP/1.1 100 Continue\r\n\r\n" * 200
+            + b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n" * 200,
+            _OK,
+        )
+    ),
+    "interim-endless": Misbehaviour(then="drip-interim"),
+    "reset-before-head": Misbehaviour(then="reset"),
+    "reset-mid-head": Misbehaviour(parts=(b"HTTP/1.1 200 OK\r\nContent-Le",), then="reset"),
+    "reset-mid-body": Misbehaviour(parts=(_response(HELLO, "Content-Length: 100"),), then="reset"),
+    "reset-after-body": Misbehaviour(parts=(_OK,), then="reset"),
+    # Over TLS, Python's close() sends no close_notify: these are the "missing close_notify"
+    # variants (a framed response, then a body delimited by the close).
+    "close-after-body": Misbehaviour(parts=(_OK,), then="close"),
+    "close-delimited-body": Misbehaviour(
+        parts=(_response(HELLO, "Content-Type: text/plain"),), then="close"
+    ),
+}
+
+
+class HostileUpstream:
+    """The server; ``tls`` (a server context) makes it speak HTTPS. Use as a context manager.
+
+    ``connections`` counts accepted connections; ``later_written`` counts the times bytes
+    kept for later were actually written.
+    """
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self._tls = tls
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        port = self._listener.getsockname()[1]
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        self.connections = 0
+        self.later_written = 0
+        self.late_written = threading.Event()
+        #: Set once every part of a case has been written (handed to the kernel).
+        self.case_written = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._open: set[socket.socket] = set()
+
+    def __enter__(self) -> HostileUpstream:
+        thread = threading.Thread(target=self._accept_loop)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        with self._lock:
+            for sock in list(self._open):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        for thread in list(self._threads):
+            thread.join(_MAX_WAIT)
+        self._listener.close()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                raw, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            raw.settimeout(_MAX_WAIT)
+            # Each part goes out as written: no coalescing of writes by Nagle's algorithm.
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self.connections += 1
+                self._open.add(raw)
+            thread = threading.Thread(target=self._serve, args=(raw,))
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self, raw: socket.socket) -> None:
+        sock = raw
+        try:
+            if self._tls is not None:
+                # The wrapped socket takes over the descriptor; the raw one is detached.
+                sock = self._tls.wrap_socket(raw, server_side=True)
+                with self._lock:
+                    self._open.discard(raw)
+                    self._open.add(sock)
+            reader: BinaryIO = sock.makefile("rb")
+            later = b""
+            while not self._stop.is_set():
+                target = _read_request(reader)
+                if target is None:
+                    return
+                if later:
+                    sock.sendall(later)
+                    later = b""
+                    with self._lock:
+                        self.later_written += 1
+                if target.startswith("/own/"):
+                    token = target.removeprefix("/own/").encode()
+                    sock.sendall(_response(token, f"Content-Length: {len(token)}"))
+                    continue
+                case = CASES[target.removeprefix("/case/")]
+                for part in case.parts:
+                    sock.sendall(part)
+                self.case_written.set()
+                later = case.later
+                if case.then == "reset":
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+                if case.then == "close":
+                    return
+                if case.then == "hold":
+                    self._hold(sock)
+                    return
+                if case.then == "late":
+                    if not self._stop.wait(0.05):
+                        sock.sendall(FORGED)
+                        self.late_written.set()
+                    continue
+                if case.then == "drip-interim":
+                    self._drip_interim(sock)
+                    return
+        except (OSError, ValueError):
+            return
+        finally:
+            with self._lock:
+                self._open.discard(sock)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _drip_interim(self, sock: socket.socket) -> None:
+        """A ``103`` every 50 ms until the client leaves: a head that never ends."""
+        interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
+        while not self._stop.wait(0.05):
+            sock.sendall(interim)
+
+    def _hold(self, sock: socket.socket) -> None:
+        sock.settimeout(0.05)
+        while not self._stop.is_set():
+            try:
+                if not sock.recv(1):
+                    return
+            except TimeoutError:
+                continue
+
+
+def _read_request(reader: BinaryIO) -> str | None:
+    """Read one request (head and ``Content-Length`` body); return its target, or ``None``
+    when the client closed the connection."""
+    readline = reader.readline
+    line = readline(65537)
+    if not line:
+        return None
+    _, target, _ = line.decode("latin-1").split(" ", 2)
+    length = 0
+    while True:
+        field = readline(65537)
+        if field in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = field.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    if length:
+        reader.read(length)
+    return target
+
+
+@contextlib.contextmanager
+def serve_hostile(tls: ssl.SSLContext | None = None) -> Iterator[HostileUpstream]:
+    """Run a :class:`HostileUpstream`; yield it (its base URL is ``.url``)."""
+    with HostileUpstream(tls) as upstream:
+        yield upstream
