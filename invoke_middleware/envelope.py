@@ -19,9 +19,14 @@ Decisions beyond the schema:
   would otherwise mean whatever this parser happens to keep.
 * Strings holding an unpaired UTF-16 surrogate (``"\\ud800"``) are refused: they cannot be
   encoded on the way to the container (RFC 8259 §8.2).
-* Every problem is reported, sorted by pointer, at most :data:`MAX_DETAILS` of them. Messages
-  never quote the caller's values; a pointer reference token longer than
-  :data:`MAX_POINTER_TOKEN_CHARS` is cut and ends with ``…``.
+* A refusal costs in proportion to the request. Before any JSON is built, the ``,``, ``[``
+  and ``{`` outside strings are counted: a document with more than an envelope within the
+  header caps can have (``4 * max_header_count + 64``) is refused whole, unparsed. Before the
+  schema runs, the ``headers`` member is held to the header caps (431) and ``body_base64`` to
+  the body cap (413). Problems are then collected lazily, and the search stops after
+  :data:`MAX_DETAILS`: they are reported sorted by pointer, with one more detail when more
+  were found. Messages never quote the caller's values; a pointer reference token longer
+  than :data:`MAX_POINTER_TOKEN_CHARS` is cut and ends with ``…``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -42,7 +48,14 @@ from invoke_middleware.errors import (
     PayloadTooLargeError,
     UpstreamError,
 )
-from invoke_middleware.headers import fold_response_headers, is_safe_value, is_token
+from invoke_middleware.headers import (
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADER_COUNT,
+    check_header_limits,
+    fold_response_headers,
+    is_safe_value,
+    is_token,
+)
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator, ValidationError
@@ -61,8 +74,8 @@ __all__ = [
 
 REQUEST_SCHEMA_NAME: Final = "invoke-request.schema.json"
 
-#: At most this many problems are listed; one more detail says how many were left out.
-MAX_DETAILS: Final = 50
+#: At most this many problems are listed; one more detail says that more were found.
+MAX_DETAILS: Final = 20
 
 #: A JSON pointer reference token (a header name, say) longer than this is cut.
 MAX_POINTER_TOKEN_CHARS: Final = 64
@@ -141,40 +154,51 @@ class InvokeEnvelope:
         )
 
 
-def parse_envelope(raw: bytes, *, max_body_bytes: int) -> InvokeEnvelope:
+def parse_envelope(
+    raw: bytes,
+    *,
+    max_body_bytes: int,
+    max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> InvokeEnvelope:
     """Decode, validate and unpack an invoke request body.
 
-    Raises :class:`~invoke_middleware.errors.InvalidRequestError` (400) listing every problem
-    with its JSON pointer, or :class:`~invoke_middleware.errors.PayloadTooLargeError` (413)
-    when the decoded ``body_base64`` is longer than ``max_body_bytes``.
+    Raises :class:`~invoke_middleware.errors.InvalidRequestError` (400) listing the problems
+    with their JSON pointers (at most :data:`MAX_DETAILS`),
+    :class:`~invoke_middleware.errors.HeadersTooLargeError` (431) when ``headers`` holds more
+    fields than ``max_header_count`` or more bytes than ``max_header_bytes`` (counted as
+    :func:`~invoke_middleware.headers.check_header_limits` counts them), or
+    :class:`~invoke_middleware.errors.PayloadTooLargeError` (413) when the decoded
+    ``body_base64`` would be longer than ``max_body_bytes``. The caps are checked before the
+    envelope is validated, so a refusal costs in proportion to the request.
     """
+    _check_structure(raw, max_header_count=max_header_count, max_header_bytes=max_header_bytes)
     document = _decode_json(raw)
-    problems = [
-        *_find_json_problems(document),
-        # jsonschema costs several times a whole relay; it runs only to explain a refusal.
-        *(() if _conforms(document) else _schema_problems(document)),
-        *_unsendable_header_values(document),
-    ]
+    if isinstance(document, dict):
+        headers = document.get("headers")
+        if isinstance(headers, dict):
+            check_header_limits(
+                _header_fields(headers), max_count=max_header_count, max_bytes=max_header_bytes
+            )
+        encoded = document.get("body_base64")
+        # The size is known from the length: an oversized body is never decoded, or validated.
+        if isinstance(encoded, str) and _decoded_size(encoded) > max_body_bytes:
+            raise PayloadTooLargeError(
+                f"The decoded body_base64 is larger than {max_body_bytes} bytes."
+            )
+    problems = _first_problems(document)
     encoded = document.get("body_base64", "") if isinstance(document, dict) else ""
-    too_large = False
     body = b""
     if isinstance(encoded, str) and not any(p.pointer == "/body_base64" for p in problems):
-        # The size is known from the length: an oversized body is never decoded.
-        too_large = _decoded_size(encoded) > max_body_bytes
-        if not too_large:
-            try:
-                body = base64.b64decode(encoded, validate=True)
-            except binascii.Error:
-                # The schema checks the alphabet and the place of "="; the length (and a final
-                # newline, which Python's "$" lets through) are checked here, so that a
-                # pattern counting groups of four need not run over the whole body.
-                problems.append(ErrorDetail(pointer="/body_base64", message=_BASE64_MESSAGE))
+        try:
+            body = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            # The schema checks the alphabet and the place of "="; the length (and a final
+            # newline, which Python's "$" lets through) are checked here, so that a pattern
+            # counting groups of four need not run over the whole body.
+            problems.append(ErrorDetail(pointer="/body_base64", message=_BASE64_MESSAGE))
     if problems:
         raise InvalidRequestError(details=_summarise(problems))
-    if too_large:
-        raise PayloadTooLargeError(
-            f"The decoded body_base64 is larger than {max_body_bytes} bytes."
-        )
     return InvokeEnvelope(
         method=document["method"],
         path=document["path"],
@@ -235,6 +259,96 @@ def _object_from_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return marked
 
 
+_SEPARATORS: Final = (b",", b"[", b"{")
+_BODY_MEMBER: Final = b'"body_base64"'
+_TO_STRING: Final = re.compile(rb'[ \t\n\r]*:[ \t\n\r]*"')
+#: A JSON string (RFC 8259 §7), or one separator outside strings.
+_STRING_OR_SEPARATOR: Final = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[,\[{]')
+
+
+def _structure_limit(*, max_header_count: int) -> int:
+    """How many ``,``, ``[`` and ``{`` an envelope within the header caps has outside strings.
+
+    Two per header field at most (a comma, and the bracket of an array value), a few for the
+    fields and the two objects; twice that and more, so that an envelope with too many header
+    fields is still parsed and answered 431 as long as the excess is moderate.
+    """
+    return 4 * max_header_count + 64
+
+
+def _check_structure(raw: bytes, *, max_header_count: int, max_header_bytes: int) -> None:
+    """Refuse, before parsing, a document with more members and items than an envelope has.
+
+    Parsing builds a Python object for each JSON value, up to 30 times the size of its text;
+    an envelope has a few: :func:`_structure_limit` of them, whatever its size. Separators are
+    counted first with ``bytes.count`` (C speed, outside the body); only when that count could
+    be swollen by the characters of strings (header values and the path may hold commas) are
+    they counted again, skipping strings, by a scan that stops at the limit.
+    """
+    limit = _structure_limit(max_header_count=max_header_count)
+    start, end = _body_span(raw)
+    segments = ((0, start), (end, len(raw)))
+    count = sum(raw.count(s, first, last) for s in _SEPARATORS for first, last in segments)
+    if count <= limit:
+        return
+    # Strings of a valid envelope hold at most max_header_bytes (header values) and the path.
+    if (
+        count <= limit + max_header_bytes + int(_MAX_PATH)
+        and _count_outside_strings(raw, segments, stop=limit + 1) <= limit
+    ):
+        return
+    raise _whole_body_error(
+        "The body has more JSON members and array items than an invoke envelope can hold."
+    )
+
+
+def _count_outside_strings(raw: bytes, segments: Iterable[tuple[int, int]], *, stop: int) -> int:
+    """Separators outside strings in the ``segments`` of ``raw``, counted up to ``stop``.
+
+    Strings and separators alternate (a string is followed by a separator or a colon, and
+    the colons of a document are fewer than its commas and braces), so the scan stops after
+    a few times ``stop`` tokens, however many strings there are.
+    """
+    count = 0
+    for first, last in segments:
+        for token in _STRING_OR_SEPARATOR.finditer(raw, first, last):
+            # A string is at least its two quotes.
+            if token.end() - token.start() == 1:
+                count += 1
+                if count >= stop:
+                    return count
+    return count
+
+
+def _body_span(raw: bytes) -> tuple[int, int]:
+    """Where the ``body_base64`` string is, quotes included, or ``(0, 0)`` when unsure.
+
+    The body is found without parsing, and only when it is certain to be one JSON string: it
+    follows the first ``"body_base64"``, a colon and a quote, and holds no backslash before its
+    closing quote. Whatever the bytes before it, that quote opens a string if the parser ever
+    gets there (a ``"body_base64"`` that ends inside a string is only possible as the end of a
+    string, and a string followed by a colon is a member name). Anything else is counted
+    whole: the count may be too high for an odd envelope, which then pays for scanning its
+    body too, never too low.
+    """
+    name = raw.find(_BODY_MEMBER)
+    if name >= 0:
+        opening = _TO_STRING.match(raw, name + len(_BODY_MEMBER))
+        if opening is not None:
+            closing = raw.find(b'"', opening.end())
+            if closing >= 0 and raw.find(b"\\", opening.end(), closing) < 0:
+                # Quotes included: the scan that skips strings must start between tokens.
+                return opening.end() - 1, closing + 1
+    return 0, 0
+
+
+def _header_fields(headers: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """The fields ``headers`` would make, for the header caps; a non-string counts as empty."""
+    for name, value in headers.items():
+        for item in value if isinstance(value, list) else (value,):
+            yield name, item if isinstance(item, str) else ""
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -276,6 +390,7 @@ def _expand_headers(headers: Mapping[str, str | Sequence[str]]) -> Iterator[tupl
 _BASE64_MESSAGE: Final = "must be standard base64 with '=' padding (RFC 4648 §4)"
 _HEADER_NAME_MESSAGE: Final = "is not a valid header name (RFC 9110 token)"
 _HEADER_VALUE_MESSAGE: Final = "must not contain CR, LF or NUL"
+_MORE_MESSAGE: Final = "more problems were found and not listed"
 _TYPE_NAMES: Final = {
     "string": "a string",
     "array": "an array",
@@ -301,25 +416,40 @@ def _pointer(path: Iterable[str | int]) -> str:
 
 def _find_json_problems(document: Any) -> Iterator[ErrorDetail]:
     """Duplicate member names and unpaired surrogates, anywhere in the document."""
-    # An explicit stack, not recursion: the parser accepts nesting as deep as the interpreter's
-    # recursion limit, and a recursive walk from deeper in the call stack would overflow.
-    pending: list[tuple[str, Any]] = [("", document)]
-    while pending:
-        pointer, value = pending.pop()
-        if isinstance(value, str):
-            if _has_lone_surrogate(value):
-                yield ErrorDetail(pointer=pointer, message="contains an unpaired UTF-16 surrogate")
-        elif isinstance(value, dict):
-            for key in getattr(value, "duplicates", ()):
-                yield ErrorDetail(pointer=_child(pointer, key), message="appears more than once")
-            for key, item in value.items():
-                if _has_lone_surrogate(key):
-                    yield ErrorDetail(
-                        pointer=_child(pointer, key), message="name contains an unpaired surrogate"
-                    )
-                pending.append((_child(pointer, key), item))
-        elif isinstance(value, list):
-            pending.extend((f"{pointer}/{index}", item) for index, item in enumerate(value))
+    # Depth first, with a stack of iterators: memory grows with the depth, not the width, and
+    # a pointer is only built for a value found wrong. Not recursion: the parser accepts
+    # nesting as deep as the interpreter's recursion limit.
+    if isinstance(document, str) and _has_lone_surrogate(document):
+        yield ErrorDetail(pointer="", message="contains an unpaired UTF-16 surrogate")
+    for name in getattr(document, "duplicates", ()):
+        yield _detail([name], "appears more than once")
+    stack: list[Iterator[tuple[str | int, Any]]] = []
+    path: list[str | int] = []  # the keys leading to the members stack[-1] iterates
+    if isinstance(document, dict | list):
+        stack.append(_members(document))
+    while stack:
+        for key, value in stack[-1]:
+            if isinstance(key, str) and _has_lone_surrogate(key):
+                yield _detail([*path, key], "name contains an unpaired surrogate")
+            if isinstance(value, str):
+                if _has_lone_surrogate(value):
+                    yield _detail([*path, key], "contains an unpaired UTF-16 surrogate")
+            elif isinstance(value, dict | list):
+                for name in getattr(value, "duplicates", ()):
+                    yield _detail([*path, key, name], "appears more than once")
+                stack.append(_members(value))
+                path.append(key)
+                break
+        else:
+            stack.pop()
+            if path:
+                path.pop()
+
+
+def _members(container: dict[str, Any] | list[Any]) -> Iterator[tuple[str | int, Any]]:
+    if isinstance(container, dict):
+        return iter(container.items())
+    return enumerate(container)
 
 
 def _unsendable_header_values(document: Any) -> Iterator[ErrorDetail]:
@@ -412,13 +542,24 @@ def _conforms(document: Any) -> bool:
 
 
 def _schema_problems(document: Any) -> Iterator[ErrorDetail]:
-    errors = _request_validator().iter_errors(document)
-    leaves = [leaf for error in errors for leaf in _leaves(error)]
-    # A value of the wrong type is told its type only, not every rule of the right type.
-    mistyped = {tuple(e.absolute_path) for e in leaves if e.validator == "type"}
-    for error in leaves:
-        if error.validator == "type" or tuple(error.absolute_path) not in mistyped:
-            yield from _explain(error)
+    """The schema's objections, one at a time: jsonschema's errors are produced lazily and
+    never all kept (an error holds its instance, schema and context)."""
+    validator = _request_validator()
+    for error in validator.iter_errors(document):
+        for leaf in _leaves(error):
+            # A value of the wrong type is told its type only, not every rule of the right
+            # type: the rules of a schema whose "type" the value misses are not reported.
+            if leaf.validator == "type" or not _misses_type(validator, leaf):
+                yield from _explain(leaf)
+
+
+def _misses_type(validator: Draft202012Validator, error: ValidationError) -> bool:
+    schema: Any = error.schema
+    expected = schema.get("type") if isinstance(schema, dict) else None
+    if expected is None:
+        return False
+    types = [expected] if isinstance(expected, str) else expected
+    return not any(validator.is_type(error.instance, name) for name in types)
 
 
 def _leaves(error: ValidationError) -> Iterator[ValidationError]:
@@ -491,12 +632,24 @@ def _detail(path: Iterable[str | int], message: str) -> ErrorDetail:
     return ErrorDetail(pointer=_pointer(path), message=message)
 
 
+def _first_problems(document: Any) -> list[ErrorDetail]:
+    """The first :data:`MAX_DETAILS` distinct problems found, and one more if there is one."""
+    found = itertools.chain(
+        _find_json_problems(document),
+        # jsonschema costs several times a whole relay; it runs only to explain a refusal.
+        () if _conforms(document) else _schema_problems(document),
+        _unsendable_header_values(document),
+    )
+    problems: dict[ErrorDetail, None] = {}
+    for problem in found:
+        problems[problem] = None
+        if len(problems) > MAX_DETAILS:
+            break
+    return list(problems)
+
+
 def _summarise(problems: Iterable[ErrorDetail]) -> list[ErrorDetail]:
     unique = sorted(set(problems), key=lambda d: (d.pointer, d.message))
     if len(unique) <= MAX_DETAILS:
         return unique
-    hidden = len(unique) - MAX_DETAILS
-    return [
-        *unique[:MAX_DETAILS],
-        ErrorDetail(pointer="", message=f"{hidden} more problems not listed"),
-    ]
+    return [*unique[:MAX_DETAILS], ErrorDetail(pointer="", message=_MORE_MESSAGE)]

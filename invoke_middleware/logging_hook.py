@@ -18,6 +18,14 @@ Each record reads like::
 other structured handlers. A value made of anything but plain path characters is written as a
 JSON string, so a hostile path cannot forge another field or break the line. The query string
 is never logged (it may carry a token), nor is any header value, credential or body.
+
+Every line the gateway logs is one line, whatever a caller sent: :func:`escape_control` writes
+control characters as JSON escapes, and :class:`ControlCharacterFilter`, installed on each of
+the package's loggers (:data:`GATEWAY_LOGGERS`) when the package is imported, applies it to
+every record's message, traceback and stack. Add the filter to a handler to give the same
+guarantee to other libraries' records (a WSGI server's, say)::
+
+    handler.addFilter(ControlCharacterFilter())
 """
 
 from __future__ import annotations
@@ -25,10 +33,83 @@ from __future__ import annotations
 import json
 import logging
 import re
+from typing import Final
 
 from invoke_middleware.hooks import RelayFinished
 
-__all__ = ["RelayLogger"]
+__all__ = ["GATEWAY_LOGGERS", "ControlCharacterFilter", "RelayLogger", "escape_control"]
+
+#: C0 controls (CR, LF, NUL, ESC, ...), DEL, C1 controls (NEL among them) and the Unicode line
+#: and paragraph separators: everything a terminal or a log reader may take as the end of a
+#: line or as a command.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SHORT_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _SHORT_ESCAPES.get(char) or f"\\u{ord(char):04x}"
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every control character written as a JSON escape (``\\n``, ``\\u001b``).
+
+    C0 controls, DEL, C1 controls, U+2028 and U+2029 are escaped; everything else, backslashes
+    and printable non-ASCII characters included, is kept. ``text`` itself is returned when it
+    holds none of them.
+    """
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(_escape, text)
+
+
+#: The loggers of the package; each gets a :class:`ControlCharacterFilter` at import.
+GATEWAY_LOGGERS: Final = (
+    "invoke_middleware",
+    "invoke_middleware.access",
+    "invoke_middleware.auth",
+    "invoke_middleware.cli",
+    "invoke_middleware.hooks",
+    "invoke_middleware.mcp",
+    "invoke_middleware.standalone",
+)
+
+_TRACEBACK_FORMATTER: Final = logging.Formatter()
+
+
+class ControlCharacterFilter(logging.Filter):
+    """Escape control characters in a record's message, traceback and stack (never drops one).
+
+    The message is formatted once here and replaced by its escaped text only when it held a
+    control character, so that ordinary records keep their format string and arguments. A
+    traceback is escaped whole: it follows its message as a single line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format call is the handler's to report
+            return True
+        escaped = escape_control(message)
+        if escaped is not message:
+            record.msg, record.args = escaped, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _TRACEBACK_FORMATTER.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = escape_control(record.exc_text)
+        if record.stack_info:
+            record.stack_info = escape_control(record.stack_info)
+        return True
+
+
+def _install_filters() -> None:
+    for name in GATEWAY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, ControlCharacterFilter) for f in logger.filters):
+            logger.addFilter(ControlCharacterFilter())
+
+
+_install_filters()
 
 #: Values made only of these characters are written bare; anything else is JSON-quoted.
 _BARE = re.compile(r"[A-Za-z0-9._~/:@+,-]+")
@@ -56,9 +137,10 @@ def _value(value: object) -> str:
     text = value if isinstance(value, str) else str(value)
     if _BARE.fullmatch(text):
         return text
-    # JSON escapes quotes, backslashes, control characters and (ensure_ascii) every non-ASCII
-    # character, U+2028 included: the line stays one line and its fields stay its own.
-    return json.dumps(text, ensure_ascii=True)
+    # A JSON string: quotes and backslashes escaped, so the value cannot end early and forge
+    # another field; control characters escaped, so it cannot end the line. Printable
+    # non-ASCII characters are kept as they are.
+    return escape_control(json.dumps(text, ensure_ascii=False))
 
 
 class RelayLogger:
@@ -96,5 +178,9 @@ class RelayLogger:
             "error": event.error_code,
         }
         line = " ".join(f"{name}={_value(fields[name])}" for name in FIELDS)
+        # The attributes too: a handler may format them into a line of its own.
+        for name, value in fields.items():
+            if isinstance(value, str):
+                fields[name] = escape_control(value)
         # "%s" keeps a "%" in a path from being read as a format directive.
         self.logger.log(self.level, "relay %s", line, extra=fields)

@@ -346,12 +346,13 @@ class Pipeline:
         if content_type.strip().lower() != "application/json":
             raise UnsupportedMediaTypeError()
         raw = read_capped(request, settings.max_envelope_bytes)
-        envelope = parse_envelope(raw, max_body_bytes=settings.max_invoke_body_bytes)
-        # The envelope's headers go upstream as a header section: the same caps apply.
-        hdr.check_header_limits(
-            envelope.headers,
-            max_count=settings.max_header_count,
-            max_bytes=settings.max_header_bytes,
+        # The envelope's headers go upstream as a header section: the same caps apply, and
+        # are checked before the envelope is validated.
+        envelope = parse_envelope(
+            raw,
+            max_body_bytes=settings.max_invoke_body_bytes,
+            max_header_count=settings.max_header_count,
+            max_header_bytes=settings.max_header_bytes,
         )
         url = build_target_url(service.base_url, envelope.path)
         path = envelope.path.partition("?")[0]

@@ -22,10 +22,12 @@ from invoke_middleware.envelope import (
 )
 from invoke_middleware.errors import (
     ErrorDetail,
+    HeadersTooLargeError,
     InvalidRequestError,
     PayloadTooLargeError,
     UpstreamError,
 )
+from invoke_middleware.headers import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADER_COUNT
 
 LIMIT = 1024 * 1024
 BASE64_MESSAGE = "must be standard base64 with '=' padding (RFC 4648 §4)"
@@ -346,9 +348,6 @@ def test_schema_violation_is_reported_at_its_pointer(
         pytest.param(b'{"method": "GET",}', "The body is not valid JSON.", id="trailing-comma"),
         pytest.param(b'{"method": NaN}', "The body is not valid JSON.", id="nan"),
         pytest.param(b'{"method": -Infinity}', "The body is not valid JSON.", id="infinity"),
-        pytest.param(
-            b"[" * 100_000 + b"]" * 100_000, "The body is not valid JSON.", id="deep-nesting"
-        ),
         pytest.param(b"1" * 5000, "The body is not valid JSON.", id="integer-too-long"),
         pytest.param(
             b'{"method": "\xff"}', "The body is not UTF-8 (RFC 8259 §8.1).", id="not-utf8"
@@ -393,9 +392,9 @@ def test_badly_padded_body_is_reported_with_the_other_problems() -> None:
     ]
 
 
-def test_oversized_body_of_an_invalid_envelope_is_a_bad_request() -> None:
+def test_oversized_body_is_refused_before_the_envelope_is_validated() -> None:
     raw = encode(with_fields(method="get", body_base64=base64.b64encode(b"x" * 100).decode()))
-    with pytest.raises(InvalidRequestError):
+    with pytest.raises(PayloadTooLargeError):
         parse_envelope(raw, max_body_bytes=10)
 
 
@@ -471,7 +470,161 @@ def test_problem_list_is_capped() -> None:
     assert found[:MAX_DETAILS] == [
         (f"/headers/X {i:04d}", HEADER_NAME_MESSAGE) for i in range(MAX_DETAILS)
     ]
-    assert found[-1] == ("", "7 more problems not listed")
+    assert found[-1] == ("", "more problems were found and not listed")
+
+
+def test_exactly_max_details_problems_are_all_listed() -> None:
+    headers = {f"X {i:04d}": "v" for i in range(MAX_DETAILS)}
+    found = problems(encode(with_fields(headers=headers)))
+    assert found == [(f"/headers/X {i:04d}", HEADER_NAME_MESSAGE) for i in range(MAX_DETAILS)]
+
+
+# --- the caps, before any validation ---------------------------------------------------------
+
+
+def test_envelope_headers_over_the_field_count_are_refused_before_validation() -> None:
+    # Every name is invalid too: the cap answers first, without listing them.
+    raw = encode(with_fields(headers={f"X {i}": "v" for i in range(4)}))
+    with pytest.raises(HeadersTooLargeError) as caught:
+        parse_envelope(raw, max_body_bytes=LIMIT, max_header_count=3)
+    assert caught.value.status == 431
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"X-A": ["1", "2", "3", "4"]}, id="array-items-count-one-each"),
+        pytest.param({"X-A": [1, None, [], {}]}, id="items-of-any-type-count"),
+        pytest.param({"A": "1", "B": ["2", "3"], "C": 4}, id="members-and-items"),
+    ],
+)
+def test_every_field_an_envelope_header_would_make_counts(headers: dict[str, Any]) -> None:
+    with pytest.raises(HeadersTooLargeError):
+        parse_envelope(
+            encode(with_fields(headers=headers)), max_body_bytes=LIMIT, max_header_count=3
+        )
+
+
+def test_envelope_headers_over_the_byte_cap_are_refused_before_validation() -> None:
+    # "Name: value" plus CRLF: 4 + 2 + 5 + 2 = 13 bytes, as check_header_limits counts them.
+    raw = encode(with_fields(headers={"Name": "value\n"}))
+    with pytest.raises(HeadersTooLargeError):
+        parse_envelope(raw, max_body_bytes=LIMIT, max_header_bytes=13)
+    assert problems(raw) == [("/headers/Name", HEADER_VALUE_MESSAGE)]
+
+
+def test_envelope_headers_at_the_caps_are_accepted() -> None:
+    raw = encode(with_fields(headers={"Name": ["value", "value"]}))
+    envelope = parse_envelope(raw, max_body_bytes=LIMIT, max_header_count=2, max_header_bytes=26)
+    assert envelope.headers == (("Name", "value"), ("Name", "value"))
+
+
+TOO_MANY = "The body has more JSON members and array items than an invoke envelope can hold."
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param(with_fields(extra=[0] * 100), id="long-array"),
+        pytest.param(with_fields(**{f"x{i}": 0 for i in range(100)}), id="many-members"),
+        pytest.param(with_fields(headers={"X": [[[[[[[[[[["v"]]]]]]]]]]] * 8}), id="nested-arrays"),
+        pytest.param([{}] * 100, id="top-level-array"),
+        pytest.param(json.loads("[" * 90 + "]" * 90), id="deep-nesting"),
+    ],
+)
+def test_more_members_and_items_than_an_envelope_has_are_refused_unparsed(
+    document: Any,
+) -> None:
+    # At most 4 x 3 + 64 = 76 separators outside strings with three header fields.
+    with pytest.raises(InvalidRequestError) as caught:
+        parse_envelope(encode(document), max_body_bytes=LIMIT, max_header_count=3)
+    assert [(d.pointer, d.message) for d in caught.value.details] == [("", TOO_MANY)]
+
+
+def test_nesting_deeper_than_the_parser_goes_is_not_json() -> None:
+    # Reachable only with caps that allow thousands of separators.
+    with pytest.raises(InvalidRequestError) as caught:
+        parse_envelope(b"[" * 5_000 + b"]" * 5_000, max_body_bytes=LIMIT, max_header_count=2_000)
+    assert [(d.pointer, d.message) for d in caught.value.details] == [
+        ("", "The body is not valid JSON.")
+    ]
+
+
+def test_separators_inside_strings_are_not_members() -> None:
+    # 90 commas and brackets in a header value, and a path made of them: more than 76 in all.
+    document = with_fields(path="/" + ",[{" * 30, headers={"X": ",[{" * 30})
+    envelope = parse_envelope(encode(document), max_body_bytes=LIMIT, max_header_count=3)
+    assert envelope.headers == (("X", ",[{" * 30),)
+
+
+def test_envelope_at_the_header_caps_is_parsed_whatever_its_strings_hold() -> None:
+    count, size = DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_HEADER_BYTES
+    value = ",[{" * ((size // count - len("X: ") - len("\r\n")) // 3)
+    document = {
+        "method": "POST",
+        "path": "/" + "{" * 2047,
+        "body_base64": "",
+        "headers": {f"X{i:02d}": [value] for i in range(count)},
+    }
+    envelope = parse_envelope(encode(document), max_body_bytes=LIMIT)
+    assert len(envelope.headers) == count
+
+
+def test_moderately_too_many_header_fields_are_still_a_431() -> None:
+    raw = encode(with_fields(headers={f"X-{i}": "v" for i in range(DEFAULT_MAX_HEADER_COUNT * 2)}))
+    with pytest.raises(HeadersTooLargeError):
+        parse_envelope(raw, max_body_bytes=LIMIT)
+
+
+JUNK = b"[]," * 2000  # 4000 separators: more than any envelope without headers can hold
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(
+            b'{"method": "POST", "path": "/", "body_base64": "' + JUNK + b'"}', id="plain"
+        ),
+        pytest.param(
+            b'{"body_base64" :\n "' + JUNK + b'", "method": "POST", "path": "/"}',
+            id="whitespace-around-the-colon",
+        ),
+    ],
+)
+def test_separators_inside_the_body_string_are_not_counted(raw: bytes) -> None:
+    # The body is one string whatever it holds: the schema refuses it, the count skips it.
+    with pytest.raises(InvalidRequestError) as caught:
+        parse_envelope(raw, max_body_bytes=LIMIT, max_header_count=0, max_header_bytes=0)
+    assert [(d.pointer, d.message) for d in caught.value.details] == [
+        ("/body_base64", BASE64_MESSAGE)
+    ]
+
+
+def test_body_with_escaped_solidus_is_accepted() -> None:
+    # RFC 8259 §7 lets "/" be written "\/"; some encoders always do.
+    raw = b'{"method": "POST", "path": "/", "body_base64": "' + b"QU\\/D" * 500 + b'"}'
+    envelope = parse_envelope(raw, max_body_bytes=LIMIT, max_header_count=0, max_header_bytes=0)
+    assert envelope.body == base64.b64decode("QU/D" * 500)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(
+            b'{"x": "\\"body_base64\\": \\"", "y": ' + JUNK + b"1}", id="name-in-a-string"
+        ),
+        pytest.param(b'["body_base64", "' + JUNK + b'"]', id="name-as-a-value"),
+        pytest.param(b'["body_base64", ' + JUNK + b'"x"]', id="name-as-a-value-then-junk"),
+        pytest.param(b'{"body_base64": 1, "x": ' + JUNK + b'"}', id="not-a-string"),
+        pytest.param(b'{"body_base64": "\\"' + JUNK + b'"}', id="escape-in-the-body"),
+        pytest.param(b'{"x": ' + JUNK + b'"body_base64": ""}', id="junk-before-the-body"),
+        pytest.param(b'{"body_base64": "", "x": ' + JUNK + b"}", id="junk-after-the-body"),
+    ],
+)
+def test_separators_outside_the_body_are_counted(raw: bytes) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        parse_envelope(raw, max_body_bytes=LIMIT, max_header_count=0, max_header_bytes=0)
+    assert [(d.pointer, d.message) for d in caught.value.details] == [("", TOO_MANY)]
 
 
 # --- the compiled validator ------------------------------------------------------------------
