@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from invoke_middleware.auth.principal import Principal
 from invoke_middleware.registry import Service
@@ -60,7 +60,13 @@ class RelayFinished:
 BeforeRelayHook = Callable[[RelayStarted], None]
 AfterRelayHook = Callable[[RelayFinished], None]
 
-_E = TypeVar("_E", RelayStarted, RelayFinished)
+
+class _Event(Protocol):
+    @property
+    def request_id(self) -> str: ...
+
+
+_E = TypeVar("_E", bound=_Event)
 
 
 def call_hooks(hooks: Sequence[Callable[[_E], None]], event: _E) -> None:
@@ -69,4 +75,4 @@ def call_hooks(hooks: Sequence[Callable[[_E], None]], event: _E) -> None:
         try:
             hook(event)
         except Exception:
-            logger.exception("relay hook %r failed (request %s)", hook, event.request_id)
+            logger.exception("hook %r failed (request %s)", hook, event.request_id)

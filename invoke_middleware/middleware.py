@@ -41,6 +41,7 @@ from invoke_middleware.errors import (
 )
 from invoke_middleware.headers import choose_request_id
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
+from invoke_middleware.limits import Limiter
 from invoke_middleware.registry import InMemoryServiceRegistry, ServiceRegistry
 from invoke_middleware.relay import Gateway, GatewaySettings, SecretResolver
 from invoke_middleware.request import GatewayRequest, Headers
@@ -86,6 +87,7 @@ class InvokeMiddleware:
         after_relay: Sequence[AfterRelayHook] = (),
         error_renderer: ErrorRenderer | None = None,
         settings: GatewaySettings | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.app = app
         self.router = Router(prefix)
@@ -104,6 +106,7 @@ class InvokeMiddleware:
             after_relay=after_relay,
             error_renderer=error_renderer,
             settings=settings,
+            limiter=limiter,
         )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

@@ -52,6 +52,7 @@ from invoke_middleware.hooks import (
     RelayStarted,
     call_hooks,
 )
+from invoke_middleware.limits import UNLIMITED, Limiter
 from invoke_middleware.registry import Service, ServiceRegistry, ServiceType, is_valid_slug
 from invoke_middleware.request import GatewayRequest
 from invoke_middleware.routing import RouteKind, RouteMatch
@@ -166,9 +167,11 @@ class Gateway:
         after_relay: Sequence[AfterRelayHook] = (),
         error_renderer: ErrorRenderer | None = None,
         settings: GatewaySettings | None = None,
+        limiter: Limiter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings or GatewaySettings()
+        self.limiter = limiter
         self.registry = registry
         self.resolvers = tuple(resolvers)
         self.transport = transport
@@ -261,9 +264,23 @@ class Gateway:
             raise ServiceNotRunningError(
                 f"The service is {service.service_status.value}, not running."
             )
-        if kind is RouteKind.INVOKE:
-            return self._invoke(request, principal, service, request_id)
-        return self._relay(request, route.tail, principal, service, request_id)
+        # Fair share (README, "Limits"): after authentication and authorization, before any
+        # upstream work; the slot is held until the response ends, however it ends.
+        route_name = "invoke" if kind is RouteKind.INVOKE else "relay"
+        admission = UNLIMITED
+        if self.limiter is not None:
+            admission = self.limiter.admit(
+                principal, service, route=route_name, request_id=request_id
+            )
+        try:
+            if kind is RouteKind.INVOKE:
+                response = self._invoke(request, principal, service, request_id)
+            else:
+                response = self._relay(request, route.tail, principal, service, request_id)
+        except BaseException:
+            admission.release()
+            raise
+        return admission.hold(response)
 
     # -- steps -------------------------------------------------------------------------
 
