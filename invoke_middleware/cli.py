@@ -516,7 +516,7 @@ def _run_gateway(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        gateway = build_gateway(config)
+        gateway = build_gateway(config, threads=threads)
     except ConfigError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
     try:

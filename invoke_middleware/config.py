@@ -44,6 +44,29 @@ jwt.leeway                 seconds≥0    0                   clock skew allowed
 jwt.cache_size             int≥0        0 (off)             verified-token cache entries
 =========================  ===========  ==================  ===================================
 
+Fair-share limits (:mod:`invoke_middleware.limits`; every limit is off unless set):
+
+============================  ===========  =============  ======================================
+name                          type         default        meaning
+============================  ===========  =============  ======================================
+limits.max_in_flight          int>0        (none)         relays in flight in this process
+limits.team_max_in_flight     int>0        (none)         ... of one team
+limits.service_max_in_flight  int>0        (none)         ... to one service
+limits.queue_timeout          seconds≥0    0              wait for a slot before the 429
+limits.credential_rate        rate         (none)         requests per window per credential
+limits.user_rate              rate         (none)         ... per user
+limits.team_rate              rate         (none)         ... per team
+limits.service_rate           rate         (none)         ... per service
+limits.teams                  table        (none)         per-team ``rate`` and ``max_in_flight``
+limits.storage_url            URL          ``memory://``  ``redis://...`` shares rate budgets
+limits.key_prefix             text         invoke-limits  namespace of the Redis keys
+limits.storage_timeout        seconds>0    0.5            bound on each Redis round trip
+limits.fail_open              bool         true           serve (true) or 503 when Redis is down
+============================  ===========  =============  ======================================
+
+A rate is written as the ``limits`` library writes it: ``100/minute``, ``10 per second``,
+``1000 per 2 hours``. See :mod:`invoke_middleware.limits` and the README's "Limits" section.
+
 Booleans accept ``true/false``, ``yes/no``, ``on/off`` and ``1/0``; name lists are separated by
 commas or spaces. JWT authentication is on when ``jwt.algorithms`` and exactly one key source
 (``jwt.secret``, ``jwt.secret_env``, ``jwt.secret_file``, ``jwt.public_key_file``,
@@ -87,6 +110,7 @@ from invoke_middleware.auth.stores import (
 )
 from invoke_middleware.errors import ErrorRenderer
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
+from invoke_middleware.limits import Limiter, LimitHook, LimitSettings
 from invoke_middleware.middleware import InvokeMiddleware
 from invoke_middleware.registry import ServiceRegistry
 from invoke_middleware.relay import GatewaySettings, SecretResolver
@@ -159,6 +183,7 @@ class Collaborators(TypedDict, total=False):
     before_relay: Sequence[BeforeRelayHook]
     after_relay: Sequence[AfterRelayHook]
     error_renderer: ErrorRenderer
+    limiter: Limiter
 
 
 # --- the result --------------------------------------------------------------------------
@@ -214,16 +239,22 @@ class InvokeConfig:
     settings: GatewaySettings = field(default_factory=GatewaySettings)
     jwt: JWTSettings | None = None
     ca_bundle: str | None = None
+    limits: LimitSettings | None = None
     style: KeyStyle = KeyStyle.INI
 
     def build_middleware(
-        self, app: WSGIApplication, **collaborators: Unpack[Collaborators]
+        self,
+        app: WSGIApplication,
+        *,
+        on_limit: Sequence[LimitHook] = (),
+        **collaborators: Unpack[Collaborators],
     ) -> InvokeMiddleware:
         """Wrap ``app``; objects in ``collaborators`` replace the ones the settings describe.
 
         Raises :class:`ConfigError` when the settings cannot apply: JWT settings next to
         explicit ``resolvers``, ``ca_bundle`` next to an explicit ``egress_transport``, or a
-        database that cannot be opened.
+        database that cannot be opened. ``on_limit`` hooks receive the refusals of the limiter
+        that the ``limits.*`` settings describe (not of a ``limiter`` passed in).
         """
         if self.jwt is not None and "resolvers" in collaborators:
             raise ConfigError(
@@ -254,6 +285,11 @@ class InvokeConfig:
             ]
         if self.ca_bundle is not None:
             collaborators["egress_transport"] = HTTPTransport(ca_bundle=self.ca_bundle)
+        if self.limits is not None and "limiter" not in collaborators:
+            try:
+                collaborators["limiter"] = Limiter(self.limits, on_event=on_limit)
+            except ValueError as exc:
+                raise ConfigError(self.style.key("limits.storage_url"), str(exc)) from None
         return InvokeMiddleware(app, prefix=self.prefix, settings=self.settings, **collaborators)
 
     def _open_store(self) -> SQLStore:
@@ -384,8 +420,20 @@ def _assemble(
         settings=GatewaySettings(timeouts=timeouts, **limits),
         jwt=_jwt_settings(values, style, environ),
         ca_bundle=values.get("ca_bundle"),
+        limits=_limit_settings(values),
         style=style,
     )
+
+
+def _limit_settings(values: Mapping[str, Any]) -> LimitSettings | None:
+    given = {
+        name.removeprefix("limits."): value
+        for name, value in values.items()
+        if name.startswith("limits.")
+    }
+    if not given:
+        return None
+    return LimitSettings(**given)
 
 
 def _check_jwt(values: Mapping[str, Any], style: KeyStyle) -> None:

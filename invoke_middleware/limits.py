@@ -47,7 +47,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -77,6 +77,7 @@ __all__ = [
     "Rate",
     "ServiceLimits",
     "TeamLimits",
+    "fair_share",
 ]
 
 logger = logging.getLogger("invoke_middleware.limits")
@@ -192,6 +193,21 @@ class LimitSettings:
             rate is not None
             for rate in (self.credential_rate, self.user_rate, self.team_rate, self.service_rate)
         ) or any(team.rate is not None for team in self.teams.values())
+
+
+def fair_share(settings: LimitSettings | None, threads: int) -> LimitSettings:
+    """``settings`` with the standalone server's concurrency defaults for ``threads`` workers.
+
+    Unless set, a team may hold at most half of the threads (rounded down, at least one) and
+    all relays together all but one thread, which stays free for other teams' requests,
+    discovery and health checks: one team's slow streams can no longer starve another team.
+    """
+    settings = settings or LimitSettings()
+    return replace(
+        settings,
+        max_in_flight=settings.max_in_flight or max(1, threads - 1),
+        team_max_in_flight=settings.team_max_in_flight or max(1, threads // 2),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
