@@ -140,7 +140,9 @@ class Rate:
         return cls(amount=item.amount, window=item.get_expiry())
 
     def __str__(self) -> str:
-        return f"{self.amount}/{self.window}s"
+        # The library's notation, so that the text parses back to this rate.
+        unit = "second" if self.window == 1 else "seconds"
+        return f"{self.amount} per {self.window} {unit}"
 
 
 @dataclass(frozen=True, kw_only=True)
