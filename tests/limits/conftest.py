@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 from invoke_middleware.limits import Limiter
-from tests.gateway.conftest import make_service
+from tests.cli.conftest import upstream, workspace  # noqa: F401  (fixtures)
 from tests.integration.conftest import recording  # noqa: F401  (fixture)
 from tests.upstreams import raw_upstream  # noqa: F401  (fixture)
 
@@ -111,6 +111,3 @@ def run_concurrently(count: int, work: Callable[[int], object]) -> list[object]:
         thread.join(WAIT * 2)
     assert not errors, errors[0]
     return results
-
-
-__all__ = ["make_service"]

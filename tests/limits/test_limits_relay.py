@@ -68,12 +68,9 @@ def limited_gateway(
 class Stream:
     """A GET whose status line and headers were read, its body left on the socket."""
 
-    def __init__(self, gateway: RunningGateway, target: str, key: str | None) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=CLIENT_TIMEOUT)
-        request = (
-            f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Authorization: Bearer {key or gateway.key}\r\n\r\n"
-        )
+    def __init__(self, port: int, key: str, target: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT)
+        request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\r\n"
         self.sock.sendall(request.encode())
         self.response = http.client.HTTPResponse(self.sock, method="GET")
         self.response.begin()
@@ -101,7 +98,7 @@ def open_stream(
     gateway: RunningGateway, target: str = LONG_STREAM, key: str | None = None
 ) -> Stream:
     """Send a GET and read its status line and headers, leaving the body on the socket."""
-    return Stream(gateway, target, key)
+    return Stream(gateway.port, key or gateway.key, target)
 
 
 def get(
