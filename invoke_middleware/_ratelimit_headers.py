@@ -15,9 +15,9 @@ key or an identity, so the fields say nothing about other callers.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 POLICY_HEADER = "RateLimit-Policy"
 STATE_HEADER = "RateLimit"
@@ -28,32 +28,46 @@ RETRY_AFTER_HEADER = "Retry-After"
 NAMES = frozenset({POLICY_HEADER.lower(), STATE_HEADER.lower()})
 
 
-@dataclass(frozen=True, kw_only=True)
-class PolicyState:
-    """One rate limit as it stood after this request was counted."""
-
-    name: str
-    quota: int
-    window: int
-    remaining: int
-    reset: float
-
-    @property
-    def reset_seconds(self) -> int:
-        """Whole seconds until the window resets: rounded up, so waiting that long is enough."""
-        return max(1, math.ceil(self.reset))
+#: A policy as the fields name it: (name, quota, window in seconds).
+Policy = tuple[str, int, int]
 
 
-def rate_limit_headers(states: Sequence[PolicyState]) -> tuple[tuple[str, str], ...]:
-    """``RateLimit-Policy`` for every state and ``RateLimit`` for the tightest one."""
-    if not states:
+@functools.lru_cache(maxsize=1024)
+def _policy_value(policies: tuple[Policy, ...]) -> str:
+    # The same few combinations of policies come back on every request: format them once.
+    return ", ".join(f'"{name}";q={quota};w={window}' for name, quota, window in policies)
+
+
+def rate_limit_headers(
+    policies: tuple[Policy, ...], counts: Sequence[tuple[int, float]]
+) -> tuple[tuple[str, str], ...]:
+    """``RateLimit-Policy`` for every policy, and ``RateLimit`` for the tightest one.
+
+    ``counts`` holds, for each policy, the requests counted in its window (this one included)
+    and the seconds until the window resets. The tightest policy is the one with the fewest
+    requests remaining; of those, the one that resets last.
+    """
+    if not policies:
         return ()
-    policies = ", ".join(f'"{s.name}";q={s.quota};w={s.window}' for s in states)
-    tightest = min(states, key=lambda s: (s.remaining, -s.reset))
-    state = f'"{tightest.name}";r={tightest.remaining};t={tightest.reset_seconds}'
-    return ((POLICY_HEADER, policies), (STATE_HEADER, state))
+    tightest = ("", 0, 0.0)
+    best: tuple[int, float] | None = None
+    for (name, quota, _), (count, reset) in zip(policies, counts, strict=True):
+        remaining = quota - count if count < quota else 0
+        if best is None or remaining < best[0] or (remaining == best[0] and reset > best[1]):
+            best = (remaining, reset)
+            tightest = (name, remaining, reset)
+    name, remaining, reset = tightest
+    return (
+        (POLICY_HEADER, _policy_value(policies)),
+        (STATE_HEADER, f'"{name}";r={remaining};t={reset_seconds(reset)}'),
+    )
+
+
+def reset_seconds(reset: float) -> int:
+    """Whole seconds until a window resets: rounded up, so that waiting that long is enough."""
+    return max(1, math.ceil(reset))
 
 
 def retry_after(seconds: float) -> tuple[str, str]:
     """``Retry-After`` in whole seconds (RFC 9110 §10.2.3), at least one."""
-    return (RETRY_AFTER_HEADER, str(max(1, math.ceil(seconds))))
+    return (RETRY_AFTER_HEADER, str(reset_seconds(seconds)))

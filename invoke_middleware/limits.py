@@ -29,7 +29,7 @@ holds a worker thread, which is what the limit protects.
 window opens at a key's first request and lasts the rate's period, and every request counts,
 refused ones included. Storage is ``memory://`` (per process) or ``redis://`` (shared by every
 process using the same Redis and key prefix). With Redis all the rates of a request are
-counted in one pipelined round trip. When Redis cannot be reached the request is served
+counted by one script call, in one round trip. When Redis cannot be reached the request is served
 (``fail_open``, the default: a warning is logged and the event reported) or refused with 503
 ``limits_unavailable``.
 
@@ -55,11 +55,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from invoke_middleware._ratelimit_headers import (
     NAMES as RATE_LIMIT_HEADER_NAMES,
 )
-from invoke_middleware._ratelimit_headers import (
-    PolicyState,
-    rate_limit_headers,
-    retry_after,
-)
+from invoke_middleware._ratelimit_headers import rate_limit_headers, retry_after
 from invoke_middleware.errors import LimitsUnavailableError, RateLimitedError, TooManyInFlightError
 
 if TYPE_CHECKING:
@@ -107,6 +103,9 @@ class LimitKind(StrEnum):
     def policy(self) -> str:
         """The policy name in the ``RateLimit`` fields: ``team_rate`` is ``team``."""
         return self.value.removesuffix("_rate")
+
+
+_POLICIES = {kind: kind.policy for kind in LimitKind}
 
 
 class LimitOutcome(StrEnum):
@@ -316,27 +315,24 @@ class _InFlight:
     """
 
     def __init__(self) -> None:
-        self._ready = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        # Only requests allowed to queue wait on it; release notifies only when one does.
+        self._ready = threading.Condition(self._lock)
+        self._waiting = 0
         self._total = 0
-        self._counts: dict[tuple[str, uuid.UUID], int] = {}
+        self._counts: dict[tuple[str, int], int] = {}
 
     def acquire(
         self,
-        caps: Sequence[tuple[LimitKind, tuple[str, uuid.UUID] | None, int]],
+        caps: Sequence[tuple[LimitKind, tuple[str, int] | None, int]],
         timeout: float,
     ) -> LimitKind | None:
         """Take one slot under every cap, or return the first cap that is full after
         waiting up to ``timeout`` seconds."""
-        with self._ready:
+        with self._lock:
             full = self._full(caps)
             if full is not None and timeout > 0:
-                deadline = time.monotonic() + timeout
-                while full is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not self._ready.wait(remaining):
-                        full = self._full(caps)
-                        break
-                    full = self._full(caps)
+                full = self._wait(caps, timeout)
             if full is not None:
                 return full
             self._total += 1
@@ -345,19 +341,41 @@ class _InFlight:
                     self._counts[key] = self._counts.get(key, 0) + 1
             return None
 
-    def release(self, keys: Sequence[tuple[str, uuid.UUID]]) -> None:
-        with self._ready:
+    def _wait(
+        self,
+        caps: Sequence[tuple[LimitKind, tuple[str, int] | None, int]],
+        timeout: float,
+    ) -> LimitKind | None:
+        # Called with the lock held; Condition.wait releases it while waiting.
+        deadline = time.monotonic() + timeout
+        self._waiting += 1
+        try:
+            full = self._full(caps)
+            while full is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._ready.wait(remaining)
+                full = self._full(caps)
+            return full
+        finally:
+            self._waiting -= 1
+
+    def release(self, keys: Sequence[tuple[str, int]]) -> None:
+        with self._lock:
             self._total -= 1
+            counts = self._counts
             for key in keys:
-                count = self._counts[key] - 1
+                count = counts[key] - 1
                 if count:
-                    self._counts[key] = count
+                    counts[key] = count
                 else:
-                    del self._counts[key]
-            self._ready.notify_all()
+                    del counts[key]
+            if self._waiting:
+                self._ready.notify_all()
 
     def _full(
-        self, caps: Sequence[tuple[LimitKind, tuple[str, uuid.UUID] | None, int]]
+        self, caps: Sequence[tuple[LimitKind, tuple[str, int] | None, int]]
     ) -> LimitKind | None:
         for kind, key, cap in caps:
             held = self._total if key is None else self._counts.get(key, 0)
@@ -367,7 +385,7 @@ class _InFlight:
 
     def held(self) -> int:
         """Relays in flight in this process (for tests and diagnostics)."""
-        with self._ready:
+        with self._lock:
             return self._total
 
 
@@ -399,43 +417,45 @@ class _StorageCounter:
         return results
 
 
-class _RedisCounter:
-    """Fixed windows on the ``limits`` Redis storage, every key in one pipelined round trip.
+#: The ``limits`` library's fixed-window step (its ``incr_expire.lua``: increment, and start
+#: the window's expiry on the first hit) for every key of a request at once, with each key's
+#: remaining time to live: one command and one round trip per request, whatever the number of
+#: rates. Keys may hash to different slots, so this needs a single Redis, not a Cluster.
+_HIT_ALL = """
+local replies = {}
+for i, key in ipairs(KEYS) do
+    local current = redis.call("incrby", key, 1)
+    if current == 1 then
+        redis.call("expire", key, ARGV[i])
+    end
+    replies[2 * i - 1] = current
+    replies[2 * i] = redis.call("pttl", key)
+end
+return replies
+"""
 
-    Runs the library's own increment-and-expire script (by its SHA) and ``PTTL`` for each key;
-    a Redis that lost its scripts (restarted, flushed) gets the script loaded and one retry.
-    """
+
+class _RedisCounter:
+    """Fixed windows on the ``limits`` Redis storage (its connection pool, key prefix and
+    options), every key of a request counted by one script call (:data:`_HIT_ALL`)."""
 
     def __init__(self, storage: Any) -> None:
-        self._storage = storage
-        self._script = storage.lua_incr_expire
-        from redis.exceptions import NoScriptError, RedisError  # noqa: PLC0415 - optional
+        from redis.exceptions import RedisError  # noqa: PLC0415 - optional dependency
 
-        self._no_script = NoScriptError
+        self._storage = storage
+        # Runs by SHA, and loads the script again when Redis lost it (restart, flush).
+        self._script = storage.get_connection().register_script(_HIT_ALL)
         self._redis_error = RedisError
 
     def hit(self, keys: Sequence[tuple[str, int]]) -> list[tuple[int, float]]:
+        prefixed = [self._storage.prefixed_key(key) for key, _ in keys]
         try:
-            try:
-                replies = self._pipeline(keys)
-            except self._no_script:
-                self._storage.get_connection().script_load(self._script.script)
-                replies = self._pipeline(keys)
+            replies = self._script(keys=prefixed, args=[window for _, window in keys])
         except self._redis_error as exc:
             raise _StoreUnavailable from exc
         return [
             (int(replies[i]), max(int(replies[i + 1]), 0) / 1000) for i in range(0, len(replies), 2)
         ]
-
-    def _pipeline(self, keys: Sequence[tuple[str, int]]) -> list[Any]:
-        storage = self._storage
-        pipe = storage.get_connection().pipeline(transaction=False)
-        for key, window in keys:
-            prefixed = storage.prefixed_key(key)
-            pipe.evalsha(self._script.sha, 1, prefixed, window, 1)
-            pipe.pttl(prefixed)
-        replies: list[Any] = pipe.execute()
-        return replies
 
 
 def _open_counter(settings: LimitSettings) -> _Counter:
@@ -530,16 +550,17 @@ class Limiter:
         request_id: str,
     ) -> Callable[[], None] | None:
         settings = self.settings
-        caps: list[tuple[LimitKind, tuple[str, uuid.UUID] | None, int]] = []
+        caps: list[tuple[LimitKind, tuple[str, int] | None, int]] = []
         if settings.max_in_flight is not None:
             caps.append((LimitKind.IN_FLIGHT, None, settings.max_in_flight))
         team_cap = team.max_in_flight if team and team.max_in_flight else None
         team_cap = team_cap or settings.team_max_in_flight
         if team_cap is not None:
-            caps.append((LimitKind.TEAM_IN_FLIGHT, ("team", principal.team_id), team_cap))
+            # UUIDs hash in Python code; their integer value hashes in C.
+            caps.append((LimitKind.TEAM_IN_FLIGHT, ("team", principal.team_id.int), team_cap))
         service_cap = service.limits.max_in_flight or settings.service_max_in_flight
         if service_cap is not None:
-            caps.append((LimitKind.SERVICE_IN_FLIGHT, ("service", service.id), service_cap))
+            caps.append((LimitKind.SERVICE_IN_FLIGHT, ("service", service.id.int), service_cap))
         if not caps:
             return None
         full = self._in_flight.acquire(caps, settings.queue_timeout)
@@ -595,17 +616,8 @@ class Limiter:
             return self._store_failed(
                 exc, principal=principal, service=service, route=route, request_id=request_id
             )
-        states = [
-            PolicyState(
-                name=kind.policy,
-                quota=rate.amount,
-                window=rate.window,
-                remaining=max(0, rate.amount - count),
-                reset=reset,
-            )
-            for (kind, rate, _), (count, reset) in zip(applied, counts, strict=True)
-        ]
-        headers = rate_limit_headers(states)
+        policies = tuple((_POLICIES[kind], rate.amount, rate.window) for kind, rate, _ in applied)
+        headers = rate_limit_headers(policies, counts)
         for (kind, rate, _), (count, reset) in zip(applied, counts, strict=True):
             if count > rate.amount:
                 self._report(
