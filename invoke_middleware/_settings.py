@@ -203,7 +203,7 @@ def _rate(value: object) -> Any:
 
 
 def _storage_url(value: object) -> str:
-    from invoke_middleware.limits import STORAGE_SCHEMES  # noqa: PLC0415
+    from invoke_middleware._rate_counters import STORAGE_SCHEMES  # noqa: PLC0415
 
     text = as_text(value)
     scheme, separator, _ = text.partition("://")

@@ -27,9 +27,10 @@ holds a worker thread, which is what the limit protects.
 
 **Rates** (requests per window) use the fixed-window strategy of the ``limits`` library: a
 window opens at a key's first request and lasts the rate's period, and every request counts,
-refused ones included. Storage is ``memory://`` (per process) or ``redis://`` (shared by every
-process using the same Redis and key prefix). With Redis all the rates of a request are
-counted by one script call, in one round trip. When Redis cannot be reached the request is served
+refused ones included. Counters live in this process (``memory://``) or in Redis
+(``redis://``, shared by every process using the same Redis and key prefix, where all the rates
+of a request are counted by one script call, in one round trip); see
+:mod:`invoke_middleware._rate_counters`. When Redis cannot be reached the request is served
 (``fail_open``, the default: a warning is logged and the event reported) or refused with 503
 ``limits_unavailable``.
 
@@ -50,8 +51,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from invoke_middleware._rate_counters import (
+    RateCounter,
+    StoreUnavailable,
+    open_counter,
+)
 from invoke_middleware._ratelimit_headers import (
     NAMES as RATE_LIMIT_HEADER_NAMES,
 )
@@ -80,8 +86,6 @@ logger = logging.getLogger("invoke_middleware.limits")
 
 DEFAULT_STORAGE_URL = "memory://"
 DEFAULT_KEY_PREFIX = "invoke-limits"
-#: Storage schemes accepted: one process, or a shared Redis.
-STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
 
 #: A failing store is reported in the log at most this often (seconds): one line per request
 #: would flood the log exactly when it matters.
@@ -245,19 +249,23 @@ class Admission:
     than once; only the first call gives the slot back.
     """
 
-    __slots__ = ("_release", "headers")
+    __slots__ = ("_pending", "headers")
 
     def __init__(
         self, headers: tuple[tuple[str, str], ...], release: Callable[[], None] | None
     ) -> None:
         self.headers = headers
-        self._release = release
+        # A list, because list.pop() is atomic: the server's close() and the collection of
+        # an abandoned body generator may both release, from different threads.
+        self._pending = [] if release is None else [release]
 
     def release(self) -> None:
         """Give the concurrency slot back (once)."""
-        release, self._release = self._release, None
-        if release is not None:
-            release()
+        try:
+            release = self._pending.pop()
+        except IndexError:
+            return
+        release()
 
     def hold(self, response: _R) -> _R:
         """Add the rate-limit fields to ``response`` and keep the slot until its body ends.
@@ -270,7 +278,7 @@ class Admission:
                 (k, v) for k, v in response.headers if k.lower() not in RATE_LIMIT_HEADER_NAMES
             ]
             response.headers.extend(self.headers)
-        if self._release is not None:
+        if self._pending:
             if isinstance(response.body, tuple):
                 self.release()
             else:
@@ -389,94 +397,6 @@ class _InFlight:
             return self._total
 
 
-class _StoreUnavailable(Exception):
-    """The rate-limit store could not be asked."""
-
-
-class _Counter(Protocol):
-    def hit(self, keys: Sequence[tuple[str, int]]) -> list[tuple[int, float]]:
-        """Count one request under each ``(key, window)``: ``(count, seconds to reset)``."""
-        ...
-
-
-class _StorageCounter:
-    """Fixed windows on any ``limits`` storage, one call per key (memory: no round trip)."""
-
-    def __init__(self, storage: Any) -> None:
-        self._storage = storage
-
-    def hit(self, keys: Sequence[tuple[str, int]]) -> list[tuple[int, float]]:
-        storage = self._storage
-        results = []
-        try:
-            for key, window in keys:
-                count = storage.incr(key, window)
-                results.append((count, storage.get_expiry(key) - time.time()))
-        except Exception as exc:
-            raise _StoreUnavailable from exc
-        return results
-
-
-#: The ``limits`` library's fixed-window step (its ``incr_expire.lua``: increment, and start
-#: the window's expiry on the first hit) for every key of a request at once, with each key's
-#: remaining time to live: one command and one round trip per request, whatever the number of
-#: rates. Keys may hash to different slots, so this needs a single Redis, not a Cluster.
-_HIT_ALL = """
-local replies = {}
-for i, key in ipairs(KEYS) do
-    local current = redis.call("incrby", key, 1)
-    if current == 1 then
-        redis.call("expire", key, ARGV[i])
-    end
-    replies[2 * i - 1] = current
-    replies[2 * i] = redis.call("pttl", key)
-end
-return replies
-"""
-
-
-class _RedisCounter:
-    """Fixed windows on the ``limits`` Redis storage (its connection pool, key prefix and
-    options), every key of a request counted by one script call (:data:`_HIT_ALL`)."""
-
-    def __init__(self, storage: Any) -> None:
-        from redis.exceptions import RedisError  # noqa: PLC0415 - optional dependency
-
-        self._storage = storage
-        # Runs by SHA, and loads the script again when Redis lost it (restart, flush).
-        self._script = storage.get_connection().register_script(_HIT_ALL)
-        self._redis_error = RedisError
-
-    def hit(self, keys: Sequence[tuple[str, int]]) -> list[tuple[int, float]]:
-        prefixed = [self._storage.prefixed_key(key) for key, _ in keys]
-        try:
-            replies = self._script(keys=prefixed, args=[window for _, window in keys])
-        except self._redis_error as exc:
-            raise _StoreUnavailable from exc
-        return [
-            (int(replies[i]), max(int(replies[i + 1]), 0) / 1000) for i in range(0, len(replies), 2)
-        ]
-
-
-def _open_counter(settings: LimitSettings) -> _Counter:
-    try:
-        from limits.storage import RedisStorage, storage_from_string  # noqa: PLC0415
-    except ImportError as exc:  # pragma: no cover - limits is a dependency
-        raise ImportError("rate limits need the 'limits' package") from exc
-    options: dict[str, Any] = {"key_prefix": settings.key_prefix}
-    if settings.storage_url.split("://", 1)[0] != "memory":
-        options["socket_timeout"] = settings.storage_timeout
-        options["socket_connect_timeout"] = settings.storage_timeout
-    try:
-        storage = storage_from_string(settings.storage_url, **options)
-    except Exception as exc:
-        # The library names the missing client (redis) or the bad scheme; never the URL.
-        raise ValueError(f"cannot use the rate-limit storage: {type(exc).__name__}") from exc
-    if isinstance(storage, RedisStorage):
-        return _RedisCounter(storage)
-    return _StorageCounter(storage)
-
-
 class Limiter:
     """Admits or refuses requests under :class:`LimitSettings`; thread-safe, one per process.
 
@@ -495,11 +415,11 @@ class Limiter:
         self.on_event = tuple(on_event)
         self._clock = clock
         self._in_flight = _InFlight()
-        self._counter: _Counter | None = None
+        self._counter: RateCounter | None = None
         self._counter_lock = threading.Lock()
         self._last_warning = -_WARNING_INTERVAL
         if self.settings.has_rates:
-            self._counter = _open_counter(self.settings)
+            self._counter = open_counter(self.settings)
 
     @property
     def in_flight(self) -> int:
@@ -612,7 +532,7 @@ class Limiter:
         keys = [(f"{kind.value}/{who}/{rate.window}", rate.window) for kind, rate, who in applied]
         try:
             counts = counter.hit(keys)
-        except _StoreUnavailable as exc:
+        except StoreUnavailable as exc:
             return self._store_failed(
                 exc, principal=principal, service=service, route=route, request_id=request_id
             )
@@ -631,15 +551,15 @@ class Limiter:
                 raise RateLimitedError(headers=(retry_after(reset), *headers))
         return headers
 
-    def _open_counter(self) -> _Counter:
+    def _open_counter(self) -> RateCounter:
         with self._counter_lock:
             if self._counter is None:
-                self._counter = _open_counter(self.settings)
+                self._counter = open_counter(self.settings)
             return self._counter
 
     def _store_failed(
         self,
-        exc: _StoreUnavailable,
+        exc: StoreUnavailable,
         *,
         principal: Principal,
         service: Service,
