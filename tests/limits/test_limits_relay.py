@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from invoke_middleware import KeyKind
+from invoke_middleware.auth.principal import Role
 from invoke_middleware.hooks import RelayFinished, RelayStarted
 from invoke_middleware.limits import (
     Limiter,
@@ -174,10 +175,18 @@ def test_another_team_is_served_while_one_team_holds_all_its_slots(
         assert get(gateway, "/r/containers/svc/headers", key=other_key).status == 200
 
 
+@pytest.mark.parametrize(
+    "cap",
+    [
+        pytest.param("service_max_in_flight", id="per-service"),
+        pytest.param("team_max_in_flight", id="per-team"),
+        pytest.param("max_in_flight", id="per-process"),
+    ],
+)
 def test_exactly_the_cap_is_admitted_among_32_concurrent_clients(
-    raw_upstream: RawUpstream,
+    raw_upstream: RawUpstream, cap: str
 ) -> None:
-    limiter = Limiter(LimitSettings(service_max_in_flight=5))
+    limiter = Limiter(LimitSettings(**{cap: 5}))
     with limited_gateway(raw_upstream.url, limiter) as gateway, ExitStack() as streams:
 
         def call(_: int) -> int:
@@ -400,6 +409,20 @@ def test_a_credential_budget_is_the_credentials_own(recording: RecordingUpstream
         assert get(gateway).status == 200
         assert get(gateway).status == 429
         assert get(gateway, key=second_key).status == 200
+
+
+def test_a_users_budget_spans_all_their_credentials(recording: RecordingUpstream) -> None:
+    limiter = Limiter(LimitSettings(user_rate=Rate(amount=2, window=3600)))
+    with limited_gateway(recording.url, limiter) as gateway:
+        middleware = gateway.middleware
+        middleware.memberships.set_role(TEAM, "ada", Role.MEMBER)
+        middleware.memberships.set_role(TEAM, "bob", Role.MEMBER)
+        laptop, phone, bobs = (
+            middleware.credentials.issue(KeyKind.DEVICE, team_id=TEAM, user_id=user).key
+            for user in ("ada", "ada", "bob")
+        )
+        statuses = [get(gateway, key=key).status for key in (laptop, phone, laptop, bobs)]
+    assert statuses == [200, 200, 429, 200]
 
 
 def test_a_teams_own_limits_replace_the_defaults(recording: RecordingUpstream) -> None:
