@@ -141,6 +141,7 @@ def build_gateway(
         limits=fair_share(settings.limits, threads or config.server.threads),
     )
     store = SQLStore(config.database, service_cache_ttl=config.service_cache_ttl)
+    access_log = RelayLogger()
     try:
         app = settings.build_middleware(
             host_app,
@@ -148,7 +149,8 @@ def build_gateway(
             credentials=store.credentials,
             memberships=store.memberships,
             secret_resolver=EnvironmentSecretResolver(config.secrets, environ),
-            after_relay=[RelayLogger()],
+            after_relay=[access_log],
+            on_limit=[access_log.on_limit],
         )
     except BaseException:
         store.close()

@@ -56,7 +56,9 @@ def test_one_teams_slow_streams_leave_threads_for_another_team(
             headers={"Authorization": f"Bearer {other_key}"},
             timeout=10,
         )
+        log = gateway.log.read_text()
 
     assert statuses == [200] * TEAM_SHARE + [429] * (THREADS - TEAM_SHARE)
     assert answer.status_code == 200
     assert answer.json()["path"] == "/greet"
+    assert log.count("limit=team_in_flight outcome=refused") == THREADS - TEAM_SHARE
