@@ -210,7 +210,7 @@ prefix = ""
 # cache_size = 10000                   # verified tokens kept; 0 disables the cache
 
 [limits]
-# Fair share between teams (README, "Limits"). Unless set here, each team may hold at most
+# Fair share between teams (README, "Fair share"). Unless set here, each team may hold at most
 # half of the server's threads with relays in flight, and all teams together all but one.
 # team_max_in_flight = 4               # relays in flight per team (default: threads / 2)
 # max_in_flight = 7                    # relays in flight in all (default: threads - 1)

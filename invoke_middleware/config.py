@@ -65,7 +65,7 @@ limits.fail_open              bool         true           serve (true) or 503 wh
 ============================  ===========  =============  ======================================
 
 A rate is written as the ``limits`` library writes it: ``100/minute``, ``10 per second``,
-``1000 per 2 hours``. See :mod:`invoke_middleware.limits` and the README's "Limits" section.
+``1000 per 2 hours``. See :mod:`invoke_middleware.limits` and the README's "Fair share" section.
 
 Booleans accept ``true/false``, ``yes/no``, ``on/off`` and ``1/0``; name lists are separated by
 commas or spaces. JWT authentication is on when ``jwt.algorithms`` and exactly one key source

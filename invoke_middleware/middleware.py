@@ -67,7 +67,8 @@ class InvokeMiddleware:
     :class:`~invoke_middleware.auth.credentials.CredentialResolver` when ``resolvers`` is not
     given; the pooled :class:`~invoke_middleware.transport.http.HTTPTransport` for deployed
     services and a second one for external services (egress). See
-    :class:`~invoke_middleware.relay.GatewaySettings` for limits and timeouts.
+    :class:`~invoke_middleware.relay.GatewaySettings` for limits and timeouts, and ``limiter``
+    (:class:`~invoke_middleware.limits.Limiter`) for fair-share concurrency and rate limits.
     """
 
     def __init__(

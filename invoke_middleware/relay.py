@@ -264,7 +264,7 @@ class Gateway:
             raise ServiceNotRunningError(
                 f"The service is {service.service_status.value}, not running."
             )
-        # Fair share (README, "Limits"): after authentication and authorization, before any
+        # Fair share (README, "Fair share"): after authentication and authorization, before any
         # upstream work; the slot is held until the response ends, however it ends.
         route_name = "invoke" if kind is RouteKind.INVOKE else "relay"
         admission = UNLIMITED

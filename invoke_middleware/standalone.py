@@ -127,7 +127,7 @@ def build_gateway(
     ``threads`` is the number of worker threads it will be served with (default: the
     ``[server]`` table's): unless ``[limits]`` says otherwise, one team may hold at most half of
     them with relays in flight and all teams together all but one, so that no team can starve
-    another (README, "Limits").
+    another (README, "Fair share").
 
     Raises :class:`~invoke_middleware.config.ConfigError`, naming the file, when a JWT key
     cannot be read or does not suit the configured algorithms.

@@ -92,7 +92,7 @@ services = sa.Table(
     sa.Column("connect_timeout", sa.Float(), nullable=True),
     sa.Column("read_timeout", sa.Float(), nullable=True),
     sa.Column("total_timeout", sa.Float(), nullable=True),
-    # The service's own limits (README, "Limits"); NULL keeps the gateway-wide setting.
+    # The service's own limits (README, "Fair share"); NULL keeps the gateway-wide setting.
     # Added after the first release: SQLStore.init() adds them to an existing table.
     sa.Column("max_in_flight", sa.Integer(), nullable=True),
     sa.Column("rate_amount", sa.Integer(), nullable=True),
