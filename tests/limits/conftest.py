@@ -20,6 +20,7 @@ import pytest
 from invoke_middleware.limits import Limiter
 from tests.cli.conftest import upstream, workspace  # noqa: F401  (fixtures)
 from tests.integration.conftest import recording  # noqa: F401  (fixture)
+from tests.store.conftest import backend, postgres_server  # noqa: F401  (fixtures)
 from tests.upstreams import raw_upstream  # noqa: F401  (fixture)
 
 REDIS_URL = os.environ.get("INVOKE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -24,6 +24,7 @@ from invoke_middleware.standalone import build_gateway
 from invoke_middleware.store import SQLStore
 from tests.cli.conftest import Workspace
 from tests.gateway.conftest import TEAM, make_service
+from tests.store.conftest import Backend
 
 
 def test_ini_settings_build_a_limiter() -> None:
@@ -161,35 +162,32 @@ def test_explicit_caps_win_over_the_fair_share_defaults() -> None:
 # -- the SQL store ------------------------------------------------------------------------
 
 
-def test_a_services_limits_round_trip_through_the_store(tmp_path: Path) -> None:
-    with SQLStore(f"sqlite:///{tmp_path / 'store.db'}", service_cache_ttl=0) as store:
-        store.init()
-        limits = ServiceLimits(rate=Rate(amount=100, window=60), max_in_flight=3)
-        store.services.add(make_service("svc", "http://127.0.0.1:9", limits=limits))
-        assert store.services.get(TEAM, "svc").limits == limits  # type: ignore[union-attr]
-        assert store.services.set_limits(TEAM, "svc", ServiceLimits(max_in_flight=1))
-        assert store.services.get(TEAM, "svc").limits == ServiceLimits(max_in_flight=1)  # type: ignore[union-attr]
-        assert not store.services.set_limits(uuid.uuid4(), "svc", ServiceLimits())
+def test_a_services_limits_round_trip_through_the_store(backend: Backend) -> None:
+    store = backend.open_store(service_cache_ttl=0)
+    limits = ServiceLimits(rate=Rate(amount=100, window=60), max_in_flight=3)
+    store.services.add(make_service("svc", "http://127.0.0.1:9", limits=limits))
+    assert store.services.get(TEAM, "svc").limits == limits  # type: ignore[union-attr]
+    assert store.services.set_limits(TEAM, "svc", ServiceLimits(max_in_flight=1))
+    assert store.services.get(TEAM, "svc").limits == ServiceLimits(max_in_flight=1)  # type: ignore[union-attr]
+    assert not store.services.set_limits(uuid.uuid4(), "svc", ServiceLimits())
 
 
 def test_a_store_made_before_limits_keeps_working_and_init_adds_the_columns(
-    tmp_path: Path,
+    backend: Backend,
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    with SQLStore(url) as store:
-        store.init()
-        store.services.add(make_service("svc", "http://127.0.0.1:9"))
-    engine = sa.create_engine(url)
+    backend.open_store().services.add(make_service("svc", "http://127.0.0.1:9"))
+    engine = sa.create_engine(backend.url)
     with engine.begin() as connection:
         for column in ("max_in_flight", "rate_amount", "rate_window"):
             connection.execute(sa.text(f"ALTER TABLE invoke_services DROP COLUMN {column}"))
     engine.dispose()
 
-    with SQLStore(url, service_cache_ttl=0) as old:
+    with SQLStore(backend.url, service_cache_ttl=0) as old:
         service = old.services.get(TEAM, "svc")
         assert service is not None
         assert service.limits == ServiceLimits()
         old.services.add(make_service("other", "http://127.0.0.1:9"))
+        assert [s.slug for s in old.services.list(TEAM)] == ["other", "svc"]
         with pytest.raises(ValueError, match="init"):
             old.services.set_limits(TEAM, "svc", ServiceLimits(max_in_flight=2))
 
