@@ -29,7 +29,7 @@ from werkzeug.middleware.http_proxy import ProxyMiddleware
 from invoke_middleware import (
     InMemoryServiceRegistry,
     InvokeMiddleware,
-    KeyKind,
+    CredentialKind,
     Service,
     ServiceStatus,
     ServiceType,
@@ -84,7 +84,7 @@ def make_relay(limits: str | None = None) -> WSGIApplication:
         limiter = bench_limiter(storage, os.environ["BENCH_REDIS_PREFIX"])
         key_file += f".{limits}"
     middleware = InvokeMiddleware(host, registry=registry, limiter=limiter)
-    key = middleware.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM).key
+    key = middleware.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
     Path(key_file).write_text(key, encoding="utf-8")
     return middleware
 

@@ -53,7 +53,7 @@ from apps import TEAM, bench_limiter, host  # noqa: E402
 from invoke_middleware import (  # noqa: E402
     InMemoryServiceRegistry,
     InvokeMiddleware,
-    KeyKind,
+    CredentialKind,
     Service,
     ServiceStatus,
     ServiceType,
@@ -95,7 +95,7 @@ def upstream() -> Iterator[str]:
 
 
 @dataclass
-class Gateway:
+class Pipeline:
     name: str
     app: InvokeMiddleware
     key: str
@@ -126,7 +126,7 @@ class Gateway:
             raise RuntimeError(f"{self.name} answered {status[0]} {data[:200]!r}")
 
 
-def build(name: str, upstream_url: str, limiter: Limiter | None) -> Gateway:
+def build(name: str, upstream_url: str, limiter: Limiter | None) -> Pipeline:
     registry = InMemoryServiceRegistry()
     registry.add(
         Service(
@@ -140,8 +140,8 @@ def build(name: str, upstream_url: str, limiter: Limiter | None) -> Gateway:
         )
     )
     app = InvokeMiddleware(host, registry=registry, limiter=limiter)
-    key = app.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM).key
-    return Gateway(name=name, app=app, key=key)
+    key = app.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+    return Pipeline(name=name, app=app, key=key)
 
 
 @dataclass(frozen=True)

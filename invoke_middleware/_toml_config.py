@@ -33,13 +33,13 @@ from invoke_middleware._settings import (
     expected_text,
     positive_int,
 )
-from invoke_middleware.config import CheckedSettings, KeyStyle, check_settings
+from invoke_middleware.config import UnresolvedConfig, KeyStyle, check_settings
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
     "DEFAULT_STORE_NAME",
     "ConfigError",
-    "GatewayConfig",
+    "StandaloneConfig",
     "ServerConfig",
     "database_from_setting",
     "load_config",
@@ -84,7 +84,7 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class GatewayConfig:
+class StandaloneConfig:
     """The whole configuration of a standalone gateway.
 
     ``gateway`` holds the ``[gateway]`` and ``[jwt]`` tables, checked; the JWT key is read
@@ -95,7 +95,7 @@ class GatewayConfig:
     database: str | sa.URL
     service_cache_ttl: float
     server: ServerConfig
-    gateway: CheckedSettings
+    gateway: UnresolvedConfig
     #: credential reference -> name of the environment variable holding the header value.
     secrets: Mapping[str, str] = field(default_factory=dict)
 
@@ -109,7 +109,7 @@ class GatewayConfig:
         return sa.make_url(self.database).render_as_string(hide_password=True)
 
 
-def load_config(path: Path) -> GatewayConfig:
+def load_config(path: Path) -> StandaloneConfig:
     """Read and check the TOML file at ``path``."""
     try:
         with path.open("rb") as file:
@@ -237,7 +237,7 @@ prefix = ""
 """
 
 
-def _read(path: Path, document: Mapping[str, Any]) -> GatewayConfig:
+def _read(path: Path, document: Mapping[str, Any]) -> StandaloneConfig:
     for name, value in document.items():
         if name not in ("store", "server", "gateway", "jwt", "limits", "secrets"):
             raise ConfigError(f"[{name}]" if isinstance(value, dict) else name, "unknown key")
@@ -260,7 +260,7 @@ def _read(path: Path, document: Mapping[str, Any]) -> GatewayConfig:
     secrets = _table(document, "secrets")
     for reference, name in secrets.items():
         _check(f"[secrets] {reference}", _SECRET_REFERENCE, name)
-    return GatewayConfig(
+    return StandaloneConfig(
         path=path,
         database=url,
         service_cache_ttl=store.get("service_cache_ttl", 2.0),

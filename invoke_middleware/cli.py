@@ -38,13 +38,13 @@ from invoke_middleware._demo import DEMO_SLUG, demo_setup, example_service
 from invoke_middleware._toml_config import (
     DEFAULT_CONFIG_NAME,
     DEFAULT_STORE_NAME,
-    GatewayConfig,
+    StandaloneConfig,
     database_from_setting,
     load_config,
     sqlite_file,
     starter_config,
 )
-from invoke_middleware.auth.keys import PREFIX_LENGTH, KeyKind, key_matches
+from invoke_middleware.auth.keys import PREFIX_LENGTH, CredentialKind, key_matches
 from invoke_middleware.auth.principal import Role
 from invoke_middleware.auth.stores import CredentialRecord
 from invoke_middleware.config import ConfigError
@@ -56,7 +56,7 @@ from invoke_middleware.registry import (
     is_valid_slug,
     validate_external_url,
 )
-from invoke_middleware.standalone import build_gateway
+from invoke_middleware.standalone import build_standalone_app
 from invoke_middleware.store.sql import DuplicateServiceError, SQLStore
 
 CONFIG_ENV = "INVOKE_MIDDLEWARE_CONFIG"
@@ -67,7 +67,7 @@ EXIT_USAGE = 2
 
 #: Matches the store's column (see ``store/_schema.py``).
 _MAX_USER_ID_LENGTH = 255
-_KINDS = {"integration": KeyKind.INTEGRATION, "device": KeyKind.DEVICE}
+_KINDS = {"integration": CredentialKind.INTEGRATION, "device": CredentialKind.DEVICE}
 
 logger = logging.getLogger("invoke_middleware.cli")
 
@@ -379,11 +379,11 @@ class _Context:
         self.config_path = config_path
         self.stdout = stdout
         self.stderr = stderr
-        self._config: GatewayConfig | None = None
+        self._config: StandaloneConfig | None = None
         self._store: SQLStore | None = None
 
     @property
-    def config(self) -> GatewayConfig:
+    def config(self) -> StandaloneConfig:
         if self._config is None:
             try:
                 self._config = load_config(self.config_path)
@@ -405,7 +405,7 @@ class _Context:
             self._store.close()
 
 
-def open_store(config: GatewayConfig) -> SQLStore:
+def open_store(config: StandaloneConfig) -> SQLStore:
     """The configured store; a missing SQLite file is an error, not a new empty database."""
     path = sqlite_file(config.database)
     if path is not None and not path.exists():
@@ -512,7 +512,7 @@ def _demo(args: argparse.Namespace, context: _Context) -> None:
 
 
 def _run_gateway(
-    config: GatewayConfig,
+    config: StandaloneConfig,
     *,
     host: str,
     port: int,
@@ -526,7 +526,7 @@ def _run_gateway(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        gateway = build_gateway(config, threads=threads)
+        gateway = build_standalone_app(config, threads=threads)
     except ConfigError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
     try:
@@ -761,11 +761,11 @@ def _members_list(args: argparse.Namespace, context: _Context) -> None:
 
 def _credentials_issue(args: argparse.Namespace, context: _Context) -> None:
     kind = _KINDS[args.kind]
-    if kind is KeyKind.INTEGRATION and args.user is not None:
+    if kind is CredentialKind.INTEGRATION and args.user is not None:
         raise CommandError(
             "an integration key belongs to the team: --user is for --kind device", EXIT_USAGE
         )
-    if kind is KeyKind.DEVICE:
+    if kind is CredentialKind.DEVICE:
         if args.user is None:
             raise CommandError("--kind device needs --user", EXIT_USAGE)
         if context.store.memberships.role_of(args.team, args.user) is None:
@@ -808,7 +808,7 @@ def _find_credential(context: _Context, reference: str) -> CredentialRecord:
             raise CommandError(f"no credential with id {reference}")
         return record
     reference = reference.removesuffix("…")
-    if KeyKind.of(reference) is None or len(reference) < PREFIX_LENGTH:
+    if CredentialKind.of(reference) is None or len(reference) < PREFIX_LENGTH:
         raise CommandError(
             f"not a credential id or prefix: {reference!r} (see `{PROG} credentials list`)",
             EXIT_USAGE,
@@ -831,7 +831,7 @@ def _credentials_list(args: argparse.Namespace, context: _Context) -> None:
         [
             str(r.id),
             r.prefix + "…",
-            "integration" if r.kind is KeyKind.INTEGRATION else "device",
+            "integration" if r.kind is CredentialKind.INTEGRATION else "device",
             r.user_id or "-",
             r.name or "-",
             _when(r.created_at),

@@ -113,7 +113,7 @@ from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
 from invoke_middleware.limits import Limiter, LimitHook, LimitSettings
 from invoke_middleware.middleware import InvokeMiddleware
 from invoke_middleware.registry import ServiceRegistry
-from invoke_middleware.relay import GatewaySettings, SecretResolver
+from invoke_middleware.pipeline import PipelineSettings, SecretResolver
 from invoke_middleware.transport.base import DEFAULT_TIMEOUTS, Timeouts, Transport
 from invoke_middleware.transport.http import HTTPTransport
 
@@ -124,10 +124,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SETTING_NAMES",
-    "CheckedSettings",
+    "UnresolvedConfig",
     "Collaborators",
     "ConfigError",
-    "InvokeConfig",
+    "MiddlewareConfig",
     "JWTSettings",
     "KeyStyle",
     "check_settings",
@@ -226,7 +226,7 @@ class JWTSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class InvokeConfig:
+class MiddlewareConfig:
     """Validated settings, ready to build an :class:`InvokeMiddleware` (see the module docs).
 
     Without ``database_url`` the credential and membership stores and the registry are in
@@ -236,7 +236,7 @@ class InvokeConfig:
     prefix: str = ""
     database_url: str | None = field(default=None, repr=False)
     service_cache_ttl: float | None = None
-    settings: GatewaySettings = field(default_factory=GatewaySettings)
+    settings: PipelineSettings = field(default_factory=PipelineSettings)
     jwt: JWTSettings | None = None
     ca_bundle: str | None = None
     limits: LimitSettings | None = None
@@ -318,23 +318,23 @@ class InvokeConfig:
 # --- parsing -----------------------------------------------------------------------------
 
 
-def parse_settings(settings: Mapping[str, object]) -> InvokeConfig:
+def parse_settings(settings: Mapping[str, object]) -> MiddlewareConfig:
     """Read the ``invoke.*`` keys of ini-style ``settings`` (other keys are ignored)."""
     return check_settings(settings, KeyStyle.INI).resolve()
 
 
-def parse_flask_config(config: Mapping[str, object]) -> InvokeConfig:
+def parse_flask_config(config: Mapping[str, object]) -> MiddlewareConfig:
     """Read the ``INVOKE_*`` keys of a Flask ``app.config`` (other keys are ignored)."""
     return check_settings(config, KeyStyle.FLASK).resolve()
 
 
 @dataclass(frozen=True, kw_only=True)
-class CheckedSettings:
+class UnresolvedConfig:
     """Settings converted one by one and checked together, before anything is read.
 
     :meth:`resolve` reads what the settings point at (the JWT key from its environment
     variable or file), checks that the key suits the algorithms and gives the
-    :class:`InvokeConfig`. The standalone gateway checks its file when it loads it and
+    :class:`MiddlewareConfig`. The standalone gateway checks its file when it loads it and
     resolves when it starts, against the environment it starts in.
     """
 
@@ -352,14 +352,14 @@ class CheckedSettings:
         """Whether user JWTs are accepted."""
         return "jwt.algorithms" in self.values
 
-    def resolve(self, environ: Mapping[str, str] = os.environ) -> InvokeConfig:
+    def resolve(self, environ: Mapping[str, str] = os.environ) -> MiddlewareConfig:
         """The configuration, with the JWT key read (``jwt.secret_env`` from ``environ``)."""
         return _assemble(self.values, self.style, environ)
 
 
 def check_settings(
     source: Mapping[str, object], style: KeyStyle, *, base: str | None = None
-) -> CheckedSettings:
+) -> UnresolvedConfig:
     """Convert and check the keys of ``source`` that ``style`` owns (others are ignored).
 
     File paths are relative to ``base`` when it is given. Raises :class:`ConfigError`.
@@ -388,12 +388,12 @@ def check_settings(
             style.key("service_cache_ttl"), f"applies only with {style.key('database_url')}"
         )
     _check_jwt(values, style)
-    return CheckedSettings(values=MappingProxyType(values), style=style)
+    return UnresolvedConfig(values=MappingProxyType(values), style=style)
 
 
 def _assemble(
     values: Mapping[str, Any], style: KeyStyle, environ: Mapping[str, str]
-) -> InvokeConfig:
+) -> MiddlewareConfig:
     timeouts = Timeouts(
         connect=values.get("connect_timeout", DEFAULT_TIMEOUTS.connect),
         read=values.get("read_timeout", DEFAULT_TIMEOUTS.read),
@@ -413,11 +413,11 @@ def _assemble(
         )
         if name in values
     }
-    return InvokeConfig(
+    return MiddlewareConfig(
         prefix=values.get("prefix", ""),
         database_url=values.get("database_url"),
         service_cache_ttl=values.get("service_cache_ttl"),
-        settings=GatewaySettings(timeouts=timeouts, **limits),
+        settings=PipelineSettings(timeouts=timeouts, **limits),
         jwt=_jwt_settings(values, style, environ),
         ca_bundle=values.get("ca_bundle"),
         limits=_limit_settings(values),

@@ -11,8 +11,8 @@ untouched: the same environ object, the same response bytes. Usage::
     app.wsgi_app = InvokeMiddleware(app.wsgi_app, registry=registry, prefix="/api/v1")
 
 This module is the only one that knows WSGI: it turns the environ into a
-:class:`~invoke_middleware.request.GatewayRequest`, asks the
-:class:`~invoke_middleware.relay.Gateway`, and writes its answer back.
+:class:`~invoke_middleware.request.PipelineRequest`, asks the
+:class:`~invoke_middleware.pipeline.Pipeline`, and writes its answer back.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from invoke_middleware.headers import choose_request_id
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
 from invoke_middleware.limits import Limiter
 from invoke_middleware.registry import InMemoryServiceRegistry, ServiceRegistry
-from invoke_middleware.relay import Gateway, GatewaySettings, SecretResolver
-from invoke_middleware.request import GatewayRequest, Headers
+from invoke_middleware.pipeline import Pipeline, PipelineSettings, SecretResolver
+from invoke_middleware.request import PipelineRequest, Headers
 from invoke_middleware.routing import RouteKind, RouteMatch, Router
 from invoke_middleware.transport.base import Transport
 from invoke_middleware.transport.http import HTTPTransport
@@ -67,7 +67,7 @@ class InvokeMiddleware:
     :class:`~invoke_middleware.auth.credentials.CredentialResolver` when ``resolvers`` is not
     given; the pooled :class:`~invoke_middleware.transport.http.HTTPTransport` for deployed
     services and a second one for external services (egress). See
-    :class:`~invoke_middleware.relay.GatewaySettings` for limits and timeouts, and ``limiter``
+    :class:`~invoke_middleware.pipeline.PipelineSettings` for limits and timeouts, and ``limiter``
     (:class:`~invoke_middleware.limits.Limiter`) for fair-share concurrency and rate limits.
     """
 
@@ -87,7 +87,7 @@ class InvokeMiddleware:
         before_relay: Sequence[BeforeRelayHook] = (),
         after_relay: Sequence[AfterRelayHook] = (),
         error_renderer: ErrorRenderer | None = None,
-        settings: GatewaySettings | None = None,
+        settings: PipelineSettings | None = None,
         limiter: Limiter | None = None,
     ) -> None:
         self.app = app
@@ -96,7 +96,7 @@ class InvokeMiddleware:
         self.memberships = memberships if memberships is not None else InMemoryMembershipStore()
         if resolvers is None:
             resolvers = [CredentialResolver(self.credentials, self.memberships)]
-        self.gateway = Gateway(
+        self.gateway = Pipeline(
             registry=registry if registry is not None else InMemoryServiceRegistry(),
             resolvers=resolvers,
             policy=policy,
@@ -115,7 +115,7 @@ class InvokeMiddleware:
         if route is None:
             return self.app(environ, start_response)
         try:
-            if route.kind is RouteKind.RELAY:
+            if route.kind is RouteKind.CATCH_ALL:
                 route = replace(route, tail=self._raw_tail(environ, route))
             request = _gateway_request(environ)
         except GatewayError as error:
@@ -177,7 +177,7 @@ def _headers(environ: WSGIEnvironment) -> Headers:
     return Headers(items)
 
 
-def _gateway_request(environ: WSGIEnvironment) -> GatewayRequest:
+def _gateway_request(environ: WSGIEnvironment) -> PipelineRequest:
     length_text = (environ.get("CONTENT_LENGTH") or "").strip()
     content_length = None
     if length_text:
@@ -196,7 +196,7 @@ def _gateway_request(environ: WSGIEnvironment) -> GatewayRequest:
         and "HTTP_TRANSFER_ENCODING" in environ
         and bool(environ.get("wsgi.input_terminated"))
     )
-    return GatewayRequest(
+    return PipelineRequest(
         method=environ.get("REQUEST_METHOD", "GET").upper(),
         path=environ.get("PATH_INFO", ""),
         query=environ.get("QUERY_STRING", ""),

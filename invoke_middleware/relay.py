@@ -1,7 +1,7 @@
 """The framework-free relay pipeline: authenticate, authorize, look up, build, send.
 
-:class:`Gateway` takes a :class:`~invoke_middleware.request.GatewayRequest` and a
-:class:`~invoke_middleware.routing.RouteMatch` and returns a :class:`GatewayResponse`; it never
+:class:`Pipeline` takes a :class:`~invoke_middleware.request.PipelineRequest` and a
+:class:`~invoke_middleware.routing.RouteMatch` and returns a :class:`PipelineResponse`; it never
 sees WSGI. Every :class:`~invoke_middleware.errors.GatewayError` raised on the way is rendered
 here, by the configured error renderer, and nowhere else.
 """
@@ -54,7 +54,7 @@ from invoke_middleware.hooks import (
 )
 from invoke_middleware.limits import UNLIMITED, Limiter
 from invoke_middleware.registry import Service, ServiceRegistry, ServiceType, is_valid_slug
-from invoke_middleware.request import GatewayRequest
+from invoke_middleware.request import PipelineRequest
 from invoke_middleware.routing import RouteKind, RouteMatch
 from invoke_middleware.target import build_target_url
 from invoke_middleware.transport.base import (
@@ -79,7 +79,7 @@ class SecretResolver(Protocol):
 
 
 @dataclass(frozen=True, kw_only=True)
-class GatewaySettings:
+class PipelineSettings:
     """Limits and behaviour switches of the gateway.
 
     ``max_invoke_body_bytes`` caps the decoded ``body_base64`` of an invoke envelope;
@@ -108,7 +108,7 @@ class GatewaySettings:
 
 
 @dataclass(kw_only=True)
-class GatewayResponse:
+class PipelineResponse:
     """What the pipeline answers: status, headers and a (possibly streamed) body.
 
     ``body`` may have a ``close()``; the WSGI adapter hands it to the server, which calls it.
@@ -127,14 +127,14 @@ def _reason(status: int) -> str:
         return "Unknown"
 
 
-def _json_response(status: int, payload: object, request_id: str) -> GatewayResponse:
+def _json_response(status: int, payload: object, request_id: str) -> PipelineResponse:
     return _json_body_response(
         status, json.dumps(payload, separators=(",", ":")).encode(), request_id
     )
 
 
-def _json_body_response(status: int, body: bytes, request_id: str) -> GatewayResponse:
-    return GatewayResponse(
+def _json_body_response(status: int, body: bytes, request_id: str) -> PipelineResponse:
+    return PipelineResponse(
         status=status,
         reason=_reason(status),
         headers=[
@@ -147,7 +147,7 @@ def _json_body_response(status: int, body: bytes, request_id: str) -> GatewayRes
     )
 
 
-class Gateway:
+class Pipeline:
     """The relay pipeline, with its collaborators.
 
     Build one per application and call :meth:`handle` for each runtime request; it is
@@ -166,11 +166,11 @@ class Gateway:
         before_relay: Sequence[BeforeRelayHook] = (),
         after_relay: Sequence[AfterRelayHook] = (),
         error_renderer: ErrorRenderer | None = None,
-        settings: GatewaySettings | None = None,
+        settings: PipelineSettings | None = None,
         limiter: Limiter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings or GatewaySettings()
+        self.settings = settings or PipelineSettings()
         self.limiter = limiter
         self.registry = registry
         self.resolvers = tuple(resolvers)
@@ -190,7 +190,7 @@ class Gateway:
 
     # -- entry point -------------------------------------------------------------------
 
-    def handle(self, request: GatewayRequest, route: RouteMatch) -> GatewayResponse:
+    def handle(self, request: PipelineRequest, route: RouteMatch) -> PipelineResponse:
         """Answer one runtime request. Never raises for a caller's mistake or an upstream's."""
         request_id = hdr.choose_request_id(request.headers.get(REQUEST_ID_HEADER))
         try:
@@ -206,10 +206,10 @@ class Gateway:
             response.body = ()
         return response
 
-    def error_response(self, error: GatewayError, request_id: str) -> GatewayResponse:
+    def error_response(self, error: GatewayError, request_id: str) -> PipelineResponse:
         """Render ``error`` with the configured renderer."""
         rendered = self.render(error, request_id=request_id)
-        return GatewayResponse(
+        return PipelineResponse(
             status=rendered.status,
             reason=_reason(rendered.status),
             headers=list(rendered.headers),
@@ -217,8 +217,8 @@ class Gateway:
         )
 
     def _dispatch(
-        self, request: GatewayRequest, route: RouteMatch, request_id: str
-    ) -> GatewayResponse:
+        self, request: PipelineRequest, route: RouteMatch, request_id: str
+    ) -> PipelineResponse:
         settings = self.settings
         hdr.check_header_limits(
             request.headers,
@@ -226,7 +226,7 @@ class Gateway:
             max_bytes=settings.max_header_bytes,
         )
         kind = route.kind
-        if kind is RouteKind.RELAY:
+        if kind is RouteKind.CATCH_ALL:
             if request.method in _RELAY_FORBIDDEN_METHODS:
                 raise MethodNotAllowedError(
                     ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
@@ -240,7 +240,7 @@ class Gateway:
         elif request.method not in _METADATA_METHODS:
             raise MethodNotAllowedError(list(_METADATA_METHODS))
 
-        if kind in (RouteKind.INVOKE, RouteKind.RELAY) and hdr.is_loop(
+        if kind in (RouteKind.INVOKE, RouteKind.CATCH_ALL) and hdr.is_loop(
             request.headers, settings.pseudonym
         ):
             # Checked before authentication: a looping request has lost its credentials.
@@ -258,7 +258,7 @@ class Gateway:
             return _json_response(200, service.public_metadata(), request_id)
 
         self._authorize(
-            principal, Action.INVOKE if kind is RouteKind.INVOKE else Action.RELAY, service
+            principal, Action.INVOKE if kind is RouteKind.INVOKE else Action.CATCH_ALL, service
         )
         if not service.is_running:
             raise ServiceNotRunningError(
@@ -284,7 +284,7 @@ class Gateway:
 
     # -- steps -------------------------------------------------------------------------
 
-    def _authenticate(self, request: GatewayRequest) -> Principal:
+    def _authenticate(self, request: PipelineRequest) -> Principal:
         for resolver in self.resolvers:
             principal = resolver(request)
             if principal is not None:
@@ -311,7 +311,7 @@ class Gateway:
 
     def _upstream_headers(
         self,
-        request: GatewayRequest,
+        request: PipelineRequest,
         service: Service,
         request_id: str,
         envelope: tuple[tuple[str, str], ...] | None,
@@ -341,8 +341,8 @@ class Gateway:
         return out
 
     def _invoke(
-        self, request: GatewayRequest, principal: Principal, service: Service, request_id: str
-    ) -> GatewayResponse:
+        self, request: PipelineRequest, principal: Principal, service: Service, request_id: str
+    ) -> PipelineResponse:
         settings = self.settings
         content_type = (request.headers.get("Content-Type") or "").partition(";")[0]
         if content_type.strip().lower() != "application/json":
@@ -396,12 +396,12 @@ class Gateway:
 
     def _relay(
         self,
-        request: GatewayRequest,
+        request: PipelineRequest,
         tail: str,
         principal: Principal,
         service: Service,
         request_id: str,
-    ) -> GatewayResponse:
+    ) -> PipelineResponse:
         settings = self.settings
         url = build_target_url(service.base_url, tail, request.query or None)
         body, length = request_body(request, settings.max_relay_body_bytes)
@@ -438,7 +438,7 @@ class Gateway:
                 relay, response.status, body.sent if body else 0, received, code
             ),
         )
-        return GatewayResponse(
+        return PipelineResponse(
             status=response.status,
             reason=_safe_reason(response.reason, response.status),
             headers=headers,

@@ -1,14 +1,14 @@
 """The standalone gateway: the middleware over a tiny host app, wired to a SQL store.
 
-``invoke-middleware serve`` runs what :func:`build_gateway` returns. The host app behind the
+``invoke-middleware serve`` runs what :func:`build_standalone_app` returns. The host app behind the
 middleware answers ``GET /healthz`` with 200 and every other path with a JSON 404, so the only
 useful routes are the runtime ones. Usage from Python::
 
     from pathlib import Path
     from invoke_middleware._toml_config import load_config
-    from invoke_middleware.standalone import build_gateway
+    from invoke_middleware.standalone import build_standalone_app
 
-    gateway = build_gateway(load_config(Path("invoke-middleware.toml")))
+    gateway = build_standalone_app(load_config(Path("invoke-middleware.toml")))
     # gateway.app is a WSGI application; gateway.close() releases connections.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from invoke_middleware._toml_config import GatewayConfig
+from invoke_middleware._toml_config import StandaloneConfig
 from invoke_middleware.config import ConfigError
 from invoke_middleware.limits import fair_share
 from invoke_middleware.logging_hook import RelayLogger
@@ -73,7 +73,7 @@ def _json(
 
 
 class EnvironmentSecretResolver:
-    """A :class:`~invoke_middleware.relay.SecretResolver` reading environment variables.
+    """A :class:`~invoke_middleware.pipeline.SecretResolver` reading environment variables.
 
     ``names`` maps a credential reference to the name of an environment variable; the
     variable's value, read on every request (so a rotated value applies without a restart
@@ -104,7 +104,7 @@ class EnvironmentSecretResolver:
 
 
 @dataclass(frozen=True, kw_only=True)
-class StandaloneGateway:
+class StandaloneApp:
     """The WSGI application ``serve`` runs, and the store behind it."""
 
     app: InvokeMiddleware
@@ -116,12 +116,12 @@ class StandaloneGateway:
         self.store.close()
 
 
-def build_gateway(
-    config: GatewayConfig,
+def build_standalone_app(
+    config: StandaloneConfig,
     environ: Mapping[str, str] = os.environ,
     *,
     threads: int | None = None,
-) -> StandaloneGateway:
+) -> StandaloneApp:
     """Assemble the standalone gateway from ``config``; a JWT key is read from ``environ``.
 
     ``threads`` is the number of worker threads it will be served with (default: the
@@ -155,4 +155,4 @@ def build_gateway(
     except BaseException:
         store.close()
         raise
-    return StandaloneGateway(app=app, store=store)
+    return StandaloneApp(app=app, store=store)

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-from invoke_middleware.auth.keys import PREFIX_LENGTH, KeyKind
+from invoke_middleware.auth.keys import PREFIX_LENGTH, CredentialKind
 from invoke_middleware.auth.principal import Role
 from invoke_middleware.registry import MAX_EXTERNAL_URL_LENGTH, ServiceStatus, ServiceType
 
@@ -118,7 +118,7 @@ credentials = sa.Table(
     sa.Column("expires_at", UTCDateTime(), nullable=True),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
     sa.Column("last_used_at", UTCDateTime(), nullable=True),
-    sa.CheckConstraint(_one_of("kind", KeyKind), name="kind"),
+    sa.CheckConstraint(_one_of("kind", CredentialKind), name="kind"),
 )
 
 #: Nullable columns added to a table after it was first released, which ``init`` adds to an

@@ -32,7 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 
-from invoke_middleware.auth.keys import KeyKind, generate_key, hash_key, key_prefix
+from invoke_middleware.auth.keys import CredentialKind, generate_key, hash_key, key_prefix
 from invoke_middleware.auth.principal import Role
 from invoke_middleware.auth.stores import (
     CredentialRecord,
@@ -409,7 +409,7 @@ class SQLCredentialStore:
 
     def issue(
         self,
-        kind: KeyKind,
+        kind: CredentialKind,
         *,
         team_id: uuid.UUID,
         user_id: str | None = None,
@@ -421,7 +421,7 @@ class SQLCredentialStore:
         Integration (``sk-``) credentials belong to the team alone and take no ``user_id``;
         device (``dk-``) credentials act for a user and need one.
         """
-        kind = KeyKind(kind)
+        kind = CredentialKind(kind)
         check_owner(kind, user_id)
         _require_aware(expires_at, "expires_at")
         key = generate_key(kind)
@@ -506,7 +506,7 @@ class SQLCredentialStore:
 def _credential_from_row(row: sa.RowMapping) -> CredentialRecord:
     return CredentialRecord(
         id=row["id"],
-        kind=KeyKind(row["kind"]),
+        kind=CredentialKind(row["kind"]),
         prefix=row["prefix"],
         key_hash=row["key_hash"],
         team_id=row["team_id"],

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from invoke_middleware import (
     InMemoryServiceRegistry,
     InvokeMiddleware,
-    KeyKind,
+    CredentialKind,
     Service,
     ServiceStatus,
     ServiceType,
@@ -73,7 +73,7 @@ def _build(upstream_url: str, limits: dict[str, Any] | None) -> tuple[WSGIApplic
     host = host_app()
     middleware = InvokeMiddleware(host.wsgi_app, registry=registry, **options)
     host.wsgi_app = middleware  # type: ignore[method-assign]
-    key = middleware.credentials.issue(KeyKind.INTEGRATION, team_id=team).key
+    key = middleware.credentials.issue(CredentialKind.INTEGRATION, team_id=team).key
     return host, key
 
 

@@ -20,7 +20,7 @@ from invoke_middleware.limits import (
     TeamLimits,
     fair_share,
 )
-from invoke_middleware.standalone import build_gateway
+from invoke_middleware.standalone import build_standalone_app
 from invoke_middleware.store import SQLStore
 from tests.cli.conftest import Workspace
 from tests.gateway.conftest import TEAM, make_service
@@ -130,7 +130,7 @@ def test_a_bad_limits_table_fails_naming_the_key(tmp_path: Path, limits: str, ke
 
 def test_the_standalone_gateway_gives_each_team_half_the_threads(tmp_path: Path) -> None:
     path = _write(tmp_path, "")
-    gateway = build_gateway(load_config(path), {}, threads=8)
+    gateway = build_standalone_app(load_config(path), {}, threads=8)
     try:
         limiter = gateway.app.gateway.limiter
         assert limiter is not None

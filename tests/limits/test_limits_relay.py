@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from invoke_middleware import KeyKind
+from invoke_middleware import CredentialKind
 from invoke_middleware.auth.principal import Role
 from invoke_middleware.hooks import RelayFinished, RelayStarted
 from invoke_middleware.limits import (
@@ -32,7 +32,7 @@ from invoke_middleware.limits import (
     Rate,
     ServiceLimits,
 )
-from invoke_middleware.relay import GatewaySettings
+from invoke_middleware.pipeline import PipelineSettings
 from invoke_middleware.transport.base import Timeouts
 from tests.gateway.conftest import TEAM, make_service
 from tests.gateway.recording_upstream import RecordingUpstream
@@ -162,11 +162,11 @@ def test_another_team_is_served_while_one_team_holds_all_its_slots(
 ) -> None:
     limiter = Limiter(LimitSettings(team_max_in_flight=2))
     with limited_gateway(raw_upstream.url, limiter) as gateway, ExitStack() as streams:
-        gateway.middleware.gateway.registry.add(  # type: ignore[attr-defined]
+        gateway.middleware.registry.add(  # type: ignore[attr-defined]
             make_service("svc", raw_upstream.url, team=OTHER_TEAM)
         )
         other_key = gateway.middleware.credentials.issue(
-            KeyKind.INTEGRATION, team_id=OTHER_TEAM
+            CredentialKind.INTEGRATION, team_id=OTHER_TEAM
         ).key
         for _ in range(2):
             streams.enter_context(open_stream(gateway))
@@ -282,7 +282,7 @@ def test_the_slot_is_released_however_the_relay_ends(
     raw_upstream: RawUpstream, ending: Callable[[RunningGateway], None]
 ) -> None:
     limiter = Limiter(LimitSettings(team_max_in_flight=1))
-    settings = GatewaySettings(timeouts=Timeouts(connect=2.0, read=0.5, total=5.0))
+    settings = PipelineSettings(timeouts=Timeouts(connect=2.0, read=0.5, total=5.0))
     with limited_gateway(raw_upstream.url, limiter, settings=settings) as gateway:
         ending(gateway)
         wait_released(limiter)
@@ -405,7 +405,7 @@ def test_invoke_and_relay_share_one_budget(recording: RecordingUpstream) -> None
 def test_a_credential_budget_is_the_credentials_own(recording: RecordingUpstream) -> None:
     limiter = Limiter(LimitSettings(credential_rate=Rate(amount=1, window=3600)))
     with limited_gateway(recording.url, limiter) as gateway:
-        second_key = gateway.middleware.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM).key
+        second_key = gateway.middleware.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
         assert get(gateway).status == 200
         assert get(gateway).status == 429
         assert get(gateway, key=second_key).status == 200
@@ -418,7 +418,7 @@ def test_a_users_budget_spans_all_their_credentials(recording: RecordingUpstream
         middleware.memberships.set_role(TEAM, "ada", Role.MEMBER)
         middleware.memberships.set_role(TEAM, "bob", Role.MEMBER)
         laptop, phone, bobs = (
-            middleware.credentials.issue(KeyKind.DEVICE, team_id=TEAM, user_id=user).key
+            middleware.credentials.issue(CredentialKind.DEVICE, team_id=TEAM, user_id=user).key
             for user in ("ada", "ada", "bob")
         )
         statuses = [get(gateway, key=key).status for key in (laptop, phone, laptop, bobs)]
