@@ -27,6 +27,7 @@ import logging
 import re
 
 from invoke_middleware.hooks import RelayFinished
+from invoke_middleware.limits import LimitEvent
 
 __all__ = ["RelayLogger"]
 
@@ -98,3 +99,20 @@ class RelayLogger:
         line = " ".join(f"{name}={_value(fields[name])}" for name in FIELDS)
         # "%s" keeps a "%" in a path from being read as a format directive.
         self.logger.log(self.level, "relay %s", line, extra=fields)
+
+    def on_limit(self, event: LimitEvent) -> None:
+        """Log a request refused by a limit, or a rate-limit store failure (a limiter hook):
+        ``limit request_id=... route=... team=... user=... slug=... limit=... outcome=...``."""
+        if not self.logger.isEnabledFor(self.level):
+            return
+        fields: dict[str, object] = {
+            "request_id": event.request_id,
+            "route": event.route,
+            "team": str(event.principal.team_id),
+            "user": event.principal.user_id,
+            "slug": event.service.slug,
+            "limit": None if event.limit is None else event.limit.value,
+            "outcome": event.outcome.value,
+        }
+        line = " ".join(f"{name}={_value(value)}" for name, value in fields.items())
+        self.logger.log(self.level, "limit %s", line, extra=fields)
