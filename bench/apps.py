@@ -9,8 +9,11 @@ All wrap the same trivial host app:
 - ``make_bare()``: the host alone, answering every request itself.
 
 They read ``BENCH_UPSTREAM`` (the upstream's base URL); ``make_relay`` writes its key to the
-file named by ``BENCH_KEY_FILE``. Run gunicorn with ``--preload`` so that every worker shares
-the key issued once in the master.
+file named by ``BENCH_KEY_FILE``. ``make_relay(limits="memory")`` and ``make_relay(limits=
+"redis")`` add the limiter of ``bench/bench_limits.py`` (Redis at ``BENCH_REDIS``, keys under
+``BENCH_REDIS_PREFIX``) and write their key to ``BENCH_KEY_FILE`` plus ``.memory`` or
+``.redis``. Run gunicorn with ``--preload`` so that every worker shares the key issued once in
+the master.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ from typing import TYPE_CHECKING
 from werkzeug.middleware.http_proxy import ProxyMiddleware
 
 from invoke_middleware import (
+    CredentialKind,
     InMemoryServiceRegistry,
     InvokeMiddleware,
-    KeyKind,
     Service,
     ServiceStatus,
     ServiceType,
 )
+from invoke_middleware.limits import Limiter, LimitSettings, Rate
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -45,7 +49,22 @@ def host(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[by
     return [BODY]
 
 
-def make_relay() -> WSGIApplication:
+def bench_limiter(storage_url: str, prefix: str) -> Limiter:
+    """The limiter the limits benchmark measures: a per-team concurrency cap and two rates
+    (per credential, per team) high enough never to refuse."""
+    never = Rate(amount=10**9, window=3600)
+    return Limiter(
+        LimitSettings(
+            team_max_in_flight=64,
+            credential_rate=never,
+            team_rate=never,
+            storage_url=storage_url,
+            key_prefix=prefix,
+        )
+    )
+
+
+def make_relay(limits: str | None = None) -> WSGIApplication:
     registry = InMemoryServiceRegistry()
     registry.add(
         Service(
@@ -58,9 +77,15 @@ def make_relay() -> WSGIApplication:
             upstream_url=os.environ["BENCH_UPSTREAM"],
         )
     )
-    middleware = InvokeMiddleware(host, registry=registry)
-    key = middleware.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM).key
-    Path(os.environ["BENCH_KEY_FILE"]).write_text(key, encoding="utf-8")
+    limiter = None
+    key_file = os.environ["BENCH_KEY_FILE"]
+    if limits is not None:
+        storage = "memory://" if limits == "memory" else os.environ["BENCH_REDIS"]
+        limiter = bench_limiter(storage, os.environ["BENCH_REDIS_PREFIX"])
+        key_file += f".{limits}"
+    middleware = InvokeMiddleware(host, registry=registry, limiter=limiter)
+    key = middleware.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+    Path(key_file).write_text(key, encoding="utf-8")
     return middleware
 
 

@@ -8,6 +8,8 @@ resolver or service registry needs to implement one.
 
 :class:`JWTResolver` and the transports are imported on first use, so
 ``import invoke_middleware`` loads neither PyJWT and cryptography nor requests and urllib3.
+The fair-share :class:`Limiter` loads the ``limits`` library (and redis) only when a rate is
+configured.
 """
 
 from typing import TYPE_CHECKING
@@ -46,6 +48,15 @@ from invoke_middleware.errors import (
 )
 from invoke_middleware.headers import Headers
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook, RelayFinished, RelayStarted
+from invoke_middleware.limits import (
+    Limiter,
+    LimitEvent,
+    LimitHook,
+    LimitSettings,
+    Rate,
+    ServiceLimits,
+    TeamLimits,
+)
 from invoke_middleware.logging_hook import RelayLogger
 from invoke_middleware.middleware import InvokeMiddleware
 from invoke_middleware.pipeline import PipelineSettings, SecretResolver
@@ -92,12 +103,17 @@ __all__ = [
     "IssuedCredential",
     "JWTResolver",
     "KeyKind",
+    "LimitEvent",
+    "LimitHook",
+    "LimitSettings",
+    "Limiter",
     "Membership",
     "MembershipStore",
     "PipelineRequest",
     "PipelineSettings",
     "Policy",
     "Principal",
+    "Rate",
     "RelayFinished",
     "RelayLogger",
     "RelayStarted",
@@ -106,9 +122,11 @@ __all__ = [
     "Role",
     "SecretResolver",
     "Service",
+    "ServiceLimits",
     "ServiceRegistry",
     "ServiceStatus",
     "ServiceType",
+    "TeamLimits",
     "Timeouts",
     "Transport",
     "UpstreamError",

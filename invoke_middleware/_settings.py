@@ -223,6 +223,65 @@ class Refused(ValueError):
     """A converter's own explanation, used instead of the setting's expected type."""
 
 
+def _rate(value: object) -> Any:
+    from invoke_middleware.limits import Rate  # noqa: PLC0415 - loads the limits library
+
+    return Rate.parse(as_text(value))
+
+
+def _storage_url(value: object) -> str:
+    from invoke_middleware._rate_counters import STORAGE_SCHEMES  # noqa: PLC0415
+
+    text = as_text(value)
+    scheme, separator, _ = text.partition("://")
+    if not separator or scheme not in STORAGE_SCHEMES:
+        raise Refused(
+            f"expected memory:// or a redis:// URL (schemes: {', '.join(STORAGE_SCHEMES)})"
+        )
+    if scheme != "memory":
+        try:
+            import redis  # noqa: F401, PLC0415 - only checked: the limiter loads it
+        except ImportError:
+            raise Refused(
+                "needs the 'redis' extra: pip install 'invoke_middleware[redis]'"
+            ) from None
+    return text
+
+
+def _team_limits(value: object) -> Any:
+    """``{team-uuid: {rate = "100/minute", max_in_flight = 4}}`` (a TOML table or a dict)."""
+    import uuid  # noqa: PLC0415
+
+    from invoke_middleware.limits import TeamLimits  # noqa: PLC0415
+
+    if not isinstance(value, dict):
+        raise ValueError
+    teams = {}
+    for team, table in value.items():
+        try:
+            team_id = uuid.UUID(str(team))
+        except ValueError:
+            raise Refused(f"{team!r} is not a team UUID") from None
+        if not isinstance(table, dict) or not set(table) <= {"rate", "max_in_flight"}:
+            raise Refused(f"team {team}: expected a table with rate and/or max_in_flight")
+        try:
+            rate = table.get("rate")
+            teams[team_id] = TeamLimits(
+                rate=None if rate is None else _rate(rate),
+                max_in_flight=(
+                    None
+                    if table.get("max_in_flight") is None
+                    else positive_int(table["max_in_flight"])
+                ),
+            )
+        except ValueError:
+            raise Refused(
+                f'team {team}: rate is like "100/minute", max_in_flight a positive integer'
+            ) from None
+    return teams
+
+
+_RATE = "a rate such as 100/minute or 10 per second"
 _INT = (int,)
 _NUMBER = (int, float)
 _STR = (str,)
@@ -441,6 +500,82 @@ SETTINGS: dict[str, Setting] = {
         convert=_count,
         expected="an integer (0 or more)",
         typed=_INT,
+    ),
+    "limits.max_in_flight": Setting(
+        doc=SettingDoc(type="int > 0", default="off", meaning="relays in flight in this process"),
+        convert=positive_int,
+        expected="a positive integer",
+        typed=_INT,
+    ),
+    "limits.team_max_in_flight": Setting(
+        doc=SettingDoc(type="int > 0", default="off", meaning="relays in flight per team"),
+        convert=positive_int,
+        expected="a positive integer",
+        typed=_INT,
+    ),
+    "limits.service_max_in_flight": Setting(
+        doc=SettingDoc(type="int > 0", default="off", meaning="relays in flight per service"),
+        convert=positive_int,
+        expected="a positive integer",
+        typed=_INT,
+    ),
+    "limits.queue_timeout": Setting(
+        doc=SettingDoc(type="seconds ≥ 0", default="0", meaning="wait for a slot before the 429"),
+        convert=_seconds_or_zero,
+        expected="seconds (0 or more)",
+        typed=_NUMBER,
+    ),
+    "limits.credential_rate": Setting(
+        doc=SettingDoc(type="rate", default="off", meaning="requests per window per credential"),
+        convert=_rate,
+        expected=_RATE,
+    ),
+    "limits.user_rate": Setting(
+        doc=SettingDoc(type="rate", default="off", meaning="requests per window per user"),
+        convert=_rate,
+        expected=_RATE,
+    ),
+    "limits.team_rate": Setting(
+        doc=SettingDoc(type="rate", default="off", meaning="requests per window per team"),
+        convert=_rate,
+        expected=_RATE,
+    ),
+    "limits.service_rate": Setting(
+        doc=SettingDoc(type="rate", default="off", meaning="requests per window per service"),
+        convert=_rate,
+        expected=_RATE,
+    ),
+    "limits.teams": Setting(
+        doc=SettingDoc(type="table", default="none", meaning="per-team rate and max_in_flight"),
+        convert=_team_limits,
+        expected='a table of team UUIDs, each {rate = "100/minute", max_in_flight = 4}',
+        typed=(dict,),
+    ),
+    "limits.storage_url": Setting(
+        doc=SettingDoc(type="URL", default="memory://", meaning="redis://... shares rate budgets"),
+        convert=_storage_url,
+        expected="memory:// or a redis:// URL",
+        secret=True,  # may carry a password
+    ),
+    "limits.key_prefix": Setting(
+        doc=SettingDoc(type="text", default="invoke-limits", meaning="namespace of the Redis keys"),
+        convert=as_text,
+        expected="text",
+    ),
+    "limits.storage_timeout": Setting(
+        doc=SettingDoc(type="seconds > 0", default="0.5", meaning="bound on each Redis round trip"),
+        convert=_positive_seconds,
+        expected="seconds (more than 0)",
+        typed=_NUMBER,
+    ),
+    "limits.fail_open": Setting(
+        doc=SettingDoc(
+            type="bool", default="true", meaning="serve (true) or 503 when Redis is down"
+        ),
+        convert=_boolean,
+        expected="a boolean (true/false, on/off, 1/0)",
+        typed=(bool,),
+        typed_expected="true or false",
     ),
 }
 

@@ -1,9 +1,10 @@
 """The standalone gateway's configuration: one TOML file, read and checked in full at start.
 
 Every key is optional except where noted; an unknown key is an error, so a typo never passes
-silently. ``[store]``, ``[server]`` and ``[secrets]`` belong to the command line; ``[gateway]``
-and ``[jwt]`` are the settings of :mod:`invoke_middleware.config` (``invoke.read_timeout`` is
-``[gateway] read_timeout``, ``invoke.jwt.leeway`` is ``[jwt] leeway``), converted and checked
+silently. ``[store]``, ``[server]`` and ``[secrets]`` belong to the command line; ``[gateway]``,
+``[jwt]`` and ``[limits]`` are the settings of :mod:`invoke_middleware.config`
+(``invoke.read_timeout`` is ``[gateway] read_timeout``, ``invoke.jwt.leeway`` is ``[jwt] leeway``,
+``invoke.limits.team_rate`` is ``[limits] team_rate``), converted and checked
 by the same code. Paths (the SQLite store, key and CA files) are relative to the directory of
 the file. :func:`load_config` raises :class:`~invoke_middleware.config.ConfigError` with a
 one-line message ``<file>: [<table>] <key>: <problem>``. :func:`starter_config` is the
@@ -210,6 +211,25 @@ prefix = ""
 # leeway = 0                           # seconds of clock skew allowed on exp/nbf
 # cache_size = 10000                   # verified tokens kept; 0 disables the cache
 
+[limits]
+# Fair share between teams (README, "Fair share"). Unless set here, each team may hold at most
+# half of the server's threads with relays in flight, and all teams together all but one.
+# team_max_in_flight = 4               # relays in flight per team (default: threads / 2)
+# max_in_flight = 7                    # relays in flight in all (default: threads - 1)
+# service_max_in_flight = 4            # relays in flight per service
+# queue_timeout = 0                    # seconds a request may wait for a slot before its 429
+# Requests per window, written like "100/minute" or "10 per second":
+# credential_rate = "10/second"        # per sk-/dk- credential
+# user_rate = "600/minute"             # per user
+# team_rate = "6000/minute"            # per team
+# service_rate = "1000/minute"         # per service (or its own: services set-limits)
+# storage_url = "memory://"            # or "redis://127.0.0.1:6379/0": one budget for many gateways
+# key_prefix = "invoke-limits"         # namespace of the Redis keys
+# storage_timeout = 0.5                # seconds for each Redis round trip
+# fail_open = true                     # Redis down: serve (true, logged and counted) or 503 (false)
+# One team's own team_rate and team_max_in_flight, by team id:
+# teams."6f1c2a4e-0000-4000-8000-000000000000" = {{ rate = "60000/minute", max_in_flight = 6 }}
+
 [secrets]
 # Credential references of external services (services add --credential-ref REF), each
 # mapped to the NAME of an environment variable. The variable's value is sent verbatim as
@@ -220,7 +240,7 @@ prefix = ""
 
 def _read(path: Path, document: Mapping[str, Any]) -> StandaloneConfig:
     for name, value in document.items():
-        if name not in ("store", "server", "gateway", "jwt", "secrets"):
+        if name not in ("store", "server", "gateway", "jwt", "limits", "secrets"):
             raise ConfigError(f"[{name}]" if isinstance(value, dict) else name, "unknown key")
     base = path.resolve().parent
     store = _values(document, "store", _STORE)
@@ -235,7 +255,7 @@ def _read(path: Path, document: Mapping[str, Any]) -> StandaloneConfig:
     # setting of the other.
     flat = {
         f"[{table}] {key}": value
-        for table in ("gateway", "jwt")
+        for table in ("gateway", "jwt", "limits")
         for key, value in _table(document, table).items()
     }
     secrets = _table(document, "secrets")

@@ -48,6 +48,7 @@ from invoke_middleware.auth.keys import PREFIX_LENGTH, key_matches
 from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.auth.stores import CredentialRecord
 from invoke_middleware.config import ConfigError
+from invoke_middleware.limits import Rate, ServiceLimits
 from invoke_middleware.registry import (
     Service,
     ServiceStatus,
@@ -272,6 +273,7 @@ def _add_service_commands(commands: argparse._SubParsersAction[_Parser]) -> None
         metavar="PATH",
         help="path on the service that serves its OpenAPI document",
     )
+    _add_limit_options(add)
     add.set_defaults(handler=_services_add)
 
     listing = services.add_parser("list", help="list a team's services")
@@ -290,6 +292,14 @@ def _add_service_commands(commands: argparse._SubParsersAction[_Parser]) -> None
     )
     status.add_argument("--team", type=_team, required=True)
     status.set_defaults(handler=_services_set_status)
+
+    limits = services.add_parser(
+        "set-limits", help="set a service's own rate and concurrency limits"
+    )
+    limits.add_argument("slug", type=_slug, metavar="SLUG")
+    limits.add_argument("--team", type=_team, required=True)
+    _add_limit_options(limits, clearable=True)
+    limits.set_defaults(handler=_services_set_limits)
 
     remove = services.add_parser("remove", help="remove a service")
     remove.add_argument("slug", type=_slug, metavar="SLUG")
@@ -515,7 +525,7 @@ def _run_gateway(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        gateway = build_standalone_app(config)
+        gateway = build_standalone_app(config, threads=threads)
     except ConfigError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
     try:
@@ -591,7 +601,10 @@ def _services_add(args: argparse.Namespace, context: _Context) -> None:
         external_auth_credential_id=args.credential_ref,
         usage_prompt=args.usage_prompt,
         openapi_url=args.openapi_url,
+        limits=_limits_of(args, ServiceLimits()),
     )
+    if service.limits != ServiceLimits():
+        context.store.init()  # adds the limit columns to a store made by an earlier release
     try:
         context.store.services.add(service)
     except DuplicateServiceError as exc:
@@ -605,6 +618,68 @@ def _services_add(args: argparse.Namespace, context: _Context) -> None:
             f"warning: credential reference {args.credential_ref!r} has no entry in "
             f"[secrets] of {context.config.path}; requests to it will get 502"
         )
+
+
+def _add_limit_options(parser: argparse.ArgumentParser, *, clearable: bool = False) -> None:
+    unset = "; 'none' returns to the gateway's [limits] setting" if clearable else ""
+    parser.add_argument(
+        "--rate",
+        type=_rate_option,
+        metavar="RATE",
+        help=f"requests per window to this service from all callers, e.g. 100/minute{unset}",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=_max_in_flight_option,
+        metavar="N",
+        help=f"relays to this service in flight at once, per gateway process{unset}",
+    )
+
+
+#: Stands for "none" in the limit options: the gateway-wide setting applies again.
+_CLEARED = "none"
+
+
+def _rate_option(value: str) -> Rate | str:
+    if value.strip().lower() == _CLEARED:
+        return _CLEARED
+    try:
+        return Rate.parse(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a rate: {value!r} (e.g. 100/minute, 10 per second)"
+        ) from None
+
+
+def _max_in_flight_option(value: str) -> int | str:
+    if value.strip().lower() == _CLEARED:
+        return _CLEARED
+    return _int_at_least(1)(value)
+
+
+def _limits_of(args: argparse.Namespace, current: ServiceLimits) -> ServiceLimits:
+    rate, in_flight = current.rate, current.max_in_flight
+    if args.rate is not None:
+        rate = None if args.rate == _CLEARED else args.rate
+    if args.max_in_flight is not None:
+        in_flight = None if args.max_in_flight == _CLEARED else args.max_in_flight
+    return ServiceLimits(rate=rate, max_in_flight=in_flight)
+
+
+def _describe_limits(limits: ServiceLimits) -> str:
+    rate = "gateway default" if limits.rate is None else f"{limits.rate}"
+    in_flight = "gateway default" if limits.max_in_flight is None else str(limits.max_in_flight)
+    return f"rate {rate}, max in flight {in_flight}"
+
+
+def _services_set_limits(args: argparse.Namespace, context: _Context) -> None:
+    if args.rate is None and args.max_in_flight is None:
+        raise CommandError("give --rate and/or --max-in-flight", EXIT_USAGE)
+    service = _find_service(context, args.team, args.slug)
+    limits = _limits_of(args, service.limits)
+    context.store.init()  # adds the limit columns to a store made by an earlier release
+    context.store.services.set_limits(args.team, args.slug, limits)
+    context.notice(f"service {args.slug}: {_describe_limits(limits)}")
 
 
 def _services_list(args: argparse.Namespace, context: _Context) -> None:
@@ -625,6 +700,7 @@ def _find_service(context: _Context, team: uuid.UUID, slug: str) -> Service:
 
 def _services_show(args: argparse.Namespace, context: _Context) -> None:
     service = _find_service(context, args.team, args.slug)
+    limits = service.limits
     fields = [
         ("id", str(service.id)),
         ("team", str(service.team_id)),
@@ -637,6 +713,8 @@ def _services_show(args: argparse.Namespace, context: _Context) -> None:
         ("credential_ref", service.external_auth_credential_id),
         ("usage_prompt", service.usage_prompt),
         ("openapi_url", service.openapi_url),
+        ("rate", None if limits.rate is None else str(limits.rate)),
+        ("max_in_flight", None if limits.max_in_flight is None else str(limits.max_in_flight)),
     ]
     for name, value in fields:
         if value is not None:

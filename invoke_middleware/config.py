@@ -14,37 +14,53 @@ name in the namespace, a value of the wrong type or out of range, an unreadable 
 missing environment variable: each is a :class:`ConfigError` at start-up that names the
 setting as the host spelled it. Secret values never appear in a message.
 
-=======================  ====================  =================  ==================================
-name                     type                  default            meaning
-=======================  ====================  =================  ==================================
-prefix                   path                  ""                 where the runtime routes live
-database_url             SQLAlchemy URL        in-memory stores   store for services, keys, members
-service_cache_ttl        seconds ≥ 0           2                  service lookup cache (needs a URL)
-max_invoke_body_bytes    int > 0               10 MiB             decoded invoke body cap
-max_relay_body_bytes     int > 0               1 GiB              catch-all upload cap
-max_response_body_bytes  int > 0               10 MiB             buffered invoke response cap
-max_header_count         int > 0               100                request header count cap
-max_header_bytes         int > 0               64 KiB             request header size cap
-connect_timeout          seconds > 0           5                  upstream connect timeout
-read_timeout             seconds > 0           60                 upstream wait for each read
-total_timeout            seconds > 0, or none  300                the whole exchange; none: no limit
-trusted_proxy_hops       int ≥ 0               0                  proxies trusted for X-Forwarded-*
-pseudonym                RFC 9110 token        invoke-middleware  the gateway's name in Via
-problem_json             bool                  false              errors as RFC 9457 problem+json
-mcp_allowed_origins      list of origins       none               pages that may call /r/mcp
-mcp_credential_kinds     list of sk, dk, jwt   sk                 credentials /r/mcp admits
-ca_bundle                PEM file              system store       CA bundle for external services
-jwt.algorithms           list                  JWT off            algorithms user tokens may use
-jwt.secret               text                  —                  HMAC secret (prefer secret_env)
-jwt.secret_env           env name              —                  variable holding the HMAC secret
-jwt.secret_file          file                  —                  file holding the HMAC secret
-jwt.public_key_file      PEM file              —                  the public key
-jwt.jwks_url             URL                   —                  the identity provider's JWKS
-jwt.issuer               text                  not checked        required iss
-jwt.audience             list                  not checked        accepted aud values
-jwt.leeway               seconds ≥ 0           0                  clock skew allowed on exp
-jwt.cache_size           int ≥ 0               0 (off)            verified-token cache entries
-=======================  ====================  =================  ==================================
+============================  ====================  =================  ======================================
+name                          type                  default            meaning
+============================  ====================  =================  ======================================
+prefix                        path                  ""                 where the runtime routes live
+database_url                  SQLAlchemy URL        in-memory stores   store for services, keys, members
+service_cache_ttl             seconds ≥ 0           2                  service lookup cache (needs a URL)
+max_invoke_body_bytes         int > 0               10 MiB             decoded invoke body cap
+max_relay_body_bytes          int > 0               1 GiB              catch-all upload cap
+max_response_body_bytes       int > 0               10 MiB             buffered invoke response cap
+max_header_count              int > 0               100                request header count cap
+max_header_bytes              int > 0               64 KiB             request header size cap
+connect_timeout               seconds > 0           5                  upstream connect timeout
+read_timeout                  seconds > 0           60                 upstream wait for each read
+total_timeout                 seconds > 0, or none  300                the whole exchange; none: no limit
+trusted_proxy_hops            int ≥ 0               0                  proxies trusted for X-Forwarded-*
+pseudonym                     RFC 9110 token        invoke-middleware  the gateway's name in Via
+problem_json                  bool                  false              errors as RFC 9457 problem+json
+mcp_allowed_origins           list of origins       none               pages that may call /r/mcp
+mcp_credential_kinds          list of sk, dk, jwt   sk                 credentials /r/mcp admits
+ca_bundle                     PEM file              system store       CA bundle for external services
+jwt.algorithms                list                  JWT off            algorithms user tokens may use
+jwt.secret                    text                  —                  HMAC secret (prefer secret_env)
+jwt.secret_env                env name              —                  variable holding the HMAC secret
+jwt.secret_file               file                  —                  file holding the HMAC secret
+jwt.public_key_file           PEM file              —                  the public key
+jwt.jwks_url                  URL                   —                  the identity provider's JWKS
+jwt.issuer                    text                  not checked        required iss
+jwt.audience                  list                  not checked        accepted aud values
+jwt.leeway                    seconds ≥ 0           0                  clock skew allowed on exp
+jwt.cache_size                int ≥ 0               0 (off)            verified-token cache entries
+limits.max_in_flight          int > 0               off                relays in flight in this process
+limits.team_max_in_flight     int > 0               off                relays in flight per team
+limits.service_max_in_flight  int > 0               off                relays in flight per service
+limits.queue_timeout          seconds ≥ 0           0                  wait for a slot before the 429
+limits.credential_rate        rate                  off                requests per window per credential
+limits.user_rate              rate                  off                requests per window per user
+limits.team_rate              rate                  off                requests per window per team
+limits.service_rate           rate                  off                requests per window per service
+limits.teams                  table                 none               per-team rate and max_in_flight
+limits.storage_url            URL                   memory://          redis://... shares rate budgets
+limits.key_prefix             text                  invoke-limits      namespace of the Redis keys
+limits.storage_timeout        seconds > 0           0.5                bound on each Redis round trip
+limits.fail_open              bool                  true               serve (true) or 503 when Redis is down
+============================  ====================  =================  ======================================
+
+A rate is written as the ``limits`` library writes it: ``100/minute``, ``10 per second``,
+``1000 per 2 hours``. See :mod:`invoke_middleware.limits` and the README's "Fair share" section.
 
 Booleans accept ``true/false``, ``yes/no``, ``on/off`` and ``1/0``; name lists are separated by
 commas or spaces. JWT authentication is on when ``jwt.algorithms`` and exactly one key source
@@ -52,9 +68,10 @@ commas or spaces. JWT authentication is on when ``jwt.algorithms`` and exactly o
 ``jwt.jwks_url``) are set; one trailing newline of a secret file is not part of the secret.
 
 The standalone gateway's TOML file uses the same settings (:attr:`KeyStyle.TOML`): the
-``[gateway]`` table holds the names without ``jwt.``, the ``[jwt]`` table the ``jwt.`` ones,
-and the store's two settings are its ``[store]`` table's business.
-"""
+``[gateway]`` table holds the names without a dot, the ``[jwt]`` table the ``jwt.`` ones, the
+``[limits]`` table the ``limits.`` ones, and the store's two settings are its ``[store]``
+table's business.
+"""  # noqa: E501 - the settings table is wider than a line; see tests/test_settings.py
 
 from __future__ import annotations
 
@@ -87,6 +104,7 @@ from invoke_middleware.auth.stores import (
 )
 from invoke_middleware.errors import ErrorRenderer
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
+from invoke_middleware.limits import Limiter, LimitHook, LimitSettings
 from invoke_middleware.middleware import InvokeMiddleware
 from invoke_middleware.pipeline import PipelineSettings, SecretResolver
 from invoke_middleware.registry import ServiceRegistry
@@ -118,7 +136,8 @@ T = TypeVar("T")
 class KeyStyle(StrEnum):
     """How a host spells setting names.
 
-    ``TOML`` is the standalone gateway's file: ``[gateway] <name>`` and ``[jwt] <name>``. Its
+    ``TOML`` is the standalone gateway's file: ``[gateway] <name>``, ``[jwt] <name>`` and
+    ``[limits] <name>``. Its
     values are typed, so a string where a number, boolean or list belongs is refused rather
     than parsed; the store's settings live in its ``[store]`` table instead.
     """
@@ -160,6 +179,7 @@ class Collaborators(TypedDict, total=False):
     before_relay: Sequence[BeforeRelayHook]
     after_relay: Sequence[AfterRelayHook]
     error_renderer: ErrorRenderer
+    limiter: Limiter
 
 
 # --- the result --------------------------------------------------------------------------
@@ -218,16 +238,22 @@ class MiddlewareConfig:
     settings: PipelineSettings = field(default_factory=PipelineSettings)
     jwt: JWTSettings | None = None
     ca_bundle: str | None = None
+    limits: LimitSettings | None = None
     style: KeyStyle = KeyStyle.INI
 
     def build_middleware(
-        self, app: WSGIApplication, **collaborators: Unpack[Collaborators]
+        self,
+        app: WSGIApplication,
+        *,
+        on_limit: Sequence[LimitHook] = (),
+        **collaborators: Unpack[Collaborators],
     ) -> InvokeMiddleware:
         """Wrap ``app``; objects in ``collaborators`` replace the ones the settings describe.
 
         Raises :class:`ConfigError` when the settings cannot apply: JWT settings next to
         explicit ``resolvers``, ``ca_bundle`` next to an explicit ``egress_transport``, or a
-        database that cannot be opened.
+        database that cannot be opened. ``on_limit`` hooks receive the refusals of the limiter
+        that the ``limits.*`` settings describe (not of a ``limiter`` passed in).
         """
         if self.jwt is not None and "resolvers" in collaborators:
             raise ConfigError(
@@ -258,6 +284,11 @@ class MiddlewareConfig:
             ]
         if self.ca_bundle is not None:
             collaborators["egress_transport"] = HTTPTransport(ca_bundle=self.ca_bundle)
+        if self.limits is not None and "limiter" not in collaborators:
+            try:
+                collaborators["limiter"] = Limiter(self.limits, on_event=on_limit)
+            except ValueError as exc:
+                raise ConfigError(self.style.key("limits.storage_url"), str(exc)) from None
         return InvokeMiddleware(app, prefix=self.prefix, settings=self.settings, **collaborators)
 
     def _open_store(self) -> SQLStore:
@@ -367,7 +398,7 @@ def _assemble(
         read=values.get("read_timeout", DEFAULT_TIMEOUTS.read),
         total=values.get("total_timeout", DEFAULT_TIMEOUTS.total),
     )
-    limits = {
+    pipeline = {
         name: values[name]
         for name in (
             "max_invoke_body_bytes",
@@ -382,20 +413,32 @@ def _assemble(
         if name in values
     }
     if "mcp_allowed_origins" in values:
-        limits["mcp_allowed_origins"] = values["mcp_allowed_origins"]
+        pipeline["mcp_allowed_origins"] = values["mcp_allowed_origins"]
     if "mcp_credential_kinds" in values:
-        limits["mcp_credential_kinds"] = frozenset(
+        pipeline["mcp_credential_kinds"] = frozenset(
             CredentialKind(kind) for kind in values["mcp_credential_kinds"]
         )
     return MiddlewareConfig(
         prefix=values.get("prefix", ""),
         database_url=values.get("database_url"),
         service_cache_ttl=values.get("service_cache_ttl"),
-        settings=PipelineSettings(timeouts=timeouts, **limits),
+        settings=PipelineSettings(timeouts=timeouts, **pipeline),
         jwt=_jwt_settings(values, style, environ),
         ca_bundle=values.get("ca_bundle"),
+        limits=_limit_settings(values),
         style=style,
     )
+
+
+def _limit_settings(values: Mapping[str, Any]) -> LimitSettings | None:
+    given = {
+        name.removeprefix("limits."): value
+        for name, value in values.items()
+        if name.startswith("limits.")
+    }
+    if not given:
+        return None
+    return LimitSettings(**given)
 
 
 def _check_jwt(values: Mapping[str, Any], style: KeyStyle) -> None:

@@ -149,6 +149,31 @@ class UnsupportedMediaTypeError(GatewayError):
     default_message = "The request body must be application/json."
 
 
+class RateLimitedError(GatewayError):
+    """A rate limit (requests per window) is used up; ``Retry-After`` says when it resets."""
+
+    status = 429
+    code = "rate_limited"
+    default_message = "Too many requests; retry after the time in Retry-After."
+
+
+class TooManyInFlightError(GatewayError):
+    """A concurrency limit is reached: the caller's team or the service has enough relays in
+    flight. Nothing was sent upstream."""
+
+    status = 429
+    code = "too_many_in_flight"
+    default_message = "Too many requests in flight; retry after the time in Retry-After."
+
+
+class LimitsUnavailableError(GatewayError):
+    """The shared rate-limit store cannot be reached and the gateway is set to fail closed."""
+
+    status = 503
+    code = "limits_unavailable"
+    default_message = "The gateway cannot check its rate limits right now; retry later."
+
+
 class UpgradeNotSupportedError(GatewayError):
     status = 501
     code = "upgrade_not_supported"

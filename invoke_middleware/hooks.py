@@ -85,11 +85,18 @@ class RelayFinished:
 BeforeRelayHook = Callable[[RelayStarted], None]
 AfterRelayHook = Callable[[RelayFinished], None]
 
-_E = TypeVar("_E", RelayStarted, RelayFinished)
+
+#: An event: :class:`RelayStarted`, :class:`RelayFinished` or a
+#: :class:`~invoke_middleware.limits.LimitEvent`.
+_E = TypeVar("_E")
 
 
-def _request_id(event: RelayStarted | RelayFinished) -> str:
-    return event.started.request_id if isinstance(event, RelayFinished) else event.request_id
+def _request_id(event: object) -> str:
+    # RelayFinished's own request_id is a deprecated alias (it warns): read its started event.
+    if isinstance(event, RelayFinished):
+        return event.started.request_id
+    request_id = getattr(event, "request_id", None)
+    return request_id if isinstance(request_id, str) else "-"
 
 
 def call_hooks(hooks: Sequence[Callable[[_E], None]], event: _E) -> None:
@@ -98,4 +105,4 @@ def call_hooks(hooks: Sequence[Callable[[_E], None]], event: _E) -> None:
         try:
             hook(event)
         except Exception:
-            logger.exception("relay hook %r failed (request %s)", hook, _request_id(event))
+            logger.exception("hook %r failed (request %s)", hook, _request_id(event))

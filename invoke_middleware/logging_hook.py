@@ -36,6 +36,7 @@ import re
 from typing import Final
 
 from invoke_middleware.hooks import RelayFinished
+from invoke_middleware.limits import LimitEvent
 
 __all__ = ["GATEWAY_LOGGERS", "ControlCharacterFilter", "RelayLogger", "escape_control"]
 
@@ -70,6 +71,7 @@ GATEWAY_LOGGERS: Final = (
     "invoke_middleware.auth",
     "invoke_middleware.cli",
     "invoke_middleware.hooks",
+    "invoke_middleware.limits",
     "invoke_middleware.mcp",
     "invoke_middleware.standalone",
 )
@@ -184,3 +186,20 @@ class RelayLogger:
                 fields[name] = escape_control(value)
         # "%s" keeps a "%" in a path from being read as a format directive.
         self.logger.log(self.level, "relay %s", line, extra=fields)
+
+    def on_limit(self, event: LimitEvent) -> None:
+        """Log a request refused by a limit, or a rate-limit store failure (a limiter hook):
+        ``limit request_id=... route=... team=... user=... slug=... limit=... outcome=...``."""
+        if not self.logger.isEnabledFor(self.level):
+            return
+        fields: dict[str, object] = {
+            "request_id": event.request_id,
+            "route": event.route,
+            "team": str(event.principal.team_id),
+            "user": event.principal.user_id,
+            "slug": event.service.slug,
+            "limit": None if event.limit is None else event.limit.value,
+            "outcome": event.outcome.value,
+        }
+        line = " ".join(f"{name}={_value(value)}" for name, value in fields.items())
+        self.logger.log(self.level, "limit %s", line, extra=fields)

@@ -19,7 +19,13 @@ With the default ``namespace="invoke"``:
 - ``invoke_relay_duration_seconds{route}``: a histogram of relay durations;
 - ``invoke_relay_request_bytes_total{route}`` and ``invoke_relay_response_bytes_total{route}``:
   body bytes sent upstream and received from it;
-- ``invoke_relays_in_flight{route}``: relays started and not yet finished.
+- ``invoke_relays_in_flight{route}``: relays started and not yet finished;
+- ``invoke_limit_events_total{route, limit, outcome}``: requests refused by a fair-share limit
+  (``outcome="refused"``, ``limit`` one of :class:`~invoke_middleware.limits.LimitKind`) and
+  rate-limit store failures (``outcome`` ``store_failed_open`` or ``store_failed_closed``,
+  ``limit`` empty). Register :meth:`RelayMetrics.on_limit` with the limiter:
+  ``Limiter(settings, on_event=[metrics.on_limit])``, or
+  ``config.build_middleware(app, on_limit=[metrics.on_limit])``.
 
 Labels are low-cardinality on purpose: ``route`` is ``invoke`` or ``catch_all``,
 ``service_type`` ``deployed`` or ``external``, ``status_class`` ``1xx`` to ``5xx``,
@@ -29,7 +35,8 @@ Prometheus keeps in memory, and those grow with every tenant and URL. Per-servic
 belong in the relay log (:mod:`invoke_middleware.logging_hook`).
 
 Only relays are counted: a request refused before it reaches a service (no credentials, an
-unknown slug, a bad path) starts no relay and calls no hook.
+unknown slug, a bad path, a limit) starts no relay and calls no relay hook; refusals by a
+limit are counted apart, through :meth:`RelayMetrics.on_limit`.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     ) from exc
 
 from invoke_middleware.hooks import RelayFinished, RelayStarted
+from invoke_middleware.limits import LimitEvent
 
 __all__ = ["DEFAULT_BUCKETS", "RelayMetrics"]
 
@@ -105,6 +113,14 @@ class RelayMetrics:
             registry=registry,
         )
 
+        self.limit_events = Counter(
+            "limit_events",
+            "Requests refused by a limit, and rate-limit store failures, by limit and outcome.",
+            ["route", "limit", "outcome"],
+            namespace=namespace,
+            registry=registry,
+        )
+
     def before_relay(self, event: RelayStarted) -> None:
         """Count the relay as in flight."""
         self.in_flight.labels(event.route).inc()
@@ -122,3 +138,8 @@ class RelayMetrics:
         self.duration.labels(route).observe(event.duration)
         self.request_bytes.labels(route).inc(event.bytes_in)
         self.response_bytes.labels(route).inc(event.bytes_out)
+
+    def on_limit(self, event: LimitEvent) -> None:
+        """Count a refusal by a limit, or a failure of the rate-limit store."""
+        limit = "" if event.limit is None else event.limit.value
+        self.limit_events.labels(event.route, limit, event.outcome.value).inc()

@@ -41,6 +41,7 @@ from invoke_middleware.errors import (
 )
 from invoke_middleware.headers import CONTENT_LENGTH_PATTERN, Headers, choose_request_id
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
+from invoke_middleware.limits import Limiter
 from invoke_middleware.pipeline import Pipeline, PipelineSettings, SecretResolver
 from invoke_middleware.registry import InMemoryServiceRegistry, ServiceRegistry
 from invoke_middleware.request import PipelineRequest
@@ -67,7 +68,8 @@ class InvokeMiddleware:
     given; the pooled :class:`~invoke_middleware.transport.http.HTTPTransport` for deployed
     services and a second one for external services (egress), as
     :class:`~invoke_middleware.pipeline.Pipeline` makes them. See
-    :class:`~invoke_middleware.pipeline.PipelineSettings` for limits and timeouts.
+    :class:`~invoke_middleware.pipeline.PipelineSettings` for limits and timeouts, and ``limiter``
+    (:class:`~invoke_middleware.limits.Limiter`) for fair-share concurrency and rate limits.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class InvokeMiddleware:
         after_relay: Sequence[AfterRelayHook] = (),
         error_renderer: ErrorRenderer | None = None,
         settings: PipelineSettings | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.app = app
         self.router = Router(prefix)
@@ -105,6 +108,7 @@ class InvokeMiddleware:
             after_relay=after_relay,
             error_renderer=error_renderer,
             settings=settings,
+            limiter=limiter,
         )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

@@ -51,6 +51,7 @@ from invoke_middleware.hooks import (
     RelayStarted,
     call_hooks,
 )
+from invoke_middleware.limits import UNLIMITED, Limiter
 from invoke_middleware.registry import Service, ServiceRegistry, ServiceType, is_valid_slug
 from invoke_middleware.request import PipelineRequest
 from invoke_middleware.routing import RouteKind, RouteMatch
@@ -168,9 +169,11 @@ class Pipeline:
         after_relay: Sequence[AfterRelayHook] = (),
         error_renderer: ErrorRenderer | None = None,
         settings: PipelineSettings | None = None,
+        limiter: Limiter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings or PipelineSettings()
+        self.limiter = limiter
         self.registry = registry
         self.resolvers = tuple(resolvers)
         # Each default is a pool of its own: connections to external services never share a
@@ -282,9 +285,24 @@ class Pipeline:
             raise ServiceNotRunningError(
                 f"The service is {service.service_status.value}, not running."
             )
-        if kind is RouteKind.INVOKE:
-            return self._invoke(request, principal, service, request_id)
-        return self._relay(request, route.tail, principal, service, request_id)
+        # Fair share (README, "Fair share"): after authentication and authorization, before any
+        # upstream work; the slot is held until the response ends, however it ends.
+        # MCP tool calls come through here too, as invoke and catch-all requests of their own:
+        # the endpoint and the REST routes share one budget.
+        admission = UNLIMITED
+        if self.limiter is not None:
+            admission = self.limiter.admit(
+                principal, service, route=kind.value, request_id=request_id
+            )
+        try:
+            if kind is RouteKind.INVOKE:
+                response = self._invoke(request, principal, service, request_id)
+            else:
+                response = self._relay(request, route.tail, principal, service, request_id)
+        except BaseException:
+            admission.release()
+            raise
+        return admission.hold(response)
 
     # -- steps -------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from invoke_middleware.limits import ServiceLimits
 from invoke_middleware.transport.base import Timeouts
 
 #: SPEC §1: lower-case letters, digits and dashes, 3 to 100 characters, no dash at either end.
@@ -68,6 +69,8 @@ class Service:
     usage_prompt: str | None = None
     openapi_url: str | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
+    #: Rate and concurrency of this service, over the gateway-wide limits.
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
 
     def __post_init__(self) -> None:
         if not is_valid_slug(self.slug):

@@ -18,11 +18,12 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from invoke_middleware._toml_config import StandaloneConfig
 from invoke_middleware.config import ConfigError
+from invoke_middleware.limits import fair_share
 from invoke_middleware.logging_hook import RelayLogger
 from invoke_middleware.middleware import InvokeMiddleware
 from invoke_middleware.store.sql import SQLStore
@@ -116,9 +117,17 @@ class StandaloneApp:
 
 
 def build_standalone_app(
-    config: StandaloneConfig, environ: Mapping[str, str] = os.environ
+    config: StandaloneConfig,
+    environ: Mapping[str, str] = os.environ,
+    *,
+    threads: int | None = None,
 ) -> StandaloneApp:
     """Assemble the standalone gateway from ``config``; a JWT key is read from ``environ``.
+
+    ``threads`` is the number of worker threads it will be served with (default: the
+    ``[server]`` table's): unless ``[limits]`` says otherwise, one team may hold at most half of
+    them with relays in flight and all teams together all but one, so that no team can starve
+    another (README, "Fair share").
 
     Raises :class:`~invoke_middleware.config.ConfigError`, naming the file, when a JWT key
     cannot be read or does not suit the configured algorithms.
@@ -127,7 +136,12 @@ def build_standalone_app(
         settings = config.gateway.resolve(environ)
     except ConfigError as exc:
         raise exc.located(str(config.path)) from None
+    settings = replace(
+        settings,
+        limits=fair_share(settings.limits, threads or config.server.threads),
+    )
     store = SQLStore(config.database, service_cache_ttl=config.service_cache_ttl)
+    access_log = RelayLogger()
     try:
         app = settings.build_middleware(
             host_app,
@@ -135,7 +149,8 @@ def build_standalone_app(
             credentials=store.credentials,
             memberships=store.memberships,
             secret_resolver=EnvironmentSecretResolver(config.secrets, environ),
-            after_relay=[RelayLogger()],
+            after_relay=[access_log],
+            on_limit=[access_log.on_limit],
         )
     except BaseException:
         store.close()

@@ -16,8 +16,9 @@ from invoke_middleware import auth, transport
 ROOT = Path(__file__).resolve().parent.parent
 
 #: What ``import invoke_middleware`` must not load: each is needed only by one optional part
-#: (RequestsTransport; JWTResolver; the explanation of a refused envelope; SQLStore), or by
-#: nothing at all (werkzeug), or only by the host's tests (the testing helpers).
+#: (RequestsTransport; JWTResolver; the explanation of a refused envelope; SQLStore; rate
+#: limits and their Redis), or by nothing at all (werkzeug), or only by the host's tests (the
+#: testing helpers).
 HEAVY_MODULES = [
     "requests",
     "urllib3",
@@ -26,6 +27,8 @@ HEAVY_MODULES = [
     "jsonschema",
     "sqlalchemy",
     "werkzeug",
+    "limits",
+    "redis",
     "invoke_middleware.testing",
 ]
 

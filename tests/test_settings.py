@@ -12,6 +12,7 @@ import pytest
 from invoke_middleware import config
 from invoke_middleware._settings import SETTINGS, STORE_SETTINGS
 from invoke_middleware._toml_config import starter_config
+from invoke_middleware.limits import LimitSettings
 from invoke_middleware.pipeline import PipelineSettings
 from invoke_middleware.store.sql import DEFAULT_SERVICE_CACHE_TTL
 from invoke_middleware.transport.base import DEFAULT_TIMEOUTS
@@ -75,11 +76,15 @@ _UNITS = {"KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 
 
 def _documented_value(text: str) -> object:
-    """A documented default as a value: ``10 MiB`` -> 10485760, ``false`` -> False."""
+    """A documented default as a value: ``10 MiB`` -> 10485760, ``false`` -> False,
+    ``off`` -> None (a limit that is not set)."""
     number, _, unit = text.partition(" ")
     if number.isdigit():
         return int(number) * _UNITS.get(unit, 1)
-    return {"false": False, '""': ""}.get(text, text)
+    try:
+        return float(text)
+    except ValueError:
+        return {"false": False, "true": True, "off": None, '""': ""}.get(text, text)
 
 
 def _real_defaults() -> dict[str, object]:
@@ -96,6 +101,12 @@ def _real_defaults() -> dict[str, object]:
         read_timeout=DEFAULT_TIMEOUTS.read,
         total_timeout=DEFAULT_TIMEOUTS.total,
         **{"jwt.leeway": 0, "jwt.cache_size": 0},
+    )
+    limits = LimitSettings()
+    defaults.update(
+        (name, getattr(limits, name.removeprefix("limits.")))
+        for name in SETTINGS
+        if name.startswith("limits.") and name != "limits.teams"  # a table: no value to show
     )
     return defaults
 
@@ -141,6 +152,13 @@ def test_the_starter_file_names_every_jwt_setting() -> None:
     names = [n.removeprefix("jwt.") for n in SETTINGS if n.startswith("jwt.")]
 
     assert [n for n in names if not re.search(rf"\b{n}\b", jwt_part)] == []
+
+
+def test_the_starter_file_names_every_limits_setting() -> None:
+    limits_part = starter_config().split("[limits]", 1)[1].split("[secrets]", 1)[0]
+    names = [n.removeprefix("limits.") for n in SETTINGS if n.startswith("limits.")]
+
+    assert [n for n in names if not re.search(rf"^# {n}\b", limits_part, re.MULTILINE)] == []
 
 
 def test_the_starter_files_store_table_shows_the_cache_default() -> None:

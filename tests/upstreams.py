@@ -425,6 +425,16 @@ class RawUpstream:
         fields.append(("X-Multi", "two"))
         return self._respond(connection, method, "200 OK", fields, b"")
 
+    def _handle_ratelimit(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        """The upstream's own IETF rate-limit fields."""
+        fields = [
+            ("RateLimit-Policy", '"upstream";q=100;w=1'),
+            ("RateLimit", '"upstream";r=99;t=1'),
+        ]
+        return self._respond(connection, method, "200 OK", fields, b"")
+
     def _handle_gzip(self, connection: _Connection, method: str, params: dict[str, str]) -> bool:
         body = gzip.compress(b"compressed " * 100)
         fields = [("Content-Encoding", "gzip"), ("Content-Type", "text/plain")]

@@ -97,6 +97,11 @@ services = sa.Table(
     sa.Column("connect_timeout", sa.Float(), nullable=True),
     sa.Column("read_timeout", sa.Float(), nullable=True),
     sa.Column("total_timeout", sa.Float(), nullable=True),
+    # The service's own limits (README, "Fair share"); NULL keeps the gateway-wide setting.
+    # Added after the first release: SQLStore.init() adds them to an existing table.
+    sa.Column("max_in_flight", sa.Integer(), nullable=True),
+    sa.Column("rate_amount", sa.Integer(), nullable=True),
+    sa.Column("rate_window", sa.Integer(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.UniqueConstraint("team_id", "slug"),
@@ -120,6 +125,12 @@ credentials = sa.Table(
     sa.Column("last_used_at", UTCDateTime(), nullable=True),
     sa.CheckConstraint(_one_of("kind", STORED_KINDS), name="kind"),
 )
+
+#: Nullable columns added to a table after it was first released, which ``init`` adds to an
+#: existing database and which reads do without until then.
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "invoke_services": ("max_in_flight", "rate_amount", "rate_window"),
+}
 
 memberships = sa.Table(
     "invoke_memberships",

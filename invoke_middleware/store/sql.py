@@ -9,7 +9,7 @@ protocols share method names such as ``list``, so one object cannot be all three
 
     store = SQLStore("sqlite:///invoke.db")
     store.init()
-    store.services      # a ServiceRegistry, plus add / set_status / remove / list_all
+    store.services      # a ServiceRegistry, plus add / set_status / set_limits / remove / list_all
     store.credentials   # a CredentialStore, plus get / expire
     store.memberships   # a MembershipStore
 
@@ -40,6 +40,7 @@ from invoke_middleware.auth.stores import (
     new_credential,
     require_aware,
 )
+from invoke_middleware.limits import Rate, ServiceLimits
 from invoke_middleware.registry import Service, ServiceStatus, ServiceType, is_valid_slug
 from invoke_middleware.store import _schema
 from invoke_middleware.store._cache import TTLCache
@@ -143,8 +144,23 @@ class SQLStore:
         self.memberships = SQLMembershipStore(self.engine)
 
     def init(self) -> None:
-        """Create the tables and indexes that do not exist yet; safe to run again."""
+        """Create the tables and indexes that do not exist yet, and add the columns a newer
+        release brought to an existing table; safe to run again."""
         _schema.metadata.create_all(self.engine, checkfirst=True)
+        with self.engine.begin() as connection:
+            inspector = sa.inspect(connection)
+            for table_name, names in _schema.ADDED_COLUMNS.items():
+                present = {column["name"] for column in inspector.get_columns(table_name)}
+                table = _schema.metadata.tables[table_name]
+                for name in names:
+                    if name not in present:
+                        column = table.c[name]
+                        kind = column.type.compile(dialect=self.engine.dialect)
+                        # DDL cannot take bound parameters; both names come from the schema.
+                        connection.execute(
+                            sa.text(f'ALTER TABLE "{table_name}" ADD COLUMN "{name}" {kind}')
+                        )
+        self.services.invalidate()
 
     def close(self) -> None:
         """Release pooled connections (of an engine this store created)."""
@@ -179,6 +195,7 @@ class SQLServiceRegistry:
             cache_ttl, clock=clock
         )
         self._by_team: TTLCache[uuid.UUID, tuple[Service, ...]] = TTLCache(cache_ttl, clock=clock)
+        self._limit_columns: bool | None = None
 
     def get(self, team_id: uuid.UUID, slug: str) -> Service | None:
         """The service ``slug`` of ``team_id``, or ``None`` (possibly up to the TTL old)."""
@@ -193,7 +210,7 @@ class SQLServiceRegistry:
     def list_all(self) -> Sequence[Service]:
         """Every service of every team, by team then slug; never cached."""
         table = _schema.services
-        query = sa.select(table).order_by(table.c.team_id, table.c.slug)
+        query = self._select().order_by(table.c.team_id, table.c.slug)
         with self._engine.connect() as connection:
             return [_service_from_row(row) for row in connection.execute(query).mappings()]
 
@@ -201,11 +218,15 @@ class SQLServiceRegistry:
         """Store a new service; :class:`DuplicateServiceError` if its slug or id is taken."""
         now = self._now()
         try:
+            values = _service_values(service)
+            if not self._has_limit_columns():
+                if service.limits != ServiceLimits():
+                    raise _needs_init()
+                for name in _LIMIT_COLUMNS:
+                    del values[name]
             with self._engine.begin() as connection:
                 connection.execute(
-                    sa.insert(_schema.services).values(
-                        **_service_values(service), created_at=now, updated_at=now
-                    )
+                    sa.insert(_schema.services).values(**values, created_at=now, updated_at=now)
                 )
         except sa.exc.IntegrityError as exc:
             if self._select_one(service.team_id, service.slug) is not None:
@@ -229,6 +250,21 @@ class SQLServiceRegistry:
         self.invalidate()
         return changed > 0
 
+    def set_limits(self, team_id: uuid.UUID, slug: str, limits: ServiceLimits) -> bool:
+        """Replace a service's own limits; ``False`` when there is no such service."""
+        if not self._has_limit_columns():
+            raise _needs_init()
+        table = _schema.services
+        query = (
+            sa.update(table)
+            .where(table.c.team_id == team_id, table.c.slug == slug)
+            .values(**_limit_values(limits), updated_at=self._now())
+        )
+        with self._engine.begin() as connection:
+            changed = connection.execute(query).rowcount
+        self.invalidate()
+        return changed > 0
+
     def remove(self, team_id: uuid.UUID, slug: str) -> bool:
         """Delete a service; ``False`` when there is no such service."""
         table = _schema.services
@@ -242,17 +278,35 @@ class SQLServiceRegistry:
         """Forget every cached lookup, so the next one reads the database."""
         self._by_slug.clear()
         self._by_team.clear()
+        self._limit_columns = None
+
+    def _has_limit_columns(self) -> bool:
+        # A database created by an earlier release lacks them until `init` runs again; it
+        # keeps working meanwhile, without per-service limits.
+        if self._limit_columns is None:
+            with self._engine.connect() as connection:
+                present = {
+                    c["name"] for c in sa.inspect(connection).get_columns(_schema.services.name)
+                }
+            self._limit_columns = set(_LIMIT_COLUMNS) <= present
+        return self._limit_columns
+
+    def _select(self) -> sa.Select[Any]:
+        table = _schema.services
+        if self._has_limit_columns():
+            return sa.select(table)
+        return sa.select(*(c for c in table.c if c.name not in _LIMIT_COLUMNS))
 
     def _select_one(self, team_id: uuid.UUID, slug: str) -> Service | None:
         table = _schema.services
-        query = sa.select(table).where(table.c.team_id == team_id, table.c.slug == slug)
+        query = self._select().where(table.c.team_id == team_id, table.c.slug == slug)
         with self._engine.connect() as connection:
             row = connection.execute(query).mappings().one_or_none()
         return None if row is None else _service_from_row(row)
 
     def _select_team(self, team_id: uuid.UUID) -> tuple[Service, ...]:
         table = _schema.services
-        query = sa.select(table).where(table.c.team_id == team_id).order_by(table.c.slug)
+        query = self._select().where(table.c.team_id == team_id).order_by(table.c.slug)
         with self._engine.connect() as connection:
             return tuple(_service_from_row(row) for row in connection.execute(query).mappings())
 
@@ -273,7 +327,35 @@ def _service_values(service: Service) -> dict[str, Any]:
         "connect_timeout": service.timeouts.connect,
         "read_timeout": service.timeouts.read,
         "total_timeout": service.timeouts.total,
+        **_limit_values(service.limits),
     }
+
+
+_LIMIT_COLUMNS = _schema.ADDED_COLUMNS["invoke_services"]
+
+
+def _limit_values(limits: ServiceLimits) -> dict[str, int | None]:
+    rate = limits.rate
+    return {
+        "max_in_flight": limits.max_in_flight,
+        "rate_amount": None if rate is None else rate.amount,
+        "rate_window": None if rate is None else rate.window,
+    }
+
+
+def _limits_from_row(row: sa.RowMapping) -> ServiceLimits:
+    amount, window = row.get("rate_amount"), row.get("rate_window")
+    return ServiceLimits(
+        rate=None if amount is None or window is None else Rate(amount=amount, window=window),
+        max_in_flight=row.get("max_in_flight"),
+    )
+
+
+def _needs_init() -> ValueError:
+    return ValueError(
+        "this database predates per-service limits: SQLStore.init() adds their columns "
+        "(`invoke-middleware services set-limits` runs it)"
+    )
 
 
 def _service_from_row(row: sa.RowMapping) -> Service:
@@ -294,6 +376,7 @@ def _service_from_row(row: sa.RowMapping) -> Service:
             read=row["read_timeout"],
             total=row["total_timeout"],
         ),
+        limits=_limits_from_row(row),
     )
 
 

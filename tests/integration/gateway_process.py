@@ -2,12 +2,15 @@
 
 :func:`start_gateway_process` starts one from a test and yields a :class:`GatewayProcess`.
 
-``python -m tests.integration.gateway_process SERVER UPSTREAM_URL`` serves a Flask host
-wrapped by the middleware, with one service ``svc`` at ``UPSTREAM_URL``, and prints one JSON
+``python -m tests.integration.gateway_process SERVER UPSTREAM_URL [LIMITS]`` serves a Flask
+host wrapped by the middleware, with one service ``svc`` at ``UPSTREAM_URL``, and prints one JSON
 line once it listens: ``{"port": ..., "key": ..., "pid": ...}`` where ``pid`` is the process
 that handles requests. ``SERVER`` is ``werkzeug`` (threaded, in this process) or ``gunicorn``
-(one gthread worker, forked from this process after the app is built). It runs until it is
-terminated, or until its standard input closes.
+(one gthread worker, forked from this process after the app is built). ``LIMITS``, a JSON
+object, gives the team (``"team"``, a UUID, so that several processes serve one team) and the
+``limits.*`` settings of a limiter (``{"team": "...", "team_rate": "10/hour",
+"storage_url": "redis://..."}``). It runs until it is terminated, or until its standard input
+closes.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from invoke_middleware import (
-    KeyKind,
+    CredentialKind,
 )
+from invoke_middleware.config import parse_settings
+from invoke_middleware.limits import Limiter
 from tests.integration.host import host_app
 from tests.toolkit.world import make_service, wrap
 
@@ -41,11 +46,17 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
 
-def _build(upstream_url: str) -> tuple[WSGIApplication, str]:
-    team = uuid.uuid4()
+def _build(upstream_url: str, limits: dict[str, Any] | None) -> tuple[WSGIApplication, str]:
+    limits = dict(limits or {})
+    team = uuid.UUID(limits.pop("team")) if "team" in limits else uuid.uuid4()
+    options: dict[str, Any] = {}
+    if limits:
+        config = parse_settings({f"invoke.limits.{name}": value for name, value in limits.items()})
+        assert config.limits is not None
+        options["limiter"] = Limiter(config.limits)
     host = host_app()
-    middleware = wrap(host, [make_service("svc", upstream_url, team=team)])
-    key = middleware.credentials.issue(KeyKind.INTEGRATION, team_id=team).key
+    middleware = wrap(host, [make_service("svc", upstream_url, team=team)], **options)
+    key = middleware.credentials.issue(CredentialKind.INTEGRATION, team_id=team).key
     return host, key
 
 
@@ -100,8 +111,8 @@ def _serve_gunicorn(app: WSGIApplication, key: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    server, upstream_url = argv
-    app, key = _build(upstream_url)
+    server, upstream_url, *rest = argv
+    app, key = _build(upstream_url, json.loads(rest[0]) if rest else None)
     _exit_when_stdin_closes()
     if server == "werkzeug":
         _serve_werkzeug(app, key)
@@ -138,10 +149,13 @@ class GatewayProcess:
 
 
 @contextlib.contextmanager
-def start_gateway_process(server: str, upstream_url: str) -> Iterator[GatewayProcess]:
+def start_gateway_process(
+    server: str, upstream_url: str, limits: dict[str, Any] | None = None
+) -> Iterator[GatewayProcess]:
     """Run a gateway process (see the module docstring) until the block ends."""
+    extra = [json.dumps(limits)] if limits is not None else []
     process = subprocess.Popen(
-        [sys.executable, "-m", __name__, server, upstream_url],
+        [sys.executable, "-m", __name__, server, upstream_url, *extra],
         cwd=_REPO,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -1,0 +1,407 @@
+"""What the fair-share limiter costs per request, against the catch-all relay's own cost.
+
+Run: ``python bench/bench_limits.py`` (writes ``bench/results/limits.md``; ``--help`` for the
+knobs). Redis must listen at ``--redis`` (default ``redis://127.0.0.1:6379/0``); the benchmark
+uses a key prefix of its own and deletes its keys afterwards.
+
+It starts the fixed-answer upstream of ``bench/upstream.py`` and builds, in this process, three
+gateways that differ only in their limiter: **none**, **memory** (``memory://``) and **redis**.
+Both limiters apply the same policy: a concurrency cap per team and two rates (per credential
+and per team), high enough never to refuse. Each gateway is called as a WSGI application,
+``GET /r/containers/bench/hello`` with an ``sk-`` key, over one kept-alive upstream connection,
+in interleaved rounds (none, memory, redis, none, ...). Per round it records the CPU time of
+this process (``time.process_time``: the gateway's work, plus a loop that builds the environ
+and drains the body, the same for all three) and the wall time, per request.
+
+The limiter's cost is the difference with the **none** round next to it; the ratio divides it
+by the relay's own CPU per request in that same pair of rounds. Redis's own CPU is not counted
+(it is another process, like the upstream); its round trip shows in the wall time.
+
+A second table times ``Limiter.admit`` and ``Admission.release`` alone, without a relay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import io
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import bench_relay  # noqa: E402
+import psutil  # noqa: E402
+import redis  # noqa: E402
+from apps import TEAM, bench_limiter, host  # noqa: E402
+
+from invoke_middleware import (  # noqa: E402
+    InMemoryServiceRegistry,
+    InvokeMiddleware,
+    Service,
+    ServiceStatus,
+    ServiceType,
+)
+from invoke_middleware.auth.principal import CredentialKind, Principal  # noqa: E402
+from invoke_middleware.limits import Limiter  # noqa: E402
+
+RESULTS = BENCH / "results" / "limits.md"
+PATH = "/r/containers/bench/hello"
+EXPECTED_BODY = b"hello, world\n"
+SERVED = {"none": "make_relay()", "memory": "make_relay('memory')", "redis": "make_relay('redis')"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def upstream() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(BENCH / "upstream.py"), str(port)])
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@dataclass
+class Pipeline:
+    name: str
+    app: InvokeMiddleware
+    key: str
+
+    def call(self) -> None:
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": PATH,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8080",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_HOST": "127.0.0.1:8080",
+            "HTTP_AUTHORIZATION": f"Bearer {self.key}",
+            "wsgi.input": io.BytesIO(b""),
+            "wsgi.url_scheme": "http",
+        }
+        status: list[str] = []
+        body = self.app(environ, lambda s, h, e=None: status.append(s))  # type: ignore[arg-type,misc]
+        try:
+            data = b"".join(body)
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        if not status[0].startswith("200") or data != EXPECTED_BODY:
+            raise RuntimeError(f"{self.name} answered {status[0]} {data[:200]!r}")
+
+
+def build(name: str, upstream_url: str, limiter: Limiter | None) -> Pipeline:
+    registry = InMemoryServiceRegistry()
+    registry.add(
+        Service(
+            id=uuid.uuid4(),
+            team_id=TEAM,
+            slug="bench",
+            display_name="Bench",
+            service_type=ServiceType.DEPLOYED,
+            service_status=ServiceStatus.RUNNING,
+            upstream_url=upstream_url,
+        )
+    )
+    app = InvokeMiddleware(host, registry=registry, limiter=limiter)
+    key = app.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+    return Pipeline(name=name, app=app, key=key)
+
+
+@dataclass(frozen=True)
+class Round:
+    cpu_us: float
+    wall_us: float
+
+
+def measure(work: Callable[[], None], requests: int) -> Round:
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(requests):
+        work()
+    return Round(
+        cpu_us=(time.process_time() - cpu) / requests * 1e6,
+        wall_us=(time.perf_counter() - wall) / requests * 1e6,
+    )
+
+
+def limiter_alone(limiter: Limiter) -> Callable[[], None]:
+    principal = Principal(kind=CredentialKind.INTEGRATION, team_id=TEAM, credential_id="sk-bench")
+    service = Service(
+        id=uuid.uuid4(),
+        team_id=TEAM,
+        slug="bench",
+        display_name="Bench",
+        service_type=ServiceType.DEPLOYED,
+        service_status=ServiceStatus.RUNNING,
+        upstream_url="http://127.0.0.1:9",
+    )
+
+    def work() -> None:
+        limiter.admit(principal, service, route="relay", request_id="bench").release()
+
+    return work
+
+
+def served_rounds(args: argparse.Namespace, prefix: str) -> dict[str, list[bench_relay.Round]]:
+    """The three gateways under gunicorn, loaded as ``bench/bench_relay.py`` loads its own:
+    CPU of the worker processes per request."""
+    rounds: dict[str, list[bench_relay.Round]] = {name: [] for name in SERVED}
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        upstream_port = free_port()
+        env = {
+            **os.environ,
+            "BENCH_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
+            "BENCH_KEY_FILE": str(scratch / "key"),
+            "BENCH_REDIS": args.redis,
+            "BENCH_REDIS_PREFIX": prefix,
+        }
+        command = [sys.executable, str(BENCH / "upstream.py"), str(upstream_port)]
+        upstream_process = stack.enter_context(bench_relay.running(command, upstream_port, env))
+        servers: dict[str, tuple[int, str, list[psutil.Process]]] = {}
+        for name, factory in SERVED.items():
+            port = free_port()
+            gunicorn = bench_relay.gunicorn_command(port, factory, args)
+            master = stack.enter_context(bench_relay.running(gunicorn, port, env))
+            suffix = "" if name == "none" else f".{name}"
+            key = (scratch / f"key{suffix}").read_text(encoding="utf-8")
+            bench_relay.check(port, key)
+            servers[name] = (port, key, bench_relay.workers_of(master, args.workers))
+        load = bench_relay.wrk_load if args.client == "wrk" else bench_relay.python_load
+        for port, key, _ in servers.values():  # warm-up
+            load(port, key, connections=args.connections, seconds=min(2.0, args.seconds))
+        for index in range(args.rounds):
+            for name, (port, key, workers) in servers.items():
+                result = bench_relay.measure(port, key, workers, upstream_process, args)
+                rounds[name].append(result)
+                print(
+                    f"served round {index + 1} {name:6} {result.rps:7.0f} req/s "
+                    f"gateway {result.gateway_us:6.1f} µs/req",
+                    file=sys.stderr,
+                )
+    return rounds
+
+
+def cleanup(redis_url: str, prefix: str) -> None:
+    with redis.Redis.from_url(redis_url) as client:
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=3000, help="requests per round")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    served = parser.add_argument_group("served (gunicorn, as bench/bench_relay.py)")
+    served.add_argument("--served-rounds", type=int, default=5, help="0: skip")
+    served.add_argument("--seconds", type=float, default=5.0, help="per served round")
+    served.add_argument("--connections", type=int, default=8)
+    served.add_argument("--workers", type=int, default=1)
+    served.add_argument("--threads", type=int, default=4)
+    served.add_argument("--client", choices=("wrk", "python"), default=None)
+    args = parser.parse_args()
+    if args.client is None:
+        args.client = "wrk" if shutil.which("wrk") else "python"
+
+    prefix = f"invoke-bench-{uuid.uuid4().hex[:12]}"
+    load_before = os.getloadavg()[0]
+    try:
+        with upstream() as upstream_url:
+            memory_limiter = bench_limiter("memory://", prefix)
+            redis_limiter = bench_limiter(args.redis, prefix)
+            gateways = [
+                build("none", upstream_url, None),
+                build("memory", upstream_url, memory_limiter),
+                build("redis", upstream_url, redis_limiter),
+            ]
+            for gateway in gateways:  # warm-up: connections, caches, Redis scripts
+                for _ in range(300):
+                    gateway.call()
+            rounds: dict[str, list[Round]] = {g.name: [] for g in gateways}
+            for _ in range(args.rounds):
+                for gateway in gateways:
+                    rounds[gateway.name].append(measure(gateway.call, args.requests))
+            alone: dict[str, list[Round]] = {"memory": [], "redis": []}
+            for _ in range(args.rounds):
+                alone["memory"].append(measure(limiter_alone(memory_limiter), args.requests))
+                alone["redis"].append(measure(limiter_alone(redis_limiter), args.requests))
+            for gateway in gateways:
+                gateway.app.close()
+        served: dict[str, list[bench_relay.Round]] = {}
+        if args.served_rounds:
+            served_args = argparse.Namespace(**{**vars(args), "rounds": args.served_rounds})
+            served = served_rounds(served_args, prefix)
+    finally:
+        cleanup(args.redis, prefix)
+    load_after = os.getloadavg()[0]
+
+    report = render(args, rounds, alone, served, load_before, load_after)
+    args.output.write_text(report, encoding="utf-8")
+    print(report)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def render(
+    args: argparse.Namespace,
+    rounds: dict[str, list[Round]],
+    alone: dict[str, list[Round]],
+    served: dict[str, list[bench_relay.Round]],
+    load_before: float,
+    load_after: float,
+) -> str:
+    base = rounds["none"]
+    lines = [
+        "# The limiter's cost per request",
+        "",
+        "Produced by `bench/bench_limits.py`. `GET /r/containers/bench/hello` (13-byte answer)",
+        "through `InvokeMiddleware` called as a WSGI application in one process, over one",
+        "kept-alive connection to `bench/upstream.py`, with no limiter, a `memory://` limiter",
+        "and a `redis://` limiter, in interleaved rounds. Both limiters apply a per-team",
+        "concurrency cap and two rates (per credential, per team) that never refuse; with",
+        "Redis both rates are counted by one script call, in one round trip.",
+        "",
+        "## Setup",
+        "",
+        f"- {_cpu_name()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}, limits {importlib.metadata.version('limits')}, "
+        f"redis-py {importlib.metadata.version('redis')}, "
+        f"Redis on loopback ({_redis_version(args.redis)})",
+        f"- {args.rounds} rounds of {args.requests} requests per gateway after a warm-up; medians",
+        f"- load average (1 min) before and after: {load_before:.1f} / {load_after:.1f}",
+        "- CPU: `time.process_time()` of the process over the round (the gateway's work and a",
+        "  small client loop, the same for every gateway), divided by the requests",
+        "",
+        "## Through the relay",
+        "",
+        "| limiter | CPU µs/req | wall µs/req | added CPU µs/req | added CPU / relay CPU |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in ("none", "memory", "redis"):
+        series = rounds[name]
+        cpu = _median([r.cpu_us for r in series])
+        wall = _median([r.wall_us for r in series])
+        if name == "none":
+            lines.append(f"| {name} | {cpu:.1f} | {wall:.1f} | — | — |")
+            continue
+        added = [r.cpu_us - b.cpu_us for r, b in zip(series, base, strict=True)]
+        ratio = [(r.cpu_us - b.cpu_us) / b.cpu_us for r, b in zip(series, base, strict=True)]
+        lines.append(
+            f"| {name} | {cpu:.1f} | {wall:.1f} | {_median(added):.1f} | "
+            f"**{_median(ratio) * 100:.1f} %** |"
+        )
+    relay_cpu = _median([r.cpu_us for r in base])
+    lines += [
+        "",
+        "Added CPU and its ratio are medians over rounds of (limiter round - the `none` round of",
+        "the same pass), so slow drifts of the machine cancel out.",
+        "",
+        "## The limiter alone (`admit` + `release`, no relay)",
+        "",
+        "| storage | CPU µs/call | wall µs/call | CPU / relay CPU |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, series in alone.items():
+        cpu = _median([r.cpu_us for r in series])
+        wall = _median([r.wall_us for r in series])
+        lines.append(f"| {name} | {cpu:.1f} | {wall:.1f} | {cpu / relay_cpu * 100:.1f} % |")
+    if served:
+        lines += render_served(args, served)
+    lines += [
+        "",
+        f"Command: `python bench/bench_limits.py --rounds {args.rounds} "
+        f"--requests {args.requests} --served-rounds {args.served_rounds} "
+        f"--seconds {args.seconds:g} --client {args.client}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_served(
+    args: argparse.Namespace, served: dict[str, list[bench_relay.Round]]
+) -> list[str]:
+    base = served["none"]
+    lines = [
+        "",
+        "## Served (gunicorn, as `bench/bench_relay.py` serves the relay)",
+        "",
+        f"`gunicorn --worker-class gthread --workers {args.workers} --threads {args.threads}"
+        f" --preload`, load from {args.client} with {args.connections} kept-alive connections,"
+        f" {args.served_rounds} interleaved rounds of {args.seconds:g} s; CPU of the worker"
+        " processes per request (the relay's whole cost in a server: parsing, WSGI, relay).",
+        "",
+        "| limiter | req/s | gateway CPU µs/req | added CPU µs/req | added CPU / relay CPU |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, series in served.items():
+        rps = _median([r.rps for r in series])
+        cpu = _median([r.gateway_us for r in series])
+        if name == "none":
+            lines.append(f"| {name} | {rps:.0f} | {cpu:.0f} | — | — |")
+            continue
+        added = [r.gateway_us - b.gateway_us for r, b in zip(series, base, strict=True)]
+        ratio = [a / b.gateway_us for a, b in zip(added, base, strict=True)]
+        lines.append(
+            f"| {name} | {rps:.0f} | {cpu:.0f} | {_median(added):.0f} | "
+            f"**{_median(ratio) * 100:.1f} %** |"
+        )
+    return lines
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _redis_version(url: str) -> str:
+    with redis.Redis.from_url(url) as client:
+        return f"server {client.info('server')['redis_version']}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,614 @@
+"""Fair share: concurrency and rate limits per team, credential, user and service.
+
+The pipeline asks a :class:`Limiter` to admit each invoke or relay after the caller is
+authenticated and the service is found and authorized, and before anything goes upstream. A
+request over a limit is refused at once with 429 (``too_many_in_flight`` or ``rate_limited``)
+and ``Retry-After``; an admitted one gets the IETF ``RateLimit-Policy`` and ``RateLimit``
+response fields (:mod:`invoke_middleware._ratelimit_headers`)::
+
+    from invoke_middleware.limits import LimitSettings, Limiter, Rate
+
+    limiter = Limiter(
+        LimitSettings(
+            team_max_in_flight=4,
+            credential_rate=Rate.parse("10/second"),
+            team_rate=Rate.parse("600/minute"),
+            storage_url="redis://127.0.0.1:6379/0",  # one budget for every gateway process
+        )
+    )
+    app.wsgi_app = InvokeMiddleware(app.wsgi_app, limiter=limiter)
+
+**Concurrency** (in flight at once) is counted per process: a global cap, one per team and one
+per service. A relay holds its slot until its response ends: at once for an invoke (its
+response is buffered), at the end of the streamed body for the catch-all, whether the body
+ends, fails or the client goes away. ``queue_timeout`` lets a request wait that many seconds
+for a slot before it is refused; the default, 0, refuses at once, since a waiting request
+holds a worker thread, which is what the limit protects.
+
+**Rates** (requests per window) use the fixed-window strategy of the ``limits`` library: a
+window opens at a key's first request and lasts the rate's period, and every request counts,
+refused ones included. Counters live in this process (``memory://``) or in Redis
+(``redis://``, shared by every process using the same Redis and key prefix, where all the rates
+of a request are counted by one script call, in one round trip); see
+:mod:`invoke_middleware._rate_counters`. When Redis cannot be reached the request is served
+(``fail_open``, the default: a warning is logged and the event reported) or refused with 503
+``limits_unavailable``.
+
+Overrides: ``teams`` maps a team id to its own rate and concurrency; a service's
+:class:`ServiceLimits` (stored with the service) replace the service-wide settings for it.
+
+Events: each refusal and each store failure is reported to the ``on_event`` hooks as a
+:class:`LimitEvent`; :meth:`invoke_middleware.metrics.RelayMetrics.on_limit` counts them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from invoke_middleware._rate_counters import (
+    RateCounter,
+    StoreUnavailable,
+    open_counter,
+)
+from invoke_middleware._ratelimit_headers import (
+    NAMES as RATE_LIMIT_HEADER_NAMES,
+)
+from invoke_middleware._ratelimit_headers import rate_limit_headers, retry_after
+from invoke_middleware.errors import LimitsUnavailableError, RateLimitedError, TooManyInFlightError
+
+if TYPE_CHECKING:
+    from invoke_middleware.auth.principal import Principal
+    from invoke_middleware.registry import Service
+
+__all__ = [
+    "Admission",
+    "LimitEvent",
+    "LimitHook",
+    "LimitKind",
+    "LimitOutcome",
+    "LimitSettings",
+    "Limiter",
+    "Rate",
+    "ServiceLimits",
+    "TeamLimits",
+    "fair_share",
+]
+
+logger = logging.getLogger("invoke_middleware.limits")
+
+DEFAULT_STORAGE_URL = "memory://"
+DEFAULT_KEY_PREFIX = "invoke-limits"
+
+#: A failing store is reported in the log at most this often (seconds): one line per request
+#: would flood the log exactly when it matters.
+_WARNING_INTERVAL = 10.0
+
+
+class LimitKind(StrEnum):
+    """Which limit refused a request: low-cardinality names for headers, metrics and logs."""
+
+    IN_FLIGHT = "in_flight"
+    TEAM_IN_FLIGHT = "team_in_flight"
+    SERVICE_IN_FLIGHT = "service_in_flight"
+    CREDENTIAL_RATE = "credential_rate"
+    USER_RATE = "user_rate"
+    TEAM_RATE = "team_rate"
+    SERVICE_RATE = "service_rate"
+
+    @property
+    def policy(self) -> str:
+        """The policy name in the ``RateLimit`` fields: ``team_rate`` is ``team``."""
+        return self.value.removesuffix("_rate")
+
+
+_POLICIES = {kind: kind.policy for kind in LimitKind}
+
+
+class LimitOutcome(StrEnum):
+    """What happened: a refusal, or a store failure that was let through or refused."""
+
+    REFUSED = "refused"
+    STORE_FAILED_OPEN = "store_failed_open"
+    STORE_FAILED_CLOSED = "store_failed_closed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rate:
+    """``amount`` requests per ``window`` seconds."""
+
+    amount: int
+    window: int
+
+    def __post_init__(self) -> None:
+        if self.amount < 1 or self.window < 1:
+            raise ValueError("a rate needs at least 1 request per at least 1 second")
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """A rate in the ``limits`` library's notation: ``10/second``, ``100 per 5 minutes``.
+
+        Raises :class:`ValueError` when ``text`` is not one rate.
+        """
+        from limits import parse  # noqa: PLC0415 - the library loads only when rates are used
+
+        item = parse(text.strip())
+        return cls(amount=item.amount, window=item.get_expiry())
+
+    def __str__(self) -> str:
+        # The library's notation, so that the text parses back to this rate.
+        unit = "second" if self.window == 1 else "seconds"
+        return f"{self.amount} per {self.window} {unit}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeamLimits:
+    """One team's own rate and concurrency, replacing ``team_rate`` and ``team_max_in_flight``."""
+
+    rate: Rate | None = None
+    max_in_flight: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceLimits:
+    """Limits stored with a service, replacing ``service_rate`` and ``service_max_in_flight``
+    for it. ``None`` keeps the gateway-wide setting."""
+
+    rate: Rate | None = None
+    max_in_flight: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitSettings:
+    """What to limit, and where rate counters live. Every limit is off unless set.
+
+    ``max_in_flight`` caps relays in flight in this process; ``team_max_in_flight`` and
+    ``service_max_in_flight`` cap them per team and per service. ``*_rate`` are requests per
+    window per credential (``sk-``/``dk-`` key or JWT ``jti``), per user, per team and per
+    service. ``storage_url`` is ``memory://`` or a ``redis://`` URL; ``key_prefix`` namespaces
+    the Redis keys; ``storage_timeout`` bounds each Redis round trip (seconds).
+    """
+
+    max_in_flight: int | None = None
+    team_max_in_flight: int | None = None
+    service_max_in_flight: int | None = None
+    queue_timeout: float = 0.0
+    concurrency_retry_after: int = 1
+    credential_rate: Rate | None = None
+    user_rate: Rate | None = None
+    team_rate: Rate | None = None
+    service_rate: Rate | None = None
+    teams: Mapping[uuid.UUID, TeamLimits] = field(default_factory=lambda: MappingProxyType({}))
+    storage_url: str = field(default=DEFAULT_STORAGE_URL, repr=False)  # may hold a password
+    key_prefix: str = DEFAULT_KEY_PREFIX
+    storage_timeout: float = 0.5
+    fail_open: bool = True
+
+    @property
+    def has_rates(self) -> bool:
+        """Whether any rate is configured here (a service may still bring its own)."""
+        return any(
+            rate is not None
+            for rate in (self.credential_rate, self.user_rate, self.team_rate, self.service_rate)
+        ) or any(team.rate is not None for team in self.teams.values())
+
+
+def fair_share(settings: LimitSettings | None, threads: int) -> LimitSettings:
+    """``settings`` with the standalone server's concurrency defaults for ``threads`` workers.
+
+    Unless set, a team may hold at most half of the threads (rounded down, at least one) and
+    all relays together all but one thread, which stays free for other teams' requests,
+    discovery and health checks: one team's slow streams can no longer starve another team.
+    """
+    settings = settings or LimitSettings()
+    return replace(
+        settings,
+        max_in_flight=settings.max_in_flight or max(1, threads - 1),
+        team_max_in_flight=settings.team_max_in_flight or max(1, threads // 2),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitEvent:
+    """A request refused by a limit, or a rate-limit store that failed.
+
+    ``limit`` is the limit that refused (``None`` for store failures); ``route`` is
+    ``invoke`` or ``catch_all``, as in :class:`~invoke_middleware.hooks.RelayStarted`.
+    """
+
+    request_id: str
+    route: str
+    principal: Principal
+    service: Service
+    outcome: LimitOutcome
+    limit: LimitKind | None = None
+
+
+LimitHook = Callable[[LimitEvent], None]
+
+
+class _Response(Protocol):
+    headers: list[tuple[str, str]]
+    body: Iterable[bytes]
+
+
+_R = TypeVar("_R", bound=_Response)
+
+
+class Admission:
+    """A request let through: the response fields to add, and the slot to give back.
+
+    :meth:`hold` attaches both to the pipeline's response. :meth:`release` may be called more
+    than once; only the first call gives the slot back.
+    """
+
+    __slots__ = ("_pending", "headers")
+
+    def __init__(
+        self, headers: tuple[tuple[str, str], ...], release: Callable[[], None] | None
+    ) -> None:
+        self.headers = headers
+        # A list, because list.pop() is atomic: the server's close() and the collection of
+        # an abandoned body generator may both release, from different threads.
+        self._pending = [] if release is None else [release]
+
+    def release(self) -> None:
+        """Give the concurrency slot back (once)."""
+        try:
+            release = self._pending.pop()
+        except IndexError:
+            return
+        release()
+
+    def hold(self, response: _R) -> _R:
+        """Add the rate-limit fields to ``response`` and keep the slot until its body ends.
+
+        A buffered body (a tuple) ends now; a streamed one ends when it is exhausted, fails
+        or is closed (the client went away), whichever comes first.
+        """
+        if self.headers:
+            response.headers[:] = [
+                (k, v) for k, v in response.headers if k.lower() not in RATE_LIMIT_HEADER_NAMES
+            ]
+            response.headers.extend(self.headers)
+        if self._pending:
+            if isinstance(response.body, tuple):
+                self.release()
+            else:
+                response.body = _HeldBody(response.body, self)
+        return response
+
+
+#: The admission of a request when nothing limits it.
+UNLIMITED = Admission((), None)
+
+
+class _HeldBody:
+    """A streamed response body that gives its concurrency slot back when it ends."""
+
+    __slots__ = ("_admission", "_body")
+
+    def __init__(self, body: Iterable[bytes], admission: Admission) -> None:
+        self._body = body
+        self._admission = admission
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._body
+        finally:
+            # Exhausted, failed, or the generator closed: the relay is over either way.
+            self._admission.release()
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._admission.release()
+
+
+class _InFlight:
+    """Per-process counters of relays in flight: global, per team, per service.
+
+    One lock guards every counter, so a request takes all its slots or none. Counters drop
+    to nothing at zero, so memory follows the relays in flight, not the teams ever seen.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Only requests allowed to queue wait on it; release notifies only when one does.
+        self._ready = threading.Condition(self._lock)
+        self._waiting = 0
+        self._total = 0
+        self._counts: dict[tuple[str, int], int] = {}
+
+    def acquire(
+        self,
+        caps: Sequence[tuple[LimitKind, tuple[str, int] | None, int]],
+        timeout: float,
+    ) -> LimitKind | None:
+        """Take one slot under every cap, or return the first cap that is full after
+        waiting up to ``timeout`` seconds."""
+        with self._lock:
+            full = self._full(caps)
+            if full is not None and timeout > 0:
+                full = self._wait(caps, timeout)
+            if full is not None:
+                return full
+            self._total += 1
+            for _, key, _cap in caps:
+                if key is not None:
+                    self._counts[key] = self._counts.get(key, 0) + 1
+            return None
+
+    def _wait(
+        self,
+        caps: Sequence[tuple[LimitKind, tuple[str, int] | None, int]],
+        timeout: float,
+    ) -> LimitKind | None:
+        # Called with the lock held; Condition.wait releases it while waiting.
+        deadline = time.monotonic() + timeout
+        self._waiting += 1
+        try:
+            full = self._full(caps)
+            while full is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._ready.wait(remaining)
+                full = self._full(caps)
+            return full
+        finally:
+            self._waiting -= 1
+
+    def release(self, keys: Sequence[tuple[str, int]]) -> None:
+        with self._lock:
+            self._total -= 1
+            counts = self._counts
+            for key in keys:
+                count = counts[key] - 1
+                if count:
+                    counts[key] = count
+                else:
+                    del counts[key]
+            if self._waiting:
+                self._ready.notify_all()
+
+    def _full(
+        self, caps: Sequence[tuple[LimitKind, tuple[str, int] | None, int]]
+    ) -> LimitKind | None:
+        for kind, key, cap in caps:
+            held = self._total if key is None else self._counts.get(key, 0)
+            if held >= cap:
+                return kind
+        return None
+
+    def held(self) -> int:
+        """Relays in flight in this process (for tests and diagnostics)."""
+        with self._lock:
+            return self._total
+
+
+class Limiter:
+    """Admits or refuses requests under :class:`LimitSettings`; thread-safe, one per process.
+
+    The rate-limit storage is opened here, so a bad storage URL fails at start-up; a Redis
+    that is down is only found (and handled per ``fail_open``) when a request needs it.
+    """
+
+    def __init__(
+        self,
+        settings: LimitSettings | None = None,
+        *,
+        on_event: Sequence[LimitHook] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings or LimitSettings()
+        self.on_event = tuple(on_event)
+        self._clock = clock
+        self._in_flight = _InFlight()
+        self._counter: RateCounter | None = None
+        self._counter_lock = threading.Lock()
+        self._last_warning = -_WARNING_INTERVAL
+        if self.settings.has_rates:
+            self._counter = open_counter(self.settings)
+
+    @property
+    def in_flight(self) -> int:
+        """Relays holding a slot in this process."""
+        return self._in_flight.held()
+
+    def admit(
+        self, principal: Principal, service: Service, *, route: str, request_id: str
+    ) -> Admission:
+        """Take the request's slots and count it under its rates, or raise.
+
+        Raises :class:`~invoke_middleware.errors.TooManyInFlightError`,
+        :class:`~invoke_middleware.errors.RateLimitedError` or (store down, fail-closed)
+        :class:`~invoke_middleware.errors.LimitsUnavailableError`.
+        """
+        settings = self.settings
+        team = settings.teams.get(principal.team_id)
+        own = service.limits
+        release = self._take_slots(
+            principal=principal, service=service, team=team, route=route, request_id=request_id
+        )
+        try:
+            headers = self._count(
+                principal=principal,
+                service=service,
+                team=team,
+                service_rate=own.rate,
+                route=route,
+                request_id=request_id,
+            )
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        if release is None and not headers:
+            return UNLIMITED
+        return Admission(headers, release)
+
+    # -- concurrency ------------------------------------------------------------------------
+
+    def _take_slots(
+        self,
+        *,
+        principal: Principal,
+        service: Service,
+        team: TeamLimits | None,
+        route: str,
+        request_id: str,
+    ) -> Callable[[], None] | None:
+        settings = self.settings
+        caps: list[tuple[LimitKind, tuple[str, int] | None, int]] = []
+        if settings.max_in_flight is not None:
+            caps.append((LimitKind.IN_FLIGHT, None, settings.max_in_flight))
+        team_cap = team.max_in_flight if team and team.max_in_flight else None
+        team_cap = team_cap or settings.team_max_in_flight
+        if team_cap is not None:
+            # UUIDs hash in Python code; their integer value hashes in C.
+            caps.append((LimitKind.TEAM_IN_FLIGHT, ("team", principal.team_id.int), team_cap))
+        service_cap = service.limits.max_in_flight or settings.service_max_in_flight
+        if service_cap is not None:
+            caps.append((LimitKind.SERVICE_IN_FLIGHT, ("service", service.id.int), service_cap))
+        if not caps:
+            return None
+        full = self._in_flight.acquire(caps, settings.queue_timeout)
+        if full is not None:
+            self._report(
+                principal=principal,
+                service=service,
+                route=route,
+                request_id=request_id,
+                outcome=LimitOutcome.REFUSED,
+                limit=full,
+            )
+            raise TooManyInFlightError(headers=(retry_after(settings.concurrency_retry_after),))
+        keys = [key for _, key, _ in caps if key is not None]
+        in_flight = self._in_flight
+        return lambda: in_flight.release(keys)
+
+    # -- rates --------------------------------------------------------------------------------
+
+    def _count(
+        self,
+        *,
+        principal: Principal,
+        service: Service,
+        team: TeamLimits | None,
+        service_rate: Rate | None,
+        route: str,
+        request_id: str,
+    ) -> tuple[tuple[str, str], ...]:
+        settings = self.settings
+        applied: list[tuple[LimitKind, Rate, str]] = []
+        if settings.credential_rate is not None and principal.credential_id is not None:
+            applied.append(
+                (LimitKind.CREDENTIAL_RATE, settings.credential_rate, principal.credential_id)
+            )
+        if settings.user_rate is not None and principal.user_id is not None:
+            applied.append((LimitKind.USER_RATE, settings.user_rate, principal.user_id))
+        team_rate = (team.rate if team else None) or settings.team_rate
+        if team_rate is not None:
+            applied.append((LimitKind.TEAM_RATE, team_rate, str(principal.team_id)))
+        service_rate = service_rate or settings.service_rate
+        if service_rate is not None:
+            applied.append((LimitKind.SERVICE_RATE, service_rate, str(service.id)))
+        if not applied:
+            return ()
+        counter = self._counter or self._open_counter()
+        # The window is part of the key: a changed rate starts a fresh window, never reads a
+        # counter kept for another period.
+        keys = [(f"{kind.value}/{who}/{rate.window}", rate.window) for kind, rate, who in applied]
+        try:
+            counts = counter.hit(keys)
+        except StoreUnavailable as exc:
+            return self._store_failed(
+                exc, principal=principal, service=service, route=route, request_id=request_id
+            )
+        policies = tuple((_POLICIES[kind], rate.amount, rate.window) for kind, rate, _ in applied)
+        headers = rate_limit_headers(policies, counts)
+        for (kind, rate, _), (count, reset) in zip(applied, counts, strict=True):
+            if count > rate.amount:
+                self._report(
+                    principal=principal,
+                    service=service,
+                    route=route,
+                    request_id=request_id,
+                    outcome=LimitOutcome.REFUSED,
+                    limit=kind,
+                )
+                raise RateLimitedError(headers=(retry_after(reset), *headers))
+        return headers
+
+    def _open_counter(self) -> RateCounter:
+        with self._counter_lock:
+            if self._counter is None:
+                self._counter = open_counter(self.settings)
+            return self._counter
+
+    def _store_failed(
+        self,
+        exc: StoreUnavailable,
+        *,
+        principal: Principal,
+        service: Service,
+        route: str,
+        request_id: str,
+    ) -> tuple[tuple[str, str], ...]:
+        fail_open = self.settings.fail_open
+        now = self._clock()
+        if now - self._last_warning >= _WARNING_INTERVAL:
+            self._last_warning = now
+            logger.warning(
+                "rate-limit store unavailable (%s); requests are %s",
+                type(exc.__cause__).__name__,
+                "served without rate limits" if fail_open else "refused with 503",
+            )
+        outcome = LimitOutcome.STORE_FAILED_OPEN if fail_open else LimitOutcome.STORE_FAILED_CLOSED
+        self._report(
+            principal=principal,
+            service=service,
+            route=route,
+            request_id=request_id,
+            outcome=outcome,
+            limit=None,
+        )
+        if not fail_open:
+            raise LimitsUnavailableError(headers=(retry_after(1),))
+        return ()
+
+    def _report(
+        self,
+        *,
+        principal: Principal,
+        service: Service,
+        route: str,
+        request_id: str,
+        outcome: LimitOutcome,
+        limit: LimitKind | None,
+    ) -> None:
+        if not self.on_event:
+            return
+        event = LimitEvent(
+            request_id=request_id,
+            route=route,
+            principal=principal,
+            service=service,
+            outcome=outcome,
+            limit=limit,
+        )
+        # Imported here: hooks imports the registry, which imports this module.
+        from invoke_middleware.hooks import call_hooks  # noqa: PLC0415
+
+        call_hooks(self.on_event, event)

@@ -1,0 +1,237 @@
+"""Limits are configured wherever the gateway is: ini, Flask, the ``[limits]`` table, the SQL
+store and the command line; a bad value fails at start-up and names its key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from invoke_middleware._toml_config import ConfigError, load_config, starter_config
+from invoke_middleware.config import parse_flask_config, parse_settings
+from invoke_middleware.limits import (
+    LimitSettings,
+    Rate,
+    ServiceLimits,
+    TeamLimits,
+    fair_share,
+)
+from invoke_middleware.standalone import build_standalone_app
+from invoke_middleware.store import SQLStore
+from tests.cli.conftest import Workspace
+from tests.store.conftest import Backend
+from tests.toolkit.world import TEAM, make_service
+
+
+def test_ini_settings_build_a_limiter() -> None:
+    config = parse_settings(
+        {
+            "invoke.limits.team_max_in_flight": "4",
+            "invoke.limits.credential_rate": "10/second",
+            "invoke.limits.team_rate": "600 per 1 minute",
+            "invoke.limits.fail_open": "off",
+            "invoke.limits.queue_timeout": "0.25",
+        }
+    )
+    assert config.limits == LimitSettings(
+        team_max_in_flight=4,
+        credential_rate=Rate(amount=10, window=1),
+        team_rate=Rate(amount=600, window=60),
+        fail_open=False,
+        queue_timeout=0.25,
+    )
+    middleware = config.build_middleware(lambda environ, start_response: [])
+    assert middleware.pipeline.limiter is not None
+    assert middleware.pipeline.limiter.settings == config.limits
+
+
+def test_without_limit_settings_there_is_no_limiter() -> None:
+    middleware = parse_settings({}).build_middleware(lambda environ, start_response: [])
+    assert middleware.pipeline.limiter is None
+
+
+def test_flask_config_takes_typed_values_and_a_teams_mapping() -> None:
+    config = parse_flask_config(
+        {
+            "INVOKE_LIMITS_SERVICE_MAX_IN_FLIGHT": 3,
+            "INVOKE_LIMITS_TEAMS": {str(TEAM): {"rate": "5/minute", "max_in_flight": 2}},
+        }
+    )
+    assert config.limits is not None
+    assert config.limits.service_max_in_flight == 3
+    assert config.limits.teams == {
+        TEAM: TeamLimits(rate=Rate(amount=5, window=60), max_in_flight=2)
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        pytest.param("invoke.limits.team_rate", "lots", "a rate such as", id="rate"),
+        pytest.param("invoke.limits.team_max_in_flight", "0", "positive integer", id="cap"),
+        pytest.param("invoke.limits.storage_url", "mongodb://x", "redis://", id="storage"),
+        pytest.param("invoke.limits.fail_open", "maybe", "boolean", id="fail-open"),
+        pytest.param("invoke.limits.queue_timeout", "-1", "seconds", id="queue-timeout"),
+        pytest.param("invoke.limits.teem_rate", "1/second", "did you mean", id="typo"),
+    ],
+)
+def test_a_bad_limit_setting_fails_naming_its_key(key: str, value: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({key: value})
+    assert caught.value.key == key
+    assert problem in str(caught.value)
+
+
+def test_a_redis_password_never_appears_in_an_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"invoke.limits.storage_url": "memcached://:hunter2@cache:11211"})
+    assert "hunter2" not in str(caught.value)
+    assert "hunter2" not in repr(LimitSettings(storage_url="redis://:hunter2@cache:6379"))
+
+
+def _write(tmp_path: Path, limits: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(starter_config().replace("[limits]\n", "[limits]\n" + limits, 1))
+    return path
+
+
+def test_the_limits_table_of_the_standalone_file(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        'team_rate = "100/minute"\nservice_max_in_flight = 2\n'
+        f'[limits.teams."{TEAM}"]\nmax_in_flight = 6\n',
+    )
+    config = load_config(path).gateway.resolve({})
+    assert config.limits == LimitSettings(
+        team_rate=Rate(amount=100, window=60),
+        service_max_in_flight=2,
+        teams={TEAM: TeamLimits(max_in_flight=6)},
+    )
+
+
+@pytest.mark.parametrize(
+    ("limits", "key"),
+    [
+        pytest.param("team_rate = 100\n", "[limits] team_rate", id="number-for-rate"),
+        pytest.param('team_max_in_flight = "4"\n', "[limits] team_max_in_flight", id="string"),
+        pytest.param('[limits.teams.not-a-uuid]\nrate = "1/second"\n', "[limits] teams", id="team"),
+        pytest.param("burst = 3\n", "[limits] burst", id="unknown"),
+    ],
+)
+def test_a_bad_limits_table_fails_naming_the_key(tmp_path: Path, limits: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, limits))
+    assert f"{key}:" in str(caught.value)
+
+
+def test_the_standalone_gateway_gives_each_team_half_the_threads(tmp_path: Path) -> None:
+    path = _write(tmp_path, "")
+    gateway = build_standalone_app(load_config(path), {}, threads=8)
+    try:
+        limiter = gateway.app.pipeline.limiter
+        assert limiter is not None
+        assert limiter.settings.team_max_in_flight == 4
+        assert limiter.settings.max_in_flight == 7
+    finally:
+        gateway.close()
+
+
+@pytest.mark.parametrize(
+    ("threads", "team", "total"),
+    [
+        pytest.param(1, 1, 1, id="one-thread"),
+        pytest.param(2, 1, 1, id="two-threads"),
+        pytest.param(8, 4, 7, id="default"),
+        pytest.param(33, 16, 32, id="many"),
+    ],
+)
+def test_fair_share_defaults(threads: int, team: int, total: int) -> None:
+    settings = fair_share(None, threads)
+    assert (settings.team_max_in_flight, settings.max_in_flight) == (team, total)
+
+
+def test_explicit_caps_win_over_the_fair_share_defaults() -> None:
+    settings = fair_share(LimitSettings(team_max_in_flight=6, max_in_flight=20), 8)
+    assert (settings.team_max_in_flight, settings.max_in_flight) == (6, 20)
+
+
+# -- the SQL store ------------------------------------------------------------------------
+
+
+def test_a_services_limits_round_trip_through_the_store(backend: Backend) -> None:
+    store = backend.open_store(service_cache_ttl=0)
+    limits = ServiceLimits(rate=Rate(amount=100, window=60), max_in_flight=3)
+    store.services.add(make_service("svc", "http://127.0.0.1:9", limits=limits))
+    assert store.services.get(TEAM, "svc").limits == limits  # type: ignore[union-attr]
+    assert store.services.set_limits(TEAM, "svc", ServiceLimits(max_in_flight=1))
+    assert store.services.get(TEAM, "svc").limits == ServiceLimits(max_in_flight=1)  # type: ignore[union-attr]
+    assert not store.services.set_limits(uuid.uuid4(), "svc", ServiceLimits())
+
+
+def test_a_store_made_before_limits_keeps_working_and_init_adds_the_columns(
+    backend: Backend,
+) -> None:
+    backend.open_store().services.add(make_service("svc", "http://127.0.0.1:9"))
+    engine = sa.create_engine(backend.url)
+    with engine.begin() as connection:
+        for column in ("max_in_flight", "rate_amount", "rate_window"):
+            connection.execute(sa.text(f"ALTER TABLE invoke_services DROP COLUMN {column}"))
+    engine.dispose()
+
+    with SQLStore(backend.url, service_cache_ttl=0) as old:
+        service = old.services.get(TEAM, "svc")
+        assert service is not None
+        assert service.limits == ServiceLimits()
+        old.services.add(make_service("other", "http://127.0.0.1:9"))
+        assert [s.slug for s in old.services.list(TEAM)] == ["other", "svc"]
+        with pytest.raises(ValueError, match="init"):
+            old.services.set_limits(TEAM, "svc", ServiceLimits(max_in_flight=2))
+
+        old.init()
+        assert old.services.set_limits(TEAM, "svc", ServiceLimits(max_in_flight=2))
+        assert old.services.get(TEAM, "svc").limits == ServiceLimits(max_in_flight=2)  # type: ignore[union-attr]
+        old.init()  # and again: nothing to add
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+def test_services_set_limits_and_add_options(workspace: Workspace) -> None:
+    team = str(workspace.team)
+    workspace.run(
+        "services", "add", "svc", "--team", team, "--name", "Svc",
+        "--upstream", "http://127.0.0.1:9", "--rate", "20/minute",
+    )  # fmt: skip
+    workspace.run("services", "set-limits", "svc", "--team", team, "--max-in-flight", "3")
+    shown = workspace.run("services", "show", "svc", "--team", team).stdout
+    assert "rate:           20 per 60 seconds" in shown
+    assert "max_in_flight:  3" in shown
+
+    workspace.run("services", "set-limits", "svc", "--team", team, "--rate", "none")
+    shown = workspace.run("services", "show", "svc", "--team", team).stdout
+    assert "rate:" not in shown
+    assert "max_in_flight:  3" in shown
+
+    refused = workspace.run(
+        "services", "set-limits", "svc", "--team", team, "--rate", "x", check=False
+    )
+    assert refused.returncode == 2
+    assert "not a rate" in refused.stderr
+
+
+# -- optional parts load only when used ------------------------------------------------------
+
+
+def test_importing_the_package_loads_neither_limits_nor_redis() -> None:
+    code = (
+        "import sys, invoke_middleware, invoke_middleware.config, invoke_middleware.limits;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('limits', 'redis')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,65 @@
+"""One team cannot starve another of the standalone gateway's worker threads.
+
+The regression: eight streaming relays from one team to its own slow endpoint held all eight
+of ``invoke-middleware serve``'s default threads, and another team's ordinary request waited
+for them. With the standalone gateway's fair-share defaults a team holds at most half of the
+threads; its other streams are refused at once with 429, and the other team is answered while
+the first team's streams are all still open.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import ExitStack
+
+import requests
+
+from tests.cli.conftest import Workspace, running_gateway
+from tests.limits.test_limits_relay import Stream
+from tests.toolkit.upstream import Received, RecordingUpstream
+from tests.upstreams import RawUpstream
+
+#: ``serve``'s default worker threads, and the share of them one team may hold.
+THREADS = 8
+TEAM_SHARE = THREADS // 2
+
+
+def test_one_teams_slow_streams_leave_threads_for_another_team(
+    workspace: Workspace, upstream: RecordingUpstream, raw_upstream: RawUpstream
+) -> None:
+    slow_team = workspace.team
+    other_team = uuid.uuid4()
+    workspace.run(
+        "services", "add", "slow", "--team", str(slow_team), "--name", "Slow",
+        "--upstream", raw_upstream.url,
+    )  # fmt: skip
+    workspace.run(
+        "services", "add", "hello", "--team", str(other_team), "--name", "Hello",
+        "--upstream", upstream.url,
+    )  # fmt: skip
+    slow_key = workspace.issue("--kind", "integration")
+    other_key = workspace.run(
+        "credentials", "issue", "--team", str(other_team), "--kind", "integration"
+    ).stdout.strip()
+
+    with running_gateway(workspace) as gateway, ExitStack() as streams:
+        port = int(gateway.url.rsplit(":", 1)[1])
+        statuses = []
+        for _ in range(THREADS):
+            stream = streams.enter_context(
+                Stream(port, slow_key, "/r/containers/slow/sse?count=100000&interval=0.5")
+            )
+            statuses.append(stream.status)
+
+        # Every stream the slow team was given is still open while the other team asks.
+        answer = requests.get(
+            f"{gateway.url}/r/containers/hello/greet",
+            headers={"Authorization": f"Bearer {other_key}"},
+            timeout=10,
+        )
+        log = gateway.log.read_text()
+
+    assert statuses == [200] * TEAM_SHARE + [429] * (THREADS - TEAM_SHARE)
+    assert answer.status_code == 200
+    assert Received.from_json(answer.content).target == "/greet"
+    assert log.count("limit=team_in_flight outcome=refused") == THREADS - TEAM_SHARE
