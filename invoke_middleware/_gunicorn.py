@@ -6,12 +6,17 @@ Imported only when that engine runs (gunicorn is the optional ``serve`` extra). 
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import selectors
+import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from gunicorn.glogging import Logger  # type: ignore[import-untyped]
+from gunicorn.workers.gthread import TConn, ThreadWorker  # type: ignore[import-untyped]
 
 from invoke_middleware._server import (
     LOG_FORMAT,
@@ -32,6 +37,85 @@ class EscapingLogger(Logger):  # type: ignore[misc]
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
                 handler.setFormatter(EscapingFormatter(LOG_FORMAT))
+
+
+class _Conn(TConn):  # type: ignore[misc]
+    """A connection and the bytes of the request head it has sent so far."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.head = bytearray()
+
+
+class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]
+    """gthread, except that a connection gets a thread only once its request head is whole.
+
+    gunicorn's gthread worker gives a connection a thread as soon as it has a byte to read;
+    the thread then waits, blocked, for the rest of the head. A client that sends half a
+    head and stops (or trickles it) would hold that thread, and ``threads`` such clients
+    hold the whole process. Here the head is gathered in the worker's event loop, like
+    waitress does, and must be complete within ``keepalive`` (``[server] idle_timeout``)
+    seconds of the connection's start; a silent or slow client costs a socket, not a thread.
+    Bodies are still read by the thread, as they stream.
+    """
+
+    def accept(self, listener: Any) -> None:
+        if self.cfg.is_ssl:  # TLS is negotiated by the thread; `serve` does not use it
+            super().accept(listener)
+            return
+        try:
+            client, address = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        self._await_head(_Conn(self.cfg, client, address, listener.getsockname()))
+
+    def on_client_socket_readable(self, conn: Any, client: Any) -> None:
+        if not isinstance(conn, _Conn):
+            super().on_client_socket_readable(conn, client)
+            return
+        # A kept-alive connection starts its next request: its head is gathered the same way.
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._await_head(conn)
+
+    def _await_head(self, conn: _Conn) -> None:
+        conn.head.clear()
+        conn.timeout = time.monotonic() + self.cfg.keepalive
+        self.pending_conns.append(conn)  # closed by murder_pending() once past its timeout
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_head_bytes, conn))
+
+    def _on_head_bytes(self, conn: _Conn, client: Any) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        start = max(0, len(conn.head) - 3)
+        conn.head += data
+        whole = conn.head.find(b"\r\n\r\n", start) >= 0
+        # A head past the cap goes to gunicorn's parser too, which refuses it (431/400).
+        if not whole and len(conn.head) <= self.cfg.limit_request_field_size + 8192:
+            return
+        self.poller.unregister(client)
+        self.pending_conns.remove(conn)
+        conn.init()  # plain HTTP: makes the parser; the socket is blocking from here on
+        conn.parser.unreader.unread(bytes(conn.head))
+        conn.head.clear()
+        conn.data_ready = True
+        self.enqueue_req(conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        self.poller.unregister(conn.sock)
+        self.pending_conns.remove(conn)
+        self.nr_conns -= 1
+        conn.close()
 
 
 class BodyCapGuard:

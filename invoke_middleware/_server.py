@@ -313,7 +313,7 @@ def gunicorn_options(plan: ServerPlan, listener: int) -> dict[str, Any]:
     """gunicorn's settings for ``plan``, serving on the already bound descriptor ``listener``."""
     return {
         "bind": [f"fd://{listener}"],
-        "worker_class": "gthread",
+        "worker_class": "invoke_middleware._gunicorn.HeadFirstWorker",
         "workers": plan.workers,
         "threads": plan.threads,
         "worker_connections": plan.connection_limit,
