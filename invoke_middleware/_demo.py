@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from invoke_middleware._private_files import create_private_file
 from invoke_middleware._toml_config import (
     DEFAULT_CONFIG_NAME,
     StandaloneConfig,
@@ -84,7 +85,7 @@ def demo_setup(upstream_url: str) -> Iterator[Demo]:
     """A temporary configuration and store holding the example service and a key."""
     with tempfile.TemporaryDirectory(prefix="invoke-middleware-demo-") as directory:
         path = Path(directory) / DEFAULT_CONFIG_NAME
-        path.write_text(starter_config(), encoding="utf-8")
+        create_private_file(path, starter_config().encode())
         config = load_config(path)
         team_id = uuid.uuid4()
         with SQLStore(config.database) as store:

@@ -66,21 +66,68 @@ _STORE = {
     "database": Setting(convert=as_text, expected="a SQLite file or an SQLAlchemy URL"),
     "service_cache_ttl": SETTINGS["service_cache_ttl"],
 }
+# -- [server]: where and how `serve` listens (the server's own limits included) -------------
+ENGINES = ("gunicorn", "waitress")
+DEFAULT_CONNECTION_LIMIT = 1000
+DEFAULT_IDLE_TIMEOUT = 30
+
+
+def _engine(value: object) -> str:
+    engine = as_text(value).lower()
+    if engine not in ENGINES:
+        raise ValueError
+    return engine
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError
+    return value
+
+
 _SERVER = {
     "host": Setting(convert=as_text, expected="a host name or address"),
     "port": Setting(convert=_port, expected="a port number (0-65535)", typed=(int,)),
     "threads": Setting(convert=positive_int, expected="a positive integer", typed=(int,)),
+    "engine": Setting(convert=_engine, expected='"gunicorn" or "waitress"'),
+    "workers": Setting(convert=positive_int, expected="a positive integer", typed=(int,)),
+    "connection_limit": Setting(convert=positive_int, expected="a positive integer", typed=(int,)),
+    "idle_timeout": Setting(
+        convert=positive_int, expected="whole seconds (1 or more)", typed=(int,)
+    ),
+    "max_request_header_bytes": Setting(
+        convert=positive_int, expected="a positive integer", typed=(int,)
+    ),
+    "max_request_body_bytes": Setting(
+        convert=positive_int, expected="a positive integer", typed=(int,)
+    ),
+    "metrics": Setting(convert=_flag, expected="true or false", typed=(bool,)),
 }
+# -- end of [server] -------------------------------------------------------------------------
 _SECRET_REFERENCE = Setting(convert=environment_name, expected="an environment variable name")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
-    """Where ``serve`` listens and with how many worker threads."""
+    """How ``serve`` runs the gateway: where it listens, on which server, with which limits.
+
+    ``engine`` ``None`` picks gunicorn where it is installed and the platform can fork, else
+    waitress; ``workers`` ``None`` is one process per core under gunicorn (waitress runs one).
+    The header and body caps ``None`` follow the ``[gateway]`` caps (see
+    :mod:`invoke_middleware._server`). ``connection_limit`` is per process; ``idle_timeout``
+    closes a connection that sends nothing for that many seconds.
+    """
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     threads: int = DEFAULT_THREADS
+    engine: str | None = None
+    workers: int | None = None
+    connection_limit: int = DEFAULT_CONNECTION_LIMIT
+    idle_timeout: int = DEFAULT_IDLE_TIMEOUT
+    max_request_header_bytes: int | None = None
+    max_request_body_bytes: int | None = None
+    metrics: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,7 +225,15 @@ service_cache_ttl = 2.0
 [server]
 host = {host}
 port = {port}
-threads = {threads}
+threads = {threads}                    # per process
+# engine = "gunicorn"                  # or "waitress"; default: gunicorn when installed (the
+#                                      # serve extra) on a platform with fork, else waitress
+# workers = 2                          # processes (gunicorn only); default: one per core
+# connection_limit = 1000              # open connections per process
+# idle_timeout = 30                    # seconds a connection may stay silent
+# max_request_header_bytes = 73728    # default: [gateway] max_header_bytes + 8 KiB
+# max_request_body_bytes = 1073741824 # default: the larger [gateway] body cap
+# metrics = false                      # GET /metrics (needs the metrics extra)
 
 [gateway]
 # Path under which the runtime routes are served, e.g. "/api/v1"; "" serves /r/... directly.
@@ -251,6 +306,10 @@ def _read(path: Path, document: Mapping[str, Any]) -> StandaloneConfig:
     except sa.exc.ArgumentError:
         raise ConfigError("[store] database", f"not a database URL: {database!r}") from None
     server = _values(document, "server", _SERVER)
+    if server.get("engine") == "waitress" and server.get("workers", 1) > 1:
+        raise ConfigError(
+            "[server] workers", 'waitress runs one process: set engine = "gunicorn" for more'
+        )
     # Spelled as KeyStyle.TOML spells the settings, so a key of one table never names a
     # setting of the other.
     flat = {

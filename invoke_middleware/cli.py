@@ -19,22 +19,23 @@ port that cannot be used). Also runnable as ``python -m invoke_middleware.cli``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import logging
 import os
-import signal
+import stat
 import sys
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 
 from invoke_middleware._demo import DEMO_SLUG, demo_setup, example_service
+from invoke_middleware._private_files import create_private_file, secret_files
+from invoke_middleware._server import WAITRESS, configure_logging, plan_server, run_server
 from invoke_middleware._toml_config import (
     DEFAULT_CONFIG_NAME,
     DEFAULT_STORE_NAME,
@@ -58,6 +59,9 @@ from invoke_middleware.registry import (
 )
 from invoke_middleware.standalone import build_standalone_app
 from invoke_middleware.store.sql import DuplicateServiceError, SQLStore
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 CONFIG_ENV = "INVOKE_MIDDLEWARE_CONFIG"
 PROG = "invoke-middleware"
@@ -197,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.set_defaults(handler=_init)
 
-    serve = commands.add_parser("serve", help="run the gateway under waitress")
+    serve = commands.add_parser(
+        "serve", help="run the gateway (gunicorn, one process per core; or waitress)"
+    )
     serve.add_argument("--host", type=_text, help="listen address (default: from the config)")
     serve.add_argument(
         "--port",
@@ -205,7 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen port, 0 for any free one (default: from the config)",
     )
     serve.add_argument(
-        "--threads", type=_int_at_least(1), help="worker threads (default: from the config)"
+        "--threads",
+        type=_int_at_least(1),
+        help="worker threads per process (default: from the config)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_int_at_least(1),
+        help="processes, under gunicorn (default: from the config, else one per core)",
     )
     serve.set_defaults(handler=_serve)
 
@@ -473,9 +486,15 @@ def _init(args: argparse.Namespace, context: _Context) -> None:
         store = SQLStore(database)
     except (ValueError, sa.exc.ArgumentError) as exc:
         raise CommandError(f"--database: {exc}", EXIT_USAGE) from None
+    store_file = sqlite_file(database)
+    if store_file is not None:
+        # Before SQLite creates it: the store holds key hashes, and its -wal and -shm files
+        # take the database file's mode.
+        create_private_file(store_file, None)
     with store:
         store.init()
-    path.write_text(starter_config(args.database), encoding="utf-8")
+    # The configuration may hold a JWT secret.
+    create_private_file(path, starter_config(args.database).encode())
     shown = sa.make_url(database).render_as_string(hide_password=True)
     context.notice(f"wrote {path}; store ready at {shown}")
 
@@ -483,11 +502,18 @@ def _init(args: argparse.Namespace, context: _Context) -> None:
 def _serve(args: argparse.Namespace, context: _Context) -> None:
     config = context.config
     open_store(config).close()  # fails early, with the hint, when the store is missing
+    for path in secret_files(config):
+        if path.exists() and path.stat().st_mode & 0o077:
+            context.notice(
+                f"warning: {path} is readable by other users (mode "
+                f"{stat.S_IMODE(path.stat().st_mode):04o}); it holds secrets: chmod 600 {path}"
+            )
     _run_gateway(
         config,
-        host=args.host or config.server.host,
-        port=config.server.port if args.port is None else args.port,
-        threads=args.threads or config.server.threads,
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        workers=args.workers,
     )
 
 
@@ -501,11 +527,13 @@ def _demo(args: argparse.Namespace, context: _Context) -> None:
             )
             print(demo.curl_line(base_url), file=context.stdout, flush=True)
 
+        # One process: the example service runs in this one.
         _run_gateway(
             demo.config,
-            host=args.host or demo.config.server.host,
-            port=demo.config.server.port if args.port is None else args.port,
-            threads=args.threads or demo.config.server.threads,
+            host=args.host,
+            port=args.port,
+            threads=args.threads,
+            engine=WAITRESS,
             announce=announce,
         )
 
@@ -513,65 +541,63 @@ def _demo(args: argparse.Namespace, context: _Context) -> None:
 def _run_gateway(
     config: StandaloneConfig,
     *,
-    host: str,
-    port: int,
-    threads: int,
+    host: str | None,
+    port: int | None,
+    threads: int | None,
+    workers: int | None = None,
+    engine: str | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve the gateway of ``config`` under waitress until SIGINT or SIGTERM."""
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """Serve the gateway of ``config`` until SIGINT or SIGTERM (see :mod:`._server`)."""
+    configure_logging()
+    if engine is not None:
+        config = dataclasses.replace(
+            config, server=dataclasses.replace(config.server, engine=engine)
+        )
     try:
-        gateway = build_standalone_app(config, threads=threads)
+        plan = plan_server(config, host=host, port=port, threads=threads, workers=workers)
+        # Built once here so that a bad JWT key is one line before listening; each process
+        # then builds its own. Without metrics: prometheus_client must not be imported
+        # before the server chooses its multi-process mode.
+        without_metrics = dataclasses.replace(
+            config, server=dataclasses.replace(config.server, metrics=False)
+        )
+        build_standalone_app(without_metrics, threads=plan.threads).close()
     except ConfigError as exc:
-        raise CommandError(str(exc), EXIT_USAGE) from None
-    try:
-        try:
-            server = create_server(gateway.app, host=host, port=port, threads=threads)
-        except OSError as exc:
-            raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, _stop)
-        urls = [f"http://{_authority(address)}{config.prefix}" for address in _bound(server)]
+        raise CommandError(str(exc.located(str(config.path))), EXIT_USAGE) from None
+
+    def build() -> tuple[WSGIApplication, Callable[[], None]]:
+        # Each process serves with plan.threads threads: the fair-share default divides those.
+        gateway = build_standalone_app(config, threads=plan.threads)
+        return gateway.wsgi, gateway.close
+
+    def ready(bound: list[tuple[str, int]]) -> None:
+        urls = [f"http://{_authority(address)}{config.prefix}" for address in bound]
         logger.info(
-            "serving on %s (store %s, %d threads)",
+            "serving on %s (store %s, %s)",
             ", ".join(urls),
             config.describe_database(),
-            threads,
+            plan.describe(),
         )
         if announce is not None:
             announce(urls[0])
-        # waitress returns from run() on SystemExit or KeyboardInterrupt, after stopping
-        # its worker threads.
-        server.run()
-        server.close()
-        logger.info("stopped")
-    finally:
-        gateway.close()
 
-
-def _bound(server: MultiSocketServer | BaseWSGIServer) -> list[tuple[str, int]]:
-    if isinstance(server, MultiSocketServer):
-        return list(server.effective_listen)
-    assert server.socket is not None
-    host, port = server.socket.getsockname()[:2]
-    return [(host, port)]
+    try:
+        run_server(plan, build, on_ready=ready)
+    except OSError as exc:
+        raise CommandError(
+            f"cannot listen on {plan.host}:{plan.port}: {exc.strerror or exc}"
+        ) from None
+    except SystemExit as exc:
+        # gunicorn's arbiter ends with sys.exit(); its status is the command's.
+        if exc.code not in (0, None):
+            raise CommandError(f"the server stopped with status {exc.code}") from None
+    logger.info("stopped")
 
 
 def _authority(address: tuple[str, int]) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _stop(signum: int, frame: FrameType | None) -> None:
-    # Once: a second signal during the clean-up below run() would interrupt closing the
-    # store's connections half-way.
-    for handled in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(handled, signal.SIG_IGN)
-    raise SystemExit(0)
 
 
 # -- services ------------------------------------------------------------------------------

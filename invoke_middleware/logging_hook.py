@@ -73,6 +73,7 @@ GATEWAY_LOGGERS: Final = (
     "invoke_middleware.hooks",
     "invoke_middleware.limits",
     "invoke_middleware.mcp",
+    "invoke_middleware.readiness",
     "invoke_middleware.standalone",
 )
 

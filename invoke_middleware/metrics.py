@@ -37,14 +37,31 @@ belong in the relay log (:mod:`invoke_middleware.logging_hook`).
 Only relays are counted: a request refused before it reaches a service (no credentials, an
 unknown slug, a bad path, a limit) starts no relay and calls no relay hook; refusals by a
 limit are counted apart, through :meth:`RelayMetrics.on_limit`.
+
+**Several processes** (gunicorn workers): use prometheus_client's multi-process mode. Set
+``PROMETHEUS_MULTIPROC_DIR`` to an empty directory private to the server before any process
+imports prometheus_client, call :func:`mark_process_dead` from the server when a worker
+exits, and expose :func:`render_metrics`, which then adds up every process's samples (the
+in-flight gauge counts live processes only). ``invoke-middleware serve`` does all of this when
+it runs more than one worker.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 try:
-    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        REGISTRY,
+        CollectorRegistry,
+        Counter,
+        Gauge,
+        Histogram,
+        generate_latest,
+        multiprocess,
+    )
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides the package
     raise ImportError(
         "invoke_middleware.metrics needs prometheus_client; "
@@ -54,7 +71,16 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 from invoke_middleware.hooks import RelayFinished, RelayStarted
 from invoke_middleware.limits import LimitEvent
 
-__all__ = ["DEFAULT_BUCKETS", "RelayMetrics"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "MULTIPROC_DIR_ENV",
+    "RelayMetrics",
+    "mark_process_dead",
+    "render_metrics",
+]
+
+#: prometheus_client's multi-process mode is on when this environment variable names a directory.
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Duration buckets in seconds: fast JSON calls up to long streamed downloads.
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -111,6 +137,8 @@ class RelayMetrics:
             ["route"],
             namespace=namespace,
             registry=registry,
+            # Across processes: the sum over live ones (a dead worker's relays are not in flight).
+            multiprocess_mode="livesum",
         )
 
         self.limit_events = Counter(
@@ -143,3 +171,22 @@ class RelayMetrics:
         """Count a refusal by a limit, or a failure of the rate-limit store."""
         limit = "" if event.limit is None else event.limit.value
         self.limit_events.labels(event.route, limit, event.outcome.value).inc()
+
+
+def render_metrics(registry: CollectorRegistry | None = None) -> tuple[bytes, str]:
+    """The text exposition and its content type.
+
+    In multi-process mode (``PROMETHEUS_MULTIPROC_DIR`` set) the samples of every process are
+    read from that directory and added up; otherwise ``registry`` (default
+    ``prometheus_client.REGISTRY``) is rendered.
+    """
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry if registry is not None else REGISTRY), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    """In multi-process mode, drop the live gauges of the exited process ``pid``."""
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,7 +1,9 @@
 """The standalone gateway: the middleware over a tiny host app, wired to a SQL store.
 
 ``invoke-middleware serve`` runs what :func:`build_standalone_app` returns. The host app behind the
-middleware answers ``GET /healthz`` with 200 and every other path with a JSON 404, so the only
+middleware answers ``GET /healthz`` with 200 (the process is up), ``GET /readyz`` with 200 when
+the store answers too and 503 when it does not (:mod:`invoke_middleware.readiness`), ``GET
+/metrics`` when ``[server] metrics`` is on, and every other path with a JSON 404, so the only
 useful routes are the runtime ones. Usage from Python::
 
     from pathlib import Path
@@ -9,7 +11,8 @@ useful routes are the runtime ones. Usage from Python::
     from invoke_middleware.standalone import build_standalone_app
 
     gateway = build_standalone_app(load_config(Path("invoke-middleware.toml")))
-    # gateway.app is a WSGI application; gateway.close() releases connections.
+    # gateway.app is a WSGI application; gateway.readiness() is /readyz's check;
+    # gateway.close() releases connections.
 """
 
 from __future__ import annotations
@@ -17,23 +20,28 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from invoke_middleware._toml_config import StandaloneConfig
 from invoke_middleware.config import ConfigError
-from invoke_middleware.limits import fair_share
+from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
+from invoke_middleware.limits import LimitHook, fair_share
 from invoke_middleware.logging_hook import RelayLogger
 from invoke_middleware.middleware import InvokeMiddleware
+from invoke_middleware.readiness import Readiness, ReadinessCheck, store_probe
 from invoke_middleware.store.sql import SQLStore
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from prometheus_client import CollectorRegistry
 
 logger = logging.getLogger("invoke_middleware.standalone")
 
 HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
+METRICS_PATH = "/metrics"
 
 
 def host_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -70,6 +78,58 @@ def _json(
         ],
     )
     return [body]
+
+
+class StandaloneHost:
+    """:func:`host_app` plus ``/readyz`` (and ``/metrics`` when ``metrics`` renders them).
+
+    ``metrics`` returns the exposition's body and content type.
+    """
+
+    def __init__(
+        self,
+        readiness: ReadinessCheck,
+        *,
+        metrics: Callable[[], tuple[bytes, str]] | None = None,
+    ) -> None:
+        self.readiness = readiness
+        self.metrics = metrics
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path == READY_PATH or (path == METRICS_PATH and self.metrics is not None):
+            if method not in ("GET", "HEAD"):
+                return _json(
+                    start_response,
+                    "405 Method Not Allowed",
+                    {"error_message": "Method not allowed."},
+                    [("Allow", "GET, HEAD")],
+                )
+            if path == READY_PATH:
+                body = self._ready(start_response)
+            else:
+                body = self._metrics(start_response)
+            return [] if method == "HEAD" else body
+        return host_app(environ, start_response)
+
+    def _ready(self, start_response: StartResponse) -> list[bytes]:
+        result = self.readiness()
+        status = "200 OK" if result.ready else "503 Service Unavailable"
+        return _json(start_response, status, result.as_json())
+
+    def _metrics(self, start_response: StartResponse) -> list[bytes]:
+        assert self.metrics is not None
+        body, content_type = self.metrics()
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", content_type),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [body]
 
 
 class EnvironmentSecretResolver:
@@ -109,6 +169,14 @@ class StandaloneApp:
 
     app: InvokeMiddleware
     store: SQLStore
+    #: What ``/readyz`` answers from: one probe per dependency (the store's is ``store``).
+    readiness: ReadinessCheck = field(repr=False)
+    #: What a server runs: ``app``, with each process's requests counted when metrics are on.
+    wsgi: WSGIApplication = field(repr=False)
+
+    def ready(self) -> Readiness:
+        """Run the readiness check (what ``/readyz`` answers); never raises."""
+        return self.readiness()
 
     def close(self) -> None:
         """Close upstream connections and the store's pool."""
@@ -143,16 +211,66 @@ def build_standalone_app(
     store = SQLStore(config.database, service_cache_ttl=config.service_cache_ttl)
     access_log = RelayLogger()
     try:
+        readiness = ReadinessCheck({"store": store_probe(store)})
+        host = StandaloneHost(readiness)
+        before: list[BeforeRelayHook] = []
+        after: list[AfterRelayHook] = [access_log]
+        on_limit: list[LimitHook] = [access_log.on_limit]
+        registry = None
+        if config.server.metrics:
+            # The metrics extra is optional: imported only when [server] metrics is on.
+            from invoke_middleware.metrics import RelayMetrics, render_metrics  # noqa: PLC0415
+
+            # Each gateway has its own registry: two gateways in one process (tests, a host
+            # serving two) would otherwise register the same names twice.
+            registry = _new_registry()
+            metrics = RelayMetrics(registry)
+            before.append(metrics.before_relay)
+            after.append(metrics.after_relay)
+            on_limit.append(metrics.on_limit)
+            host.metrics = lambda: render_metrics(registry)
         app = settings.build_middleware(
-            host_app,
+            host,
             registry=store.services,
             credentials=store.credentials,
             memberships=store.memberships,
             secret_resolver=EnvironmentSecretResolver(config.secrets, environ),
-            after_relay=[access_log],
-            on_limit=[access_log.on_limit],
+            before_relay=before,
+            after_relay=after,
+            on_limit=on_limit,
         )
     except BaseException:
         store.close()
         raise
-    return StandaloneApp(app=app, store=store)
+    wsgi: WSGIApplication = app if registry is None else _ProcessRequests(app, registry)
+    return StandaloneApp(app=app, store=store, readiness=readiness, wsgi=wsgi)
+
+
+def _new_registry() -> CollectorRegistry:
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    return CollectorRegistry()
+
+
+class _ProcessRequests:
+    """Counts the requests each server process receives (``invoke_server_requests{pid}``).
+
+    Under several processes the gauge is reported per live process, which shows how the
+    operating system spreads connections over the workers.
+    """
+
+    def __init__(self, app: WSGIApplication, registry: CollectorRegistry) -> None:
+        from prometheus_client import Gauge  # noqa: PLC0415
+
+        self.app = app
+        self.requests = Gauge(
+            "server_requests",
+            "Requests received by this server process.",
+            namespace="invoke",
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        self.requests.inc()
+        return self.app(environ, start_response)

@@ -32,12 +32,17 @@ the token.
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import re
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -240,7 +245,52 @@ def _jwks_client(
 ) -> jwt.PyJWKClient:
     if any(name.startswith("HS") for name in algorithms):
         raise ValueError("a JWKS publishes public keys: HMAC algorithms cannot be used with it")
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError("the JWKS URL must be http:// or https://")
     try:
-        return jwt.PyJWKClient(url, cache_jwk_set=True, lifespan=cache_ttl, timeout=timeout)
+        return DirectJWKClient(url, cache_jwk_set=True, lifespan=cache_ttl, timeout=timeout)
     except jwt.PyJWKClientError as exc:
         raise ValueError(str(exc)) from exc
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # A redirect could send the key fetch anywhere; the configured URL is the key set's.
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class DirectJWKClient(jwt.PyJWKClient):
+    """PyJWT's JWKS client, fetching from the identity provider directly.
+
+    urllib, which PyJWT uses, sends a request through the proxy the environment names
+    (``HTTPS_PROXY``, ``HTTP_PROXY``) by default: a proxy variable meant for something else
+    would then see, and could answer, the gateway's key fetch. Here no proxy is ever used, and
+    redirects are not followed.
+    """
+
+    def fetch_data(self) -> Any:
+        handlers: list[urllib.request.BaseHandler] = [
+            urllib.request.ProxyHandler({}),
+            _NoRedirect(),
+        ]
+        if self.ssl_context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=self.ssl_context))
+        opener = urllib.request.build_opener(*handlers)
+        # The URL's scheme was checked at construction (http or https only).
+        request = urllib.request.Request(url=self.uri, headers=self.headers)  # noqa: S310
+        try:
+            with opener.open(request, timeout=self.timeout) as response:
+                jwk_set = json.load(response)
+        except (URLError, TimeoutError, http.client.HTTPException) as exc:
+            if isinstance(exc, HTTPError):
+                exc.close()
+            raise jwt.PyJWKClientConnectionError(f"cannot fetch the JWKS: {exc}") from exc
+        if not isinstance(jwk_set, dict):
+            raise jwt.PyJWKClientError("The JWKS endpoint did not return a JSON object")
+        if self.jwk_set_cache is not None:
+            self.jwk_set_cache.put(jwk_set)
+        # PyJWT's refetch cooldown for unknown key ids reads this (when it has one): without
+        # it, every token with a made-up kid would cost a fetch from the identity provider.
+        if hasattr(self, "_last_successful_fetch"):
+            self._last_successful_fetch = time.monotonic()
+        return jwk_set

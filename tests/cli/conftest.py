@@ -44,6 +44,8 @@ class Workspace:
     path: Path
     team: uuid.UUID = field(default_factory=uuid.uuid4)
     env: dict[str, str] = field(default_factory=cli_environment)
+    #: The umask of every command and served gateway (-1: the test's own).
+    umask: int = -1
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -54,6 +56,7 @@ class Workspace:
             text=True,
             timeout=COMMAND_TIMEOUT,
             check=False,
+            umask=self.umask,
         )
         if check and result.returncode != 0:
             raise AssertionError(
@@ -118,6 +121,7 @@ def start_gateway(space: Workspace, *extra: str) -> Served:
             env=space.env,
             stdout=sink,
             stderr=subprocess.STDOUT,
+            umask=space.umask,
         )
     served = Served(root="", url="", process=process, log=log)
     try:

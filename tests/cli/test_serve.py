@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import sqlite3
 import time
 
 import requests
@@ -189,3 +190,19 @@ def test_serve_stops_cleanly_on_sigint(workspace: Workspace) -> None:
         served.stop()
     assert status == 0
     assert "Traceback" not in served.log.read_text()
+
+
+def test_readyz_checks_the_store_and_says_which_probe_failed(workspace: Workspace) -> None:
+    with running_gateway(workspace) as gateway:
+        ready = requests.get(f"{gateway.root}/readyz", timeout=10)
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "probes": {"store": "ok"}}
+        assert requests.head(f"{gateway.root}/readyz", timeout=10).status_code == 200
+        # The store's tables are gone: still alive, no longer ready.
+        store = workspace.path / "invoke-middleware.sqlite3"
+        with sqlite3.connect(store) as connection:
+            connection.execute("DROP TABLE invoke_services")
+        assert requests.get(f"{gateway.root}/healthz", timeout=10).status_code == 200
+        not_ready = requests.get(f"{gateway.root}/readyz", timeout=10)
+        assert not_ready.status_code == 503
+        assert not_ready.json() == {"status": "not_ready", "probes": {"store": "OperationalError"}}

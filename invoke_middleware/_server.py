@@ -1,0 +1,321 @@
+"""How ``invoke-middleware serve`` runs the standalone gateway: the server, its limits, its logs.
+
+Two engines (the README's "Standalone gateway" section):
+
+- **gunicorn** (the ``serve`` extra): a pre-fork server, ``workers`` processes of ``threads``
+  threads each (gthread workers), so the gateway uses every core. It hands the application
+  the request body as it arrives (never spooled), so an upload is refused, or relayed, as it
+  streams. Every worker builds its own gateway after the fork: nothing but the listening
+  socket is shared, and state shared between processes lives in the store.
+- **waitress**: one process, portable (no ``fork`` needed). It reads each request whole
+  before calling the application: a body up to ``max_request_body_bytes`` is buffered (in
+  memory, then in a temporary file past 512 KiB) before the gateway sees it.
+
+The default is gunicorn where it is installed and the platform can fork, else waitress.
+
+Every line either server writes goes through :class:`EscapingFormatter`: a control
+character in a logged value (a decoded path with CR/LF) is written escaped, so one record is
+one line and no caller can forge another.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from invoke_middleware._toml_config import StandaloneConfig
+from invoke_middleware.config import ConfigError
+from invoke_middleware.logging_hook import escape_control
+from invoke_middleware.pipeline import PipelineSettings
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+__all__ = [
+    "GUNICORN",
+    "WAITRESS",
+    "EscapingFormatter",
+    "ServerPlan",
+    "configure_logging",
+    "gunicorn_available",
+    "plan_server",
+    "run_server",
+]
+
+logger = logging.getLogger("invoke_middleware.cli")
+
+GUNICORN = "gunicorn"
+WAITRESS = "waitress"
+
+#: Room for the request line (method, target, version) above the gateway's header cap.
+REQUEST_LINE_ALLOWANCE = 8192
+#: gunicorn refuses a request line or a header field above this (its hard ceiling).
+_GUNICORN_MAX_FIELD = 8190
+LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+#: The environment variable prometheus_client reads for its multi-process mode.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+# -- log lines -------------------------------------------------------------------------------
+
+
+class EscapingFormatter(logging.Formatter):
+    """A formatter whose every record is exactly one line: control characters are escaped.
+
+    A traceback is kept, on the same line, with its newlines written ``\\n``.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_control(super().format(record))
+
+
+def configure_logging() -> None:
+    """Send every record of this process to standard error, one escaped line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+# -- what to run -----------------------------------------------------------------------------
+
+
+def gunicorn_available() -> bool:
+    """Whether gunicorn is installed and the platform has ``fork`` (gunicorn needs both)."""
+    return hasattr(os, "fork") and importlib.util.find_spec("gunicorn") is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerPlan:
+    """The server ``serve`` runs, with every limit resolved."""
+
+    engine: str
+    host: str
+    port: int
+    workers: int
+    threads: int
+    connection_limit: int
+    idle_timeout: int
+    max_request_header_bytes: int
+    max_request_body_bytes: int
+    #: The gateway's own header count cap, which gunicorn applies too.
+    max_header_count: int
+
+    def describe(self) -> str:
+        """``gunicorn, 2 processes x 8 threads`` or ``waitress, 8 threads``."""
+        if self.engine == WAITRESS:
+            return f"waitress, {self.threads} threads"
+        noun = "process" if self.workers == 1 else "processes"
+        return f"gunicorn, {self.workers} {noun} x {self.threads} threads"
+
+
+def plan_server(
+    config: StandaloneConfig,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    threads: int | None = None,
+    workers: int | None = None,
+) -> ServerPlan:
+    """Resolve ``[server]`` (and the command line's overrides) into a :class:`ServerPlan`.
+
+    Raises :class:`ConfigError` naming the key when the choice cannot run here.
+    """
+    server = config.server
+    engine = server.engine or (GUNICORN if gunicorn_available() else WAITRESS)
+    if engine == GUNICORN and not gunicorn_available():
+        raise ConfigError(
+            "[server] engine",
+            "gunicorn is not available here (install the serve extra: "
+            "pip install 'invoke_middleware[serve]'; it needs a platform with fork)",
+        )
+    workers = workers or server.workers
+    if engine == WAITRESS:
+        if workers is not None and workers > 1:
+            raise ConfigError(
+                "[server] workers", 'waitress runs one process: set engine = "gunicorn" for more'
+            )
+        workers = 1
+    elif workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+        workers = workers or os.cpu_count() or 1
+    caps = _gateway_caps(config)
+    return ServerPlan(
+        engine=engine,
+        host=host or server.host,
+        port=server.port if port is None else port,
+        workers=workers,
+        threads=threads or server.threads,
+        connection_limit=server.connection_limit,
+        idle_timeout=server.idle_timeout,
+        max_request_header_bytes=server.max_request_header_bytes
+        or caps.max_header_bytes + REQUEST_LINE_ALLOWANCE,
+        max_request_body_bytes=server.max_request_body_bytes
+        or max(caps.max_relay_body_bytes, caps.max_envelope_bytes),
+        max_header_count=caps.max_header_count,
+    )
+
+
+def _gateway_caps(config: StandaloneConfig) -> PipelineSettings:
+    names = ("max_invoke_body_bytes", "max_relay_body_bytes", "max_header_count")
+    values = config.gateway.values
+    return PipelineSettings(
+        **{name: values[name] for name in (*names, "max_header_bytes") if name in values}
+    )
+
+
+# -- running it ------------------------------------------------------------------------------
+
+
+def run_server(
+    plan: ServerPlan,
+    build: Callable[[], tuple[WSGIApplication, Callable[[], None]]],
+    *,
+    on_ready: Callable[[list[tuple[str, int]]], None],
+) -> None:
+    """Listen as ``plan`` says and serve until SIGINT or SIGTERM.
+
+    ``build`` makes the application and its ``close`` (called once per process that built
+    it: under gunicorn, once in each worker, after the fork). ``on_ready`` gets the bound
+    addresses, once the socket listens. Raises :class:`OSError` when the address cannot be
+    bound.
+    """
+    if plan.engine == WAITRESS:
+        _run_waitress(plan, build, on_ready)
+    else:
+        _run_gunicorn(plan, build, on_ready)
+
+
+def _run_waitress(
+    plan: ServerPlan,
+    build: Callable[[], tuple[WSGIApplication, Callable[[], None]]],
+    on_ready: Callable[[list[tuple[str, int]]], None],
+) -> None:
+    from waitress.server import MultiSocketServer, create_server  # noqa: PLC0415
+
+    app, close = build()
+    try:
+        server = create_server(
+            app,
+            host=plan.host,
+            port=plan.port,
+            threads=plan.threads,
+            connection_limit=plan.connection_limit,
+            # Silent connections are closed at the first sweep past idle_timeout.
+            channel_timeout=plan.idle_timeout,
+            cleanup_interval=max(1, min(30, plan.idle_timeout // 2)),
+            max_request_header_size=plan.max_request_header_bytes,
+            max_request_body_size=plan.max_request_body_bytes,
+        )
+        if isinstance(server, MultiSocketServer):
+            bound = list(server.effective_listen)
+        else:
+            assert server.socket is not None
+            bound = [server.socket.getsockname()[:2]]
+        _stop_on_signals()
+        on_ready(bound)
+        # waitress returns from run() on SystemExit or KeyboardInterrupt, after stopping
+        # its worker threads.
+        server.run()
+        server.close()
+    finally:
+        close()
+
+
+def _stop_on_signals() -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop)
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    # Once: a second signal during the clean-up would interrupt closing the store's
+    # connections half-way.
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, signal.SIG_IGN)
+    raise SystemExit(0)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a busy port is one clear error."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except BaseException:
+        listener.close()
+        raise
+    listener.set_inheritable(True)
+    return listener
+
+
+def _run_gunicorn(
+    plan: ServerPlan,
+    build: Callable[[], tuple[WSGIApplication, Callable[[], None]]],
+    on_ready: Callable[[list[tuple[str, int]]], None],
+) -> None:
+    # gunicorn is optional (the serve extra): imported only when it runs.
+    from invoke_middleware._gunicorn import GatewayApplication  # noqa: PLC0415
+
+    listener = _listen(plan.host, plan.port)
+    bound = [listener.getsockname()[:2]]
+    # gunicorn takes the descriptor over (and closes it when it stops).
+    descriptor = listener.detach()
+    metrics_dir = None
+    if plan.workers > 1 and MULTIPROC_ENV not in os.environ:
+        # prometheus_client's multi-process mode: every worker writes its samples to files
+        # in this private directory and /metrics adds them up. It must be set before any
+        # worker imports prometheus_client, hence here, in the parent, before the fork.
+        metrics_dir = tempfile.mkdtemp(prefix="invoke-middleware-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        GatewayApplication(
+            plan,
+            build,
+            listener=descriptor,
+            on_ready=lambda: on_ready(bound),
+            process_safe_metrics=metrics_dir is not None or MULTIPROC_ENV in os.environ,
+        ).run()
+    finally:
+        if metrics_dir is not None:
+            os.environ.pop(MULTIPROC_ENV, None)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def gunicorn_options(plan: ServerPlan, listener: int) -> dict[str, Any]:
+    """gunicorn's settings for ``plan``, serving on the already bound descriptor ``listener``."""
+    return {
+        "bind": [f"fd://{listener}"],
+        "worker_class": "invoke_middleware._gunicorn.HeadFirstWorker",
+        "workers": plan.workers,
+        "threads": plan.threads,
+        "worker_connections": plan.connection_limit,
+        "keepalive": plan.idle_timeout,
+        "limit_request_line": _GUNICORN_MAX_FIELD,
+        "limit_request_fields": min(plan.max_header_count, 32768),
+        "limit_request_field_size": min(plan.max_request_header_bytes, _GUNICORN_MAX_FIELD * 8),
+        # Relays may last minutes: the gthread heartbeat comes from the worker's main loop,
+        # so this only catches a worker whose loop is stuck.
+        "timeout": 60,
+        "graceful_timeout": 10,
+        # The gateway decides which proxies it trusts ([gateway] trusted_proxy_hops).
+        "forwarded_allow_ips": "",
+        "secure_scheme_headers": {},
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": "invoke-middleware",
+        "preload_app": False,
+    }

@@ -1,0 +1,146 @@
+"""Readiness: whether the gateway can serve requests now, for load balancers and orchestrators.
+
+Liveness (``/healthz`` of the standalone gateway) says the process answers; readiness
+(``/readyz``) also asks what requests depend on, each through a named probe with a short
+timeout. A host that embeds the middleware calls the same check::
+
+    from invoke_middleware.readiness import ReadinessCheck, store_probe
+
+    check = ReadinessCheck({"store": store_probe(store)}, timeout=2.0)
+    result = check()            # never raises, never waits much longer than the timeout
+    result.ready                # True when every probe passed
+    result.as_json()            # {"status": "ready", "probes": {"store": "ok"}}
+
+A probe is any callable that returns when its dependency works and raises when it does not.
+Another one (Redis, once limits use it) is one more entry in the mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import sqlalchemy as sa
+
+from invoke_middleware.store import _schema
+
+if TYPE_CHECKING:
+    from invoke_middleware.store.sql import SQLStore
+
+__all__ = ["DEFAULT_TIMEOUT", "Probe", "ProbeResult", "Readiness", "ReadinessCheck", "store_probe"]
+
+logger = logging.getLogger("invoke_middleware.readiness")
+
+#: Seconds every probe of one check may take together; load balancers probe often.
+DEFAULT_TIMEOUT = 2.0
+
+
+class Probe(Protocol):
+    """Returns when the dependency works; raises (anything) when it does not."""
+
+    def __call__(self) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeResult:
+    """One probe's outcome: ``ok``, else ``problem`` (``timeout``, or the exception's class)."""
+
+    name: str
+    ok: bool
+    problem: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Readiness:
+    """The outcome of a check: ready when every probe passed."""
+
+    probes: tuple[ProbeResult, ...]
+
+    @property
+    def ready(self) -> bool:
+        """Whether every probe passed."""
+        return all(probe.ok for probe in self.probes)
+
+    def as_json(self) -> dict[str, object]:
+        """``{"status": "ready" | "not_ready", "probes": {name: "ok" | problem}}``.
+
+        Problems are class names or ``timeout``, never an exception's message (which may
+        hold a database URL).
+        """
+        return {
+            "status": "ready" if self.ready else "not_ready",
+            "probes": {p.name: "ok" if p.ok else p.problem for p in self.probes},
+        }
+
+
+class _Run:
+    """One probe run in a daemon thread, so a hung dependency cannot hold the caller."""
+
+    def __init__(self, probe: Probe) -> None:
+        self.problem: str | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(probe,), daemon=True)
+        self.thread.start()
+
+    def _run(self, probe: Probe) -> None:
+        try:
+            probe()
+        except Exception as exc:  # every failure means "not ready"; the class says which
+            self.problem = type(exc).__name__
+            logger.warning("readiness probe failed: %s", self.problem)
+        finally:
+            self.done.set()
+
+
+class ReadinessCheck:
+    """Runs every probe, in parallel, each bounded by ``timeout`` seconds.
+
+    A probe still running from an earlier check is not started again (its result is
+    ``timeout`` until it returns): a dependency that hangs costs at most one thread per
+    probe, however often the check is called.
+    """
+
+    def __init__(self, probes: Mapping[str, Probe], *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be more than 0")
+        self._probes = dict(probes)
+        self._timeout = timeout
+        self._running: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The probes' names, in order."""
+        return tuple(self._probes)
+
+    def __call__(self) -> Readiness:
+        with self._lock:
+            runs = {}
+            for name, probe in self._probes.items():
+                run = self._running.get(name)
+                if run is None or run.done.is_set():
+                    run = self._running[name] = _Run(probe)
+                runs[name] = run
+        end = time.monotonic() + self._timeout
+        results = []
+        for name, run in runs.items():
+            if run.done.wait(max(0.0, end - time.monotonic())):
+                results.append(ProbeResult(name=name, ok=run.problem is None, problem=run.problem))
+            else:
+                results.append(ProbeResult(name=name, ok=False, problem="timeout"))
+        return Readiness(probes=tuple(results))
+
+
+def store_probe(store: SQLStore) -> Probe:
+    """A probe that reads one row of the store's services table (the tables must exist)."""
+    query = sa.select(_schema.services.c.id).limit(1)
+
+    def probe() -> None:
+        with store.engine.connect() as connection:
+            connection.execute(query).all()
+
+    return probe
