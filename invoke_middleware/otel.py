@@ -232,11 +232,16 @@ def _traced_response(response: UpstreamResponse, end: _SpanEnd) -> UpstreamRespo
 # -- server side ---------------------------------------------------------------------------
 
 
+def _environ_key(field: str) -> str:
+    """``traceparent`` -> ``HTTP_TRACEPARENT`` (PEP 3333)."""
+    return "HTTP_" + field.upper().replace("-", "_")
+
+
 class _EnvironGetter(Getter["WSGIEnvironment"]):
     """Reads propagation fields (``traceparent``) from a WSGI environ."""
 
     def get(self, carrier: WSGIEnvironment, key: str) -> list[str] | None:
-        value = carrier.get("HTTP_" + key.upper().replace("-", "_"))
+        value = carrier.get(_environ_key(key))
         return [value] if isinstance(value, str) else None
 
     def keys(self, carrier: WSGIEnvironment) -> list[str]:
@@ -285,6 +290,7 @@ class TracingMiddleware:
         self._tracer = _tracer(tracer_provider)
         self._propagator = propagator
         self._trust_incoming_context = trust_incoming_context
+        self._keys_of: tuple[TextMapPropagator, tuple[str, ...]] | None = None
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         route = self.router.match(environ.get("PATH_INFO", "") or "/")
@@ -306,6 +312,9 @@ class TracingMiddleware:
             record_exception=False,
             set_status_on_exception=False,
         )
+        if not span.is_recording() and not span.get_span_context().is_valid:
+            # No SDK and no trace to join: nothing to record, nothing to pass on.
+            return self.app(environ, start_response)
         # Current while the gateway handles the request: the client spans of its upstream
         # exchanges (relays, MCP tool calls) become this span's children.
         token = otel_context.attach(trace.set_span_in_context(span))
@@ -329,7 +338,20 @@ class TracingMiddleware:
         if not self._trust_incoming_context:
             return otel_context.Context()
         propagator = self._propagator or propagate.get_global_textmap()
-        return propagator.extract(environ, context=otel_context.Context(), getter=_ENVIRON_GETTER)
+        empty = otel_context.Context()
+        # Most callers send no trace context: skip the propagator's parsing for them.
+        if not any(key in environ for key in self._environ_keys(propagator)):
+            return empty
+        return propagator.extract(environ, context=empty, getter=_ENVIRON_GETTER)
+
+    def _environ_keys(self, propagator: TextMapPropagator) -> tuple[str, ...]:
+        # The global propagator may be replaced at any time: the keys are those of the last
+        # one seen (a propagator builds its ``fields`` anew on each read).
+        cached = self._keys_of
+        if cached is None or cached[0] is not propagator:
+            cached = (propagator, tuple(_environ_key(field) for field in propagator.fields))
+            self._keys_of = cached
+        return cached[1]
 
     def close(self) -> None:
         """Close ``app`` when it can be (the middleware's transports)."""
