@@ -24,11 +24,11 @@ import cryptography
 import jwt
 
 from invoke_middleware.auth import (
+    CredentialKind,
     CredentialResolver,
     InMemoryCredentialStore,
     InMemoryMembershipStore,
     JWTResolver,
-    KeyKind,
     Principal,
     Role,
 )
@@ -72,9 +72,9 @@ def cases() -> list[tuple[str, Callable[[PipelineRequest], Principal | None], st
     credentials = InMemoryCredentialStore()
     # A realistic store holds many keys; the resolver must not scan them all.
     for _ in range(1000):
-        issue_test_credential(credentials, KeyKind.INTEGRATION, uuid.uuid4())
-    sk = issue_test_credential(credentials, KeyKind.INTEGRATION, TEAM)
-    dk = issue_test_credential(credentials, KeyKind.DEVICE, TEAM, "alice")
+        issue_test_credential(credentials, CredentialKind.INTEGRATION, uuid.uuid4())
+    sk = issue_test_credential(credentials, CredentialKind.INTEGRATION, TEAM)
+    dk = issue_test_credential(credentials, CredentialKind.DEVICE, TEAM, "alice")
     credential_resolver = CredentialResolver(credentials, memberships)
 
     rsa = generate_keypair("RS256")

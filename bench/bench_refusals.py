@@ -40,9 +40,9 @@ def _worker(sizes: list[int], repeat: int) -> None:
     import webtest  # noqa: PLC0415
 
     from invoke_middleware import (  # noqa: PLC0415
+        CredentialKind,
         InMemoryServiceRegistry,
         InvokeMiddleware,
-        KeyKind,
         Service,
         ServiceStatus,
         ServiceType,
@@ -63,7 +63,7 @@ def _worker(sizes: list[int], repeat: int) -> None:
         )
     )
     middleware = InvokeMiddleware(lambda environ, start_response: [], registry=registry)
-    key = middleware.credentials.issue(KeyKind.INTEGRATION, team_id=team).key
+    key = middleware.credentials.issue(CredentialKind.INTEGRATION, team_id=team).key
     app = webtest.TestApp(middleware)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 

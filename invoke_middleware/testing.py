@@ -7,7 +7,7 @@ Tokens and credentials::
     token = mint_jwt(secret_or_private_key=SECRET, sub="user-1")            # HS256
     pair = generate_keypair("RS256")
     token = mint_jwt(secret_or_private_key=pair.private_pem, sub="user-1", algorithm="RS256")
-    key = issue_test_credential(credentials, KeyKind.INTEGRATION, team_id)   # "sk-..."
+    key = issue_test_credential(credentials, CredentialKind.INTEGRATION, team_id)   # "sk-..."
 
 Upstreams without a network, in the style of ``httpx.MockTransport``::
 
@@ -32,7 +32,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from invoke_middleware.auth.keys import KeyKind
+from invoke_middleware.auth.principal import CredentialKind
 from invoke_middleware.auth.stores import CredentialStore
 from invoke_middleware.errors import reason_phrase
 from invoke_middleware.transport.base import (
@@ -145,7 +145,7 @@ def mint_jwt(
 
 def issue_test_credential(
     store: CredentialStore,
-    kind: KeyKind,
+    kind: CredentialKind,
     team_id: uuid.UUID,
     user_id: str | None = None,
     *,

@@ -13,7 +13,6 @@ from invoke_middleware.auth import (
     InMemoryCredentialStore,
     InMemoryMembershipStore,
     JWTResolver,
-    KeyKind,
     Role,
 )
 from invoke_middleware.errors import PayloadTooLargeError, UpstreamError, reason_phrase
@@ -101,13 +100,15 @@ def test_generate_keypair_refuses_a_symmetric_algorithm() -> None:
 @pytest.mark.parametrize(
     ("kind", "user_id", "expected"),
     [
-        pytest.param(KeyKind.INTEGRATION, None, CredentialKind.INTEGRATION, id="integration"),
-        pytest.param(KeyKind.DEVICE, "alice", CredentialKind.DEVICE, id="device"),
+        pytest.param(
+            CredentialKind.INTEGRATION, None, CredentialKind.INTEGRATION, id="integration"
+        ),
+        pytest.param(CredentialKind.DEVICE, "alice", CredentialKind.DEVICE, id="device"),
     ],
 )
 def test_issued_test_credentials_pass_a_credential_resolver(
     memberships: InMemoryMembershipStore,
-    kind: KeyKind,
+    kind: CredentialKind,
     user_id: str | None,
     expected: CredentialKind,
 ) -> None:

@@ -10,7 +10,7 @@ from invoke_middleware._lazy import lazy_attributes
 from invoke_middleware.auth.base import AuthResolver, bearer_token
 from invoke_middleware.auth.cache import VerifiedToken, VerifiedTokenCache
 from invoke_middleware.auth.credentials import CredentialResolver
-from invoke_middleware.auth.keys import KeyKind, generate_key, hash_key, key_matches, key_prefix
+from invoke_middleware.auth.keys import generate_key, hash_key, key_matches, key_prefix
 from invoke_middleware.auth.policy import Action, Policy, authorize, default_policy
 from invoke_middleware.auth.principal import CredentialKind, Principal, Role
 from invoke_middleware.auth.stores import (
@@ -37,7 +37,6 @@ __all__ = [
     "InMemoryMembershipStore",
     "IssuedCredential",
     "JWTResolver",
-    "KeyKind",
     "Membership",
     "MembershipStore",
     "Policy",
@@ -61,6 +60,7 @@ __getattr__, __dir__ = lazy_attributes(
         "JWTResolver": "invoke_middleware.auth.jwt",
         "team_from_header": "invoke_middleware.auth.jwt",
     },
+    deprecated={"KeyKind": ("invoke_middleware.auth.principal", "CredentialKind")},
 )
 
 del TYPE_CHECKING, lazy_attributes

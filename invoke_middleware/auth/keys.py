@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import warnings
 
 from invoke_middleware.auth.principal import CredentialKind
 
 __all__ = [
     "KEY_RANDOM_BYTES",
     "PREFIX_LENGTH",
-    "KeyKind",
     "generate_key",
     "hash_key",
     "key_matches",
@@ -28,10 +28,18 @@ __all__ = [
 PREFIX_LENGTH = 12
 KEY_RANDOM_BYTES = 32
 
-#: Deprecated: the kinds of keys are :class:`~invoke_middleware.auth.principal.CredentialKind`
-#: (its ``INTEGRATION``, ``DEVICE`` and ``AGENT`` members). Kept so that existing imports work;
-#: ``KeyKind.of`` warns, use ``CredentialKind.of_key``.
-KeyKind = CredentialKind
+
+def __getattr__(name: str) -> object:
+    # KeyKind is the former name of CredentialKind (its INTEGRATION, DEVICE and AGENT members
+    # are the kinds of keys): existing imports keep working, with a warning.
+    if name == "KeyKind":
+        warnings.warn(
+            "KeyKind is deprecated; use invoke_middleware.CredentialKind",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return CredentialKind
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def generate_key(kind: CredentialKind) -> str:

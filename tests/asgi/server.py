@@ -29,9 +29,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from invoke_middleware import (
+    CredentialKind,
     InMemoryServiceRegistry,
     InvokeMiddleware,
-    KeyKind,
     Service,
     ServiceStatus,
     ServiceType,
@@ -77,7 +77,7 @@ def make_gateway(upstream_url: str, **options: Any) -> tuple[InvokeMiddleware, s
         )
     )
     gateway = InvokeMiddleware(no_wsgi_host, registry=registry, prefix=PREFIX, **options)
-    key = gateway.credentials.issue(KeyKind.INTEGRATION, team_id=team).key
+    key = gateway.credentials.issue(CredentialKind.INTEGRATION, team_id=team).key
     return gateway, key
 
 

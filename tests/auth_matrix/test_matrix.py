@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import webtest
 
-from invoke_middleware import KeyKind, Role
+from invoke_middleware import CredentialKind, Role
 from invoke_middleware.auth.keys import generate_key
 from invoke_middleware.testing import mint_jwt
 from tests.auth_matrix.conftest import OUR_BASE, assert_refused, user_token
@@ -136,10 +136,10 @@ def world(make_auth_world: Any) -> World:
 def caller(world: World) -> Caller:
     keys: dict[tuple[str, str], str] = {}
     for role in USER_ROLES:
-        keys[("dk", role)] = world.issue(KeyKind.DEVICE, _role(role))
-        keys[("ak", role)] = world.issue(KeyKind.AGENT, _role(role))
-    keys[("sk", "integration")] = world.issue(KeyKind.INTEGRATION)
-    keys[("unknown-sk", "integration")] = generate_key(KeyKind.INTEGRATION)
+        keys[("dk", role)] = world.issue(CredentialKind.DEVICE, _role(role))
+        keys[("ak", role)] = world.issue(CredentialKind.AGENT, _role(role))
+    keys[("sk", "integration")] = world.issue(CredentialKind.INTEGRATION)
+    keys[("unknown-sk", "integration")] = generate_key(CredentialKind.INTEGRATION)
     # The right prefix and an owner's key, cut short: no longer a well-formed key.
     keys[("malformed-dk", "owner")] = keys[("dk", "owner")][:20]
     return Caller(keys)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from invoke_middleware import KeyKind, Role, Service, ServiceStatus, ServiceType
+from invoke_middleware import CredentialKind, Role, Service, ServiceStatus, ServiceType
 from tests.auth_matrix.conftest import user_token
 from tests.toolkit.world import TEAM, World
 
@@ -43,8 +43,8 @@ def world(make_auth_world: Callable[..., World]) -> World:
 CALLERS: list[Any] = [
     pytest.param(lambda w: (user_token(Role.VIEWER), str(TEAM)), id="jwt-viewer"),
     pytest.param(lambda w: (user_token(Role.OWNER), str(TEAM)), id="jwt-owner"),
-    pytest.param(lambda w: (w.issue(KeyKind.DEVICE, Role.VIEWER), None), id="dk-viewer"),
-    pytest.param(lambda w: (w.issue(KeyKind.INTEGRATION), None), id="sk"),
+    pytest.param(lambda w: (w.issue(CredentialKind.DEVICE, Role.VIEWER), None), id="dk-viewer"),
+    pytest.param(lambda w: (w.issue(CredentialKind.INTEGRATION), None), id="sk"),
 ]
 
 REQUESTS = [

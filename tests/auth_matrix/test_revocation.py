@@ -13,15 +13,15 @@ from typing import Any
 import jwt
 import pytest
 
-from invoke_middleware import JWTResolver, KeyKind, MembershipStore, Role
+from invoke_middleware import CredentialKind, JWTResolver, MembershipStore, Role
 from tests.auth_matrix.conftest import assert_refused, hs256_resolver, user_token
 from tests.toolkit.world import TEAM, World, user
 
 MEMBER = user(Role.MEMBER)
 
 KINDS = [
-    pytest.param(KeyKind.INTEGRATION, id="sk"),
-    pytest.param(KeyKind.DEVICE, id="dk"),
+    pytest.param(CredentialKind.INTEGRATION, id="sk"),
+    pytest.param(CredentialKind.DEVICE, id="dk"),
 ]
 
 
@@ -55,10 +55,10 @@ def verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return checked
 
 
-def issue(world: World, kind: KeyKind, user_id: str | None = MEMBER) -> tuple[str, Any]:
+def issue(world: World, kind: CredentialKind, user_id: str | None = MEMBER) -> tuple[str, Any]:
     """A key of ``kind`` in the team (a device key for ``user_id``): the raw key and its id."""
     issued = world.credentials.issue(
-        kind, team_id=TEAM, user_id=None if kind is KeyKind.INTEGRATION else user_id
+        kind, team_id=TEAM, user_id=None if kind is CredentialKind.INTEGRATION else user_id
     )
     return issued.key, issued.record.id
 
@@ -74,7 +74,9 @@ def assert_invoked(world: World, response: Any) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_revoked_key_is_refused_on_the_very_next_request(world: World, kind: KeyKind) -> None:
+def test_a_revoked_key_is_refused_on_the_very_next_request(
+    world: World, kind: CredentialKind
+) -> None:
     key, key_id = issue(world, kind)
     sibling, _ = issue(world, kind)
     assert_invoked(world, invoke(world, key))
@@ -90,7 +92,7 @@ def test_a_revoked_key_is_refused_on_the_very_next_request(world: World, kind: K
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_key_expired_to_the_past_is_refused_on_the_very_next_request(
-    world: World, kind: KeyKind
+    world: World, kind: CredentialKind
 ) -> None:
     key, key_id = issue(world, kind)
     now = dt.datetime.now(dt.UTC)
@@ -105,7 +107,7 @@ def test_a_key_expired_to_the_past_is_refused_on_the_very_next_request(
 
 
 def test_a_device_key_follows_its_users_role_both_ways(world: World) -> None:
-    key, _ = issue(world, KeyKind.DEVICE)
+    key, _ = issue(world, CredentialKind.DEVICE)
     assert_invoked(world, invoke(world, key))
 
     world.memberships.set_role(TEAM, MEMBER, Role.VIEWER)
@@ -120,7 +122,7 @@ def test_a_device_key_follows_its_users_role_both_ways(world: World) -> None:
 def test_a_device_key_whose_user_left_the_team_is_forbidden_on_the_next_request(
     world: World,
 ) -> None:
-    key, _ = issue(world, KeyKind.DEVICE)
+    key, _ = issue(world, CredentialKind.DEVICE)
     assert_invoked(world, invoke(world, key))
 
     assert world.memberships.remove(TEAM, MEMBER)
@@ -165,7 +167,7 @@ def test_a_user_token_of_a_user_who_left_the_team_is_forbidden_on_the_next_reque
 
 def test_a_role_change_reaches_every_credential_of_the_user_at_once(world: World) -> None:
     token = user_token(Role.MEMBER)
-    key, _ = issue(world, KeyKind.DEVICE)
+    key, _ = issue(world, CredentialKind.DEVICE)
     assert_invoked(world, invoke(world, token))
     assert_invoked(world, invoke(world, key))
 

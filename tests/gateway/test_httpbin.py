@@ -14,7 +14,7 @@ import pytest
 import webtest
 from werkzeug.test import Client
 
-from invoke_middleware import InvokeMiddleware, KeyKind
+from invoke_middleware import CredentialKind, InvokeMiddleware
 from invoke_middleware.registry import InMemoryServiceRegistry
 from tests.toolkit.world import TEAM, host_app, make_service
 from tests.upstreams import httpbin_url  # noqa: F401  (fixture)
@@ -26,7 +26,7 @@ def gateway(httpbin_url: str) -> Iterator[tuple[webtest.TestApp, dict[str, str],
     host = host_app()
     middleware = InvokeMiddleware(host.wsgi_app, registry=registry)
     host.wsgi_app = middleware  # type: ignore[method-assign]
-    key = middleware.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM).key
+    key = middleware.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
     yield webtest.TestApp(host), {"Authorization": f"Bearer {key}"}, host
     middleware.close()
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from invoke_middleware import (
+    CredentialKind,
     InvokeMiddleware,
-    KeyKind,
     Service,
 )
 from tests.integration.host import host_app
@@ -72,7 +72,7 @@ def serve_gateway(
     """Serve a Flask host wrapped by the middleware (``options`` go to its constructor)."""
     host = host_app()
     middleware = wrap(host, services, **options)
-    key = middleware.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM).key
+    key = middleware.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
     serve = serve_wsgi if server == "werkzeug" else serve_wsgiref
     try:
         with serve(host) as url:

@@ -12,7 +12,7 @@ from pyramid.config import Configurator
 from pyramid.response import Response
 
 from invoke_middleware import Service, ServiceStatus, ServiceType
-from invoke_middleware.auth.keys import KeyKind
+from invoke_middleware.auth.keys import CredentialKind
 from tests.toolkit.upstream import Received
 
 TEAM = uuid.UUID("0190aa00-0000-7000-8000-000000000001")
@@ -36,7 +36,7 @@ def register_echo(registry: Any, upstream_url: str) -> Service:
 
 def issue_key(credentials: Any) -> str:
     """Issue an ``sk-`` integration key of :data:`TEAM` and return the raw key."""
-    key: str = credentials.issue(KeyKind.INTEGRATION, team_id=TEAM, name="tests").key
+    key: str = credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM, name="tests").key
     return key
 
 

@@ -14,7 +14,7 @@ import webtest
 from paste.deploy import loadapp
 
 from invoke_middleware import InvokeMiddleware
-from invoke_middleware.auth.keys import KeyKind
+from invoke_middleware.auth.keys import CredentialKind
 from invoke_middleware.pyramid import get_middleware
 from invoke_middleware.store import SQLStore
 from tests.integrations.helpers import (
@@ -84,7 +84,7 @@ def pyramid_ini(examples: None, tmp_path: Path, upstream: RecordingUpstream) -> 
     with SQLStore(f"sqlite:///{tmp_path / 'invoke.db'}") as store:
         store.init()
         register_echo(store.services, upstream.url)
-        key = store.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM).key
+        key = store.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
     return f"config:{tmp_path / 'pyramid.ini'}", key
 
 

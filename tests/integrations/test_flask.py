@@ -9,7 +9,7 @@ import pytest
 import webtest
 
 from invoke_middleware import InMemoryServiceRegistry, InvokeMiddleware
-from invoke_middleware.auth.keys import KeyKind
+from invoke_middleware.auth.keys import CredentialKind
 from invoke_middleware.auth.principal import Role
 from invoke_middleware.config import ConfigError
 from invoke_middleware.flask import EXTENSION_KEY, InvokeExtension
@@ -174,7 +174,7 @@ def test_database_url_serves_services_and_keys_from_the_sql_store(
     with SQLStore(url) as store:
         store.init()
         register_echo(store.services, upstream.url)
-        issued = store.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM)
+        issued = store.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM)
     app = wrapped_host(middlewares, INVOKE_DATABASE_URL=url, INVOKE_SERVICE_CACHE_TTL=0)
     client = webtest.TestApp(app)
 

@@ -10,7 +10,7 @@ import webtest
 from paste.deploy import loadapp
 
 from invoke_middleware import InvokeMiddleware
-from invoke_middleware.auth.keys import KeyKind
+from invoke_middleware.auth.keys import CredentialKind
 from invoke_middleware.config import ConfigError
 from invoke_middleware.store import SQLStore
 from tests.integrations.helpers import (
@@ -59,7 +59,7 @@ def key(tmp_path: Path, upstream: RecordingUpstream) -> str:
     with SQLStore(f"sqlite:///{tmp_path}/invoke.db") as store:
         store.init()
         register_echo(store.services, upstream.url)
-        return store.credentials.issue(KeyKind.INTEGRATION, team_id=TEAM).key
+        return store.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from invoke_middleware import (
     CredentialResolver,
     InMemoryCredentialStore,
     InMemoryMembershipStore,
-    KeyKind,
     PipelineSettings,
     Role,
 )
@@ -45,7 +44,7 @@ def jwt_world(make_world: Callable[..., World], kinds: frozenset[CredentialKind]
     for role in Role:
         world.keys[f"jwt-{role.value}"] = user_token(role)
     world.keys["jwt-stranger"] = user_token(None)
-    revoked = credentials.issue(KeyKind.INTEGRATION, team_id=TEAM)
+    revoked = credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM)
     credentials.revoke(revoked.record.id)
     world.keys["sk-revoked"] = revoked.key
     return world
@@ -242,7 +241,7 @@ def test_a_key_revoked_between_calls_is_refused_on_the_next_one(
 ) -> None:
     world = jwt_world(make_world, frozenset({CredentialKind.INTEGRATION}))
     credentials = world.middleware.credentials
-    issued = credentials.issue(KeyKind.INTEGRATION, team_id=TEAM)
+    issued = credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM)
     world.keys["fresh"] = issued.key
     agent = Agent(world, key="fresh", version="2025-11-25")
     assert call_echo(agent).json["result"]["isError"] is False

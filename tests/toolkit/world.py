@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import flask
 
 from invoke_middleware import (
+    CredentialKind,
     CredentialStore,
     InMemoryServiceRegistry,
     InvokeMiddleware,
-    KeyKind,
     MembershipStore,
     PipelineSettings,
     RelayFinished,
@@ -155,9 +155,9 @@ class World:
         headers = {**self.auth(key), **kw.pop("headers", {})}
         return self.app.get(f"/r/containers/{path}", headers=headers, **kw)
 
-    def issue(self, kind: KeyKind, role: Role | None = None) -> str:
+    def issue(self, kind: CredentialKind, role: Role | None = None) -> str:
         """A new raw key of ``kind`` in :data:`TEAM`; device and agent keys are ``role``'s."""
-        user_id = None if kind is KeyKind.INTEGRATION else user(role)
+        user_id = None if kind is CredentialKind.INTEGRATION else user(role)
         return self.credentials.issue(kind, team_id=TEAM, user_id=user_id).key
 
     def reset(self) -> None:
@@ -240,8 +240,10 @@ def build_world(
     )
     for role in Role:
         world.memberships.set_role(TEAM, user(role), role)
-        world.keys[role.value] = world.issue(KeyKind.DEVICE, role)
-    world.keys["sk"] = world.issue(KeyKind.INTEGRATION)
-    world.keys["sk-other"] = world.credentials.issue(KeyKind.INTEGRATION, team_id=OTHER_TEAM).key
-    world.keys["ak"] = world.issue(KeyKind.AGENT, Role.OWNER)
+        world.keys[role.value] = world.issue(CredentialKind.DEVICE, role)
+    world.keys["sk"] = world.issue(CredentialKind.INTEGRATION)
+    world.keys["sk-other"] = world.credentials.issue(
+        CredentialKind.INTEGRATION, team_id=OTHER_TEAM
+    ).key
+    world.keys["ak"] = world.issue(CredentialKind.AGENT, Role.OWNER)
     return world
