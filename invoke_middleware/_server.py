@@ -79,10 +79,17 @@ class EscapingFormatter(logging.Formatter):
         return escape_control(super().format(record))
 
 
-def configure_logging() -> None:
-    """Send every record of this process to standard error, one escaped line each."""
+def configure_logging(log_format: str = "text") -> None:
+    """Send every record of this process to standard error, one line each: escaped text, or
+    with ``log_format="json"`` one JSON object
+    (:class:`~invoke_middleware.log_format.JSONFormatter`)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(EscapingFormatter(LOG_FORMAT))
+    if log_format == "json":
+        from invoke_middleware.log_format import JSONFormatter  # noqa: PLC0415
+
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(EscapingFormatter(LOG_FORMAT))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 

@@ -68,6 +68,7 @@ _STORE = {
 }
 # -- [server]: where and how `serve` listens (the server's own limits included) -------------
 ENGINES = ("gunicorn", "waitress")
+LOG_FORMATS = ("text", "json")
 DEFAULT_CONNECTION_LIMIT = 1000
 DEFAULT_IDLE_TIMEOUT = 30
 
@@ -77,6 +78,13 @@ def _engine(value: object) -> str:
     if engine not in ENGINES:
         raise ValueError
     return engine
+
+
+def _log_format(value: object) -> str:
+    log_format = as_text(value).lower()
+    if log_format not in LOG_FORMATS:
+        raise ValueError
+    return log_format
 
 
 def _flag(value: object) -> bool:
@@ -102,6 +110,7 @@ _SERVER = {
         convert=positive_int, expected="a positive integer", typed=(int,)
     ),
     "metrics": Setting(convert=_flag, expected="true or false", typed=(bool,)),
+    "log_format": Setting(convert=_log_format, expected='"text" or "json"'),
 }
 # -- end of [server] -------------------------------------------------------------------------
 _SECRET_REFERENCE = Setting(convert=environment_name, expected="an environment variable name")
@@ -128,6 +137,7 @@ class ServerConfig:
     max_request_header_bytes: int | None = None
     max_request_body_bytes: int | None = None
     metrics: bool = False
+    log_format: str = "text"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,6 +244,7 @@ threads = {threads}                    # per process
 # max_request_header_bytes = 73728    # default: [gateway] max_header_bytes + 8 KiB
 # max_request_body_bytes = 1073741824 # default: the larger [gateway] body cap
 # metrics = false                      # GET /metrics (needs the metrics extra)
+# log_format = "text"                  # "json": one JSON object per line, for log aggregators
 
 [gateway]
 # Path under which the runtime routes are served, e.g. "/api/v1"; "" serves /r/... directly.

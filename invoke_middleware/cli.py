@@ -549,7 +549,7 @@ def _run_gateway(
     announce: Callable[[str], None] | None = None,
 ) -> None:
     """Serve the gateway of ``config`` until SIGINT or SIGTERM (see :mod:`._server`)."""
-    configure_logging()
+    configure_logging(config.server.log_format)
     if engine is not None:
         config = dataclasses.replace(
             config, server=dataclasses.replace(config.server, engine=engine)

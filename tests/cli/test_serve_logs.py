@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
@@ -68,3 +69,22 @@ def test_the_formatter_keeps_a_traceback_on_its_record_line() -> None:
         EscapingFormatter("%(message)s").format(logging.makeLogRecord({"msg": "\x1b[2J\u2028"}))
         == "\\u001b[2J\\u2028"
     )
+
+
+def test_with_log_format_json_every_line_serve_writes_is_one_json_object(
+    workspace: Workspace, upstream: RecordingUpstream
+) -> None:
+    set_server(workspace, engine="waitress", log_format="json")
+    workspace.run(
+        "services", "add", "hello", "--team", str(workspace.team), "--name", "Hello",
+        "--upstream", upstream.url,
+    )  # fmt: skip
+    key = workspace.issue("--kind", "integration")
+    with running_gateway(workspace) as gateway:
+        _raw_get(gateway.url, f"/r/containers/hello/{FORGED}", key)
+        _raw_get(gateway.url, "/r/containers/hello/ok?secret=1", key)
+    records = [json.loads(line) for line in gateway.log.read_text().splitlines()]
+    relays = [record for record in records if record["message"] == "relay"]
+    assert [(r["path"], r["status"]) for r in relays] == [("/ok", 200)]  # the query never
+    assert {"time", "level", "logger"} <= set(relays[0])
+    assert any("serving on" in record["message"] for record in records)

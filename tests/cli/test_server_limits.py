@@ -72,6 +72,7 @@ def test_explicit_server_limits_win_over_the_derived_ones(tmp_path: Path) -> Non
         pytest.param("idle_timeout = 0.5", "[server] idle_timeout", id="fractional-timeout"),
         pytest.param("max_request_body_bytes = -1", "[server] max_request_body_bytes", id="neg"),
         pytest.param('engine = "uwsgi"', "[server] engine", id="unknown-engine"),
+        pytest.param('log_format = "xml"', "[server] log_format", id="unknown-log-format"),
         pytest.param("workers = 0", "[server] workers", id="no-workers"),
         pytest.param('engine = "waitress"\nworkers = 2', "[server] workers", id="waitress-fork"),
         pytest.param('metrics = "yes"', "[server] metrics", id="metrics-string"),
