@@ -1,7 +1,7 @@
 """The bodies of a relay: reading the caller's, buffering or streaming the upstream's.
 
-Every function here enforces one of the gateway's limits (SPEC §3, §4, §8) while bytes move:
-uploads are counted as they stream (chunked input has no length to check up front), an
+Every function here enforces one of the gateway's limits (docs/contract.md §3, §4, §8) while bytes
+move: uploads are counted as they stream (chunked input has no length to check up front), an
 invoke response over its cap is refused rather than truncated, and a streamed response that
 fails half-way re-raises so the server aborts the connection instead of ending it cleanly.
 """
@@ -130,7 +130,7 @@ class RelayBody:
     """The upstream body on its way to the client, chunk by chunk.
 
     A failure mid-stream is re-raised so that the server aborts the connection: a truncated
-    body must never look complete (SPEC §8).
+    body must never look complete (docs/contract.md §8).
     """
 
     __slots__ = ("_done", "_on_end", "_response", "_sent")

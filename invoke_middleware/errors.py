@@ -1,8 +1,8 @@
 """The one exception tree of the gateway, and the one place errors are rendered.
 
 Every error the gateway itself produces is an instance of :class:`GatewayError`. Each subclass
-knows its HTTP status and its machine-readable ``code`` (SPEC §8); the message is written for
-the caller and never contains upstream error text or a stack trace.
+knows its HTTP status and its machine-readable ``code`` (docs/contract.md §8); the message is
+written for the caller and never contains upstream error text or a stack trace.
 
 Rendering happens in :func:`render_error` only, so the body shape, the marker header and the
 ``X-Request-ID`` header are the same for every error.
@@ -91,7 +91,8 @@ class InvalidTeamError(GatewayError):
 class UnauthenticatedError(GatewayError):
     status = 401
     code = "unauthenticated"
-    # One message for every reason, so a caller cannot tell which check failed (SPEC §7).
+    # One message for every reason, so a caller cannot tell which check failed
+    # (docs/contract.md §7).
     default_message = "Missing or invalid credentials."
 
     def __init__(self, message: str | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Header rules, both directions (SPEC §6).
+"""Header rules, both directions (docs/contract.md §6).
 
 Pure functions over lists of ``(name, value)`` pairs; repeated fields and their order are
 kept everywhere. Names are compared case-insensitively (RFC 9110 §5.1).
@@ -72,7 +72,7 @@ __all__ = [
 
 #: Fields that describe one connection, not the message (RFC 9110 §7.6.1), lower-case.
 #: ``Host`` and ``Content-Length`` are here too: the transport sets both for the upstream
-#: connection (SPEC §6), so the caller's values never travel.
+#: connection (docs/contract.md §6), so the caller's values never travel.
 HOP_BY_HOP_HEADERS: frozenset[str] = frozenset(
     {
         "connection",
@@ -111,7 +111,7 @@ GATEWAY_HEADERS: frozenset[str] = frozenset(
 )
 
 # The caller's credentials for the gateway itself; on the catch-all relay they never reach
-# the container (SPEC §4). Every "Proxy-*" field is dropped there too.
+# the container (docs/contract.md §4). Every "Proxy-*" field is dropped there too.
 _RELAY_CREDENTIAL_HEADERS = frozenset({"authorization", "x-team-id"})
 
 _REQUEST_DROP = HOP_BY_HOP_HEADERS | GATEWAY_HEADERS
@@ -135,7 +135,7 @@ WSGI_REFUSED_HEADERS: frozenset[str] = frozenset(
 )
 
 # A container may not fake a gateway error, nor hand out a second request id: every response
-# carries the gateway's (SPEC §6).
+# carries the gateway's (docs/contract.md §6).
 _RESPONSE_DROP = (
     HOP_BY_HOP_HEADERS
     | WSGI_REFUSED_HEADERS
@@ -303,13 +303,13 @@ def forward_request_headers(
 
     On the catch-all relay (``envelope=None``) the end-to-end fields are ``incoming`` minus the
     hop-by-hop set, the fields its ``Connection`` names, the gateway's own fields,
-    ``Authorization``, ``X-Team-ID`` and every ``Proxy-*`` field (SPEC §4).
+    ``Authorization``, ``X-Team-ID`` and every ``Proxy-*`` field (docs/contract.md §4).
 
     On the invoke route pass the envelope's ``headers`` (already validated, arrays unrolled
     into repeated pairs): they are the end-to-end fields, minus the hop-by-hop set, the
     fields the envelope's own ``Connection`` names and the gateway's own fields; their
-    ``Authorization`` and ``Content-Type`` are kept (SPEC §3). The outer request's fields are
-    never forwarded.
+    ``Authorization`` and ``Content-Type`` are kept (docs/contract.md §3). The outer request's
+    fields are never forwarded.
 
     Then come, in this order: ``Via`` (the incoming ``Via`` list followed by
     ``1.1 <pseudonym>``), ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and
@@ -426,7 +426,7 @@ def filter_response_headers(headers: Collection[tuple[str, str]]) -> list[tuple[
 
 
 def fold_response_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:
-    """The invoke response's ``headers`` object (SPEC §3).
+    """The invoke response's ``headers`` object (docs/contract.md §3).
 
     Names are lower-cased. A field seen once maps to its value; a field seen more than once
     maps to the array of its values in order. Values are never comma-joined, so ``Set-Cookie``

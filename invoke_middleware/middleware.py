@@ -1,6 +1,6 @@
 """The WSGI adapter: :class:`InvokeMiddleware` wraps a host application.
 
-It answers the runtime routes (SPEC §1) and passes every other request to the host app
+It answers the runtime routes (docs/contract.md §1) and passes every other request to the host app
 untouched: the same environ object, the same response bytes. Usage::
 
     from flask import Flask

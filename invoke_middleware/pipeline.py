@@ -314,7 +314,7 @@ class Pipeline:
         raise UnauthenticatedError()
 
     def _lookup(self, principal: Principal, slug: str | None) -> Service:
-        # Invalid, unknown and other teams' slugs all get the same 404 (SPEC §1).
+        # Invalid, unknown and other teams' slugs all get the same 404 (docs/contract.md §1).
         if slug is None or not is_valid_slug(slug):
             raise ServiceNotFoundError()
         service = self.registry.get(principal.team_id, slug)

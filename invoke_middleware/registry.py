@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 from invoke_middleware.limits import ServiceLimits
 from invoke_middleware.transport.base import Timeouts
 
-#: SPEC §1: lower-case letters, digits and dashes, 3 to 100 characters, no dash at either end.
+#: docs/contract.md §1: lower-case letters, digits and dashes, 3 to 100 characters, no dash at
+#: either end.
 SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{1,98}[a-z0-9]")
 
 MAX_EXTERNAL_URL_LENGTH = 2048
@@ -44,13 +45,13 @@ class ServiceStatus(StrEnum):
 
 
 def is_valid_slug(slug: str) -> bool:
-    """Whether ``slug`` has the shape SPEC §1 allows."""
+    """Whether ``slug`` has the shape docs/contract.md §1 allows."""
     return SLUG_PATTERN.fullmatch(slug) is not None
 
 
 @dataclass(frozen=True, kw_only=True)
 class Service:
-    """A container service as the gateway sees it (SPEC §2).
+    """A container service as the gateway sees it (docs/contract.md §2).
 
     ``upstream_url`` is where a deployed service is reached (whatever the deployed transport
     needs, normally ``http://host:port/base``); ``external_url`` is the ``https://`` URL of an
@@ -112,7 +113,8 @@ class Service:
 
 
 def validate_external_url(url: str | None) -> None:
-    """Raise :class:`ValueError` unless ``url`` is an absolute ``https://`` URL (SPEC §2)."""
+    """Raise :class:`ValueError` unless ``url`` is an absolute ``https://`` URL
+    (docs/contract.md §2)."""
     if not url:
         raise ValueError("an external service needs an external_url")
     if len(url) > MAX_EXTERNAL_URL_LENGTH:

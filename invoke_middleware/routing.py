@@ -1,4 +1,5 @@
-"""The runtime route table (SPEC §1): which paths the gateway answers, and which it passes on.
+"""The runtime route table (docs/contract.md §1): which paths the gateway answers, and which it
+passes on.
 
 Routing works on the decoded path the host app would route on, so a path is either the
 gateway's or the host's, never both. The catch-all's tail is taken from the raw request

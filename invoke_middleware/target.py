@@ -1,4 +1,5 @@
-"""Where a request may go: safe joining of a service's base URL and a caller's path (SPEC §5).
+"""Where a request may go: safe joining of a service's base URL and a caller's path
+(docs/contract.md §5).
 
 ::
 
@@ -42,8 +43,8 @@ from invoke_middleware.headers import UNSAFE_TARGET_PATTERN
 
 __all__ = ["MAX_PATH_LENGTH", "MAX_QUERY_LENGTH", "build_target_url"]
 
-#: The longest caller path accepted, without its query (SPEC §3 caps the envelope's path at
-#: the same length).
+#: The longest caller path accepted, without its query (docs/contract.md §3 caps the envelope's path
+#: at the same length).
 MAX_PATH_LENGTH = 2048
 
 #: The longest raw query accepted.

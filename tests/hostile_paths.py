@@ -1,4 +1,5 @@
-"""Caller paths the gateway must refuse with 400 ``invalid_path`` (SPEC §5), as plain data.
+"""Caller paths the gateway must refuse with 400 ``invalid_path`` (docs/contract.md §5), as plain
+data.
 
 Each entry is ``(id, path)``; ``path`` is what the invoke envelope's ``path`` field would carry
 (it may include ``?query``). The unit tests of :mod:`invoke_middleware.target` check each one;

@@ -1,4 +1,4 @@
-"""Specification of :mod:`invoke_middleware.headers` (SPEC §3, §4, §6)."""
+"""Specification of :mod:`invoke_middleware.headers` (docs/contract.md §3, §4, §6)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Property tests of the header rules (SPEC §4, §6): whatever a caller or a container sends,
-no hop-by-hop field, no field that ``Connection`` names, and none of the caller's
+"""Property tests of the header rules (docs/contract.md §4, §6): whatever a caller or a container
+sends, no hop-by-hop field, no field that ``Connection`` names, and none of the caller's
 credentials crosses the gateway, and the gateway's own fields appear exactly once."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The service model refuses records the gateway could not relay to safely (SPEC §2)."""
+"""The service model refuses records the gateway could not relay to safely (docs/contract.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Specification of :mod:`invoke_middleware.target` (SPEC §5)."""
+"""Specification of :mod:`invoke_middleware.target` (docs/contract.md §5)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Property tests of the target builder (SPEC §5): whatever path it accepts, every URL parser
-sees the service's own origin, and no decoding turns the path into one outside the base path.
+"""Property tests of the target builder (docs/contract.md §5): whatever path it accepts, every URL
+parser sees the service's own origin, and no decoding turns the path into one outside the base path.
 """
 
 from __future__ import annotations

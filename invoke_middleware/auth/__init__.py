@@ -1,4 +1,4 @@
-"""Who may call (SPEC §7): principals, resolvers, the policy and the stores they read.
+"""Who may call (docs/contract.md §7): principals, resolvers, the policy and the stores they read.
 
 :class:`JWTResolver` and :func:`team_from_header` are imported on first use, so importing the
 package never loads PyJWT and cryptography.

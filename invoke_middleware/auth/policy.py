@@ -1,4 +1,5 @@
-"""Authorization: one function decides whether a principal may do an action (SPEC §7)."""
+"""Authorization: one function decides whether a principal may do an action
+(docs/contract.md §7)."""
 
 from __future__ import annotations
 

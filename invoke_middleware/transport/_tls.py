@@ -29,7 +29,8 @@ def resolve_ssl_context(
     """The context a transport uses: the caller's own, or one built by :func:`create_ssl_context`.
 
     A caller's context is used as given (it may carry a client certificate for mTLS), but one
-    that would skip verification is refused: TLS to services is always verified (SPEC §5).
+    that would skip verification is refused: TLS to services is always verified
+    (docs/contract.md §5).
     """
     if ssl_context is None:
         return create_ssl_context(ca_bundle)

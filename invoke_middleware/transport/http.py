@@ -13,7 +13,7 @@ gateway's own errors::
         body = b"".join(response)
 
 ``request.headers`` must not carry ``Host``, ``Content-Length`` or ``Transfer-Encoding``
-(the relay strips them, SPEC §6); the transport writes those itself.
+(the relay strips them, docs/contract.md §6); the transport writes those itself.
 """
 
 from __future__ import annotations

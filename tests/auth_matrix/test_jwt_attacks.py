@@ -1,4 +1,4 @@
-"""Forged and unusable JWTs, sent through the real middleware (SPEC §7).
+"""Forged and unusable JWTs, sent through the real middleware (docs/contract.md §7).
 
 Three gateways: an HS256 secret, an RS256 public key, and an RS256 JWKS served from loopback;
 each checks ``iss`` and ``aud``. Every attack is aimed at the Owner's account, so a token that

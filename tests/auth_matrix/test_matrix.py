@@ -1,7 +1,8 @@
-"""Who may call what (SPEC §7, §8), cell by cell, through the real middleware.
+"""Who may call what (docs/contract.md §7, §8), cell by cell, through the real middleware.
 
 Every credential kind, by every role, on every route, in every team situation. The expected answer
-of each cell comes from :func:`expected`, written from the SPEC's tables, not from the code.
+of each cell comes from :func:`expected`, written from the tables of docs/contract.md §7, not from
+the code.
 
 Team situations:
 
@@ -56,7 +57,7 @@ NOT_FOUND = Outcome(404, "service_not_found")
 
 
 def expected(kind: str, role: str, route: str, situation: str) -> Outcome:
-    """The SPEC's answer for one cell.
+    """The contract's answer (docs/contract.md §7, §8) for one cell.
 
     §7: ``ak-`` keys and anything that is not a valid credential are 401. A JWT acts in the
     ``X-Team-ID`` team (missing → 400 ``missing_team``, malformed → 400); ``sk-`` and ``dk-``

@@ -2,7 +2,7 @@
 
 ``GET /r/containers`` and ``GET /r/containers/{slug}`` answer with metadata only: not the
 deployed service's upstream URL, not an external service's URL, not its credential reference
-(SPEC §2). Checked on the raw response text, for every kind of caller allowed to list.
+(docs/contract.md §2). Checked on the raw response text, for every kind of caller allowed to list.
 """
 
 from __future__ import annotations

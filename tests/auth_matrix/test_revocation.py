@@ -1,4 +1,5 @@
-"""Revocation, expiry, role changes and removals apply on the very next request (SPEC §7).
+"""Revocation, expiry, role changes and removals apply on the very next request
+(docs/contract.md §7).
 
 Every test runs twice: with the JWT resolver's verified-token cache off, and on
 (``cache_size=100``); a cached token must still meet the user's current role.

@@ -1,4 +1,5 @@
-"""GET /r/containers and GET /r/containers/{slug}: public metadata only (SPEC §1, §2)."""
+"""GET /r/containers and GET /r/containers/{slug}: public metadata only
+(docs/contract.md §1, §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Errors the gateway produces itself (SPEC §8): one shape, a marker, a request id, no leaks."""
+"""Errors the gateway produces itself (docs/contract.md §8): one shape, a marker, a request id, no
+leaks."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""POST /r/invoke/{slug}: the structured envelope (SPEC §3), through a Flask host and WebTest
-against a real loopback upstream."""
+"""POST /r/invoke/{slug}: the structured envelope (docs/contract.md §3), through a Flask host and
+WebTest against a real loopback upstream."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Everything that is not a runtime route reaches the host untouched (SPEC §1)."""
+"""Everything that is not a runtime route reaches the host untouched (docs/contract.md §1)."""
 
 from __future__ import annotations
 

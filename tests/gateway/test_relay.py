@@ -1,5 +1,5 @@
-"""ANY /r/containers/{slug}/{tail}: the catch-all relay (SPEC §4), through WebTest against a
-real loopback upstream. Streaming, timing and large bodies are in tests/integration/."""
+"""ANY /r/containers/{slug}/{tail}: the catch-all relay (docs/contract.md §4), through WebTest
+against a real loopback upstream. Streaming, timing and large bodies are in tests/integration/."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""External services (SPEC §2, §5): reached over verified TLS through the egress transport,
-with ``Authorization`` from the secret resolver replacing whatever the caller sent."""
+"""External services (docs/contract.md §2, §5): reached over verified TLS through the egress
+transport, with ``Authorization`` from the secret resolver replacing whatever the caller sent."""
 
 from __future__ import annotations
 

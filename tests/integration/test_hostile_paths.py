@@ -1,5 +1,6 @@
-"""Every hostile path of SPEC §5, sent through a real server to a real upstream, is refused
-with 400 and never reaches the container: in the invoke envelope and on the raw catch-all."""
+"""Every hostile path of docs/contract.md §5, sent through a real server to a real upstream, is
+refused with 400 and never reaches the container: in the invoke envelope and on the raw
+catch-all."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def gateway(upstream: RecordingUpstream) -> Iterator[RunningGateway]:
 
 
 def _schema_refuses(path: str) -> bool:
-    # SPEC §3: the envelope's path begins with "/" but not "//" and has at most 2048 characters.
+    # docs/contract.md §3: the envelope's path begins with "/" but not "//" and has at most 2048
+    # characters.
     return not path.startswith("/") or path.startswith("//") or len(path) > 2048
 
 

@@ -1,5 +1,6 @@
-"""The catch-all relay (SPEC §4) and its errors (SPEC §8), end to end: a Flask host wrapped
-by the middleware on a real WSGI server, real upstreams on loopback, real clients."""
+"""The catch-all relay (docs/contract.md §4) and its errors (docs/contract.md §8), end to end: a
+Flask host wrapped by the middleware on a real WSGI server, real upstreams on loopback, real
+clients."""
 
 from __future__ import annotations
 
