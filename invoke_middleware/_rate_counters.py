@@ -33,6 +33,10 @@ class RateCounter(Protocol):
         """Count one request under each ``(key, window)``: ``(count, seconds to reset)``."""
         ...
 
+    def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` when the counts cannot be reached (readiness)."""
+        ...
+
 
 class LocalCounter:
     """Fixed windows in this process's memory, under one lock.
@@ -66,6 +70,9 @@ class LocalCounter:
                     del windows[key]
                 self._sweep_at = max(self._MIN_SWEEP, 2 * len(windows))
         return counts
+
+    def ping(self) -> None:
+        """The counts are in this process: always reachable."""
 
     def __len__(self) -> int:
         """Windows held (for tests and diagnostics)."""
@@ -111,6 +118,12 @@ class RedisCounter:
         return [
             (int(replies[i]), max(int(replies[i + 1]), 0) / 1000) for i in range(0, len(replies), 2)
         ]
+
+    def ping(self) -> None:
+        try:
+            self._storage.get_connection().ping()
+        except self._redis_error as exc:
+            raise StoreUnavailable from exc
 
 
 def open_counter(settings: LimitSettings) -> RateCounter:

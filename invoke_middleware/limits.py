@@ -54,6 +54,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from invoke_middleware._rate_counters import (
+    LocalCounter,
     RateCounter,
     StoreUnavailable,
     open_counter,
@@ -425,6 +426,17 @@ class Limiter:
     def in_flight(self) -> int:
         """Relays holding a slot in this process."""
         return self._in_flight.held()
+
+    @property
+    def shares_store(self) -> bool:
+        """Whether rates are counted in a store outside this process (Redis)."""
+        return self._counter is not None and not isinstance(self._counter, LocalCounter)
+
+    def check_store(self) -> None:
+        """Raise :class:`StoreUnavailable` when the rate-limit store cannot be reached (for
+        readiness checks; requests apply ``fail_open`` instead)."""
+        if self._counter is not None:
+            self._counter.ping()
 
     def admit(
         self, principal: Principal, service: Service, *, route: str, request_id: str

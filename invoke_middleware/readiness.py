@@ -12,7 +12,9 @@ timeout. A host that embeds the middleware calls the same check::
     result.as_json()            # {"status": "ready", "probes": {"store": "ok"}}
 
 A probe is any callable that returns when its dependency works and raises when it does not.
-Another one (Redis, once limits use it) is one more entry in the mapping.
+:func:`limiter_probe` asks the rate-limit store (Redis) of a
+:class:`~invoke_middleware.limits.Limiter` whose budgets are shared; the standalone gateway
+adds it as ``rate_limits`` when ``[limits]`` counts in Redis.
 """
 
 from __future__ import annotations
@@ -29,9 +31,18 @@ import sqlalchemy as sa
 from invoke_middleware.store import _schema
 
 if TYPE_CHECKING:
+    from invoke_middleware.limits import Limiter
     from invoke_middleware.store.sql import SQLStore
 
-__all__ = ["DEFAULT_TIMEOUT", "Probe", "ProbeResult", "Readiness", "ReadinessCheck", "store_probe"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Probe",
+    "ProbeResult",
+    "Readiness",
+    "ReadinessCheck",
+    "limiter_probe",
+    "store_probe",
+]
 
 logger = logging.getLogger("invoke_middleware.readiness")
 
@@ -133,6 +144,11 @@ class ReadinessCheck:
             else:
                 results.append(ProbeResult(name=name, ok=False, problem="timeout"))
         return Readiness(probes=tuple(results))
+
+
+def limiter_probe(limiter: Limiter) -> Probe:
+    """A probe that asks the rate-limit store (Redis) for a ``PING``."""
+    return limiter.check_store
 
 
 def store_probe(store: SQLStore) -> Probe:

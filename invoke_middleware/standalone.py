@@ -30,7 +30,7 @@ from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
 from invoke_middleware.limits import LimitHook, fair_share
 from invoke_middleware.logging_hook import RelayLogger
 from invoke_middleware.middleware import InvokeMiddleware
-from invoke_middleware.readiness import Readiness, ReadinessCheck, store_probe
+from invoke_middleware.readiness import Readiness, ReadinessCheck, limiter_probe, store_probe
 from invoke_middleware.store.sql import SQLStore
 
 if TYPE_CHECKING:
@@ -242,6 +242,14 @@ def build_standalone_app(
     except BaseException:
         store.close()
         raise
+    limiter = app.pipeline.limiter
+    if limiter is not None and limiter.shares_store:
+        # Budgets shared through Redis: without it requests are served or refused per
+        # fail_open, and a load balancer should know either way.
+        readiness = ReadinessCheck(
+            {"store": store_probe(store), "rate_limits": limiter_probe(limiter)}
+        )
+        host.readiness = readiness
     wsgi: WSGIApplication = app if registry is None else _ProcessRequests(app, registry)
     return StandaloneApp(app=app, store=store, readiness=readiness, wsgi=wsgi)
 
