@@ -63,7 +63,6 @@ from invoke_middleware.transport.base import (
     UpstreamRequest,
     UpstreamResponse,
 )
-from invoke_middleware.transport.http import HTTPTransport
 
 logger = logging.getLogger("invoke_middleware")
 
@@ -178,9 +177,9 @@ class Pipeline:
         self.resolvers = tuple(resolvers)
         # Each default is a pool of its own: connections to external services never share a
         # pool (nor its TLS settings) with the deployed services'.
-        self.transport = transport if transport is not None else HTTPTransport()
+        self.transport = transport if transport is not None else _default_transport()
         self.egress_transport = (
-            egress_transport if egress_transport is not None else HTTPTransport()
+            egress_transport if egress_transport is not None else _default_transport()
         )
         self.policy = policy
         self.secret_resolver = secret_resolver
@@ -532,3 +531,14 @@ def _safe_reason(reason: str, status: int) -> str:
     if reason and reason.isascii() and reason.isprintable() and len(reason) <= 64:
         return reason
     return reason_phrase(status)
+
+
+def _default_transport() -> Transport:
+    """A pooled :class:`~invoke_middleware.transport.http.HTTPTransport` of its own.
+
+    Imported here, not at the top: http.client, ssl and email cost a third of the package's
+    import time, and a host that brings its own transports never needs them.
+    """
+    from invoke_middleware.transport.http import HTTPTransport  # noqa: PLC0415
+
+    return HTTPTransport()
