@@ -12,9 +12,11 @@ from __future__ import annotations
 import uuid
 from contextlib import ExitStack
 
+import pytest
 import requests
 
 from tests.cli.conftest import Workspace, running_gateway
+from tests.cli.test_server_limits import ENGINES, set_server
 from tests.limits.test_limits_relay import Stream
 from tests.toolkit.upstream import Received, RecordingUpstream
 from tests.upstreams import RawUpstream
@@ -24,9 +26,13 @@ THREADS = 8
 TEAM_SHARE = THREADS // 2
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_one_teams_slow_streams_leave_threads_for_another_team(
-    workspace: Workspace, upstream: RecordingUpstream, raw_upstream: RawUpstream
+    workspace: Workspace, upstream: RecordingUpstream, raw_upstream: RawUpstream, engine: str
 ) -> None:
+    # One process: the share is of each process's threads (with N processes, a team holds at
+    # most half of each, wherever the kernel sends its connections).
+    set_server(workspace, engine=engine, workers=1)
     slow_team = workspace.team
     other_team = uuid.uuid4()
     workspace.run(
