@@ -447,7 +447,17 @@ class _ToolCall:
         if service.get("service_status") != "running":
             return {"status": "not_running"}
         principal = self.principal
-        key = (principal.team_id, principal.kind, principal.credential_id, slug, url)
+        # Cached per caller as the pipeline would judge it: a user token may carry no credential
+        # id, and a Viewer must not be handed a document a Member's relay fetched.
+        key = (
+            principal.team_id,
+            principal.kind,
+            principal.credential_id,
+            principal.user_id,
+            principal.role,
+            slug,
+            url,
+        )
         cached = self.endpoint.cached_openapi(key)
         if cached is not None:
             return cached

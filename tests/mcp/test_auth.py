@@ -24,7 +24,7 @@ from invoke_middleware import (
 )
 from tests.auth_matrix.conftest import hs256_resolver, user_token
 from tests.mcp.conftest import Agent, StatelessAgent
-from tests.toolkit.world import OTHER_TEAM, TEAM, World
+from tests.toolkit.world import OTHER_TEAM, TEAM, World, make_service
 
 ECHO_CALL = {"service_slug": "echo", "method": "POST", "path": "/from-mcp"}
 
@@ -249,3 +249,22 @@ def test_a_key_revoked_between_calls_is_refused_on_the_next_one(
     world.upstream.received.clear()
     world.started.clear()
     assert_refused_untouched(world, call_echo(agent, status=401), 401, "unauthenticated")
+
+
+def test_an_openapi_document_a_member_fetched_is_not_handed_to_a_viewer(
+    make_world: Callable[..., World],
+) -> None:
+    world = jwt_world(make_world, ALL_KINDS)
+    world.registry.add(make_service("documented", world.upstream.url, openapi_url="/openapi.json"))
+    team = {"X-Team-ID": str(TEAM)}
+    member = Agent(world, key="jwt-member", version="2025-11-25", headers=dict(team))
+    viewer = Agent(world, key="jwt-viewer", version="2025-11-25", headers=dict(team))
+
+    fetched = member.call("get_container_service", {"service_slug": "documented"})
+    assert fetched.json["result"]["structuredContent"]["openapi"]["status"] == "included"
+    seen = viewer.call("get_container_service", {"service_slug": "documented"})
+
+    # The Viewer may read the metadata, but the document comes through a relay it may not make.
+    assert seen.json["result"]["structuredContent"]["service"]["slug"] == "documented"
+    assert seen.json["result"]["structuredContent"]["openapi"]["status"] != "included"
+    assert [r.target for r in world.upstream.received] == ["/openapi.json"]
