@@ -29,6 +29,10 @@ HEAVY_MODULES = [
     "werkzeug",
     "limits",
     "redis",
+    "a2wsgi",
+    # The default transport's own imports: loaded when a pipeline needs one, not before.
+    "http.client",
+    "ssl",
     "invoke_middleware.testing",
 ]
 
