@@ -32,10 +32,11 @@ def _relayed(served: Served) -> dict[str, float]:
 
 
 def _burst(url: str, key: str, count: int) -> list[int]:
-    """``count`` requests over fresh connections, 4 at a time (each may reach any process).
+    """``count`` requests over fresh connections, 2 at a time (each may reach any process).
 
-    Four, not more: the fair-share default lets one team hold half of a process's 8 threads,
-    and all four may reach the same process.
+    Two: the fair-share default lets one team hold half of a process's 8 threads, and a slot is
+    given back when the server closes the body, which may be just after the client has read it
+    and sent its next request; two clients hold at most four slots even then.
     """
 
     def one(_: int) -> int:
@@ -44,7 +45,7 @@ def _burst(url: str, key: str, count: int) -> list[int]:
                 url, headers={"Authorization": f"Bearer {key}"}, timeout=20
             ).status_code
 
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(2) as pool:
         return list(pool.map(one, range(count)))
 
 
