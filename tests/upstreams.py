@@ -194,14 +194,16 @@ class RawUpstream:
 
     Connections are kept alive between requests unless a handler closes them.
     ``connections_accepted`` counts TCP connections; ``dropped`` counts requests that were
-    read and then met with a close (see ``/drop-next``).
+    read and then met with a close (see ``/drop-next``). With ``ssl_context`` (a server
+    context) it speaks HTTPS.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._ssl_context = ssl_context
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.05)
         self.port: int = self._listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.port}"
         self.connections_accepted = 0
         self.dropped = 0
         #: Set when ``/close-after-response`` closed its connection.
@@ -245,7 +247,23 @@ class RawUpstream:
             thread.start()
             self._threads.append(thread)
 
+    def _start_tls(self, connection: _Connection) -> bool:
+        """Wrap the connection in TLS when the upstream speaks HTTPS; ``False`` when the
+        handshake failed (the connection is closed)."""
+        if self._ssl_context is None:
+            return True
+        try:
+            tls = self._ssl_context.wrap_socket(connection.sock, server_side=True)
+        except OSError:
+            connection.close()
+            return False
+        # The same connection object, so that stopping the server still reaches it.
+        connection.sock, connection.reader = tls, tls.makefile("rb")
+        return True
+
     def _serve(self, connection: _Connection) -> None:
+        if not self._start_tls(connection):
+            return
         drop_next = False
         try:
             while not self._stop.is_set():

@@ -23,7 +23,8 @@ import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+
+from tests.upstreams import RawUpstream, _Closed, _Connection
 
 #: The body of every forged response: whoever reads it got bytes meant for someone else.
 LEFTOVER = b"LEFTOVER-MEANT-FOR-ANOTHER-CALLER"
@@ -116,76 +117,31 @@ CASES: dict[str, Misbehaviour] = {
 }
 
 
-class HostileUpstream:
-    """The server; ``tls`` (a server context) makes it speak HTTPS. Use as a context manager.
+class HostileUpstream(RawUpstream):
+    """The server: the tests' :class:`~tests.upstreams.RawUpstream` (its listener, threads,
+    TLS and request reader) answering :data:`CASES` instead of its own paths. ``tls`` (a server
+    context) makes it speak HTTPS. Use as a context manager.
 
-    ``connections`` counts accepted connections; ``later_written`` counts the times bytes
-    kept for later were actually written.
+    ``connections_accepted`` counts accepted connections; ``later_written`` counts the times
+    bytes kept for later were actually written.
     """
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self._tls = tls
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        port = self._listener.getsockname()[1]
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-        self.connections = 0
+        super().__init__(ssl_context=tls)
         self.later_written = 0
         self.late_written = threading.Event()
         #: Set once every part of a case has been written (handed to the kernel).
         self.case_written = threading.Event()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._open: set[socket.socket] = set()
 
-    def __enter__(self) -> HostileUpstream:
-        thread = threading.Thread(target=self._accept_loop)
-        thread.start()
-        self._threads.append(thread)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        with self._lock:
-            for sock in list(self._open):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-        for thread in list(self._threads):
-            thread.join(_MAX_WAIT)
-        self._listener.close()
-
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                raw, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            raw.settimeout(_MAX_WAIT)
-            # Each part goes out as written: no coalescing of writes by Nagle's algorithm.
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self.connections += 1
-                self._open.add(raw)
-            thread = threading.Thread(target=self._serve, args=(raw,))
-            thread.start()
-            self._threads.append(thread)
-
-    def _serve(self, raw: socket.socket) -> None:
-        sock = raw
+    def _serve(self, connection: _Connection) -> None:
+        if not self._start_tls(connection):
+            return
+        sock = connection.sock
         try:
-            if self._tls is not None:
-                # The wrapped socket takes over the descriptor; the raw one is detached.
-                sock = self._tls.wrap_socket(raw, server_side=True)
-                with self._lock:
-                    self._open.discard(raw)
-                    self._open.add(sock)
-            reader: BinaryIO = sock.makefile("rb")
             later = b""
             while not self._stop.is_set():
-                target = _read_request(reader)
-                if target is None:
-                    return
+                head, _, _, _ = self._read_request(connection)
+                target = head.decode("latin-1").split(" ", 2)[1]
                 if later:
                     sock.sendall(later)
                     later = b""
@@ -216,13 +172,13 @@ class HostileUpstream:
                 if case.then == "drip-interim":
                     self._drip_interim(sock)
                     return
-        except (OSError, ValueError):
+        except (_Closed, OSError, ValueError):
             return
         finally:
             with self._lock:
-                self._open.discard(sock)
+                self._open.discard(connection)
             with contextlib.suppress(OSError):
-                sock.close()
+                connection.close()
 
     def _drip_interim(self, sock: socket.socket) -> None:
         """A ``103`` every 50 ms until the client leaves: a head that never ends."""
@@ -238,27 +194,6 @@ class HostileUpstream:
                     return
             except TimeoutError:
                 continue
-
-
-def _read_request(reader: BinaryIO) -> str | None:
-    """Read one request (head and ``Content-Length`` body); return its target, or ``None``
-    when the client closed the connection."""
-    readline = reader.readline
-    line = readline(65537)
-    if not line:
-        return None
-    _, target, _ = line.decode("latin-1").split(" ", 2)
-    length = 0
-    while True:
-        field = readline(65537)
-        if field in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = field.decode("latin-1").partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value)
-    if length:
-        reader.read(length)
-    return target
 
 
 @contextlib.contextmanager

@@ -44,23 +44,9 @@ class HostileUpstream(RawUpstream):
     ``ssl_context`` (a server context) is given."""
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
-        super().__init__()
-        self._ssl_context = ssl_context
-        if ssl_context is not None:
-            self.url = self.url.replace("http://", "https://", 1)
+        super().__init__(ssl_context=ssl_context)
         #: Set when a late path has sent its planted bytes.
         self.late_sent = threading.Event()
-
-    def _serve(self, connection: _Connection) -> None:
-        if self._ssl_context is not None:
-            try:
-                tls = self._ssl_context.wrap_socket(connection.sock, server_side=True)
-            except OSError:
-                connection.close()
-                return
-            # The same connection object, so that stopping the server still reaches it.
-            connection.sock, connection.reader = tls, tls.makefile("rb")
-        super()._serve(connection)
 
     def _head(self, body_length: int) -> bytes:
         return (
