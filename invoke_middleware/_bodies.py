@@ -9,7 +9,7 @@ fails half-way re-raises so the server aborts the connection instead of ending i
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from invoke_middleware.errors import (
     InvalidRequestError,
@@ -23,6 +23,14 @@ from invoke_middleware.request import PipelineRequest
 from invoke_middleware.transport.base import UpstreamResponse
 
 logger = logging.getLogger("invoke_middleware")
+
+
+def close_body(body: Iterable[bytes]) -> None:
+    """Call ``body.close()`` when it has one (PEP 3333: a server closes what it was given)."""
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+
 
 _READ_SIZE = 64 * 1024
 

@@ -38,6 +38,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 from a2wsgi import WSGIMiddleware
 
+from invoke_middleware._bodies import close_body
 from invoke_middleware.errors import InvalidRequestError
 from invoke_middleware.middleware import InvokeMiddleware
 
@@ -136,9 +137,7 @@ class _UntilClientLeaves:
             yield chunk
 
     def close(self) -> None:
-        close = getattr(self._body, "close", None)
-        if close is not None:
-            close()
+        close_body(self._body)
 
 
 def _request_uri(scope: Scope) -> str | None:

@@ -53,6 +53,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from invoke_middleware._bodies import close_body
 from invoke_middleware._rate_counters import (
     LocalCounter,
     RateCounter,
@@ -309,9 +310,7 @@ class _HeldBody:
 
     def close(self) -> None:
         try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
+            close_body(self._body)
         finally:
             self._admission.release()
 

@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
 
+from invoke_middleware._bodies import close_body
 from invoke_middleware.auth.base import AuthResolver
 from invoke_middleware.auth.credentials import CredentialResolver
 from invoke_middleware.auth.policy import Policy, default_policy
@@ -129,9 +130,7 @@ class InvokeMiddleware:
         except BaseException:
             # The server refused the headers: the body will never be iterated or closed by
             # it, so release the upstream connection here.
-            close = getattr(response.body, "close", None)
-            if close is not None:
-                close()
+            close_body(response.body)
             raise
         return response.body
 

@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         "install the otel extra: pip install 'invoke_middleware[otel]'"
     ) from exc
 
+from invoke_middleware._bodies import close_body
 from invoke_middleware.errors import ERROR_MARKER_HEADER, REQUEST_ID_HEADER, as_gateway_error
 from invoke_middleware.routing import RouteKind, Router
 from invoke_middleware.transport.base import (
@@ -403,9 +404,7 @@ class _TracedBody:
 
     def close(self) -> None:
         try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
+            close_body(self._body)
         finally:
             self._end()
 

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any, Final
 
-from invoke_middleware._bodies import read_capped
+from invoke_middleware._bodies import close_body, read_capped
 from invoke_middleware.auth.principal import CredentialKind, Principal
 from invoke_middleware.errors import (
     ERROR_MARKER_HEADER,
@@ -577,9 +577,7 @@ def _drain(body: Iterable[bytes]) -> bytes:
     try:
         return b"".join(body)
     finally:
-        close = getattr(body, "close", None)
-        if close is not None:
-            close()
+        close_body(body)
 
 
 def _phrase(status: int) -> str:
