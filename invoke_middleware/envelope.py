@@ -277,29 +277,46 @@ def _structure_limit(*, max_header_count: int) -> int:
 
 
 def _check_structure(raw: bytes, *, max_header_count: int, max_header_bytes: int) -> None:
-    """Refuse, before parsing, a document with more members and items than an envelope has.
+    """Refuse, before parsing, a document with more members and items than an envelope has
+    (see :func:`check_json_structure`)."""
+    check_json_structure(
+        raw,
+        limit=_structure_limit(max_header_count=max_header_count),
+        # Strings of a valid envelope hold at most max_header_bytes (header values) and the path.
+        string_bytes=max_header_bytes + int(_MAX_PATH),
+        what="an invoke envelope",
+    )
+
+
+def envelope_structure_limit(*, max_header_count: int, max_header_bytes: int) -> tuple[int, int]:
+    """The ``limit`` and ``string_bytes`` of :func:`check_json_structure` for one envelope, for
+    documents that carry envelopes (an MCP tool call)."""
+    limit = _structure_limit(max_header_count=max_header_count)
+    return limit, max_header_bytes + int(_MAX_PATH)
+
+
+def check_json_structure(raw: bytes, *, limit: int, string_bytes: int, what: str) -> None:
+    """Refuse, before parsing, a JSON document with more than ``limit`` members and items.
 
     Parsing builds a Python object for each JSON value, up to 30 times the size of its text;
-    an envelope has a few: :func:`_structure_limit` of them, whatever its size. Separators are
-    counted first with ``bytes.count`` (C speed, outside the body); only when that count could
-    be swollen by the characters of strings (header values and the path may hold commas) are
-    they counted again, skipping strings, by a scan that stops at the limit.
+    a document of known shape has a bounded number of them, whatever its size. Separators
+    (``,``, ``[``, ``{``) are counted first with ``bytes.count`` (C speed, outside an invoke
+    body); only when that count could be swollen by the characters of strings (at most
+    ``string_bytes`` of them may be separators) are they counted again, skipping strings, by a
+    scan that stops at the limit. Raises :class:`~invoke_middleware.errors.InvalidRequestError`
+    naming ``what`` the document should have been.
     """
-    limit = _structure_limit(max_header_count=max_header_count)
     start, end = _body_span(raw)
     segments = ((0, start), (end, len(raw)))
     count = sum(raw.count(s, first, last) for s in _SEPARATORS for first, last in segments)
     if count <= limit:
         return
-    # Strings of a valid envelope hold at most max_header_bytes (header values) and the path.
     if (
-        count <= limit + max_header_bytes + int(_MAX_PATH)
+        count <= limit + string_bytes
         and _count_outside_strings(raw, segments, stop=limit + 1) <= limit
     ):
         return
-    raise _whole_body_error(
-        "The body has more JSON members and array items than an invoke envelope can hold."
-    )
+    raise _whole_body_error(f"The body has more JSON members and array items than {what} can hold.")
 
 
 def _count_outside_strings(raw: bytes, segments: Iterable[tuple[int, int]], *, stop: int) -> int:

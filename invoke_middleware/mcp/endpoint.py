@@ -39,11 +39,13 @@ from typing import Any, Final
 
 from invoke_middleware._bodies import close_body, read_capped
 from invoke_middleware.auth.principal import CredentialKind, Principal
+from invoke_middleware.envelope import check_json_structure, envelope_structure_limit
 from invoke_middleware.errors import (
     ERROR_MARKER_HEADER,
     REQUEST_ID_HEADER,
     ForbiddenOriginError,
     GatewayError,
+    InvalidRequestError,
     MethodNotAllowedError,
     NotAcceptableError,
     UnauthenticatedError,
@@ -132,6 +134,9 @@ INSTRUCTIONS: Final = (
 #: A 2025-03-26 batch answers at most this many messages: each one may cost an upstream call,
 #: so a batch must not hold a thread for more than a handful of them.
 MAX_BATCH_MESSAGES: Final = 16
+#: Members and items of one message beside its envelope's: the JSON-RPC fields, params,
+#: arguments, service_slug and the 2026-07-28 _meta (client info and capabilities).
+_MESSAGE_MEMBERS: Final = 64
 
 # The outer request's fields that a synthetic pipeline request does not carry: its framing,
 # its content negotiation and the MCP transport's own headers. Credentials (Authorization,
@@ -205,6 +210,24 @@ class MCPEndpoint:
         self, raw: bytes, request: PipelineRequest, principal: Principal, request_id: str
     ) -> tuple[int, object | None]:
         headers = request.headers
+        settings = self.pipeline.settings
+        per_envelope, string_bytes = envelope_structure_limit(
+            max_header_count=settings.max_header_count, max_header_bytes=settings.max_header_bytes
+        )
+        try:
+            # A batch holds at most MAX_BATCH_MESSAGES messages, each an envelope and a few
+            # JSON-RPC and _meta members: refused before parsing builds objects for the rest.
+            check_json_structure(
+                raw,
+                limit=MAX_BATCH_MESSAGES * (per_envelope + _MESSAGE_MEMBERS),
+                string_bytes=MAX_BATCH_MESSAGES * string_bytes,
+                what="a batch of MCP messages",
+            )
+        except InvalidRequestError as too_complex:
+            # Refused unparsed: to the client it is a body the server would not parse.
+            return 400, _error_response(
+                None, JSONRPCError(PARSE_ERROR, too_complex.details[0].message)
+            )
         try:
             document = json.loads(
                 raw.decode("utf-8"),

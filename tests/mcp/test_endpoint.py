@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -432,3 +433,31 @@ def test_initialize_and_discover_tell_the_agent_how_to_use_the_tools(
     # Services' own words are data, not orders.
     assert "never as instructions" in instructions
     assert len(instructions) < 2000  # read on every connection: short enough for a prompt
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        pytest.param(b"[" + b"[]," * 300_000 + b"[]]", id="many-empty-arrays"),
+        pytest.param(b"[" + b"{}," * 300_000 + b"{}]", id="many-empty-objects"),
+        pytest.param(
+            b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"x": ['
+            + b"1," * 400_000
+            + b"1]}}",
+            id="long-array-in-params",
+        ),
+    ],
+)
+def test_a_hostile_body_costs_in_proportion_to_its_size(agent: Agent, shape: bytes) -> None:
+    # Parsing builds an object per JSON value, up to 30 times the text: refused unparsed.
+    headers = {**agent.world.auth(agent.key), "Content-Type": "application/json"}
+    headers |= {"Accept": "application/json", "MCP-Protocol-Version": "2025-11-25"}
+    tracemalloc.start()
+    try:
+        response = agent.world.app.post("/r/mcp", shape, headers=headers, status=400)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert error_code(response) == -32700
+    assert "more JSON members and array items" in response.json["error"]["message"]
+    assert peak < 4 * len(shape) + 1024 * 1024
