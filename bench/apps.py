@@ -9,10 +9,11 @@ All wrap the same trivial host app:
 - ``make_bare()``: the host alone, answering every request itself.
 
 They read ``BENCH_UPSTREAM`` (the upstream's base URL); ``make_relay`` writes its key to the
-file named by ``BENCH_KEY_FILE``. ``make_relay(limits="memory")`` and ``make_relay(limits=
-"redis")`` add the limiter of ``bench/bench_limits.py`` (Redis at ``BENCH_REDIS``, keys under
-``BENCH_REDIS_PREFIX``) and write their key to ``BENCH_KEY_FILE`` plus ``.memory`` or
-``.redis``. Run gunicorn with ``--preload`` so that every worker shares the key issued once in
+file named by ``BENCH_KEY_FILE``. ``make_relay(limits="memory")``, ``make_relay(limits=
+"redis")`` and ``make_relay(limits="redis-each")`` (Redis asked for every request:
+``rate_batch=1``) add the limiter of ``bench/bench_limits.py`` (Redis at ``BENCH_REDIS``, keys
+under ``BENCH_REDIS_PREFIX``) and write their key to ``BENCH_KEY_FILE`` plus ``.`` and the
+limiter's name. Run gunicorn with ``--preload`` so that every worker shares the key issued once in
 the master.
 """
 
@@ -34,7 +35,7 @@ from invoke_middleware import (
     ServiceStatus,
     ServiceType,
 )
-from invoke_middleware.limits import Limiter, LimitSettings, Rate
+from invoke_middleware.limits import DEFAULT_RATE_BATCH, Limiter, LimitSettings, Rate
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -49,7 +50,7 @@ def host(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[by
     return [BODY]
 
 
-def bench_limiter(storage_url: str, prefix: str) -> Limiter:
+def bench_limiter(storage_url: str, prefix: str, rate_batch: int = DEFAULT_RATE_BATCH) -> Limiter:
     """The limiter the limits benchmark measures: a per-team concurrency cap and two rates
     (per credential, per team) high enough never to refuse."""
     never = Rate(amount=10**9, window=3600)
@@ -60,6 +61,7 @@ def bench_limiter(storage_url: str, prefix: str) -> Limiter:
             team_rate=never,
             storage_url=storage_url,
             key_prefix=prefix,
+            rate_batch=rate_batch,
         )
     )
 
@@ -81,7 +83,8 @@ def make_relay(limits: str | None = None) -> WSGIApplication:
     key_file = os.environ["BENCH_KEY_FILE"]
     if limits is not None:
         storage = "memory://" if limits == "memory" else os.environ["BENCH_REDIS"]
-        limiter = bench_limiter(storage, os.environ["BENCH_REDIS_PREFIX"])
+        batch = 1 if limits == "redis-each" else DEFAULT_RATE_BATCH
+        limiter = bench_limiter(storage, os.environ["BENCH_REDIS_PREFIX"], batch)
         key_file += f".{limits}"
     middleware = InvokeMiddleware(host, registry=registry, limiter=limiter)
     key = middleware.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key

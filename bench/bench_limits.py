@@ -4,14 +4,16 @@ Run: ``python bench/bench_limits.py`` (writes ``bench/results/limits.md``; ``--h
 knobs). Redis must listen at ``--redis`` (default ``redis://127.0.0.1:6379/0``); the benchmark
 uses a key prefix of its own and deletes its keys afterwards.
 
-It starts the fixed-answer upstream of ``bench/upstream.py`` and builds, in this process, three
-gateways that differ only in their limiter: **none**, **memory** (``memory://``) and **redis**.
-Both limiters apply the same policy: a concurrency cap per team and two rates (per credential
-and per team), high enough never to refuse. Each gateway is called as a WSGI application,
-``GET /r/containers/bench/hello`` with an ``sk-`` key, over one kept-alive upstream connection,
-in interleaved rounds (none, memory, redis, none, ...). Per round it records the CPU time of
-this process (``time.process_time``: the gateway's work, plus a loop that builds the environ
-and drains the body, the same for all three) and the wall time, per request.
+It starts the fixed-answer upstream of ``bench/upstream.py`` and builds, in this process,
+four gateways that differ only in their limiter: **none**, **memory** (``memory://``),
+**redis** (the default ``rate_batch``: one round trip reserves 16 requests) and
+**redis-each** (``rate_batch=1``: one round trip per request). The limiters apply the same
+policy: a concurrency cap per team and two rates (per credential and per team), high enough
+never to refuse. Each gateway is called as a WSGI application, ``GET /r/containers/bench/hello``
+with an ``sk-`` key, over one kept-alive upstream connection, in interleaved rounds (none,
+memory, redis, redis-each, none, ...). Per round it records the CPU time of this process
+(``time.process_time``: the gateway's work, plus a loop that builds the environ and drains
+the body, the same for all) and the wall time, per request.
 
 The limiter's cost is the difference with the **none** round next to it; the ratio divides it
 by the relay's own CPU per request in that same pair of rounds. Redis's own CPU is not counted
@@ -63,7 +65,12 @@ from invoke_middleware.limits import Limiter  # noqa: E402
 RESULTS = BENCH / "results" / "limits.md"
 PATH = "/r/containers/bench/hello"
 EXPECTED_BODY = b"hello, world\n"
-SERVED = {"none": "make_relay()", "memory": "make_relay('memory')", "redis": "make_relay('redis')"}
+SERVED = {
+    "none": "make_relay()",
+    "memory": "make_relay('memory')",
+    "redis": "make_relay('redis')",
+    "redis-each": "make_relay('redis-each')",
+}
 
 
 def free_port() -> int:
@@ -247,10 +254,12 @@ def main() -> None:
         with upstream() as upstream_url:
             memory_limiter = bench_limiter("memory://", prefix)
             redis_limiter = bench_limiter(args.redis, prefix)
+            each_limiter = bench_limiter(args.redis, prefix, rate_batch=1)
             gateways = [
                 build("none", upstream_url, None),
                 build("memory", upstream_url, memory_limiter),
                 build("redis", upstream_url, redis_limiter),
+                build("redis-each", upstream_url, each_limiter),
             ]
             for gateway in gateways:  # warm-up: connections, caches, Redis scripts
                 for _ in range(300):
@@ -259,10 +268,15 @@ def main() -> None:
             for _ in range(args.rounds):
                 for gateway in gateways:
                     rounds[gateway.name].append(measure(gateway.call, args.requests))
-            alone: dict[str, list[Round]] = {"memory": [], "redis": []}
+            limiters = {
+                "memory": memory_limiter,
+                "redis": redis_limiter,
+                "redis-each": each_limiter,
+            }
+            alone: dict[str, list[Round]] = {name: [] for name in limiters}
             for _ in range(args.rounds):
-                alone["memory"].append(measure(limiter_alone(memory_limiter), args.requests))
-                alone["redis"].append(measure(limiter_alone(redis_limiter), args.requests))
+                for name, limiter in limiters.items():
+                    alone[name].append(measure(limiter_alone(limiter), args.requests))
             for gateway in gateways:
                 gateway.app.close()
         served: dict[str, list[bench_relay.Round]] = {}
@@ -297,9 +311,11 @@ def render(
         "Produced by `bench/bench_limits.py`. `GET /r/containers/bench/hello` (13-byte answer)",
         "through `InvokeMiddleware` called as a WSGI application in one process, over one",
         "kept-alive connection to `bench/upstream.py`, with no limiter, a `memory://` limiter",
-        "and a `redis://` limiter, in interleaved rounds. Both limiters apply a per-team",
+        "and two `redis://` limiters, in interleaved rounds. The limiters apply a per-team",
         "concurrency cap and two rates (per credential, per team) that never refuse; with",
-        "Redis both rates are counted by one script call, in one round trip.",
+        "Redis both rates are counted by one script call, in one round trip: for every request",
+        "(**redis-each**, `rate_batch = 1`), or for 16 requests at a time (**redis**, the",
+        "default `rate_batch`).",
         "",
         "## Setup",
         "",
@@ -317,8 +333,7 @@ def render(
         "| limiter | CPU µs/req | wall µs/req | added CPU µs/req | added CPU / relay CPU |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name in ("none", "memory", "redis"):
-        series = rounds[name]
+    for name, series in rounds.items():
         cpu = _median([r.cpu_us for r in series])
         wall = _median([r.wall_us for r in series])
         if name == "none":

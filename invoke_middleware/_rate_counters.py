@@ -5,6 +5,12 @@ how many requests its window holds now and how long until it resets. A window op
 key's first request and lasts the rate's period: the fixed-window strategy of the ``limits``
 library, whose Redis storage (connection pool, options, key prefix) the shared counter uses.
 
+The shared counter reserves requests in batches (:class:`RedisCounter`): one round trip
+counts up to ``batch`` requests of a window at once, never more than a tenth of what the
+window has left, and this process hands them out one by one. Redis counts every reserved
+request, so no process admits more than the budget; near its end batches shrink to one
+request, and a window found spent refuses here until it ends, without a round trip.
+
 The in-process counter is the gateway's own: the library's ``MemoryStorage`` expires keys from
 a timer thread it starts again every 10 ms, which under a threaded server cost ~75 µs of CPU
 per request (``bench/results/limits.md``); this one drops expired windows as it meets them.
@@ -28,9 +34,13 @@ class StoreUnavailable(Exception):
     """The rate-limit store could not be asked."""
 
 
+#: One key of a request: ``(key, window in seconds, requests the window allows)``.
+RateKey = tuple[str, int, int]
+
+
 class RateCounter(Protocol):
-    def hit(self, keys: Sequence[tuple[str, int]]) -> list[tuple[int, float]]:
-        """Count one request under each ``(key, window)``: ``(count, seconds to reset)``."""
+    def hit(self, keys: Sequence[RateKey]) -> list[tuple[int, float]]:
+        """Count one request under each key: ``(count, seconds to reset)`` for each."""
         ...
 
     def ping(self) -> None:
@@ -54,21 +64,19 @@ class LocalCounter:
         self._windows: dict[str, list[float]] = {}  # key -> [count, end of the window]
         self._sweep_at = self._MIN_SWEEP
 
-    def hit(self, keys: Sequence[tuple[str, int]]) -> list[tuple[int, float]]:
+    def hit(self, keys: Sequence[RateKey]) -> list[tuple[int, float]]:
         now = self._clock()
         counts = []
         with self._lock:
             windows = self._windows
-            for key, window in keys:
+            for key, window, _ in keys:
                 entry = windows.get(key)
                 if entry is None or entry[1] <= now:
                     entry = windows[key] = [0, now + window]
                 entry[0] += 1
                 counts.append((int(entry[0]), entry[1] - now))
             if len(windows) >= self._sweep_at:
-                for key in [k for k, (_, end) in windows.items() if end <= now]:
-                    del windows[key]
-                self._sweep_at = max(self._MIN_SWEEP, 2 * len(windows))
+                self._sweep_at = _drop_ended(windows, now, self._MIN_SWEEP)
         return counts
 
     def ping(self) -> None:
@@ -79,16 +87,26 @@ class LocalCounter:
         return len(self._windows)
 
 
+def _drop_ended(windows: dict[str, list[float]], now: float, minimum: int) -> int:
+    """Drop the windows that ended (an entry's last item is its end); the table size at
+    which to sweep next: twice what is left, so sweeping costs a constant per request."""
+    for key in [key for key, entry in windows.items() if entry[-1] <= now]:
+        del windows[key]
+    return max(minimum, 2 * len(windows))
+
+
 #: The ``limits`` library's fixed-window step (its ``incr_expire.lua``: increment, and start
-#: the window's expiry on the first hit) for every key of a request at once, with each key's
-#: remaining time to live: one command and one round trip per request, whatever the number of
-#: rates. Keys may hash to different slots, so this needs a single Redis, not a Cluster.
+#: the window's expiry when the increment created the key) for every key of a request at
+#: once, each by its own amount (``ARGV``: window, amount, window, amount, ...), with each
+#: key's remaining time to live: one command and one round trip, whatever the number of rates.
+#: Keys may hash to different slots, so this needs a single Redis, not a Cluster.
 _HIT_ALL = """
 local replies = {}
 for i, key in ipairs(KEYS) do
-    local current = redis.call("incrby", key, 1)
-    if current == 1 then
-        redis.call("expire", key, ARGV[i])
+    local amount = tonumber(ARGV[2 * i])
+    local current = redis.call("incrby", key, amount)
+    if current == amount then
+        redis.call("expire", key, ARGV[2 * i - 1])
     end
     replies[2 * i - 1] = current
     replies[2 * i] = redis.call("pttl", key)
@@ -96,28 +114,101 @@ end
 return replies
 """
 
+#: A batch is at most this share of what a window has left (its 1/10th), so that the
+#: requests one process holds unused are a small part of any budget, and none near its end.
+_BATCH_SHARE = 10
+
 
 class RedisCounter:
     """Fixed windows on the ``limits`` Redis storage (its connection pool, key prefix and
-    options), every key of a request counted by one script call (:data:`_HIT_ALL`)."""
+    options), every key of a request counted by one script call (:data:`_HIT_ALL`).
 
-    def __init__(self, storage: Any) -> None:
+    A round trip reserves up to ``batch`` requests of a window for this process (see the
+    module's docstring). Per key this process keeps ``[requests held, highest count reserved
+    that the budget allows, end of the window]``; the end is the key's time to live as seen
+    from before the round trip, so what is held never outlives its window in Redis. A
+    request served from what is held reports the count it stands for.
+    """
+
+    _MIN_SWEEP = 1024
+
+    def __init__(
+        self, storage: Any, *, batch: int = 1, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         from redis.exceptions import RedisError  # noqa: PLC0415 - optional dependency
 
         self._storage = storage
         # Runs by SHA, and loads the script again when Redis lost it (restart, flush).
         self._script = storage.get_connection().register_script(_HIT_ALL)
         self._redis_error = RedisError
+        self._batch = batch
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._held: dict[str, list[float]] = {}
+        self._sweep_at = self._MIN_SWEEP
 
-    def hit(self, keys: Sequence[tuple[str, int]]) -> list[tuple[int, float]]:
-        prefixed = [self._storage.prefixed_key(key) for key, _ in keys]
+    def hit(self, keys: Sequence[RateKey]) -> list[tuple[int, float]]:
+        counts: list[tuple[int, float]] = []
+        asked: list[int] = []  # indexes of the keys Redis must be asked about
+        amounts: list[int] = []
+        now = self._clock()
+        with self._lock:
+            table = self._held
+            for key, _, allowed in keys:
+                held = table.get(key)
+                top = 0.0
+                if held is not None and held[2] > now:
+                    if held[0]:
+                        held[0] -= 1
+                        counts.append((int(held[1] - held[0]), held[2] - now))
+                        continue
+                    if held[1] >= allowed:  # spent: refused until the window ends
+                        counts.append((allowed + 1, held[2] - now))
+                        continue
+                    top = held[1]
+                asked.append(len(counts))
+                counts.append((0, 0.0))
+                amounts.append(max(1, min(self._batch, int(allowed - top) // _BATCH_SHARE)))
+        if not asked:
+            return counts
+        replies, started = self._ask([keys[i] for i in asked], amounts)
+        now = self._clock()
+        with self._lock:
+            table = self._held
+            for index, amount, (total, reset) in zip(asked, amounts, replies, strict=True):
+                key, _, allowed = keys[index]
+                first = total - amount + 1  # this request's own count
+                end = started + reset
+                held = table.get(key)
+                if held is None or held[2] <= now:
+                    held = table[key] = [0, 0, end]
+                # What else the budget allows of this batch stays here for the next ones.
+                held[0] += max(0, min(amount, allowed - first + 1) - 1)
+                held[1] = max(held[1], min(total, allowed))
+                held[2] = min(held[2], end)
+                counts[index] = (first, end - now)
+            if len(table) >= self._sweep_at:
+                self._sweep_at = _drop_ended(table, now, self._MIN_SWEEP)
+        return counts
+
+    def _ask(
+        self, keys: Sequence[RateKey], amounts: Sequence[int]
+    ) -> tuple[list[tuple[int, float]], float]:
+        """Add ``amounts`` to ``keys`` in Redis: each key's total and seconds left, and the
+        time just before asking."""
+        prefixed = [self._storage.prefixed_key(key) for key, _, _ in keys]
+        args: list[int] = []
+        for (_, window, _), amount in zip(keys, amounts, strict=True):
+            args += (window, amount)
+        started = self._clock()
         try:
-            replies = self._script(keys=prefixed, args=[window for _, window in keys])
+            replies = self._script(keys=prefixed, args=args)
         except self._redis_error as exc:
             raise StoreUnavailable from exc
-        return [
+        counts = [
             (int(replies[i]), max(int(replies[i + 1]), 0) / 1000) for i in range(0, len(replies), 2)
         ]
+        return counts, started
 
     def ping(self) -> None:
         try:
@@ -144,4 +235,4 @@ def open_counter(settings: LimitSettings) -> RateCounter:
         raise ValueError(f"cannot use the rate-limit storage: {type(exc).__name__}") from exc
     if not isinstance(storage, RedisStorage):
         raise ValueError("the rate-limit storage must be memory:// or redis://")
-    return RedisCounter(storage)
+    return RedisCounter(storage, batch=settings.rate_batch)

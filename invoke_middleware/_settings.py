@@ -568,6 +568,14 @@ SETTINGS: dict[str, Setting] = {
         expected="seconds (more than 0)",
         typed=_NUMBER,
     ),
+    "limits.rate_batch": Setting(
+        doc=SettingDoc(
+            type="int > 0", default="16", meaning="requests one Redis round trip reserves"
+        ),
+        convert=positive_int,
+        expected="a positive integer",
+        typed=_INT,
+    ),
     "limits.fail_open": Setting(
         doc=SettingDoc(
             type="bool", default="true", meaning="serve (true) or 503 when Redis is down"

@@ -292,6 +292,7 @@ prefix = ""
 # storage_url = "memory://"            # or "redis://127.0.0.1:6379/0": one budget for many gateways
 # key_prefix = "invoke-limits"         # namespace of the Redis keys
 # storage_timeout = 0.5                # seconds for each Redis round trip
+# rate_batch = 16                      # requests of a window one Redis round trip reserves
 # fail_open = true                     # Redis down: serve (true, logged and counted) or 503 (false)
 # One team's own team_rate and team_max_in_flight, by team id:
 # teams."6f1c2a4e-0000-4000-8000-000000000000" = {{ rate = "60000/minute", max_in_flight = 6 }}

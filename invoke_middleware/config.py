@@ -56,6 +56,7 @@ limits.teams                  table                 none               per-team 
 limits.storage_url            URL                   memory://          redis://... shares rate budgets
 limits.key_prefix             text                  invoke-limits      namespace of the Redis keys
 limits.storage_timeout        seconds > 0           0.5                bound on each Redis round trip
+limits.rate_batch             int > 0               16                 requests one Redis round trip reserves
 limits.fail_open              bool                  true               serve (true) or 503 when Redis is down
 ============================  ====================  =================  ======================================
 

@@ -88,6 +88,9 @@ logger = logging.getLogger("invoke_middleware.limits")
 
 DEFAULT_STORAGE_URL = "memory://"
 DEFAULT_KEY_PREFIX = "invoke-limits"
+#: Requests of a window one Redis round trip reserves at most: a round trip costs about as
+#: much CPU as the relay's own work (``bench/results/limits.md``); one in 16 requests pays it.
+DEFAULT_RATE_BATCH = 16
 
 #: A failing store is reported in the log at most this often (seconds): one line per request
 #: would flood the log exactly when it matters.
@@ -175,7 +178,10 @@ class LimitSettings:
     ``service_max_in_flight`` cap them per team and per service. ``*_rate`` are requests per
     window per credential (``sk-``/``dk-`` key or JWT ``jti``), per user, per team and per
     service. ``storage_url`` is ``memory://`` or a ``redis://`` URL; ``key_prefix`` namespaces
-    the Redis keys; ``storage_timeout`` bounds each Redis round trip (seconds).
+    the Redis keys; ``storage_timeout`` bounds each Redis round trip (seconds);
+    ``rate_batch`` is the most requests of a window one Redis round trip reserves for this
+    process (never more than a tenth of what the window has left; 1 asks Redis for every
+    request).
     """
 
     max_in_flight: int | None = None
@@ -191,7 +197,12 @@ class LimitSettings:
     storage_url: str = field(default=DEFAULT_STORAGE_URL, repr=False)  # may hold a password
     key_prefix: str = DEFAULT_KEY_PREFIX
     storage_timeout: float = 0.5
+    rate_batch: int = DEFAULT_RATE_BATCH
     fail_open: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rate_batch < 1:
+            raise ValueError("rate_batch must be at least 1")
 
     @property
     def has_rates(self) -> bool:
@@ -540,7 +551,10 @@ class Limiter:
         counter = self._counter or self._open_counter()
         # The window is part of the key: a changed rate starts a fresh window, never reads a
         # counter kept for another period.
-        keys = [(f"{kind.value}/{who}/{rate.window}", rate.window) for kind, rate, who in applied]
+        keys = [
+            (f"{kind.value}/{who}/{rate.window}", rate.window, rate.amount)
+            for kind, rate, who in applied
+        ]
         try:
             counts = counter.hit(keys)
         except StoreUnavailable as exc:

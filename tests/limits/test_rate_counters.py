@@ -1,27 +1,34 @@
-"""The in-process counter: fixed windows, and memory that follows the windows still open."""
+"""The rate counters: fixed windows in this process, with memory that follows the windows
+still open; and in Redis, where one round trip reserves a batch of a window's requests."""
 
 from __future__ import annotations
 
-from invoke_middleware._rate_counters import LocalCounter
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from invoke_middleware._rate_counters import LocalCounter, RedisCounter
+from tests.limits.conftest import RedisNamespace, run_concurrently
 from tests.store.conftest import FakeClock
 
 
 def test_a_window_counts_until_it_ends_then_starts_over() -> None:
     clock = FakeClock()
     counter = LocalCounter(clock)
-    assert counter.hit([("k", 10)]) == [(1, 10.0)]
+    assert counter.hit([("k", 10, 100)]) == [(1, 10.0)]
     clock.advance(4)
-    assert counter.hit([("k", 10)]) == [(2, 6.0)]
+    assert counter.hit([("k", 10, 100)]) == [(2, 6.0)]
     clock.advance(6)
-    assert counter.hit([("k", 10)]) == [(1, 10.0)]
+    assert counter.hit([("k", 10, 100)]) == [(1, 10.0)]
 
 
 def test_each_key_has_its_own_window() -> None:
     clock = FakeClock()
     counter = LocalCounter(clock)
-    counter.hit([("a", 5)])
+    counter.hit([("a", 5, 100)])
     clock.advance(1)
-    assert counter.hit([("a", 5), ("b", 60)]) == [(2, 4.0), (1, 60.0)]
+    assert counter.hit([("a", 5, 100), ("b", 60, 100)]) == [(2, 4.0), (1, 60.0)]
 
 
 def test_expired_windows_are_dropped_as_the_table_grows() -> None:
@@ -29,6 +36,128 @@ def test_expired_windows_are_dropped_as_the_table_grows() -> None:
     counter = LocalCounter(clock)
     for batch in range(10):
         for number in range(1000):
-            counter.hit([(f"{batch}/{number}", 1)])
+            counter.hit([(f"{batch}/{number}", 1, 100)])
         clock.advance(2)  # every window of this batch is over
     assert len(counter) <= 2 * 1024
+
+
+# -- Redis: batches -------------------------------------------------------------------------
+
+
+class _CountedRedis:
+    """A Redis counter on the test's namespace, and what Redis itself holds for a key."""
+
+    def __init__(self, namespace: RedisNamespace) -> None:
+        import redis
+        from limits.storage import storage_from_string
+
+        self.namespace = namespace
+        self.storage = storage_from_string(namespace.url, key_prefix=namespace.prefix)
+        self.client = redis.Redis.from_url(namespace.url)
+
+    def counter(self, batch: int, clock: FakeClock | None = None) -> RedisCounter:
+        if clock is None:
+            return RedisCounter(self.storage, batch=batch)
+        return RedisCounter(self.storage, batch=batch, clock=clock)
+
+    def total(self, key: str) -> int:
+        value = self.client.get(f"{self.namespace.prefix}:{key}")
+        return 0 if value is None else int(value)
+
+
+@pytest.fixture
+def redis_counts(redis_namespace: RedisNamespace) -> Iterator[_CountedRedis]:
+    counted = _CountedRedis(redis_namespace)
+    yield counted
+    counted.client.close()
+
+
+def test_a_batch_of_one_asks_redis_for_every_request(redis_counts: _CountedRedis) -> None:
+    counter = redis_counts.counter(batch=1)
+    counts = [counter.hit([("k", 60, 100)])[0][0] for _ in range(3)]
+    assert counts == [1, 2, 3]
+    assert redis_counts.total("k") == 3
+
+
+def test_one_round_trip_reserves_a_batch_handed_out_in_order(
+    redis_counts: _CountedRedis,
+) -> None:
+    counter = redis_counts.counter(batch=16)
+    first = counter.hit([("k", 60, 1000)])
+    assert first[0][0] == 1
+    assert 59 < first[0][1] <= 60
+    assert redis_counts.total("k") == 16  # the whole batch is counted in Redis at once
+    counts = [counter.hit([("k", 60, 1000)])[0][0] for _ in range(15)]
+    assert counts == list(range(2, 17))
+    assert redis_counts.total("k") == 16  # handed out here, without a round trip
+    assert counter.hit([("k", 60, 1000)])[0][0] == 17
+    assert redis_counts.total("k") == 32
+
+
+def test_a_batch_is_at_most_a_tenth_of_what_the_window_has_left(
+    redis_counts: _CountedRedis,
+) -> None:
+    counter = redis_counts.counter(batch=16)
+    counter.hit([("small", 60, 10)])
+    assert redis_counts.total("small") == 1  # a tenth of 10: one request at a time
+    counter.hit([("k", 60, 50)])
+    assert redis_counts.total("k") == 5
+
+
+def test_one_process_admits_exactly_the_budget_and_then_refuses_without_asking(
+    redis_counts: _CountedRedis,
+) -> None:
+    counter = redis_counts.counter(batch=16)
+    counts = [counter.hit([("k", 60, 250)])[0][0] for _ in range(300)]
+    assert sum(count <= 250 for count in counts) == 250
+    assert counts[:250] == list(range(1, 251))
+    spent_at = redis_counts.total("k")
+    assert spent_at >= 250
+    refused = [counter.hit([("k", 60, 250)])[0] for _ in range(20)]
+    assert all(count > 250 and 0 < reset <= 60 for count, reset in refused)
+    assert redis_counts.total("k") == spent_at  # a spent window refuses here, not in Redis
+
+
+def test_two_processes_never_admit_more_than_the_budget_together(
+    redis_counts: _CountedRedis,
+) -> None:
+    counters = [redis_counts.counter(batch=16), redis_counts.counter(batch=16)]
+    admitted = [0, 0]
+    lock = threading.Lock()
+
+    def call(index: int) -> None:
+        for _ in range(25):
+            ((count, _),) = counters[index % 2].hit([("k", 60, 300)])
+            if count <= 300:
+                with lock:
+                    admitted[index % 2] += 1
+
+    run_concurrently(32, call)  # 800 requests, 400 through each counter
+    # Each counter refuses only once Redis says the window is spent and it holds nothing:
+    # the budget is used whole, and never exceeded.
+    assert sum(admitted) == 300
+    assert all(admitted)
+
+
+def test_what_is_held_is_dropped_when_its_window_ends(redis_counts: _CountedRedis) -> None:
+    clock = FakeClock()
+    counter = redis_counts.counter(batch=16, clock=clock)
+    counter.hit([("k", 60, 1000)])
+    assert redis_counts.total("k") == 16
+    clock.advance(61)  # this process's window is over (Redis's key lives on, in real time)
+    count, _ = counter.hit([("k", 60, 1000)])[0]
+    assert count == 17  # asked Redis again instead of handing out what it held
+    assert redis_counts.total("k") == 32
+
+
+def test_every_key_of_a_request_is_counted_by_its_own_batch(
+    redis_counts: _CountedRedis,
+) -> None:
+    counter = redis_counts.counter(batch=16)
+    keys = [("team", 60, 1000), ("credential", 1, 5)]
+    first = counter.hit(keys)
+    assert [count for count, _ in first] == [1, 1]
+    assert (redis_counts.total("team"), redis_counts.total("credential")) == (16, 1)
+    second = counter.hit(keys)
+    assert [count for count, _ in second] == [2, 2]
+    assert (redis_counts.total("team"), redis_counts.total("credential")) == (16, 2)
