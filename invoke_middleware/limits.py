@@ -29,7 +29,8 @@ holds a worker thread, which is what the limit protects.
 window opens at a key's first request and lasts the rate's period, and every request counts,
 refused ones included. Counters live in this process (``memory://``) or in Redis
 (``redis://``, shared by every process using the same Redis and key prefix, where all the rates
-of a request are counted by one script call, in one round trip); see
+of a request are counted by one script call, in one round trip, which reserves up to
+``rate_batch`` requests of each window for this process); see
 :mod:`invoke_middleware._rate_counters`. When Redis cannot be reached the request is served
 (``fail_open``, the default: a warning is logged and the event reported) or refused with 503
 ``limits_unavailable``.
