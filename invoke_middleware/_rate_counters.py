@@ -47,6 +47,10 @@ class RateCounter(Protocol):
         """Raise :class:`StoreUnavailable` when the counts cannot be reached (readiness)."""
         ...
 
+    def close(self) -> None:
+        """Let go of connections to the store (a later call opens them again)."""
+        ...
+
 
 class LocalCounter:
     """Fixed windows in this process's memory, under one lock.
@@ -81,6 +85,9 @@ class LocalCounter:
 
     def ping(self) -> None:
         """The counts are in this process: always reachable."""
+
+    def close(self) -> None:
+        """Nothing to let go of."""
 
     def __len__(self) -> int:
         """Windows held (for tests and diagnostics)."""
@@ -215,6 +222,9 @@ class RedisCounter:
             self._storage.get_connection().ping()
         except self._redis_error as exc:
             raise StoreUnavailable from exc
+
+    def close(self) -> None:
+        self._storage.get_connection().connection_pool.disconnect()
 
 
 def open_counter(settings: LimitSettings) -> RateCounter:

@@ -449,6 +449,11 @@ class Limiter:
         if self._counter is not None:
             self._counter.ping()
 
+    def close(self) -> None:
+        """Close the connections to the rate-limit store; a later request reopens them."""
+        if self._counter is not None:
+            self._counter.close()
+
     def admit(
         self, principal: Principal, service: Service, *, route: str, request_id: str
     ) -> Admission:

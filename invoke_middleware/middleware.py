@@ -165,7 +165,7 @@ class InvokeMiddleware:
         return self.pipeline
 
     def close(self) -> None:
-        """Close the pipeline's transports (their pooled connections)."""
+        """Close the pipeline's transports (their pooled connections) and its limiter's."""
         self.pipeline.close()
 
 

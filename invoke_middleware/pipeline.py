@@ -198,10 +198,13 @@ class Pipeline:
         self.mcp = MCPEndpoint(self, clock=clock)
 
     def close(self) -> None:
-        """Close the transports (their pooled connections), each once."""
+        """Close the transports (their pooled connections), each once, and the limiter's
+        connections to its store."""
         self.transport.close()
         if self.egress_transport is not self.transport:
             self.egress_transport.close()
+        if self.limiter is not None:
+            self.limiter.close()
 
     # -- entry point -------------------------------------------------------------------
 

@@ -161,3 +161,15 @@ def test_every_key_of_a_request_is_counted_by_its_own_batch(
     second = counter.hit(keys)
     assert [count for count, _ in second] == [2, 2]
     assert (redis_counts.total("team"), redis_counts.total("credential")) == (16, 2)
+
+
+def test_closing_lets_go_of_the_redis_connections_and_a_later_hit_reopens_them(
+    redis_counts: _CountedRedis,
+) -> None:
+    counter = redis_counts.counter(batch=1)
+    counter.hit([("k", 60, 100)])
+    pool = redis_counts.storage.get_connection().connection_pool
+    assert pool._created_connections >= 1  # redis-py keeps no public count
+    counter.close()
+    assert all(c._sock is None for c in pool._available_connections)
+    assert counter.hit([("k", 60, 100)])[0][0] == 2
