@@ -116,6 +116,8 @@ class LimitKind(StrEnum):
 
 
 _POLICIES = {kind: kind.policy for kind in LimitKind}
+#: How a rate's counter keys start (``team_rate/``): formatted once, not per request.
+_KEY_PREFIXES = {kind: f"{kind.value}/" for kind in LimitKind}
 
 
 class LimitOutcome(StrEnum):
@@ -275,10 +277,12 @@ class Admission:
 
     def release(self) -> None:
         """Give the concurrency slot back (once)."""
+        if not self._pending:
+            return  # the usual second call (body ended, then closed): no exception to raise
         try:
             release = self._pending.pop()
         except IndexError:
-            return
+            return  # released by another thread in between
         release()
 
     def hold(self, response: _R) -> _R:
@@ -427,6 +431,8 @@ class Limiter:
         self.on_event = tuple(on_event)
         self._clock = clock
         self._in_flight = _InFlight()
+        # By the UUID's integer: a UUID hashes in Python code, its integer in C.
+        self._teams = {team_id.int: limits for team_id, limits in self.settings.teams.items()}
         self._counter: RateCounter | None = None
         self._counter_lock = threading.Lock()
         self._last_warning = -_WARNING_INTERVAL
@@ -463,8 +469,7 @@ class Limiter:
         :class:`~invoke_middleware.errors.RateLimitedError` or (store down, fail-closed)
         :class:`~invoke_middleware.errors.LimitsUnavailableError`.
         """
-        settings = self.settings
-        team = settings.teams.get(principal.team_id)
+        team = self._teams.get(principal.team_id.int) if self._teams else None
         own = service.limits
         release = self._take_slots(
             principal=principal, service=service, team=team, route=route, request_id=request_id
@@ -554,11 +559,11 @@ class Limiter:
             applied.append((LimitKind.SERVICE_RATE, service_rate, str(service.id)))
         if not applied:
             return ()
-        counter = self._counter or self._open_counter()
+        counter = self._counter if self._counter is not None else self._open_counter()
         # The window is part of the key: a changed rate starts a fresh window, never reads a
         # counter kept for another period.
         keys = [
-            (f"{kind.value}/{who}/{rate.window}", rate.window, rate.amount)
+            (f"{_KEY_PREFIXES[kind]}{who}/{rate.window}", rate.window, rate.amount)
             for kind, rate, who in applied
         ]
         try:
