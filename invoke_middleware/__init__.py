@@ -55,6 +55,7 @@ from invoke_middleware.limits import (
     Rate,
     ServiceLimits,
     TeamLimits,
+    TeamLimitsSource,
 )
 from invoke_middleware.logging_hook import RelayLogger
 from invoke_middleware.middleware import InvokeMiddleware
@@ -125,6 +126,7 @@ __all__ = [
     "ServiceStatus",
     "ServiceType",
     "TeamLimits",
+    "TeamLimitsSource",
     "Timeouts",
     "Transport",
     "UpstreamError",

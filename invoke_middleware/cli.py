@@ -6,7 +6,8 @@
     invoke-middleware init                       # write invoke-middleware.toml, create the store
     invoke-middleware services add hello --team TEAM --name Hello --upstream http://127.0.0.1:9000
     invoke-middleware credentials issue --team TEAM --kind integration   # prints the key alone
-    invoke-middleware serve                      # waitress on 127.0.0.1:8080
+    invoke-middleware teams set-limits --team TEAM --rate 600/minute --max-in-flight 4
+    invoke-middleware serve                      # gunicorn (or waitress) on 127.0.0.1:8080
 
 The configuration file is ``--config PATH``, else ``$INVOKE_MIDDLEWARE_CONFIG``, else
 ``./invoke-middleware.toml``. Results (lists, details, an issued key) go to standard output;
@@ -28,7 +29,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -49,7 +50,7 @@ from invoke_middleware.auth.keys import PREFIX_LENGTH, key_matches
 from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.auth.stores import CredentialRecord
 from invoke_middleware.config import ConfigError
-from invoke_middleware.limits import Rate, ServiceLimits
+from invoke_middleware.limits import Rate, ServiceLimits, TeamLimits
 from invoke_middleware.registry import (
     Service,
     ServiceStatus,
@@ -235,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_service_commands(commands)
     _add_member_commands(commands)
+    _add_team_commands(commands)
     _add_credential_commands(commands)
     return parser
 
@@ -340,6 +342,20 @@ def _add_member_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
     listing = members.add_parser("list", help="list a team's members")
     listing.add_argument("--team", type=_team, required=True)
     listing.set_defaults(handler=_members_list)
+
+
+def _add_team_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
+    teams = commands.add_parser("teams", help="set a team's own limits").add_subparsers(
+        dest="action", metavar="ACTION", required=True, parser_class=_Parser
+    )
+
+    limits = teams.add_parser("set-limits", help="set a team's own rate and concurrency limits")
+    limits.add_argument("--team", type=_team, required=True)
+    _add_limit_options(limits, clearable=True, scope="team")
+    limits.set_defaults(handler=_teams_set_limits)
+
+    listing = teams.add_parser("limits", help="list the teams that have limits of their own")
+    listing.set_defaults(handler=_teams_limits)
 
 
 def _add_credential_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
@@ -646,19 +662,22 @@ def _services_add(args: argparse.Namespace, context: _Context) -> None:
         )
 
 
-def _add_limit_options(parser: argparse.ArgumentParser, *, clearable: bool = False) -> None:
+def _add_limit_options(
+    parser: argparse.ArgumentParser, *, clearable: bool = False, scope: str = "service"
+) -> None:
     unset = "; 'none' returns to the gateway's [limits] setting" if clearable else ""
+    whose = {"service": "to this service from all callers", "team": "from all of this team"}
     parser.add_argument(
         "--rate",
         type=_rate_option,
         metavar="RATE",
-        help=f"requests per window to this service from all callers, e.g. 100/minute{unset}",
+        help=f"requests per window {whose[scope]}, e.g. 100/minute{unset}",
     )
     parser.add_argument(
         "--max-in-flight",
         type=_max_in_flight_option,
         metavar="N",
-        help=f"relays to this service in flight at once, per gateway process{unset}",
+        help=f"relays {whose[scope]} in flight at once, per gateway process{unset}",
     )
 
 
@@ -683,16 +702,20 @@ def _max_in_flight_option(value: str) -> int | str:
     return _int_at_least(1)(value)
 
 
-def _limits_of(args: argparse.Namespace, current: ServiceLimits) -> ServiceLimits:
+_Limits = TypeVar("_Limits", ServiceLimits, TeamLimits)
+
+
+def _limits_of(args: argparse.Namespace, current: _Limits) -> _Limits:
+    """``current`` with what ``--rate`` and ``--max-in-flight`` say (``none`` clears)."""
     rate, in_flight = current.rate, current.max_in_flight
     if args.rate is not None:
         rate = None if args.rate == _CLEARED else args.rate
     if args.max_in_flight is not None:
         in_flight = None if args.max_in_flight == _CLEARED else args.max_in_flight
-    return ServiceLimits(rate=rate, max_in_flight=in_flight)
+    return dataclasses.replace(current, rate=rate, max_in_flight=in_flight)
 
 
-def _describe_limits(limits: ServiceLimits) -> str:
+def _describe_limits(limits: ServiceLimits | TeamLimits) -> str:
     rate = "gateway default" if limits.rate is None else f"{limits.rate}"
     in_flight = "gateway default" if limits.max_in_flight is None else str(limits.max_in_flight)
     return f"rate {rate}, max in flight {in_flight}"
@@ -779,6 +802,31 @@ def _members_list(args: argparse.Namespace, context: _Context) -> None:
     _require_known_team(context, args.team)
     rows = [[m.user_id, m.role.value] for m in context.store.memberships.list(args.team)]
     _print_table(context.stdout, ["USER", "ROLE"], rows)
+
+
+# -- teams ---------------------------------------------------------------------------------
+
+
+def _teams_set_limits(args: argparse.Namespace, context: _Context) -> None:
+    if args.rate is None and args.max_in_flight is None:
+        raise CommandError("give --rate and/or --max-in-flight", EXIT_USAGE)
+    _require_known_team(context, args.team)
+    context.store.init()  # creates the table in a store made by an earlier release
+    limits = _limits_of(args, context.store.team_limits.get(args.team) or TeamLimits())
+    context.store.team_limits.set(args.team, limits)
+    context.notice(f"team {args.team}: {_describe_limits(limits)}")
+
+
+def _teams_limits(args: argparse.Namespace, context: _Context) -> None:
+    rows = [
+        [
+            str(team),
+            "-" if limits.rate is None else str(limits.rate),
+            "-" if limits.max_in_flight is None else str(limits.max_in_flight),
+        ]
+        for team, limits in context.store.team_limits.list_all()
+    ]
+    _print_table(context.stdout, ["TEAM", "RATE", "MAX IN FLIGHT"], rows)
 
 
 # -- credentials ---------------------------------------------------------------------------

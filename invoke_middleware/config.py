@@ -105,7 +105,7 @@ from invoke_middleware.auth.stores import (
 )
 from invoke_middleware.errors import ErrorRenderer
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
-from invoke_middleware.limits import Limiter, LimitHook, LimitSettings
+from invoke_middleware.limits import Limiter, LimitHook, LimitSettings, TeamLimitsSource
 from invoke_middleware.middleware import InvokeMiddleware
 from invoke_middleware.pipeline import PipelineSettings, SecretResolver
 from invoke_middleware.registry import ServiceRegistry
@@ -247,6 +247,7 @@ class MiddlewareConfig:
         app: WSGIApplication,
         *,
         on_limit: Sequence[LimitHook] = (),
+        team_limits: TeamLimitsSource | None = None,
         **collaborators: Unpack[Collaborators],
     ) -> InvokeMiddleware:
         """Wrap ``app``; objects in ``collaborators`` replace the ones the settings describe.
@@ -254,7 +255,9 @@ class MiddlewareConfig:
         Raises :class:`ConfigError` when the settings cannot apply: JWT settings next to
         explicit ``resolvers``, ``ca_bundle`` next to an explicit ``egress_transport``, or a
         database that cannot be opened. ``on_limit`` hooks receive the refusals of the limiter
-        that the ``limits.*`` settings describe (not of a ``limiter`` passed in).
+        that the ``limits.*`` settings describe (not of a ``limiter`` passed in), and
+        ``team_limits`` gives it teams' own limits kept at run time (by default, the
+        ``database_url`` store's).
         """
         if self.jwt is not None and "resolvers" in collaborators:
             raise ConfigError(
@@ -275,6 +278,7 @@ class MiddlewareConfig:
             collaborators.setdefault("registry", store.services)
             collaborators.setdefault("credentials", store.credentials)
             collaborators.setdefault("memberships", store.memberships)
+            team_limits = team_limits or store.team_limits
         if self.jwt is not None:
             # Both resolvers must read the same stores, so they are made here.
             credentials = collaborators.setdefault("credentials", InMemoryCredentialStore())
@@ -287,7 +291,9 @@ class MiddlewareConfig:
             collaborators["egress_transport"] = HTTPTransport(ca_bundle=self.ca_bundle)
         if self.limits is not None and "limiter" not in collaborators:
             try:
-                collaborators["limiter"] = Limiter(self.limits, on_event=on_limit)
+                collaborators["limiter"] = Limiter(
+                    self.limits, on_event=on_limit, team_limits=team_limits
+                )
             except ValueError as exc:
                 raise ConfigError(self.style.key("limits.storage_url"), str(exc)) from None
         return InvokeMiddleware(app, prefix=self.prefix, settings=self.settings, **collaborators)

@@ -82,6 +82,7 @@ __all__ = [
     "Rate",
     "ServiceLimits",
     "TeamLimits",
+    "TeamLimitsSource",
     "fair_share",
 ]
 
@@ -158,10 +159,29 @@ class Rate:
 
 @dataclass(frozen=True, kw_only=True)
 class TeamLimits:
-    """One team's own rate and concurrency, replacing ``team_rate`` and ``team_max_in_flight``."""
+    """One team's own rate and concurrency, replacing ``team_rate`` and ``team_max_in_flight``.
+    ``None`` keeps the setting below it (the configured override, then the gateway-wide one)."""
 
     rate: Rate | None = None
     max_in_flight: int | None = None
+
+    def over(self, below: TeamLimits | None) -> TeamLimits:
+        """These limits, with ``below``'s where these are ``None``."""
+        if below is None:
+            return self
+        return TeamLimits(
+            rate=self.rate or below.rate, max_in_flight=self.max_in_flight or below.max_in_flight
+        )
+
+
+class TeamLimitsSource(Protocol):
+    """Where teams' own limits are kept at run time (the SQL store's ``team_limits``): they
+    take precedence over the ``teams`` of :class:`LimitSettings`, field by field. Asked once
+    per limited request, so an implementation should cache."""
+
+    def get(self, team_id: uuid.UUID) -> TeamLimits | None:
+        """The team's own limits, or ``None`` when it has none."""
+        ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -418,6 +438,8 @@ class Limiter:
 
     The rate-limit storage is opened here, so a bad storage URL fails at start-up; a Redis
     that is down is only found (and handled per ``fail_open``) when a request needs it.
+    ``team_limits`` is where teams' own limits are kept at run time (the SQL store's
+    ``team_limits``); they take precedence over ``settings.teams``.
     """
 
     def __init__(
@@ -425,9 +447,11 @@ class Limiter:
         settings: LimitSettings | None = None,
         *,
         on_event: Sequence[LimitHook] = (),
+        team_limits: TeamLimitsSource | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings or LimitSettings()
+        self.team_limits = team_limits
         self.on_event = tuple(on_event)
         self._clock = clock
         self._in_flight = _InFlight()
@@ -470,6 +494,10 @@ class Limiter:
         :class:`~invoke_middleware.errors.LimitsUnavailableError`.
         """
         team = self._teams.get(principal.team_id.int) if self._teams else None
+        if self.team_limits is not None:
+            stored = self.team_limits.get(principal.team_id)
+            if stored is not None:
+                team = stored.over(team)
         own = service.limits
         release = self._take_slots(
             principal=principal, service=service, team=team, route=route, request_id=request_id

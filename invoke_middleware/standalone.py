@@ -238,6 +238,7 @@ def build_standalone_app(
             before_relay=before,
             after_relay=after,
             on_limit=on_limit,
+            team_limits=store.team_limits,
         )
     except BaseException:
         store.close()

@@ -1,12 +1,13 @@
 """The tables of the SQL store, on SQLAlchemy Core.
 
-Three tables, each prefixed ``invoke_`` so they can live next to a host application's own:
+Four tables, each prefixed ``invoke_`` so they can live next to a host application's own:
 
 - ``invoke_services``: one row per service, unique on ``(team_id, slug)``, which is also what
   every gateway lookup uses;
 - ``invoke_credentials``: the public prefix and SHA-256 of each key (never the key), indexed on
   the prefix the credential resolver looks up, and on the team for listing;
-- ``invoke_memberships``: a user's role in a team, keyed by ``(team_id, user_id)``.
+- ``invoke_memberships``: a user's role in a team, keyed by ``(team_id, user_id)``;
+- ``invoke_team_limits``: a team's own rate and concurrency limits, keyed by team.
 
 UUIDs use the portable :class:`~sqlalchemy.types.Uuid` type (native on PostgreSQL, 32 hex
 characters on SQLite). Timestamps go through :class:`UTCDateTime`, so they are always written
@@ -131,6 +132,18 @@ credentials = sa.Table(
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
     "invoke_services": ("max_in_flight", "rate_amount", "rate_window"),
 }
+
+#: A team's own limits (README, "Fair share"), over the configured ones; NULL keeps them.
+#: Added after the first release: ``SQLStore.init()`` creates it in an existing database.
+team_limits = sa.Table(
+    "invoke_team_limits",
+    metadata,
+    sa.Column("team_id", sa.Uuid(), primary_key=True),
+    sa.Column("max_in_flight", sa.Integer(), nullable=True),
+    sa.Column("rate_amount", sa.Integer(), nullable=True),
+    sa.Column("rate_window", sa.Integer(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
 
 memberships = sa.Table(
     "invoke_memberships",

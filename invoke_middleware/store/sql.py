@@ -4,19 +4,20 @@ A SQLite file is the embedded default; PostgreSQL (``postgresql+psycopg://...``)
 deployments where several gateway processes or machines share one store. Tables are created by
 an explicit :meth:`SQLStore.init`, which is safe to run again.
 
-One :class:`SQLStore` owns the engine and hands out three views, one per protocol (the
-protocols share method names such as ``list``, so one object cannot be all three)::
+One :class:`SQLStore` owns the engine and hands out four views, one per protocol (the
+protocols share method names such as ``list``, so one object cannot be all of them)::
 
     store = SQLStore("sqlite:///invoke.db")
     store.init()
     store.services      # a ServiceRegistry, plus add / set_status / set_limits / remove / list_all
     store.credentials   # a CredentialStore, plus get / expire
     store.memberships   # a MembershipStore
+    store.team_limits   # a TeamLimitsSource, plus set / list_all
 
-Service lookups go through a short read-through cache (``service_cache_ttl`` seconds, 2 by
-default, ``0`` to disable), cleared at once by this store's own writes; a change made elsewhere
-shows after at most the TTL. Credentials and memberships are never cached: a revocation or a
-role change takes effect on the next request, in every process.
+Service and team-limit lookups go through a short read-through cache (``service_cache_ttl``
+seconds, 2 by default, ``0`` to disable), cleared at once by this store's own writes; a change
+made elsewhere shows after at most the TTL. Credentials and memberships are never cached: a
+revocation or a role change takes effect on the next request, in every process.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from invoke_middleware.auth.stores import (
     new_credential,
     require_aware,
 )
-from invoke_middleware.limits import Rate, ServiceLimits
+from invoke_middleware.limits import Rate, ServiceLimits, TeamLimits
 from invoke_middleware.registry import Service, ServiceStatus, ServiceType, is_valid_slug
 from invoke_middleware.store import _schema
 from invoke_middleware.store._cache import TTLCache
@@ -53,6 +54,7 @@ __all__ = [
     "SQLMembershipStore",
     "SQLServiceRegistry",
     "SQLStore",
+    "SQLTeamLimits",
     "create_engine",
 ]
 
@@ -142,6 +144,9 @@ class SQLStore:
         )
         self.credentials = SQLCredentialStore(self.engine, now=now)
         self.memberships = SQLMembershipStore(self.engine)
+        self.team_limits = SQLTeamLimits(
+            self.engine, cache_ttl=service_cache_ttl, clock=clock, now=now
+        )
 
     def init(self) -> None:
         """Create the tables and indexes that do not exist yet, and add the columns a newer
@@ -161,6 +166,7 @@ class SQLStore:
                             sa.text(f'ALTER TABLE "{table_name}" ADD COLUMN "{name}" {kind}')
                         )
         self.services.invalidate()
+        self.team_limits.invalidate()
 
     def close(self) -> None:
         """Release pooled connections (of an engine this store created)."""
@@ -334,7 +340,7 @@ def _service_values(service: Service) -> dict[str, Any]:
 _LIMIT_COLUMNS = _schema.ADDED_COLUMNS["invoke_services"]
 
 
-def _limit_values(limits: ServiceLimits) -> dict[str, int | None]:
+def _limit_values(limits: ServiceLimits | TeamLimits) -> dict[str, int | None]:
     rate = limits.rate
     return {
         "max_in_flight": limits.max_in_flight,
@@ -349,6 +355,90 @@ def _limits_from_row(row: sa.RowMapping) -> ServiceLimits:
         rate=None if amount is None or window is None else Rate(amount=amount, window=window),
         max_in_flight=row.get("max_in_flight"),
     )
+
+
+class SQLTeamLimits:
+    """Teams' own limits on the ``invoke_team_limits`` table: a
+    :class:`~invoke_middleware.limits.TeamLimitsSource` for the limiter, read through the
+    store's cache, plus the writes a command line needs.
+
+    A database made by an earlier release has no such table until :meth:`SQLStore.init` runs;
+    meanwhile every team keeps the configured limits.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        cache_ttl: float = DEFAULT_SERVICE_CACHE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], dt.datetime] = _utc_now,
+    ) -> None:
+        self._engine = engine
+        self._now = now
+        self._cache: TTLCache[uuid.UUID, TeamLimits | None] = TTLCache(cache_ttl, clock=clock)
+        self._table_present: bool | None = None
+
+    def get(self, team_id: uuid.UUID) -> TeamLimits | None:
+        """The team's own limits, or ``None`` (possibly up to the TTL old)."""
+        return self._cache.get_or_load(team_id, lambda: self._select_one(team_id))
+
+    def set(self, team_id: uuid.UUID, limits: TeamLimits) -> None:
+        """Replace the team's own limits; limits that are all ``None`` remove them."""
+        if not self._has_table():
+            raise ValueError(
+                "this database predates per-team limits: SQLStore.init() creates their table "
+                "(`invoke-middleware teams set-limits` runs it)"
+            )
+        table = _schema.team_limits
+        with self._engine.begin() as connection:
+            connection.execute(sa.delete(table).where(table.c.team_id == team_id))
+            if limits != TeamLimits():
+                connection.execute(
+                    sa.insert(table).values(
+                        team_id=team_id, **_limit_values(limits), updated_at=self._now()
+                    )
+                )
+        self.invalidate()
+
+    def list_all(self) -> Sequence[tuple[uuid.UUID, TeamLimits]]:
+        """Every team that has limits of its own, by team id; never cached."""
+        if not self._has_table():
+            return []
+        table = _schema.team_limits
+        query = sa.select(table).order_by(table.c.team_id)
+        with self._engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+        return [(row["team_id"], _team_limits_from_row(row)) for row in rows]
+
+    def invalidate(self) -> None:
+        """Forget every cached lookup, so the next one reads the database."""
+        self._cache.clear()
+        self._table_present = None
+
+    def _has_table(self) -> bool:
+        if self._table_present is None:
+            with self._engine.connect() as connection:
+                present = sa.inspect(connection).has_table(_schema.team_limits.name)
+            self._table_present = present
+        return self._table_present
+
+    def _select_one(self, team_id: uuid.UUID) -> TeamLimits | None:
+        if not self._has_table():
+            return None
+        table = _schema.team_limits
+        with self._engine.connect() as connection:
+            row = (
+                connection.execute(sa.select(table).where(table.c.team_id == team_id))
+                .mappings()
+                .one_or_none()
+            )
+        return None if row is None else _team_limits_from_row(row)
+
+
+def _team_limits_from_row(row: sa.RowMapping) -> TeamLimits:
+    limits = _limits_from_row(row)
+    return TeamLimits(rate=limits.rate, max_in_flight=limits.max_in_flight)
 
 
 def _needs_init() -> ValueError:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from webtest import TestApp
 
 from invoke_middleware._toml_config import ConfigError, load_config, starter_config
 from invoke_middleware.config import parse_flask_config, parse_settings
@@ -24,6 +25,7 @@ from invoke_middleware.standalone import build_standalone_app
 from invoke_middleware.store import SQLStore
 from tests.cli.conftest import Workspace
 from tests.store.conftest import Backend
+from tests.toolkit.upstream import RecordingUpstream
 from tests.toolkit.world import TEAM, make_service
 
 
@@ -197,6 +199,63 @@ def test_a_store_made_before_limits_keeps_working_and_init_adds_the_columns(
         old.init()  # and again: nothing to add
 
 
+def test_a_teams_own_limits_round_trip_through_the_store(backend: Backend) -> None:
+    store = backend.open_store(service_cache_ttl=0)
+    other = uuid.uuid4()
+    assert store.team_limits.get(TEAM) is None
+    limits = TeamLimits(rate=Rate(amount=100, window=60), max_in_flight=3)
+    store.team_limits.set(TEAM, limits)
+    store.team_limits.set(other, TeamLimits(max_in_flight=1))
+    assert store.team_limits.get(TEAM) == limits
+    assert sorted(store.team_limits.list_all()) == sorted(
+        [(TEAM, limits), (other, TeamLimits(max_in_flight=1))]
+    )
+    store.team_limits.set(TEAM, TeamLimits())  # nothing of its own left: the row goes
+    assert store.team_limits.get(TEAM) is None
+    assert store.team_limits.list_all() == [(other, TeamLimits(max_in_flight=1))]
+
+
+def test_team_limits_are_cached_and_the_stores_own_writes_clear_the_cache(
+    backend: Backend,
+) -> None:
+    store = backend.open_store(service_cache_ttl=60)
+    elsewhere = backend.open_store(service_cache_ttl=0)  # another process's view
+    assert store.team_limits.get(TEAM) is None
+    elsewhere.team_limits.set(TEAM, TeamLimits(max_in_flight=2))
+    assert store.team_limits.get(TEAM) is None  # cached: shows after the TTL
+    store.team_limits.set(TEAM, TeamLimits(max_in_flight=5))
+    assert store.team_limits.get(TEAM) == TeamLimits(max_in_flight=5)
+
+
+def test_a_store_made_before_team_limits_keeps_working_and_init_adds_the_table(
+    backend: Backend,
+) -> None:
+    backend.open_store()
+    engine = sa.create_engine(backend.url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE invoke_team_limits"))
+    engine.dispose()
+
+    with SQLStore(backend.url, service_cache_ttl=0) as old:
+        assert old.team_limits.get(TEAM) is None
+        assert old.team_limits.list_all() == []
+        with pytest.raises(ValueError, match="init"):
+            old.team_limits.set(TEAM, TeamLimits(max_in_flight=2))
+        old.init()
+        old.team_limits.set(TEAM, TeamLimits(max_in_flight=2))
+        assert old.team_limits.get(TEAM) == TeamLimits(max_in_flight=2)
+
+
+def test_a_teams_stored_limits_take_precedence_over_the_configured_ones() -> None:
+    configured = TeamLimits(rate=Rate(amount=50, window=60), max_in_flight=4)
+    assert TeamLimits(max_in_flight=1).over(configured) == TeamLimits(
+        rate=Rate(amount=50, window=60), max_in_flight=1
+    )
+    assert TeamLimits(rate=Rate(amount=5, window=1)).over(None) == TeamLimits(
+        rate=Rate(amount=5, window=1)
+    )
+
+
 # -- the command line ---------------------------------------------------------------------
 
 
@@ -221,6 +280,53 @@ def test_services_set_limits_and_add_options(workspace: Workspace) -> None:
     )
     assert refused.returncode == 2
     assert "not a rate" in refused.stderr
+
+
+def test_teams_set_limits_applies_to_the_served_gateway(
+    workspace: Workspace, upstream: RecordingUpstream
+) -> None:
+    team = str(workspace.team)
+    workspace.run(
+        "services", "add", "svc", "--team", team, "--name", "Svc", "--upstream", upstream.url
+    )
+    key = workspace.issue("--kind", "integration")
+    workspace.run("teams", "set-limits", "--team", team, "--rate", "2/hour")
+    workspace.run("teams", "set-limits", "--team", team, "--max-in-flight", "3")
+    listed = workspace.run("teams", "limits").stdout.splitlines()
+    assert listed[1].split() == [team, "2", "per", "3600", "seconds", "3"]
+
+    gateway = build_standalone_app(load_config(workspace.config), {}, threads=8)
+    try:
+        app = TestApp(gateway.app)
+        headers = {"Authorization": f"Bearer {key}"}
+        statuses = [
+            app.get("/r/containers/svc/x", headers=headers, expect_errors=True).status_int
+            for _ in range(3)
+        ]
+        assert statuses == [200, 200, 429]  # the team's own rate, not the gateway's (none)
+        assert len(upstream.received) == 2
+        limiter = gateway.app.pipeline.limiter
+        assert limiter is not None
+        assert limiter.team_limits is gateway.store.team_limits
+    finally:
+        gateway.close()
+
+    workspace.run(
+        "teams", "set-limits", "--team", team, "--rate", "none", "--max-in-flight", "none"
+    )
+    assert workspace.run("teams", "limits").stdout.splitlines()[1:] == []
+
+
+def test_teams_set_limits_needs_a_known_team_and_a_limit(workspace: Workspace) -> None:
+    unknown = workspace.run(
+        "teams", "set-limits", "--team", str(uuid.uuid4()), "--rate", "1/hour", check=False
+    )
+    assert unknown.returncode == 1
+    assert "unknown team" in unknown.stderr
+    workspace.issue("--kind", "integration")
+    nothing = workspace.run("teams", "set-limits", "--team", str(workspace.team), check=False)
+    assert nothing.returncode == 2
+    assert "--rate" in nothing.stderr
 
 
 # -- optional parts load only when used ------------------------------------------------------
