@@ -5,7 +5,7 @@ All wrap the same trivial host app:
 - ``make_relay()``: the host wrapped by :class:`InvokeMiddleware`, with one deployed service,
   ``bench``, pointing at the upstream, and one ``sk-`` integration key in the in-memory store;
 - ``make_proxy()``: the host wrapped by werkzeug's ``ProxyMiddleware``, relaying
-  ``/r/containers/bench/`` to the same upstream;
+  ``/r/containers/bench/<tail>`` to ``<tail>`` on the same upstream;
 - ``make_bare()``: the host alone, answering every request itself.
 
 They read ``BENCH_UPSTREAM`` (the upstream's base URL); ``make_relay`` writes its key to the
@@ -94,7 +94,9 @@ def make_relay(limits: str | None = None) -> WSGIApplication:
 
 def make_proxy() -> WSGIApplication:
     target = os.environ["BENCH_UPSTREAM"].rstrip("/") + "/"
-    return ProxyMiddleware(host, {"/r/containers/bench/": {"target": target}})
+    # The upstream sees the tail alone, as the catch-all sends it (``/download?bytes=N``).
+    routes = {"/r/containers/bench/": {"target": target, "remove_prefix": True}}
+    return ProxyMiddleware(host, routes)
 
 
 def make_bare() -> WSGIApplication:

@@ -1,20 +1,29 @@
-"""The catch-all relay against werkzeug's ``ProxyMiddleware``, under the same server and load.
+"""The catch-all and invoke routes against werkzeug's ``ProxyMiddleware``, under two servers.
 
 Run: ``python bench/bench_relay.py`` (writes ``bench/results/relay.md``; ``--help`` for the
-knobs). It starts, all on 127.0.0.1:
+knobs). It starts, all on 127.0.0.1, the upstream of ``bench/upstream.py`` and, under each
+server (gunicorn gthread, ``--workers`` x ``--threads``, ``--preload``; waitress,
+``--threads``), three gateways of ``bench/apps.py``: **bare** (the host app answering by
+itself: the server's own cost), **proxy** (werkzeug ``ProxyMiddleware``) and the relay
+(InvokeMiddleware, ``sk-`` key), which serves both the **catch-all** (``GET
+/r/containers/bench/hello``) and the **invoke** route (``POST /r/invoke/bench``, a JSON
+envelope of a GET without a body). Then, in interleaved rounds, its sections:
 
-- the fixed-answer upstream of ``bench/upstream.py``;
-- three gunicorn servers with the same settings (``gthread``, same workers and threads,
-  ``--preload``), each serving one gateway of ``bench/apps.py``: **relay** (InvokeMiddleware,
-  catch-all route, ``sk-`` key), **proxy** (werkzeug ``ProxyMiddleware``) and **bare** (the
-  host app answering by itself: the cost of the WSGI server alone).
+- ``gateways``: each gateway under ``wrk -t1`` (else a Python keep-alive client) at each
+  ``--connections``: requests per second, p50 and p99 latency, and the CPU the gateway's
+  processes (and the upstream) spent per request, read with psutil before and after;
+- ``streaming``: one ``--stream-mib`` download and one upload through the catch-all and
+  through the proxy, by a client that never holds the body: MiB/s, time to the first byte
+  (download) or to the answer after the last byte (upload), and the growth of the gateway
+  process's resident memory (peak sampled during the transfer, minus before);
+- ``sse``: server-sent events through the catch-all, each stamped by the upstream when
+  written: how late each arrives, against the same stream read from the upstream directly;
+- ``standalone``: ``invoke-middleware serve`` (gunicorn engine) with 1 process and with one
+  per core, under the same load.
 
-Then it sends ``GET /r/containers/bench/hello`` with the key to each, in interleaved rounds
-(relay, proxy, bare, relay, ...), with ``wrk`` when it is installed, else with a Python
-keep-alive client. For every round it records requests per second, the p50 and p99 latency,
-and the CPU time the gateway's worker processes (and the upstream) spent per request, read
-with psutil before and after the round. On a machine with few cores, the client, the upstream
-and the gateway compete for them, so CPU per request is the fairest of these figures.
+On a machine with few cores the client, the upstream and the gateway compete for them, so CPU
+per request is the fairest of the throughput figures, and ratios of adjacent rounds the
+steadiest.
 """
 
 from __future__ import annotations
@@ -26,27 +35,74 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import gunicorn
 import psutil
+from harness import (
+    BENCH,
+    HELLO,
+    INVOKE_HELLO,
+    PATH,
+    ROOT,
+    Load,
+    MiB,
+    PeakRSS,
+    Request,
+    check,
+    cpu_model,
+    cpu_seconds,
+    free_port,
+    gunicorn_command,
+    python_load,
+    running,
+    serve_command,
+    serve_config,
+    source_revision,
+    standalone_gateway,
+    waitress_command,
+    workers_of,
+    wrk_load,
+    wrk_version,
+)
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
+# What bench_limits.py and bench_serve.py take from here.
+__all__ = [
+    "PATH",
+    "ROOT",
+    "Round",
+    "check",
+    "cpu_seconds",
+    "free_port",
+    "gunicorn_command",
+    "measure",
+    "python_load",
+    "running",
+    "workers_of",
+    "wrk_load",
+]
+
 RESULTS = BENCH / "results" / "relay.md"
-PATH = "/r/containers/bench/hello"
-EXPECTED_BODY = b"hello, world\n"
-GATEWAYS = {"relay": "make_relay()", "proxy": "make_proxy()", "bare": "make_bare()"}
+SECTIONS = ("gateways", "streaming", "sse", "standalone")
+SERVERS = ("gunicorn", "waitress")
+#: Gateway -> (the apps.py factory serving it, the request it gets).
+GATEWAYS: dict[str, tuple[str, Request]] = {
+    "bare": ("make_bare()", HELLO),
+    "proxy": ("make_proxy()", HELLO),
+    "catch-all": ("make_relay()", HELLO),
+    "invoke": ("make_relay()", INVOKE_HELLO),
+}
+STREAMED = ("catch-all", "proxy")
+DIRECTIONS = ("download", "upload")
+PREFIX = "/r/containers/bench"
+BLOCK = 256 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,166 +139,45 @@ class Round:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Load:
-    requests: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
+class Transfer:
+    """One streamed body through one gateway."""
+
+    mib_s: float
+    #: Download: request sent to first body byte; upload: last byte sent to the answer.
+    wait_ms: float
+    rss_growth_mib: float
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+@dataclass(frozen=True)
+class Served:
+    """One gateway app under one server, and the processes that handle its requests."""
+
+    port: int
+    processes: list[psutil.Process]
 
 
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server on port {port} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+@dataclass
+class Results:
+    """Every round, keyed by what was measured."""
+
+    #: (server, connections, gateway) -> rounds
+    gateways: dict[tuple[str, int, str], list[Round]] = field(default_factory=dict)
+    #: (server, direction, gateway) -> transfers
+    streaming: dict[tuple[str, str, str], list[Transfer]] = field(default_factory=dict)
+    #: "direct" or server -> per round, the delay of each event in ms
+    sse: dict[str, list[list[float]]] = field(default_factory=dict)
+    #: (connections, processes) -> rounds
+    standalone: dict[tuple[int, int], list[Round]] = field(default_factory=dict)
+    #: what the servers wrote on standard error: line (numbers masked) -> count
+    logged: Counter[str] = field(default_factory=Counter)
 
 
-@contextmanager
-def running(command: list[str], port: int, env: dict[str, str]) -> Iterator[psutil.Process]:
-    process = subprocess.Popen(command, env=env, cwd=ROOT)
-    try:
-        wait_listening(port, process)
-        yield psutil.Process(process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
-def workers_of(master: psutil.Process, count: int, timeout: float = 20.0) -> list[psutil.Process]:
-    """The gunicorn master's worker processes, once all ``count`` of them are forked."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        children: list[psutil.Process] = master.children()
-        if len(children) == count:
-            return children
-        time.sleep(0.1)
-    raise RuntimeError(f"gunicorn {master.pid} did not fork {count} workers")
-
-
-def cpu_seconds(processes: list[psutil.Process]) -> tuple[float, float]:
-    """User and system CPU seconds of ``processes``, summed."""
-    user = system = 0.0
-    for each in processes:
-        times = each.cpu_times()
-        user += times.user
-        system += times.system
-    return user, system
-
-
-def check(port: int, key: str) -> None:
-    """One request, to make sure the gateway answers what the upstream (or host) says."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("GET", PATH, headers={"Authorization": f"Bearer {key}"})
-        response = connection.getresponse()
-        body = response.read()
-    finally:
-        connection.close()
-    if response.status != 200 or body != EXPECTED_BODY:
-        raise RuntimeError(f"port {port} answered {response.status} {body[:200]!r}")
-
-
-# -- load generators ---------------------------------------------------------------------------
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def _wrk_ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if match is None:
-        raise ValueError(f"unexpected wrk latency {text!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def wrk_load(port: int, key: str, *, connections: int, seconds: float) -> Load:
-    command = [
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{seconds:g}s",
-        "--latency",
-        "-H",
-        f"Authorization: Bearer {key}",
-        f"http://127.0.0.1:{port}{PATH}",
-    ]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError(f"wrk saw failures:\n{out}")
-    total = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
-    p50 = re.search(r"^\s+50%\s+(\S+)$", out, re.MULTILINE)
-    p99 = re.search(r"^\s+99%\s+(\S+)$", out, re.MULTILINE)
-    if total is None or p50 is None or p99 is None:
-        raise RuntimeError(f"cannot read wrk output:\n{out}")
-    elapsed = float(total.group(2)) / (1000 if total.group(3) == "ms" else 1)
-    return Load(
-        requests=int(total.group(1)),
-        seconds=elapsed,
-        p50_ms=_wrk_ms(p50.group(1)),
-        p99_ms=_wrk_ms(p99.group(1)),
-    )
-
-
-def python_load(port: int, key: str, *, connections: int, seconds: float) -> Load:
-    """Keep-alive GETs from ``connections`` threads, one connection each, for ``seconds``."""
-    latencies: list[list[float]] = [[] for _ in range(connections)]
-    failures: list[str] = []
-    deadline = time.monotonic() + seconds
-    headers = {"Authorization": f"Bearer {key}"}
-
-    def client(mine: list[float]) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            while time.monotonic() < deadline:
-                now = time.perf_counter()
-                connection.request("GET", PATH, headers=headers)
-                response = connection.getresponse()
-                response.read()
-                if response.status != 200:
-                    failures.append(str(response.status))
-                    return
-                mine.append(time.perf_counter() - now)
-        except OSError as exc:
-            failures.append(repr(exc))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=client, args=(mine,)) for mine in latencies]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=seconds + 30)
-    elapsed = time.monotonic() - started
-    if failures:
-        raise RuntimeError(f"client failures: {failures[:5]}")
-    merged = sorted(x for mine in latencies for x in mine)
-    quantiles = statistics.quantiles(merged, n=100)
-    return Load(
-        requests=len(merged),
-        seconds=elapsed,
-        p50_ms=quantiles[49] * 1e3,
-        p99_ms=quantiles[98] * 1e3,
-    )
-
-
-# -- the run -----------------------------------------------------------------------------------
+def _load_fn(args: argparse.Namespace) -> Callable[..., Load]:
+    return wrk_load if args.client == "wrk" else python_load
 
 
 def measure(
@@ -251,10 +186,19 @@ def measure(
     workers: list[psutil.Process],
     upstream: psutil.Process,
     args: argparse.Namespace,
+    *,
+    connections: int | None = None,
+    request: Request = HELLO,
 ) -> Round:
-    load_fn = wrk_load if args.client == "wrk" else python_load
+    """One round of load on ``port``; CPU read from ``workers`` and ``upstream``."""
     gateway_before, upstream_before = cpu_seconds(workers), cpu_seconds([upstream])
-    load = load_fn(port, key, connections=args.connections, seconds=args.seconds)
+    load = _load_fn(args)(
+        port,
+        key,
+        connections=args.connections if connections is None else connections,
+        seconds=args.seconds,
+        request=request,
+    )
     gateway_after, upstream_after = cpu_seconds(workers), cpu_seconds([upstream])
     return Round(
         requests=load.requests,
@@ -267,211 +211,722 @@ def measure(
     )
 
 
-def gunicorn_command(port: int, factory: str, args: argparse.Namespace) -> list[str]:
-    return [
-        str(Path(sys.executable).with_name("gunicorn")),
-        "--worker-class",
-        "gthread",
-        "--workers",
-        str(args.workers),
-        "--threads",
-        str(args.threads),
-        "--preload",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--keep-alive",
-        "30",
-        "--log-level",
-        "warning",
-        "--pythonpath",
-        f"{BENCH},{ROOT}",
-        f"apps:{factory}",
-    ]
+def _describe(result: Round) -> str:
+    return (
+        f"{result.rps:7.0f} req/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
+        f"gateway {result.gateway_us:6.1f} µs/req (user {result.gateway_user_us:5.1f}, "
+        f"sys {result.gateway_system_us:5.1f})  upstream {result.upstream_us:5.1f} µs/req"
+    )
 
 
-def run(args: argparse.Namespace) -> dict[str, list[Round]]:
-    rounds: dict[str, list[Round]] = {name: [] for name in GATEWAYS}
-    with ExitStack() as stack:
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        upstream_port = free_port()
+# -- streaming clients -------------------------------------------------------------------------
+
+
+def download(port: int, key: str, size: int, processes: list[psutil.Process]) -> Transfer:
+    """GET ``size`` bytes through the gateway, read into one reused buffer."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    buffer = memoryview(bytearray(BLOCK))
+    try:
+        with PeakRSS(processes) as memory:
+            started = time.perf_counter()
+            connection.request(
+                "GET", f"{PREFIX}/download?bytes={size}", headers={"Authorization": f"Bearer {key}"}
+            )
+            response = connection.getresponse()
+            received = len(response.read1(BLOCK))
+            first = time.perf_counter()
+            while count := response.readinto(buffer):
+                received += count
+            finished = time.perf_counter()
+    finally:
+        connection.close()
+    if response.status != 200 or received != size:
+        raise RuntimeError(
+            f"download: {response.status} {response.getheaders()}, {received} of {size} bytes"
+        )
+    return Transfer(
+        mib_s=size / MiB / (finished - started),
+        wait_ms=(first - started) * 1e3,
+        rss_growth_mib=memory.growth / MiB,
+    )
+
+
+def upload(port: int, key: str, size: int, processes: list[psutil.Process]) -> Transfer:
+    """POST ``size`` bytes (``Content-Length``) through the gateway, one block sent again and
+    again; the upstream answers how many it received."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    block = memoryview(bytes(BLOCK))
+    try:
+        with PeakRSS(processes) as memory:
+            started = time.perf_counter()
+            connection.putrequest("POST", f"{PREFIX}/upload")
+            connection.putheader("Authorization", f"Bearer {key}")
+            connection.putheader("Content-Type", "application/octet-stream")
+            connection.putheader("Content-Length", str(size))
+            connection.endheaders()
+            left = size
+            while left:
+                piece = block[: min(left, BLOCK)]
+                connection.send(piece)
+                left -= len(piece)
+            sent = time.perf_counter()
+            response = connection.getresponse()
+            answer = response.read()
+            finished = time.perf_counter()
+    finally:
+        connection.close()
+    if response.status != 200 or answer != b"%d\n" % size:
+        raise RuntimeError(f"upload of {size} bytes: {response.status} {answer[:200]!r}")
+    return Transfer(
+        mib_s=size / MiB / (finished - started),
+        wait_ms=(finished - sent) * 1e3,
+        rss_growth_mib=memory.growth / MiB,
+    )
+
+
+def event_delays(
+    port: int, path: str, key: str | None, events: int, interval: float
+) -> list[float]:
+    """Read ``events`` server-sent events from ``path``; for each, ms between the upstream
+    stamping it and this client reading its line."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Accept": "text/event-stream"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    delays: list[float] = []
+    try:
+        connection.request("GET", f"{path}?events={events}&interval={interval:g}", headers=headers)
+        response = connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"events: {response.status} {response.read()[:200]!r}")
+        while line := response.readline():
+            if line.startswith(b"data: "):
+                delays.append((time.monotonic() - float(line[6:])) * 1e3)
+    finally:
+        connection.close()
+    if len(delays) != events:
+        raise RuntimeError(f"events: {len(delays)} of {events} arrived")
+    return delays
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def serve_gateways(
+    stack: ExitStack, args: argparse.Namespace, scratch: Path, upstream_url: str
+) -> tuple[dict[tuple[str, str], Served], dict[str, str]]:
+    """Every app of ``GATEWAYS`` under every server: (server, factory) -> Served, and the
+    relay's key under each server."""
+    served: dict[tuple[str, str], Served] = {}
+    keys: dict[str, str] = {}
+    for server in args.servers:
         env = {
             **os.environ,
-            "BENCH_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
-            "BENCH_KEY_FILE": str(scratch / "key"),
+            "PYTHONPATH": f"{BENCH}{os.pathsep}{ROOT}",
+            "BENCH_UPSTREAM": upstream_url,
+            "BENCH_KEY_FILE": str(scratch / f"key-{server}"),
         }
-        upstream = stack.enter_context(
-            running(
-                [sys.executable, str(BENCH / "upstream.py"), str(upstream_port)],
-                upstream_port,
-                env,
-            )
-        )
-        servers: dict[str, tuple[int, list[psutil.Process]]] = {}
-        for name, factory in GATEWAYS.items():
+        for factory in dict.fromkeys(factory for factory, _ in GATEWAYS.values()):
             port = free_port()
-            command = gunicorn_command(port, factory, args)
-            master = stack.enter_context(running(command, port, env))
-            servers[name] = (port, workers_of(master, args.workers))
-        key = (scratch / "key").read_text(encoding="utf-8")
-        for name, (port, workers) in servers.items():
-            check(port, key)
-            print(f"{name}: port {port}, worker pids {[w.pid for w in workers]}", file=sys.stderr)
-        for port, _ in servers.values():  # warm-up: pools, caches, lazy imports
-            load_fn = wrk_load if args.client == "wrk" else python_load
-            load_fn(port, key, connections=args.connections, seconds=min(2.0, args.seconds))
-        for index in range(args.rounds):
-            for name, (port, workers) in servers.items():
-                result = measure(port, key, workers, upstream, args)
-                rounds[name].append(result)
-                print(
-                    f"round {index + 1} {name:5} {result.rps:8.0f} req/s  "
-                    f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
-                    f"gateway {result.gateway_us:6.1f} µs/req "
-                    f"(user {result.gateway_user_us:5.1f}, sys {result.gateway_system_us:5.1f})  "
-                    f"upstream {result.upstream_us:5.1f} µs/req",
-                    file=sys.stderr,
-                )
-    return rounds
+            if server == "gunicorn":
+                command = gunicorn_command(port, factory, args)
+            else:
+                command = waitress_command(port, factory, args.threads)
+            log = scratch / f"{server}-{factory.strip('()')}.log"
+            master = stack.enter_context(running(command, port, env, log=log))
+            processes = workers_of(master, args.workers) if server == "gunicorn" else [master]
+            served[server, factory] = Served(port, processes)
+            _progress(f"{server} {factory}: port {port}, pids {[p.pid for p in processes]}")
+        keys[server] = (scratch / f"key-{server}").read_text(encoding="utf-8")
+    return served, keys
 
 
-def _median(rounds: list[Round], attribute: str) -> float:
-    return float(statistics.median(getattr(r, attribute) for r in rounds))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _wrk_version() -> str:
-    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
-    return (out.stdout + out.stderr).splitlines()[0].partition(" Copyright")[0].strip()
-
-
-def report(rounds: dict[str, list[Round]], args: argparse.Namespace, load: str) -> str:
-    medians = {
-        name: {
-            attr: _median(rs, attr)
-            for attr in (
-                "rps",
-                "p50_ms",
-                "p99_ms",
-                "gateway_us",
-                "gateway_user_us",
-                "gateway_system_us",
-                "upstream_us",
+def run_gateways(
+    args: argparse.Namespace,
+    served: dict[tuple[str, str], Served],
+    keys: dict[str, str],
+    upstream: psutil.Process,
+    results: Results,
+) -> None:
+    for server in args.servers:
+        for name, (factory, request) in GATEWAYS.items():
+            port = served[server, factory].port
+            check(port, keys[server], request)
+            # Warm-up: pools, caches, lazy imports, the servers' threads.
+            warm = min(2.0, args.seconds)
+            _load_fn(args)(
+                port, keys[server], connections=max(args.connections), seconds=warm, request=request
             )
+            _progress(f"warm: {server} {name}")
+    for index in range(args.rounds):
+        for server in args.servers:
+            for connections in args.connections:
+                for name, (factory, request) in GATEWAYS.items():
+                    gateway = served[server, factory]
+                    result = measure(
+                        gateway.port,
+                        keys[server],
+                        gateway.processes,
+                        upstream,
+                        args,
+                        connections=connections,
+                        request=request,
+                    )
+                    results.gateways.setdefault((server, connections, name), []).append(result)
+                    _progress(
+                        f"round {index + 1} {server} c{connections} {name:9} {_describe(result)}"
+                    )
+
+
+def run_streaming(
+    args: argparse.Namespace,
+    served: dict[tuple[str, str], Served],
+    keys: dict[str, str],
+    results: Results,
+) -> None:
+    size = args.stream_mib * MiB
+    transfers = {"download": download, "upload": upload}
+    for server in args.servers:  # warm-up: buffers, pools, lazy imports
+        for name in STREAMED:
+            gateway = served[server, GATEWAYS[name][0]]
+            for transfer in transfers.values():
+                transfer(gateway.port, keys[server], 4 * MiB, gateway.processes)
+    for index in range(args.rounds):
+        for server in args.servers:
+            for direction, transfer in transfers.items():
+                for name in STREAMED:
+                    gateway = served[server, GATEWAYS[name][0]]
+                    result = transfer(gateway.port, keys[server], size, gateway.processes)
+                    results.streaming.setdefault((server, direction, name), []).append(result)
+                    _progress(
+                        f"round {index + 1} {server} {direction:8} {name:9} "
+                        f"{result.mib_s:7.1f} MiB/s  wait {result.wait_ms:7.2f} ms  "
+                        f"RSS +{result.rss_growth_mib:6.2f} MiB"
+                    )
+
+
+def run_sse(
+    args: argparse.Namespace,
+    served: dict[tuple[str, str], Served],
+    keys: dict[str, str],
+    upstream_port: int,
+    results: Results,
+) -> None:
+    for index in range(args.rounds):
+        streams: dict[str, tuple[int, str, str | None]] = {
+            "direct": (upstream_port, "/sse", None),
+            **{
+                server: (served[server, "make_relay()"].port, f"{PREFIX}/sse", keys[server])
+                for server in args.servers
+            },
         }
-        for name, rs in rounds.items()
-    }
-    relay, proxy, bare = medians["relay"], medians["proxy"], medians["bare"]
+        for name, (port, path, key) in streams.items():
+            delays = event_delays(port, path, key, args.sse_events, args.sse_interval)
+            results.sse.setdefault(name, []).append(delays)
+            p50, p99 = _percentiles(delays)
+            _progress(
+                f"round {index + 1} events {name:8} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+                f"max {max(delays):6.2f} ms"
+            )
+
+
+def run_standalone(
+    args: argparse.Namespace,
+    stack: ExitStack,
+    scratch: Path,
+    upstream_url: str,
+    upstream: psutil.Process,
+    results: Results,
+) -> None:
+    directory = scratch / "standalone"
+    directory.mkdir()
+    key = standalone_gateway(directory, upstream_url)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    servers: dict[int, Served] = {}
+    for processes in dict.fromkeys((1, args.standalone_workers)):
+        port = free_port()
+        server = {"engine": "gunicorn", "workers": processes, "threads": args.threads}
+        # By default one team holds at most half of a process's threads (429 past it): every
+        # thread may relay here, as in the other sections, where no limiter runs.
+        limits = {"team_max_in_flight": args.threads, "max_in_flight": args.threads}
+        config = serve_config(
+            directory, f"serve-{processes}.toml", port=port, server=server, limits=limits
+        )
+        # The relay log (a line per request) is part of the work; the file keeps its errors.
+        log = scratch / f"standalone-{processes}.log"
+        master = stack.enter_context(running(serve_command(config), port, env, log=log))
+        servers[processes] = Served(port, workers_of(master, processes))
+        check(port, key)
+        _load_fn(args)(port, key, connections=max(args.connections), seconds=min(2.0, args.seconds))
+        _progress(f"standalone, {processes} processes: port {port}")
+    for index in range(args.rounds):
+        for connections in args.connections:
+            for processes, gateway in servers.items():
+                result = measure(
+                    gateway.port, key, gateway.processes, upstream, args, connections=connections
+                )
+                results.standalone.setdefault((connections, processes), []).append(result)
+                _progress(
+                    f"round {index + 1} standalone c{connections} x{processes} {_describe(result)}"
+                )
+
+
+def read_logs(scratch: Path) -> Counter[str]:
+    """Every line the servers wrote on standard error but their notices (``INFO``), with
+    numbers masked so that repeats group."""
+    lines: Counter[str] = Counter()
+    for log in sorted(scratch.glob("*.log")):
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            if " INFO " in line or line.startswith("INFO:"):
+                continue
+            lines[f"{log.stem}: {re.sub(r'[0-9]+', 'N', line.strip())}"] += 1
+    return lines
+
+
+def run(args: argparse.Namespace) -> Results:
+    results = Results()
+    with tempfile.TemporaryDirectory() as directory:
+        scratch = Path(directory)
+        with ExitStack() as stack:
+            upstream_port = free_port()
+            upstream_url = f"http://127.0.0.1:{upstream_port}"
+            command = [sys.executable, str(BENCH / "upstream.py"), str(upstream_port)]
+            upstream = stack.enter_context(running(command, upstream_port, dict(os.environ)))
+            if {"gateways", "streaming", "sse"} & set(args.only):
+                served, keys = serve_gateways(stack, args, scratch, upstream_url)
+                if "gateways" in args.only:
+                    run_gateways(args, served, keys, upstream, results)
+                if "streaming" in args.only:
+                    run_streaming(args, served, keys, results)
+                if "sse" in args.only:
+                    run_sse(args, served, keys, upstream_port, results)
+            if "standalone" in args.only:
+                run_standalone(args, stack, scratch, upstream_url, upstream, results)
+        # The servers have stopped: their logs are complete.
+        results.logged = read_logs(scratch)
+    return results
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _percentiles(delays: list[float]) -> tuple[float, float]:
+    quantiles = statistics.quantiles(delays, n=100, method="inclusive")
+    return quantiles[49], quantiles[98]
+
+
+def _paired(
+    first: list[Round], second: list[Round], value: Callable[[Round, Round], float]
+) -> float:
+    """The median over rounds of ``value(first round n, second round n)``: adjacent rounds
+    share the machine's conditions, so their ratio is the steadier figure."""
+    return _median([value(a, b) for a, b in zip(first, second, strict=True)])
+
+
+@dataclass(frozen=True)
+class Goal:
+    what: str
+    where: str
+    measured: float
+    target: float
+    above: bool  # the goal is to reach at least ``target`` (else: to stay under it)
+    unit: str = ""
+
+    def row(self) -> str:
+        met = self.measured >= self.target if self.above else self.measured < self.target
+        sign = "≥" if self.above else "<"
+        return (
+            f"| {self.what} | {self.where} | {self.measured:.2f}{self.unit} | "
+            f"{sign} {self.target:g}{self.unit} | {'yes' if met else '**no**'} |"
+        )
+
+
+def goals(args: argparse.Namespace, results: Results) -> list[Goal]:
+    found: list[Goal] = []
+    rps: Callable[[Round, Round], float] = lambda a, b: a.rps / b.rps  # noqa: E731
+    for server in args.servers:
+        for connections in args.connections:
+            rounds = {name: results.gateways.get((server, connections, name)) for name in GATEWAYS}
+            if not all(rounds.values()):
+                continue
+            where = f"{server}, {connections} connections"
+            catch_all, proxy = rounds["catch-all"] or [], rounds["proxy"] or []
+            bare, invoke = rounds["bare"] or [], rounds["invoke"] or []
+            found += [
+                Goal("req/s catch-all / proxy", where, _paired(catch_all, proxy, rps), 1.5, True),
+                Goal("req/s catch-all / bare", where, _paired(catch_all, bare, rps), 0.6, True),
+                Goal(
+                    "req/s invoke / catch-all", where, _paired(invoke, catch_all, rps), 0.85, True
+                ),
+            ]
+    for server in args.servers:
+        for direction in DIRECTIONS:
+            catch_all_streams = results.streaming.get((server, direction, "catch-all"))
+            proxy_streams = results.streaming.get((server, direction, "proxy"))
+            if not catch_all_streams or not proxy_streams:
+                continue
+            where = f"{server}, {args.stream_mib} MiB {direction}"
+            ratio = _median(
+                [a.mib_s / b.mib_s for a, b in zip(catch_all_streams, proxy_streams, strict=True)]
+            )
+            growth = max(t.rss_growth_mib for t in catch_all_streams)
+            found += [
+                Goal("MiB/s catch-all / proxy", where, ratio, 1.5, True),
+                Goal("catch-all RSS growth (worst round)", where, growth, 8, False, " MiB"),
+            ]
+    for server in args.servers:
+        if server in results.sse:
+            _, p99 = _percentiles([d for delays in results.sse[server] for d in delays])
+            where = f"{server}, {args.sse_events} events every {args.sse_interval * 1e3:g} ms"
+            found.append(Goal("event delay p99 through the catch-all", where, p99, 5, False, " ms"))
+    for connections in args.connections:
+        one = results.standalone.get((connections, 1))
+        many = results.standalone.get((connections, args.standalone_workers))
+        if one and many and args.standalone_workers > 1:
+            where = f"`serve`, gunicorn, {connections} connections"
+            ratio = _paired(many, one, rps)
+            found.append(
+                Goal(f"req/s {args.standalone_workers} processes / 1", where, ratio, 1.8, True)
+            )
+    return found
+
+
+def _setup(args: argparse.Namespace, load: str) -> list[str]:
     client = (
-        f"`wrk -t1 -c{args.connections} -d{args.seconds:g}s --latency` ({_wrk_version()}): "
-        f"one client thread, {args.connections} kept-alive connections"
+        f"`wrk -t1 -c<connections> -d{args.seconds:g}s --latency` ({wrk_version()}), one client"
+        " thread, kept-alive connections; the invoke route's POST and body from a `-s` Lua script"
         if args.client == "wrk"
-        else f"Python keep-alive client: {args.connections} threads with one connection each, "
-        f"{args.seconds:g} s"
+        else "a Python keep-alive client, one thread and connection per connection (it shares"
+        " the cores with the gateway)"
     )
-    rows = [
-        f"| {name} | {m['rps']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
-        f"{m['gateway_us']:.0f} | {m['gateway_user_us']:.0f} | {m['gateway_system_us']:.0f} | "
-        f"{m['upstream_us']:.0f} | {m['gateway_us'] + m['upstream_us']:.0f} |"
-        for name, m in medians.items()
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}"
+        for name in ("gunicorn", "waitress", "werkzeug")
+    )
+    return [
+        "## Setup",
+        "",
+        f"- {cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}, {versions}, invoke_middleware at "
+        f"{source_revision()}",
+        f"- gunicorn: `--worker-class gthread --workers {args.workers} --threads {args.threads}"
+        " --preload --keep-alive 30`; waitress: `waitress-serve --threads "
+        f"{args.threads}` (one process)",
+        f"- load: {client}; connections: {', '.join(map(str, args.connections))}",
+        f"- {args.rounds} interleaved rounds of {args.seconds:g} s after a warm-up; medians over"
+        " rounds",
+        "- CPU per request: user + system time of the processes serving the gateway (gunicorn's"
+        " workers, waitress's process) and of the upstream over the round, divided by the"
+        " requests served in it",
+        f"- load average (1 min) before and after the run: {load}",
+        f"- command: `{' '.join(['python', 'bench/bench_relay.py', *sys.argv[1:]])}`",
+        "",
     ]
-    per_round = [
-        f"| {index + 1} | {name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-        f"{r.gateway_us:.0f} |"
-        for index in range(args.rounds)
-        for name, rs in rounds.items()
-        for r in [rs[index]]
+
+
+def _gateway_tables(args: argparse.Namespace, results: Results) -> list[str]:
+    lines = [
+        "### Small requests",
+        "",
+        "Each column is its own median over the rounds (so user + system need not add up);"
+        " *above bare* is the median over rounds of (gateway CPU - bare's in the same pass).",
+        "",
+        "| server | conns | gateway | req/s | p50 ms | p99 ms | gateway CPU µs/req | user |"
+        " system | above bare | upstream µs/req |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    # Adjacent rounds share the machine's conditions: their ratios are the steadier figure.
-    paired = list(zip(rounds["relay"], rounds["proxy"], strict=True))
-    rps_ratio = statistics.median(r.rps / p.rps for r, p in paired)
-    cpu_ratio = statistics.median(r.gateway_us / p.gateway_us for r, p in paired)
-    relay_total = relay["gateway_us"] + relay["upstream_us"]
-    proxy_total = proxy["gateway_us"] + proxy["upstream_us"]
-    relay_extra = relay["gateway_us"] - bare["gateway_us"]
-    proxy_extra = proxy["gateway_us"] - bare["gateway_us"]
-    return "\n".join(
-        [
-            "# Catch-all relay vs werkzeug ProxyMiddleware",
-            "",
-            "Produced by `bench/bench_relay.py`. `GET /r/containers/bench/hello` (13-byte",
-            "answer) through three gateways served by gunicorn with identical settings, against",
-            "the same loopback upstream (`bench/upstream.py`), in interleaved rounds.",
-            "",
-            "- **relay**: the host wrapped by `InvokeMiddleware` (catch-all route, `sk-` key in",
-            "  the in-memory store, default `HTTPTransport`);",
-            "- **proxy**: the host wrapped by werkzeug's `ProxyMiddleware` (a new upstream",
-            "  connection per request, as werkzeug does);",
-            "- **bare**: the host app answering by itself (the server's own cost).",
-            "",
-            "## Setup",
-            "",
-            f"- {_cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
-            f"- Python {platform.python_version()}, gunicorn {gunicorn.__version__}, "
-            f"werkzeug {importlib.metadata.version('werkzeug')}",
-            f"- server: `gunicorn --worker-class gthread --workers {args.workers} "
-            f"--threads {args.threads} --preload --keep-alive 30 apps:<factory>`",
-            f"- load: {client}; few client threads, so that the client leaves the gateway a core",
-            f"- {args.rounds} rounds per gateway after a warm-up; medians over rounds",
-            f"- load average (1 min) before and after the run: {load}",
-            "- CPU per request: user + system time of the gunicorn worker processes (and of",
-            "  the upstream) over the round, divided by the requests served in it",
-            "",
-            "## Results (medians)",
-            "",
-            "Each column is its own median over the rounds (so user + system need not add up).",
-            "",
-            "| gateway | req/s | p50 ms | p99 ms | gateway CPU µs/req | user | system "
-            "| upstream CPU µs/req | gateway + upstream |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-            *rows,
-            "",
-            "## Ratios",
-            "",
-            "Medians of the ratios of adjacent rounds (relay round *n* / proxy round *n*):",
-            "",
-            f"- throughput relay / proxy: **{rps_ratio:.2f}**",
-            f"- gateway CPU per request, relay / proxy: **{cpu_ratio:.2f}**",
-            "",
-            "Ratios of the medians above:",
-            "",
-            f"- throughput relay / proxy: {relay['rps'] / proxy['rps']:.2f}",
-            f"- throughput relay / bare: {relay['rps'] / bare['rps']:.2f}",
-            f"- gateway CPU per request, relay / proxy: "
-            f"{relay['gateway_us'] / proxy['gateway_us']:.2f}",
-            f"- gateway CPU per request above bare: relay {relay_extra:.0f} µs, "
-            f"proxy {proxy_extra:.0f} µs ({relay_extra / proxy_extra:.2f}x)",
-            f"- gateway + upstream CPU per request, relay / proxy: {relay_total / proxy_total:.2f}",
-            f"- p50 latency relay / proxy: {relay['p50_ms'] / proxy['p50_ms']:.2f}",
-            "",
-            "## Every round",
-            "",
-            "| round | gateway | req/s | p50 ms | p99 ms | gateway CPU µs/req |",
-            "|---:|---|---:|---:|---:|---:|",
-            *per_round,
-            "",
-            "Figures on a shared machine move by some percent between runs; compare the ratios",
-            "within one run.",
-            "",
+    for (server, connections, name), rounds in results.gateways.items():
+        bare = results.gateways[server, connections, "bare"]
+        above = _paired(rounds, bare, lambda a, b: a.gateway_us - b.gateway_us)
+        lines.append(
+            f"| {server} | {connections} | {name} | {_median([r.rps for r in rounds]):.0f} | "
+            f"{_median([r.p50_ms for r in rounds]):.2f} | "
+            f"{_median([r.p99_ms for r in rounds]):.2f} | "
+            f"{_median([r.gateway_us for r in rounds]):.0f} | "
+            f"{_median([r.gateway_user_us for r in rounds]):.0f} | "
+            f"{_median([r.gateway_system_us for r in rounds]):.0f} | {above:.0f} | "
+            f"{_median([r.upstream_us for r in rounds]):.0f} |"
+        )
+    return [*lines, ""]
+
+
+def _streaming_table(args: argparse.Namespace, results: Results) -> list[str]:
+    lines = [
+        f"### Streaming ({args.stream_mib} MiB)",
+        "",
+        "*wait*: for a download, from sending the request to the first body byte; for an"
+        " upload, from the last byte sent to the whole answer. *RSS growth*: the gateway"
+        " process's resident memory, peak sampled every 5 ms during the transfer minus before"
+        " it (for gunicorn, the worker that grew most); median and worst round.",
+        "",
+        "| server | direction | gateway | MiB/s | wait ms | RSS growth MiB | worst |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for (server, direction, name), transfers in results.streaming.items():
+        lines.append(
+            f"| {server} | {direction} | {name} | {_median([t.mib_s for t in transfers]):.0f} | "
+            f"{_median([t.wait_ms for t in transfers]):.2f} | "
+            f"{_median([t.rss_growth_mib for t in transfers]):.2f} | "
+            f"{max(t.rss_growth_mib for t in transfers):.2f} |"
+        )
+    return [*lines, ""]
+
+
+def _sse_table(args: argparse.Namespace, results: Results) -> list[str]:
+    lines = [
+        "### Server-sent events",
+        "",
+        f"{args.sse_events} events, one every {args.sse_interval * 1e3:g} ms, each stamped with"
+        " `time.monotonic()` by the upstream as it writes it; the delay is the client's clock"
+        " when it has read the event's line minus the stamp. *direct* reads the upstream"
+        " without a gateway (the client's and the loopback's share). Over all rounds' events.",
+        "",
+        "| stream | events | p50 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, rounds in results.sse.items():
+        delays = [d for each in rounds for d in each]
+        p50, p99 = _percentiles(delays)
+        label = name if name == "direct" else f"{name}, catch-all"
+        lines.append(f"| {label} | {len(delays)} | {p50:.2f} | {p99:.2f} | {max(delays):.2f} |")
+    return [*lines, ""]
+
+
+def _standalone_table(args: argparse.Namespace, results: Results) -> list[str]:
+    lines = [
+        "### Standalone gateway",
+        "",
+        f'`invoke-middleware serve` with `[server] engine = "gunicorn"`, `threads ='
+        f" {args.threads}`, `workers` 1 and {args.standalone_workers}; `GET {PATH}` with an"
+        " `sk-` key from the store; its log line per request is written to a file.",
+        "",
+        "| conns | processes | req/s | p50 ms | p99 ms | gateway CPU µs/req |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (connections, processes), rounds in results.standalone.items():
+        lines.append(
+            f"| {connections} | {processes} | {_median([r.rps for r in rounds]):.0f} | "
+            f"{_median([r.p50_ms for r in rounds]):.2f} | "
+            f"{_median([r.p99_ms for r in rounds]):.2f} | "
+            f"{_median([r.gateway_us for r in rounds]):.0f} |"
+        )
+    return [*lines, ""]
+
+
+def _ratios(args: argparse.Namespace, results: Results) -> list[str]:
+    lines = ["## Ratios", "", "Medians over rounds of the ratio of adjacent rounds.", ""]
+    for server in args.servers:
+        for connections in args.connections:
+            rounds = {n: results.gateways.get((server, connections, n), []) for n in GATEWAYS}
+            if not all(rounds.values()):
+                continue
+            catch_all, proxy, bare = rounds["catch-all"], rounds["proxy"], rounds["bare"]
+            extra = {
+                name: _paired(rounds[name], bare, lambda a, b: a.gateway_us - b.gateway_us)
+                for name in ("catch-all", "invoke", "proxy")
+            }
+            rps = _paired(catch_all, proxy, lambda a, b: a.rps / b.rps)
+            cpu = _paired(catch_all, proxy, lambda a, b: a.gateway_us / b.gateway_us)
+            upstream = _paired(
+                catch_all,
+                proxy,
+                lambda a, b: (a.gateway_us + a.upstream_us) / (b.gateway_us + b.upstream_us),
+            )
+            lines += [
+                f"- {server}, {connections} connections: req/s catch-all / proxy **{rps:.2f}**,"
+                f" catch-all / bare {_paired(catch_all, bare, lambda a, b: a.rps / b.rps):.2f},"
+                f" invoke / catch-all "
+                f"{_paired(rounds['invoke'], catch_all, lambda a, b: a.rps / b.rps):.2f};"
+                f" gateway CPU per request catch-all / proxy {cpu:.2f} (with the upstream's"
+                f" {upstream:.2f}); above bare: catch-all {extra['catch-all']:.0f} µs, invoke"
+                f" {extra['invoke']:.0f} µs, proxy {extra['proxy']:.0f} µs"
+                f" ({extra['catch-all'] / extra['proxy']:.2f}x)",
+            ]
+    for server in args.servers:
+        for direction in DIRECTIONS:
+            mine = results.streaming.get((server, direction, "catch-all"))
+            theirs = results.streaming.get((server, direction, "proxy"))
+            if mine and theirs:
+                ratio = _median([a.mib_s / b.mib_s for a, b in zip(mine, theirs, strict=True)])
+                lines.append(f"- {server}, {direction}: MiB/s catch-all / proxy **{ratio:.2f}**")
+    for connections in args.connections:
+        one = results.standalone.get((connections, 1))
+        many = results.standalone.get((connections, args.standalone_workers))
+        if one and many and many is not one:
+            ratio = _paired(many, one, lambda a, b: a.rps / b.rps)
+            cpu = _paired(many, one, lambda a, b: a.gateway_us / b.gateway_us)
+            lines.append(
+                f"- `serve`, {connections} connections: req/s {args.standalone_workers}"
+                f" processes / 1 **{ratio:.2f}**, CPU per request {cpu:.2f}"
+            )
+    return [*lines, ""]
+
+
+def _every_round(results: Results) -> list[str]:
+    lines = ["## Every round", ""]
+    if results.gateways:
+        lines += [
+            "| round | server | conns | gateway | req/s | p50 ms | p99 ms | gateway CPU µs/req |",
+            "|---:|---|---:|---|---:|---:|---:|---:|",
         ]
-    )
+        rows = [
+            (
+                index,
+                f"| {index + 1} | {server} | {connections} | {name} | {r.rps:.0f} | "
+                f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.gateway_us:.0f} |",
+            )
+            for (server, connections, name), rounds in results.gateways.items()
+            for index, r in enumerate(rounds)
+        ]
+        lines += [row for _, row in sorted(rows, key=lambda pair: pair[0])] + [""]
+    if results.streaming:
+        lines += [
+            "| round | server | direction | gateway | MiB/s | wait ms | RSS growth MiB |",
+            "|---:|---|---|---|---:|---:|---:|",
+        ]
+        rows = [
+            (
+                index,
+                f"| {index + 1} | {server} | {direction} | {name} | {t.mib_s:.0f} | "
+                f"{t.wait_ms:.2f} | {t.rss_growth_mib:.2f} |",
+            )
+            for (server, direction, name), transfers in results.streaming.items()
+            for index, t in enumerate(transfers)
+        ]
+        lines += [row for _, row in sorted(rows, key=lambda pair: pair[0])] + [""]
+    if results.sse:
+        lines += ["| round | stream | p50 ms | p99 ms | max ms |", "|---:|---|---:|---:|---:|"]
+        rows = [
+            (
+                index,
+                f"| {index + 1} | {name} | {_percentiles(delays)[0]:.2f} | "
+                f"{_percentiles(delays)[1]:.2f} | {max(delays):.2f} |",
+            )
+            for name, rounds in results.sse.items()
+            for index, delays in enumerate(rounds)
+        ]
+        lines += [row for _, row in sorted(rows, key=lambda pair: pair[0])] + [""]
+    if results.standalone:
+        lines += [
+            "| round | conns | processes | req/s | p50 ms | p99 ms | gateway CPU µs/req |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        rows = [
+            (
+                index,
+                f"| {index + 1} | {connections} | {processes} | {r.rps:.0f} | "
+                f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.gateway_us:.0f} |",
+            )
+            for (connections, processes), rounds in results.standalone.items()
+            for index, r in enumerate(rounds)
+        ]
+        lines += [row for _, row in sorted(rows, key=lambda pair: pair[0])] + [""]
+    return lines
+
+
+def _logged(results: Results) -> list[str]:
+    lines = [
+        "## What the servers wrote",
+        "",
+        "Standard error of every server over the run, but for its `INFO` lines (digits shown"
+        " as N):",
+        "",
+    ]
+    if not results.logged:
+        return [*lines, "nothing.", ""]
+    lines += ["| count | line |", "|---:|---|"]
+    for line, count in results.logged.most_common(15):
+        text = line.replace("|", "\\|")[:200]
+        lines.append(f"| {count} | `{text}` |")
+    return [*lines, ""]
+
+
+def report(args: argparse.Namespace, results: Results, load: str) -> str:
+    lines = [
+        "# The relay against werkzeug's ProxyMiddleware, under gunicorn and waitress",
+        "",
+        "Produced by `bench/bench_relay.py` (`bench/README.md` says what each section does),"
+        " against the loopback upstream of `bench/upstream.py`, in interleaved rounds:",
+        "",
+        "- **bare**: the host app answering by itself (the server's own cost);",
+        "- **proxy**: the host wrapped by werkzeug's `ProxyMiddleware` (a new upstream",
+        "  connection per request, as werkzeug does);",
+        "- **catch-all**: `GET /r/containers/bench/hello` through `InvokeMiddleware` (an `sk-` key",
+        "  in the in-memory store, the default `HTTPTransport`);",
+        "- **invoke**: `POST /r/invoke/bench` to the same gateway, the same GET in a JSON",
+        "  envelope.",
+        "",
+        *_setup(args, load),
+        "## Goals",
+        "",
+        "| measure | where | measured | goal | met |",
+        "|---|---|---:|---:|---|",
+        *(goal.row() for goal in goals(args, results)),
+        "",
+        "## Results (medians)",
+        "",
+    ]
+    if results.gateways:
+        lines += _gateway_tables(args, results)
+    if results.streaming:
+        lines += _streaming_table(args, results)
+    if results.sse:
+        lines += _sse_table(args, results)
+    if results.standalone:
+        lines += _standalone_table(args, results)
+    lines += _ratios(args, results)
+    lines += _every_round(results)
+    lines += _logged(results)
+    lines += [
+        "Figures on a shared machine move by some percent between runs; compare the ratios",
+        "within one run.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _names(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = sorted(set(names) - set(choices))
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"choose among {', '.join(choices)}")
+        return names
+
+    return parse
+
+
+def _counts(text: str) -> list[int]:
+    return [int(each) for each in text.split(",")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=8.0, help="per round")
-    parser.add_argument("--connections", type=int, default=8, help="client connections")
-    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per load round")
+    parser.add_argument("--connections", type=_counts, default=[16, 64], help="e.g. 16,64")
+    parser.add_argument("--servers", type=_names(SERVERS), default=list(SERVERS))
+    parser.add_argument(
+        "--only",
+        type=_names(SECTIONS),
+        default=list(SECTIONS),
+        help=f"sections, among {','.join(SECTIONS)}",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--threads", type=int, default=8, help="threads per process")
+    parser.add_argument("--stream-mib", type=int, default=256, help="size of each transfer")
+    parser.add_argument("--sse-events", type=int, default=50)
+    parser.add_argument("--sse-interval", type=float, default=0.1, help="seconds")
+    parser.add_argument(
+        "--standalone-workers",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="the N of serve's N processes against 1",
+    )
     parser.add_argument(
         "--client",
         choices=("wrk", "python"),
@@ -480,12 +935,13 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     before = os.getloadavg()[0]
-    rounds = run(args)
-    text = report(rounds, args, f"{before:.1f} / {os.getloadavg()[0]:.1f}")
+    started = time.monotonic()
+    results = run(args)
+    text = report(args, results, f"{before:.1f} / {os.getloadavg()[0]:.1f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
     print(text)
-    print(f"written to {args.output}", file=sys.stderr)
+    _progress(f"written to {args.output} after {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":
