@@ -65,6 +65,23 @@ DEFAULT_SQLITE_BUSY_TIMEOUT = 5.0
 
 _SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
+# The reads a request makes, built once with bound parameters: building a statement and its
+# cache key on every call cost more than running it (a credential lookup on SQLite took
+# 202 µs of CPU that way, 86 µs with the statement built once).
+_CREDENTIALS_BY_PREFIX = sa.select(_schema.credentials).where(
+    _schema.credentials.c.prefix == sa.bindparam("prefix")
+)
+_CREDENTIAL_BY_ID = sa.select(_schema.credentials).where(
+    _schema.credentials.c.id == sa.bindparam("id")
+)
+_ROLE = sa.select(_schema.memberships.c.role).where(
+    _schema.memberships.c.team_id == sa.bindparam("team_id"),
+    _schema.memberships.c.user_id == sa.bindparam("user_id"),
+)
+_TEAM_LIMITS = sa.select(_schema.team_limits).where(
+    _schema.team_limits.c.team_id == sa.bindparam("team_id")
+)
+
 
 class DuplicateServiceError(ValueError):
     """The team already has a service with this slug (or the id is already taken)."""
@@ -426,13 +443,8 @@ class SQLTeamLimits:
     def _select_one(self, team_id: uuid.UUID) -> TeamLimits | None:
         if not self._has_table():
             return None
-        table = _schema.team_limits
         with self._engine.connect() as connection:
-            row = (
-                connection.execute(sa.select(table).where(table.c.team_id == team_id))
-                .mappings()
-                .one_or_none()
-            )
+            row = connection.execute(_TEAM_LIMITS, {"team_id": team_id}).mappings().one_or_none()
         return None if row is None else _team_limits_from_row(row)
 
 
@@ -483,13 +495,11 @@ class SQLCredentialStore:
 
     def find_by_prefix(self, prefix: str) -> Sequence[CredentialRecord]:
         """Every record whose prefix is ``prefix`` (normally zero or one)."""
-        table = _schema.credentials
-        return self._select(sa.select(table).where(table.c.prefix == prefix))
+        return self._select(_CREDENTIALS_BY_PREFIX, {"prefix": prefix})
 
     def get(self, credential_id: uuid.UUID) -> CredentialRecord | None:
         """The credential ``credential_id``, or ``None``."""
-        table = _schema.credentials
-        found = self._select(sa.select(table).where(table.c.id == credential_id))
+        found = self._select(_CREDENTIAL_BY_ID, {"id": credential_id})
         return found[0] if found else None
 
     def issue(
@@ -578,9 +588,12 @@ class SQLCredentialStore:
             .order_by(table.c.created_at, table.c.id)
         )
 
-    def _select(self, query: sa.Select[Any]) -> Sequence[CredentialRecord]:
+    def _select(
+        self, query: sa.Select[Any], parameters: dict[str, Any] | None = None
+    ) -> Sequence[CredentialRecord]:
         with self._engine.connect() as connection:
-            return [_credential_from_row(row) for row in connection.execute(query).mappings()]
+            rows = connection.execute(query, parameters).mappings()
+            return [_credential_from_row(row) for row in rows]
 
 
 def _credential_from_row(row: sa.RowMapping) -> CredentialRecord:
@@ -614,12 +627,9 @@ class SQLMembershipStore:
 
     def role_of(self, team_id: uuid.UUID, user_id: str) -> Role | None:
         """The role of ``user_id`` in ``team_id``, or ``None`` when not a member."""
-        table = _schema.memberships
-        query = sa.select(table.c.role).where(
-            table.c.team_id == team_id, table.c.user_id == user_id
-        )
         with self._engine.connect() as connection:
-            role = connection.execute(query).scalar_one_or_none()
+            parameters = {"team_id": team_id, "user_id": user_id}
+            role = connection.execute(_ROLE, parameters).scalar_one_or_none()
         return None if role is None else Role(role)
 
     def set_role(self, team_id: uuid.UUID, user_id: str, role: Role) -> None:
