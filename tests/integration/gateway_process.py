@@ -154,8 +154,8 @@ class GatewayProcess:
     port: int
     key: str
     pid: int
-    #: ``werkzeug``, ``gunicorn`` or ``waitress``.
-    server: str
+    #: ``werkzeug``, ``gunicorn`` or ``waitress`` (``None``: a server started elsewhere).
+    server: str | None = None
 
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=_TIMEOUT)
