@@ -9,7 +9,10 @@ Two engines (the README's "Standalone gateway" section):
   socket is shared, and state shared between processes lives in the store.
 - **waitress**: one process, portable (no ``fork`` needed). It reads each request whole
   before calling the application: a body up to ``max_request_body_bytes`` is buffered (in
-  memory, then in a temporary file past 512 KiB) before the gateway sees it.
+  memory, then in a temporary file past 512 KiB) before the gateway sees it. What the
+  gateway sends back goes through a small output buffer per connection (see
+  :data:`WAITRESS_OUTBUF_HIGH_WATERMARK`): a streamed download costs a few hundred KiB of
+  memory, whatever its size, and an event is written as soon as the upstream sends it.
 
 The default is gunicorn where it is installed and the platform can fork, else waitress.
 
@@ -62,6 +65,30 @@ REQUEST_LINE_ALLOWANCE = 8192
 #: gunicorn refuses a request line or a header field above this (its hard ceiling).
 _GUNICORN_MAX_FIELD = 8190
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+
+# waitress copies what the application yields into an output buffer per connection, which its
+# event loop drains to the socket; the task thread pauses while more than the high watermark
+# waits there. The buffer is not compacted as it drains: a new one starts only once the
+# watermark's worth went through it. At waitress's default (16 MiB) every streamed download
+# grew a 16 MiB buffer, which the C allocator kept in the arena of the thread that served it
+# (one per thread: up to threads x 16 MiB kept, for good). The kernel's send buffer (tuned up
+# to several MiB per connection) is what keeps a fast client busy, so a small buffer in front
+# of it costs no throughput; 256 KiB is four of the relay's 64 KiB chunks. 64 KiB was too
+# small: the task thread then waited for the event loop after nearly every chunk.
+#: Bytes waiting to be sent before the application's thread pauses (waitress's default: 16 MiB).
+WAITRESS_OUTBUF_HIGH_WATERMARK = 256 * 1024
+# Output not yet sent past this moves to a temporary file. Above the watermark plus a chunk,
+# a streamed relay stays in memory (the watermark bounds it) rather than costing a file and a
+# descriptor per slow client; only a single write larger than this (a big invoke envelope)
+# goes to disk. waitress's own default, written here because it must stay above the watermark.
+WAITRESS_OUTBUF_OVERFLOW = 1024 * 1024
+# The event loop reads request bytes this many at a time (waitress's default: 8 KiB). It is one
+# thread for every connection, and an upload spooled 8 KiB per turn cost it twice the CPU.
+WAITRESS_RECV_BYTES = 64 * 1024
+# Left at waitress's defaults, on purpose: send_bytes (1: every write is flushed at once, so a
+# server-sent event is never held back), inbuf_overflow (a request body past 512 KiB is spooled
+# to a temporary file) and channel_request_lookahead (0: no pipelined request is read while one
+# is being answered).
 #: The environment variable prometheus_client reads for its multi-process mode.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -222,6 +249,9 @@ def _run_waitress(
             cleanup_interval=max(1, min(30, plan.idle_timeout // 2)),
             max_request_header_size=plan.max_request_header_bytes,
             max_request_body_size=plan.max_request_body_bytes,
+            outbuf_high_watermark=WAITRESS_OUTBUF_HIGH_WATERMARK,
+            outbuf_overflow=WAITRESS_OUTBUF_OVERFLOW,
+            recv_bytes=WAITRESS_RECV_BYTES,
         )
         if isinstance(server, MultiSocketServer):
             bound = list(server.effective_listen)

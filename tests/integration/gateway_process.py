@@ -5,8 +5,9 @@
 ``python -m tests.integration.gateway_process SERVER UPSTREAM_URL [LIMITS]`` serves a Flask
 host wrapped by the middleware, with one service ``svc`` at ``UPSTREAM_URL``, and prints one JSON
 line once it listens: ``{"port": ..., "key": ..., "pid": ...}`` where ``pid`` is the process
-that handles requests. ``SERVER`` is ``werkzeug`` (threaded, in this process) or ``gunicorn``
-(one gthread worker, forked from this process after the app is built). ``LIMITS``, a JSON
+that handles requests. ``SERVER`` is ``werkzeug`` (threaded, in this process), ``gunicorn``
+(one gthread worker, forked from this process after the app is built) or ``waitress`` (in this
+process, configured as ``invoke-middleware serve`` configures it). ``LIMITS``, a JSON
 object, gives the team (``"team"``, a UUID, so that several processes serve one team) and the
 ``limits.*`` settings of a limiter (``{"team": "...", "team_rate": "10/hour",
 "storage_url": "redis://..."}``). It runs until it is terminated, or until its standard input
@@ -110,12 +111,38 @@ def _serve_gunicorn(app: WSGIApplication, key: str) -> None:
     Server().run()
 
 
+def _serve_waitress(app: WSGIApplication, key: str) -> None:
+    # The standalone gateway's own waitress setup (its buffers, its limits), not waitress's
+    # defaults: what is measured here is what `serve` runs.
+    from invoke_middleware._server import WAITRESS, ServerPlan, run_server
+
+    plan = ServerPlan(
+        engine=WAITRESS,
+        host="127.0.0.1",
+        port=0,
+        workers=1,
+        threads=4,
+        connection_limit=100,
+        idle_timeout=30,
+        max_request_header_bytes=72 * 1024,
+        max_request_body_bytes=1024 * 1024 * 1024,
+        max_header_count=100,
+    )
+    run_server(
+        plan,
+        lambda: (app, lambda: None),
+        on_ready=lambda bound: _announce(bound[0][1], key, os.getpid()),
+    )
+
+
 def main(argv: list[str]) -> None:
     server, upstream_url, *rest = argv
     app, key = _build(upstream_url, json.loads(rest[0]) if rest else None)
     _exit_when_stdin_closes()
     if server == "werkzeug":
         _serve_werkzeug(app, key)
+    elif server == "waitress":
+        _serve_waitress(app, key)
     else:
         _serve_gunicorn(app, key)
 
@@ -127,6 +154,8 @@ class GatewayProcess:
     port: int
     key: str
     pid: int
+    #: ``werkzeug``, ``gunicorn`` or ``waitress`` (``None``: a server started elsewhere).
+    server: str | None = None
 
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=_TIMEOUT)
@@ -167,7 +196,7 @@ def start_gateway_process(
         ready, _, _ = select.select([process.stdout], [], [], _TIMEOUT)
         assert ready, "the gateway process did not start"
         info = json.loads(process.stdout.readline())
-        yield GatewayProcess(port=info["port"], key=info["key"], pid=info["pid"])
+        yield GatewayProcess(port=info["port"], key=info["key"], pid=info["pid"], server=server)
     finally:
         process.terminate()
         process.wait(_TIMEOUT)

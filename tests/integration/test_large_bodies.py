@@ -3,7 +3,9 @@
 The gateway (a Flask host wrapped by the middleware) runs in a subprocess under a real WSGI
 server, so that its peak resident memory can be read from ``/proc`` (``VmHWM``) while the
 bodies stream through it. The test process never holds a whole body either: both ends hash
-the bytes as they go by.
+the bytes as they go by. Each transfer is measured from the resident size the one before left
+behind, so memory a server keeps after a body (in the arena of the thread that served it, say)
+counts against the next one as well.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from tests.integration.gateway_process import GatewayProcess, start_gateway_proc
 from tests.integration.sink import SinkUpstream, pattern_blocks, pattern_digest, serve_sink
 
 MiB = 1024 * 1024
-#: How much the gateway's peak memory may grow while a body passes through it.
-MEMORY_GROWTH_LIMIT = 60 * MiB
+#: How much the gateway's peak memory may grow while a body passes through it: a few of the
+#: relay's chunks and the server's buffers, whatever the body's size.
+MEMORY_GROWTH_LIMIT = 8 * MiB
 SIZES = [pytest.param(MiB, id="1MiB"), pytest.param(100 * MiB, id="100MiB")]
 
 
@@ -34,6 +37,7 @@ def sink() -> Iterator[SinkUpstream]:
     params=[
         pytest.param("werkzeug", id="werkzeug"),
         pytest.param("gunicorn", id="gunicorn-gthread"),
+        pytest.param("waitress", id="waitress-as-served"),
     ],
 )
 def gateway(request: pytest.FixtureRequest, sink: SinkUpstream) -> Iterator[GatewayProcess]:
@@ -102,7 +106,9 @@ def test_upload_reaches_the_upstream_byte_exact_in_bounded_memory(
     assert answer == {"size": size, "sha256": pattern_digest(size)}
     upload = sink.uploads[-1]
     assert upload.complete
-    assert upload.transfer_encoding == ("chunked" if chunked else None)
+    # waitress reads a body whole before the gateway sees it, and passes it on with its length.
+    relayed_chunked = chunked and gateway.server != "waitress"
+    assert upload.transfer_encoding == ("chunked" if relayed_chunked else None)
     assert growth < MEMORY_GROWTH_LIMIT, f"peak grew by {growth / MiB:.1f} MiB"
 
 
