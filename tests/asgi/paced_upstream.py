@@ -9,6 +9,7 @@ connection. Every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import queue
 import select
 import socket
@@ -18,6 +19,17 @@ from collections.abc import Iterator
 
 #: Longest wait for the test's next step, so a broken test cannot hang the run.
 MAX_WAIT = 15.0
+
+
+def read_event(response: http.client.HTTPResponse) -> bytes:
+    """Read up to the end of one event (``read1`` returns what has arrived, never waits for
+    more once it has some)."""
+    data = b""
+    while not data.endswith(b"\n\n"):
+        piece = response.read1(65536)
+        assert piece, "the stream ended"
+        data += piece
+    return data
 
 
 def event(number: int) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from invoke_middleware import RelayFinished
-from tests.asgi.paced_upstream import MAX_WAIT, event, serve_paced
+from tests.asgi.paced_upstream import MAX_WAIT, event, read_event, serve_paced
 from tests.asgi.server import PREFIX, host_app, make_gateway, serve_uvicorn
 from tests.integration.gateway import CLIENT_TIMEOUT, RunningGateway, exchange
 from tests.integration.sink import SinkUpstream, pattern_blocks, pattern_digest, serve_sink
@@ -81,17 +81,6 @@ def _events_request(gateway: RunningGateway) -> Iterator[http.client.HTTPRespons
         connection.close()
 
 
-def _read_event(response: http.client.HTTPResponse) -> bytes:
-    """Read up to the end of one event (``read1`` returns what has arrived, never waits for
-    more once it has some)."""
-    data = b""
-    while not data.endswith(b"\n\n"):
-        piece = response.read1(65536)
-        assert piece, "the stream ended"
-        data += piece
-    return data
-
-
 # --- routes ----------------------------------------------------------------------------
 
 
@@ -126,7 +115,7 @@ def test_server_sent_events_reach_the_client_one_by_one_as_the_upstream_sends_th
         for number in range(EVENT_COUNT):
             upstream.send_next()
             # The upstream has not sent event n+1 yet: event n came on its own.
-            assert _read_event(response) == event(number)
+            assert read_event(response) == event(number)
             assert len(upstream.sent_at) == number + 1
         upstream.end()
         assert response.read() == b""  # and the stream ends cleanly
@@ -141,7 +130,7 @@ def test_client_that_leaves_mid_stream_frees_the_thread_and_the_upstream() -> No
     ):
         with _events_request(gateway) as response:
             upstream.send_next()
-            assert _read_event(response) == event(0)
+            assert read_event(response) == event(0)
         # The client went away, the stream still open upstream.
         # The thread notices at the next chunk; send until the upstream sees the close.
         for _ in range(int(MAX_WAIT / 0.1)):

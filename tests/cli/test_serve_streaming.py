@@ -8,21 +8,11 @@ import http.client
 
 import pytest
 
-from tests.asgi.paced_upstream import MAX_WAIT, event, serve_paced
+from tests.asgi.paced_upstream import MAX_WAIT, event, read_event, serve_paced
 from tests.cli.conftest import Workspace, running_gateway
 from tests.cli.test_server_limits import ENGINES, set_server
 
 EVENT_COUNT = 5
-
-
-def _read_event(response: http.client.HTTPResponse) -> bytes:
-    # read1 returns what has arrived, without waiting for more once it has some.
-    data = b""
-    while not data.endswith(b"\n\n"):
-        piece = response.read1(65536)
-        assert piece, "the stream ended"
-        data += piece
-    return data
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -56,7 +46,7 @@ def test_served_gateway_relays_each_event_before_the_upstream_sends_the_next(
                 for number in range(EVENT_COUNT):
                     if number:
                         upstream.send_next()
-                    assert _read_event(response) == event(number)
+                    assert read_event(response) == event(number)
                     # Event n arrived on its own: the upstream has not sent n+1 yet.
                     assert len(upstream.sent_at) == number + 1
                 upstream.end()
