@@ -36,7 +36,7 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
-from ..headers import UNSAFE_TARGET_PATTERN, is_safe_value, is_token
+from ..headers import TOKEN_PATTERN, UNSAFE_TARGET_PATTERN, UNSAFE_VALUE_PATTERN, is_token
 from ._origin import Origin, split_url
 from ._response import FinalResponse
 from ._tls import CABundle, resolve_ssl_context
@@ -44,8 +44,9 @@ from .base import Closeable, UpstreamRequest, UpstreamResponse
 
 __all__ = ["HTTPTransport"]
 
-#: Connections are pooled per tenant and origin: never shared between two tenants.
-_PoolKey = tuple[str | None, Origin]
+#: Connections are pooled per tenant and origin (scheme, host, port): never shared between two
+#: tenants. A plain tuple, hashed without calling into Python on every pool look-up.
+_PoolKey = tuple[str | None, str, str, int]
 
 #: Largest piece handed out per read; a chunk is returned as soon as any bytes arrived.
 _READ_SIZE = 65536
@@ -170,6 +171,7 @@ class _Exchange:
     __slots__ = (
         "_connection",
         "_deadline",
+        "_host_header",
         "_key",
         "_reader",
         "_response",
@@ -184,11 +186,13 @@ class _Exchange:
         *,
         transport: HTTPTransport,
         key: _PoolKey,
+        host_header: str,
         connection: _HTTPConnection,
         deadline: _Deadline,
     ) -> None:
         self._transport = transport
         self._key = key
+        self._host_header = host_header
         self._connection = connection
         self._sock: socket.socket = connection.sock
         self._deadline = deadline
@@ -200,7 +204,7 @@ class _Exchange:
     def write(self, request: UpstreamRequest, target: str) -> None:
         """Send the request line, headers and body."""
         self._deadline.start(self._sock)
-        head = _request_head(request, target, self._key[1].host_header)
+        head = _request_head(request, target, self._host_header)
         if request.body_stream is None:
             body = request.body_bytes
             if body and len(body) <= _READ_SIZE:
@@ -328,14 +332,14 @@ class HTTPTransport(Closeable):
         if self._closed:
             raise RuntimeError("The transport is closed.")
         origin, target = split_url(request.url)
-        key = (request.tenant, origin)
+        key = (request.tenant, origin.scheme, origin.host, origin.port)
         connection = self._idle_connection(key)
         if connection is not None:
-            response = self._exchange(key, target, request, connection, reused=True)
+            response = self._exchange(key, origin, target, request, connection, reused=True)
             if response is not None:
                 return response
         connection = self._connect(origin, request.timeouts.connect)
-        response = self._exchange(key, target, request, connection, reused=False)
+        response = self._exchange(key, origin, target, request, connection, reused=False)
         assert response is not None  # only a reused connection asks for a retry
         return response
 
@@ -352,6 +356,7 @@ class HTTPTransport(Closeable):
     def _exchange(
         self,
         key: _PoolKey,
+        origin: Origin,
         target: str,
         request: UpstreamRequest,
         connection: _HTTPConnection,
@@ -363,6 +368,7 @@ class HTTPTransport(Closeable):
         exchange = _Exchange(
             transport=self,
             key=key,
+            host_header=origin.host_header,
             connection=connection,
             deadline=_Deadline(timeouts.read, timeouts.total),
         )
@@ -506,8 +512,10 @@ def _request_head(request: UpstreamRequest, target: str, host: str) -> bytes:
     if not is_token(method) or UNSAFE_TARGET_PATTERN.search(target):
         raise InvalidRequestError("The request cannot be sent.")
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
+    # The patterns of is_token and is_safe_value, without a call of ours per field.
+    token, unsafe = TOKEN_PATTERN.fullmatch, UNSAFE_VALUE_PATTERN.search
     for name, value in request.headers:
-        if not is_token(name) or not is_safe_value(value):
+        if token(name) is None or unsafe(value) is not None:
             raise InvalidRequestError("A request header cannot be sent.")
         lines.append(f"{name}: {value}\r\n")
     length = request.wire_content_length
