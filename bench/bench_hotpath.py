@@ -16,7 +16,8 @@ application, one kept-alive connection to the upstream:
 
 The environ is what gunicorn builds for a small request from curl (its ``RAW_URI``, ``wsgi.*``
 keys and four header fields). Each round runs ``--requests`` requests of one route in one
-child and records ``time.process_time`` per request (the gateway's work, plus building the
+child and records the process's CPU time per request, user and system (``getrusage``: the
+gateway's work, plus building the
 environ and draining the body, the same for every tree: the **harness** row is that loop around
 a host app answering by itself). Rounds alternate between routes and trees; the table gives
 medians and quartiles. The calls per request are cProfile's count of calls (Python functions and
@@ -33,6 +34,7 @@ import json
 import os
 import platform
 import pstats
+import resource
 import socket
 import statistics
 import subprocess
@@ -191,11 +193,13 @@ def child(upstream_url: str) -> None:
         command, route, count = line.split()
         requests = int(count)
         if command == "time":
-            started = time.process_time()
+            before = resource.getrusage(resource.RUSAGE_SELF)
             for _ in range(requests):
                 one(route)
-            answer = (time.process_time() - started) / requests * 1e6
-            print(f"{answer:.3f}", flush=True)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            user = (after.ru_utime - before.ru_utime) / requests * 1e6
+            system = (after.ru_stime - before.ru_stime) / requests * 1e6
+            print(f"{user:.3f} {system:.3f}", flush=True)
             continue
         profile = cProfile.Profile()
         profile.enable()
@@ -284,31 +288,34 @@ def main() -> None:
             for each in children
             for route in ROUTES
         }
-        times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {key: [] for key in calls}
         for round_number in range(args.rounds):
             order = children if round_number % 2 == 0 else children[::-1]
             for each in order:
                 for route in ROUTES:
-                    answer = each.ask_line(f"time {route} {args.requests}")
-                    times[each.label, route].append(float(answer))
+                    user, system = each.ask_line(f"time {route} {args.requests}").split()
+                    times[each.label, route].append((float(user), float(system)))
         load_after = os.getloadavg()[0]
 
     command = f"bench/bench_hotpath.py --rounds {args.rounds} --requests {args.requests}"
     command += "".join(f" --compare-tree {tree.resolve().name}" for tree in args.compare_tree)
     lines = [
-        "| tree | route | CPU µs/req (median) | quartiles | calls/req |",
-        "|---|---|---:|---:|---:|",
+        "| tree | route | CPU µs/req (median) | quartiles | user | system | calls/req |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for label, _ in trees:
         for route in ROUTES:
             samples = times[label, route]
+            totals = [user + system for user, system in samples]
             spread = "-"
-            if len(samples) > 1:
-                low, _, high = statistics.quantiles(samples, n=4)
+            if len(totals) > 1:
+                low, _, high = statistics.quantiles(totals, n=4)
                 spread = f"{low:.1f} to {high:.1f}"
+            user = statistics.median(user for user, _ in samples)
+            system = statistics.median(system for _, system in samples)
             lines.append(
-                f"| {label} | {route} | {statistics.median(samples):.1f} "
-                f"| {spread} | {calls[label, route]:.1f} |"
+                f"| {label} | {route} | {statistics.median(totals):.1f} | {spread} "
+                f"| {user:.1f} | {system:.1f} | {calls[label, route]:.1f} |"
             )
     setup = (
         f"`{command}`; Python {platform.python_version()}, {platform.system()} "
