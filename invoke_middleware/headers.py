@@ -187,41 +187,26 @@ _FORWARDED_PROTOS = frozenset({"http", "https"})
 class Headers:
     """An ordered, case-insensitive, read-only list of header fields; repeats are kept."""
 
-    __slots__ = ("_firsts", "_items")
+    __slots__ = ("_items",)
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items = tuple(items)
-        # Lower-cased name -> first value, made on the first lookup: a request's fields are
-        # looked up several times each, and most field lists are never looked up at all.
-        self._firsts: dict[str, str] | None = None
-
-    def _first_values(self) -> dict[str, str]:
-        # Reversed, so that of repeated fields the first one's value is the one kept.
-        firsts = {name.lower(): value for name, value in reversed(self._items)}
-        self._firsts = firsts
-        return firsts
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name``, or ``default``."""
-        firsts = self._firsts
-        if firsts is None:
-            firsts = self._first_values()
-        return firsts.get(name.lower(), default)
+        lowered = name.lower()
+        for key, value in self._items:
+            if key.lower() == lowered:
+                return value
+        return default
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order."""
         lowered = name.lower()
-        if lowered not in self:
-            return []
         return [value for key, value in self._items if key.lower() == lowered]
 
     def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        firsts = self._firsts
-        if firsts is None:
-            firsts = self._first_values()
-        return name.lower() in firsts
+        return isinstance(name, str) and self.get(name) is not None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
