@@ -189,7 +189,11 @@ def parse_envelope(
     problems = _first_problems(document)
     encoded = document.get("body_base64", "") if isinstance(document, dict) else ""
     body = b""
-    if isinstance(encoded, str) and not any(p.pointer == "/body_base64" for p in problems):
+    if (
+        encoded
+        and isinstance(encoded, str)
+        and not any(p.pointer == "/body_base64" for p in problems)
+    ):
         try:
             body = base64.b64decode(encoded, validate=True)
         except binascii.Error:
@@ -233,7 +237,7 @@ def encode_response(
         "headers": fold_response_headers(pairs),
         "body_base64": base64.b64encode(body).decode("ascii"),
     }
-    return json.dumps(payload, separators=(",", ":")).encode("ascii")
+    return _COMPACT_JSON.encode(payload).encode("ascii")
 
 
 # --- decoding --------------------------------------------------------------------------------
@@ -370,15 +374,21 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# Made once: json.loads and json.dumps build a new decoder or encoder on every call that
+# passes options. Both are stateless between calls, and safe to share between threads.
+_ENVELOPE_JSON: Final = json.JSONDecoder(
+    object_pairs_hook=_object_from_pairs, parse_constant=_refuse_constant
+)
+_COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"))
+
+
 def _decode_json(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _whole_body_error("The body is not UTF-8 (RFC 8259 §8.1).") from exc
     try:
-        return json.loads(
-            text, object_pairs_hook=_object_from_pairs, parse_constant=_refuse_constant
-        )
+        return _ENVELOPE_JSON.decode(text)
     # ValueError covers JSONDecodeError, NaN/Infinity and over-long integers; RecursionError
     # is how the parser reports nesting deeper than the interpreter allows.
     except (ValueError, RecursionError) as exc:

@@ -348,7 +348,7 @@ def forward_request_headers(
     if proto not in _FORWARDED_PROTOS:
         proto = scheme
     forwarded_host = hosts[-hops] if hops and len(hosts) >= hops else ""
-    if not _is_host(forwarded_host):
+    if not (forwarded_host and _is_host(forwarded_host)):
         forwarded_host = host
 
     end_to_end += (
@@ -394,6 +394,15 @@ def is_loop(headers: Iterable[tuple[str, str]], pseudonym: str = DEFAULT_PSEUDON
     return False
 
 
+# New request ids, drawn a batch at a time. Each is handed out once: list.pop is atomic, so
+# two threads never get the same one, and a forked process (a gunicorn worker) drops the ids
+# it inherited, which its parent and its siblings hold too.
+_FRESH_IDS: list[str] = []
+_ID_BATCH = 64
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_FRESH_IDS.clear)
+
+
 def choose_request_id(incoming: str | None) -> str:
     """The caller's ``X-Request-ID`` when it is short and safe, else a new random one.
 
@@ -404,7 +413,13 @@ def choose_request_id(incoming: str | None) -> str:
     """
     if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming) is not None:
         return incoming
-    return os.urandom(16).hex()  # more random than uuid4().hex, for a third of the cost
+    try:
+        return _FRESH_IDS.pop()
+    except IndexError:
+        # More random than uuid4().hex, and one system call per batch instead of per id.
+        batch = os.urandom(16 * _ID_BATCH).hex()
+        _FRESH_IDS.extend(batch[start : start + 32] for start in range(32, len(batch), 32))
+        return batch[:32]
 
 
 def filter_response_headers(headers: Collection[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
 
@@ -118,7 +117,9 @@ class InvokeMiddleware:
             return self.app(environ, start_response)
         try:
             if route.kind is RouteKind.CATCH_ALL:
-                route = replace(route, tail=self._raw_tail(environ, route))
+                route = RouteMatch(
+                    kind=RouteKind.CATCH_ALL, slug=route.slug, tail=self._raw_tail(environ, route)
+                )
             request = _pipeline_request(environ)
         except GatewayError as error:
             request_id = choose_request_id(environ.get("HTTP_X_REQUEST_ID"))
@@ -169,23 +170,26 @@ class InvokeMiddleware:
         self.pipeline.close()
 
 
+# The environ keys of the header fields without the HTTP_ prefix (PEP 3333).
+_CONTENT_KEYS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})
+
+
 @functools.lru_cache(maxsize=1024)
-def _field_name(environ_key: str) -> str | None:
-    """``HTTP_X_TEAM_ID`` -> ``X-Team-Id``; ``None`` for keys that are not header fields."""
-    if environ_key.startswith("HTTP_"):
-        return environ_key[5:].replace("_", "-").title()
-    if environ_key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-        return environ_key.replace("_", "-").title()
-    return None
+def _field_name(environ_key: str) -> str:
+    """``HTTP_X_TEAM_ID`` -> ``X-Team-Id``; ``CONTENT_TYPE`` -> ``Content-Type``."""
+    if environ_key[:5] == "HTTP_":
+        environ_key = environ_key[5:]
+    return environ_key.replace("_", "-").title()
 
 
-def _header_fields(environ: WSGIEnvironment) -> Iterator[tuple[str, str]]:
-    for key, value in environ.items():
-        # Only str keys name fields; the rest (wsgi.*, server extras) are skipped cheaply.
-        if key[:5] == "HTTP_" or key[:8] == "CONTENT_":
-            name = _field_name(key)
-            if name is not None and (value or key[:5] == "HTTP_"):
-                yield name, value
+def _header_fields(environ: WSGIEnvironment) -> list[tuple[str, str]]:
+    # Servers put an absent CONTENT_TYPE or CONTENT_LENGTH in the environ as "" (PEP 3333
+    # allows it): that is no field.
+    return [
+        (_field_name(key), value)
+        for key, value in environ.items()
+        if key[:5] == "HTTP_" or (key in _CONTENT_KEYS and value)
+    ]
 
 
 def _pipeline_request(environ: WSGIEnvironment) -> PipelineRequest:
@@ -240,7 +244,10 @@ def _raw_path_info(environ: WSGIEnvironment) -> str | None:
         path = path[slash:]
     script_name = environ.get("SCRIPT_NAME", "")
     path_info = environ.get("PATH_INFO", "")
-    decoded = unquote_to_bytes(path).decode("latin-1")
+    if "%" in path or not path.isascii():
+        decoded = unquote_to_bytes(path).decode("latin-1")
+    else:
+        decoded = path  # nothing to decode
     if decoded == path_info and decoded != script_name + path_info:
         # The target leaves out the mount point (a proxy stripped the prefix it sets as
         # SCRIPT_NAME, or a test client): it spells PATH_INFO alone.

@@ -134,11 +134,17 @@ def _check_path(path: str, max_length: int) -> None:
     if (
         _VALID_PATH.fullmatch(path) is not None
         and not path.startswith("//")
-        and _FORBIDDEN_ESCAPE.search(path) is None
-        and _ENCODED_CONTROL.search(path) is None
         and _DOT_SEGMENT.search(path) is None
-        and not _hides_escape(path)
-        and not _hides_dot_segment(path)
+        # The rest is about percent-escapes, which most paths have none of.
+        and (
+            "%" not in path
+            or (
+                _FORBIDDEN_ESCAPE.search(path) is None
+                and _ENCODED_CONTROL.search(path) is None
+                and not _hides_escape(path)
+                and not _hides_dot_segment(path)
+            )
+        )
     ):
         return
     raise InvalidPathError(_explain_path(path))

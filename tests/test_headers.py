@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -14,6 +16,7 @@ from invoke_middleware.headers import (
     DEFAULT_PSEUDONYM,
     HOP_BY_HOP_HEADERS,
     ForwardingRules,
+    Headers,
     check_header_limits,
     choose_request_id,
     connection_tokens,
@@ -422,7 +425,70 @@ def test_a_missing_or_unsafe_request_id_is_replaced_by_a_new_one(incoming: str |
 
 
 def test_new_request_ids_differ() -> None:
-    assert len({choose_request_id(None) for _ in range(50)}) == 50
+    assert len({choose_request_id(None) for _ in range(1000)}) == 1000
+
+
+def test_threads_never_get_the_same_new_request_id() -> None:
+    drawn: list[list[str]] = [[] for _ in range(8)]
+
+    def draw(mine: list[str]) -> None:
+        mine.extend(choose_request_id(None) for _ in range(500))
+
+    threads = [threading.Thread(target=draw, args=(mine,)) for mine in drawn]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len({each for mine in drawn for each in mine}) == 8 * 500
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_process_never_repeats_its_parents_request_ids() -> None:
+    choose_request_id(None)  # the parent has new ids at hand
+    reading, writing = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's side
+        os.write(writing, "".join(choose_request_id(None) for _ in range(3)).encode())
+        os._exit(0)
+    os.close(writing)
+    with os.fdopen(reading, "rb") as pipe:
+        text = pipe.read().decode()
+    os.waitpid(child, 0)
+    from_child = {text[start : start + 32] for start in range(0, 96, 32)}
+
+    assert len(from_child) == 3
+    assert from_child.isdisjoint(choose_request_id(None) for _ in range(3))
+
+
+# --- the header container -------------------------------------------------------------------
+
+
+def test_headers_look_names_up_case_insensitively_first_value_first() -> None:
+    headers = Headers([("Accept", "a"), ("X-Tag", "one"), ("x-tag", "two"), ("X-TAG", "three")])
+
+    assert headers.get("x-TAG") == "one"
+    assert headers.get_all("X-Tag") == ["one", "two", "three"]
+    assert "ACCEPT" in headers
+    assert headers.get("Missing") is None
+    assert headers.get("Missing", "default") == "default"
+    assert headers.get_all("Missing") == []
+    assert "Missing" not in headers
+    assert 1 not in headers
+    assert list(headers) == [
+        ("Accept", "a"),
+        ("X-Tag", "one"),
+        ("x-tag", "two"),
+        ("X-TAG", "three"),
+    ]
+
+
+def test_headers_compare_by_their_fields_in_order() -> None:
+    fields = [("A", "1"), ("B", "2")]
+
+    assert Headers(fields) == Headers(fields)
+    assert hash(Headers(fields)) == hash(Headers(fields))
+    assert Headers(fields) != Headers(fields[::-1])
 
 
 # --- downward -----------------------------------------------------------------------------

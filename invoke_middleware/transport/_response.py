@@ -49,21 +49,23 @@ def read_fields(fp: _LineReader) -> list[tuple[str, str]]:
             if not fields:
                 raise http.client.HTTPException("folded line without a field")
             last_name, last_value = fields[-1]
-            folded = line.strip()
-            if b"\r" in folded or b"\x00" in folded:
+            folded = line.strip().decode("latin-1")
+            if "\r" in folded or "\x00" in folded:
                 raise http.client.HTTPException("malformed header field")
-            fields[-1] = (last_name, f"{last_value} {folded.decode('latin-1')}")
+            fields[-1] = (last_name, f"{last_value} {folded}")
             continue
         name, colon, value = line.partition(b":")
         # No whitespace between name and colon (RFC 9112 §5.1), and the name is a token.
         if not colon or not name or not _TCHAR.issuperset(name):
             raise http.client.HTTPException("malformed header field")
-        value = value.strip(b" \t\r\n")
-        if b"\r" in value or b"\x00" in value:
+        # Checked as text: Latin-1 maps each byte to one character, and "in" on bytes tries
+        # (and fails, raising and clearing a TypeError) to read its operand as an integer.
+        text = value.strip(b" \t\r\n").decode("latin-1")
+        if "\r" in text or "\x00" in text:
             # RFC 9110 §5.5: a bare CR or NUL in a value could split the header for a client
             # further on (response splitting); refuse the response.
             raise http.client.HTTPException("malformed header field")
-        fields.append((name.decode("ascii"), value.decode("latin-1")))
+        fields.append((name.decode("ascii"), text))
         if len(fields) > _MAX_FIELDS:
             raise http.client.HTTPException("too many header fields")
 

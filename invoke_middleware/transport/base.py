@@ -86,6 +86,8 @@ class Timeouts:
 
     def merged_over(self, base: Timeouts) -> Timeouts:
         """These timeouts, with unset fields taken from ``base``."""
+        if self.connect is None and self.read is None and self.total is None:
+            return base  # the common case: a service that sets none of its own
         return Timeouts(
             connect=self.connect if self.connect is not None else base.connect,
             read=self.read if self.read is not None else base.read,

@@ -36,7 +36,7 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
-from ..headers import UNSAFE_TARGET_PATTERN, is_safe_value, is_token
+from ..headers import TOKEN_PATTERN, UNSAFE_TARGET_PATTERN, UNSAFE_VALUE_PATTERN, is_token
 from ._origin import Origin, split_url
 from ._response import FinalResponse
 from ._tls import CABundle, resolve_ssl_context
@@ -44,8 +44,9 @@ from .base import Closeable, UpstreamRequest, UpstreamResponse
 
 __all__ = ["HTTPTransport"]
 
-#: Connections are pooled per tenant and origin: never shared between two tenants.
-_PoolKey = tuple[str | None, Origin]
+#: Connections are pooled per tenant and origin (scheme, host, port): never shared between two
+#: tenants. A plain tuple, hashed without calling into Python on every pool look-up.
+_PoolKey = tuple[str | None, str, str, int]
 
 #: Largest piece handed out per read; a chunk is returned as soon as any bytes arrived.
 _READ_SIZE = 65536
@@ -67,30 +68,6 @@ def _translate(exc: Exception) -> GatewayError:
     if isinstance(exc, http.client.IncompleteRead):
         return UpstreamError("The service's response ended early.")
     return UpstreamError()
-
-
-if hasattr(select, "poll"):
-
-    def _readable(sock: socket.socket) -> bool:
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
-
-else:  # pragma: no cover - platforms without poll()
-
-    def _readable(sock: socket.socket) -> bool:
-        return bool(select.select([sock], [], [], 0)[0])
-
-
-def _is_quiet(sock: socket.socket) -> bool:
-    """Whether nothing waits to be read on an idle connection: no bytes the TLS layer has
-    already decrypted (``SSLSocket.pending``, which the socket's readiness does not show),
-    nothing on the socket. Bytes there were sent past the end of the last response, or the
-    peer closed; either way the connection must not carry another request, whose answer
-    they would pass for."""
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return False
-    return not _readable(sock)
 
 
 class _Deadline:
@@ -194,6 +171,7 @@ class _Exchange:
     __slots__ = (
         "_connection",
         "_deadline",
+        "_host_header",
         "_key",
         "_reader",
         "_response",
@@ -208,11 +186,13 @@ class _Exchange:
         *,
         transport: HTTPTransport,
         key: _PoolKey,
-        connection: http.client.HTTPConnection,
+        host_header: str,
+        connection: _HTTPConnection,
         deadline: _Deadline,
     ) -> None:
         self._transport = transport
         self._key = key
+        self._host_header = host_header
         self._connection = connection
         self._sock: socket.socket = connection.sock
         self._deadline = deadline
@@ -224,7 +204,7 @@ class _Exchange:
     def write(self, request: UpstreamRequest, target: str) -> None:
         """Send the request line, headers and body."""
         self._deadline.start(self._sock)
-        head = _request_head(request, target, self._key[1].host_header)
+        head = _request_head(request, target, self._host_header)
         if request.body_stream is None:
             body = request.body_bytes
             if body and len(body) <= _READ_SIZE:
@@ -290,17 +270,15 @@ class _Exchange:
 
     def finish(self) -> None:
         """The body was read to its end: keep the connection if the response allows it and
-        it ended exactly at its framing, with nothing buffered or readable past it."""
+        it ended exactly at its framing, with nothing buffered past it. Whether anything
+        arrived after it is checked when the connection is taken out of the pool again
+        (:meth:`_HTTPConnection.is_quiet`): bytes may still be on their way now."""
         response = self._response
         assert response is not None
         self.done = True
         response.close()
         reader = self._reader.reader if self._reader is not None else None
-        if (
-            response.will_close
-            or (reader is not None and reader.surplus)
-            or not _is_quiet(self._sock)
-        ):
+        if response.will_close or (reader is not None and reader.surplus):
             self._connection.close()
         else:
             self._transport._release(self._key, self._connection)
@@ -321,10 +299,10 @@ class HTTPTransport(Closeable):
 
     Connections are pooled per :attr:`~invoke_middleware.transport.base.UpstreamRequest.tenant`
     and origin, so no connection ever carries two tenants' exchanges, and one goes back to its
-    pool only when its response ended exactly at its framing with nothing buffered or readable
-    after it (checked again before it is reused). ``pool_size_per_origin`` bounds how many
-    *idle* connections are kept per tenant and origin (more may be open at once under load;
-    extra ones are closed when released), ``max_idle_connections`` how many are kept in all
+    pool only when its response ended exactly at its framing with nothing buffered after it,
+    and is reused only when nothing is readable on it either. ``pool_size_per_origin`` bounds
+    how many *idle* connections are kept per tenant and origin (more may be open at once under
+    load; extra ones are closed when released), ``max_idle_connections`` how many are kept in all
     (over it, the connection idle the longest is closed). TLS is always verified: against
     ``ca_bundle`` when given, else the system trust store; or pass a ready ``ssl_context``
     (one with a client certificate, for mTLS). Safe to share between threads.
@@ -344,7 +322,7 @@ class HTTPTransport(Closeable):
         self._max_idle = max_idle_connections
         self._ssl_context = resolve_ssl_context(ca_bundle=ca_bundle, ssl_context=ssl_context)
         # Least recently released first: the end that gives up a connection over the cap.
-        self._idle: OrderedDict[_PoolKey, list[http.client.HTTPConnection]] = OrderedDict()
+        self._idle: OrderedDict[_PoolKey, list[_HTTPConnection]] = OrderedDict()
         self._idle_count = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -354,14 +332,14 @@ class HTTPTransport(Closeable):
         if self._closed:
             raise RuntimeError("The transport is closed.")
         origin, target = split_url(request.url)
-        key = (request.tenant, origin)
+        key = (request.tenant, origin.scheme, origin.host, origin.port)
         connection = self._idle_connection(key)
         if connection is not None:
-            response = self._exchange(key, target, request, connection, reused=True)
+            response = self._exchange(key, origin, target, request, connection, reused=True)
             if response is not None:
                 return response
         connection = self._connect(origin, request.timeouts.connect)
-        response = self._exchange(key, target, request, connection, reused=False)
+        response = self._exchange(key, origin, target, request, connection, reused=False)
         assert response is not None  # only a reused connection asks for a retry
         return response
 
@@ -378,9 +356,10 @@ class HTTPTransport(Closeable):
     def _exchange(
         self,
         key: _PoolKey,
+        origin: Origin,
         target: str,
         request: UpstreamRequest,
-        connection: http.client.HTTPConnection,
+        connection: _HTTPConnection,
         *,
         reused: bool,
     ) -> UpstreamResponse | None:
@@ -389,6 +368,7 @@ class HTTPTransport(Closeable):
         exchange = _Exchange(
             transport=self,
             key=key,
+            host_header=origin.host_header,
             connection=connection,
             deadline=_Deadline(timeouts.read, timeouts.total),
         )
@@ -422,8 +402,8 @@ class HTTPTransport(Closeable):
             content_length=length,
         )
 
-    def _connect(self, origin: Origin, timeout: float | None) -> http.client.HTTPConnection:
-        connection: http.client.HTTPConnection
+    def _connect(self, origin: Origin, timeout: float | None) -> _HTTPConnection:
+        connection: _HTTPConnection
         if origin.scheme == "https":
             connection = _HTTPSConnection(
                 origin.host, origin.port, timeout=timeout, context=self._ssl_context
@@ -437,7 +417,7 @@ class HTTPTransport(Closeable):
             raise _translate(exc) from exc
         return connection
 
-    def _idle_connection(self, key: _PoolKey) -> http.client.HTTPConnection | None:
+    def _idle_connection(self, key: _PoolKey) -> _HTTPConnection | None:
         while True:
             with self._lock:
                 idle = self._idle.get(key)
@@ -447,14 +427,14 @@ class HTTPTransport(Closeable):
                 self._idle_count -= 1
                 if not idle:
                     del self._idle[key]
-            # Checked again: bytes may have arrived since the connection was released.
-            if connection.sock is not None and _is_quiet(connection.sock):
+            # Bytes may have arrived since the connection was released.
+            if connection.is_quiet():
                 return connection
             connection.close()
 
-    def _release(self, key: _PoolKey, connection: http.client.HTTPConnection) -> None:
+    def _release(self, key: _PoolKey, connection: _HTTPConnection) -> None:
         evicted = None
-        unused: http.client.HTTPConnection | None = connection
+        unused: _HTTPConnection | None = connection
         with self._lock:
             if (
                 not self._closed
@@ -471,7 +451,7 @@ class HTTPTransport(Closeable):
             if closing is not None:
                 closing.close()
 
-    def _pop_oldest(self) -> http.client.HTTPConnection:
+    def _pop_oldest(self) -> _HTTPConnection:
         """Take the connection idle the longest out of the pool (the lock is held)."""
         key, idle = next(iter(self._idle.items()))
         connection = idle.pop(0)
@@ -483,11 +463,28 @@ class HTTPTransport(Closeable):
 
 class _HTTPConnection(http.client.HTTPConnection):
     response_class = FinalResponse
+    #: Polls the socket for readability; made once, on the first check.
+    _poller: Any = None
+
+    def is_quiet(self) -> bool:
+        """Whether nothing waits to be read on this idle connection: no bytes the TLS layer
+        has already decrypted (``SSLSocket.pending``, which the socket's readiness does not
+        show), nothing on the socket. Bytes there were sent past the end of the last
+        response, or the peer closed; either way the connection must not carry another
+        request, whose answer they would pass for."""
+        sock = self.sock
+        if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            return False
+        if not hasattr(select, "poll"):  # pragma: no cover - platforms without poll()
+            return not select.select([sock], [], [], 0)[0]
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            poller.register(sock, select.POLLIN)
+        return not poller.poll(0)
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
-    response_class = FinalResponse
-
+class _HTTPSConnection(_HTTPConnection, http.client.HTTPSConnection):
     def __init__(self, host: str, port: int, *, timeout: float | None, context: ssl.SSLContext):
         super().__init__(host, port, timeout=timeout, context=context)
         self._tls = context
@@ -515,8 +512,10 @@ def _request_head(request: UpstreamRequest, target: str, host: str) -> bytes:
     if not is_token(method) or UNSAFE_TARGET_PATTERN.search(target):
         raise InvalidRequestError("The request cannot be sent.")
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
+    # The patterns of is_token and is_safe_value, without a call of ours per field.
+    token, unsafe = TOKEN_PATTERN.fullmatch, UNSAFE_VALUE_PATTERN.search
     for name, value in request.headers:
-        if not is_token(name) or not is_safe_value(value):
+        if token(name) is None or unsafe(value) is not None:
             raise InvalidRequestError("A request header cannot be sent.")
         lines.append(f"{name}: {value}\r\n")
     length = request.wire_content_length

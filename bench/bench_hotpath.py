@@ -1,0 +1,330 @@
+"""The gateway's own CPU per request on its two hot routes, and its Python calls per request.
+
+Run: ``python bench/bench_hotpath.py`` (prints a table; ``bench/results/hotpath.md`` keeps the
+figures of each change to these routes; ``--help`` for the knobs). ``--compare-tree DIR``
+(repeatable) measures another source tree of the package in the same run (``git archive REV
+invoke_middleware | tar -x -C DIR``), so that a before/after pair shares the machine's state.
+``--top ROUTE`` prints the functions with the most self time under cProfile instead.
+
+It starts the fixed-answer upstream of ``bench/upstream.py`` and, per tree, one child process
+that builds :class:`InvokeMiddleware` the way ``bench/apps.py`` does (one deployed service, an
+``sk-`` key in the in-memory store, the default ``HTTPTransport``) and calls it as a WSGI
+application, one kept-alive connection to the upstream:
+
+- **catch_all**: ``GET /r/containers/bench/hello``;
+- **invoke**: ``POST /r/invoke/bench`` with the envelope ``{"method": "GET", "path": "/hello"}``.
+
+The environ is what gunicorn builds for a small request from curl (its ``RAW_URI``, ``wsgi.*``
+keys and four header fields). Each round runs ``--requests`` requests of one route in one
+child and records the process's CPU time per request, user and system (``getrusage``: the
+gateway's work, plus building the
+environ and draining the body, the same for every tree: the **harness** row is that loop around
+a host app answering by itself). Rounds alternate between routes and trees; the table gives
+medians and quartiles. The calls per request are cProfile's count of calls (Python functions and
+the built-ins they call) over ``--requests`` requests, divided by that number: a deterministic
+figure, unlike the times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+ROUTES = ("catch_all", "invoke", "harness")
+EXPECTED_BODY = b"hello, world\n"
+TEAM = uuid.UUID("0b0b0b0b-0000-4000-8000-00000000be4c")
+ENVELOPE = json.dumps({"method": "GET", "path": "/hello"}).encode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def upstream() -> Iterator[str]:
+    """The fixed-answer upstream on a free port, for as long as the block runs."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(BENCH / "upstream.py"), str(port)])
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+# -- the child: one tree's gateway, driven over stdin/stdout -----------------------------------
+
+
+def environ_for(route: str, key: str) -> Callable[[], dict[str, Any]]:
+    """A factory of gunicorn-like environs for ``route``: a fresh dict and input per call."""
+    if route == "invoke":
+        method, path, body = "POST", "/r/invoke/bench", ENVELOPE
+    else:
+        method, path, body = "GET", "/r/containers/bench/hello", b""
+    template: dict[str, Any] = {
+        "wsgi.errors": sys.stderr,
+        "wsgi.version": (1, 0),
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+        "SERVER_SOFTWARE": "gunicorn/23.0.0",
+        "REQUEST_METHOD": method,
+        "QUERY_STRING": "",
+        "RAW_URI": path,
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1:8080",
+        "HTTP_USER_AGENT": "curl/8.5.0",
+        "HTTP_ACCEPT": "*/*",
+        "HTTP_AUTHORIZATION": f"Bearer {key}",
+        "wsgi.url_scheme": "http",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "50000",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8080",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+    }
+    if body:
+        template["CONTENT_TYPE"] = "application/json"
+        template["CONTENT_LENGTH"] = str(len(body))
+
+    def make() -> dict[str, Any]:
+        environ = dict(template)
+        environ["wsgi.input"] = io.BytesIO(body)
+        return environ
+
+    return make
+
+
+def build(upstream_url: str) -> tuple[Callable[[str], None], Callable[[], None]]:
+    """The gateway built from whatever ``invoke_middleware`` is first on the path: a function
+    that sends one request of a route through it (and checks the answer), and one that closes
+    it."""
+    from invoke_middleware import (  # noqa: PLC0415 - from the tree the parent chose
+        CredentialKind,
+        InMemoryServiceRegistry,
+        InvokeMiddleware,
+        Service,
+        ServiceStatus,
+        ServiceType,
+    )
+
+    def host(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [EXPECTED_BODY]
+
+    registry = InMemoryServiceRegistry()
+    registry.add(
+        Service(
+            id=uuid.uuid4(),
+            team_id=TEAM,
+            slug="bench",
+            display_name="Bench",
+            service_type=ServiceType.DEPLOYED,
+            service_status=ServiceStatus.RUNNING,
+            upstream_url=upstream_url,
+        )
+    )
+    gateway = InvokeMiddleware(host, registry=registry)
+    key = gateway.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+    expected = {
+        "catch_all": lambda data: data == EXPECTED_BODY,
+        "invoke": lambda data: json.loads(data)["status_code"] == 200,
+        "harness": lambda data: data == EXPECTED_BODY,
+    }
+    apps = {"catch_all": gateway, "invoke": gateway, "harness": host}
+    environs = {route: environ_for(route, key) for route in ROUTES}
+
+    def one(route: str) -> None:
+        statuses: list[str] = []
+        body = apps[route](environs[route](), lambda s, h, e=None: statuses.append(s))
+        try:
+            data = b"".join(body)
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        if not statuses[0].startswith("200") or not expected[route](data):
+            raise RuntimeError(f"{route} answered {statuses[0]} {data[:200]!r}")
+
+    return one, gateway.close
+
+
+def child(upstream_url: str) -> None:
+    """Answer ``time ROUTE N``, ``calls ROUTE N`` and ``top ROUTE N`` lines on stdin, one line
+    each, with the gateway of :func:`build`."""
+    one, close = build(upstream_url)
+    for route in ROUTES:
+        for _ in range(200):  # warm-up: the pooled connection, caches, the allocator
+            one(route)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        command, route, count = line.split()
+        requests = int(count)
+        if command == "time":
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            for _ in range(requests):
+                one(route)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            user = (after.ru_utime - before.ru_utime) / requests * 1e6
+            system = (after.ru_stime - before.ru_stime) / requests * 1e6
+            print(f"{user:.3f} {system:.3f}", flush=True)
+            continue
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(requests):
+            one(route)
+        profile.disable()
+        if command == "calls":
+            # Counted from the profiler's own entries: pstats merges functions that share a
+            # file, line and name (every dataclass's generated __init__ is "<string>:2"), and
+            # its total would miss all but one of them.
+            total = sum(entry.callcount for entry in profile.getstats())
+            print(f"{total / requests:.2f}", flush=True)
+        else:
+            stats = pstats.Stats(profile)
+            text = io.StringIO()
+            stats.stream = text  # type: ignore[attr-defined]
+            stats.sort_stats("tottime").print_stats(40)
+            print(json.dumps(text.getvalue()), flush=True)
+    close()
+
+
+class Child:
+    """One tree's child process."""
+
+    def __init__(self, label: str, tree: Path, upstream_url: str) -> None:
+        self.label = label
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--child", upstream_url],
+            env=env,
+            cwd=tree,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self.ask_line() != "ready":
+            raise RuntimeError(f"the child for {label} did not start")
+
+    def ask_line(self, line: str | None = None) -> str:
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        if line is not None:
+            self.process.stdin.write(line + "\n")
+            self.process.stdin.flush()
+        return self.process.stdout.readline().strip()
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(30)
+
+
+# -- the parent -----------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per round")
+    parser.add_argument(
+        "--compare-tree", type=Path, action="append", default=[], help="another source tree"
+    )
+    parser.add_argument("--top", choices=ROUTES[:2], help="print a cProfile listing instead")
+    parser.add_argument("--child", metavar="UPSTREAM", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return
+
+    trees = [("this tree", ROOT)]
+    trees += [(f"`{tree.resolve().name}/`", tree.resolve()) for tree in args.compare_tree]
+    with upstream() as url, ExitStack() as stack:
+        children = []
+        for label, tree in trees:
+            each = Child(label, tree, url)
+            stack.callback(each.close)
+            children.append(each)
+        if args.top:
+            for each in children:
+                print(f"== {each.label}")
+                print(json.loads(each.ask_line(f"top {args.top} {args.requests}")))
+            return
+        load_before = os.getloadavg()[0]
+        calls = {
+            (each.label, route): float(each.ask_line(f"calls {route} {args.requests}"))
+            for each in children
+            for route in ROUTES
+        }
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {key: [] for key in calls}
+        for round_number in range(args.rounds):
+            order = children if round_number % 2 == 0 else children[::-1]
+            for each in order:
+                for route in ROUTES:
+                    user, system = each.ask_line(f"time {route} {args.requests}").split()
+                    times[each.label, route].append((float(user), float(system)))
+        load_after = os.getloadavg()[0]
+
+    command = f"bench/bench_hotpath.py --rounds {args.rounds} --requests {args.requests}"
+    command += "".join(f" --compare-tree {tree.resolve().name}" for tree in args.compare_tree)
+    lines = [
+        "| tree | route | CPU µs/req (median) | quartiles | user | system | calls/req |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, _ in trees:
+        for route in ROUTES:
+            samples = times[label, route]
+            totals = [user + system for user, system in samples]
+            spread = "-"
+            if len(totals) > 1:
+                low, _, high = statistics.quantiles(totals, n=4)
+                spread = f"{low:.1f} to {high:.1f}"
+            user = statistics.median(user for user, _ in samples)
+            system = statistics.median(system for _, system in samples)
+            lines.append(
+                f"| {label} | {route} | {statistics.median(totals):.1f} | {spread} "
+                f"| {user:.1f} | {system:.1f} | {calls[label, route]:.1f} |"
+            )
+    setup = (
+        f"`{command}`; Python {platform.python_version()}, {platform.system()} "
+        f"{platform.machine()}, {os.cpu_count()} cores; load average {load_before:.1f} "
+        f"before, {load_after:.1f} after"
+    )
+    print(setup)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
