@@ -168,6 +168,19 @@ class RelayBody:
             raise
         self._finish(None)
 
+    def also_on_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` too when the body ends, fails or is closed (once, after the
+        relay's own end, even if that raises): a concurrency slot is given back this way."""
+        on_end = self._on_end
+
+        def both(sent: int, code: str | None) -> None:
+            try:
+                on_end(sent, code)
+            finally:
+                callback()
+
+        self._on_end = both
+
     def _finish(self, code: str | None) -> None:
         if not self._done:
             self._done = True

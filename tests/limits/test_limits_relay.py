@@ -477,3 +477,33 @@ def test_without_a_limiter_no_ratelimit_fields_are_added(upstream: RecordingUpst
     assert reply.status == 200
     assert reply.header("RateLimit") is None
     assert reply.header("RateLimit-Policy") is None
+
+
+def test_an_admission_holds_its_slot_until_any_other_streamed_body_ends() -> None:
+    # The pipeline's streamed bodies give the slot back through the relay's own end; a body
+    # of another kind (an embedding application's own generator) is wrapped instead.
+    from invoke_middleware.auth.principal import Principal
+    from invoke_middleware.pipeline import PipelineResponse
+
+    limiter = Limiter(LimitSettings(team_max_in_flight=1))
+    principal = Principal(kind=CredentialKind.INTEGRATION, team_id=TEAM, credential_id="sk-x")
+    service = make_service("svc", "http://127.0.0.1:9")
+
+    def chunks() -> Iterator[bytes]:
+        yield b"a"
+        yield b"b"
+
+    for finish in ("exhaust", "close"):
+        admission = limiter.admit(principal, service, route="catch_all", request_id="r")
+        response = admission.hold(
+            PipelineResponse(status=200, reason="OK", headers=[], body=chunks())
+        )
+        assert limiter.in_flight == 1
+        body = iter(response.body)
+        assert next(body) == b"a"
+        assert limiter.in_flight == 1  # still streaming
+        if finish == "exhaust":
+            assert list(body) == [b"b"]
+        else:
+            response.body.close()  # type: ignore[attr-defined]  # the client went away
+        assert limiter.in_flight == 0
