@@ -31,6 +31,12 @@ from pathlib import Path
 
 import psutil
 
+from invoke_middleware._server import (
+    WAITRESS_OUTBUF_HIGH_WATERMARK,
+    WAITRESS_OUTBUF_OVERFLOW,
+    WAITRESS_RECV_BYTES,
+)
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PATH = "/r/containers/bench/hello"
@@ -132,11 +138,18 @@ def gunicorn_command(port: int, factory: str, args: argparse.Namespace) -> list[
 def waitress_command(port: int, factory: str, threads: int) -> list[str]:
     """waitress (one process, ``threads`` threads) serving what ``apps.<factory>`` returns
     (``make_relay()``: waitress calls it without arguments); the environment must put
-    ``bench/`` and the repository on ``PYTHONPATH``."""
+    ``bench/`` and the repository on ``PYTHONPATH``.
+
+    Every gateway gets the output buffering the README recommends for waitress (the
+    standalone gateway's own): waitress's default lets one download grow a 16 MiB buffer
+    per connection, which the benchmark would otherwise measure as the gateway's memory."""
     return [
         str(Path(sys.executable).with_name("waitress-serve")),
         f"--listen=127.0.0.1:{port}",
         f"--threads={threads}",
+        f"--outbuf-high-watermark={WAITRESS_OUTBUF_HIGH_WATERMARK}",
+        f"--outbuf-overflow={WAITRESS_OUTBUF_OVERFLOW}",
+        f"--recv-bytes={WAITRESS_RECV_BYTES}",
         "--call",
         f"apps:{factory.removesuffix('()')}",
     ]

@@ -67,4 +67,9 @@ if __name__ == "__main__":
     serve(
         make_app(os.environ.get("INVOKE_DATABASE_URL", "sqlite:///invoke.db")),
         listen="127.0.0.1:8000",
+        # waitress's default lets each streamed download grow a 16 MiB output buffer per
+        # connection (kept by the allocator afterwards); the kernel's send buffer does the
+        # real buffering (README, "Plain WSGI").
+        outbuf_high_watermark=256 * 1024,
+        recv_bytes=64 * 1024,
     )
