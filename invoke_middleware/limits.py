@@ -44,6 +44,7 @@ Events: each refusal and each store failure is reported to the ``on_event`` hook
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -116,9 +117,31 @@ class LimitKind(StrEnum):
         return self.value.removesuffix("_rate")
 
 
-_POLICIES = {kind: kind.policy for kind in LimitKind}
-#: How a rate's counter keys start (``team_rate/``): formatted once, not per request.
-_KEY_PREFIXES = {kind: f"{kind.value}/" for kind in LimitKind}
+@dataclass(frozen=True, slots=True)
+class _RatePlan:
+    """One rate of one kind, with what every request under it needs formatted once: its
+    counter keys' prefix and suffix (``team_rate/<id>/60``: the window is part of the key,
+    so a changed rate starts a fresh window, never reads a counter kept for another period)
+    and its ``RateLimit-Policy`` entry."""
+
+    kind: LimitKind
+    amount: int
+    window: int
+    prefix: str
+    suffix: str
+    policy: tuple[str, int, int]
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(kind: LimitKind, rate: Rate) -> _RatePlan:
+    return _RatePlan(
+        kind=kind,
+        amount=rate.amount,
+        window=rate.window,
+        prefix=f"{kind.value}/",
+        suffix=f"/{rate.window}",
+        policy=(kind.policy, rate.amount, rate.window),
+    )
 
 
 class LimitOutcome(StrEnum):
@@ -460,6 +483,18 @@ class Limiter:
         self._in_flight = _InFlight()
         # By the UUID's integer: a UUID hashes in Python code, its integer in C.
         self._teams = {team_id.int: limits for team_id, limits in self.settings.teams.items()}
+        settings = self.settings
+        # The configured rates, formatted once; a team's or service's own are formatted (and
+        # cached) when met.
+        self._plans = {
+            kind: None if rate is None else _plan(kind, rate)
+            for kind, rate in (
+                (LimitKind.CREDENTIAL_RATE, settings.credential_rate),
+                (LimitKind.USER_RATE, settings.user_rate),
+                (LimitKind.TEAM_RATE, settings.team_rate),
+                (LimitKind.SERVICE_RATE, settings.service_rate),
+            )
+        }
         self._counter: RateCounter | None = None
         self._counter_lock = threading.Lock()
         self._last_warning = -_WARNING_INTERVAL
@@ -574,47 +609,52 @@ class Limiter:
         route: str,
         request_id: str,
     ) -> tuple[tuple[str, str], ...]:
-        settings = self.settings
-        applied: list[tuple[LimitKind, Rate, str]] = []
-        if settings.credential_rate is not None and principal.credential_id is not None:
-            applied.append(
-                (LimitKind.CREDENTIAL_RATE, settings.credential_rate, principal.credential_id)
-            )
-        if settings.user_rate is not None and principal.user_id is not None:
-            applied.append((LimitKind.USER_RATE, settings.user_rate, principal.user_id))
-        team_rate = (team.rate if team else None) or settings.team_rate
-        if team_rate is not None:
+        plans = self._plans
+        applied: list[tuple[_RatePlan, str]] = []
+        plan = plans[LimitKind.CREDENTIAL_RATE]
+        if plan is not None and principal.credential_id is not None:
+            applied.append((plan, principal.credential_id))
+        plan = plans[LimitKind.USER_RATE]
+        if plan is not None and principal.user_id is not None:
+            applied.append((plan, principal.user_id))
+        team_rate = team.rate if team else None
+        plan = (
+            plans[LimitKind.TEAM_RATE]
+            if team_rate is None
+            else _plan(LimitKind.TEAM_RATE, team_rate)
+        )
+        if plan is not None:
             # The UUID's 32 hex digits, formatted in C (str(UUID) runs Python code).
-            applied.append((LimitKind.TEAM_RATE, team_rate, f"{principal.team_id.int:032x}"))
-        service_rate = service_rate or settings.service_rate
-        if service_rate is not None:
-            applied.append((LimitKind.SERVICE_RATE, service_rate, f"{service.id.int:032x}"))
+            applied.append((plan, f"{principal.team_id.int:032x}"))
+        plan = (
+            plans[LimitKind.SERVICE_RATE]
+            if service_rate is None
+            else _plan(LimitKind.SERVICE_RATE, service_rate)
+        )
+        if plan is not None:
+            applied.append((plan, f"{service.id.int:032x}"))
         if not applied:
             return ()
         counter = self._counter if self._counter is not None else self._open_counter()
-        # The window is part of the key: a changed rate starts a fresh window, never reads a
-        # counter kept for another period.
-        keys = []
-        policies = []
-        for kind, rate, who in applied:
-            keys.append((f"{_KEY_PREFIXES[kind]}{who}/{rate.window}", rate.window, rate.amount))
-            policies.append((_POLICIES[kind], rate.amount, rate.window))
+        keys = [
+            (plan.prefix + who + plan.suffix, plan.window, plan.amount) for plan, who in applied
+        ]
         try:
             counts = counter.hit(keys)
         except StoreUnavailable as exc:
             return self._store_failed(
                 exc, principal=principal, service=service, route=route, request_id=request_id
             )
-        headers = rate_limit_headers(tuple(policies), counts)
-        for (kind, rate, _), (count, reset) in zip(applied, counts, strict=True):
-            if count > rate.amount:
+        headers = rate_limit_headers(tuple([plan.policy for plan, _ in applied]), counts)
+        for (plan, _), (count, reset) in zip(applied, counts, strict=True):
+            if count > plan.amount:
                 self._report(
                     principal=principal,
                     service=service,
                     route=route,
                     request_id=request_id,
                     outcome=LimitOutcome.REFUSED,
-                    limit=kind,
+                    limit=plan.kind,
                 )
                 raise RateLimitedError(headers=(retry_after(reset), *headers))
         return headers
