@@ -29,6 +29,7 @@ from werkzeug.middleware.http_proxy import ProxyMiddleware
 
 from invoke_middleware import (
     CredentialKind,
+    InMemoryCredentialStore,
     InMemoryServiceRegistry,
     InvokeMiddleware,
     Service,
@@ -90,6 +91,35 @@ def make_relay(limits: str | None = None) -> WSGIApplication:
     key = middleware.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
     Path(key_file).write_text(key, encoding="utf-8")
     return middleware
+
+
+def make_relay_ab() -> WSGIApplication:
+    """Two gateways in one process, one key for both: ``/a/r/...`` without a limiter and
+    ``/b/r/...`` with the in-memory one, so that the limiter is measured in the same worker
+    (same threads, same memory layout) as its baseline. Writes ``BENCH_KEY_FILE`` + ``.ab``."""
+    registry = InMemoryServiceRegistry()
+    registry.add(
+        Service(
+            id=uuid.uuid4(),
+            team_id=TEAM,
+            slug="bench",
+            display_name="Bench",
+            service_type=ServiceType.DEPLOYED,
+            service_status=ServiceStatus.RUNNING,
+            upstream_url=os.environ["BENCH_UPSTREAM"],
+        )
+    )
+    credentials = InMemoryCredentialStore()
+    limiter = bench_limiter("memory://", os.environ["BENCH_REDIS_PREFIX"])
+    limited = InvokeMiddleware(
+        host, prefix="/b", registry=registry, credentials=credentials, limiter=limiter
+    )
+    # The limited gateway is the inner one: its requests also pass the outer one's route
+    # check, which counts against the limiter, never for it.
+    plain = InvokeMiddleware(limited, prefix="/a", registry=registry, credentials=credentials)
+    key = credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+    Path(os.environ["BENCH_KEY_FILE"] + ".ab").write_text(key, encoding="utf-8")
+    return plain
 
 
 def make_proxy() -> WSGIApplication:

@@ -48,6 +48,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import bench_relay  # noqa: E402
+import harness  # noqa: E402
 import psutil  # noqa: E402
 import redis  # noqa: E402
 from apps import TEAM, bench_limiter, host  # noqa: E402
@@ -224,6 +225,49 @@ def served_rounds(args: argparse.Namespace, prefix: str) -> dict[str, list[bench
     return rounds
 
 
+def same_process_rounds(args: argparse.Namespace, prefix: str) -> dict[str, list[float]]:
+    """The catch-all without and with the in-memory limiter in one gunicorn worker
+    (``apps.make_relay_ab``), in alternating short rounds: the worker's CPU µs per request.
+    Two processes differ by more than the limiter costs (placement, memory layout); one
+    process, alternating, cancels that out."""
+    cpu: dict[str, list[float]] = {"none": [], "memory": []}
+    paths = {"none": "/a/r/containers/bench/hello", "memory": "/b/r/containers/bench/hello"}
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        upstream_port = free_port()
+        env = {
+            **os.environ,
+            "BENCH_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
+            "BENCH_KEY_FILE": str(scratch / "key"),
+            "BENCH_REDIS_PREFIX": prefix,
+        }
+        command = [sys.executable, str(BENCH / "upstream.py"), str(upstream_port)]
+        stack.enter_context(bench_relay.running(command, upstream_port, env))
+        port = free_port()
+        gunicorn = bench_relay.gunicorn_command(port, "make_relay_ab()", args)
+        master = stack.enter_context(bench_relay.running(gunicorn, port, env))
+        workers = bench_relay.workers_of(master, args.workers)
+        key = (scratch / "key.ab").read_text(encoding="utf-8")
+        requests = {name: harness.Request(path=path) for name, path in paths.items()}
+        for request in requests.values():
+            harness.check(port, key, request)
+            harness.wrk_load(port, key, connections=args.connections, seconds=1, request=request)
+        for _ in range(args.ab_rounds):
+            for name, request in requests.items():
+                before = sum(harness.cpu_seconds(workers))
+                load = harness.wrk_load(
+                    port, key, connections=args.connections, seconds=args.ab_seconds,
+                    request=request,
+                )  # fmt: skip
+                cpu[name].append((sum(harness.cpu_seconds(workers)) - before) / load.requests * 1e6)
+        print(
+            f"same process: none {_median(cpu['none']):.0f} µs/req, "
+            f"memory {_median(cpu['memory']):.0f} µs/req",
+            file=sys.stderr,
+        )
+    return cpu
+
+
 def cleanup(redis_url: str, prefix: str) -> None:
     with redis.Redis.from_url(redis_url) as client:
         keys = list(client.scan_iter(match=f"{prefix}:*"))
@@ -244,6 +288,8 @@ def main() -> None:
     served.add_argument("--workers", type=int, default=1)
     served.add_argument("--threads", type=int, default=4)
     served.add_argument("--client", choices=("wrk", "python"), default=None)
+    served.add_argument("--ab-rounds", type=int, default=20, help="same-process pairs; 0: skip")
+    served.add_argument("--ab-seconds", type=float, default=2.0)
     args = parser.parse_args()
     if args.client is None:
         args.client = "wrk" if shutil.which("wrk") else "python"
@@ -283,11 +329,14 @@ def main() -> None:
         if args.served_rounds:
             served_args = argparse.Namespace(**{**vars(args), "rounds": args.served_rounds})
             served = served_rounds(served_args, prefix)
+        same: dict[str, list[float]] = {}
+        if args.ab_rounds and args.client == "wrk":
+            same = same_process_rounds(args, prefix)
     finally:
         cleanup(args.redis, prefix)
     load_after = os.getloadavg()[0]
 
-    report = render(args, rounds, alone, served, load_before, load_after)
+    report = render(args, rounds, alone, served, same, load_before, load_after)
     args.output.write_text(report, encoding="utf-8")
     print(report)
 
@@ -301,6 +350,7 @@ def render(
     rounds: dict[str, list[Round]],
     alone: dict[str, list[Round]],
     served: dict[str, list[bench_relay.Round]],
+    same: dict[str, list[float]],
     load_before: float,
     load_after: float,
 ) -> str:
@@ -362,11 +412,14 @@ def render(
         lines.append(f"| {name} | {cpu:.1f} | {wall:.1f} | {cpu / relay_cpu * 100:.1f} % |")
     if served:
         lines += render_served(args, served)
+    if same:
+        lines += render_same_process(args, same)
     lines += [
         "",
         f"Command: `python bench/bench_limits.py --rounds {args.rounds} "
         f"--requests {args.requests} --served-rounds {args.served_rounds} "
-        f"--seconds {args.seconds:g} --client {args.client}`",
+        f"--seconds {args.seconds:g} --ab-rounds {args.ab_rounds} "
+        f"--ab-seconds {args.ab_seconds:g} --client {args.client}`",
         "",
     ]
     return "\n".join(lines)
@@ -401,6 +454,30 @@ def render_served(
             f"**{_median(ratio) * 100:.1f} %** |"
         )
     return lines
+
+
+def render_same_process(args: argparse.Namespace, same: dict[str, list[float]]) -> list[str]:
+    added = [m - n for m, n in zip(same["memory"], same["none"], strict=True)]
+    ratios = [a / n for a, n in zip(added, same["none"], strict=True)]
+    quartiles = statistics.quantiles(ratios, n=4)
+    return [
+        "",
+        "## Served, the in-memory limiter against no limiter in one worker",
+        "",
+        "One gunicorn worker serving two gateways (`apps.make_relay_ab`: `/a/...` without a",
+        "limiter, `/b/...` with the in-memory one behind it, one key for both, so the limited",
+        "requests also pay the other gateway's route check), loaded in alternating",
+        f"rounds of {args.ab_seconds:g} s ({args.ab_rounds} pairs, {args.connections}"
+        " connections): the worker's CPU per request. Separate server processes differ by",
+        "more than the limiter costs; alternating in one process cancels that out.",
+        "",
+        "| limiter | gateway CPU µs/req | added CPU µs/req | added CPU / relay CPU |",
+        "|---|---:|---:|---:|",
+        f"| none | {_median(same['none']):.0f} | — | — |",
+        f"| memory | {_median(same['memory']):.0f} | {_median(added):.1f} | "
+        f"**{_median(ratios) * 100:.1f} %** (quartiles {quartiles[0] * 100:.1f} %, "
+        f"{quartiles[2] * 100:.1f} %) |",
+    ]
 
 
 def _cpu_name() -> str:
