@@ -51,6 +51,23 @@ def host(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[by
     return [BODY]
 
 
+def bench_registry(upstream_url: str) -> InMemoryServiceRegistry:
+    """The one deployed service every gateway of the benchmarks relays to: ``bench``."""
+    registry = InMemoryServiceRegistry()
+    registry.add(
+        Service(
+            id=uuid.uuid4(),
+            team_id=TEAM,
+            slug="bench",
+            display_name="Bench",
+            service_type=ServiceType.DEPLOYED,
+            service_status=ServiceStatus.RUNNING,
+            upstream_url=upstream_url,
+        )
+    )
+    return registry
+
+
 def bench_limiter(storage_url: str, prefix: str, rate_batch: int = DEFAULT_RATE_BATCH) -> Limiter:
     """The limiter the limits benchmark measures: a per-team concurrency cap and two rates
     (per credential, per team) high enough never to refuse."""
@@ -68,18 +85,7 @@ def bench_limiter(storage_url: str, prefix: str, rate_batch: int = DEFAULT_RATE_
 
 
 def make_relay(limits: str | None = None) -> WSGIApplication:
-    registry = InMemoryServiceRegistry()
-    registry.add(
-        Service(
-            id=uuid.uuid4(),
-            team_id=TEAM,
-            slug="bench",
-            display_name="Bench",
-            service_type=ServiceType.DEPLOYED,
-            service_status=ServiceStatus.RUNNING,
-            upstream_url=os.environ["BENCH_UPSTREAM"],
-        )
-    )
+    registry = bench_registry(os.environ["BENCH_UPSTREAM"])
     limiter = None
     key_file = os.environ["BENCH_KEY_FILE"]
     if limits is not None:
@@ -97,18 +103,7 @@ def make_relay_ab() -> WSGIApplication:
     """Two gateways in one process, one key for both: ``/a/r/...`` without a limiter and
     ``/b/r/...`` with the in-memory one, so that the limiter is measured in the same worker
     (same threads, same memory layout) as its baseline. Writes ``BENCH_KEY_FILE`` + ``.ab``."""
-    registry = InMemoryServiceRegistry()
-    registry.add(
-        Service(
-            id=uuid.uuid4(),
-            team_id=TEAM,
-            slug="bench",
-            display_name="Bench",
-            service_type=ServiceType.DEPLOYED,
-            service_status=ServiceStatus.RUNNING,
-            upstream_url=os.environ["BENCH_UPSTREAM"],
-        )
-    )
+    registry = bench_registry(os.environ["BENCH_UPSTREAM"])
     credentials = InMemoryCredentialStore()
     limiter = bench_limiter("memory://", os.environ["BENCH_REDIS_PREFIX"])
     limited = InvokeMiddleware(

@@ -35,14 +35,12 @@ import os
 import platform
 import pstats
 import resource
-import socket
 import statistics
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -52,34 +50,6 @@ ROUTES = ("catch_all", "invoke", "harness")
 EXPECTED_BODY = b"hello, world\n"
 TEAM = uuid.UUID("0b0b0b0b-0000-4000-8000-00000000be4c")
 ENVELOPE = json.dumps({"method": "GET", "path": "/hello"}).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def upstream() -> Iterator[str]:
-    """The fixed-answer upstream on a free port, for as long as the block runs."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, str(BENCH / "upstream.py"), str(port)])
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 # -- the child: one tree's gateway, driven over stdin/stdout -----------------------------------
@@ -271,7 +241,11 @@ def main() -> None:
 
     trees = [("this tree", ROOT)]
     trees += [(f"`{tree.resolve().name}/`", tree.resolve()) for tree in args.compare_tree]
-    with upstream() as url, ExitStack() as stack:
+    # Imported here: the children import only the package of the tree they measure (which
+    # may be older than bench/), and so they build their gateway themselves, not from apps.py.
+    import harness  # noqa: PLC0415
+
+    with harness.upstream() as url, ExitStack() as stack:
         children = []
         for label, tree in trees:
             each = Child(label, tree, url)

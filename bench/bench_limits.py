@@ -30,15 +30,13 @@ import io
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,10 +49,9 @@ import bench_relay  # noqa: E402
 import harness  # noqa: E402
 import psutil  # noqa: E402
 import redis  # noqa: E402
-from apps import TEAM, bench_limiter, host  # noqa: E402
+from apps import TEAM, bench_limiter, bench_registry, host  # noqa: E402
 
 from invoke_middleware import (  # noqa: E402
-    InMemoryServiceRegistry,
     InvokeMiddleware,
     Service,
     ServiceStatus,
@@ -72,33 +69,6 @@ SERVED = {
     "redis": "make_relay('redis')",
     "redis-each": "make_relay('redis-each')",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def upstream() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, str(BENCH / "upstream.py"), str(port)])
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @dataclass
@@ -134,19 +104,7 @@ class Pipeline:
 
 
 def build(name: str, upstream_url: str, limiter: Limiter | None) -> Pipeline:
-    registry = InMemoryServiceRegistry()
-    registry.add(
-        Service(
-            id=uuid.uuid4(),
-            team_id=TEAM,
-            slug="bench",
-            display_name="Bench",
-            service_type=ServiceType.DEPLOYED,
-            service_status=ServiceStatus.RUNNING,
-            upstream_url=upstream_url,
-        )
-    )
-    app = InvokeMiddleware(host, registry=registry, limiter=limiter)
+    app = InvokeMiddleware(host, registry=bench_registry(upstream_url), limiter=limiter)
     key = app.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
     return Pipeline(name=name, app=app, key=key)
 
@@ -185,25 +143,33 @@ def limiter_alone(limiter: Limiter) -> Callable[[], None]:
     return work
 
 
+def _upstream_for_servers(
+    stack: ExitStack, args: argparse.Namespace, prefix: str
+) -> tuple[Path, dict[str, str], psutil.Process]:
+    """A scratch directory and the fixed-answer upstream, until ``stack`` closes, and the
+    environment that tells the factories of ``apps.py`` where they are (and Redis)."""
+    scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    upstream_port = harness.free_port()
+    env = {
+        **os.environ,
+        "BENCH_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
+        "BENCH_KEY_FILE": str(scratch / "key"),
+        "BENCH_REDIS": args.redis,
+        "BENCH_REDIS_PREFIX": prefix,
+    }
+    command = [sys.executable, str(BENCH / "upstream.py"), str(upstream_port)]
+    return scratch, env, stack.enter_context(bench_relay.running(command, upstream_port, env))
+
+
 def served_rounds(args: argparse.Namespace, prefix: str) -> dict[str, list[bench_relay.Round]]:
     """The three gateways under gunicorn, loaded as ``bench/bench_relay.py`` loads its own:
     CPU of the worker processes per request."""
     rounds: dict[str, list[bench_relay.Round]] = {name: [] for name in SERVED}
     with ExitStack() as stack:
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        upstream_port = free_port()
-        env = {
-            **os.environ,
-            "BENCH_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
-            "BENCH_KEY_FILE": str(scratch / "key"),
-            "BENCH_REDIS": args.redis,
-            "BENCH_REDIS_PREFIX": prefix,
-        }
-        command = [sys.executable, str(BENCH / "upstream.py"), str(upstream_port)]
-        upstream_process = stack.enter_context(bench_relay.running(command, upstream_port, env))
+        scratch, env, upstream_process = _upstream_for_servers(stack, args, prefix)
         servers: dict[str, tuple[int, str, list[psutil.Process]]] = {}
         for name, factory in SERVED.items():
-            port = free_port()
+            port = harness.free_port()
             gunicorn = bench_relay.gunicorn_command(port, factory, args)
             master = stack.enter_context(bench_relay.running(gunicorn, port, env))
             suffix = "" if name == "none" else f".{name}"
@@ -233,17 +199,8 @@ def same_process_rounds(args: argparse.Namespace, prefix: str) -> dict[str, list
     cpu: dict[str, list[float]] = {"none": [], "memory": []}
     paths = {"none": "/a/r/containers/bench/hello", "memory": "/b/r/containers/bench/hello"}
     with ExitStack() as stack:
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        upstream_port = free_port()
-        env = {
-            **os.environ,
-            "BENCH_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
-            "BENCH_KEY_FILE": str(scratch / "key"),
-            "BENCH_REDIS_PREFIX": prefix,
-        }
-        command = [sys.executable, str(BENCH / "upstream.py"), str(upstream_port)]
-        stack.enter_context(bench_relay.running(command, upstream_port, env))
-        port = free_port()
+        scratch, env, _ = _upstream_for_servers(stack, args, prefix)
+        port = harness.free_port()
         gunicorn = bench_relay.gunicorn_command(port, "make_relay_ab()", args)
         master = stack.enter_context(bench_relay.running(gunicorn, port, env))
         workers = bench_relay.workers_of(master, args.workers)
@@ -297,7 +254,7 @@ def main() -> None:
     prefix = f"invoke-bench-{uuid.uuid4().hex[:12]}"
     load_before = os.getloadavg()[0]
     try:
-        with upstream() as upstream_url:
+        with harness.upstream() as upstream_url:
             memory_limiter = bench_limiter("memory://", prefix)
             redis_limiter = bench_limiter(args.redis, prefix)
             each_limiter = bench_limiter(args.redis, prefix, rate_batch=1)
@@ -369,7 +326,7 @@ def render(
         "",
         "## Setup",
         "",
-        f"- {_cpu_name()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+        f"- {harness.cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
         f"- Python {platform.python_version()}, limits {importlib.metadata.version('limits')}, "
         f"redis-py {importlib.metadata.version('redis')}, "
         f"Redis on loopback ({_redis_version(args.redis)})",
@@ -478,16 +435,6 @@ def render_same_process(args: argparse.Namespace, same: dict[str, list[float]]) 
         f"**{_median(ratios) * 100:.1f} %** (quartiles {quartiles[0] * 100:.1f} %, "
         f"{quartiles[2] * 100:.1f} %) |",
     ]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _redis_version(url: str) -> str:

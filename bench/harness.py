@@ -102,6 +102,16 @@ def workers_of(master: psutil.Process, count: int, timeout: float = 20.0) -> lis
     raise RuntimeError(f"gunicorn {master.pid} did not fork {count} workers")
 
 
+@contextmanager
+def upstream() -> Iterator[str]:
+    """The fixed-answer upstream of ``upstream.py`` on a free port, for as long as the block
+    runs: its base URL."""
+    port = free_port()
+    command = [sys.executable, str(BENCH / "upstream.py"), str(port)]
+    with running(command, port, dict(os.environ)):
+        yield f"http://127.0.0.1:{port}"
+
+
 def cpu_seconds(processes: list[psutil.Process]) -> tuple[float, float]:
     """User and system CPU seconds of ``processes``, summed."""
     user = system = 0.0

@@ -617,20 +617,11 @@ class Limiter:
         plan = plans[LimitKind.USER_RATE]
         if plan is not None and principal.user_id is not None:
             applied.append((plan, principal.user_id))
-        team_rate = team.rate if team else None
-        plan = (
-            plans[LimitKind.TEAM_RATE]
-            if team_rate is None
-            else _plan(LimitKind.TEAM_RATE, team_rate)
-        )
+        plan = self._plan_over(LimitKind.TEAM_RATE, team.rate if team else None)
         if plan is not None:
             # The UUID's 32 hex digits, formatted in C (str(UUID) runs Python code).
             applied.append((plan, f"{principal.team_id.int:032x}"))
-        plan = (
-            plans[LimitKind.SERVICE_RATE]
-            if service_rate is None
-            else _plan(LimitKind.SERVICE_RATE, service_rate)
-        )
+        plan = self._plan_over(LimitKind.SERVICE_RATE, service_rate)
         if plan is not None:
             applied.append((plan, f"{service.id.int:032x}"))
         if not applied:
@@ -658,6 +649,10 @@ class Limiter:
                 )
                 raise RateLimitedError(headers=(retry_after(reset), *headers))
         return headers
+
+    def _plan_over(self, kind: LimitKind, own: Rate | None) -> _RatePlan | None:
+        """A team's or service's own rate of ``kind`` when it has one, else the configured."""
+        return self._plans[kind] if own is None else _plan(kind, own)
 
     def _open_counter(self) -> RateCounter:
         with self._counter_lock:
