@@ -53,9 +53,6 @@ from apps import TEAM, bench_limiter, bench_registry, host  # noqa: E402
 
 from invoke_middleware import (  # noqa: E402
     InvokeMiddleware,
-    Service,
-    ServiceStatus,
-    ServiceType,
 )
 from invoke_middleware.auth.principal import CredentialKind, Principal  # noqa: E402
 from invoke_middleware.limits import Limiter  # noqa: E402
@@ -127,15 +124,8 @@ def measure(work: Callable[[], None], requests: int) -> Round:
 
 def limiter_alone(limiter: Limiter) -> Callable[[], None]:
     principal = Principal(kind=CredentialKind.INTEGRATION, team_id=TEAM, credential_id="sk-bench")
-    service = Service(
-        id=uuid.uuid4(),
-        team_id=TEAM,
-        slug="bench",
-        display_name="Bench",
-        service_type=ServiceType.DEPLOYED,
-        service_status=ServiceStatus.RUNNING,
-        upstream_url="http://127.0.0.1:9",
-    )
+    service = bench_registry("http://127.0.0.1:9").get(TEAM, "bench")
+    assert service is not None
 
     def work() -> None:
         limiter.admit(principal, service, route="relay", request_id="bench").release()
