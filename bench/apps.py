@@ -2,13 +2,16 @@
 
 All wrap the same trivial host app:
 
-- ``make_relay()``: the host wrapped by :class:`InvokeMiddleware`, with one deployed service,
-  ``bench``, pointing at the upstream, and one ``sk-`` integration key in the in-memory store;
+- ``make_relay()``: the host wrapped by :class:`InvokeMiddleware`, with the deployed services
+  ``bench`` and ``stream`` pointing at the upstreams, and one ``sk-`` integration key in the
+  in-memory store;
 - ``make_proxy()``: the host wrapped by werkzeug's ``ProxyMiddleware``, relaying
-  ``/r/containers/bench/<tail>`` to ``<tail>`` on the same upstream;
+  ``/r/containers/<slug>/<tail>`` to ``<tail>`` on the same upstreams;
 - ``make_bare()``: the host alone, answering every request itself.
 
-They read ``BENCH_UPSTREAM`` (the upstream's base URL); ``make_relay`` writes its key to the
+They read ``BENCH_UPSTREAM`` (the upstream's base URL) and ``BENCH_STREAM_UPSTREAM`` (that of
+the ``stream`` service and route, for downloads, uploads and events; ``BENCH_UPSTREAM`` when
+unset); ``make_relay`` writes its key to the
 file named by ``BENCH_KEY_FILE``. ``make_relay(limits="memory")``, ``make_relay(limits=
 "redis")`` and ``make_relay(limits="redis-each")`` (Redis asked for every request:
 ``rate_batch=1``) add the limiter of ``bench/bench_limits.py`` (Redis at ``BENCH_REDIS``, keys
@@ -51,20 +54,23 @@ def host(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[by
     return [BODY]
 
 
-def bench_registry(upstream_url: str) -> InMemoryServiceRegistry:
-    """The one deployed service every gateway of the benchmarks relays to: ``bench``."""
+def bench_registry(upstream_url: str, stream_url: str | None = None) -> InMemoryServiceRegistry:
+    """The deployed service every gateway of the benchmarks relays to, ``bench``, and, with
+    ``stream_url``, ``stream`` (the streaming upstream when small requests go to nginx)."""
     registry = InMemoryServiceRegistry()
-    registry.add(
-        Service(
-            id=uuid.uuid4(),
-            team_id=TEAM,
-            slug="bench",
-            display_name="Bench",
-            service_type=ServiceType.DEPLOYED,
-            service_status=ServiceStatus.RUNNING,
-            upstream_url=upstream_url,
+    slugs = {"bench": upstream_url, "stream": stream_url or upstream_url}
+    for slug, url in slugs.items():
+        registry.add(
+            Service(
+                id=uuid.uuid4(),
+                team_id=TEAM,
+                slug=slug,
+                display_name=slug.title(),
+                service_type=ServiceType.DEPLOYED,
+                service_status=ServiceStatus.RUNNING,
+                upstream_url=url,
+            )
         )
-    )
     return registry
 
 
@@ -85,7 +91,7 @@ def bench_limiter(storage_url: str, prefix: str, rate_batch: int = DEFAULT_RATE_
 
 
 def make_relay(limits: str | None = None) -> WSGIApplication:
-    registry = bench_registry(os.environ["BENCH_UPSTREAM"])
+    registry = bench_registry(os.environ["BENCH_UPSTREAM"], os.environ.get("BENCH_STREAM_UPSTREAM"))
     limiter = None
     key_file = os.environ["BENCH_KEY_FILE"]
     if limits is not None:
@@ -118,9 +124,15 @@ def make_relay_ab() -> WSGIApplication:
 
 
 def make_proxy() -> WSGIApplication:
-    target = os.environ["BENCH_UPSTREAM"].rstrip("/") + "/"
+    targets = {
+        "bench": os.environ["BENCH_UPSTREAM"],
+        "stream": os.environ.get("BENCH_STREAM_UPSTREAM") or os.environ["BENCH_UPSTREAM"],
+    }
     # The upstream sees the tail alone, as the catch-all sends it (``/download?bytes=N``).
-    routes = {"/r/containers/bench/": {"target": target, "remove_prefix": True}}
+    routes = {
+        f"/r/containers/{slug}/": {"target": url.rstrip("/") + "/", "remove_prefix": True}
+        for slug, url in targets.items()
+    }
     return ProxyMiddleware(host, routes)
 
 

@@ -1,7 +1,8 @@
 """The catch-all and invoke routes against werkzeug's ``ProxyMiddleware``, under two servers.
 
 Run: ``python bench/bench_relay.py`` (writes ``bench/results/relay.md``; ``--help`` for the
-knobs). It starts, all on 127.0.0.1, the upstream of ``bench/upstream.py`` and, under each
+knobs). It starts, all on 127.0.0.1, nginx (``--upstream``; else ``bench/upstream.py``) for the
+small requests, the upstream of ``bench/upstream.py`` for the streams and, under each
 server (gunicorn gthread, ``--workers`` x ``--threads``, ``--preload``; waitress,
 ``--threads``), three gateways of ``bench/apps.py``: **bare** (the host app answering by
 itself: the server's own cost), **proxy** (werkzeug ``ProxyMiddleware``) and the relay
@@ -36,6 +37,7 @@ import platform
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +63,7 @@ from harness import (
     cpu_seconds,
     free_port,
     gunicorn_command,
+    nginx_upstream,
     python_load,
     running,
     serve_command,
@@ -101,7 +104,8 @@ GATEWAYS: dict[str, tuple[str, Request]] = {
 }
 STREAMED = ("catch-all", "proxy")
 DIRECTIONS = ("download", "upload")
-PREFIX = "/r/containers/bench"
+#: The service (and proxy route) of downloads, uploads and events: ``upstream.py``.
+STREAM_PREFIX = "/r/containers/stream"
 BLOCK = 256 * 1024
 
 
@@ -230,7 +234,9 @@ def download(port: int, key: str, size: int, processes: list[psutil.Process]) ->
         with PeakRSS(processes) as memory:
             started = time.perf_counter()
             connection.request(
-                "GET", f"{PREFIX}/download?bytes={size}", headers={"Authorization": f"Bearer {key}"}
+                "GET",
+                f"{STREAM_PREFIX}/download?bytes={size}",
+                headers={"Authorization": f"Bearer {key}"},
             )
             response = connection.getresponse()
             received = len(response.read1(BLOCK))
@@ -259,7 +265,7 @@ def upload(port: int, key: str, size: int, processes: list[psutil.Process]) -> T
     try:
         with PeakRSS(processes) as memory:
             started = time.perf_counter()
-            connection.putrequest("POST", f"{PREFIX}/upload")
+            connection.putrequest("POST", f"{STREAM_PREFIX}/upload")
             connection.putheader("Authorization", f"Bearer {key}")
             connection.putheader("Content-Type", "application/octet-stream")
             connection.putheader("Content-Length", str(size))
@@ -313,7 +319,7 @@ def event_delays(
 
 
 def serve_gateways(
-    stack: ExitStack, args: argparse.Namespace, scratch: Path, upstream_url: str
+    stack: ExitStack, args: argparse.Namespace, scratch: Path, upstream_url: str, stream_url: str
 ) -> tuple[dict[tuple[str, str], Served], dict[str, str]]:
     """Every app of ``GATEWAYS`` under every server: (server, factory) -> Served, and the
     relay's key under each server."""
@@ -324,6 +330,7 @@ def serve_gateways(
             **os.environ,
             "PYTHONPATH": f"{BENCH}{os.pathsep}{ROOT}",
             "BENCH_UPSTREAM": upstream_url,
+            "BENCH_STREAM_UPSTREAM": stream_url,
             "BENCH_KEY_FILE": str(scratch / f"key-{server}"),
         }
         for factory in dict.fromkeys(factory for factory, _ in GATEWAYS.values()):
@@ -416,7 +423,7 @@ def run_sse(
         streams: dict[str, tuple[int, str, str | None]] = {
             "direct": (upstream_port, "/sse", None),
             **{
-                server: (served[server, "make_relay()"].port, f"{PREFIX}/sse", keys[server])
+                server: (served[server, "make_relay()"].port, f"{STREAM_PREFIX}/sse", keys[server])
                 for server in args.servers
             },
         }
@@ -488,18 +495,21 @@ def run(args: argparse.Namespace) -> Results:
     with tempfile.TemporaryDirectory() as directory:
         scratch = Path(directory)
         with ExitStack() as stack:
-            upstream_port = free_port()
-            upstream_url = f"http://127.0.0.1:{upstream_port}"
-            command = [sys.executable, str(BENCH / "upstream.py"), str(upstream_port)]
-            upstream = stack.enter_context(running(command, upstream_port, dict(os.environ)))
+            stream_port = free_port()
+            stream_url = f"http://127.0.0.1:{stream_port}"
+            command = [sys.executable, str(BENCH / "upstream.py"), str(stream_port)]
+            upstream = stack.enter_context(running(command, stream_port, dict(os.environ)))
+            upstream_url = stream_url
+            if args.upstream == "nginx":
+                upstream_url, upstream = stack.enter_context(nginx_upstream(scratch / "nginx"))
             if {"gateways", "streaming", "sse"} & set(args.only):
-                served, keys = serve_gateways(stack, args, scratch, upstream_url)
+                served, keys = serve_gateways(stack, args, scratch, upstream_url, stream_url)
                 if "gateways" in args.only:
                     run_gateways(args, served, keys, upstream, results)
                 if "streaming" in args.only:
                     run_streaming(args, served, keys, results)
                 if "sse" in args.only:
-                    run_sse(args, served, keys, upstream_port, results)
+                    run_sse(args, served, keys, stream_port, results)
             if "standalone" in args.only:
                 run_standalone(args, stack, scratch, upstream_url, upstream, results)
         # The servers have stopped: their logs are complete.
@@ -595,6 +605,22 @@ def goals(args: argparse.Namespace, results: Results) -> list[Goal]:
     return found
 
 
+def _upstream_text(args: argparse.Namespace) -> str:
+    if args.upstream == "python":
+        return "`bench/upstream.py` (asyncio, one thread)"
+    version = (
+        subprocess.run(
+            [shutil.which("nginx") or "/usr/sbin/nginx", "-v"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stderr.strip()
+        .removeprefix("nginx version: ")
+    )
+    return f"{version} (one process, `return 200` of the same 13 bytes, kept-alive connections)"
+
+
 def _setup(args: argparse.Namespace, load: str) -> list[str]:
     client = (
         f"`wrk -t1 -c<connections> -d{args.seconds:g}s --latency` ({wrk_version()}), one client"
@@ -616,6 +642,8 @@ def _setup(args: argparse.Namespace, load: str) -> list[str]:
         f"- gunicorn: `--worker-class gthread --workers {args.workers} --threads {args.threads}"
         " --preload --keep-alive 30`; waitress: `waitress-serve --threads "
         f"{args.threads}` (one process)",
+        f"- upstream of the small requests: {_upstream_text(args)}; of the downloads, uploads"
+        " and events: `bench/upstream.py` (asyncio, one thread)",
         f"- load: {client}; connections: {', '.join(map(str, args.connections))}",
         f"- {args.rounds} interleaved rounds of {args.seconds:g} s after a warm-up; medians over"
         " rounds",
@@ -850,7 +878,7 @@ def report(args: argparse.Namespace, results: Results, load: str) -> str:
         "# The relay against werkzeug's ProxyMiddleware, under gunicorn and waitress",
         "",
         "Produced by `bench/bench_relay.py` (`bench/README.md` says what each section does),"
-        " against the loopback upstream of `bench/upstream.py`, in interleaved rounds:",
+        " against loopback upstreams (below), in interleaved rounds:",
         "",
         "- **bare**: the host app answering by itself (the server's own cost);",
         "- **proxy**: the host wrapped by werkzeug's `ProxyMiddleware` (a new upstream",
@@ -931,6 +959,12 @@ def main() -> None:
         "--client",
         choices=("wrk", "python"),
         default="wrk" if shutil.which("wrk") else "python",
+    )
+    parser.add_argument(
+        "--upstream",
+        choices=("nginx", "python"),
+        default="nginx" if shutil.which("nginx") or Path("/usr/sbin/nginx").exists() else "python",
+        help="what answers the small requests (downloads, uploads and events: upstream.py)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()

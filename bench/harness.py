@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -110,6 +111,47 @@ def upstream() -> Iterator[str]:
     command = [sys.executable, str(BENCH / "upstream.py"), str(port)]
     with running(command, port, dict(os.environ)):
         yield f"http://127.0.0.1:{port}"
+
+
+#: nginx as the small-request upstream: one process (its CPU is the upstream's), every
+#: connection kept alive, the same 13-byte answer as ``upstream.py`` for any path.
+NGINX_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid nginx.pid;
+error_log stderr error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    client_body_temp_path body;
+    proxy_temp_path proxy;
+    fastcgi_temp_path fastcgi;
+    uwsgi_temp_path uwsgi;
+    scgi_temp_path scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        default_type text/plain;
+        location / {{ return 200 "hello, world\\n"; }}
+    }}
+}}
+"""
+
+
+@contextmanager
+def nginx_upstream(directory: Path) -> Iterator[tuple[str, psutil.Process]]:
+    """nginx answering every request with the 13-byte body of ``upstream.py``, on a free port,
+    for as long as the block runs: its base URL and its process (``nginx`` on the ``PATH``)."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = directory / "nginx.conf"
+    config.write_text(NGINX_CONF.format(port=port), encoding="utf-8")
+    command = [nginx, "-p", str(directory), "-c", str(config)]
+    with running(command, port, dict(os.environ), log=directory / "error.log") as process:
+        yield f"http://127.0.0.1:{port}", process
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> tuple[float, float]:
