@@ -15,7 +15,6 @@ key or an identity, so the fields say nothing about other callers.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -32,40 +31,56 @@ NAMES = frozenset({POLICY_HEADER.lower(), STATE_HEADER.lower()})
 Policy = tuple[str, int, int]
 
 
-@functools.lru_cache(maxsize=1024)
-def _policy_value(policies: tuple[Policy, ...]) -> str:
-    # The same few combinations of policies come back on every request: format them once.
-    return ", ".join(f'"{name}";q={quota};w={window}' for name, quota, window in policies)
+class PolicySet:
+    """The policies that apply to a request, in order, with their ``RateLimit-Policy`` value
+    formatted once (the same few sets come back on every request)."""
+
+    __slots__ = ("policies", "value")
+
+    def __init__(self, policies: tuple[Policy, ...]) -> None:
+        self.policies = policies
+        self.value = ", ".join(f'"{name}";q={quota};w={window}' for name, quota, window in policies)
 
 
 def rate_limit_headers(
-    policies: tuple[Policy, ...], counts: Sequence[tuple[int, float]]
-) -> tuple[tuple[str, str], ...]:
-    """``RateLimit-Policy`` for every policy, and ``RateLimit`` for the tightest one.
+    policies: PolicySet, counts: Sequence[tuple[int, float]]
+) -> tuple[tuple[tuple[str, str], ...], int]:
+    """``RateLimit-Policy`` for every policy and ``RateLimit`` for the tightest one, and the
+    index of the policy the request exceeds (-1 when it exceeds none; of several, the one
+    that resets last, so that waiting for it is enough).
 
     ``counts`` holds, for each policy, the requests counted in its window (this one included)
     and the seconds until the window resets. The tightest policy is the one with the fewest
     requests remaining; of those, the one that resets last.
     """
-    if not policies:
-        return ()
-    tightest = ("", 0, 0.0)
-    best: tuple[int, float] | None = None
-    for (name, quota, _), (count, reset) in zip(policies, counts, strict=True):
-        remaining = quota - count if count < quota else 0
-        if best is None or remaining < best[0] or (remaining == best[0] and reset > best[1]):
-            best = (remaining, reset)
-            tightest = (name, remaining, reset)
-    name, remaining, reset = tightest
+    if not policies.policies:
+        return (), -1
+    name = ""
+    remaining = -1
+    reset = 0.0
+    exceeded = -1
+    # Without zip's strict check: the counts are the policies', one each, by construction,
+    # and the keyword costs a third of this loop.
+    for index, ((each, quota, _), (count, left)) in enumerate(zip(policies.policies, counts)):  # noqa: B905
+        if count >= quota:
+            rest = 0
+            if count > quota and (exceeded < 0 or left > counts[exceeded][1]):
+                exceeded = index
+        else:
+            rest = quota - count
+        if remaining < 0 or rest < remaining or (rest == remaining and left > reset):
+            name, remaining, reset = each, rest, left
     return (
-        (POLICY_HEADER, _policy_value(policies)),
+        (POLICY_HEADER, policies.value),
         (STATE_HEADER, f'"{name}";r={remaining};t={reset_seconds(reset)}'),
-    )
+    ), exceeded
 
 
 def reset_seconds(reset: float) -> int:
-    """Whole seconds until a window resets: rounded up, so that waiting that long is enough."""
-    return max(1, math.ceil(reset))
+    """Whole seconds until a window resets: rounded up, so that waiting that long is enough;
+    at least one."""
+    seconds = math.ceil(reset)
+    return seconds if seconds > 0 else 1
 
 
 def retry_after(seconds: float) -> tuple[str, str]:

@@ -53,19 +53,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from invoke_middleware._bodies import RelayBody, close_body
 from invoke_middleware._rate_counters import (
     LocalCounter,
     RateCounter,
+    RateKey,
     StoreUnavailable,
     open_counter,
 )
-from invoke_middleware._ratelimit_headers import (
-    NAMES as RATE_LIMIT_HEADER_NAMES,
-)
-from invoke_middleware._ratelimit_headers import rate_limit_headers, retry_after
+from invoke_middleware._ratelimit_headers import NAMES as RATE_LIMIT_NAMES
+from invoke_middleware._ratelimit_headers import PolicySet, rate_limit_headers, retry_after
 from invoke_middleware.errors import LimitsUnavailableError, RateLimitedError, TooManyInFlightError
 
 if TYPE_CHECKING:
@@ -142,6 +141,83 @@ def _plan(kind: LimitKind, rate: Rate) -> _RatePlan:
         suffix=f"/{rate.window}",
         policy=(kind.policy, rate.amount, rate.window),
     )
+
+
+#: Policies kept at most (one per team and service met): past it, they are worked out again.
+_MAX_POLICIES = 4096
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Policy:
+    """What applies to one team's requests to one service, worked out when first met and
+    again when the team's or the service's own limits change: the concurrency caps and how to
+    give their slots back, and the rates, with the team's and service's keys formatted."""
+
+    #: What it was made from: the team's stored limits and the service's own.
+    stored: TeamLimits | None
+    own: ServiceLimits
+    caps: tuple[tuple[LimitKind, tuple[str, int] | None, int], ...]
+    release: Callable[[], None]
+    credential: _RatePlan | None
+    user: _RatePlan | None
+    #: The keys of the team's and the service's rates.
+    shared_keys: tuple[RateKey, ...]
+    #: By caller (with a credential id: +2, with a user id: +1), the rates that count its
+    #: requests and their ``RateLimit-Policy``.
+    rates_by_caller: tuple[tuple[tuple[_RatePlan, ...], PolicySet], ...]
+    rates: bool
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        credential: _RatePlan | None,
+        user: _RatePlan | None,
+        shared: tuple[tuple[_RatePlan, RateKey], ...],
+        **fields: Any,
+    ) -> _Policy:
+        rates_by_caller = []
+        for caller in range(4):
+            plans = (
+                *([credential] if credential is not None and caller & 2 else []),
+                *([user] if user is not None and caller & 1 else []),
+                *(plan for plan, _ in shared),
+            )
+            rates_by_caller.append((plans, PolicySet(tuple(plan.policy for plan in plans))))
+        return cls(
+            credential=credential,
+            user=user,
+            shared_keys=tuple(key for _, key in shared),
+            rates_by_caller=tuple(rates_by_caller),
+            rates=bool(shared) or credential is not None or user is not None,
+            **fields,
+        )
+
+    def made_from(self, stored: TeamLimits | None, own: ServiceLimits) -> bool:
+        """Whether this policy still holds for these limits."""
+        return (self.stored is stored or self.stored == stored) and (
+            self.own is own or self.own == own
+        )
+
+    def rates_of(
+        self, principal: Principal
+    ) -> tuple[tuple[_RatePlan, ...], PolicySet, list[RateKey]]:
+        """The rates that count ``principal``'s request, their policies and their keys."""
+        keys: list[RateKey] = []
+        caller = 0
+        plan = self.credential
+        if plan is not None and principal.credential_id is not None:
+            caller = 2
+            keys.append(
+                (plan.prefix + principal.credential_id + plan.suffix, plan.window, plan.amount)
+            )
+        plan = self.user
+        if plan is not None and principal.user_id is not None:
+            caller += 1
+            keys.append((plan.prefix + principal.user_id + plan.suffix, plan.window, plan.amount))
+        keys.extend(self.shared_keys)
+        plans, policies = self.rates_by_caller[caller]
+        return plans, policies, keys
 
 
 class LimitOutcome(StrEnum):
@@ -300,6 +376,8 @@ class _Response(Protocol):
 
 _R = TypeVar("_R", bound=_Response)
 
+_RATE_LIMIT_NAME_LENGTHS = frozenset(len(name) for name in RATE_LIMIT_NAMES)
+
 
 class Admission:
     """A request let through: the response fields to add, and the slot to give back.
@@ -335,10 +413,13 @@ class Admission:
         or is closed (the client went away), whichever comes first.
         """
         if self.headers:
-            response.headers[:] = [
-                (k, v) for k, v in response.headers if k.lower() not in RATE_LIMIT_HEADER_NAMES
-            ]
-            response.headers.extend(self.headers)
+            fields = response.headers
+            for name, _ in fields:
+                # The length first: most fields are told apart without lower-casing them.
+                if len(name) in _RATE_LIMIT_NAME_LENGTHS and name.lower() in RATE_LIMIT_NAMES:
+                    fields[:] = [(k, v) for k, v in fields if k.lower() not in RATE_LIMIT_NAMES]
+                    break
+            fields.extend(self.headers)
         if self._pending:
             body = response.body
             if isinstance(body, tuple):
@@ -401,14 +482,17 @@ class _InFlight:
         waiting up to ``timeout`` seconds."""
         with self._lock:
             full = self._full(caps)
-            if full is not None and timeout > 0:
-                full = self._wait(caps, timeout)
             if full is not None:
-                return full
+                if timeout <= 0:
+                    return full
+                full = self._wait(caps, timeout)
+                if full is not None:
+                    return full
             self._total += 1
+            counts = self._counts
             for _, key, _cap in caps:
                 if key is not None:
-                    self._counts[key] = self._counts.get(key, 0) + 1
+                    counts[key] = counts.get(key, 0) + 1
             return None
 
     def _wait(
@@ -447,9 +531,9 @@ class _InFlight:
     def _full(
         self, caps: Sequence[tuple[LimitKind, tuple[str, int] | None, int]]
     ) -> LimitKind | None:
+        counts = self._counts
         for kind, key, cap in caps:
-            held = self._total if key is None else self._counts.get(key, 0)
-            if held >= cap:
+            if (self._total if key is None else counts.get(key, 0)) >= cap:
                 return kind
         return None
 
@@ -495,6 +579,7 @@ class Limiter:
                 (LimitKind.SERVICE_RATE, settings.service_rate),
             )
         }
+        self._policies: dict[tuple[int, int], _Policy] = {}
         self._counter: RateCounter | None = None
         self._counter_lock = threading.Lock()
         self._last_warning = -_WARNING_INTERVAL
@@ -531,123 +616,104 @@ class Limiter:
         :class:`~invoke_middleware.errors.RateLimitedError` or (store down, fail-closed)
         :class:`~invoke_middleware.errors.LimitsUnavailableError`.
         """
-        team = self._teams.get(principal.team_id.int) if self._teams else None
-        if self.team_limits is not None:
-            stored = self.team_limits.get(principal.team_id)
-            if stored is not None:
-                team = stored.over(team)
+        team_id = principal.team_id
+        stored = self.team_limits.get(team_id) if self.team_limits is not None else None
         own = service.limits
-        release = self._take_slots(
-            principal=principal, service=service, team=team, route=route, request_id=request_id
-        )
+        # UUIDs hash in Python code; their integer value hashes in C.
+        pair = (team_id.int, service.id.int)
+        policy = self._policies.get(pair)
+        if policy is None or not policy.made_from(stored, own):
+            policy = self._policy(pair, stored, own)
+        release = None
+        if policy.caps:
+            full = self._in_flight.acquire(policy.caps, self.settings.queue_timeout)
+            if full is not None:
+                self._report(
+                    principal, service, route, request_id, outcome=LimitOutcome.REFUSED, limit=full
+                )
+                retry = retry_after(self.settings.concurrency_retry_after)
+                raise TooManyInFlightError(headers=(retry,))
+            release = policy.release
+        if not policy.rates:
+            return UNLIMITED if release is None else Admission((), release)
         try:
-            headers = self._count(
-                principal=principal,
-                service=service,
-                team=team,
-                service_rate=own.rate,
-                route=route,
-                request_id=request_id,
-            )
+            headers = self._count(policy, principal, service, route, request_id)
         except BaseException:
             if release is not None:
                 release()
             raise
-        if release is None and not headers:
-            return UNLIMITED
         return Admission(headers, release)
 
-    # -- concurrency ------------------------------------------------------------------------
-
-    def _take_slots(
-        self,
-        *,
-        principal: Principal,
-        service: Service,
-        team: TeamLimits | None,
-        route: str,
-        request_id: str,
-    ) -> Callable[[], None] | None:
+    def _policy(
+        self, pair: tuple[int, int], stored: TeamLimits | None, own: ServiceLimits
+    ) -> _Policy:
+        """Work out, once, what applies to one team's requests to one service."""
         settings = self.settings
+        team = self._teams.get(pair[0]) if self._teams else None
+        if stored is not None:
+            team = stored.over(team)
         caps: list[tuple[LimitKind, tuple[str, int] | None, int]] = []
         if settings.max_in_flight is not None:
             caps.append((LimitKind.IN_FLIGHT, None, settings.max_in_flight))
-        team_cap = team.max_in_flight if team and team.max_in_flight else None
-        team_cap = team_cap or settings.team_max_in_flight
+        team_cap = (team.max_in_flight if team else None) or settings.team_max_in_flight
         if team_cap is not None:
-            # UUIDs hash in Python code; their integer value hashes in C.
-            caps.append((LimitKind.TEAM_IN_FLIGHT, ("team", principal.team_id.int), team_cap))
-        service_cap = service.limits.max_in_flight or settings.service_max_in_flight
+            caps.append((LimitKind.TEAM_IN_FLIGHT, ("team", pair[0]), team_cap))
+        service_cap = own.max_in_flight or settings.service_max_in_flight
         if service_cap is not None:
-            caps.append((LimitKind.SERVICE_IN_FLIGHT, ("service", service.id.int), service_cap))
-        if not caps:
-            return None
-        full = self._in_flight.acquire(caps, settings.queue_timeout)
-        if full is not None:
-            self._report(
-                principal=principal,
-                service=service,
-                route=route,
-                request_id=request_id,
-                outcome=LimitOutcome.REFUSED,
-                limit=full,
-            )
-            raise TooManyInFlightError(headers=(retry_after(settings.concurrency_retry_after),))
-        keys = [key for _, key, _ in caps if key is not None]
-        in_flight = self._in_flight
-        return lambda: in_flight.release(keys)
+            caps.append((LimitKind.SERVICE_IN_FLIGHT, ("service", pair[1]), service_cap))
+        keys = tuple(key for _, key, _ in caps if key is not None)
+        plans = self._plans
+        shared: list[tuple[_RatePlan, RateKey]] = []
+        # The UUIDs' 32 hex digits: the same text in every process sharing a Redis.
+        for plan, who in (
+            (self._plan_over(LimitKind.TEAM_RATE, team.rate if team else None), pair[0]),
+            (self._plan_over(LimitKind.SERVICE_RATE, own.rate), pair[1]),
+        ):
+            if plan is not None:
+                key = f"{plan.prefix}{who:032x}{plan.suffix}"
+                shared.append((plan, (key, plan.window, plan.amount)))
+        policy = _Policy.make(
+            stored=stored,
+            own=own,
+            caps=tuple(caps),
+            release=functools.partial(self._in_flight.release, keys),
+            credential=plans[LimitKind.CREDENTIAL_RATE],
+            user=plans[LimitKind.USER_RATE],
+            shared=tuple(shared),
+        )
+        if len(self._policies) >= _MAX_POLICIES:
+            # Memory follows the pairs in use, not every pair ever seen.
+            self._policies.clear()
+        self._policies[pair] = policy
+        return policy
 
     # -- rates --------------------------------------------------------------------------------
 
     def _count(
         self,
-        *,
+        policy: _Policy,
         principal: Principal,
         service: Service,
-        team: TeamLimits | None,
-        service_rate: Rate | None,
         route: str,
         request_id: str,
     ) -> tuple[tuple[str, str], ...]:
-        plans = self._plans
-        applied: list[tuple[_RatePlan, str]] = []
-        plan = plans[LimitKind.CREDENTIAL_RATE]
-        if plan is not None and principal.credential_id is not None:
-            applied.append((plan, principal.credential_id))
-        plan = plans[LimitKind.USER_RATE]
-        if plan is not None and principal.user_id is not None:
-            applied.append((plan, principal.user_id))
-        plan = self._plan_over(LimitKind.TEAM_RATE, team.rate if team else None)
-        if plan is not None:
-            # The UUID's 32 hex digits, formatted in C (str(UUID) runs Python code).
-            applied.append((plan, f"{principal.team_id.int:032x}"))
-        plan = self._plan_over(LimitKind.SERVICE_RATE, service_rate)
-        if plan is not None:
-            applied.append((plan, f"{service.id.int:032x}"))
-        if not applied:
-            return ()
+        plans, policies, keys = policy.rates_of(principal)
         counter = self._counter if self._counter is not None else self._open_counter()
-        keys = [
-            (plan.prefix + who + plan.suffix, plan.window, plan.amount) for plan, who in applied
-        ]
         try:
             counts = counter.hit(keys)
         except StoreUnavailable as exc:
-            return self._store_failed(
-                exc, principal=principal, service=service, route=route, request_id=request_id
+            return self._store_failed(exc, principal, service, route, request_id)
+        headers, exceeded = rate_limit_headers(policies, counts)
+        if exceeded >= 0:
+            self._report(
+                principal,
+                service,
+                route,
+                request_id,
+                outcome=LimitOutcome.REFUSED,
+                limit=plans[exceeded].kind,
             )
-        headers = rate_limit_headers(tuple([plan.policy for plan, _ in applied]), counts)
-        for (plan, _), (count, reset) in zip(applied, counts, strict=True):
-            if count > plan.amount:
-                self._report(
-                    principal=principal,
-                    service=service,
-                    route=route,
-                    request_id=request_id,
-                    outcome=LimitOutcome.REFUSED,
-                    limit=plan.kind,
-                )
-                raise RateLimitedError(headers=(retry_after(reset), *headers))
+            raise RateLimitedError(headers=(retry_after(counts[exceeded][1]), *headers))
         return headers
 
     def _plan_over(self, kind: LimitKind, own: Rate | None) -> _RatePlan | None:
@@ -663,7 +729,6 @@ class Limiter:
     def _store_failed(
         self,
         exc: StoreUnavailable,
-        *,
         principal: Principal,
         service: Service,
         route: str,
@@ -679,25 +744,18 @@ class Limiter:
                 "served without rate limits" if fail_open else "refused with 503",
             )
         outcome = LimitOutcome.STORE_FAILED_OPEN if fail_open else LimitOutcome.STORE_FAILED_CLOSED
-        self._report(
-            principal=principal,
-            service=service,
-            route=route,
-            request_id=request_id,
-            outcome=outcome,
-            limit=None,
-        )
+        self._report(principal, service, route, request_id, outcome=outcome, limit=None)
         if not fail_open:
             raise LimitsUnavailableError(headers=(retry_after(1),))
         return ()
 
     def _report(
         self,
-        *,
         principal: Principal,
         service: Service,
         route: str,
         request_id: str,
+        *,
         outcome: LimitOutcome,
         limit: LimitKind | None,
     ) -> None:

@@ -295,9 +295,7 @@ class Pipeline:
         # the endpoint and the REST routes share one budget.
         admission = UNLIMITED
         if self.limiter is not None:
-            admission = self.limiter.admit(
-                principal, service, route=kind.value, request_id=request_id
-            )
+            admission = self.limiter.admit(principal, service, route=kind, request_id=request_id)
         try:
             if kind is RouteKind.INVOKE:
                 response = self._invoke(request, principal, service, request_id)

@@ -1,0 +1,86 @@
+"""A limiter works out what applies to a team's requests to a service once, and again as soon
+as the team's or the service's own limits change; it keeps a bounded number of them."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import pytest
+
+from invoke_middleware import CredentialKind
+from invoke_middleware.auth.principal import Principal
+from invoke_middleware.errors import RateLimitedError, TooManyInFlightError
+from invoke_middleware.limits import (
+    _MAX_POLICIES,
+    Admission,
+    Limiter,
+    LimitSettings,
+    Rate,
+    ServiceLimits,
+    TeamLimits,
+)
+from tests.toolkit.world import TEAM, make_service
+
+PRINCIPAL = Principal(kind=CredentialKind.INTEGRATION, team_id=TEAM, credential_id="sk-abc")
+SERVICE = make_service("svc", "http://127.0.0.1:9")
+
+
+def admit(limiter: Limiter) -> Admission:
+    return limiter.admit(PRINCIPAL, SERVICE, route="catch_all", request_id="r")
+
+
+def test_a_teams_stored_cap_changed_at_run_time_applies_to_its_next_request() -> None:
+    stored: dict[uuid.UUID, TeamLimits] = {TEAM: TeamLimits(max_in_flight=1)}
+    limiter = Limiter(LimitSettings(team_max_in_flight=8), team_limits=stored)
+    held = admit(limiter)
+    with pytest.raises(TooManyInFlightError):
+        admit(limiter)
+    stored[TEAM] = TeamLimits(max_in_flight=2)  # as the store's cache hands out a new value
+    second = admit(limiter)
+    assert limiter.in_flight == 2
+    del stored[TEAM]  # back to the configured cap
+    assert admit(limiter).headers == ()
+    assert limiter.in_flight == 3
+    for admission in (held, second):
+        admission.release()
+
+
+def test_a_teams_stored_rate_changed_at_run_time_applies_to_its_next_request() -> None:
+    stored: dict[uuid.UUID, TeamLimits] = {}
+    limiter = Limiter(LimitSettings(team_rate=Rate(amount=1, window=3600)), team_limits=stored)
+    assert dict(admit(limiter).headers)["RateLimit-Policy"] == '"team";q=1;w=3600'
+    with pytest.raises(RateLimitedError):
+        admit(limiter)
+    stored[TEAM] = TeamLimits(rate=Rate(amount=5, window=60))
+    # A changed rate counts in a window of its own.
+    assert dict(admit(limiter).headers) == {
+        "RateLimit-Policy": '"team";q=5;w=60',
+        "RateLimit": '"team";r=4;t=60',
+    }
+
+
+def test_a_services_own_limits_changed_at_run_time_apply_to_its_next_request() -> None:
+    limiter = Limiter(LimitSettings(service_max_in_flight=1))
+    held = limiter.admit(PRINCIPAL, SERVICE, route="catch_all", request_id="a")
+    with pytest.raises(TooManyInFlightError):
+        limiter.admit(PRINCIPAL, SERVICE, route="catch_all", request_id="b")
+    # The registry hands out the service again with its new limits (same id).
+    raised = dataclasses.replace(SERVICE, limits=ServiceLimits(max_in_flight=2))
+    second = limiter.admit(PRINCIPAL, raised, route="catch_all", request_id="c")
+    with pytest.raises(TooManyInFlightError):
+        limiter.admit(PRINCIPAL, raised, route="catch_all", request_id="d")
+    held.release()
+    second.release()
+    assert limiter.in_flight == 0
+
+
+def test_policies_kept_stay_bounded_however_many_teams_call() -> None:
+    limiter = Limiter(LimitSettings(team_max_in_flight=1, team_rate=Rate(amount=1, window=60)))
+    for _ in range(_MAX_POLICIES + 100):
+        team = uuid.uuid4()
+        caller = Principal(kind=CredentialKind.INTEGRATION, team_id=team, credential_id="sk-t")
+        service = make_service("svc", "http://127.0.0.1:9", team=team)
+        limiter.admit(caller, service, route="catch_all", request_id="r").release()
+    assert len(limiter._policies) <= _MAX_POLICIES
+    assert limiter.in_flight == 0
