@@ -108,19 +108,27 @@ def make_relay(limits: str | None = None) -> WSGIApplication:
 def make_relay_ab() -> WSGIApplication:
     """Two gateways in one process, one key for both: ``/a/r/...`` without a limiter and
     ``/b/r/...`` with the in-memory one, so that the limiter is measured in the same worker
-    (same threads, same memory layout) as its baseline. Writes ``BENCH_KEY_FILE`` + ``.ab``."""
+    (same threads, same memory layout) as its baseline. Writes ``BENCH_KEY_FILE`` + ``.ab``.
+
+    Each request goes straight to its own gateway (by its first path segment), so neither
+    pays for the other."""
     registry = bench_registry(os.environ["BENCH_UPSTREAM"])
     credentials = InMemoryCredentialStore()
     limiter = bench_limiter("memory://", os.environ["BENCH_REDIS_PREFIX"])
-    limited = InvokeMiddleware(
-        host, prefix="/b", registry=registry, credentials=credentials, limiter=limiter
-    )
-    # The limited gateway is the inner one: its requests also pass the outer one's route
-    # check, which counts against the limiter, never for it.
-    plain = InvokeMiddleware(limited, prefix="/a", registry=registry, credentials=credentials)
+    gateways = {
+        "/a/": InvokeMiddleware(host, prefix="/a", registry=registry, credentials=credentials),
+        "/b/": InvokeMiddleware(
+            host, prefix="/b", registry=registry, credentials=credentials, limiter=limiter
+        ),
+    }
+
+    def dispatch(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        gateway = gateways.get(environ.get("PATH_INFO", "")[:3], host)
+        return gateway(environ, start_response)
+
     key = credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
     Path(os.environ["BENCH_KEY_FILE"] + ".ab").write_text(key, encoding="utf-8")
-    return plain
+    return dispatch
 
 
 def make_proxy() -> WSGIApplication:

@@ -70,7 +70,12 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float =
 
 @contextmanager
 def running(
-    command: list[str], port: int, env: dict[str, str], *, log: Path | None = None
+    command: list[str],
+    port: int,
+    env: dict[str, str],
+    *,
+    log: Path | None = None,
+    timeout: float = 20.0,
 ) -> Iterator[psutil.Process]:
     """Run ``command`` until the block ends, once something listens on ``port``; its standard
     error goes to ``log`` when given (to read the errors the server wrote afterwards)."""
@@ -81,7 +86,7 @@ def running(
         if stderr is not None:
             stderr.close()  # the child holds its own descriptor
     try:
-        wait_listening(port, process)
+        wait_listening(port, process, timeout)
         yield psutil.Process(process.pid)
     finally:
         process.terminate()
