@@ -640,7 +640,7 @@ def _setup(args: argparse.Namespace, load: str) -> list[str]:
         f"- Python {platform.python_version()}, {versions}, invoke_middleware at "
         f"{source_revision()}",
         f"- gunicorn: `--worker-class gthread --workers {args.workers} --threads {args.threads}"
-        " --preload --keep-alive 30`; waitress: `waitress-serve --threads "
+        " --preload --reuse-port --keep-alive 30`; waitress: `waitress-serve --threads "
         f"{args.threads}` (one process)",
         f"- upstream of the small requests: {_upstream_text(args)}; of the downloads, uploads"
         " and events: `bench/upstream.py` (asyncio, one thread)",

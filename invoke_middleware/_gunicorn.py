@@ -22,7 +22,6 @@ from invoke_middleware._server import (
     LOG_FORMAT,
     EscapingFormatter,
     ServerPlan,
-    gunicorn_options,
 )
 
 if TYPE_CHECKING:
@@ -150,20 +149,20 @@ class GatewayApplication(BaseApplication):  # type: ignore[misc]
         plan: ServerPlan,
         build: Callable[[], tuple[WSGIApplication, Callable[[], None]]],
         *,
-        listener: int,
+        options: dict[str, Any],
         on_ready: Callable[[], None],
         process_safe_metrics: bool,
     ) -> None:
         self._plan = plan
         self._build = build
-        self._listener = listener
+        self._options = options
         self._on_ready = on_ready
         self._process_safe_metrics = process_safe_metrics
         self._close: Callable[[], None] | None = None
         super().__init__()
 
     def load_config(self) -> None:
-        options = gunicorn_options(self._plan, self._listener)
+        options = dict(self._options)
         options.update(
             logger_class=EscapingLogger,
             when_ready=self._when_ready,

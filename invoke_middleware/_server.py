@@ -298,6 +298,30 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
+def _reserve(host: str, port: int) -> socket.socket:
+    """A socket bound to the address with ``SO_REUSEPORT``, never listening: it holds the port
+    (learnt here when ``port`` is 0) for the workers' own listening sockets, and receives no
+    connection itself. A port already in use is one clear error, as with :func:`_listen`."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    # Bound first without SO_REUSEPORT: with it, a port held by another process of the same
+    # user (a second gateway) would be shared silently instead of refused.
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+        address = probe.getsockname()
+    holder = socket.socket(family, kind, proto)
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(address)
+    except BaseException:
+        holder.close()
+        raise
+    return holder
+
+
 def _run_gunicorn(
     plan: ServerPlan,
     build: Callable[[], tuple[WSGIApplication, Callable[[], None]]],
@@ -306,10 +330,21 @@ def _run_gunicorn(
     # gunicorn is optional (the serve extra): imported only when it runs.
     from invoke_middleware._gunicorn import GatewayApplication  # noqa: PLC0415
 
-    listener = _listen(plan.host, plan.port)
-    bound = [listener.getsockname()[:2]]
-    # gunicorn takes the descriptor over (and closes it when it stops).
-    descriptor = listener.detach()
+    holder = None
+    if plan.workers > 1 and hasattr(socket, "SO_REUSEPORT"):
+        # Each worker listens on a socket of its own and the kernel spreads new connections
+        # over them. On one shared socket, whichever worker wakes first accepts: kept-alive
+        # connections opened together often all land in one process, which then serves them
+        # on one core while the others idle (half the throughput on 2 cores,
+        # bench/results/relay.md).
+        holder = _reserve(plan.host, plan.port)
+        bound = [holder.getsockname()[:2]]
+        options = gunicorn_options(plan, bind=_bind_address(*bound[0]), reuse_port=True)
+    else:
+        listener = _listen(plan.host, plan.port)
+        bound = [listener.getsockname()[:2]]
+        # gunicorn takes the descriptor over (and closes it when it stops).
+        options = gunicorn_options(plan, bind=f"fd://{listener.detach()}")
     metrics_dir = None
     if plan.workers > 1 and MULTIPROC_ENV not in os.environ:
         # prometheus_client's multi-process mode: every worker writes its samples to files
@@ -321,20 +356,28 @@ def _run_gunicorn(
         GatewayApplication(
             plan,
             build,
-            listener=descriptor,
+            options=options,
             on_ready=lambda: on_ready(bound),
             process_safe_metrics=metrics_dir is not None or MULTIPROC_ENV in os.environ,
         ).run()
     finally:
+        if holder is not None:
+            holder.close()
         if metrics_dir is not None:
             os.environ.pop(MULTIPROC_ENV, None)
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def gunicorn_options(plan: ServerPlan, listener: int) -> dict[str, Any]:
-    """gunicorn's settings for ``plan``, serving on the already bound descriptor ``listener``."""
+def _bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def gunicorn_options(plan: ServerPlan, *, bind: str, reuse_port: bool = False) -> dict[str, Any]:
+    """gunicorn's settings for ``plan``, serving on ``bind`` (``fd://N``: a descriptor already
+    bound and listening; ``host:port`` with ``reuse_port``: each worker binds its own)."""
     return {
-        "bind": [f"fd://{listener}"],
+        "bind": [bind],
+        "reuse_port": reuse_port,
         "worker_class": "invoke_middleware._gunicorn.HeadFirstWorker",
         "workers": plan.workers,
         "threads": plan.threads,

@@ -1,11 +1,17 @@
-"""``serve`` with several gunicorn workers: every process answers, a revocation made by another
-command applies in all of them, and /metrics adds up the samples of every process."""
+"""``serve`` with several gunicorn workers: every process answers, connections opened together
+are spread over them, a revocation made by another command applies in all of them, and
+/metrics adds up the samples of every process."""
 
 from __future__ import annotations
 
+import http.client
 import re
+import socket
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from urllib.parse import urlsplit
 
+import pytest
 import requests
 
 from tests.cli.conftest import Served, Workspace, running_gateway
@@ -84,3 +90,59 @@ def test_two_workers_both_answer_share_revocations_and_add_up_their_metrics(
         assert all(after[pid] > before[pid] + 1 for pid in before), (before, after)
         assert set(refused) == {401}
     assert len(upstream.received) == len(statuses)
+
+
+def test_kept_alive_connections_opened_together_are_spread_over_the_workers(
+    workspace: Workspace,
+) -> None:
+    # Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads the
+    # connections over them; on one shared socket a burst of connections is often accepted
+    # by one process, which then serves all of them on one core.
+    set_server(workspace, engine="gunicorn", workers=2, metrics=True)
+    with running_gateway(workspace) as gateway:
+        address = urlsplit(gateway.root)
+        host, port = address.hostname or "127.0.0.1", address.port or 80
+        for _ in range(3):
+            before = _per_process(gateway)
+            with ExitStack() as stack:
+                sockets = [
+                    stack.enter_context(socket.create_connection((host, port), timeout=20))
+                    for _ in range(32)
+                ]
+                # Every connection made first, then one request on each, kept open meanwhile.
+                for sock in sockets:
+                    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+                for sock in sockets:
+                    response = http.client.HTTPResponse(sock)
+                    response.begin()
+                    assert response.status == 200
+                    response.read()
+                after = _per_process(gateway)
+            served = {pid: after[pid] - before.get(pid, 0) for pid in after}
+            # 32 connections on one of two sockets by chance: one time in 2**31.
+            assert len(served) == 2, served
+            assert all(count >= 1 for count in served.values()), served
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_in_use_is_refused_naming_the_address(workspace: Workspace, workers: int) -> None:
+    set_server(workspace, engine="gunicorn", workers=workers)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = workspace.run("serve", "--host", "127.0.0.1", "--port", str(port), check=False)
+    assert result.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_a_second_gateway_on_the_same_port_is_refused_not_sharing_it(
+    workspace: Workspace,
+) -> None:
+    # The workers' sockets share their port among themselves (SO_REUSEPORT); another gateway
+    # started on that port by the same user must still be refused, never handed connections.
+    set_server(workspace, engine="gunicorn", workers=2)
+    with running_gateway(workspace) as gateway:
+        port = urlsplit(gateway.root).port
+        result = workspace.run("serve", "--host", "127.0.0.1", "--port", str(port), check=False)
+        assert result.returncode != 0
+        assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+        assert requests.get(f"{gateway.root}/healthz", timeout=10).status_code == 200
