@@ -193,12 +193,6 @@ class _Policy:
             **fields,
         )
 
-    def made_from(self, stored: TeamLimits | None, own: ServiceLimits) -> bool:
-        """Whether this policy still holds for these limits."""
-        return (self.stored is stored or self.stored == stored) and (
-            self.own is own or self.own == own
-        )
-
     def rates_of(
         self, principal: Principal
     ) -> tuple[tuple[_RatePlan, ...], PolicySet, list[RateKey]]:
@@ -622,8 +616,8 @@ class Limiter:
         # UUIDs hash in Python code; their integer value hashes in C.
         pair = (team_id.int, service.id.int)
         policy = self._policies.get(pair)
-        if policy is None or not policy.made_from(stored, own):
-            policy = self._policy(pair, stored, own)
+        if policy is None or policy.stored is not stored or policy.own is not own:
+            policy = self._policy(pair, stored, own, policy)
         release = None
         if policy.caps:
             full = self._in_flight.acquire(policy.caps, self.settings.queue_timeout)
@@ -645,9 +639,19 @@ class Limiter:
         return Admission(headers, release)
 
     def _policy(
-        self, pair: tuple[int, int], stored: TeamLimits | None, own: ServiceLimits
+        self,
+        pair: tuple[int, int],
+        stored: TeamLimits | None,
+        own: ServiceLimits,
+        known: _Policy | None,
     ) -> _Policy:
-        """Work out, once, what applies to one team's requests to one service."""
+        """Work out what applies to one team's requests to one service, unless ``known``
+        already does (the store's cache handed out equal limits again)."""
+        if known is not None and known.stored == stored and known.own == own:
+            # Kept with these very objects, so that the next request finds them by identity.
+            policy = replace(known, stored=stored, own=own)
+            self._policies[pair] = policy
+            return policy
         settings = self.settings
         team = self._teams.get(pair[0]) if self._teams else None
         if stored is not None:

@@ -84,3 +84,17 @@ def test_policies_kept_stay_bounded_however_many_teams_call() -> None:
         limiter.admit(caller, service, route="catch_all", request_id="r").release()
     assert len(limiter._policies) <= _MAX_POLICIES
     assert limiter.in_flight == 0
+
+
+def test_equal_limits_handed_out_again_keep_the_policy_and_its_counts() -> None:
+    # A store's cache hands out a fresh but equal value after each refresh.
+    stored: dict[uuid.UUID, TeamLimits] = {TEAM: TeamLimits(max_in_flight=1)}
+    limiter = Limiter(LimitSettings(), team_limits=stored)
+    held = admit(limiter)
+    stored[TEAM] = TeamLimits(max_in_flight=1)
+    with pytest.raises(TooManyInFlightError):
+        admit(limiter)
+    (policy,) = limiter._policies.values()
+    assert policy.stored is stored[TEAM]  # found by identity from now on
+    held.release()
+    assert limiter.in_flight == 0
