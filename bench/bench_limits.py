@@ -509,8 +509,9 @@ def render_instructions(args: argparse.Namespace, counts: dict[str, list[float]]
         "",
         "## Served, counted in instructions",
         "",
-        "The same two gateways (`apps.make_relay_ab`) in one gunicorn worker with one thread,",
-        "under `valgrind --tool=callgrind`: batches of"
+        "The same two gateways (`apps.make_relay_ab`) in one waitress process with one worker",
+        "thread (gunicorn's forked workers are out of `callgrind_control`'s reach), under",
+        "`valgrind --tool=callgrind`: batches of"
         f" {args.callgrind_requests} sequential requests on one kept-alive connection, the",
         f"counters zeroed before each batch and dumped after; {args.callgrind_rounds} rounds"
         " (the counts repeat to within 0.5 %). Callgrind counts user space only: the relay's",
