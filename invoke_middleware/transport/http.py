@@ -23,6 +23,8 @@ import io
 import select
 import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -60,7 +62,8 @@ _AWAITING_RESPONSE = 3
 
 def _translate(exc: Exception) -> GatewayError:
     """The one place where socket, TLS and protocol errors become the gateway's errors."""
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, (TimeoutError, BlockingIOError)):
+        # BlockingIOError: a send that outlasted the kernel's timeout (see _Deadline).
         return UpstreamTimeoutError()
     if isinstance(exc, OSError):
         # Refused, reset, DNS failure, TLS handshake or verification failure.
@@ -71,37 +74,64 @@ def _translate(exc: Exception) -> GatewayError:
 
 
 class _Deadline:
-    """Per-read socket timeouts: the read timeout, capped by what is left of the total."""
+    """Per-wait timeouts on one connection: the read timeout, capped by what is left of the
+    total.
 
-    __slots__ = ("_at", "_read")
+    On a plain TCP connection (Linux) the read timeout is the kernel's (``SO_RCVTIMEO`` and
+    ``SO_SNDTIMEO`` on a blocking socket): CPython then waits in ``recv`` and ``send``
+    themselves, where a socket timeout makes it poll before each, one system call and one
+    hand-over of the interpreter lock more per wait. Over TLS, and once what is left of the
+    total is less than the read timeout, Python's socket timeout applies.
+    """
 
-    def __init__(self, read: float | None, total: float | None) -> None:
+    __slots__ = ("_at", "_connection", "_read")
+
+    def __init__(self, connection: _HTTPConnection, read: float | None, total: float | None):
+        self._connection = connection
         self._read = read
         self._at = None if total is None else time.monotonic() + total
 
-    def arm(self, sock: socket.socket) -> None:
-        """Set the socket's timeout for the next wait; raise once the total is spent."""
+    def arm(self) -> None:
+        """Set the timeout of the next wait; raise once the total is spent."""
         if self._at is None:
             return
         remaining = self._at - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
-        _set_timeout(
-            sock, remaining if self._read is None or remaining < self._read else self._read
-        )
-
-    def start(self, sock: socket.socket) -> None:
-        if self._at is None:
-            _set_timeout(sock, self._read)
+        if self._read is None or remaining < self._read:
+            self._wait(remaining)
         else:
-            self.arm(sock)
+            self._wait(self._read)
+
+    def start(self) -> None:
+        if self._at is None:
+            self._wait(self._read)
+        else:
+            self.arm()
+
+    def _wait(self, timeout: float | None) -> None:
+        connection = self._connection
+        sock = connection.sock
+        if connection.kernel_waits and timeout == self._read and (timeout is None or timeout > 0):
+            if connection.kernel_timeout != timeout:
+                _set_kernel_timeout(sock, timeout)
+                connection.kernel_timeout = timeout
+            timeout = None  # a blocking socket: the kernel's timeout applies
+        # settimeout is a system call (it switches the blocking mode); gettimeout is not, and
+        # on a kept-alive connection the mode is mostly the one already set.
+        if sock.gettimeout() != timeout:
+            sock.settimeout(timeout)
 
 
-def _set_timeout(sock: socket.socket, timeout: float | None) -> None:
-    # settimeout is a system call (it switches the blocking mode); gettimeout is not, and on a
-    # kept-alive connection the read timeout is mostly the one already set.
-    if sock.gettimeout() != timeout:
-        sock.settimeout(timeout)
+def _set_kernel_timeout(sock: socket.socket, timeout: float | None) -> None:
+    """The kernel's timeout of each receive and send on ``sock`` (0: none)."""
+    seconds = int(timeout or 0)
+    microseconds = int(((timeout or 0) - seconds) * 1_000_000)
+    if timeout and not seconds and not microseconds:
+        microseconds = 1  # a zero timeval would mean no timeout at all
+    value = struct.pack("ll", seconds, microseconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -123,8 +153,13 @@ class _DeadlineReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int | None:
         if self.closing:
             return None  # "nothing without waiting": the buffer is looked at, not filled
-        self._deadline.arm(self._sock)
-        return self._sock.recv_into(buffer)
+        self._deadline.arm()
+        try:
+            return self._sock.recv_into(buffer)
+        except BlockingIOError:
+            # The kernel's receive timeout; never "no bytes yet", which the buffered reader
+            # above would take for the end of the response.
+            raise TimeoutError from None
 
 
 class _ResponseReader(io.BufferedReader):
@@ -203,7 +238,7 @@ class _Exchange:
 
     def write(self, request: UpstreamRequest, target: str) -> None:
         """Send the request line, headers and body."""
-        self._deadline.start(self._sock)
+        self._deadline.start()
         head = _request_head(request, target, self._host_header)
         if request.body_stream is None:
             body = request.body_bytes
@@ -224,12 +259,12 @@ class _Exchange:
         for chunk in chunks:
             if chunk:  # an empty chunk would end a chunked body (RFC 9112 §7.1)
                 self.stage = _WRITING_BODY
-                deadline.arm(sock)
+                deadline.arm()
                 sock.sendall(b"%X\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                 self.stage = _READING_BODY
         if chunked:
             self.stage = _WRITING_BODY
-            deadline.arm(sock)
+            deadline.arm()
             sock.sendall(b"0\r\n\r\n")
 
     def read_head(self, method: str) -> FinalResponse:
@@ -370,7 +405,7 @@ class HTTPTransport(Closeable):
             key=key,
             host_header=origin.host_header,
             connection=connection,
-            deadline=_Deadline(timeouts.read, timeouts.total),
+            deadline=_Deadline(connection, timeouts.read, timeouts.total),
         )
         try:
             exchange.write(request, target)
@@ -465,6 +500,13 @@ class _HTTPConnection(http.client.HTTPConnection):
     response_class = FinalResponse
     #: Polls the socket for readability; made once, on the first check.
     _poller: Any = None
+    #: Whether waits may use the kernel's socket timeouts (see _Deadline), and the one set.
+    kernel_waits = sys.platform.startswith("linux")
+    kernel_timeout: float | None = None
+
+    def connect(self) -> None:
+        super().connect()
+        self.kernel_timeout = None  # a new socket: no kernel timeout set on it yet
 
     def is_quiet(self) -> bool:
         """Whether nothing waits to be read on this idle connection: no bytes the TLS layer
@@ -485,6 +527,10 @@ class _HTTPConnection(http.client.HTTPConnection):
 
 
 class _HTTPSConnection(_HTTPConnection, http.client.HTTPSConnection):
+    # A TLS socket waits in Python: a kernel timeout inside the TLS layer would leave a record
+    # half read.
+    kernel_waits = False
+
     def __init__(self, host: str, port: int, *, timeout: float | None, context: ssl.SSLContext):
         super().__init__(host, port, timeout=timeout, context=context)
         self._tls = context

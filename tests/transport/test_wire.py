@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -153,6 +154,28 @@ def test_silent_upstream_times_out_after_the_read_timeout(
 
     with pytest.raises(UpstreamTimeoutError):
         send(wire, "GET", raw_upstream.url + "/hang", timeouts=timeouts)
+
+
+def test_a_kept_alive_connection_takes_the_read_timeout_of_each_request(
+    wire: Transport, raw_upstream: RawUpstream
+) -> None:
+    # The first request leaves its connection in the pool with a long read timeout; the next
+    # one, on that connection, must wait no longer than its own.
+    fetch(wire, "GET", raw_upstream.url + "/echo", timeouts=Timeouts(read=30.0, total=60.0))
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeoutError):
+        send(wire, "GET", raw_upstream.url + "/hang", timeouts=Timeouts(read=0.3, total=60.0))
+    assert time.monotonic() - started < 10
+
+
+def test_an_upstream_that_stops_reading_the_body_times_out(wire: Transport) -> None:
+    # Nothing accepts or reads: the kernel completes the handshake, the socket buffers fill,
+    # and the send gives up within the timeouts.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/upload"
+        body = (bytes(1 << 20) for _ in range(256))
+        with pytest.raises(UpstreamTimeoutError):
+            send(wire, "POST", url, body=body, timeouts=Timeouts(connect=1.0, read=0.3, total=20.0))
 
 
 def test_total_deadline_stops_a_body_that_keeps_dripping(
