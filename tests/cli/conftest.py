@@ -82,7 +82,7 @@ def workspace(tmp_path: Path) -> Workspace:
 
 # -- a served gateway ------------------------------------------------------------------------
 
-_SERVING = re.compile(r"serving on (http://127\.0\.0\.1:\d+)(\S*) ")
+_SERVING = re.compile(r"serving on (http://(?:127\.0\.0\.1|\[::1\]):\d+)(\S*) ")
 
 
 @dataclass

@@ -146,3 +146,10 @@ def test_a_second_gateway_on_the_same_port_is_refused_not_sharing_it(
         assert result.returncode != 0
         assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
         assert requests.get(f"{gateway.root}/healthz", timeout=10).status_code == 200
+
+
+def test_workers_with_sockets_of_their_own_listen_on_ipv6_too(workspace: Workspace) -> None:
+    set_server(workspace, engine="gunicorn", workers=2)
+    with running_gateway(workspace, "--host", "::1") as gateway:
+        assert gateway.root.startswith("http://[::1]:")
+        assert requests.get(f"{gateway.root}/healthz", timeout=10).status_code == 200
