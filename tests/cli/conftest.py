@@ -68,6 +68,16 @@ class Workspace:
         """Issue a key and return it (the whole of standard output, one line)."""
         return self.run("credentials", "issue", "--team", str(self.team), *args).stdout.strip()
 
+    def add_service(
+        self, slug: str, upstream_url: str, *extra: str, team: uuid.UUID | str | None = None
+    ) -> None:
+        """``services add``: a deployed service named after its slug, of the workspace's team
+        unless ``team`` says otherwise; ``extra`` options go at the end."""
+        self.run(
+            "services", "add", slug, "--team", str(team or self.team),
+            "--name", slug.title(), "--upstream", upstream_url, *extra,
+        )  # fmt: skip
+
     @property
     def config(self) -> Path:
         return self.path / "invoke-middleware.toml"

@@ -21,10 +21,7 @@ def test_init_and_serve_keep_every_secret_file_0600_under_any_umask(
 ) -> None:
     space = Workspace(tmp_path, umask=0)
     space.run("init")
-    space.run(
-        "services", "add", "hello", "--team", str(space.team), "--name", "Hello",
-        "--upstream", upstream.url,
-    )  # fmt: skip
+    space.add_service("hello", upstream.url)
     key = space.issue("--kind", "integration")
     with running_gateway(space) as gateway:
         answer = requests.get(

@@ -28,10 +28,7 @@ def _invoke(url: str, slug: str, token: str, path: str, **headers: str) -> reque
 
 
 def _add_hello(space: Workspace, upstream: RecordingUpstream) -> None:
-    space.run(
-        "services", "add", "hello", "--team", str(space.team), "--name", "Hello",
-        "--upstream", upstream.url,
-    )  # fmt: skip
+    space.add_service("hello", upstream.url)
 
 
 def test_served_gateway_relays_to_the_upstream_until_the_key_is_revoked(

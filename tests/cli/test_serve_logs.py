@@ -38,10 +38,7 @@ def test_every_line_serve_writes_is_one_escaped_record(
     workspace: Workspace, upstream: RecordingUpstream, engine: str
 ) -> None:
     set_server(workspace, engine=engine)
-    workspace.run(
-        "services", "add", "hello", "--team", str(workspace.team), "--name", "Hello",
-        "--upstream", upstream.url,
-    )  # fmt: skip
+    workspace.add_service("hello", upstream.url)
     key = workspace.issue("--kind", "integration")
     with running_gateway(workspace) as gateway:
         for target in (f"/r/containers/hello/{FORGED}", f"/{FORGED}", f"/healthz?{FORGED}"):
@@ -75,10 +72,7 @@ def test_with_log_format_json_every_line_serve_writes_is_one_json_object(
     workspace: Workspace, upstream: RecordingUpstream
 ) -> None:
     set_server(workspace, engine="waitress", log_format="json")
-    workspace.run(
-        "services", "add", "hello", "--team", str(workspace.team), "--name", "Hello",
-        "--upstream", upstream.url,
-    )  # fmt: skip
+    workspace.add_service("hello", upstream.url)
     key = workspace.issue("--kind", "integration")
     with running_gateway(workspace) as gateway:
         _raw_get(gateway.url, f"/r/containers/hello/{FORGED}", key)

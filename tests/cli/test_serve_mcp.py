@@ -24,10 +24,7 @@ ACCEPT = "application/json, text/event-stream"
 
 
 def _add_hello(space: Workspace, upstream: RecordingUpstream) -> None:
-    space.run(
-        "services", "add", "hello", "--team", str(space.team), "--name", "Hello",
-        "--upstream", upstream.url, "--usage-prompt", "GET /greet?name=...",
-    )  # fmt: skip
+    space.add_service("hello", upstream.url, "--usage-prompt", "GET /greet?name=...")
 
 
 async def _sdk_session(url: str, key: str) -> dict[str, Any]:

@@ -59,10 +59,7 @@ def test_two_workers_both_answer_share_revocations_and_add_up_their_metrics(
     workspace: Workspace, upstream: RecordingUpstream
 ) -> None:
     set_server(workspace, engine="gunicorn", workers=2, metrics=True)
-    workspace.run(
-        "services", "add", "hello", "--team", str(workspace.team), "--name", "Hello",
-        "--upstream", upstream.url,
-    )  # fmt: skip
+    workspace.add_service("hello", upstream.url)
     key = workspace.issue("--kind", "integration")
     with running_gateway(workspace) as gateway:
         url = f"{gateway.url}/r/containers/hello/ping"

@@ -22,10 +22,7 @@ def test_served_gateway_relays_each_event_before_the_upstream_sends_the_next(
     set_server(workspace, engine=engine, workers=1)
     key = workspace.issue("--kind", "integration", "--name", "events")
     with serve_paced() as upstream:
-        workspace.run(
-            "services", "add", "events", "--team", str(workspace.team), "--name", "Events",
-            "--upstream", upstream.url,
-        )  # fmt: skip
+        workspace.add_service("events", upstream.url)
         with running_gateway(workspace) as gateway:
             host, port = gateway.root.removeprefix("http://").split(":")
             # A held-back event would leave this read waiting: the upstream sends nothing more

@@ -38,9 +38,7 @@ def test_a_revocation_through_one_gateway_is_refused_by_the_other(
     shared: Workspace, upstream: RecordingUpstream
 ) -> None:
     team = str(shared.team)
-    shared.run(
-        "services", "add", "shared", "--team", team, "--name", "Shared", "--upstream", upstream.url
-    )
+    shared.add_service("shared", upstream.url, team=team)
     key = shared.issue("--kind", "integration")
     kept = shared.issue("--kind", "integration")
     with running_gateway(shared) as first, running_gateway(shared) as second:
@@ -63,9 +61,7 @@ def test_a_role_change_reaches_both_gateways_on_the_next_request(
     shared: Workspace, upstream: RecordingUpstream
 ) -> None:
     team = str(shared.team)
-    shared.run(
-        "services", "add", "shared", "--team", team, "--name", "Shared", "--upstream", upstream.url
-    )
+    shared.add_service("shared", upstream.url, team=team)
     user = f"user-{uuid.uuid4().hex[:6]}"
     shared.run("members", "set", "--team", team, "--user", user, "member")
     key = shared.issue("--kind", "device", "--user", user)

@@ -286,9 +286,7 @@ def test_teams_set_limits_applies_to_the_served_gateway(
     workspace: Workspace, upstream: RecordingUpstream
 ) -> None:
     team = str(workspace.team)
-    workspace.run(
-        "services", "add", "svc", "--team", team, "--name", "Svc", "--upstream", upstream.url
-    )
+    workspace.add_service("svc", upstream.url, team=team)
     key = workspace.issue("--kind", "integration")
     workspace.run("teams", "set-limits", "--team", team, "--rate", "2/hour")
     workspace.run("teams", "set-limits", "--team", team, "--max-in-flight", "3")

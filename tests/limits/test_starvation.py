@@ -35,14 +35,8 @@ def test_one_teams_slow_streams_leave_threads_for_another_team(
     set_server(workspace, engine=engine, workers=1)
     slow_team = workspace.team
     other_team = uuid.uuid4()
-    workspace.run(
-        "services", "add", "slow", "--team", str(slow_team), "--name", "Slow",
-        "--upstream", raw_upstream.url,
-    )  # fmt: skip
-    workspace.run(
-        "services", "add", "hello", "--team", str(other_team), "--name", "Hello",
-        "--upstream", upstream.url,
-    )  # fmt: skip
+    workspace.add_service("slow", raw_upstream.url, team=slow_team)
+    workspace.add_service("hello", upstream.url, team=other_team)
     slow_key = workspace.issue("--kind", "integration")
     other_key = workspace.run(
         "credentials", "issue", "--team", str(other_team), "--kind", "integration"
