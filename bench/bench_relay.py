@@ -46,6 +46,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 from harness import (
@@ -63,8 +64,10 @@ from harness import (
     cpu_seconds,
     free_port,
     gunicorn_command,
+    nginx_path,
     nginx_upstream,
     python_load,
+    python_upstream,
     running,
     serve_command,
     serve_config,
@@ -495,10 +498,7 @@ def run(args: argparse.Namespace) -> Results:
     with tempfile.TemporaryDirectory() as directory:
         scratch = Path(directory)
         with ExitStack() as stack:
-            stream_port = free_port()
-            stream_url = f"http://127.0.0.1:{stream_port}"
-            command = [sys.executable, str(BENCH / "upstream.py"), str(stream_port)]
-            upstream = stack.enter_context(running(command, stream_port, dict(os.environ)))
+            stream_url, upstream = stack.enter_context(python_upstream())
             upstream_url = stream_url
             if args.upstream == "nginx":
                 upstream_url, upstream = stack.enter_context(nginx_upstream(scratch / "nginx"))
@@ -509,7 +509,7 @@ def run(args: argparse.Namespace) -> Results:
                 if "streaming" in args.only:
                     run_streaming(args, served, keys, results)
                 if "sse" in args.only:
-                    run_sse(args, served, keys, stream_port, results)
+                    run_sse(args, served, keys, urlsplit(stream_url).port or 80, results)
             if "standalone" in args.only:
                 run_standalone(args, stack, scratch, upstream_url, upstream, results)
         # The servers have stopped: their logs are complete.
@@ -610,7 +610,7 @@ def _upstream_text(args: argparse.Namespace) -> str:
         return "`bench/upstream.py` (asyncio, one thread)"
     version = (
         subprocess.run(
-            [shutil.which("nginx") or "/usr/sbin/nginx", "-v"],
+            [str(nginx_path()), "-v"],
             capture_output=True,
             text=True,
             check=True,
@@ -963,7 +963,7 @@ def main() -> None:
     parser.add_argument(
         "--upstream",
         choices=("nginx", "python"),
-        default="nginx" if shutil.which("nginx") or Path("/usr/sbin/nginx").exists() else "python",
+        default="nginx" if nginx_path() else "python",
         help="what answers the small requests (downloads, uploads and events: upstream.py)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS)

@@ -109,13 +109,21 @@ def workers_of(master: psutil.Process, count: int, timeout: float = 20.0) -> lis
 
 
 @contextmanager
+def python_upstream() -> Iterator[tuple[str, psutil.Process]]:
+    """The upstream of ``upstream.py`` on a free port, for as long as the block runs: its base
+    URL and its process."""
+    port = free_port()
+    command = [sys.executable, str(BENCH / "upstream.py"), str(port)]
+    with running(command, port, dict(os.environ)) as process:
+        yield f"http://127.0.0.1:{port}", process
+
+
+@contextmanager
 def upstream() -> Iterator[str]:
     """The fixed-answer upstream of ``upstream.py`` on a free port, for as long as the block
     runs: its base URL."""
-    port = free_port()
-    command = [sys.executable, str(BENCH / "upstream.py"), str(port)]
-    with running(command, port, dict(os.environ)):
-        yield f"http://127.0.0.1:{port}"
+    with python_upstream() as (url, _):
+        yield url
 
 
 #: nginx as the small-request upstream: one process (its CPU is the upstream's), every
@@ -145,11 +153,21 @@ http {{
 """
 
 
+def nginx_path() -> str | None:
+    """The nginx program: on the ``PATH``, else where Debian installs it; ``None`` without."""
+    found = shutil.which("nginx")
+    if found is None and Path("/usr/sbin/nginx").exists():
+        found = "/usr/sbin/nginx"
+    return found
+
+
 @contextmanager
 def nginx_upstream(directory: Path) -> Iterator[tuple[str, psutil.Process]]:
     """nginx answering every request with the 13-byte body of ``upstream.py``, on a free port,
-    for as long as the block runs: its base URL and its process (``nginx`` on the ``PATH``)."""
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    for as long as the block runs: its base URL and its process."""
+    nginx = nginx_path()
+    if nginx is None:
+        raise RuntimeError("nginx is not installed (apt-get install nginx)")
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = directory / "nginx.conf"

@@ -281,15 +281,28 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The listening socket, bound here so that a busy port is one clear error."""
+def _bound(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to the first address ``host`` resolves to (``SO_REUSEADDR``, and
+    ``SO_REUSEPORT`` when asked); a busy port raises :class:`OSError` here."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
-    listener = socket.socket(family, kind, proto)
+    sock = socket.socket(family, kind, proto)
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(address)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a busy port is one clear error."""
+    listener = _bound(host, port)
+    try:
         listener.listen(2048)
     except BaseException:
         listener.close()
@@ -302,24 +315,11 @@ def _reserve(host: str, port: int) -> socket.socket:
     """A socket bound to the address with ``SO_REUSEPORT``, never listening: it holds the port
     (learnt here when ``port`` is 0) for the workers' own listening sockets, and receives no
     connection itself. A port already in use is one clear error, as with :func:`_listen`."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
     # Bound first without SO_REUSEPORT: with it, a port held by another process of the same
     # user (a second gateway) would be shared silently instead of refused.
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(address)
-        address = probe.getsockname()
-    holder = socket.socket(family, kind, proto)
-    try:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        holder.bind(address)
-    except BaseException:
-        holder.close()
-        raise
-    return holder
+    with _bound(host, port) as probe:
+        port = probe.getsockname()[1]
+    return _bound(host, port, reuse_port=True)
 
 
 def _run_gunicorn(

@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from invoke_middleware._bodies import RelayBody, close_body
 from invoke_middleware._rate_counters import (
@@ -171,11 +171,15 @@ class _Policy:
     def make(
         cls,
         *,
+        stored: TeamLimits | None,
+        own: ServiceLimits,
+        caps: tuple[tuple[LimitKind, tuple[str, int] | None, int], ...],
+        release: Callable[[], None],
         credential: _RatePlan | None,
         user: _RatePlan | None,
         shared: tuple[tuple[_RatePlan, RateKey], ...],
-        **fields: Any,
     ) -> _Policy:
+        """The policy with its rates laid out for each kind of caller."""
         rates_by_caller = []
         for caller in range(4):
             plans = (
@@ -190,7 +194,10 @@ class _Policy:
             shared_keys=tuple(key for _, key in shared),
             rates_by_caller=tuple(rates_by_caller),
             rates=bool(shared) or credential is not None or user is not None,
-            **fields,
+            stored=stored,
+            own=own,
+            caps=caps,
+            release=release,
         )
 
     def rates_of(

@@ -98,10 +98,7 @@ class _Deadline:
         remaining = self._at - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
-        if self._read is None or remaining < self._read:
-            self._wait(remaining)
-        else:
-            self._wait(self._read)
+        self._wait(remaining if self._read is None or remaining < self._read else self._read)
 
     def start(self) -> None:
         if self._at is None:

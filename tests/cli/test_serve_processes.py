@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import re
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from urllib.parse import urlsplit
@@ -99,6 +100,11 @@ def test_kept_alive_connections_opened_together_are_spread_over_the_workers(
     with running_gateway(workspace) as gateway:
         address = urlsplit(gateway.root)
         host, port = address.hostname or "127.0.0.1", address.port or 80
+        # A worker listens once it has booted: until both have, the first takes everything.
+        for _ in range(100):
+            if len([n for n in _per_process(gateway).values() if n > 0]) == 2:
+                break
+            time.sleep(0.05)
         for _ in range(3):
             before = _per_process(gateway)
             with ExitStack() as stack:
