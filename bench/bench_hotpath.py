@@ -38,6 +38,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -191,6 +192,46 @@ def child(upstream_url: str) -> None:
     close()
 
 
+def count(upstream_url: str, route: str, requests: int) -> None:
+    """Send ``requests`` requests of ``route`` after a warm-up, then exit: run under callgrind
+    for twice as many counts, the difference of two runs is what the requests cost."""
+    one, close = build(upstream_url)
+    for _ in range(50):
+        one(route)
+    for _ in range(requests):
+        one(route)
+    close()
+
+
+def instructions(tree: Path, upstream_url: str, route: str, scratch: Path) -> float:
+    """Instructions per request of ``route`` with ``tree``'s package (callgrind): the run of
+    600 requests less the run of 100, divided by 500, so start-up and warm-up cancel out."""
+    import harness  # noqa: PLC0415
+
+    totals = []
+    for requests in (100, 600):
+        out = scratch / f"callgrind.{tree.name}.{route}.{requests}"
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                __file__,
+                "--count",
+                upstream_url,
+                route,
+                str(requests),
+            ],
+            env={**os.environ, "PYTHONPATH": str(tree)},
+            cwd=tree,
+            check=True,
+            capture_output=True,
+        )
+        totals.append(harness.callgrind_total(out))
+    return (totals[1] - totals[0]) / 500
+
+
 class Child:
     """One tree's child process."""
 
@@ -233,10 +274,19 @@ def main() -> None:
         "--compare-tree", type=Path, action="append", default=[], help="another source tree"
     )
     parser.add_argument("--top", choices=ROUTES[:2], help="print a cProfile listing instead")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per request under valgrind's callgrind instead of timing",
+    )
     parser.add_argument("--child", metavar="UPSTREAM", help=argparse.SUPPRESS)
+    parser.add_argument("--count", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child)
+        return
+    if args.count:
+        count(args.count[0], args.count[1], int(args.count[2]))
         return
 
     trees = [("this tree", ROOT)]
@@ -244,6 +294,15 @@ def main() -> None:
     # Imported here: the children import only the package of the tree they measure (which
     # may be older than bench/), and so they build their gateway themselves, not from apps.py.
     import harness  # noqa: PLC0415
+
+    if args.instructions:
+        with harness.upstream() as url, tempfile.TemporaryDirectory() as scratch:
+            print("| tree | route | instructions/req |\n|---|---|---:|")
+            for label, tree in trees:
+                for route in ROUTES[:2]:
+                    counted = instructions(tree, url, route, Path(scratch))
+                    print(f"| {label} | {route} | {counted:,.0f} |", flush=True)
+        return
 
     with harness.upstream() as url, ExitStack() as stack:
         children = []

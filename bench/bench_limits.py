@@ -262,7 +262,7 @@ def instruction_rounds(args: argparse.Namespace, prefix: str) -> dict[str, list[
                 dump = next(scratch.glob(f"callgrind.{server.pid}.{dumps}"), None)
                 if dump is None:
                     raise RuntimeError(f"no dump {dumps}: {sorted(scratch.iterdir())}")
-                counts[name].append(_total_instructions(dump) / args.callgrind_requests)
+                counts[name].append(harness.callgrind_total(dump) / args.callgrind_requests)
                 print(f"instructions: {name} {counts[name][-1]:,.0f} per request", file=sys.stderr)
         connection.close()
     return counts
@@ -270,13 +270,6 @@ def instruction_rounds(args: argparse.Namespace, prefix: str) -> dict[str, list[
 
 def _callgrind_control(option: str, pid: int) -> None:
     subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
-
-
-def _total_instructions(dump: Path) -> int:
-    for line in dump.read_text(encoding="utf-8").splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise RuntimeError(f"no total in {dump}")
 
 
 def cleanup(redis_url: str, prefix: str) -> None:

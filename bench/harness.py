@@ -515,3 +515,11 @@ def source_revision() -> str:
         check=False,
     )
     return (head.stdout.strip() or "unknown") + ("+" if dirty.stdout.strip() else "")
+
+
+def callgrind_total(dump: Path) -> int:
+    """The instructions a ``valgrind --tool=callgrind`` output file counted in all."""
+    for line in dump.read_text(encoding="utf-8").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no total in {dump}")

@@ -1,123 +1,166 @@
 """The response head parser of :class:`~invoke_middleware.transport.http.HTTPTransport`.
 
-:class:`FinalResponse` is an :class:`http.client.HTTPResponse` with its own ``begin()``:
+:func:`parse_head` reads a response's status line and header fields (RFC 9112 §4, §5) from
+the bytes before the blank line that ends them, and works out how its body is framed
+(§6.3). It is strict where a lenient reading could let an upstream desynchronise a
+kept-alive connection or split a response for a client further on (response splitting):
 
-- interim responses (1xx other than ``101``) are skipped: http.client skips only ``100``, and
-  a ``103 Early Hints`` (RFC 8297) would pass for the final response, leaving the real one on
-  the pooled connection to answer the next request;
-- header fields are parsed by a small line parser into a
-  :class:`~invoke_middleware.headers.Headers` instead of by the :mod:`email` package, which
-  costs more than the rest of a relay's response handling together;
-- framing is checked strictly (RFC 9112 §6.3): conflicting or malformed ``Content-Length``
-  values are an error rather than "the first one wins", since a gateway that guessed could be
-  made to split one response into two (response splitting).
+- conflicting or malformed ``Content-Length`` values are an error, not "the first one wins";
+- a bare CR or NUL in a field value, whitespace before a field's colon, and a name that is
+  not a token are errors; an obsolete folded line is joined with a space (§5.2);
+- ``Transfer-Encoding`` overrides ``Content-Length`` and such a response never keeps its
+  connection; a body not framed by either ends at the close;
+- ``HEAD``, ``1xx``, ``204`` and ``304`` have no body, whatever their fields say.
 
-Everything else (chunked decoding, ``read1``, closing) is http.client's.
+Interim responses (1xx other than ``101``) are the caller's to skip: :attr:`ResponseHead.interim`.
+Every malformed head raises :class:`~invoke_middleware.errors.UpstreamError`.
 """
 
 from __future__ import annotations
 
-import http.client
-from typing import Protocol
+import re
+from typing import Final
 
-from invoke_middleware.headers import CONTENT_LENGTH_PATTERN, TCHARS, Headers
+from ..errors import UpstreamError
+from ..headers import CONTENT_LENGTH_PATTERN, TCHARS, Headers
 
-_MAX_LINE = 65536
-_MAX_FIELDS = 100
+#: The blank line that ends a head; RFC 9112 §2.2 lets a recipient take a bare LF for CRLF.
+HEAD_END: Final = re.compile(rb"\r?\n\r?\n")
+_LINE_BREAK: Final = re.compile(rb"\r?\n")
+#: The longest head read (status line and fields) and the longest line in it.
+MAX_HEAD: Final = 256 * 1024
+MAX_LINE: Final = 65536
+MAX_FIELDS: Final = 100
+# HTTP/1.x, a three-digit status and an optional reason without CR or NUL (RFC 9112 §4).
+_STATUS_LINE: Final = re.compile(rb"HTTP/1\.([0-9]) ([1-9][0-9]{2})(?: ([^\r\x00]*))?")
 # The token characters as bytes, to check a field name before decoding it.
-_TCHAR = frozenset(TCHARS.encode("ascii"))
+_TCHAR: Final = frozenset(TCHARS.encode("ascii"))
+# The fields that frame the body: never taken folded, whose joined value is a guess.
+_FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
-class _LineReader(Protocol):
-    def readline(self, size: int = -1, /) -> bytes: ...
+class ResponseHead:
+    """A response's status line, fields and framing.
+
+    ``length`` is the body's size when ``Content-Length`` gives it (``0`` for a response that
+    has no body); ``None`` with ``chunked`` for a chunked body, and ``None`` without it for a
+    body that ends at the close (then ``will_close`` is set).
+    """
+
+    __slots__ = ("chunked", "fields", "interim", "length", "reason", "status", "will_close")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        fields: Headers,
+        *,
+        length: int | None,
+        chunked: bool,
+        will_close: bool,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.fields = fields
+        self.length = length
+        self.chunked = chunked
+        self.will_close = will_close
+        #: An interim response (1xx other than 101): its final response follows it.
+        self.interim = status < 200 and status != 101
 
 
-def read_fields(fp: _LineReader) -> list[tuple[str, str]]:
-    """Read header fields up to the empty line that ends them."""
-    readline = fp.readline
+def parse_head(head: bytes, method: str) -> ResponseHead:
+    """The head of a response to ``method``: ``head`` runs up to, not including, the blank
+    line that ends it."""
+    lines = _LINE_BREAK.split(head)
+    status_line = _STATUS_LINE.fullmatch(lines[0])
+    if status_line is None:
+        raise UpstreamError("The service's response is not HTTP/1.x.")
+    minor, code, reason = status_line.groups()
+    status = int(code)
+    fields, lengths, codings, connection = _parse_fields(lines)
+
+    keep_alive_default = minor != b"0"  # HTTP/1.0 closes unless asked not to (RFC 9112 §9.3)
+    tokens = {t.strip().lower() for value in connection for t in value.split(",")}
+    will_close = "close" in tokens if keep_alive_default else "keep-alive" not in tokens
+    length: int | None = None
+    chunked = False
+    if codings:
+        chunked = codings[-1].rsplit(",", 1)[-1].strip().lower() == "chunked"
+        # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a message with both
+        # must not keep its connection. Not chunked: the body ends at the close.
+        will_close = will_close or not chunked or bool(lengths)
+    elif lengths:
+        values = {v.strip() for item in lengths for v in item.split(",")}
+        if len(values) != 1 or CONTENT_LENGTH_PATTERN.fullmatch(next(iter(values))) is None:
+            raise UpstreamError("The service's response has an invalid Content-Length.")
+        length = int(values.pop())
+    if status < 200 or status in (204, 304) or method == "HEAD":
+        # No body, whatever the framing fields say (RFC 9112 §6.3, rule 1).
+        length = 0
+        chunked = False
+    if status == 101:
+        will_close = True  # the connection no longer speaks HTTP
+    elif length is None and not chunked:
+        will_close = True
+    return ResponseHead(
+        status,
+        reason.strip().decode("latin-1") if reason else "",
+        fields,
+        length=length,
+        chunked=chunked,
+        will_close=will_close,
+    )
+
+
+def _parse_fields(
+    lines: list[bytes],
+) -> tuple[Headers, list[str], list[str], list[str]]:
+    """The fields of ``lines[1:]``, and the values of the three that frame the body:
+    ``Content-Length``, ``Transfer-Encoding`` and ``Connection``."""
+    if len(lines) > MAX_FIELDS + 1:
+        raise UpstreamError("The service's response has too many header fields.")
     fields: list[tuple[str, str]] = []
-    while True:
-        line: bytes = readline(_MAX_LINE + 1)
-        if len(line) > _MAX_LINE:
-            raise http.client.LineTooLong("header line")
-        if line in (b"\r\n", b"\n"):
-            return fields
-        if not line:
-            raise http.client.RemoteDisconnected("closed inside the response head")
+    lengths: list[str] = []
+    codings: list[str] = []
+    connection: list[str] = []
+    for index in range(1, len(lines)):
+        line = lines[index]
+        if len(line) > MAX_LINE:
+            raise UpstreamError("The service's response has a header line too long.")
         if line[:1] in (b" ", b"\t"):
             # obs-fold (RFC 9112 §5.2): a gateway must reject it or replace it with spaces.
             if not fields:
-                raise http.client.HTTPException("folded line without a field")
-            last_name, last_value = fields[-1]
-            folded = line.strip().decode("latin-1")
-            if "\r" in folded or "\x00" in folded:
-                raise http.client.HTTPException("malformed header field")
-            fields[-1] = (last_name, f"{last_value} {folded}")
+                raise UpstreamError("The service's response head is malformed.")
+            name, value = fields[-1]
+            if name.lower() in _FRAMING:
+                raise UpstreamError("The service's response head is malformed.")
+            fields[-1] = (name, f"{value} {_field_value(line)}")
             continue
-        name, colon, value = line.partition(b":")
+        raw_name, colon, raw_value = line.partition(b":")
         # No whitespace between name and colon (RFC 9112 §5.1), and the name is a token.
-        if not colon or not name or not _TCHAR.issuperset(name):
-            raise http.client.HTTPException("malformed header field")
-        # Checked as text: Latin-1 maps each byte to one character, and "in" on bytes tries
-        # (and fails, raising and clearing a TypeError) to read its operand as an integer.
-        text = value.strip(b" \t\r\n").decode("latin-1")
-        if "\r" in text or "\x00" in text:
-            # RFC 9110 §5.5: a bare CR or NUL in a value could split the header for a client
-            # further on (response splitting); refuse the response.
-            raise http.client.HTTPException("malformed header field")
-        fields.append((name.decode("ascii"), text))
-        if len(fields) > _MAX_FIELDS:
-            raise http.client.HTTPException("too many header fields")
+        if not colon or not raw_name or not _TCHAR.issuperset(raw_name):
+            raise UpstreamError("The service's response head is malformed.")
+        name = raw_name.decode("ascii")
+        value = _field_value(raw_value)
+        fields.append((name, value))
+        # The length first: most fields are none of the three, and it costs no lowering.
+        size = len(name)
+        if size == 14 and name.lower() == "content-length":
+            lengths.append(value)
+        elif size == 17 and name.lower() == "transfer-encoding":
+            codings.append(value)
+        elif size == 10 and name.lower() == "connection":
+            connection.append(value)
+    return Headers(fields), lengths, codings, connection
 
 
-class FinalResponse(http.client.HTTPResponse):
-    """An http.client response that skips interim responses and parses its head strictly."""
-
-    #: The header fields: the package's one container, handed to the transport's response
-    #: as it is. ``msg`` and ``headers`` name it too, for http.client's own reads.
-    fields: Headers
-
-    def begin(self) -> None:
-        if self.headers is not None:
-            return
-        while True:
-            version, status, reason = self._read_status()
-            if not 100 <= status < 200 or status == 101:
-                break
-            read_fields(self.fp)  # an interim response's fields, discarded
-        self.code = self.status = status
-        self.reason = reason.strip()
-        if version in ("HTTP/1.0", "HTTP/0.9"):
-            self.version = 10
-        elif version.startswith("HTTP/1."):
-            self.version = 11
-        else:
-            raise http.client.UnknownProtocol(version)
-        fields = Headers(read_fields(self.fp))
-        # http.client reads the fields through the first two names, the transport the third.
-        self.headers = self.msg = self.fields = fields
-
-        codings = fields.get_all("transfer-encoding")
-        self.chunked = bool(codings) and codings[-1].rsplit(",", 1)[-1].strip().lower() == "chunked"
-        self.chunk_left = None
-        self.will_close = self._check_close()
-        self.length = None
-        if codings:
-            # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a message with
-            # both must not keep the connection. Not chunked: the body ends at close.
-            self.will_close = self.will_close or not self.chunked or "content-length" in fields
-        else:
-            lengths = fields.get_all("content-length")
-            if lengths:
-                values = {v.strip() for item in lengths for v in item.split(",")}
-                if len(values) != 1 or CONTENT_LENGTH_PATTERN.fullmatch(next(iter(values))) is None:
-                    raise http.client.HTTPException("invalid Content-Length")
-                self.length = int(values.pop())
-        if status in (204, 304) or 100 <= status < 200 or self._method == "HEAD":
-            # No body, whatever the framing fields say (RFC 9112 §6.3, rule 1).
-            self.length = 0
-            self.chunked = False
-        if status == 101:
-            self.will_close = True  # the connection no longer speaks HTTP
-        if not self.will_close and not self.chunked and self.length is None:
-            self.will_close = True
+def _field_value(raw: bytes) -> str:
+    # Checked as text: Latin-1 maps each byte to one character, and "in" on bytes tries (and
+    # fails, raising and clearing a TypeError) to read its operand as an integer.
+    text = raw.strip(b" \t").decode("latin-1")
+    if "\r" in text or "\x00" in text:
+        # RFC 9110 §5.5: a bare CR or NUL in a value could split the header for a client
+        # further on (response splitting); refuse the response.
+        raise UpstreamError("The service's response head is malformed.")
+    return text

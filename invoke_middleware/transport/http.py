@@ -1,4 +1,4 @@
-"""The default transport: HTTP/1.1 over :mod:`http.client`, with kept-alive connections.
+"""The default transport: HTTP/1.1 on kept-alive connections, read and written here.
 
 :class:`HTTPTransport` keeps a few idle connections per tenant and origin and reuses them,
 which is what makes a relayed request cheap. It speaks exactly the contract of
@@ -19,7 +19,7 @@ gateway's own errors::
 from __future__ import annotations
 
 import http.client
-import io
+import re
 import select
 import socket
 import ssl
@@ -40,7 +40,7 @@ from ..errors import (
 )
 from ..headers import TOKEN_PATTERN, UNSAFE_TARGET_PATTERN, UNSAFE_VALUE_PATTERN, is_token
 from ._origin import Origin, split_url
-from ._response import FinalResponse
+from ._response import HEAD_END, MAX_FIELDS, MAX_HEAD, MAX_LINE, ResponseHead, parse_head
 from ._tls import CABundle, resolve_ssl_context
 from .base import Closeable, UpstreamRequest, UpstreamResponse
 
@@ -52,6 +52,8 @@ _PoolKey = tuple[str | None, str, str, int]
 
 #: Largest piece handed out per read; a chunk is returned as soon as any bytes arrived.
 _READ_SIZE = 65536
+#: A chunk's size line (RFC 9112 §7.1): hex digits, then extensions, which are dropped.
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?")
 
 # Where an exchange failed, which decides whether it may be retried.
 _WRITING_HEAD = 0  # request line and headers (and a bytes body, sent with them)
@@ -60,17 +62,14 @@ _WRITING_BODY = 2
 _AWAITING_RESPONSE = 3
 
 
-def _translate(exc: Exception) -> GatewayError:
-    """The one place where socket, TLS and protocol errors become the gateway's errors."""
+def _translate(exc: OSError) -> GatewayError:
+    """The one place where socket and TLS errors become the gateway's errors (a malformed
+    response is an :class:`UpstreamError` where it is found)."""
     if isinstance(exc, (TimeoutError, BlockingIOError)):
         # BlockingIOError: a send that outlasted the kernel's timeout (see _Deadline).
         return UpstreamTimeoutError()
-    if isinstance(exc, OSError):
-        # Refused, reset, DNS failure, TLS handshake or verification failure.
-        return UpstreamUnreachableError()
-    if isinstance(exc, http.client.IncompleteRead):
-        return UpstreamError("The service's response ended early.")
-    return UpstreamError()
+    # Refused, reset, DNS failure, TLS handshake or verification failure.
+    return UpstreamUnreachableError()
 
 
 class _Deadline:
@@ -131,82 +130,24 @@ def _set_kernel_timeout(sock: socket.socket, timeout: float | None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
-class _DeadlineReader(io.RawIOBase):
-    """Reads a socket, re-arming its timeout before every receive.
-
-    http.client reads a response head line by line and a chunked body piece by piece; with
-    the timeout set once, each of those waits could take the whole read timeout, and an
-    upstream dripping one byte at a time would outlive the total deadline.
-    """
-
-    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
-        self._sock = sock
-        self._deadline = deadline
-        self.closing = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int | None:
-        if self.closing:
-            return None  # "nothing without waiting": the buffer is looked at, not filled
-        self._deadline.arm()
-        try:
-            return self._sock.recv_into(buffer)
-        except BlockingIOError:
-            # The kernel's receive timeout; never "no bytes yet", which the buffered reader
-            # above would take for the end of the response.
-            raise TimeoutError from None
-
-
-class _ResponseReader(io.BufferedReader):
-    """The buffered reader of one response; it notes, when closed, whether it holds bytes
-    beyond what http.client read (``surplus``).
-
-    http.client closes it as soon as the body's framing is complete, and the bytes left in
-    its buffer then were sent past the end of the response: they are discarded with the
-    reader, and the connection with them (RFC 9112 §9.3: a response that ends elsewhere than
-    its framing says leaves the connection in an unknown state).
-    """
-
-    surplus = False
-
-    def close(self) -> None:
-        if not self.closed:
-            raw = self.raw
-            if isinstance(raw, _DeadlineReader):
-                raw.closing = True
-                # Returns what is buffered; with the raw reader closing, never waits.
-                self.surplus = bool(self.peek(1))
-        super().close()
-
-
-class _DeadlineSocket:
-    """What :class:`http.client.HTTPResponse` needs of a socket: a ``makefile`` whose reads
-    honour the deadline. Closing the file leaves the socket to the pool."""
-
-    __slots__ = ("_deadline", "_sock", "reader")
-
-    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
-        self._sock = sock
-        self._deadline = deadline
-        self.reader: _ResponseReader | None = None
-
-    def makefile(self, mode: str) -> io.BufferedReader:
-        self.reader = _ResponseReader(_DeadlineReader(self._sock, self._deadline), _READ_SIZE)
-        return self.reader
-
-
 class _Exchange:
-    """One request on one connection: writes it, then hands out the response's chunks."""
+    """One request on one connection: writes it, reads the response's head, then hands out
+    its body as it arrives.
+
+    The response is read straight from the socket into one buffer: a small response (head and
+    body in one segment) costs one receive, and its body is in hand with its head. Every
+    receive first re-arms the deadline, so an upstream dripping its head or its chunk sizes
+    a byte at a time still meets the total.
+    """
 
     __slots__ = (
+        "_buffer",
         "_connection",
         "_deadline",
+        "_head",
         "_host_header",
         "_key",
-        "_reader",
-        "_response",
+        "_offset",
         "_sock",
         "_transport",
         "done",
@@ -228,8 +169,10 @@ class _Exchange:
         self._connection = connection
         self._sock: socket.socket = connection.sock
         self._deadline = deadline
-        self._response: http.client.HTTPResponse | None = None
-        self._reader: _DeadlineSocket | None = None
+        self._head: ResponseHead | None = None
+        # Received and not yet handed out: _buffer[_offset:].
+        self._buffer = b""
+        self._offset = 0
         self.stage = _WRITING_HEAD
         self.done = False
 
@@ -264,53 +207,158 @@ class _Exchange:
             deadline.arm()
             sock.sendall(b"0\r\n\r\n")
 
-    def read_head(self, method: str) -> FinalResponse:
-        """Wait for the response's status line and headers."""
+    def _receive(self, size: int = _READ_SIZE) -> bytes:
+        """At most ``size`` bytes as soon as any arrive; ``b""`` once the peer closed."""
+        self._deadline.arm()
+        try:
+            return self._sock.recv(size)
+        except BlockingIOError:
+            # The kernel's receive timeout (see _Deadline), never "no bytes yet".
+            raise TimeoutError from None
+
+    def read_head(self, method: str) -> ResponseHead:
+        """Wait for the final response's status line and headers; interim ones are skipped
+        (http.client skips only ``100``: a ``103 Early Hints`` would pass for the answer and
+        leave the real one on the connection to answer the next request)."""
         self.stage = _AWAITING_RESPONSE
-        reader = self._reader = _DeadlineSocket(self._sock, self._deadline)
-        response = FinalResponse(reader, method=method)  # type: ignore[arg-type]  # duck-typed
-        self._response = response
-        response.begin()
-        return response
+        data = b""
+        searched = 0  # where the blank line may start: the search resumes there
+        while True:
+            end = HEAD_END.search(data, searched)
+            if end is None:
+                if len(data) > MAX_HEAD:
+                    raise UpstreamError("The service's response head is too large.")
+                searched = max(len(data) - 3, 0)
+                more = self._receive()
+                if not more:
+                    # Before any byte, the usual end of a kept-alive connection the peer
+                    # closed while idle: a ConnectionError, which _may_retry recognises.
+                    raise ConnectionResetError("The service closed the connection.")
+                data += more
+                continue
+            head = parse_head(data[: end.start()], method)
+            data = data[end.end() :]
+            if not head.interim:
+                self._buffer = data
+                self._head = head
+                return head
+            searched = 0
+
+    def buffered_body(self) -> bytes | None:
+        """The whole body when it arrived with the head (and its length was given), else
+        ``None``; once taken, the exchange is finished."""
+        head = self._head
+        assert head is not None
+        length = head.length
+        if length is None or len(self._buffer) < length:
+            return None
+        body = self._buffer[:length] if len(self._buffer) > length else self._buffer
+        self._offset = length
+        self.finish()
+        return body
 
     def chunks(self) -> Iterator[bytes]:
         """The body, chunk by chunk as it arrives; raises if it ends early."""
-        response = self._response
-        assert response is not None
+        head = self._head
+        assert head is not None
+        if head.chunked:
+            pieces = self._chunked()
+        elif head.length is None:
+            pieces = self._until_close()
+        else:
+            pieces = self._sized(head.length)
         try:
-            while not self.done:
-                chunk = response.read1(_READ_SIZE)
-                if not chunk:
-                    if response.length:
-                        # http.client ends quietly when the peer closes before the
-                        # Content-Length was reached (RFC 9112 §8: incomplete message).
-                        raise http.client.IncompleteRead(b"", response.length)
-                    self.finish()
-                    return
-                yield chunk
-                if response.length == 0:
-                    self.finish()
-                    return
+            for piece in pieces:
+                yield piece
+                if self.done:
+                    return  # closed while the caller held the piece
+            self.finish()
         except ssl.SSLEOFError as exc:
             # The TLS connection closed without close_notify: the body may be truncated.
             raise UpstreamError("The service's response ended early.") from exc
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
             raise _translate(exc) from exc
         finally:
             if not self.done:
                 self.close()
 
+    def _take(self, size: int) -> bytes:
+        """Up to ``size`` bytes, from the buffer if it holds any, else from one receive."""
+        buffer, offset = self._buffer, self._offset
+        if offset < len(buffer):
+            piece = buffer[offset : offset + size]
+            self._offset = offset + len(piece)
+            return piece
+        piece = self._receive(size)
+        if not piece:
+            # RFC 9112 §8: a message closed before its framing ended is incomplete.
+            raise UpstreamError("The service's response ended early.")
+        return piece
+
+    def _sized(self, left: int) -> Iterator[bytes]:
+        while left:
+            piece = self._take(left if left < _READ_SIZE else _READ_SIZE)
+            left -= len(piece)
+            yield piece
+
+    def _until_close(self) -> Iterator[bytes]:
+        if self._offset < len(self._buffer):
+            yield self._buffer[self._offset :]
+            self._buffer = b""
+        while piece := self._receive():
+            yield piece
+
+    def _chunked(self) -> Iterator[bytes]:
+        """The data of a chunked body (RFC 9112 §7.1); extensions and trailers are dropped."""
+        while True:
+            size_line = _CHUNK_SIZE.fullmatch(self._line())
+            if size_line is None:
+                raise UpstreamError("The service's response has a malformed chunk.")
+            left = int(size_line.group(1), 16)
+            if not left:
+                break
+            while left:
+                piece = self._take(left if left < _READ_SIZE else _READ_SIZE)
+                left -= len(piece)
+                yield piece
+            if self._line():
+                raise UpstreamError("The service's response has a malformed chunk.")
+        for _ in range(MAX_FIELDS + 1):
+            if not self._line():
+                return
+        raise UpstreamError("The service's response has too many trailer fields.")
+
+    def _line(self) -> bytes:
+        """The next line of the body's framing, without its line break."""
+        while True:
+            buffer, offset = self._buffer, self._offset
+            end = buffer.find(b"\n", offset)
+            if end >= 0:
+                self._offset = end + 1
+                line = buffer[offset:end]
+                return line[:-1] if line.endswith(b"\r") else line
+            if len(buffer) - offset > MAX_LINE:
+                raise UpstreamError("The service's response has a malformed chunk.")
+            more = self._receive()
+            if not more:
+                raise UpstreamError("The service's response ended early.")
+            self._buffer, self._offset = buffer[offset:] + more, 0
+
     def finish(self) -> None:
         """The body was read to its end: keep the connection if the response allows it and
-        it ended exactly at its framing, with nothing buffered past it. Whether anything
+        it ended exactly at its framing, with nothing received past it. Whether anything
         arrived after it is checked when the connection is taken out of the pool again
-        (:meth:`_HTTPConnection.is_quiet`): bytes may still be on their way now."""
-        response = self._response
-        assert response is not None
+        (:meth:`_HTTPConnection.is_quiet`): bytes may still be on their way now.
+
+        Bytes received past the framing are discarded with the connection (RFC 9112 §9.3: a
+        response that ends elsewhere than its framing says leaves the connection in an
+        unknown state)."""
+        head = self._head
+        assert head is not None
         self.done = True
-        response.close()
-        reader = self._reader.reader if self._reader is not None else None
-        if response.will_close or (reader is not None and reader.surplus):
+        surplus = self._offset < len(self._buffer)
+        self._buffer = b""
+        if head.will_close or surplus:
             self._connection.close()
         else:
             self._transport._release(self._key, self._connection)
@@ -320,13 +368,12 @@ class _Exchange:
         if self.done:
             return
         self.done = True
-        if self._response is not None:
-            self._response.close()
+        self._buffer = b""
         self._connection.close()
 
 
 class HTTPTransport(Closeable):
-    """The default transport: :mod:`http.client` with a small keep-alive pool per tenant and
+    """The default transport: HTTP/1.1 with a small keep-alive pool per tenant and
     origin.
 
     Connections are pooled per :attr:`~invoke_middleware.transport.base.UpstreamRequest.tenant`
@@ -407,7 +454,7 @@ class HTTPTransport(Closeable):
         try:
             exchange.write(request, target)
             response = exchange.read_head(request.method)
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
             exchange.close()
             if exchange.stage == _READING_BODY:
                 raise  # the caller's body failed, not the upstream
@@ -415,23 +462,23 @@ class HTTPTransport(Closeable):
                 return None
             raise _translate(exc) from exc
         except BaseException:
-            # The caller's body raised (a GatewayError, say): propagate it unchanged.
+            # The caller's body raised, or the response is malformed (a GatewayError either
+            # way): propagate it unchanged.
             exchange.close()
             raise
-        # http.client sets length 0 for HEAD, 1xx, 204 and 304 (RFC 9112 §6.3).
-        length = None if response.chunked else response.length
-        if length == 0:
-            exchange.finish()
-            chunks: Iterator[bytes] = iter(())
+        # A small body mostly arrives with the head: the connection goes back to the pool now.
+        body = exchange.buffered_body()
+        if body is None:
+            chunks: Iterator[bytes] = exchange.chunks()
         else:
-            chunks = exchange.chunks()
+            chunks = iter((body,) if body else ())
         return UpstreamResponse(
             status=response.status,
             reason=response.reason,
             headers=response.fields,  # already a Headers: handed over without a copy
             chunks=chunks,
             close=exchange.close,
-            content_length=length,
+            content_length=response.length,
         )
 
     def _connect(self, origin: Origin, timeout: float | None) -> _HTTPConnection:
@@ -494,7 +541,9 @@ class HTTPTransport(Closeable):
 
 
 class _HTTPConnection(http.client.HTTPConnection):
-    response_class = FinalResponse
+    """A connection as :mod:`http.client` opens it (``TCP_NODELAY``, the connect timeout);
+    requests are written and responses read by :class:`_Exchange`."""
+
     #: Polls the socket for readability; made once, on the first check.
     _poller: Any = None
     #: Whether waits may use the kernel's socket timeouts (see _Deadline), and the one set.

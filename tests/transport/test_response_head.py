@@ -148,3 +148,82 @@ def test_a_response_framed_both_ways_does_not_keep_its_connection() -> None:
             assert not any(transport._idle.values())  # not returned to the pool
         finally:
             transport.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        pytest.param(b"HTTP/1.1 200 OK\nContent-Length: 3\n\nabc", (200, b"abc"), id="bare-lf"),
+        pytest.param(b"HTTP/1.1 204\r\n\r\n", (204, b""), id="no-reason"),
+        pytest.param(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            (200, b"ok"),
+            id="interim-responses",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3;name=value\r\nabc\r\nA \r\n0123456789\r\n0\r\nX-Checksum: 1\r\n\r\n",
+            (200, b"abc0123456789"),
+            id="chunk-extensions-and-trailers",
+        ),
+        pytest.param(
+            b"HTTP/1.0 200 OK\r\n\r\nuntil the close", (200, b"until the close"), id="until-close"
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nX-Long: a\r\n  b\r\nContent-Length: 1\r\n\r\nz",
+            (200, b"z"),
+            id="folded-line",
+        ),
+    ],
+)
+def test_a_well_formed_answer_is_read_whole(answer: bytes, expected: tuple[int, bytes]) -> None:
+    with scripted([answer], hold=0) as url:
+        assert fetch(url) == expected
+
+
+def test_an_answer_arriving_byte_by_byte_is_read_whole() -> None:
+    answer = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+        b"5\r\nhello\r\n1\r\n,\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    with scripted([answer[i : i + 1] for i in range(len(answer))], pause=0.001) as url:
+        assert fetch(url) == (200, b"hello, world")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(b"HTTP/2 200 OK\r\n\r\n", id="not-http-1"),
+        pytest.param(b"HTTP/1.1 099 Low\r\n\r\n", id="status-below-100"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n 4\r\n\r\nabc", id="folded-length"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", id="long-line"),
+        pytest.param(b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", id="101-fields"),
+        pytest.param(b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 40000, id="head-never-ends"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n",
+            id="chunk-size-prefixed",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n",
+            id="chunk-longer-than-its-size",
+        ),
+    ],
+)
+def test_a_malformed_answer_is_an_upstream_error(answer: bytes) -> None:
+    with scripted([answer], hold=0) as url, pytest.raises(UpstreamError):
+        fetch(url)
+
+
+def test_a_body_that_arrives_with_its_head_frees_the_connection_at_once() -> None:
+    with scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]) as url:
+        transport = HTTPTransport()
+        try:
+            response = transport.send(
+                UpstreamRequest(method="GET", url=url + "/", headers=(), timeouts=Timeouts())
+            )
+            # Back in the pool before its body is read: the body is already in hand.
+            assert sum(map(len, transport._idle.values())) == 1
+            assert b"".join(response) == b"ok"
+        finally:
+            transport.close()
