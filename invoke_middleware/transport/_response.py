@@ -72,7 +72,9 @@ class ResponseHead:
 def parse_head(head: bytes, method: str) -> ResponseHead:
     """The head of a response to ``method``: ``head`` runs up to, not including, the blank
     line that ends it."""
-    lines = _LINE_BREAK.split(head)
+    lines = head.split(b"\r\n")
+    if len(lines) <= head.count(b"\n"):
+        lines = _LINE_BREAK.split(head)  # a bare LF ends a line too: rare, and slower to split
     status_line = _STATUS_LINE.fullmatch(lines[0])
     if status_line is None:
         raise UpstreamError("The service's response is not HTTP/1.x.")
@@ -81,8 +83,11 @@ def parse_head(head: bytes, method: str) -> ResponseHead:
     fields, lengths, codings, connection = _parse_fields(lines)
 
     keep_alive_default = minor != b"0"  # HTTP/1.0 closes unless asked not to (RFC 9112 §9.3)
-    tokens = {t.strip().lower() for value in connection for t in value.split(",")}
-    will_close = "close" in tokens if keep_alive_default else "keep-alive" not in tokens
+    if connection:
+        tokens = {t.strip().lower() for value in connection for t in value.split(",")}
+        will_close = "close" in tokens if keep_alive_default else "keep-alive" not in tokens
+    else:
+        will_close = not keep_alive_default
     length: int | None = None
     chunked = False
     if codings:

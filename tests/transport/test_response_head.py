@@ -227,3 +227,31 @@ def test_a_body_that_arrives_with_its_head_frees_the_connection_at_once() -> Non
             assert b"".join(response) == b"ok"
         finally:
             transport.close()
+
+
+@pytest.mark.parametrize(
+    ("head", "kept"),
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n", True, id="http-1.1"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 2\r\n", False, id="close"
+        ),
+        pytest.param(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n", False, id="http-1.0"),
+        pytest.param(
+            b"HTTP/1.0 200 OK\r\nConnection: x-a, Keep-Alive\r\nContent-Length: 2\r\n",
+            True,
+            id="http-1.0-keep-alive",
+        ),
+    ],
+)
+def test_the_connection_is_kept_as_the_response_says(head: bytes, kept: bool) -> None:
+    with scripted([head + b"\r\nok"]) as url:
+        transport = HTTPTransport()
+        try:
+            response = transport.send(
+                UpstreamRequest(method="GET", url=url + "/", headers=(), timeouts=Timeouts())
+            )
+            assert b"".join(response) == b"ok"
+            assert sum(map(len, transport._idle.values())) == int(kept)
+        finally:
+            transport.close()
