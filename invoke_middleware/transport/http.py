@@ -54,6 +54,9 @@ _PoolKey = tuple[str | None, str, str, int]
 _READ_SIZE = 65536
 #: A chunk's size line (RFC 9112 §7.1): hex digits, then extensions, which are dropped.
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?")
+_LINE_END = re.compile(rb"\n")
+_BAD_CHUNK = "The service's response has a malformed chunk."
+_HEAD_TOO_LARGE = "The service's response head is too large."
 
 # Where an exchange failed, which decides whether it may be retried.
 _WRITING_HEAD = 0  # request line and headers (and a bytes body, sent with them)
@@ -221,28 +224,49 @@ class _Exchange:
         (http.client skips only ``100``: a ``103 Early Hints`` would pass for the answer and
         leave the real one on the connection to answer the next request)."""
         self.stage = _AWAITING_RESPONSE
-        data = b""
-        searched = 0  # where the blank line may start: the search resumes there
+        data, start = b"", 0  # received; where the next head starts in it
         while True:
-            end = HEAD_END.search(data, searched)
+            end = HEAD_END.search(data, start)
             if end is None:
-                if len(data) > MAX_HEAD:
-                    raise UpstreamError("The service's response head is too large.")
-                searched = max(len(data) - 3, 0)
-                more = self._receive()
-                if not more:
+                received = self._receive_until(data[start:], HEAD_END, MAX_HEAD, _HEAD_TOO_LARGE)
+                if received is None:
                     # Before any byte, the usual end of a kept-alive connection the peer
                     # closed while idle: a ConnectionError, which _may_retry recognises.
                     raise ConnectionResetError("The service closed the connection.")
-                data += more
-                continue
-            head = parse_head(data[: end.start()], method)
-            data = data[end.end() :]
+                (data, end), start = received, 0
+            head = parse_head(data[start : end.start()], method)
+            start = end.end()
             if not head.interim:
-                self._buffer = data
+                self._buffer, self._offset = data, start
                 self._head = head
                 return head
-            searched = 0
+
+    def _receive_until(
+        self, data: bytes, end: re.Pattern[bytes], limit: int, too_long: str
+    ) -> tuple[bytes, re.Match[bytes]] | None:
+        """``data`` and what arrives after it, up to where ``end`` is found in them: the
+        bytes and the match; ``None`` if the peer closes first. Refused past ``limit``.
+
+        A peer that sends a byte at a time must not make each receive copy all the bytes
+        before it: they are joined in a bytearray, which grows in place.
+        """
+        joined: bytes | bytearray = data
+        while True:
+            if len(joined) > limit:
+                raise UpstreamError(too_long)
+            more = self._receive()
+            if not more:
+                return None
+            searched = max(len(joined) - 3, 0)  # a CRLFCRLF may straddle the two
+            if not joined:
+                joined = more
+            else:
+                if isinstance(joined, bytes):
+                    joined = bytearray(joined)
+                joined += more
+            found = end.search(joined, searched)
+            if found is not None:
+                return bytes(joined), found
 
     def buffered_body(self) -> bytes | None:
         """The whole body when it arrived with the head (and its length was given), else
@@ -250,10 +274,11 @@ class _Exchange:
         head = self._head
         assert head is not None
         length = head.length
-        if length is None or len(self._buffer) < length:
+        buffer, offset = self._buffer, self._offset
+        if length is None or len(buffer) - offset < length:
             return None
-        body = self._buffer[:length] if len(self._buffer) > length else self._buffer
-        self._offset = length
+        self._offset = offset + length
+        body = buffer if offset == 0 and len(buffer) == length else buffer[offset : offset + length]
         self.finish()
         return body
 
@@ -313,7 +338,7 @@ class _Exchange:
         while True:
             size_line = _CHUNK_SIZE.fullmatch(self._line())
             if size_line is None:
-                raise UpstreamError("The service's response has a malformed chunk.")
+                raise UpstreamError(_BAD_CHUNK)
             left = int(size_line.group(1), 16)
             if not left:
                 break
@@ -322,7 +347,7 @@ class _Exchange:
                 left -= len(piece)
                 yield piece
             if self._line():
-                raise UpstreamError("The service's response has a malformed chunk.")
+                raise UpstreamError(_BAD_CHUNK)
         for _ in range(MAX_FIELDS + 1):
             if not self._line():
                 return
@@ -330,19 +355,18 @@ class _Exchange:
 
     def _line(self) -> bytes:
         """The next line of the body's framing, without its line break."""
-        while True:
-            buffer, offset = self._buffer, self._offset
-            end = buffer.find(b"\n", offset)
-            if end >= 0:
-                self._offset = end + 1
-                line = buffer[offset:end]
-                return line[:-1] if line.endswith(b"\r") else line
-            if len(buffer) - offset > MAX_LINE:
-                raise UpstreamError("The service's response has a malformed chunk.")
-            more = self._receive()
-            if not more:
+        buffer, offset = self._buffer, self._offset
+        end = buffer.find(b"\n", offset)
+        if end < 0:
+            received = self._receive_until(buffer[offset:], _LINE_END, MAX_LINE, _BAD_CHUNK)
+            if received is None:
                 raise UpstreamError("The service's response ended early.")
-            self._buffer, self._offset = buffer[offset:] + more, 0
+            (buffer, found), offset = received, 0
+            end = found.start()
+            self._buffer = buffer
+        self._offset = end + 1
+        line = buffer[offset:end]
+        return line[:-1] if line.endswith(b"\r") else line
 
     def finish(self) -> None:
         """The body was read to its end: keep the connection if the response allows it and
