@@ -383,21 +383,24 @@ class _Response(Protocol):
 _R = TypeVar("_R", bound=_Response)
 
 _RATE_LIMIT_NAME_LENGTHS = frozenset(len(name) for name in RATE_LIMIT_NAMES)
+_NO_NAMES: frozenset[str] = frozenset()
 
 
 class Admission:
     """A request let through: the response fields to add, and the slot to give back.
 
     :meth:`hold` attaches both to the pipeline's response. :meth:`release` may be called more
-    than once; only the first call gives the slot back.
+    than once; only the first call gives the slot back. ``replaces`` names (lower-case) the
+    response fields that the added ones replace: none when nothing is added.
     """
 
-    __slots__ = ("_pending", "headers")
+    __slots__ = ("_pending", "headers", "replaces")
 
     def __init__(
         self, headers: tuple[tuple[str, str], ...], release: Callable[[], None] | None
     ) -> None:
         self.headers = headers
+        self.replaces = RATE_LIMIT_NAMES if headers else _NO_NAMES
         # A list, because list.pop() is atomic: the server's close() and the collection of
         # an abandoned body generator may both release, from different threads.
         self._pending = [] if release is None else [release]
@@ -412,19 +415,24 @@ class Admission:
             return  # released by another thread in between
         release()
 
-    def hold(self, response: _R) -> _R:
+    def hold(self, response: _R, *, replaced: bool = False) -> _R:
         """Add the rate-limit fields to ``response`` and keep the slot until its body ends.
+
+        The response's own fields of the same names are dropped, unless ``replaced`` says
+        that the caller already dropped them (the pipeline does, as it filters the upstream's
+        fields, with :attr:`replaces`), so they need not be looked for.
 
         A buffered body (a tuple) ends now; a streamed one ends when it is exhausted, fails
         or is closed (the client went away), whichever comes first.
         """
         if self.headers:
             fields = response.headers
-            for name, _ in fields:
-                # The length first: most fields are told apart without lower-casing them.
-                if len(name) in _RATE_LIMIT_NAME_LENGTHS and name.lower() in RATE_LIMIT_NAMES:
-                    fields[:] = [(k, v) for k, v in fields if k.lower() not in RATE_LIMIT_NAMES]
-                    break
+            if not replaced:
+                for name, _ in fields:
+                    # The length first: most fields are told apart without lower-casing them.
+                    if len(name) in _RATE_LIMIT_NAME_LENGTHS and name.lower() in RATE_LIMIT_NAMES:
+                        fields[:] = [(k, v) for k, v in fields if k.lower() not in RATE_LIMIT_NAMES]
+                        break
             fields.extend(self.headers)
         if self._pending:
             body = response.body
