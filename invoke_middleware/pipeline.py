@@ -306,6 +306,8 @@ class Pipeline:
         except BaseException:
             admission.release()
             raise
+        if admission is UNLIMITED:
+            return response  # nothing to add, no slot to give back
         # An invoke's fields are the gateway's own; a relay's lost the upstream's RateLimit
         # fields, if the admission replaces them, with the rest of the filtering.
         return admission.hold(response, replaced=True)
