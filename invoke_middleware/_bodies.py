@@ -146,13 +146,14 @@ class RelayBody:
     body must never look complete (docs/contract.md §8).
     """
 
-    __slots__ = ("_done", "_on_end", "_response", "_sent")
+    __slots__ = ("_also", "_done", "_on_end", "_response", "_sent")
 
     def __init__(
         self, response: UpstreamResponse, on_end: Callable[[int, str | None], None]
     ) -> None:
         self._response = response
         self._on_end = on_end
+        self._also: Callable[[], None] | None = None
         self._sent = 0
         self._done = False
 
@@ -170,21 +171,18 @@ class RelayBody:
 
     def also_on_end(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` too when the body ends, fails or is closed (once, after the
-        relay's own end, even if that raises): a concurrency slot is given back this way."""
-        on_end = self._on_end
-
-        def both(sent: int, code: str | None) -> None:
-            try:
-                on_end(sent, code)
-            finally:
-                callback()
-
-        self._on_end = both
+        relay's own end, even if that raises): a concurrency slot is given back this way.
+        One callback at most."""
+        self._also = callback
 
     def _finish(self, code: str | None) -> None:
         if not self._done:
             self._done = True
-            self._on_end(self._sent, code)
+            try:
+                self._on_end(self._sent, code)
+            finally:
+                if self._also is not None:
+                    self._also()
 
     def close(self) -> None:
         self._response.close()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from invoke_middleware.limits import LimitSettings
@@ -52,6 +52,16 @@ class RateCounter(Protocol):
         ...
 
 
+class _Window:
+    """One key's fixed window in this process: the requests it counted, and when it ends."""
+
+    __slots__ = ("count", "end")
+
+    def __init__(self, end: float) -> None:
+        self.count = 0
+        self.end = end
+
+
 class LocalCounter:
     """Fixed windows in this process's memory, under one lock.
 
@@ -65,22 +75,27 @@ class LocalCounter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._windows: dict[str, list[float]] = {}  # key -> [count, end of the window]
+        self._windows: dict[str, _Window] = {}
         self._sweep_at = self._MIN_SWEEP
 
     def hit(self, keys: Sequence[RateKey]) -> list[tuple[int, float]]:
         now = self._clock()
         counts = []
-        with self._lock:
-            windows = self._windows
+        windows = self._windows
+        # acquire() and release() rather than ``with``: the statement costs as much again as
+        # the lock itself.
+        self._lock.acquire()
+        try:
             for key, window, _ in keys:
                 entry = windows.get(key)
-                if entry is None or entry[1] <= now:
-                    entry = windows[key] = [0, now + window]
-                entry[0] += 1
-                counts.append((int(entry[0]), entry[1] - now))
+                if entry is None or entry.end <= now:
+                    entry = windows[key] = _Window(now + window)
+                entry.count += 1
+                counts.append((entry.count, entry.end - now))
             if len(windows) >= self._sweep_at:
-                self._sweep_at = _drop_ended(windows, now, self._MIN_SWEEP)
+                self._sweep_at = _drop_ended(windows, _end_of_window, now, self._MIN_SWEEP)
+        finally:
+            self._lock.release()
         return counts
 
     def ping(self) -> None:
@@ -94,12 +109,23 @@ class LocalCounter:
         return len(self._windows)
 
 
-def _drop_ended(windows: dict[str, list[float]], now: float, minimum: int) -> int:
-    """Drop the windows that ended (an entry's last item is its end); the table size at
-    which to sweep next: twice what is left, so sweeping costs a constant per request."""
-    for key in [key for key, entry in windows.items() if entry[-1] <= now]:
-        del windows[key]
-    return max(minimum, 2 * len(windows))
+_E = TypeVar("_E")
+
+
+def _drop_ended(table: dict[str, _E], end: Callable[[_E], float], now: float, minimum: int) -> int:
+    """Drop the entries whose window ended (``end`` tells when); the table size at which to
+    sweep next: twice what is left, so sweeping costs a constant per request."""
+    for key in [key for key, entry in table.items() if end(entry) <= now]:
+        del table[key]
+    return max(minimum, 2 * len(table))
+
+
+def _end_of_window(window: _Window) -> float:
+    return window.end
+
+
+def _end_of_held(held: list[float]) -> float:
+    return held[2]
 
 
 #: The ``limits`` library's fixed-window step (its ``incr_expire.lua``: increment, and start
@@ -195,7 +221,7 @@ class RedisCounter:
                 held[2] = min(held[2], end)
                 counts[index] = (first, end - now)
             if len(table) >= self._sweep_at:
-                self._sweep_at = _drop_ended(table, now, self._MIN_SWEEP)
+                self._sweep_at = _drop_ended(table, _end_of_held, now, self._MIN_SWEEP)
         return counts
 
     def _ask(

@@ -32,14 +32,18 @@ Policy = tuple[str, int, int]
 
 
 class PolicySet:
-    """The policies that apply to a request, in order, with their ``RateLimit-Policy`` value
-    formatted once (the same few sets come back on every request)."""
+    """The policies that apply to a request, in order, with what every request needs
+    formatted once (the same few sets come back on every request): the ``RateLimit-Policy``
+    field, each policy's quota, and the start of the ``RateLimit`` value that names it."""
 
-    __slots__ = ("policies", "value")
+    __slots__ = ("field", "policies", "quotas", "states", "value")
 
     def __init__(self, policies: tuple[Policy, ...]) -> None:
         self.policies = policies
         self.value = ", ".join(f'"{name}";q={quota};w={window}' for name, quota, window in policies)
+        self.field = (POLICY_HEADER, self.value)
+        self.quotas = tuple(quota for _, quota, _ in policies)
+        self.states = tuple(f'"{name}";r=' for name, _, _ in policies)
 
 
 def rate_limit_headers(
@@ -55,25 +59,26 @@ def rate_limit_headers(
     """
     if not policies.policies:
         return (), -1
-    name = ""
+    quotas = policies.quotas
+    tightest = 0
     remaining = -1
     reset = 0.0
     exceeded = -1
-    # Without zip's strict check: the counts are the policies', one each, by construction,
-    # and the keyword costs a third of this loop.
-    for index, ((each, quota, _), (count, left)) in enumerate(zip(policies.policies, counts)):  # noqa: B905
-        if count >= quota:
-            rest = 0
-            if count > quota and (exceeded < 0 or left > counts[exceeded][1]):
+    index = 0
+    # Indexing rather than zip(): building the zip object costs more than the loop's body.
+    for count, left in counts:
+        rest = quotas[index] - count
+        if rest <= 0:
+            if rest and (exceeded < 0 or left > counts[exceeded][1]):
                 exceeded = index
-        else:
-            rest = quota - count
+            rest = 0
         if remaining < 0 or rest < remaining or (rest == remaining and left > reset):
-            name, remaining, reset = each, rest, left
-    return (
-        (POLICY_HEADER, policies.value),
-        (STATE_HEADER, f'"{name}";r={remaining};t={reset_seconds(reset)}'),
-    ), exceeded
+            tightest, remaining, reset = index, rest, left
+        index += 1  # noqa: SIM113 - enumerate() costs a tuple per policy
+    # reset_seconds(), inline: the call would cost more than the rounding.
+    seconds = math.ceil(reset)
+    state = f"{policies.states[tightest]}{remaining};t={seconds if seconds > 0 else 1}"
+    return (policies.field, (STATE_HEADER, state)), exceeded
 
 
 def reset_seconds(reset: float) -> int:

@@ -31,6 +31,7 @@ gateway append to them. With ``trusted_hops = N`` the gateway behaves like werkz
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Collection, Iterable, Iterator
@@ -422,7 +423,9 @@ def choose_request_id(incoming: str | None) -> str:
         return batch[:32]
 
 
-def filter_response_headers(headers: Collection[tuple[str, str]]) -> list[tuple[str, str]]:
+def filter_response_headers(
+    headers: Collection[tuple[str, str]], *, also_drop: frozenset[str] = frozenset()
+) -> list[tuple[str, str]]:
     """The container's response fields that may reach the caller.
 
     Drops the hop-by-hop set (``Content-Length`` included: the gateway frames the body it
@@ -431,13 +434,21 @@ def filter_response_headers(headers: Collection[tuple[str, str]]) -> list[tuple[
     into the server's 500), fields whose value holds a control character, the fields the
     response's ``Connection`` names, the gateway's error marker
     (so a container cannot pass its response off as a gateway error) and ``X-Request-ID``
-    (the gateway's own is set on every response).
+    (the gateway's own is set on every response), and the lower-case names of
+    ``also_drop`` (fields the gateway writes itself on this response, such as ``RateLimit``).
     """
+    drop = _response_drop(also_drop) if also_drop else _RESPONSE_DROP
     return [
         (name, value)
-        for name, value in _kept(headers, _RESPONSE_DROP)
+        for name, value in _kept(headers, drop)
         if CONTROL_CHARACTER_PATTERN.search(value) is None
     ]
+
+
+@functools.lru_cache(maxsize=8)
+def _response_drop(also_drop: frozenset[str]) -> frozenset[str]:
+    # The same one or two sets come back on every response: joined once.
+    return _RESPONSE_DROP | also_drop
 
 
 def fold_response_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:

@@ -49,6 +49,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -156,7 +157,9 @@ class _Policy:
     #: What it was made from: the team's stored limits and the service's own.
     stored: TeamLimits | None
     own: ServiceLimits
-    caps: tuple[tuple[LimitKind, tuple[str, int] | None, int], ...]
+    caps: tuple[_Cap, ...]
+    #: The slots a request takes: the total's (counted under every cap) and each cap's.
+    slots: tuple[_Slot, ...]
     release: Callable[[], None]
     credential: _RatePlan | None
     user: _RatePlan | None
@@ -173,7 +176,8 @@ class _Policy:
         *,
         stored: TeamLimits | None,
         own: ServiceLimits,
-        caps: tuple[tuple[LimitKind, tuple[str, int] | None, int], ...],
+        caps: tuple[_Cap, ...],
+        slots: tuple[_Slot, ...],
         release: Callable[[], None],
         credential: _RatePlan | None,
         user: _RatePlan | None,
@@ -197,6 +201,7 @@ class _Policy:
             stored=stored,
             own=own,
             caps=caps,
+            slots=slots,
             release=release,
         )
 
@@ -378,21 +383,24 @@ class _Response(Protocol):
 _R = TypeVar("_R", bound=_Response)
 
 _RATE_LIMIT_NAME_LENGTHS = frozenset(len(name) for name in RATE_LIMIT_NAMES)
+_NO_NAMES: frozenset[str] = frozenset()
 
 
 class Admission:
     """A request let through: the response fields to add, and the slot to give back.
 
     :meth:`hold` attaches both to the pipeline's response. :meth:`release` may be called more
-    than once; only the first call gives the slot back.
+    than once; only the first call gives the slot back. ``replaces`` names (lower-case) the
+    response fields that the added ones replace: none when nothing is added.
     """
 
-    __slots__ = ("_pending", "headers")
+    __slots__ = ("_pending", "headers", "replaces")
 
     def __init__(
         self, headers: tuple[tuple[str, str], ...], release: Callable[[], None] | None
     ) -> None:
         self.headers = headers
+        self.replaces = RATE_LIMIT_NAMES if headers else _NO_NAMES
         # A list, because list.pop() is atomic: the server's close() and the collection of
         # an abandoned body generator may both release, from different threads.
         self._pending = [] if release is None else [release]
@@ -407,19 +415,24 @@ class Admission:
             return  # released by another thread in between
         release()
 
-    def hold(self, response: _R) -> _R:
+    def hold(self, response: _R, *, replaced: bool = False) -> _R:
         """Add the rate-limit fields to ``response`` and keep the slot until its body ends.
+
+        The response's own fields of the same names are dropped, unless ``replaced`` says
+        that the caller already dropped them (the pipeline does, as it filters the upstream's
+        fields, with :attr:`replaces`), so they need not be looked for.
 
         A buffered body (a tuple) ends now; a streamed one ends when it is exhausted, fails
         or is closed (the client went away), whichever comes first.
         """
         if self.headers:
             fields = response.headers
-            for name, _ in fields:
-                # The length first: most fields are told apart without lower-casing them.
-                if len(name) in _RATE_LIMIT_NAME_LENGTHS and name.lower() in RATE_LIMIT_NAMES:
-                    fields[:] = [(k, v) for k, v in fields if k.lower() not in RATE_LIMIT_NAMES]
-                    break
+            if not replaced:
+                for name, _ in fields:
+                    # The length first: most fields are told apart without lower-casing them.
+                    if len(name) in _RATE_LIMIT_NAME_LENGTHS and name.lower() in RATE_LIMIT_NAMES:
+                        fields[:] = [(k, v) for k, v in fields if k.lower() not in RATE_LIMIT_NAMES]
+                        break
             fields.extend(self.headers)
         if self._pending:
             body = response.body
@@ -459,11 +472,29 @@ class _HeldBody:
             self._admission.release()
 
 
+class _Slot:
+    """The relays in flight under one cap's key: the process, one team or one service.
+
+    Policies hold their slots, so a request finds its counters without a lookup; the
+    table of :class:`_InFlight` only hands the same slot to every policy of the key.
+    """
+
+    __slots__ = ("__weakref__", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+#: One concurrency cap of a policy: the limit it enforces, its slot and its cap.
+_Cap = tuple[LimitKind, _Slot, int]
+
+
 class _InFlight:
     """Per-process counters of relays in flight: global, per team, per service.
 
-    One lock guards every counter, so a request takes all its slots or none. Counters drop
-    to nothing at zero, so memory follows the relays in flight, not the teams ever seen.
+    One lock guards every counter, so a request takes all its slots or none. A team's or
+    service's slot lives while a policy or a relay holds it, so memory follows the policies
+    in use and the relays in flight, not the teams ever seen.
     """
 
     def __init__(self) -> None:
@@ -471,36 +502,43 @@ class _InFlight:
         # Only requests allowed to queue wait on it; release notifies only when one does.
         self._ready = threading.Condition(self._lock)
         self._waiting = 0
-        self._total = 0
-        self._counts: dict[tuple[str, int], int] = {}
+        self.total = _Slot()
+        self._slots: weakref.WeakValueDictionary[tuple[str, int], _Slot] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def slot(self, key: tuple[str, int]) -> _Slot:
+        """The one slot of ``key`` (``("team", id)``, ``("service", id)``)."""
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = _Slot()
+            return slot
 
     def acquire(
-        self,
-        caps: Sequence[tuple[LimitKind, tuple[str, int] | None, int]],
-        timeout: float,
+        self, caps: Sequence[_Cap], slots: Sequence[_Slot], timeout: float
     ) -> LimitKind | None:
-        """Take one slot under every cap, or return the first cap that is full after
-        waiting up to ``timeout`` seconds."""
-        with self._lock:
-            full = self._full(caps)
-            if full is not None:
-                if timeout <= 0:
-                    return full
-                full = self._wait(caps, timeout)
-                if full is not None:
-                    return full
-            self._total += 1
-            counts = self._counts
-            for _, key, _cap in caps:
-                if key is not None:
-                    counts[key] = counts.get(key, 0) + 1
+        """Take ``slots`` (the total's, and each cap's), or return the first cap that is full
+        after waiting up to ``timeout`` seconds."""
+        # acquire() and release() rather than ``with``: the statement costs as much again as
+        # the lock itself, and this runs twice per request.
+        self._lock.acquire()
+        try:
+            for kind, slot, cap in caps:
+                if slot.count >= cap:
+                    if timeout <= 0:
+                        return kind
+                    full = self._wait(caps, timeout)
+                    if full is not None:
+                        return full
+                    break
+            for slot in slots:
+                slot.count += 1
             return None
+        finally:
+            self._lock.release()
 
-    def _wait(
-        self,
-        caps: Sequence[tuple[LimitKind, tuple[str, int] | None, int]],
-        timeout: float,
-    ) -> LimitKind | None:
+    def _wait(self, caps: Sequence[_Cap], timeout: float) -> LimitKind | None:
         # Called with the lock held; Condition.wait releases it while waiting.
         deadline = time.monotonic() + timeout
         self._waiting += 1
@@ -516,32 +554,27 @@ class _InFlight:
         finally:
             self._waiting -= 1
 
-    def release(self, keys: Sequence[tuple[str, int]]) -> None:
-        with self._lock:
-            self._total -= 1
-            counts = self._counts
-            for key in keys:
-                count = counts[key] - 1
-                if count:
-                    counts[key] = count
-                else:
-                    del counts[key]
+    def release(self, slots: Sequence[_Slot]) -> None:
+        self._lock.acquire()
+        try:
+            for slot in slots:
+                slot.count -= 1
             if self._waiting:
                 self._ready.notify_all()
+        finally:
+            self._lock.release()
 
-    def _full(
-        self, caps: Sequence[tuple[LimitKind, tuple[str, int] | None, int]]
-    ) -> LimitKind | None:
-        counts = self._counts
-        for kind, key, cap in caps:
-            if (self._total if key is None else counts.get(key, 0)) >= cap:
+    @staticmethod
+    def _full(caps: Sequence[_Cap]) -> LimitKind | None:
+        for kind, slot, cap in caps:
+            if slot.count >= cap:
                 return kind
         return None
 
     def held(self) -> int:
         """Relays in flight in this process (for tests and diagnostics)."""
         with self._lock:
-            return self._total
+            return self.total.count
 
 
 class Limiter:
@@ -627,7 +660,7 @@ class Limiter:
             policy = self._policy(pair, stored, own, policy)
         release = None
         if policy.caps:
-            full = self._in_flight.acquire(policy.caps, self.settings.queue_timeout)
+            full = self._in_flight.acquire(policy.caps, policy.slots, self.settings.queue_timeout)
             if full is not None:
                 self._report(
                     principal, service, route, request_id, outcome=LimitOutcome.REFUSED, limit=full
@@ -663,16 +696,17 @@ class Limiter:
         team = self._teams.get(pair[0]) if self._teams else None
         if stored is not None:
             team = stored.over(team)
-        caps: list[tuple[LimitKind, tuple[str, int] | None, int]] = []
+        in_flight = self._in_flight
+        caps: list[_Cap] = []
         if settings.max_in_flight is not None:
-            caps.append((LimitKind.IN_FLIGHT, None, settings.max_in_flight))
+            caps.append((LimitKind.IN_FLIGHT, in_flight.total, settings.max_in_flight))
         team_cap = (team.max_in_flight if team else None) or settings.team_max_in_flight
         if team_cap is not None:
-            caps.append((LimitKind.TEAM_IN_FLIGHT, ("team", pair[0]), team_cap))
+            caps.append((LimitKind.TEAM_IN_FLIGHT, in_flight.slot(("team", pair[0])), team_cap))
         service_cap = own.max_in_flight or settings.service_max_in_flight
         if service_cap is not None:
-            caps.append((LimitKind.SERVICE_IN_FLIGHT, ("service", pair[1]), service_cap))
-        keys = tuple(key for _, key, _ in caps if key is not None)
+            service_slot = in_flight.slot(("service", pair[1]))
+            caps.append((LimitKind.SERVICE_IN_FLIGHT, service_slot, service_cap))
         plans = self._plans
         shared: list[tuple[_RatePlan, RateKey]] = []
         # The UUIDs' 32 hex digits: the same text in every process sharing a Redis.
@@ -683,11 +717,13 @@ class Limiter:
             if plan is not None:
                 key = f"{plan.prefix}{who:032x}{plan.suffix}"
                 shared.append((plan, (key, plan.window, plan.amount)))
+        slots = (in_flight.total, *(slot for _, slot, _ in caps if slot is not in_flight.total))
         policy = _Policy.make(
             stored=stored,
             own=own,
             caps=tuple(caps),
-            release=functools.partial(self._in_flight.release, keys),
+            slots=slots if caps else (),
+            release=functools.partial(in_flight.release, slots),
             credential=plans[LimitKind.CREDENTIAL_RATE],
             user=plans[LimitKind.USER_RATE],
             shared=tuple(shared),

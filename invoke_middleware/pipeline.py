@@ -300,11 +300,17 @@ class Pipeline:
             if kind is RouteKind.INVOKE:
                 response = self._invoke(request, principal, service, request_id)
             else:
-                response = self._relay(request, route.tail, principal, service, request_id)
+                response = self._relay(
+                    request, route.tail, principal, service, request_id, replaced=admission.replaces
+                )
         except BaseException:
             admission.release()
             raise
-        return admission.hold(response)
+        if admission is UNLIMITED:
+            return response  # nothing to add, no slot to give back
+        # An invoke's fields are the gateway's own; a relay's lost the upstream's RateLimit
+        # fields, if the admission replaces them, with the rest of the filtering.
+        return admission.hold(response, replaced=True)
 
     # -- steps -------------------------------------------------------------------------
 
@@ -419,7 +425,11 @@ class Pipeline:
         principal: Principal,
         service: Service,
         request_id: str,
+        *,
+        replaced: frozenset[str],
     ) -> PipelineResponse:
+        """Relay to the catch-all route; the upstream's fields named in ``replaced`` (the
+        gateway writes its own) are dropped."""
         settings = self.settings
         url = build_target_url(service.base_url, tail, request.query or None)
         body, length = request_body(request, settings.max_relay_body_bytes)
@@ -446,7 +456,7 @@ class Pipeline:
             failure = as_gateway_error(error)
             self._finish(relay, failure.status, body.sent if body else 0, 0, failure.code)
             raise
-        headers = hdr.filter_response_headers(response.headers)
+        headers = hdr.filter_response_headers(response.headers, also_drop=replaced)
         response_length = relay_content_length(request.method, response)
         if response_length is not None:
             headers.append(("Content-Length", response_length))

@@ -98,3 +98,25 @@ def test_equal_limits_handed_out_again_keep_the_policy_and_its_counts() -> None:
     assert policy.stored is stored[TEAM]  # found by identity from now on
     held.release()
     assert limiter.in_flight == 0
+
+
+def test_a_teams_cap_counts_its_requests_to_every_service() -> None:
+    limiter = Limiter(LimitSettings(team_max_in_flight=1))
+    other = make_service("other", "http://127.0.0.1:9")
+    held = admit(limiter)
+    with pytest.raises(TooManyInFlightError):
+        limiter.admit(PRINCIPAL, other, route="catch_all", request_id="r")
+    held.release()
+    limiter.admit(PRINCIPAL, other, route="catch_all", request_id="r").release()
+    assert limiter.in_flight == 0
+
+
+def test_concurrency_counters_stay_bounded_however_many_teams_call() -> None:
+    limiter = Limiter(LimitSettings(team_max_in_flight=1, service_max_in_flight=1))
+    for _ in range(_MAX_POLICIES + 100):
+        team = uuid.uuid4()
+        caller = Principal(kind=CredentialKind.INTEGRATION, team_id=team, credential_id="sk-t")
+        service = make_service("svc", "http://127.0.0.1:9", team=team)
+        limiter.admit(caller, service, route="catch_all", request_id="r").release()
+    # A team's and a service's counters go with the last policy that uses them.
+    assert len(limiter._in_flight._slots) <= 2 * len(limiter._policies) <= 2 * _MAX_POLICIES

@@ -471,6 +471,17 @@ def test_an_upstreams_own_ratelimit_fields_are_replaced(raw_upstream: RawUpstrea
     assert state(reply)[:2] == ("team", 9)
 
 
+def test_an_upstreams_own_ratelimit_fields_pass_when_no_rate_applies(
+    raw_upstream: RawUpstream,
+) -> None:
+    limiter = Limiter(LimitSettings(team_max_in_flight=4))
+    with limited_gateway(raw_upstream.url, limiter) as gateway:
+        reply = get(gateway, "/r/containers/svc/ratelimit")
+    assert reply.status == 200
+    assert reply.all("RateLimit-Policy") == ['"upstream";q=100;w=1']
+    assert reply.all("RateLimit") == ['"upstream";r=99;t=1']
+
+
 def test_without_a_limiter_no_ratelimit_fields_are_added(upstream: RecordingUpstream) -> None:
     with serve_gateway([make_service("svc", upstream.url)]) as gateway:
         reply = get(gateway)

@@ -3,9 +3,16 @@ it exceeds."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from invoke_middleware._ratelimit_headers import PolicySet, rate_limit_headers, retry_after
+from invoke_middleware._ratelimit_headers import (
+    PolicySet,
+    rate_limit_headers,
+    reset_seconds,
+    retry_after,
+)
 
 POLICIES = PolicySet((("credential", 10, 1), ("team", 100, 60), ("service", 10, 60)))
 
@@ -49,3 +56,42 @@ def test_no_policy_no_fields() -> None:
 @pytest.mark.parametrize(("seconds", "text"), [(0.0, "1"), (0.2, "1"), (1.0, "1"), (1.01, "2")])
 def test_retry_after_is_whole_seconds_rounded_up_at_least_one(seconds: float, text: str) -> None:
     assert retry_after(seconds) == ("Retry-After", text)
+
+
+def _spelled_out(
+    policies: tuple[tuple[str, int, int], ...], counts: list[tuple[int, float]]
+) -> tuple[tuple[tuple[str, str], ...], int]:
+    """The fields as the draft defines them, formatted from scratch for each request."""
+    rests = [
+        max(quota - count, 0) for (_, quota, _), (count, _) in zip(policies, counts, strict=True)
+    ]
+    tightest = min(range(len(policies)), key=lambda i: (rests[i], -counts[i][1]))
+    over = [
+        i
+        for i, ((_, quota, _), (count, _)) in enumerate(zip(policies, counts, strict=True))
+        if count > quota
+    ]
+    exceeded = max(over, key=lambda i: (counts[i][1], -i)) if over else -1
+    policy = ", ".join(f'"{name}";q={quota};w={window}' for name, quota, window in policies)
+    name = policies[tightest][0]
+    state = f'"{name}";r={rests[tightest]};t={reset_seconds(counts[tightest][1])}'
+    return (("RateLimit-Policy", policy), ("RateLimit", state)), exceeded
+
+
+def test_the_fields_formatted_from_parts_kept_per_policy_set_match_fresh_formatting() -> None:
+    names = ("credential", "user", "team", "service")
+    chance = random.Random(9)
+    for _ in range(2000):
+        size = chance.randint(1, 4)
+        policies = tuple(
+            (names[i], chance.choice((1, 2, 10, 10**9)), chance.choice((1, 60, 3600)))
+            for i in range(size)
+        )
+        kept = PolicySet(policies)
+        # The same set again and again, as the limiter keeps it, across windows that reset.
+        for _ in range(5):
+            counts = [
+                (chance.randint(1, quota + 2), chance.choice((0.0, 0.2, 1.0, 59.5, 3600.0)))
+                for _, quota, _ in policies
+            ]
+            assert rate_limit_headers(kept, counts) == _spelled_out(policies, counts)
