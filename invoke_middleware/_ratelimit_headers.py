@@ -75,9 +75,7 @@ def rate_limit_headers(
         if remaining < 0 or rest < remaining or (rest == remaining and left > reset):
             tightest, remaining, reset = index, rest, left
         index += 1  # noqa: SIM113 - enumerate() costs a tuple per policy
-    # reset_seconds(), inline: the call would cost more than the rounding.
-    seconds = math.ceil(reset)
-    state = f"{policies.states[tightest]}{remaining};t={seconds if seconds > 0 else 1}"
+    state = f"{policies.states[tightest]}{remaining};t={reset_seconds(reset)}"
     return (policies.field, (STATE_HEADER, state)), exceeded
 
 

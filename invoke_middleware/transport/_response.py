@@ -22,7 +22,7 @@ import re
 from typing import Final
 
 from ..errors import UpstreamError
-from ..headers import CONTENT_LENGTH_PATTERN, TCHARS, Headers
+from ..headers import CONTENT_LENGTH_PATTERN, TCHARS, Headers, connection_tokens
 
 #: The blank line that ends a head; RFC 9112 §2.2 lets a recipient take a bare LF for CRLF.
 HEAD_END: Final = re.compile(rb"\r?\n\r?\n")
@@ -80,14 +80,11 @@ def parse_head(head: bytes, method: str) -> ResponseHead:
         raise UpstreamError("The service's response is not HTTP/1.x.")
     minor, code, reason = status_line.groups()
     status = int(code)
-    fields, lengths, codings, connection = _parse_fields(lines)
+    fields, lengths, codings = _parse_fields(lines)
 
     keep_alive_default = minor != b"0"  # HTTP/1.0 closes unless asked not to (RFC 9112 §9.3)
-    if connection:
-        tokens = {t.strip().lower() for value in connection for t in value.split(",")}
-        will_close = "close" in tokens if keep_alive_default else "keep-alive" not in tokens
-    else:
-        will_close = not keep_alive_default
+    tokens = connection_tokens(fields)
+    will_close = "close" in tokens if keep_alive_default else "keep-alive" not in tokens
     length: int | None = None
     chunked = False
     if codings:
@@ -120,15 +117,14 @@ def parse_head(head: bytes, method: str) -> ResponseHead:
 
 def _parse_fields(
     lines: list[bytes],
-) -> tuple[Headers, list[str], list[str], list[str]]:
-    """The fields of ``lines[1:]``, and the values of the three that frame the body:
-    ``Content-Length``, ``Transfer-Encoding`` and ``Connection``."""
+) -> tuple[Headers, list[str], list[str]]:
+    """The fields of ``lines[1:]``, and the values of the two that frame the body:
+    ``Content-Length`` and ``Transfer-Encoding``."""
     if len(lines) > MAX_FIELDS + 1:
         raise UpstreamError("The service's response has too many header fields.")
     fields: list[tuple[str, str]] = []
     lengths: list[str] = []
     codings: list[str] = []
-    connection: list[str] = []
     for index in range(1, len(lines)):
         line = lines[index]
         if len(line) > MAX_LINE:
@@ -155,9 +151,7 @@ def _parse_fields(
             lengths.append(value)
         elif size == 17 and name.lower() == "transfer-encoding":
             codings.append(value)
-        elif size == 10 and name.lower() == "connection":
-            connection.append(value)
-    return Headers(fields), lengths, codings, connection
+    return Headers(fields), lengths, codings
 
 
 def _field_value(raw: bytes) -> str:
