@@ -186,7 +186,7 @@ def parse_envelope(
             raise PayloadTooLargeError(
                 f"The decoded body_base64 is larger than {max_body_bytes} bytes."
             )
-    problems = _first_problems(document)
+    problems = [] if _plainly_valid(document, raw) else _first_problems(document)
     encoded = document.get("body_base64", "") if isinstance(document, dict) else ""
     body = b""
     if (
@@ -250,14 +250,15 @@ class _DuplicateKeysObject(dict[str, Any]):
 
 
 def _object_from_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj  # no name repeated: the common case, built in C
+    seen: set[str] = set()
     duplicates: list[str] = []
-    for key, value in pairs:
-        if key in obj:
+    for key, _ in pairs:
+        if key in seen:
             duplicates.append(key)
-        obj[key] = value
-    if not duplicates:
-        return obj
+        seen.add(key)
     marked = _DuplicateKeysObject(obj)
     marked.duplicates = tuple(duplicates)
     return marked
@@ -312,7 +313,10 @@ def check_json_structure(raw: bytes, *, limit: int, string_bytes: int, what: str
     """
     start, end = _body_span(raw)
     segments = ((0, start), (end, len(raw)))
-    count = sum(raw.count(s, first, last) for s in _SEPARATORS for first, last in segments)
+    count = 0
+    for first, last in segments:
+        for separator in _SEPARATORS:
+            count += raw.count(separator, first, last)
     if count <= limit:
         return
     if (
@@ -657,6 +661,22 @@ def _explain(error: ValidationError) -> Iterator[ErrorDetail]:
 
 def _detail(path: Iterable[str | int], message: str) -> ErrorDetail:
     return ErrorDetail(pointer=_pointer(path), message=message)
+
+
+def _plainly_valid(document: Any, raw: bytes) -> bool:
+    """Whether ``document`` (parsed from ``raw``) is certainly free of problems, without
+    walking it: the common case of a valid envelope, told in a few steps.
+
+    Text that is ASCII and has no ``\\u`` escape decodes to ASCII strings only, so none holds
+    an unpaired surrogate or a character beyond Latin-1. A document that conforms to the
+    schema holds objects at two places only, itself and its ``headers``; when neither had a
+    repeated name, both are plain dicts (:func:`_object_from_pairs` marks the others). Any
+    other envelope is examined whole by :func:`_first_problems`.
+    """
+    if not raw.isascii() or b"\\u" in raw or type(document) is not dict:
+        return False
+    headers = document.get("headers")
+    return (headers is None or type(headers) is dict) and _conforms(document)
 
 
 def _first_problems(document: Any) -> list[ErrorDetail]:

@@ -1,16 +1,26 @@
-"""The envelope's fast conformance check never accepts what the bundled JSON Schema refuses.
+"""The envelope's fast checks never accept what the full ones refuse.
 
-``parse_envelope`` skips jsonschema when the hand-written check says a document conforms; this
-holds that check to the schema over generated documents, near-misses included."""
+``parse_envelope`` skips jsonschema when the hand-written check says a document conforms, and
+skips the walk for repeated names, unpaired surrogates and unsendable header values when the
+text says there can be none; this holds both to the full checks over generated documents and
+texts, near-misses included."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from invoke_middleware.envelope import REQUEST_VALIDATOR, _conforms
+from invoke_middleware.envelope import (
+    REQUEST_VALIDATOR,
+    _conforms,
+    _decode_json,
+    _first_problems,
+    _plainly_valid,
+)
+from invoke_middleware.errors import InvalidRequestError
 
 JSON_SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5)
@@ -104,3 +114,46 @@ def test_the_common_envelope_takes_the_fast_path() -> None:
             "headers": {"Content-Type": "application/json", "Accept": ["a/b", "c/d"]},
         }
     )
+
+
+#: Edits of an envelope's JSON text that make it wrong in ways the schema cannot see.
+TWISTS = {
+    "none": lambda text: text,
+    "repeated field": lambda text: text.replace("{", '{"method": "GET", ', 1),
+    "repeated header": lambda text: text.replace(
+        '"headers": {', '"headers": {"X-B": "v", "X-B": "v", ', 1
+    ).replace(", }", "}"),
+    "unpaired surrogate": lambda text: text.replace('"path": "/', '"path": "/\\ud800', 1),
+    "escaped ascii": lambda text: text.replace('"path": "/', '"path": "/\\u0061', 1),
+    "beyond latin-1": lambda text: text.replace('"X-A": "v"', '"X-A": "\u2603"', 1),
+}
+
+
+@settings(max_examples=3000, deadline=None)
+@given(documents(), st.booleans(), st.sampled_from(sorted(TWISTS)))
+def test_an_envelope_found_plainly_valid_has_no_problems(
+    document: Any, ascii_only: bool, twist: str
+) -> None:
+    raw = TWISTS[twist](json.dumps(document, ensure_ascii=ascii_only)).encode()
+    try:
+        parsed = _decode_json(raw)
+    except InvalidRequestError:
+        assume(False)  # not JSON (an infinite float)
+    if _plainly_valid(parsed, raw):
+        assert _first_problems(parsed) == [], raw
+
+
+def test_the_common_envelope_is_plainly_valid() -> None:
+    raw = (
+        b'{"method": "POST", "path": "/predict", "body_base64": "eyJ4IjoxfQ==",'
+        b' "headers": {"Content-Type": "application/json", "Accept": ["a/b", "c/d"]}}'
+    )
+    assert _plainly_valid(_decode_json(raw), raw)
+
+
+def test_what_the_text_cannot_rule_out_is_examined_whole() -> None:
+    common = '{"method": "GET", "path": "/a", "headers": {"X-A": "v"}}'
+    for twist in ("repeated field", "repeated header", "unpaired surrogate", "beyond latin-1"):
+        raw = TWISTS[twist](common).encode()
+        assert not _plainly_valid(_decode_json(raw), raw), twist
+        assert _first_problems(_decode_json(raw)), twist
