@@ -12,7 +12,11 @@ that builds :class:`InvokeMiddleware` the way ``bench/apps.py`` does (one deploy
 application, one kept-alive connection to the upstream:
 
 - **catch_all**: ``GET /r/containers/bench/hello``;
-- **invoke**: ``POST /r/invoke/bench`` with the envelope ``{"method": "GET", "path": "/hello"}``.
+- **invoke**: ``POST /r/invoke/bench`` with the envelope ``{"method": "GET", "path": "/hello"}``;
+- **limited**: the catch-all through a second gateway with the in-memory limiter of
+  ``bench/bench_limits.py`` (a per-team concurrency cap, a per-credential and a per-team rate,
+  none of which refuses): its difference from **catch_all** is the limiter's whole cost,
+  the ``RateLimit`` fields included.
 
 The environ is what gunicorn builds for a small request from curl (its ``RAW_URI``, ``wsgi.*``
 keys and four header fields). Each round runs ``--requests`` requests of one route in one
@@ -47,7 +51,9 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-ROUTES = ("catch_all", "invoke", "harness")
+ROUTES = ("catch_all", "invoke", "limited", "harness")
+#: The routes through the gateway (``harness`` answers by itself).
+GATEWAY_ROUTES = ROUTES[:3]
 EXPECTED_BODY = b"hello, world\n"
 TEAM = uuid.UUID("0b0b0b0b-0000-4000-8000-00000000be4c")
 ENVELOPE = json.dumps({"method": "GET", "path": "/hello"}).encode()
@@ -106,6 +112,9 @@ def build(upstream_url: str) -> tuple[Callable[[str], None], Callable[[], None]]
         CredentialKind,
         InMemoryServiceRegistry,
         InvokeMiddleware,
+        Limiter,
+        LimitSettings,
+        Rate,
         Service,
         ServiceStatus,
         ServiceType,
@@ -129,12 +138,18 @@ def build(upstream_url: str) -> tuple[Callable[[str], None], Callable[[], None]]
     )
     gateway = InvokeMiddleware(host, registry=registry)
     key = gateway.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+    never = Rate(amount=10**9, window=3600)  # as bench/apps.py's bench_limiter
+    settings = LimitSettings(team_max_in_flight=64, credential_rate=never, team_rate=never)
+    limited = InvokeMiddleware(
+        host, registry=registry, credentials=gateway.credentials, limiter=Limiter(settings)
+    )
     expected = {
         "catch_all": lambda data: data == EXPECTED_BODY,
         "invoke": lambda data: json.loads(data)["status_code"] == 200,
+        "limited": lambda data: data == EXPECTED_BODY,
         "harness": lambda data: data == EXPECTED_BODY,
     }
-    apps = {"catch_all": gateway, "invoke": gateway, "harness": host}
+    apps = {"catch_all": gateway, "invoke": gateway, "limited": limited, "harness": host}
     environs = {route: environ_for(route, key) for route in ROUTES}
 
     def one(route: str) -> None:
@@ -149,7 +164,11 @@ def build(upstream_url: str) -> tuple[Callable[[str], None], Callable[[], None]]
         if not statuses[0].startswith("200") or not expected[route](data):
             raise RuntimeError(f"{route} answered {statuses[0]} {data[:200]!r}")
 
-    return one, gateway.close
+    def close() -> None:
+        gateway.close()
+        limited.close()
+
+    return one, close
 
 
 def child(upstream_url: str) -> None:
@@ -273,7 +292,7 @@ def main() -> None:
     parser.add_argument(
         "--compare-tree", type=Path, action="append", default=[], help="another source tree"
     )
-    parser.add_argument("--top", choices=ROUTES[:2], help="print a cProfile listing instead")
+    parser.add_argument("--top", choices=GATEWAY_ROUTES, help="print a cProfile listing instead")
     parser.add_argument(
         "--instructions",
         action="store_true",
@@ -299,7 +318,7 @@ def main() -> None:
         with harness.upstream() as url, tempfile.TemporaryDirectory() as scratch:
             print("| tree | route | instructions/req |\n|---|---|---:|")
             for label, tree in trees:
-                for route in ROUTES[:2]:
+                for route in GATEWAY_ROUTES:
                     counted = instructions(tree, url, route, Path(scratch))
                     print(f"| {label} | {route} | {counted:,.0f} |", flush=True)
         return
