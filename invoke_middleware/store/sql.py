@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,6 +45,7 @@ from invoke_middleware.limits import Rate, ServiceLimits, TeamLimits
 from invoke_middleware.registry import Service, ServiceStatus, ServiceType, is_valid_slug
 from invoke_middleware.store import _schema
 from invoke_middleware.store._cache import TTLCache
+from invoke_middleware.store._driver import DriverSelect
 from invoke_middleware.transport.base import Timeouts
 
 __all__ = [
@@ -492,10 +493,12 @@ class SQLCredentialStore:
     def __init__(self, engine: Engine, *, now: Callable[[], dt.datetime] = _utc_now) -> None:
         self._engine = engine
         self._now = now
+        # Run on every request that carries a key: on the driver's cursor.
+        self._by_prefix = DriverSelect(engine, _CREDENTIALS_BY_PREFIX)
 
     def find_by_prefix(self, prefix: str) -> Sequence[CredentialRecord]:
         """Every record whose prefix is ``prefix`` (normally zero or one)."""
-        return self._select(_CREDENTIALS_BY_PREFIX, {"prefix": prefix})
+        return [_credential_from_row(row) for row in self._by_prefix.rows({"prefix": prefix})]
 
     def get(self, credential_id: uuid.UUID) -> CredentialRecord | None:
         """The credential ``credential_id``, or ``None``."""
@@ -596,7 +599,7 @@ class SQLCredentialStore:
             return [_credential_from_row(row) for row in rows]
 
 
-def _credential_from_row(row: sa.RowMapping) -> CredentialRecord:
+def _credential_from_row(row: Mapping[Any, Any]) -> CredentialRecord:
     return CredentialRecord(
         id=row["id"],
         # The column holds the key prefix ("sk-"), which CredentialKind reads back.
@@ -624,13 +627,13 @@ class SQLMembershipStore:
         # Both supported dialects spell an upsert the same way, from their own insert().
         dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
         self._insert = dialect.insert
+        # Run on every request with a device key: on the driver's cursor.
+        self._role = DriverSelect(engine, _ROLE)
 
     def role_of(self, team_id: uuid.UUID, user_id: str) -> Role | None:
         """The role of ``user_id`` in ``team_id``, or ``None`` when not a member."""
-        with self._engine.connect() as connection:
-            parameters = {"team_id": team_id, "user_id": user_id}
-            role = connection.execute(_ROLE, parameters).scalar_one_or_none()
-        return None if role is None else Role(role)
+        rows = self._role.rows({"team_id": team_id, "user_id": user_id})
+        return Role(rows[0]["role"]) if rows else None
 
     def set_role(self, team_id: uuid.UUID, user_id: str, role: Role) -> None:
         """Make ``user_id`` a member of ``team_id`` with ``role``, or change their role."""
