@@ -16,7 +16,10 @@ application, one kept-alive connection to the upstream:
 - **limited**: the catch-all through a second gateway with the in-memory limiter of
   ``bench/bench_limits.py`` (a per-team concurrency cap, a per-credential and a per-team rate,
   none of which refuses): its difference from **catch_all** is the limiter's whole cost,
-  the ``RateLimit`` fields included.
+  the ``RateLimit`` fields included;
+- **standalone**: the catch-all through the standalone gateway as ``invoke-middleware serve``
+  builds it (``init`` in a scratch directory: the SQLite store, its ``sk-`` key, the access
+  log written per request, here to ``/dev/null``, and the fair-share limits of 8 threads).
 
 The environ is what gunicorn builds for a small request from curl (its ``RAW_URI``, ``wsgi.*``
 keys and four header fields). Each round runs ``--requests`` requests of one route in one
@@ -35,6 +38,7 @@ import argparse
 import cProfile
 import io
 import json
+import logging
 import os
 import platform
 import pstats
@@ -51,9 +55,9 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-ROUTES = ("catch_all", "invoke", "limited", "harness")
+ROUTES = ("catch_all", "invoke", "limited", "standalone", "harness")
 #: The routes through the gateway (``harness`` answers by itself).
-GATEWAY_ROUTES = ROUTES[:3]
+GATEWAY_ROUTES = ROUTES[:4]
 EXPECTED_BODY = b"hello, world\n"
 TEAM = uuid.UUID("0b0b0b0b-0000-4000-8000-00000000be4c")
 ENVELOPE = json.dumps({"method": "GET", "path": "/hello"}).encode()
@@ -143,14 +147,25 @@ def build(upstream_url: str) -> tuple[Callable[[str], None], Callable[[], None]]
     limited = InvokeMiddleware(
         host, registry=registry, credentials=gateway.credentials, limiter=Limiter(settings)
     )
+    standalone, standalone_key, close_standalone = build_standalone(upstream_url)
     expected = {
         "catch_all": lambda data: data == EXPECTED_BODY,
         "invoke": lambda data: json.loads(data)["status_code"] == 200,
         "limited": lambda data: data == EXPECTED_BODY,
+        "standalone": lambda data: data == EXPECTED_BODY,
         "harness": lambda data: data == EXPECTED_BODY,
     }
-    apps = {"catch_all": gateway, "invoke": gateway, "limited": limited, "harness": host}
-    environs = {route: environ_for(route, key) for route in ROUTES}
+    apps = {
+        "catch_all": gateway,
+        "invoke": gateway,
+        "limited": limited,
+        "standalone": standalone,
+        "harness": host,
+    }
+    environs = {
+        route: environ_for(route, standalone_key if route == "standalone" else key)
+        for route in ROUTES
+    }
 
     def one(route: str) -> None:
         statuses: list[str] = []
@@ -167,8 +182,37 @@ def build(upstream_url: str) -> tuple[Callable[[str], None], Callable[[], None]]
     def close() -> None:
         gateway.close()
         limited.close()
+        close_standalone()
 
     return one, close
+
+
+def build_standalone(upstream_url: str) -> tuple[Any, str, Callable[[], None]]:
+    """The standalone gateway of ``invoke-middleware serve`` on a store made by its CLI in a
+    scratch directory, logging as ``serve`` does (a line per request, to ``/dev/null``): its
+    WSGI application, its ``sk-`` key and a function that closes both."""
+    import harness  # noqa: PLC0415 - the CLI runs with this child's PYTHONPATH (its tree)
+
+    from invoke_middleware._server import configure_logging  # noqa: PLC0415
+    from invoke_middleware._toml_config import load_config  # noqa: PLC0415
+    from invoke_middleware.standalone import build_standalone_app  # noqa: PLC0415
+
+    scratch = tempfile.TemporaryDirectory()
+    directory = Path(scratch.name)
+    key = harness.standalone_gateway(directory, upstream_url)
+    app = build_standalone_app(load_config(directory / "invoke-middleware.toml"), threads=8)
+    configure_logging()
+    sink = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sink)
+
+    def close() -> None:
+        app.close()
+        sink.close()
+        scratch.cleanup()
+
+    return app.wsgi, key, close
 
 
 def child(upstream_url: str) -> None:
