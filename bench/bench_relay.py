@@ -16,7 +16,10 @@ envelope of a GET without a body). Then, in interleaved rounds, its sections:
 - ``streaming``: one ``--stream-mib`` download and one upload through the catch-all and
   through the proxy, by a client that never holds the body: MiB/s, time to the first byte
   (download) or to the answer after the last byte (upload), and the growth of the gateway
-  process's resident memory (peak sampled during the transfer, minus before);
+  process's resident memory (peak sampled during the transfer, minus before); and the same
+  transfers straight to ``upstream.py`` (**direct**), the most any relay could reach. A
+  server that reads a whole request body before calling the app (waitress) adds its own
+  reading to the upstream's: the report gives the upload rate no app under it can pass;
 - ``sse``: server-sent events through the catch-all, each stamped by the upstream when
   written: how late each arrives, against the same stream read from the upstream directly;
 - ``standalone``: ``invoke-middleware serve`` (gunicorn engine) with 1 process and with one
@@ -109,6 +112,11 @@ STREAMED = ("catch-all", "proxy")
 DIRECTIONS = ("download", "upload")
 #: The service (and proxy route) of downloads, uploads and events: ``upstream.py``.
 STREAM_PREFIX = "/r/containers/stream"
+#: The streaming rows of the transfers sent to ``upstream.py`` without a gateway.
+DIRECT = "direct"
+#: Servers that read the whole request body (into memory or a file) before the app runs:
+#: an upload through them ends no sooner than that reading plus the upstream's own.
+SPOOLING_SERVERS = frozenset({"waitress"})
 BLOCK = 256 * 1024
 
 
@@ -229,8 +237,11 @@ def _describe(result: Round) -> str:
 # -- streaming clients -------------------------------------------------------------------------
 
 
-def download(port: int, key: str, size: int, processes: list[psutil.Process]) -> Transfer:
-    """GET ``size`` bytes through the gateway, read into one reused buffer."""
+def download(
+    port: int, key: str, size: int, processes: list[psutil.Process], prefix: str = STREAM_PREFIX
+) -> Transfer:
+    """GET ``size`` bytes through the gateway (``prefix``: the route to the stream upstream;
+    empty to ask it directly), read into one reused buffer."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     buffer = memoryview(bytearray(BLOCK))
     try:
@@ -238,7 +249,7 @@ def download(port: int, key: str, size: int, processes: list[psutil.Process]) ->
             started = time.perf_counter()
             connection.request(
                 "GET",
-                f"{STREAM_PREFIX}/download?bytes={size}",
+                f"{prefix}/download?bytes={size}",
                 headers={"Authorization": f"Bearer {key}"},
             )
             response = connection.getresponse()
@@ -260,15 +271,18 @@ def download(port: int, key: str, size: int, processes: list[psutil.Process]) ->
     )
 
 
-def upload(port: int, key: str, size: int, processes: list[psutil.Process]) -> Transfer:
-    """POST ``size`` bytes (``Content-Length``) through the gateway, one block sent again and
-    again; the upstream answers how many it received."""
+def upload(
+    port: int, key: str, size: int, processes: list[psutil.Process], prefix: str = STREAM_PREFIX
+) -> Transfer:
+    """POST ``size`` bytes (``Content-Length``) through the gateway (``prefix`` as for
+    :func:`download`), one block sent again and again; the upstream answers how many it
+    received."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     block = memoryview(bytes(BLOCK))
     try:
         with PeakRSS(processes) as memory:
             started = time.perf_counter()
-            connection.putrequest("POST", f"{STREAM_PREFIX}/upload")
+            connection.putrequest("POST", f"{prefix}/upload")
             connection.putheader("Authorization", f"Bearer {key}")
             connection.putheader("Content-Type", "application/octet-stream")
             connection.putheader("Content-Length", str(size))
@@ -392,6 +406,7 @@ def run_streaming(
     args: argparse.Namespace,
     served: dict[tuple[str, str], Served],
     keys: dict[str, str],
+    stream_upstream: Served,
     results: Results,
 ) -> None:
     size = args.stream_mib * MiB
@@ -408,11 +423,20 @@ def run_streaming(
                     gateway = served[server, GATEWAYS[name][0]]
                     result = transfer(gateway.port, keys[server], size, gateway.processes)
                     results.streaming.setdefault((server, direction, name), []).append(result)
-                    _progress(
-                        f"round {index + 1} {server} {direction:8} {name:9} "
-                        f"{result.mib_s:7.1f} MiB/s  wait {result.wait_ms:7.2f} ms  "
-                        f"RSS +{result.rss_growth_mib:6.2f} MiB"
-                    )
+                    _progress(_describe_transfer(index, server, direction, name, result))
+        # The upstream alone, in the same round: what no relay can be faster than.
+        for direction, transfer in transfers.items():
+            port, processes = stream_upstream.port, stream_upstream.processes
+            result = transfer(port, "", size, processes, prefix="")
+            results.streaming.setdefault((DIRECT, direction, DIRECT), []).append(result)
+            _progress(_describe_transfer(index, DIRECT, direction, DIRECT, result))
+
+
+def _describe_transfer(index: int, server: str, direction: str, name: str, t: Transfer) -> str:
+    return (
+        f"round {index + 1} {server} {direction:8} {name:9} {t.mib_s:7.1f} MiB/s"
+        f"  wait {t.wait_ms:7.2f} ms  RSS +{t.rss_growth_mib:6.2f} MiB"
+    )
 
 
 def run_sse(
@@ -498,7 +522,8 @@ def run(args: argparse.Namespace) -> Results:
     with tempfile.TemporaryDirectory() as directory:
         scratch = Path(directory)
         with ExitStack() as stack:
-            stream_url, upstream = stack.enter_context(python_upstream())
+            stream_url, stream_process = stack.enter_context(python_upstream())
+            upstream = stream_process
             upstream_url = stream_url
             if args.upstream == "nginx":
                 upstream_url, upstream = stack.enter_context(nginx_upstream(scratch / "nginx"))
@@ -507,7 +532,8 @@ def run(args: argparse.Namespace) -> Results:
                 if "gateways" in args.only:
                     run_gateways(args, served, keys, upstream, results)
                 if "streaming" in args.only:
-                    run_streaming(args, served, keys, results)
+                    direct = Served(urlsplit(stream_url).port or 80, [stream_process])
+                    run_streaming(args, served, keys, direct, results)
                 if "sse" in args.only:
                     run_sse(args, served, keys, urlsplit(stream_url).port or 80, results)
             if "standalone" in args.only:
@@ -689,7 +715,9 @@ def _streaming_table(args: argparse.Namespace, results: Results) -> list[str]:
         "*wait*: for a download, from sending the request to the first body byte; for an"
         " upload, from the last byte sent to the whole answer. *RSS growth*: the gateway"
         " process's resident memory, peak sampled every 5 ms during the transfer minus before"
-        " it (for gunicorn, the worker that grew most); median and worst round.",
+        " it (for gunicorn, the worker that grew most); median and worst round. *direct*: the"
+        " same transfers to `upstream.py` without a gateway (its RSS growth is the"
+        " upstream's).",
         "",
         "| server | direction | gateway | MiB/s | wait ms | RSS growth MiB | worst |",
         "|---|---|---|---:|---:|---:|---:|",
@@ -781,6 +809,9 @@ def _ratios(args: argparse.Namespace, results: Results) -> list[str]:
             if mine and theirs:
                 ratio = _median([a.mib_s / b.mib_s for a, b in zip(mine, theirs, strict=True)])
                 lines.append(f"- {server}, {direction}: MiB/s catch-all / proxy **{ratio:.2f}**")
+                direct = results.streaming.get((DIRECT, direction, DIRECT))
+                if direction == "upload" and server in SPOOLING_SERVERS and direct:
+                    lines.append(_spooled_bound(args, server, mine, theirs, direct))
     for connections in args.connections:
         one = results.standalone.get((connections, 1))
         many = results.standalone.get((connections, args.standalone_workers))
@@ -792,6 +823,28 @@ def _ratios(args: argparse.Namespace, results: Results) -> list[str]:
                 f" processes / 1 **{ratio:.2f}**, CPU per request {cpu:.2f}"
             )
     return [*lines, ""]
+
+
+def _spooled_bound(
+    args: argparse.Namespace,
+    server: str,
+    mine: list[Transfer],
+    theirs: list[Transfer],
+    direct: list[Transfer],
+) -> str:
+    """The upload rate no app can pass under a server that reads the whole body first: the
+    server's reading (the client's sending, before it waits) plus the upstream's own."""
+    mib = float(args.stream_mib)
+    reading = [mib / t.mib_s - t.wait_ms / 1e3 for t in mine]
+    receiving = [mib / t.mib_s for t in direct]
+    bounds = [mib / (r + u) for r, u in zip(reading, receiving, strict=True)]
+    over_proxy = [bound / t.mib_s for bound, t in zip(bounds, theirs, strict=True)]
+    return (
+        f"  - no app under {server} can upload faster than **{_median(bounds):.0f} MiB/s**"
+        f" here: {server} reads the body for {_median(reading) * 1e3:.0f} ms before the app"
+        f" runs, and `upstream.py` alone takes {_median(receiving) * 1e3:.0f} ms to receive"
+        f" it (*direct*); that bound is {_median(over_proxy):.2f}x the proxy's MiB/s"
+    )
 
 
 def _every_round(results: Results) -> list[str]:
