@@ -60,6 +60,7 @@ ROUTES = ("catch_all", "invoke", "limited", "standalone", "harness")
 GATEWAY_ROUTES = ROUTES[:4]
 EXPECTED_BODY = b"hello, world\n"
 TEAM = uuid.UUID("0b0b0b0b-0000-4000-8000-00000000be4c")
+SERVICE = uuid.UUID("0c0c0c0c-0000-4000-8000-00000000be4c")
 ENVELOPE = json.dumps({"method": "GET", "path": "/hello"}).encode()
 
 
@@ -131,7 +132,7 @@ def build(upstream_url: str) -> tuple[Callable[[str], None], Callable[[], None]]
     registry = InMemoryServiceRegistry()
     registry.add(
         Service(
-            id=uuid.uuid4(),
+            id=SERVICE,
             team_id=TEAM,
             slug="bench",
             display_name="Bench",
@@ -270,7 +271,11 @@ def count(upstream_url: str, route: str, requests: int) -> None:
 
 def instructions(tree: Path, upstream_url: str, route: str, scratch: Path) -> float:
     """Instructions per request of ``route`` with ``tree``'s package (callgrind): the run of
-    600 requests less the run of 100, divided by 500, so start-up and warm-up cancel out."""
+    600 requests less the run of 100, divided by 500, so start-up and warm-up cancel out.
+
+    The child's string hashes are fixed (``PYTHONHASHSEED``), like the service's and team's
+    ids: with random ones, dicts and sets lay out differently in every run, and the count of
+    one route moved by some 10,000 instructions between runs of the same code."""
     import harness  # noqa: PLC0415
 
     totals = []
@@ -288,7 +293,7 @@ def instructions(tree: Path, upstream_url: str, route: str, scratch: Path) -> fl
                 route,
                 str(requests),
             ],
-            env={**os.environ, "PYTHONPATH": str(tree)},
+            env={**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"},
             cwd=tree,
             check=True,
             capture_output=True,

@@ -17,9 +17,9 @@ envelope of a GET without a body). Then, in interleaved rounds, its sections:
   through the proxy, by a client that never holds the body: MiB/s, time to the first byte
   (download) or to the answer after the last byte (upload), and the growth of the gateway
   process's resident memory (peak sampled during the transfer, minus before); and the same
-  transfers straight to ``upstream.py`` (**direct**), the most any relay could reach. A
-  server that reads a whole request body before calling the app (waitress) adds its own
-  reading to the upstream's: the report gives the upload rate no app under it can pass;
+  transfers straight to ``upstream.py`` (**direct**). Under a server that reads a whole
+  request body before calling the app (waitress), the report splits an upload's time into
+  that reading, the same for any app, and the relay after it;
 - ``sse``: server-sent events through the catch-all, each stamped by the upstream when
   written: how late each arrives, against the same stream read from the upstream directly;
 - ``standalone``: ``invoke-middleware serve`` (gunicorn engine) with 1 process and with one
@@ -811,7 +811,7 @@ def _ratios(args: argparse.Namespace, results: Results) -> list[str]:
                 lines.append(f"- {server}, {direction}: MiB/s catch-all / proxy **{ratio:.2f}**")
                 direct = results.streaming.get((DIRECT, direction, DIRECT))
                 if direction == "upload" and server in SPOOLING_SERVERS and direct:
-                    lines.append(_spooled_bound(args, server, mine, theirs, direct))
+                    lines.append(_spooled_upload(args, server, mine, theirs, direct))
     for connections in args.connections:
         one = results.standalone.get((connections, 1))
         many = results.standalone.get((connections, args.standalone_workers))
@@ -825,25 +825,34 @@ def _ratios(args: argparse.Namespace, results: Results) -> list[str]:
     return [*lines, ""]
 
 
-def _spooled_bound(
+def _spooled_upload(
     args: argparse.Namespace,
     server: str,
     mine: list[Transfer],
     theirs: list[Transfer],
     direct: list[Transfer],
 ) -> str:
-    """The upload rate no app can pass under a server that reads the whole body first: the
-    server's reading (the client's sending, before it waits) plus the upstream's own."""
+    """Where an upload's time goes under a server that reads the whole body before the app
+    runs, and how short the relay would have to be for the catch-all to reach 1.5x the
+    proxy: the server's reading (the client's sending, before it waits) is the same for any
+    app; only the rest (*wait*) is the app's, and the upstream's receiving is part of it."""
     mib = float(args.stream_mib)
-    reading = [mib / t.mib_s - t.wait_ms / 1e3 for t in mine]
-    receiving = [mib / t.mib_s for t in direct]
-    bounds = [mib / (r + u) for r, u in zip(reading, receiving, strict=True)]
-    over_proxy = [bound / t.mib_s for bound, t in zip(bounds, theirs, strict=True)]
+    reading = _median([mib / t.mib_s - t.wait_ms / 1e3 for t in mine])
+    # 1.5x the proxy's MiB/s is the proxy's time / 1.5; the reading is spent before the app.
+    needed = _median([mib / t.mib_s / 1.5 for t in theirs]) - reading
+    relay_time = _median([t.wait_ms for t in mine])
+    proxy_time = _median([t.wait_ms for t in theirs])
+    upstream_time = _median([mib / t.mib_s for t in direct]) * 1e3
+    need = (
+        f"at most {needed * 1e3:.0f} ms ({mib / needed:.0f} MiB/s)"
+        if needed > 0
+        else "less than no time"
+    )
     return (
-        f"  - no app under {server} can upload faster than **{_median(bounds):.0f} MiB/s**"
-        f" here: {server} reads the body for {_median(reading) * 1e3:.0f} ms before the app"
-        f" runs, and `upstream.py` alone takes {_median(receiving) * 1e3:.0f} ms to receive"
-        f" it (*direct*); that bound is {_median(over_proxy):.2f}x the proxy's MiB/s"
+        f"  - under {server} the body is read for {reading * 1e3:.0f} ms before any app runs;"
+        f" relaying it then took {relay_time:.0f} ms (catch-all) and {proxy_time:.0f} ms"
+        f" (proxy), and `upstream.py` took {upstream_time:.0f} ms to receive it straight from"
+        f" the client (*direct*). 1.5x the proxy would need the relay to take {need}"
     )
 
 
