@@ -115,7 +115,10 @@ def _install_filters() -> None:
 _install_filters()
 
 #: Values made only of these characters are written bare; anything else is JSON-quoted.
-_BARE = re.compile(r"[A-Za-z0-9._~/:@+,-]+")
+_BARE_TEXT: Final = r"[A-Za-z0-9._~/:@+,-]+"
+_BARE: Final = re.compile(_BARE_TEXT)
+#: Values joined by spaces, each of them bare: a whole line's told in one match.
+_ALL_BARE: Final = re.compile(rf"{_BARE_TEXT}(?: {_BARE_TEXT})*")
 
 #: The fields of each record, in the order they are written.
 FIELDS = (
@@ -134,10 +137,14 @@ FIELDS = (
 )
 
 
-def _value(value: object) -> str:
+def _text(value: object) -> str:
     if value is None:
         return "-"
-    text = value if isinstance(value, str) else str(value)
+    return value if isinstance(value, str) else str(value)
+
+
+def _value(value: object) -> str:
+    text = _text(value)
     if _BARE.fullmatch(text):
         return text
     # A JSON string: quotes and backslashes escaped, so the value cannot end early and forge
@@ -180,13 +187,8 @@ class RelayLogger:
             "duration_ms": round(event.duration * 1000, 3),
             "error": event.error_code,
         }
-        line = " ".join(f"{name}={_value(fields[name])}" for name in FIELDS)
-        # The attributes too: a handler may format them into a line of its own.
-        for name, value in fields.items():
-            if isinstance(value, str):
-                fields[name] = escape_control(value)
         # "%s" keeps a "%" in a path from being read as a format directive.
-        self.logger.log(self.level, "relay %s", line, extra=fields)
+        self._log("relay %s", fields)
 
     def on_limit(self, event: LimitEvent) -> None:
         """Log a request refused by a limit, or a rate-limit store failure (a limiter hook):
@@ -202,5 +204,27 @@ class RelayLogger:
             "limit": None if event.limit is None else event.limit.value,
             "outcome": event.outcome.value,
         }
-        line = " ".join(f"{name}={_value(value)}" for name, value in fields.items())
-        self.logger.log(self.level, "limit %s", line, extra=fields)
+        self._log("limit %s", fields)
+
+    def _log(self, message: str, fields: dict[str, object]) -> None:
+        """Log ``message`` with the line of ``fields`` (in their order) as its argument, and
+        ``fields`` as the record's attributes, control characters escaped in both."""
+        texts = [_text(value) for value in fields.values()]
+        joined = " ".join(texts)
+        # Every value bare: the spaces are only the ones joining them, and the rest matches.
+        if joined.count(" ") == len(texts) - 1 and _ALL_BARE.fullmatch(joined):
+            # The usual line: nothing to quote, and no control character anywhere.
+            line = " ".join(map("=".join, zip(fields, texts, strict=True)))
+        else:
+            line = " ".join(f"{name}={_value(value)}" for name, value in fields.items())
+            # The attributes too: a handler may format them into a line of its own.
+            for name, value in fields.items():
+                if isinstance(value, str):
+                    fields[name] = escape_control(value)
+        logger = self.logger
+        # What Logger.log() does, but for the walk up the stack to find the caller: every
+        # record here comes from this hook, so its pathname and funcName say so (lineno 0).
+        record = logger.makeRecord(
+            logger.name, self.level, __file__, 0, message, (line,), None, "RelayLogger", fields
+        )
+        logger.handle(record)

@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import invoke_middleware
-from invoke_middleware import PipelineRequest, Principal, RelayFinished, RelayStarted
+from invoke_middleware import PipelineRequest, Principal, RelayFinished, RelayStarted, logging_hook
 from invoke_middleware.auth.principal import CredentialKind
 from invoke_middleware.hooks import call_hooks
+from invoke_middleware.limits import LimitEvent, LimitKind, LimitOutcome
 from invoke_middleware.logging_hook import (
     GATEWAY_LOGGERS,
     ControlCharacterFilter,
@@ -204,3 +207,86 @@ def test_a_gateway_failure_caused_by_a_header_is_logged_on_one_line(
     for record in records:
         assert_safe(record)
     assert any("forged line" in (r.exc_text or "") for r in records)
+
+
+# -- the line of fields: told whole when every value is bare, one by one otherwise ------------
+
+#: Characters of bare values, and the ones that make a value quoted (space, quote, backslash,
+#: "=", controls, non-ASCII).
+_FIELD_CHARACTERS = "aZ09._~/:@+,-" + ' "\\=\n\x00\u2028é'
+
+
+@given(
+    values=st.lists(
+        st.one_of(st.none(), st.integers(-5, 10**6), st.text(_FIELD_CHARACTERS, max_size=6)),
+        min_size=7,
+        max_size=7,
+    )
+)
+def test_a_limit_line_is_written_field_by_field_whatever_its_values(
+    values: list[object],
+) -> None:
+    # on_limit's seven fields, set directly: the line must be what writing each value on its
+    # own gives, and the record's attributes the values with their controls escaped.
+    names = ["request_id", "route", "team", "user", "slug", "limit", "outcome"]
+    records: list[logging.LogRecord] = []
+    logger = logging.getLogger("tests.log_escaping.fields")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        RelayLogger(logger)._log("limit %s", dict(zip(names, values, strict=True)))
+    finally:
+        logger.removeHandler(handler)
+    [record] = records
+    pairs = zip(names, values, strict=True)
+    expected = " ".join(f"{name}={_one_value(value)}" for name, value in pairs)
+    assert record.getMessage() == f"limit {expected}"
+    for name, value in zip(names, values, strict=True):
+        shown = escape_control(value) if isinstance(value, str) else value
+        assert record.__dict__[name] == shown
+
+
+def _one_value(value: object) -> str:
+    """A value as the line writes it: bare when it is made of path characters only."""
+    text = "-" if value is None else str(value)
+    if re.fullmatch(r"[A-Za-z0-9._~/:@+,-]+", text):
+        return text
+    return escape_control(json.dumps(text, ensure_ascii=False))
+
+
+def test_an_access_record_names_the_hook_as_its_origin(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("tests.log_escaping.origin")
+    caplog.set_level(logging.INFO, logger=logger.name)
+    RelayLogger(logger)(_event("/plain"))
+    [record] = caplog.records
+    assert record.pathname == logging_hook.__file__
+    assert record.funcName == "RelayLogger"
+    assert record.module == "logging_hook"
+
+
+def test_a_hostile_user_in_a_limit_record_is_escaped_in_its_attributes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = logging.getLogger("tests.log_escaping.limit")
+    caplog.set_level(logging.INFO, logger=logger.name)
+    event = LimitEvent(
+        request_id="r2",
+        route="catch_all",
+        principal=Principal(kind=CredentialKind.INTEGRATION, team_id=TEAM, user_id=HOSTILE),
+        service=make_service("echo", "http://127.0.0.1:9"),
+        outcome=LimitOutcome.REFUSED,
+        limit=LimitKind.TEAM_IN_FLIGHT,
+    )
+    RelayLogger(logger).on_limit(event)
+    [record] = caplog.records
+    assert_safe(record)
+    attributes: Any = record
+    assert attributes.user == escape_control(HOSTILE)
+    assert attributes.limit == "team_in_flight"
