@@ -115,7 +115,7 @@ STREAM_PREFIX = "/r/containers/stream"
 #: The streaming rows of the transfers sent to ``upstream.py`` without a gateway.
 DIRECT = "direct"
 #: Servers that read the whole request body (into memory or a file) before the app runs:
-#: an upload through them ends no sooner than that reading plus the upstream's own.
+#: the app has an upload's first byte only when the client has sent its last.
 SPOOLING_SERVERS = frozenset({"waitress"})
 BLOCK = 256 * 1024
 
@@ -424,10 +424,9 @@ def run_streaming(
                     result = transfer(gateway.port, keys[server], size, gateway.processes)
                     results.streaming.setdefault((server, direction, name), []).append(result)
                     _progress(_describe_transfer(index, server, direction, name, result))
-        # The upstream alone, in the same round: what no relay can be faster than.
+        # The client and the upstream alone, in the same round, without a gateway.
         for direction, transfer in transfers.items():
-            port, processes = stream_upstream.port, stream_upstream.processes
-            result = transfer(port, "", size, processes, prefix="")
+            result = transfer(stream_upstream.port, "", size, stream_upstream.processes, prefix="")
             results.streaming.setdefault((DIRECT, direction, DIRECT), []).append(result)
             _progress(_describe_transfer(index, DIRECT, direction, DIRECT, result))
 
@@ -523,6 +522,7 @@ def run(args: argparse.Namespace) -> Results:
         scratch = Path(directory)
         with ExitStack() as stack:
             stream_url, stream_process = stack.enter_context(python_upstream())
+            stream_port = urlsplit(stream_url).port or 80
             upstream = stream_process
             upstream_url = stream_url
             if args.upstream == "nginx":
@@ -532,10 +532,10 @@ def run(args: argparse.Namespace) -> Results:
                 if "gateways" in args.only:
                     run_gateways(args, served, keys, upstream, results)
                 if "streaming" in args.only:
-                    direct = Served(urlsplit(stream_url).port or 80, [stream_process])
+                    direct = Served(stream_port, [stream_process])
                     run_streaming(args, served, keys, direct, results)
                 if "sse" in args.only:
-                    run_sse(args, served, keys, urlsplit(stream_url).port or 80, results)
+                    run_sse(args, served, keys, stream_port, results)
             if "standalone" in args.only:
                 run_standalone(args, stack, scratch, upstream_url, upstream, results)
         # The servers have stopped: their logs are complete.
