@@ -7,8 +7,6 @@ body streams through it; psutil cross-checks the resident size after the transfe
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
 
 import psutil
@@ -16,7 +14,7 @@ import pytest
 
 from tests.asgi.server import PREFIX, start_process
 from tests.integration.gateway_process import GatewayProcess
-from tests.integration.sink import SinkUpstream, pattern_blocks, pattern_digest, serve_sink
+from tests.integration.sink import SinkUpstream, pattern_digest, serve_sink
 
 MiB = 1024 * 1024
 SIZE = 100 * MiB
@@ -36,45 +34,9 @@ def sink() -> Iterator[SinkUpstream]:
 def server(sink: SinkUpstream) -> Iterator[GatewayProcess]:
     with start_process(sink.url) as running:
         for _ in range(3):  # import and allocate what a transfer needs before any baseline
-            _upload(running, 256 * 1024, chunked=True)
-            _download(running, 256 * 1024, chunked=False)
+            running.upload(RELAY, 256 * 1024, chunked=True)
+            running.download(RELAY, 256 * 1024, chunked=False)
         yield running
-
-
-def _upload(server: GatewayProcess, size: int, *, chunked: bool) -> dict[str, object]:
-    connection = server.connection()
-    try:
-        framing = {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(size)}
-        connection.request(
-            "PUT",
-            RELAY + "/upload",
-            body=pattern_blocks(size),
-            headers={**server.auth, **framing},
-            encode_chunked=chunked,
-        )
-        response = connection.getresponse()
-        assert response.status == 200
-        answer: dict[str, object] = json.loads(response.read())
-        return answer
-    finally:
-        connection.close()
-
-
-def _download(server: GatewayProcess, size: int, *, chunked: bool) -> tuple[int, str]:
-    connection = server.connection()
-    try:
-        query = f"size={size}" + ("&chunked=1" if chunked else "")
-        connection.request("GET", f"{RELAY}/download?{query}", headers=server.auth)
-        response = connection.getresponse()
-        assert response.status == 200
-        digest = hashlib.sha256()
-        received = 0
-        while piece := response.read(MiB):
-            digest.update(piece)
-            received += len(piece)
-        return received, digest.hexdigest()
-    finally:
-        connection.close()
 
 
 def _growth(server: GatewayProcess, baseline: int) -> int:
@@ -89,7 +51,7 @@ def test_100_mib_upload_reaches_the_upstream_byte_exact_in_bounded_memory(
     server: GatewayProcess, sink: SinkUpstream, chunked: bool
 ) -> None:
     baseline = server.reset_peak()
-    answer = _upload(server, SIZE, chunked=chunked)
+    answer = server.upload(RELAY, SIZE, chunked=chunked)
     growth = _growth(server, baseline)
     assert answer == {"size": SIZE, "sha256": pattern_digest(SIZE)}
     assert sink.uploads[-1].complete
@@ -101,7 +63,7 @@ def test_100_mib_download_reaches_the_client_byte_exact_in_bounded_memory(
     server: GatewayProcess, chunked: bool
 ) -> None:
     baseline = server.reset_peak()
-    received, digest = _download(server, SIZE, chunked=chunked)
+    received, digest = server.download(RELAY, SIZE, chunked=chunked)
     growth = _growth(server, baseline)
     assert (received, digest) == (SIZE, pattern_digest(SIZE))
     assert growth < MEMORY_GROWTH_LIMIT, f"peak grew by {growth / MiB:.1f} MiB"

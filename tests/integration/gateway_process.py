@@ -17,6 +17,7 @@ closes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -37,10 +38,13 @@ from invoke_middleware import (
 from invoke_middleware.config import parse_settings
 from invoke_middleware.limits import Limiter
 from tests.integration.host import host_app
+from tests.integration.sink import pattern_blocks
 from tests.toolkit.world import make_service, wrap
 
 #: Upper bound for any socket wait of a test client, and for the process to start.
 _TIMEOUT = 30.0
+#: What a download reads at a time.
+_PIECE = 1024 * 1024
 _REPO = Path(__file__).resolve().parents[2]
 
 if TYPE_CHECKING:
@@ -163,6 +167,45 @@ class GatewayProcess:
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
+
+    def upload(self, relay: str, size: int, *, chunked: bool) -> dict[str, object]:
+        """PUT ``size`` bytes of the sink's pattern to ``relay + "/upload"``, framed by
+        ``Content-Length`` or chunked; the sink's answer (its size and SHA-256 of the body)."""
+        connection = self.connection()
+        try:
+            framing = {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(size)}
+            connection.request(
+                "PUT",
+                relay + "/upload",
+                body=pattern_blocks(size),
+                headers={**self.auth, **framing},
+                encode_chunked=chunked,
+            )
+            response = connection.getresponse()
+            assert response.status == 200
+            answer: dict[str, object] = json.loads(response.read())
+            return answer
+        finally:
+            connection.close()
+
+    def download(self, relay: str, size: int, *, chunked: bool) -> tuple[int, str]:
+        """GET ``size`` bytes of the sink's pattern from ``relay + "/download"``, hashed as
+        they arrive (the test process never holds the body): bytes received and SHA-256."""
+        connection = self.connection()
+        try:
+            query = f"size={size}" + ("&chunked=1" if chunked else "")
+            connection.request("GET", f"{relay}/download?{query}", headers=self.auth)
+            response = connection.getresponse()
+            assert response.status == 200
+            assert response.getheader("Content-Length") == (None if chunked else str(size))
+            digest = hashlib.sha256()
+            received = 0
+            while piece := response.read(_PIECE):
+                digest.update(piece)
+                received += len(piece)
+            return received, digest.hexdigest()
+        finally:
+            connection.close()
 
     def memory(self, field: str) -> int:
         """``VmRSS`` or ``VmHWM`` of the serving process, in bytes."""

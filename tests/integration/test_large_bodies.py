@@ -10,19 +10,18 @@ counts against the next one as well.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
 
 import pytest
 
 from tests.integration.gateway_process import GatewayProcess, start_gateway_process
-from tests.integration.sink import SinkUpstream, pattern_blocks, pattern_digest, serve_sink
+from tests.integration.sink import SinkUpstream, pattern_digest, serve_sink
 
 MiB = 1024 * 1024
 #: How much the gateway's peak memory may grow while a body passes through it: a few of the
 #: relay's chunks and the server's buffers, whatever the body's size.
 MEMORY_GROWTH_LIMIT = 8 * MiB
+RELAY = "/r/containers/svc"
 SIZES = [pytest.param(MiB, id="1MiB"), pytest.param(100 * MiB, id="100MiB")]
 
 
@@ -49,47 +48,10 @@ def gateway(request: pytest.FixtureRequest, sink: SinkUpstream) -> Iterator[Gate
 def _warm_up(gateway: GatewayProcess) -> None:
     # Import and allocate everything a transfer needs before the baseline is taken.
     for _ in range(3):
-        _upload(gateway, 256 * 1024, chunked=False)
-        _upload(gateway, 256 * 1024, chunked=True)
-        _download(gateway, 256 * 1024, chunked=False)
-        _download(gateway, 256 * 1024, chunked=True)
-
-
-def _upload(gateway: GatewayProcess, size: int, *, chunked: bool) -> dict[str, object]:
-    connection = gateway.connection()
-    try:
-        framing = {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(size)}
-        connection.request(
-            "PUT",
-            "/r/containers/svc/upload",
-            body=pattern_blocks(size),
-            headers={**gateway.auth, **framing},
-            encode_chunked=chunked,
-        )
-        response = connection.getresponse()
-        assert response.status == 200
-        answer: dict[str, object] = json.loads(response.read())
-        return answer
-    finally:
-        connection.close()
-
-
-def _download(gateway: GatewayProcess, size: int, *, chunked: bool) -> tuple[int, str]:
-    connection = gateway.connection()
-    try:
-        query = f"size={size}" + ("&chunked=1" if chunked else "")
-        connection.request("GET", f"/r/containers/svc/download?{query}", headers=gateway.auth)
-        response = connection.getresponse()
-        assert response.status == 200
-        assert response.getheader("Content-Length") == (None if chunked else str(size))
-        digest = hashlib.sha256()
-        received = 0
-        while piece := response.read(MiB):
-            digest.update(piece)
-            received += len(piece)
-        return received, digest.hexdigest()
-    finally:
-        connection.close()
+        gateway.upload(RELAY, 256 * 1024, chunked=False)
+        gateway.upload(RELAY, 256 * 1024, chunked=True)
+        gateway.download(RELAY, 256 * 1024, chunked=False)
+        gateway.download(RELAY, 256 * 1024, chunked=True)
 
 
 FRAMING = [pytest.param(False, id="content-length"), pytest.param(True, id="chunked")]
@@ -101,7 +63,7 @@ def test_upload_reaches_the_upstream_byte_exact_in_bounded_memory(
     gateway: GatewayProcess, sink: SinkUpstream, size: int, chunked: bool
 ) -> None:
     baseline = gateway.reset_peak()
-    answer = _upload(gateway, size, chunked=chunked)
+    answer = gateway.upload(RELAY, size, chunked=chunked)
     growth = gateway.memory("VmHWM") - baseline
     assert answer == {"size": size, "sha256": pattern_digest(size)}
     upload = sink.uploads[-1]
@@ -118,7 +80,7 @@ def test_download_reaches_the_client_byte_exact_in_bounded_memory(
     gateway: GatewayProcess, size: int, chunked: bool
 ) -> None:
     baseline = gateway.reset_peak()
-    received, digest = _download(gateway, size, chunked=chunked)
+    received, digest = gateway.download(RELAY, size, chunked=chunked)
     growth = gateway.memory("VmHWM") - baseline
     assert (received, digest) == (size, pattern_digest(size))
     assert growth < MEMORY_GROWTH_LIMIT, f"peak grew by {growth / MiB:.1f} MiB"
