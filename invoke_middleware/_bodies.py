@@ -77,7 +77,7 @@ class RequestBody:
         self.sent = 0
 
     def __iter__(self) -> Iterator[bytes]:
-        read = self._body.read
+        read = self._read
         if self._length is not None:
             remaining = self._length
             while remaining > 0:
@@ -96,6 +96,15 @@ class RequestBody:
             if self.sent > self._limit:
                 raise PayloadTooLargeError()
             yield chunk
+
+    def _read(self, size: int) -> bytes:
+        try:
+            return self._body.read(size)
+        except Exception as error:
+            # The server's own reader failed: a malformed chunk size, a body cut short, a
+            # client that went away (gunicorn's InvalidChunkSize and NoMoreData, werkzeug's
+            # ClientDisconnected). The caller's fault, not the gateway's: 400, not 500.
+            raise InvalidRequestError("The request body could not be read.") from error
 
 
 def request_body(request: PipelineRequest, limit: int) -> tuple[RequestBody | None, int | None]:
@@ -143,7 +152,10 @@ class RelayBody:
     """The upstream body on its way to the client, chunk by chunk.
 
     A failure mid-stream is re-raised so that the server aborts the connection: a truncated
-    body must never look complete (docs/contract.md §8).
+    body must never look complete (docs/contract.md §8). However the relay ends (the body
+    read to its end, a failure, :meth:`close`, its iterator closed or dropped, or the body
+    itself dropped unclosed), the upstream response is let go of and the end is told once,
+    so a concurrency slot or an upstream connection is never held past the relay.
     """
 
     __slots__ = ("_also", "_done", "_on_end", "_response", "_sent")
@@ -162,6 +174,11 @@ class RelayBody:
             for chunk in self._response:
                 self._sent += len(chunk)
                 yield chunk
+        except GeneratorExit:
+            # The iterator was closed or dropped before the end and nobody called close():
+            # a host's generator that wraps ours and was closed itself. The client went away.
+            self._abandon()
+            raise
         except Exception as error:
             code = as_gateway_error(error).code
             logger.warning("relay aborted mid-stream: %s", code)
@@ -185,6 +202,23 @@ class RelayBody:
                     self._also()
 
     def close(self) -> None:
-        self._response.close()
-        # Closed before the end: the client went away.
-        self._finish("client_closed" if not self._done else None)
+        try:
+            self._response.close()
+        finally:
+            # Closed before the end: the client went away. Told even when the upstream's
+            # close fails, which the server then reports.
+            self._finish("client_closed" if not self._done else None)
+
+    def __del__(self) -> None:
+        # Dropped without being read to its end or closed (a host that discards what it
+        # was given, against PEP 3333): what it holds is let go of all the same.
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """:meth:`close` for a body nobody closed: a failure to close the upstream response
+        is logged, as there is no caller left to raise it to."""
+        if not self._done:
+            try:
+                self.close()
+            except Exception:
+                logger.warning("closing an abandoned relay body failed", exc_info=True)

@@ -498,7 +498,9 @@ class _InFlight:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: a streamed body dropped unclosed gives its slot back when it is collected,
+        # and the collector may run in this very thread, between acquire() and release().
+        self._lock = threading.RLock()
         # Only requests allowed to queue wait on it; release notifies only when one does.
         self._ready = threading.Condition(self._lock)
         self._waiting = 0

@@ -8,6 +8,7 @@ wrong: bodiless statuses, interim (1xx) responses, and requests framed twice.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import socket
 import threading
 from collections.abc import Iterable, Iterator
@@ -17,8 +18,9 @@ import pytest
 
 from invoke_middleware import HTTPTransport, RequestsTransport
 from tests.integration.gateway import CLIENT_TIMEOUT, exchange, serve_gateway
+from tests.integration.gateway_process import GatewayProcess, start_gateway_process
 from tests.toolkit.servers import serve_wsgi
-from tests.toolkit.upstream import RecordingUpstream
+from tests.toolkit.upstream import RecordingUpstream, recording_upstream
 from tests.toolkit.world import make_service
 
 if TYPE_CHECKING:
@@ -136,3 +138,45 @@ def test_request_framed_by_both_length_and_chunks_is_never_truncated(
         )
     assert reply.status in (200, 400)
     assert [r.body for r in upstream.received] in ([], [b"hello world"])
+
+
+@pytest.fixture(scope="module")
+def gunicorn_gateway() -> Iterator[GatewayProcess]:
+    # gunicorn de-chunks the body itself, and its reader raises on a malformed chunk: the
+    # gateway meets the error in the middle of reading, not before the app is called.
+    with recording_upstream() as upstream, start_gateway_process("gunicorn", upstream.url) as gw:
+        yield gw
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/r/invoke/svc", id="invoke"),
+        pytest.param("/r/containers/svc/upload", id="catch-all"),
+        pytest.param("/r/mcp", id="mcp"),
+    ],
+)
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        pytest.param(b"zz\r\n{}\r\n0\r\n\r\n", id="bad-chunk-size"),
+        pytest.param(b"5\r\n{}", id="cut-short"),
+    ],
+)
+def test_malformed_chunked_body_is_the_callers_400(
+    gunicorn_gateway: GatewayProcess, path: str, chunks: bytes
+) -> None:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {gunicorn_gateway.key}\r\n"
+        "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    address = ("127.0.0.1", gunicorn_gateway.port)
+    with socket.create_connection(address, timeout=CLIENT_TIMEOUT) as sock:
+        sock.sendall(head.encode() + chunks)
+        sock.shutdown(socket.SHUT_WR)  # a body cut short: the server sees its end
+        response = http.client.HTTPResponse(sock, method="POST")
+        response.begin()
+        body = response.read()
+    assert response.status == 400, body
+    assert response.getheader("X-Invoke-Error") == "invalid_request"

@@ -8,20 +8,24 @@ exactly, and a slot is given back however the relay ends.
 from __future__ import annotations
 
 import contextlib
+import gc
 import http.client
+import io
 import json
 import re
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from invoke_middleware import CredentialKind
-from invoke_middleware.auth.principal import Role
+from invoke_middleware import CredentialKind, InMemoryServiceRegistry, InvokeMiddleware
+from invoke_middleware.auth.principal import Principal, Role
+from invoke_middleware.errors import UpstreamError
 from invoke_middleware.hooks import RelayFinished, RelayStarted
 from invoke_middleware.limits import (
     Limiter,
@@ -32,8 +36,9 @@ from invoke_middleware.limits import (
     Rate,
     ServiceLimits,
 )
-from invoke_middleware.pipeline import PipelineSettings
+from invoke_middleware.pipeline import PipelineResponse, PipelineSettings
 from invoke_middleware.transport.base import Timeouts
+from invoke_middleware.transport.wsgi import WSGITransport
 from tests.integration.gateway import (
     CLIENT_TIMEOUT,
     Reply,
@@ -44,8 +49,11 @@ from tests.integration.gateway import (
 from tests.limits.conftest import RedisNamespace, run_concurrently, wait_released
 from tests.toolkit.errors import assert_gateway_error
 from tests.toolkit.upstream import RecordingUpstream
-from tests.toolkit.world import TEAM, make_service
+from tests.toolkit.world import TEAM, host_app, make_service
 from tests.upstreams import RawUpstream
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 OTHER_TEAM = uuid.UUID("019abc12-4567-7890-abcd-00000000000b")
 
@@ -493,9 +501,6 @@ def test_without_a_limiter_no_ratelimit_fields_are_added(upstream: RecordingUpst
 def test_an_admission_holds_its_slot_until_any_other_streamed_body_ends() -> None:
     # The pipeline's streamed bodies give the slot back through the relay's own end; a body
     # of another kind (an embedding application's own generator) is wrapped instead.
-    from invoke_middleware.auth.principal import Principal
-    from invoke_middleware.pipeline import PipelineResponse
-
     limiter = Limiter(LimitSettings(team_max_in_flight=1))
     principal = Principal(kind=CredentialKind.INTEGRATION, team_id=TEAM, credential_id="sk-x")
     service = make_service("svc", "http://127.0.0.1:9")
@@ -518,3 +523,134 @@ def test_an_admission_holds_its_slot_until_any_other_streamed_body_ends() -> Non
         else:
             response.body.close()  # type: ignore[attr-defined]  # the client went away
         assert limiter.in_flight == 0
+
+
+# -- a slot is given back when the host or the upstream misbehaves ----------------------------
+
+
+class _BodyFailingToClose:
+    """An in-process upstream's body whose ``close()`` raises."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"first"
+        yield b"second"
+
+    def close(self) -> None:
+        raise RuntimeError("the upstream application fails while closing")
+
+
+def _in_process_gateway(limiter: Limiter) -> tuple[InvokeMiddleware, str]:
+    """The middleware over an in-process upstream (``WSGITransport``), and a key of ``TEAM``."""
+
+    def upstream(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _BodyFailingToClose()
+
+    middleware = InvokeMiddleware(
+        host_app().wsgi_app,
+        registry=InMemoryServiceRegistry([make_service("svc", "http://svc.internal")]),
+        transport=WSGITransport(upstream),
+        limiter=limiter,
+    )
+    return middleware, middleware.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+
+
+def _call(middleware: InvokeMiddleware, key: str) -> Iterable[bytes]:
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/r/containers/svc/stream",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "gateway",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_AUTHORIZATION": f"Bearer {key}",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.url_scheme": "http",
+    }
+    statuses: list[str] = []
+    body = middleware(environ, lambda status, headers, exc_info=None: statuses.append(status))  # type: ignore[arg-type,return-value]
+    assert statuses == ["200 OK"]
+    return body
+
+
+def test_the_slot_is_released_when_the_upstream_body_fails_to_close() -> None:
+    limiter = Limiter(LimitSettings(team_max_in_flight=1))
+    middleware, key = _in_process_gateway(limiter)
+    for _ in range(2):  # the second is admitted only if the first gave its slot back
+        body = _call(middleware, key)
+        chunks = iter(body)
+        assert next(chunks) == b"first"
+        with pytest.raises(UpstreamError):  # the server is told, and logs it
+            body.close()  # type: ignore[attr-defined]  # the client went away
+        assert limiter.in_flight == 0
+
+
+def test_the_slot_is_released_when_a_host_generator_drops_the_body_unclosed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A host middleware written as a generator (``yield from app(...)``) never calls the
+    # gateway body's close(): closing the host's generator only closes the iterator of ours.
+    limiter = Limiter(LimitSettings(team_max_in_flight=1))
+    middleware, key = _in_process_gateway(limiter)
+
+    def host_generator() -> Iterator[bytes]:
+        yield from _call(middleware, key)
+
+    outer = host_generator()
+    assert next(outer) == b"first"
+    assert limiter.in_flight == 1
+    outer.close()
+    assert limiter.in_flight == 0
+    # No caller is left to raise the upstream's failing close() to: it is logged.
+    assert "closing an abandoned relay body failed" in caplog.text
+
+
+def test_the_slot_is_released_when_a_body_is_dropped_without_being_read() -> None:
+    limiter = Limiter(LimitSettings(team_max_in_flight=1))
+    middleware, key = _in_process_gateway(limiter)
+    body = _call(middleware, key)
+    assert limiter.in_flight == 1
+    del body  # neither iterated nor closed: a host that discards what it was given
+    gc.collect()
+    assert limiter.in_flight == 0
+
+
+def test_a_slot_given_back_by_the_collector_inside_the_limiter_does_not_deadlock() -> None:
+    # A streamed body dropped in a reference cycle gives its slot back when the collector
+    # runs, which may be in a thread that holds the limiter's lock at that moment.
+    limiter = Limiter(LimitSettings(team_max_in_flight=2))
+    principal = Principal(kind=CredentialKind.INTEGRATION, team_id=TEAM, credential_id="sk-x")
+    service = make_service("svc", "http://127.0.0.1:9")
+    finished = threading.Event()
+
+    def chunks() -> Iterator[bytes]:
+        yield b"a"
+        yield b"b"
+
+    def drop_in_a_cycle_then_release() -> None:
+        thresholds, enabled = gc.get_threshold(), gc.isenabled()
+        gc.disable()
+        try:
+            held = limiter.admit(principal, service, route="catch_all", request_id="r1").hold(
+                PipelineResponse(status=200, reason="OK", headers=[], body=chunks())
+            )
+            body = iter(held.body)
+            next(body)
+            cycle: list[object] = [body]
+            cycle.append(cycle)
+            del body, cycle, held
+            second = limiter.admit(principal, service, route="catch_all", request_id="r2")
+            gc.set_threshold(1)  # the next allocation collects: the one inside the lock
+            gc.enable()
+            second.release()
+        finally:
+            gc.set_threshold(*thresholds)
+            if not enabled:
+                gc.disable()
+            finished.set()
+
+    threading.Thread(target=drop_in_a_cycle_then_release, daemon=True).start()
+    assert finished.wait(CLIENT_TIMEOUT), "the thread waits for a lock it holds itself"
+    gc.collect()
+    assert limiter.in_flight == 0
