@@ -79,6 +79,15 @@ def rate_limit_headers(
     return (policies.field, (STATE_HEADER, state)), exceeded
 
 
+def until_admitted(policies: PolicySet, counts: Sequence[tuple[int, float]]) -> float:
+    """Seconds until a request refused with ``counts`` could be admitted: until every policy
+    with nothing remaining resets. A refused request is counted too, so it may have spent the
+    last request of a policy it did not exceed; waiting only for the exceeded one would be
+    refused again."""
+    quotas = policies.quotas
+    return max(left for quota, (count, left) in zip(quotas, counts, strict=True) if count >= quota)
+
+
 def reset_seconds(reset: float) -> int:
     """Whole seconds until a window resets: rounded up, so that waiting that long is enough;
     at least one."""

@@ -65,7 +65,12 @@ from invoke_middleware._rate_counters import (
     open_counter,
 )
 from invoke_middleware._ratelimit_headers import NAMES as RATE_LIMIT_NAMES
-from invoke_middleware._ratelimit_headers import PolicySet, rate_limit_headers, retry_after
+from invoke_middleware._ratelimit_headers import (
+    PolicySet,
+    rate_limit_headers,
+    retry_after,
+    until_admitted,
+)
 from invoke_middleware.errors import LimitsUnavailableError, RateLimitedError, TooManyInFlightError
 
 if TYPE_CHECKING:
@@ -619,8 +624,10 @@ class Limiter:
         self._counter: RateCounter | None = None
         self._counter_lock = threading.Lock()
         self._last_warning = -_WARNING_INTERVAL
-        if self.settings.has_rates:
-            self._counter = open_counter(self.settings)
+        if settings.has_rates or settings.storage_url != DEFAULT_STORAGE_URL:
+            # A storage URL that cannot be used fails here, at start-up, even when only a
+            # team or a service brings its own rate later.
+            self._counter = open_counter(settings)
 
     @property
     def in_flight(self) -> int:
@@ -762,7 +769,8 @@ class Limiter:
                 outcome=LimitOutcome.REFUSED,
                 limit=plans[exceeded].kind,
             )
-            raise RateLimitedError(headers=(retry_after(counts[exceeded][1]), *headers))
+            wait = until_admitted(policies, counts)
+            raise RateLimitedError(headers=(retry_after(wait), *headers))
         return headers
 
     def _plan_over(self, kind: LimitKind, own: Rate | None) -> _RatePlan | None:

@@ -88,6 +88,28 @@ def test_a_bad_limit_setting_fails_naming_its_key(key: str, value: str, problem:
     assert problem in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "rates",
+    [
+        pytest.param({"invoke.limits.team_rate": "5/second"}, id="gateway-wide-rate"),
+        pytest.param({}, id="rates-only-from-teams-and-services"),
+    ],
+)
+def test_a_storage_url_that_cannot_be_used_fails_at_start_up(rates: dict[str, str]) -> None:
+    # Without a gateway-wide rate, the store was first needed by the first request of a team
+    # or a service with its own rate: that request got a 500, and every one after it.
+    config = parse_settings(
+        {
+            "invoke.limits.storage_url": "redis://127.0.0.1:port/0",
+            "invoke.limits.team_max_in_flight": "4",
+            **rates,
+        }
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.build_middleware(lambda environ, start_response: [])
+    assert caught.value.key == "invoke.limits.storage_url"
+
+
 def test_a_redis_password_never_appears_in_an_error() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_settings({"invoke.limits.storage_url": "memcached://:hunter2@cache:11211"})

@@ -366,6 +366,33 @@ def test_a_window_rolls_over_after_the_time_the_headers_announce(
     assert len(upstream.received) == 3
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_retry_after_waits_out_every_policy_the_refused_request_spent(
+    upstream: RecordingUpstream, backend: str, request: pytest.FixtureRequest
+) -> None:
+    limiter = limiter_for(
+        backend,
+        request,
+        credential_rate=Rate(amount=1, window=1),
+        team_rate=Rate(amount=3, window=60),
+        rate_batch=1,
+    )
+    with limited_gateway(upstream.url, limiter) as gateway:
+        assert get(gateway).status == 200
+        time.sleep(1.1)  # the credential's window of one second is over
+        assert get(gateway).status == 200
+        # Over the credential's rate, and counted: the team's third and last request.
+        refused = get(gateway)
+        assert refused.status == 429
+        # Both have nothing left; the team's resets last. Waiting out the credential's window
+        # alone would be refused again, by the team's.
+        name, remaining, reset = state(refused)
+        assert (name, remaining) == ("team", 0)
+        assert reset >= 58
+        assert refused.header("Retry-After") == str(reset)
+    assert len(upstream.received) == 2
+
+
 def test_the_headers_state_every_policy_and_the_tightest_one(upstream: RecordingUpstream) -> None:
     limiter = Limiter(
         LimitSettings(

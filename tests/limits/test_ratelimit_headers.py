@@ -12,6 +12,7 @@ from invoke_middleware._ratelimit_headers import (
     rate_limit_headers,
     reset_seconds,
     retry_after,
+    until_admitted,
 )
 
 POLICIES = PolicySet((("credential", 10, 1), ("team", 100, 60), ("service", 10, 60)))
@@ -47,6 +48,23 @@ def test_the_state_names_the_tightest_policy_and_the_one_exceeded(
     headers, index = rate_limit_headers(POLICIES, counts)
     assert headers[1] == ("RateLimit", state)
     assert index == exceeded
+
+
+@pytest.mark.parametrize(
+    ("counts", "wait"),
+    [
+        # Only the credential's is exceeded: its window is the one to wait for.
+        ([(11, 0.5), (50, 59.0), (3, 59.0)], 0.5),
+        # The refused request took the team's last one: the team's window too.
+        ([(11, 0.5), (100, 59.0), (3, 30.0)], 59.0),
+        # Exceeded and spent alike: the last of them to reset.
+        ([(11, 0.5), (101, 20.0), (10, 40.0)], 40.0),
+    ],
+)
+def test_a_refused_request_waits_until_every_spent_policy_resets(
+    counts: list[tuple[int, float]], wait: float
+) -> None:
+    assert until_admitted(POLICIES, counts) == wait
 
 
 def test_no_policy_no_fields() -> None:
