@@ -283,7 +283,7 @@ prefix = ""
 # team_max_in_flight = 4               # relays in flight per team (default: threads / 2)
 # max_in_flight = 7                    # relays in flight in all (default: threads - 1)
 # service_max_in_flight = 4            # relays in flight per service
-# queue_timeout = 0                    # seconds a request may wait for a slot before its 429
+# queue_timeout = 0                    # seconds a request may wait for a global slot before its 429
 # Requests per window, written like "100/minute" or "10 per second":
 # credential_rate = "10/second"        # per sk-/dk- credential
 # user_rate = "600/minute"             # per user

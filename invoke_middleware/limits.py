@@ -22,8 +22,10 @@ response fields (:mod:`invoke_middleware._ratelimit_headers`)::
 per service. A relay holds its slot until its response ends: at once for an invoke (its
 response is buffered), at the end of the streamed body for the catch-all, whether the body
 ends, fails or the client goes away. ``queue_timeout`` lets a request wait that many seconds
-for a slot before it is refused; the default, 0, refuses at once, since a waiting request
-holds a worker thread, which is what the limit protects.
+for a slot under the global cap before it is refused; the default, 0, refuses at once, since a
+waiting request holds a worker thread, which is what the limits protect. A team's or a
+service's own full cap is never waited for, and a waiting request counts under them: a team
+holds at most its cap of threads, waiting or relaying.
 
 **Rates** (requests per window) use the fixed-window strategy of the ``limits`` library: a
 window opens at a key's first request and lasts the rate's period, and every request counts,
@@ -308,7 +310,9 @@ class LimitSettings:
     """What to limit, and where rate counters live. Every limit is off unless set.
 
     ``max_in_flight`` caps relays in flight in this process; ``team_max_in_flight`` and
-    ``service_max_in_flight`` cap them per team and per service. ``*_rate`` are requests per
+    ``service_max_in_flight`` cap them per team and per service; ``queue_timeout`` is how
+    long a request may wait for the global cap (never for a team's or a service's, whose
+    caps count waiting requests too). ``*_rate`` are requests per
     window per credential (``sk-``/``dk-`` key or JWT ``jti``), per user, per team and per
     service. ``storage_url`` is ``memory://`` or a ``redis://`` URL; ``key_prefix`` namespaces
     the Redis keys; ``storage_timeout`` bounds each Redis round trip (seconds);
@@ -525,39 +529,60 @@ class _InFlight:
     def acquire(
         self, caps: Sequence[_Cap], slots: Sequence[_Slot], timeout: float
     ) -> LimitKind | None:
-        """Take ``slots`` (the total's, and each cap's), or return the first cap that is full
-        after waiting up to ``timeout`` seconds."""
+        """Take ``slots`` (the total's, and each cap's), or return the cap that refuses: a
+        full team's or service's at once, the process-wide one after waiting up to
+        ``timeout`` seconds for it."""
         # acquire() and release() rather than ``with``: the statement costs as much again as
         # the lock itself, and this runs twice per request.
         self._lock.acquire()
         try:
-            for kind, slot, cap in caps:
+            for _, slot, cap in caps:
                 if slot.count >= cap:
-                    if timeout <= 0:
-                        return kind
-                    full = self._wait(caps, timeout)
-                    if full is not None:
-                        return full
-                    break
+                    return self._when_full(caps, slots, timeout)
             for slot in slots:
                 slot.count += 1
             return None
         finally:
             self._lock.release()
 
-    def _wait(self, caps: Sequence[_Cap], timeout: float) -> LimitKind | None:
-        # Called with the lock held; Condition.wait releases it while waiting.
+    def _when_full(
+        self, caps: Sequence[_Cap], slots: Sequence[_Slot], timeout: float
+    ) -> LimitKind | None:
+        """With the lock held and a cap full: the cap that refuses, or ``None`` once the
+        request holds its slots.
+
+        Only the process-wide cap is waited for. A waiting request holds a worker thread as
+        a relay does, so a team's requests waiting for its own full cap would hold more than
+        its share of the threads; instead, a request waiting for the process-wide cap holds
+        its team's and service's slots meanwhile, and its team's cap bounds its waiting
+        requests and its relays together.
+        """
+        total = self.total
+        total_cap = None
+        for kind, slot, cap in caps:
+            if slot is total:
+                total_cap = cap
+            elif slot.count >= cap:
+                return kind
+        if timeout <= 0:
+            return LimitKind.IN_FLIGHT
+        assert total_cap is not None  # no other cap is full: the process-wide one is
+        own = [slot for slot in slots if slot is not total]
+        for slot in own:
+            slot.count += 1
         deadline = time.monotonic() + timeout
         self._waiting += 1
         try:
-            full = self._full(caps)
-            while full is not None:
+            while total.count >= total_cap:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    break
+                    for slot in own:
+                        slot.count -= 1
+                    return LimitKind.IN_FLIGHT
+                # Condition.wait releases the lock while it waits.
                 self._ready.wait(remaining)
-                full = self._full(caps)
-            return full
+            total.count += 1
+            return None
         finally:
             self._waiting -= 1
 
@@ -571,17 +596,15 @@ class _InFlight:
         finally:
             self._lock.release()
 
-    @staticmethod
-    def _full(caps: Sequence[_Cap]) -> LimitKind | None:
-        for kind, slot, cap in caps:
-            if slot.count >= cap:
-                return kind
-        return None
-
     def held(self) -> int:
         """Relays in flight in this process (for tests and diagnostics)."""
         with self._lock:
             return self.total.count
+
+    def waiting(self) -> int:
+        """Requests waiting for the global cap in this process."""
+        with self._lock:
+            return self._waiting
 
 
 class Limiter:
@@ -633,6 +656,11 @@ class Limiter:
     def in_flight(self) -> int:
         """Relays holding a slot in this process."""
         return self._in_flight.held()
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot in this process (``queue_timeout``)."""
+        return self._in_flight.waiting()
 
     @property
     def shares_store(self) -> bool:

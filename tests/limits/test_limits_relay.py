@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ from tests.integration.gateway import (
     exchange,
     serve_gateway,
 )
-from tests.limits.conftest import RedisNamespace, run_concurrently, wait_released
+from tests.limits.conftest import RedisNamespace, run_concurrently, wait_released, wait_until
 from tests.toolkit.errors import assert_gateway_error
 from tests.toolkit.upstream import RecordingUpstream
 from tests.toolkit.world import TEAM, host_app, make_service
@@ -209,16 +210,57 @@ def test_exactly_the_cap_is_admitted_among_32_concurrent_clients(
     wait_released(limiter)
 
 
-def test_a_short_queue_timeout_admits_a_request_once_a_slot_frees(
+def test_a_short_queue_timeout_admits_a_request_once_a_global_slot_frees(
     raw_upstream: RawUpstream,
 ) -> None:
-    limiter = Limiter(LimitSettings(team_max_in_flight=1, queue_timeout=CLIENT_TIMEOUT / 2))
+    limiter = Limiter(LimitSettings(max_in_flight=1, queue_timeout=CLIENT_TIMEOUT / 2))
     with limited_gateway(raw_upstream.url, limiter) as gateway:
         with open_stream(gateway, "/r/containers/svc/drip?count=5&interval=0.1") as first:
             # Admitted while the first still streams, as soon as that one ends.
             second = get(gateway, "/r/containers/svc/headers")
             assert first.response.read() == b"....."
         assert second.status == 200
+    wait_released(limiter)
+
+
+def test_a_team_at_its_own_cap_is_refused_at_once_whatever_the_queue_timeout(
+    raw_upstream: RawUpstream,
+) -> None:
+    # Waiting holds a worker thread: a team waiting for its own cap would hold more than its
+    # share of them. (Had it waited, the client would have given up first.)
+    limiter = Limiter(LimitSettings(team_max_in_flight=1, queue_timeout=CLIENT_TIMEOUT * 4))
+    with limited_gateway(raw_upstream.url, limiter) as gateway, open_stream(gateway) as first:
+        assert first.status == 200
+        assert_gateway_error(get(gateway), 429, "too_many_in_flight")
+        assert limiter.waiting == 0
+    wait_released(limiter)
+
+
+def test_a_request_waiting_for_a_global_slot_counts_under_its_teams_cap(
+    raw_upstream: RawUpstream,
+) -> None:
+    limiter = Limiter(
+        LimitSettings(max_in_flight=1, team_max_in_flight=1, queue_timeout=CLIENT_TIMEOUT / 2)
+    )
+    with limited_gateway(raw_upstream.url, limiter) as gateway, ExitStack() as stack:
+        gateway.middleware.registry.add(  # type: ignore[attr-defined]
+            make_service("other", raw_upstream.url, team=OTHER_TEAM)
+        )
+        other_key = gateway.middleware.credentials.issue(
+            CredentialKind.INTEGRATION, team_id=OTHER_TEAM
+        ).key
+        first = stack.enter_context(open_stream(gateway))  # the one global slot
+        waiter = ThreadPoolExecutor(1)
+        stack.callback(waiter.shutdown)
+        waiting = waiter.submit(get, gateway, "/r/containers/other/headers", other_key)
+        wait_until(lambda: limiter.waiting == 1, "the other team's request waits")
+
+        # Its team's one slot is held by the waiting request: no second one may wait.
+        assert_gateway_error(
+            get(gateway, "/r/containers/other/headers", key=other_key), 429, "too_many_in_flight"
+        )
+        first.close()
+        assert waiting.result(CLIENT_TIMEOUT).status == 200
     wait_released(limiter)
 
 
