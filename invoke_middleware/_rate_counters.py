@@ -9,7 +9,9 @@ The shared counter reserves requests in batches (:class:`RedisCounter`): one rou
 counts up to ``batch`` requests of a window at once, never more than a tenth of what the
 window has left, and this process hands them out one by one. Redis counts every reserved
 request, so no process admits more than the budget; near its end batches shrink to one
-request, and a window found spent refuses here until it ends, without a round trip.
+request, and a window found spent refuses here until it ends, without a round trip. After a
+round trip fails, Redis is not asked again for a storage timeout's time: meanwhile requests
+are handled as when Redis is down, without waiting for it.
 
 The in-process counter is the gateway's own: the library's ``MemoryStorage`` expires keys from
 a timer thread it starts again every 10 ms, which under a threaded server cost ~75 µs of CPU
@@ -166,7 +168,12 @@ class RedisCounter:
     _MIN_SWEEP = 1024
 
     def __init__(
-        self, storage: Any, *, batch: int = 1, clock: Callable[[], float] = time.monotonic
+        self,
+        storage: Any,
+        *,
+        batch: int = 1,
+        retry_after_failure: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from redis.exceptions import RedisError  # noqa: PLC0415 - optional dependency
 
@@ -179,6 +186,12 @@ class RedisCounter:
         self._lock = threading.Lock()
         self._held: dict[str, list[float]] = {}
         self._sweep_at = self._MIN_SWEEP
+        # After a failed round trip Redis is not asked again for ``retry_after_failure``
+        # seconds: a Redis that hangs would otherwise cost every request its full timeout
+        # (and a new connection), holding a worker thread and a concurrency slot meanwhile.
+        self._retry_after_failure = retry_after_failure
+        self._failed_until = 0.0
+        self._failure: Exception | None = None
 
     def hit(self, keys: Sequence[RateKey]) -> list[tuple[int, float]]:
         counts: list[tuple[int, float]] = []
@@ -234,9 +247,13 @@ class RedisCounter:
         for (_, window, _), amount in zip(keys, amounts, strict=True):
             args += (window, amount)
         started = self._clock()
+        if started < self._failed_until:
+            raise StoreUnavailable from self._failure
         try:
             replies = self._script(keys=prefixed, args=args)
         except self._redis_error as exc:
+            self._failure = exc
+            self._failed_until = self._clock() + self._retry_after_failure
             raise StoreUnavailable from exc
         counts = [
             (int(replies[i]), max(int(replies[i + 1]), 0) / 1000) for i in range(0, len(replies), 2)
@@ -271,4 +288,6 @@ def open_counter(settings: LimitSettings) -> RateCounter:
         raise ValueError(f"cannot use the rate-limit storage: {type(exc).__name__}") from exc
     if not isinstance(storage, RedisStorage):
         raise ValueError("the rate-limit storage must be memory:// or redis://")
-    return RedisCounter(storage, batch=settings.rate_batch)
+    return RedisCounter(
+        storage, batch=settings.rate_batch, retry_after_failure=settings.storage_timeout
+    )

@@ -7,6 +7,7 @@ and fails, rather than skips, under ``CI=true`` when Redis is missing.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -108,6 +109,7 @@ def test_when_redis_goes_away_requests_are_served_and_the_event_reported(
             during = [get(gateway) for _ in range(4)]
 
         cutter.restore()
+        time.sleep(limiter.settings.storage_timeout)  # Redis is asked again after this long
         after = [get(gateway) for _ in range(2)]
 
     assert [reply.status for reply in during] == [200] * 4
@@ -135,6 +137,7 @@ def test_fail_closed_refuses_with_503_while_redis_is_away(
         cutter.cut()
         refused = get(gateway)
         cutter.restore()
+        time.sleep(limiter.settings.storage_timeout)
         restored = get(gateway)
 
     assert_gateway_error(refused, 503, "limits_unavailable")

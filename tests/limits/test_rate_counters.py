@@ -3,12 +3,14 @@ still open; and in Redis, where one round trip reserves a batch of a window's re
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 
 import pytest
 
-from invoke_middleware._rate_counters import LocalCounter, RedisCounter
+from invoke_middleware._rate_counters import LocalCounter, RedisCounter, StoreUnavailable
 from tests.limits.conftest import RedisNamespace, run_concurrently
 from tests.store.conftest import FakeClock
 
@@ -173,3 +175,58 @@ def test_closing_lets_go_of_the_redis_connections_and_a_later_hit_reopens_them(
     counter.close()
     assert all(c._sock is None for c in pool._available_connections)
     assert counter.hit([("k", 60, 100)])[0][0] == 2
+
+
+class _SilentRedis:
+    """A loopback port that accepts connections and never answers: a Redis that hangs."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                self.accepted.append(self.listener.accept()[0])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for connection in self.accepted:
+            connection.close()
+        self.listener.close()
+
+
+def test_after_a_failed_round_trip_redis_is_not_asked_again_for_a_while() -> None:
+    from limits.storage import storage_from_string
+
+    silent = _SilentRedis()
+    clock = FakeClock()
+    storage = storage_from_string(silent.url, socket_timeout=0.2, socket_connect_timeout=0.2)
+    counter = RedisCounter(storage, batch=1, retry_after_failure=0.2, clock=clock)
+    keys = [("team_rate/x/60", 60, 100)]
+    try:
+        with pytest.raises(StoreUnavailable):
+            counter.hit(keys)  # waits out the storage timeout once
+        assert len(silent.accepted) == 1
+        # Within the interval: refused at once, without a connection or a timeout.
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable) as caught:
+                counter.hit(keys)
+            assert isinstance(caught.value.__cause__, Exception)
+        assert len(silent.accepted) == 1
+        clock.advance(0.2)
+        with pytest.raises(StoreUnavailable):
+            counter.hit(keys)  # asked again
+        assert len(silent.accepted) == 2
+    finally:
+        counter.close()
+        silent.close()
