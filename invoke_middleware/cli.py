@@ -30,7 +30,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO, TypeVar
-from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -57,6 +56,7 @@ from invoke_middleware.registry import (
     ServiceType,
     is_valid_slug,
     validate_external_url,
+    validate_upstream_url,
 )
 from invoke_middleware.standalone import build_standalone_app
 from invoke_middleware.store.sql import DuplicateServiceError, SQLStore
@@ -114,13 +114,10 @@ def _slug(value: str) -> str:
 
 
 def _upstream(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise argparse.ArgumentTypeError(f"not an absolute http(s) URL: {value!r}")
     try:
-        parts.port  # noqa: B018 - a malformed port only shows when it is read
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad port in URL: {value!r}") from None
+        validate_upstream_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}: {value!r}") from None
     return value
 
 

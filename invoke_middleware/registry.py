@@ -14,9 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from invoke_middleware.limits import ServiceLimits
+from invoke_middleware.transport._origin import UnusableURLError, split_url
 from invoke_middleware.transport.base import Timeouts
 
 #: docs/contract.md §1: lower-case letters, digits and dashes, 3 to 100 characters, no dash at
@@ -77,9 +77,7 @@ class Service:
         if not is_valid_slug(self.slug):
             raise ValueError(f"invalid slug {self.slug!r}")
         if self.service_type is ServiceType.DEPLOYED:
-            if not self.upstream_url:
-                raise ValueError("a deployed service needs an upstream_url")
-            _validate_base_url(self.upstream_url, "upstream_url", ("http", "https"))
+            validate_upstream_url(self.upstream_url)
         else:
             validate_external_url(self.external_url)
 
@@ -112,6 +110,14 @@ class Service:
         }
 
 
+def validate_upstream_url(url: str | None) -> None:
+    """Raise :class:`ValueError` unless ``url`` is an absolute ``http://`` or ``https://`` URL
+    a transport can send to (docs/contract.md §2)."""
+    if not url:
+        raise ValueError("a deployed service needs an upstream_url")
+    _validate_base_url(url, "upstream_url", ("http", "https"))
+
+
 def validate_external_url(url: str | None) -> None:
     """Raise :class:`ValueError` unless ``url`` is an absolute ``https://`` URL
     (docs/contract.md §2)."""
@@ -124,25 +130,27 @@ def validate_external_url(url: str | None) -> None:
 
 def _validate_base_url(url: str, name: str, schemes: tuple[str, ...]) -> None:
     """The one rule for the URLs caller paths are joined to (``upstream_url``,
-    ``external_url``): checked when the service is created, so that no request fails later."""
+    ``external_url``): checked when the service is created, so that no request fails later.
+
+    The host and port are read by the transports' own :func:`split_url`, so a URL accepted
+    here is one they can send to. It also refuses credentials in the URL, which would be sent
+    to every request's host and shown by every listing; an external service's secret goes in
+    ``external_auth_credential_id``.
+    """
     spelled = " or ".join(f"{scheme}://" for scheme in schemes)
     if any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in url):
         raise ValueError(f"{name} must not contain spaces or control characters")
-    parts = urlsplit(url)
-    if parts.scheme not in schemes or not parts.hostname:
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in schemes:
         raise ValueError(f"{name} must be an absolute {spelled} URL")
-    if "@" in parts.netloc:
-        # Credentials in the URL would be sent to every request's host and shown by every
-        # listing; an external service's secret goes in external_auth_credential_id.
-        raise ValueError(f"{name} must not carry credentials (user:password@)")
     try:
-        parts.port  # noqa: B018 - raises on a port that is not a number in range
-    except ValueError:
-        raise ValueError(f"{name} has an invalid port") from None
-    if parts.query or "?" in url:
+        split_url(url)
+    except UnusableURLError as exc:
+        raise ValueError(f"{name} {exc.reason}") from None
+    if "?" in url:
         # The caller's path and query are joined to it; a query of its own has no place then.
         raise ValueError(f"{name} must not carry a query")
-    if parts.fragment or "#" in url:
+    if "#" in url:
         raise ValueError(f"{name} must not contain a fragment")
 
 

@@ -60,7 +60,7 @@ def deployed(url: str) -> Service:
     ("url", "reason"),
     [
         pytest.param("ftp://10.0.0.7", "absolute http:// or https://", id="other-scheme"),
-        pytest.param("http://", "absolute", id="no-host"),
+        pytest.param("http://", "no host", id="no-host"),
         pytest.param("http://user:pw@10.0.0.7:8080", "credentials", id="userinfo"),
         pytest.param("http://user@10.0.0.7", "credentials", id="user-only"),
         pytest.param("http://@10.0.0.7", "credentials", id="empty-userinfo"),
@@ -69,6 +69,13 @@ def deployed(url: str) -> Service:
         pytest.param("http://10.0.0.7/api?x=1", "query", id="query"),
         pytest.param("http://10.0.0.7/api#x", "fragment", id="fragment"),
         pytest.param("http://10.0.0.7/a\nb", "control", id="control-character"),
+        # What the transport cannot connect to is refused here, not on each request.
+        pytest.param("http://svc.example:0", "invalid port", id="port-zero"),
+        pytest.param("http://[::1]x", "malformed authority", id="text-after-ipv6"),
+        pytest.param("http://[svc]:8080", "malformed IPv6", id="name-in-brackets"),
+        pytest.param("http://a..b", "invalid host name", id="empty-label"),
+        pytest.param("http://" + "x" * 64 + ".example", "invalid host name", id="long-label"),
+        pytest.param("http://a\u200db.example", "invalid host name", id="idna-disallowed"),
     ],
 )
 def test_upstream_urls_are_refused_when_the_service_is_created(url: str, reason: str) -> None:
@@ -79,6 +86,15 @@ def test_upstream_urls_are_refused_when_the_service_is_created(url: str, reason:
 
 def test_an_upstream_url_with_a_port_and_base_path_is_accepted() -> None:
     assert deployed("http://10.0.0.7:8080/api").base_url == "http://10.0.0.7:8080/api"
+
+
+def test_an_upstream_url_with_an_internationalised_name_is_accepted_as_written() -> None:
+    assert deployed("http://bücher.example:8080/api").base_url == "http://bücher.example:8080/api"
+
+
+def test_an_external_url_the_transport_cannot_use_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="external_url has an invalid host name"):
+        external("https://a..b/v1")
 
 
 def test_an_https_external_url_with_a_base_path_is_accepted() -> None:

@@ -23,9 +23,10 @@ revocation or a role change takes effect on the next request, in every process.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,6 +48,8 @@ from invoke_middleware.store import _schema
 from invoke_middleware.store._cache import TTLCache
 from invoke_middleware.store._driver import DriverSelect
 from invoke_middleware.transport.base import Timeouts
+
+logger = logging.getLogger("invoke_middleware.store")
 
 __all__ = [
     "DEFAULT_SERVICE_CACHE_TTL",
@@ -236,7 +239,7 @@ class SQLServiceRegistry:
         table = _schema.services
         query = self._select().order_by(table.c.team_id, table.c.slug)
         with self._engine.connect() as connection:
-            return [_service_from_row(row) for row in connection.execute(query).mappings()]
+            return _services_from_rows(connection.execute(query).mappings())
 
     def add(self, service: Service) -> None:
         """Store a new service; :class:`DuplicateServiceError` if its slug or id is taken."""
@@ -326,13 +329,14 @@ class SQLServiceRegistry:
         query = self._select().where(table.c.team_id == team_id, table.c.slug == slug)
         with self._engine.connect() as connection:
             row = connection.execute(query).mappings().one_or_none()
-        return None if row is None else _service_from_row(row)
+        found = _services_from_rows([] if row is None else [row])
+        return found[0] if found else None
 
     def _select_team(self, team_id: uuid.UUID) -> tuple[Service, ...]:
         table = _schema.services
         query = self._select().where(table.c.team_id == team_id).order_by(table.c.slug)
         with self._engine.connect() as connection:
-            return tuple(_service_from_row(row) for row in connection.execute(query).mappings())
+            return tuple(_services_from_rows(connection.execute(query).mappings()))
 
 
 def _service_values(service: Service) -> dict[str, Any]:
@@ -459,6 +463,22 @@ def _needs_init() -> ValueError:
         "this database predates per-service limits: SQLStore.init() adds their columns "
         "(`invoke-middleware services set-limits` runs it)"
     )
+
+
+def _services_from_rows(rows: Iterable[sa.RowMapping]) -> list[Service]:
+    """The services of ``rows``, less those that today's rules refuse (a row an earlier
+    release stored with an upstream URL no transport can use, say): each is logged and left
+    out, so that one bad row fails its own requests (not found), not its whole team's
+    listing, and is shown to the operator instead of a traceback."""
+    services = []
+    for row in rows:
+        try:
+            services.append(_service_from_row(row))
+        except ValueError as exc:
+            logger.warning(
+                "service %s of team %s is left out: %s", row["slug"], row["team_id"], exc
+            )
+    return services
 
 
 def _service_from_row(row: sa.RowMapping) -> Service:

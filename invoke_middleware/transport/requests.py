@@ -14,7 +14,7 @@ client is bypassed without touching the session: the request is prepared here an
 the adapter directly, so the session's default headers (``User-Agent``, ``Accept``,
 ``Accept-Encoding``, ``Connection``), ``auth``, ``cookies`` (responses never fill its jar),
 ``hooks``, redirects and everything ``trust_env`` would read (``HTTP_PROXY``, ``.netrc``,
-``REQUESTS_CA_BUNDLE``) play no part. The URL is sent as given, never re-quoted.
+``REQUESTS_CA_BUNDLE``) play no part. The path and query are sent as given, never re-quoted.
 
 Repeated request header fields are sent as separate fields; response fields come back with
 repeats kept, grouped by name in order of first appearance (urllib3 keeps them that way).
@@ -344,7 +344,7 @@ class RequestsTransport(Closeable):
             self._session.close()
 
     def _prepare(self, request: UpstreamRequest) -> requests.PreparedRequest:
-        origin, _ = split_url(request.url)
+        origin, target = split_url(request.url)
         headers = urllib3.HTTPHeaderDict()
         headers.add("Host", origin.host_header)
         for name, value in request.headers:
@@ -361,8 +361,10 @@ class RequestsTransport(Closeable):
                 body = request.checked_stream()
         prepared = requests.PreparedRequest()
         prepared.method = request.method
-        # Set directly: PreparedRequest.prepare_url() would re-quote the path.
-        prepared.url = request.url.partition("#")[0]
+        # Set directly: PreparedRequest.prepare_url() would re-quote the path. Rebuilt from
+        # the origin, so that urllib3 looks up and checks in TLS the very name Host carries
+        # (the A-label of an internationalised name) instead of encoding the name itself.
+        prepared.url = f"{origin.scheme}://{origin.host_header}{target}"
         # Without Content-Length the adapter asks urllib3 for chunked coding.
         prepared.headers = cast(Any, headers)
         prepared.body = cast(Any, body)

@@ -261,3 +261,24 @@ class TestServiceCache:
         after = (gateway.services.get(TEAM, "echo"), gateway.services.get(TEAM, "new"))
         assert after != before
         assert gateway.services.list(TEAM) != listed_before
+
+
+def test_a_row_todays_rules_refuse_is_left_out_not_a_failure(
+    store: SQLStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A row an earlier release stored with an upstream URL no transport can use (port 0).
+    store.services.add(deployed("fine"))
+    store.services.add(deployed("broken"))
+    with store.engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE invoke_services SET upstream_url = :url WHERE slug = 'broken'"),
+            {"url": "http://svc.example:0/base"},
+        )
+    store.services.invalidate()
+
+    assert [s.slug for s in store.services.list(TEAM)] == ["fine"]
+    assert [s.slug for s in store.services.list_all()] == ["fine"]
+    assert store.services.get(TEAM, "broken") is None
+    assert store.services.get(TEAM, "fine") is not None
+    assert "service broken of team" in caplog.text
+    assert "upstream_url has an invalid port" in caplog.text
