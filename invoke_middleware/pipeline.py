@@ -226,6 +226,15 @@ class Pipeline:
             response.body = ()
         return response
 
+    def dispatch(
+        self, request: PipelineRequest, route: RouteMatch, request_id: str
+    ) -> PipelineResponse:
+        """Answer one runtime request as :meth:`handle` does, under ``request_id``, but render
+        nothing: a refusal is raised as its :class:`~invoke_middleware.errors.GatewayError`
+        and an unexpected failure propagates. For a caller that reports refusals in a shape of
+        its own (the MCP endpoint's tool errors), whatever the configured renderer writes."""
+        return self._dispatch(request, route, request_id)
+
     def error_response(self, error: GatewayError, request_id: str) -> PipelineResponse:
         """Render ``error`` with the configured renderer."""
         rendered = self.render(error, request_id=request_id)

@@ -19,8 +19,14 @@ call_container_service     ``POST /r/invoke/{slug}`` with the envelope
 =========================  ==========================================================
 
 A refusal of the pipeline (404, 409, 400 ``invalid_path``, 502, 504, 429, ...) becomes a tool
-result with ``isError: true`` that names the gateway's code; only its internal errors are
-JSON-RPC errors.
+result with ``isError: true`` that names the gateway's code, read from the
+:class:`~invoke_middleware.errors.GatewayError` itself (whatever the host's error renderer
+writes); only its internal errors are JSON-RPC errors.
+
+One HTTP request costs in proportion to one invoke's caps, whatever it holds: a message nests
+at most :data:`MAX_MESSAGE_DEPTH` levels, and the tool results of a request (a batch's too)
+carry at most ``max_response_body_bytes`` of containers' bytes in all (:class:`_ResultBudget`);
+each answer is encoded as soon as it is made, and the response is sent in those pieces.
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ import binascii
 import io
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -41,17 +49,18 @@ from invoke_middleware._bodies import close_body, read_capped
 from invoke_middleware.auth.principal import CredentialKind, Principal
 from invoke_middleware.envelope import check_json_structure, envelope_structure_limit
 from invoke_middleware.errors import (
-    ERROR_MARKER_HEADER,
     REQUEST_ID_HEADER,
     ForbiddenOriginError,
     GatewayError,
     InvalidRequestError,
     MethodNotAllowedError,
     NotAcceptableError,
+    ResponseTooLargeError,
     UnauthenticatedError,
     UnsupportedMediaTypeError,
 )
 from invoke_middleware.headers import Headers
+from invoke_middleware.mcp._json import COMPACT, nesting_exceeds, non_finite_pointer
 from invoke_middleware.mcp.protocol import (
     DEFAULT_HEADERLESS_VERSION,
     HANDSHAKE_VERSIONS,
@@ -82,6 +91,7 @@ from invoke_middleware.mcp.tools import (
     GET_TOOL,
     LIST_TOOL,
     TOOLS_BY_NAME,
+    call_result,
     tool_definitions,
     tool_error,
     tool_result,
@@ -97,9 +107,14 @@ SERVER_VERSION: Final = "0.1.0"
 
 #: An OpenAPI document larger than this is reported as unavailable, not returned.
 OPENAPI_MAX_BYTES: Final = 1024 * 1024
+#: An OpenAPI document nested deeper than this (arrays and objects) is returned as text, not
+#: as JSON: the endpoint could not be sure to write it back.
+OPENAPI_MAX_DEPTH: Final = 128
 #: How long a fetched OpenAPI document is reused, per credential and service.
 OPENAPI_CACHE_SECONDS: Final = 30.0
 _OPENAPI_CACHE_ENTRIES: Final = 256
+# The cache keeps documents as text, at most this much of it: 32 documents of the largest size.
+_OPENAPI_CACHE_BYTES: Final = 32 * OPENAPI_MAX_BYTES
 
 #: ``ttlMs`` of the 2026-07-28 cacheable results.
 DISCOVER_TTL_MS: Final = 3_600_000
@@ -134,6 +149,12 @@ INSTRUCTIONS: Final = (
 #: A 2025-03-26 batch answers at most this many messages: each one may cost an upstream call,
 #: so a batch must not hold a thread for more than a handful of them.
 MAX_BATCH_MESSAGES: Final = 16
+#: A message nests at most this many arrays and objects (a batch's own array aside), refused
+#: unparsed as a parse error: every message the tools define nests fewer than ten, and the
+#: endpoint must be able to write back whatever it parsed (the encoder recurses).
+MAX_MESSAGE_DEPTH: Final = 64
+# A body whose first token is "[" is a batch: its array is one level more (RFC 8259 §2).
+_BATCH_START: Final = re.compile(rb"[ \t\n\r]*\[")
 #: Members and items of one message beside its envelope's: the JSON-RPC fields, params,
 #: arguments, service_slug and the 2026-07-28 _meta (client info and capabilities).
 _MESSAGE_MEMBERS: Final = 64
@@ -145,6 +166,41 @@ _MESSAGE_MEMBERS: Final = 64
 _NOT_CARRIED: Final = frozenset(
     {"content-type", "content-length", "transfer-encoding", "accept", "x-request-id", "origin"}
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Exchange:
+    """One HTTP request to the endpoint, as its messages see it: the request, its caller, the
+    gateway's request id and what its tool results may still carry."""
+
+    request: PipelineRequest
+    principal: Principal
+    request_id: str
+    budget: _ResultBudget
+
+
+class _ResultBudget:
+    """How many bytes of containers' responses the tool results of one HTTP request may carry
+    in all: ``max_response_body_bytes``, what one invoke may answer. A batch of calls then
+    holds no more than one call could, however many messages it has.
+
+    A call is not made once the budget is spent; a response that takes it past the limit is
+    counted, and not returned.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @property
+    def spent(self) -> bool:
+        """Whether nothing more may be carried."""
+        return self.used >= self.limit
+
+    def take(self, size: int) -> bool:
+        """Count ``size`` bytes more; whether everything counted still fits."""
+        self.used += size
+        return self.used <= self.limit
 
 
 class MCPEndpoint:
@@ -162,7 +218,10 @@ class MCPEndpoint:
         self._kinds = frozenset(settings.mcp_credential_kinds)
         self._admits_users = bool(self._kinds & {CredentialKind.DEVICE, CredentialKind.JWT})
         self._clock = clock
-        self._openapi: OrderedDict[tuple[object, ...], tuple[float, dict[str, Any]]] = OrderedDict()
+        self._openapi: OrderedDict[tuple[object, ...], tuple[float, OpenAPIDocument]] = (
+            OrderedDict()
+        )
+        self._openapi_bytes = 0
         self._openapi_lock = threading.Lock()
 
     # -- transport ---------------------------------------------------------------------
@@ -182,7 +241,13 @@ class MCPEndpoint:
         if content_type.strip().lower() != "application/json":
             raise UnsupportedMediaTypeError()
         raw = read_capped(request, self.pipeline.settings.max_envelope_bytes + 64 * 1024)
-        status, answer = self._answer(raw, request, principal, request_id)
+        exchange = _Exchange(
+            request=request,
+            principal=principal,
+            request_id=request_id,
+            budget=_ResultBudget(self.pipeline.settings.max_response_body_bytes),
+        )
+        status, answer = self._answer(raw, exchange)
         return _response(status, answer, request_id, sse=sse)
 
     def _authenticate(self, request: PipelineRequest) -> Principal:
@@ -206,10 +271,10 @@ class MCPEndpoint:
 
     # -- JSON-RPC ------------------------------------------------------------------------
 
-    def _answer(
-        self, raw: bytes, request: PipelineRequest, principal: Principal, request_id: str
-    ) -> tuple[int, object | None]:
-        headers = request.headers
+    def _answer(self, raw: bytes, exchange: _Exchange) -> tuple[int, bytes | list[bytes] | None]:
+        """The status and the encoded answer to the body ``raw``: one JSON-RPC response, the
+        responses to a batch (a list), or none."""
+        headers = exchange.request.headers
         settings = self.pipeline.settings
         per_envelope, string_bytes = envelope_structure_limit(
             max_header_count=settings.max_header_count, max_header_bytes=settings.max_header_bytes
@@ -228,6 +293,14 @@ class MCPEndpoint:
             return 400, _error_response(
                 None, JSONRPCError(PARSE_ERROR, too_complex.details[0].message)
             )
+        depth = MAX_MESSAGE_DEPTH + 1 if _BATCH_START.match(raw) else MAX_MESSAGE_DEPTH
+        if nesting_exceeds(raw, depth):
+            too_deep = JSONRPCError(
+                PARSE_ERROR,
+                f"Parse error: a message may nest arrays and objects {MAX_MESSAGE_DEPTH} deep "
+                "at most.",
+            )
+            return 400, _error_response(None, too_deep)
         try:
             document = json.loads(
                 raw.decode("utf-8"),
@@ -238,7 +311,7 @@ class MCPEndpoint:
             unparsed = JSONRPCError(PARSE_ERROR, "Parse error: the body is not a JSON document.")
             return 400, _error_response(None, unparsed)
         if not isinstance(document, list):
-            return self._one(document, request, principal, request_id)
+            return self._one(document, exchange)
         if not _batches_allowed(headers):
             refusal = JSONRPCError(INVALID_REQUEST, "Batches are not supported in this revision.")
             return 400, _error_response(None, refusal)
@@ -249,22 +322,22 @@ class MCPEndpoint:
                 INVALID_REQUEST, f"A batch holds at most {MAX_BATCH_MESSAGES} messages."
             )
             return 400, _error_response(None, refusal)
-        answers: list[object] = []
+        # Each answer is kept encoded only: its result, and the container's body in it, go
+        # as soon as it is written.
+        answers: list[bytes] = []
         for item in document:
             if isinstance(item, dict) and item.get("method") == "initialize":
                 refusal = JSONRPCError(INVALID_REQUEST, "initialize may not be part of a batch.")
                 answers.append(_error_response(request_id_of(item), refusal))
                 continue
-            _, answer = self._one(item, request, principal, request_id)
+            _, answer = self._one(item, exchange)
             if answer is not None:
                 answers.append(answer)
         # A batch of notifications and responses only is accepted like one of them.
         return (200, answers) if answers else (202, None)
 
-    def _one(
-        self, document: object, request: PipelineRequest, principal: Principal, request_id: str
-    ) -> tuple[int, object | None]:
-        headers = request.headers
+    def _one(self, document: object, exchange: _Exchange) -> tuple[int, bytes | None]:
+        headers = exchange.request.headers
         guessed = _era_from_header(headers)
         try:
             message = classify(document)
@@ -288,28 +361,25 @@ class MCPEndpoint:
             era = negotiated.era
             if era is Era.STATELESS:
                 check_stateless_request(message, headers, negotiated.version)
-            result = self._dispatch(message, negotiated, request, principal, request_id)
+            result = self._dispatch(message, negotiated, exchange)
+            if era is Era.STATELESS:
+                result = {
+                    "resultType": "complete",
+                    **result,
+                    "_meta": {META_SERVER_INFO: _server_info()},
+                }
+            # Encoded here, so that a result that cannot be written is this message's
+            # internal error, not the whole request's.
+            return 200, _encode({"jsonrpc": "2.0", "id": message.id, "result": result})
         except JSONRPCError as error:
             return http_status(error, era), _error_response(message.id, error)
         except Exception:
-            logger.exception("MCP request %s failed", request_id)
+            logger.exception("MCP request %s failed", exchange.request_id)
             failure = JSONRPCError(INTERNAL_ERROR, "Internal error.")
             return http_status(failure, era), _error_response(message.id, failure)
-        if era is Era.STATELESS:
-            result = {
-                "resultType": "complete",
-                **result,
-                "_meta": {META_SERVER_INFO: _server_info()},
-            }
-        return 200, {"jsonrpc": "2.0", "id": message.id, "result": result}
 
     def _dispatch(
-        self,
-        message: Message,
-        negotiated: Negotiated,
-        request: PipelineRequest,
-        principal: Principal,
-        request_id: str,
+        self, message: Message, negotiated: Negotiated, exchange: _Exchange
     ) -> dict[str, Any]:
         method, params, version = message.method, dict(message.params or {}), negotiated.version
         stateless = negotiated.era is Era.STATELESS
@@ -324,7 +394,7 @@ class MCPEndpoint:
                 listed.update(ttlMs=TOOLS_TTL_MS, cacheScope="private")
             return listed
         if method == "tools/call":
-            return self._call(params, version, request, principal, request_id)
+            return self._call(params, version, exchange)
         if stateless and method == "server/discover":
             return {
                 "supportedVersions": list(SUPPORTED_VERSIONS),
@@ -352,14 +422,7 @@ class MCPEndpoint:
 
     # -- tools ---------------------------------------------------------------------------
 
-    def _call(
-        self,
-        params: dict[str, Any],
-        version: str,
-        request: PipelineRequest,
-        principal: Principal,
-        request_id: str,
-    ) -> dict[str, Any]:
+    def _call(self, params: dict[str, Any], version: str, exchange: _Exchange) -> dict[str, Any]:
         name = params.get("name")
         if not isinstance(name, str):
             raise JSONRPCError(INVALID_PARAMS, "params.name must be a string.")
@@ -370,50 +433,71 @@ class MCPEndpoint:
             arguments = {}
         if not isinstance(arguments, dict):
             raise JSONRPCError(INVALID_PARAMS, "params.arguments must be an object.")
-        call = _ToolCall(self, version, request, principal, request_id)
+        call = _ToolCall(self, version, exchange)
         if name == LIST_TOOL:
             return call.list_services(arguments)
         if name == GET_TOOL:
             return call.get_service(arguments)
         return call.call_service(arguments)
 
-    def cached_openapi(self, key: tuple[object, ...]) -> dict[str, Any] | None:
-        """A fetched OpenAPI result still fresh for ``key``, or ``None``."""
+    def cached_openapi(self, key: tuple[object, ...]) -> OpenAPIDocument | None:
+        """A fetched OpenAPI document still fresh for ``key``, or ``None``."""
         with self._openapi_lock:
             entry = self._openapi.get(key)
             if entry is None:
                 return None
-            expires, value = entry
+            expires, document = entry
             if expires <= self._clock():
                 del self._openapi[key]
+                self._openapi_bytes -= document.size
                 return None
-            return value
+            return document
 
-    def remember_openapi(self, key: tuple[object, ...], value: dict[str, Any]) -> None:
-        """Keep ``value`` for :data:`OPENAPI_CACHE_SECONDS`; the oldest entry goes when full."""
+    def remember_openapi(self, key: tuple[object, ...], document: OpenAPIDocument) -> None:
+        """Keep ``document`` for :data:`OPENAPI_CACHE_SECONDS`; the oldest entries go when the
+        cache holds too many, or too many bytes."""
         with self._openapi_lock:
-            self._openapi[key] = (self._clock() + OPENAPI_CACHE_SECONDS, value)
-            self._openapi.move_to_end(key)
-            while len(self._openapi) > _OPENAPI_CACHE_ENTRIES:
-                self._openapi.popitem(last=False)
+            replaced = self._openapi.pop(key, None)
+            if replaced is not None:
+                self._openapi_bytes -= replaced[1].size
+            self._openapi[key] = (self._clock() + OPENAPI_CACHE_SECONDS, document)
+            self._openapi_bytes += document.size
+            while (
+                len(self._openapi) > _OPENAPI_CACHE_ENTRIES
+                or self._openapi_bytes > _OPENAPI_CACHE_BYTES
+            ):
+                _, (_, evicted) = self._openapi.popitem(last=False)
+                self._openapi_bytes -= evicted.size
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenAPIDocument:
+    """A service's OpenAPI document as fetched: its text, and whether that text is JSON the
+    endpoint can write back (then compact, re-encoded from the parsed document).
+
+    Kept as text, not as the parsed document, which can take 30 times the room; ``size``
+    is the byte length of the document as the service sent it.
+    """
+
+    text: str = field(repr=False)
+    is_json: bool
+    size: int
+
+    def as_result(self) -> dict[str, Any]:
+        """The ``openapi`` member of ``get_container_service``'s result."""
+        if self.is_json:
+            return {"status": "included", "document": json.loads(self.text)}
+        return {"status": "included", "text": self.text}
 
 
 class _ToolCall:
     """One ``tools/call``: runs the pipeline on synthetic requests and shapes the result."""
 
-    def __init__(
-        self,
-        endpoint: MCPEndpoint,
-        version: str,
-        request: PipelineRequest,
-        principal: Principal,
-        request_id: str,
-    ) -> None:
+    def __init__(self, endpoint: MCPEndpoint, version: str, exchange: _Exchange) -> None:
         self.endpoint = endpoint
         self.version = version
-        self.request = request
-        self.principal = principal
-        self.request_id = request_id
+        self.exchange = exchange
+        self.request_id = exchange.request_id
 
     # Arguments that break the tool's input schema are a protocol error up to 2025-06-18 and
     # a tool execution error from 2025-11-25 on ("Error Handling" of each revision).
@@ -453,15 +537,47 @@ class _ToolCall:
         if slug is None:
             return self._invalid_arguments("service_slug is required and must be a string.")
         envelope = {key: value for key, value in arguments.items() if key != "service_slug"}
-        body = json.dumps(envelope).encode()
+        try:
+            body = COMPACT.encode(envelope).encode()
+        except ValueError:
+            # A number too large for a float (1e400) was parsed as an infinity, which JSON
+            # cannot express: name it, rather than send the invoke parser a text it refuses.
+            pointer = non_finite_pointer(envelope)
+            return self._invalid_arguments(
+                "numbers must be finite: a number this large cannot be sent.",
+                [{"pointer": pointer or "", "message": "is not a finite number"}],
+            )
+        except RecursionError:
+            # Unreachable within MAX_MESSAGE_DEPTH unless the host's own stack is nearly
+            # exhausted; still the caller's arguments, never an internal error.
+            return self._invalid_arguments("the arguments are nested too deeply.")
+        budget = self.exchange.budget
+        if budget.spent:
+            return self._over_budget(made=False)
         outcome = self._run(RouteMatch(kind=RouteKind.INVOKE, slug=slug), "POST", body)
         if isinstance(outcome, _Refusal):
             if outcome.code == "invalid_request":
                 # The envelope broke the invoke schema: the tool's input schema is that schema.
                 return self._invalid_arguments(outcome.message, outcome.details)
             return outcome.result(self.request_id)
-        text = _utf8_body(outcome)
-        return tool_result(self.version, outcome, extra_text=() if text is None else (text,))
+        if not budget.take(_decoded_size(outcome["body_base64"])):
+            return self._over_budget(made=True)
+        return call_result(self.version, outcome, _utf8_body(outcome))
+
+    def _over_budget(self, *, made: bool) -> dict[str, Any]:
+        limit = self.exchange.budget.limit
+        if made:
+            message = (
+                "The service answered, but its response would take the tool results of this "
+                f"request past {limit} bytes of responses in all; make the call in a request "
+                "of its own."
+            )
+        else:
+            message = (
+                f"The tool results of this request already carry {limit} bytes of responses; "
+                "the call was not made. Make it in a request of its own."
+            )
+        return _Refusal.of(ResponseTooLargeError(message)).result(self.request_id)
 
     def _openapi_for(self, slug: str, service: dict[str, Any]) -> dict[str, Any]:
         url = service.get("openapi_url")
@@ -469,7 +585,7 @@ class _ToolCall:
             return {"status": "not_declared"}
         if service.get("service_status") != "running":
             return {"status": "not_running"}
-        principal = self.principal
+        principal = self.exchange.principal
         # Cached per caller as the pipeline would judge it: a user token may carry no credential
         # id, and a Viewer must not be handed a document a Member's relay fetched.
         key = (
@@ -481,21 +597,35 @@ class _ToolCall:
             slug,
             url,
         )
-        cached = self.endpoint.cached_openapi(key)
-        if cached is not None:
-            return cached
-        envelope = {"method": "GET", "path": url, "headers": {"Accept": "application/json"}}
-        outcome = self._run(
-            RouteMatch(kind=RouteKind.INVOKE, slug=slug), "POST", json.dumps(envelope).encode()
+        budget = self.exchange.budget
+        document = self.endpoint.cached_openapi(key)
+        if document is None:
+            if budget.spent:
+                return _unavailable(self._no_room())
+            envelope = {"method": "GET", "path": url, "headers": {"Accept": "application/json"}}
+            outcome = self._run(
+                RouteMatch(kind=RouteKind.INVOKE, slug=slug),
+                "POST",
+                COMPACT.encode(envelope).encode(),
+            )
+            fetched = _read_openapi(outcome)
+            if isinstance(fetched, str):
+                return _unavailable(fetched)
+            document = fetched
+            self.endpoint.remember_openapi(key, document)
+        if not budget.take(document.size):
+            return _unavailable(self._no_room())
+        return document.as_result()
+
+    def _no_room(self) -> str:
+        return (
+            f"the tool results of this request already carry {self.exchange.budget.limit} "
+            "bytes of responses; ask for this service in a request of its own"
         )
-        result = _openapi_result(outcome)
-        if result["status"] == "included":
-            self.endpoint.remember_openapi(key, result)
-        return result
 
     def _run(self, route: RouteMatch, method: str, body: bytes | None) -> dict[str, Any] | _Refusal:
         """Run the pipeline on a synthetic request for ``route``; its JSON, or its refusal."""
-        outer = self.request
+        outer = self.exchange.request
         fields = [(k, v) for k, v in outer.headers if k.lower() not in _NOT_CARRIED]
         fields.append((REQUEST_ID_HEADER, self.request_id))
         if body is not None:
@@ -511,17 +641,20 @@ class _ToolCall:
             body=io.BytesIO(body or b""),
             content_length=None if body is None else len(body),
         )
-        response = self.endpoint.pipeline.handle(synthetic, route)
+        try:
+            # The refusal as raised, not as rendered: a host's error renderer may write any
+            # body and headers it likes.
+            response = self.endpoint.pipeline.dispatch(synthetic, route, self.request_id)
+        except GatewayError as refusal:
+            return _Refusal.of(refusal)
         raw = _drain(response.body)
-        if response.status == 200:
-            payload = json.loads(raw)
-            assert isinstance(payload, dict)
-            return payload
-        return _Refusal.read(response.status, Headers(response.headers), raw)
+        payload = json.loads(raw)
+        assert isinstance(payload, dict)
+        return payload
 
 
 class _Refusal:
-    """The pipeline's error response, as a tool can report it."""
+    """The pipeline's refusal, as a tool can report it."""
 
     def __init__(self, *, status: int, code: str, message: str, details: object, retry: str | None):
         self.status = status
@@ -531,27 +664,17 @@ class _Refusal:
         self.retry_after = retry
 
     @classmethod
-    def read(cls, status: int, headers: Headers, raw: bytes) -> _Refusal:
-        code = headers.get(ERROR_MARKER_HEADER) or "internal_error"
-        if code == "internal_error":
+    def of(cls, error: GatewayError) -> _Refusal:
+        if error.code == GatewayError.code:
             # The gateway's own failure is not the caller's to fix: a JSON-RPC internal error.
             raise JSONRPCError(INTERNAL_ERROR, "Internal error.")
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            body = {}
-        # The default renderer says error_message, RFC 9457 says detail; a host's renderer may
-        # say neither.
-        found = body.get("error_message") or body.get("detail")
-        message = found if isinstance(found, str) else _phrase(status)
+        retry = next((v for k, v in error.headers if k.lower() == "retry-after"), None)
         return cls(
-            status=status,
-            code=code,
-            message=message,
-            details=body.get("details"),
-            retry=headers.get("Retry-After"),
+            status=error.status,
+            code=error.code,
+            message=error.message,
+            details=[detail.as_dict() for detail in error.details] or None,
+            retry=retry,
         )
 
     def result(self, request_id: str) -> dict[str, Any]:
@@ -568,23 +691,40 @@ class _Refusal:
         return tool_error(f"The gateway refused the call ({self.code}): {self.message}", body)
 
 
-def _openapi_result(outcome: dict[str, Any] | _Refusal) -> dict[str, Any]:
+def _unavailable(reason: str) -> dict[str, Any]:
+    return {"status": "unavailable", "error": reason}
+
+
+def _read_openapi(outcome: dict[str, Any] | _Refusal) -> OpenAPIDocument | str:
+    """The document the pipeline fetched, or why there is none."""
     if isinstance(outcome, _Refusal):
-        return {"status": "unavailable", "error": f"{outcome.code}: {outcome.message}"}
+        return f"{outcome.code}: {outcome.message}"
     status = outcome["status_code"]
     if not 200 <= status < 300:
-        return {"status": "unavailable", "error": f"the service answered HTTP {status}"}
+        return f"the service answered HTTP {status}"
     body = base64.b64decode(outcome["body_base64"])
     if len(body) > OPENAPI_MAX_BYTES:
-        return {"status": "unavailable", "error": f"larger than {OPENAPI_MAX_BYTES} bytes"}
+        return f"larger than {OPENAPI_MAX_BYTES} bytes"
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        return {"status": "unavailable", "error": "the document is not UTF-8 text"}
-    try:
-        return {"status": "included", "document": json.loads(text)}
-    except (ValueError, RecursionError):
-        return {"status": "included", "text": text}
+        return "the document is not UTF-8 text"
+    # Checked and written back before it is kept: a document the endpoint could parse but
+    # not write (too deep for the encoder, NaN, a number too large for a float) is returned
+    # as the text it is, never as a result that fails on every call while it is cached.
+    if not nesting_exceeds(body, OPENAPI_MAX_DEPTH):
+        try:
+            compact = COMPACT.encode(json.loads(text, parse_constant=_refuse_constant))
+        except (ValueError, RecursionError):
+            pass
+        else:
+            return OpenAPIDocument(text=compact, is_json=True, size=len(body))
+    return OpenAPIDocument(text=text, is_json=False, size=len(body))
+
+
+def _decoded_size(encoded: str) -> int:
+    """The length of the bytes the padded base64 ``encoded`` stands for, without decoding."""
+    return len(encoded) // 4 * 3 - encoded[-2:].count("=")
 
 
 def _utf8_body(payload: dict[str, Any]) -> str | None:
@@ -603,22 +743,19 @@ def _drain(body: Iterable[bytes]) -> bytes:
         close_body(body)
 
 
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
 def _server_info() -> dict[str, str]:
     return {"name": SERVER_NAME, "version": SERVER_VERSION}
 
 
-def _error_response(message_id: str | int | None, error: JSONRPCError) -> dict[str, Any]:
+def _encode(message: dict[str, Any]) -> bytes:
+    return COMPACT.encode(message).encode()
+
+
+def _error_response(message_id: str | int | None, error: JSONRPCError) -> bytes:
     response: dict[str, Any] = {"jsonrpc": "2.0", "error": error.as_error_object()}
     if message_id is not None:
         response["id"] = message_id
-    return response
+    return _encode(response)
 
 
 def _era_from_header(headers: Headers) -> Era:
@@ -677,23 +814,36 @@ def _wants_event_stream(headers: Headers) -> bool:
 
 
 def _response(
-    status: int, answer: object | None, request_id: str, *, sse: bool
+    status: int, answer: bytes | list[bytes] | None, request_id: str, *, sse: bool
 ) -> PipelineResponse:
+    """The HTTP response carrying ``answer``. Encoded messages are framed one at a time as the
+    server reads the body, never joined into one copy of them all."""
     headers = [("Cache-Control", "no-store"), (REQUEST_ID_HEADER, request_id)]
+    body: Iterable[bytes]
     if answer is None:
-        body = b""
+        body, length = (), 0
     elif sse and status == 200:
         # One event per response message, then the stream ends: the request is answered.
         messages = answer if isinstance(answer, list) else [answer]
-        body = b"".join(
-            b"event: message\ndata: " + json.dumps(m, separators=(",", ":")).encode() + b"\n\n"
-            for m in messages
-        )
+        body, length = _framed([(b"event: message\ndata: ", m, b"\n\n") for m in messages])
         headers += [("Content-Type", "text/event-stream"), ("X-Accel-Buffering", "no")]
-    else:
-        body = json.dumps(answer, separators=(",", ":")).encode()
+    elif isinstance(answer, list):
+        last = len(answer) - 1
+        body, length = _framed(
+            [(b"," if i else b"[", m, b"]" if i == last else b"") for i, m in enumerate(answer)]
+        )
         headers.append(("Content-Type", "application/json"))
-    headers.append(("Content-Length", str(len(body))))
+    else:
+        body, length = (answer,), len(answer)
+        headers.append(("Content-Type", "application/json"))
+    headers.append(("Content-Length", str(length)))
     return PipelineResponse(
-        status=status, reason=HTTPStatus(status).phrase, headers=headers, body=(body,)
+        status=status, reason=HTTPStatus(status).phrase, headers=headers, body=body
     )
+
+
+def _framed(pieces: list[tuple[bytes, bytes, bytes]]) -> tuple[Iterator[bytes], int]:
+    """A body that joins each piece (opening, message, closing) when it is read, and its
+    length."""
+    length = sum(len(part) for piece in pieces for part in piece)
+    return (b"".join(piece) for piece in pieces), length

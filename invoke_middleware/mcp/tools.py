@@ -9,7 +9,8 @@ service schema, the service list from the service-list schema.
 Each revision of the protocol knows a subset of a tool's fields (``annotations`` since
 2025-03-26, ``title`` and ``outputSchema`` since 2025-06-18) and of a result's
 (``structuredContent`` since 2025-06-18): :func:`tool_definitions` and :func:`tool_result` give
-each revision only what it defines.
+each revision only what it defines. :func:`call_result` puts a container's body into a result
+once in each form an agent reads (base64 for exact bytes, text when it is UTF-8), never more.
 """
 
 from __future__ import annotations
@@ -190,8 +191,13 @@ def tool_definitions(version: str) -> list[dict[str, Any]]:
     return [tool.for_version(version) for tool in TOOLS]
 
 
+# allow_nan=False: JSON has no NaN or infinities; writing them would make a text block that
+# no client parses.
+_TEXT_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _TEXT_JSON.encode(value)
 
 
 def tool_result(
@@ -208,6 +214,30 @@ def tool_result(
     if at_least(version, "2025-06-18"):
         result["structuredContent"] = structured
     return result
+
+
+def call_result(version: str, response: dict[str, Any], body_text: str | None) -> dict[str, Any]:
+    """The result of ``call_container_service``: the invoke answer ``response``, and
+    ``body_text``, the container's body when it is UTF-8, as a text block of its own.
+
+    Before 2025-06-18 the text blocks are the only form: the answer's JSON, then the body.
+    From 2025-06-18 on, ``structuredContent`` carries the answer; its JSON text block (which
+    the revisions recommend, not require) then leaves ``body_base64`` out when the body
+    follows as text, so that a body is in the result twice (base64 and text), not three times.
+    """
+    if body_text is None:
+        return tool_result(version, response)
+    if not at_least(version, "2025-06-18"):
+        return tool_result(version, response, extra_text=(body_text,))
+    described = {key: value for key, value in response.items() if key != "body_base64"}
+    return {
+        "content": [
+            {"type": "text", "text": _dumps(described)},
+            {"type": "text", "text": body_text},
+        ],
+        "isError": False,
+        "structuredContent": response,
+    }
 
 
 def tool_error(message: str, details: dict[str, Any]) -> dict[str, Any]:

@@ -2,17 +2,21 @@
 
 :class:`Agent` posts JSON-RPC messages to ``/r/mcp`` through WebTest, in either era: a
 handshake-era client names its revision in ``MCP-Protocol-Version``, a 2026-07-28 client adds
-the per-request ``_meta`` and the ``Mcp-Method``/``Mcp-Name`` headers.
+the per-request ``_meta`` and the ``Mcp-Method``/``Mcp-Name`` headers. :func:`container_world`
+puts a handler in place of the loopback upstream, for answers that upstream does not give.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from invoke_middleware.testing import MockTransport, RecordingTransport
+from invoke_middleware.transport.base import UpstreamRequest, UpstreamResponse
 from tests.toolkit.world import World
 
 STATELESS = "2026-07-28"
@@ -37,12 +41,26 @@ class Agent:
     headers: dict[str, str] = field(default_factory=dict)
 
     def post(self, document: Any, *, status: int | None = 200, **headers: str) -> Any:
+        sent = self._headers(headers)
+        return self.world.app.post_json("/r/mcp", document, headers=sent, status=status)
+
+    def post_raw(self, body: bytes, *, status: int | None = 200, **headers: str) -> Any:
+        """Post ``body`` as it is: for texts that no JSON encoder writes."""
+        return self.world.app.post(
+            "/r/mcp",
+            body,
+            headers=self._headers(headers),
+            content_type="application/json",
+            status=status,
+        )
+
+    def _headers(self, headers: dict[str, str]) -> dict[str, str]:
         sent = {**self.world.auth(self.key), "Accept": "application/json, text/event-stream"}
         if self.version is not None:
             sent["MCP-Protocol-Version"] = self.version
         sent.update(self.headers)
         sent.update(headers)
-        return self.world.app.post_json("/r/mcp", document, headers=sent, status=status)
+        return sent
 
     def request(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> Any:
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": next(_ids), "method": method}
@@ -80,3 +98,15 @@ def agent(world: World) -> Agent:
 def modern(world: World) -> StatelessAgent:
     """A 2026-07-28 client."""
     return StatelessAgent(world)
+
+
+def container_world(
+    make_world: Callable[..., World],
+    handler: Callable[[UpstreamRequest], UpstreamResponse],
+    **options: Any,
+) -> tuple[World, RecordingTransport]:
+    """A world whose services are answered by ``handler`` instead of the loopback upstream,
+    and the transport recording what reached it; ``options`` go to the middleware."""
+    transport = RecordingTransport(MockTransport(handler))
+    world = make_world(transport=transport, egress_transport=transport, **options)
+    return world, transport

@@ -12,6 +12,8 @@ import pytest
 from invoke_middleware import PipelineSettings
 from invoke_middleware.auth.principal import CredentialKind
 from invoke_middleware.envelope import load_schema
+from invoke_middleware.mcp._json import _STRING, nesting_exceeds
+from invoke_middleware.mcp.endpoint import MAX_BATCH_MESSAGES, MAX_MESSAGE_DEPTH
 from tests.mcp.conftest import STATELESS, Agent, StatelessAgent, stateless_meta
 from tests.toolkit.world import World
 
@@ -229,6 +231,78 @@ def test_malformed_messages_are_400_with_their_code(world: World, body: bytes, c
         assert response.headers["X-Request-ID"]
 
 
+def nested_call(arrays: int, *, stateless: bool = False) -> bytes:
+    """A ``call_container_service`` message whose header value nests ``arrays`` arrays, as
+    text: the message nests four levels more (itself, params, arguments, headers)."""
+    meta = json.dumps(stateless_meta())[1:-1] + "," if stateless else ""
+    return (
+        '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{' + meta + '"name":'
+        '"call_container_service","arguments":{"service_slug":"echo","method":"GET",'
+        '"path":"/","headers":{"x":' + "[" * arrays + "]" * arrays + "}}}}"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "depth",
+    [
+        pytest.param(MAX_MESSAGE_DEPTH + 1, id="one-past-the-limit"),
+        pytest.param(987, id="near-the-parser-s-limit"),
+    ],
+)
+def test_a_message_nested_past_the_limit_is_a_parse_error_in_both_eras(
+    agent: Agent, depth: int
+) -> None:
+    refusals = [
+        agent.post_raw(nested_call(depth - 4), status=400),
+        agent.post_raw(
+            nested_call(depth - 4, stateless=True),
+            status=400,
+            **{
+                "MCP-Protocol-Version": STATELESS,
+                "Mcp-Method": "tools/call",
+                "Mcp-Name": "call_container_service",
+            },
+        ),
+    ]
+    for response in refusals:
+        assert error_code(response) == -32700
+        assert f"{MAX_MESSAGE_DEPTH} deep" in response.json["error"]["message"]
+    assert agent.world.upstream.received == []
+
+
+def test_a_message_at_the_depth_limit_is_answered_alone_and_in_a_batch(world: World) -> None:
+    message = nested_call(MAX_MESSAGE_DEPTH - 4)
+    # An array is no header value: the invoke schema's refusal, not a parse error.
+    alone = Agent(world, version="2025-11-25").post_raw(message).json["result"]
+    assert json.loads(alone["content"][1]["text"])["code"] == "invalid_arguments"
+    # The batch's own array does not count against its messages.
+    (answer,) = Agent(world).post_raw(b"[" + message + b"]").json  # no header: 2025-03-26
+    assert answer["error"]["code"] == -32602
+
+
+def test_brackets_inside_strings_are_no_nesting(agent: Agent) -> None:
+    brackets = "[{" * 200 + '\\"' + "]}" * 10
+    arguments = {"service_slug": "echo", "method": "GET", "path": "/", "headers": {"X": brackets}}
+    result = agent.call("call_container_service", arguments).json["result"]
+    assert result["isError"] is False
+    assert agent.world.upstream.received[-1].header("X") == brackets
+
+
+def test_a_string_left_open_is_read_once_to_the_end_of_the_text(agent: Agent) -> None:
+    # Before a message is parsed its strings are cut out to measure its nesting. A string
+    # that never closes is read to the end once; were it not taken as a string, the search
+    # would start again after its quote, and ``"\"\"\"…`` cost the square of its length.
+    opened = b'"' + b'\\"' * 100_000
+    match = _STRING.match(opened)
+    assert match is not None
+    assert match.end() == len(opened)
+    assert not nesting_exceeds(b"[" * (MAX_MESSAGE_DEPTH + 1) + opened, MAX_MESSAGE_DEPTH)
+    # Through the endpoint: not JSON, whatever its size.
+    response = agent.post_raw(b"[" * (MAX_MESSAGE_DEPTH + 1) + opened, status=400)
+    assert error_code(response) == -32700
+    assert agent.world.upstream.received == []
+
+
 def test_unknown_methods_and_tools_have_each_era_s_status(
     agent: Agent, modern: StatelessAgent
 ) -> None:
@@ -364,8 +438,6 @@ def test_the_settings_table_configures_origins_and_credential_kinds() -> None:
 
 
 def test_a_batch_longer_than_the_cap_is_refused_whole(world: World) -> None:
-    from invoke_middleware.mcp.endpoint import MAX_BATCH_MESSAGES
-
     arguments = {"service_slug": "echo", "method": "GET", "path": "/"}
     batch = [
         {
@@ -382,6 +454,35 @@ def test_a_batch_longer_than_the_cap_is_refused_whole(world: World) -> None:
     answered = Agent(world).post(batch[:MAX_BATCH_MESSAGES]).json
     assert len(answered) == MAX_BATCH_MESSAGES
     assert len(world.upstream.received) == MAX_BATCH_MESSAGES
+
+
+def test_the_tool_results_of_a_batch_carry_at_most_one_invoke_s_response_cap(
+    make_world: Any,
+) -> None:
+    limit = 64 * 1024
+    world = make_world(settings=PipelineSettings(max_response_body_bytes=limit))
+    arguments = {"service_slug": "echo", "method": "GET", "path": f"/bytes/{40 * 1024}"}
+    batch = [
+        {
+            "jsonrpc": "2.0",
+            "id": n,
+            "method": "tools/call",
+            "params": {"name": "call_container_service", "arguments": arguments},
+        }
+        for n in range(MAX_BATCH_MESSAGES)
+    ]
+    response = Agent(world).post(batch)  # no header: 2025-03-26
+    results = [answer["result"] for answer in response.json]
+    assert results[0]["isError"] is False
+    refusals = [json.loads(result["content"][1]["text"]) for result in results[1:]]
+    assert {refusal["code"] for refusal in refusals} == {"response_too_large"}
+    # The second call was made and its answer took the batch past the cap; no call after it
+    # reached the service.
+    assert "The service answered" in refusals[0]["error_message"]
+    assert all("the call was not made" in refusal["error_message"] for refusal in refusals[1:])
+    assert len(world.upstream.received) == 2
+    # Sixteen answers of 40 KiB came to 16 times the base64 of each (874 KB).
+    assert len(response.body) < 2 * limit
 
 
 @pytest.mark.parametrize(

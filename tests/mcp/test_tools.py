@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
+from collections.abc import Callable
 from typing import Any
 
-from invoke_middleware import ServiceStatus
-from tests.mcp.conftest import Agent, StatelessAgent
+import pytest
+
+from invoke_middleware import (
+    GatewayError,
+    Limiter,
+    LimitSettings,
+    PipelineSettings,
+    Rate,
+    RenderedError,
+    ServiceStatus,
+)
+from invoke_middleware.mcp.endpoint import OPENAPI_MAX_BYTES, OPENAPI_MAX_DEPTH, OpenAPIDocument
+from invoke_middleware.testing import make_response
+from invoke_middleware.transport.base import UpstreamRequest, UpstreamResponse
+from tests.mcp.conftest import Agent, StatelessAgent, container_world
 from tests.toolkit.world import World, make_service
 
 
@@ -76,7 +91,9 @@ def test_call_relays_the_envelope_and_adds_a_utf8_body_as_text(agent: Agent) -> 
     assert result["isError"] is False
     structured = result["structuredContent"]
     assert structured["status_code"] == 200
-    assert json.loads(result["content"][0]["text"]) == structured
+    # The body follows as text: the JSON text block does not carry it in base64 again.
+    described = {key: value for key, value in structured.items() if key != "body_base64"}
+    assert json.loads(result["content"][0]["text"]) == described
     echoed = json.loads(result["content"][1]["text"])
     assert echoed["method"] == "PUT"
     assert echoed["target"] == "/items/1?x=y"
@@ -91,6 +108,20 @@ def test_a_binary_body_stays_base64_only(agent: Agent) -> None:
     result = result_of(agent.call("call_container_service", arguments))
     assert len(result["content"]) == 1
     assert len(base64.b64decode(result["structuredContent"]["body_base64"])) == 300
+    # A client that reads only the text blocks still gets the bytes.
+    assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
+
+
+def test_a_utf8_body_is_carried_once_as_base64_and_once_as_text(
+    agent: Agent, modern: StatelessAgent
+) -> None:
+    arguments = {"service_slug": "echo", "method": "GET", "path": "/copies"}
+    for client in (agent, modern):
+        response = client.call("call_container_service", arguments)
+        result = result_of(response)
+        encoded = result["structuredContent"]["body_base64"]
+        assert response.text.count(encoded) == 1
+        assert base64.b64decode(encoded).decode() == result["content"][1]["text"]
 
 
 def test_a_container_error_status_is_a_normal_result(agent: Agent) -> None:
@@ -126,6 +157,172 @@ def test_invalid_arguments_are_protocol_errors_before_2025_11_25_and_tool_errors
     assert new.json["result"]["isError"] is True
     missing = Agent(world, version="2025-11-25").call("get_container_service", {})
     assert missing.json["result"]["isError"] is True
+
+
+def test_a_number_too_large_for_a_float_is_invalid_arguments_that_name_it(world: World) -> None:
+    # 1e400 parses as an infinity, which no JSON text can carry on to the invoke route.
+    message = (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":'
+        b'"call_container_service","arguments":{"service_slug":"echo","method":"GET",'
+        b'"path":"/","headers":{"x":[1e400]}}}}'
+    )
+    detail = {"pointer": "/headers/x/0", "message": "is not a finite number"}
+    old = Agent(world, version="2025-06-18").post_raw(message).json["error"]
+    assert old["code"] == -32602
+    assert "finite" in old["message"]
+    assert old["data"] == [detail]
+    new = result_of(Agent(world, version="2025-11-25").post_raw(message))
+    assert new["isError"] is True
+    error = json.loads(new["content"][1]["text"])
+    assert error["code"] == "invalid_arguments"
+    assert error["details"] == [detail]
+    assert world.upstream.received == []
+
+
+def renderer_without_marker(error: GatewayError, *, request_id: str) -> RenderedError:
+    """A host's renderer: a body of its own, and no ``X-Invoke-Error`` marker."""
+    body = json.dumps({"message": error.message}).encode()
+    return RenderedError(
+        status=error.status,
+        headers=(("Content-Type", "application/json"), ("Content-Length", str(len(body)))),
+        body=body,
+    )
+
+
+def test_refusals_are_read_from_the_error_whatever_the_host_s_renderer_writes(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(error_renderer=renderer_without_marker)
+    cases = {
+        "service_not_found": {"service_slug": "theirs", "method": "GET", "path": "/"},
+        "service_not_running": {"service_slug": "svc-stopped", "method": "GET", "path": "/"},
+        "invalid_path": {"service_slug": "echo", "method": "GET", "path": "/a/../b"},
+    }
+    for client in (Agent(world, version="2025-11-25"), StatelessAgent(world)):
+        for code, arguments in cases.items():
+            result = result_of(client.call("call_container_service", arguments))
+            assert result["isError"] is True
+            assert json.loads(result["content"][1]["text"])["code"] == code
+        brewed = {"service_slug": "echo", "method": "BREW", "path": "/"}
+        invalid = json.loads(
+            result_of(client.call("call_container_service", brewed))["content"][1]["text"]
+        )
+        assert invalid["code"] == "invalid_arguments"
+        assert invalid["details"][0]["pointer"] == "/method"
+    assert world.upstream.received == []
+    # The REST routes still answer with the host's renderer.
+    rest = world.app.get("/r/containers/theirs", headers=world.auth(), status=404)
+    assert rest.json == {"message": "Service not found."}
+
+
+def test_a_limit_s_retry_after_is_read_from_the_error_whatever_the_renderer(
+    make_world: Callable[..., World],
+) -> None:
+    limiter = Limiter(LimitSettings(credential_rate=Rate(amount=1, window=3600)))
+    world = make_world(error_renderer=renderer_without_marker, limiter=limiter)
+    agent = Agent(world, version="2025-11-25")
+    arguments = {"service_slug": "echo", "method": "GET", "path": "/"}
+    assert result_of(agent.call("call_container_service", arguments))["isError"] is False
+    refused = json.loads(
+        result_of(agent.call("call_container_service", arguments))["content"][1]["text"]
+    )
+    assert refused["code"] == "rate_limited"
+    assert refused["status"] == 429
+    assert int(refused["retry_after"]) >= 1
+
+
+def serving(document: bytes) -> Callable[[UpstreamRequest], UpstreamResponse]:
+    """A container that answers every request with ``document`` as JSON."""
+
+    def answer(request: UpstreamRequest) -> UpstreamResponse:
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(document)))]
+        return make_response(200, headers=headers, body=document)
+
+    return answer
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param(nested(OPENAPI_MAX_DEPTH + 1), id="nested-past-the-limit"),
+        pytest.param(b'{"openapi": "3.1.0", "x": NaN}', id="nan"),
+        pytest.param(b'{"openapi": "3.1.0", "x": 1e400}', id="a-number-too-large"),
+    ],
+)
+def test_an_openapi_document_that_cannot_be_written_back_is_returned_as_text(
+    make_world: Callable[..., World], document: bytes
+) -> None:
+    world, transport = container_world(make_world, serving(document))
+    world.registry.add(make_service("documented", world.upstream.url, openapi_url="/openapi.json"))
+    for client in (Agent(world, version="2025-11-25"), StatelessAgent(world)):
+        for _ in range(2):
+            result = result_of(client.call("get_container_service", {"service_slug": "documented"}))
+            assert result["isError"] is False
+            openapi = result["structuredContent"]["openapi"]
+            assert openapi == {"status": "included", "text": document.decode()}
+    assert len(transport.requests) == 1  # kept, and served from the cache since
+
+
+def test_get_answers_whatever_the_depth_of_the_openapi_document(
+    make_world: Callable[..., World],
+) -> None:
+    # Up to the parser's own limit: a document the parser takes, nested a few levels short of
+    # what the encoder can write from where the result is written, must not fail the call.
+    def answer(request: UpstreamRequest) -> UpstreamResponse:
+        return serving(nested(int(request.url.rsplit("/", 1)[1])))(request)
+
+    world, _ = container_world(make_world, answer)
+    agent = Agent(world, version="2025-11-25")
+    limit = sys.getrecursionlimit()
+    for depth in range(limit - 400, limit):
+        slug = f"deep-{depth}"
+        world.registry.add(make_service(slug, world.upstream.url, openapi_url=f"/doc/{depth}"))
+        result = result_of(agent.call("get_container_service", {"service_slug": slug}))
+        assert result["structuredContent"]["openapi"]["status"] == "included", depth
+
+
+def test_an_openapi_document_at_the_depth_limit_is_returned_as_json(
+    make_world: Callable[..., World],
+) -> None:
+    world, _ = container_world(make_world, serving(nested(OPENAPI_MAX_DEPTH)))
+    world.registry.add(make_service("documented", world.upstream.url, openapi_url="/openapi.json"))
+    agent = Agent(world, version="2025-11-25")
+    result = result_of(agent.call("get_container_service", {"service_slug": "documented"}))
+    assert "document" in result["structuredContent"]["openapi"]
+
+
+def test_the_openapi_documents_of_a_batch_share_its_response_cap(
+    make_world: Callable[..., World],
+) -> None:
+    document = json.dumps({"openapi": "3.1.0", "info": {"title": "x" * 40_000}}).encode()
+    world, transport = container_world(
+        make_world,
+        serving(document),
+        settings=PipelineSettings(max_response_body_bytes=64 * 1024),
+    )
+    world.registry.add(make_service("documented", world.upstream.url, openapi_url="/openapi.json"))
+    get = {"name": "get_container_service", "arguments": {"service_slug": "documented"}}
+    batch = [{"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": get} for n in range(3)]
+    answers = Agent(world).post(batch).json  # no header: 2025-03-26, text blocks only
+    openapi = [json.loads(a["result"]["content"][0]["text"])["openapi"] for a in answers]
+    assert openapi[0]["status"] == "included"
+    for refused in openapi[1:]:
+        assert refused["status"] == "unavailable"
+        assert "a request of its own" in refused["error"]
+    assert len(transport.requests) == 1
+
+
+def test_the_openapi_cache_holds_a_bounded_number_of_bytes(world: World) -> None:
+    endpoint = world.middleware.pipeline.mcp
+    largest = OpenAPIDocument(text="{}", is_json=True, size=OPENAPI_MAX_BYTES)
+    for n in range(40):
+        endpoint.remember_openapi(("key", n), largest)
+    kept = [n for n in range(40) if endpoint.cached_openapi(("key", n)) is not None]
+    assert kept == list(range(8, 40))
 
 
 def test_tool_calls_run_the_pipeline_with_the_gateway_s_request_id(agent: Agent) -> None:
