@@ -370,13 +370,14 @@ class LimitEvent:
     """A request refused by a limit, or a rate-limit store that failed.
 
     ``limit`` is the limit that refused (``None`` for store failures); ``route`` is
-    ``invoke`` or ``catch_all``, as in :class:`~invoke_middleware.hooks.RelayStarted`.
+    ``invoke`` or ``catch_all``, as in :class:`~invoke_middleware.hooks.RelayStarted`, or
+    ``mcp`` for the MCP endpoint reading a message, which has no ``service`` yet (``None``).
     """
 
     request_id: str
     route: str
     principal: Principal
-    service: Service
+    service: Service | None
     outcome: LimitOutcome
     limit: LimitKind | None = None
 
@@ -730,16 +731,9 @@ class Limiter:
             self._policies[pair] = policy
             return policy
         settings = self.settings
-        team = self._teams.get(pair[0]) if self._teams else None
-        if stored is not None:
-            team = stored.over(team)
+        team = self._team(pair[0], stored)
         in_flight = self._in_flight
-        caps: list[_Cap] = []
-        if settings.max_in_flight is not None:
-            caps.append((LimitKind.IN_FLIGHT, in_flight.total, settings.max_in_flight))
-        team_cap = (team.max_in_flight if team else None) or settings.team_max_in_flight
-        if team_cap is not None:
-            caps.append((LimitKind.TEAM_IN_FLIGHT, in_flight.slot(("team", pair[0])), team_cap))
+        caps = self._caller_caps(pair[0], team)
         service_cap = own.max_in_flight or settings.service_max_in_flight
         if service_cap is not None:
             service_slot = in_flight.slot(("service", pair[1]))
@@ -770,6 +764,49 @@ class Limiter:
             self._policies.clear()
         self._policies[pair] = policy
         return policy
+
+    def _team(self, team: int, stored: TeamLimits | None) -> TeamLimits | None:
+        """The team's own limits: the stored ones over the configured ones."""
+        configured = self._teams.get(team) if self._teams else None
+        return configured if stored is None else stored.over(configured)
+
+    def _caller_caps(self, team: int, limits: TeamLimits | None) -> list[_Cap]:
+        """The caps every request of the team is under, whatever its service: the process's
+        and the team's."""
+        settings = self.settings
+        in_flight = self._in_flight
+        caps: list[_Cap] = []
+        if settings.max_in_flight is not None:
+            caps.append((LimitKind.IN_FLIGHT, in_flight.total, settings.max_in_flight))
+        team_cap = (limits.max_in_flight if limits else None) or settings.team_max_in_flight
+        if team_cap is not None:
+            caps.append((LimitKind.TEAM_IN_FLIGHT, in_flight.slot(("team", team)), team_cap))
+        return caps
+
+    def admit_caller(self, principal: Principal, *, route: str, request_id: str) -> Admission:
+        """Take the process's and the team's concurrency slots for work done for
+        ``principal`` before any service is known (the MCP endpoint reading a message), or
+        raise :class:`~invoke_middleware.errors.TooManyInFlightError`.
+
+        A request reading its body holds a worker thread as a relay does, so it counts under
+        the same caps; give the slot back (:meth:`Admission.release`) once the body is read.
+        No rate is counted: each service the message then calls is admitted by :meth:`admit`.
+        """
+        team_id = principal.team_id
+        stored = self.team_limits.get(team_id) if self.team_limits is not None else None
+        caps = self._caller_caps(team_id.int, self._team(team_id.int, stored))
+        if not caps:
+            return UNLIMITED
+        in_flight = self._in_flight
+        slots = (in_flight.total, *(slot for _, slot, _ in caps if slot is not in_flight.total))
+        full = in_flight.acquire(caps, slots, self.settings.queue_timeout)
+        if full is not None:
+            self._report(
+                principal, None, route, request_id, outcome=LimitOutcome.REFUSED, limit=full
+            )
+            retry = retry_after(self.settings.concurrency_retry_after)
+            raise TooManyInFlightError(headers=(retry,))
+        return Admission((), functools.partial(in_flight.release, slots))
 
     # -- rates --------------------------------------------------------------------------------
 
@@ -837,7 +874,7 @@ class Limiter:
     def _report(
         self,
         principal: Principal,
-        service: Service,
+        service: Service | None,
         route: str,
         request_id: str,
         *,

@@ -75,6 +75,7 @@ GATEWAY_LOGGERS: Final = (
     "invoke_middleware.mcp",
     "invoke_middleware.readiness",
     "invoke_middleware.standalone",
+    "invoke_middleware.store",
 )
 
 _TRACEBACK_FORMATTER: Final = logging.Formatter()
@@ -200,7 +201,7 @@ class RelayLogger:
             "route": event.route,
             "team": str(event.principal.team_id),
             "user": event.principal.user_id,
-            "slug": event.service.slug,
+            "slug": None if event.service is None else event.service.slug,
             "limit": None if event.limit is None else event.limit.value,
             "outcome": event.outcome.value,
         }

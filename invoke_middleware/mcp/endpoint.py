@@ -60,6 +60,7 @@ from invoke_middleware.errors import (
     UnsupportedMediaTypeError,
 )
 from invoke_middleware.headers import Headers
+from invoke_middleware.limits import UNLIMITED
 from invoke_middleware.mcp._json import COMPACT, nesting_exceeds, non_finite_pointer
 from invoke_middleware.mcp.protocol import (
     DEFAULT_HEADERLESS_VERSION,
@@ -240,7 +241,17 @@ class MCPEndpoint:
         content_type = (request.headers.get("Content-Type") or "").partition(";")[0]
         if content_type.strip().lower() != "application/json":
             raise UnsupportedMediaTypeError()
-        raw = read_capped(request, self.pipeline.settings.max_envelope_bytes + 64 * 1024)
+        # Reading a message holds a worker thread as a relay does: under the team's and the
+        # process's caps, so that a team's slow uploads cannot take more than its share. The
+        # slot goes back once the body is read; each tool call is admitted on its own.
+        limiter = self.pipeline.limiter
+        admission = UNLIMITED
+        if limiter is not None:
+            admission = limiter.admit_caller(principal, route=RouteKind.MCP, request_id=request_id)
+        try:
+            raw = read_capped(request, self.pipeline.settings.max_envelope_bytes + 64 * 1024)
+        finally:
+            admission.release()
         exchange = _Exchange(
             request=request,
             principal=principal,

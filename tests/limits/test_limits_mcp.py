@@ -4,14 +4,20 @@ limit is a tool error naming the limit's code, and MCP and invoke draw on one bu
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
-from invoke_middleware import Limiter, LimitSettings, Rate
+from invoke_middleware import CredentialKind, Limiter, LimitSettings, Rate
 from invoke_middleware.limits import LimitEvent, LimitKind, LimitOutcome
+from tests.integration.gateway import CLIENT_TIMEOUT, Reply, RunningGateway, exchange
+from tests.limits.conftest import wait_released, wait_until
+from tests.limits.test_limits_relay import OTHER_TEAM, limited_gateway
 from tests.mcp.conftest import Agent
 from tests.toolkit.errors import assert_gateway_error
-from tests.toolkit.world import INVOKE_ENVELOPE, World
+from tests.toolkit.world import INVOKE_ENVELOPE, World, make_service
+from tests.upstreams import RawUpstream
 
 CALL = {"service_slug": "echo", "method": "GET", "path": "/from-mcp"}
 
@@ -64,3 +70,51 @@ def test_mcp_and_invoke_share_one_budget(make_world: Callable[..., World]) -> No
     assert call_refused["isError"] is True
     assert json.loads(call_refused["content"][1]["text"])["code"] == "rate_limited"
     assert len(world.upstream.received) == 2
+
+
+def _ping(gateway: RunningGateway, key: str) -> Reply:
+    headers = [
+        ("Authorization", f"Bearer {key}"),
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ]
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
+    return exchange(gateway, "POST", "/r/mcp", headers, body, auth=False)
+
+
+def test_a_message_being_read_holds_a_slot_under_its_teams_cap(raw_upstream: RawUpstream) -> None:
+    # The endpoint reads a message before it knows which service it calls; a team's slow
+    # uploads must not hold more worker threads than its cap allows its relays.
+    events: list[LimitEvent] = []
+    limiter = Limiter(LimitSettings(team_max_in_flight=1), on_event=[events.append])
+    with limited_gateway(raw_upstream.url, limiter) as gateway, ExitStack() as stack:
+        gateway.middleware.registry.add(  # type: ignore[attr-defined]
+            make_service("other", raw_upstream.url, team=OTHER_TEAM)
+        )
+        other_key = gateway.middleware.credentials.issue(
+            CredentialKind.INTEGRATION, team_id=OTHER_TEAM
+        ).key
+        slow = stack.enter_context(
+            socket.create_connection(("127.0.0.1", gateway.port), timeout=CLIENT_TIMEOUT)
+        )
+        slow.sendall(
+            b"POST /r/mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Accept: application/json, text/event-stream\r\nContent-Length: 1000\r\n"
+            + f"Authorization: Bearer {gateway.key}\r\n\r\n".encode()
+            + b'{"jsonrpc": "2.0", '
+        )
+        wait_until(lambda: limiter.in_flight == 1, "the slow message holds its team's slot")
+
+        refused = _ping(gateway, gateway.key)
+        other = _ping(gateway, other_key)
+
+        slow.close()  # the client goes away: the slot comes back
+        wait_released(limiter)
+        after = _ping(gateway, gateway.key)
+
+    assert_gateway_error(refused, 429, "too_many_in_flight")
+    assert other.status == 200
+    assert after.status == 200
+    assert [(e.route, e.limit, e.service) for e in events] == [
+        ("mcp", LimitKind.TEAM_IN_FLIGHT, None)
+    ]
