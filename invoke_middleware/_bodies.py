@@ -68,13 +68,19 @@ class RequestBody:
     length to check up front.
     """
 
-    __slots__ = ("_body", "_length", "_limit", "sent")
+    __slots__ = ("_body", "_first", "_length", "_limit", "sent")
 
     def __init__(self, request: PipelineRequest, length: int | None, limit: int) -> None:
         self._body = request.body
         self._length = length
         self._limit = limit
+        self._first = b""
         self.sent = 0
+
+    def has_bytes(self) -> bool:
+        """Read the first chunk of a body of unknown length: whether there is any body."""
+        self._first = self._read(_READ_SIZE)
+        return bool(self._first)
 
     def __iter__(self) -> Iterator[bytes]:
         read = self._read
@@ -88,14 +94,14 @@ class RequestBody:
                 self.sent += len(chunk)
                 yield chunk
             return
-        while True:
-            chunk = read(_READ_SIZE)
-            if not chunk:
-                return
+        first, self._first = self._first, b""
+        chunk = first or read(_READ_SIZE)
+        while chunk:
             self.sent += len(chunk)
             if self.sent > self._limit:
                 raise PayloadTooLargeError()
             yield chunk
+            chunk = read(_READ_SIZE)
 
     def _read(self, size: int) -> bytes:
         try:
@@ -116,7 +122,12 @@ def request_body(request: PipelineRequest, limit: int) -> tuple[RequestBody | No
             return None, None
         return RequestBody(request, request.content_length, limit), request.content_length
     if request.chunked:
-        return RequestBody(request, None, limit), None
+        body = RequestBody(request, None, limit)
+        if "Transfer-Encoding" in request.headers or body.has_bytes():
+            return body, None
+        # Over HTTP/2 or HTTP/3, a request without a length may have no body: this one has
+        # none, and goes upstream without one (not as an empty chunked body).
+        return None, None
     if "Transfer-Encoding" in request.headers:
         # Chunked input the server did not de-chunk for us: we cannot find its end.
         raise LengthRequiredError()

@@ -204,10 +204,12 @@ def _pipeline_request(environ: WSGIEnvironment) -> PipelineRequest:
         # both on must not make the gateway trust the length (request smuggling).
         content_length = None
     # PEP 3333 leaves chunked input to the server; only one that marks the input terminated
-    # (werkzeug, gunicorn) lets us read to its end safely.
+    # (werkzeug, gunicorn, the ASGI adapter) lets us read to its end safely. Over HTTP/2 and
+    # HTTP/3 a body needs neither field (a frame flag ends it, RFC 9113 §8.1): without a
+    # length, such a request's body is read to its end too, not taken for none.
     chunked = (
         content_length is None
-        and "HTTP_TRANSFER_ENCODING" in environ
+        and ("HTTP_TRANSFER_ENCODING" in environ or _framed_by_frames(environ))
         and bool(environ.get("wsgi.input_terminated"))
     )
     return PipelineRequest(
@@ -223,6 +225,11 @@ def _pipeline_request(environ: WSGIEnvironment) -> PipelineRequest:
         content_length=content_length,
         chunked=chunked,
     )
+
+
+def _framed_by_frames(environ: WSGIEnvironment) -> bool:
+    """Whether the request came over HTTP/2 or HTTP/3, where frames, not fields, end a body."""
+    return str(environ.get("SERVER_PROTOCOL", "")).upper() in ("HTTP/2", "HTTP/2.0", "HTTP/3")
 
 
 def _raw_path_info(environ: WSGIEnvironment) -> str | None:

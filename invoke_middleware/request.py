@@ -27,8 +27,9 @@ class PipelineRequest:
     gateway's prefix, e.g. ``/api/r/containers/echo/a b``. It is for resolvers and logs: the
     route was matched on it, and the catch-all sends the tail as the client spelled it.
     ``query`` is the raw query string without ``?``. ``content_length`` is ``None`` when the
-    caller sent no ``Content-Length``; ``chunked`` says the server de-chunked the body and
-    marks its end.
+    caller sent no ``Content-Length``; ``chunked`` says the body has no length to read (the
+    server de-chunked it, or it came over HTTP/2 or HTTP/3 without one) and the server marks
+    its end.
     """
 
     method: str

@@ -112,6 +112,46 @@ def serve_uvicorn(app: Any) -> Iterator[int]:
         sock.close()
 
 
+@contextlib.contextmanager
+def serve_hypercorn(app: Any) -> Iterator[int]:
+    """Serve ``app`` with hypercorn in a thread until the block ends; yield its port. It
+    speaks HTTP/1.1 and HTTP/2 over cleartext (a client with prior knowledge), as a host
+    behind a proxy that talks HTTP/2 to it would see."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    sock = _listening_socket()
+    port: int = sock.getsockname()[1]
+    sock.close()  # hypercorn binds the address itself
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.loglevel = "WARNING"
+    stop = threading.Event()
+    started = threading.Event()
+
+    async def run() -> None:
+        async def shutdown() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.02)
+
+        task = asyncio.ensure_future(serve(app, config, shutdown_trigger=shutdown))
+        started.set()
+        await task
+
+    thread = threading.Thread(target=lambda: asyncio.run(run()))
+    thread.start()
+    try:
+        assert started.wait(START_TIMEOUT), "hypercorn did not start"
+        for _ in range(int(START_TIMEOUT / 0.01)):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            threading.Event().wait(0.01)
+        yield port
+    finally:
+        stop.set()
+        thread.join(START_TIMEOUT)
+
+
 def main(upstream_url: str) -> None:
     gateway, key = make_gateway(upstream_url)
     sock = _listening_socket()
