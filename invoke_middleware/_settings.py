@@ -520,7 +520,9 @@ SETTINGS: dict[str, Setting] = {
         typed=_INT,
     ),
     "limits.queue_timeout": Setting(
-        doc=SettingDoc(type="seconds ≥ 0", default="0", meaning="wait for a global slot before the 429"),
+        doc=SettingDoc(
+            type="seconds ≥ 0", default="0", meaning="wait for a global slot before the 429"
+        ),
         convert=_seconds_or_zero,
         expected="seconds (0 or more)",
         typed=_NUMBER,
