@@ -267,8 +267,15 @@ def _object_from_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _SEPARATORS: Final = (b",", b"[", b"{")
 _BODY_MEMBER: Final = b'"body_base64"'
 _TO_STRING: Final = re.compile(rb'[ \t\n\r]*:[ \t\n\r]*"')
-#: A JSON string (RFC 8259 §7), or one separator outside strings.
-_STRING_OR_SEPARATOR: Final = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[,\[{]')
+#: A JSON string (RFC 8259 §7), as a pattern for scans that skip strings (compile it with
+#: ``re.DOTALL``: a backslash escapes any byte, a line feed too). The quantifiers are
+#: possessive, so no match backtracks, and a string that does not close runs to the end of the
+#: text: were it not matched, a scan would start again after its quote, and a body of
+#: ``"\"\"\"…`` would be read to its end once from each of its quotes.
+JSON_STRING: Final = rb'"(?:[^"\\]++|\\.)*+"?'
+#: A JSON string, or one separator outside strings.
+_STRING_OR_SEPARATOR: Final = re.compile(JSON_STRING + rb"|[,\[{]", re.DOTALL)
+_QUOTE: Final = ord('"')
 
 
 def _structure_limit(*, max_header_count: int) -> int:
@@ -308,8 +315,9 @@ def check_json_structure(raw: bytes, *, limit: int, string_bytes: int, what: str
     (``,``, ``[``, ``{``) are counted first with ``bytes.count`` (C speed, outside an invoke
     body); only when that count could be swollen by the characters of strings (at most
     ``string_bytes`` of them may be separators) are they counted again, skipping strings, by a
-    scan that stops at the limit. Raises :class:`~invoke_middleware.errors.InvalidRequestError`
-    naming ``what`` the document should have been.
+    scan that reads each byte once at most and stops at the limit. Raises
+    :class:`~invoke_middleware.errors.InvalidRequestError` naming ``what`` the document should
+    have been.
     """
     start, end = _body_span(raw)
     segments = ((0, start), (end, len(raw)))
@@ -333,12 +341,18 @@ def _count_outside_strings(raw: bytes, segments: Iterable[tuple[int, int]], *, s
     Strings and separators alternate (a string is followed by a separator or a colon, and
     the colons of a document are fewer than its commas and braces), so the scan stops after
     a few times ``stop`` tokens, however many strings there are.
+
+    A string left open runs to the end of its segment, and what follows it is not counted:
+    the parser fails inside that string, before it builds anything for what follows. Up to
+    the place where the parser fails, the scan reads strings as the parser does, so the count
+    is never lower than the members and items the parser builds; for a valid document it is
+    exactly the ``,``, ``[`` and ``{`` outside its strings.
     """
     count = 0
     for first, last in segments:
         for token in _STRING_OR_SEPARATOR.finditer(raw, first, last):
-            # A string is at least its two quotes.
-            if token.end() - token.start() == 1:
+            # A string, even one left open, begins with its quote; a separator is one byte.
+            if raw[token.start()] != _QUOTE:
                 count += 1
                 if count >= stop:
                     return count

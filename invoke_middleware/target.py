@@ -27,8 +27,11 @@ scheme can change and the base path cannot be escaped.
 The path may contain percent-encoded bytes (encoded UTF-8, an encoded space or ``?``), except
 the encodings of ``/``, ``\\`` and NUL, which would let a server that decodes before routing see
 a different path than the gateway checked. Their double encodings (``%252f``, ``%252e``) are
-refused too, for the same reason with servers that decode twice. Empty segments (``/a//b``)
-are allowed below the first character: once the host is fixed they cannot reach another one.
+refused too, for the same reason with servers that decode twice, and so are the spellings that
+only a lenient decoder reads as one of them, or as a control character or a dot segment
+(overlong UTF-8 such as ``%c0%af``, ``%ef%bc%8f`` which NFKC folds to ``/``). Empty segments
+(``/a//b``) are allowed below the first character: once the host is fixed they cannot reach
+another one.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
 from invoke_middleware.errors import InvalidPathError
@@ -83,6 +87,23 @@ _OVERLONG = re.compile(
 
 # Where a server that splits after decoding ends a segment.
 _SEGMENT_END = re.compile(r"[?#;]")
+
+# What no decoding of a segment may bring out: a separator, which splits the segment in two
+# ("\" is "/" to WHATWG parsers and to Windows), or a control character (C0 or DEL), which a
+# server that logs or routes on the decoded path sees as a line break or the end of a string.
+_DECODED_SEPARATOR_OR_CONTROL = re.compile(r"[/\\\x00-\x1f\x7f]")
+_DECODED_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# Unicode's default-ignorable code points (Default_Ignorable_Code_Point, DerivedCoreProperties,
+# Unicode 14). NFKC_Casefold (ICU's nfkc_cf, the mapping of UTS #46) deletes them, and runtimes
+# trim some of them as whitespace: U+FEFF (ECMAScript's String.prototype.trim, .NET Framework
+# 3.5's String.Trim), U+200B (.NET Framework 3.5), U+180E (Unicode 6.2 and older: Java 8,
+# Python 3.3). Dots beside them are a dot segment to those.
+_IGNORABLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
 
 # How many rounds of percent-decoding a chain of servers is assumed to apply.
 _DECODING_ROUNDS = 3
@@ -142,7 +163,7 @@ def _check_path(path: str, max_length: int) -> None:
                 _FORBIDDEN_ESCAPE.search(path) is None
                 and _ENCODED_CONTROL.search(path) is None
                 and not _hides_escape(path)
-                and not _hides_dot_segment(path)
+                and not any(map(_is_unsafe, _decoded_segments(path)))
             )
         )
     ):
@@ -166,36 +187,46 @@ def _hides_escape(path: str) -> bool:
     return False
 
 
-def _hides_dot_segment(path: str) -> bool:
-    """Whether some common decoding turns a segment of ``path`` into ``.`` or ``..``.
+def _decoded_segments(path: str) -> Iterator[str]:
+    """Every segment of ``path`` with an escape, as each common decoding reads it.
 
     Stacks behind the gateway decode in ways a literal check misses: once or twice, overlong
-    UTF-8 accepted, Unicode folded with NFKC (U+FF0E and U+2024 are "."), whitespace trimmed,
-    the segment cut at ``?``, ``#`` or ``;``. Every segment with an escape is read each of those
-    ways; the cost is linear in the path's length.
+    UTF-8 accepted, malformed bytes dropped, Unicode folded with NFKC (U+FF0E and U+2024 are
+    ".", U+FF0F is "/"). Every segment with an escape is read each of those ways; the cost is
+    linear in the path's length.
     """
-    return any(
-        _reads_as_dots(form)
-        for segment in path.split("/")
-        if "%" in segment
-        for form in _decoded_forms(segment)
-    )
+    for segment in path.split("/"):
+        if "%" in segment:
+            yield from _decoded_forms(segment)
 
 
-def _decoded_forms(segment: str) -> list[str]:
-    forms: list[str] = []
-    for _ in range(_DECODING_ROUNDS):
-        if "%" not in segment:
-            break
-        segment = _ESCAPE_RUN.sub(_decode_leniently, segment)
-        forms += (segment, unicodedata.normalize("NFKC", segment))
-    return forms
+def _decoded_forms(segment: str) -> Iterator[str]:
+    replaced = False
+    for decode in (_decode_leniently, _decode_dropping_malformed):
+        form = segment
+        for _ in range(_DECODING_ROUNDS):
+            if "%" not in form:
+                break
+            form = _ESCAPE_RUN.sub(decode, form)
+            yield form
+            if not form.isascii():  # NFKC leaves ASCII as it is
+                replaced = replaced or "\ufffd" in form
+                yield unicodedata.normalize("NFKC", form)
+        if not replaced:
+            return  # no malformed byte to drop: the second reading would be the first
 
 
-def _decode_leniently(escapes: re.Match[str]) -> str:
+def _decode_leniently(escapes: re.Match[str], errors: str = "replace") -> str:
     """Percent-escapes as a lenient UTF-8 decoder reads them (overlong forms accepted)."""
     raw = bytes.fromhex(escapes.group().replace("%", ""))
-    return _OVERLONG.sub(_shortest_form, raw).decode("utf-8", "replace")
+    return _OVERLONG.sub(_shortest_form, raw).decode("utf-8", errors)
+
+
+def _decode_dropping_malformed(escapes: re.Match[str]) -> str:
+    """The same, malformed bytes left out, as decoders told to ignore errors do (Python's
+    ``errors="ignore"``, Java's ``CodingErrorAction.IGNORE``, ``iconv -c``): ``..%ad`` and
+    ``%c0%2e%c0%2e`` are ``..`` to them."""
+    return _decode_leniently(escapes, "ignore")
 
 
 def _shortest_form(overlong: re.Match[bytes]) -> bytes:
@@ -206,8 +237,14 @@ def _shortest_form(overlong: re.Match[bytes]) -> bytes:
     return chr(code_point).encode()
 
 
-def _reads_as_dots(segment: str) -> bool:
-    return _SEGMENT_END.split(segment.strip(), maxsplit=1)[0].strip() in (".", "..")
+def _is_unsafe(form: str) -> bool:
+    """Whether a decoded segment holds a separator or a control character, or reads as ``.``
+    or ``..`` once cut at ``?``, ``#`` or ``;`` and stripped of whitespace and ignorables."""
+    if _DECODED_SEPARATOR_OR_CONTROL.search(form):
+        return True
+    if not form.isascii():
+        form = _IGNORABLE.sub("", form)
+    return _SEGMENT_END.split(form.strip(), maxsplit=1)[0].strip() in (".", "..")
 
 
 def _explain_path(path: str) -> str:
@@ -232,9 +269,10 @@ def _explain_path(path: str) -> str:
         return "The path contains a malformed percent-escape."
     if _FORBIDDEN_ESCAPE.search(path):
         return "The path must not contain an encoded /, \\ or NUL."
-    if _ENCODED_CONTROL.search(path):
+    decoded = list(_decoded_segments(path))
+    if _ENCODED_CONTROL.search(path) or any(map(_DECODED_CONTROL.search, decoded)):
         return "The path must not contain encoded control characters."
-    if _DOT_SEGMENT.search(path) or _hides_escape(path) or _hides_dot_segment(path):
+    if _DOT_SEGMENT.search(path) or _hides_escape(path) or any(map(_is_unsafe, decoded)):
         return "The path must not contain . or .. segments, or encoded separators."
     return "The path contains a character that must be percent-encoded."
 

@@ -3,7 +3,8 @@
 Each entry of :data:`HOSTILE_ENVELOPES` is ``(id, build)``: ``build(size)`` returns the raw
 body of one ``POST /r/invoke/{slug}`` request of about ``size`` bytes, invalid in a way that
 used to cost far more than its size (a jsonschema error per item, each holding its instance,
-schema and context; a Python object per JSON value). ``tests/test_envelope_refusals.py``
+schema and context; a Python object per JSON value; a scan of the rest of the body from each
+quote). ``tests/test_envelope_refusals.py``
 holds every one of them to a memory bound through the real middleware;
 ``bench/bench_refusals.py`` times them.
 """
@@ -63,6 +64,13 @@ def _escaped_wide_string(size: int) -> bytes:
     return json.dumps({**_BASE, "x": "\U0001f600" + "a" * max(0, size - 64)}).encode()
 
 
+def _string_left_open(size: int) -> bytes:
+    # Each quote opens a string that never closes. 500 commas: more separators than an
+    # envelope within the default header caps has (4 x 100 + 64), few enough to be in strings,
+    # so they are counted again skipping strings.
+    return b'"' + b'\\"' * max(1, (size - 501) // 2) + b"," * 500
+
+
 HOSTILE_ENVELOPES: list[tuple[str, Callable[[int], bytes]]] = [
     ("long-array-of-invalid-items", lambda size: _headers(b"1", size)),
     ("long-array-of-invalid-strings", lambda size: _headers(b'"a\\n"', size)),
@@ -99,6 +107,7 @@ HOSTILE_ENVELOPES: list[tuple[str, Callable[[int], bytes]]] = [
     ("top-level-array", lambda size: _repeat(b"[", b"{}", b"]", size)),
     ("wide-string", _wide_string),
     ("escaped-wide-string", _escaped_wide_string),
+    ("string-left-open-after-escaped-quotes", _string_left_open),
     (
         "invalid-base64-body",
         lambda size: json.dumps({**_BASE, "body_base64": "!" * max(0, size - 64)}).encode(),

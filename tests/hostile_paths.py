@@ -129,6 +129,32 @@ HOSTILE_PATHS: list[tuple[str, str]] = [
     ("encoded-one-dot-leader-pair", "/%e2%80%a4%e2%80%a4/admin"),
     ("encoded-two-dot-leader", "/%e2%80%a5/admin"),
     ("encoded-small-full-stop", "/%ef%b9%92/admin"),
+    # The same decoders, and decoders that drop malformed bytes, trim more whitespace or delete
+    # default-ignorable code points (NFKC_Casefold), reading ".." in the rest of a segment.
+    ("dot-dot-malformed-byte", "/..%ad/admin"),
+    ("dot-dot-latin-1-next-line", "/..%85/admin"),
+    ("truncated-lead-bytes-before-dots", "/%c0%2e%c0%2e/admin"),
+    ("dot-dot-encoded-soft-hyphen", "/..%c2%ad/admin"),
+    ("dot-dot-encoded-zero-width-space", "/..%e2%80%8b/admin"),
+    ("encoded-dot-dot-byte-order-mark", "/%2e%2e%ef%bb%bf/admin"),
+    ("encoded-mongolian-vowel-separator-dot-dot", "/%e1%a0%8e../admin"),
+    # Separators and control characters that only a lenient decoder sees: overlong UTF-8
+    # (also after a second decoding, and an overlong "%" that makes an escape), NFKC folding.
+    ("overlong-slash-dot-dot", "/..%c0%af..%c0%afetc%c0%afpasswd"),
+    ("encoded-dot-dot-overlong-slash", "/%2e%2e%c0%afadmin"),
+    ("overlong-slash", "/a%c0%afb"),
+    ("overlong-three-byte-slash", "/a%e0%80%afb"),
+    ("overlong-four-byte-slash", "/a%f0%80%80%afb"),
+    ("overlong-backslash", "/..%c1%9cadmin"),
+    ("double-encoded-overlong-slash", "/..%25c0%25afadmin"),
+    ("overlong-percent-before-2f", "/..%c0%a52fadmin"),
+    ("encoded-fullwidth-solidus", "/..%ef%bc%8fadmin"),
+    ("encoded-fullwidth-reverse-solidus", "/%2e%2e%ef%bc%bcadmin"),
+    ("encoded-small-reverse-solidus", "/a%ef%b9%a8b"),
+    ("encoded-care-of", "/%e2%84%85"),
+    ("overlong-nul", "/a%c0%80b"),
+    ("overlong-three-byte-nul", "/..%e0%80%80"),
+    ("overlong-crlf", "/a%c0%8d%c0%8aX-Injected:%201"),
     # Encoded control characters: a server that logs or routes on the decoded path sees them.
     ("encoded-crlf", "/a%0d%0aX-Injected:%20yes"),
     ("encoded-tab", "/a%09b"),

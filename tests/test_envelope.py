@@ -627,6 +627,37 @@ def test_separators_outside_the_body_are_counted(raw: bytes) -> None:
     assert [(d.pointer, d.message) for d in caught.value.details] == [("", TOO_MANY)]
 
 
+def test_separators_after_a_string_left_open_are_not_counted() -> None:
+    # The parser fails inside the string: none of the 500 commas (more than the 464 of the
+    # default caps) would become a member, and the body is refused as not JSON.
+    raw = b'{"method": "GET", "path": "/' + b"," * 500
+    with pytest.raises(InvalidRequestError) as caught:
+        parse_envelope(raw, max_body_bytes=LIMIT)
+    assert [(d.pointer, d.message) for d in caught.value.details] == [
+        ("", "The body is not valid JSON.")
+    ]
+
+
+def test_a_body_of_escaped_quotes_is_scanned_in_one_pass() -> None:
+    # Every quote of '"\"\"\"…' opens a string that never closes; a scan that started again
+    # from each of the two million quotes would read on to the end of the body from each,
+    # holding the GIL throughout. One pass takes milliseconds: the bound is generous, and kept
+    # by a fresh interpreter, so that a slow scan fails on the timeout instead of stalling the run.
+    code = (
+        "from invoke_middleware.envelope import parse_envelope\n"
+        "from invoke_middleware.errors import InvalidRequestError\n"
+        "raw = b'\"' + b'\\\\\"' * 2_000_000 + b',' * 500\n"
+        "try:\n"
+        "    parse_envelope(raw, max_body_bytes=len(raw))\n"
+        "except InvalidRequestError as refusal:\n"
+        "    print(len(raw), refusal.details[0].message)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert result.stdout.strip() == "4000501 The body is not valid JSON."
+
+
 # --- the compiled validator ------------------------------------------------------------------
 
 

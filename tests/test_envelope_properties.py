@@ -3,22 +3,26 @@
 ``parse_envelope`` skips jsonschema when the hand-written check says a document conforms, and
 skips the walk for repeated names, unpaired surrogates and unsendable header values when the
 text says there can be none; this holds both to the full checks over generated documents and
-texts, near-misses included."""
+texts, near-misses included. The count of members and items made before parsing is held to a
+reading of the text one byte at a time, and to the documents the texts were made from."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from invoke_middleware.envelope import (
     REQUEST_VALIDATOR,
     _conforms,
+    _count_outside_strings,
     _decode_json,
     _first_problems,
     _plainly_valid,
+    check_json_structure,
 )
 from invoke_middleware.errors import InvalidRequestError
 
@@ -157,3 +161,87 @@ def test_what_the_text_cannot_rule_out_is_examined_whole() -> None:
         raw = TWISTS[twist](common).encode()
         assert not _plainly_valid(_decode_json(raw), raw), twist
         assert _first_problems(_decode_json(raw)), twist
+
+
+# --- the count of members and items ----------------------------------------------------------
+
+
+def separators_outside_strings(raw: bytes) -> int:
+    """The ``,``, ``[`` and ``{`` of ``raw`` outside strings, read one byte at a time: a quote
+    opens a string and the next unescaped quote closes it, a backslash in a string escapes the
+    byte after it, and a string left open runs to the end."""
+    count, in_string, escaped = 0, False, False
+    for byte in raw:
+        if escaped:
+            escaped = False
+        elif in_string:
+            in_string, escaped = byte != ord('"'), byte == ord("\\")
+        elif byte == ord('"'):
+            in_string = True
+        elif byte in b",[{":
+            count += 1
+    return count
+
+
+#: Texts made of what a string can hide: quotes, escaped quotes, backslashes, separators.
+SCANNED_TEXTS = st.lists(
+    st.sampled_from(
+        [b'"', b"\\", b'\\"', b"\\\\", b",", b"[", b"{", b"}", b"]", b":", b"a", b"\n", b"\xc3\xa9"]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(SCANNED_TEXTS, st.data())
+def test_the_count_reads_strings_one_byte_at_a_time_whatever_the_text(
+    raw: bytes, data: st.DataObject
+) -> None:
+    # Whatever the text, valid or not: a string left open hides the rest of its segment.
+    first = data.draw(st.integers(0, len(raw)))
+    last = data.draw(st.integers(first, len(raw)))
+    stop = data.draw(st.integers(1, len(raw) + 1))
+    expected = separators_outside_strings(raw[:first]) + separators_outside_strings(raw[last:])
+    assert _count_outside_strings(raw, [(0, first), (last, len(raw))], stop=stop) == min(
+        expected, stop
+    )
+
+
+JSON_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.text(alphabet='"\\,[{}]: a\n\u00e9\U0001f600', max_size=6),
+    ),
+    lambda values: st.one_of(
+        st.lists(values, max_size=4),
+        st.dictionaries(st.text(alphabet='"\\,[{ a', max_size=4), values, max_size=4),
+    ),
+    max_leaves=24,
+)
+
+
+def members_and_items(value: Any) -> int:
+    """The ``,``, ``[`` and ``{`` outside strings of any JSON text of ``value``: a bracket for
+    each array and object, and a comma between two of its items or members."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    elif not isinstance(value, list):
+        return 0
+    return 1 + max(len(value) - 1, 0) + sum(members_and_items(item) for item in value)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(JSON_VALUES, st.booleans(), st.sampled_from([None, 0, 2]))
+def test_the_count_of_a_json_text_is_its_members_and_items(
+    value: Any, ascii_only: bool, indent: int | None
+) -> None:
+    raw = json.dumps(value, ensure_ascii=ascii_only, indent=indent).encode()
+    count = members_and_items(value)
+    assert _count_outside_strings(raw, [(0, len(raw))], stop=len(raw) + 1) == count
+    # string_bytes as large as the text: refused or not, by the scan, never by bytes.count.
+    check_json_structure(raw, limit=count, string_bytes=len(raw), what="a document")
+    if count:
+        with pytest.raises(InvalidRequestError):
+            check_json_structure(raw, limit=count - 1, string_bytes=len(raw), what="a document")

@@ -99,6 +99,17 @@ def test_relay_safe_marks_only_paths_a_request_line_can_carry(
         pytest.param("http://h:1", "/a%23b", "http://h:1/a%23b", id="encoded-hash"),
         pytest.param("http://h:1", "/100%25", "http://h:1/100%25", id="encoded-percent"),
         pytest.param("http://h:1", "/a%2eb", "http://h:1/a%2eb", id="encoded-dot-in-a-name"),
+        pytest.param("http://h:1", "/caf%E9", "http://h:1/caf%E9", id="latin-1-byte-in-a-name"),
+        pytest.param(
+            "http://h:1", "/a%E2%80%8Bb", "http://h:1/a%E2%80%8Bb", id="ignorable-in-a-name"
+        ),
+        pytest.param(
+            "http://h:1",
+            "/%F0%9F%91%A9%E2%80%8D%F0%9F%92%BB",
+            "http://h:1/%F0%9F%91%A9%E2%80%8D%F0%9F%92%BB",
+            id="emoji-joined-by-zwj",
+        ),
+        pytest.param("http://h:1", "/%C2%BD", "http://h:1/%C2%BD", id="fraction-slash-under-nfkc"),
         pytest.param("http://h:1", "/...", "http://h:1/...", id="three-dots"),
         pytest.param("http://h:1", "/a./.b", "http://h:1/a./.b", id="dots-inside-names"),
         pytest.param(
@@ -192,6 +203,10 @@ def test_the_length_limits_can_be_lowered() -> None:
         pytest.param("/a%0d%0ab", "encoded control characters", id="encoded-crlf"),
         pytest.param("/%c0%ae%c0%ae/x", r"\. or \.\. segments", id="overlong-dot-dot"),
         pytest.param("/..%3f/x", r"\. or \.\. segments", id="dot-dot-encoded-question-mark"),
+        pytest.param("/..%c0%afx", "encoded separators", id="overlong-slash"),
+        pytest.param("/..%ef%bc%8fx", "encoded separators", id="encoded-fullwidth-solidus"),
+        pytest.param("/a%c0%8d%c0%8ab", "encoded control characters", id="overlong-crlf"),
+        pytest.param("/a%c0%80b", "encoded control characters", id="overlong-nul"),
     ],
 )
 def test_the_refusal_says_why(path: str, reason: str) -> None:

@@ -18,15 +18,14 @@ from array import array
 from itertools import accumulate
 from typing import Final, TypeAlias
 
+from invoke_middleware.envelope import JSON_STRING
+
 #: Compact JSON that refuses ``NaN`` and the infinities (RFC 8259 §6 has no such numbers).
 #: Stateless between calls, so one instance serves every thread.
 COMPACT: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
-#: A JSON string (RFC 8259 §7). DOTALL: an escape is a backslash and any one character, so
-#: that even in a text that is not JSON a string ends at its own closing quote. A string left
-#: open runs to the end of the text: were it not matched, the search would start again after
-#: its quote, and a text of ``"\"\"\"…`` would be read to its end once from each quote.
-_STRING: Final = re.compile(rb'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)
+#: A JSON string, a string left open running to the end (see the envelope's scan).
+_STRING: Final = re.compile(JSON_STRING, re.DOTALL)
 _NOT_BRACKETS: Final = bytes(sorted(set(range(256)) - set(b"[]{}")))
 # An opening bracket becomes 1 and a closing one -1 (0xff, read as a signed byte): the running
 # sum is the nesting depth after each bracket.
