@@ -223,7 +223,8 @@ class RelayBody:
     def __del__(self) -> None:
         # Dropped without being read to its end or closed (a host that discards what it
         # was given, against PEP 3333): what it holds is let go of all the same.
-        self._abandon()
+        if not self._done:
+            self._abandon()
 
     def _abandon(self) -> None:
         """:meth:`close` for a body nobody closed: a failure to close the upstream response
