@@ -271,10 +271,25 @@ def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
 
 
 def _kept(
-    headers: Collection[tuple[str, str]], drop: frozenset[str], *, drop_proxy: bool = False
+    headers: Collection[tuple[str, str]],
+    drop: frozenset[str],
+    *,
+    drop_proxy: bool = False,
+    fold_underscores: bool = False,
 ) -> list[tuple[str, str]]:
-    """The fields of ``headers`` not in ``drop``, nor named by its ``Connection`` fields."""
+    """The fields of ``headers`` not in ``drop``, nor named by its ``Connection`` fields.
+
+    With ``fold_underscores``, a name is compared with its ``_`` read as ``-``: names that
+    did not pass through a server (an envelope's) may spell ``X-Forwarded-For`` as
+    ``X_Forwarded_For``, which servers that map both to one environ key (wsgiref, uWSGI)
+    would hand the container as the gateway's own field.
+    """
     named = connection_tokens(headers)
+    if fold_underscores:
+        drop = drop | {token.replace("_", "-") for token in named}
+        return [
+            (name, value) for name, value in headers if name.lower().replace("_", "-") not in drop
+        ]
     if named:
         drop = drop | named
     if drop_proxy:
@@ -322,7 +337,7 @@ def forward_request_headers(
         end_to_end = _kept(incoming, _RELAY_DROP, drop_proxy=True)
     else:
         drop = _REQUEST_DROP if authorization is None else _REQUEST_DROP_AUTHORIZATION
-        end_to_end = _kept(envelope, drop)
+        end_to_end = _kept(envelope, drop, fold_underscores=True)
 
     vias: list[str] = []
     xff: list[str] = []

@@ -362,6 +362,16 @@ class Pipeline:
                     request_id,
                 )
                 raise UpstreamError("The service's credential is not available.")
+            if hdr.CONTROL_CHARACTER_PATTERN.search(authorization) or not _is_latin1(authorization):
+                # The service's setting, not the caller's request: a 502 like a missing
+                # secret, never the transport's 400 for a field that cannot be sent.
+                logger.error(
+                    "the secret for service %s cannot be sent as a header field "
+                    "(a control character, or a character beyond Latin-1) (request %s)",
+                    service.slug,
+                    request_id,
+                )
+                raise UpstreamError("The service's credential cannot be sent.")
         return hdr.forward_request_headers(
             request.headers,
             remote_addr=request.remote_addr,
@@ -537,6 +547,14 @@ class _Relay(NamedTuple):
 
     event: RelayStarted
     started: float
+
+
+def _is_latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _final(response: UpstreamResponse) -> UpstreamResponse:

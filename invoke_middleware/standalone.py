@@ -138,8 +138,9 @@ class EnvironmentSecretResolver:
     ``names`` maps a credential reference to the name of an environment variable; the
     variable's value, read on every request (so a rotated value applies without a restart
     where the environment can change), is the ``Authorization`` header sent verbatim, e.g.
-    ``Bearer xyz``. An unknown reference or an unset or empty variable gives ``None``, which
-    the gateway turns into a 502 for the caller and an error in its log.
+    ``Bearer xyz``, less a line break at its end (a secret mounted from a file often has
+    one). An unknown reference or an unset or empty variable gives ``None``, which the gateway
+    turns into a 502 for the caller and an error in its log.
     """
 
     def __init__(self, names: Mapping[str, str], environ: Mapping[str, str] = os.environ) -> None:
@@ -151,7 +152,7 @@ class EnvironmentSecretResolver:
         if name is None:
             logger.error("no [secrets] entry for credential reference %r", credential_id)
             return None
-        value = self._environ.get(name)
+        value = (self._environ.get(name) or "").removesuffix("\n").removesuffix("\r")
         if not value:
             logger.error(
                 "environment variable %s (credential reference %r) is not set", name, credential_id

@@ -207,8 +207,24 @@ def test_invoke_drops_hop_by_hop_and_gateway_fields_from_the_envelope(name: str)
     assert "from-envelope" not in {value for _, value in forwarded}
 
 
+@pytest.mark.parametrize(
+    "name", [pytest.param(n.replace("-", "_"), id=n) for n in GATEWAY_OWN if "-" in n]
+)
+def test_invoke_drops_gateway_fields_spelled_with_underscores(name: str) -> None:
+    # A server that maps "_" and "-" to one environ key (wsgiref, uWSGI) would hand the
+    # container X_Forwarded_For as the gateway's X-Forwarded-For.
+    forwarded = invoke([], [(name, "from-envelope"), ("X_Custom", "kept")])
+    assert end_to_end(forwarded) == [("X_Custom", "kept")]
+    assert "from-envelope" not in {value for _, value in forwarded}
+
+
 def test_invoke_drops_the_fields_the_envelopes_connection_names() -> None:
     envelope = [("Connection", "X-Hop"), ("X-Hop", "1"), ("X-Keep", "2")]
+    assert end_to_end(invoke([], envelope)) == [("X-Keep", "2")]
+
+
+def test_invoke_drops_a_field_its_connection_names_with_underscores() -> None:
+    envelope = [("Connection", "X_Hop"), ("X-Hop", "1"), ("X-Keep", "2")]
     assert end_to_end(invoke([], envelope)) == [("X-Keep", "2")]
 
 

@@ -87,6 +87,13 @@ def test_the_secret_resolver_reads_the_environment_at_request_time() -> None:
     assert resolver("billing") == "Bearer rotated"
 
 
+@pytest.mark.parametrize("end", ["\n", "\r\n"])
+def test_the_secret_resolver_drops_a_line_break_at_the_end(end: str) -> None:
+    # A secret mounted from a file often ends with one; sent as is, no request could go.
+    resolver = EnvironmentSecretResolver({"billing": "BILLING_AUTH"}, {"BILLING_AUTH": "B x" + end})
+    assert resolver("billing") == "B x"
+
+
 # -- build_standalone_app --------------------------------------------------------------
 
 

@@ -130,6 +130,29 @@ def test_missing_secret_is_a_502_and_nothing_reaches_the_service(
     assert tls_upstream.seen == []
 
 
+@pytest.mark.parametrize(
+    "secret",
+    [
+        pytest.param(SECRET + "\n", id="line-feed"),
+        pytest.param("Bearer a\rb", id="carriage-return"),
+        pytest.param("Bearer \u20ac", id="beyond-latin-1"),
+    ],
+)
+def test_a_secret_that_cannot_be_sent_is_a_502_not_the_callers_fault(
+    tls_upstream: TLSUpstream, tls_files: TLSFiles, secret: str
+) -> None:
+    with serve_gateway(
+        [external_service(tls_upstream.url)],
+        egress_transport=HTTPTransport(ca_bundle=tls_files.ca_cert),
+        secret_resolver=lambda credential_id: secret,
+    ) as gateway:
+        relayed = exchange(gateway, "GET", "/r/containers/partner/items")
+        status, payload = _invoke(gateway, {})
+    assert_gateway_error(relayed, 502, "upstream_error", hidden=[secret.strip()])
+    assert (status, payload["code"]) == (502, "upstream_error")
+    assert tls_upstream.seen == []
+
+
 def test_missing_secret_resolver_is_a_502_and_nothing_reaches_the_service(
     tls_upstream: TLSUpstream, tls_files: TLSFiles
 ) -> None:
