@@ -93,9 +93,13 @@ HOP_BY_HOP_HEADERS: frozenset[str] = frozenset(
 
 #: Fields only the gateway writes, lower-case. Sent by a caller they are dropped, then the
 #: gateway adds its own: the error marker, the request id, ``Via`` and the forwarding facts.
-#: ``Forwarded``, ``X-Forwarded-Port``, ``X-Forwarded-Prefix`` and ``X-Real-IP`` are not
-#: regenerated but are dropped all the same, because containers commonly trust them to say
-#: who the client is.
+#: The others are not regenerated but are dropped all the same, because containers commonly
+#: trust a proxy in front of them to have set them: who the client is (``X-Real-IP``,
+#: ``True-Client-IP`` and the like, which Rails, Django middleware and CDNs read), how it
+#: connected (``X-Forwarded-Ssl``, ``Front-End-Https``, ``X-Url-Scheme``, read by Rack and
+#: Spring), and which URL it asked for (``X-Original-URL``, ``X-Rewrite-URL``, which IIS and
+#: Symfony take over the request line, so a caller could reach a path the gateway never
+#: checked).
 GATEWAY_HEADERS: frozenset[str] = frozenset(
     {
         ERROR_MARKER_HEADER.lower(),
@@ -106,7 +110,20 @@ GATEWAY_HEADERS: frozenset[str] = frozenset(
         "x-forwarded-host",
         "x-forwarded-port",
         "x-forwarded-prefix",
+        "x-forwarded-server",
+        "x-forwarded-ssl",
+        "x-forwarded-scheme",
+        "x-url-scheme",
+        "front-end-https",
         "x-real-ip",
+        "true-client-ip",
+        "x-client-ip",
+        "client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-cluster-client-ip",
+        "x-original-url",
+        "x-rewrite-url",
         "forwarded",
     }
 )

@@ -14,6 +14,7 @@ from invoke_middleware.headers import (
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_HEADER_COUNT,
     DEFAULT_PSEUDONYM,
+    GATEWAY_HEADERS,
     HOP_BY_HOP_HEADERS,
     ForwardingRules,
     Headers,
@@ -89,9 +90,26 @@ GATEWAY_OWN = [
     "X-Forwarded-Host",
     "X-Forwarded-Port",
     "X-Forwarded-Prefix",
+    "X-Forwarded-Server",
+    "X-Forwarded-Ssl",
+    "X-Forwarded-Scheme",
+    "X-Url-Scheme",
+    "Front-End-Https",
     "X-Real-IP",
+    "True-Client-IP",
+    "X-Client-IP",
+    "Client-IP",
+    "CF-Connecting-IP",
+    "Fastly-Client-IP",
+    "X-Cluster-Client-IP",
+    "X-Original-URL",
+    "X-Rewrite-URL",
     "Forwarded",
 ]
+
+
+def test_the_gateways_own_fields_are_the_ones_the_contract_lists() -> None:
+    assert {name.lower() for name in GATEWAY_OWN} == GATEWAY_HEADERS
 
 
 def test_the_hop_by_hop_set_is_the_one_spec_section_6_lists() -> None:
