@@ -279,7 +279,10 @@ class Pipeline:
         principal = self._authenticate(request)
         if kind is RouteKind.LIST:
             authorize(self.policy, principal, Action.LIST, None)
-            services = self.registry.list(principal.team_id)
+            # Filtered again, as a single lookup is (_lookup): a registry of the host's that
+            # answers with another team's service must not show it.
+            team_id = principal.team_id
+            services = [s for s in self.registry.list(team_id) if s.team_id == team_id]
             payload = {"services": [s.public_metadata() for s in services]}
             return _json_response(200, payload, request_id)
 

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
-from invoke_middleware import ServiceStatus
-from tests.toolkit.world import World
+from invoke_middleware import Service, ServiceStatus
+from tests.toolkit.world import World, default_services
 
 
 def test_list_shows_the_callers_team_only(world: World) -> None:
@@ -16,6 +18,30 @@ def test_list_shows_the_callers_team_only(world: World) -> None:
     assert "theirs" not in slugs
     assert slugs == sorted(slugs)
     assert res.headers["X-Request-ID"]
+
+
+def test_a_registry_that_answers_with_another_teams_services_shows_none_of_them(
+    world: World,
+) -> None:
+    # A host's registry with a bug: it lists every service, whatever the team asked for.
+    everything = default_services(world.upstream.url)
+    assert {s.team_id for s in everything} != {everything[0].team_id}  # two teams' services
+    world.middleware.pipeline.registry = _ListsEverything(everything)
+    res = world.app.get("/r/containers", headers=world.auth())
+    slugs = [s["slug"] for s in res.json["services"]]
+    assert "echo" in slugs
+    assert "theirs" not in slugs
+
+
+class _ListsEverything:
+    def __init__(self, services: list[Service]) -> None:
+        self.services = services
+
+    def get(self, team_id: uuid.UUID, slug: str) -> Service | None:
+        return next((s for s in self.services if s.team_id == team_id and s.slug == slug), None)
+
+    def list(self, team_id: uuid.UUID) -> list[Service]:
+        return list(self.services)
 
 
 def test_metadata_never_shows_upstream_or_credential_reference(world: World) -> None:
