@@ -315,8 +315,11 @@ def _read(path: Path, document: Mapping[str, Any]) -> StandaloneConfig:
     try:
         url = database_from_setting(database, base)
         sa.make_url(url)
-    except sa.exc.ArgumentError:
-        raise ConfigError("[store] database", f"not a database URL: {database!r}") from None
+    except (sa.exc.ArgumentError, ValueError):
+        # Never the value itself: a URL holds the database's password.
+        raise ConfigError(
+            "[store] database", "not a database URL (dialect://user:password@host:port/name)"
+        ) from None
     server = _values(document, "server", _SERVER)
     if server.get("engine") == "waitress" and server.get("workers", 1) > 1:
         raise ConfigError(

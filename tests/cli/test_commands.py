@@ -378,6 +378,23 @@ def test_a_bad_config_is_named_in_one_line(
     assert fragment in line
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("postgres ql://user:s3cret@db/x", id="unparsable"),
+        pytest.param("postgresql://user:s3cret@db:notaport/x", id="bad-port"),
+    ],
+)
+def test_a_bad_database_url_is_one_line_without_its_password(
+    workspace: Workspace, url: str
+) -> None:
+    _rewrite(workspace, 'database = "invoke-middleware.sqlite3"', f'database = "{url}"')
+    result = workspace.run("serve", "--port", "0", check=False)
+    line = assert_one_line_error(result, 2)
+    assert "[store] database" in line
+    assert "s3cret" not in result.stdout + result.stderr
+
+
 def test_serve_refuses_a_bad_config_before_listening(workspace: Workspace) -> None:
     _rewrite(workspace, "threads = 8", "threads = 0")
     line = assert_one_line_error(workspace.run("serve", "--port", "0", check=False), 2)
