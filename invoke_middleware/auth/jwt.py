@@ -12,6 +12,11 @@ Examples::
     JWTResolver(memberships, jwks_url="https://idp.example/.well-known/jwks.json",
                 algorithms=["RS256", "ES256"], cache_size=10_000)
 
+With a JWKS, a token's ``kid`` picks the key. Only a token whose header names one of the
+configured algorithms is looked up at all; keys are fetched one fetch at a time, within a
+total timeout, and a ``kid`` that is not published costs at most one fetch per cooldown
+(see :mod:`._jwks`).
+
 Every bearer token without a credential prefix (``sk-``, ``dk-``, ``ak-``) is this resolver's.
 Only the configured key and algorithms are used: never ``none``, never an algorithm the token
 picks outside the list, and never an HMAC algorithm next to a public key, which would let a
@@ -25,28 +30,24 @@ not a member gets 403.
 
 Every token failure is the same :class:`~invoke_middleware.errors.UnauthenticatedError`,
 including a JWKS endpoint that cannot be reached: the gateway cannot tell whether the token is
-good, and no other answer would be honest to the caller without telling an attacker more. The
-outage is logged at warning level for the operator; other failures at debug level, without
-the token.
+good, and no other answer would be honest to the caller without telling an attacker more. A
+failed JWKS fetch is logged at warning level for the operator, once per fetch; token failures
+at debug level, without the token or its ``kid``.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import logging
 import re
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.error import HTTPError, URLError
-from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from invoke_middleware.auth._jwks import JWKSCache, UnknownKeyError
 from invoke_middleware.auth.base import bearer_token
 from invoke_middleware.auth.cache import DEFAULT_MAX_AGE, VerifiedToken, VerifiedTokenCache
 from invoke_middleware.auth.principal import CredentialKind, Principal
@@ -63,10 +64,14 @@ logger = logging.getLogger("invoke_middleware.auth")
 
 TEAM_HEADER = "X-Team-ID"
 
-#: Seconds the JWKS document is reused before it is fetched again.
+#: Seconds a fetched JWKS is used; its refresh starts in the last tenth of that.
 DEFAULT_JWKS_CACHE_TTL = 300.0
-#: Seconds a JWKS fetch may take; it happens on a request's path, so it is short.
+#: Seconds a JWKS fetch may take in all (connecting, TLS, the whole response); requests that
+#: need its outcome wait for it, so it is short.
 DEFAULT_JWKS_TIMEOUT = 3.0
+#: Seconds after a JWKS fetch starts in which a token whose ``kid`` is not in the held key set
+#: starts no other fetch (and is refused).
+DEFAULT_JWKS_COOLDOWN = 30.0
 
 _UUID_PATTERN = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -90,6 +95,12 @@ class JWTResolver:
     ``cache_size`` above 0, verified tokens are cached (see :mod:`.cache`); ``clock`` (seconds
     since the epoch) drives that cache only.
 
+    With ``jwks_url``, the key set is kept ``jwks_cache_ttl`` seconds, each fetch takes at most
+    ``jwks_timeout`` seconds in all, and a token whose ``kid`` the held set lacks starts a
+    fetch only when none started in the last ``jwks_cooldown`` seconds, and a failed fetch is
+    not tried again for 5 seconds (or the cooldown, when shorter); meanwhile such tokens are
+    refused.
+
     Raises :class:`ValueError` at construction for a configuration that would be unsafe or
     could never verify a token.
     """
@@ -106,6 +117,7 @@ class JWTResolver:
         leeway: float = 0,
         jwks_cache_ttl: float = DEFAULT_JWKS_CACHE_TTL,
         jwks_timeout: float = DEFAULT_JWKS_TIMEOUT,
+        jwks_cooldown: float = DEFAULT_JWKS_COOLDOWN,
         cache_size: int = 0,
         cache_max_age: float = DEFAULT_MAX_AGE,
         clock: Callable[[], float] = time.time,
@@ -120,11 +132,17 @@ class JWTResolver:
         self._audience = audience if audience is None or isinstance(audience, str) else [*audience]
         self._leeway = leeway
         self._key: Any = None
-        self._jwks: jwt.PyJWKClient | None = None
+        self._jwks: JWKSCache | None = None
         if key is not None:
             self._key = _prepared_key(key, self._algorithms)
         elif jwks_url is not None:
-            self._jwks = _jwks_client(jwks_url, self._algorithms, jwks_cache_ttl, jwks_timeout)
+            if any(name.startswith("HS") for name in self._algorithms):
+                raise ValueError(
+                    "a JWKS publishes public keys: HMAC algorithms cannot be used with it"
+                )
+            self._jwks = JWKSCache(
+                jwks_url, ttl=jwks_cache_ttl, timeout=jwks_timeout, cooldown=jwks_cooldown
+            )
         else:
             raise ValueError("configure exactly one of key and jwks_url")
         self._cache = (
@@ -159,7 +177,7 @@ class JWTResolver:
     def _verify(self, token: str) -> VerifiedToken:
         # The one place PyJWT's exceptions become the gateway's.
         try:
-            key = self._key if self._jwks is None else self._jwks.get_signing_key_from_jwt(token)
+            key = self._key if self._jwks is None else self._published_key(self._jwks, token)
             claims = jwt.decode(
                 token,
                 key,
@@ -169,15 +187,9 @@ class JWTResolver:
                 leeway=self._leeway,
                 options={"require": _REQUIRED_CLAIMS, "enforce_minimum_key_length": True},
             )
-        except jwt.PyJWKClientConnectionError as exc:
-            logger.warning("JWKS endpoint unreachable, JWTs cannot be verified: %s", exc)
-            raise UnauthenticatedError from exc
-        except ValueError as exc:
-            # PyJWKClient lets a JSON error through when the endpoint answers with something
-            # else (an HTML error page): the same outage, seen from here.
-            if self._jwks is None:
-                raise
-            logger.warning("JWKS endpoint sent no key set, JWTs cannot be verified")
+        except UnknownKeyError as exc:
+            # A failed fetch was logged once, when it failed; this is one token.
+            logger.debug("JWT refused: %s", exc)
             raise UnauthenticatedError from exc
         except jwt.PyJWTError as exc:
             logger.debug("JWT refused: %s", type(exc).__name__)
@@ -188,6 +200,21 @@ class JWTResolver:
             token_id=token_id if isinstance(token_id, str) else None,
             expires_at=float(claims["exp"]),
         )
+
+    def _published_key(self, jwks: JWKSCache, token: str) -> jwt.PyJWK:
+        """The JWKS key the token's ``kid`` names.
+
+        The header is checked first: the caller writes it, and looking a key up may cost a
+        fetch. A token that no configured algorithm could verify (``none`` among them, which
+        is never configured) never gets that far, nor one without a ``kid``.
+        """
+        header = jwt.get_unverified_header(token)
+        if header.get("alg") not in self._algorithms:
+            raise jwt.InvalidAlgorithmError("The specified alg value is not allowed")
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise jwt.InvalidTokenError("A token checked against a JWKS must name its key")
+        return jwks.signing_key(kid)
 
 
 def team_from_header(request: PipelineRequest) -> uuid.UUID:
@@ -238,59 +265,3 @@ def _prepared_key(key: str | bytes, algorithms: Sequence[str]) -> Any:
             raise ValueError(weakness)
         prepared = prepared if prepared is not None else candidate
     return prepared
-
-
-def _jwks_client(
-    url: str, algorithms: Sequence[str], cache_ttl: float, timeout: float
-) -> jwt.PyJWKClient:
-    if any(name.startswith("HS") for name in algorithms):
-        raise ValueError("a JWKS publishes public keys: HMAC algorithms cannot be used with it")
-    if urlsplit(url).scheme not in ("http", "https"):
-        raise ValueError("the JWKS URL must be http:// or https://")
-    try:
-        return DirectJWKClient(url, cache_jwk_set=True, lifespan=cache_ttl, timeout=timeout)
-    except jwt.PyJWKClientError as exc:
-        raise ValueError(str(exc)) from exc
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # A redirect could send the key fetch anywhere; the configured URL is the key set's.
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-class DirectJWKClient(jwt.PyJWKClient):
-    """PyJWT's JWKS client, fetching from the identity provider directly.
-
-    urllib, which PyJWT uses, sends a request through the proxy the environment names
-    (``HTTPS_PROXY``, ``HTTP_PROXY``) by default: a proxy variable meant for something else
-    would then see, and could answer, the gateway's key fetch. Here no proxy is ever used, and
-    redirects are not followed.
-    """
-
-    def fetch_data(self) -> Any:
-        handlers: list[urllib.request.BaseHandler] = [
-            urllib.request.ProxyHandler({}),
-            _NoRedirect(),
-        ]
-        if self.ssl_context is not None:
-            handlers.append(urllib.request.HTTPSHandler(context=self.ssl_context))
-        opener = urllib.request.build_opener(*handlers)
-        # The URL's scheme was checked at construction (http or https only).
-        request = urllib.request.Request(url=self.uri, headers=self.headers)  # noqa: S310
-        try:
-            with opener.open(request, timeout=self.timeout) as response:
-                jwk_set = json.load(response)
-        except (URLError, TimeoutError, http.client.HTTPException) as exc:
-            if isinstance(exc, HTTPError):
-                exc.close()
-            raise jwt.PyJWKClientConnectionError(f"cannot fetch the JWKS: {exc}") from exc
-        if not isinstance(jwk_set, dict):
-            raise jwt.PyJWKClientError("The JWKS endpoint did not return a JSON object")
-        if self.jwk_set_cache is not None:
-            self.jwk_set_cache.put(jwk_set)
-        # PyJWT's refetch cooldown for unknown key ids reads this (when it has one): without
-        # it, every token with a made-up kid would cost a fetch from the identity provider.
-        if hasattr(self, "_last_successful_fetch"):
-            self._last_successful_fetch = time.monotonic()
-        return jwk_set

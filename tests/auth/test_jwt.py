@@ -410,6 +410,26 @@ CONFIG_REFUSALS: list[Any] = [
         {"jwks_url": "https://idp.test/jwks", "algorithms": ["HS256"]}, id="jwks-with-hmac"
     ),
     pytest.param({"jwks_url": "file:///etc/passwd", "algorithms": ["RS256"]}, id="jwks-file-url"),
+    pytest.param(
+        {"jwks_url": "https://user:pw@idp.test/jwks", "algorithms": ["RS256"]},
+        id="jwks-url-with-credentials",
+    ),
+    pytest.param({"jwks_url": "https:///jwks", "algorithms": ["RS256"]}, id="jwks-url-no-host"),
+    pytest.param(
+        {"jwks_url": "https://idp.test/jw ks", "algorithms": ["RS256"]}, id="jwks-url-with-space"
+    ),
+    pytest.param(
+        {"jwks_url": "https://idp.test/jwks", "algorithms": ["RS256"], "jwks_cooldown": 0},
+        id="jwks-without-cooldown",
+    ),
+    pytest.param(
+        {"jwks_url": "https://idp.test/jwks", "algorithms": ["RS256"], "jwks_timeout": 0},
+        id="jwks-without-timeout",
+    ),
+    pytest.param(
+        {"jwks_url": "https://idp.test/jwks", "algorithms": ["RS256"], "jwks_cache_ttl": 0},
+        id="jwks-without-ttl",
+    ),
     pytest.param({"key": SECRET, "algorithms": ["HS256"], "leeway": -1}, id="negative-leeway"),
 ]
 

@@ -1,0 +1,362 @@
+"""The identity provider's signing keys, fetched from its JWKS URL (RFC 7517 §5) and cached.
+
+:class:`~invoke_middleware.auth.jwt.JWTResolver` asks for a key by the token's ``kid`` on every
+request, and the caller chooses the ``kid``: what a lookup costs must not depend on it. So:
+
+- A key in the held key set is handed out at once, whatever fetch is under way: no lock is
+  held across network I/O.
+- At most one fetch runs at a time, in a thread of its own, within ``timeout`` seconds in all
+  (connecting, the TLS handshake, the request and the whole response; only the host name's
+  lookup is the system resolver's to bound) and :data:`MAX_JWKS_BYTES`. A request that needs
+  its outcome (no key set yet, the set past its lifetime, a ``kid`` not in it) waits for it
+  until that deadline, whatever the fetch does; only :data:`MAX_WAITERS` wait at once, the
+  rest are refused at once.
+- A ``kid`` the held set lacks starts a fetch only if none started in the last ``cooldown``
+  seconds: a key the identity provider rotated in is found, a made-up one costs nothing. A
+  failed fetch, whatever failed, is logged once and not tried again for
+  :data:`RETRY_AFTER_FAILURE` seconds (or the cooldown, when shorter); meanwhile a token
+  whose key is not held is refused without network work.
+- A key set is used for ``ttl`` seconds after it arrived. In the last tenth of that, the
+  next request starts its refresh (and is answered from the held set), so a busy gateway
+  never finds the set expired, and an identity provider that fails for a moment is tried
+  again before any token is refused.
+
+PyJWT's ``PyJWKClient`` is not used for this. It holds one lock across its fetch, so a token
+whose key is cached waits behind every fetch; it starts its cooldown only after a successful
+fetch, so a failing endpoint is asked again for every made-up ``kid``; its timeout bounds each
+socket operation, not the fetch; and it reads a response of any size. Only its key parsing
+(:class:`jwt.PyJWKSet`) is used here.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import logging
+import math
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+from urllib.parse import urlsplit
+
+import jwt
+
+from invoke_middleware.transport._tls import create_ssl_context
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+logger = logging.getLogger("invoke_middleware.auth")
+
+#: The largest JWKS response read, head and body, in bytes; a larger one is a failed fetch.
+#: Identity providers publish a handful of keys: a few KiB.
+MAX_JWKS_BYTES = 1024 * 1024
+#: Seconds before a failed fetch is tried again (the cooldown instead, when it is shorter).
+RETRY_AFTER_FAILURE = 5.0
+#: Requests that wait together for the fetch under way; more are refused without waiting.
+MAX_WAITERS = 8
+
+#: The last part of a key set's lifetime (a fraction of ``ttl``), in which a request that finds
+#: its key there starts the set's refresh.
+_REFRESH_AHEAD = 0.1
+#: What may appear in the URL's host and target: they are written to the socket as they are.
+_WIRE_TEXT = re.compile(r"[!-~]+")
+
+
+class UnknownKeyError(LookupError):
+    """No key with the token's ``kid`` can be had now: the identity provider does not publish
+    one, or its key set cannot be fetched now. The message never contains the ``kid``."""
+
+
+class _FetchError(Exception):
+    """A fetch that failed; the message is the line logged for the operator."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Endpoint:
+    """Where the key set is fetched from, and the request that fetches it."""
+
+    scheme: str
+    host: str
+    port: int
+    request: bytes
+
+
+class _Fetch:
+    """One fetch under way: its deadline, then the key set it brought (``None``: it failed)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.done = threading.Event()
+        self.keys: Mapping[str, jwt.PyJWK] | None = None
+
+
+class JWKSCache:
+    """The signing keys published at ``url``, fetched on demand and kept ``ttl`` seconds.
+
+    ``timeout`` bounds each fetch in all; after one starts, a ``kid`` the held set lacks
+    starts no other for ``cooldown`` seconds. No proxy from the environment is used and
+    redirects are not followed: the configured URL is the key set's. Safe to share between
+    threads.
+
+    Raises :class:`ValueError` for a URL that is not ``http(s)://host...`` in plain ASCII, or
+    for times that are not positive.
+    """
+
+    def __init__(self, url: str, *, ttl: float, timeout: float, cooldown: float) -> None:
+        limits = (("jwks_cache_ttl", ttl), ("jwks_timeout", timeout), ("jwks_cooldown", cooldown))
+        for name, value in limits:
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number of seconds")
+        self._endpoint = _endpoint(url)
+        self._context = create_ssl_context() if self._endpoint.scheme == "https" else None
+        self._ttl = ttl
+        self._timeout = timeout
+        self._cooldown = cooldown
+        self._retry_after_failure = min(cooldown, RETRY_AFTER_FAILURE)
+        self._lock = threading.Lock()
+        # Everything below is read and written with the lock held, which is never held while
+        # waiting for the network.
+        self._keys: Mapping[str, jwt.PyJWK] = {}
+        self._expires_at = -math.inf  # the held set is used until then
+        self._refresh_at = -math.inf  # from then on, a request starts the set's refresh
+        self._lookup_at = -math.inf  # a kid the held set lacks starts no fetch before then
+        self._retry_at = -math.inf  # after a failed fetch, no fetch starts before then
+        self._fetch: _Fetch | None = None
+        self._waiters = 0
+
+    def signing_key(self, kid: str) -> jwt.PyJWK:
+        """The published signing key whose ``kid`` is ``kid``.
+
+        Raises :class:`UnknownKeyError` when there is none, or none can be had now.
+        """
+        now = time.monotonic()
+        started: _Fetch | None = None  # a fetch this request starts, in a thread of its own
+        waited: _Fetch | None = None  # the fetch whose outcome this request waits for
+        with self._lock:
+            fresh = now < self._expires_at
+            key = self._keys.get(kid) if fresh else None
+            if key is not None:
+                if now >= self._refresh_at:
+                    started = self._start_fetch(now)
+            elif self._waiters < MAX_WAITERS:
+                waited = self._fetch
+                # Without a usable set any request may start a fetch; with one, only after
+                # the cooldown, since the kid is whatever the caller wrote.
+                if waited is None and (not fresh or now >= self._lookup_at):
+                    waited = started = self._start_fetch(now)
+                if waited is not None:
+                    self._waiters += 1
+        if started is not None:
+            self._run_in_thread(started)
+        if key is not None:
+            return key
+        if waited is None:
+            raise UnknownKeyError("the key is not held, and the key set cannot be fetched now")
+        return self._await(waited, kid)
+
+    def _await(self, fetch: _Fetch, kid: str) -> jwt.PyJWK:
+        """The key from ``fetch``'s key set, once it ends or its deadline passes."""
+        try:
+            fetch.done.wait(max(0.0, fetch.deadline - time.monotonic()))
+        finally:
+            with self._lock:
+                self._waiters -= 1
+        keys = fetch.keys
+        if keys is None:
+            raise UnknownKeyError("the key set could not be fetched")
+        key = keys.get(kid)
+        if key is None:
+            raise UnknownKeyError("no such key in the key set")
+        return key
+
+    def _start_fetch(self, now: float) -> _Fetch | None:
+        """A new fetch, unless one is under way or a failed one is too recent (lock held)."""
+        if self._fetch is not None or now < self._retry_at:
+            return None
+        self._fetch = _Fetch(now + self._timeout)
+        self._lookup_at = now + self._cooldown
+        return self._fetch
+
+    def _run_in_thread(self, fetch: _Fetch) -> None:
+        # A thread of its own, so that the request that started the fetch is no more tied to
+        # it than any other: it waits only if it needs the outcome, and only until the
+        # deadline, even when resolving the host name (which no socket timeout bounds) hangs.
+        # The fetch stays the one under way until the thread ends: one thread per key set.
+        thread = threading.Thread(
+            target=self._run, args=(fetch,), name="invoke-jwks-fetch", daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError:  # the process cannot start another thread now
+            logger.warning("JWKS fetch not started: no thread available")
+            self._finish(fetch, None)
+
+    def _run(self, fetch: _Fetch) -> None:
+        keys = None
+        try:
+            keys = _fetch_keys(self._endpoint, fetch.deadline, self._context)
+        except _FetchError as exc:
+            # One line per failed fetch, and fetches are at least a retry interval apart.
+            logger.warning("%s", exc)
+        finally:
+            self._finish(fetch, keys)
+
+    def _finish(self, fetch: _Fetch, keys: Mapping[str, jwt.PyJWK] | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if keys is not None:
+                self._keys = keys
+                self._expires_at = now + self._ttl
+                self._refresh_at = now + self._ttl * (1 - _REFRESH_AHEAD)
+            else:
+                self._retry_at = now + self._retry_after_failure
+            fetch.keys = keys
+            self._fetch = None
+        fetch.done.set()
+
+
+def _endpoint(url: str) -> _Endpoint:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError("the JWKS URL must be http:// or https://")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("the JWKS URL must not carry credentials")
+    host = parts.hostname
+    if not host:
+        raise ValueError("the JWKS URL has no host")
+    port = parts.port  # ValueError when it is not a port number
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if not (_WIRE_TEXT.fullmatch(host) and _WIRE_TEXT.fullmatch(target)):
+        raise ValueError(
+            "the JWKS URL must be ASCII without spaces (percent-encoded path, xn-- host name)"
+        )
+    default_port = 443 if scheme == "https" else 80
+    authority = f"[{host}]" if ":" in host else host
+    if port is not None and port != default_port:
+        authority += f":{port}"
+    # No Accept-Encoding: the body comes unencoded (RFC 9110 §12.5.3).
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\n"
+        "User-Agent: invoke-middleware\r\nConnection: close\r\n\r\n"
+    ).encode("ascii")
+    return _Endpoint(scheme=scheme, host=host, port=port or default_port, request=request)
+
+
+def _fetch_keys(
+    endpoint: _Endpoint, deadline: float, context: ssl.SSLContext | None
+) -> dict[str, jwt.PyJWK]:
+    """The signing keys by ``kid``; raises :class:`_FetchError` however the fetch fails."""
+    try:
+        status, body = _get(endpoint, deadline, context)
+    except _TooLargeError as exc:
+        raise _FetchError(f"JWKS endpoint sent no key set: {exc}") from exc
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        # Refused, reset, timed out, a TLS failure, a host name no lookup takes (ValueError),
+        # a malformed or truncated response.
+        raise _FetchError(f"JWKS endpoint unreachable: {str(exc) or type(exc).__name__}") from exc
+    if status != 200:
+        # A redirect among them: the configured URL is the key set's, or there is none.
+        raise _FetchError(f"JWKS endpoint unreachable: it answered {status}")
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise _FetchError("JWKS endpoint sent no key set: the body is not JSON") from exc
+    if not isinstance(document, dict):
+        raise _FetchError("JWKS endpoint sent no key set: the body is not a JSON object")
+    try:
+        published = jwt.PyJWKSet.from_dict(document).keys
+    except Exception as exc:  # whatever the key parser trips on, there is no key set
+        raise _FetchError(f"JWKS endpoint sent no key set: {type(exc).__name__}") from exc
+    keys: dict[str, jwt.PyJWK] = {}
+    for key in published:
+        kid = key.key_id
+        # As PyJWKClient: keys for signatures (or of no stated use) with a kid; the first of
+        # a repeated kid is the one used.
+        if key.public_key_use in ("sig", None) and isinstance(kid, str) and kid:
+            keys.setdefault(kid, key)
+    if not keys:
+        raise _FetchError("JWKS endpoint sent no key set: no signing key with a kid")
+    return keys
+
+
+def _get(endpoint: _Endpoint, deadline: float, context: ssl.SSLContext | None) -> tuple[int, bytes]:
+    """The response's status and body (read only for a 200), all before ``deadline``.
+
+    Each blocking call gets what is left until the deadline as its timeout: the connect (to
+    each address the host name has), the TLS handshake, the request's ``sendall`` and every
+    receive (CPython bounds each of these calls as a whole, not each system call under it). A
+    server sending its response a byte at a time therefore cannot hold the fetch past the
+    deadline.
+    """
+    sock = socket.create_connection((endpoint.host, endpoint.port), timeout=_left(deadline))
+    try:
+        if context is not None:
+            sock.settimeout(_left(deadline))
+            sock = context.wrap_socket(sock, server_hostname=endpoint.host)
+        sock.settimeout(_left(deadline))
+        sock.sendall(endpoint.request)
+        # http.client parses the response (status line, fields, chunked or sized body); it
+        # reads through _BoundedWire, which bounds every receive.
+        wire = cast(socket.socket, _BoundedWire(sock, deadline))
+        response = http.client.HTTPResponse(wire, method="GET")
+        response.begin()
+        if response.status != 200:
+            return response.status, b""
+        return 200, response.read()
+    finally:
+        sock.close()
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the fetch took longer than its timeout")
+    return left
+
+
+class _TooLargeError(Exception):
+    def __init__(self) -> None:
+        super().__init__(f"the response is larger than {MAX_JWKS_BYTES} bytes")
+
+
+class _BoundedWire:
+    """The one thing :class:`http.client.HTTPResponse` asks of a socket: ``makefile``."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_BoundedReader(self._sock, self._deadline))
+
+
+class _BoundedReader(io.RawIOBase):
+    """Receives from ``sock`` until ``deadline``, and no more than :data:`MAX_JWKS_BYTES`."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+        self._received = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        self._sock.settimeout(_left(self._deadline))
+        # One byte past the cap is asked for, so that a response of exactly the cap (read
+        # until the connection closes) still sees its end.
+        room = MAX_JWKS_BYTES + 1 - self._received
+        with memoryview(buffer) as view:
+            count = self._sock.recv_into(view[:room])
+        self._received += count
+        if self._received > MAX_JWKS_BYTES:
+            raise _TooLargeError
+        return count
