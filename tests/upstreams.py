@@ -196,7 +196,13 @@ class RawUpstream:
     ``connections_accepted`` counts TCP connections; ``dropped`` counts requests that were
     read and then met with a close (see ``/drop-next``). With ``ssl_context`` (a server
     context) it speaks HTTPS.
+
+    The handler of a path in ``unread_body_paths`` runs as soon as the request's head is
+    read, with its body left on the connection (an upstream that answers before reading
+    the body, or reads it slowly); such a handler must close the connection.
     """
+
+    unread_body_paths: frozenset[str] = frozenset()
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self._ssl_context = ssl_context
@@ -305,9 +311,8 @@ class RawUpstream:
             with contextlib.suppress(OSError):
                 connection.close()
 
-    @staticmethod
     def _read_request(
-        connection: _Connection,
+        self, connection: _Connection
     ) -> tuple[bytes, list[tuple[str, str]], bytes, bool]:
         head = connection.line()
         headers: list[tuple[str, str]] = []
@@ -317,6 +322,9 @@ class RawUpstream:
                 break
             name, _, value = line.decode("latin-1").partition(":")
             headers.append((name, value.strip()))
+        path = head.decode("latin-1").split(" ", 2)[1].partition("?")[0]
+        if path in self.unread_body_paths:
+            return head, headers, b"", False
         fields = {n.lower(): v for n, v in headers}
         if fields.get("transfer-encoding", "").lower() == "chunked":
             raw = bytearray()

@@ -6,10 +6,15 @@ the bytes before the blank line that ends them, and works out how its body is fr
 kept-alive connection or split a response for a client further on (response splitting):
 
 - conflicting or malformed ``Content-Length`` values are an error, not "the first one wins";
+  so is a ``Transfer-Encoding`` that is not a list of transfer codings (RFC 9112 §6.1).
+  Only SP and HTAB count as whitespace around their values (RFC 9110 §5.6.3): Python's
+  ``str.strip`` also removes VT, FF, NEL and the no-break space, so a length padded with
+  them would pass for a length that other readers refuse;
 - a bare CR or NUL in a field value, whitespace before a field's colon, and a name that is
   not a token are errors; an obsolete folded line is joined with a space (§5.2);
 - ``Transfer-Encoding`` overrides ``Content-Length`` and such a response never keeps its
-  connection; a body not framed by either ends at the close;
+  connection, nor does an HTTP/1.0 response that has it (§6.1); a body not framed by either
+  ends at the close;
 - ``HEAD``, ``1xx``, ``204`` and ``304`` have no body, whatever their fields say.
 
 Interim responses (1xx other than ``101``) are the caller's to skip: :attr:`ResponseHead.interim`.
@@ -22,7 +27,13 @@ import re
 from typing import Final
 
 from ..errors import UpstreamError
-from ..headers import CONTENT_LENGTH_PATTERN, TCHARS, Headers, connection_tokens
+from ..headers import (
+    CONTENT_LENGTH_PATTERN,
+    TCHARS,
+    TOKEN_PATTERN,
+    Headers,
+    connection_tokens,
+)
 
 #: The blank line that ends a head; RFC 9112 §2.2 lets a recipient take a bare LF for CRLF.
 HEAD_END: Final = re.compile(rb"\r?\n\r?\n")
@@ -37,6 +48,15 @@ _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([0-9]) ([1-9][0-9]{2})(?: ([^\r\x00
 _TCHAR: Final = frozenset(TCHARS.encode("ascii"))
 # The fields that frame the body: never taken folded, whose joined value is a guess.
 _FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection"})
+# Optional whitespace (RFC 9110 §5.6.3), the only whitespace around a list element.
+_OWS: Final = " \t"
+# One element of a Transfer-Encoding list: a token and its parameters (RFC 9112 §7, RFC 9110
+# §5.6.6). A quoted parameter holding a comma is split with the list and refused: no
+# registered transfer coding takes parameters.
+_TOKEN: Final = TOKEN_PATTERN.pattern
+_TRANSFER_CODING: Final = re.compile(
+    rf'{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}[ \t]*=[ \t]*(?:{_TOKEN}|"[^"\\\x00-\x08\x0a-\x1f\x7f]*"))*'
+)
 
 
 class ResponseHead:
@@ -88,12 +108,13 @@ def parse_head(head: bytes, method: str) -> ResponseHead:
     length: int | None = None
     chunked = False
     if codings:
-        chunked = codings[-1].rsplit(",", 1)[-1].strip().lower() == "chunked"
+        chunked = _final_coding(codings) == "chunked"
         # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a message with both
-        # must not keep its connection. Not chunked: the body ends at the close.
-        will_close = will_close or not chunked or bool(lengths)
+        # must not keep its connection. Not chunked: the body ends at the close. §6.1: an
+        # HTTP/1.0 message with Transfer-Encoding has faulty framing; its connection closes.
+        will_close = will_close or not chunked or bool(lengths) or not keep_alive_default
     elif lengths:
-        values = {v.strip() for item in lengths for v in item.split(",")}
+        values = {v.strip(_OWS) for item in lengths for v in item.split(",")}
         if len(values) != 1 or CONTENT_LENGTH_PATTERN.fullmatch(next(iter(values))) is None:
             raise UpstreamError("The service's response has an invalid Content-Length.")
         length = int(values.pop())
@@ -113,6 +134,18 @@ def parse_head(head: bytes, method: str) -> ResponseHead:
         chunked=chunked,
         will_close=will_close,
     )
+
+
+def _final_coding(codings: list[str]) -> str:
+    """The last transfer coding that the ``Transfer-Encoding`` values list, lower-cased;
+    an :class:`UpstreamError` when one of them is not a list of transfer codings."""
+    elements = [e.strip(_OWS) for value in codings for e in value.split(",")]
+    # RFC 9110 §5.6.1: a recipient accepts empty list elements, but a list of nothing at all
+    # names no framing.
+    elements = [e for e in elements if e]
+    if not elements or any(_TRANSFER_CODING.fullmatch(e) is None for e in elements):
+        raise UpstreamError("The service's response has an invalid Transfer-Encoding.")
+    return elements[-1].lower()
 
 
 def _parse_fields(

@@ -52,26 +52,35 @@ _PoolKey = tuple[str | None, str, str, int]
 
 #: Largest piece handed out per read; a chunk is returned as soon as any bytes arrived.
 _READ_SIZE = 65536
+#: The most data one TLS record carries (RFC 8446 §5.1); see _HTTPSConnection.send_size.
+_TLS_RECORD = 16384
 #: A chunk's size line (RFC 9112 §7.1): hex digits, then extensions, which are dropped.
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?")
 _LINE_END = re.compile(rb"\n")
+# The end of one chunk's data and the size line of the next, both whole (RFC 9112 §7.1): what
+# _Exchange._join_buffered looks for to hand out chunks received together as one piece. The
+# same grammar as _CHUNK_SIZE and the empty line _Exchange._chunked reads after each chunk.
+_NEXT_CHUNK = re.compile(rb"\r?\n([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?\r?\n")
 _BAD_CHUNK = "The service's response has a malformed chunk."
 _HEAD_TOO_LARGE = "The service's response head is too large."
+#: What a send failure says when the peer closed or reset the connection.
+_PEER_CLOSED = (ConnectionError, ssl.SSLEOFError)
 
 # Where an exchange failed, which decides whether it may be retried.
-_WRITING_HEAD = 0  # request line and headers (and a bytes body, sent with them)
+_WRITING_HEAD = 0  # no send has taken a byte of the request yet
 _READING_BODY = 1  # pulling the next chunk from the caller's body: the caller's failure
-_WRITING_BODY = 2
+_WRITING_BODY = 2  # some of the request was taken: the upstream may act on it
 _AWAITING_RESPONSE = 3
 
 
-def _translate(exc: OSError) -> GatewayError:
-    """The one place where socket and TLS errors become the gateway's errors (a malformed
-    response is an :class:`UpstreamError` where it is found)."""
+def _translate(exc: OSError | ValueError) -> GatewayError:
+    """The one place where socket, TLS and address errors become the gateway's errors (a
+    malformed response is an :class:`UpstreamError` where it is found)."""
     if isinstance(exc, (TimeoutError, BlockingIOError)):
         # BlockingIOError: a send that outlasted the kernel's timeout (see _Deadline).
         return UpstreamTimeoutError()
-    # Refused, reset, DNS failure, TLS handshake or verification failure.
+    # Refused, reset, DNS failure, TLS handshake or verification failure; or (ValueError) a
+    # URL no connection can be opened to: a port out of range, a name no lookup takes.
     return UpstreamUnreachableError()
 
 
@@ -84,6 +93,9 @@ class _Deadline:
     themselves, where a socket timeout makes it poll before each, one system call and one
     hand-over of the interpreter lock more per wait. Over TLS, and once what is left of the
     total is less than the read timeout, Python's socket timeout applies.
+
+    Either timeout bounds one ``recv`` or ``send`` call, never a loop of them such as
+    ``sendall``: every wait re-arms the deadline first (see :meth:`_Exchange._send`).
     """
 
     __slots__ = ("_at", "_connection", "_read")
@@ -180,35 +192,57 @@ class _Exchange:
         self.done = False
 
     def write(self, request: UpstreamRequest, target: str) -> None:
-        """Send the request line, headers and body."""
+        """Send the request line, headers and body.
+
+        ``stage`` stays :data:`_WRITING_HEAD` until a send takes a byte: a failure before
+        that leaves the request unseen by the upstream (see :func:`_may_retry`).
+        """
         self._deadline.start()
         head = _request_head(request, target, self._host_header)
-        if request.body_stream is None:
-            body = request.body_bytes
-            if body and len(body) <= _READ_SIZE:
-                # One write for head and body: one system call, one packet.
-                self._sock.sendall(head + body)
-            else:
-                self._sock.sendall(head)
-                if body:
-                    self._sock.sendall(body)
-            return
-        self._sock.sendall(head)
-        self._write_stream(request.checked_stream(), chunked=request.is_chunked)
+        stream = request.body_stream
+        body = request.body_bytes if stream is None else None
+        if body and len(body) <= _READ_SIZE:
+            # One write for head and body: one system call, one packet.
+            head, body = head + body, None
+        # A head within one TLS record goes in one send on any connection. Only a longer one
+        # needs the connection's send size: that look-up is measurable on every request.
+        size = len(head)
+        sent = self._sock.send(
+            head if size <= _TLS_RECORD else memoryview(head)[: self._connection.send_size]
+        )
+        if sent != size or body or stream is not None:
+            self.stage = _WRITING_BODY
+            if sent != size:
+                self._send(memoryview(head)[sent:])
+            if body:
+                self._send(body)
+            if stream is not None:
+                self._write_stream(request.checked_stream(), chunked=request.is_chunked)
 
     def _write_stream(self, chunks: Iterable[bytes], *, chunked: bool) -> None:
-        sock, deadline = self._sock, self._deadline
         self.stage = _READING_BODY
         for chunk in chunks:
             if chunk:  # an empty chunk would end a chunked body (RFC 9112 §7.1)
                 self.stage = _WRITING_BODY
-                deadline.arm()
-                sock.sendall(b"%X\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                self._send(b"%X\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                 self.stage = _READING_BODY
         if chunked:
             self.stage = _WRITING_BODY
-            deadline.arm()
-            sock.sendall(b"0\r\n\r\n")
+            self._send(b"0\r\n\r\n")
+
+    def _send(self, data: bytes | memoryview) -> None:
+        """Write ``data`` whole, re-arming the deadline before each send.
+
+        Not ``sendall``: the kernel's send timeout bounds one ``send`` call, so an upstream
+        that reads a trickle, a little within each read timeout, would hold a ``sendall``
+        past the total. Over TLS each send is at most one record (``send_size``), whose
+        write the socket timeout bounds.
+        """
+        sock, arm, size = self._sock, self._deadline.arm, self._connection.send_size
+        view = memoryview(data)
+        while view:
+            arm()
+            view = view[sock.send(view[:size]) :]
 
     def _receive(self, size: int = _READ_SIZE) -> bytes:
         """At most ``size`` bytes as soon as any arrive; ``b""`` once the peer closed."""
@@ -222,24 +256,33 @@ class _Exchange:
     def read_head(self, method: str) -> ResponseHead:
         """Wait for the final response's status line and headers; interim ones are skipped
         (http.client skips only ``100``: a ``103 Early Hints`` would pass for the answer and
-        leave the real one on the connection to answer the next request)."""
+        leave the real one on the connection to answer the next request).
+
+        The interim heads count against ``MAX_HEAD`` with the final one: an upstream that
+        streams ``100 Continue`` is refused once they fill it, instead of keeping a thread
+        parsing until the total deadline.
+        """
         self.stage = _AWAITING_RESPONSE
         data, start = b"", 0  # received; where the next head starts in it
+        limit = MAX_HEAD  # what is left of it for the heads still to come
         while True:
             end = HEAD_END.search(data, start)
             if end is None:
-                received = self._receive_until(data[start:], HEAD_END, MAX_HEAD, _HEAD_TOO_LARGE)
+                received = self._receive_until(data[start:], HEAD_END, limit, _HEAD_TOO_LARGE)
                 if received is None:
                     # Before any byte, the usual end of a kept-alive connection the peer
                     # closed while idle: a ConnectionError, which _may_retry recognises.
                     raise ConnectionResetError("The service closed the connection.")
                 (data, end), start = received, 0
             head = parse_head(data[start : end.start()], method)
-            start = end.end()
             if not head.interim:
-                self._buffer, self._offset = data, start
+                self._buffer, self._offset = data, end.end()
                 self._head = head
                 return head
+            limit -= end.end() - start
+            if limit < 0:
+                raise UpstreamError("The service sent too many interim responses.")
+            start = end.end()
 
     def _receive_until(
         self, data: bytes, end: re.Pattern[bytes], limit: int, too_long: str
@@ -283,7 +326,10 @@ class _Exchange:
         return body
 
     def chunks(self) -> Iterator[bytes]:
-        """The body, chunk by chunk as it arrives; raises if it ends early."""
+        """The body, chunk by chunk as it arrives; raises if it ends early. Nothing once the
+        exchange was closed, also when that happened before the first piece was asked for."""
+        if self.done:
+            return
         head = self._head
         assert head is not None
         if head.chunked:
@@ -334,7 +380,12 @@ class _Exchange:
             yield piece
 
     def _chunked(self) -> Iterator[bytes]:
-        """The data of a chunked body (RFC 9112 §7.1); extensions and trailers are dropped."""
+        """The data of a chunked body (RFC 9112 §7.1); extensions and trailers are dropped.
+
+        Whole chunks received right behind one another go out as one piece (see
+        :meth:`_join_buffered`), and a piece goes out as soon as it is in: nothing is waited
+        for to join it with, so each server-sent event still leaves when it arrives.
+        """
         while True:
             size_line = _CHUNK_SIZE.fullmatch(self._line())
             if size_line is None:
@@ -345,6 +396,8 @@ class _Exchange:
             while left:
                 piece = self._take(left if left < _READ_SIZE else _READ_SIZE)
                 left -= len(piece)
+                if not left and self._offset < len(self._buffer):
+                    piece = self._join_buffered(piece)
                 yield piece
             if self._line():
                 raise UpstreamError(_BAD_CHUNK)
@@ -352,6 +405,28 @@ class _Exchange:
             if not self._line():
                 return
         raise UpstreamError("The service's response has too many trailer fields.")
+
+    def _join_buffered(self, piece: bytes) -> bytes:
+        """``piece``, the end of a chunk's data, joined with the data of the whole chunks
+        already in the buffer behind it, up to ``_READ_SIZE`` in all: a body of one-byte
+        chunks must not cost one iteration and one write to the client per byte. The buffer
+        is left at the line break that ends the last chunk joined; a chunk not wholly in
+        it, the last chunk and anything malformed are left to :meth:`_chunked`."""
+        buffer, offset = self._buffer, self._offset
+        pieces, size = [piece], len(piece)
+        match = _NEXT_CHUNK.match
+        while (found := match(buffer, offset)) is not None:
+            length = int(found.group(1), 16)
+            start = found.end()
+            if not length or size + length > _READ_SIZE or start + length > len(buffer):
+                break
+            offset = start + length
+            pieces.append(buffer[start:offset])
+            size += length
+        if len(pieces) == 1:
+            return piece
+        self._offset = offset
+        return b"".join(pieces)
 
     def _line(self) -> bytes:
         """The next line of the body's framing, without its line break."""
@@ -434,7 +509,10 @@ class HTTPTransport(Closeable):
         """Send ``request``; return once the status and headers arrived."""
         if self._closed:
             raise RuntimeError("The transport is closed.")
-        origin, target = split_url(request.url)
+        try:
+            origin, target = split_url(request.url)
+        except ValueError as exc:
+            raise _translate(exc) from exc
         key = (request.tenant, origin.scheme, origin.host, origin.port)
         connection = self._idle_connection(key)
         if connection is not None:
@@ -476,8 +554,18 @@ class HTTPTransport(Closeable):
             deadline=_Deadline(connection, timeouts.read, timeouts.total),
         )
         try:
-            exchange.write(request, target)
-            response = exchange.read_head(request.method)
+            try:
+                exchange.write(request, target)
+            except _PEER_CLOSED:
+                if exchange.stage != _WRITING_BODY:
+                    raise
+                # RFC 9112 §9.5: an upstream may answer before it took the whole request (a
+                # 413, say) and close. Its answer is the response; the connection, with the
+                # request cut short on it, is never kept.
+                response = exchange.read_head(request.method)
+                response.will_close = True
+            else:
+                response = exchange.read_head(request.method)
         except OSError as exc:
             exchange.close()
             if exchange.stage == _READING_BODY:
@@ -494,14 +582,17 @@ class HTTPTransport(Closeable):
         body = exchange.buffered_body()
         if body is None:
             chunks: Iterator[bytes] = exchange.chunks()
+            close = exchange.close
         else:
-            chunks = iter((body,) if body else ())
+            # Closing empties the list, so that iterating after close() yields nothing more.
+            pieces = [body] if body else []
+            chunks, close = iter(pieces), pieces.clear
         return UpstreamResponse(
             status=response.status,
             reason=response.reason,
             headers=response.fields,  # already a Headers: handed over without a copy
             chunks=chunks,
-            close=exchange.close,
+            close=close,
             content_length=response.length,
         )
 
@@ -515,7 +606,9 @@ class HTTPTransport(Closeable):
             connection = _HTTPConnection(origin.host, origin.port, timeout=timeout)
         try:
             connection.connect()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
+            # ValueError (UnicodeError among them): a host name that neither the name lookup
+            # nor TLS takes, such as one with an empty label.
             connection.close()
             raise _translate(exc) from exc
         return connection
@@ -573,6 +666,9 @@ class _HTTPConnection(http.client.HTTPConnection):
     #: Whether waits may use the kernel's socket timeouts (see _Deadline), and the one set.
     kernel_waits = sys.platform.startswith("linux")
     kernel_timeout: float | None = None
+    #: The most bytes one send of a request is given. A TCP ``send`` that fails took
+    #: nothing, and one that succeeds says how much it took, so any size will do.
+    send_size = sys.maxsize
 
     def connect(self) -> None:
         super().connect()
@@ -600,6 +696,10 @@ class _HTTPSConnection(_HTTPConnection, http.client.HTTPSConnection):
     # A TLS socket waits in Python: a kernel timeout inside the TLS layer would leave a record
     # half read.
     kernel_waits = False
+    # One TLS record per send. A send takes all it is given or fails without saying how much
+    # went out, but a record cut short cannot be read: when the first send fails, the
+    # upstream has seen nothing of the request.
+    send_size = _TLS_RECORD
 
     def __init__(self, host: str, port: int, *, timeout: float | None, context: ssl.SSLContext):
         super().__init__(host, port, timeout=timeout, context=context)
@@ -648,16 +748,16 @@ def _request_head(request: UpstreamRequest, target: str, host: str) -> bytes:
 
 
 def _may_retry(request: UpstreamRequest, stage: int, exc: Exception) -> bool:
-    """Whether a failure on a reused connection leaves the request safe to send again."""
-    if isinstance(exc, TimeoutError):
+    """Whether a failure on a reused connection leaves the request safe to send again
+    (docs/contract.md §8, Retries)."""
+    if isinstance(exc, (TimeoutError, BlockingIOError)):
+        # BlockingIOError: the kernel's send timeout (see _Deadline). A timeout is the
+        # upstream's answer to this request, not a connection closed while idle.
         return False
     if stage == _WRITING_HEAD:
-        # The peer closed the idle connection before taking anything: no byte of a streamed
-        # body was consumed yet, and a bytes body can be written again.
+        # No send took a byte: the peer closed the idle connection before any of the request
+        # reached it, and no byte of a streamed body was consumed.
         return True
-    return (
-        stage == _AWAITING_RESPONSE
-        # A TLS peer that closes an idle connection without close_notify reads as SSLEOFError.
-        and isinstance(exc, ConnectionError | ssl.SSLEOFError)
-        and request.may_retry_after_close
-    )
+    # Some of the request was taken: the upstream may have acted on it (RFC 9112 §9.3.1).
+    # A TLS peer that closes an idle connection without close_notify reads as SSLEOFError.
+    return isinstance(exc, _PEER_CLOSED) and request.may_retry_after_close

@@ -18,13 +18,28 @@ And two answers a WSGI server must never be handed as they are:
 - ``/trailers``: ``hello`` with a ``Trailers`` field (which PEP 3333 servers refuse from an
   application) and a ``Connection``-named field;
 - ``/switch``: ``101 Switching Protocols`` to a request that asked for no upgrade.
+
+And four paths that act on a request as soon as its head is read, leaving its body unread,
+each counted in ``heads_read`` and each closing the connection:
+
+- ``/answer-early``: ``413`` with an 8-byte body (and no ``Connection: close``), then the
+  close, which the unread body turns into a reset;
+- ``/act-and-drop``: no answer, a reset (as an upstream that crashed after acting on it);
+- ``/stall``: reads nothing more, for a few seconds at most;
+- ``/trickle``: reads 8 KiB of the body every 50 ms, for a few seconds at most.
+
+Pass ``receive_buffer`` (bytes) to shrink the upstream's receive buffer, so that a body
+waits on the sending side as soon as the upstream stops reading it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
+import struct
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -37,16 +52,27 @@ if TYPE_CHECKING:
 PLANTED = b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\nnot-your-answer"
 
 _LATE = 0.05
+#: How long ``/stall`` and ``/trickle`` hold a connection at most.
+_HOLD = 5.0
 
 
 class HostileUpstream(RawUpstream):
     """A :class:`~tests.upstreams.RawUpstream` with the hostile paths above; TLS when
     ``ssl_context`` (a server context) is given."""
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    unread_body_paths = frozenset({"/answer-early", "/act-and-drop", "/stall", "/trickle"})
+
+    def __init__(
+        self, *, ssl_context: ssl.SSLContext | None = None, receive_buffer: int | None = None
+    ) -> None:
         super().__init__(ssl_context=ssl_context)
+        if receive_buffer is not None:
+            # Set before any connection is accepted: each inherits it from the listener.
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         #: Set when a late path has sent its planted bytes.
         self.late_sent = threading.Event()
+        #: Requests a path that leaves the body unread has acted on.
+        self.heads_read = 0
 
     def _head(self, body_length: int) -> bytes:
         return (
@@ -106,9 +132,44 @@ class HostileUpstream(RawUpstream):
         connection.sock.sendall(b"\x81\x05hello")  # a WebSocket frame, as if upgraded
         return False
 
+    def _count_head(self) -> None:
+        with self._lock:
+            self.heads_read += 1
+
+    def _handle_answer_early(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        self._count_head()
+        self._send_head(connection, "413 Content Too Large", "Content-Length: 8")
+        connection.sock.sendall(b"too big!")
+        self._stop.wait(_LATE)  # the client keeps sending meanwhile
+        return False
+
+    def _handle_act_and_drop(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        self._count_head()
+        connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return False
+
+    def _handle_stall(self, connection: _Connection, method: str, params: dict[str, str]) -> bool:
+        self._count_head()
+        self._stop.wait(_HOLD)
+        return False
+
+    def _handle_trickle(self, connection: _Connection, method: str, params: dict[str, str]) -> bool:
+        self._count_head()
+        until = time.monotonic() + _HOLD
+        while time.monotonic() < until and not self._stop.wait(0.05):
+            if not connection.reader.read1(8192):
+                break
+        return False
+
 
 @contextlib.contextmanager
-def serve_hostile(ssl_context: ssl.SSLContext | None = None) -> Iterator[HostileUpstream]:
+def serve_hostile(
+    ssl_context: ssl.SSLContext | None = None, *, receive_buffer: int | None = None
+) -> Iterator[HostileUpstream]:
     """Run a :class:`HostileUpstream`; yield it (its base URL is ``.url``)."""
-    with HostileUpstream(ssl_context=ssl_context) as upstream:
+    with HostileUpstream(ssl_context=ssl_context, receive_buffer=receive_buffer) as upstream:
         yield upstream

@@ -38,6 +38,23 @@ def test_leaving_the_with_block_of_a_read_response_keeps_its_connection(
     assert raw_upstream.connections_accepted == 1
 
 
+@pytest.mark.parametrize(
+    "size",
+    [
+        pytest.param(10, id="body-in-hand-with-the-head"),
+        pytest.param(1 << 20, id="body-still-to-come"),
+    ],
+)
+def test_a_closed_response_yields_nothing_more(
+    wire: Transport, raw_upstream: RawUpstream, size: int
+) -> None:
+    response = wire.send(_get(raw_upstream.url + f"/download?size={size}"))
+
+    response.close()
+
+    assert list(response) == []
+
+
 def test_http_transport_is_closed_when_its_with_block_ends(raw_upstream: RawUpstream) -> None:
     with HTTPTransport() as transport:
         _, body = fetch(transport, "GET", raw_upstream.url + "/download?size=10")

@@ -92,6 +92,14 @@ def fetch(url: str, *, method: str = "GET", timeouts: Timeouts | None = None) ->
         pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: \xc2\xb2\r\n", id="cl-superscript"),
         pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n", id="cl-negative"),
         pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: +3\r\n", id="cl-plus"),
+        # Only SP and HTAB are whitespace around a value (RFC 9110 §5.6.3).
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: \xa03\x85\r\n", id="cl-nbsp-nel"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 3\x0b\r\n", id="cl-vertical-tab"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\x0b\r\n", id="te-vt"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \xa0chunked\r\n", id="te-nbsp"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\x1c\r\n", id="te-fs"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: , \r\n", id="te-no-coding"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked=1\r\n", id="te-no-token"),
     ],
 )
 def test_a_malformed_head_is_an_upstream_error(head: bytes) -> None:
@@ -175,11 +183,36 @@ def test_a_response_framed_both_ways_does_not_keep_its_connection() -> None:
             (200, b"z"),
             id="folded-line",
         ),
+        pytest.param(
+            b'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip;x="a b" , chunked,\t,\r\n\r\n'
+            b"2\r\nok\r\n0\r\n\r\n",
+            (200, b"ok"),
+            id="coding-list-with-parameters-and-empty-elements",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length:\t 2 \t\r\n\r\nok", (200, b"ok"), id="cl-ows"
+        ),
     ],
 )
 def test_a_well_formed_answer_is_read_whole(answer: bytes, expected: tuple[int, bytes]) -> None:
     with scripted([answer], hold=0) as url:
         assert fetch(url) == expected
+
+
+def test_endless_interim_responses_are_an_upstream_error() -> None:
+    # Each head is tiny and well formed: only a bound on what is skipped ends this before
+    # the total deadline, with the thread parsing heads all along.
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" * 4000
+    with scripted([interim] * 10) as url, pytest.raises(UpstreamError):
+        fetch(url, timeouts=Timeouts(connect=2, read=2, total=2))
+
+
+def test_interim_heads_count_against_the_head_size_limit_together() -> None:
+    # Each 103 (some 180 KB) is under the limit of one head; the two of them are over it.
+    large = b"HTTP/1.1 103 Early Hints\r\n" + (b"X-A: " + b"a" * 60000 + b"\r\n") * 3 + b"\r\n"
+    final = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with scripted([large, large, final], hold=0) as url, pytest.raises(UpstreamError):
+        fetch(url)
 
 
 def test_an_answer_arriving_byte_by_byte_is_read_whole() -> None:
@@ -208,6 +241,15 @@ def test_an_answer_arriving_byte_by_byte_is_read_whole() -> None:
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n",
             id="chunk-longer-than-its-size",
         ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"1\r\na\r\n1\r\nb\r\nzz\r\nc\r\n0\r\n\r\n",
+            id="bad-chunk-size-after-good-chunks",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n1\r\nbc\r\n0\r\n\r\n",
+            id="chunk-longer-than-its-size-after-good-chunks",
+        ),
     ],
 )
 def test_a_malformed_answer_is_an_upstream_error(answer: bytes) -> None:
@@ -227,6 +269,53 @@ def test_a_body_that_arrives_with_its_head_frees_the_connection_at_once() -> Non
             assert b"".join(response) == b"ok"
         finally:
             transport.close()
+
+
+def _pieces(url: str) -> list[bytes]:
+    transport = HTTPTransport()
+    try:
+        request = UpstreamRequest(
+            method="GET", url=url + "/", headers=(), timeouts=Timeouts(connect=2, read=2, total=5)
+        )
+        with transport.send(request) as response:
+            return list(response)
+    finally:
+        transport.close()
+
+
+_CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("chunks", "body"),
+    [
+        pytest.param(b"1\r\nx\r\n" * 2000, b"x" * 2000, id="one-byte-chunks"),
+        pytest.param(b"1;a=b\nx\n2 \nyz\n" * 500, b"xyz" * 500, id="extensions-bare-lf"),
+    ],
+)
+def test_chunks_received_together_are_handed_out_together(chunks: bytes, body: bytes) -> None:
+    with scripted([_CHUNKED + chunks + b"0\r\n\r\n"], hold=0) as url:
+        pieces = _pieces(url)
+
+    assert b"".join(pieces) == body
+    assert len(pieces) < 10  # one per receive at most, not one per chunk
+
+
+def test_chunks_joined_together_stay_within_the_read_size() -> None:
+    chunk = b"x" * 1000
+    with scripted([_CHUNKED + b"3E8\r\n%b\r\n" % chunk * 300 + b"0\r\n\r\n"], hold=0) as url:
+        pieces = _pieces(url)
+
+    assert b"".join(pieces) == chunk * 300
+    assert max(map(len, pieces)) <= 65536
+
+
+def test_chunks_arriving_apart_are_handed_out_as_they_arrive() -> None:
+    # Server-sent events: each goes out when it comes in, never held back to be joined.
+    events = [b"data: %d\n\n" % number for number in range(3)]
+    parts = [_CHUNKED] + [b"%X\r\n%b\r\n" % (len(event), event) for event in events]
+    with scripted([*parts, b"0\r\n\r\n"], pause=0.1, hold=0) as url:
+        assert _pieces(url) == events
 
 
 @pytest.mark.parametrize(
@@ -253,5 +342,21 @@ def test_the_connection_is_kept_as_the_response_says(head: bytes, kept: bool) ->
             )
             assert b"".join(response) == b"ok"
             assert sum(map(len, transport._idle.values())) == int(kept)
+        finally:
+            transport.close()
+
+
+def test_an_http_1_0_response_with_transfer_encoding_does_not_keep_its_connection() -> None:
+    # RFC 9112 §6.1: its framing is faulty, whatever Connection says.
+    head = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with scripted([head + b"2\r\nok\r\n0\r\n\r\n"]) as url:
+        transport = HTTPTransport()
+        try:
+            response = transport.send(
+                UpstreamRequest(method="GET", url=url + "/", headers=(), timeouts=Timeouts())
+            )
+            assert b"".join(response) == b"ok"
+            response.close()
+            assert sum(map(len, transport._idle.values())) == 0
         finally:
             transport.close()

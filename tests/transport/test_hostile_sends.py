@@ -1,0 +1,173 @@
+"""HTTPTransport sends a request body within its deadline, never twice once the upstream may
+have acted on it, and returns an answer the upstream gave before taking the whole body.
+
+The upstream is :class:`~tests.transport._hostile.HostileUpstream` with a small receive buffer:
+a body it does not read waits on the gateway's side at once, as over a slow network. Tests
+marked ``SCHEMES`` run over TLS too, where each send is one TLS record.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from invoke_middleware.errors import (
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
+)
+from invoke_middleware.transport import HTTPTransport, Timeouts
+from tests.upstreams import TLSFiles
+
+from ._helpers import drain, fetch, send
+from ._hostile import HostileUpstream, serve_hostile
+
+#: Far more than the socket buffers on both sides hold: sending it waits on the upstream.
+_LARGE = 16 * 1024 * 1024
+
+
+@pytest.fixture
+def upstream(request: pytest.FixtureRequest, tls_files: TLSFiles) -> Iterator[HostileUpstream]:
+    """Plain HTTP, or HTTPS when parametrised (indirectly) with ``"https"``."""
+    context = tls_files.server_context() if getattr(request, "param", "http") == "https" else None
+    with serve_hostile(context, receive_buffer=8192) as server:
+        yield server
+
+
+@pytest.fixture
+def transport(tls_files: TLSFiles) -> Iterator[HTTPTransport]:
+    with HTTPTransport(ca_bundle=tls_files.ca_cert) as transport:
+        yield transport
+
+
+SCHEMES = pytest.mark.parametrize("upstream", ["http", "https"], indirect=True)
+
+
+def _body(streamed: bool) -> bytes | Iterator[bytes]:
+    data = bytes(_LARGE)
+    return iter([data]) if streamed else data
+
+
+BODY_SHAPES = [pytest.param(False, id="bytes-body"), pytest.param(True, id="streamed-body")]
+
+
+def _idle_connections(transport: HTTPTransport) -> int:
+    return sum(map(len, transport._idle.values()))
+
+
+@SCHEMES
+@pytest.mark.parametrize("streamed", BODY_SHAPES)
+def test_the_total_deadline_holds_while_the_upstream_reads_the_body_slowly(
+    transport: HTTPTransport, upstream: HostileUpstream, streamed: bool
+) -> None:
+    # The upstream takes a little of the body well within each read timeout: only the total
+    # can stop the upload, and running into it is a timeout, not a broken connection.
+    timeouts = Timeouts(connect=2.0, read=0.5, total=1.0)
+    started = time.monotonic()
+
+    with pytest.raises(UpstreamTimeoutError):
+        send(
+            transport,
+            "POST",
+            upstream.url + "/trickle",
+            body=_body(streamed),
+            content_length=_LARGE,
+            timeouts=timeouts,
+        )
+
+    assert time.monotonic() - started < 3.0  # the upstream would keep reading for 5 s
+
+
+@pytest.mark.parametrize(
+    ("method", "sent_times"),
+    [
+        pytest.param("POST", 1, id="not-idempotent-sent-once"),
+        pytest.param("PUT", 2, id="idempotent-sent-again"),
+    ],
+)
+def test_a_body_cut_short_on_a_reused_connection_is_sent_again_only_if_idempotent(
+    transport: HTTPTransport, upstream: HostileUpstream, method: str, sent_times: int
+) -> None:
+    fetch(transport, "GET", upstream.url + "/say?word=hi")  # leaves a connection in the pool
+
+    # The upstream reads the head, acts on it, and resets the connection mid-body.
+    with pytest.raises(UpstreamUnreachableError):
+        send(transport, method, upstream.url + "/act-and-drop", body=bytes(_LARGE))
+
+    assert upstream.heads_read == sent_times
+    assert upstream.connections_accepted == sent_times
+
+
+def test_a_send_timeout_on_a_reused_connection_is_a_timeout_and_not_retried(
+    transport: HTTPTransport, upstream: HostileUpstream
+) -> None:
+    fetch(transport, "GET", upstream.url + "/say?word=hi")
+    started = time.monotonic()
+
+    with pytest.raises(UpstreamTimeoutError):
+        send(
+            transport,
+            "PUT",
+            upstream.url + "/stall",
+            body=bytes(_LARGE),
+            timeouts=Timeouts(connect=2.0, read=0.5, total=1.0),
+        )
+
+    assert time.monotonic() - started < 3.0
+    assert upstream.heads_read == 1
+    assert upstream.connections_accepted == 1
+
+
+@SCHEMES
+@pytest.mark.parametrize("streamed", BODY_SHAPES)
+@pytest.mark.parametrize("reused", [pytest.param(False, id="new"), pytest.param(True, id="reused")])
+def test_an_answer_given_before_the_body_was_taken_is_the_response(
+    transport: HTTPTransport, upstream: HostileUpstream, streamed: bool, reused: bool
+) -> None:
+    if reused:
+        fetch(transport, "GET", upstream.url + "/say?word=hi")
+
+    response = send(
+        transport,
+        "POST",
+        upstream.url + "/answer-early",
+        body=_body(streamed),
+        content_length=_LARGE,
+    )
+
+    assert (response.status, drain(response)) == (413, b"too big!")
+    # The answer did not say to close, but the request was cut short on that connection.
+    assert _idle_connections(transport) == 0
+    assert upstream.heads_read == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("http://svc.example:0/", id="port-zero"),
+        pytest.param("http://[::1]x/", id="text-after-ipv6-literal"),
+        pytest.param("http://a..b/", id="empty-label"),
+        pytest.param("http://" + "x" * 64 + ".example/", id="label-too-long"),
+        pytest.param("ftp://svc.example/", id="other-scheme"),
+    ],
+)
+def test_an_upstream_url_no_connection_can_be_opened_to_is_unreachable(
+    transport: HTTPTransport, url: str
+) -> None:
+    with pytest.raises(UpstreamUnreachableError):
+        send(transport, "GET", url)
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_host_name_the_lookup_refuses_is_unreachable(
+    transport: HTTPTransport, monkeypatch: pytest.MonkeyPatch, scheme: str
+) -> None:
+    # What the name lookup raises for a label it cannot encode; no name server is asked.
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise UnicodeError("label empty or too long")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    with pytest.raises(UpstreamUnreachableError):
+        send(transport, "GET", f"{scheme}://svc.example/")
