@@ -277,12 +277,15 @@ DEFAULT_FORWARDING_RULES = ForwardingRules()
 
 
 def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
-    """The lower-cased field names listed by every ``Connection`` field of ``headers``."""
+    """The lower-cased field names listed by every ``Connection`` field of ``headers``.
+
+    Only SP and HTAB surround a list element (RFC 9110 §5.6.1): ``str.strip()`` would also
+    take ``keep-alive\x85`` for ``keep-alive``, which a stricter reader does not."""
     tokens: set[str] = set()
     for name, value in headers:
         # Checking the length first keeps the common case to one integer comparison.
         if len(name) == 10 and name.lower() == "connection":
-            tokens.update(token.strip().lower() for token in value.split(","))
+            tokens.update(token.strip(" \t").lower() for token in value.split(","))
     tokens.discard("")
     return frozenset(tokens)
 

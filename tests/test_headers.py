@@ -246,6 +246,11 @@ def test_invoke_drops_a_field_its_connection_names_with_underscores() -> None:
     assert end_to_end(invoke([], envelope)) == [("X-Keep", "2")]
 
 
+def test_connection_tokens_are_trimmed_of_spaces_and_tabs_only() -> None:
+    fields = [("Connection", " close ,\tX-Hop\t, keep-alive\x85")]
+    assert connection_tokens(fields) == {"close", "x-hop", "keep-alive\x85"}
+
+
 def test_the_outer_connection_does_not_strip_envelope_fields() -> None:
     forwarded = invoke([("Connection", "X-Keep")], [("X-Keep", "2")])
     assert end_to_end(forwarded) == [("X-Keep", "2")]
