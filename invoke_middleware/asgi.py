@@ -24,7 +24,16 @@ guarantees it has under a WSGI server (see "ASGI hosts" in the README):
 - a client that goes away is noticed: an upload that ends early fails instead of looking
   complete to the upstream, and a streamed response stops at its next chunk, closing the
   upstream connection and freeing the thread (a2wsgi alone keeps reading the upstream to its
-  end, as the server drops what it is sent for a closed connection).
+  end, as the server drops what it is sent for a closed connection);
+- a client that stalls is let go: a2wsgi's threads wait for the next piece of the body, and
+  for room to hand a response chunk to the event loop, without a bound; here each wait ends
+  after ``client_timeout`` seconds of silence, so a silent upload fails (400) and a response
+  the client stops reading ends as if the client had gone away;
+- a request task that the host cancels (a timeout middleware, a cancel scope, the server's
+  graceful-shutdown timeout) lets its thread go: the thread sees a client that went away and
+  finishes in the background instead of blocking for ever on a queue nobody drains;
+- a request that waits for a thread holds only what the server buffered: its body is read
+  from the server once a thread has taken it.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 __all__ = [
+    "DEFAULT_CLIENT_TIMEOUT",
     "DEFAULT_SEND_QUEUE_SIZE",
     "DEFAULT_WORKERS",
     "ASGIApp",
@@ -65,6 +75,10 @@ DEFAULT_WORKERS = 32
 #: Response chunks (up to 64 KiB each) queued between a thread and the event loop, per
 #: request. A thread that gets ahead of a slow client waits: memory stays bounded.
 DEFAULT_SEND_QUEUE_SIZE = 4
+#: Seconds a client may stay silent while the gateway waits for more of its body, or leave
+#: a response chunk unread, before its request is let go (the standalone server closes a
+#: silent connection after the same ``idle_timeout``, see "Standalone gateway" in the README).
+DEFAULT_CLIENT_TIMEOUT = 30.0
 
 # Where the per-request client state rides from the event loop to the thread: a2wsgi puts
 # the ASGI scope in the WSGI environ as "asgi.scope".
@@ -82,37 +96,88 @@ def no_wsgi_host(environ: WSGIEnvironment, start_response: StartResponse) -> Ite
 
 
 class _Client:
-    """The caller's side of one request: its body messages, and whether it went away.
+    """The caller's side of one request: its body messages, its sends, whether it went away.
 
     A single task owns the server's ``receive``, so that a disconnect is seen even while the
-    gateway is not reading the body (a GET whose response streams, say). Body messages are
-    handed over one at a time: the server stops reading the socket while one waits, so an
-    upload is never buffered ahead of the upstream.
+    gateway is not reading the body (a GET whose response streams, say). It starts when a
+    thread takes the request (:meth:`start`): a request waiting for a thread holds no more of
+    its body than the server's own buffer.
+    Body messages are handed over one at a time: the server stops reading the socket while
+    one waits, so an upload is never buffered ahead of the upstream.
+
+    Every wait on the client is bounded by ``timeout`` seconds, since a2wsgi's threads wait
+    for the event loop without a bound (``Future.result()``): a body that stops arriving makes
+    :meth:`receive` fail, and a send the server cannot finish marks the client as gone. Once
+    it is gone, sends are dropped, so that a2wsgi's queue drains and the thread gets to the
+    next chunk, where it stops (:class:`_UntilClientLeaves`).
     """
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, send: Send, timeout: float) -> None:
         self._receive = receive
+        self._send = send
+        self._timeout = timeout
         self._messages: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)
+        self._loop = asyncio.get_running_loop()
+        self._pump: asyncio.Task[None] | None = None
+        self._ended = False
         self.gone = threading.Event()
 
-    async def pump(self) -> None:
+    def start(self) -> None:
+        """Start reading from the server (called from the thread that took the request)."""
+        self._loop.call_soon_threadsafe(self._start_pump)
+
+    def _start_pump(self) -> None:
+        if self._pump is None and not self._ended:
+            self._pump = asyncio.create_task(self._pump_messages())
+
+    async def _pump_messages(self) -> None:
         while True:
             message = await self._receive()
             if message["type"] != "http.request":
-                self.gone.set()
-                with contextlib.suppress(asyncio.QueueFull):
-                    self._messages.put_nowait(message)  # wakes a reader that is waiting
+                self.leave()
                 return
             await self._messages.put(message)
 
+    def leave(self) -> None:
+        """Treat the client as gone, and wake a thread that waits for its body."""
+        self.gone.set()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._messages.put_nowait({"type": "http.disconnect"})
+
+    async def end(self) -> None:
+        """Stop reading from the server: the request is over for the event loop."""
+        self._ended = True
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+
     async def receive(self) -> Message:
-        """The next body message; raises when the client left before the body ended."""
+        """The next body message; raises when the client left or stalled before its end."""
         if self.gone.is_set() and self._messages.empty():
             raise _client_left()
-        message = await self._messages.get()
+        try:
+            async with asyncio.timeout(self._timeout):
+                message = await self._messages.get()
+        except TimeoutError:
+            raise InvalidRequestError(
+                f"The client sent none of the rest of the body for {self._timeout:g} s."
+            ) from None
         if message["type"] != "http.request":
             raise _client_left()
         return message
+
+    async def send(self, message: Message) -> None:
+        """Send to the server, unless the client is gone; a stalled send makes it gone."""
+        if self.gone.is_set():
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._send(message)
+        except TimeoutError:
+            # The client reads nothing: the response is cut short (the server closes the
+            # connection, as the response never completes) and the thread is let go.
+            self.gone.set()
 
 
 def _client_left() -> InvalidRequestError:
@@ -163,6 +228,12 @@ class _GatewayWSGIApp:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         scope: Scope = environ["asgi.scope"]
         client: _Client = scope[_CLIENT_KEY]
+        if client.gone.is_set():
+            # The host cancelled the request while it waited for a thread: nobody is left to
+            # answer, so it never reaches the upstream (the answer is dropped).
+            start_response("503 Service Unavailable", [("Content-Length", "0")])
+            return []
+        client.start()
         environ["wsgi.input_terminated"] = True  # the ASGI server signals the body's end
         request_uri = _request_uri(scope)
         if request_uri is not None:
@@ -176,7 +247,12 @@ class InvokeASGIMiddleware:
     ``gateway`` is an :class:`~invoke_middleware.middleware.InvokeMiddleware` (its own WSGI
     app is never called from here; give it :func:`no_wsgi_host`). ``workers``
     bounds the threads that run runtime requests (see :data:`DEFAULT_WORKERS`);
-    ``send_queue_size`` bounds the response chunks queued per request. Works as
+    ``send_queue_size`` bounds the response chunks queued per request. ``client_timeout``
+    (seconds, see :data:`DEFAULT_CLIENT_TIMEOUT`) bounds how long a thread waits on the
+    client: for the next piece of a body (then the body read fails, 400) and for the server
+    to take the next response chunk (then the response is cut short, as for a client that went
+    away). A request task the host cancels ends at once; its thread notices a client that went
+    away and finishes in the background. Works as
     ``app.add_middleware(InvokeASGIMiddleware, gateway=...)`` in FastAPI and Starlette.
     Call :meth:`close` at shutdown.
     """
@@ -188,12 +264,19 @@ class InvokeASGIMiddleware:
         gateway: InvokeMiddleware,
         workers: int = DEFAULT_WORKERS,
         send_queue_size: int = DEFAULT_SEND_QUEUE_SIZE,
+        client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
     ) -> None:
         if workers < 1 or send_queue_size < 1:
             raise ValueError("workers and send_queue_size must be at least 1.")
+        if not client_timeout > 0:
+            raise ValueError("client_timeout must be more than 0 seconds.")
         self.app = app
         self.gateway = gateway
         self.workers = workers
+        self.client_timeout = client_timeout
+        # Calls whose request task the host cancelled, held until their thread finishes (the
+        # event loop keeps only weak references to tasks).
+        self._abandoned: set[asyncio.Task[None]] = set()
         self._wsgi = WSGIMiddleware(
             _GatewayWSGIApp(gateway),  # type: ignore[arg-type]  # a2wsgi's own WSGI types
             workers=workers,
@@ -204,14 +287,27 @@ class InvokeASGIMiddleware:
         if scope["type"] != "http" or not self._is_runtime(scope):
             await self.app(scope, receive, send)
             return
-        client = _Client(receive)
-        pump = asyncio.create_task(client.pump())
+        client = _Client(receive, send, self.client_timeout)
+        call = asyncio.ensure_future(
+            self._wsgi({**scope, _CLIENT_KEY: client}, client.receive, client.send)  # type: ignore[arg-type]
+        )
         try:
-            await self._wsgi({**scope, _CLIENT_KEY: client}, client.receive, send)  # type: ignore[arg-type]
+            # Shielded: cancelling a2wsgi's call would stop the task that drains its queue
+            # while the thread, which cannot be cancelled, goes on relaying into it.
+            await asyncio.shield(call)
+        except asyncio.CancelledError:
+            if not call.done():
+                client.leave()
+                self._abandoned.add(call)
+                call.add_done_callback(self._forget)
+            raise
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            await client.end()
+
+    def _forget(self, call: asyncio.Task[None]) -> None:
+        self._abandoned.discard(call)
+        if not call.cancelled():
+            call.exception()  # retrieved: nobody is left to hear how it ended
 
     def _is_runtime(self, scope: Scope) -> bool:
         # The same PATH_INFO a2wsgi will build, so both sides agree on what is a runtime route.

@@ -3,6 +3,8 @@
 - :func:`host_app` builds the FastAPI app (its own routes ``/hello`` and ``/api/v1/profile``)
   with :class:`~invoke_middleware.asgi.InvokeASGIMiddleware` in front, prefix ``/api/v1``;
 - :func:`serve_uvicorn` runs any ASGI app with uvicorn in a thread, on an OS-chosen port;
+- :class:`CancellingHost` cancels each request task after a while, as a host's request
+  timeout middleware does; :class:`ReceiveCounter` counts the body bytes an app takes;
 - ``python -m tests.asgi.server UPSTREAM_URL`` runs the host in a process of its own (for
   memory measurements) with one service ``svc`` at ``UPSTREAM_URL``, and prints one JSON line
   once it listens, as :mod:`tests.integration.gateway_process` does; :func:`start_process`
@@ -36,7 +38,15 @@ from invoke_middleware import (
     ServiceStatus,
     ServiceType,
 )
-from invoke_middleware.asgi import InvokeASGIMiddleware, no_wsgi_host
+from invoke_middleware.asgi import (
+    ASGIApp,
+    InvokeASGIMiddleware,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    no_wsgi_host,
+)
 from tests.integration.gateway_process import GatewayProcess
 
 PREFIX = "/api/v1"
@@ -59,6 +69,42 @@ def host_app(gateway: InvokeMiddleware, **options: Any) -> FastAPI:
 
     app.add_middleware(InvokeASGIMiddleware, gateway=gateway, **options)
     return app
+
+
+class CancellingHost:
+    """Cancels each HTTP request task of ``app`` after ``seconds``, as a host's request
+    timeout middleware (``asyncio.wait_for``, an anyio cancel scope) does."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.app(scope, receive, send), self.seconds)
+
+
+class ReceiveCounter:
+    """Counts the body bytes an app takes from the server (``taken``), over all requests."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def around(self, app: ASGIApp) -> ASGIApp:
+        """``app``, with the body bytes it takes counted here."""
+
+        async def counting(scope: Scope, receive: Receive, send: Send) -> None:
+            async def counted() -> Message:
+                message = await receive()
+                self.taken += len(message.get("body", b""))
+                return message
+
+            await app(scope, counted, send)
+
+        return counting
 
 
 def make_gateway(upstream_url: str, **options: Any) -> tuple[InvokeMiddleware, str]:

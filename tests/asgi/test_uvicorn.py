@@ -1,5 +1,6 @@
 """A FastAPI host with the gateway under a real uvicorn on loopback: routes, streaming,
-clients that go away, and errors in the gateway's format."""
+clients that go away or stall, hosts that cancel requests, and errors in the gateway's
+format."""
 
 from __future__ import annotations
 
@@ -8,14 +9,23 @@ import http.client
 import json
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from invoke_middleware import RelayFinished
+from invoke_middleware import Limiter, LimitSettings, RelayFinished
+from invoke_middleware.asgi import DEFAULT_CLIENT_TIMEOUT, ASGIApp
 from tests.asgi.paced_upstream import MAX_WAIT, event, read_event, serve_paced
-from tests.asgi.server import PREFIX, host_app, make_gateway, serve_uvicorn
+from tests.asgi.server import (
+    PREFIX,
+    CancellingHost,
+    ReceiveCounter,
+    host_app,
+    make_gateway,
+    serve_uvicorn,
+)
 from tests.integration.gateway import CLIENT_TIMEOUT, RunningGateway, exchange
 from tests.integration.sink import SinkUpstream, pattern_blocks, pattern_digest, serve_sink
 from tests.toolkit.errors import assert_gateway_error
@@ -23,6 +33,8 @@ from tests.upstreams import RawUpstream, serve_raw
 
 RELAY = PREFIX + "/r/containers/svc"
 EVENT_COUNT = 5
+#: A client timeout short enough for the tests that wait for it to run out.
+SHORT_CLIENT_TIMEOUT = 0.5
 
 
 class Finished:
@@ -44,11 +56,20 @@ class Finished:
 
 
 @contextlib.contextmanager
-def running(upstream_url: str, *, workers: int = 4, **options: Any) -> Iterator[RunningGateway]:
-    """The FastAPI host with the gateway (``options``) under uvicorn, ``workers`` threads."""
+def running(
+    upstream_url: str,
+    *,
+    workers: int = 4,
+    client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
+    around: Callable[[ASGIApp], ASGIApp] = lambda app: app,
+    **options: Any,
+) -> Iterator[RunningGateway]:
+    """The FastAPI host with the gateway (``options``) under uvicorn, ``workers`` threads;
+    ``around`` wraps the host (as its outer middleware would)."""
     gateway, key = make_gateway(upstream_url, **options)
+    app = host_app(gateway, workers=workers, client_timeout=client_timeout)
     try:
-        with serve_uvicorn(host_app(gateway, workers=workers)) as port:
+        with serve_uvicorn(around(app)) as port:
             yield RunningGateway(
                 url=f"http://127.0.0.1:{port}", port=port, key=key, middleware=gateway
             )
@@ -190,7 +211,138 @@ def test_upload_the_client_abandons_never_reaches_the_upstream_complete(
     assert not sink.uploads[-1].complete
 
 
-# --- errors ----------------------------------------------------------------------------
+def _start_upload(
+    gateway: RunningGateway, size: int, sent: int, *, auth: bool = True
+) -> socket.socket:
+    """A connection that announced a ``size``-byte PUT to ``/upload`` and sent ``sent`` bytes."""
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=CLIENT_TIMEOUT)
+    authorization = f"Authorization: Bearer {gateway.key}\r\n" if auth else ""
+    head = (
+        f"PUT {RELAY}/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"{authorization}Content-Length: {size}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + b"x" * sent)
+    return sock
+
+
+# --- clients that stall, hosts that cancel ---------------------------------------------
+
+
+def test_upload_that_goes_silent_is_refused_and_frees_the_thread_and_the_slot(
+    sink: SinkUpstream,
+) -> None:
+    finished = Finished()
+    # One thread, one slot for the team: the next request is served only if both were freed.
+    limiter = Limiter(LimitSettings(team_max_in_flight=1))
+    with running(
+        sink.url,
+        workers=1,
+        client_timeout=SHORT_CLIENT_TIMEOUT,
+        limiter=limiter,
+        after_relay=[finished],
+    ) as gateway:
+        with _start_upload(gateway, 1000, 10) as sock:
+            response = http.client.HTTPResponse(sock, method="PUT")
+            response.begin()  # the client still listens: it gets the answer
+            assert response.status == 400
+            assert response.getheader("X-Invoke-Error") == "invalid_request"
+            response.close()
+        [relay] = finished.wait(1)
+        assert exchange(gateway, "GET", RELAY + "/download?size=10").status == 200
+    assert relay.error_code == "invalid_request"
+    [upload] = sink.uploads
+    assert not upload.complete
+
+
+def test_client_that_stops_reading_a_download_frees_the_thread(sink: SinkUpstream) -> None:
+    finished = Finished()
+    with (
+        running(
+            sink.url, workers=1, client_timeout=SHORT_CLIENT_TIMEOUT, after_relay=[finished]
+        ) as gateway,
+        socket.socket() as sock,
+    ):
+        # A small receive buffer, never read: the server soon has to wait for the client.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(CLIENT_TIMEOUT)
+        sock.connect(("127.0.0.1", gateway.port))
+        sock.sendall(
+            f"GET {RELAY}/download?size={1024 * 1024 * 1024} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {gateway.key}\r\n\r\n".encode()
+        )
+        [relay] = finished.wait(1)
+        # The client is still connected; the one thread serves the next request.
+        listing = exchange(gateway, "GET", PREFIX + "/r/containers")
+    assert relay.error_code == "client_closed"
+    assert relay.bytes_out < 1024 * 1024 * 1024
+    assert listing.status == 200
+
+
+def test_stream_whose_request_the_host_cancels_frees_the_thread_and_the_upstream() -> None:
+    finished = Finished()
+    with (
+        serve_paced() as upstream,
+        running(
+            upstream.url,
+            workers=1,
+            around=lambda app: CancellingHost(app, 0.5),
+            after_relay=[finished],
+        ) as gateway,
+        _events_request(gateway) as response,
+    ):
+        upstream.send_next()
+        assert read_event(response) == event(0)
+        # The host cancels the request at 0.5 s; the thread sees it at the upstream's next
+        # event. Without that, it would relay into a2wsgi's queue until it is full, then wait.
+        for _ in range(int(MAX_WAIT / 0.1)):
+            upstream.send_next()
+            if upstream.closed.wait(0.1):
+                break
+        assert upstream.closed.is_set()
+        [relay] = finished.wait(1)
+        listing = exchange(gateway, "GET", PREFIX + "/r/containers")
+    assert relay.error_code == "client_closed"
+    assert listing.status == 200
+
+
+def test_upload_whose_request_the_host_cancels_frees_the_thread(sink: SinkUpstream) -> None:
+    finished = Finished()
+    # The client stays silent but connected for longer than the host lets the request run.
+    with (
+        running(
+            sink.url,
+            workers=1,
+            around=lambda app: CancellingHost(app, 0.5),
+            after_relay=[finished],
+        ) as gateway,
+        _start_upload(gateway, 10_000_000, 256 * 1024),
+    ):
+        [relay] = finished.wait(1)
+        listing = exchange(gateway, "GET", PREFIX + "/r/containers")
+    assert relay.error_code is not None
+    assert listing.status == 200
+    [upload] = sink.uploads
+    assert not upload.complete
+
+
+def test_request_waiting_for_a_thread_leaves_its_body_with_the_server(
+    sink: SinkUpstream,
+) -> None:
+    counter = ReceiveCounter()
+    size = 1024 * 1024
+    with (
+        serve_paced() as upstream,
+        running(upstream.url, workers=1, around=counter.around) as gateway,
+        _events_request(gateway),
+    ):
+        # The one thread relays the stream; a second upload (anyone's) waits for it.
+        upload = _start_upload(gateway, size, 0, auth=False)
+        upload.setblocking(False)
+        with contextlib.suppress(BlockingIOError), upload:
+            upload.send(b"x" * size)  # as much as the buffers on the way take
+            time.sleep(0.5)
+            assert counter.taken == 0
+        upstream.end()  # frees the thread
 
 
 def test_gateway_errors_keep_their_format_under_uvicorn(raw: RawUpstream) -> None:
