@@ -18,6 +18,7 @@ from referencing.jsonschema import DRAFT202012
 
 from invoke_middleware import errors
 from invoke_middleware.envelope import encode_response, load_schema
+from invoke_middleware.mcp.protocol import INVALID_REQUEST, JSONRPCError
 from invoke_middleware.registry import Service, ServiceStatus, ServiceType
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +53,8 @@ def messages(instance: Any, checker: Draft202012Validator) -> list[str]:
 
 
 def every_gateway_error_class() -> list[type[errors.GatewayError]]:
+    # Every module that defines one is imported by this one (the MCP endpoint's protocol
+    # error included), so that the list does not depend on which test modules ran first.
     found: list[type[errors.GatewayError]] = [errors.GatewayError]
     for cls in found:
         found.extend(cls.__subclasses__())
@@ -61,6 +64,8 @@ def every_gateway_error_class() -> list[type[errors.GatewayError]]:
 def instantiate(cls: type[errors.GatewayError]) -> errors.GatewayError:
     if issubclass(cls, errors.MethodNotAllowedError):
         return cls(["POST"])
+    if issubclass(cls, JSONRPCError):
+        return cls(INVALID_REQUEST, "Invalid Request.")
     return cls()
 
 
