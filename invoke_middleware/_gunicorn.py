@@ -6,9 +6,12 @@ Imported only when that engine runs (gunicorn is the optional ``serve`` extra). 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib.util
+import logging
 import selectors
+import socket
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -23,6 +26,9 @@ from invoke_middleware._server import (
     EscapingFormatter,
     ServerPlan,
 )
+from invoke_middleware.errors import HeadersTooLargeError, reason_phrase, render_error
+from invoke_middleware.headers import choose_request_id
+from invoke_middleware.log_format import JSONFormatter
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -35,7 +41,19 @@ class EscapingLogger(Logger):  # type: ignore[misc]
         super().setup(cfg)
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
-                handler.setFormatter(EscapingFormatter(LOG_FORMAT))
+                handler.setFormatter(self.line_formatter())
+
+    def line_formatter(self) -> logging.Formatter:
+        """The formatter of every line this logger writes."""
+        return EscapingFormatter(LOG_FORMAT)
+
+
+class JSONLogger(EscapingLogger):
+    """gunicorn's logger for ``[server] log_format = "json"``: one JSON object per line, like
+    the gateway's own lines."""
+
+    def line_formatter(self) -> logging.Formatter:
+        return JSONFormatter()
 
 
 class _Conn(TConn):  # type: ignore[misc]
@@ -47,15 +65,22 @@ class _Conn(TConn):  # type: ignore[misc]
 
 
 class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]
-    """gthread, except that a connection gets a thread only once its request head is whole.
+    """gthread, except that a connection gets a thread only once its request head is whole,
+    and no socket operation of that thread waits longer than ``keepalive``.
 
     gunicorn's gthread worker gives a connection a thread as soon as it has a byte to read;
     the thread then waits, blocked, for the rest of the head. A client that sends half a
     head and stops (or trickles it) would hold that thread, and ``threads`` such clients
     hold the whole process. Here the head is gathered in the worker's event loop, like
     waitress does, and must be complete within ``keepalive`` (``[server] idle_timeout``)
-    seconds of the connection's start; a silent or slow client costs a socket, not a thread.
-    Bodies are still read by the thread, as they stream.
+    seconds of the connection's start (or of the end of the previous response); a silent or
+    slow client costs a socket, not a thread. A head larger than ``[server]
+    max_request_header_bytes`` is refused there (431), as waitress refuses it.
+
+    Bodies are still read by the thread, as they stream, and responses written by it; each
+    read or write of the socket then gives up after ``keepalive`` seconds. A stalled upload
+    fails as a body the gateway cannot read (400), and a client that stops reading a
+    response is treated as gone, so neither holds a thread or a concurrency slot for longer.
     """
 
     def accept(self, listener: Any) -> None:
@@ -80,29 +105,70 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]
         self.keepalived_conns.remove(conn)
         self._await_head(conn)
 
-    def _await_head(self, conn: _Conn) -> None:
-        conn.head.clear()
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        if not isinstance(conn, _Conn):
+            super().finish_request(conn, fs)
+            return
+        if not _kept_alive(fs):
+            # gunicorn closes "gracefully" here, in the event loop: up to 2 s waiting for the
+            # client to close first, during which no other connection of the process moves.
+            self._linger(conn)
+            return
+        received = conn.parser.unreader.take_buffered()
+        if not received:
+            super().finish_request(conn, fs)
+            return
+        # The client sent more than its request (the start of its next head came in the same
+        # packet). gunicorn would hand the connection straight back to a thread, which would
+        # then wait, with no deadline, for the rest of that head: it is gathered here instead.
+        conn.sock.setblocking(False)
+        self._await_head(conn, received)
+
+    def handle_request(self, req: Any, conn: Any) -> bool:
+        # Runs in the thread once the head is parsed. gunicorn has just made the socket
+        # blocking, without a timeout: body reads and response writes would wait forever.
+        conn.sock.settimeout(self.cfg.keepalive)
+        try:
+            return bool(super().handle_request(req, conn))
+        except TimeoutError:
+            # A write that made no progress: the client stopped reading. The relay has been
+            # closed (its slot released) on the way out; the connection is closed now.
+            self.log.info("closing a connection that stopped reading its response")
+            return False
+
+    def _await_head(self, conn: _Conn, received: bytes = b"") -> None:
+        """Gather ``conn``'s next request head in the event loop, starting with ``received``
+        (bytes the client already sent behind its previous request)."""
+        conn.head[:] = received
         conn.timeout = time.monotonic() + self.cfg.keepalive
         self.pending_conns.append(conn)  # closed by murder_pending() once past its timeout
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_head_bytes, conn))
+        if received:
+            self._check_head(conn, 0)
 
     def _on_head_bytes(self, conn: _Conn, client: Any) -> None:
-        try:
-            data = conn.sock.recv(65536)
-        except BlockingIOError:
+        data = _received(conn)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._drop(conn)
             return
         start = max(0, len(conn.head) - 3)
         conn.head += data
-        whole = conn.head.find(b"\r\n\r\n", start) >= 0
-        # A head past the cap goes to gunicorn's parser too, which refuses it (431/400).
-        if not whole and len(conn.head) <= self.cfg.limit_request_field_size + 8192:
-            return
-        self.poller.unregister(client)
+        self._check_head(conn, start)
+
+    def _check_head(self, conn: _Conn, start: int) -> None:
+        """Hand ``conn`` to a thread once its head is whole, refuse it once it is too long,
+        else keep gathering. ``start``: where the end of the head may begin."""
+        end = conn.head.find(b"\r\n\r\n", start)
+        size = len(conn.head) if end < 0 else end + 4
+        if size > self.app.plan.max_request_header_bytes:
+            self._refuse_head(conn)
+        elif end >= 0:
+            self._hand_over(conn)
+
+    def _hand_over(self, conn: _Conn) -> None:
+        self.poller.unregister(conn.sock)
         self.pending_conns.remove(conn)
         conn.init()  # plain HTTP: makes the parser; the socket is blocking from here on
         conn.parser.unreader.unread(bytes(conn.head))
@@ -110,11 +176,72 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]
         conn.data_ready = True
         self.enqueue_req(conn)
 
+    def _refuse_head(self, conn: _Conn) -> None:
+        # Never to a thread: its parser would wait, blocked, for the rest of the head.
+        self.poller.unregister(conn.sock)
+        self.pending_conns.remove(conn)
+        conn.head.clear()
+        # Small enough for an empty send buffer; a client that filled its own by not reading
+        # just does not get it.
+        with contextlib.suppress(OSError):
+            conn.sock.send(_head_too_large())
+        self._linger(conn)
+
+    def _linger(self, conn: _Conn) -> None:
+        """Close ``conn`` once the client has its answer, without waiting for it.
+
+        Closing with bytes from the client unread resets the connection, which can destroy
+        the answer before the client reads it (RFC 9112 section 9.6): the sending side is shut
+        and what still arrives is dropped, in the event loop, until the client closes or
+        ``keepalive`` seconds pass.
+        """
+        try:
+            conn.sock.setblocking(False)
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.nr_conns -= 1
+            conn.close()
+            return
+        conn.timeout = time.monotonic() + self.cfg.keepalive
+        self.pending_conns.append(conn)  # closed by murder_pending() once past its timeout
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_late_bytes, conn))
+
+    def _on_late_bytes(self, conn: _Conn, client: Any) -> None:
+        if _received(conn) == b"":
+            self._drop(conn)
+
     def _drop(self, conn: _Conn) -> None:
         self.poller.unregister(conn.sock)
         self.pending_conns.remove(conn)
         self.nr_conns -= 1
         conn.close()
+
+
+def _received(conn: _Conn) -> bytes | None:
+    """What the client sent (``b""``: it closed, or the connection failed); ``None`` when
+    there is nothing to read after all."""
+    try:
+        data: bytes = conn.sock.recv(65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+    return data
+
+
+def _kept_alive(fs: Any) -> bool:
+    """Whether the thread's work on a connection ended with the connection kept alive."""
+    return bool(not fs.cancelled() and fs.exception() is None and fs.result() is True)
+
+
+def _head_too_large() -> bytes:
+    """The 431 answer to a head over the cap, in the gateway's error format."""
+    error = HeadersTooLargeError()
+    rendered = render_error(error, request_id=choose_request_id(None))
+    head = [f"HTTP/1.1 {rendered.status} {reason_phrase(rendered.status)}"]
+    head += [f"{name}: {value}" for name, value in rendered.headers]
+    head += ["Connection: close", "", ""]
+    return "\r\n".join(head).encode("latin-1") + rendered.body
 
 
 class BodyCapGuard:
@@ -153,7 +280,8 @@ class GatewayApplication(BaseApplication):  # type: ignore[misc]
         on_ready: Callable[[], None],
         process_safe_metrics: bool,
     ) -> None:
-        self._plan = plan
+        #: What the workers serve; they read the head cap from it.
+        self.plan = plan
         self._build = build
         self._options = options
         self._on_ready = on_ready
@@ -164,7 +292,7 @@ class GatewayApplication(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         options = dict(self._options)
         options.update(
-            logger_class=EscapingLogger,
+            logger_class=JSONLogger if self.plan.log_format == "json" else EscapingLogger,
             when_ready=self._when_ready,
             worker_exit=self._worker_exit,
             child_exit=self._child_exit,
@@ -175,7 +303,7 @@ class GatewayApplication(BaseApplication):  # type: ignore[misc]
     def load(self) -> WSGIApplication:
         # In the worker, after the fork: its own store connections and upstream pools.
         app, self._close = self._build()
-        return BodyCapGuard(app, max_bytes=self._plan.max_request_body_bytes)
+        return BodyCapGuard(app, max_bytes=self.plan.max_request_body_bytes)
 
     def _when_ready(self, server: Any) -> None:
         self._on_ready()

@@ -12,7 +12,10 @@ Two engines (the README's "Standalone gateway" section):
   memory, then in a temporary file past 512 KiB) before the gateway sees it. What the
   gateway sends back goes through a small output buffer per connection (see
   :data:`WAITRESS_OUTBUF_HIGH_WATERMARK`): a streamed download costs a few hundred KiB of
-  memory, whatever its size, and an event is written as soon as the upstream sends it.
+  memory, whatever its size, and an event is written as soon as the upstream sends it. A
+  client that stops reading it is disconnected once nothing was sent to it for
+  ``idle_timeout`` seconds (:class:`_DrainTimeoutServer`), which frees the thread and the
+  gateway's concurrency slot.
 
 The default is gunicorn where it is installed and the platform can fork, else waitress.
 
@@ -23,6 +26,7 @@ one line and no caller can forge another.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
@@ -31,10 +35,16 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import MultiSocketServer, TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
 
 from invoke_middleware._toml_config import StandaloneConfig
 from invoke_middleware.config import ConfigError
@@ -143,6 +153,8 @@ class ServerPlan:
     max_request_body_bytes: int
     #: The gateway's own header count cap, which gunicorn applies too.
     max_header_count: int
+    #: ``[server] log_format``: the server's own log lines are written this way too.
+    log_format: str = "text"
 
     def describe(self) -> str:
         """``gunicorn, 2 processes x 8 threads`` or ``waitress, 8 threads``."""
@@ -196,6 +208,7 @@ def plan_server(
         max_request_body_bytes=server.max_request_body_bytes
         or max(caps.max_relay_body_bytes, caps.max_envelope_bytes),
         max_header_count=caps.max_header_count,
+        log_format=server.log_format,
     )
 
 
@@ -215,18 +228,38 @@ def run_server(
     build: Callable[[], tuple[WSGIApplication, Callable[[], None]]],
     *,
     on_ready: Callable[[list[tuple[str, int]]], None],
+    requires: Mapping[str, str] | None = None,
 ) -> None:
     """Listen as ``plan`` says and serve until SIGINT or SIGTERM.
 
     ``build`` makes the application and its ``close`` (called once per process that built
     it: under gunicorn, once in each worker, after the fork). ``on_ready`` gets the bound
-    addresses, once the socket listens. Raises :class:`OSError` when the address cannot be
-    bound.
+    addresses, once the socket listens. ``requires`` maps modules that ``build`` imports to
+    the setting that needs them (``{"prometheus_client": "[server] metrics"}``): each is
+    imported here first, before any worker starts, and one that cannot be imported raises
+    :class:`ConfigError` naming that setting. Raises :class:`OSError` when the address cannot
+    be bound.
+
+    Under gunicorn, each worker is a fork of the caller and ends by raising
+    :class:`SystemExit` with its status from this call, in its own process: the caller must
+    let it through unchanged (the arbiter reads that status: 3 means the worker could not
+    boot, and stops the server), and skip what only the starting process should do.
     """
     if plan.engine == WAITRESS:
+        _import_required(requires or {})
         _run_waitress(plan, build, on_ready)
     else:
-        _run_gunicorn(plan, build, on_ready)
+        _run_gunicorn(plan, build, on_ready, requires or {})
+
+
+def _import_required(requires: Mapping[str, str]) -> None:
+    for module, setting in requires.items():
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(
+                setting, f"needs {module}, which cannot be imported ({exc})"
+            ) from None
 
 
 def _run_waitress(
@@ -234,38 +267,96 @@ def _run_waitress(
     build: Callable[[], tuple[WSGIApplication, Callable[[], None]]],
     on_ready: Callable[[list[tuple[str, int]]], None],
 ) -> None:
-    from waitress.server import MultiSocketServer, create_server  # noqa: PLC0415
-
     app, close = build()
     try:
-        server = create_server(
+        server, bound = _waitress_server(
             app,
-            host=plan.host,
-            port=plan.port,
-            threads=plan.threads,
-            connection_limit=plan.connection_limit,
-            # Silent connections are closed at the first sweep past idle_timeout.
-            channel_timeout=plan.idle_timeout,
-            cleanup_interval=max(1, min(30, plan.idle_timeout // 2)),
-            max_request_header_size=plan.max_request_header_bytes,
-            max_request_body_size=plan.max_request_body_bytes,
-            outbuf_high_watermark=WAITRESS_OUTBUF_HIGH_WATERMARK,
-            outbuf_overflow=WAITRESS_OUTBUF_OVERFLOW,
-            recv_bytes=WAITRESS_RECV_BYTES,
+            Adjustments(
+                host=plan.host,
+                port=plan.port,
+                threads=plan.threads,
+                connection_limit=plan.connection_limit,
+                # Silent connections are closed at the first sweep past idle_timeout.
+                channel_timeout=plan.idle_timeout,
+                cleanup_interval=max(1, min(30, plan.idle_timeout // 2)),
+                max_request_header_size=plan.max_request_header_bytes,
+                max_request_body_size=plan.max_request_body_bytes,
+                outbuf_high_watermark=WAITRESS_OUTBUF_HIGH_WATERMARK,
+                outbuf_overflow=WAITRESS_OUTBUF_OVERFLOW,
+                recv_bytes=WAITRESS_RECV_BYTES,
+            ),
         )
-        if isinstance(server, MultiSocketServer):
-            bound = list(server.effective_listen)
-        else:
-            assert server.socket is not None
-            bound = [server.socket.getsockname()[:2]]
         _stop_on_signals()
         on_ready(bound)
         # waitress returns from run() on SystemExit or KeyboardInterrupt, after stopping
-        # its worker threads.
+        # its worker threads and closing every socket.
         server.run()
-        server.close()
     finally:
         close()
+
+
+class _DrainTimeoutServer(TcpWSGIServer):
+    """waitress's server, whose sweep also closes a connection that takes nothing it is sent.
+
+    waitress's own sweep closes a connection after ``channel_timeout`` without activity, but
+    only between requests. A client that stops reading a streamed response holds the
+    request's thread for as long as it likes: the thread waits in ``write_soon`` for the
+    output buffer to drain below its high watermark, and with it the gateway's concurrency
+    slot. Here a connection with output waiting and no byte sent for ``channel_timeout``
+    (``[server] idle_timeout``) is closed: the waiting thread then sees the client gone, the
+    relay ends and its slot is released.
+    """
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)  # type: ignore[arg-type]  # time.time(); the stubs say int
+        cutoff = now - self.adj.channel_timeout
+        # The stubs type active_channels as one channel; it maps descriptors to channels.
+        channels = cast("dict[int, HTTPChannel]", self.active_channels)
+        stalled = [
+            channel
+            for channel in channels.values()
+            if channel.total_outbufs_len and channel.last_activity < cutoff
+        ]
+        if stalled:
+            # Closed by the event loop's thread, once its select() returns: this sweep runs
+            # while the loop lists the sockets to wait on, which may still name one closed
+            # here. The flag the base sweep sets (will_close) would not do: it is acted on
+            # once the socket is writable, and the client keeps it from being writable.
+            trigger = cast("_Trigger", self.trigger)  # the stubs type it as an int
+            trigger.pull_trigger(partial(_close_stalled, stalled, cutoff))
+
+
+class _Trigger(Protocol):
+    """waitress's trigger: runs ``thunk`` on the event loop's thread, between two turns."""
+
+    def pull_trigger(self, thunk: Callable[[], object]) -> None: ...
+
+
+def _close_stalled(channels: list[HTTPChannel], cutoff: float) -> None:
+    for channel in channels:
+        if channel.total_outbufs_len and channel.last_activity < cutoff:  # still no byte sent
+            # Wakes the task thread waiting for the buffer to drain: it sees the client gone.
+            channel.handle_close()
+
+
+def _waitress_server(
+    app: WSGIApplication, adj: Adjustments
+) -> tuple[MultiSocketServer, list[tuple[str, int]]]:
+    """What ``waitress.create_server`` builds for ``adj`` (one listening server per address
+    the host resolves to, one pool of threads), made of :class:`_DrainTimeoutServer`."""
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(adj.threads)
+    socket_map: dict[int, Any] = {}
+    bound: list[tuple[str, int]] = []
+    # The stubs type listen as strings; it holds getaddrinfo's (family, type, proto, address).
+    for sockinfo in cast("list[tuple[int, int, int | None, Any]]", adj.listen):
+        # Each server registers itself in socket_map, which run() serves.
+        server = _DrainTimeoutServer(
+            app, socket_map, dispatcher=dispatcher, adj=adj, sockinfo=sockinfo
+        )
+        assert server.socket is not None
+        bound.append(server.socket.getsockname()[:2])
+    return MultiSocketServer(socket_map, adj, bound, dispatcher), bound
 
 
 def _stop_on_signals() -> None:
@@ -326,6 +417,7 @@ def _run_gunicorn(
     plan: ServerPlan,
     build: Callable[[], tuple[WSGIApplication, Callable[[], None]]],
     on_ready: Callable[[list[tuple[str, int]]], None],
+    requires: Mapping[str, str],
 ) -> None:
     # gunicorn is optional (the serve extra): imported only when it runs.
     from invoke_middleware._gunicorn import GatewayApplication  # noqa: PLC0415
@@ -352,7 +444,12 @@ def _run_gunicorn(
         # worker imports prometheus_client, hence here, in the parent, before the fork.
         metrics_dir = tempfile.mkdtemp(prefix="invoke-middleware-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
+    arbiter = os.getpid()
     try:
+        # Here, after the multi-process choice above (prometheus_client reads it when it is
+        # imported), and in the arbiter, whose workers inherit what it imported: a worker
+        # that could not import a module would only fail to boot.
+        _import_required(requires)
         GatewayApplication(
             plan,
             build,
@@ -361,11 +458,15 @@ def _run_gunicorn(
             process_safe_metrics=metrics_dir is not None or MULTIPROC_ENV in os.environ,
         ).run()
     finally:
-        if holder is not None:
-            holder.close()
-        if metrics_dir is not None:
-            os.environ.pop(MULTIPROC_ENV, None)
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        # A worker is a fork of this frame: it ends by raising SystemExit, which unwinds
+        # through here too. Only the arbiter, which made them, releases the port and the
+        # metrics directory; the arbiter and the other workers still use both.
+        if os.getpid() == arbiter:
+            if holder is not None:
+                holder.close()
+            if metrics_dir is not None:
+                os.environ.pop(MULTIPROC_ENV, None)
+                shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _bind_address(host: str, port: int) -> str:
@@ -393,6 +494,10 @@ def gunicorn_options(plan: ServerPlan, *, bind: str, reuse_port: bool = False) -
         # The gateway decides which proxies it trusts ([gateway] trusted_proxy_hops).
         "forwarded_allow_ips": "",
         "secure_scheme_headers": {},
+        # gunicorn's control socket sits at one path per user ($HOME/.gunicorn/gunicorn.ctl):
+        # two gateways of one user would take over each other's, and any process of the user
+        # could add or retire workers. The server is managed by its signals instead.
+        "control_socket_disable": True,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": "info",

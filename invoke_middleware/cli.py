@@ -595,13 +595,25 @@ def _run_gateway(
         if announce is not None:
             announce(urls[0])
 
+    starter = os.getpid()
     try:
-        run_server(plan, build, on_ready=ready)
+        run_server(
+            plan,
+            build,
+            on_ready=ready,
+            requires={"prometheus_client": "[server] metrics"} if config.server.metrics else {},
+        )
+    except ConfigError as exc:
+        raise CommandError(str(exc.located(str(config.path))), EXIT_USAGE) from None
     except OSError as exc:
         raise CommandError(
             f"cannot listen on {plan.host}:{plan.port}: {exc.strerror or exc}"
         ) from None
     except SystemExit as exc:
+        if os.getpid() != starter:
+            # A gunicorn worker ending: its status is for the arbiter, which halts on 3
+            # (could not boot) instead of starting another (see run_server).
+            raise
         # gunicorn's arbiter ends with sys.exit(); its status is the command's.
         if exc.code not in (0, None):
             raise CommandError(f"the server stopped with status {exc.code}") from None

@@ -68,10 +68,12 @@ def test_the_formatter_keeps_a_traceback_on_its_record_line() -> None:
     )
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_with_log_format_json_every_line_serve_writes_is_one_json_object(
-    workspace: Workspace, upstream: RecordingUpstream
+    workspace: Workspace, upstream: RecordingUpstream, engine: str
 ) -> None:
-    set_server(workspace, engine="waitress", log_format="json")
+    # gunicorn's own lines (starting, booting workers, stopping) included.
+    set_server(workspace, engine=engine, workers=1, log_format="json")
     workspace.add_service("hello", upstream.url)
     key = workspace.issue("--kind", "integration")
     with running_gateway(workspace) as gateway:

@@ -1,22 +1,25 @@
 """``serve`` with several gunicorn workers: every process answers, connections opened together
 are spread over them, a revocation made by another command applies in all of them, and
-/metrics adds up the samples of every process."""
+/metrics adds up the samples of every process, also after a worker exits. A worker that cannot
+boot stops the server, and what every worker imports is checked before any starts."""
 
 from __future__ import annotations
 
 import http.client
 import re
+import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
 from tests.cli.conftest import Served, Workspace, running_gateway
-from tests.cli.test_server_limits import set_server
+from tests.cli.test_server_limits import ENGINES, set_server
 from tests.toolkit.upstream import RecordingUpstream
 
 _PER_PROCESS = re.compile(r'^invoke_server_requests\{pid="(\d+)"\} (\S+)$', re.MULTILINE)
@@ -156,3 +159,79 @@ def test_workers_with_sockets_of_their_own_listen_on_ipv6_too(workspace: Workspa
     with running_gateway(workspace, "--host", "::1") as gateway:
         assert gateway.root.startswith("http://[::1]:")
         assert requests.get(f"{gateway.root}/healthz", timeout=10).status_code == 200
+
+
+def _log_lines(served: Served, text: str) -> list[str]:
+    return [line for line in served.log.read_text().splitlines() if text in line]
+
+
+def test_a_worker_that_exits_leaves_metrics_to_the_others_and_the_server_running(
+    workspace: Workspace, upstream: RecordingUpstream
+) -> None:
+    # The multi-process metrics directory is made in the server's temporary directory.
+    workspace.env["TMPDIR"] = str(workspace.path)
+    set_server(workspace, engine="gunicorn", workers=2, metrics=True)
+    workspace.add_service("hello", upstream.url)
+    key = workspace.issue("--kind", "integration")
+    with running_gateway(workspace) as gateway:
+        [metrics_dir] = workspace.path.glob("invoke-middleware-metrics-*")
+        assert set(_burst(f"{gateway.url}/r/containers/hello/ping", key, 10)) == {200}
+        # The arbiter retires one worker, as it does on a reload or a worker timeout.
+        gateway.process.send_signal(signal.SIGTTOU)
+        deadline = time.monotonic() + 20
+        while not _log_lines(gateway, "Worker exiting") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _log_lines(gateway, "Worker exiting")
+        time.sleep(0.5)  # what the worker did after saying so
+        assert metrics_dir.is_dir()
+        assert requests.get(f"{gateway.root}/metrics", timeout=10).status_code == 200
+        # The retired worker's counts are still added up.
+        assert _relayed(gateway) == {"2xx": 10}
+        assert set(_burst(f"{gateway.url}/r/containers/hello/ping", key, 4)) == {200}
+    assert gateway.stop() == 0
+    # Only the arbiter, as it stops, removes the directory and says so.
+    assert not metrics_dir.exists()
+    [stopped] = _log_lines(gateway, ": stopped")
+    assert f"[{gateway.process.pid}]" in stopped
+
+
+def _shadowed_module(directory: Path, name: str) -> str:
+    """A directory for PYTHONPATH in which ``import name`` fails, as when it is missing."""
+    package = directory / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(f"raise ImportError('No module named {name}')\n")
+    return str(directory)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_metrics_without_prometheus_client_are_refused_in_one_line_before_serving(
+    workspace: Workspace, tmp_path: Path, engine: str
+) -> None:
+    # Workers that could not import it failed to boot, one after another, for good.
+    workspace.env["PYTHONPATH"] = _shadowed_module(tmp_path / "shadow", "prometheus_client")
+    set_server(workspace, engine=engine, workers=1, metrics=True)
+    result = workspace.run("serve", "--host", "127.0.0.1", "--port", "0", check=False)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"invoke-middleware: error: {workspace.config.name}: [server] metrics: needs "
+        "prometheus_client, which cannot be imported (No module named prometheus_client)"
+    )
+    assert "Booting worker" not in result.stderr
+    assert "serving on" not in result.stderr
+
+
+def test_a_worker_that_cannot_boot_stops_the_server_with_gunicorns_status(
+    workspace: Workspace,
+) -> None:
+    # A metrics directory that does not exist: each worker fails as it builds its metrics.
+    # gunicorn stops when a worker exits with status 3 (it could not boot); the worker's
+    # status used to reach it as 1, and the arbiter started another, for good.
+    workspace.env["PROMETHEUS_MULTIPROC_DIR"] = str(workspace.path / "missing")
+    set_server(workspace, engine="gunicorn", workers=1, metrics=True)
+    result = workspace.run("serve", "--host", "127.0.0.1", "--port", "0", check=False)
+    assert result.returncode == 1
+    assert result.stderr.count("Booting worker") == 1
+    assert "Reason: Worker failed to boot." in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "invoke-middleware: error: the server stopped with status 3"
+    )

@@ -1,13 +1,15 @@
 """The standalone server's own limits ([server]): what they default to, how they are checked,
 and that they hold against callers without credentials (idle connections, oversized bodies)
-under both engines, for real."""
+and clients that stop reading, under both engines, for real."""
 
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -15,15 +17,22 @@ import requests
 from invoke_middleware._server import GUNICORN, WAITRESS, plan_server
 from invoke_middleware._toml_config import ConfigError, load_config, starter_config
 from tests.cli.conftest import Served, Workspace, running_gateway
+from tests.toolkit.upstream import RecordingUpstream
 
 ENGINES = [pytest.param(GUNICORN, id="gunicorn"), pytest.param(WAITRESS, id="waitress")]
 
 
 def set_server(space: Workspace, **settings: object) -> None:
     """Add TOML keys to the [server] table of the workspace's configuration."""
+    set_table(space, "server", **settings)
+
+
+def set_table(space: Workspace, table: str, **settings: object) -> None:
+    """Add TOML keys to the ``[table]`` of the workspace's configuration."""
     lines = [f"{key} = {_toml(value)}" for key, value in settings.items()]
     text = space.config.read_text()
-    space.config.write_text(text.replace("[server]\n", "[server]\n" + "\n".join(lines) + "\n", 1))
+    head = f"[{table}]\n"
+    space.config.write_text(text.replace(head, head + "\n".join(lines) + "\n", 1))
 
 
 def _toml(value: object) -> str:
@@ -163,3 +172,42 @@ def test_an_upload_without_credentials_is_refused_before_its_body_under_gunicorn
     with running_gateway(workspace) as gateway:
         answer = _post_head(gateway, "/r/containers/hello/up", 100 * 1024 * 1024)
     assert answer.startswith(b"HTTP/1.1 401 ")
+
+
+def _status_until(url: str, key: str, wanted: int, *, within: float) -> int:
+    """GET ``url`` every half second until it answers ``wanted`` or ``within`` seconds pass;
+    the last status."""
+    deadline = time.monotonic() + within
+    while True:
+        status = requests.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        if status.status_code == wanted or time.monotonic() > deadline:
+            return status.status_code
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_client_that_stops_reading_a_download_gives_its_slot_back_after_idle_timeout(
+    workspace: Workspace, upstream: RecordingUpstream, engine: str
+) -> None:
+    # Under waitress the thread relaying the download waited, for as long as the client
+    # kept the connection open, for its output buffer to drain, and held the team's slot.
+    set_server(workspace, engine=engine, workers=1, idle_timeout=2)
+    set_table(workspace, "limits", team_max_in_flight=1)
+    workspace.add_service("files", upstream.url)
+    key = workspace.issue("--kind", "integration")
+    with running_gateway(workspace, "--threads", "4") as gateway:
+        host, port = gateway.root.removeprefix("http://").split(":")
+        files = gateway.url + "/r/containers/files"
+        with socket.create_connection((host, int(port)), timeout=10) as stalled:
+            # Far more than the buffers on the way hold; the client reads the head, then stops.
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.sendall(
+                f"GET {urlsplit(files).path}/bytes/{64 * 1024 * 1024} HTTP/1.1\r\n"
+                f"Host: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+            )
+            assert stalled.recv(64).startswith(b"HTTP/1.1 200 ")
+            # The download holds the team's one slot...
+            assert _status_until(f"{files}/x", key, 429, within=0) == 429
+            # ...and gives it back once nothing was sent for idle_timeout (2 s), although
+            # the client is still connected.
+            assert _status_until(f"{files}/x", key, 200, within=30) == 200
