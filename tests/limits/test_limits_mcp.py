@@ -9,14 +9,14 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-from invoke_middleware import CredentialKind, Limiter, LimitSettings, Rate
+from invoke_middleware import Limiter, LimitSettings, Rate
 from invoke_middleware.limits import LimitEvent, LimitKind, LimitOutcome
 from tests.integration.gateway import CLIENT_TIMEOUT, Reply, RunningGateway, exchange
 from tests.limits.conftest import wait_released, wait_until
-from tests.limits.test_limits_relay import OTHER_TEAM, limited_gateway
+from tests.limits.test_limits_relay import limited_gateway, other_team
 from tests.mcp.conftest import Agent
 from tests.toolkit.errors import assert_gateway_error
-from tests.toolkit.world import INVOKE_ENVELOPE, World, make_service
+from tests.toolkit.world import INVOKE_ENVELOPE, World
 from tests.upstreams import RawUpstream
 
 CALL = {"service_slug": "echo", "method": "GET", "path": "/from-mcp"}
@@ -88,12 +88,7 @@ def test_a_message_being_read_holds_a_slot_under_its_teams_cap(raw_upstream: Raw
     events: list[LimitEvent] = []
     limiter = Limiter(LimitSettings(team_max_in_flight=1), on_event=[events.append])
     with limited_gateway(raw_upstream.url, limiter) as gateway, ExitStack() as stack:
-        gateway.middleware.registry.add(  # type: ignore[attr-defined]
-            make_service("other", raw_upstream.url, team=OTHER_TEAM)
-        )
-        other_key = gateway.middleware.credentials.issue(
-            CredentialKind.INTEGRATION, team_id=OTHER_TEAM
-        ).key
+        other_key = other_team(gateway, raw_upstream.url, "other")
         slow = stack.enter_context(
             socket.create_connection(("127.0.0.1", gateway.port), timeout=CLIENT_TIMEOUT)
         )

@@ -75,6 +75,14 @@ def limited_gateway(
         yield gateway
 
 
+def other_team(gateway: RunningGateway, upstream_url: str, slug: str) -> str:
+    """Give :data:`OTHER_TEAM` a service ``slug`` at ``upstream_url``; a key of that team."""
+    gateway.middleware.registry.add(  # type: ignore[attr-defined]
+        make_service(slug, upstream_url, team=OTHER_TEAM)
+    )
+    return gateway.middleware.credentials.issue(CredentialKind.INTEGRATION, team_id=OTHER_TEAM).key
+
+
 class Stream:
     """A GET whose status line and headers were read, its body left on the socket."""
 
@@ -171,12 +179,7 @@ def test_another_team_is_served_while_one_team_holds_all_its_slots(
 ) -> None:
     limiter = Limiter(LimitSettings(team_max_in_flight=2))
     with limited_gateway(raw_upstream.url, limiter) as gateway, ExitStack() as streams:
-        gateway.middleware.registry.add(  # type: ignore[attr-defined]
-            make_service("svc", raw_upstream.url, team=OTHER_TEAM)
-        )
-        other_key = gateway.middleware.credentials.issue(
-            CredentialKind.INTEGRATION, team_id=OTHER_TEAM
-        ).key
+        other_key = other_team(gateway, raw_upstream.url, "svc")
         for _ in range(2):
             streams.enter_context(open_stream(gateway))
         assert get(gateway).status == 429
@@ -243,12 +246,7 @@ def test_a_request_waiting_for_a_global_slot_counts_under_its_teams_cap(
         LimitSettings(max_in_flight=1, team_max_in_flight=1, queue_timeout=CLIENT_TIMEOUT / 2)
     )
     with limited_gateway(raw_upstream.url, limiter) as gateway, ExitStack() as stack:
-        gateway.middleware.registry.add(  # type: ignore[attr-defined]
-            make_service("other", raw_upstream.url, team=OTHER_TEAM)
-        )
-        other_key = gateway.middleware.credentials.issue(
-            CredentialKind.INTEGRATION, team_id=OTHER_TEAM
-        ).key
+        other_key = other_team(gateway, raw_upstream.url, "other")
         first = stack.enter_context(open_stream(gateway))  # the one global slot
         waiter = ThreadPoolExecutor(1)
         stack.callback(waiter.shutdown)
