@@ -17,7 +17,7 @@ import pytest
 
 from invoke_middleware import Limiter, LimitSettings, RelayFinished
 from invoke_middleware.asgi import DEFAULT_CLIENT_TIMEOUT, ASGIApp
-from tests.asgi.paced_upstream import MAX_WAIT, event, read_event, serve_paced
+from tests.asgi.paced_upstream import MAX_WAIT, PacedUpstream, event, read_event, serve_paced
 from tests.asgi.server import (
     PREFIX,
     CancellingHost,
@@ -89,6 +89,16 @@ def sink() -> Iterator[SinkUpstream]:
         yield upstream
 
 
+def _send_until_closed(upstream: PacedUpstream) -> None:
+    """Send the paced upstream's events until it sees its connection closed by the gateway
+    (whose thread notices a client gone, or a cancelled request, at the next chunk)."""
+    for _ in range(int(MAX_WAIT / 0.1)):
+        upstream.send_next()
+        if upstream.closed.wait(0.1):
+            break
+    assert upstream.closed.is_set()
+
+
 @contextlib.contextmanager
 def _events_request(gateway: RunningGateway) -> Iterator[http.client.HTTPResponse]:
     connection = gateway.connection()
@@ -154,11 +164,7 @@ def test_client_that_leaves_mid_stream_frees_the_thread_and_the_upstream() -> No
             assert read_event(response) == event(0)
         # The client went away, the stream still open upstream.
         # The thread notices at the next chunk; send until the upstream sees the close.
-        for _ in range(int(MAX_WAIT / 0.1)):
-            upstream.send_next()
-            if upstream.closed.wait(0.1):
-                break
-        assert upstream.closed.is_set()
+        _send_until_closed(upstream)
         [relay] = finished.wait(1)
         assert relay.error_code == "client_closed"
         listing = exchange(gateway, "GET", PREFIX + "/r/containers")
@@ -294,11 +300,7 @@ def test_stream_whose_request_the_host_cancels_frees_the_thread_and_the_upstream
         assert read_event(response) == event(0)
         # The host cancels the request at 0.5 s; the thread sees it at the upstream's next
         # event. Without that, it would relay into a2wsgi's queue until it is full, then wait.
-        for _ in range(int(MAX_WAIT / 0.1)):
-            upstream.send_next()
-            if upstream.closed.wait(0.1):
-                break
-        assert upstream.closed.is_set()
+        _send_until_closed(upstream)
         [relay] = finished.wait(1)
         listing = exchange(gateway, "GET", PREFIX + "/r/containers")
     assert relay.error_code == "client_closed"
