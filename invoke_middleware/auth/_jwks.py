@@ -5,7 +5,8 @@ request, and the caller chooses the ``kid``: what a lookup costs must not depend
 
 - A key in the held key set is handed out at once, whatever fetch is under way: no lock is
   held across network I/O.
-- At most one fetch runs at a time, in a thread of its own, within ``timeout`` seconds in all
+- At most one fetch runs at a time, in a thread of its own, through the gateway's own
+  :class:`~invoke_middleware.transport.http.HTTPTransport`, within ``timeout`` seconds in all
   (connecting, the TLS handshake, the request and the whole response; only the host name's
   lookup is the system resolver's to bound) and :data:`MAX_JWKS_BYTES`. A request that needs
   its outcome (no key set yet, the set past its lifetime, a ``kid`` not in it) waits for it
@@ -30,27 +31,22 @@ socket operation, not the fetch; and it reads a response of any size. Only its k
 
 from __future__ import annotations
 
-import http.client
-import io
 import json
 import logging
 import math
 import re
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 import jwt
 
+from invoke_middleware.errors import GatewayError
+from invoke_middleware.transport._origin import split_url
 from invoke_middleware.transport._tls import create_ssl_context
-
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
+from invoke_middleware.transport.base import Timeouts, UpstreamRequest
+from invoke_middleware.transport.http import HTTPTransport
 
 logger = logging.getLogger("invoke_middleware.auth")
 
@@ -76,16 +72,6 @@ class UnknownKeyError(LookupError):
 
 class _FetchError(Exception):
     """A fetch that failed; the message is the line logged for the operator."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Endpoint:
-    """Where the key set is fetched from, and the request that fetches it."""
-
-    scheme: str
-    host: str
-    port: int
-    request: bytes
 
 
 class _Fetch:
@@ -114,8 +100,16 @@ class JWKSCache:
         for name, value in limits:
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number of seconds")
-        self._endpoint = _endpoint(url)
-        self._context = create_ssl_context() if self._endpoint.scheme == "https" else None
+        self._url = _checked_url(url)
+        # The gateway's own transport: its deadline bounds the whole exchange (connecting, the
+        # TLS handshake, the request and every read of the response), it takes no proxy
+        # from the environment and follows no redirect. One connection is kept for the next
+        # fetch.
+        self._transport = HTTPTransport(
+            pool_size_per_origin=1,
+            max_idle_connections=1,
+            ssl_context=create_ssl_context() if self._url.startswith("https") else None,
+        )
         self._ttl = ttl
         self._timeout = timeout
         self._cooldown = cooldown
@@ -201,7 +195,7 @@ class JWKSCache:
     def _run(self, fetch: _Fetch) -> None:
         keys = None
         try:
-            keys = _fetch_keys(self._endpoint, fetch.deadline, self._context)
+            keys = _fetch_keys(self._transport, self._url, fetch.deadline)
         except _FetchError as exc:
             # One line per failed fetch, and fetches are at least a retry interval apart.
             logger.warning("%s", exc)
@@ -222,46 +216,41 @@ class JWKSCache:
         fetch.done.set()
 
 
-def _endpoint(url: str) -> _Endpoint:
+def _checked_url(url: str) -> str:
+    """``url``, once it is one the transport can fetch: ``http(s)://host...`` in plain ASCII,
+    without credentials."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise ValueError("the JWKS URL must be http:// or https://")
     if parts.username is not None or parts.password is not None:
         raise ValueError("the JWKS URL must not carry credentials")
-    host = parts.hostname
-    if not host:
+    if not parts.hostname:
         raise ValueError("the JWKS URL has no host")
-    port = parts.port  # ValueError when it is not a port number
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    if not (_WIRE_TEXT.fullmatch(host) and _WIRE_TEXT.fullmatch(target)):
+    parts.port  # noqa: B018 - raises ValueError when it is not a port number
+    if not _WIRE_TEXT.fullmatch(url):
         raise ValueError(
             "the JWKS URL must be ASCII without spaces (percent-encoded path, xn-- host name)"
         )
-    default_port = 443 if scheme == "https" else 80
-    authority = f"[{host}]" if ":" in host else host
-    if port is not None and port != default_port:
-        authority += f":{port}"
-    # No Accept-Encoding: the body comes unencoded (RFC 9110 §12.5.3).
-    request = (
-        f"GET {target} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\n"
-        "User-Agent: invoke-middleware\r\nConnection: close\r\n\r\n"
-    ).encode("ascii")
-    return _Endpoint(scheme=scheme, host=host, port=port or default_port, request=request)
+    split_url(url)  # what the transport would refuse (UnusableURLError is a ValueError)
+    return url
 
 
-def _fetch_keys(
-    endpoint: _Endpoint, deadline: float, context: ssl.SSLContext | None
-) -> dict[str, jwt.PyJWK]:
+def _fetch_keys(transport: HTTPTransport, url: str, deadline: float) -> dict[str, jwt.PyJWK]:
     """The signing keys by ``kid``; raises :class:`_FetchError` however the fetch fails."""
     try:
-        status, body = _get(endpoint, deadline, context)
+        status, body = _get(transport, url, deadline)
     except _TooLargeError as exc:
         raise _FetchError(f"JWKS endpoint sent no key set: {exc}") from exc
-    except (OSError, ValueError, http.client.HTTPException) as exc:
-        # Refused, reset, timed out, a TLS failure, a host name no lookup takes (ValueError),
-        # a malformed or truncated response.
-        raise _FetchError(f"JWKS endpoint unreachable: {str(exc) or type(exc).__name__}") from exc
+    except (GatewayError, TimeoutError) as exc:
+        # Refused, reset, timed out, a TLS failure, a host name no lookup takes, a malformed
+        # or truncated response: the transport's errors, each with its reason.
+        # The transport's message is the one a caller may see; the operator's log gets the
+        # cause under it too (a certificate that failed verification, say).
+        reason = exc.message if isinstance(exc, GatewayError) else str(exc)
+        if exc.__cause__ is not None:
+            reason += f" ({exc.__cause__})"
+        raise _FetchError(f"JWKS endpoint unreachable: {reason}") from exc
     if status != 200:
         # A redirect among them: the configured URL is the key set's, or there is none.
         raise _FetchError(f"JWKS endpoint unreachable: it answered {status}")
@@ -287,32 +276,34 @@ def _fetch_keys(
     return keys
 
 
-def _get(endpoint: _Endpoint, deadline: float, context: ssl.SSLContext | None) -> tuple[int, bytes]:
-    """The response's status and body (read only for a 200), all before ``deadline``.
-
-    Each blocking call gets what is left until the deadline as its timeout: the connect (to
-    each address the host name has), the TLS handshake, the request's ``sendall`` and every
-    receive (CPython bounds each of these calls as a whole, not each system call under it). A
-    server sending its response a byte at a time therefore cannot hold the fetch past the
-    deadline.
-    """
-    sock = socket.create_connection((endpoint.host, endpoint.port), timeout=_left(deadline))
+def _get(transport: HTTPTransport, url: str, deadline: float) -> tuple[int, bytes]:
+    """The response's status and body (read only for a 200, at most :data:`MAX_JWKS_BYTES`),
+    all before ``deadline``."""
+    left = _left(deadline)
+    response = transport.send(
+        UpstreamRequest(
+            method="GET",
+            url=url,
+            # No Accept-Encoding: the body comes unencoded (RFC 9110 §12.5.3).
+            headers=(("Accept", "application/json"), ("User-Agent", "invoke-middleware")),
+            timeouts=Timeouts(connect=left, read=left, total=left),
+        )
+    )
     try:
-        if context is not None:
-            sock.settimeout(_left(deadline))
-            sock = context.wrap_socket(sock, server_hostname=endpoint.host)
-        sock.settimeout(_left(deadline))
-        sock.sendall(endpoint.request)
-        # http.client parses the response (status line, fields, chunked or sized body); it
-        # reads through _BoundedWire, which bounds every receive.
-        wire = cast(socket.socket, _BoundedWire(sock, deadline))
-        response = http.client.HTTPResponse(wire, method="GET")
-        response.begin()
         if response.status != 200:
             return response.status, b""
-        return 200, response.read()
+        if response.content_length is not None and response.content_length > MAX_JWKS_BYTES:
+            raise _TooLargeError
+        parts: list[bytes] = []
+        size = 0
+        for chunk in response:
+            size += len(chunk)
+            if size > MAX_JWKS_BYTES:
+                raise _TooLargeError
+            parts.append(chunk)
+        return 200, b"".join(parts)
     finally:
-        sock.close()
+        response.close()
 
 
 def _left(deadline: float) -> float:
@@ -325,38 +316,3 @@ def _left(deadline: float) -> float:
 class _TooLargeError(Exception):
     def __init__(self) -> None:
         super().__init__(f"the response is larger than {MAX_JWKS_BYTES} bytes")
-
-
-class _BoundedWire:
-    """The one thing :class:`http.client.HTTPResponse` asks of a socket: ``makefile``."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock = sock
-        self._deadline = deadline
-
-    def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(_BoundedReader(self._sock, self._deadline))
-
-
-class _BoundedReader(io.RawIOBase):
-    """Receives from ``sock`` until ``deadline``, and no more than :data:`MAX_JWKS_BYTES`."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock = sock
-        self._deadline = deadline
-        self._received = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        self._sock.settimeout(_left(self._deadline))
-        # One byte past the cap is asked for, so that a response of exactly the cap (read
-        # until the connection closes) still sees its end.
-        room = MAX_JWKS_BYTES + 1 - self._received
-        with memoryview(buffer) as view:
-            count = self._sock.recv_into(view[:room])
-        self._received += count
-        if self._received > MAX_JWKS_BYTES:
-            raise _TooLargeError
-        return count
