@@ -189,6 +189,10 @@ CONTENT_LENGTH_PATTERN: Final = re.compile(r"[0-9]{1,18}")
 #: WSGI server such as gunicorn refuses in a response. Use with ``search``.
 CONTROL_CHARACTER_PATTERN: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
+#: A character no field value can be sent with: a control other than HTAB (as above), or one
+#: beyond Latin-1, which has no octet (RFC 9110 §5.5). Use with ``search``.
+UNSENDABLE_VALUE_PATTERN: Final = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
+
 #: Whitespace and control characters, which a request-target never holds (RFC 9112 §3.2):
 #: one would end it early and let the rest pass for another part of the request. Use with
 #: ``search``.

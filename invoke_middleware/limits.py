@@ -748,7 +748,7 @@ class Limiter:
             if plan is not None:
                 key = f"{plan.prefix}{who:032x}{plan.suffix}"
                 shared.append((plan, (key, plan.window, plan.amount)))
-        slots = (in_flight.total, *(slot for _, slot, _ in caps if slot is not in_flight.total))
+        slots = self._slots(caps)
         policy = _Policy.make(
             stored=stored,
             own=own,
@@ -783,6 +783,12 @@ class Limiter:
             caps.append((LimitKind.TEAM_IN_FLIGHT, in_flight.slot(("team", team)), team_cap))
         return caps
 
+    def _slots(self, caps: Sequence[_Cap]) -> tuple[_Slot, ...]:
+        """The slots a request under ``caps`` takes: the total's (counted under every cap),
+        then each cap's own."""
+        total = self._in_flight.total
+        return (total, *(slot for _, slot, _ in caps if slot is not total))
+
     def admit_caller(self, principal: Principal, *, route: str, request_id: str) -> Admission:
         """Take the process's and the team's concurrency slots for work done for
         ``principal`` before any service is known (the MCP endpoint reading a message), or
@@ -798,7 +804,7 @@ class Limiter:
         if not caps:
             return UNLIMITED
         in_flight = self._in_flight
-        slots = (in_flight.total, *(slot for _, slot, _ in caps if slot is not in_flight.total))
+        slots = self._slots(caps)
         full = in_flight.acquire(caps, slots, self.settings.queue_timeout)
         if full is not None:
             self._report(

@@ -365,7 +365,7 @@ class Pipeline:
                     request_id,
                 )
                 raise UpstreamError("The service's credential is not available.")
-            if hdr.CONTROL_CHARACTER_PATTERN.search(authorization) or not _is_latin1(authorization):
+            if hdr.UNSENDABLE_VALUE_PATTERN.search(authorization):
                 # The service's setting, not the caller's request: a 502 like a missing
                 # secret, never the transport's 400 for a field that cannot be sent.
                 logger.error(
@@ -550,14 +550,6 @@ class _Relay(NamedTuple):
 
     event: RelayStarted
     started: float
-
-
-def _is_latin1(text: str) -> bool:
-    try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _final(response: UpstreamResponse) -> UpstreamResponse:
