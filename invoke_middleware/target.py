@@ -89,10 +89,15 @@ _OVERLONG = re.compile(
 _SEGMENT_END = re.compile(r"[?#;]")
 
 # What no decoding of a segment may bring out: a separator, which splits the segment in two
-# ("\" is "/" to WHATWG parsers and to Windows), or a control character (C0 or DEL), which a
-# server that logs or routes on the decoded path sees as a line break or the end of a string.
-_DECODED_SEPARATOR_OR_CONTROL = re.compile(r"[/\\\x00-\x1f\x7f]")
-_DECODED_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# ("\" is "/" to WHATWG parsers and to Windows), or a control character, which a server that
+# logs or routes on the decoded path sees as a line break or the end of a string: C0, DEL, C1
+# (U+0085 is a line break to Java's and Python's line splitting) and the Unicode line and
+# paragraph separators (U+2028, U+2029, line breaks to JavaScript before ES2019). Only code
+# points count: a lone %85 is no character in UTF-8, and reading the bytes as Latin-1 would
+# find C1 inside most non-ASCII letters ("\u0440" is %d1%80).
+_DECODED_CONTROL_CLASS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+_DECODED_SEPARATOR_OR_CONTROL = re.compile(rf"[/\\{_DECODED_CONTROL_CLASS}]")
+_DECODED_CONTROL = re.compile(rf"[{_DECODED_CONTROL_CLASS}]")
 
 # Unicode's default-ignorable code points (Default_Ignorable_Code_Point, DerivedCoreProperties,
 # Unicode 14). NFKC_Casefold (ICU's nfkc_cf, the mapping of UTS #46) deletes them, and runtimes
@@ -201,19 +206,19 @@ def _decoded_segments(path: str) -> Iterator[str]:
 
 
 def _decoded_forms(segment: str) -> Iterator[str]:
-    replaced = False
-    for decode in (_decode_leniently, _decode_dropping_malformed):
+    high = False
+    for decode in _DECODINGS:
         form = segment
         for _ in range(_DECODING_ROUNDS):
             if "%" not in form:
                 break
+            high = high or _HIGH_ESCAPE.search(form) is not None
             form = _ESCAPE_RUN.sub(decode, form)
             yield form
             if not form.isascii():  # NFKC leaves ASCII as it is
-                replaced = replaced or "\ufffd" in form
                 yield unicodedata.normalize("NFKC", form)
-        if not replaced:
-            return  # no malformed byte to drop: the second reading would be the first
+        if not high:
+            return  # every escape was ASCII: the other decoders read the same
 
 
 def _decode_leniently(escapes: re.Match[str], errors: str = "replace") -> str:
@@ -227,6 +232,19 @@ def _decode_dropping_malformed(escapes: re.Match[str]) -> str:
     ``errors="ignore"``, Java's ``CodingErrorAction.IGNORE``, ``iconv -c``): ``..%ad`` and
     ``%c0%2e%c0%2e`` are ``..`` to them."""
     return _decode_leniently(escapes, "ignore")
+
+
+def _decode_strictly_dropping_malformed(escapes: re.Match[str]) -> str:
+    """As a strict decoder told to ignore errors reads them: an overlong form is malformed
+    to it, and left out, so ``..%c0%ae`` is ``..``."""
+    return bytes.fromhex(escapes.group().replace("%", "")).decode("utf-8", "ignore")
+
+
+# Each way a server may decode a run of escapes, most common first.
+_DECODINGS = (_decode_leniently, _decode_dropping_malformed, _decode_strictly_dropping_malformed)
+
+# An escape of a byte outside ASCII: the only bytes the decoders above read differently.
+_HIGH_ESCAPE = re.compile(r"%[89a-fA-F][0-9a-fA-F]")
 
 
 def _shortest_form(overlong: re.Match[bytes]) -> bytes:

@@ -134,6 +134,8 @@ HOSTILE_PATHS: list[tuple[str, str]] = [
     ("dot-dot-malformed-byte", "/..%ad/admin"),
     ("dot-dot-latin-1-next-line", "/..%85/admin"),
     ("truncated-lead-bytes-before-dots", "/%c0%2e%c0%2e/admin"),
+    ("dot-dot-overlong-dot-dropped", "/..%c0%ae/admin"),
+    ("overlong-dot-dropped-dot-dot", "/%e0%80%ae../admin"),
     ("dot-dot-encoded-soft-hyphen", "/..%c2%ad/admin"),
     ("dot-dot-encoded-zero-width-space", "/..%e2%80%8b/admin"),
     ("encoded-dot-dot-byte-order-mark", "/%2e%2e%ef%bb%bf/admin"),
@@ -161,6 +163,13 @@ HOSTILE_PATHS: list[tuple[str, str]] = [
     ("encoded-escape", "/a%1bb"),
     ("encoded-delete", "/a%7fb"),
     ("double-encoded-line-feed", "/a%250ab"),
+    # C1 controls and the Unicode line separators, as UTF-8: U+0085 (next line) ends a line for
+    # Java's and Python's line splitting, U+2028 and U+2029 for older JavaScript.
+    ("encoded-next-line", "/a%c2%85X-Injected:%201"),
+    ("encoded-c1-last", "/a%c2%9fb"),
+    ("encoded-line-separator", "/a%e2%80%a8b"),
+    ("encoded-paragraph-separator", "/a%E2%80%A9b"),
+    ("double-encoded-next-line", "/a%25c2%2585b"),
     # Malformed percent-escapes.
     ("percent-alone", "/a%"),
     ("percent-one-digit", "/a%2"),

@@ -140,6 +140,12 @@ def test_relay_safe_marks_only_paths_a_request_line_can_carry(
         ),
         pytest.param("http://h:1", "/x?", "http://h:1/x?", id="bare-question-mark-kept"),
         pytest.param("http://h:1", "/x?a=1&a=2", "http://h:1/x?a=1&a=2", id="repeated-params"),
+        # Non-ASCII letters whose UTF-8 holds bytes 0x80-0x9F (C1 if read as Latin-1, which no
+        # UTF-8 decoder does), a lone 0x85 (no character in UTF-8) and a no-break space.
+        pytest.param("http://h:1", "/%d1%80%d1%83", "http://h:1/%d1%80%d1%83", id="cyrillic"),
+        pytest.param("http://h:1", "/%e2%80%a6", "http://h:1/%e2%80%a6", id="ellipsis"),
+        pytest.param("http://h:1", "/a%85b", "http://h:1/a%85b", id="lone-byte-85"),
+        pytest.param("http://h:1", "/a%c2%a0b", "http://h:1/a%c2%a0b", id="no-break-space"),
     ],
 )
 def test_an_allowed_path_is_appended_to_the_base_url(
@@ -207,6 +213,8 @@ def test_the_length_limits_can_be_lowered() -> None:
         pytest.param("/..%ef%bc%8fx", "encoded separators", id="encoded-fullwidth-solidus"),
         pytest.param("/a%c0%8d%c0%8ab", "encoded control characters", id="overlong-crlf"),
         pytest.param("/a%c0%80b", "encoded control characters", id="overlong-nul"),
+        pytest.param("/a%c2%85b", "encoded control characters", id="next-line"),
+        pytest.param("/a%e2%80%a8b", "encoded control characters", id="line-separator"),
     ],
 )
 def test_the_refusal_says_why(path: str, reason: str) -> None:
