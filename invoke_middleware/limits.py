@@ -358,6 +358,21 @@ def fair_share(settings: LimitSettings | None, threads: int) -> LimitSettings:
     discovery and health checks: one team's slow streams can no longer starve another team.
     """
     settings = settings or LimitSettings()
+    # An explicit cap is the operator's to choose, but one that lets a team hold every thread
+    # brings back the starvation the defaults prevent: say so once, at start-up.
+    caps = [("team_max_in_flight", settings.team_max_in_flight)]
+    caps += [
+        (f"teams.{team}.max_in_flight", own.max_in_flight) for team, own in settings.teams.items()
+    ]
+    for key, cap in caps:
+        if cap is not None and cap >= threads:
+            logger.warning(
+                "limits: %s = %d lets one team hold all %d worker threads; other teams' "
+                "requests then wait for its relays to end",
+                key,
+                cap,
+                threads,
+            )
     return replace(
         settings,
         max_in_flight=settings.max_in_flight or max(1, threads - 1),

@@ -3,6 +3,7 @@ store and the command line; a bad value fails at start-up and names its key."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import uuid
@@ -181,6 +182,33 @@ def test_fair_share_defaults(threads: int, team: int, total: int) -> None:
 def test_explicit_caps_win_over_the_fair_share_defaults() -> None:
     settings = fair_share(LimitSettings(team_max_in_flight=6, max_in_flight=20), 8)
     assert (settings.team_max_in_flight, settings.max_in_flight) == (6, 20)
+
+
+def test_a_team_cap_that_covers_every_thread_is_kept_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    team = uuid.UUID(int=7)
+    given = LimitSettings(team_max_in_flight=8, teams={team: TeamLimits(max_in_flight=9)})
+    with caplog.at_level(logging.WARNING, logger="invoke_middleware.limits"):
+        settings = fair_share(given, 8)
+    assert settings.team_max_in_flight == 8
+    assert [record.getMessage() for record in caplog.records] == [
+        "limits: team_max_in_flight = 8 lets one team hold all 8 worker threads; other teams' "
+        "requests then wait for its relays to end",
+        f"limits: teams.{team}.max_in_flight = 9 lets one team hold all 8 worker threads; "
+        "other teams' requests then wait for its relays to end",
+    ]
+
+
+def test_caps_below_the_thread_count_pass_without_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    given = LimitSettings(
+        team_max_in_flight=7, teams={uuid.UUID(int=7): TeamLimits(max_in_flight=7)}
+    )
+    with caplog.at_level(logging.WARNING, logger="invoke_middleware.limits"):
+        fair_share(given, 8)
+    assert caplog.records == []
 
 
 # -- the SQL store ------------------------------------------------------------------------
