@@ -11,13 +11,12 @@ says what each setting expects, so every error can name the setting and what it 
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from invoke_middleware.headers import is_token
@@ -75,6 +74,12 @@ def _count(value: object) -> int:
     return as_integer(value, 0)
 
 
+#: The longest duration a setting takes: a day. Longer waits are no use to a gateway, and the
+#: clocks under them have bounds (``select.poll`` takes at most 2**31 - 1 ms, ``threading``'s
+#: waits ``TIMEOUT_MAX``) that a huge value would only meet at request time, as a 500.
+MAX_SECONDS: Final = 86_400.0
+
+
 def _seconds(value: object, *, zero_allowed: bool) -> float:
     if isinstance(value, bool):
         raise ValueError
@@ -83,7 +88,7 @@ def _seconds(value: object, *, zero_allowed: bool) -> float:
     if not isinstance(value, int | float):
         raise ValueError
     seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_allowed):
+    if not 0 <= seconds <= MAX_SECONDS or (seconds == 0 and not zero_allowed):
         raise ValueError
     return seconds
 
@@ -336,7 +341,7 @@ SETTINGS: dict[str, Setting] = {
             type="seconds ≥ 0", default="2", meaning="service lookup cache (needs a URL)"
         ),
         convert=_seconds_or_zero,
-        expected="seconds (0 or more)",
+        expected="seconds (0 or more, at most 86400)",
         typed=_NUMBER,
     ),
     "max_invoke_body_bytes": Setting(
@@ -372,13 +377,13 @@ SETTINGS: dict[str, Setting] = {
     "connect_timeout": Setting(
         doc=SettingDoc(type="seconds > 0", default="5", meaning="upstream connect timeout"),
         convert=_positive_seconds,
-        expected="seconds (more than 0)",
+        expected="seconds (more than 0, at most 86400)",
         typed=_NUMBER,
     ),
     "read_timeout": Setting(
         doc=SettingDoc(type="seconds > 0", default="60", meaning="upstream wait for each read"),
         convert=_positive_seconds,
-        expected="seconds (more than 0)",
+        expected="seconds (more than 0, at most 86400)",
         typed=_NUMBER,
     ),
     "total_timeout": Setting(
@@ -386,7 +391,7 @@ SETTINGS: dict[str, Setting] = {
             type="seconds > 0, or none", default="300", meaning="the whole exchange; none: no limit"
         ),
         convert=_total_seconds,
-        expected="seconds (more than 0), or none for no limit",
+        expected="seconds (more than 0, at most 86400), or none for no limit",
         typed=(*_NUMBER, str),
     ),
     "trusted_proxy_hops": Setting(
@@ -492,7 +497,7 @@ SETTINGS: dict[str, Setting] = {
     "jwt.leeway": Setting(
         doc=SettingDoc(type="seconds ≥ 0", default="0", meaning="clock skew allowed on exp"),
         convert=_seconds_or_zero,
-        expected="seconds (0 or more)",
+        expected="seconds (0 or more, at most 86400)",
         typed=_NUMBER,
     ),
     "jwt.cache_size": Setting(
@@ -524,7 +529,7 @@ SETTINGS: dict[str, Setting] = {
             type="seconds ≥ 0", default="0", meaning="wait for a global slot before the 429"
         ),
         convert=_seconds_or_zero,
-        expected="seconds (0 or more)",
+        expected="seconds (0 or more, at most 86400)",
         typed=_NUMBER,
     ),
     "limits.credential_rate": Setting(
@@ -567,7 +572,7 @@ SETTINGS: dict[str, Setting] = {
     "limits.storage_timeout": Setting(
         doc=SettingDoc(type="seconds > 0", default="0.5", meaning="bound on each Redis round trip"),
         convert=_positive_seconds,
-        expected="seconds (more than 0)",
+        expected="seconds (more than 0, at most 86400)",
         typed=_NUMBER,
     ),
     "limits.rate_batch": Setting(

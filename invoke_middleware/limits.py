@@ -588,19 +588,24 @@ class _InFlight:
             slot.count += 1
         deadline = time.monotonic() + timeout
         self._waiting += 1
+        admitted = False
         try:
             while total.count >= total_cap:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    for slot in own:
-                        slot.count -= 1
                     return LimitKind.IN_FLIGHT
                 # Condition.wait releases the lock while it waits.
                 self._ready.wait(remaining)
             total.count += 1
+            admitted = True
             return None
         finally:
             self._waiting -= 1
+            if not admitted:
+                # Refused at the deadline, or the wait raised (an interrupt, say): the slots
+                # held while waiting go back, or the team would keep them for good.
+                for slot in own:
+                    slot.count -= 1
 
     def release(self, slots: Sequence[_Slot]) -> None:
         self._lock.acquire()

@@ -282,7 +282,7 @@ def test_a_header_cap_from_the_file_applies_to_requests(
     ("table", "line", "expected"),
     [
         pytest.param("gateway", "read_timeout = 0",
-                     "[gateway] read_timeout: expected seconds (more than 0), got 0",
+                     "[gateway] read_timeout: expected seconds (more than 0, at most 86400), got 0",
                      id="zero-seconds"),
         pytest.param("gateway", 'max_header_count = "100"',
                      "[gateway] max_header_count: expected a positive integer, got '100'",

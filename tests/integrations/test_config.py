@@ -248,6 +248,16 @@ def test_secrets_stay_out_of_the_config_repr() -> None:
                      "seconds", id="read-timeout-none"),
         pytest.param({"invoke.total_timeout": "inf"}, "invoke.total_timeout",
                      "or none for no limit", id="timeout-infinite"),
+        # Beyond a day: select.poll and threading's waits overflow on huge values, which
+        # would surface as a 500 on the first request that waits.
+        pytest.param({"invoke.connect_timeout": "1e12"}, "invoke.connect_timeout",
+                     "at most 86400", id="timeout-huge"),
+        pytest.param({"invoke.total_timeout": "86400.5"}, "invoke.total_timeout",
+                     "at most 86400", id="total-timeout-over-a-day"),
+        pytest.param({"invoke.limits.queue_timeout": "1e300"}, "invoke.limits.queue_timeout",
+                     "at most 86400", id="queue-timeout-huge"),
+        pytest.param({"invoke.jwt.leeway": "1e20"}, "invoke.jwt.leeway",
+                     "at most 86400", id="leeway-huge"),
         pytest.param({"invoke.trusted_proxy_hops": "-1"}, "invoke.trusted_proxy_hops",
                      "0 or more", id="hops-negative"),
         pytest.param({"invoke.pseudonym": "my gateway"}, "invoke.pseudonym",

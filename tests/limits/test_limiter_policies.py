@@ -120,3 +120,22 @@ def test_concurrency_counters_stay_bounded_however_many_teams_call() -> None:
         limiter.admit(caller, service, route="catch_all", request_id="r").release()
     # A team's and a service's counters go with the last policy that uses them.
     assert len(limiter._in_flight._slots) <= 2 * len(limiter._policies) <= 2 * _MAX_POLICIES
+
+
+def test_a_wait_for_a_global_slot_that_raises_gives_the_teams_slot_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limiter = Limiter(LimitSettings(max_in_flight=1, team_max_in_flight=2, queue_timeout=5))
+    held = admit(limiter)
+    in_flight = limiter._in_flight
+
+    def interrupted(timeout: float | None = None) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(in_flight._ready, "wait", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        admit(limiter)  # waits for the global slot, holding its team's meanwhile
+    monkeypatch.undo()
+    held.release()
+    assert {kind: slot.count for (kind, _), slot in in_flight._slots.items()} == {"team": 0}
+    assert limiter.waiting == 0
