@@ -470,7 +470,8 @@ def filter_response_headers(
     Drops the hop-by-hop set (``Content-Length`` included: the gateway frames the body it
     sends itself), every name a WSGI server refuses from an application
     (:data:`WSGI_REFUSED_HEADERS`: under any server the response is relayed, never turned
-    into the server's 500), fields whose value holds a control character, the fields the
+    into the server's 500), fields whose name is not an RFC 9110 token or whose value holds a
+    control character (servers refuse those too), the fields the
     response's ``Connection`` names, the gateway's error marker
     (so a container cannot pass its response off as a gateway error) and ``X-Request-ID``
     (the gateway's own is set on every response), and the lower-case names of
@@ -480,7 +481,10 @@ def filter_response_headers(
     return [
         (name, value)
         for name, value in _kept(headers, drop)
-        if CONTROL_CHARACTER_PATTERN.search(value) is None
+        # HTTPTransport's parser refuses such names already; an in-process or custom
+        # transport may hand them over.
+        if TOKEN_PATTERN.fullmatch(name) is not None
+        and CONTROL_CHARACTER_PATTERN.search(value) is None
     ]
 
 

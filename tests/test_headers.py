@@ -710,6 +710,22 @@ def test_response_filtering_drops_fields_whose_value_holds_a_control_character(
 
 
 @pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("X(Bad)", id="parenthesis"),
+        pytest.param("X Bad", id="space"),
+        pytest.param("X-Bad:", id="colon"),
+        pytest.param("X-B\xe4d", id="non-ascii"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_response_filtering_drops_fields_whose_name_is_not_a_token(name: str) -> None:
+    # gunicorn answers such a name with its own 500 (InvalidResponseHeaderName).
+    received = [(name, "x"), ("X-Good", "1")]
+    assert filter_response_headers(received) == [("X-Good", "1")]
+
+
+@pytest.mark.parametrize(
     "host",
     [
         pytest.param("gw.example.com", id="name"),
