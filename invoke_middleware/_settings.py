@@ -160,10 +160,7 @@ def _credential_kinds(value: object) -> frozenset[str]:
 
 
 def _prefix(value: object) -> str:
-    text = as_text(value)
-    if any(c.isspace() or c in "?#%" or ord(c) < 0x20 for c in text):
-        raise ValueError
-    return Router(text).prefix
+    return Router(as_text(value)).prefix
 
 
 def _database_url(value: object) -> str:
@@ -324,7 +321,7 @@ SETTINGS: dict[str, Setting] = {
     "prefix": Setting(
         doc=SettingDoc(type="path", default='""', meaning="where the runtime routes live"),
         convert=_prefix,
-        expected="a path starting with '/' (or empty)",
+        expected="a path starting with '/' of ASCII path characters, no escapes (or empty)",
     ),
     "database_url": Setting(
         doc=SettingDoc(

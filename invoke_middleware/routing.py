@@ -8,8 +8,14 @@ target when the server provides one, so percent-encodings reach the safety check
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
+
+# What a prefix may hold: RFC 3986 path characters, unescaped. The routes compare it with
+# PATH_INFO, which servers decode and hand over as Latin-1 (PEP 3333): an escape or a
+# non-ASCII character in the prefix would match no request, and the gateway would be off.
+_PREFIX = re.compile(r"(?:/[A-Za-z0-9\-._~!$&'()*+,;=:@]*)*")
 
 
 class RouteKind(StrEnum):
@@ -47,6 +53,10 @@ class Router:
         prefix = prefix.rstrip("/")
         if prefix and not prefix.startswith("/"):
             raise ValueError(f"prefix must start with '/': {prefix!r}")
+        if _PREFIX.fullmatch(prefix) is None:
+            raise ValueError(
+                f"prefix must hold only ASCII path characters, without escapes: {prefix!r}"
+            )
         self.prefix = prefix
         self._invoke = prefix + "/r/invoke/"
         self._list = prefix + "/r/containers"

@@ -74,6 +74,23 @@ def test_the_host_receives_the_same_environ_object() -> None:
     middleware.close()
 
 
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        pytest.param("/caf\xe9", id="non-ascii"),  # PATH_INFO would hold "/caf\xc3\xa9"
+        pytest.param("/caf%C3%A9", id="escape"),  # servers decode it before PATH_INFO
+        pytest.param("/a b", id="space"),
+        pytest.param("/a?b", id="query"),
+        pytest.param("/a#b", id="fragment"),
+        pytest.param("/a\\b", id="backslash"),
+        pytest.param("api", id="relative"),
+    ],
+)
+def test_a_prefix_no_request_could_match_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="prefix must"):
+        InvokeMiddleware(host_app, prefix=prefix)
+
+
 def test_prefix_moves_the_runtime_routes(make_world: Any) -> None:
     world = make_world(prefix="/api/v1")
     res = world.app.get("/api/v1/r/containers", headers=world.auth())
