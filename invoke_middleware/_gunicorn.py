@@ -25,9 +25,9 @@ from invoke_middleware._server import (
     LOG_FORMAT,
     EscapingFormatter,
     ServerPlan,
+    server_refusal,
 )
-from invoke_middleware.errors import HeadersTooLargeError, reason_phrase, render_error
-from invoke_middleware.headers import choose_request_id
+from invoke_middleware.errors import reason_phrase
 from invoke_middleware.log_format import JSONFormatter
 
 if TYPE_CHECKING:
@@ -236,8 +236,8 @@ def _kept_alive(fs: Any) -> bool:
 
 def _head_too_large() -> bytes:
     """The 431 answer to a head over the cap, in the gateway's error format."""
-    error = HeadersTooLargeError()
-    rendered = render_error(error, request_id=choose_request_id(None))
+    rendered = server_refusal(431, None)
+    assert rendered is not None
     head = [f"HTTP/1.1 {rendered.status} {reason_phrase(rendered.status)}"]
     head += [f"{name}: {value}" for name, value in rendered.headers]
     head += ["Connection: close", "", ""]
@@ -259,12 +259,11 @@ class BodyCapGuard:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         declared = environ.get("CONTENT_LENGTH") or "0"
         if declared.isdigit() and int(declared) > self.max_bytes:
-            body = b'{"error_message": "Request body too large."}'
-            start_response(
-                "413 Content Too Large",
-                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
-            )
-            return [body]
+            rendered = server_refusal(413, environ.get("HTTP_X_REQUEST_ID"))
+            assert rendered is not None
+            headers = [*rendered.headers, ("Content-Length", str(len(rendered.body)))]
+            start_response(f"413 {reason_phrase(413)}", headers)
+            return [rendered.body]
         return self.app(environ, start_response)
 
 

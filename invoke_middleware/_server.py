@@ -44,15 +44,26 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import MultiSocketServer, TcpWSGIServer
-from waitress.task import ThreadedTaskDispatcher
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
 from invoke_middleware._toml_config import StandaloneConfig
 from invoke_middleware.config import ConfigError
+from invoke_middleware.errors import (
+    GatewayError,
+    HeadersTooLargeError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    RenderedError,
+    reason_phrase,
+    render_error,
+)
+from invoke_middleware.headers import choose_request_id
 from invoke_middleware.logging_hook import escape_control
 from invoke_middleware.pipeline import PipelineSettings
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
+    from waitress.parser import HTTPRequestParser
 
 __all__ = [
     "GUNICORN",
@@ -295,6 +306,49 @@ def _run_waitress(
         close()
 
 
+# The refusals a server makes before the gateway sees a request, as the gateway's own errors:
+# clients and logs tell a gateway's refusal from a container's by its marker and request id.
+_SERVER_REFUSALS: dict[int, type[GatewayError]] = {
+    400: InvalidRequestError,
+    413: PayloadTooLargeError,
+    431: HeadersTooLargeError,
+}
+
+
+def server_refusal(status: int, request_id: str | None) -> RenderedError | None:
+    """A server's own refusal with ``status`` in the gateway's error format, keeping the
+    caller's ``X-Request-ID`` when it is safe; ``None`` for a status the gateway has no error
+    for (the server's answer stands)."""
+    error = _SERVER_REFUSALS.get(status)
+    if error is None:
+        return None
+    return render_error(error(), request_id=choose_request_id(request_id))
+
+
+class _GatewayErrorTask(ErrorTask):
+    """waitress's answer to a request it refuses itself (a body over
+    ``max_request_body_bytes``, a head over its cap, a malformed request), in the gateway's
+    error format."""
+
+    def execute(self) -> None:
+        # The stubs type a task's request as the error; it is the parser that holds one.
+        request = cast("HTTPRequestParser", self.request)
+        assert request.error is not None
+        rendered = server_refusal(request.error.code, request.headers.get("X_REQUEST_ID"))
+        if rendered is None:
+            super().execute()
+            return
+        self.status = f"{rendered.status} {reason_phrase(rendered.status)}"
+        cast("list[tuple[str, str]]", self.response_headers).extend(rendered.headers)
+        self.set_close_on_finish()
+        self.content_length = len(rendered.body)
+        self.write(rendered.body)
+
+
+class _GatewayChannel(HTTPChannel):
+    error_task_class = _GatewayErrorTask
+
+
 class _DrainTimeoutServer(TcpWSGIServer):
     """waitress's server, whose sweep also closes a connection that takes nothing it is sent.
 
@@ -306,6 +360,8 @@ class _DrainTimeoutServer(TcpWSGIServer):
     (``[server] idle_timeout``) is closed: the waiting thread then sees the client gone, the
     relay ends and its slot is released.
     """
+
+    channel_class = _GatewayChannel
 
     def maintenance(self, now: float) -> None:
         super().maintenance(now)  # type: ignore[arg-type]  # time.time(); the stubs say int

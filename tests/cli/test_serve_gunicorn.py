@@ -93,7 +93,10 @@ def test_max_request_header_bytes_caps_the_whole_head(workspace: Workspace, engi
             )
         # Every field is far below the cap: only their sum is over it.
         assert until_closed(small).split(b" ", 2)[1] == b"200"
-        assert until_closed(large).split(b" ", 2)[1] == b"431"
+        answer = until_closed(large)
+        assert answer.split(b" ", 2)[1] == b"431"
+        assert b"x-invoke-error: request_header_fields_too_large" in answer.lower()
+        assert b'"code":"request_header_fields_too_large"' in answer
 
 
 def test_a_silent_upload_is_answered_400_and_gives_the_slot_back_after_idle_timeout(

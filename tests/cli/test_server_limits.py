@@ -4,6 +4,7 @@ and clients that stop reading, under both engines, for real."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -159,8 +160,25 @@ def _post_head(served: Served, path: str, length: int, **headers: str) -> bytes:
 def test_an_oversized_body_is_refused_before_it_is_sent(workspace: Workspace, engine: str) -> None:
     set_server(workspace, engine=engine, max_request_body_bytes=1_000_000)
     with running_gateway(workspace) as gateway:
-        answer = _post_head(gateway, "/r/containers/hello/up", 1_000_001, Authorization="Bearer x")
+        answer = _post_head(
+            gateway,
+            "/r/containers/hello/up",
+            1_000_001,
+            Authorization="Bearer x",
+            **{"X-Request-ID": "upload-7"},
+        )
+    # The server's refusal, in the gateway's error format: a client tells it from a
+    # container's 413 by the marker, and finds it in the logs by the request id.
     assert answer.startswith(b"HTTP/1.1 413 ")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    fields = head.lower()  # waitress writes X-Request-Id
+    assert b"\r\nx-invoke-error: payload_too_large" in fields
+    assert b"\r\nx-request-id: upload-7" in fields
+    assert json.loads(body) == {
+        "error_message": "The request body is too large.",
+        "code": "payload_too_large",
+        "request_id": "upload-7",
+    }
 
 
 def test_an_upload_without_credentials_is_refused_before_its_body_under_gunicorn(
