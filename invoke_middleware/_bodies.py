@@ -143,20 +143,32 @@ def read_capped(request: PipelineRequest, limit: int) -> bytes:
     return b"".join(body) if body is not None else b""
 
 
-def read_response(response: UpstreamResponse, method: str, limit: int) -> bytes:
-    """Buffer an invoke response, refusing (never truncating) one over ``limit`` bytes."""
-    if method == "HEAD":
-        return b""
-    if response.content_length is not None and response.content_length > limit:
-        raise ResponseTooLargeError()
-    parts: list[bytes] = []
-    size = 0
-    for chunk in response:
-        size += len(chunk)
-        if size > limit:
+class ResponseBuffer:
+    """Buffers an invoke response whole, refusing (never truncating) one over ``limit`` bytes.
+
+    ``received`` counts the body bytes read from the upstream so far, also when reading
+    fails (refused as too large, or cut off): the relay's figures report what came in.
+    """
+
+    __slots__ = ("limit", "received")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.received = 0
+
+    def read(self, response: UpstreamResponse, method: str) -> bytes:
+        """The body of ``response`` to a ``method`` request (none for ``HEAD``)."""
+        if method == "HEAD":
+            return b""
+        if response.content_length is not None and response.content_length > self.limit:
             raise ResponseTooLargeError()
-        parts.append(chunk)
-    return b"".join(parts)
+        parts: list[bytes] = []
+        for chunk in response:
+            self.received += len(chunk)
+            if self.received > self.limit:
+                raise ResponseTooLargeError()
+            parts.append(chunk)
+        return b"".join(parts)
 
 
 class RelayBody:

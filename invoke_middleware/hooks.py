@@ -63,7 +63,9 @@ class RelayFinished:
     request id, method and path). ``status`` is the container's status, or the gateway's own
     when ``error_code`` is set (the relay failed before or while the response streamed).
     ``bytes_in`` counts request body bytes sent upstream, ``bytes_out`` response body bytes
-    received; ``duration`` is in seconds from the start of the relay to its end.
+    received, also when the relay failed part-way (an invoke's body, sent in one piece,
+    counts once the upstream answered); ``duration`` is in seconds from the start of the
+    relay to its end.
     """
 
     started: RelayStarted

@@ -20,8 +20,8 @@ from typing import NamedTuple, Protocol
 from invoke_middleware import headers as hdr
 from invoke_middleware._bodies import (
     RelayBody,
+    ResponseBuffer,
     read_capped,
-    read_response,
     relay_content_length,
     request_body,
 )
@@ -421,14 +421,18 @@ class Pipeline:
             method=envelope.method,
             path=path,
         )
-        status, error_code, bytes_out = 502, None, 0
+        status, error_code, bytes_in = 502, None, 0
+        buffer = ResponseBuffer(settings.max_response_body_bytes)
         try:
             response = _final(self._transport_for(service).send(upstream))
+            # The body went in one piece: it counts once the upstream answered. (A request
+            # to a service that is down sent nothing, whatever its size.)
+            bytes_in = len(envelope.body)
             try:
-                body = read_response(response, envelope.method, settings.max_response_body_bytes)
+                body = buffer.read(response, envelope.method)
             finally:
                 response.close()
-            status, bytes_out = response.status, len(body)
+            status = response.status
             payload = encode_response(
                 response.status, hdr.filter_response_headers(response.headers), body
             )
@@ -437,7 +441,7 @@ class Pipeline:
             status, error_code = failure.status, failure.code
             raise
         finally:
-            self._finish(relay, status, len(envelope.body), bytes_out, error_code)
+            self._finish(relay, status, bytes_in, buffer.received, error_code)
         return _json_body_response(200, payload, request_id)
 
     def _relay(

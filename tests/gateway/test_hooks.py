@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
-from invoke_middleware import CredentialKind, RelayFinished, RelayStarted
-from tests.toolkit.world import World
+from invoke_middleware import CredentialKind, PipelineSettings, RelayFinished, RelayStarted
+from tests.toolkit.world import World, make_service
+from tests.upstreams import RawUpstream
 
 
 def test_hooks_see_an_invoke(world: World) -> None:
@@ -50,6 +51,40 @@ def test_hooks_see_an_upstream_failure(world: World) -> None:
     [finished] = world.finished
     assert finished.error_code == "upstream_unreachable"
     assert finished.status == 502
+
+
+def test_an_invoke_to_a_service_that_is_down_sent_no_bytes(world: World) -> None:
+    world.upstream.server.shutdown()
+    world.upstream.server.server_close()
+    body = base64.b64encode(b"x" * 100_000).decode()
+    world.invoke("echo", {"method": "POST", "path": "/", "body_base64": body}, status=502)
+    [finished] = world.finished
+    assert (finished.bytes_in, finished.bytes_out) == (0, 0)
+
+
+def test_an_invoke_response_over_the_cap_reports_the_bytes_received(
+    make_world: Callable[..., World], raw_upstream: RawUpstream
+) -> None:
+    world = make_world(
+        services=[make_service("raw", raw_upstream.url)],
+        settings=PipelineSettings(max_response_body_bytes=40),
+    )
+    # Five events of 21 bytes in chunked coding, without a length: refused past the cap.
+    res = world.invoke("raw", {"method": "GET", "path": "/sse?count=5&interval=0"}, status=502)
+    assert res.headers["X-Invoke-Error"] == "response_too_large"
+    [finished] = world.finished
+    assert finished.error_code == "response_too_large"
+    assert 40 < finished.bytes_out <= 5 * 21
+
+
+def test_an_invoke_response_cut_off_reports_the_bytes_received(
+    make_world: Callable[..., World], raw_upstream: RawUpstream
+) -> None:
+    world = make_world(services=[make_service("raw", raw_upstream.url)])
+    # 100 of the 1000 bytes its Content-Length declares, then the connection closes.
+    world.invoke("raw", {"method": "GET", "path": "/truncate"}, status=502)
+    [finished] = world.finished
+    assert (finished.error_code, finished.bytes_out) == ("upstream_error", 100)
 
 
 def test_the_finished_events_old_field_names_are_deprecated_aliases(world: World) -> None:
