@@ -110,6 +110,7 @@ _SERVER = {
         convert=positive_int, expected="a positive integer", typed=(int,)
     ),
     "metrics": Setting(convert=_flag, expected="true or false", typed=(bool,)),
+    "metrics_token_env": Setting(convert=environment_name, expected="an environment variable name"),
     "log_format": Setting(convert=_log_format, expected='"text" or "json"'),
 }
 # -- end of [server] -------------------------------------------------------------------------
@@ -124,7 +125,9 @@ class ServerConfig:
     waitress; ``workers`` ``None`` is one process per core under gunicorn (waitress runs one).
     The header and body caps ``None`` follow the ``[gateway]`` caps (see
     :mod:`invoke_middleware._server`). ``connection_limit`` is per process; ``idle_timeout``
-    closes a connection that sends nothing for that many seconds.
+    closes a connection that sends nothing for that many seconds. ``metrics_token_env`` names
+    the environment variable holding the bearer token ``/metrics`` asks for; without one,
+    ``/metrics`` answers loopback clients only.
     """
 
     host: str = DEFAULT_HOST
@@ -137,6 +140,7 @@ class ServerConfig:
     max_request_header_bytes: int | None = None
     max_request_body_bytes: int | None = None
     metrics: bool = False
+    metrics_token_env: str | None = None
     log_format: str = "text"
 
 
@@ -243,7 +247,9 @@ threads = {threads}                    # per process
 # idle_timeout = 30                    # seconds a connection may stay silent
 # max_request_header_bytes = 73728    # default: [gateway] max_header_bytes + 8 KiB
 # max_request_body_bytes = 1073741824 # default: the larger [gateway] body cap
-# metrics = false                      # GET /metrics (needs the metrics extra)
+# metrics = false                      # GET /metrics (needs the metrics extra), for
+#                                      # loopback clients only unless a token is set:
+# metrics_token_env = "METRICS_TOKEN"  # variable holding the bearer token /metrics asks for
 # log_format = "text"                  # "json": one JSON object per line, for log aggregators
 
 [gateway]
@@ -321,6 +327,8 @@ def _read(path: Path, document: Mapping[str, Any]) -> StandaloneConfig:
             "[store] database", "not a database URL (dialect://user:password@host:port/name)"
         ) from None
     server = _values(document, "server", _SERVER)
+    if "metrics_token_env" in server and not server.get("metrics", False):
+        raise ConfigError("[server] metrics_token_env", "applies only with metrics = true")
     if server.get("engine") == "waitress" and server.get("workers", 1) > 1:
         raise ConfigError(
             "[server] workers", 'waitress runs one process: set engine = "gunicorn" for more'

@@ -58,7 +58,7 @@ from invoke_middleware.registry import (
     validate_external_url,
     validate_upstream_url,
 )
-from invoke_middleware.standalone import build_standalone_app
+from invoke_middleware.standalone import build_standalone_app, metrics_token
 from invoke_middleware.store.sql import DuplicateServiceError, SQLStore
 
 if TYPE_CHECKING:
@@ -576,6 +576,8 @@ def _run_gateway(
             config, server=dataclasses.replace(config.server, metrics=False)
         )
         build_standalone_app(without_metrics, threads=plan.threads).close()
+        if config.server.metrics:
+            metrics_token(config, os.environ)
     except ConfigError as exc:
         raise CommandError(str(exc.located(str(config.path))), EXIT_USAGE) from None
 

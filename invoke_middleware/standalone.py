@@ -17,6 +17,8 @@ useful routes are the runtime ones. Usage from Python::
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -42,6 +44,8 @@ logger = logging.getLogger("invoke_middleware.standalone")
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 METRICS_PATH = "/metrics"
+#: The shortest ``/metrics`` token taken: 128 bits in hexadecimal digits.
+MIN_METRICS_TOKEN_LENGTH = 32
 
 
 def host_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -83,7 +87,10 @@ def _json(
 class StandaloneHost:
     """:func:`host_app` plus ``/readyz`` (and ``/metrics`` when ``metrics`` renders them).
 
-    ``metrics`` returns the exposition's body and content type.
+    ``metrics`` returns the exposition's body and content type. The figures are the whole
+    process's, every team's traffic in them, and the runtime routes share the listener: so
+    ``/metrics`` asks for ``Authorization: Bearer <metrics_token>`` when a token is set, and
+    answers loopback clients only when none is.
     """
 
     def __init__(
@@ -91,9 +98,11 @@ class StandaloneHost:
         readiness: ReadinessCheck,
         *,
         metrics: Callable[[], tuple[bytes, str]] | None = None,
+        metrics_token: str | None = None,
     ) -> None:
         self.readiness = readiness
         self.metrics = metrics
+        self.metrics_token = metrics_token
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -109,7 +118,9 @@ class StandaloneHost:
             if path == READY_PATH:
                 body = self._ready(start_response)
             else:
-                body = self._metrics(start_response)
+                body = self._refuse_scraper(environ, start_response) or self._metrics(
+                    start_response
+                )
             return [] if method == "HEAD" else body
         return host_app(environ, start_response)
 
@@ -117,6 +128,29 @@ class StandaloneHost:
         result = self.readiness()
         status = "200 OK" if result.ready else "503 Service Unavailable"
         return _json(start_response, status, result.as_json())
+
+    def _refuse_scraper(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> list[bytes] | None:
+        """The refusal of a client that may not read the metrics, or ``None``."""
+        if self.metrics_token is not None:
+            given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1")
+            wanted = f"Bearer {self.metrics_token}".encode()
+            if hmac.compare_digest(given, wanted):
+                return None
+            return _json(
+                start_response,
+                "401 Unauthorized",
+                {"error_message": "The metrics need the metrics token."},
+                [("WWW-Authenticate", 'Bearer realm="metrics"')],
+            )
+        if _is_loopback(environ.get("REMOTE_ADDR", "")):
+            return None
+        return _json(
+            start_response,
+            "403 Forbidden",
+            {"error_message": "The metrics are served to loopback clients only."},
+        )
 
     def _metrics(self, start_response: StartResponse) -> list[bytes]:
         assert self.metrics is not None
@@ -130,6 +164,16 @@ class StandaloneHost:
             ],
         )
         return [body]
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False  # a Unix socket's peer, say: not known to be this machine
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 from a dual-stack listener
+    return ip.is_loopback
 
 
 class EnvironmentSecretResolver:
@@ -230,6 +274,7 @@ def build_standalone_app(
             after.append(metrics.after_relay)
             on_limit.append(metrics.on_limit)
             host.metrics = lambda: render_metrics(registry)
+            host.metrics_token = metrics_token(config, environ)
         app = settings.build_middleware(
             host,
             registry=store.services,
@@ -254,6 +299,32 @@ def build_standalone_app(
         host.readiness = readiness
     wsgi: WSGIApplication = app if registry is None else _ProcessRequests(app, registry)
     return StandaloneApp(app=app, store=store, readiness=readiness, wsgi=wsgi)
+
+
+def metrics_token(config: StandaloneConfig, environ: Mapping[str, str]) -> str | None:
+    """The token ``/metrics`` asks for, from the variable ``[server] metrics_token_env``
+    names (``None`` when it names none).
+
+    Raises :class:`~invoke_middleware.config.ConfigError`, naming the file, when the variable
+    is unset, holds fewer than :data:`MIN_METRICS_TOKEN_LENGTH` characters (too few to resist
+    guessing) or anything but visible ASCII.
+    """
+    name = config.server.metrics_token_env
+    if name is None:
+        return None
+    token = environ.get(name, "").strip()
+    if len(token) < MIN_METRICS_TOKEN_LENGTH:
+        raise ConfigError(
+            "[server] metrics_token_env",
+            f"the environment variable {name} must hold a token of at least "
+            f"{MIN_METRICS_TOKEN_LENGTH} characters",
+        ).located(str(config.path))
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise ConfigError(
+            "[server] metrics_token_env",
+            f"the environment variable {name} must hold visible ASCII characters only",
+        ).located(str(config.path))
+    return token
 
 
 def _new_registry() -> CollectorRegistry:

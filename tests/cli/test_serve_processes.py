@@ -204,6 +204,41 @@ def _shadowed_module(directory: Path, name: str) -> str:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_metrics_with_a_token_are_served_only_with_it(workspace: Workspace, engine: str) -> None:
+    token = "f3" * 16
+    workspace.env["METRICS_TOKEN"] = token
+    set_server(workspace, engine=engine, workers=1, metrics=True, metrics_token_env="METRICS_TOKEN")
+    with running_gateway(workspace) as gateway:
+        url = f"{gateway.root}/metrics"
+        refused = requests.get(url, timeout=10)
+        wrong = requests.get(url, headers={"Authorization": "Bearer " + "0" * 32}, timeout=10)
+        served = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert (refused.status_code, wrong.status_code, served.status_code) == (401, 401, 200)
+    assert "invoke_relays_in_flight" in served.text
+    assert "invoke_relays" not in refused.text + wrong.text
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "value", [pytest.param(None, id="unset"), pytest.param("short", id="short")]
+)
+def test_a_metrics_token_that_is_unset_or_short_stops_the_server_before_it_serves(
+    workspace: Workspace, engine: str, value: str | None
+) -> None:
+    workspace.env.pop("METRICS_TOKEN", None)
+    if value is not None:
+        workspace.env["METRICS_TOKEN"] = value
+    set_server(workspace, engine=engine, workers=1, metrics=True, metrics_token_env="METRICS_TOKEN")
+    result = workspace.run("serve", "--host", "127.0.0.1", "--port", "0", check=False)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"invoke-middleware: error: {workspace.config.name}: [server] metrics_token_env: the "
+        "environment variable METRICS_TOKEN must hold a token of at least 32 characters"
+    )
+    assert "serving on" not in result.stderr
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_metrics_without_prometheus_client_are_refused_in_one_line_before_serving(
     workspace: Workspace, tmp_path: Path, engine: str
 ) -> None:

@@ -20,9 +20,11 @@ from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.config import JWTSettings
 from invoke_middleware.pipeline import PipelineSettings
 from invoke_middleware.registry import Service, ServiceStatus, ServiceType
+from invoke_middleware.readiness import ReadinessCheck
 from invoke_middleware.standalone import (
     EnvironmentSecretResolver,
     StandaloneApp,
+    StandaloneHost,
     build_standalone_app,
     host_app,
 )
@@ -59,6 +61,62 @@ def test_the_host_app_answers_health_and_nothing_else(path: str, method: str, st
         assert response.body == b""
     else:
         assert isinstance(json.loads(response.body), dict)
+
+
+def _metrics_host(token: str | None = None) -> TestApp:
+    host = StandaloneHost(
+        ReadinessCheck({}),
+        metrics=lambda: (b"invoke_relays_total 7.0\n", "text/plain"),
+        metrics_token=token,
+    )
+    return TestApp(host)
+
+
+@pytest.mark.parametrize(
+    ("client", "status"),
+    [
+        pytest.param("127.0.0.1", 200, id="ipv4-loopback"),
+        pytest.param("127.8.9.10", 200, id="ipv4-loopback-net"),
+        pytest.param("::1", 200, id="ipv6-loopback"),
+        pytest.param("::ffff:127.0.0.1", 200, id="ipv4-mapped-loopback"),
+        pytest.param("10.0.0.5", 403, id="private-network"),
+        pytest.param("::ffff:10.0.0.5", 403, id="ipv4-mapped-private"),
+        pytest.param("2001:db8::1", 403, id="ipv6"),
+        pytest.param("", 403, id="unknown"),
+    ],
+)
+def test_metrics_without_a_token_answer_loopback_clients_only(client: str, status: int) -> None:
+    # Every team's traffic is in them, and tenants reach the same listener.
+    response = _metrics_host().get(
+        "/metrics", extra_environ={"REMOTE_ADDR": client}, expect_errors=True
+    )
+    assert response.status_int == status
+    assert (b"invoke_relays_total" in response.body) is (status == 200)
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        pytest.param("Bearer " + "t" * 32, 200, id="the-token"),
+        pytest.param(None, 401, id="none"),
+        pytest.param("Bearer " + "u" * 32, 401, id="another-token"),
+        pytest.param("bearer " + "t" * 32, 401, id="scheme-case"),
+        pytest.param("Bearer " + "t" * 31, 401, id="a-prefix-of-it"),
+        pytest.param("Bearer " + "t" * 32 + "x", 401, id="longer"),
+        pytest.param("Basic dDp0", 401, id="basic"),
+    ],
+)
+def test_metrics_with_a_token_ask_every_client_for_it(
+    authorization: str | None, status: int
+) -> None:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    response = _metrics_host("t" * 32).get(
+        "/metrics", headers=headers, extra_environ={"REMOTE_ADDR": "127.0.0.1"}, expect_errors=True
+    )
+    assert response.status_int == status
+    if status == 401:
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="metrics"'
+        assert b"invoke_relays_total" not in response.body
 
 
 @pytest.mark.parametrize(
@@ -301,6 +359,12 @@ def test_a_header_cap_from_the_file_applies_to_requests(
                      id="gateway-typo"),
         pytest.param("gateway", 'database_url = "sqlite://"', "[gateway] database_url: unknown",
                      id="store-setting-in-gateway"),
+        pytest.param("server", 'metrics_token_env = "METRICS_TOKEN"',
+                     "[server] metrics_token_env: applies only with metrics = true",
+                     id="metrics-token-without-metrics"),
+        pytest.param("server", 'metrics = true\nmetrics_token_env = "NOT A NAME"',
+                     "[server] metrics_token_env: expected an environment variable name",
+                     id="metrics-token-env-not-a-name"),
         pytest.param("jwt", "leway = 1",
                      "[jwt] leway: unknown setting; did you mean [jwt] leeway?", id="jwt-typo"),
         pytest.param("jwt", 'algorithms = ["HS256"]\nsecret_env = "A"\nsecret = "x"',
@@ -318,6 +382,8 @@ def test_a_bad_setting_names_the_file_and_the_key(
     text = starter_config()
     if table == "gateway":
         text = text.replace('prefix = ""\n', f'prefix = ""\n{line}\n')
+    elif table == "server":
+        text = text.replace("[server]\n", f"[server]\n{line}\n")
     else:
         text += f"\n[jwt]\n{line}\n"
     path = tmp_path / "gateway.toml"
