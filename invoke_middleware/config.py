@@ -306,7 +306,7 @@ class MiddlewareConfig:
 
         ttl = self.service_cache_ttl
         try:
-            return SQLStore(
+            store = SQLStore(
                 self.database_url,
                 service_cache_ttl=DEFAULT_SERVICE_CACHE_TTL if ttl is None else ttl,
             )
@@ -319,6 +319,30 @@ class MiddlewareConfig:
             raise ConfigError(
                 self.style.key("database_url"), "names an unknown database driver"
             ) from None
+        missing = _missing_sqlite_file(self.database_url)
+        if missing is not None:
+            # SQLite would create an empty file on the first request, and every request
+            # would then fail for want of tables: a typo in the path must stop start-up.
+            store.close()
+            raise ConfigError(
+                self.style.key("database_url"),
+                f"no database file at {missing}: create the store first "
+                "(invoke-middleware init, or SQLStore(url).init())",
+            )
+        return store
+
+
+def _missing_sqlite_file(database_url: str) -> str | None:
+    """The path of the SQLite file ``database_url`` names when no such file exists."""
+    import sqlalchemy as sa  # noqa: PLC0415 - only needed with a database
+
+    url = sa.make_url(database_url)
+    path = url.database
+    if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return None
+    if path.startswith("file:") or url.query.get("uri"):
+        return None  # a SQLite URI filename: its own options decide what opening does
+    return None if os.path.exists(path) else path
 
 
 # --- parsing -----------------------------------------------------------------------------

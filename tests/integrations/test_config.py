@@ -19,7 +19,7 @@ from invoke_middleware.config import (
     parse_flask_config,
     parse_settings,
 )
-from invoke_middleware.store import SQLServiceRegistry
+from invoke_middleware.store import SQLServiceRegistry, SQLStore
 from invoke_middleware.testing import MockTransport, generate_keypair, make_response
 from invoke_middleware.transport.base import Timeouts
 from invoke_middleware.transport.http import HTTPTransport
@@ -409,7 +409,9 @@ def test_secret_values_never_appear_in_messages(settings: dict[str, str]) -> Non
 
 
 def test_database_url_makes_the_sql_store_the_default_collaborators(tmp_path: Path) -> None:
-    config = parse_settings({"invoke.database_url": f"sqlite:///{tmp_path / 'invoke.db'}"})
+    url = f"sqlite:///{tmp_path / 'invoke.db'}"
+    SQLStore(url).init()
+    config = parse_settings({"invoke.database_url": url})
     registry = InMemoryServiceRegistry()
 
     from_store = config.build_middleware(host)
@@ -476,3 +478,19 @@ def test_database_that_cannot_be_opened_fails_the_build_naming_the_key(
     assert caught.value.key == "invoke.database_url"
     assert message in str(caught.value)
     assert "s3cr3t" not in str(caught.value)
+
+
+def test_a_sqlite_file_that_does_not_exist_fails_the_build_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    # A typo in the path: SQLite would make an empty file, and every request would be a 500.
+    SQLStore(f"sqlite:///{tmp_path / 'gateway.sqlite3'}").init()
+    missing = tmp_path / "gatewy.sqlite3"
+    config = parse_settings({"invoke.database_url": f"sqlite:///{missing}"})
+
+    with pytest.raises(ConfigError) as caught:
+        config.build_middleware(host)
+
+    assert caught.value.key == "invoke.database_url"
+    assert f"no database file at {missing}" in str(caught.value)
+    assert not missing.exists()
