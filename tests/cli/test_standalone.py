@@ -19,8 +19,8 @@ from invoke_middleware._toml_config import ConfigError, load_config, starter_con
 from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.config import JWTSettings
 from invoke_middleware.pipeline import PipelineSettings
-from invoke_middleware.registry import Service, ServiceStatus, ServiceType
 from invoke_middleware.readiness import ReadinessCheck
+from invoke_middleware.registry import Service, ServiceStatus, ServiceType
 from invoke_middleware.standalone import (
     EnvironmentSecretResolver,
     StandaloneApp,
