@@ -152,6 +152,12 @@ def _user(value: str) -> str:
     return value
 
 
+#: The longest lifetime a key is issued with: ten years, in seconds.
+_MAX_LIFETIME = 10 * 365 * 24 * 3600
+#: The largest count or period the store keeps (a PostgreSQL INTEGER).
+_MAX_STORED_INT = 2**31 - 1
+
+
 def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(value: str) -> int:
         try:
@@ -374,9 +380,9 @@ def _add_credential_commands(commands: argparse._SubParsersAction[_Parser]) -> N
     issue.add_argument("--name", type=_text, help="a label shown by list")
     issue.add_argument(
         "--expires-in",
-        type=_int_at_least(1),
+        type=_int_at_least(1, _MAX_LIFETIME),
         metavar="SECONDS",
-        help="lifetime in seconds (default: no expiry)",
+        help=f"lifetime in seconds, at most {_MAX_LIFETIME} (ten years; default: no expiry)",
     )
     issue.set_defaults(handler=_credentials_issue)
 
@@ -442,6 +448,14 @@ def open_store(config: StandaloneConfig) -> SQLStore:
         return SQLStore(config.database, service_cache_ttl=0)
     except (ValueError, sa.exc.ArgumentError) as exc:
         raise CommandError(f"{config.path}: [store] database: {exc}", EXIT_USAGE) from None
+    except ImportError as exc:
+        raise CommandError(
+            f"{config.path}: [store] database: {_missing_driver(exc)}", EXIT_USAGE
+        ) from None
+
+
+def _missing_driver(exc: ImportError) -> str:
+    return f"the database driver is missing (No module named {exc.name})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -499,6 +513,8 @@ def _init(args: argparse.Namespace, context: _Context) -> None:
         store = SQLStore(database)
     except (ValueError, sa.exc.ArgumentError) as exc:
         raise CommandError(f"--database: {exc}", EXIT_USAGE) from None
+    except ImportError as exc:
+        raise CommandError(f"--database: {_missing_driver(exc)}", EXIT_USAGE) from None
     store_file = sqlite_file(database)
     if store_file is not None:
         # Before SQLite creates it: the store holds key hashes, and its -wal and -shm files
@@ -580,6 +596,10 @@ def _run_gateway(
             metrics_token(config, os.environ)
     except ConfigError as exc:
         raise CommandError(str(exc.located(str(config.path))), EXIT_USAGE) from None
+    except ImportError as exc:
+        raise CommandError(
+            f"{config.path}: [store] database: {_missing_driver(exc)}", EXIT_USAGE
+        ) from None
 
     def build() -> tuple[WSGIApplication, Callable[[], None]]:
         # Each process serves with plan.threads threads: the fair-share default divides those.
@@ -700,17 +720,22 @@ def _rate_option(value: str) -> Rate | str:
     if value.strip().lower() == _CLEARED:
         return _CLEARED
     try:
-        return Rate.parse(value)
+        rate = Rate.parse(value)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"not a rate: {value!r} (e.g. 100/minute, 10 per second)"
         ) from None
+    if rate.amount > _MAX_STORED_INT or rate.window > _MAX_STORED_INT:
+        raise argparse.ArgumentTypeError(
+            f"a rate's count and its period in seconds are at most {_MAX_STORED_INT}, got {value!r}"
+        )
+    return rate
 
 
 def _max_in_flight_option(value: str) -> int | str:
     if value.strip().lower() == _CLEARED:
         return _CLEARED
-    return _int_at_least(1)(value)
+    return _int_at_least(1, _MAX_STORED_INT)(value)
 
 
 _Limits = TypeVar("_Limits", ServiceLimits, TeamLimits)

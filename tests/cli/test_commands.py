@@ -283,8 +283,15 @@ BAD_COMMANDS = [
                  id="integration-with-user"),
     pytest.param(_issue("--kind", "device", "--user", "bob"), FAILURE, "not a member",
                  id="device-for-non-member"),
-    pytest.param(_issue("--kind", "integration", "--expires-in", "0"), USAGE, "integer >= 1",
+    pytest.param(_issue("--kind", "integration", "--expires-in", "0"), USAGE, "integer from 1",
                  id="expires-in-zero"),
+    # Past what a date can hold: a traceback (OverflowError) before.
+    pytest.param(_issue("--kind", "integration", "--expires-in", str(10**14)), USAGE,
+                 "from 1 to 315360000", id="expires-in-huge"),
+    pytest.param(["services", "set-limits", "hello", "--team", TEAM, "--max-in-flight",
+                  str(2**31)], USAGE, "from 1 to 2147483647", id="max-in-flight-huge"),
+    pytest.param(["teams", "set-limits", "--team", TEAM, "--rate", f"{10**20}/second"], USAGE,
+                 "at most 2147483647", id="rate-huge"),
     pytest.param(["credentials", "revoke", "2b1e9f0c-0d5e-4c8a-9a51-3f0f2a7c9e11"], FAILURE,
                  "no credential with id", id="revoke-unknown-id"),
     pytest.param(["credentials", "revoke", "sk-AAAAAAAAAAAA"], FAILURE,
@@ -393,6 +400,32 @@ def test_a_bad_database_url_is_one_line_without_its_password(
     line = assert_one_line_error(result, 2)
     assert "[store] database" in line
     assert "s3cret" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["serve", "--port", "0"], id="serve"),
+        pytest.param(["services", "list", "--team", TEAM], id="services-list"),
+    ],
+)
+def test_a_database_driver_that_is_not_installed_is_one_line(
+    workspace: Workspace, command: list[str]
+) -> None:
+    url = "postgresql+pg8000://user:s3cret@127.0.0.1/test"  # pg8000 is no dependency
+    _rewrite(workspace, 'database = "invoke-middleware.sqlite3"', f'database = "{url}"')
+    result = workspace.run(*command, check=False)
+    line = assert_one_line_error(result, 2)
+    assert "[store] database: the database driver is missing (No module named pg8000)" in line
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_init_with_a_database_driver_that_is_not_installed_is_one_line(tmp_path: Path) -> None:
+    result = Workspace(tmp_path).run(
+        "init", "--database", "postgresql+pg8000://user:s3cret@127.0.0.1/test", check=False
+    )
+    line = assert_one_line_error(result, 2)
+    assert "--database: the database driver is missing (No module named pg8000)" in line
 
 
 def test_serve_refuses_a_bad_config_before_listening(workspace: Workspace) -> None:
