@@ -134,6 +134,20 @@ class _Deadline:
             sock.settimeout(timeout)
 
 
+def _untaken(sock: socket.socket) -> int | None:
+    """The bytes in ``sock``'s send queue that the peer has not acknowledged (``SIOCOUTQ``);
+    ``None`` where the system does not say."""
+    try:
+        # Only on this slow path, and not on every system: imported here.
+        import fcntl  # noqa: PLC0415
+        import termios  # noqa: PLC0415
+
+        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (ImportError, OSError, AttributeError):
+        return None
+    return int.from_bytes(queued, sys.byteorder, signed=True)
+
+
 def _set_kernel_timeout(sock: socket.socket, timeout: float | None) -> None:
     """The kernel's timeout of each receive and send on ``sock`` (0: none)."""
     seconds = int(timeout or 0)
@@ -240,9 +254,21 @@ class _Exchange:
         """
         sock, arm, size = self._sock, self._deadline.arm, self._connection.send_size
         view = memoryview(data)
+        stalled = None  # the bytes the upstream had not taken when a send last timed out
         while view:
             arm()
-            view = view[sock.send(view[:size]) :]
+            try:
+                view = view[sock.send(view[:size]) :]
+                stalled = None
+            except (BlockingIOError, TimeoutError):
+                # Nothing was queued within the read timeout. The kernel wakes a sender only
+                # once a third of its send buffer is free, so an upstream that reads steadily
+                # but slowly can leave it waiting longer than that: it has been reading if the
+                # bytes it has not taken went down since the last such timeout.
+                untaken = _untaken(sock)
+                if untaken is None or (stalled is not None and untaken >= stalled):
+                    raise
+                stalled = untaken
 
     def _receive(self, size: int = _READ_SIZE) -> bytes:
         """At most ``size`` bytes as soon as any arrive; ``b""`` once the peer closed."""

@@ -26,7 +26,8 @@ each counted in ``heads_read`` and each closing the connection:
   close, which the unread body turns into a reset;
 - ``/act-and-drop``: no answer, a reset (as an upstream that crashed after acting on it);
 - ``/stall``: reads nothing more, for a few seconds at most;
-- ``/trickle``: reads 8 KiB of the body every 50 ms, for a few seconds at most.
+- ``/trickle?size=S&every=E``: reads ``S`` bytes of the body (8 KiB) every ``E`` seconds
+  (0.05), for a few seconds at most.
 
 Pass ``receive_buffer`` (bytes) to shrink the upstream's receive buffer, so that a body
 waits on the sending side as soon as the upstream stops reading it.
@@ -159,9 +160,10 @@ class HostileUpstream(RawUpstream):
 
     def _handle_trickle(self, connection: _Connection, method: str, params: dict[str, str]) -> bool:
         self._count_head()
+        size, every = int(params.get("size", "8192")), float(params.get("every", "0.05"))
         until = time.monotonic() + _HOLD
-        while time.monotonic() < until and not self._stop.wait(0.05):
-            if not connection.reader.read1(8192):
+        while time.monotonic() < until and not self._stop.wait(every):
+            if not connection.reader.read1(size):
                 break
         return False
 

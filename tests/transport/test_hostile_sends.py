@@ -80,6 +80,48 @@ def test_the_total_deadline_holds_while_the_upstream_reads_the_body_slowly(
     assert time.monotonic() - started < 3.0  # the upstream would keep reading for 5 s
 
 
+def test_an_upstream_that_reads_the_body_steadily_is_not_cut_off_at_the_read_timeout(
+    transport: HTTPTransport,
+) -> None:
+    # 64 KiB every 100 ms, with the system's usual socket buffers, a streamed body sent
+    # 64 KiB at a time: the kernel wakes a sender blocked on one only once a third of its
+    # (megabytes of) buffer is free, which takes longer than the read timeout here. The
+    # upstream keeps taking bytes, so the upload goes on until the total.
+    timeouts = Timeouts(connect=2.0, read=0.5, total=3.0)
+    chunk = bytes(64 * 1024)
+    started = time.monotonic()
+
+    with serve_hostile(None) as upstream, pytest.raises(UpstreamTimeoutError):
+        send(
+            transport,
+            "POST",
+            upstream.url + "/trickle?size=65536&every=0.1",
+            body=iter([chunk] * (_LARGE // len(chunk))),
+            content_length=_LARGE,
+            timeouts=timeouts,
+        )
+
+    assert time.monotonic() - started > 2.5
+
+
+def test_an_upstream_that_stops_reading_the_body_is_cut_off_within_two_read_timeouts(
+    transport: HTTPTransport, upstream: HostileUpstream
+) -> None:
+    started = time.monotonic()
+
+    with pytest.raises(UpstreamTimeoutError):
+        send(
+            transport,
+            "POST",
+            upstream.url + "/stall",
+            body=bytes(_LARGE),
+            content_length=_LARGE,
+            timeouts=Timeouts(connect=2.0, read=0.3, total=30.0),
+        )
+
+    assert time.monotonic() - started < 3.0  # the total is 30 s
+
+
 @pytest.mark.parametrize(
     ("method", "sent_times"),
     [
