@@ -22,6 +22,7 @@ revocation or a role change takes effect on the next request, in every process.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -34,6 +35,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 
+from invoke_middleware._private_files import create_private_file
+from invoke_middleware._toml_config import sqlite_file
 from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.auth.stores import (
     CredentialRecord,
@@ -171,7 +174,12 @@ class SQLStore:
 
     def init(self) -> None:
         """Create the tables and indexes that do not exist yet, and add the columns a newer
-        release brought to an existing table; safe to run again."""
+        release brought to an existing table; safe to run again.
+
+        A SQLite file this creates is the owner's alone (0600), like the one
+        ``invoke-middleware init`` makes: it holds key hashes.
+        """
+        self._create_private_sqlite_file()
         _schema.metadata.create_all(self.engine, checkfirst=True)
         with self.engine.begin() as connection:
             inspector = sa.inspect(connection)
@@ -189,6 +197,19 @@ class SQLStore:
         self.services.invalidate()
         self.team_limits.invalidate()
 
+    def _create_private_sqlite_file(self) -> None:
+        # Before SQLite creates it with the umask's mode: its -wal and -shm files take the
+        # database file's mode. An existing file keeps the mode its owner gave it, and a URI
+        # filename (`?uri=true`) is SQLite's alone to resolve.
+        url = self.engine.url
+        path = sqlite_file(url)
+        if path is None or "uri" in url.query or path.exists():
+            return
+        # Where the file cannot be made (no such directory, say), SQLite cannot make it
+        # either, and raises the store's usual error saying so.
+        with contextlib.suppress(OSError):
+            create_private_file(path, None)
+
     def close(self) -> None:
         """Release pooled connections (of an engine this store created)."""
         if self._owns_engine:
@@ -202,6 +223,34 @@ class SQLStore:
 
     def __repr__(self) -> str:
         return f"SQLStore({self.engine.url.render_as_string(hide_password=True)!r})"
+
+
+class _SchemaProbe:
+    """Whether the database has a table or columns that a later release added.
+
+    A database made by an earlier release lacks them until :meth:`SQLStore.init` runs, often
+    in another process (the command line runs it before it stores limits). "Present" is kept
+    until :meth:`forget`, so lookups pay nothing for it; "absent" only for the cache's TTL,
+    so that what is stored after the upgrade shows within the TTL, as any change made
+    elsewhere does.
+    """
+
+    def __init__(
+        self, probe: Callable[[], bool], *, ttl: float, clock: Callable[[], float]
+    ) -> None:
+        self._probe = probe
+        self._present = False
+        self._answer: TTLCache[str, bool] = TTLCache(ttl, clock=clock)
+
+    def __call__(self) -> bool:
+        if not self._present:
+            self._present = self._answer.get_or_load("present", self._probe)
+        return self._present
+
+    def forget(self) -> None:
+        """Ask the database again next time."""
+        self._present = False
+        self._answer.clear()
 
 
 class SQLServiceRegistry:
@@ -222,7 +271,11 @@ class SQLServiceRegistry:
             cache_ttl, clock=clock
         )
         self._by_team: TTLCache[uuid.UUID, tuple[Service, ...]] = TTLCache(cache_ttl, clock=clock)
-        self._limit_columns: bool | None = None
+        # A database made by an earlier release lacks them until `init` runs again; it
+        # keeps working meanwhile, without per-service limits.
+        self._has_limit_columns = _SchemaProbe(
+            self._probe_limit_columns, ttl=cache_ttl, clock=clock
+        )
 
     def get(self, team_id: uuid.UUID, slug: str) -> Service | None:
         """The service ``slug`` of ``team_id``, or ``None`` (possibly up to the TTL old)."""
@@ -305,18 +358,12 @@ class SQLServiceRegistry:
         """Forget every cached lookup, so the next one reads the database."""
         self._by_slug.clear()
         self._by_team.clear()
-        self._limit_columns = None
+        self._has_limit_columns.forget()
 
-    def _has_limit_columns(self) -> bool:
-        # A database created by an earlier release lacks them until `init` runs again; it
-        # keeps working meanwhile, without per-service limits.
-        if self._limit_columns is None:
-            with self._engine.connect() as connection:
-                present = {
-                    c["name"] for c in sa.inspect(connection).get_columns(_schema.services.name)
-                }
-            self._limit_columns = set(_LIMIT_COLUMNS) <= present
-        return self._limit_columns
+    def _probe_limit_columns(self) -> bool:
+        with self._engine.connect() as connection:
+            present = {c["name"] for c in sa.inspect(connection).get_columns(_schema.services.name)}
+        return set(_LIMIT_COLUMNS) <= present
 
     def _select(self) -> sa.Select[Any]:
         table = _schema.services
@@ -399,7 +446,7 @@ class SQLTeamLimits:
         self._engine = engine
         self._now = now
         self._cache: TTLCache[uuid.UUID, TeamLimits | None] = TTLCache(cache_ttl, clock=clock)
-        self._table_present: bool | None = None
+        self._has_table = _SchemaProbe(self._probe_table, ttl=cache_ttl, clock=clock)
 
     def get(self, team_id: uuid.UUID) -> TeamLimits | None:
         """The team's own limits, or ``None`` (possibly up to the TTL old)."""
@@ -412,15 +459,8 @@ class SQLTeamLimits:
                 "this database predates per-team limits: SQLStore.init() creates their table "
                 "(`invoke-middleware teams set-limits` runs it)"
             )
-        table = _schema.team_limits
         with self._engine.begin() as connection:
-            connection.execute(sa.delete(table).where(table.c.team_id == team_id))
-            if limits != TeamLimits():
-                connection.execute(
-                    sa.insert(table).values(
-                        team_id=team_id, **_limit_values(limits), updated_at=self._now()
-                    )
-                )
+            connection.execute(self._replace(team_id, limits))
         self.invalidate()
 
     def list_all(self) -> Sequence[tuple[uuid.UUID, TeamLimits]]:
@@ -436,14 +476,20 @@ class SQLTeamLimits:
     def invalidate(self) -> None:
         """Forget every cached lookup, so the next one reads the database."""
         self._cache.clear()
-        self._table_present = None
+        self._has_table.forget()
 
-    def _has_table(self) -> bool:
-        if self._table_present is None:
-            with self._engine.connect() as connection:
-                present = sa.inspect(connection).has_table(_schema.team_limits.name)
-            self._table_present = present
-        return self._table_present
+    def _replace(self, team_id: uuid.UUID, limits: TeamLimits) -> sa.Executable:
+        # An upsert: after a delete, two writers for one team would each insert, and the
+        # second would fail on the primary key.
+        table = _schema.team_limits
+        if limits == TeamLimits():
+            return sa.delete(table).where(table.c.team_id == team_id)
+        values = {"team_id": team_id, **_limit_values(limits), "updated_at": self._now()}
+        return _upsert(self._engine, table, values)
+
+    def _probe_table(self) -> bool:
+        with self._engine.connect() as connection:
+            return sa.inspect(connection).has_table(_schema.team_limits.name)
 
     def _select_one(self, team_id: uuid.UUID) -> TeamLimits | None:
         if not self._has_table():
@@ -451,6 +497,18 @@ class SQLTeamLimits:
         with self._engine.connect() as connection:
             row = connection.execute(_TEAM_LIMITS, {"team_id": team_id}).mappings().one_or_none()
         return None if row is None else _team_limits_from_row(row)
+
+
+def _upsert(engine: Engine, table: sa.Table, values: Mapping[str, Any]) -> sa.Insert:
+    """Insert ``values`` into ``table``, or update the row with their primary key."""
+    # Both supported dialects spell an upsert the same way, from their own insert().
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    key = [column.name for column in table.primary_key]
+    changed = {name: value for name, value in values.items() if name not in key}
+    statement: sa.Insert = (
+        dialect.insert(table).values(values).on_conflict_do_update(index_elements=key, set_=changed)
+    )
+    return statement
 
 
 def _team_limits_from_row(row: sa.RowMapping) -> TeamLimits:
@@ -644,9 +702,6 @@ class SQLMembershipStore:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        # Both supported dialects spell an upsert the same way, from their own insert().
-        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-        self._insert = dialect.insert
         # Run on every request with a device key: on the driver's cursor.
         self._role = DriverSelect(engine, _ROLE)
 
@@ -657,13 +712,8 @@ class SQLMembershipStore:
 
     def set_role(self, team_id: uuid.UUID, user_id: str, role: Role) -> None:
         """Make ``user_id`` a member of ``team_id`` with ``role``, or change their role."""
-        role = Role(role)
-        statement = self._insert(_schema.memberships).values(
-            team_id=team_id, user_id=user_id, role=role.value
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=["team_id", "user_id"], set_={"role": role.value}
-        )
+        values = {"team_id": team_id, "user_id": user_id, "role": Role(role).value}
+        statement = _upsert(self._engine, _schema.memberships, values)
         with self._engine.begin() as connection:
             connection.execute(statement)
 

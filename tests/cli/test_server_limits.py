@@ -5,6 +5,7 @@ and clients that stop reading, under both engines, for real."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -145,15 +146,31 @@ def test_connections_past_the_limit_wait_only_until_the_idle_ones_time_out(
 
 
 def _post_head(served: Served, path: str, length: int, **headers: str) -> bytes:
-    """Send only the head of a POST declaring ``length`` body bytes; return the answer's
-    first bytes (the server answers without waiting for a body it will not take)."""
+    """Send only the head of a POST declaring ``length`` body bytes; return the answer, head
+    and body (the server answers without waiting for a body it will not take)."""
     host, port = served.root.removeprefix("http://").split(":")
     fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     with socket.create_connection((host, int(port)), timeout=20) as sock:
         sock.sendall(
             f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n{fields}\r\n".encode()
         )
-        return sock.recv(65536)
+        # The head and the body may come in separate packets: read until the body is whole.
+        answer = b""
+        while (size := _answer_size(answer)) is None or len(answer) < size:
+            received = sock.recv(65536)
+            if not received:
+                break
+            answer += received
+        return answer
+
+
+def _answer_size(answer: bytes) -> int | None:
+    """The length of the whole answer once its head is in, from its Content-Length."""
+    head, separator, _ = answer.partition(b"\r\n\r\n")
+    if not separator:
+        return None
+    length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+    return len(head) + 4 + (int(length.group(1)) if length else 0)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -3,6 +3,7 @@ store and the command line; a bad value fails at start-up and names its key."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import subprocess
 import sys
@@ -25,7 +26,8 @@ from invoke_middleware.limits import (
 from invoke_middleware.standalone import build_standalone_app
 from invoke_middleware.store import SQLStore
 from tests.cli.conftest import Workspace
-from tests.store.conftest import Backend
+from tests.limits.conftest import run_concurrently
+from tests.store.conftest import Backend, FakeClock
 from tests.toolkit.upstream import RecordingUpstream
 from tests.toolkit.world import TEAM, make_service
 
@@ -213,6 +215,21 @@ def test_caps_below_the_thread_count_pass_without_a_warning(
 
 # -- the SQL store ------------------------------------------------------------------------
 
+#: What a store made before per-service and per-team limits lacks.
+_NO_SERVICE_LIMITS = tuple(
+    f"ALTER TABLE invoke_services DROP COLUMN {column}"
+    for column in ("max_in_flight", "rate_amount", "rate_window")
+)
+_NO_TEAM_LIMITS = ("DROP TABLE invoke_team_limits",)
+
+
+def _execute(url: str, statements: tuple[str, ...]) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        for statement in statements:
+            connection.execute(sa.text(statement))
+    engine.dispose()
+
 
 def test_a_services_limits_round_trip_through_the_store(backend: Backend) -> None:
     store = backend.open_store(service_cache_ttl=0)
@@ -228,11 +245,7 @@ def test_a_store_made_before_limits_keeps_working_and_init_adds_the_columns(
     backend: Backend,
 ) -> None:
     backend.open_store().services.add(make_service("svc", "http://127.0.0.1:9"))
-    engine = sa.create_engine(backend.url)
-    with engine.begin() as connection:
-        for column in ("max_in_flight", "rate_amount", "rate_window"):
-            connection.execute(sa.text(f"ALTER TABLE invoke_services DROP COLUMN {column}"))
-    engine.dispose()
+    _execute(backend.url, _NO_SERVICE_LIMITS)
 
     with SQLStore(backend.url, service_cache_ttl=0) as old:
         service = old.services.get(TEAM, "svc")
@@ -281,10 +294,7 @@ def test_a_store_made_before_team_limits_keeps_working_and_init_adds_the_table(
     backend: Backend,
 ) -> None:
     backend.open_store()
-    engine = sa.create_engine(backend.url)
-    with engine.begin() as connection:
-        connection.execute(sa.text("DROP TABLE invoke_team_limits"))
-    engine.dispose()
+    _execute(backend.url, _NO_TEAM_LIMITS)
 
     with SQLStore(backend.url, service_cache_ttl=0) as old:
         assert old.team_limits.get(TEAM) is None
@@ -294,6 +304,61 @@ def test_a_store_made_before_team_limits_keeps_working_and_init_adds_the_table(
         old.init()
         old.team_limits.set(TEAM, TeamLimits(max_in_flight=2))
         assert old.team_limits.get(TEAM) == TeamLimits(max_in_flight=2)
+
+
+def test_limits_stored_after_an_upgrade_elsewhere_reach_a_running_gateway_within_the_ttl(
+    backend: Backend,
+) -> None:
+    backend.open_store().services.add(make_service("svc", "http://127.0.0.1:9"))
+    _execute(backend.url, _NO_SERVICE_LIMITS + _NO_TEAM_LIMITS)
+    clock = FakeClock()
+
+    with SQLStore(backend.url, service_cache_ttl=2, clock=clock) as gateway:
+        assert gateway.team_limits.get(TEAM) is None
+        assert gateway.services.get(TEAM, "svc").limits == ServiceLimits()  # type: ignore[union-attr]
+        # The command line, another process: `teams set-limits` and `services set-limits`.
+        with SQLStore(backend.url, service_cache_ttl=0) as cli:
+            cli.init()
+            cli.team_limits.set(TEAM, TeamLimits(max_in_flight=2))
+            cli.services.set_limits(TEAM, "svc", ServiceLimits(max_in_flight=1))
+        clock.advance(2)
+
+        seen = (gateway.team_limits.get(TEAM), gateway.services.get(TEAM, "svc").limits)  # type: ignore[union-attr]
+        assert seen == (TeamLimits(max_in_flight=2), ServiceLimits(max_in_flight=1))
+
+
+def test_an_uncached_limits_lookup_on_an_up_to_date_store_is_one_statement(
+    backend: Backend,
+) -> None:
+    store = backend.open_store(service_cache_ttl=0)
+    store.services.add(make_service("svc", "http://127.0.0.1:9"))
+
+    def look_up() -> None:
+        store.team_limits.get(TEAM)
+        store.services.get(TEAM, "svc")
+
+    look_up()  # the store's own write made it ask about the schema again
+    statements: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    for _ in range(3):
+        look_up()
+    assert len(statements) == 6, statements
+
+
+def test_concurrent_writes_of_one_teams_limits_all_succeed_and_one_is_kept(
+    backend: Backend,
+) -> None:
+    writers = 4
+    stores = [backend.open_store(service_cache_ttl=0) for _ in range(writers)]
+    written = [TeamLimits(max_in_flight=n + 1) for n in range(writers)]
+
+    def write(team: uuid.UUID, n: int) -> None:
+        stores[n].team_limits.set(team, written[n])
+
+    for _ in range(10):  # a lost race shows in some rounds, not in every one
+        team = uuid.uuid4()
+        run_concurrently(writers, functools.partial(write, team))
+        assert stores[0].team_limits.get(team) in written
 
 
 def test_a_teams_stored_limits_take_precedence_over_the_configured_ones() -> None:

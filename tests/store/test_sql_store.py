@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +57,20 @@ def test_a_sqlite_file_runs_in_wal_mode(tmp_path: Path) -> None:
         assert (mode, busy) == ("wal", 5000)
     finally:
         store.close()
+
+
+def test_init_makes_a_new_sqlite_file_the_owners_alone_under_any_umask(tmp_path: Path) -> None:
+    umask = os.umask(0)
+    try:
+        with SQLStore(f"sqlite:///{tmp_path}/store.db") as store:
+            store.init()
+            store.memberships.set_role(TEAM, "alice", Role.ADMIN)
+            # While the store is open, SQLite keeps its -wal and -shm files.
+            modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
+    finally:
+        os.umask(umask)
+    assert set(modes) == {"store.db", "store.db-wal", "store.db-shm"}
+    assert modes == dict.fromkeys(modes, 0o600)
 
 
 def test_an_in_memory_sqlite_store_is_one_database_for_every_thread() -> None:
