@@ -8,6 +8,11 @@ import ssl
 #: Anything that names a CA bundle file (PEM).
 CABundle = str | os.PathLike[str]
 
+#: The most data one TLS record carries (RFC 8446 §5.1): the most one send over TLS is given.
+#: A TLS send returns only once all it was given is written, so its timeout bounds the whole
+#: piece; a record at a time, it bounds each wait, as on a plain connection.
+TLS_RECORD = 16384
+
 
 def create_ssl_context(ca_bundle: CABundle | None = None) -> ssl.SSLContext:
     """A client context that verifies the server's certificate and host name.

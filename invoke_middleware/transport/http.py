@@ -41,7 +41,7 @@ from ..errors import (
 from ..headers import TOKEN_PATTERN, UNSAFE_TARGET_PATTERN, UNSAFE_VALUE_PATTERN, is_token
 from ._origin import Origin, split_url
 from ._response import HEAD_END, MAX_FIELDS, MAX_HEAD, MAX_LINE, ResponseHead, parse_head
-from ._tls import CABundle, resolve_ssl_context
+from ._tls import TLS_RECORD, CABundle, resolve_ssl_context
 from .base import Closeable, UpstreamRequest, UpstreamResponse
 
 __all__ = ["HTTPTransport"]
@@ -52,8 +52,6 @@ _PoolKey = tuple[str | None, str, str, int]
 
 #: Largest piece handed out per read; a chunk is returned as soon as any bytes arrived.
 _READ_SIZE = 65536
-#: The most data one TLS record carries (RFC 8446 §5.1); see _HTTPSConnection.send_size.
-_TLS_RECORD = 16384
 #: A chunk's size line (RFC 9112 §7.1): hex digits, then extensions, which are dropped.
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?")
 _LINE_END = re.compile(rb"\n")
@@ -222,7 +220,7 @@ class _Exchange:
         # needs the connection's send size: that look-up is measurable on every request.
         size = len(head)
         sent = self._sock.send(
-            head if size <= _TLS_RECORD else memoryview(head)[: self._connection.send_size]
+            head if size <= TLS_RECORD else memoryview(head)[: self._connection.send_size]
         )
         if sent != size or body or stream is not None:
             self.stage = _WRITING_BODY
@@ -725,7 +723,7 @@ class _HTTPSConnection(_HTTPConnection, http.client.HTTPSConnection):
     # One TLS record per send. A send takes all it is given or fails without saying how much
     # went out, but a record cut short cannot be read: when the first send fails, the
     # upstream has seen nothing of the request.
-    send_size = _TLS_RECORD
+    send_size = TLS_RECORD
 
     def __init__(self, host: str, port: int, *, timeout: float | None, context: ssl.SSLContext):
         super().__init__(host, port, timeout=timeout, context=context)

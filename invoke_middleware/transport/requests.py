@@ -17,7 +17,16 @@ the adapter directly, so the session's default headers (``User-Agent``, ``Accept
 ``REQUESTS_CA_BUNDLE``) play no part. The path and query are sent as given, never re-quoted.
 
 Repeated request header fields are sent as separate fields; response fields come back with
-repeats kept, grouped by name in order of first appearance (urllib3 keeps them that way).
+repeats kept, grouped by name in order of first appearance (urllib3 keeps them that way),
+except a ``Content-Length`` that ``Transfer-Encoding`` overrides (RFC 9112 §6.3), which
+urllib3 would take for the body's length.
+
+The guarantees :mod:`http.client` and urllib3 do not give are added on the connection, so
+that they hold as in :class:`~invoke_middleware.transport.http.HTTPTransport`
+(docs/contract.md §8, §11.2): the response head goes through the same parser, interim ``1xx``
+heads are skipped and count with the final one against the same 256 KiB limit; every receive
+and every send waits at most the read timeout and never past the total; over TLS, a body
+delimited by the close is whole only when the close carries ``close_notify``.
 
 Connections are never shared between tenants (see :mod:`invoke_middleware.transport.base`):
 each tenant sends through a twin of the session's adapter with a connection pool of its own,
@@ -32,13 +41,14 @@ from __future__ import annotations
 
 import functools
 import http.client
+import io
 import socket
 import ssl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from typing import Any, cast
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 import requests
 import requests.adapters
@@ -51,14 +61,19 @@ from urllib3.util import SKIP_HEADER
 
 from ..errors import (
     GatewayError,
+    InvalidRequestError,
     UpstreamError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
-from ..headers import Headers
+from ..headers import UNSAFE_TARGET_PATTERN, Headers
 from ._origin import split_url
-from ._tls import CABundle
-from .base import Closeable, UpstreamRequest, UpstreamResponse
+from ._response import MAX_HEAD, ResponseHead, parse_head
+from ._tls import TLS_RECORD, CABundle
+from .base import Closeable, Timeouts, UpstreamRequest, UpstreamResponse
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 __all__ = ["RequestsTransport"]
 
@@ -75,6 +90,10 @@ _FOREIGN_ERRORS = (
     http.client.HTTPException,
     OSError,
 )
+
+#: How a send or the wait for the head fails when the peer closed the connection. A TLS peer
+#: that closes without close_notify reads as SSLEOFError (see CheckedConnection.connect).
+_PEER_CLOSED = (ConnectionError, ssl.SSLEOFError)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -95,7 +114,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         pending.append(current.__context__)
 
 
-def _translate(exc: BaseException) -> GatewayError:
+def _translate(exc: BaseException, *, reading_body: bool = False) -> GatewayError:
     """The one place where requests, urllib3 and socket errors become the gateway's errors."""
     causes = list(_chain(exc))
     if any(isinstance(c, urllib3.exceptions.NewConnectionError) for c in causes):
@@ -104,7 +123,13 @@ def _translate(exc: BaseException) -> GatewayError:
     timeouts = (TimeoutError, urllib3.exceptions.TimeoutError, requests.Timeout)
     if any(isinstance(c, timeouts) for c in causes):
         return UpstreamTimeoutError()
-    if any(isinstance(c, http.client.IncompleteRead) for c in causes):
+    ended_early: tuple[type[Exception], ...] = (http.client.IncompleteRead,)
+    if reading_body:
+        # RFC 9112 §9.8: a TLS close without close_notify (SSLEOFError) may be a cut anyone on
+        # the path can make, as HTTPTransport reads it; before the body it is a connection
+        # that failed.
+        ended_early += (ssl.SSLEOFError,)
+    if any(isinstance(c, ended_early) for c in causes):
         return UpstreamError("The service's response ended early.")
     # requests' own exceptions derive from OSError too; only the underlying ones count.
     if any(isinstance(c, OSError) and not isinstance(c, requests.RequestException) for c in causes):
@@ -114,31 +139,167 @@ def _translate(exc: BaseException) -> GatewayError:
 
 
 def _peer_closed_before_answering(exc: BaseException) -> bool:
+    causes = list(_chain(exc))
     return any(
-        isinstance(c, ConnectionError) and not isinstance(c, ConnectionRefusedError)
-        for c in _chain(exc)
-    ) and not any(isinstance(c, TimeoutError) for c in _chain(exc))
+        isinstance(c, _PEER_CLOSED) and not isinstance(c, ConnectionRefusedError) for c in causes
+    ) and not any(isinstance(c, TimeoutError) for c in causes)
+
+
+class _Wire(urllib3.Timeout):
+    """One request's timeouts as urllib3 takes them, with what urllib3 has no setting for: the
+    instant the total runs out (``deadline``), and the request target exactly as written.
+
+    A :class:`urllib3.Timeout` because that is the one object requests and urllib3 hand down
+    to the connection pool unchanged (urllib3 copies it with :meth:`clone`); the pool gives it
+    to the connection for the length of the exchange (see :func:`_checked_pool_class`).
+    """
+
+    def __init__(self, timeouts: Timeouts, *, deadline: float | None, target: str) -> None:
+        super().__init__(connect=timeouts.connect, read=timeouts.read)
+        self.timeouts = timeouts
+        self.deadline = deadline
+        self.target = target
+
+    def clone(self) -> _Wire:
+        return _Wire(self.timeouts, deadline=self.deadline, target=self.target)
+
+    def arm(self, sock: socket.socket) -> None:
+        """Set the timeout of the next wait on ``sock``: the read timeout, capped by what is
+        left of the total; raise :class:`TimeoutError` once the total is spent.
+
+        Called before every receive and send: urllib3 sets one timeout per phase, which
+        bounds each wait but not their sum, so an upstream sending (or taking) a byte within
+        each read timeout would hold the thread as long as it liked.
+        """
+        wait = self.timeouts.read
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            if wait is None or left < wait:
+                wait = left
+        # settimeout is a system call; on a kept-alive connection the timeout is mostly set.
+        if sock.gettimeout() != wait:
+            sock.settimeout(wait)
+
+
+class _TimedReader(io.RawIOBase):
+    """The socket's bytes for one response, each wait for them bounded by the request's
+    deadline (:meth:`_Wire.arm`)."""
+
+    def __init__(self, sock: socket.socket, wire: _Wire) -> None:
+        super().__init__()
+        self._sock = sock
+        # Through makefile(), which keeps the socket open until this file closes, even once
+        # http.client has closed the connection (a response that ends at the close).
+        self._file = sock.makefile("rb", buffering=0)
+        self._wire = wire
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        self._wire.arm(self._sock)
+        return self._file.readinto(buffer)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class _Response(http.client.HTTPResponse):
+    """http.client's response, read within the request's deadline, its head read as
+    HTTPTransport reads it (:func:`_read_final_head`).
+
+    The fields urllib3 is given leave out a ``Content-Length`` that does not frame the body
+    (one beside ``Transfer-Encoding``): urllib3 would stop reading there, or warn in the log
+    on every such response.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        debuglevel: int = 0,
+        method: str | None = None,
+        url: str | None = None,
+        *,
+        wire: _Wire | None,
+    ) -> None:
+        super().__init__(sock, debuglevel, method, url)
+        self._request_method = method or ""
+        if wire is not None:
+            # http.client's own file, replaced by one whose every read keeps the deadline.
+            self.fp.close()
+            self.fp = io.BufferedReader(_TimedReader(sock, wire))
+
+    def begin(self) -> None:
+        if self.headers is not None:
+            return  # already read (http.client guards this too)
+        data, head = _read_final_head(self.fp, self._request_method)
+        self.version = 10 if data.startswith(b"HTTP/1.0") else 11
+        self.status = head.status
+        self.reason = head.reason
+        message = http.client.HTTPMessage()
+        for name, value in head.fields:
+            if head.length is not None or name.lower() != "content-length":
+                message[name] = value
+        self.headers = self.msg = message
+        self.chunked = head.chunked
+        self.chunk_left = None
+        self.length = head.length
+        self.will_close = head.will_close
+
+
+def _read_final_head(file: io.BufferedReader, method: str) -> tuple[bytes, ResponseHead]:
+    """The final response's head (its bytes and what they say), read from ``file``.
+
+    Interim responses (1xx other than 101) are skipped (docs/contract.md §11.2): http.client
+    skips only ``100``, so a ``103 Early Hints`` would pass for the answer. Every head read
+    counts against ``MAX_HEAD`` together, as in HTTPTransport: an upstream that streams
+    interim responses, or a head of a hundred 64 KiB lines (each within http.client's own
+    limits), is refused once they fill it.
+    """
+    left = MAX_HEAD
+    while True:
+        data, left = _read_head(file, left)
+        head = parse_head(data, method)
+        if not head.interim:
+            return data, head
+
+
+def _read_head(file: io.BufferedReader, left: int) -> tuple[bytes, int]:
+    """One head, up to the blank line that ends it (not included), and what is left of
+    ``left`` bytes after it. A bare LF ends a line too (RFC 9112 §2.2)."""
+    lines: list[bytes] = []
+    while True:
+        line = file.readline(left + 1)
+        if not line:
+            # Said as http.client says it, a ConnectionError: most often a kept-alive
+            # connection the peer closed while idle, whose request may go again (see
+            # _peer_closed_before_answering), as in HTTPTransport.
+            raise http.client.RemoteDisconnected("The service closed the connection.")
+        left -= len(line)
+        if left < 0:
+            raise UpstreamError("The service's response head is too large.")
+        if lines and line in (b"\r\n", b"\n"):
+            head = b"".join(lines)
+            return head[: -2 if head.endswith(b"\r\n") else -1], left
+        lines.append(line)
 
 
 class _Exchange:
     """One response being read from urllib3: chunks as they arrive, then release."""
 
-    __slots__ = ("_deadline", "_read", "_response", "_sock", "done")
+    __slots__ = ("_response", "done")
 
-    def __init__(
-        self, response: requests.Response, *, read: float | None, deadline: float | None
-    ) -> None:
+    def __init__(self, response: requests.Response) -> None:
         self._response = response
-        self._read = read
-        self._deadline = deadline
-        self._sock = _socket_of(response.raw)
         self.done = False
 
     def chunks(self) -> Iterator[bytes]:
         raw = self._response.raw
         try:
             while not self.done:
-                self._arm()
                 chunk = raw.read1(_READ_SIZE, decode_content=False)
                 if not chunk:
                     self.done = True
@@ -146,24 +307,9 @@ class _Exchange:
                     return
                 yield chunk
         except _FOREIGN_ERRORS as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, reading_body=True) from exc
         finally:
             self.close()
-
-    def _arm(self) -> None:
-        if self._deadline is None:
-            return
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise UpstreamTimeoutError()
-        if self._sock is not None:
-            read = self._read
-            try:
-                self._sock.settimeout(remaining if read is None or remaining < read else read)
-            except OSError:
-                # The rest of the body is already buffered and the socket gone; the
-                # deadline is still checked before each chunk.
-                self._sock = None
 
     def close(self) -> None:
         if not self.done:
@@ -171,23 +317,17 @@ class _Exchange:
             self._response.close()
 
 
-def _socket_of(raw: Any) -> socket.socket | None:
-    """The socket under a urllib3 response, to bound each read by the total deadline."""
-    sock = getattr(getattr(raw, "connection", None), "sock", None)
-    if sock is None:
-        # http.client hands the socket to a response that closes the connection.
-        reader = getattr(getattr(raw, "_fp", None), "fp", None)
-        sock = getattr(getattr(reader, "raw", None), "_sock", None)
-    return sock if isinstance(sock, socket.socket) else None
-
-
 @functools.cache
 def _checked_connection_class(
     base: type[urllib3.connection.HTTPConnection],
 ) -> type[urllib3.connection.HTTPConnection]:
-    """``base``, whose idle-connection check also looks at bytes the TLS layer holds."""
+    """``base``, whose idle-connection check also looks at bytes the TLS layer holds, and which
+    sends and reads each request as its :class:`_Wire` says."""
 
     class CheckedConnection(base):  # type: ignore[valid-type,misc]
+        #: The request under way, set by the pool for the length of its exchange.
+        wire: _Wire | None = None
+
         @property
         def is_connected(self) -> bool:
             sock = self.sock
@@ -197,6 +337,43 @@ def _checked_connection_class(
                 return False
             return bool(super().is_connected)
 
+        @property
+        def response_class(self) -> Callable[..., _Response]:
+            # http.client makes the response as response_class(sock, method=...).
+            return functools.partial(_Response, wire=self.wire)
+
+        def connect(self) -> None:
+            super().connect()
+            sock = self.sock
+            if isinstance(sock, ssl.SSLSocket):
+                # RFC 9112 §9.8: a body delimited by the close is complete only if the close
+                # carries TLS close_notify. urllib3 wraps with suppress_ragged_eofs, which
+                # reads a bare TCP close as a clean end: a truncated body would pass for whole.
+                # The socket reads the attribute on every read (typeshed does not list it).
+                cast(Any, sock).suppress_ragged_eofs = False
+
+        def putrequest(self, method: str, url: str, *args: Any, **kwargs: Any) -> None:
+            # urllib3 re-quotes the target it is given (escapes upper-cased, " { } | ^ and
+            # others encoded), which breaks a signed URL: the target goes out as written.
+            wire = self.wire
+            super().putrequest(method, url if wire is None else wire.target, *args, **kwargs)
+
+        def send(self, data: ReadableBuffer) -> None:
+            """Write ``data`` whole, re-arming the deadline before each send (``sendall``
+            would let an upstream that takes a little within each timeout hold it)."""
+            wire = self.wire
+            if wire is None:
+                super().send(data)
+                return
+            if self.sock is None:
+                self.connect()  # as http.client's send does
+            sock = self.sock
+            view = memoryview(data)
+            size = TLS_RECORD if isinstance(sock, ssl.SSLSocket) else len(view)
+            while view:
+                wire.arm(sock)
+                view = view[sock.send(view[:size]) :]
+
     CheckedConnection.__name__ = CheckedConnection.__qualname__ = "Checked" + base.__name__
     return CheckedConnection
 
@@ -205,8 +382,24 @@ def _checked_connection_class(
 def _checked_pool_class(
     base: type[urllib3.connectionpool.HTTPConnectionPool],
 ) -> type[urllib3.connectionpool.HTTPConnectionPool]:
-    connection_class = _checked_connection_class(base.ConnectionCls)
-    return type("Checked" + base.__name__, (base,), {"ConnectionCls": connection_class})
+    """``base``, whose connections are :func:`_checked_connection_class` and are told the
+    :class:`_Wire` of the request they carry."""
+
+    class CheckedPool(base):  # type: ignore[valid-type,misc]
+        ConnectionCls = _checked_connection_class(base.ConnectionCls)
+
+        def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+            # Where urllib3 holds both the connection and the request's timeout, its _Wire.
+            wire = kwargs.get("timeout")
+            conn.wire = wire if isinstance(wire, _Wire) else None
+            try:
+                return super()._make_request(conn, *args, **kwargs)
+            finally:
+                # The response keeps its own (see CheckedConnection.response_class).
+                conn.wire = None
+
+    CheckedPool.__name__ = CheckedPool.__qualname__ = "Checked" + base.__name__
+    return CheckedPool
 
 
 def _twin(adapter: requests.adapters.HTTPAdapter) -> requests.adapters.HTTPAdapter:
@@ -282,17 +475,20 @@ class RequestsTransport(Closeable):
     def send(self, request: UpstreamRequest) -> UpstreamResponse:
         """Send ``request``; return once the status and headers arrived."""
         started = time.monotonic()
-        prepared = self._prepare(request)
+        origin, target = split_url(request.url)
+        # Sent as written (see CheckedConnection.putrequest): nothing that could split the
+        # request may reach the wire, and http.client writes the request line in ASCII.
+        if not target.isascii() or UNSAFE_TARGET_PATTERN.search(target):
+            raise InvalidRequestError("The request cannot be sent.")
+        prepared = self._prepare(request, origin.scheme, origin.host_header, target)
         adapter = self._adapters.get(
             self._session.get_adapter(prepared.url or request.url), request.tenant
         )
         timeouts = request.timeouts
-        read = timeouts.read
-        if timeouts.total is not None and (read is None or timeouts.total < read):
-            read = timeouts.total
+        deadline = None if timeouts.total is None else started + timeouts.total
         send_args: dict[str, Any] = {
             "stream": True,
-            "timeout": (timeouts.connect, read),
+            "timeout": _Wire(timeouts, deadline=deadline, target=target),
             "verify": self._verify,
             "cert": self._session.cert,
             "proxies": dict(self._session.proxies),
@@ -308,19 +504,13 @@ class RequestsTransport(Closeable):
                 reused and request.may_retry_after_close and _peer_closed_before_answering(exc)
             ):
                 raise _translate(exc) from exc
+            prepared = self._prepare(request, origin.scheme, origin.host_header, target)
             try:
-                response = adapter.send(self._prepare(request), **send_args)
+                response = adapter.send(prepared, **send_args)
             except _FOREIGN_ERRORS as retry_exc:
                 raise _translate(retry_exc) from retry_exc
         raw = response.raw
-        if 100 <= raw.status < 200 and raw.status != 101:
-            # urllib3 (like http.client) skips only 100 Continue: a 103 Early Hints would pass
-            # for the final response, with the real one left on the pooled connection to
-            # answer the next request. Closing discards that connection.
-            response.close()
-            raise UpstreamError("The service sent an interim response.")
-        deadline = None if timeouts.total is None else started + timeouts.total
-        exchange = _Exchange(response, read=timeouts.read, deadline=deadline)
+        exchange = _Exchange(response)
         length = raw.length_remaining
         if length == 0:
             exchange.done = True
@@ -343,10 +533,11 @@ class RequestsTransport(Closeable):
         if self._owns_session:
             self._session.close()
 
-    def _prepare(self, request: UpstreamRequest) -> requests.PreparedRequest:
-        origin, target = split_url(request.url)
+    def _prepare(
+        self, request: UpstreamRequest, scheme: str, host_header: str, target: str
+    ) -> requests.PreparedRequest:
         headers = urllib3.HTTPHeaderDict()
-        headers.add("Host", origin.host_header)
+        headers.add("Host", host_header)
         for name, value in request.headers:
             headers.add(name, value)
         # urllib3 adds these unless told to skip them; the contract adds nothing.
@@ -364,7 +555,7 @@ class RequestsTransport(Closeable):
         # Set directly: PreparedRequest.prepare_url() would re-quote the path. Rebuilt from
         # the origin, so that urllib3 looks up and checks in TLS the very name Host carries
         # (the A-label of an internationalised name) instead of encoding the name itself.
-        prepared.url = f"{origin.scheme}://{origin.host_header}{target}"
+        prepared.url = f"{scheme}://{host_header}{target}"
         # Without Content-Length the adapter asks urllib3 for chunked coding.
         prepared.headers = cast(Any, headers)
         prepared.body = cast(Any, body)

@@ -29,6 +29,21 @@ each counted in ``heads_read`` and each closing the connection:
 - ``/trickle?size=S&every=E``: reads ``S`` bytes of the body (8 KiB) every ``E`` seconds
   (0.05), for a few seconds at most.
 
+And answers that a lenient client reads differently from the gateway's transports:
+
+- ``/interim?status=S&count=N&padding=P``: ``N`` interim responses (default one) of status
+  ``S``, each with ``P`` bytes of fields, then ``ok``;
+- ``/large-head?padding=P``: ``ok`` under a head with ``P`` bytes of fields, each line
+  within the 64 KiB that :mod:`http.client` allows one line;
+- ``/until-close?notify=1``: ``hello``, delimited by the close; over TLS the close carries
+  ``close_notify`` only with ``notify=1`` (Python's ``close()`` sends none).
+
+And three answers that never end, each a few bytes every 50 ms, for a few seconds at most:
+
+- ``/drip-head``: a status line, then one field after another;
+- ``/drip-interim``: ``100 Continue`` after ``100 Continue``;
+- ``/drip-trailers``: a chunked ``ok``, then one trailer field after another.
+
 Pass ``receive_buffer`` (bytes) to shrink the upstream's receive buffer, so that a body
 waits on the sending side as soon as the upstream stops reading it.
 """
@@ -166,6 +181,65 @@ class HostileUpstream(RawUpstream):
             if not connection.reader.read1(size):
                 break
         return False
+
+    def _handle_interim(self, connection: _Connection, method: str, params: dict[str, str]) -> bool:
+        status = params.get("status", "103")
+        interim = f"HTTP/1.1 {status} Interim\r\n".encode() + _padding(
+            int(params.get("padding", "0"))
+        )
+        connection.sock.sendall((interim + b"\r\n") * int(params.get("count", "1")))
+        return self._respond(connection, method, "200 OK", [], b"ok")
+
+    def _handle_large_head(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        padding = _padding(int(params["padding"]))
+        connection.sock.sendall(b"HTTP/1.1 200 OK\r\n" + padding + b"Content-Length: 2\r\n\r\nok")
+        return True
+
+    def _handle_until_close(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        sock = connection.sock
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello")
+        if params.get("notify") == "1" and isinstance(sock, ssl.SSLSocket):
+            # Sends close_notify, then waits for the client's, or for its close.
+            with contextlib.suppress(OSError):
+                sock.unwrap()
+        return False
+
+    def _drip(self, connection: _Connection, first: bytes, repeated: bytes) -> bool:
+        connection.sock.sendall(first)
+        until = time.monotonic() + _HOLD
+        while time.monotonic() < until and not self._stop.wait(_LATE):
+            connection.sock.sendall(repeated)
+        return False
+
+    def _handle_drip_head(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        return self._drip(connection, b"HTTP/1.1 200 OK\r\n", b"X-Drip: 1\r\n")
+
+    def _handle_drip_interim(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+        return self._drip(connection, interim, interim)
+
+    def _handle_drip_trailers(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+        return self._drip(connection, head, b"X-Trailer: 1\r\n")
+
+
+def _padding(size: int) -> bytes:
+    """Header fields of ``size`` bytes in all, none of them over 60,000."""
+    lines = []
+    for number, start in enumerate(range(0, size, 60000)):
+        name = b"X-Pad-%d: " % number
+        lines.append(name + b"a" * max(min(size - start, 60000) - len(name) - 2, 0) + b"\r\n")
+    return b"".join(lines)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from invoke_middleware.transport import Timeouts, Transport
 from tests.upstreams import RawUpstream, ReceivedRequest
 
 from ._helpers import drain, fetch, send, values
+from ._hostile import HostileUpstream, serve_hostile
 
 
 def _received(transport: Transport, upstream: RawUpstream, **options: object) -> ReceivedRequest:
@@ -32,6 +33,14 @@ def _stream(*pieces: bytes) -> Iterator[bytes]:
     yield from pieces
 
 
+@pytest.fixture
+def hostile() -> Iterator[HostileUpstream]:
+    """An upstream that answers the way no well-behaved one does; a body it does not read
+    waits on the sending side at once."""
+    with serve_hostile(receive_buffer=8192) as upstream:
+        yield upstream
+
+
 def test_request_carries_exactly_the_given_fields_plus_host(
     wire: Transport, raw_upstream: RawUpstream
 ) -> None:
@@ -44,10 +53,21 @@ def test_request_carries_exactly_the_given_fields_plus_host(
     assert [v for n, v in received.headers if n == "X-One"] == ["1", "2"]
 
 
-def test_path_and_query_are_sent_as_written(wire: Transport, raw_upstream: RawUpstream) -> None:
-    received = _received(wire, raw_upstream, target="/echo?a=%2F&b=%7E&c=x+y&d")
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("/echo?a=%2F&b=%7E&c=x+y&d", id="escapes"),
+        # A signed URL is signed as written: lower-case escapes and the characters a query
+        # may carry unencoded must reach the upstream unchanged.
+        pytest.param('/echo?filter={"a":1}|x^y`z<q>&sig=ab%2fcd%7e&e=%e2%82%ac', id="signed-query"),
+    ],
+)
+def test_path_and_query_are_sent_as_written(
+    wire: Transport, raw_upstream: RawUpstream, target: str
+) -> None:
+    received = _received(wire, raw_upstream, target=target)
 
-    assert received.request_line == "GET /echo?a=%2F&b=%7E&c=x+y&d HTTP/1.1"
+    assert received.request_line == f"GET {target} HTTP/1.1"
 
 
 @pytest.mark.parametrize(
@@ -189,6 +209,90 @@ def test_total_deadline_stops_a_body_that_keeps_dripping(
 
     with pytest.raises(UpstreamTimeoutError):
         drain(response)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("/drip-head", id="head"),
+        pytest.param("/drip-interim", id="interim-responses"),
+        pytest.param("/drip-trailers", id="trailers"),
+    ],
+)
+def test_total_deadline_stops_an_answer_that_keeps_dripping(
+    wire: Transport, hostile: HostileUpstream, target: str
+) -> None:
+    # A few bytes come well within each read timeout, for seconds: only the total can stop
+    # them, whichever part of the answer they belong to.
+    timeouts = Timeouts(connect=2.0, read=1.0, total=1.0)
+    started = time.monotonic()
+
+    with pytest.raises(UpstreamTimeoutError):
+        drain(send(wire, "GET", hostile.url + target, timeouts=timeouts))
+
+    assert time.monotonic() - started < 3.0  # the upstream drips for 5 s
+
+
+def test_total_deadline_stops_an_upload_the_upstream_reads_slowly(
+    wire: Transport, hostile: HostileUpstream
+) -> None:
+    # The upstream takes 8 KiB every 50 ms, each piece well within the read timeout.
+    pieces = (bytes(65536) for _ in range(256))
+    timeouts = Timeouts(connect=2.0, read=0.5, total=1.0)
+    started = time.monotonic()
+
+    with pytest.raises(UpstreamTimeoutError):
+        send(wire, "POST", hostile.url + "/trickle", body=pieces, timeouts=timeouts)
+
+    assert time.monotonic() - started < 3.0  # the upstream would keep reading for 5 s
+
+
+@pytest.mark.parametrize(
+    "status", [pytest.param(103, id="early-hints"), pytest.param(102, id="processing")]
+)
+def test_interim_responses_are_skipped_on_the_same_connection(
+    wire: Transport, hostile: HostileUpstream, status: int
+) -> None:
+    response, body = fetch(wire, "GET", f"{hostile.url}/interim?status={status}")
+    # The connection is kept: the next request gets its own answer on it.
+    _, next_body = fetch(wire, "GET", hostile.url + "/say?word=next")
+
+    assert (response.status, body, next_body) == (200, b"ok", b"next")
+    assert hostile.connections_accepted == 1
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("/large-head?padding=200000", id="head"),
+        pytest.param("/interim?status=103&count=2&padding=100000", id="interim-heads"),
+    ],
+)
+def test_heads_within_the_head_limit_are_read_whole(
+    wire: Transport, hostile: HostileUpstream, target: str
+) -> None:
+    response, body = fetch(wire, "GET", hostile.url + target)
+
+    assert (response.status, body) == (200, b"ok")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        # Five 60 KB lines: each within what http.client allows a line.
+        pytest.param("/large-head?padding=300000", id="head"),
+        # Each of the two is within the limit of one head; together they are over it.
+        pytest.param("/interim?status=100&count=2&padding=180000", id="interim-heads"),
+        pytest.param("/interim?status=100&count=20000", id="endless-interim-responses"),
+    ],
+)
+def test_heads_over_the_head_limit_are_an_upstream_error(
+    wire: Transport, hostile: HostileUpstream, target: str
+) -> None:
+    with pytest.raises(UpstreamError) as raised:
+        send(wire, "GET", hostile.url + target)
+
+    assert raised.value.code == "upstream_error"
 
 
 @pytest.mark.parametrize(
