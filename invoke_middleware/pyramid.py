@@ -1,7 +1,8 @@
 """Pyramid integration: ``config.include("invoke_middleware.pyramid")``.
 
 The include reads the ``invoke.*`` settings (the app's ini section; see
-:mod:`invoke_middleware.config` for the table) and adds a tween at the top of the chain::
+:mod:`invoke_middleware.config` for the table) and answers runtime requests before Pyramid
+handles them::
 
     [app:main]
     use = egg:myapp
@@ -15,15 +16,21 @@ The include reads the ``invoke.*`` settings (the app's ini section; see
             ...
             return config.make_wsgi_app()
 
-Why a tween: an include cannot wrap the WSGI app that ``make_wsgi_app`` returns, and the tween
-placed just under ``INGRESS`` comes first, before Pyramid's request handling: runtime requests
-never meet routes, ``NewRequest`` subscribers, views, exception views or other tweens, and every
-other request goes on to the next handler as the same request object, untouched. A runtime
-request is answered by the WSGI middleware itself, on the same environ; its response keeps the
-middleware's streamed body as ``app_iter`` and is written out exactly as produced (a plain
-WebOb response would make a relative ``Location`` absolute). Settings are checked by the include
-itself, so a bad one fails ``config.include`` and names the key; the middleware is built when
-the app is made, and :func:`get_middleware` returns it (``.credentials``, ``.memberships``,
+Why an execution policy: an include cannot wrap the WSGI app that ``make_wsgi_app`` returns,
+and a tween, wherever it is placed, runs under the tweens the host adds later and before
+``NewResponse`` subscribers. Pyramid's router hands the bare environ to its execution policy
+first, before it makes a request: for a runtime path, :class:`InvokeExecutionPolicy` returns the
+WSGI middleware, which the router then calls on the same environ. Runtime requests never meet
+Pyramid's request object, routes, subscribers, views, exception views or tweens; their bodies
+stream both ways, and their responses are written out exactly as the middleware made them.
+Every other environ goes to the execution policy the host set (Pyramid's default otherwise),
+untouched, whether the host sets it before or after the include; it must be set in the same
+commit, and ``make_wsgi_app`` raises :class:`~pyramid.exceptions.ConfigurationError` when a
+later commit replaced the gateway's policy.
+
+Settings are checked by the include itself, so a bad one fails ``config.include`` and names the
+key; the middleware is built when the app is made (before the host's ``ApplicationCreated``
+subscribers run), and :func:`get_middleware` returns it (``.credentials``, ``.memberships``,
 ``.registry``).
 
 To wrap the whole Pyramid app instead, use the PasteDeploy filter (:mod:`invoke_middleware.paste`)
@@ -32,25 +39,33 @@ or ``InvokeMiddleware(config.make_wsgi_app(), ...)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Unpack
 
+from pyramid.exceptions import ConfigurationError  # type: ignore[import-untyped]
 from pyramid.httpexceptions import HTTPNotFound  # type: ignore[import-untyped]
-from pyramid.response import Response  # type: ignore[import-untyped]
-from pyramid.tweens import INGRESS  # type: ignore[import-untyped]
+from pyramid.interfaces import (  # type: ignore[import-untyped]
+    PHASE0_CONFIG,
+    PHASE3_CONFIG,
+    IApplicationCreated,
+    IExecutionPolicy,
+)
+from pyramid.router import default_execution_policy  # type: ignore[import-untyped]
 
 from invoke_middleware.config import Collaborators, MiddlewareConfig, parse_settings
 from invoke_middleware.middleware import InvokeMiddleware
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from collections.abc import Callable
+
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
+
+    #: Pyramid's ``IExecutionPolicy``: the environ and the router in, a WSGI callable out.
+    ExecutionPolicy = Callable[[WSGIEnvironment, Any], WSGIApplication]
 
 __all__ = [
-    "InvokeTween",
-    "RelayedResponse",
+    "InvokeExecutionPolicy",
     "get_middleware",
     "includeme",
-    "invoke_tween_factory",
     "set_invoke_collaborators",
 ]
 
@@ -58,17 +73,30 @@ _CONFIG_KEY = "invoke_middleware.config"
 _COLLABORATORS_KEY = "invoke_middleware.collaborators"
 _MIDDLEWARE_KEY = "invoke_middleware.middleware"
 
+# ``config.set_execution_policy`` (and includes such as pyramid_retry, which call it from a
+# PHASE1 action) registers at PHASE3_CONFIG; a later order sees the policy the host ends with,
+# whether it was set before or after the include. The discriminator is the gateway's own: one
+# on IExecutionPolicy would conflict with the host's policy, or be overridden by it.
+_AFTER_HOST_POLICIES = PHASE3_CONFIG + 1
+_POLICY_DISCRIMINATOR = "invoke_middleware.pyramid: execution policy"
+
 
 def includeme(config: Any) -> None:
-    """Read and check the ``invoke.*`` settings; add the tween and the
+    """Read and check the ``invoke.*`` settings; install :class:`InvokeExecutionPolicy` and the
     ``config.set_invoke_collaborators(...)`` directive.
 
     Raises :class:`~invoke_middleware.config.ConfigError` naming the bad setting.
     """
-    config.registry[_CONFIG_KEY] = parse_settings(config.get_settings())
-    config.registry[_COLLABORATORS_KEY] = {}
+    registry = config.registry
+    registry[_CONFIG_KEY] = parse_settings(config.get_settings())
+    registry[_COLLABORATORS_KEY] = {}
     config.add_directive("set_invoke_collaborators", set_invoke_collaborators)
-    config.add_tween("invoke_middleware.pyramid.invoke_tween_factory", under=INGRESS)
+    # Subscribers are called in the order they were registered: an early phase puts this one
+    # before the host's, so that theirs can call get_middleware.
+    config.action(None, _subscribe_to_app_creation, args=(registry,), order=PHASE0_CONFIG)
+    config.action(
+        _POLICY_DISCRIMINATOR, _wrap_execution_policy, args=(registry,), order=_AFTER_HOST_POLICIES
+    )
 
 
 def set_invoke_collaborators(config: Any, **collaborators: Unpack[Collaborators]) -> None:
@@ -88,38 +116,49 @@ def get_middleware(registry: Any) -> InvokeMiddleware:
     return middleware
 
 
-def invoke_tween_factory(handler: Callable[[Any], Any], registry: Any) -> InvokeTween:
-    """The tween factory the include registers (Pyramid calls it in ``make_wsgi_app``)."""
+class InvokeExecutionPolicy:
+    """Pyramid's execution policy with the gateway in front: a runtime environ is answered by
+    the app's middleware before Pyramid makes a request; every other one goes to ``policy``.
+
+    The include installs it around the policy the host set; a host composing policies by hand
+    can wrap its own with it.
+    """
+
+    def __init__(self, policy: ExecutionPolicy = default_execution_policy) -> None:
+        self.policy = policy
+
+    def __call__(self, environ: WSGIEnvironment, router: Any) -> WSGIApplication:
+        middleware = get_middleware(router.registry)
+        # The same test the middleware makes, on the same environ.
+        if middleware.router.match(environ.get("PATH_INFO", "") or "/") is None:
+            return self.policy(environ, router)
+        # The router calls what a policy returns as a WSGI app on this same environ: the
+        # middleware answers it, and its body iterable goes to the server as it is.
+        return middleware
+
+
+def _wrap_execution_policy(registry: Any) -> None:
+    policy = registry.queryUtility(IExecutionPolicy, default=default_execution_policy)
+    registry.registerUtility(InvokeExecutionPolicy(policy), IExecutionPolicy)
+
+
+def _subscribe_to_app_creation(registry: Any) -> None:
+    registry.registerHandler(_build_middleware, (IApplicationCreated,))
+
+
+def _build_middleware(event: Any) -> None:
+    """Build the app's middleware once Pyramid's router exists (``ApplicationCreated``)."""
+    registry = event.app.registry
+    if not isinstance(registry.queryUtility(IExecutionPolicy), InvokeExecutionPolicy):
+        # The router has already taken the policy it will use: runtime requests would reach
+        # Pyramid's request handling, which buffers their bodies.
+        raise ConfigurationError(
+            "invoke_middleware.pyramid: an execution policy was set in a commit after the"
+            " include's; set it before config.include('invoke_middleware.pyramid') or in the"
+            " same commit, and the gateway's policy wraps it"
+        )
     config: MiddlewareConfig = registry[_CONFIG_KEY]
     collaborators: Collaborators = registry[_COLLABORATORS_KEY]
-    # The tween gives the middleware runtime paths only, so the app behind it never sees a
+    # The policy gives the middleware runtime paths only, so the app behind it never sees a
     # request; a plain 404 stands there.
-    middleware = config.build_middleware(HTTPNotFound(), **collaborators)
-    registry[_MIDDLEWARE_KEY] = middleware
-    return InvokeTween(handler, middleware)
-
-
-class InvokeTween:
-    """Answers runtime paths with ``middleware``; hands every other request to ``handler``."""
-
-    def __init__(self, handler: Callable[[Any], Any], middleware: InvokeMiddleware) -> None:
-        self.handler = handler
-        self.middleware = middleware
-
-    def __call__(self, request: Any) -> Any:
-        # The same test the middleware makes, on the same environ.
-        path: str = request.environ.get("PATH_INFO", "") or "/"
-        if self.middleware.router.match(path) is None:
-            return self.handler(request)
-        # WebOb hands back the middleware's own body iterable: nothing is buffered.
-        status, headers, body = request.call_application(self.middleware)
-        return RelayedResponse(status=status, headerlist=headers, app_iter=body)
-
-
-class RelayedResponse(Response):  # type: ignore[misc]
-    """A runtime answer: status, headers and streamed body exactly as the middleware made them."""
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        start_response(self.status, self.headerlist)
-        app_iter: Iterable[bytes] = self.app_iter
-        return app_iter
+    registry[_MIDDLEWARE_KEY] = config.build_middleware(HTTPNotFound(), **collaborators)

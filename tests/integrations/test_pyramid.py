@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import webtest
 from pyramid.config import Configurator
-from pyramid.events import NewRequest
+from pyramid.events import ApplicationCreated, NewRequest, NewResponse
+from pyramid.exceptions import ConfigurationError
+from pyramid.router import default_execution_policy
 from webob import Request
 
 from invoke_middleware import InMemoryServiceRegistry, InvokeMiddleware
@@ -16,6 +18,8 @@ from invoke_middleware.config import ConfigError
 from invoke_middleware.hooks import RelayStarted
 from invoke_middleware.pyramid import get_middleware
 from tests.integrations.helpers import (
+    SLUG,
+    add_pyramid_routes,
     bearer,
     check_invoke,
     check_refused_without_key,
@@ -31,6 +35,15 @@ from tests.toolkit.upstream import MAX_HOLD, RecordingUpstream
 
 PREFIX = "/api/v1"
 SETTINGS = {"invoke.prefix": PREFIX, "pyramid.reload_templates": "false"}
+
+#: Requests the host answers, one of them a near miss of a runtime route.
+HOST_REQUESTS = [
+    pytest.param("GET", "/", id="home"),
+    pytest.param("GET", "/api/v1/profile", id="route-under-the-prefix"),
+    pytest.param("POST", "/api/v1/profile", id="post-with-body"),
+    pytest.param("GET", "/api/v1/r/invokes", id="near-miss-of-a-runtime-route"),
+    pytest.param("GET", "/missing", id="host-404"),
+]
 
 
 @pytest.fixture
@@ -48,6 +61,50 @@ def make_app(routers: list[Any], settings: dict[str, Any] = SETTINGS, **collabor
     return router
 
 
+# --- a host with a tween and subscribers of the usual kinds ----------------------------
+
+HOST_SEEN = "tests.host_seen"
+
+
+def body_reading_tween(handler: Any, registry: Any) -> Any:
+    """A host tween such as an audit or CSRF check: it reads the whole request body."""
+
+    def tween(request: Any) -> Any:
+        registry[HOST_SEEN].append(("tween", request.path, len(request.body)))
+        return handler(request)
+
+    return tween
+
+
+def body_reading_subscriber(event: NewResponse) -> None:
+    """A host ``NewResponse`` subscriber such as an ETag or size logger: it reads the whole
+    response body, and marks the response."""
+    event.request.registry[HOST_SEEN].append(
+        ("new_response", event.request.path, len(event.response.body))
+    )
+    event.response.headers["X-Host-Subscriber"] = "ran"
+
+
+def busy_host(settings: dict[str, Any], *, gateway: bool) -> Any:
+    """The Pyramid host, with the gateway included first when ``gateway``, then a tween in
+    Pyramid's default place and a ``NewResponse`` subscriber; ``registry[HOST_SEEN]`` lists
+    what they saw."""
+    with Configurator(settings=settings) as config:
+        if gateway:
+            config.include("invoke_middleware.pyramid")
+        config.add_tween(f"{__name__}.body_reading_tween")
+        config.add_subscriber(body_reading_subscriber, NewResponse)
+        add_pyramid_routes(config)
+        config.registry[HOST_SEEN] = []
+        return config.make_wsgi_app()
+
+
+def make_busy_app(routers: list[Any], settings: dict[str, Any] = SETTINGS) -> Any:
+    router = busy_host(settings, gateway=True)
+    routers.append(router)
+    return router
+
+
 def test_include_relays_invoke_and_catch_all_to_the_upstream(
     upstream: RecordingUpstream, routers: list[Any]
 ) -> None:
@@ -60,16 +117,7 @@ def test_include_relays_invoke_and_catch_all_to_the_upstream(
     check_refused_without_key(client, PREFIX)
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        pytest.param("GET", "/", id="home"),
-        pytest.param("GET", "/api/v1/profile", id="route-under-the-prefix"),
-        pytest.param("POST", "/api/v1/profile", id="post-with-body"),
-        pytest.param("GET", "/api/v1/r/invokes", id="near-miss-of-a-runtime-route"),
-        pytest.param("GET", "/missing", id="host-404"),
-    ],
-)
+@pytest.mark.parametrize(("method", "path"), HOST_REQUESTS)
 def test_host_routes_answer_exactly_as_without_the_include(
     method: str, path: str, routers: list[Any]
 ) -> None:
@@ -83,10 +131,17 @@ def test_host_routes_answer_exactly_as_without_the_include(
     assert same_response(expected, actual)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(make_app, id="plain-host"),
+        pytest.param(make_busy_app, id="host-with-body-reading-tween-and-subscriber"),
+    ],
+)
 def test_relayed_response_streams_each_chunk_as_the_upstream_sends_it(
-    upstream: RecordingUpstream, routers: list[Any]
+    make: Callable[[list[Any]], Any], upstream: RecordingUpstream, routers: list[Any]
 ) -> None:
-    router = make_app(routers)
+    router = make(routers)
     key = seed(get_middleware(router.registry), upstream.url)
     request = Request.blank(f"{PREFIX}/r/containers/echo/events", headers=bearer(key))
     started: list[str] = []
@@ -142,6 +197,130 @@ def test_runtime_requests_bypass_pyramid_request_handling(
     client.get("/")
 
     assert seen == ["/"]
+
+
+def test_host_tween_added_after_the_include_never_sees_a_runtime_request(
+    upstream: RecordingUpstream, routers: list[Any]
+) -> None:
+    router = make_busy_app(routers, {**SETTINGS, "invoke.max_relay_body_bytes": "1000"})
+    key = seed(get_middleware(router.registry), upstream.url)
+    client = webtest.TestApp(router)
+
+    check_relay(client, key, PREFIX)
+    # Over the gateway's cap: refused before anything reads the body.
+    client.put(
+        f"{PREFIX}/r/containers/{SLUG}/upload",
+        params=b"x" * 100_000,
+        headers=bearer(key),
+        status=413,
+    )
+
+    assert router.registry[HOST_SEEN] == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "keyed", "status"),
+    [
+        pytest.param("GET", f"{PREFIX}/r/containers/{SLUG}/", True, 200, id="relayed"),
+        pytest.param("GET", f"{PREFIX}/r/containers", True, 200, id="discovery"),
+        pytest.param("GET", f"{PREFIX}/r/containers/{SLUG}/", False, 401, id="gateway-401"),
+        pytest.param("GET", f"{PREFIX}/r/containers/missing/", True, 404, id="gateway-404"),
+        pytest.param("POST", f"{PREFIX}/r/invoke/{SLUG}", True, 415, id="gateway-415"),
+    ],
+)
+def test_new_response_subscriber_never_runs_for_a_runtime_response(
+    method: str,
+    path: str,
+    keyed: bool,
+    status: int,
+    upstream: RecordingUpstream,
+    routers: list[Any],
+) -> None:
+    router = make_busy_app(routers)
+    key = seed(get_middleware(router.registry), upstream.url)
+
+    response = webtest.TestApp(router).request(
+        path, method=method, headers=bearer(key) if keyed else {}, expect_errors=True
+    )
+
+    assert response.status_int == status
+    assert "X-Host-Subscriber" not in response.headers
+    assert router.registry[HOST_SEEN] == []
+
+
+@pytest.mark.parametrize(("method", "path"), HOST_REQUESTS)
+def test_host_requests_go_through_the_hosts_tweens_and_subscribers_as_without_the_include(
+    method: str, path: str, routers: list[Any]
+) -> None:
+    plain = busy_host(SETTINGS, gateway=False)
+    wrapped = make_busy_app(routers)
+    options = {"body": b"some=body"} if method == "POST" else {}
+
+    expected = webtest.TestApp(plain).request(path, method=method, expect_errors=True, **options)
+    actual = webtest.TestApp(wrapped).request(path, method=method, expect_errors=True, **options)
+
+    assert same_response(expected, actual)
+    assert actual.headers["X-Host-Subscriber"] == "ran"
+    assert wrapped.registry[HOST_SEEN] == plain.registry[HOST_SEEN]
+    assert [seen[:2] for seen in wrapped.registry[HOST_SEEN]] == [
+        ("tween", path),
+        ("new_response", path),
+    ]
+
+
+@pytest.mark.parametrize("policy_first", [True, False], ids=["before-include", "after-include"])
+def test_host_execution_policy_runs_for_host_requests_only(
+    policy_first: bool, upstream: RecordingUpstream, routers: list[Any]
+) -> None:
+    seen: list[str] = []
+
+    def host_policy(environ: dict[str, Any], router: Any) -> Any:
+        seen.append(environ["PATH_INFO"])
+        return default_execution_policy(environ, router)
+
+    with Configurator(settings=SETTINGS) as config:
+        if policy_first:
+            config.set_execution_policy(host_policy)
+        config.include("invoke_middleware.pyramid")
+        if not policy_first:
+            config.set_execution_policy(host_policy)
+        add_pyramid_routes(config)
+        router = config.make_wsgi_app()
+    routers.append(router)
+    key = seed(get_middleware(router.registry), upstream.url)
+    client = webtest.TestApp(router)
+
+    check_relay(client, key, PREFIX)
+    check_refused_without_key(client, PREFIX)
+    client.get("/")
+
+    assert seen == ["/"]
+
+
+def test_execution_policy_set_in_a_later_commit_fails_make_wsgi_app() -> None:
+    config = Configurator(settings=SETTINGS)
+    config.include("invoke_middleware.pyramid")
+    config.commit()
+    config.set_execution_policy(default_execution_policy)
+
+    with pytest.raises(ConfigurationError, match="execution policy was set in a commit after"):
+        config.make_wsgi_app()
+
+
+def test_middleware_is_ready_for_the_hosts_application_created_subscribers(
+    routers: list[Any],
+) -> None:
+    prefixes: list[str] = []
+
+    def on_created(event: ApplicationCreated) -> None:
+        prefixes.append(get_middleware(event.app.registry).router.prefix)
+
+    with Configurator(settings=SETTINGS) as config:
+        config.add_subscriber(on_created, ApplicationCreated)
+        config.include("invoke_middleware.pyramid")
+        routers.append(config.make_wsgi_app())
+
+    assert prefixes == [PREFIX]
 
 
 def test_collaborators_directive_passes_objects_to_the_middleware(
