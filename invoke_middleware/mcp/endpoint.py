@@ -3,6 +3,8 @@
 :class:`MCPEndpoint` checks the transport rules (``Origin`` allow-list, ``POST`` only, the
 admitted credential kinds, ``Accept``, ``Content-Type``, size), reads one JSON-RPC message (or
 a 2025-03-26 batch) and answers it in its own era (:mod:`invoke_middleware.mcp.protocol`).
+A page of an allowed origin gets its CORS preflight answered, and every answer (refusals
+included) carries the CORS fields that let it read it.
 
 Tool calls do not reach services by a path of their own: each one is answered by running the
 gateway's pipeline on a synthetic request for the matching route, carrying the caller's
@@ -24,9 +26,10 @@ result with ``isError: true`` that names the gateway's code, read from the
 writes); only its internal errors are JSON-RPC errors.
 
 One HTTP request costs in proportion to one invoke's caps, whatever it holds: a message nests
-at most :data:`MAX_MESSAGE_DEPTH` levels, and the tool results of a request (a batch's too)
-carry at most ``max_response_body_bytes`` of containers' bytes in all (:class:`_ResultBudget`);
-each answer is encoded as soon as it is made, and the response is sent in those pieces.
+at most :data:`MAX_MESSAGE_DEPTH` levels, and the tool calls of a request (a batch's too) read
+and return at most ``max_response_body_bytes`` of containers' bytes in all, failed calls
+counted (:class:`_ResultBudget`); each answer is encoded as soon as it is made, and the
+response is sent in those pieces.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from invoke_middleware._bodies import close_body, read_capped
 from invoke_middleware.auth.principal import CredentialKind, Principal
 from invoke_middleware.envelope import check_json_structure, envelope_structure_limit
 from invoke_middleware.errors import (
+    ERROR_MARKER_HEADER,
     REQUEST_ID_HEADER,
     ForbiddenOriginError,
     GatewayError,
@@ -58,6 +62,7 @@ from invoke_middleware.errors import (
     ResponseTooLargeError,
     UnauthenticatedError,
     UnsupportedMediaTypeError,
+    reason_phrase,
 )
 from invoke_middleware.headers import Headers
 from invoke_middleware.limits import UNLIMITED
@@ -69,7 +74,9 @@ from invoke_middleware.mcp.protocol import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     META_SERVER_INFO,
+    METHOD_HEADER,
     METHOD_NOT_FOUND,
+    NAME_HEADER,
     PARSE_ERROR,
     STATELESS_VERSIONS,
     SUPPORTED_VERSIONS,
@@ -79,6 +86,7 @@ from invoke_middleware.mcp.protocol import (
     Message,
     MessageKind,
     Negotiated,
+    UnacceptableNotificationError,
     at_least,
     check_stateless_request,
     classify,
@@ -98,6 +106,7 @@ from invoke_middleware.mcp.tools import (
     tool_result,
 )
 from invoke_middleware.pipeline import Pipeline, PipelineResponse
+from invoke_middleware.registry import is_valid_slug
 from invoke_middleware.request import PipelineRequest
 from invoke_middleware.routing import RouteKind, RouteMatch
 
@@ -116,6 +125,12 @@ OPENAPI_CACHE_SECONDS: Final = 30.0
 _OPENAPI_CACHE_ENTRIES: Final = 256
 # The cache keeps documents as text, at most this much of it: 32 documents of the largest size.
 _OPENAPI_CACHE_BYTES: Final = 32 * OPENAPI_MAX_BYTES
+
+# What the tools' input schemas and the registry call a slug (docs/contract.md §1).
+_SLUG_RULE: Final = (
+    "must be 3 to 100 lower-case letters, digits and dashes, starting and ending with a "
+    "letter or digit"
+)
 
 #: ``ttlMs`` of the 2026-07-28 cacheable results.
 DISCOVER_TTL_MS: Final = 3_600_000
@@ -168,6 +183,31 @@ _NOT_CARRIED: Final = frozenset(
     {"content-type", "content-length", "transfer-encoding", "accept", "x-request-id", "origin"}
 )
 
+#: How long a browser may reuse the endpoint's answer to a page's CORS preflight.
+PREFLIGHT_MAX_AGE_SECONDS: Final = 600
+# What a page's POST may carry beyond the CORS-safelisted fields: the credentials the
+# resolvers read (X-Team-ID is JWTResolver's, spelt here so that the endpoint does not load the
+# JWT library), the body's type, what the endpoint reads of the transport's fields, and the
+# caller's request id, which the gateway adopts.
+_PAGE_REQUEST_FIELDS: Final = ", ".join(
+    (
+        "Authorization",
+        "X-Team-ID",
+        "Content-Type",
+        "Accept",
+        VERSION_HEADER,
+        METHOD_HEADER,
+        NAME_HEADER,
+        REQUEST_ID_HEADER,
+    )
+)
+# What a page may read of an answer beyond the CORS-safelisted fields: the request id, a
+# refusal's code and when to retry, and the credential challenge. The endpoint issues no
+# session id, and its answers carry no RateLimit fields: those of a tool call stay with it.
+_PAGE_RESPONSE_FIELDS: Final = ", ".join(
+    (REQUEST_ID_HEADER, ERROR_MARKER_HEADER, "Retry-After", "WWW-Authenticate")
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class _Exchange:
@@ -181,12 +221,14 @@ class _Exchange:
 
 
 class _ResultBudget:
-    """How many bytes of containers' responses the tool results of one HTTP request may carry
-    in all: ``max_response_body_bytes``, what one invoke may answer. A batch of calls then
-    holds no more than one call could, however many messages it has.
+    """How many bytes of containers' responses the tool calls of one HTTP request may read
+    and carry in all: ``max_response_body_bytes``, what one invoke may read. A batch of calls
+    then costs no more than one call could, however many messages it has.
 
-    A call is not made once the budget is spent; a response that takes it past the limit is
-    counted, and not returned.
+    What a call read is counted whatever came of it: an error status or an OpenAPI document
+    too large to return costs what it read, as a returned one does. A call is not made once
+    the budget is spent; a response that takes it past the limit is counted, and not
+    returned.
     """
 
     def __init__(self, limit: int) -> None:
@@ -203,13 +245,25 @@ class _ResultBudget:
         self.used += size
         return self.used <= self.limit
 
+    def charge(self, outcome: dict[str, Any] | _Refusal) -> bool:
+        """Count what the pipeline read of the service's answer to one invoke, as
+        :meth:`take` does."""
+        if not isinstance(outcome, _Refusal):
+            return self.take(_decoded_size(outcome["body_base64"]))
+        # The pipeline refuses a response as too large once it has read past the limit, which
+        # is this budget's (or on a Content-Length over it, which the refusal does not tell
+        # apart): count the whole limit. Other refusals come before the answer is read, or do
+        # not say how much of it was (a timeout, a broken framing): they count nothing.
+        return self.take(self.limit if outcome.code == ResponseTooLargeError.code else 0)
+
 
 class MCPEndpoint:
     """Answers ``POST {prefix}/r/mcp`` with ``pipeline``'s collaborators and settings.
 
     ``pipeline.settings.mcp_allowed_origins`` lists the origins a request with an ``Origin``
-    header may come from; ``pipeline.settings.mcp_credential_kinds`` the credential kinds
-    admitted (integration keys only, by default).
+    header may come from, whose pages may call the endpoint through CORS;
+    ``pipeline.settings.mcp_credential_kinds`` the credential kinds admitted (integration keys
+    only, by default).
     """
 
     def __init__(self, pipeline: Pipeline, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -229,10 +283,36 @@ class MCPEndpoint:
 
     def handle(self, request: PipelineRequest, request_id: str) -> PipelineResponse:
         """Answer one HTTP request to the endpoint; raises :class:`GatewayError` for the
-        refusals that come before any JSON-RPC message is read."""
+        refusals that come before any JSON-RPC message is read.
+
+        A page of an allowed origin gets those refusals rendered here instead, so that, like
+        every answer to it, they carry the CORS fields it needs to read them; its preflight
+        is answered without credentials (a browser sends none) and without any other work.
+        """
+        origin = self._page_origin(request)
+        if origin is None:
+            return self._respond(request, request_id)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            return _preflight(origin, request_id)
+        try:
+            response = self._respond(request, request_id)
+        except GatewayError as refusal:
+            response = self.pipeline.error_response(refusal, request_id)
+        response.headers += _page_fields(origin)
+        return response
+
+    def _page_origin(self, request: PipelineRequest) -> str | None:
+        """The ``Origin`` of a browser page's request when it is allowed, as the page sent it;
+        ``None`` without one. Any other origin is refused."""
         origin = request.headers.get("Origin")
-        if origin is not None and origin.strip().lower() not in self._origins:
+        if origin is None:
+            return None
+        origin = origin.strip()
+        if origin.lower() not in self._origins:
             raise ForbiddenOriginError()
+        return origin
+
+    def _respond(self, request: PipelineRequest, request_id: str) -> PipelineResponse:
         if request.method != "POST":
             # No GET stream and no session to DELETE: stateless, JSON responses.
             raise MethodNotAllowedError(["POST"])
@@ -285,7 +365,6 @@ class MCPEndpoint:
     def _answer(self, raw: bytes, exchange: _Exchange) -> tuple[int, bytes | list[bytes] | None]:
         """The status and the encoded answer to the body ``raw``: one JSON-RPC response, the
         responses to a batch (a list), or none."""
-        headers = exchange.request.headers
         settings = self.pipeline.settings
         per_envelope, string_bytes = envelope_structure_limit(
             max_header_count=settings.max_header_count, max_header_bytes=settings.max_header_bytes
@@ -321,9 +400,17 @@ class MCPEndpoint:
         except (ValueError, RecursionError):
             unparsed = JSONRPCError(PARSE_ERROR, "Parse error: the body is not a JSON document.")
             return 400, _error_response(None, unparsed)
-        if not isinstance(document, list):
+        if isinstance(document, list):
+            return self._batch(document, exchange)
+        try:
             return self._one(document, exchange)
-        if not _batches_allowed(headers):
+        except UnacceptableNotificationError as refusal:
+            return 400, _error_response(None, refusal)
+
+    def _batch(
+        self, document: list[object], exchange: _Exchange
+    ) -> tuple[int, bytes | list[bytes] | None]:
+        if not _batches_allowed(exchange.request.headers):
             refusal = JSONRPCError(INVALID_REQUEST, "Batches are not supported in this revision.")
             return 400, _error_response(None, refusal)
         if not document:
@@ -336,29 +423,44 @@ class MCPEndpoint:
         # Each answer is kept encoded only: its result, and the container's body in it, go
         # as soon as it is written.
         answers: list[bytes] = []
+        unacceptable: UnacceptableNotificationError | None = None
         for item in document:
-            if isinstance(item, dict) and item.get("method") == "initialize":
-                refusal = JSONRPCError(INVALID_REQUEST, "initialize may not be part of a batch.")
-                answers.append(_error_response(request_id_of(item), refusal))
+            try:
+                _, answer = self._one(item, exchange, in_batch=True)
+            except UnacceptableNotificationError as refusal:
+                unacceptable = refusal  # no answer to a notification, in a batch either
                 continue
-            _, answer = self._one(item, exchange)
             if answer is not None:
                 answers.append(answer)
-        # A batch of notifications and responses only is accepted like one of them.
-        return (200, answers) if answers else (202, None)
+        if answers:
+            return 200, answers
+        # Notifications and responses only: accepted like one of them, or refused as one.
+        if unacceptable is not None:
+            return 400, _error_response(None, unacceptable)
+        return 202, None
 
-    def _one(self, document: object, exchange: _Exchange) -> tuple[int, bytes | None]:
+    def _one(
+        self, document: object, exchange: _Exchange, *, in_batch: bool = False
+    ) -> tuple[int, bytes | None]:
+        """The status and the encoded response to one message, ``None`` for none; raises
+        :class:`UnacceptableNotificationError`, which no response answers."""
         headers = exchange.request.headers
+        header = headers.get(VERSION_HEADER)
+        if header is not None and header.strip() not in SUPPORTED_VERSIONS:
+            # 2025-06-18 and later, "Protocol Version Header": any POST naming a revision the
+            # server does not speak is 400, a notification's too, before anything its message
+            # holds is judged. Only a request's id is echoed: a client's response is answered
+            # by nothing.
+            asks = isinstance(document, dict) and "method" in document
+            refusal = unsupported_version(header.strip())
+            return 400, _error_response(request_id_of(document) if asks else None, refusal)
         guessed = _era_from_header(headers)
         try:
             message = classify(document)
+        except UnacceptableNotificationError:
+            raise
         except JSONRPCError as error:
             return http_status(error, guessed), _error_response(request_id_of(document), error)
-        header = (headers.get(VERSION_HEADER) or "").strip()
-        if message.kind is not MessageKind.REQUEST and header and header not in SUPPORTED_VERSIONS:
-            # 2025-06-18 and later, "Protocol Version Header": any POST naming a revision the
-            # server does not speak is 400, a notification's too (it has no id to answer).
-            return 400, _error_response(None, unsupported_version(header))
         if message.kind is MessageKind.RESPONSE:
             if guessed is Era.STATELESS:
                 refusal = JSONRPCError(INVALID_REQUEST, "Clients do not send responses.")
@@ -366,6 +468,10 @@ class MCPEndpoint:
             return 202, None  # the server never sends requests: nothing awaits it
         if message.kind is MessageKind.NOTIFICATION:
             return 202, None
+        if in_batch and message.method == "initialize":
+            # 2025-03-26, "Lifecycle": the initialize request may not be part of a batch.
+            refusal = JSONRPCError(INVALID_REQUEST, "initialize may not be part of a batch.")
+            return 400, _error_response(message.id, refusal)
         era = guessed
         try:
             negotiated = era_of(message, headers)
@@ -521,8 +627,16 @@ class _ToolCall:
         return tool_error(f"Invalid arguments: {message}", body)
 
     def _slug(self, arguments: dict[str, Any]) -> str | None:
+        """``service_slug`` when the tools' input schemas admit it: a string of the slug
+        pattern, which the service schema and the registry share."""
         slug = arguments.get("service_slug")
-        return slug if isinstance(slug, str) else None
+        return slug if isinstance(slug, str) and is_valid_slug(slug) else None
+
+    def _invalid_slug(self) -> dict[str, Any]:
+        return self._invalid_arguments(
+            "service_slug is required and must be a slug, as list_container_services gives it.",
+            [{"pointer": "/service_slug", "message": _SLUG_RULE}],
+        )
 
     def list_services(self, arguments: dict[str, Any]) -> dict[str, Any]:
         if arguments:
@@ -534,8 +648,10 @@ class _ToolCall:
 
     def get_service(self, arguments: dict[str, Any]) -> dict[str, Any]:
         slug = self._slug(arguments)
-        if slug is None or set(arguments) != {"service_slug"}:
-            return self._invalid_arguments("give service_slug, a string, and nothing else.")
+        if slug is None:
+            return self._invalid_slug()
+        if set(arguments) != {"service_slug"}:
+            return self._invalid_arguments("give service_slug and nothing else.")
         outcome = self._run(RouteMatch(kind=RouteKind.GET, slug=slug), "GET", None)
         if isinstance(outcome, _Refusal):
             return outcome.result(self.request_id)
@@ -546,7 +662,7 @@ class _ToolCall:
     def call_service(self, arguments: dict[str, Any]) -> dict[str, Any]:
         slug = self._slug(arguments)
         if slug is None:
-            return self._invalid_arguments("service_slug is required and must be a string.")
+            return self._invalid_slug()
         envelope = {key: value for key, value in arguments.items() if key != "service_slug"}
         try:
             body = COMPACT.encode(envelope).encode()
@@ -566,12 +682,13 @@ class _ToolCall:
         if budget.spent:
             return self._over_budget(made=False)
         outcome = self._run(RouteMatch(kind=RouteKind.INVOKE, slug=slug), "POST", body)
+        fits = budget.charge(outcome)
         if isinstance(outcome, _Refusal):
             if outcome.code == "invalid_request":
                 # The envelope broke the invoke schema: the tool's input schema is that schema.
                 return self._invalid_arguments(outcome.message, outcome.details)
             return outcome.result(self.request_id)
-        if not budget.take(_decoded_size(outcome["body_base64"])):
+        if not fits:
             return self._over_budget(made=True)
         return call_result(self.version, outcome, _utf8_body(outcome))
 
@@ -585,7 +702,7 @@ class _ToolCall:
             )
         else:
             message = (
-                f"The tool results of this request already carry {limit} bytes of responses; "
+                f"The tool calls of this request already read {limit} bytes of responses; "
                 "the call was not made. Make it in a request of its own."
             )
         return _Refusal.of(ResponseTooLargeError(message)).result(self.request_id)
@@ -596,10 +713,36 @@ class _ToolCall:
             return {"status": "not_declared"}
         if service.get("service_status") != "running":
             return {"status": "not_running"}
+        key = self._openapi_key(slug, url)
+        budget = self.exchange.budget
+        document = self.endpoint.cached_openapi(key)
+        if document is not None:
+            fits = budget.take(document.size)  # not read again, but carried all the same
+        elif budget.spent:
+            return _unavailable(self._no_room())
+        else:
+            envelope = {"method": "GET", "path": url, "headers": {"Accept": "application/json"}}
+            outcome = self._run(
+                RouteMatch(kind=RouteKind.INVOKE, slug=slug),
+                "POST",
+                COMPACT.encode(envelope).encode(),
+            )
+            # Counted whatever came of it: a document too large or an error page was read too.
+            fits = budget.charge(outcome)
+            fetched = _read_openapi(outcome)
+            if isinstance(fetched, str):
+                return _unavailable(fetched)
+            document = fetched
+            self.endpoint.remember_openapi(key, document)
+        if not fits:
+            return _unavailable(self._no_room())
+        return document.as_result()
+
+    def _openapi_key(self, slug: str, url: str) -> tuple[object, ...]:
         principal = self.exchange.principal
         # Cached per caller as the pipeline would judge it: a user token may carry no credential
         # id, and a Viewer must not be handed a document a Member's relay fetched.
-        key = (
+        return (
             principal.team_id,
             principal.kind,
             principal.credential_id,
@@ -608,29 +751,10 @@ class _ToolCall:
             slug,
             url,
         )
-        budget = self.exchange.budget
-        document = self.endpoint.cached_openapi(key)
-        if document is None:
-            if budget.spent:
-                return _unavailable(self._no_room())
-            envelope = {"method": "GET", "path": url, "headers": {"Accept": "application/json"}}
-            outcome = self._run(
-                RouteMatch(kind=RouteKind.INVOKE, slug=slug),
-                "POST",
-                COMPACT.encode(envelope).encode(),
-            )
-            fetched = _read_openapi(outcome)
-            if isinstance(fetched, str):
-                return _unavailable(fetched)
-            document = fetched
-            self.endpoint.remember_openapi(key, document)
-        if not budget.take(document.size):
-            return _unavailable(self._no_room())
-        return document.as_result()
 
     def _no_room(self) -> str:
         return (
-            f"the tool results of this request already carry {self.exchange.budget.limit} "
+            f"the tool calls of this request already read {self.exchange.budget.limit} "
             "bytes of responses; ask for this service in a request of its own"
         )
 
@@ -822,6 +946,33 @@ def _wants_event_stream(headers: Headers) -> bool:
     if any(accepted.get(m, 0.0) > 0 for m in ("text/event-stream", "text/*")):
         return True
     raise NotAcceptableError()
+
+
+def _page_fields(origin: str) -> list[tuple[str, str]]:
+    """The CORS fields of an answer to a page of the allowed ``origin``: that origin, never
+    ``*``, and no ``Access-Control-Allow-Credentials``: the credentials are bearer tokens the
+    page sends itself, not cookies."""
+    return [
+        ("Access-Control-Allow-Origin", origin),
+        ("Access-Control-Expose-Headers", _PAGE_RESPONSE_FIELDS),
+        ("Vary", "Origin"),
+    ]
+
+
+def _preflight(origin: str, request_id: str) -> PipelineResponse:
+    """The answer to the CORS preflight of a page of the allowed ``origin``: what its ``POST``
+    may carry, and for how long the browser may rely on it. 204, so no ``Content-Length``
+    (RFC 9110 §8.6)."""
+    headers = [
+        ("Access-Control-Allow-Origin", origin),
+        ("Access-Control-Allow-Methods", "POST"),
+        ("Access-Control-Allow-Headers", _PAGE_REQUEST_FIELDS),
+        ("Access-Control-Max-Age", str(PREFLIGHT_MAX_AGE_SECONDS)),
+        ("Vary", "Origin"),
+        ("Cache-Control", "no-store"),
+        (REQUEST_ID_HEADER, request_id),
+    ]
+    return PipelineResponse(status=204, reason=reason_phrase(204), headers=headers)
 
 
 def _response(

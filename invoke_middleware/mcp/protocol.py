@@ -92,6 +92,15 @@ class JSONRPCError(GatewayError):
         return error
 
 
+class UnacceptableNotificationError(JSONRPCError):
+    """A notification the server cannot accept: its ``params`` is not an object.
+
+    JSON-RPC answers no notification, in a batch either, so no response carries this error:
+    alone, the notification gets an HTTP error status, whose body may be an error without an
+    ``id`` (Streamable HTTP, "Sending Messages to the Server"); in a batch, nothing.
+    """
+
+
 def http_status(error: JSONRPCError, era: Era) -> int:
     """The HTTP status of a response carrying ``error``.
 
@@ -151,7 +160,11 @@ def _is_valid_id(value: object) -> bool:
 
 
 def classify(document: object) -> Message:
-    """Read one decoded JSON value as a JSON-RPC message, or raise -32600/-32602."""
+    """Read one decoded JSON value as a JSON-RPC message, or raise -32600/-32602.
+
+    A notification whose ``params`` is not an object raises
+    :class:`UnacceptableNotificationError`, which no response may answer.
+    """
     if not isinstance(document, dict):
         raise JSONRPCError(INVALID_REQUEST, "A JSON-RPC message must be a JSON object.")
     if document.get("jsonrpc") != "2.0":
@@ -168,7 +181,8 @@ def classify(document: object) -> Message:
         raise JSONRPCError(INVALID_REQUEST, 'The "method" member must be a non-empty string.')
     params = document.get("params")
     if params is not None and not isinstance(params, dict):
-        raise JSONRPCError(INVALID_PARAMS, 'The "params" member must be an object.')
+        refusal = JSONRPCError if has_id else UnacceptableNotificationError
+        raise refusal(INVALID_PARAMS, 'The "params" member must be an object.')
     if not has_id:
         return Message(kind=MessageKind.NOTIFICATION, method=method, params=params)
     return Message(kind=MessageKind.REQUEST, id=document["id"], method=method, params=params)

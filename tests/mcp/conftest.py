@@ -2,19 +2,23 @@
 
 :class:`Agent` posts JSON-RPC messages to ``/r/mcp`` through WebTest, in either era: a
 handshake-era client names its revision in ``MCP-Protocol-Version``, a 2026-07-28 client adds
-the per-request ``_meta`` and the ``Mcp-Method``/``Mcp-Name`` headers. :func:`container_world`
-puts a handler in place of the loopback upstream, for answers that upstream does not give.
+the per-request ``_meta`` and the ``Mcp-Method``/``Mcp-Name`` headers; :func:`tool_calls`
+makes a 2025-03-26 batch of them. :func:`container_world` puts a handler in place of the
+loopback upstream, for answers that upstream does not give. :func:`renderer_without_marker`
+stands for a host's error renderer.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from invoke_middleware import GatewayError, RenderedError
 from invoke_middleware.testing import MockTransport, RecordingTransport
 from invoke_middleware.transport.base import UpstreamRequest, UpstreamResponse
 from tests.toolkit.world import World
@@ -110,3 +114,21 @@ def container_world(
     transport = RecordingTransport(MockTransport(handler))
     world = make_world(transport=transport, egress_transport=transport, **options)
     return world, transport
+
+
+def tool_calls(tool: str, arguments: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """A batch of ``count`` calls of ``tool`` with ``arguments``, with ids 0 to ``count - 1``."""
+    params = {"name": tool, "arguments": arguments}
+    return [
+        {"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": params} for n in range(count)
+    ]
+
+
+def renderer_without_marker(error: GatewayError, *, request_id: str) -> RenderedError:
+    """A host's renderer: a body of its own, and no ``X-Invoke-Error`` marker."""
+    body = json.dumps({"message": error.message}).encode()
+    return RenderedError(
+        status=error.status,
+        headers=(("Content-Type", "application/json"), ("Content-Length", str(len(body)))),
+        body=body,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,14 +15,37 @@ from invoke_middleware.auth.principal import CredentialKind
 from invoke_middleware.envelope import load_schema
 from invoke_middleware.mcp._json import _STRING, nesting_exceeds
 from invoke_middleware.mcp.endpoint import MAX_BATCH_MESSAGES, MAX_MESSAGE_DEPTH
-from tests.mcp.conftest import STATELESS, Agent, StatelessAgent, stateless_meta
+from tests.mcp.conftest import (
+    STATELESS,
+    Agent,
+    StatelessAgent,
+    renderer_without_marker,
+    stateless_meta,
+    tool_calls,
+)
+from tests.toolkit.errors import assert_gateway_error
 from tests.toolkit.world import World
 
 INIT = {"capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+#: A notification no server can accept: MCP's params are always an object.
+UNACCEPTABLE = {"jsonrpc": "2.0", "method": "notifications/initialized", "params": []}
+#: The origin whose pages :func:`page_world` lets call the endpoint.
+PAGE_ORIGIN = "https://app.example"
 
 
 def error_code(response: Any) -> int:
     return int(response.json["error"]["code"])
+
+
+def page_world(make_world: Callable[..., World], **options: Any) -> World:
+    """A world whose MCP endpoint lets pages of :data:`PAGE_ORIGIN` call it."""
+    settings = PipelineSettings(mcp_allowed_origins=(PAGE_ORIGIN,))
+    return make_world(settings=settings, **options)
+
+
+def field_names(value: str) -> set[str]:
+    """The field names a CORS field lists, in lower case."""
+    return {name.strip().lower() for name in value.split(",")}
 
 
 # -- transport ---------------------------------------------------------------------------
@@ -44,6 +68,37 @@ def test_a_notification_is_202_with_no_body(agent: Agent) -> None:
     response = agent.post({"jsonrpc": "2.0", "method": "notifications/initialized"}, status=202)
     assert response.body == b""
     assert response.headers["X-Request-ID"]
+
+
+@pytest.mark.parametrize("version", ["2025-11-25", STATELESS])
+def test_a_notification_the_server_cannot_accept_is_400_and_answered_by_no_response(
+    world: World, version: str
+) -> None:
+    refused = Agent(world, version=version).post(UNACCEPTABLE, status=400)
+    assert error_code(refused) == -32602
+    assert "id" not in refused.json
+
+
+def test_a_batch_answers_no_notification(world: World) -> None:
+    agent = Agent(world)  # no header: 2025-03-26
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    assert agent.post([UNACCEPTABLE, ping]).json == [{"jsonrpc": "2.0", "id": 1, "result": {}}]
+    # Notifications only: one the server cannot accept is refused as it is alone.
+    refused = agent.post([UNACCEPTABLE], status=400)
+    assert error_code(refused) == -32602
+    assert "id" not in refused.json
+    # A notification named initialize is not the initialize request: accepted, unanswered.
+    accepted = agent.post([{"jsonrpc": "2.0", "method": "initialize"}], status=202)
+    assert accepted.body == b""
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-03-26", **INIT},
+    }
+    (refusal,) = agent.post([initialize]).json
+    assert refusal["id"] == 2
+    assert refusal["error"]["code"] == -32600
 
 
 def test_a_client_response_is_202_in_the_handshake_era_and_400_in_the_stateless_one(
@@ -82,6 +137,81 @@ def test_an_allowed_origin_is_served(make_world: Any) -> None:
     agent = Agent(make_world(settings=settings), version="2025-11-25")
     agent.request("ping", Origin="https://APP.example")
     agent.request("ping", Origin="https://other.example", status=403)
+
+
+def test_a_preflight_from_an_allowed_origin_is_answered_without_credentials(
+    make_world: Callable[..., World],
+) -> None:
+    world = page_world(make_world)
+    # What a 2026-07-28 client's page asks to send, a user token's team among it.
+    requested = "authorization, content-type, mcp-protocol-version, mcp-method, mcp-name, x-team-id"
+    preflight = {
+        "Origin": PAGE_ORIGIN,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": requested,
+    }
+    response = world.app.options("/r/mcp", headers=preflight, status=204)
+    assert response.headers["Access-Control-Allow-Origin"] == PAGE_ORIGIN
+    assert response.headers["Access-Control-Allow-Methods"] == "POST"
+    allowed = field_names(response.headers["Access-Control-Allow-Headers"])
+    assert field_names(requested) | {"accept", "x-request-id"} <= allowed
+    assert int(response.headers["Access-Control-Max-Age"]) > 0
+    assert response.headers["Vary"] == "Origin"
+    assert "Access-Control-Allow-Credentials" not in response.headers
+    assert "Content-Length" not in response.headers
+    assert response.body == b""
+    assert world.started == []
+    assert world.upstream.received == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "granted"),
+    [
+        pytest.param(
+            {"Origin": "https://other.example", "Access-Control-Request-Method": "POST"},
+            403,
+            None,
+            id="another-origin",
+        ),
+        pytest.param({"Access-Control-Request-Method": "POST"}, 405, None, id="no-origin"),
+        pytest.param({"Origin": PAGE_ORIGIN}, 405, PAGE_ORIGIN, id="not-a-preflight"),
+    ],
+)
+def test_any_other_options_request_keeps_its_refusal(
+    make_world: Callable[..., World], headers: dict[str, str], status: int, granted: str | None
+) -> None:
+    response = page_world(make_world).app.options("/r/mcp", headers=headers, status=status)
+    assert_gateway_error(response, status, "forbidden" if status == 403 else "method_not_allowed")
+    assert response.headers.get("Access-Control-Allow-Origin") == granted
+
+
+@pytest.mark.parametrize(
+    "renderer",
+    [pytest.param(None, id="the-gateway-s"), pytest.param(renderer_without_marker, id="a-host-s")],
+)
+def test_every_answer_to_an_allowed_origin_lets_the_page_read_it(
+    make_world: Callable[..., World], renderer: Any
+) -> None:
+    world = page_world(make_world, **({} if renderer is None else {"error_renderer": renderer}))
+    page = Agent(world, version="2025-11-25", headers={"Origin": PAGE_ORIGIN})
+    arguments = {"service_slug": "echo", "method": "GET", "path": "/"}
+    answers = [
+        page.request("ping"),
+        page.call("call_container_service", arguments),
+        page.post({"jsonrpc": "2.0", "method": "notifications/initialized"}, status=202),
+        page.request("ping", status=400, **{"MCP-Protocol-Version": "2099-01-01"}),
+        page.request("ping", Authorization="", status=401),
+        page.request("ping", Accept="text/html", status=406),
+    ]
+    for response in answers:
+        assert response.headers["Access-Control-Allow-Origin"] == PAGE_ORIGIN
+        assert response.headers["Vary"] == "Origin"
+        exposed = field_names(response.headers["Access-Control-Expose-Headers"])
+        assert {"x-request-id", "x-invoke-error", "retry-after", "www-authenticate"} <= exposed
+        assert "Access-Control-Allow-Credentials" not in response.headers
+    # A caller that is no page gets none of it.
+    plain = Agent(world, version="2025-11-25").request("ping")
+    assert "Access-Control-Allow-Origin" not in plain.headers
 
 
 # -- auth ------------------------------------------------------------------------------
@@ -148,6 +278,11 @@ def test_an_unsupported_protocol_version_header_is_400_with_the_supported_list(
     assert error["data"]["requested"] == "2099-01-01"
     assert "2025-11-25" in error["data"]["supported"]
     assert STATELESS in error["data"]["supported"]
+    # Judged before anything the message holds.
+    malformed = {"jsonrpc": "2.0", "id": 9, "method": "tools/list", "params": []}
+    refused = agent.post(malformed, status=400, **{"MCP-Protocol-Version": "2099-01-01"})
+    assert error_code(refused) == -32022
+    assert refused.json["id"] == 9
 
 
 def test_tool_fields_follow_the_revision(world: World) -> None:
@@ -439,15 +574,7 @@ def test_the_settings_table_configures_origins_and_credential_kinds() -> None:
 
 def test_a_batch_longer_than_the_cap_is_refused_whole(world: World) -> None:
     arguments = {"service_slug": "echo", "method": "GET", "path": "/"}
-    batch = [
-        {
-            "jsonrpc": "2.0",
-            "id": n,
-            "method": "tools/call",
-            "params": {"name": "call_container_service", "arguments": arguments},
-        }
-        for n in range(MAX_BATCH_MESSAGES + 1)
-    ]
+    batch = tool_calls("call_container_service", arguments, MAX_BATCH_MESSAGES + 1)
     refused = Agent(world).post(batch, status=400)  # no header: 2025-03-26
     assert error_code(refused) == -32600
     assert world.upstream.received == []
@@ -462,15 +589,7 @@ def test_the_tool_results_of_a_batch_carry_at_most_one_invoke_s_response_cap(
     limit = 64 * 1024
     world = make_world(settings=PipelineSettings(max_response_body_bytes=limit))
     arguments = {"service_slug": "echo", "method": "GET", "path": f"/bytes/{40 * 1024}"}
-    batch = [
-        {
-            "jsonrpc": "2.0",
-            "id": n,
-            "method": "tools/call",
-            "params": {"name": "call_container_service", "arguments": arguments},
-        }
-        for n in range(MAX_BATCH_MESSAGES)
-    ]
+    batch = tool_calls("call_container_service", arguments, MAX_BATCH_MESSAGES)
     response = Agent(world).post(batch)  # no header: 2025-03-26
     results = [answer["result"] for answer in response.json]
     assert results[0]["isError"] is False
@@ -485,10 +604,24 @@ def test_the_tool_results_of_a_batch_carry_at_most_one_invoke_s_response_cap(
     assert len(response.body) < 2 * limit
 
 
+def test_a_call_refused_as_too_large_spends_the_batch_s_response_cap(make_world: Any) -> None:
+    limit = 64 * 1024
+    world = make_world(settings=PipelineSettings(max_response_body_bytes=limit))
+    arguments = {"service_slug": "echo", "method": "GET", "path": f"/bytes/{limit + 1}"}
+    batch = tool_calls("call_container_service", arguments, MAX_BATCH_MESSAGES)
+    answers = Agent(world).post(batch).json  # no header: 2025-03-26
+    refusals = [json.loads(answer["result"]["content"][1]["text"]) for answer in answers]
+    assert {refusal["code"] for refusal in refusals} == {"response_too_large"}
+    # The pipeline read up to the cap before refusing the first answer: no call after it.
+    assert all("the call was not made" in refusal["error_message"] for refusal in refusals[1:])
+    assert len(world.upstream.received) == 1
+
+
 @pytest.mark.parametrize(
     "message",
     [
         pytest.param({"jsonrpc": "2.0", "method": "notifications/initialized"}, id="notification"),
+        pytest.param(UNACCEPTABLE, id="unacceptable-notification"),
         pytest.param({"jsonrpc": "2.0", "id": 3, "result": {}}, id="response"),
     ],
 )

@@ -11,18 +11,27 @@ from typing import Any
 import pytest
 
 from invoke_middleware import (
-    GatewayError,
     Limiter,
     LimitSettings,
     PipelineSettings,
     Rate,
-    RenderedError,
     ServiceStatus,
 )
-from invoke_middleware.mcp.endpoint import OPENAPI_MAX_BYTES, OPENAPI_MAX_DEPTH, OpenAPIDocument
+from invoke_middleware.mcp.endpoint import (
+    MAX_BATCH_MESSAGES,
+    OPENAPI_MAX_BYTES,
+    OPENAPI_MAX_DEPTH,
+    OpenAPIDocument,
+)
 from invoke_middleware.testing import make_response
 from invoke_middleware.transport.base import UpstreamRequest, UpstreamResponse
-from tests.mcp.conftest import Agent, StatelessAgent, container_world
+from tests.mcp.conftest import (
+    Agent,
+    StatelessAgent,
+    container_world,
+    renderer_without_marker,
+    tool_calls,
+)
 from tests.toolkit.world import World, make_service
 
 
@@ -159,6 +168,40 @@ def test_invalid_arguments_are_protocol_errors_before_2025_11_25_and_tool_errors
     assert missing.json["result"]["isError"] is True
 
 
+@pytest.mark.parametrize(
+    "slug",
+    [
+        pytest.param("NOT A SLUG", id="not-a-slug"),
+        pytest.param("echo\n", id="a-trailing-newline"),
+        pytest.param("-echo", id="a-leading-dash"),
+        pytest.param("ec", id="too-short"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("tool", "rest"),
+    [
+        pytest.param("get_container_service", {}, id="get"),
+        pytest.param("call_container_service", {"method": "GET", "path": "/"}, id="call"),
+    ],
+)
+def test_a_slug_that_breaks_the_input_schema_is_invalid_arguments(
+    world: World, tool: str, rest: dict[str, Any], slug: str
+) -> None:
+    # The tools' input schemas give service_slug the slug pattern: a slug that breaks it is
+    # the caller's arguments to fix, not a service the gateway could not find.
+    arguments = {"service_slug": slug, **rest}
+    old = Agent(world, version="2025-06-18").call(tool, arguments).json["error"]
+    assert old["code"] == -32602
+    assert old["data"][0]["pointer"] == "/service_slug"
+    new = result_of(Agent(world, version="2025-11-25").call(tool, arguments))
+    assert new["isError"] is True
+    error = json.loads(new["content"][1]["text"])
+    assert error["code"] == "invalid_arguments"
+    assert error["details"][0]["pointer"] == "/service_slug"
+    assert world.started == []
+    assert world.upstream.received == []
+
+
 def test_a_number_too_large_for_a_float_is_invalid_arguments_that_name_it(world: World) -> None:
     # 1e400 parses as an infinity, which no JSON text can carry on to the invoke route.
     message = (
@@ -177,16 +220,6 @@ def test_a_number_too_large_for_a_float_is_invalid_arguments_that_name_it(world:
     assert error["code"] == "invalid_arguments"
     assert error["details"] == [detail]
     assert world.upstream.received == []
-
-
-def renderer_without_marker(error: GatewayError, *, request_id: str) -> RenderedError:
-    """A host's renderer: a body of its own, and no ``X-Invoke-Error`` marker."""
-    body = json.dumps({"message": error.message}).encode()
-    return RenderedError(
-        status=error.status,
-        headers=(("Content-Type", "application/json"), ("Content-Length", str(len(body)))),
-        body=body,
-    )
 
 
 def test_refusals_are_read_from_the_error_whatever_the_host_s_renderer_writes(
@@ -231,12 +264,12 @@ def test_a_limit_s_retry_after_is_read_from_the_error_whatever_the_renderer(
     assert int(refused["retry_after"]) >= 1
 
 
-def serving(document: bytes) -> Callable[[UpstreamRequest], UpstreamResponse]:
-    """A container that answers every request with ``document`` as JSON."""
+def serving(document: bytes, status: int = 200) -> Callable[[UpstreamRequest], UpstreamResponse]:
+    """A container that answers every request with ``status`` and ``document`` as JSON."""
 
     def answer(request: UpstreamRequest) -> UpstreamResponse:
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(document)))]
-        return make_response(200, headers=headers, body=document)
+        return make_response(status, headers=headers, body=document)
 
     return answer
 
@@ -305,8 +338,7 @@ def test_the_openapi_documents_of_a_batch_share_its_response_cap(
         settings=PipelineSettings(max_response_body_bytes=64 * 1024),
     )
     world.registry.add(make_service("documented", world.upstream.url, openapi_url="/openapi.json"))
-    get = {"name": "get_container_service", "arguments": {"service_slug": "documented"}}
-    batch = [{"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": get} for n in range(3)]
+    batch = tool_calls("get_container_service", {"service_slug": "documented"}, 3)
     answers = Agent(world).post(batch).json  # no header: 2025-03-26, text blocks only
     openapi = [json.loads(a["result"]["content"][0]["text"])["openapi"] for a in answers]
     assert openapi[0]["status"] == "included"
@@ -314,6 +346,32 @@ def test_the_openapi_documents_of_a_batch_share_its_response_cap(
         assert refused["status"] == "unavailable"
         assert "a request of its own" in refused["error"]
     assert len(transport.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "size", "limit"),
+    [
+        pytest.param(500, 40 * 1024, 64 * 1024, id="an-error-status"),
+        pytest.param(200, OPENAPI_MAX_BYTES + 1, 2 * OPENAPI_MAX_BYTES, id="too-large-to-return"),
+    ],
+)
+def test_failed_openapi_fetches_count_against_the_batch_s_response_cap(
+    make_world: Callable[..., World], status: int, size: int, limit: int
+) -> None:
+    world, transport = container_world(
+        make_world,
+        serving(b"x" * size, status),
+        settings=PipelineSettings(max_response_body_bytes=limit),
+    )
+    world.registry.add(make_service("documented", world.upstream.url, openapi_url="/openapi.json"))
+    batch = tool_calls("get_container_service", {"service_slug": "documented"}, MAX_BATCH_MESSAGES)
+    answers = Agent(world).post(batch).json  # no header: 2025-03-26, text blocks only
+    openapi = [json.loads(a["result"]["content"][0]["text"])["openapi"] for a in answers]
+    assert {document["status"] for document in openapi} == {"unavailable"}
+    # What the service sent was read, returned or not: the second fetch took the batch past
+    # the cap, and no later one was made.
+    assert len(transport.requests) == 2
+    assert all("a request of its own" in document["error"] for document in openapi[2:])
 
 
 def test_the_openapi_cache_holds_a_bounded_number_of_bytes(world: World) -> None:
