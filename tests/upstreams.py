@@ -212,6 +212,8 @@ class RawUpstream:
         self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.port}"
         self.connections_accepted = 0
         self.dropped = 0
+        #: Requests ``/cut-short`` has answered with part of a response, then a close.
+        self.cut_short = 0
         #: Set when ``/close-after-response`` closed its connection.
         self.closed_after_response = threading.Event()
         self._stop = threading.Event()
@@ -437,6 +439,17 @@ class RawUpstream:
         self._respond(connection, method, "200 OK", [], b"ok")
         connection.sock.shutdown(socket.SHUT_RDWR)
         self.closed_after_response.set()
+        return False
+
+    def _handle_cut_short(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        """``after=interim``: a ``103`` and then a close; ``after=partial``: part of a head."""
+        self.cut_short += 1
+        if params.get("after") == "interim":
+            connection.sock.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+        else:
+            connection.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Len")
         return False
 
     def _handle_drop_next(

@@ -293,10 +293,14 @@ class _Exchange:
             end = HEAD_END.search(data, start)
             if end is None:
                 received = self._receive_until(data[start:], HEAD_END, limit, _HEAD_TOO_LARGE)
-                if received is None:
+                if received is None and not start:
                     # Before any byte, the usual end of a kept-alive connection the peer
                     # closed while idle: a ConnectionError, which _may_retry recognises.
                     raise ConnectionResetError("The service closed the connection.")
+                if received is None:
+                    # After an interim response the upstream has seen the request: it may have
+                    # acted on it, so this is no idle close to retry (docs/contract.md §8).
+                    raise UpstreamError("The service's response ended early.")
                 (data, end), start = received, 0
             head = parse_head(data[start : end.start()], method)
             if not head.interim:
@@ -312,7 +316,8 @@ class _Exchange:
         self, data: bytes, end: re.Pattern[bytes], limit: int, too_long: str
     ) -> tuple[bytes, re.Match[bytes]] | None:
         """``data`` and what arrives after it, up to where ``end`` is found in them: the
-        bytes and the match; ``None`` if the peer closes first. Refused past ``limit``.
+        bytes and the match; ``None`` if the peer closes before sending anything (and ``data``
+        is empty). Refused past ``limit``, and cut short once some bytes came.
 
         A peer that sends a byte at a time must not make each receive copy all the bytes
         before it: they are joined in a bytearray, which grows in place.
@@ -323,6 +328,8 @@ class _Exchange:
                 raise UpstreamError(too_long)
             more = self._receive()
             if not more:
+                if joined:
+                    raise UpstreamError("The service's response ended early.")
                 return None
             searched = max(len(joined) - 3, 0)  # a CRLFCRLF may straddle the two
             if not joined:

@@ -15,11 +15,12 @@ from collections.abc import Iterator
 import pytest
 
 from invoke_middleware.errors import (
+    UpstreamError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
 from invoke_middleware.transport import HTTPTransport, Timeouts
-from tests.upstreams import TLSFiles
+from tests.upstreams import RawUpstream, TLSFiles
 
 from ._helpers import drain, fetch, send
 from ._hostile import HostileUpstream, serve_hostile
@@ -140,6 +141,20 @@ def test_a_body_cut_short_on_a_reused_connection_is_sent_again_only_if_idempoten
 
     assert upstream.heads_read == sent_times
     assert upstream.connections_accepted == sent_times
+
+
+@pytest.mark.parametrize("after", ["interim", "partial"])
+def test_a_request_answered_in_part_on_a_reused_connection_is_not_sent_again(
+    transport: HTTPTransport, raw_upstream: RawUpstream, after: str
+) -> None:
+    # Bytes of a response came: the upstream has seen the request and may have acted on it,
+    # idempotent or not (docs/contract.md §8: a retry only before any byte of the response).
+    fetch(transport, "GET", raw_upstream.url + "/headers")
+
+    with pytest.raises(UpstreamError, match="ended early"):
+        send(transport, "DELETE", f"{raw_upstream.url}/cut-short?after={after}")
+
+    assert raw_upstream.cut_short == 1
 
 
 def test_a_send_timeout_on_a_reused_connection_is_a_timeout_and_not_retried(
