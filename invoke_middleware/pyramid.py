@@ -159,6 +159,10 @@ def _build_middleware(event: Any) -> None:
         )
     config: MiddlewareConfig = registry[_CONFIG_KEY]
     collaborators: Collaborators = registry[_COLLABORATORS_KEY]
+    if registry.get(_MIDDLEWARE_KEY) is not None:
+        # A second app made from the same configuration shares its registry, and so the
+        # middleware (its pools, limiter and stores): one is built per registry, never two.
+        return
     # The policy gives the middleware runtime paths only, so the app behind it never sees a
     # request; a plain 404 stands there.
     registry[_MIDDLEWARE_KEY] = config.build_middleware(HTTPNotFound(), **collaborators)

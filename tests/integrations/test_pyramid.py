@@ -323,6 +323,18 @@ def test_middleware_is_ready_for_the_hosts_application_created_subscribers(
     assert prefixes == [PREFIX]
 
 
+def test_two_apps_made_from_one_configuration_share_one_middleware(routers: list[Any]) -> None:
+    # They share the registry, which holds the middleware: a second one would leave the
+    # first one's pooled connections and limiter open, used by no one.
+    with Configurator(settings=SETTINGS) as config:
+        config.include("invoke_middleware.pyramid")
+        routers.append(config.make_wsgi_app())
+        first = get_middleware(routers[-1].registry)
+        routers.append(config.make_wsgi_app())
+
+    assert get_middleware(routers[-1].registry) is first
+
+
 def test_collaborators_directive_passes_objects_to_the_middleware(
     upstream: RecordingUpstream, routers: list[Any]
 ) -> None:
