@@ -340,6 +340,9 @@ class _Exchange:
                 joined += more
             found = end.search(joined, searched)
             if found is not None:
+                if found.start() > limit:
+                    # The last receive brought the end, but past the limit.
+                    raise UpstreamError(too_long)
                 return bytes(joined), found
 
     def buffered_body(self) -> bytes | None:

@@ -9,12 +9,14 @@ certificates, a pool size of your choosing)::
 
 Only the parts of the session that say *how to connect* are used: its mounted adapters (and
 their pools and ``max_retries``), ``verify`` (a CA bundle path; ``False`` is refused, TLS is
-always verified), ``cert`` and an explicit ``proxies`` mapping. What makes requests a browser-like
-client is bypassed without touching the session: the request is prepared here and handed to
-the adapter directly, so the session's default headers (``User-Agent``, ``Accept``,
-``Accept-Encoding``, ``Connection``), ``auth``, ``cookies`` (responses never fill its jar),
-``hooks``, redirects and everything ``trust_env`` would read (``HTTP_PROXY``, ``.netrc``,
-``REQUESTS_CA_BUNDLE``) play no part. The path and query are sent as given, never re-quoted.
+always verified) and ``cert``. A session with ``proxies`` is refused (:class:`ValueError`): the
+connections urllib3 makes through a proxy would not keep the guarantees below. What makes
+requests a browser-like client is bypassed without touching the session: the request is
+prepared here and handed to the adapter directly, so the session's default headers
+(``User-Agent``, ``Accept``, ``Accept-Encoding``, ``Connection``), ``auth``, ``cookies``
+(responses never fill its jar), ``hooks``, redirects and everything ``trust_env`` would read
+(``HTTP_PROXY``, ``.netrc``, ``REQUESTS_CA_BUNDLE``) play no part. The path and query are sent
+as given, never re-quoted.
 
 Repeated request header fields are sent as separate fields; response fields come back with
 repeats kept, grouped by name in order of first appearance (urllib3 keeps them that way),
@@ -26,13 +28,16 @@ that they hold as in :class:`~invoke_middleware.transport.http.HTTPTransport`
 (docs/contract.md §8, §11.2): the response head goes through the same parser, interim ``1xx``
 heads are skipped and count with the final one against the same 256 KiB limit; every receive
 and every send waits at most the read timeout and never past the total; over TLS, a body
-delimited by the close is whole only when the close carries ``close_notify``.
+delimited by the close is whole only when the close carries ``close_notify``. With
+``pool_block=True`` on an adapter, the wait for a pooled connection counts against the total
+too.
 
 Connections are never shared between tenants (see :mod:`invoke_middleware.transport.base`):
 each tenant sends through a twin of the session's adapter with a connection pool of its own,
 made the way requests copies an adapter (``__getstate__``/``__setstate__``, so a subclass
 that lists its settings in ``__attrs__`` keeps them). A twin's connections are checked before
-reuse for bytes the TLS layer already holds, which urllib3's own check does not see. An
+reuse for bytes the TLS layer or http.client's buffer already holds past the last response,
+which urllib3's own check does not see; such a connection is closed, not reused. An
 adapter that is not an :class:`~requests.adapters.HTTPAdapter` is used as it is: it must keep
 tenants apart itself.
 """
@@ -120,7 +125,13 @@ def _translate(exc: BaseException, *, reading_body: bool = False) -> GatewayErro
     if any(isinstance(c, urllib3.exceptions.NewConnectionError) for c in causes):
         # Checked first: urllib3 derives "could not connect" from its connect-timeout class.
         return UpstreamUnreachableError()
-    timeouts = (TimeoutError, urllib3.exceptions.TimeoutError, requests.Timeout)
+    # EmptyPoolError: the total ran out waiting for a pooled connection (pool_block=True).
+    timeouts = (
+        TimeoutError,
+        urllib3.exceptions.TimeoutError,
+        urllib3.exceptions.EmptyPoolError,
+        requests.Timeout,
+    )
     if any(isinstance(c, timeouts) for c in causes):
         return UpstreamTimeoutError()
     ended_early: tuple[type[Exception], ...] = (http.client.IncompleteRead,)
@@ -163,6 +174,10 @@ class _Wire(urllib3.Timeout):
     def clone(self) -> _Wire:
         return _Wire(self.timeouts, deadline=self.deadline, target=self.target)
 
+    def left(self) -> float | None:
+        """Seconds left of the total (never below zero), or ``None`` without a total."""
+        return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
+
     def arm(self, sock: socket.socket) -> None:
         """Set the timeout of the next wait on ``sock``: the read timeout, capped by what is
         left of the total; raise :class:`TimeoutError` once the total is spent.
@@ -194,13 +209,28 @@ class _TimedReader(io.RawIOBase):
         # http.client has closed the connection (a response that ends at the close).
         self._file = sock.makefile("rb", buffering=0)
         self._wire = wire
+        self._holding = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: WriteableBuffer) -> int | None:
+        if self._holding:
+            return None  # "nothing available now", as a non-blocking stream says it
         self._wire.arm(self._sock)
         return self._file.readinto(buffer)
+
+    def buffered(self, file: io.BufferedReader) -> bool:
+        """Whether ``file`` (reading from this) holds bytes it has not handed out yet.
+
+        io.BufferedReader does not tell; its peek() tells without waiting for the socket while
+        this returns nothing new.
+        """
+        self._holding = True
+        try:
+            return bool(file.peek(1))
+        finally:
+            self._holding = False
 
     def close(self) -> None:
         self._file.close()
@@ -224,13 +254,26 @@ class _Response(http.client.HTTPResponse):
         url: str | None = None,
         *,
         wire: _Wire | None,
+        on_surplus: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(sock, debuglevel, method, url)
         self._request_method = method or ""
+        self._on_surplus = on_surplus
+        self._timed: _TimedReader | None = None
         if wire is not None:
             # http.client's own file, replaced by one whose every read keeps the deadline.
             self.fp.close()
-            self.fp = io.BufferedReader(_TimedReader(sock, wire))
+            self._timed = _TimedReader(sock, wire)
+            self.fp = io.BufferedReader(self._timed)
+
+    def _close_conn(self) -> None:
+        # http.client calls this once the body ended, and drops its buffer with the file:
+        # bytes read past the end would be lost unseen and the connection reused, though the
+        # upstream may have meant them as the next request's answer (docs/contract.md §11.2).
+        file = self.fp
+        if self._timed is not None and file is not None and self._timed.buffered(file):
+            self._on_surplus()
+        super()._close_conn()  # type: ignore[misc]  # private
 
     def begin(self) -> None:
         if self.headers is not None:
@@ -302,14 +345,26 @@ class _Exchange:
             while not self.done:
                 chunk = raw.read1(_READ_SIZE, decode_content=False)
                 if not chunk:
-                    self.done = True
-                    raw.release_conn()
+                    self.finish()
                     return
                 yield chunk
         except _FOREIGN_ERRORS as exc:
             raise _translate(exc, reading_body=True) from exc
         finally:
             self.close()
+
+    def finish(self) -> None:
+        """Hand the connection back to its pool, the body having been read to its end."""
+        raw = self._response.raw
+        self.done = True
+        # Reading the end lets http.client close its response: until then the connection
+        # refuses its next request (ResponseNotReady), once the upstream has acted on it.
+        try:
+            raw.read(decode_content=False)
+        except _FOREIGN_ERRORS as exc:
+            self._response.close()
+            raise _translate(exc, reading_body=True) from exc
+        raw.release_conn()
 
     def close(self) -> None:
         if not self.done:
@@ -327,9 +382,13 @@ def _checked_connection_class(
     class CheckedConnection(base):  # type: ignore[valid-type,misc]
         #: The request under way, set by the pool for the length of its exchange.
         wire: _Wire | None = None
+        #: Set when a response ended with bytes after it; cleared by a new connection.
+        surplus = False
 
         @property
         def is_connected(self) -> bool:
+            if self.surplus:
+                return False
             sock = self.sock
             if isinstance(sock, ssl.SSLSocket) and sock.pending():
                 # Decrypted bytes past the last response: the socket looks idle, but the next
@@ -340,9 +399,13 @@ def _checked_connection_class(
         @property
         def response_class(self) -> Callable[..., _Response]:
             # http.client makes the response as response_class(sock, method=...).
-            return functools.partial(_Response, wire=self.wire)
+            return functools.partial(_Response, wire=self.wire, on_surplus=self._mark_surplus)
+
+        def _mark_surplus(self) -> None:
+            self.surplus = True
 
         def connect(self) -> None:
+            self.surplus = False
             super().connect()
             sock = self.sock
             if isinstance(sock, ssl.SSLSocket):
@@ -387,6 +450,14 @@ def _checked_pool_class(
 
     class CheckedPool(base):  # type: ignore[valid-type,misc]
         ConnectionCls = _checked_connection_class(base.ConnectionCls)
+
+        def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            # requests passes no pool_timeout: with pool_block=True the wait for a pooled
+            # connection would be unbounded. It waits at most what is left of the total.
+            wire = kwargs.get("timeout")
+            if isinstance(wire, _Wire) and kwargs.get("pool_timeout") is None:
+                kwargs["pool_timeout"] = wire.left()
+            return super().urlopen(method, url, *args, **kwargs)
 
         def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
             # Where urllib3 holds both the connection and the request's timeout, its _Wire.
@@ -469,6 +540,9 @@ class RequestsTransport(Closeable):
         verify = self._session.verify if ca_bundle is None else str(ca_bundle)
         if verify is False:
             raise ValueError("TLS verification cannot be switched off.")
+        if self._session.proxies:
+            # requests makes a proxy's pools itself, outside the tenants' checked ones.
+            raise ValueError("A session with proxies cannot be used; unset session.proxies.")
         self._verify: bool | str = True if verify is None else verify
         self._adapters = _TenantAdapters()
 
@@ -491,7 +565,7 @@ class RequestsTransport(Closeable):
             "timeout": _Wire(timeouts, deadline=deadline, target=target),
             "verify": self._verify,
             "cert": self._session.cert,
-            "proxies": dict(self._session.proxies),
+            "proxies": {},
         }
         pooled = _connections_opened(adapter, prepared, send_args)
         try:
@@ -513,8 +587,7 @@ class RequestsTransport(Closeable):
         exchange = _Exchange(response)
         length = raw.length_remaining
         if length == 0:
-            exchange.done = True
-            raw.release_conn()
+            exchange.finish()
             chunks: Iterator[bytes] = iter(())
         else:
             chunks = exchange.chunks()

@@ -13,6 +13,11 @@ own) on the connection, where a careless pool would read it as the next caller's
 - ``/head-body`` (``HEAD``): a head announcing a body, then that body anyway, which is the
   planted response (``?late=1``: 50 ms later, ``late_sent`` set after).
 
+And one well-behaved answer that a pool must still finish before it reuses the connection:
+
+- ``/bodyless?status=S``: a head without a body (``S`` 204 or 304 carries no
+  ``Content-Length``; any other says ``Content-Length: 0``).
+
 And two answers a WSGI server must never be handed as they are:
 
 - ``/trailers``: ``hello`` with a ``Trailers`` field (which PEP 3333 servers refuse from an
@@ -132,6 +137,14 @@ class HostileUpstream(RawUpstream):
             self._plant_later(connection)
         else:
             connection.sock.sendall(self._head(len(PLANTED)) + PLANTED)
+        return True
+
+    def _handle_bodyless(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        status = params["status"]
+        fields = [] if status in ("204", "304") else ["Content-Length: 0"]
+        self._send_head(connection, f"{status} Bodyless", *fields)
         return True
 
     def _handle_trailers(

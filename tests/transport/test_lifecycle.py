@@ -98,6 +98,15 @@ def test_requests_transport_leaves_a_session_it_was_given_open(
     assert closed == []
 
 
+def test_requests_transport_refuses_a_session_with_proxies() -> None:
+    session = requests.Session()
+    session.proxies = {"http": "http://proxy.internal:3128"}
+
+    with pytest.raises(ValueError, match="proxies"):
+        RequestsTransport(session)
+    session.close()
+
+
 def test_leaving_the_with_block_of_a_wsgi_response_closes_the_applications_iterable() -> None:
     closed: list[bool] = []
 

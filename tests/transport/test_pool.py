@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
+import requests
+import requests.adapters
 
-from invoke_middleware.errors import UpstreamUnreachableError
-from invoke_middleware.transport import HTTPTransport, Transport
+from invoke_middleware.errors import UpstreamTimeoutError, UpstreamUnreachableError
+from invoke_middleware.transport import HTTPTransport, RequestsTransport, Timeouts, Transport
 from tests.toolkit.upstream import repeating_bytes
 from tests.upstreams import RawUpstream
 
@@ -115,3 +119,27 @@ def test_closed_transport_refuses_to_send(raw_upstream: RawUpstream) -> None:
 
     with pytest.raises(RuntimeError):
         send(transport, "GET", raw_upstream.url + "/download?size=10")
+
+
+def test_waiting_for_a_pooled_connection_keeps_the_total_deadline(
+    raw_upstream: RawUpstream,
+) -> None:
+    session = requests.Session()
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=1, pool_block=True))
+    timeouts = Timeouts(connect=1.0, read=1.0, total=0.5)
+    url = raw_upstream.url + "/download?size=10"
+    with RequestsTransport(session) as transport:
+        # The pool's one connection is held by a response nobody reads, for a while.
+        held = send(transport, "GET", url, timeouts=timeouts)
+        release = threading.Timer(4.0, held.close)
+        release.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(UpstreamTimeoutError):
+                send(transport, "GET", url, timeouts=timeouts)
+        finally:
+            release.cancel()
+            held.close()
+    session.close()
+
+    assert time.monotonic() - started < 2.0

@@ -86,11 +86,10 @@ def test_same_tenant_gets_its_own_answer_after_a_hostile_one(
 
 @pytest.mark.parametrize(("method", "path"), HOSTILE)
 def test_connection_with_bytes_past_its_response_is_not_reused(
-    hostile: HostileUpstream, tls_files: TLSFiles, method: str, path: str
+    transport: Transport, hostile: HostileUpstream, method: str, path: str
 ) -> None:
-    with HTTPTransport(ca_bundle=tls_files.ca_cert) as transport:
-        _provoke(transport, hostile, method, path, tenant="team-a")
-        _say(transport, hostile, "again", tenant="team-a")
+    _provoke(transport, hostile, method, path, tenant="team-a")
+    _say(transport, hostile, "again", tenant="team-a")
 
     assert hostile.connections_accepted == 2
 

@@ -262,6 +262,26 @@ def test_interim_responses_are_skipped_on_the_same_connection(
 
 
 @pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        pytest.param("GET", "/bodyless?status=204", id="no-content"),
+        pytest.param("GET", "/bodyless?status=304", id="not-modified"),
+        pytest.param("POST", "/bodyless?status=201", id="content-length-zero"),
+        pytest.param("HEAD", "/echo", id="head"),
+    ],
+)
+def test_connection_is_reused_after_a_response_without_a_body(
+    wire: Transport, hostile: HostileUpstream, method: str, target: str
+) -> None:
+    _, body = fetch(wire, method, hostile.url + target, body=b"{}" if method == "POST" else None)
+    # Not idempotent: it gets its answer only if the connection was left ready for it.
+    _, next_body = fetch(wire, "POST", hostile.url + "/say?word=next", body=b"{}")
+
+    assert (body, next_body) == (b"", b"next")
+    assert hostile.connections_accepted == 1
+
+
+@pytest.mark.parametrize(
     "target",
     [
         pytest.param("/large-head?padding=200000", id="head"),
