@@ -201,11 +201,13 @@ def database_from_setting(value: str, base: Path) -> str | sa.URL:
 
 
 def sqlite_file(database: str | sa.URL) -> Path | None:
-    """The file of a SQLite database URL, or ``None`` (another database, or in memory)."""
+    """The file of a SQLite database URL, or ``None`` (another database, in memory, or a URI
+    filename such as ``file:x.db?mode=ro`` with ``?uri=true``, which SQLite resolves itself)."""
     url = sa.make_url(database)
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+    path = url.database
+    if url.get_backend_name() != "sqlite" or path in (None, "", ":memory:") or "uri" in url.query:
         return None
-    return Path(url.database)
+    return Path(path)
 
 
 def starter_config(database: str = DEFAULT_STORE_NAME) -> str:

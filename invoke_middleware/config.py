@@ -302,6 +302,7 @@ class MiddlewareConfig:
         assert self.database_url is not None
         import sqlalchemy as sa  # noqa: PLC0415 - only needed with a database
 
+        from invoke_middleware._toml_config import sqlite_file  # noqa: PLC0415
         from invoke_middleware.store.sql import DEFAULT_SERVICE_CACHE_TTL, SQLStore  # noqa: PLC0415
 
         ttl = self.service_cache_ttl
@@ -319,8 +320,8 @@ class MiddlewareConfig:
             raise ConfigError(
                 self.style.key("database_url"), "names an unknown database driver"
             ) from None
-        missing = _missing_sqlite_file(self.database_url)
-        if missing is not None:
+        missing = sqlite_file(self.database_url)
+        if missing is not None and not missing.exists():
             # SQLite would create an empty file on the first request, and every request
             # would then fail for want of tables: a typo in the path must stop start-up.
             store.close()
@@ -330,19 +331,6 @@ class MiddlewareConfig:
                 "(invoke-middleware init, or SQLStore(url).init())",
             )
         return store
-
-
-def _missing_sqlite_file(database_url: str) -> str | None:
-    """The path of the SQLite file ``database_url`` names when no such file exists."""
-    import sqlalchemy as sa  # noqa: PLC0415 - only needed with a database
-
-    url = sa.make_url(database_url)
-    path = url.database
-    if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
-        return None
-    if path.startswith("file:") or url.query.get("uri"):
-        return None  # a SQLite URI filename: its own options decide what opening does
-    return None if os.path.exists(path) else path
 
 
 # --- parsing -----------------------------------------------------------------------------

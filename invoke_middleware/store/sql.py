@@ -199,11 +199,9 @@ class SQLStore:
 
     def _create_private_sqlite_file(self) -> None:
         # Before SQLite creates it with the umask's mode: its -wal and -shm files take the
-        # database file's mode. An existing file keeps the mode its owner gave it, and a URI
-        # filename (`?uri=true`) is SQLite's alone to resolve.
-        url = self.engine.url
-        path = sqlite_file(url)
-        if path is None or "uri" in url.query or path.exists():
+        # database file's mode. An existing file keeps the mode its owner gave it.
+        path = sqlite_file(self.engine.url)
+        if path is None or path.exists():
             return
         # Where the file cannot be made (no such directory, say), SQLite cannot make it
         # either, and raises the store's usual error saying so.

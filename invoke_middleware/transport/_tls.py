@@ -13,6 +13,10 @@ CABundle = str | os.PathLike[str]
 #: piece; a record at a time, it bounds each wait, as on a plain connection.
 TLS_RECORD = 16384
 
+#: How a send or the wait for a response head fails when the peer closed or reset the
+#: connection. A TLS peer that closes without close_notify reads as SSLEOFError.
+PEER_CLOSED = (ConnectionError, ssl.SSLEOFError)
+
 
 def create_ssl_context(ca_bundle: CABundle | None = None) -> ssl.SSLContext:
     """A client context that verifies the server's certificate and host name.

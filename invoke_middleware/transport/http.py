@@ -41,7 +41,7 @@ from ..errors import (
 from ..headers import TOKEN_PATTERN, UNSAFE_TARGET_PATTERN, UNSAFE_VALUE_PATTERN, is_token
 from ._origin import Origin, split_url
 from ._response import HEAD_END, MAX_FIELDS, MAX_HEAD, MAX_LINE, ResponseHead, parse_head
-from ._tls import TLS_RECORD, CABundle, resolve_ssl_context
+from ._tls import PEER_CLOSED, TLS_RECORD, CABundle, resolve_ssl_context
 from .base import Closeable, UpstreamRequest, UpstreamResponse
 
 __all__ = ["HTTPTransport"]
@@ -61,8 +61,6 @@ _LINE_END = re.compile(rb"\n")
 _NEXT_CHUNK = re.compile(rb"\r?\n([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?\r?\n")
 _BAD_CHUNK = "The service's response has a malformed chunk."
 _HEAD_TOO_LARGE = "The service's response head is too large."
-#: What a send failure says when the peer closed or reset the connection.
-_PEER_CLOSED = (ConnectionError, ssl.SSLEOFError)
 
 # Where an exchange failed, which decides whether it may be retried.
 _WRITING_HEAD = 0  # no send has taken a byte of the request yet
@@ -590,7 +588,7 @@ class HTTPTransport(Closeable):
         try:
             try:
                 exchange.write(request, target)
-            except _PEER_CLOSED:
+            except PEER_CLOSED:
                 if exchange.stage != _WRITING_BODY:
                     raise
                 # RFC 9112 §9.5: an upstream may answer before it took the whole request (a
@@ -794,4 +792,4 @@ def _may_retry(request: UpstreamRequest, stage: int, exc: Exception) -> bool:
         return True
     # Some of the request was taken: the upstream may have acted on it (RFC 9112 §9.3.1).
     # A TLS peer that closes an idle connection without close_notify reads as SSLEOFError.
-    return isinstance(exc, _PEER_CLOSED) and request.may_retry_after_close
+    return isinstance(exc, PEER_CLOSED) and request.may_retry_after_close

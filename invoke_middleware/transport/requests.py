@@ -74,7 +74,7 @@ from ..errors import (
 from ..headers import UNSAFE_TARGET_PATTERN, Headers
 from ._origin import split_url
 from ._response import MAX_HEAD, ResponseHead, parse_head
-from ._tls import TLS_RECORD, CABundle
+from ._tls import PEER_CLOSED, TLS_RECORD, CABundle
 from .base import Closeable, Timeouts, UpstreamRequest, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -95,10 +95,6 @@ _FOREIGN_ERRORS = (
     http.client.HTTPException,
     OSError,
 )
-
-#: How a send or the wait for the head fails when the peer closed the connection. A TLS peer
-#: that closes without close_notify reads as SSLEOFError (see CheckedConnection.connect).
-_PEER_CLOSED = (ConnectionError, ssl.SSLEOFError)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -152,7 +148,7 @@ def _translate(exc: BaseException, *, reading_body: bool = False) -> GatewayErro
 def _peer_closed_before_answering(exc: BaseException) -> bool:
     causes = list(_chain(exc))
     return any(
-        isinstance(c, _PEER_CLOSED) and not isinstance(c, ConnectionRefusedError) for c in causes
+        isinstance(c, PEER_CLOSED) and not isinstance(c, ConnectionRefusedError) for c in causes
     ) and not any(isinstance(c, TimeoutError) for c in causes)
 
 
