@@ -411,6 +411,15 @@ SETTINGS: dict[str, Setting] = {
         typed=(bool,),
         typed_expected="true or false",
     ),
+    "scope_cookies": Setting(
+        doc=SettingDoc(
+            type="bool", default="true", meaning="Set-Cookie kept to the service's path"
+        ),
+        convert=_boolean,
+        expected="a boolean (true/false, on/off, 1/0)",
+        typed=(bool,),
+        typed_expected="true or false",
+    ),
     "mcp_allowed_origins": Setting(
         doc=SettingDoc(
             type="list of origins",

@@ -268,6 +268,7 @@ prefix = ""
 # trusted_proxy_hops = 0               # proxies in front of the gateway trusted for X-Forwarded-*
 # pseudonym = "invoke-middleware"      # the gateway's name in the Via header
 # problem_json = false                 # errors as RFC 9457 application/problem+json
+# scope_cookies = true                 # a container's Set-Cookie kept to its service's path
 # mcp_allowed_origins = ["https://app.example"]  # pages that may call /r/mcp (default: none)
 # mcp_credential_kinds = ["sk"]        # credentials /r/mcp admits, among "sk", "dk", "jwt"
 # ca_bundle = "ca.pem"                 # PEM CA bundle for external services (default: system)

@@ -118,7 +118,10 @@ class InvokeMiddleware:
         try:
             if route.kind is RouteKind.CATCH_ALL:
                 route = RouteMatch(
-                    kind=RouteKind.CATCH_ALL, slug=route.slug, tail=self._raw_tail(environ, route)
+                    kind=RouteKind.CATCH_ALL,
+                    slug=route.slug,
+                    tail=self._raw_tail(environ, route),
+                    mount=route.mount,
                 )
             request = _pipeline_request(environ)
         except GatewayError as error:
@@ -215,6 +218,7 @@ def _pipeline_request(environ: WSGIEnvironment) -> PipelineRequest:
     return PipelineRequest(
         method=environ.get("REQUEST_METHOD", "GET").upper(),
         path=environ.get("PATH_INFO", ""),
+        script_name=environ.get("SCRIPT_NAME", ""),
         query=environ.get("QUERY_STRING", ""),
         # The one copy of the request's fields: the pipeline filters it into the upstream's.
         headers=Headers(_header_fields(environ)),

@@ -28,6 +28,7 @@ from invoke_middleware._bodies import (
 from invoke_middleware.auth.base import AuthResolver
 from invoke_middleware.auth.policy import Action, Policy, authorize, default_policy
 from invoke_middleware.auth.principal import CredentialKind, Principal
+from invoke_middleware.cookies import scope_cookies
 from invoke_middleware.envelope import encode_response, parse_envelope
 from invoke_middleware.errors import (
     REQUEST_ID_HEADER,
@@ -90,6 +91,8 @@ class PipelineSettings:
     ``response_too_large``). ``trusted_proxy_hops`` says how many proxies in front of the
     gateway may set ``X-Forwarded-*``. ``pseudonym`` names the gateway in ``Via``.
     ``problem_json`` renders errors as RFC 9457 ``application/problem+json``.
+    ``scope_cookies`` keeps each ``Set-Cookie`` a container sends through the catch-all to its
+    own service's path (:mod:`invoke_middleware.cookies`); off, they are relayed as written.
     ``mcp_allowed_origins`` lists the origins (``https://app.example``) whose pages may call the
     MCP endpoint (any other ``Origin`` gets 403); ``mcp_credential_kinds`` the credential kinds
     it admits (integration keys only, by default).
@@ -104,6 +107,7 @@ class PipelineSettings:
     trusted_proxy_hops: int = 0
     pseudonym: str = "invoke-middleware"
     problem_json: bool = False
+    scope_cookies: bool = True
     mcp_allowed_origins: tuple[str, ...] = ()
     mcp_credential_kinds: frozenset[CredentialKind] = frozenset({CredentialKind.INTEGRATION})
 
@@ -313,7 +317,7 @@ class Pipeline:
                 response = self._invoke(request, principal, service, request_id)
             else:
                 response = self._relay(
-                    request, route.tail, principal, service, request_id, replaced=admission.replaces
+                    request, route, principal, service, request_id, replaced=admission.replaces
                 )
         except BaseException:
             admission.release()
@@ -447,7 +451,7 @@ class Pipeline:
     def _relay(
         self,
         request: PipelineRequest,
-        tail: str,
+        route: RouteMatch,
         principal: Principal,
         service: Service,
         request_id: str,
@@ -457,6 +461,7 @@ class Pipeline:
         """Relay to the catch-all route; the upstream's fields named in ``replaced`` (the
         gateway writes its own) are dropped."""
         settings = self.settings
+        tail = route.tail
         url = build_target_url(service.base_url, tail, request.query or None)
         body, length = request_body(request, settings.max_relay_body_bytes)
         upstream = UpstreamRequest(
@@ -483,6 +488,8 @@ class Pipeline:
             self._finish(relay, failure.status, body.sent if body else 0, 0, failure.code)
             raise
         headers = hdr.filter_response_headers(response.headers, also_drop=replaced)
+        if settings.scope_cookies:
+            headers = scope_cookies(headers, request.script_name, route.mount, tail)
         response_length = relay_content_length(request.method, response)
         if response_length is not None:
             headers.append(("Content-Length", response_length))

@@ -35,13 +35,16 @@ class RouteMatch:
     """A request path that belongs to the gateway.
 
     ``slug`` is ``None`` for :attr:`RouteKind.LIST`; ``tail`` is the caller's path on the
-    container (``/`` at least) for :attr:`RouteKind.CATCH_ALL`, ``""`` otherwise. The slug is not
-    validated here: an invalid slug is a 404 after authentication, like an unknown one.
+    container (``/`` at least) for :attr:`RouteKind.CATCH_ALL`, ``""`` otherwise, and ``mount``
+    the path in front of the tail (the prefix and ``/r/containers/{slug}``), where the
+    service's own paths start for the caller. The slug is not validated here: an invalid slug
+    is a 404 after authentication, like an unknown one.
     """
 
     kind: RouteKind
     slug: str | None = None
     tail: str = ""
+    mount: str = ""
 
 
 class Router:
@@ -81,7 +84,12 @@ class Router:
                 return None
             if not slash:
                 return RouteMatch(kind=RouteKind.GET, slug=slug)
-            return RouteMatch(kind=RouteKind.CATCH_ALL, slug=slug, tail="/" + tail)
+            return RouteMatch(
+                kind=RouteKind.CATCH_ALL,
+                slug=slug,
+                tail="/" + tail,
+                mount=path[: len(self._containers) + len(slug)],
+            )
         return None
 
     def raw_tail(self, raw_path: str, slug: str) -> str | None:

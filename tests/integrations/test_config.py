@@ -78,6 +78,7 @@ def test_ini_strings_are_converted_to_typed_settings() -> None:
             "invoke.trusted_proxy_hops": "0",
             "invoke.pseudonym": "edge-1",
             "invoke.problem_json": "On",
+            "invoke.scope_cookies": "off",
             "invoke.ca_bundle": certifi.where(),
         }
     )
@@ -96,6 +97,7 @@ def test_ini_strings_are_converted_to_typed_settings() -> None:
         trusted_proxy_hops=0,
         pseudonym="edge-1",
         problem_json=True,
+        scope_cookies=False,
     )
 
 

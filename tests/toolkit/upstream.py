@@ -5,7 +5,8 @@ bytes as received, with a chunked body de-chunked), so a test can assert what th
 forwarded, and that a refused request forwarded nothing. Paths choose the answer:
 
 - ``/status/<code>``: that status with a small JSON body;
-- ``/cookies``: two ``Set-Cookie`` fields;
+- ``/cookies`` (and any path ending so): two ``Set-Cookie`` fields, ``a=1; Path=/`` and
+  ``b=2``; with ``?set=`` values in the query (percent-encoded), one field of each instead;
 - ``/gzip``: a gzip body with ``Content-Encoding: gzip``;
 - ``/redirect``: ``302`` to the relative ``/elsewhere``;
 - ``/bytes/<n>``: :func:`repeating_bytes` ``(n)``;
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 from tests.toolkit.servers import serving
 
@@ -123,14 +125,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/status/"):
             status = int(path.rsplit("/", 1)[1])
             self._send(status, [("Content-Type", "application/json")], b'{"status":true}')
-        elif path == "/cookies":
+        elif path.endswith("/cookies"):
+            chosen = parse_qs(self.path.partition("?")[2]).get("set", ["a=1; Path=/", "b=2"])
             self._send(
                 200,
-                [
-                    ("Content-Type", "text/plain"),
-                    ("Set-Cookie", "a=1; Path=/"),
-                    ("Set-Cookie", "b=2"),
-                ],
+                [("Content-Type", "text/plain"), *(("Set-Cookie", value) for value in chosen)],
                 b"",
             )
         elif path == "/gzip":

@@ -1,0 +1,110 @@
+"""A container's cookies stay with its service (docs/contract.md §6): through the catch-all, a
+``Set-Cookie`` reaches the browser limited to the service's own path, so the browser never
+sends it to another team's service or to the host app. WebTest's client keeps cookies as a
+browser does (``http.cookiejar``), and the recording upstream shows what each container got."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import quote
+
+import pytest
+import webtest
+
+from invoke_middleware import PipelineSettings
+from tests.toolkit.world import World
+
+
+def set_cookies(world: World, slug: str, *values: str, key: str = "sk", **kw: object) -> list[str]:
+    """Ask ``slug``'s container to set ``values``; the ``Set-Cookie`` fields that came back."""
+    query = "&".join(f"set={quote(value)}" for value in values)
+    response = world.relay(f"{slug}/cookies?{query}", key=key, **kw)
+    fields: list[str] = response.headers.getall("Set-Cookie")
+    return fields
+
+
+def cookie_sent(world: World) -> str | None:
+    return world.upstream.last().header("Cookie")
+
+
+def test_set_cookie_is_kept_to_the_service_path(world: World) -> None:
+    fields = world.relay("echo/cookies").headers.getall("Set-Cookie")
+    # The container's "/" is the service's root; without Path, the browser's default is the
+    # directory of /cookies, which is "/" for the container too.
+    assert fields == ["a=1; Path=/r/containers/echo/", "b=2; Path=/r/containers/echo/"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("s=1; Path=/api; Secure; HttpOnly", "s=1; Secure; HttpOnly; Path=/r/containers/echo/api"),
+        ("s=1; Domain=example.com; Max-Age=60", "s=1; Max-Age=60; Path=/r/containers/echo/"),
+        (
+            "s=1; SameSite=Lax; path=/r/containers/echo/ui",
+            "s=1; SameSite=Lax; Path=/r/containers/echo/ui",
+        ),
+        ("s=1; Path=/r/containers/theirs", "s=1; Path=/r/containers/echo/r/containers/theirs"),
+    ],
+)
+def test_attributes_are_kept_but_path_and_domain(world: World, value: str, expected: str) -> None:
+    assert set_cookies(world, "echo", value) == [expected]
+
+
+def test_default_path_is_the_container_path_directory(world: World) -> None:
+    # As a browser computes it from the URL the container was asked for: /deep/cookies -> /deep.
+    response = world.relay("echo/deep/cookies?set=x%3D1;%20Path%3Dnot-absolute")
+    assert response.headers.getall("Set-Cookie") == ["x=1; Path=/r/containers/echo/deep"]
+
+
+def test_host_prefixed_cookie_is_dropped(world: World) -> None:
+    # A __Host- cookie must have Path=/: kept to the service, a browser would refuse it, and
+    # passed as it is, it would reach every service and the host app.
+    fields = set_cookies(world, "echo", "__Host-sid=1; Path=/; Secure", "kept=1")
+    assert fields == ["kept=1; Path=/r/containers/echo/"]
+
+
+def test_browser_sends_a_container_cookie_back_to_its_service_only(world: World) -> None:
+    set_cookies(world, "echo", "mine=1; Path=/", "sid=2; Domain=localhost")
+    # The other team's service on the same gateway: nothing.
+    world.relay("theirs/x", key="sk-other")
+    assert cookie_sent(world) is None
+    # The host app: nothing either.
+    world.app.get("/hello", status=201)
+    assert "HTTP_COOKIE" not in world.host.config["seen_environs"][-1]
+    # The service that set them: both (and the host's own session, whose Path is "/": the
+    # deployment keeps the runtime routes off the host's cookies, docs/contract.md §11.7).
+    world.relay("echo/x")
+    sent = cookie_sent(world)
+    assert sent is not None
+    assert sorted(sent.split("; ")) == ["mine=1", "session=abc", "sid=2"]
+
+
+def test_a_container_cannot_overwrite_the_host_session(world: World) -> None:
+    world.app.get("/hello", status=201)  # the host sets session=abc
+    set_cookies(world, "echo", "session=stolen; Path=/")
+    world.app.get("/hello", status=201)
+    assert world.host.config["seen_environs"][-1]["HTTP_COOKIE"] == "session=abc"
+
+
+def test_the_path_includes_the_prefix_and_the_mount_point(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(prefix="/api")
+    app = webtest.TestApp(world.middleware, extra_environ={"SCRIPT_NAME": "/my app"})
+    response = app.get(
+        "/api/r/containers/echo/cookies?set=a%3D1%3B%20Path%3D%2Fx",
+        headers=world.auth(),
+    )
+    assert response.headers.getall("Set-Cookie") == ["a=1; Path=/my%20app/api/r/containers/echo/x"]
+
+
+def test_scope_cookies_off_relays_them_as_written(make_world: Callable[..., World]) -> None:
+    world = make_world(settings=PipelineSettings(scope_cookies=False))
+    fields = world.relay("echo/cookies").headers.getall("Set-Cookie")
+    assert fields == ["a=1; Path=/", "b=2"]
+
+
+def test_invoke_hands_the_fields_over_as_written(world: World) -> None:
+    # The envelope is data for the caller, not a response a browser applies.
+    res = world.invoke("echo", {"method": "GET", "path": "/cookies"})
+    assert res.json["headers"]["set-cookie"] == ["a=1; Path=/", "b=2"]

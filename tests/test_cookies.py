@@ -1,0 +1,103 @@
+"""The cookie rules (docs/contract.md §6), one ``Set-Cookie`` value at a time: whatever a
+container writes, the cookie a browser keeps covers no path outside its service's and no
+other host, or the field is dropped."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from invoke_middleware.cookies import (
+    MAX_PATH_LENGTH,
+    scope_cookies,
+    scope_set_cookie,
+    service_root,
+)
+
+ROOT = "/r/containers/echo"
+
+
+@pytest.mark.parametrize(
+    ("value", "request_path", "expected"),
+    [
+        ("a=1", "/", "a=1; Path=/r/containers/echo/"),
+        ("a=1", "/x/y/z?q=/w", "a=1; Path=/r/containers/echo/x/y"),
+        ("a=1; Path=/", "/x/y", "a=1; Path=/r/containers/echo/"),
+        ("a=1; PATH = /p ; secure", "/", "a=1; secure; Path=/r/containers/echo/p"),
+        # The last Path counts; one that is not absolute stands for the default.
+        ("a=1; Path=/one; Path=/two", "/", "a=1; Path=/r/containers/echo/two"),
+        ("a=1; Path=/one; Path=two", "/d/e", "a=1; Path=/r/containers/echo/d"),
+        ("a=1; Path=", "/", "a=1; Path=/r/containers/echo/"),
+        # Already below the service's own path: kept; a look-alike is not below it.
+        ("a=1; Path=/r/containers/echo", "/", "a=1; Path=/r/containers/echo"),
+        ("a=1; Path=/r/containers/echo/p", "/", "a=1; Path=/r/containers/echo/p"),
+        ("a=1; Path=/r/containers/echoes", "/", "a=1; Path=/r/containers/echo/r/containers/echoes"),
+        ("a=1; Domain=.example.com; DOMAIN=x", "/", "a=1; Path=/r/containers/echo/"),
+        # Unknown attributes, and a value holding "=" and "Path" text, pass as written.
+        ("a=b=Path=/; Foo=Path=/", "/", "a=b=Path=/; Foo=Path=/; Path=/r/containers/echo/"),
+        ("nameless", "/", "nameless; Path=/r/containers/echo/"),
+        ("__Secure-a=1; Secure", "/", "__Secure-a=1; Secure; Path=/r/containers/echo/"),
+    ],
+)
+def test_scope_set_cookie(value: str, request_path: str, expected: str) -> None:
+    assert scope_set_cookie(value, ROOT, request_path) == expected
+
+
+@pytest.mark.parametrize("value", ["__Host-a=1; Path=/", "__HOST-a=1", " __host-a=1", "__Host-a"])
+def test_host_prefixed_cookies_are_dropped(value: str) -> None:
+    assert scope_set_cookie(value, ROOT, "/") is None
+
+
+def test_a_path_too_long_for_a_browser_falls_back_to_the_service_root() -> None:
+    long = "/" + "p" * MAX_PATH_LENGTH
+    assert scope_set_cookie(f"a=1; Path={long}", ROOT, "/") == f"a=1; Path={ROOT}/"
+
+
+def test_service_root_encodes_the_mount_point() -> None:
+    assert service_root("", ROOT) == ROOT
+    assert service_root("/app", ROOT) == "/app" + ROOT
+    # A ';' would end the Path attribute; spaces and Latin-1 are escaped as a browser does.
+    assert service_root("/a b;c/\u00e9", ROOT) == "/a%20b%3Bc/%E9" + ROOT
+
+
+def test_scope_cookies_touches_set_cookie_fields_only() -> None:
+    fields = [("Content-Type", "text/plain"), ("set-cookie", "a=1"), ("Set-Cookie", "__Host-b=2")]
+    assert scope_cookies(fields, "", ROOT, "/") == [
+        ("Content-Type", "text/plain"),
+        ("set-cookie", f"a=1; Path={ROOT}/"),
+    ]
+    unchanged = [("Content-Type", "text/plain")]
+    assert scope_cookies(unchanged, "", ROOT, "/") is unchanged
+
+
+def attributes(value: str) -> list[tuple[str, str]]:
+    """A browser's reading of a Set-Cookie's attributes (RFC 6265 §5.2), names lower-cased."""
+    parsed = []
+    for attribute in value.split(";")[1:]:
+        name, _, text = attribute.partition("=")
+        parsed.append((name.strip(" \t").lower(), text.strip(" \t")))
+    return parsed
+
+
+TEXT = st.text(alphabet=st.sampled_from("aP/=; \t.Dd_-HhOoSsTtMmAaIiNn"), max_size=40)
+PIECES = st.sampled_from(["Path=", "path =", "Domain=", "__Host-", "/", ";", "=", " ", "..", "\t"])
+VALUES = st.lists(st.one_of(TEXT, PIECES), max_size=12).map("".join)
+REQUEST_PATHS = st.lists(st.sampled_from(["/", "a", "..", "%2F", "?", "/b"]), max_size=8).map(
+    lambda parts: "/" + "".join(parts)
+)
+
+
+@given(value=VALUES, request_path=REQUEST_PATHS)
+def test_no_cookie_escapes_its_service(value: str, request_path: str) -> None:
+    scoped = scope_set_cookie(value, ROOT, request_path)
+    pair = value.partition(";")[0]
+    if scoped is None:
+        assert pair.partition("=")[0].strip(" \t").lower().startswith("__host-")
+        return
+    assert scoped.partition(";")[0] == pair  # the name and value as written
+    read = attributes(scoped)
+    assert all(name != "domain" for name, _ in read)
+    paths = [text for name, text in read if name == "path"]
+    assert paths, scoped
+    assert paths[-1] == ROOT or paths[-1].startswith(ROOT + "/")
