@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from invoke_middleware.store.sql import SQLStore
 
 __all__ = [
+    "DEFAULT_MAX_AGE",
     "DEFAULT_TIMEOUT",
     "Probe",
     "ProbeResult",
@@ -48,6 +49,9 @@ logger = logging.getLogger("invoke_middleware.readiness")
 
 #: Seconds every probe of one check may take together; load balancers probe often.
 DEFAULT_TIMEOUT = 2.0
+
+#: Seconds a check's outcome is answered again without probing.
+DEFAULT_MAX_AGE = 1.0
 
 
 class Probe(Protocol):
@@ -112,16 +116,31 @@ class ReadinessCheck:
 
     A probe still running from an earlier check is not started again (its result is
     ``timeout`` until it returns): a dependency that hangs costs at most one thread per
-    probe, however often the check is called.
+    probe, however often the check is called. A check's outcome is answered again for
+    ``max_age`` seconds after it was taken: readiness is often served to anyone who can reach
+    the gateway, and callers asking many times a second must not turn into as many queries to
+    the store or Redis, nor as many threads (``0`` probes on every call).
     """
 
-    def __init__(self, probes: Mapping[str, Probe], *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        probes: Mapping[str, Probe],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_age: float = DEFAULT_MAX_AGE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be more than 0")
+        if max_age < 0:
+            raise ValueError("max_age must be 0 or more")
         self._probes = dict(probes)
         self._timeout = timeout
+        self._max_age = max_age
+        self._clock = clock
         self._running: dict[str, _Run] = {}
         self._lock = threading.Lock()
+        self._last: tuple[float, Readiness] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -129,6 +148,9 @@ class ReadinessCheck:
         return tuple(self._probes)
 
     def __call__(self) -> Readiness:
+        last = self._last
+        if last is not None and self._clock() - last[0] < self._max_age:
+            return last[1]
         with self._lock:
             runs = {}
             for name, probe in self._probes.items():
@@ -143,7 +165,9 @@ class ReadinessCheck:
                 results.append(ProbeResult(name=name, ok=run.problem is None, problem=run.problem))
             else:
                 results.append(ProbeResult(name=name, ok=False, problem="timeout"))
-        return Readiness(probes=tuple(results))
+        readiness = Readiness(probes=tuple(results))
+        self._last = (self._clock(), readiness)
+        return readiness
 
 
 def limiter_probe(limiter: Limiter) -> Probe:

@@ -42,7 +42,7 @@ def test_a_hung_probe_is_a_timeout_and_is_not_started_twice() -> None:
 
 def test_the_store_probe_passes_on_an_initialised_store_only() -> None:
     with SQLStore("sqlite://") as store:
-        check = ReadinessCheck({"store": store_probe(store)})
+        check = ReadinessCheck({"store": store_probe(store)}, max_age=0)
         assert not check().ready
         store.init()
         assert check().ready
@@ -51,3 +51,47 @@ def test_the_store_probe_passes_on_an_initialised_store_only() -> None:
 def test_a_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError, match="timeout"):
         ReadinessCheck({}, timeout=0)
+    with pytest.raises(ValueError, match="max_age"):
+        ReadinessCheck({}, max_age=-1)
+
+
+def test_an_outcome_is_answered_again_for_max_age() -> None:
+    now = [100.0]
+    healthy = [True]
+    calls = []
+
+    def probe() -> None:
+        calls.append(now[0])
+        if not healthy[0]:
+            raise ConnectionError
+
+    check = ReadinessCheck({"store": probe}, max_age=1.0, clock=lambda: now[0])
+    assert all(check().ready for _ in range(50))
+    assert len(calls) == 1
+    healthy[0] = False
+    now[0] += 0.99
+    assert check().ready  # still the outcome taken at 100.0
+    now[0] += 0.01
+    assert not check().ready
+    assert len(calls) == 2
+
+
+def test_callers_at_once_share_one_probe_run() -> None:
+    # Anyone may ask /readyz: 32 callers at once are one query to the store, one thread.
+    release = threading.Event()
+    calls = []
+
+    def slow() -> None:
+        calls.append(1)
+        release.wait(5)
+
+    check = ReadinessCheck({"store": slow}, timeout=5)
+    outcomes = []
+    callers = [threading.Thread(target=lambda: outcomes.append(check().ready)) for _ in range(32)]
+    for caller in callers:
+        caller.start()
+    release.set()
+    for caller in callers:
+        caller.join(10)
+    assert outcomes == [True] * 32
+    assert len(calls) == 1

@@ -11,6 +11,7 @@ import time
 
 import requests
 
+from invoke_middleware.readiness import DEFAULT_MAX_AGE
 from invoke_middleware.testing import mint_jwt
 from tests.cli.conftest import Workspace, running_gateway, start_gateway
 from tests.toolkit.upstream import Received, RecordingUpstream
@@ -200,6 +201,7 @@ def test_readyz_checks_the_store_and_says_which_probe_failed(workspace: Workspac
         with sqlite3.connect(store) as connection:
             connection.execute("DROP TABLE invoke_services")
         assert requests.get(f"{gateway.root}/healthz", timeout=10).status_code == 200
+        time.sleep(DEFAULT_MAX_AGE)  # the last outcome is answered again until then
         not_ready = requests.get(f"{gateway.root}/readyz", timeout=10)
         assert not_ready.status_code == 503
         assert not_ready.json() == {"status": "not_ready", "probes": {"store": "OperationalError"}}
