@@ -239,6 +239,16 @@ class Pipeline:
         its own (the MCP endpoint's tool errors), whatever the configured renderer writes."""
         return self._dispatch(request, route, request_id)
 
+    def check_header_limits(self, request: PipelineRequest) -> None:
+        """Raise :class:`~invoke_middleware.errors.HeadersTooLargeError` (431) when the
+        request's fields are over the settings' caps."""
+        settings = self.settings
+        hdr.check_header_limits(
+            request.headers,
+            max_count=settings.max_header_count,
+            max_bytes=settings.max_header_bytes,
+        )
+
     def error_response(self, error: GatewayError, request_id: str) -> PipelineResponse:
         """Render ``error`` with the configured renderer."""
         rendered = self.render(error, request_id=request_id)
@@ -252,15 +262,12 @@ class Pipeline:
     def _dispatch(
         self, request: PipelineRequest, route: RouteMatch, request_id: str
     ) -> PipelineResponse:
-        settings = self.settings
-        hdr.check_header_limits(
-            request.headers,
-            max_count=settings.max_header_count,
-            max_bytes=settings.max_header_bytes,
-        )
         kind = route.kind
         if kind is RouteKind.MCP:
+            # It checks the header caps itself: its refusals to a page carry CORS fields.
             return self.mcp.handle(request, request_id)
+        settings = self.settings
+        self.check_header_limits(request)
         if kind is RouteKind.CATCH_ALL:
             if request.method in _RELAY_FORBIDDEN_METHODS:
                 raise MethodNotAllowedError(

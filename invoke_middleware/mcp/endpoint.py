@@ -291,13 +291,19 @@ class MCPEndpoint:
         """
         origin = self._page_origin(request)
         if origin is None:
+            self.pipeline.check_header_limits(request)
             return self._respond(request, request_id)
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            return _preflight(origin, request_id)
         try:
+            self.pipeline.check_header_limits(request)
+            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                return _preflight(origin, request_id)
             response = self._respond(request, request_id)
         except GatewayError as refusal:
             response = self.pipeline.error_response(refusal, request_id)
+        except Exception:
+            # As the pipeline answers any other request that fails this way, but readable.
+            logger.exception("unexpected failure handling request %s", request_id)
+            response = self.pipeline.error_response(GatewayError(), request_id)
         response.headers += _page_fields(origin)
         return response
 

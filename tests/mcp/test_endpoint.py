@@ -214,6 +214,31 @@ def test_every_answer_to_an_allowed_origin_lets_the_page_read_it(
     assert "Access-Control-Allow-Origin" not in plain.headers
 
 
+def test_a_page_reads_its_431_and_500_too(make_world: Callable[..., World]) -> None:
+    def failing(request: object) -> None:
+        raise RuntimeError("a host resolver's bug")
+
+    settings = PipelineSettings(mcp_allowed_origins=(PAGE_ORIGIN,), max_header_count=20)
+    world = make_world(settings=settings)
+    page = Agent(world, version="2025-11-25", headers={"Origin": PAGE_ORIGIN})
+    padding = {f"X-Pad-{index}": "x" for index in range(30)}
+    too_many = page.request("ping", status=431, **padding)
+    preflight = world.app.options(
+        "/r/mcp",
+        headers={"Origin": PAGE_ORIGIN, "Access-Control-Request-Method": "POST", **padding},
+        status=431,
+    )
+    broken = Agent(
+        make_world(settings=settings, resolvers=[failing]),
+        version="2025-11-25",
+        headers={"Origin": PAGE_ORIGIN},
+    ).request("ping", status=500)
+    for response in (too_many, preflight, broken):
+        assert response.headers["Access-Control-Allow-Origin"] == PAGE_ORIGIN
+        assert response.headers["X-Invoke-Error"]
+    assert broken.headers["X-Invoke-Error"] == "internal_error"
+
+
 # -- auth ------------------------------------------------------------------------------
 
 
