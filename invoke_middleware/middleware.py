@@ -117,12 +117,7 @@ class InvokeMiddleware:
             return self.app(environ, start_response)
         try:
             if route.kind is RouteKind.CATCH_ALL:
-                route = RouteMatch(
-                    kind=RouteKind.CATCH_ALL,
-                    slug=route.slug,
-                    tail=self._raw_tail(environ, route),
-                    mount=route.mount,
-                )
+                route = self._catch_all_route(environ, route)
             request = _pipeline_request(environ)
         except GatewayError as error:
             request_id = choose_request_id(environ.get("HTTP_X_REQUEST_ID"))
@@ -138,20 +133,37 @@ class InvokeMiddleware:
             raise
         return response.body
 
-    def _raw_tail(self, environ: WSGIEnvironment, route: RouteMatch) -> str:
-        """The catch-all's tail as the client spelled it, for the path checks."""
-        assert route.slug is not None
+    def _catch_all_route(self, environ: WSGIEnvironment, route: RouteMatch) -> RouteMatch:
+        """The catch-all's route with its tail as the client spelled it, for the path checks,
+        and its mount as the client spelled it, for the cookies' paths."""
+        slug = route.slug
+        assert slug is not None
         raw = _raw_path_info(environ)
-        tail = self.router.raw_tail(raw, route.slug) if raw is not None else None
+        tail = self.router.raw_tail(raw[1], slug) if raw is not None else None
         if tail is not None:
-            return tail
+            assert raw is not None
+            root = raw[0]
+            if root is None:
+                root = _quoted_root(environ.get("SCRIPT_NAME", ""))
+            return RouteMatch(
+                kind=RouteKind.CATCH_ALL,
+                slug=slug,
+                tail=tail,
+                mount=root + self.router.mount(slug),
+            )
         # The raw target is unavailable or spells the route with escapes: fall back to the
-        # decoded tail, re-encoded. Dot segments still reach the path checks.
+        # decoded tail, re-encoded. Dot segments still reach the path checks. The mount is
+        # the decoded one re-encoded when there is no raw target, and unknown (empty) when
+        # the client escaped the route itself.
         try:
-            return quote(route.tail.encode("latin-1"), safe=_PCHAR_SAFE)
+            quoted = quote(route.tail.encode("latin-1"), safe=_PCHAR_SAFE)
         except UnicodeEncodeError:
             # PEP 3333 environ strings are Latin-1; anything else did not come from a client.
             raise InvalidPathError() from None
+        mount = ""
+        if raw is None:
+            mount = _quoted_root(environ.get("SCRIPT_NAME", "")) + self.router.mount(slug)
+        return RouteMatch(kind=RouteKind.CATCH_ALL, slug=slug, tail=quoted, mount=mount)
 
     @property
     def registry(self) -> ServiceRegistry:
@@ -218,7 +230,6 @@ def _pipeline_request(environ: WSGIEnvironment) -> PipelineRequest:
     return PipelineRequest(
         method=environ.get("REQUEST_METHOD", "GET").upper(),
         path=environ.get("PATH_INFO", ""),
-        script_name=environ.get("SCRIPT_NAME", ""),
         query=environ.get("QUERY_STRING", ""),
         # The one copy of the request's fields: the pipeline filters it into the upstream's.
         headers=Headers(_header_fields(environ)),
@@ -236,8 +247,16 @@ def _framed_by_frames(environ: WSGIEnvironment) -> bool:
     return str(environ.get("SERVER_PROTOCOL", "")).upper() in ("HTTP/2", "HTTP/2.0", "HTTP/3")
 
 
-def _raw_path_info(environ: WSGIEnvironment) -> str | None:
-    """PATH_INFO as the client spelled it (still percent-encoded), when the server kept it.
+def _quoted_root(script_name: str) -> str:
+    """``SCRIPT_NAME`` percent-encoded, for when the target does not show how it was spelled."""
+    if not script_name:
+        return ""
+    return quote(script_name.encode("latin-1", "replace"), safe=_PCHAR_SAFE)
+
+
+def _raw_path_info(environ: WSGIEnvironment) -> tuple[str | None, str] | None:
+    """SCRIPT_NAME and PATH_INFO as the client spelled them (still percent-encoded), when the
+    server kept the target; SCRIPT_NAME is ``None`` when the target leaves it out.
 
     Servers put the request target in ``REQUEST_URI`` or ``RAW_URI``; it is only trusted when
     it decodes to exactly ``SCRIPT_NAME + PATH_INFO`` (or ``PATH_INFO`` alone). When the server
@@ -262,7 +281,7 @@ def _raw_path_info(environ: WSGIEnvironment) -> str | None:
     if decoded == path_info and decoded != script_name + path_info:
         # The target leaves out the mount point (a proxy stripped the prefix it sets as
         # SCRIPT_NAME, or a test client): it spells PATH_INFO alone.
-        return path
+        return None, path
     if decoded != script_name + path_info:
         if _LOST_BYTES in path_info and _LOST_BYTES not in decoded:
             # The server decoded the path lossily (invalid or overlong UTF-8 became U+FFFD):
@@ -270,10 +289,10 @@ def _raw_path_info(environ: WSGIEnvironment) -> str | None:
             raise InvalidPathError("The server could not decode the path as it was sent.")
         return None
     if not script_name:
-        return path
+        return "", path
     # Find where the raw SCRIPT_NAME ends: the shortest raw prefix that decodes to it.
     # An escape is three characters, so the raw form is at most three times as long.
     for index in range(len(script_name), min(len(path), 3 * len(script_name)) + 1):
         if unquote_to_bytes(path[:index]).decode("latin-1") == script_name:
-            return path[index:]
+            return path[:index], path[index:]
     return None

@@ -496,7 +496,7 @@ class Pipeline:
             raise
         headers = hdr.filter_response_headers(response.headers, also_drop=replaced)
         if settings.scope_cookies:
-            headers = scope_cookies(headers, request.script_name, route.mount, tail)
+            headers = scope_cookies(headers, route.mount, tail)
         response_length = relay_content_length(request.method, response)
         if response_length is not None:
             headers.append(("Content-Length", response_length))

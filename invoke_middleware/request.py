@@ -29,8 +29,7 @@ class PipelineRequest:
     ``query`` is the raw query string without ``?``. ``content_length`` is ``None`` when the
     caller sent no ``Content-Length``; ``chunked`` says the body has no length to read (the
     server de-chunked it, or it came over HTTP/2 or HTTP/3 without one) and the server marks
-    its end. ``script_name`` is the host's mount point in front of ``path`` (WSGI
-    ``SCRIPT_NAME``, decoded the same way): with it, the paths as the caller sees them.
+    its end.
     """
 
     method: str
@@ -43,4 +42,3 @@ class PipelineRequest:
     body: BodyReader = field(repr=False)
     content_length: int | None = None
     chunked: bool = False
-    script_name: str = ""

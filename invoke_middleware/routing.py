@@ -36,9 +36,10 @@ class RouteMatch:
 
     ``slug`` is ``None`` for :attr:`RouteKind.LIST`; ``tail`` is the caller's path on the
     container (``/`` at least) for :attr:`RouteKind.CATCH_ALL`, ``""`` otherwise, and ``mount``
-    the path in front of the tail (the prefix and ``/r/containers/{slug}``), where the
-    service's own paths start for the caller. The slug is not validated here: an invalid slug
-    is a 404 after authentication, like an unknown one.
+    the path in front of the tail as the caller's URL spells it (the host's mount point, the
+    prefix and ``/r/containers/{slug}``), where the service's own paths start for the caller;
+    ``""`` when that is not known. The slug is not validated here: an invalid slug is a 404
+    after authentication, like an unknown one.
     """
 
     kind: RouteKind
@@ -84,13 +85,12 @@ class Router:
                 return None
             if not slash:
                 return RouteMatch(kind=RouteKind.GET, slug=slug)
-            return RouteMatch(
-                kind=RouteKind.CATCH_ALL,
-                slug=slug,
-                tail="/" + tail,
-                mount=path[: len(self._containers) + len(slug)],
-            )
+            return RouteMatch(kind=RouteKind.CATCH_ALL, slug=slug, tail="/" + tail)
         return None
+
+    def mount(self, slug: str) -> str:
+        """The path below which ``slug``'s catch-all answers (no trailing ``/``)."""
+        return self._containers + slug
 
     def raw_tail(self, raw_path: str, slug: str) -> str | None:
         """The tail of a raw (percent-encoded) path for ``slug``, or ``None`` if it does not

@@ -8,12 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from invoke_middleware.cookies import (
-    MAX_PATH_LENGTH,
-    scope_cookies,
-    scope_set_cookie,
-    service_root,
-)
+from invoke_middleware.cookies import MAX_PATH_LENGTH, scope_cookies, scope_set_cookie
 
 ROOT = "/r/containers/echo"
 
@@ -24,27 +19,34 @@ ROOT = "/r/containers/echo"
         ("a=1", "/", "a=1; Path=/r/containers/echo/"),
         ("a=1", "/x/y/z?q=/w", "a=1; Path=/r/containers/echo/x/y"),
         ("a=1; Path=/", "/x/y", "a=1; Path=/r/containers/echo/"),
-        ("a=1; PATH = /p ; secure", "/", "a=1; secure; Path=/r/containers/echo/p"),
+        ("a=1; PATH = /p ; secure", "/", "a=1; Path=/r/containers/echo/p; secure"),
         # The last Path counts; one that is not absolute stands for the default.
         ("a=1; Path=/one; Path=/two", "/", "a=1; Path=/r/containers/echo/two"),
         ("a=1; Path=/one; Path=two", "/d/e", "a=1; Path=/r/containers/echo/d"),
         ("a=1; Path=", "/", "a=1; Path=/r/containers/echo/"),
+        # A default path is cut at a ";", which would end the attribute.
+        ("a=1", "/d;e/f", "a=1; Path=/r/containers/echo/"),
+        ("a=1", "/d/e;f/g", "a=1; Path=/r/containers/echo/d"),
         # Already below the service's own path: kept; a look-alike is not below it.
         ("a=1; Path=/r/containers/echo", "/", "a=1; Path=/r/containers/echo"),
         ("a=1; Path=/r/containers/echo/p", "/", "a=1; Path=/r/containers/echo/p"),
         ("a=1; Path=/r/containers/echoes", "/", "a=1; Path=/r/containers/echo/r/containers/echoes"),
         ("a=1; Domain=.example.com; DOMAIN=x", "/", "a=1; Path=/r/containers/echo/"),
         # Unknown attributes, and a value holding "=" and "Path" text, pass as written.
-        ("a=b=Path=/; Foo=Path=/", "/", "a=b=Path=/; Foo=Path=/; Path=/r/containers/echo/"),
+        ("a=b=Path=/; Foo=Path=/", "/", "a=b=Path=/; Path=/r/containers/echo/; Foo=Path=/"),
         ("nameless", "/", "nameless; Path=/r/containers/echo/"),
-        ("__Secure-a=1; Secure", "/", "__Secure-a=1; Secure; Path=/r/containers/echo/"),
+        ("__Secure-a=1; Secure", "/", "__Secure-a=1; Path=/r/containers/echo/; Secure"),
+        # The Path comes first: a browser reading only so many attributes still sees it.
+        ("a=1" + "; x" * 20 + "; Path=/ui", "/", "a=1; Path=/r/containers/echo/ui" + "; x" * 20),
     ],
 )
 def test_scope_set_cookie(value: str, request_path: str, expected: str) -> None:
     assert scope_set_cookie(value, ROOT, request_path) == expected
 
 
-@pytest.mark.parametrize("value", ["__Host-a=1; Path=/", "__HOST-a=1", " __host-a=1", "__Host-a"])
+@pytest.mark.parametrize(
+    "value", ["__Host-a=1; Path=/", "__HOST-a=1", " __host-a=1", "__Host-a", "=__Host-a=1"]
+)
 def test_host_prefixed_cookies_are_dropped(value: str) -> None:
     assert scope_set_cookie(value, ROOT, "/") is None
 
@@ -54,21 +56,27 @@ def test_a_path_too_long_for_a_browser_falls_back_to_the_service_root() -> None:
     assert scope_set_cookie(f"a=1; Path={long}", ROOT, "/") == f"a=1; Path={ROOT}/"
 
 
-def test_service_root_encodes_the_mount_point() -> None:
-    assert service_root("", ROOT) == ROOT
-    assert service_root("/app", ROOT) == "/app" + ROOT
-    # A ';' would end the Path attribute; spaces and Latin-1 are escaped as a browser does.
-    assert service_root("/a b;c/\u00e9", ROOT) == "/a%20b%3Bc/%E9" + ROOT
+@pytest.mark.parametrize("root", ["", "/api;v=1/r/containers/echo"])
+def test_without_a_root_to_write_the_browser_default_applies(root: str) -> None:
+    # Unknown, or ending the attribute at its ";" (Path=/api would cover the host's /api):
+    # no Path, so the browser takes the directory of the URL it asked for, below the root.
+    value = "a=1; Path=/; Domain=example.com; Secure"
+    assert scope_set_cookie(value, root, "/x/y") == "a=1; Secure"
 
 
 def test_scope_cookies_touches_set_cookie_fields_only() -> None:
-    fields = [("Content-Type", "text/plain"), ("set-cookie", "a=1"), ("Set-Cookie", "__Host-b=2")]
-    assert scope_cookies(fields, "", ROOT, "/") == [
+    fields = [
+        ("Content-Type", "text/plain"),
+        ("set-cookie", "a=1"),
+        ("Set-Cookie", "__Host-b=2"),
+        ("Clear-Site-Data", '"cookies"'),
+    ]
+    assert scope_cookies(fields, ROOT, "/") == [
         ("Content-Type", "text/plain"),
         ("set-cookie", f"a=1; Path={ROOT}/"),
     ]
     unchanged = [("Content-Type", "text/plain")]
-    assert scope_cookies(unchanged, "", ROOT, "/") is unchanged
+    assert scope_cookies(unchanged, ROOT, "/") is unchanged
 
 
 def attributes(value: str) -> list[tuple[str, str]]:
@@ -93,7 +101,8 @@ def test_no_cookie_escapes_its_service(value: str, request_path: str) -> None:
     scoped = scope_set_cookie(value, ROOT, request_path)
     pair = value.partition(";")[0]
     if scoped is None:
-        assert pair.partition("=")[0].strip(" \t").lower().startswith("__host-")
+        name, _, text = pair.partition("=")
+        assert (name.strip(" \t") or text).strip(" \t").lower().startswith("__host-")
         return
     assert scoped.partition(";")[0] == pair  # the name and value as written
     read = attributes(scoped)

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import pytest
 import webtest
+from werkzeug.test import Client
 
 from invoke_middleware import PipelineSettings
 from tests.toolkit.world import World
@@ -37,11 +38,11 @@ def test_set_cookie_is_kept_to_the_service_path(world: World) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("s=1; Path=/api; Secure; HttpOnly", "s=1; Secure; HttpOnly; Path=/r/containers/echo/api"),
-        ("s=1; Domain=example.com; Max-Age=60", "s=1; Max-Age=60; Path=/r/containers/echo/"),
+        ("s=1; Path=/api; Secure; HttpOnly", "s=1; Path=/r/containers/echo/api; Secure; HttpOnly"),
+        ("s=1; Domain=example.com; Max-Age=60", "s=1; Path=/r/containers/echo/; Max-Age=60"),
         (
             "s=1; SameSite=Lax; path=/r/containers/echo/ui",
-            "s=1; SameSite=Lax; Path=/r/containers/echo/ui",
+            "s=1; Path=/r/containers/echo/ui; SameSite=Lax",
         ),
         ("s=1; Path=/r/containers/theirs", "s=1; Path=/r/containers/echo/r/containers/theirs"),
     ],
@@ -96,6 +97,49 @@ def test_the_path_includes_the_prefix_and_the_mount_point(
         headers=world.auth(),
     )
     assert response.headers.getall("Set-Cookie") == ["a=1; Path=/my%20app/api/r/containers/echo/x"]
+
+
+def spelled(world: World, target: str, **environ: str) -> list[str]:
+    """The ``Set-Cookie`` fields of a request whose target is spelled exactly ``target``
+    (werkzeug's client keeps it in ``REQUEST_URI``, as servers do)."""
+    query = "?set=a%3D1%3B%20Path%3D%2F"
+    response = Client(world.middleware).get(
+        target + query,
+        headers=world.auth(),
+        environ_overrides={"REQUEST_URI": target + query, **environ},
+    )
+    fields = response.headers.getlist("Set-Cookie")
+    response.close()
+    return fields
+
+
+def test_the_path_is_the_mount_as_the_caller_spelled_it(world: World) -> None:
+    # A browser matches the URL as written: the host's mount point as the client spelled it.
+    fields = spelled(
+        world,
+        "/my%20%61pp/r/containers/echo/cookies",
+        SCRIPT_NAME="/my app",
+        PATH_INFO="/r/containers/echo/cookies",
+    )
+    assert fields == ["a=1; Path=/my%20%61pp/r/containers/echo/"]
+
+
+def test_a_route_the_caller_escaped_gets_the_browser_default(world: World) -> None:
+    # /r/containers/%65cho is echo for the gateway, but not the path a browser would match
+    # /r/containers/echo against: no Path, so the browser keeps the cookie to the URL it asked.
+    fields = spelled(world, "/r/containers/%65cho/cookies", PATH_INFO="/r/containers/echo/cookies")
+    assert fields == ["a=1"]
+
+
+def test_a_prefix_holding_a_semicolon_gets_the_browser_default(
+    make_world: Callable[..., World],
+) -> None:
+    # "Path=/api;v=1/..." would be read as Path=/api, the host's.
+    world = make_world(prefix="/api;v=1")
+    fields = world.app.get(
+        "/api;v=1/r/containers/echo/cookies", headers=world.auth()
+    ).headers.getall("Set-Cookie")
+    assert fields == ["a=1", "b=2"]
 
 
 def test_scope_cookies_off_relays_them_as_written(make_world: Callable[..., World]) -> None:
