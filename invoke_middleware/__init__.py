@@ -59,7 +59,7 @@ from invoke_middleware.limits import (
 )
 from invoke_middleware.logging_hook import RelayLogger
 from invoke_middleware.middleware import InvokeMiddleware
-from invoke_middleware.pipeline import PipelineSettings, SecretResolver
+from invoke_middleware.pipeline import PipelineSettings, SecretResolver, ServiceSecretResolver
 from invoke_middleware.registry import (
     InMemoryServiceRegistry,
     Service,
@@ -123,6 +123,7 @@ __all__ = [
     "Service",
     "ServiceLimits",
     "ServiceRegistry",
+    "ServiceSecretResolver",
     "ServiceStatus",
     "ServiceType",
     "TeamLimits",

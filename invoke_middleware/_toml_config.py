@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import tomllib
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,38 @@ _SECRET_REFERENCE = Setting(convert=environment_name, expected="an environment v
 
 
 @dataclass(frozen=True, kw_only=True)
+class SecretEntry:
+    """One ``[secrets]`` entry: the environment variable holding the ``Authorization`` value,
+    and the teams whose services may have it sent (``None``: any team's)."""
+
+    env: str
+    teams: frozenset[uuid.UUID] | None = None
+
+    def allows(self, team_id: uuid.UUID) -> bool:
+        """Whether a service of ``team_id`` may have this secret sent."""
+        return self.teams is None or team_id in self.teams
+
+
+def _secret_entry(reference: str, raw: object) -> SecretEntry:
+    key = f"[secrets] {reference}"
+    if isinstance(raw, str):
+        return SecretEntry(env=_check(key, _SECRET_REFERENCE, raw))
+    if not isinstance(raw, dict) or "env" not in raw or not set(raw) <= {"env", "teams"}:
+        raise ConfigError(
+            key, 'expected an environment variable name, or { env = "NAME", teams = [...] }'
+        )
+    env = _check(key, _SECRET_REFERENCE, raw["env"])
+    teams = raw.get("teams")
+    if not isinstance(teams, list) or not teams:
+        raise ConfigError(key, "teams: expected a list of team ids (at least one)")
+    try:
+        allowed = frozenset(uuid.UUID(str(team)) for team in teams)
+    except ValueError:
+        raise ConfigError(key, "teams: expected a list of team ids (UUIDs)") from None
+    return SecretEntry(env=env, teams=allowed)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """How ``serve`` runs the gateway: where it listens, on which server, with which limits.
 
@@ -157,8 +190,9 @@ class StandaloneConfig:
     service_cache_ttl: float
     server: ServerConfig
     gateway: UnresolvedConfig
-    #: credential reference -> name of the environment variable holding the header value.
-    secrets: Mapping[str, str] = field(default_factory=dict)
+    #: credential reference -> the environment variable holding the header value, and the
+    #: teams whose services may use it.
+    secrets: Mapping[str, SecretEntry] = field(default_factory=dict)
 
     @property
     def prefix(self) -> str:
@@ -309,8 +343,10 @@ prefix = ""
 [secrets]
 # Credential references of external services (services add --credential-ref REF), each
 # mapped to the NAME of an environment variable. The variable's value is sent verbatim as
-# the Authorization header to that service, e.g. BILLING_API_AUTH="Bearer xyz".
+# the Authorization header to that service, e.g. BILLING_API_AUTH="Bearer xyz". With teams,
+# only those teams' services get it (any other's requests are refused with 502).
 # billing-api = "BILLING_API_AUTH"
+# payroll = {{ env = "PAYROLL_AUTH", teams = ["6f1c2a4e-0000-4000-8000-000000000000"] }}
 """
 
 
@@ -343,16 +379,17 @@ def _read(path: Path, document: Mapping[str, Any]) -> StandaloneConfig:
         for table in ("gateway", "jwt", "limits")
         for key, value in _table(document, table).items()
     }
-    secrets = _table(document, "secrets")
-    for reference, name in secrets.items():
-        _check(f"[secrets] {reference}", _SECRET_REFERENCE, name)
+    secrets = {
+        reference: _secret_entry(reference, raw)
+        for reference, raw in _table(document, "secrets").items()
+    }
     return StandaloneConfig(
         path=path,
         database=url,
         service_cache_ttl=store.get("service_cache_ttl", 2.0),
         server=ServerConfig(**server),
         gateway=check_settings(flat, KeyStyle.TOML, base=str(base)),
-        secrets=dict(secrets),
+        secrets=secrets,
     )
 
 

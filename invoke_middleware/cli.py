@@ -686,11 +686,18 @@ def _services_add(args: argparse.Namespace, context: _Context) -> None:
         f"added {service.service_type.value} service {service.slug} "
         f"({service.service_status.value}) to team {service.team_id}"
     )
-    if args.credential_ref is not None and args.credential_ref not in context.config.secrets:
-        context.notice(
-            f"warning: credential reference {args.credential_ref!r} has no entry in "
-            f"[secrets] of {context.config.path}; requests to it will get 502"
-        )
+    if args.credential_ref is not None:
+        entry = context.config.secrets.get(args.credential_ref)
+        if entry is None:
+            context.notice(
+                f"warning: credential reference {args.credential_ref!r} has no entry in "
+                f"[secrets] of {context.config.path}; requests to it will get 502"
+            )
+        elif not entry.allows(service.team_id):
+            context.notice(
+                f"warning: [secrets] {args.credential_ref} of {context.config.path} is not for "
+                f"team {service.team_id}; requests to it will get 502"
+            )
 
 
 def _add_limit_options(

@@ -108,7 +108,7 @@ from invoke_middleware.errors import ErrorRenderer
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
 from invoke_middleware.limits import Limiter, LimitHook, LimitSettings, TeamLimitsSource
 from invoke_middleware.middleware import InvokeMiddleware
-from invoke_middleware.pipeline import PipelineSettings, SecretResolver
+from invoke_middleware.pipeline import PipelineSettings, SecretResolver, ServiceSecretResolver
 from invoke_middleware.registry import ServiceRegistry
 from invoke_middleware.transport.base import DEFAULT_TIMEOUTS, Timeouts, Transport
 from invoke_middleware.transport.http import HTTPTransport
@@ -177,7 +177,7 @@ class Collaborators(TypedDict, total=False):
     policy: Policy
     transport: Transport
     egress_transport: Transport
-    secret_resolver: SecretResolver
+    secret_resolver: SecretResolver | ServiceSecretResolver
     before_relay: Sequence[BeforeRelayHook]
     after_relay: Sequence[AfterRelayHook]
     error_renderer: ErrorRenderer

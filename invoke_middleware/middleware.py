@@ -42,7 +42,12 @@ from invoke_middleware.errors import (
 from invoke_middleware.headers import CONTENT_LENGTH_PATTERN, Headers, choose_request_id
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
 from invoke_middleware.limits import Limiter
-from invoke_middleware.pipeline import Pipeline, PipelineSettings, SecretResolver
+from invoke_middleware.pipeline import (
+    Pipeline,
+    PipelineSettings,
+    SecretResolver,
+    ServiceSecretResolver,
+)
 from invoke_middleware.registry import InMemoryServiceRegistry, ServiceRegistry
 from invoke_middleware.request import PipelineRequest
 from invoke_middleware.routing import RouteKind, RouteMatch, Router
@@ -84,7 +89,7 @@ class InvokeMiddleware:
         policy: Policy = default_policy,
         transport: Transport | None = None,
         egress_transport: Transport | None = None,
-        secret_resolver: SecretResolver | None = None,
+        secret_resolver: SecretResolver | ServiceSecretResolver | None = None,
         before_relay: Sequence[BeforeRelayHook] = (),
         after_relay: Sequence[AfterRelayHook] = (),
         error_renderer: ErrorRenderer | None = None,

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 from invoke_middleware import headers as hdr
 from invoke_middleware._bodies import (
@@ -79,6 +79,16 @@ class SecretResolver(Protocol):
     ``Authorization`` header sent to it (``None`` when the reference is unknown)."""
 
     def __call__(self, credential_id: str) -> str | None: ...
+
+
+class ServiceSecretResolver(Protocol):
+    """A secret resolver told which service the secret is for: its ``team_id`` as well as its
+    ``external_auth_credential_id``. Where teams name their services' credential references
+    themselves, it is how each team's secrets stay with that team's services (a reference
+    copied onto another team's service must get ``None``, never the secret). The pipeline
+    calls :meth:`secret_for` whenever a resolver has one."""
+
+    def secret_for(self, service: Service) -> str | None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,7 +179,7 @@ class Pipeline:
         transport: Transport | None = None,
         egress_transport: Transport | None = None,
         policy: Policy = default_policy,
-        secret_resolver: SecretResolver | None = None,
+        secret_resolver: SecretResolver | ServiceSecretResolver | None = None,
         before_relay: Sequence[BeforeRelayHook] = (),
         after_relay: Sequence[AfterRelayHook] = (),
         error_renderer: ErrorRenderer | None = None,
@@ -367,8 +377,13 @@ class Pipeline:
     ) -> tuple[tuple[str, str], ...]:
         authorization = None
         if service.service_type is ServiceType.EXTERNAL and service.external_auth_credential_id:
-            if self.secret_resolver is not None:
-                authorization = self.secret_resolver(service.external_auth_credential_id)
+            resolver = self.secret_resolver
+            secret_for = getattr(resolver, "secret_for", None)
+            if secret_for is not None:
+                authorization = secret_for(service)
+            elif resolver is not None:
+                plain = cast("SecretResolver", resolver)
+                authorization = plain(service.external_auth_credential_id)
             if authorization is None:
                 logger.error(
                     "no secret for credential reference of service %s (request %s)",

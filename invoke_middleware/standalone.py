@@ -22,11 +22,12 @@ import ipaddress
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from invoke_middleware._toml_config import StandaloneConfig
+from invoke_middleware._toml_config import SecretEntry, StandaloneConfig
 from invoke_middleware.config import ConfigError
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
 from invoke_middleware.limits import LimitHook, fair_share
@@ -38,6 +39,8 @@ from invoke_middleware.store.sql import SQLStore
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from prometheus_client import CollectorRegistry
+
+    from invoke_middleware.registry import Service
 
 logger = logging.getLogger("invoke_middleware.standalone")
 
@@ -177,25 +180,51 @@ def _is_loopback(address: str) -> bool:
 
 
 class EnvironmentSecretResolver:
-    """A :class:`~invoke_middleware.pipeline.SecretResolver` reading environment variables.
+    """A :class:`~invoke_middleware.pipeline.ServiceSecretResolver` reading environment
+    variables.
 
-    ``names`` maps a credential reference to the name of an environment variable; the
-    variable's value, read on every request (so a rotated value applies without a restart
-    where the environment can change), is the ``Authorization`` header sent verbatim, e.g.
-    ``Bearer xyz``, less a line break at its end (a secret mounted from a file often has
-    one). An unknown reference or an unset or empty variable gives ``None``, which the gateway
-    turns into a 502 for the caller and an error in its log.
+    ``names`` maps a credential reference to the name of an environment variable, or to a
+    :class:`SecretEntry` that also names the teams whose services may use it; the variable's
+    value, read on every request (so a rotated value applies without a restart where the
+    environment can change), is the ``Authorization`` header sent verbatim, e.g. ``Bearer
+    xyz``, less a line break at its end (a secret mounted from a file often has one). An
+    unknown reference, a service of a team the entry does not name, or an unset or empty
+    variable gives ``None``, which the gateway turns into a 502 for the caller and an error in
+    its log. Called with a reference alone, only entries open to every team answer.
     """
 
-    def __init__(self, names: Mapping[str, str], environ: Mapping[str, str] = os.environ) -> None:
-        self._names = dict(names)
+    def __init__(
+        self, names: Mapping[str, str | SecretEntry], environ: Mapping[str, str] = os.environ
+    ) -> None:
+        self._entries = {
+            reference: entry if isinstance(entry, SecretEntry) else SecretEntry(env=entry)
+            for reference, entry in names.items()
+        }
         self._environ = environ
 
+    def secret_for(self, service: Service) -> str | None:
+        """The ``Authorization`` value for ``service``'s credential reference, when its team
+        may use it."""
+        reference = service.external_auth_credential_id
+        if reference is None:
+            return None
+        return self._resolve(reference, service.team_id)
+
     def __call__(self, credential_id: str) -> str | None:
-        name = self._names.get(credential_id)
-        if name is None:
+        return self._resolve(credential_id, None)
+
+    def _resolve(self, credential_id: str, team_id: uuid.UUID | None) -> str | None:
+        entry = self._entries.get(credential_id)
+        if entry is None:
             logger.error("no [secrets] entry for credential reference %r", credential_id)
             return None
+        if entry.teams is not None and (team_id is None or not entry.allows(team_id)):
+            # A reference set on another team's service: never that team's secret.
+            logger.error(
+                "[secrets] entry %r is not for team %s", credential_id, team_id or "(unknown)"
+            )
+            return None
+        name = entry.env
         value = (self._environ.get(name) or "").removesuffix("\n").removesuffix("\r")
         if not value:
             logger.error(
@@ -205,7 +234,7 @@ class EnvironmentSecretResolver:
         return value
 
     def __repr__(self) -> str:
-        return f"EnvironmentSecretResolver({sorted(self._names)!r})"
+        return f"EnvironmentSecretResolver({sorted(self._entries)!r})"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -139,6 +139,22 @@ def test_an_external_service_without_a_secrets_entry_is_added_with_a_warning(
     assert "[secrets]" in result.stderr
 
 
+def test_a_secret_of_other_teams_is_added_with_a_warning(workspace: Workspace) -> None:
+    other = uuid.uuid4()
+    workspace.config.write_text(
+        workspace.config.read_text() + f'payroll = {{ env = "PAYROLL", teams = ["{other}"] }}\n'
+    )
+    add = (
+        "services", "add", "billing", "--name", "Billing",
+        "--external-url", "https://billing.example", "--credential-ref", "payroll",
+    )  # fmt: skip
+    result = workspace.run(*add, "--team", str(workspace.team))
+    assert "warning" in result.stderr
+    assert f"not for team {workspace.team}" in result.stderr
+    allowed = workspace.run(*add, "--team", str(other))
+    assert "warning" not in allowed.stderr
+
+
 # -- credentials ---------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ import certifi
 import pytest
 from webtest import TestApp
 
-from invoke_middleware._toml_config import ConfigError, load_config, starter_config
+from invoke_middleware._toml_config import ConfigError, SecretEntry, load_config, starter_config
 from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.config import JWTSettings
 from invoke_middleware.pipeline import PipelineSettings
@@ -41,6 +41,21 @@ from invoke_middleware.transport.base import (
 )
 
 TEAM = uuid.UUID("2c9f7a30-1b4e-4d6a-8f2c-5e7d9b0a1c3e")
+OTHER_TEAM = uuid.UUID("2c9f7a30-1b4e-4d6a-8f2c-000000000002")
+
+
+def external(slug: str, reference: str, team: uuid.UUID = TEAM) -> Service:
+    """An external service of ``team`` whose Authorization comes from ``reference``."""
+    return Service(
+        id=uuid.uuid4(),
+        team_id=team,
+        slug=slug,
+        display_name=slug.title(),
+        service_type=ServiceType.EXTERNAL,
+        service_status=ServiceStatus.RUNNING,
+        external_url=f"https://{slug}.example/v1",
+        external_auth_credential_id=reference,
+    )
 
 
 @pytest.mark.parametrize(
@@ -145,6 +160,24 @@ def test_the_secret_resolver_reads_the_environment_at_request_time() -> None:
     assert resolver("billing") == "Bearer rotated"
 
 
+def test_a_secret_for_some_teams_goes_to_their_services_only() -> None:
+    environ = {"PAYROLL_AUTH": "Bearer payroll", "SHARED_AUTH": "Bearer shared"}
+    resolver = EnvironmentSecretResolver(
+        {
+            "payroll": SecretEntry(env="PAYROLL_AUTH", teams=frozenset({TEAM})),
+            "shared": "SHARED_AUTH",
+        },
+        environ,
+    )
+    assert resolver.secret_for(external("pay", "payroll")) == "Bearer payroll"
+    # The same reference on another team's service: never the secret.
+    assert resolver.secret_for(external("pay", "payroll", team=OTHER_TEAM)) is None
+    # Without a service, the team is unknown: only the entries open to every team answer.
+    assert resolver("payroll") is None
+    assert resolver("shared") == "Bearer shared"
+    assert resolver.secret_for(external("any", "shared", team=OTHER_TEAM)) == "Bearer shared"
+
+
 @pytest.mark.parametrize("end", ["\n", "\r\n"])
 def test_the_secret_resolver_drops_a_line_break_at_the_end(end: str) -> None:
     # A secret mounted from a file often ends with one; sent as is, no request could go.
@@ -207,6 +240,53 @@ def test_an_external_service_gets_its_secret_from_the_environment(
     [sent] = recorder.requests
     assert sent.url == "https://billing.example/v1/invoices"
     assert dict(sent.headers)["Authorization"] == "Bearer upstream-secret"
+
+
+def test_a_team_s_secret_is_never_sent_for_another_team_s_service(
+    assembled: tuple[Path, list[StandaloneApp]],
+) -> None:
+    tmp_path, built = assembled
+    config = _config(tmp_path, f'payroll = {{ env = "PAYROLL_AUTH", teams = ["{TEAM}"] }}\n')
+    gateway = _build(built, config, {"PAYROLL_AUTH": "Bearer team-secret"})
+    gateway.store.services.add(external("payroll", "payroll"))
+    # Another team's service names the same reference (a copied record, a guessed name).
+    gateway.store.services.add(external("copycat", "payroll", team=OTHER_TEAM))
+    recorder = RecordingTransport(MockTransport(lambda request: make_response(200, body=b"{}")))
+    gateway.app.pipeline.egress_transport = recorder
+    app = TestApp(gateway.app)
+    mine = gateway.store.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+    theirs = gateway.store.credentials.issue(CredentialKind.INTEGRATION, team_id=OTHER_TEAM).key
+
+    refused = app.get(
+        "/r/containers/copycat/x", headers={"Authorization": f"Bearer {theirs}"}, status=502
+    )
+    assert refused.json["code"] == "upstream_error"
+    assert recorder.requests == []  # nothing left for the other team's service
+    app.get("/r/containers/payroll/x", headers={"Authorization": f"Bearer {mine}"}, status=200)
+    [sent] = recorder.requests
+    assert dict(sent.headers)["Authorization"] == "Bearer team-secret"
+
+
+@pytest.mark.parametrize(
+    ("entry", "fragment"),
+    [
+        pytest.param('{ teams = ["x"] }', "expected an environment variable name", id="no-env"),
+        pytest.param('{ env = "A", team = [] }', "expected an environment variable", id="unknown"),
+        pytest.param('{ env = "A", teams = [] }', "at least one", id="no-teams"),
+        pytest.param('{ env = "A", teams = "x" }', "a list of team ids", id="not-a-list"),
+        pytest.param('{ env = "A", teams = ["nope"] }', "UUIDs", id="not-a-uuid"),
+        pytest.param('{ env = "not a name", teams = ["x"] }', "environment variable", id="env"),
+        pytest.param("42", "expected an environment variable name", id="a-number"),
+    ],
+)
+def test_a_bad_secrets_entry_is_a_config_error_naming_it(
+    tmp_path: Path, entry: str, fragment: str
+) -> None:
+    config = _config(tmp_path, f"payroll = {entry}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    assert "[secrets] payroll" in str(error.value)
+    assert fragment in str(error.value)
 
 
 def test_a_public_key_file_verifies_user_jwts(

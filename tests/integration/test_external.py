@@ -100,6 +100,36 @@ def test_external_service_gets_the_resolved_secret_over_the_private_ca(
     assert SECRET.encode() not in relayed.body + json.dumps(payload).encode()
 
 
+class TeamSecrets:
+    """A host's resolver that keeps each team's secrets to that team's services."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[uuid.UUID, str | None]] = []
+
+    def secret_for(self, service: Service) -> str | None:
+        self.asked.append((service.team_id, service.external_auth_credential_id))
+        owned = {(TEAM, CREDENTIAL_ID): SECRET}
+        return owned.get((service.team_id, service.external_auth_credential_id or ""))
+
+    def __call__(self, credential_id: str) -> str | None:
+        raise AssertionError("a resolver with secret_for is asked with the service")
+
+
+def test_a_service_secret_resolver_is_told_the_service(
+    tls_upstream: TLSUpstream, tls_files: TLSFiles
+) -> None:
+    resolver = TeamSecrets()
+    with serve_gateway(
+        [external_service(tls_upstream.url)],
+        egress_transport=HTTPTransport(ca_bundle=tls_files.ca_cert),
+        secret_resolver=resolver,
+    ) as gateway:
+        relayed = exchange(gateway, "GET", "/r/containers/partner/items")
+    assert relayed.status == 200
+    assert resolver.asked == [(TEAM, CREDENTIAL_ID)]
+    assert tls_upstream.seen == [("/v2/items", SECRET)]
+
+
 def test_external_service_behind_an_unknown_ca_is_unreachable(
     tls_upstream: TLSUpstream,
 ) -> None:
