@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from invoke_middleware.errors import GatewayError
 from invoke_middleware.transport._origin import split_url
@@ -63,6 +64,17 @@ MAX_WAITERS = 8
 _REFRESH_AHEAD = 0.1
 #: What may appear in the URL's host and target: they are written to the socket as they are.
 _WIRE_TEXT = re.compile(r"[!-~]+")
+
+
+# What a key set may give the gateway to verify with. A private or a symmetric key published
+# by mistake is not a verification key: verifying with it fails in the key's own code, not
+# with a refusal, and a symmetric one would let whoever read the key set sign tokens.
+_PUBLIC_KEY_TYPES = (
+    rsa.RSAPublicKey,
+    ec.EllipticCurvePublicKey,
+    ed25519.Ed25519PublicKey,
+    ed448.Ed448PublicKey,
+)
 
 
 class UnknownKeyError(LookupError):
@@ -267,6 +279,9 @@ def _fetch_keys(transport: HTTPTransport, url: str, deadline: float) -> dict[str
     keys: dict[str, jwt.PyJWK] = {}
     for key in published:
         kid = key.key_id
+        if not isinstance(key.key, _PUBLIC_KEY_TYPES):
+            logger.warning("JWKS endpoint publishes a key that is not a public key: ignored")
+            continue
         # As PyJWKClient: keys for signatures (or of no stated use) with a kid; the first of
         # a repeated kid is the one used.
         if key.public_key_use in ("sig", None) and isinstance(kid, str) and kid:

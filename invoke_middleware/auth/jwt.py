@@ -194,11 +194,22 @@ class JWTResolver:
         except jwt.PyJWTError as exc:
             logger.debug("JWT refused: %s", type(exc).__name__)
             raise UnauthenticatedError from exc
+        if self._audience is None and "aud" in claims:
+            # PyJWT lets an empty or null aud pass when no audience is configured; a token
+            # meant for some audience is never taken where none is (docs/contract.md §7).
+            logger.debug("JWT refused: an aud claim, and no audience configured")
+            raise UnauthenticatedError
         token_id = claims.get("jti")
+        try:
+            expires_at = float(claims["exp"])
+        except (OverflowError, TypeError, ValueError) as exc:
+            # PyJWT took it for a number; a float cannot hold it (exp = 10**400).
+            logger.debug("JWT refused: exp out of range")
+            raise UnauthenticatedError from exc
         return VerifiedToken(
             subject=claims["sub"],
             token_id=token_id if isinstance(token_id, str) else None,
-            expires_at=float(claims["exp"]),
+            expires_at=expires_at,
         )
 
     def _published_key(self, jwks: JWKSCache, token: str) -> jwt.PyJWK:
@@ -223,13 +234,15 @@ def team_from_header(request: PipelineRequest) -> uuid.UUID:
     Raises :class:`MissingTeamError` when absent or empty, :class:`InvalidTeamError` when it
     is not a single canonical UUID.
     """
-    values = [v.strip() for v in request.headers.get_all(TEAM_HEADER)]
-    values = [v for v in values if v]
-    if not values:
+    values = request.headers.get_all(TEAM_HEADER)
+    if len(values) > 1:
+        raise InvalidTeamError  # repeated, even when one of them is blank
+    value = values[0].strip() if values else ""
+    if not value:
         raise MissingTeamError
-    if len(values) != 1 or _UUID_PATTERN.fullmatch(values[0]) is None:
+    if _UUID_PATTERN.fullmatch(value) is None:
         raise InvalidTeamError
-    return uuid.UUID(values[0])
+    return uuid.UUID(value)
 
 
 def _checked_algorithms(algorithms: Sequence[str]) -> list[str]:

@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from invoke_middleware.auth import InMemoryMembershipStore, JWTResolver, Role, _jwks
 from invoke_middleware.auth._jwks import MAX_JWKS_BYTES, MAX_WAITERS
@@ -379,3 +381,29 @@ def test_the_key_set_is_fetched_over_verified_tls(
     assert idp.fetches == (1 if trusted else 0)
     if not trusted:
         assert any("certificate verify failed" in line for line in warnings_in(caplog))
+
+
+# -- what a key set may give the gateway --------------------------------------------------
+
+
+def test_private_and_symmetric_keys_in_a_key_set_are_never_used(
+    members: InMemoryMembershipStore, pair: KeyPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An identity provider that publishes its private key (or an HMAC secret) by mistake:
+    # verifying with either failed in the key's own code (500 for an anonymous token), and
+    # an HMAC secret read from the key set would let anyone sign.
+    private = {
+        **json.loads(
+            jwt.algorithms.RSAAlgorithm.to_jwk(
+                serialization.load_pem_private_key(pair.private_pem, password=None)
+            )
+        ),
+        "kid": "private",
+    }
+    symmetric = {"kty": "oct", "k": _b64(b"s" * 32), "kid": "sym", "alg": "HS256"}
+    document = {"keys": [private, symmetric, pair.public_jwk(KID)]}
+    with JWKSServer(document).running() as server:
+        resolver = JWTResolver(members, jwks_url=server.url, algorithms=["RS256"])
+        assert not authenticates(resolver, signed(pair, kid="private"))
+        assert authenticates(resolver, signed(pair, kid=KID))
+    assert any("not a public key" in line for line in warnings_in(caplog))

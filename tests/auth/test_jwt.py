@@ -276,6 +276,9 @@ def test_requests_without_a_user_token_are_not_this_resolvers(
         pytest.param([str(TEAM).replace("-", "")], InvalidTeamError, id="uuid-without-dashes"),
         pytest.param([f"{{{TEAM}}}"], InvalidTeamError, id="uuid-in-braces"),
         pytest.param([str(TEAM), str(OTHER_TEAM)], InvalidTeamError, id="two-teams"),
+        # Repeated is refused whatever the values: a blank one does not make it one field.
+        pytest.param(["", str(TEAM)], InvalidTeamError, id="blank-and-a-team"),
+        pytest.param([str(TEAM), " "], InvalidTeamError, id="a-team-and-blank"),
     ],
 )
 def test_the_team_must_be_one_uuid_in_x_team_id(
@@ -287,6 +290,27 @@ def test_the_team_must_be_one_uuid_in_x_team_id(
         resolvers["hs"](gateway_request(token=hs_token(), headers=headers))
 
     assert getattr(refused.value, "status", None) == 400
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        pytest.param({"exp": 10**400}, id="exp-too-large-for-a-float"),
+        pytest.param({"aud": []}, id="empty-aud"),
+        pytest.param({"aud": None}, id="null-aud"),
+        pytest.param({"aud": "anyone"}, id="an-aud"),
+    ],
+)
+def test_claims_a_gateway_without_an_audience_cannot_take_are_401(
+    memberships: InMemoryMembershipStore, claims: dict[str, Any]
+) -> None:
+    # Signed with the right key: only its claims are wrong (a 500 for exp, a pass for aud).
+    resolver = JWTResolver(memberships, key=SECRET, algorithms=["HS256"])
+    token = mint_jwt(secret_or_private_key=SECRET, sub="alice", **claims)
+    with pytest.raises(UnauthenticatedError):
+        resolver(gateway_request(token=token, team=str(TEAM)))
+    assert resolver(gateway_request(token=mint_jwt(secret_or_private_key=SECRET, sub="alice"),
+                                    team=str(TEAM))) is not None  # fmt: skip
 
 
 def test_a_bad_token_is_401_even_without_x_team_id(resolvers: dict[str, JWTResolver]) -> None:
