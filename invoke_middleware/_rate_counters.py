@@ -20,6 +20,7 @@ per request (``bench/results/limits.md``); this one drops expired windows as it 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -189,6 +190,9 @@ class RedisCounter:
         # After a failed round trip Redis is not asked again for ``retry_after_failure``
         # seconds: a Redis that hangs would otherwise cost every request its full timeout
         # (and a new connection), holding a worker thread and a concurrency slot meanwhile.
+        # Then one request at a time asks whether it is back; the others go on as if it were
+        # not until that one has its answer, so a Redis still hanging costs one thread per
+        # interval, not every thread that came meanwhile.
         self._retry_after_failure = retry_after_failure
         self._failed_until = 0.0
         self._failure: Exception | None = None
@@ -247,14 +251,28 @@ class RedisCounter:
         for (_, window, _), amount in zip(keys, amounts, strict=True):
             args += (window, amount)
         started = self._clock()
-        if started < self._failed_until:
-            raise StoreUnavailable from self._failure
+        with self._lock:
+            if started < self._failed_until:
+                raise StoreUnavailable from self._failure
+            probing = self._failure is not None
+            if probing:
+                self._failed_until = math.inf  # this request finds out; the others wait
         try:
             replies = self._script(keys=prefixed, args=args)
-        except self._redis_error as exc:
-            self._failure = exc
-            self._failed_until = self._clock() + self._retry_after_failure
-            raise StoreUnavailable from exc
+        except BaseException as exc:
+            with self._lock:
+                if isinstance(exc, self._redis_error):
+                    self._failure = exc
+                    self._failed_until = self._clock() + self._retry_after_failure
+                elif probing:
+                    self._failed_until = self._clock() + self._retry_after_failure
+            if isinstance(exc, self._redis_error):
+                raise StoreUnavailable from exc
+            raise
+        if probing:
+            with self._lock:
+                self._failure = None
+                self._failed_until = 0.0
         counts = [
             (int(replies[i]), max(int(replies[i + 1]), 0) / 1000) for i in range(0, len(replies), 2)
         ]

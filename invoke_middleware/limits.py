@@ -47,6 +47,7 @@ Events: each refusal and each store failure is reported to the ``on_event`` hook
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import threading
 import time
@@ -73,6 +74,7 @@ from invoke_middleware._ratelimit_headers import (
     retry_after,
     until_admitted,
 )
+from invoke_middleware.auth.principal import CredentialKind
 from invoke_middleware.errors import LimitsUnavailableError, RateLimitedError, TooManyInFlightError
 
 if TYPE_CHECKING:
@@ -219,18 +221,39 @@ class _Policy:
         keys: list[RateKey] = []
         caller = 0
         plan = self.credential
-        if plan is not None and principal.credential_id is not None:
+        credential_id = principal.credential_id
+        if plan is not None and credential_id is not None:
             caller = 2
-            keys.append(
-                (plan.prefix + principal.credential_id + plan.suffix, plan.window, plan.amount)
-            )
+            if principal.kind is CredentialKind.JWT:
+                # A token's jti is the identity provider's text: in a namespace of its own
+                # (an sk- key's id as a jti must not spend that key's budget), and short.
+                credential_id = _token_rate_id(credential_id)
+            keys.append((plan.prefix + credential_id + plan.suffix, plan.window, plan.amount))
         plan = self.user
-        if plan is not None and principal.user_id is not None:
+        user_id = principal.user_id
+        if plan is not None and user_id is not None:
             caller += 1
-            keys.append((plan.prefix + principal.user_id + plan.suffix, plan.window, plan.amount))
+            if len(user_id) > _MAX_RATE_ID:
+                user_id = _hashed(user_id)  # a JWT sub may be up to the header cap long
+            keys.append((plan.prefix + user_id + plan.suffix, plan.window, plan.amount))
         keys.extend(self.shared_keys)
         plans, policies = self.rates_by_caller[caller]
         return plans, policies, keys
+
+
+# Ids longer than this (a JWT's sub, or any jti) count under their hash: every key held in
+# memory and in Redis stays short whatever an identity provider puts in a token.
+_MAX_RATE_ID = 64
+
+
+def _hashed(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=4096)
+def _token_rate_id(token_id: str) -> str:
+    """The rate id of a user token's ``jti``: never equal to a key's id, at most 64 long."""
+    return "jwt:" + (token_id if len(token_id) <= _MAX_RATE_ID - 4 else _hashed(token_id))
 
 
 class LimitOutcome(StrEnum):
@@ -416,16 +439,23 @@ class Admission:
 
     :meth:`hold` attaches both to the pipeline's response. :meth:`release` may be called more
     than once; only the first call gives the slot back. ``replaces`` names (lower-case) the
-    response fields that the added ones replace: none when nothing is added.
+    response fields that are the gateway's to write, whether it adds them or not (by default,
+    those of ``headers``): an upstream's fields of these names never reach the caller.
     """
 
     __slots__ = ("_pending", "headers", "replaces")
 
     def __init__(
-        self, headers: tuple[tuple[str, str], ...], release: Callable[[], None] | None
+        self,
+        headers: tuple[tuple[str, str], ...],
+        release: Callable[[], None] | None,
+        *,
+        replaces: frozenset[str] | None = None,
     ) -> None:
         self.headers = headers
-        self.replaces = RATE_LIMIT_NAMES if headers else _NO_NAMES
+        if replaces is None:
+            replaces = RATE_LIMIT_NAMES if headers else _NO_NAMES
+        self.replaces = replaces
         # A list, because list.pop() is atomic: the server's close() and the collection of
         # an abandoned body generator may both release, from different threads.
         self._pending = [] if release is None else [release]
@@ -450,7 +480,7 @@ class Admission:
         A buffered body (a tuple) ends now; a streamed one ends when it is exhausted, fails
         or is closed (the client went away), whichever comes first.
         """
-        if self.headers:
+        if self.replaces:
             fields = response.headers
             if not replaced:
                 for name, _ in fields:
@@ -734,7 +764,9 @@ class Limiter:
             if release is not None:
                 release()
             raise
-        return Admission(headers, release)
+        # The rate fields are the gateway's even when it writes none (its store is down and
+        # it fails open): a container's own must not pass for its policies.
+        return Admission(headers, release, replaces=RATE_LIMIT_NAMES)
 
     def _policy(
         self,

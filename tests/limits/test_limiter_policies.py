@@ -20,7 +20,7 @@ from invoke_middleware.limits import (
     ServiceLimits,
     TeamLimits,
 )
-from tests.toolkit.world import TEAM, make_service
+from tests.toolkit.world import OTHER_TEAM, TEAM, make_service
 
 PRINCIPAL = Principal(kind=CredentialKind.INTEGRATION, team_id=TEAM, credential_id="sk-abc")
 SERVICE = make_service("svc", "http://127.0.0.1:9")
@@ -139,3 +139,27 @@ def test_a_wait_for_a_global_slot_that_raises_gives_the_teams_slot_back(
     held.release()
     assert {kind: slot.count for (kind, _), slot in in_flight._slots.items()} == {"team": 0}
     assert limiter.waiting == 0
+
+
+def test_a_token_id_never_spends_a_key_s_budget_and_long_ids_count_under_their_hash() -> None:
+    limiter = Limiter(
+        LimitSettings(
+            credential_rate=Rate(amount=1, window=3600), user_rate=Rate(amount=2, window=3600)
+        )
+    )
+    admit(limiter)  # the key sk-abc spends its one request
+    with pytest.raises(RateLimitedError):
+        admit(limiter)
+    # A user token whose jti is that key's id (an identity provider lets users pick it), of
+    # another team: a budget of its own.
+    token = Principal(
+        kind=CredentialKind.JWT, team_id=OTHER_TEAM, user_id="ada", credential_id="sk-abc"
+    )
+    limiter.admit(token, SERVICE, route="catch_all", request_id="r")
+    # Ids as long as a token may make them: the keys held stay short, and still count.
+    long_token = dataclasses.replace(token, user_id="u" * 5000, credential_id="j" * 5000)
+    limiter.admit(long_token, SERVICE, route="catch_all", request_id="r")
+    with pytest.raises(RateLimitedError):
+        limiter.admit(long_token, SERVICE, route="catch_all", request_id="r")
+    keys = limiter._counter._windows  # type: ignore[union-attr]
+    assert max(len(key) for key in keys) < 128

@@ -159,6 +159,25 @@ def test_a_redis_that_is_down_from_the_start_does_not_stop_the_gateway(
     assert [e.outcome for e in events] == [LimitOutcome.STORE_FAILED_OPEN]
 
 
+def test_a_container_s_rate_fields_never_pass_for_the_gateway_s_while_redis_is_away(
+    upstream: RecordingUpstream, redis_namespace: RedisNamespace
+) -> None:
+    # Failing open, the gateway writes no RateLimit fields: the container's own, naming a
+    # policy as generous as it likes, must not reach the caller in their place.
+    cutter = TCPCutter(("127.0.0.1", 6379))
+    cutter.cut()
+    events: list[LimitEvent] = []
+    limiter = _limiter(cutter, redis_namespace, events)
+    forged = "/r/containers/svc/fields?RateLimit-Policy=%22team%22%3Bq%3D999999%3Bw%3D1"
+    with limited_gateway(upstream.url, limiter) as gateway:
+        reply = get(gateway, forged + "&RateLimit=%22team%22%3Br%3D999999%3Bt%3D1&X-Kept=1")
+    assert reply.status == 200
+    assert reply.header("X-Kept") == "1"
+    assert reply.header("RateLimit-Policy") is None
+    assert reply.header("RateLimit") is None
+    assert [e.outcome for e in events] == [LimitOutcome.STORE_FAILED_OPEN]
+
+
 def test_the_counters_expire_with_their_window(redis_namespace: RedisNamespace) -> None:
     import redis
 

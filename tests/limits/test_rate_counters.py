@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -230,3 +231,42 @@ def test_after_a_failed_round_trip_redis_is_not_asked_again_for_a_while() -> Non
     finally:
         counter.close()
         silent.close()
+
+
+def test_a_hanging_redis_costs_one_thread_per_interval_not_every_thread() -> None:
+    # 16 threads asking for 2 s while Redis hangs (timeout and interval 0.2 s). Each interval
+    # used to send every thread that came meanwhile into a full timeout: about 16 waits per
+    # 0.4 s, some 80 in all. Now only the first wave waits, then one thread per interval.
+    from limits.storage import storage_from_string
+
+    silent = _SilentRedis()
+    storage = storage_from_string(silent.url, socket_timeout=0.2, socket_connect_timeout=0.2)
+    counter = RedisCounter(storage, batch=1, retry_after_failure=0.2)
+    keys = [("team_rate/x/60", 60, 100)]
+    threads, seconds = 16, 2.0
+    waits: list[float] = []
+    lock = threading.Lock()
+    end = time.monotonic() + seconds
+
+    def ask() -> None:
+        while time.monotonic() < end:
+            began = time.monotonic()
+            with contextlib.suppress(StoreUnavailable):
+                counter.hit(keys)
+            took = time.monotonic() - began
+            if took > 0.1:
+                with lock:
+                    waits.append(took)
+            time.sleep(0.005)
+
+    try:
+        workers = [threading.Thread(target=ask) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(seconds + 5)
+    finally:
+        counter.close()
+        silent.close()
+    intervals = int(seconds / 0.2) + 2
+    assert 1 <= len(waits) <= threads + intervals

@@ -7,6 +7,7 @@ forwarded, and that a refused request forwarded nothing. Paths choose the answer
 - ``/status/<code>``: that status with a small JSON body;
 - ``/cookies`` (and any path ending so): two ``Set-Cookie`` fields, ``a=1; Path=/`` and
   ``b=2``; with ``?set=`` values in the query (percent-encoded), one field of each instead;
+- ``/fields?Name=value&...``: ``200`` carrying those response fields (percent-encoded);
 - ``/gzip``: a gzip body with ``Content-Encoding: gzip``;
 - ``/redirect``: ``302`` to the relative ``/elsewhere``;
 - ``/bytes/<n>``: :func:`repeating_bytes` ``(n)``;
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 from tests.toolkit.servers import serving
 
@@ -132,6 +133,9 @@ class _Handler(BaseHTTPRequestHandler):
                 [("Content-Type", "text/plain"), *(("Set-Cookie", value) for value in chosen)],
                 b"",
             )
+        elif path == "/fields":
+            chosen = parse_qsl(self.path.partition("?")[2])
+            self._send(200, [("Content-Type", "text/plain"), *chosen], b"")
         elif path == "/gzip":
             self._send(
                 200,
