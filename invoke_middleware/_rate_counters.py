@@ -131,28 +131,35 @@ def _end_of_held(held: list[float]) -> float:
     return held[2]
 
 
-#: The ``limits`` library's fixed-window step (its ``incr_expire.lua``: increment, and start
-#: the window's expiry when the increment created the key) for every key of a request at
-#: once, each by its own amount (``ARGV``: window, amount, window, amount, ...), with each
-#: key's remaining time to live: one command and one round trip, whatever the number of rates.
-#: Keys may hash to different slots, so this needs a single Redis, not a Cluster.
-_HIT_ALL = """
-local replies = {}
-for i, key in ipairs(KEYS) do
-    local amount = tonumber(ARGV[2 * i])
-    local current = redis.call("incrby", key, amount)
-    if current == amount then
-        redis.call("expire", key, ARGV[2 * i - 1])
-    end
-    replies[2 * i - 1] = current
-    replies[2 * i] = redis.call("pttl", key)
-end
-return replies
-"""
-
 #: A batch is at most this share of what a window has left (its 1/10th), so that the
 #: requests one process holds unused are a small part of any budget, and none near its end.
 _BATCH_SHARE = 10
+
+#: The ``limits`` library's fixed-window step (its ``incr_expire.lua``: increment, and start
+#: the window's expiry when the increment created the key) for every key of a request at
+#: once, each by the batch it may take (``ARGV``: window, batch wanted, requests allowed, for
+#: each key): a tenth of what the window has left in Redis, at least one request and at most
+#: the batch wanted. It answers each key's total, remaining time to live and the batch taken:
+#: one command and one round trip, whatever the number of rates. The share is worked out
+#: here, from the count every process adds to, so that processes that each reserve a batch
+#: never reserve more than the window has left, however many they are. Keys may hash to
+#: different slots, so this needs a single Redis, not a Cluster.
+_HIT_ALL = f"""
+local replies = {{}}
+for i, key in ipairs(KEYS) do
+    local wanted = tonumber(ARGV[3 * i - 1])
+    local left = tonumber(ARGV[3 * i]) - tonumber(redis.call("get", key) or "0")
+    local amount = math.max(1, math.min(wanted, math.floor(left / {_BATCH_SHARE})))
+    local current = redis.call("incrby", key, amount)
+    if current == amount then
+        redis.call("expire", key, ARGV[3 * i - 2])
+    end
+    replies[3 * i - 2] = current
+    replies[3 * i - 1] = redis.call("pttl", key)
+    replies[3 * i] = amount
+end
+return replies
+"""
 
 
 class RedisCounter:
@@ -206,7 +213,6 @@ class RedisCounter:
             table = self._held
             for key, _, allowed in keys:
                 held = table.get(key)
-                top = 0.0
                 if held is not None and held[2] > now:
                     if held[0]:
                         held[0] -= 1
@@ -215,17 +221,17 @@ class RedisCounter:
                     if held[1] >= allowed:  # spent: refused until the window ends
                         counts.append((allowed + 1, held[2] - now))
                         continue
-                    top = held[1]
                 asked.append(len(counts))
                 counts.append((0, 0.0))
-                amounts.append(max(1, min(self._batch, int(allowed - top) // _BATCH_SHARE)))
+                # Redis takes less, near the end of the window (see _HIT_ALL).
+                amounts.append(self._batch)
         if not asked:
             return counts
         replies, started = self._ask([keys[i] for i in asked], amounts)
         now = self._clock()
         with self._lock:
             table = self._held
-            for index, amount, (total, reset) in zip(asked, amounts, replies, strict=True):
+            for index, (total, reset, amount) in zip(asked, replies, strict=True):
                 key, _, allowed = keys[index]
                 first = total - amount + 1  # this request's own count
                 end = started + reset
@@ -243,13 +249,13 @@ class RedisCounter:
 
     def _ask(
         self, keys: Sequence[RateKey], amounts: Sequence[int]
-    ) -> tuple[list[tuple[int, float]], float]:
-        """Add ``amounts`` to ``keys`` in Redis: each key's total and seconds left, and the
-        time just before asking."""
+    ) -> tuple[list[tuple[int, float, int]], float]:
+        """Add at most ``amounts`` to ``keys`` in Redis (see :data:`_HIT_ALL`): each key's
+        total, seconds left and the amount added, and the time just before asking."""
         prefixed = [self._storage.prefixed_key(key) for key, _, _ in keys]
         args: list[int] = []
-        for (_, window, _), amount in zip(keys, amounts, strict=True):
-            args += (window, amount)
+        for (_, window, allowed), amount in zip(keys, amounts, strict=True):
+            args += (window, amount, allowed)
         started = self._clock()
         with self._lock:
             if started < self._failed_until:
@@ -274,7 +280,8 @@ class RedisCounter:
                 self._failure = None
                 self._failed_until = 0.0
         counts = [
-            (int(replies[i]), max(int(replies[i + 1]), 0) / 1000) for i in range(0, len(replies), 2)
+            (int(replies[i]), max(int(replies[i + 1]), 0) / 1000, int(replies[i + 2]))
+            for i in range(0, len(replies), 3)
         ]
         return counts, started
 

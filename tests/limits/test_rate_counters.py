@@ -107,6 +107,20 @@ def test_a_batch_is_at_most_a_tenth_of_what_the_window_has_left(
     assert redis_counts.total("k") == 5
 
 
+def test_many_processes_together_reserve_no_more_than_the_window_has_left(
+    redis_counts: _CountedRedis,
+) -> None:
+    # 32 processes behind a round-robin balancer, a budget of 400 a minute, 100 requests.
+    # Each process sized its batch by what it alone had seen: 32 x 16 = 512 reserved, past
+    # the budget, and 21 of the 100 requests were refused inside it.
+    processes = [redis_counts.counter(batch=16) for _ in range(32)]
+    counts = [processes[n % 32].hit([("k", 60, 400)])[0][0] for n in range(100)]
+    assert all(count <= 400 for count in counts)
+    assert redis_counts.total("k") <= 400
+    # What sits unused in the processes is what the budget has not handed out.
+    assert len(set(counts)) == 100
+
+
 def test_one_process_admits_exactly_the_budget_and_then_refuses_without_asking(
     redis_counts: _CountedRedis,
 ) -> None:
