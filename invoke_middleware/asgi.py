@@ -40,15 +40,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import string
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import quote, quote_from_bytes, unquote_to_bytes
 
 from a2wsgi import WSGIMiddleware
 
 from invoke_middleware._bodies import close_body
 from invoke_middleware.errors import InvalidRequestError
+from invoke_middleware.limits import Limiter, fair_share
 from invoke_middleware.middleware import InvokeMiddleware
 
 if TYPE_CHECKING:
@@ -79,6 +82,8 @@ DEFAULT_SEND_QUEUE_SIZE = 4
 #: a response chunk unread, before its request is let go (the standalone server closes a
 #: silent connection after the same ``idle_timeout``, see "Standalone gateway" in the README).
 DEFAULT_CLIENT_TIMEOUT = 30.0
+
+logger = logging.getLogger("invoke_middleware.asgi")
 
 # Where the per-request client state rides from the event loop to the thread: a2wsgi puts
 # the ASGI scope in the WSGI environ as "asgi.scope".
@@ -205,6 +210,46 @@ class _UntilClientLeaves:
         close_body(self._body)
 
 
+def _share_workers(gateway: InvokeMiddleware, workers: int) -> None:
+    """Keep one team from holding every worker, as the standalone server keeps it from
+    holding every thread: a gateway without a limiter gets :func:`~invoke_middleware.limits.
+    fair_share`'s caps for ``workers``; a limiter without a team cap is warned about."""
+    pipeline = gateway.pipeline
+    limiter = pipeline.limiter
+    if limiter is None:
+        pipeline.limiter = Limiter(fair_share(None, workers))
+    elif limiter.settings.team_max_in_flight is None:
+        logger.warning(
+            "limits: no team_max_in_flight: one team can hold all %d workers; other teams' "
+            "requests then wait for its relays to end",
+            workers,
+        )
+    else:
+        fair_share(limiter.settings, workers)  # warns when a team cap is not below workers
+
+
+def _keep_to_wsgi_fields(scope: Scope) -> None:
+    """Make ``scope`` one that a2wsgi turns into the environ a WSGI server would build.
+
+    - A field name holding ``_`` is dropped, as gunicorn and waitress drop it: a2wsgi would
+      join ``X_Forwarded_For`` into ``X-Forwarded-For`` (both are ``HTTP_X_FORWARDED_FOR``),
+      letting a caller write into a field a trusted proxy in front set.
+    - A query's bytes outside ASCII (HTTP/2 servers pass them) are percent-encoded, as a
+      browser sends them: a2wsgi decodes the query as ASCII and would fail with a 500.
+    """
+    headers = scope.get("headers")
+    if headers and any(b"_" in name for name, _ in headers):
+        scope["headers"] = [(name, value) for name, value in headers if b"_" not in name]
+    query: bytes = scope.get("query_string", b"")
+    if not query.isascii():
+        scope["query_string"] = quote_from_bytes(query, safe=_QUERY_SAFE).encode("ascii")
+
+
+# Every printable ASCII character stays as it is ('%' too, so escapes stay escapes): only the
+# bytes outside ASCII, and controls, are encoded.
+_QUERY_SAFE = string.punctuation
+
+
 def _request_uri(scope: Scope) -> str | None:
     """The request target as sent (path still percent-encoded), or ``None`` if unknown."""
     raw: bytes | None = scope.get("raw_path")
@@ -274,6 +319,7 @@ class InvokeASGIMiddleware:
         self.gateway = gateway
         self.workers = workers
         self.client_timeout = client_timeout
+        _share_workers(gateway, workers)
         # Calls whose request task the host cancelled, held until their thread finishes (the
         # event loop keeps only weak references to tasks).
         self._abandoned: set[asyncio.Task[None]] = set()
@@ -288,8 +334,10 @@ class InvokeASGIMiddleware:
             await self.app(scope, receive, send)
             return
         client = _Client(receive, send, self.client_timeout)
+        scope = {**scope, _CLIENT_KEY: client}
+        _keep_to_wsgi_fields(scope)
         call = asyncio.ensure_future(
-            self._wsgi({**scope, _CLIENT_KEY: client}, client.receive, client.send)  # type: ignore[arg-type]
+            self._wsgi(scope, client.receive, client.send)  # type: ignore[arg-type]
         )
         try:
             # Shielded: cancelling a2wsgi's call would stop the task that drains its queue

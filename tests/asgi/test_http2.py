@@ -105,3 +105,15 @@ def test_a_request_without_a_body_goes_without_one(
     assert received.body == b""
     assert received.header("Transfer-Encoding") is None
     assert received.header("Content-Length") is None
+
+
+def test_a_query_with_bytes_outside_ascii_is_relayed_percent_encoded(
+    h2_gateway: tuple[int, str], upstream: RecordingUpstream
+) -> None:
+    # HTTP/2 servers pass such bytes on; the ASGI-to-WSGI step decoded them as ASCII: a 500
+    # and a traceback for each request. Percent-encoded, the query means the same.
+    port, key = h2_gateway
+    path = RELAY.encode() + b"/q?a=\xff&b=%20"
+    reply = h2_request(port, "GET", path, [("authorization", f"Bearer {key}")], None)  # type: ignore[arg-type]
+    assert reply.status == 200, reply.body
+    assert upstream.last().target == "/q?a=%FF&b=%20"

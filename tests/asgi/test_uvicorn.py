@@ -29,6 +29,7 @@ from tests.asgi.server import (
 from tests.integration.gateway import CLIENT_TIMEOUT, RunningGateway, exchange
 from tests.integration.sink import SinkUpstream, pattern_blocks, pattern_digest, serve_sink
 from tests.toolkit.errors import assert_gateway_error
+from tests.toolkit.upstream import RecordingUpstream
 from tests.upstreams import RawUpstream, serve_raw
 
 RELAY = PREFIX + "/r/containers/svc"
@@ -346,6 +347,39 @@ def test_request_waiting_for_a_thread_leaves_its_body_with_the_server(
             time.sleep(0.5)
             assert counter.taken == 0
         upstream.end()  # frees the thread
+
+
+def test_one_team_s_streams_leave_workers_for_everyone_else(scripted_url: str) -> None:
+    # Four workers and no limiter configured: one team opening four long streams used to
+    # hold all four, and every other request (another team's, a listing) waited for them.
+    # By default a team holds at most half of the workers; the rest are refused at once.
+    streams: list[http.client.HTTPConnection] = []
+    with running(scripted_url, workers=4) as gateway:
+        try:
+            statuses = []
+            for _ in range(4):
+                connection = gateway.connection()
+                connection.request("GET", RELAY + "/sse?count=600&interval=0.05",
+                                   headers=gateway.auth)  # fmt: skip
+                statuses.append(connection.getresponse().status)
+                streams.append(connection)
+            # Answered while the streams go on (the client gives up after CLIENT_TIMEOUT).
+            listing = exchange(gateway, "GET", PREFIX + "/r/containers")
+        finally:
+            for connection in streams:
+                connection.close()
+    assert sorted(statuses) == [200, 200, 429, 429]
+    assert listing.status == 200
+
+
+def test_a_field_name_with_an_underscore_is_dropped(upstream: RecordingUpstream) -> None:
+    # As gunicorn and waitress drop it: the ASGI-to-WSGI step joins X_Tag into X-Tag (one
+    # environ key for both), and so, behind trusted proxies, a caller's X_Forwarded_For into
+    # the X-Forwarded-For the proxy set.
+    with running(upstream.url) as gateway:
+        reply = exchange(gateway, "GET", RELAY + "/x", [("X-Tag", "a"), ("X_Tag", "b")])
+    assert reply.status == 200
+    assert upstream.last().header("X-Tag") == "a"
 
 
 def test_gateway_errors_keep_their_format_under_uvicorn(raw: RawUpstream) -> None:
