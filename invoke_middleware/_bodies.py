@@ -175,13 +175,16 @@ class RelayBody:
     """The upstream body on its way to the client, chunk by chunk.
 
     A failure mid-stream is re-raised so that the server aborts the connection: a truncated
-    body must never look complete (docs/contract.md §8). However the relay ends (the body
+    body must never look complete (docs/contract.md §8). A failure before the first byte of
+    the body, when servers have sent nothing yet, is handed to :attr:`rescue` when set (the
+    WSGI adapter sets it): it answers the gateway's error in place of the response, or raises
+    when the server has already sent the head. However the relay ends (the body
     read to its end, a failure, :meth:`close`, its iterator closed or dropped, or the body
     itself dropped unclosed), the upstream response is let go of and the end is told once,
     so a concurrency slot or an upstream connection is never held past the relay.
     """
 
-    __slots__ = ("_also", "_done", "_on_end", "_response", "_sent")
+    __slots__ = ("_also", "_done", "_on_end", "_response", "_sent", "rescue")
 
     def __init__(
         self, response: UpstreamResponse, on_end: Callable[[int, str | None], None]
@@ -191,6 +194,7 @@ class RelayBody:
         self._also: Callable[[], None] | None = None
         self._sent = 0
         self._done = False
+        self.rescue: Callable[[BaseException], bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -204,6 +208,15 @@ class RelayBody:
             raise
         except Exception as error:
             code = as_gateway_error(error).code
+            if not self._sent and self.rescue is not None:
+                # Nothing has reached the client: servers send the head with the first byte.
+                try:
+                    replacement = self.rescue(error)
+                finally:
+                    self._finish(code)
+                logger.warning("relay failed before its first byte: %s", code)
+                yield replacement
+                return
             logger.warning("relay aborted mid-stream: %s", code)
             self._finish(code)
             raise

@@ -14,10 +14,12 @@ import pytest
 import waitress
 import waitress.server
 
+from invoke_middleware import PipelineSettings, Timeouts
 from tests.toolkit.errors import assert_gateway_error
 from tests.toolkit.servers import JOIN_TIMEOUT, serve_wsgiref
 from tests.toolkit.world import World, make_service
 from tests.transport._hostile import HostileUpstream, serve_hostile
+from tests.upstreams import RawUpstream
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -104,3 +106,23 @@ def test_a_101_to_a_caller_that_asked_for_no_upgrade_is_a_502(
 
     assert_gateway_error(reply, 502, "upstream_error", hidden=["hello", "Switching"])
     assert world.finished[-1].error_code == "upstream_error"
+
+
+@pytest.mark.parametrize("serve", SERVERS)
+def test_an_upstream_that_fails_before_its_first_body_byte_is_the_gateway_s_error(
+    make_world: Callable[..., World],
+    raw_upstream: RawUpstream,
+    serve: Callable[..., contextlib.AbstractContextManager[str]],
+) -> None:
+    # The head came, then nothing past the read timeout. Servers send the response's head
+    # with its first body byte, so nothing had reached the client: it was the server's own
+    # HTML 500; it is the gateway's 504 in its format.
+    timeouts = Timeouts(connect=2.0, read=0.3, total=10.0)
+    world = make_world(
+        services=[make_service("drip", raw_upstream.url)],
+        settings=PipelineSettings(timeouts=timeouts),
+    )
+    with serve(world.host) as url:
+        reply = _get(url, "/r/containers/drip/drip?count=3&interval=2", world)
+    assert_gateway_error(reply, 504, "upstream_timeout")
+    assert world.finished[-1].error_code == "upstream_timeout"
