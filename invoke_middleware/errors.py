@@ -199,6 +199,15 @@ class ResponseTooLargeError(UpstreamError):
     default_message = "The service's response is larger than the gateway buffers."
 
 
+class RequestTimeoutError(GatewayError):
+    """The caller's body did not arrive within the exchange's total deadline: the caller's
+    slowness, never blamed on the service."""
+
+    status = 408
+    code = "request_timeout"
+    default_message = "The request body did not arrive in time."
+
+
 class UpstreamTimeoutError(GatewayError):
     status = 504
     code = "upstream_timeout"

@@ -34,6 +34,7 @@ from typing import Any
 from ..errors import (
     GatewayError,
     InvalidRequestError,
+    RequestTimeoutError,
     UpstreamError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
@@ -109,6 +110,10 @@ class _Deadline:
         if remaining <= 0:
             raise TimeoutError
         self._wait(remaining if self._read is None or remaining < self._read else self._read)
+
+    def spent(self) -> bool:
+        """Whether the total deadline has passed."""
+        return self._at is not None and time.monotonic() >= self._at
 
     def start(self) -> None:
         if self._at is None:
@@ -232,6 +237,12 @@ class _Exchange:
     def _write_stream(self, chunks: Iterable[bytes], *, chunked: bool) -> None:
         self.stage = _READING_BODY
         for chunk in chunks:
+            if self._deadline.spent():
+                # The total ran out while the caller's body was read: the caller is slow, not
+                # the service (which would be blamed with a 504 at the next send).
+                raise RequestTimeoutError(
+                    "The request body did not arrive within the gateway's total timeout."
+                )
             if chunk:  # an empty chunk would end a chunked body (RFC 9112 §7.1)
                 self.stage = _WRITING_BODY
                 self._send(b"%X\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)

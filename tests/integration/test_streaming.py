@@ -4,6 +4,7 @@ clients."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
@@ -541,3 +542,45 @@ def test_gunicorn_aborts_the_response_when_the_upstream_fails_mid_body(
             response.read()
     finally:
         connection.close()
+
+
+def test_a_caller_slower_than_the_total_deadline_gets_408_not_the_service_s_504(
+    upstream: RecordingUpstream,
+) -> None:
+    # The caller trickles 40 bytes over about 4 s against a total of 1 s; the service waits
+    # and is fine. The deadline ran out while the caller's body was read: a 504 blamed the
+    # service (its metrics and its error code) for the caller's slowness.
+    timeouts = Timeouts(connect=2.0, read=1.0, total=1.0)
+    services = [make_service("svc", upstream.url)]
+    with (
+        serve_gateway(services, settings=PipelineSettings(timeouts=timeouts)) as gateway,
+        socket.create_connection(("127.0.0.1", gateway.port), timeout=CLIENT_TIMEOUT) as sock,
+    ):
+        sock.sendall(
+            f"POST /r/containers/svc/up HTTP/1.1\r\nHost: g\r\n"
+            f"Authorization: Bearer {gateway.key}\r\nContent-Length: 40\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        reply = b""
+        for _ in range(10):  # 4 bytes every 0.4 s, until the gateway answers
+            with contextlib.suppress(OSError):
+                sock.sendall(b"abcd")
+            time.sleep(0.4)
+            sock.settimeout(0.01)
+            with contextlib.suppress(TimeoutError):
+                reply += sock.recv(65536)
+            sock.settimeout(CLIENT_TIMEOUT)
+            if reply:
+                break
+        reply += _read_rest(sock)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert json.loads(body)["code"] == "request_timeout"
+
+
+def _read_rest(sock: socket.socket) -> bytes:
+    data = b""
+    with contextlib.suppress(OSError):
+        while piece := sock.recv(65536):
+            data += piece
+    return data
