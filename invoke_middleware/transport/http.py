@@ -524,9 +524,10 @@ class HTTPTransport(Closeable):
     and is reused only when nothing is readable on it either. ``pool_size_per_origin`` bounds
     how many *idle* connections are kept per tenant and origin (more may be open at once under
     load; extra ones are closed when released), ``max_idle_connections`` how many are kept in all
-    (over it, the connection idle the longest is closed). TLS is always verified: against
-    ``ca_bundle`` when given, else the system trust store; or pass a ready ``ssl_context``
-    (one with a client certificate, for mTLS). Safe to share between threads.
+    (over it, the tenant holding the most idle connections has its longest idle one closed).
+    TLS is always verified: against ``ca_bundle`` when given, else the system trust store; or
+    pass a ready ``ssl_context`` (one with a client certificate, for mTLS). Safe to share
+    between threads.
     """
 
     def __init__(
@@ -545,6 +546,8 @@ class HTTPTransport(Closeable):
         # Least recently released first: the end that gives up a connection over the cap.
         self._idle: OrderedDict[_PoolKey, list[_HTTPConnection]] = OrderedDict()
         self._idle_count = 0
+        # Idle connections by tenant: over the cap, the tenant holding the most gives one up.
+        self._idle_of: dict[str | None, int] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -573,6 +576,7 @@ class HTTPTransport(Closeable):
             self._closed = True
             idle, self._idle = self._idle, OrderedDict()
             self._idle_count = 0
+            self._idle_of.clear()
         for connections in idle.values():
             for connection in connections:
                 connection.close()
@@ -664,6 +668,7 @@ class HTTPTransport(Closeable):
                     return None
                 connection = idle.pop()
                 self._idle_count -= 1
+                self._forget_one(key[0])
                 if not idle:
                     del self._idle[key]
             # Bytes may have arrived since the connection was released.
@@ -680,24 +685,44 @@ class HTTPTransport(Closeable):
                 and len(self._idle.get(key, ())) < self._pool_size
                 and (self._idle_count < self._max_idle or self._idle)
             ):
+                tenant = key[0]
                 if self._idle_count >= self._max_idle:
-                    evicted = self._pop_oldest()
+                    evicted = self._pop_from_the_largest(tenant)
                 self._idle.setdefault(key, []).append(connection)
                 self._idle.move_to_end(key)
                 self._idle_count += 1
+                self._idle_of[tenant] = self._idle_of.get(tenant, 0) + 1
                 unused = None
         for closing in (evicted, unused):
             if closing is not None:
                 closing.close()
 
-    def _pop_oldest(self) -> _HTTPConnection:
-        """Take the connection idle the longest out of the pool (the lock is held)."""
-        key, idle = next(iter(self._idle.items()))
+    def _pop_from_the_largest(self, tenant: str | None) -> _HTTPConnection:
+        """Take out of the full pool the connection idle the longest of the tenant that holds
+        the most idle ones: ``tenant``'s own, when it holds as many (the lock is held).
+
+        Evicting the oldest of all would let a tenant with connections to many origins push
+        every other tenant's out, each then paying for new connections (and TLS handshakes)."""
+        held = self._idle_of
+        mine = held.get(tenant, 0)
+        victim = tenant
+        if not mine or mine < max(held.values()):
+            victim = max(held, key=held.__getitem__)
+        key, idle = next((key, idle) for key, idle in self._idle.items() if key[0] == victim)
         connection = idle.pop(0)
         self._idle_count -= 1
+        self._forget_one(victim)
         if not idle:
             del self._idle[key]
         return connection
+
+    def _forget_one(self, tenant: str | None) -> None:
+        """One idle connection of ``tenant`` fewer (the lock is held)."""
+        left = self._idle_of[tenant] - 1
+        if left:
+            self._idle_of[tenant] = left
+        else:
+            del self._idle_of[tenant]
 
 
 class _HTTPConnection(http.client.HTTPConnection):

@@ -143,3 +143,23 @@ def test_waiting_for_a_pooled_connection_keeps_the_total_deadline(
     session.close()
 
     assert time.monotonic() - started < 2.0
+
+
+def test_a_full_pool_takes_from_the_tenant_that_holds_the_most(raw_upstream: RawUpstream) -> None:
+    # Four idle connections in all. team-a holds three, team-b one; team-a's next one used to
+    # push out the connection idle the longest, team-b's: a tenant with many connections (to
+    # many origins) could keep every other tenant reconnecting. Now team-a gives up its own.
+    transport = HTTPTransport(max_idle_connections=4)
+    size = 1024 * 1024  # larger than one receive: each connection stays busy until read
+    url = raw_upstream.url + f"/download?size={size}"
+    try:
+        busy = [send(transport, "GET", url, tenant="team-b")]
+        busy += [send(transport, "GET", url, tenant="team-a") for _ in range(4)]
+        for response in busy:  # team-b's released first: the one idle the longest
+            assert b"".join(response) == repeating_bytes(size)
+            response.close()
+        assert raw_upstream.connections_accepted == 5
+        fetch(transport, "GET", raw_upstream.url + "/download?size=10", tenant="team-b")
+    finally:
+        transport.close()
+    assert raw_upstream.connections_accepted == 5  # team-b's connection was still there
