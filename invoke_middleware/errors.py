@@ -167,6 +167,19 @@ class TooManyInFlightError(GatewayError):
     default_message = "Too many requests in flight; retry after the time in Retry-After."
 
 
+class AuthUnavailableError(GatewayError):
+    """User tokens cannot be verified now: the identity provider's key set could not be had
+    (unreachable, or still being fetched with too many requests waiting). Not the token's
+    fault, so not a 401 that would make a client drop a good token."""
+
+    status = 503
+    code = "auth_unavailable"
+    default_message = "The gateway cannot verify user tokens right now; retry later."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers=(("Retry-After", "1"),))
+
+
 class LimitsUnavailableError(GatewayError):
     """The shared rate-limit store cannot be reached and the gateway is set to fail closed."""
 

@@ -82,6 +82,11 @@ class UnknownKeyError(LookupError):
     one, or its key set cannot be fetched now. The message never contains the ``kid``."""
 
 
+class KeySetUnavailableError(UnknownKeyError):
+    """No key set is held, and none could be had in time: the token cannot be checked at
+    all (its ``kid`` may well be published)."""
+
+
 class _FetchError(Exception):
     """A fetch that failed; the message is the line logged for the operator."""
 
@@ -164,11 +169,14 @@ class JWKSCache:
         if key is not None:
             return key
         if waited is None:
+            if not fresh:
+                raise KeySetUnavailableError("no key set is held, and none can be fetched now")
             raise UnknownKeyError("the key is not held, and the key set cannot be fetched now")
-        return self._await(waited, kid)
+        return self._await(waited, kid, fresh=fresh)
 
-    def _await(self, fetch: _Fetch, kid: str) -> jwt.PyJWK:
-        """The key from ``fetch``'s key set, once it ends or its deadline passes."""
+    def _await(self, fetch: _Fetch, kid: str, *, fresh: bool) -> jwt.PyJWK:
+        """The key from ``fetch``'s key set, once it ends or its deadline passes; ``fresh``
+        says whether a key set was held when the request came."""
         try:
             fetch.done.wait(max(0.0, fetch.deadline - time.monotonic()))
         finally:
@@ -176,6 +184,8 @@ class JWKSCache:
                 self._waiters -= 1
         keys = fetch.keys
         if keys is None:
+            if not fresh:
+                raise KeySetUnavailableError("the key set could not be fetched in time")
             raise UnknownKeyError("the key set could not be fetched")
         key = keys.get(kid)
         if key is None:

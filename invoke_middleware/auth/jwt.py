@@ -47,12 +47,13 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from invoke_middleware.auth._jwks import JWKSCache, UnknownKeyError
+from invoke_middleware.auth._jwks import JWKSCache, KeySetUnavailableError, UnknownKeyError
 from invoke_middleware.auth.base import bearer_token
 from invoke_middleware.auth.cache import DEFAULT_MAX_AGE, VerifiedToken, VerifiedTokenCache
 from invoke_middleware.auth.principal import CredentialKind, Principal
 from invoke_middleware.auth.stores import MembershipStore
 from invoke_middleware.errors import (
+    AuthUnavailableError,
     ForbiddenError,
     InvalidTeamError,
     MissingTeamError,
@@ -187,6 +188,10 @@ class JWTResolver:
                 leeway=self._leeway,
                 options={"require": _REQUIRED_CLAIMS, "enforce_minimum_key_length": True},
             )
+        except KeySetUnavailableError as exc:
+            # Nothing to check the token against: the gateway's trouble, not the token's.
+            logger.debug("JWT not checked: %s", exc)
+            raise AuthUnavailableError from exc
         except UnknownKeyError as exc:
             # A failed fetch was logged once, when it failed; this is one token.
             logger.debug("JWT refused: %s", exc)

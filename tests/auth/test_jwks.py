@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 
 from invoke_middleware.auth import InMemoryMembershipStore, JWTResolver, Role, _jwks
 from invoke_middleware.auth._jwks import MAX_JWKS_BYTES, MAX_WAITERS
-from invoke_middleware.errors import UnauthenticatedError
+from invoke_middleware.errors import AuthUnavailableError, UnauthenticatedError
 from invoke_middleware.testing import KeyPair, generate_keypair, jwk_set, mint_jwt
 from tests.auth.helpers import gateway_request
 from tests.auth.jwks_server import JWKSServer
@@ -92,11 +92,18 @@ def hand_made(header: dict[str, Any], hmac_secret: bytes | None = None) -> str:
 
 
 def authenticates(resolver: JWTResolver, token: str) -> bool:
-    """Whether ``resolver`` lets ``token`` in (any refusal must be the one 401)."""
+    """Whether ``resolver`` lets ``token`` in (a refusal is the one 401, or the 503 of a key
+    set that cannot be had: see :func:`refusal`)."""
+    return refusal(resolver, token) is None
+
+
+def refusal(resolver: JWTResolver, token: str) -> int | None:
+    """The status ``resolver`` refuses ``token`` with; ``None`` when it lets it in."""
     try:
-        return resolver(gateway_request(token=token, team=str(TEAM))) is not None
-    except UnauthenticatedError:
-        return False
+        resolver(gateway_request(token=token, team=str(TEAM)))
+    except (UnauthenticatedError, AuthUnavailableError) as refused:
+        return refused.status
+    return None
 
 
 def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -407,3 +414,19 @@ def test_private_and_symmetric_keys_in_a_key_set_are_never_used(
         assert not authenticates(resolver, signed(pair, kid="private"))
         assert authenticates(resolver, signed(pair, kid=KID))
     assert any("not a public key" in line for line in warnings_in(caplog))
+
+
+def test_a_token_that_cannot_be_checked_is_503_and_a_kid_the_held_set_lacks_401(
+    make_resolver: Callable[..., JWTResolver], idp: JWKSServer, pair: KeyPair
+) -> None:
+    # Without any key set (cold start, identity provider down), a good token cannot be
+    # checked: 503, so that its client retries rather than throwing it away. Once a set is
+    # held, a kid it lacks is the token's problem: 401.
+    resolver = make_resolver(jwks_timeout=0.5)
+    idp.status = 503
+    assert refusal(resolver, signed(pair)) == 503
+    assert refusal(resolver, signed(pair, kid=made_up_kid())) == 503
+    idp.status = 200
+    fresh = make_resolver(jwks_timeout=5)
+    assert refusal(fresh, signed(pair)) is None
+    assert refusal(fresh, signed(pair, kid=made_up_kid())) == 401

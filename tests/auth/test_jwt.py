@@ -17,6 +17,7 @@ import pytest
 
 from invoke_middleware.auth import CredentialKind, InMemoryMembershipStore, JWTResolver, Role
 from invoke_middleware.errors import (
+    AuthUnavailableError,
     ForbiddenError,
     InvalidTeamError,
     MissingTeamError,
@@ -356,7 +357,7 @@ def _unused_port() -> int:
     return port
 
 
-def test_an_unreachable_jwks_is_401_and_a_warning_for_the_operator(
+def test_an_unreachable_jwks_is_503_and_a_warning_for_the_operator(
     memberships: InMemoryMembershipStore, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
     resolver = JWTResolver(
@@ -367,10 +368,12 @@ def test_an_unreachable_jwks_is_401_and_a_warning_for_the_operator(
     )
     token = rs_token(keys.rsa)
 
-    with pytest.raises(UnauthenticatedError) as refused:
+    # Not the token's fault: a 401 would tell its client to throw a good token away.
+    with pytest.raises(AuthUnavailableError) as refused:
         resolver(gateway_request(token=token, team=str(TEAM)))
 
-    assert refused.value.message == UnauthenticatedError.default_message
+    assert refused.value.status == 503
+    assert ("Retry-After", "1") in refused.value.headers
     assert any(
         r.levelno == logging.WARNING and "JWKS endpoint unreachable" in r.getMessage()
         for r in caplog.records
@@ -378,7 +381,7 @@ def test_an_unreachable_jwks_is_401_and_a_warning_for_the_operator(
     assert token not in caplog.text
 
 
-def test_a_jwks_endpoint_answering_html_is_401_and_a_warning(
+def test_a_jwks_endpoint_answering_html_is_503_and_a_warning(
     memberships: InMemoryMembershipStore, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
     class Html(BaseHTTPRequestHandler):
@@ -397,7 +400,7 @@ def test_a_jwks_endpoint_answering_html_is_401_and_a_warning(
         resolver = JWTResolver(
             memberships, jwks_url=f"{url}/jwks.json", algorithms=["RS256"], jwks_timeout=2
         )
-        with pytest.raises(UnauthenticatedError):
+        with pytest.raises(AuthUnavailableError):
             resolver(gateway_request(token=rs_token(keys.rsa), team=str(TEAM)))
     assert any(
         r.levelno == logging.WARNING and "JWKS endpoint sent no key set" in r.getMessage()
