@@ -199,6 +199,10 @@ class JWTResolver:
         except jwt.PyJWTError as exc:
             logger.debug("JWT refused: %s", type(exc).__name__)
             raise UnauthenticatedError from exc
+        if not claims["sub"]:
+            # An empty sub names no user: a bad token (401), not a user without a team (403).
+            logger.debug("JWT refused: an empty sub")
+            raise UnauthenticatedError
         if self._audience is None and "aud" in claims:
             # PyJWT lets an empty or null aud pass when no audience is configured; a token
             # meant for some audience is never taken where none is (docs/contract.md §7).

@@ -300,14 +300,15 @@ def test_the_team_must_be_one_uuid_in_x_team_id(
         pytest.param({"aud": []}, id="empty-aud"),
         pytest.param({"aud": None}, id="null-aud"),
         pytest.param({"aud": "anyone"}, id="an-aud"),
+        pytest.param({"sub": ""}, id="empty-sub"),
     ],
 )
-def test_claims_a_gateway_without_an_audience_cannot_take_are_401(
+def test_claims_the_gateway_cannot_take_are_401(
     memberships: InMemoryMembershipStore, claims: dict[str, Any]
 ) -> None:
     # Signed with the right key: only its claims are wrong (a 500 for exp, a pass for aud).
     resolver = JWTResolver(memberships, key=SECRET, algorithms=["HS256"])
-    token = mint_jwt(secret_or_private_key=SECRET, sub="alice", **claims)
+    token = mint_jwt(secret_or_private_key=SECRET, **{"sub": "alice", **claims})
     with pytest.raises(UnauthenticatedError):
         resolver(gateway_request(token=token, team=str(TEAM)))
     assert resolver(gateway_request(token=mint_jwt(secret_or_private_key=SECRET, sub="alice"),
