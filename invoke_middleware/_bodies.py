@@ -175,16 +175,13 @@ class RelayBody:
     """The upstream body on its way to the client, chunk by chunk.
 
     A failure mid-stream is re-raised so that the server aborts the connection: a truncated
-    body must never look complete (docs/contract.md §8). A failure before the first byte of
-    the body, when servers have sent nothing yet, is handed to :attr:`rescue` when set (the
-    WSGI adapter sets it): it answers the gateway's error in place of the response, or raises
-    when the server has already sent the head. However the relay ends (the body
+    body must never look complete (docs/contract.md §8). However the relay ends (the body
     read to its end, a failure, :meth:`close`, its iterator closed or dropped, or the body
     itself dropped unclosed), the upstream response is let go of and the end is told once,
     so a concurrency slot or an upstream connection is never held past the relay.
     """
 
-    __slots__ = ("_also", "_done", "_on_end", "_response", "_sent", "rescue")
+    __slots__ = ("_also", "_chunks", "_done", "_first", "_on_end", "_response", "_sent")
 
     def __init__(
         self, response: UpstreamResponse, on_end: Callable[[int, str | None], None]
@@ -192,13 +189,37 @@ class RelayBody:
         self._response = response
         self._on_end = on_end
         self._also: Callable[[], None] | None = None
+        self._chunks: Iterator[bytes] | None = None
+        self._first: bytes | None = None
         self._sent = 0
         self._done = False
-        self.rescue: Callable[[BaseException], bytes] | None = None
+
+    def prime(self) -> None:
+        """Read the first piece of the body now, before the response is handed over.
+
+        Until it comes, nothing has reached the client (servers send the head with the first
+        byte, or the adapter is told the head only now), so a failure (the upstream silent
+        past the read timeout, a malformed first chunk) can still be answered with the
+        gateway's error. Raises what the read raises, the upstream response let go of and the
+        relay over without its end told: the caller reports the failure.
+        """
+        chunks = iter(self._response)
+        try:
+            self._first = next(chunks, None)
+        except BaseException:
+            self._done = True
+            self._response.close()
+            raise
+        self._chunks = chunks
 
     def __iter__(self) -> Iterator[bytes]:
+        chunks = self._chunks if self._chunks is not None else iter(self._response)
+        first, self._first = self._first, None
         try:
-            for chunk in self._response:
+            if first is not None:
+                self._sent += len(first)
+                yield first
+            for chunk in chunks:
                 self._sent += len(chunk)
                 yield chunk
         except GeneratorExit:
@@ -208,15 +229,6 @@ class RelayBody:
             raise
         except Exception as error:
             code = as_gateway_error(error).code
-            if not self._sent and self.rescue is not None:
-                # Nothing has reached the client: servers send the head with the first byte.
-                try:
-                    replacement = self.rescue(error)
-                finally:
-                    self._finish(code)
-                logger.warning("relay failed before its first byte: %s", code)
-                yield replacement
-                return
             logger.warning("relay aborted mid-stream: %s", code)
             self._finish(code)
             raise

@@ -83,7 +83,8 @@ DEFAULT_SEND_QUEUE_SIZE = 4
 #: silent connection after the same ``idle_timeout``, see "Standalone gateway" in the README).
 DEFAULT_CLIENT_TIMEOUT = 30.0
 
-logger = logging.getLogger("invoke_middleware.asgi")
+# The fair-share warning is the limits logger's, as the standalone server's is.
+logger = logging.getLogger("invoke_middleware.limits")
 
 # Where the per-request client state rides from the event loop to the thread: a2wsgi puts
 # the ASGI scope in the WSGI environ as "asgi.scope".

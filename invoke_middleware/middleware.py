@@ -18,13 +18,12 @@ This module is the only one that knows WSGI: it turns the environ into a
 from __future__ import annotations
 
 import functools
-import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
 
-from invoke_middleware._bodies import RelayBody, close_body
+from invoke_middleware._bodies import close_body
 from invoke_middleware.auth.base import AuthResolver
 from invoke_middleware.auth.credentials import CredentialResolver
 from invoke_middleware.auth.policy import Policy, default_policy
@@ -35,12 +34,10 @@ from invoke_middleware.auth.stores import (
     MembershipStore,
 )
 from invoke_middleware.errors import (
-    REQUEST_ID_HEADER,
     ErrorRenderer,
     GatewayError,
     InvalidPathError,
     InvalidRequestError,
-    as_gateway_error,
 )
 from invoke_middleware.headers import CONTENT_LENGTH_PATTERN, Headers, choose_request_id
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
@@ -132,9 +129,6 @@ class InvokeMiddleware:
             response = self.pipeline.error_response(error, request_id)
         else:
             response = self.pipeline.handle(request, route)
-        body = response.body
-        if isinstance(body, RelayBody):
-            body.rescue = functools.partial(self._rescue, start_response, response.headers)
         try:
             start_response(f"{response.status} {response.reason}", response.headers)
         except BaseException:
@@ -143,22 +137,6 @@ class InvokeMiddleware:
             close_body(response.body)
             raise
         return response.body
-
-    def _rescue(
-        self,
-        start_response: StartResponse,
-        headers: list[tuple[str, str]],
-        error: BaseException,
-    ) -> bytes:
-        """The gateway's error in place of a relayed response whose body failed before its
-        first byte: PEP 3333 lets an application call ``start_response`` again, with the
-        error, until the server has sent the head (then the call raises, and the relay is
-        aborted as any failure mid-stream)."""
-        request_id = next(value for name, value in headers if name == REQUEST_ID_HEADER)
-        failure = self.pipeline.error_response(as_gateway_error(error), request_id)
-        # Called while ``error`` is being handled: sys.exc_info() is its triple.
-        start_response(f"{failure.status} {failure.reason}", failure.headers, sys.exc_info())
-        return b"".join(failure.body)
 
     def _catch_all_route(self, environ: WSGIEnvironment, route: RouteMatch) -> RouteMatch:
         """The catch-all's route with its tail as the client spelled it, for the path checks,

@@ -505,6 +505,15 @@ class Pipeline:
         )
         try:
             response = _final(self._transport_for(service).send(upstream))
+            stream = RelayBody(
+                response,
+                on_end=lambda received, code: self._finish(
+                    relay, response.status, body.sent if body else 0, received, code
+                ),
+            )
+            # Read here, not by the server: a failure before the first byte is still an error
+            # response of the gateway's (docs/contract.md §8), whatever the server.
+            stream.prime()
         except Exception as error:
             failure = as_gateway_error(error)
             self._finish(relay, failure.status, body.sent if body else 0, 0, failure.code)
@@ -516,12 +525,6 @@ class Pipeline:
         if response_length is not None:
             headers.append(("Content-Length", response_length))
         headers.append((REQUEST_ID_HEADER, request_id))
-        stream = RelayBody(
-            response,
-            on_end=lambda received, code: self._finish(
-                relay, response.status, body.sent if body else 0, received, code
-            ),
-        )
         return PipelineResponse(
             status=response.status,
             reason=_safe_reason(response.reason, response.status),

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from invoke_middleware import Limiter, LimitSettings, RelayFinished
+from invoke_middleware import Limiter, LimitSettings, PipelineSettings, RelayFinished, Timeouts
 from invoke_middleware.asgi import DEFAULT_CLIENT_TIMEOUT, ASGIApp
 from tests.asgi.paced_upstream import MAX_WAIT, PacedUpstream, event, read_event, serve_paced
 from tests.asgi.server import (
@@ -101,10 +101,15 @@ def _send_until_closed(upstream: PacedUpstream) -> None:
 
 
 @contextlib.contextmanager
-def _events_request(gateway: RunningGateway) -> Iterator[http.client.HTTPResponse]:
+def _events_request(
+    gateway: RunningGateway, upstream: PacedUpstream
+) -> Iterator[http.client.HTTPResponse]:
+    """The paced stream's response, its first event sent: the head comes with it (the gateway
+    reads a body's first piece before answering, as WSGI servers send the head with it)."""
     connection = gateway.connection()
     try:
         connection.request("GET", RELAY + "/events", headers=gateway.auth)
+        upstream.send_next()
         response = connection.getresponse()
         assert response.status == 200
         assert response.getheader("Content-Type") == "text/event-stream"
@@ -143,10 +148,11 @@ def test_server_sent_events_reach_the_client_one_by_one_as_the_upstream_sends_th
     with (
         serve_paced() as upstream,
         running(upstream.url) as gateway,
-        _events_request(gateway) as response,
+        _events_request(gateway, upstream) as response,
     ):
         for number in range(EVENT_COUNT):
-            upstream.send_next()
+            if number:
+                upstream.send_next()
             # The upstream has not sent event n+1 yet: event n came on its own.
             assert read_event(response) == event(number)
             assert len(upstream.sent_at) == number + 1
@@ -161,8 +167,7 @@ def test_client_that_leaves_mid_stream_frees_the_thread_and_the_upstream() -> No
         serve_paced() as upstream,
         running(upstream.url, workers=1, after_relay=[finished]) as gateway,
     ):
-        with _events_request(gateway) as response:
-            upstream.send_next()
+        with _events_request(gateway, upstream) as response:
             assert read_event(response) == event(0)
         # The client went away, the stream still open upstream.
         # The thread notices at the next chunk; send until the upstream sees the close.
@@ -296,9 +301,8 @@ def test_stream_whose_request_the_host_cancels_frees_the_thread_and_the_upstream
             around=lambda app: CancellingHost(app, 0.5),
             after_relay=[finished],
         ) as gateway,
-        _events_request(gateway) as response,
+        _events_request(gateway, upstream) as response,
     ):
-        upstream.send_next()
         assert read_event(response) == event(0)
         # The host cancels the request at 0.5 s; the thread sees it at the upstream's next
         # event. Without that, it would relay into a2wsgi's queue until it is full, then wait.
@@ -337,7 +341,7 @@ def test_request_waiting_for_a_thread_leaves_its_body_with_the_server(
     with (
         serve_paced() as upstream,
         running(upstream.url, workers=1, around=counter.around) as gateway,
-        _events_request(gateway),
+        _events_request(gateway, upstream),
     ):
         # The one thread relays the stream; a second upload (anyone's) waits for it.
         upload = _start_upload(gateway, size, 0, auth=False)
@@ -404,6 +408,18 @@ def test_gateway_errors_keep_their_format_under_uvicorn(raw: RawUpstream) -> Non
         reply = exchange(gateway, "GET", RELAY + "/x", [("X-Request-ID", "trace-42")], auth=False)
     assert reply.header("X-Request-ID") == "trace-42"
     assert json.loads(reply.body)["request_id"] == "trace-42"
+
+
+def test_an_upstream_silent_after_its_head_is_the_gateway_s_504(raw: RawUpstream) -> None:
+    # The adapter sends the head as soon as it is given one: the gateway gives it only with
+    # the first piece of the body, so a failure before it is still an error response.
+    settings = PipelineSettings(timeouts=Timeouts(connect=2.0, read=0.3, total=10.0))
+    finished = Finished()
+    with running(raw.url, settings=settings, after_relay=[finished]) as gateway:
+        reply = exchange(gateway, "GET", RELAY + "/drip?count=3&interval=2")
+    assert_gateway_error(reply, 504, "upstream_timeout")
+    [relay] = finished.wait(1)
+    assert (relay.status, relay.error_code) == (504, "upstream_timeout")
 
 
 def test_upstream_failure_mid_body_aborts_the_client_response(raw: RawUpstream) -> None:

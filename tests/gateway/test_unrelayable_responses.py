@@ -125,4 +125,4 @@ def test_an_upstream_that_fails_before_its_first_body_byte_is_the_gateway_s_erro
     with serve(world.host) as url:
         reply = _get(url, "/r/containers/drip/drip?count=3&interval=2", world)
     assert_gateway_error(reply, 504, "upstream_timeout")
-    assert world.finished[-1].error_code == "upstream_timeout"
+    assert (world.finished[-1].status, world.finished[-1].error_code) == (504, "upstream_timeout")
