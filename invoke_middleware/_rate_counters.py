@@ -136,7 +136,7 @@ def _end_of_held(held: list[float]) -> float:
 _BATCH_SHARE = 10
 
 #: The ``limits`` library's fixed-window step (its ``incr_expire.lua``: increment, and start
-#: the window's expiry when the increment created the key) for every key of a request at
+#: the window's expiry when the key has none) for every key of a request at
 #: once, each by the batch it may take (``ARGV``: window, batch wanted, requests allowed, for
 #: each key): a tenth of what the window has left in Redis, at least one request and at most
 #: the batch wanted. It answers each key's total, remaining time to live and the batch taken:
@@ -151,11 +151,15 @@ for i, key in ipairs(KEYS) do
     local left = tonumber(ARGV[3 * i]) - tonumber(redis.call("get", key) or "0")
     local amount = math.max(1, math.min(wanted, math.floor(left / {_BATCH_SHARE})))
     local current = redis.call("incrby", key, amount)
-    if current == amount then
+    local ttl = redis.call("pttl", key)
+    if ttl < 0 then
+        -- A new window; or a key left without a time to live (written by hand, or by a
+        -- client that failed between its commands), which would otherwise never reset.
         redis.call("expire", key, ARGV[3 * i - 2])
+        ttl = redis.call("pttl", key)
     end
     replies[3 * i - 2] = current
-    replies[3 * i - 1] = redis.call("pttl", key)
+    replies[3 * i - 1] = ttl
     replies[3 * i] = amount
 end
 return replies

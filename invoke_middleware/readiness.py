@@ -119,7 +119,10 @@ class ReadinessCheck:
     probe, however often the check is called. A check's outcome is answered again for
     ``max_age`` seconds after it was taken: readiness is often served to anyone who can reach
     the gateway, and callers asking many times a second must not turn into as many queries to
-    the store or Redis, nor as many threads (``0`` probes on every call).
+    the store or Redis, nor as many threads (``0`` probes on every call). One check runs at a
+    time, and while it runs the others answer the last outcome at once (before the first, they
+    wait for it, until its deadline): a hung dependency holds one caller's thread, not one for
+    every caller that comes.
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class ReadinessCheck:
         self._running: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._last: tuple[float, Readiness] | None = None
+        self._check: _Check | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -148,26 +152,59 @@ class ReadinessCheck:
         return tuple(self._probes)
 
     def __call__(self) -> Readiness:
-        last = self._last
-        if last is not None and self._clock() - last[0] < self._max_age:
-            return last[1]
         with self._lock:
-            runs = {}
-            for name, probe in self._probes.items():
-                run = self._running.get(name)
-                if run is None or run.done.is_set():
-                    run = self._running[name] = _Run(probe)
-                runs[name] = run
-        end = time.monotonic() + self._timeout
+            last = self._last
+            if last is not None and self._clock() - last[0] < self._max_age:
+                return last[1]
+            check = self._check
+            if check is None:
+                # This caller runs the check; the others meanwhile answer from the last one.
+                check = self._check = _Check(time.monotonic() + self._timeout)
+                runs = {name: self._run(name, probe) for name, probe in self._probes.items()}
+            else:
+                runs = None
+        if runs is None:
+            if last is not None:
+                return last[1]
+            # None yet (the first check): wait for it, until its own deadline at most.
+            check.done.wait(max(0.0, check.deadline - time.monotonic()))
+            return check.outcome or self._timed_out()
         results = []
         for name, run in runs.items():
-            if run.done.wait(max(0.0, end - time.monotonic())):
+            if run.done.wait(max(0.0, check.deadline - time.monotonic())):
                 results.append(ProbeResult(name=name, ok=run.problem is None, problem=run.problem))
             else:
                 results.append(ProbeResult(name=name, ok=False, problem="timeout"))
         readiness = Readiness(probes=tuple(results))
-        self._last = (self._clock(), readiness)
+        with self._lock:
+            self._last = (self._clock(), readiness)
+            self._check = None
+        check.outcome = readiness
+        check.done.set()
         return readiness
+
+    def _run(self, name: str, probe: Probe) -> _Run:
+        """The probe's run under way, or a new one (the lock is held)."""
+        run = self._running.get(name)
+        if run is None or run.done.is_set():
+            run = self._running[name] = _Run(probe)
+        return run
+
+    def _timed_out(self) -> Readiness:
+        return Readiness(
+            probes=tuple(
+                ProbeResult(name=name, ok=False, problem="timeout") for name in self._probes
+            )
+        )
+
+
+class _Check:
+    """One check under way: when it must end, and its outcome once it has."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.done = threading.Event()
+        self.outcome: Readiness | None = None
 
 
 def limiter_probe(limiter: Limiter) -> Probe:

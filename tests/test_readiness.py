@@ -95,3 +95,36 @@ def test_callers_at_once_share_one_probe_run() -> None:
         caller.join(10)
     assert outcomes == [True] * 32
     assert len(calls) == 1
+
+
+def test_while_a_check_runs_other_callers_get_the_last_outcome_at_once() -> None:
+    # A hung store: one caller waits out the timeout, the others answer at once from the last
+    # outcome (they each waited the whole timeout, every server thread a /readyz request).
+    release = threading.Event()
+    calls = []
+
+    def hung() -> None:
+        calls.append(1)
+        release.wait(30)
+
+    check = ReadinessCheck({"store": hung}, timeout=5, max_age=0)
+    try:
+        first = threading.Thread(target=check)
+        first.start()
+        while not calls:  # the first caller runs the check (bounded: it starts at once)
+            first.join(0.01)
+        # No outcome yet: a second caller waits for that check, here cut short by its end.
+        release.set()
+        assert check().as_json()["probes"] == {"store": "ok"}
+        first.join(10)
+        release.clear()
+        before = len(calls)
+        runner = threading.Thread(target=check)
+        runner.start()
+        while len(calls) == before:  # the runner's probe has started (and hangs)
+            runner.join(0.01)
+        assert check().ready  # the last outcome, while the runner still waits
+        assert runner.is_alive()
+    finally:
+        release.set()
+    runner.join(10)

@@ -284,3 +284,14 @@ def test_a_hanging_redis_costs_one_thread_per_interval_not_every_thread() -> Non
         silent.close()
     intervals = int(seconds / 0.2) + 2
     assert 1 <= len(waits) <= threads + intervals
+
+
+def test_a_key_left_without_a_time_to_live_gets_its_window(redis_counts: _CountedRedis) -> None:
+    # Written without an expiry (by hand, or by a client that died between its commands):
+    # counted under it, it would refuse for ever once spent.
+    redis_counts.client.set(f"{redis_counts.namespace.prefix}:k", 100)
+    counter = redis_counts.counter(batch=1)
+    count, reset = counter.hit([("k", 60, 100)])[0]
+    assert count == 101
+    assert 0 < reset <= 60
+    assert 0 < redis_counts.client.pttl(f"{redis_counts.namespace.prefix}:k") <= 60_000
