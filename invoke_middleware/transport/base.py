@@ -40,11 +40,12 @@ implementing or type-checking against the contract loads no HTTP client.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, Self, cast
 
-from invoke_middleware.errors import InvalidRequestError
+from invoke_middleware.errors import InvalidRequestError, RequestTimeoutError
 from invoke_middleware.headers import Headers
 
 #: Methods whose request defines a meaning for content: without a body they still announce
@@ -166,26 +167,32 @@ class UpstreamRequest:
         """
         return self.method in IDEMPOTENT_METHODS and self.body_stream is None
 
-    def checked_stream(self) -> Iterator[bytes]:
+    def checked_stream(self, deadline: float | None = None) -> Iterator[bytes]:
         """The streamed body's chunks (none when it is not streamed), checked against
-        ``content_length`` when that is declared.
+        ``content_length`` when that is declared, and against ``deadline`` (a
+        :func:`time.monotonic` instant, the exchange's total) when given.
 
         Raises :class:`~invoke_middleware.errors.InvalidRequestError` as soon as the body
         runs past the declared length, or when it ends short of it: the framing already sent
-        would otherwise be a lie the upstream reads as the start of another request.
+        would otherwise be a lie the upstream reads as the start of another request. Raises
+        :class:`~invoke_middleware.errors.RequestTimeoutError` (408) when a chunk comes after
+        ``deadline``: the caller is slower than the total, which is not the service's fault
+        (a transport would otherwise report the time out at its next send, as the
+        service's).
         """
         stream = self.body_stream or ()
         expected = self.content_length
-        if expected is None:
-            yield from stream
-            return
         sent = 0
         for chunk in stream:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise RequestTimeoutError(
+                    "The request body did not arrive within the gateway's total timeout."
+                )
             sent += len(chunk)
-            if sent > expected:
+            if expected is not None and sent > expected:
                 raise _length_mismatch()
             yield chunk
-        if sent != expected:
+        if expected is not None and sent != expected:
             raise _length_mismatch()
 
 

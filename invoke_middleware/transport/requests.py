@@ -550,12 +550,12 @@ class RequestsTransport(Closeable):
         # request may reach the wire, and http.client writes the request line in ASCII.
         if not target.isascii() or UNSAFE_TARGET_PATTERN.search(target):
             raise InvalidRequestError("The request cannot be sent.")
-        prepared = self._prepare(request, origin.scheme, origin.host_header, target)
+        timeouts = request.timeouts
+        deadline = None if timeouts.total is None else started + timeouts.total
+        prepared = self._prepare(request, origin.scheme, origin.host_header, target, deadline)
         adapter = self._adapters.get(
             self._session.get_adapter(prepared.url or request.url), request.tenant
         )
-        timeouts = request.timeouts
-        deadline = None if timeouts.total is None else started + timeouts.total
         send_args: dict[str, Any] = {
             "stream": True,
             "timeout": _Wire(timeouts, deadline=deadline, target=target),
@@ -574,7 +574,7 @@ class RequestsTransport(Closeable):
                 reused and request.may_retry_after_close and _peer_closed_before_answering(exc)
             ):
                 raise _translate(exc) from exc
-            prepared = self._prepare(request, origin.scheme, origin.host_header, target)
+            prepared = self._prepare(request, origin.scheme, origin.host_header, target, deadline)
             try:
                 response = adapter.send(prepared, **send_args)
             except _FOREIGN_ERRORS as retry_exc:
@@ -603,7 +603,12 @@ class RequestsTransport(Closeable):
             self._session.close()
 
     def _prepare(
-        self, request: UpstreamRequest, scheme: str, host_header: str, target: str
+        self,
+        request: UpstreamRequest,
+        scheme: str,
+        host_header: str,
+        target: str,
+        deadline: float | None,
     ) -> requests.PreparedRequest:
         headers = urllib3.HTTPHeaderDict()
         headers.add("Host", host_header)
@@ -614,11 +619,12 @@ class RequestsTransport(Closeable):
             if name not in headers:
                 headers[name] = SKIP_HEADER
         body: bytes | Iterable[bytes] | None = request.body
+        if request.body_stream is not None:
+            # Checked against its length and the total (a caller slower than it is a 408).
+            body = request.checked_stream(deadline)
         length = request.wire_content_length
         if length is not None:
             headers["Content-Length"] = str(length)
-            if request.body_stream is not None:
-                body = request.checked_stream()
         prepared = requests.PreparedRequest()
         prepared.method = request.method
         # Set directly: PreparedRequest.prepare_url() would re-quote the path. Rebuilt from

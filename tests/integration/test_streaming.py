@@ -17,7 +17,14 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from invoke_middleware import PipelineSettings, RelayFinished, Service, Timeouts
+from invoke_middleware import (
+    HTTPTransport,
+    PipelineSettings,
+    RelayFinished,
+    RequestsTransport,
+    Service,
+    Timeouts,
+)
 from tests.integration.gateway import (
     CLIENT_TIMEOUT,
     Reply,
@@ -544,8 +551,9 @@ def test_gunicorn_aborts_the_response_when_the_upstream_fails_mid_body(
         connection.close()
 
 
+@pytest.mark.parametrize("transport", [HTTPTransport, RequestsTransport])
 def test_a_caller_slower_than_the_total_deadline_gets_408_not_the_service_s_504(
-    upstream: RecordingUpstream,
+    upstream: RecordingUpstream, transport: type[HTTPTransport | RequestsTransport]
 ) -> None:
     # The caller trickles 40 bytes over about 4 s against a total of 1 s; the service waits
     # and is fine. The deadline ran out while the caller's body was read: a 504 blamed the
@@ -553,7 +561,9 @@ def test_a_caller_slower_than_the_total_deadline_gets_408_not_the_service_s_504(
     timeouts = Timeouts(connect=2.0, read=1.0, total=1.0)
     services = [make_service("svc", upstream.url)]
     with (
-        serve_gateway(services, settings=PipelineSettings(timeouts=timeouts)) as gateway,
+        serve_gateway(
+            services, settings=PipelineSettings(timeouts=timeouts), transport=transport()
+        ) as gateway,
         socket.create_connection(("127.0.0.1", gateway.port), timeout=CLIENT_TIMEOUT) as sock,
     ):
         sock.sendall(
