@@ -269,15 +269,15 @@ class RedisCounter:
                 self._failed_until = math.inf  # this request finds out; the others wait
         try:
             replies = self._script(keys=prefixed, args=args)
-        except BaseException as exc:
+        except self._redis_error as exc:
             with self._lock:
-                if isinstance(exc, self._redis_error):
-                    self._failure = exc
+                self._failure = exc
+                self._failed_until = self._clock() + self._retry_after_failure
+            raise StoreUnavailable from exc
+        except BaseException:
+            if probing:  # no answer either way: the next probe after the usual interval
+                with self._lock:
                     self._failed_until = self._clock() + self._retry_after_failure
-                elif probing:
-                    self._failed_until = self._clock() + self._retry_after_failure
-            if isinstance(exc, self._redis_error):
-                raise StoreUnavailable from exc
             raise
         if probing:
             with self._lock:

@@ -289,6 +289,17 @@ _NUMBER = (int, float)
 _STR = (str,)
 
 
+def _flag(doc: SettingDoc) -> Setting:
+    """A boolean setting: true/false, on/off, 1/0 in text; a TOML boolean."""
+    return Setting(
+        doc=doc,
+        convert=_boolean,
+        expected="a boolean (true/false, on/off, 1/0)",
+        typed=(bool,),
+        typed_expected="true or false",
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class SettingDoc:
     """How the settings table in the README and in :mod:`invoke_middleware.config` shows a
@@ -404,21 +415,11 @@ SETTINGS: dict[str, Setting] = {
         convert=_pseudonym,
         expected="an RFC 9110 token such as gateway-1",
     ),
-    "problem_json": Setting(
-        doc=SettingDoc(type="bool", default="false", meaning="errors as RFC 9457 problem+json"),
-        convert=_boolean,
-        expected="a boolean (true/false, on/off, 1/0)",
-        typed=(bool,),
-        typed_expected="true or false",
+    "problem_json": _flag(
+        SettingDoc(type="bool", default="false", meaning="errors as RFC 9457 problem+json")
     ),
-    "scope_cookies": Setting(
-        doc=SettingDoc(
-            type="bool", default="true", meaning="Set-Cookie kept to the service's path"
-        ),
-        convert=_boolean,
-        expected="a boolean (true/false, on/off, 1/0)",
-        typed=(bool,),
-        typed_expected="true or false",
+    "scope_cookies": _flag(
+        SettingDoc(type="bool", default="true", meaning="Set-Cookie kept to the service's path")
     ),
     "mcp_allowed_origins": Setting(
         doc=SettingDoc(
@@ -589,14 +590,8 @@ SETTINGS: dict[str, Setting] = {
         expected="a positive integer",
         typed=_INT,
     ),
-    "limits.fail_open": Setting(
-        doc=SettingDoc(
-            type="bool", default="true", meaning="serve (true) or 503 when Redis is down"
-        ),
-        convert=_boolean,
-        expected="a boolean (true/false, on/off, 1/0)",
-        typed=(bool,),
-        typed_expected="true or false",
+    "limits.fail_open": _flag(
+        SettingDoc(type="bool", default="true", meaning="serve (true) or 503 when Redis is down")
     ),
 }
 

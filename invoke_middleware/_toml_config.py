@@ -126,8 +126,9 @@ class SecretEntry:
     env: str
     teams: frozenset[uuid.UUID] | None = None
 
-    def allows(self, team_id: uuid.UUID) -> bool:
-        """Whether a service of ``team_id`` may have this secret sent."""
+    def allows(self, team_id: uuid.UUID | None) -> bool:
+        """Whether a service of ``team_id`` may have this secret sent (of no known team:
+        only when it is open to every team)."""
         return self.teams is None or team_id in self.teams
 
 

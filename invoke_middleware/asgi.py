@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import string
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
@@ -51,7 +50,7 @@ from a2wsgi import WSGIMiddleware
 
 from invoke_middleware._bodies import close_body
 from invoke_middleware.errors import InvalidRequestError
-from invoke_middleware.limits import Limiter, fair_share
+from invoke_middleware.limits import Limiter, fair_share, warn_unfair
 from invoke_middleware.middleware import InvokeMiddleware
 
 if TYPE_CHECKING:
@@ -82,9 +81,6 @@ DEFAULT_SEND_QUEUE_SIZE = 4
 #: a response chunk unread, before its request is let go (the standalone server closes a
 #: silent connection after the same ``idle_timeout``, see "Standalone gateway" in the README).
 DEFAULT_CLIENT_TIMEOUT = 30.0
-
-# The fair-share warning is the limits logger's, as the standalone server's is.
-logger = logging.getLogger("invoke_middleware.limits")
 
 # Where the per-request client state rides from the event loop to the thread: a2wsgi puts
 # the ASGI scope in the WSGI environ as "asgi.scope".
@@ -214,19 +210,18 @@ class _UntilClientLeaves:
 def _share_workers(gateway: InvokeMiddleware, workers: int) -> None:
     """Keep one team from holding every worker, as the standalone server keeps it from
     holding every thread: a gateway without a limiter gets :func:`~invoke_middleware.limits.
-    fair_share`'s caps for ``workers``; a limiter without a team cap is warned about."""
+    fair_share`'s caps for ``workers``; a limiter whose caps let one team hold them all is
+    warned about."""
     pipeline = gateway.pipeline
-    limiter = pipeline.limiter
-    if limiter is None:
+    if pipeline.limiter is None:
         pipeline.limiter = Limiter(fair_share(None, workers))
-    elif limiter.settings.team_max_in_flight is None:
-        logger.warning(
-            "limits: no team_max_in_flight: one team can hold all %d workers; other teams' "
-            "requests then wait for its relays to end",
-            workers,
-        )
     else:
-        fair_share(limiter.settings, workers)  # warns when a team cap is not below workers
+        warn_unfair(pipeline.limiter.settings, workers)
+
+
+# Every printable ASCII character stays as it is ('%' too, so escapes stay escapes): only the
+# bytes outside ASCII, and controls, are encoded.
+_QUERY_SAFE = string.punctuation
 
 
 def _keep_to_wsgi_fields(scope: Scope) -> None:
@@ -244,11 +239,6 @@ def _keep_to_wsgi_fields(scope: Scope) -> None:
     query: bytes = scope.get("query_string", b"")
     if not query.isascii():
         scope["query_string"] = quote_from_bytes(query, safe=_QUERY_SAFE).encode("ascii")
-
-
-# Every printable ASCII character stays as it is ('%' too, so escapes stay escapes): only the
-# bytes outside ASCII, and controls, are encoded.
-_QUERY_SAFE = string.punctuation
 
 
 def _request_uri(scope: Scope) -> str | None:

@@ -94,6 +94,7 @@ __all__ = [
     "TeamLimits",
     "TeamLimitsSource",
     "fair_share",
+    "warn_unfair",
 ]
 
 logger = logging.getLogger("invoke_middleware.limits")
@@ -384,8 +385,26 @@ def fair_share(settings: LimitSettings | None, threads: int) -> LimitSettings:
     discovery and health checks: one team's slow streams can no longer starve another team.
     """
     settings = settings or LimitSettings()
-    # An explicit cap is the operator's to choose, but one that lets a team hold every thread
-    # brings back the starvation the defaults prevent: say so once, at start-up.
+    shared = replace(
+        settings,
+        max_in_flight=settings.max_in_flight or max(1, threads - 1),
+        team_max_in_flight=settings.team_max_in_flight or max(1, threads // 2),
+    )
+    warn_unfair(shared, threads)
+    return shared
+
+
+def warn_unfair(settings: LimitSettings, threads: int) -> None:
+    """Log each team cap of ``settings`` that lets one team hold all ``threads`` workers: a
+    cap that is not below them, or no team cap at all. The cap is the operator's to choose,
+    but such a one brings back the starvation :func:`fair_share`'s defaults prevent: said
+    once, at start-up."""
+    if settings.team_max_in_flight is None:
+        logger.warning(
+            "limits: no team_max_in_flight: one team can hold all %d worker threads; other "
+            "teams' requests then wait for its relays to end",
+            threads,
+        )
     caps = [("team_max_in_flight", settings.team_max_in_flight)]
     caps += [
         (f"teams.{team}.max_in_flight", own.max_in_flight) for team, own in settings.teams.items()
@@ -399,11 +418,6 @@ def fair_share(settings: LimitSettings | None, threads: int) -> LimitSettings:
                 cap,
                 threads,
             )
-    return replace(
-        settings,
-        max_in_flight=settings.max_in_flight or max(1, threads - 1),
-        team_max_in_flight=settings.team_max_in_flight or max(1, threads // 2),
-    )
 
 
 @dataclass(frozen=True, kw_only=True)

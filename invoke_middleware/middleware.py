@@ -144,31 +144,22 @@ class InvokeMiddleware:
         slug = route.slug
         assert slug is not None
         raw = _raw_path_info(environ)
-        tail = self.router.raw_tail(raw[1], slug) if raw is not None else None
-        if tail is not None:
-            assert raw is not None
-            root = raw[0]
+        root, tail = (None, None) if raw is None else (raw[0], self.router.raw_tail(raw[1], slug))
+        mount = ""  # unknown: the client escaped the route itself
+        if tail is not None or raw is None:
+            # The route as the client spelled it, or, without a raw target, as it decodes.
             if root is None:
                 root = _quoted_root(environ.get("SCRIPT_NAME", ""))
-            return RouteMatch(
-                kind=RouteKind.CATCH_ALL,
-                slug=slug,
-                tail=tail,
-                mount=root + self.router.mount(slug),
-            )
-        # The raw target is unavailable or spells the route with escapes: fall back to the
-        # decoded tail, re-encoded. Dot segments still reach the path checks. The mount is
-        # the decoded one re-encoded when there is no raw target, and unknown (empty) when
-        # the client escaped the route itself.
-        try:
-            quoted = quote(route.tail.encode("latin-1"), safe=_PCHAR_SAFE)
-        except UnicodeEncodeError:
-            # PEP 3333 environ strings are Latin-1; anything else did not come from a client.
-            raise InvalidPathError() from None
-        mount = ""
-        if raw is None:
-            mount = _quoted_root(environ.get("SCRIPT_NAME", "")) + self.router.mount(slug)
-        return RouteMatch(kind=RouteKind.CATCH_ALL, slug=slug, tail=quoted, mount=mount)
+            mount = root + self.router.mount(slug)
+        if tail is None:
+            # The raw target is unavailable or spells the route with escapes: fall back to the
+            # decoded tail, re-encoded. Dot segments still reach the path checks.
+            try:
+                tail = quote(route.tail.encode("latin-1"), safe=_PCHAR_SAFE)
+            except UnicodeEncodeError:
+                # PEP 3333 environ strings are Latin-1; anything else did not come from a client.
+                raise InvalidPathError() from None
+        return RouteMatch(kind=RouteKind.CATCH_ALL, slug=slug, tail=tail, mount=mount)
 
     @property
     def registry(self) -> ServiceRegistry:

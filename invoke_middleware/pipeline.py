@@ -229,11 +229,8 @@ class Pipeline:
         request_id = hdr.choose_request_id(request.headers.get(REQUEST_ID_HEADER))
         try:
             response = self._dispatch(request, route, request_id)
-        except GatewayError as error:
-            response = self.error_response(error, request_id)
-        except Exception:
-            logger.exception("unexpected failure handling request %s", request_id)
-            response = self.error_response(GatewayError(), request_id)
+        except Exception as error:
+            response = self.failure_response(error, request_id)
         if request.method == "HEAD" and isinstance(response.body, tuple):
             # A gateway-made answer to HEAD keeps its headers, Content-Length included, and
             # drops the body (RFC 9110 §9.3.2). Relayed bodies are the upstream's, empty.
@@ -258,6 +255,15 @@ class Pipeline:
             max_count=settings.max_header_count,
             max_bytes=settings.max_header_bytes,
         )
+
+    def failure_response(self, error: Exception, request_id: str) -> PipelineResponse:
+        """The answer to a request that raised ``error``: a refusal rendered as it is, any
+        other failure logged (with its traceback: call it while ``error`` is handled) and
+        answered 500 ``internal_error``."""
+        if not isinstance(error, GatewayError):
+            logger.exception("unexpected failure handling request %s", request_id)
+            error = GatewayError()
+        return self.error_response(error, request_id)
 
     def error_response(self, error: GatewayError, request_id: str) -> PipelineResponse:
         """Render ``error`` with the configured renderer."""

@@ -218,17 +218,18 @@ class EnvironmentSecretResolver:
         if entry is None:
             logger.error("no [secrets] entry for credential reference %r", credential_id)
             return None
-        if entry.teams is not None and (team_id is None or not entry.allows(team_id)):
+        if not entry.allows(team_id):
             # A reference set on another team's service: never that team's secret.
             logger.error(
                 "[secrets] entry %r is not for team %s", credential_id, team_id or "(unknown)"
             )
             return None
-        name = entry.env
-        value = (self._environ.get(name) or "").removesuffix("\n").removesuffix("\r")
+        value = (self._environ.get(entry.env) or "").removesuffix("\n").removesuffix("\r")
         if not value:
             logger.error(
-                "environment variable %s (credential reference %r) is not set", name, credential_id
+                "environment variable %s (credential reference %r) is not set",
+                entry.env,
+                credential_id,
             )
             return None
         return value

@@ -298,12 +298,9 @@ class MCPEndpoint:
             if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
                 return _preflight(origin, request_id)
             response = self._respond(request, request_id)
-        except GatewayError as refusal:
-            response = self.pipeline.error_response(refusal, request_id)
-        except Exception:
-            # As the pipeline answers any other request that fails this way, but readable.
-            logger.exception("unexpected failure handling request %s", request_id)
-            response = self.pipeline.error_response(GatewayError(), request_id)
+        except Exception as error:
+            # As the pipeline answers any request that fails, but readable by the page.
+            response = self.pipeline.failure_response(error, request_id)
         response.headers += _page_fields(origin)
         return response
 

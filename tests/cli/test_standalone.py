@@ -39,6 +39,7 @@ from invoke_middleware.transport.base import (
     DEFAULT_TIMEOUTS,
     Timeouts,
 )
+from tests.toolkit.world import make_external_service
 
 TEAM = uuid.UUID("2c9f7a30-1b4e-4d6a-8f2c-5e7d9b0a1c3e")
 OTHER_TEAM = uuid.UUID("2c9f7a30-1b4e-4d6a-8f2c-000000000002")
@@ -46,15 +47,8 @@ OTHER_TEAM = uuid.UUID("2c9f7a30-1b4e-4d6a-8f2c-000000000002")
 
 def external(slug: str, reference: str, team: uuid.UUID = TEAM) -> Service:
     """An external service of ``team`` whose Authorization comes from ``reference``."""
-    return Service(
-        id=uuid.uuid4(),
-        team_id=team,
-        slug=slug,
-        display_name=slug.title(),
-        service_type=ServiceType.EXTERNAL,
-        service_status=ServiceStatus.RUNNING,
-        external_url=f"https://{slug}.example/v1",
-        external_auth_credential_id=reference,
+    return make_external_service(
+        slug, f"https://{slug}.example/v1", team=team, credential_id=reference
     )
 
 

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from invoke_middleware import HTTPTransport, Service, ServiceStatus, ServiceType
+from invoke_middleware import HTTPTransport, Service
 from tests.integration.gateway import RunningGateway, exchange, serve_gateway
 from tests.toolkit.errors import assert_gateway_error
 from tests.toolkit.servers import serve_wsgi
-from tests.toolkit.world import TEAM
+from tests.toolkit.world import TEAM, make_external_service
 from tests.upstreams import TLSFiles
 
 if TYPE_CHECKING:
@@ -53,16 +53,7 @@ def tls_upstream(tls_files: TLSFiles) -> Iterator[TLSUpstream]:
 
 
 def external_service(url: str, credential_id: str | None = CREDENTIAL_ID) -> Service:
-    return Service(
-        id=uuid.uuid4(),
-        team_id=TEAM,
-        slug="partner",
-        display_name="Partner API",
-        service_type=ServiceType.EXTERNAL,
-        service_status=ServiceStatus.RUNNING,
-        external_url=url + "/v2",
-        external_auth_credential_id=credential_id,
-    )
+    return make_external_service("partner", url + "/v2", credential_id=credential_id)
 
 
 def secrets(credential_id: str) -> str | None:

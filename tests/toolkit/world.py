@@ -65,6 +65,23 @@ def make_service(
     )
 
 
+def make_external_service(
+    slug: str, url: str, *, team: uuid.UUID = TEAM, credential_id: str | None = None
+) -> Service:
+    """A running external service of ``team`` at ``url``, its ``Authorization`` from the
+    secret resolver's ``credential_id`` when given."""
+    return Service(
+        id=uuid.uuid4(),
+        team_id=team,
+        slug=slug,
+        display_name=slug.title(),
+        service_type=ServiceType.EXTERNAL,
+        service_status=ServiceStatus.RUNNING,
+        external_url=url,
+        external_auth_credential_id=credential_id,
+    )
+
+
 def user(role: Role | None) -> str:
     """The user id holding ``role`` in :data:`TEAM` (``None``: a user in no team at all)."""
     return f"user-{role.value}" if role is not None else "user-none"
