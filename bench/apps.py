@@ -7,7 +7,10 @@ All wrap the same trivial host app:
   in-memory store;
 - ``make_proxy()``: the host wrapped by werkzeug's ``ProxyMiddleware``, relaying
   ``/r/containers/<slug>/<tail>`` to ``<tail>`` on the same upstreams;
-- ``make_bare()``: the host alone, answering every request itself.
+- ``make_bare()``: the host alone, answering every request itself;
+- ``make_floor()``: the least any relay of ``/r/containers/bench/<tail>`` can do (one
+  kept-alive upstream connection per thread, one send and one receive per request, nothing
+  checked): what a relay costs under a server before it does any of a gateway's work.
 
 They read ``BENCH_UPSTREAM`` (the upstream's base URL) and ``BENCH_STREAM_UPSTREAM`` (that of
 the ``stream`` service and route, for downloads, uploads and events; ``BENCH_UPSTREAM`` when
@@ -23,10 +26,13 @@ the master.
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from werkzeug.middleware.http_proxy import ProxyMiddleware
 
@@ -46,6 +52,8 @@ if TYPE_CHECKING:
 
 TEAM = uuid.UUID("0b0b0b0b-0000-4000-8000-00000000be4c")
 BODY = b"hello, world\n"
+#: Fields of one connection that a relay does not pass on (and WSGI servers refuse).
+HOP = frozenset({"connection", "keep-alive", "transfer-encoding"})
 
 
 def host(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -146,3 +154,40 @@ def make_proxy() -> WSGIApplication:
 
 def make_bare() -> WSGIApplication:
     return host
+
+
+def make_floor() -> WSGIApplication:
+    """A relay reduced to its system calls, for ``bench_relay.py`` to measure how near the
+    bare server any relay can come.
+
+    Each server thread keeps one connection to ``BENCH_UPSTREAM``; a request's tail is sent
+    in a head made by concatenation and the answer read until its ``Content-Length`` is in;
+    its status and fields are passed on as they came. No authentication, no look-up, no
+    checks of any kind: not a gateway, a floor under one. Anything else goes to the host."""
+    upstream = urlsplit(os.environ["BENCH_UPSTREAM"])
+    address = (upstream.hostname or "127.0.0.1", upstream.port or 80)
+    host_field = f"\r\nHost: {upstream.netloc}\r\n\r\n".encode("latin-1")
+    prefix = "/r/containers/bench"
+    connections = threading.local()
+
+    def floor(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path: str = environ.get("PATH_INFO", "")
+        if not path.startswith(prefix + "/"):
+            return host(environ, start_response)
+        sock = getattr(connections, "sock", None)
+        if sock is None:
+            sock = connections.sock = socket.create_connection(address)
+        sock.sendall(b"GET " + path[len(prefix) :].encode("latin-1") + b" HTTP/1.1" + host_field)
+        data = sock.recv(65536)
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        fields = [(n, v) for n, _, v in (line.partition(": ") for line in lines[1:])]
+        length = next(int(v) for n, v in fields if n.lower() == "content-length")
+        while len(body) < length:
+            body += sock.recv(65536)
+        start_response(lines[0][9:], [(n, v) for n, v in fields if n.lower() not in HOP])
+        return [body]
+
+    return floor

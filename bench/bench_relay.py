@@ -4,8 +4,9 @@ Run: ``python bench/bench_relay.py`` (writes ``bench/results/relay.md``; ``--hel
 knobs). It starts, all on 127.0.0.1, nginx (``--upstream``; else ``bench/upstream.py``) for the
 small requests, the upstream of ``bench/upstream.py`` for the streams and, under each
 server (gunicorn gthread, ``--workers`` x ``--threads``, ``--preload``; waitress,
-``--threads``), three gateways of ``bench/apps.py``: **bare** (the host app answering by
-itself: the server's own cost), **proxy** (werkzeug ``ProxyMiddleware``) and the relay
+``--threads``), the gateways of ``bench/apps.py``: **bare** (the host app answering by
+itself: the server's own cost), **floor** (a relay reduced to its system calls: how near the
+bare server any relay can come), **proxy** (werkzeug ``ProxyMiddleware``) and the relay
 (InvokeMiddleware, ``sk-`` key), which serves both the **catch-all** (``GET
 /r/containers/bench/hello``) and the **invoke** route (``POST /r/invoke/bench``, a JSON
 envelope of a GET without a body). Then, in interleaved rounds, its sections:
@@ -104,6 +105,7 @@ SERVERS = ("gunicorn", "waitress")
 #: Gateway -> (the apps.py factory serving it, the request it gets).
 GATEWAYS: dict[str, tuple[str, Request]] = {
     "bare": ("make_bare()", HELLO),
+    "floor": ("make_floor()", HELLO),
     "proxy": ("make_proxy()", HELLO),
     "catch-all": ("make_relay()", HELLO),
     "invoke": ("make_relay()", INVOKE_HELLO),
@@ -792,6 +794,16 @@ def _ratios(args: argparse.Namespace, results: Results) -> list[str]:
                 proxy,
                 lambda a, b: (a.gateway_us + a.upstream_us) / (b.gateway_us + b.upstream_us),
             )
+            floor = rounds.get("floor")
+            if floor:
+                lines.append(
+                    f"- {server}, {connections} connections: req/s floor / bare"
+                    f" **{_paired(floor, bare, lambda a, b: a.rps / b.rps):.2f}**, catch-all /"
+                    f" floor {_paired(catch_all, floor, lambda a, b: a.rps / b.rps):.2f}; CPU"
+                    " per request above the floor's: catch-all"
+                    f" {_paired(catch_all, floor, lambda a, b: a.gateway_us - b.gateway_us):.0f}"
+                    " µs"
+                )
             lines += [
                 f"- {server}, {connections} connections: req/s catch-all / proxy **{rps:.2f}**,"
                 f" catch-all / bare {_paired(catch_all, bare, lambda a, b: a.rps / b.rps):.2f},"
@@ -943,6 +955,9 @@ def report(args: argparse.Namespace, results: Results, load: str) -> str:
         " against loopback upstreams (below), in interleaved rounds:",
         "",
         "- **bare**: the host app answering by itself (the server's own cost);",
+        "- **floor**: a relay reduced to its system calls (`apps.make_floor`: one kept-alive",
+        "  upstream connection per thread, one send and one receive, nothing checked): how",
+        "  near the bare server any relay can come;",
         "- **proxy**: the host wrapped by werkzeug's `ProxyMiddleware` (a new upstream",
         "  connection per request, as werkzeug does);",
         "- **catch-all**: `GET /r/containers/bench/hello` through `InvokeMiddleware` (an `sk-` key",
