@@ -162,13 +162,23 @@ class ResponseBuffer:
             return b""
         if response.content_length is not None and response.content_length > self.limit:
             raise ResponseTooLargeError()
-        parts: list[bytes] = []
+        # Pieces are joined as they come: kept in a list, each would hold some 40 bytes of
+        # object besides its own, and an upstream trickling its body a few bytes per segment
+        # would make a 10 MiB body cost half a gigabyte. A body in one piece is not copied.
+        first = b""
+        joined = bytearray()
         for chunk in response:
             self.received += len(chunk)
             if self.received > self.limit:
                 raise ResponseTooLargeError()
-            parts.append(chunk)
-        return b"".join(parts)
+            if joined:
+                joined += chunk
+            elif first:
+                joined += first
+                joined += chunk
+            else:
+                first = chunk
+        return bytes(joined) if joined else first
 
 
 class RelayBody:
