@@ -228,7 +228,10 @@ class Refused(ValueError):
 def _rate(value: object) -> Any:
     from invoke_middleware.limits import Rate  # noqa: PLC0415 - loads the limits library
 
-    return Rate.parse(as_text(value))
+    try:
+        return Rate.parse(as_text(value))
+    except ValueError as exc:
+        raise Refused(f"{exc}; expected {_RATE}") from None
 
 
 def _storage_url(value: object) -> str:

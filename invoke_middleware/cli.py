@@ -728,9 +728,9 @@ def _rate_option(value: str) -> Rate | str:
         return _CLEARED
     try:
         rate = Rate.parse(value)
-    except ValueError:
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(
-            f"not a rate: {value!r} (e.g. 100/minute, 10 per second)"
+            f"not a rate: {value!r}: {exc} (e.g. 100/minute, 10 per second)"
         ) from None
     if rate.amount > _MAX_STORED_INT or rate.window > _MAX_STORED_INT:
         raise argparse.ArgumentTypeError(

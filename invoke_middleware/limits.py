@@ -49,6 +49,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 import threading
 import time
 import uuid
@@ -268,6 +269,10 @@ class LimitOutcome(StrEnum):
     STORE_FAILED_CLOSED = "store_failed_closed"
 
 
+#: A window of zero units in the ``limits`` notation (``5/0 seconds``, ``5 per 00 minutes``).
+_ZERO_UNITS = re.compile(r"(?:/|per)\s*0+\s*[a-z]", re.IGNORECASE)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Rate:
     """``amount`` requests per ``window`` seconds."""
@@ -283,11 +288,20 @@ class Rate:
     def parse(cls, text: str) -> Rate:
         """A rate in the ``limits`` library's notation: ``10/second``, ``100 per 5 minutes``.
 
-        Raises :class:`ValueError` when ``text`` is not one rate.
+        Raises :class:`ValueError` when ``text`` is not one rate: the library's lists of rates
+        (``100/minute;10/second``) are refused, not cut to their first, and so is a window of
+        zero units, which the library would read as one.
         """
-        from limits import parse  # noqa: PLC0415 - the library loads only when rates are used
+        # The library loads only when rates are used.
+        from limits import parse_many  # noqa: PLC0415
 
-        item = parse(text.strip())
+        text = text.strip()
+        items = parse_many(text)
+        if len(items) != 1:
+            raise ValueError("one rate per limit, not a list of rates")
+        if _ZERO_UNITS.search(text):
+            raise ValueError("a rate's window is at least one unit")
+        item = items[0]
         return cls(amount=item.amount, window=item.get_expiry())
 
     def __str__(self) -> str:

@@ -77,6 +77,12 @@ def test_flask_config_takes_typed_values_and_a_teams_mapping() -> None:
     ("key", "value", "problem"),
     [
         pytest.param("invoke.limits.team_rate", "lots", "a rate such as", id="rate"),
+        # The library reads a list and keeps its first rate: the second limit would be lost.
+        pytest.param(
+            "invoke.limits.team_rate", "100/minute;10/second", "not a list", id="rate-list"
+        ),
+        # ... and reads a window of no units as one unit.
+        pytest.param("invoke.limits.team_rate", "5/0 seconds", "at least one unit", id="zero"),
         pytest.param("invoke.limits.team_max_in_flight", "0", "positive integer", id="cap"),
         pytest.param("invoke.limits.storage_url", "mongodb://x", "redis://", id="storage"),
         pytest.param("invoke.limits.fail_open", "maybe", "boolean", id="fail-open"),
@@ -395,6 +401,15 @@ def test_services_set_limits_and_add_options(workspace: Workspace) -> None:
     )
     assert refused.returncode == 2
     assert "not a rate" in refused.stderr
+
+    # A list of rates was cut to its first: the service's 10 a second was dropped unsaid.
+    listed = workspace.run(
+        "services", "set-limits", "svc", "--team", team, "--rate", "1000/minute;10/second",
+        check=False,
+    )  # fmt: skip
+    assert listed.returncode == 2
+    assert "not a list of rates" in listed.stderr
+    assert "rate:" not in workspace.run("services", "show", "svc", "--team", team).stdout
 
 
 def test_teams_set_limits_applies_to_the_served_gateway(
