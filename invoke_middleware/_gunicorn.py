@@ -136,6 +136,22 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]
             self.log.info("closing a connection that stopped reading its response")
             return False
 
+    def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
+        # Before a kept-alive connection takes its next request, gunicorn drains the body the
+        # application left unread (a request refused before its upload was read: 401, 413),
+        # bounded only between reads of 1 KiB, each of which waits for the socket again: a
+        # client sending a byte a second held the thread for 17 minutes, and no credentials
+        # are needed to be refused. Only what has already arrived is drained here (at most
+        # 64 KiB); a body still on its way closes the connection instead, in the event loop
+        # (finish_request, _linger).
+        if not keepalive or self.cfg.is_ssl or not isinstance(conn, _Conn):
+            return bool(super()._keepalive_after(conn, keepalive))
+        conn.sock.setblocking(False)
+        try:
+            return bool(conn.parser.finish_body(max_bytes=_DRAINED_AT_MOST))
+        except (BlockingIOError, InterruptedError):
+            return False
+
     def _await_head(self, conn: _Conn, received: bytes = b"") -> None:
         """Gather ``conn``'s next request head in the event loop, starting with ``received``
         (bytes the client already sent behind its previous request)."""
@@ -217,6 +233,11 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]
         conn.close()
 
 
+#: What a connection's unread request body may hold, already received, for the connection to
+#: be kept alive (gunicorn's own cap on a drain).
+_DRAINED_AT_MOST = 64 * 1024
+
+
 def _received(conn: _Conn) -> bytes | None:
     """What the client sent (``b""``: it closed, or the connection failed); ``None`` when
     there is nothing to read after all."""
@@ -261,8 +282,7 @@ class BodyCapGuard:
         if declared.isdigit() and int(declared) > self.max_bytes:
             rendered = server_refusal(413, environ.get("HTTP_X_REQUEST_ID"))
             assert rendered is not None
-            headers = [*rendered.headers, ("Content-Length", str(len(rendered.body)))]
-            start_response(f"413 {reason_phrase(413)}", headers)
+            start_response(f"413 {reason_phrase(413)}", list(rendered.headers))
             return [rendered.body]
         return self.app(environ, start_response)
 

@@ -5,6 +5,8 @@ most a socket, for at most ``idle_timeout``, for real."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import socket
 import time
 from collections.abc import Iterator
@@ -39,6 +41,14 @@ def until_closed(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         received += chunk
     return received
+
+
+def answer(sock: socket.socket) -> int:
+    """The status of the next whole response on ``sock`` (its body read too)."""
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    response.read()
+    return response.status
 
 
 def fields(size: int) -> bytes:
@@ -125,6 +135,51 @@ def test_a_silent_upload_is_answered_400_and_gives_the_slot_back_after_idle_time
                 timeout=WAIT,
             )
             assert answer.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("declared", "refused"),
+    [pytest.param(900, 401, id="unauthenticated"), pytest.param(10**6, 413, id="over-cap")],
+)
+def test_a_refused_upload_trickled_on_does_not_hold_a_thread(
+    workspace: Workspace, declared: int, refused: int
+) -> None:
+    # gunicorn drained the body the gateway left unread before taking the connection's next
+    # request, bounded only between reads of 1 KiB: a byte every half second held the
+    # thread for minutes, with no credentials needed.
+    set_server(workspace, engine=GUNICORN, workers=1, idle_timeout=30, max_request_body_bytes=1000)
+    with running_gateway(workspace, "--threads", "2") as gateway, connections(gateway, 2) as bad:
+        target = gateway.url.removeprefix(gateway.root) + "/r/containers/files/up"
+        for sock in bad:
+            sock.sendall(
+                f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n".encode()
+                + b"x"
+            )
+            assert answer(sock) == refused
+        for _ in range(6):
+            for sock in bad:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"x")
+            assert requests.get(f"{gateway.root}/healthz", timeout=2).status_code == 200
+            time.sleep(0.5)
+        for sock in bad:
+            assert until_closed(sock) == b""
+
+
+def test_a_refused_upload_sent_whole_keeps_its_connection(workspace: Workspace) -> None:
+    set_server(workspace, engine=GUNICORN, workers=1)
+    with (
+        running_gateway(workspace, "--threads", "1") as gateway,
+        connections(gateway, 1) as (sock,),
+    ):
+        target = gateway.url.removeprefix(gateway.root) + "/r/containers/files/up"
+        sock.sendall(
+            f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n".encode()
+            + b"x" * 900
+        )
+        assert answer(sock) == 401
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer(sock) == 200
 
 
 def test_clients_that_never_close_do_not_stall_the_other_connections(

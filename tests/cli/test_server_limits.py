@@ -191,6 +191,7 @@ def test_an_oversized_body_is_refused_before_it_is_sent(workspace: Workspace, en
     fields = head.lower()  # waitress writes X-Request-Id
     assert b"\r\nx-invoke-error: payload_too_large" in fields
     assert b"\r\nx-request-id: upload-7" in fields
+    assert fields.count(b"\r\ncontent-length:") == 1  # twice, a strict proxy refuses it
     assert json.loads(body) == {
         "error_message": "The request body is too large.",
         "code": "payload_too_large",
