@@ -58,7 +58,7 @@ from invoke_middleware.registry import (
     validate_external_url,
     validate_upstream_url,
 )
-from invoke_middleware.standalone import build_standalone_app, metrics_token
+from invoke_middleware.standalone import build_standalone_app, metrics_token, warn_rates_per_process
 from invoke_middleware.store.sql import DuplicateServiceError, SQLStore
 
 if TYPE_CHECKING:
@@ -591,7 +591,11 @@ def _run_gateway(
         without_metrics = dataclasses.replace(
             config, server=dataclasses.replace(config.server, metrics=False)
         )
-        build_standalone_app(without_metrics, threads=plan.threads).close()
+        checked = build_standalone_app(without_metrics, threads=plan.threads)
+        try:
+            warn_rates_per_process(checked, plan.workers)
+        finally:
+            checked.close()
         if config.server.metrics:
             metrics_token(config, os.environ)
     except ConfigError as exc:

@@ -331,6 +331,27 @@ def build_standalone_app(
     return StandaloneApp(app=app, store=store, readiness=readiness, wsgi=wsgi)
 
 
+def warn_rates_per_process(app: StandaloneApp, processes: int) -> None:
+    """Log, once at start-up, that each of ``processes`` counts rates on its own when they
+    share no store (``[limits] storage_url = "memory://"``) and a rate is configured or
+    stored: a caller then gets up to ``processes`` times each rate, while the ``RateLimit``
+    fields show the rate itself. Rates stored later are not looked for."""
+    limiter = app.app.pipeline.limiter
+    if processes < 2 or limiter is None or limiter.shares_store:
+        return
+    stored = any(
+        service.limits.rate is not None for service in app.store.services.list_all()
+    ) or any(limits.rate is not None for _, limits in app.store.team_limits.list_all())
+    if limiter.settings.has_rates or stored:
+        logger.warning(
+            "limits: each of the %d processes counts rates on its own (storage_url = "
+            "memory://): a caller gets up to %d times each rate; set [limits] storage_url "
+            "to a redis:// URL to share one budget",
+            processes,
+            processes,
+        )
+
+
 def metrics_token(config: StandaloneConfig, environ: Mapping[str, str]) -> str | None:
     """The token ``/metrics`` asks for, from the variable ``[server] metrics_token_env``
     names (``None`` when it names none).

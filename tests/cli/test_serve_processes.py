@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from tests.cli.conftest import Served, Workspace, running_gateway
-from tests.cli.test_server_limits import ENGINES, set_server
+from tests.cli.test_server_limits import ENGINES, set_server, set_table
 from tests.toolkit.upstream import RecordingUpstream
 
 _PER_PROCESS = re.compile(r'^invoke_server_requests\{pid="(\d+)"\} (\S+)$', re.MULTILINE)
@@ -270,3 +270,33 @@ def test_a_worker_that_cannot_boot_stops_the_server_with_gunicorns_status(
     assert result.stderr.splitlines()[-1] == (
         "invoke-middleware: error: the server stopped with status 3"
     )
+
+
+_PER_PROCESS_RATES = "each of the 2 processes counts rates on its own"
+
+
+@pytest.mark.parametrize(
+    ("workers", "configured", "stored", "warned"),
+    [
+        pytest.param(2, True, False, True, id="configured-rate"),
+        pytest.param(2, False, True, True, id="stored-service-rate"),
+        pytest.param(2, False, False, False, id="no-rate"),
+        pytest.param(1, True, True, False, id="one-process"),
+    ],
+)
+def test_rates_counted_per_process_are_warned_about_at_start_up(
+    workspace: Workspace, workers: int, configured: bool, stored: bool, warned: bool
+) -> None:
+    # Each worker counted its own window: 5/minute admitted 10 with two, said nowhere.
+    set_server(workspace, engine="gunicorn", workers=workers)
+    if configured:
+        set_table(workspace, "limits", credential_rate="5/minute")
+    workspace.add_service("svc", "http://127.0.0.1:9")
+    if stored:
+        workspace.run(
+            "services", "set-limits", "svc", "--team", str(workspace.team), "--rate", "5/minute"
+        )
+    with running_gateway(workspace) as gateway:
+        assert requests.get(f"{gateway.root}/healthz", timeout=10).status_code == 200
+    log = gateway.log.read_text(encoding="utf-8")
+    assert (log.count(_PER_PROCESS_RATES) == 1) is warned, log
