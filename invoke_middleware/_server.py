@@ -494,10 +494,12 @@ def _run_gunicorn(
         # gunicorn takes the descriptor over (and closes it when it stops).
         options = gunicorn_options(plan, bind=f"fd://{listener.detach()}")
     metrics_dir = None
-    if plan.workers > 1 and MULTIPROC_ENV not in os.environ:
+    if MULTIPROC_ENV not in os.environ:
         # prometheus_client's multi-process mode: every worker writes its samples to files
         # in this private directory and /metrics adds them up. It must be set before any
-        # worker imports prometheus_client, hence here, in the parent, before the fork.
+        # worker imports prometheus_client, hence here, in the parent, before the fork; and
+        # with one worker too, since gunicorn adds workers on SIGTTIN (and replaces one that
+        # exits), after which a scrape would count the answering process's requests only.
         metrics_dir = tempfile.mkdtemp(prefix="invoke-middleware-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
     arbiter = os.getpid()

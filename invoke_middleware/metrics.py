@@ -70,6 +70,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 from invoke_middleware.hooks import RelayFinished, RelayStarted
 from invoke_middleware.limits import LimitEvent
+from invoke_middleware.routing import RouteKind
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -140,6 +141,10 @@ class RelayMetrics:
             # Across processes: the sum over live ones (a dead worker's relays are not in flight).
             multiprocess_mode="livesum",
         )
+        # Each route's series from the start, at 0: in multi-process mode a series exists
+        # only once a process has written it, and a dashboard would see none until a relay.
+        for route in (RouteKind.CATCH_ALL, RouteKind.INVOKE):
+            self.in_flight.labels(route.value)
 
         self.limit_events = Counter(
             "limit_events",

@@ -195,6 +195,30 @@ def test_a_worker_that_exits_leaves_metrics_to_the_others_and_the_server_running
     assert f"[{gateway.process.pid}]" in stopped
 
 
+def test_metrics_add_up_workers_added_to_a_single_worker_server(
+    workspace: Workspace, upstream: RecordingUpstream
+) -> None:
+    # With one worker, the metrics stayed in that process: once SIGTTIN added a second, each
+    # scrape counted the requests of whichever process answered it.
+    set_server(workspace, engine="gunicorn", workers=1, metrics=True)
+    workspace.add_service("hello", upstream.url)
+    key = workspace.issue("--kind", "integration")
+    with running_gateway(workspace) as gateway:
+        gateway.process.send_signal(signal.SIGTTIN)
+        deadline = time.monotonic() + 20
+        while len(_log_lines(gateway, "Booting worker")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(_log_lines(gateway, "Booting worker")) == 2
+        served_by: set[str] = set()
+        while len(served_by) < 2 and time.monotonic() < deadline:
+            assert set(_burst(f"{gateway.url}/r/containers/hello/ping", key, 10)) == {200}
+            served_by = {pid for pid, count in _per_process(gateway).items() if count}
+        assert len(served_by) == 2
+        relayed = _relayed(gateway)["2xx"]
+        # Every scrape, whichever process answers it, counts both processes' relays.
+        assert {_relayed(gateway)["2xx"] for _ in range(6)} == {relayed}
+
+
 def _shadowed_module(directory: Path, name: str) -> str:
     """A directory for PYTHONPATH in which ``import name`` fails, as when it is missing."""
     package = directory / name
