@@ -171,6 +171,9 @@ MAX_BATCH_MESSAGES: Final = 16
 MAX_MESSAGE_DEPTH: Final = 64
 # A body whose first token is "[" is a batch: its array is one level more (RFC 8259 §2).
 _BATCH_START: Final = re.compile(rb"[ \t\n\r]*\[")
+#: A character that keeps a body from being added to a tool result as text: a control other
+#: than TAB, LF and CR (see ``_utf8_body``).
+_NOT_TEXT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 #: Members and items of one message beside its envelope's: the JSON-RPC fields, params,
 #: arguments, service_slug and the 2026-07-28 _meta (client info and capabilities).
 _MESSAGE_MEMBERS: Final = 64
@@ -866,12 +869,22 @@ def _decoded_size(encoded: str) -> int:
 
 
 def _utf8_body(payload: dict[str, Any]) -> str | None:
-    """The container's body as text, when it is non-empty UTF-8."""
+    """The container's body as text, when it is non-empty UTF-8 text: no control characters
+    but TAB, LF and CR.
+
+    The answer's JSON writes a control character as a 6-byte escape: a body of them, added
+    as text, would come back 6 times its size besides its base64. Text as defined here takes
+    at most 3 times (an escaped non-ASCII character), and holds nothing a reader of text
+    wants that the base64 does not carry.
+    """
     try:
         body = base64.b64decode(payload.get("body_base64", ""), validate=True)
-        return body.decode("utf-8") if body else None
+        text = body.decode("utf-8") if body else None
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
+    if text is None or _NOT_TEXT.search(text) is not None:
+        return None
+    return text
 
 
 def _drain(body: Iterable[bytes]) -> bytes:

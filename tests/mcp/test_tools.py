@@ -133,6 +133,34 @@ def test_a_utf8_body_is_carried_once_as_base64_and_once_as_text(
         assert base64.b64decode(encoded).decode() == result["content"][1]["text"]
 
 
+@pytest.mark.parametrize(
+    ("body", "as_text"),
+    [
+        pytest.param("\x01" * 100_000, False, id="controls"),
+        pytest.param("a\x00" * 50_000, False, id="nul"),
+        pytest.param("line\tcell\r\n" * 10_000, True, id="tabs-and-line-ends"),
+    ],
+)
+def test_a_body_of_control_characters_is_not_added_as_text(
+    make_world: Callable[..., World], body: str, as_text: bool
+) -> None:
+    # Escaped in the answer's JSON, each control character took 6 bytes: a 100 KB body came
+    # back as 870 KB, and held 17 times its size in memory on the way.
+    def answer(request: UpstreamRequest) -> UpstreamResponse:
+        return make_response(200, body=body.encode())
+
+    world, _ = container_world(make_world, answer)
+    agent = Agent(world, version="2025-11-25")
+    arguments = {"service_slug": "echo", "method": "GET", "path": "/text"}
+    response = agent.call("call_container_service", arguments)
+    result = result_of(response)
+    assert base64.b64decode(result["structuredContent"]["body_base64"]) == body.encode()
+    assert len(result["content"]) == (2 if as_text else 1)
+    if not as_text:
+        # The base64 twice, as for any binary body (structured, and in the JSON text block).
+        assert len(response.body) < 3 * len(body)
+
+
 def test_a_container_error_status_is_a_normal_result(agent: Agent) -> None:
     arguments = {"service_slug": "echo", "method": "GET", "path": "/status/503"}
     result = result_of(agent.call("call_container_service", arguments))
