@@ -42,6 +42,10 @@ _LINE_BREAK: Final = re.compile(rb"\r?\n")
 MAX_HEAD: Final = 256 * 1024
 MAX_LINE: Final = 65536
 MAX_FIELDS: Final = 100
+#: Interim (1xx) responses read before the final one, at most. Servers send one or two
+#: (``100 Continue``, ``103 Early Hints``); each is a head to parse, and thousands of empty
+#: ones fit in ``MAX_HEAD`` (16,000 cost 28 ms).
+MAX_INTERIM: Final = 16
 # HTTP/1.x, a three-digit status and an optional reason without CR or NUL (RFC 9112 §4).
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([0-9]) ([1-9][0-9]{2})(?: ([^\r\x00]*))?")
 # The token characters as bytes, to check a field name before decoding it.

@@ -40,7 +40,15 @@ from ..errors import (
 )
 from ..headers import TOKEN_PATTERN, UNSAFE_TARGET_PATTERN, UNSAFE_VALUE_PATTERN, is_token
 from ._origin import Origin, split_url
-from ._response import HEAD_END, MAX_FIELDS, MAX_HEAD, MAX_LINE, ResponseHead, parse_head
+from ._response import (
+    HEAD_END,
+    MAX_FIELDS,
+    MAX_HEAD,
+    MAX_INTERIM,
+    MAX_LINE,
+    ResponseHead,
+    parse_head,
+)
 from ._tls import PEER_CLOSED, TLS_RECORD, CABundle, resolve_ssl_context
 from .base import Closeable, UpstreamRequest, UpstreamResponse
 
@@ -289,14 +297,14 @@ class _Exchange:
         (http.client skips only ``100``: a ``103 Early Hints`` would pass for the answer and
         leave the real one on the connection to answer the next request).
 
-        The interim heads count against ``MAX_HEAD`` with the final one: an upstream that
-        streams ``100 Continue`` is refused once they fill it, instead of keeping a thread
-        parsing until the total deadline.
+        The interim heads count against ``MAX_HEAD`` with the final one, and at most
+        ``MAX_INTERIM`` of them are read: an upstream that streams ``100 Continue`` is
+        refused, instead of keeping a thread parsing until the total deadline.
         """
         self.stage = _AWAITING_RESPONSE
         data, start = b"", 0  # received; where the next head starts in it
         limit = MAX_HEAD  # what is left of it for the heads still to come
-        while True:
+        for _ in range(MAX_INTERIM + 1):
             end = HEAD_END.search(data, start)
             if end is None:
                 received = self._receive_until(data[start:], HEAD_END, limit, _HEAD_TOO_LARGE)
@@ -316,8 +324,9 @@ class _Exchange:
                 return head
             limit -= end.end() - start
             if limit < 0:
-                raise UpstreamError("The service sent too many interim responses.")
+                break
             start = end.end()
+        raise UpstreamError("The service sent too many interim responses.")
 
     def _receive_until(
         self, data: bytes, end: re.Pattern[bytes], limit: int, too_long: str

@@ -73,7 +73,7 @@ from ..errors import (
 )
 from ..headers import UNSAFE_TARGET_PATTERN, Headers
 from ._origin import split_url
-from ._response import MAX_HEAD, ResponseHead, parse_head
+from ._response import MAX_HEAD, MAX_INTERIM, ResponseHead, parse_head
 from ._tls import PEER_CLOSED, TLS_RECORD, CABundle
 from .base import Closeable, Timeouts, UpstreamRequest, UpstreamResponse
 
@@ -294,16 +294,17 @@ def _read_final_head(file: io.BufferedReader, method: str) -> tuple[bytes, Respo
 
     Interim responses (1xx other than 101) are skipped (docs/contract.md §11.2): http.client
     skips only ``100``, so a ``103 Early Hints`` would pass for the answer. Every head read
-    counts against ``MAX_HEAD`` together, as in HTTPTransport: an upstream that streams
-    interim responses, or a head of a hundred 64 KiB lines (each within http.client's own
-    limits), is refused once they fill it.
+    counts against ``MAX_HEAD`` together, and at most ``MAX_INTERIM`` interim ones are read,
+    as in HTTPTransport: an upstream that streams interim responses, or a head of a hundred
+    64 KiB lines (each within http.client's own limits), is refused.
     """
     left = MAX_HEAD
-    while True:
+    for _ in range(MAX_INTERIM + 1):
         data, left = _read_head(file, left)
         head = parse_head(data, method)
         if not head.interim:
             return data, head
+    raise UpstreamError("The service sent too many interim responses.")
 
 
 def _read_head(file: io.BufferedReader, left: int) -> tuple[bytes, int]:

@@ -46,7 +46,7 @@ And answers that a lenient client reads differently from the gateway's transport
 And three answers that never end, each a few bytes every 50 ms, for a few seconds at most:
 
 - ``/drip-head``: a status line, then one field after another;
-- ``/drip-interim``: ``100 Continue`` after ``100 Continue``;
+- ``/drip-interim``: a ``103``, then a second interim head, one field after another;
 - ``/drip-trailers``: a chunked ``ok``, then one trailer field after another.
 
 Pass ``receive_buffer`` (bytes) to shrink the upstream's receive buffer, so that a body
@@ -236,8 +236,8 @@ class HostileUpstream(RawUpstream):
     def _handle_drip_interim(
         self, connection: _Connection, method: str, params: dict[str, str]
     ) -> bool:
-        interim = b"HTTP/1.1 100 Continue\r\n\r\n"
-        return self._drip(connection, interim, interim)
+        interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 100 Continue\r\n"
+        return self._drip(connection, interim, b"X-Drip: 1\r\n")
 
     def _handle_drip_trailers(
         self, connection: _Connection, method: str, params: dict[str, str]

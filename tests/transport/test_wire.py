@@ -15,6 +15,7 @@ from invoke_middleware.errors import (
     UpstreamUnreachableError,
 )
 from invoke_middleware.transport import Timeouts, Transport
+from invoke_middleware.transport._response import MAX_INTERIM
 from tests.upstreams import RawUpstream, ReceivedRequest
 
 from ._helpers import drain, fetch, send, values
@@ -286,6 +287,7 @@ def test_connection_is_reused_after_a_response_without_a_body(
     [
         pytest.param("/large-head?padding=200000", id="head"),
         pytest.param("/interim?status=103&count=2&padding=100000", id="interim-heads"),
+        pytest.param(f"/interim?status=100&count={MAX_INTERIM}", id="interim-responses"),
     ],
 )
 def test_heads_within_the_head_limit_are_read_whole(
@@ -304,6 +306,8 @@ def test_heads_within_the_head_limit_are_read_whole(
         # Each of the two is within the limit of one head; together they are over it.
         pytest.param("/interim?status=100&count=2&padding=180000", id="interim-heads"),
         pytest.param("/interim?status=100&count=20000", id="endless-interim-responses"),
+        # Small enough to fit the limit together, but each a head to parse.
+        pytest.param(f"/interim?status=100&count={MAX_INTERIM + 1}", id="too-many-interim"),
     ],
 )
 def test_heads_over_the_head_limit_are_an_upstream_error(
