@@ -27,10 +27,15 @@ the origin (the host's session and every other service's), is dropped too.
 
 from __future__ import annotations
 
-__all__ = ["MAX_PATH_LENGTH", "scope_cookies", "scope_set_cookie"]
+__all__ = ["MAX_ATTRIBUTES", "MAX_PATH_LENGTH", "scope_cookies", "scope_set_cookie"]
 
 #: The longest ``Path`` a browser takes (RFC 6265bis §5.6); past it, the root is used.
 MAX_PATH_LENGTH = 1024
+
+#: The attributes of a cookie relayed, at most (Chromium reads 16; RFC 6265bis sets no
+#: number): the rest are dropped unread, so that a field of 60,000 ``;`` costs what one of
+#: 32 does, not a loop turn each. A ``Domain`` or ``Path`` among them goes too.
+MAX_ATTRIBUTES = 32
 
 
 def scope_set_cookie(value: str, root: str, request_path: str) -> str | None:
@@ -51,7 +56,7 @@ def scope_set_cookie(value: str, root: str, request_path: str) -> str | None:
     kept: list[str] = []
     path: str | None = None
     if attributes:
-        for attribute in attributes.split(";"):
+        for attribute in attributes.split(";", MAX_ATTRIBUTES)[:MAX_ATTRIBUTES]:
             key = attribute.partition("=")[0].strip(" \t").lower()
             if key == "path":
                 # The last Path attribute counts (RFC 6265 §5.3 step 7), if it is absolute.
