@@ -342,6 +342,11 @@ class Pipeline:
                 response = self._relay(
                     request, route, principal, service, request_id, replaced=admission.replaces
                 )
+        except GatewayError as error:
+            admission.release()
+            # Counted all the same: the refusal says what is left, as an answer does.
+            error.headers += admission.headers
+            raise
         except BaseException:
             admission.release()
             raise

@@ -461,6 +461,25 @@ def test_the_headers_state_every_policy_and_the_tightest_one(upstream: Recording
     assert len(upstream.received) == 3
 
 
+def test_a_request_admitted_and_then_refused_says_what_is_left() -> None:
+    # Counted, but answered without the fields: the client lost track of its budget.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    limiter = Limiter(LimitSettings(team_rate=Rate(amount=5, window=60)))
+    bad_envelope = json.dumps({"method": "GET"}).encode()
+    json_type = [("Content-Type", "application/json")]
+    with limited_gateway(f"http://127.0.0.1:{closed_port}", limiter) as gateway:
+        unreachable = get(gateway)
+        invalid = exchange(gateway, "POST", "/r/invoke/svc", json_type, bad_envelope)
+
+    assert_gateway_error(unreachable, 502, "upstream_unreachable")
+    assert_gateway_error(invalid, 400, "invalid_request")
+    assert policies(unreachable) == policies(invalid) == [("team", 5, 60)]
+    assert state(unreachable)[:2] == ("team", 4)
+    assert state(invalid)[:2] == ("team", 3)
+
+
 def test_invoke_and_relay_share_one_budget(upstream: RecordingUpstream) -> None:
     limiter = Limiter(LimitSettings(team_rate=Rate(amount=2, window=3600)))
     envelope = json.dumps({"method": "GET", "path": "/x"}).encode()
