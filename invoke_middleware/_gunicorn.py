@@ -319,6 +319,15 @@ class GatewayApplication(BaseApplication):  # type: ignore[misc]
         for name, value in options.items():
             self.cfg.set(name, value)
 
+    def reload(self) -> None:
+        # gunicorn's SIGHUP: new workers, each building the gateway again, but from the
+        # configuration read when serve started (build holds it), not the file as it is now.
+        logging.getLogger("invoke_middleware.cli").warning(
+            "SIGHUP: the workers restart with the configuration read at start; restart serve "
+            "to apply changes to its file"
+        )
+        super().reload()
+
     def load(self) -> WSGIApplication:
         # In the worker, after the fork: its own store connections and upstream pools.
         app, self._close = self._build()

@@ -415,15 +415,23 @@ def _waitress_server(
     return MultiSocketServer(socket_map, adj, bound, dispatcher), bound
 
 
+#: What stops the single-process server, gracefully. SIGHUP too: its default would end the
+#: process at once, relays cut mid-body and the store left open, when the terminal of a
+#: ``serve &`` closes.
+_STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
+)
+
+
 def _stop_on_signals() -> None:
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in _STOP_SIGNALS:
         signal.signal(signum, _stop)
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
     # Once: a second signal during the clean-up would interrupt closing the store's
     # connections half-way.
-    for handled in (signal.SIGTERM, signal.SIGINT):
+    for handled in _STOP_SIGNALS:
         signal.signal(handled, signal.SIG_IGN)
     raise SystemExit(0)
 

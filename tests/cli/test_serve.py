@@ -14,6 +14,7 @@ import requests
 from invoke_middleware.readiness import DEFAULT_MAX_AGE
 from invoke_middleware.testing import mint_jwt
 from tests.cli.conftest import Workspace, running_gateway, start_gateway
+from tests.cli.test_server_limits import set_server
 from tests.toolkit.upstream import Received, RecordingUpstream
 
 INVOKE_HEADERS = {"Content-Type": "application/json"}
@@ -188,6 +189,32 @@ def test_serve_stops_cleanly_on_sigint(workspace: Workspace) -> None:
         served.stop()
     assert status == 0
     assert "Traceback" not in served.log.read_text()
+
+
+def test_sighup_stops_the_single_process_server_cleanly(workspace: Workspace) -> None:
+    # Its default action ended the process at once: relays cut, the store left open.
+    set_server(workspace, engine="waitress")
+    served = start_gateway(workspace)
+    try:
+        served.process.send_signal(signal.SIGHUP)
+        status = served.process.wait(timeout=15)
+    finally:
+        served.stop()
+    log = served.log.read_text()
+    assert status == 0
+    assert log.rstrip().endswith("stopped")
+    assert "Traceback" not in log
+
+
+def test_sighup_under_gunicorn_says_the_file_is_not_read_again(workspace: Workspace) -> None:
+    set_server(workspace, engine="gunicorn", workers=1)
+    with running_gateway(workspace) as gateway:
+        gateway.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "configuration read at start" not in gateway.log.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert requests.get(f"{gateway.root}/healthz", timeout=10).status_code == 200
 
 
 def test_readyz_checks_the_store_and_says_which_probe_failed(workspace: Workspace) -> None:
