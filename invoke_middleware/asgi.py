@@ -52,6 +52,7 @@ from invoke_middleware._bodies import close_body
 from invoke_middleware.errors import InvalidRequestError
 from invoke_middleware.limits import Limiter, fair_share, warn_unfair
 from invoke_middleware.middleware import InvokeMiddleware
+from invoke_middleware.request import CLIENT_GONE_KEY
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -271,6 +272,7 @@ class _GatewayWSGIApp:
             return []
         client.start()
         environ["wsgi.input_terminated"] = True  # the ASGI server signals the body's end
+        environ[CLIENT_GONE_KEY] = client.gone.is_set
         request_uri = _request_uri(scope)
         if request_uri is not None:
             environ["REQUEST_URI"] = request_uri

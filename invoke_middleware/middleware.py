@@ -49,7 +49,7 @@ from invoke_middleware.pipeline import (
     ServiceSecretResolver,
 )
 from invoke_middleware.registry import InMemoryServiceRegistry, ServiceRegistry
-from invoke_middleware.request import PipelineRequest
+from invoke_middleware.request import CLIENT_GONE_KEY, PipelineRequest
 from invoke_middleware.routing import RouteKind, RouteMatch, Router
 from invoke_middleware.transport.base import Transport
 
@@ -235,6 +235,7 @@ def _pipeline_request(environ: WSGIEnvironment) -> PipelineRequest:
         body=environ["wsgi.input"],
         content_length=content_length,
         chunked=chunked,
+        client_gone=environ.get(CLIENT_GONE_KEY),
     )
 
 

@@ -335,6 +335,16 @@ class Pipeline:
         admission = UNLIMITED
         if self.limiter is not None:
             admission = self.limiter.admit(principal, service, route=kind, request_id=request_id)
+            if request.client_gone is not None and request.client_gone():
+                # It may have waited for a slot (queue_timeout), and its caller has left
+                # meanwhile: nothing goes upstream, and the answer reaches nobody.
+                admission.release()
+                return PipelineResponse(
+                    status=503,
+                    reason=reason_phrase(503),
+                    headers=[("Content-Length", "0")],
+                    body=(),
+                )
         try:
             if kind is RouteKind.INVOKE:
                 response = self._invoke(request, principal, service, request_id)

@@ -6,10 +6,16 @@ environ; nothing past it ever sees WSGI. Auth resolvers receive the same object.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from invoke_middleware.headers import Headers
+
+#: The environ key under which a server adapter may put a callable telling whether the caller
+#: has gone (the ASGI adapter does): a request that waited for a concurrency slot is then not
+#: relayed for nobody.
+CLIENT_GONE_KEY = "invoke_middleware.client_gone"
 
 
 class BodyReader(Protocol):
@@ -42,3 +48,5 @@ class PipelineRequest:
     body: BodyReader = field(repr=False)
     content_length: int | None = None
     chunked: bool = False
+    #: Whether the caller has gone, when the server can tell (see :data:`CLIENT_GONE_KEY`).
+    client_gone: Callable[[], bool] | None = field(default=None, repr=False, compare=False)

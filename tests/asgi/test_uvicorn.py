@@ -28,6 +28,7 @@ from tests.asgi.server import (
 )
 from tests.integration.gateway import CLIENT_TIMEOUT, RunningGateway, exchange
 from tests.integration.sink import SinkUpstream, pattern_blocks, pattern_digest, serve_sink
+from tests.limits.conftest import wait_until
 from tests.toolkit.errors import assert_gateway_error
 from tests.toolkit.upstream import RecordingUpstream
 from tests.upstreams import RawUpstream, serve_raw
@@ -374,6 +375,31 @@ def test_one_team_s_streams_leave_workers_for_everyone_else(scripted_url: str) -
                 connection.close()
     assert sorted(statuses) == [200, 200, 429, 429]
     assert listing.status == 200
+
+
+def test_a_request_whose_client_left_while_it_waited_for_a_slot_is_not_relayed(
+    upstream: RecordingUpstream,
+) -> None:
+    # The adapter knew the client was gone, but the request, admitted once the slot freed,
+    # still went upstream, for nobody.
+    limiter = Limiter(LimitSettings(max_in_flight=1, team_max_in_flight=2, queue_timeout=5))
+    with running(upstream.url, limiter=limiter) as gateway:
+        holder = gateway.connection()
+        holder.request("GET", RELAY + "/events", headers=gateway.auth)
+        stream = holder.getresponse()  # its first event is in: the only slot is held
+        assert stream.status == 200
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=CLIENT_TIMEOUT) as left:
+            left.sendall(
+                f"GET {RELAY}/after-leaving HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {gateway.auth['Authorization']}\r\n\r\n".encode()
+            )
+            wait_until(lambda: limiter.waiting == 1, "the request waits for the slot")
+        time.sleep(0.3)  # the adapter reads the disconnect
+        upstream.release.set()
+        stream.read()
+        holder.close()
+        wait_until(lambda: limiter.in_flight == limiter.waiting == 0, "both are done")
+    assert [r.target for r in upstream.received] == ["/events"]
 
 
 def test_a_field_name_with_an_underscore_is_dropped(upstream: RecordingUpstream) -> None:
