@@ -187,6 +187,8 @@ class Results:
     standalone: dict[tuple[int, int], list[Round]] = field(default_factory=dict)
     #: what the servers wrote on standard error: line (numbers masked) -> count
     logged: Counter[str] = field(default_factory=Counter)
+    #: the commit the servers were started from (the tree may change while they run)
+    revision: str = field(default_factory=source_revision)
 
 
 def _progress(text: str) -> None:
@@ -649,7 +651,7 @@ def _upstream_text(args: argparse.Namespace) -> str:
     return f"{version} (one process, `return 200` of the same 13 bytes, kept-alive connections)"
 
 
-def _setup(args: argparse.Namespace, load: str) -> list[str]:
+def _setup(args: argparse.Namespace, results: Results, load: str) -> list[str]:
     client = (
         f"`wrk -t1 -c<connections> -d{args.seconds:g}s --latency` ({wrk_version()}), one client"
         " thread, kept-alive connections; the invoke route's POST and body from a `-s` Lua script"
@@ -666,7 +668,7 @@ def _setup(args: argparse.Namespace, load: str) -> list[str]:
         "",
         f"- {cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
         f"- Python {platform.python_version()}, {versions}, invoke_middleware at "
-        f"{source_revision()}",
+        f"{results.revision}",
         f"- gunicorn: `--worker-class gthread --workers {args.workers} --threads {args.threads}"
         " --preload --reuse-port --keep-alive 30`; waitress: `waitress-serve --threads "
         f"{args.threads}` (one process)",
@@ -965,7 +967,7 @@ def report(args: argparse.Namespace, results: Results, load: str) -> str:
         "- **invoke**: `POST /r/invoke/bench` to the same gateway, the same GET in a JSON",
         "  envelope.",
         "",
-        *_setup(args, load),
+        *_setup(args, results, load),
         "## Goals",
         "",
         "| measure | where | measured | goal | met |",
