@@ -590,12 +590,12 @@ class _InFlight:
         self._ready = threading.Condition(self._lock)
         self._waiting = 0
         self.total = _Slot()
-        self._slots: weakref.WeakValueDictionary[tuple[str, int], _Slot] = (
+        self._slots: weakref.WeakValueDictionary[tuple[str | int, ...], _Slot] = (
             weakref.WeakValueDictionary()
         )
 
-    def slot(self, key: tuple[str, int]) -> _Slot:
-        """The one slot of ``key`` (``("team", id)``, ``("service", id)``)."""
+    def slot(self, key: tuple[str | int, ...]) -> _Slot:
+        """The one slot of ``key`` (``("team", team id)``, ``("service", team id, id)``)."""
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
@@ -819,18 +819,24 @@ class Limiter:
         in_flight = self._in_flight
         caps = self._caller_caps(pair[0], team)
         service_cap = own.max_in_flight or settings.service_max_in_flight
+        # A service's budgets are its team's too: a registry may hold two teams' records
+        # with one id (a catalogued service mirrored into each team), and neither team may
+        # spend or read the other's.
         if service_cap is not None:
-            service_slot = in_flight.slot(("service", pair[1]))
+            service_slot = in_flight.slot(("service", *pair))
             caps.append((LimitKind.SERVICE_IN_FLIGHT, service_slot, service_cap))
         plans = self._plans
         shared: list[tuple[_RatePlan, RateKey]] = []
         # The UUIDs' 32 hex digits: the same text in every process sharing a Redis.
         for plan, who in (
-            (self._plan_over(LimitKind.TEAM_RATE, team.rate if team else None), pair[0]),
-            (self._plan_over(LimitKind.SERVICE_RATE, own.rate), pair[1]),
+            (self._plan_over(LimitKind.TEAM_RATE, team.rate if team else None), f"{pair[0]:032x}"),
+            (
+                self._plan_over(LimitKind.SERVICE_RATE, own.rate),
+                f"{pair[0]:032x}{pair[1]:032x}",
+            ),
         ):
             if plan is not None:
-                key = f"{plan.prefix}{who:032x}{plan.suffix}"
+                key = f"{plan.prefix}{who}{plan.suffix}"
                 shared.append((plan, (key, plan.window, plan.amount)))
         slots = self._slots(caps)
         policy = _Policy.make(

@@ -163,3 +163,22 @@ def test_a_token_id_never_spends_a_key_s_budget_and_long_ids_count_under_their_h
         limiter.admit(long_token, SERVICE, route="catch_all", request_id="r")
     keys = limiter._counter._windows  # type: ignore[union-attr]
     assert max(len(key) for key in keys) < 128
+
+
+def test_two_teams_services_with_one_id_keep_their_own_budgets() -> None:
+    # A registry may hold two teams' records with one id (a catalogued service mirrored into
+    # each team). Keyed by the id alone, one team's calls spent the other's service rate and
+    # slots, and its RateLimit field counted them.
+    theirs = dataclasses.replace(SERVICE, team_id=OTHER_TEAM)
+    other = Principal(kind=CredentialKind.INTEGRATION, team_id=OTHER_TEAM, credential_id="sk-x")
+    limiter = Limiter(
+        LimitSettings(service_rate=Rate(amount=2, window=60), service_max_in_flight=1)
+    )
+    mine = admit(limiter)
+    held = limiter.admit(other, theirs, route="catch_all", request_id="r")  # a slot of its own
+    assert dict(held.headers)["RateLimit"] == '"service";r=1;t=60'
+    with pytest.raises(TooManyInFlightError):
+        admit(limiter)
+    for admission in (mine, held):
+        admission.release()
+    assert dict(admit(limiter).headers)["RateLimit"] == '"service";r=0;t=60'
