@@ -128,9 +128,12 @@ GATEWAY_HEADERS: frozenset[str] = frozenset(
     }
 )
 
+#: The field a user token's request names its team in (:mod:`invoke_middleware.auth.jwt`).
+TEAM_HEADER: Final = "X-Team-ID"
+
 # The caller's credentials for the gateway itself; on the catch-all relay they never reach
 # the container (docs/contract.md §4). Every "Proxy-*" field is dropped there too.
-_RELAY_CREDENTIAL_HEADERS = frozenset({"authorization", "x-team-id"})
+_RELAY_CREDENTIAL_HEADERS = frozenset({"authorization", TEAM_HEADER.lower()})
 
 _REQUEST_DROP = HOP_BY_HOP_HEADERS | GATEWAY_HEADERS
 _REQUEST_DROP_AUTHORIZATION = _REQUEST_DROP | {"authorization"}

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, cast
+from typing import Final, NamedTuple, Protocol, cast
 
 from invoke_middleware import headers as hdr
 from invoke_middleware._bodies import (
@@ -72,6 +72,12 @@ logger = logging.getLogger("invoke_middleware")
 MiB = 1024 * 1024
 _RELAY_FORBIDDEN_METHODS = frozenset({"CONNECT", "TRACE"})
 _METADATA_METHODS = ("GET", "HEAD")
+
+#: Added to every relayed response. One URL is a different service for each team (slugs are
+#: unique within a team) and answers each caller as its credentials allow: a shared cache in
+#: front of the gateway that stored a container's ``Cache-Control: public`` answer by URL
+#: alone would hand it to another team. These are the fields the bundled resolvers read.
+_VARY_BY_CALLER: Final = ("Vary", f"Authorization, {hdr.TEAM_HEADER}")
 
 
 class SecretResolver(Protocol):
@@ -546,6 +552,7 @@ class Pipeline:
         if response_length is not None:
             headers.append(("Content-Length", response_length))
         headers.append((REQUEST_ID_HEADER, request_id))
+        headers.append(_VARY_BY_CALLER)
         return PipelineResponse(
             status=response.status,
             reason=_safe_reason(response.reason, response.status),

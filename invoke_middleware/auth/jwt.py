@@ -59,11 +59,11 @@ from invoke_middleware.errors import (
     MissingTeamError,
     UnauthenticatedError,
 )
+from invoke_middleware.headers import TEAM_HEADER
 from invoke_middleware.request import PipelineRequest
 
 logger = logging.getLogger("invoke_middleware.auth")
 
-TEAM_HEADER = "X-Team-ID"
 
 #: Seconds a fetched JWKS is used; its refresh starts in the last tenth of that.
 DEFAULT_JWKS_CACHE_TTL = 300.0

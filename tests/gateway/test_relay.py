@@ -67,6 +67,14 @@ def test_status_headers_and_body_come_back_unchanged(world: World) -> None:
     assert "X-Invoke-Error" not in res.headers
 
 
+def test_a_relayed_answer_varies_by_the_callers_credentials(world: World) -> None:
+    # One URL is another service for each team that has the slug: a shared cache keeping a
+    # container's "public" answer by URL alone handed it to the other team.
+    res = world.relay("echo/fields?Cache-Control=public%2C%20max-age%3D300&Vary=Accept")
+    assert res.headers.getall("Vary") == ["Accept", "Authorization, X-Team-ID"]
+    assert res.headers["Cache-Control"] == "public, max-age=300"
+
+
 def test_binary_download_is_byte_exact(world: World) -> None:
     res = world.app.get("/r/containers/echo/bytes/300000", headers=world.auth())
     assert res.body == repeating_bytes(300000)
