@@ -360,9 +360,11 @@ class Pipeline:
                 )
         except GatewayError as error:
             admission.release()
+            if not admission.headers:
+                raise
             # Counted all the same: the refusal says what is left, as an answer does.
-            error.headers += admission.headers
-            raise
+            counted = error.with_headers(admission.headers)
+            raise counted.with_traceback(error.__traceback__) from error.__cause__
         except BaseException:
             admission.release()
             raise

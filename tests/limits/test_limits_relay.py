@@ -38,7 +38,8 @@ from invoke_middleware.limits import (
     ServiceLimits,
 )
 from invoke_middleware.pipeline import PipelineResponse, PipelineSettings
-from invoke_middleware.transport.base import Timeouts
+from invoke_middleware.testing import MockTransport
+from invoke_middleware.transport.base import Timeouts, UpstreamRequest, UpstreamResponse
 from invoke_middleware.transport.wsgi import WSGITransport
 from tests.integration.gateway import (
     CLIENT_TIMEOUT,
@@ -478,6 +479,31 @@ def test_a_request_admitted_and_then_refused_says_what_is_left() -> None:
     assert policies(unreachable) == policies(invalid) == [("team", 5, 60)]
     assert state(unreachable)[:2] == ("team", 4)
     assert state(invalid)[:2] == ("team", 3)
+
+
+def test_an_error_raised_again_and_again_never_carries_another_requests_count() -> None:
+    # A host's transport may raise one error instance every time (a circuit breaker's
+    # "open"): the fields of each request piled up on it, and one team's refusal showed
+    # another team's budget.
+    class Open(UpstreamError):
+        pass
+
+    circuit_open = Open("circuit open")
+
+    def refuse(request: UpstreamRequest) -> UpstreamResponse:
+        raise circuit_open
+
+    limiter = Limiter(LimitSettings(team_rate=Rate(amount=100, window=60)))
+    with limited_gateway("http://127.0.0.1:9", limiter, transport=MockTransport(refuse)) as gw:
+        key = other_team(gw, "http://127.0.0.1:9", "theirs")
+        ours = [get(gw) for _ in range(3)]
+        theirs = get(gw, "/r/containers/theirs/x", key=key)
+
+    assert [state(reply)[:2] for reply in ours] == [("team", 99), ("team", 98), ("team", 97)]
+    assert state(theirs)[:2] == ("team", 99)
+    for reply in (*ours, theirs):
+        assert len(reply.all("RateLimit")) == 1
+    assert circuit_open.headers == ()
 
 
 def test_invoke_and_relay_share_one_budget(upstream: RecordingUpstream) -> None:
