@@ -148,7 +148,8 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]
             return bool(super()._keepalive_after(conn, keepalive))
         conn.sock.setblocking(False)
         try:
-            return bool(conn.parser.finish_body(max_bytes=_DRAINED_AT_MOST))
+            # gunicorn gives up once it has drained max_bytes: one more lets exactly that many.
+            return bool(conn.parser.finish_body(max_bytes=_DRAINED_AT_MOST + 1))
         except (BlockingIOError, InterruptedError):
             return False
 

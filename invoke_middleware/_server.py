@@ -425,7 +425,10 @@ _STOP_SIGNALS = tuple(
 
 def _stop_on_signals() -> None:
     for signum in _STOP_SIGNALS:
-        signal.signal(signum, _stop)
+        # A signal ignored when serve started stays so: `nohup invoke-middleware serve &`
+        # asks for the server to outlive its terminal.
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _stop)
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:

@@ -206,6 +206,24 @@ def test_sighup_stops_the_single_process_server_cleanly(workspace: Workspace) ->
     assert "Traceback" not in log
 
 
+def test_a_server_started_with_sighup_ignored_outlives_its_terminal(workspace: Workspace) -> None:
+    # nohup hands SIGHUP down ignored: the server's own handler replaced that, and
+    # `nohup invoke-middleware serve &` stopped when its terminal closed.
+    set_server(workspace, engine="waitress")
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited by the child
+    try:
+        served = start_gateway(workspace)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    try:
+        served.process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert served.process.poll() is None
+        assert requests.get(f"{served.root}/healthz", timeout=10).status_code == 200
+    finally:
+        assert served.stop() == 0
+
+
 def test_sighup_under_gunicorn_says_the_file_is_not_read_again(workspace: Workspace) -> None:
     set_server(workspace, engine="gunicorn", workers=1)
     with running_gateway(workspace) as gateway:
