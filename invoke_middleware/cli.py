@@ -58,7 +58,12 @@ from invoke_middleware.registry import (
     validate_external_url,
     validate_upstream_url,
 )
-from invoke_middleware.standalone import build_standalone_app, metrics_token, warn_rates_per_process
+from invoke_middleware.standalone import (
+    build_standalone_app,
+    metrics_token,
+    warn_open_metrics,
+    warn_rates_per_process,
+)
 from invoke_middleware.store.sql import DuplicateServiceError, SQLStore
 
 if TYPE_CHECKING:
@@ -594,6 +599,7 @@ def _run_gateway(
         checked = build_standalone_app(without_metrics, threads=plan.threads)
         try:
             warn_rates_per_process(checked, plan.workers)
+            warn_open_metrics(config, checked)
         finally:
             checked.close()
         if config.server.metrics:

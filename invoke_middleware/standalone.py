@@ -147,7 +147,11 @@ class StandaloneHost:
                 {"error_message": "The metrics need the metrics token."},
                 [("WWW-Authenticate", 'Bearer realm="metrics"')],
             )
-        if _is_loopback(environ.get("REMOTE_ADDR", "")):
+        # A request a proxy on this host relayed comes from loopback too, whoever sent it:
+        # one that carries a forwarding field is not taken for the host's own scraper.
+        if _is_loopback(environ.get("REMOTE_ADDR", "")) and not any(
+            key in environ for key in _FORWARDING_KEYS
+        ):
             return None
         return _json(
             start_response,
@@ -167,6 +171,11 @@ class StandaloneHost:
             ],
         )
         return [body]
+
+
+#: The environ keys of the fields a proxy adds to say whom it relays (RFC 7239 and the de
+#: facto ``X-Forwarded-*`` and ``X-Real-IP``).
+_FORWARDING_KEYS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")
 
 
 def _is_loopback(address: str) -> bool:
@@ -349,6 +358,23 @@ def warn_rates_per_process(app: StandaloneApp, processes: int) -> None:
             "to a redis:// URL to share one budget",
             processes,
             processes,
+        )
+
+
+def warn_open_metrics(config: StandaloneConfig, app: StandaloneApp) -> None:
+    """Log, once at start-up, that ``/metrics`` without a token is judged by the peer's
+    address while the gateway trusts proxies in front: requests they relay carry their
+    forwarding fields and are refused, but a proxy on this host that adds none would pass
+    every tenant's request for the host's own."""
+    if (
+        config.server.metrics
+        and config.server.metrics_token_env is None
+        and app.app.pipeline.settings.trusted_proxy_hops
+    ):
+        logger.warning(
+            "metrics: no [server] metrics_token_env while trusted_proxy_hops is set: /metrics "
+            "answers loopback requests without forwarding fields; set a token if a proxy on "
+            "this host may relay requests without X-Forwarded-For"
         )
 
 

@@ -324,3 +324,15 @@ def test_rates_counted_per_process_are_warned_about_at_start_up(
         assert requests.get(f"{gateway.root}/healthz", timeout=10).status_code == 200
     log = gateway.log.read_text(encoding="utf-8")
     assert (log.count(_PER_PROCESS_RATES) == 1) is warned, log
+
+
+@pytest.mark.parametrize("hops", [0, 1])
+def test_metrics_without_a_token_behind_trusted_proxies_are_warned_about(
+    workspace: Workspace, hops: int
+) -> None:
+    set_server(workspace, engine="waitress", metrics=True)
+    set_table(workspace, "gateway", trusted_proxy_hops=hops)
+    with running_gateway(workspace) as gateway:
+        assert requests.get(f"{gateway.root}/healthz", timeout=10).status_code == 200
+    log = gateway.log.read_text(encoding="utf-8")
+    assert log.count("no [server] metrics_token_env while trusted_proxy_hops") == hops, log

@@ -103,6 +103,20 @@ def test_metrics_without_a_token_answer_loopback_clients_only(client: str, statu
     assert (b"invoke_relays_total" in response.body) is (status == 200)
 
 
+@pytest.mark.parametrize("field", ["X-Forwarded-For", "Forwarded", "X-Real-IP"])
+def test_metrics_without_a_token_refuse_a_request_a_proxy_relayed(field: str) -> None:
+    # A proxy on the host relays every tenant's request from loopback: /metrics answered them
+    # all, every team's traffic in it.
+    response = _metrics_host().get(
+        "/metrics",
+        headers={field: "203.0.113.9"},
+        extra_environ={"REMOTE_ADDR": "127.0.0.1"},
+        expect_errors=True,
+    )
+    assert response.status_int == 403
+    assert b"invoke_relays_total" not in response.body
+
+
 @pytest.mark.parametrize(
     ("authorization", "status"),
     [
