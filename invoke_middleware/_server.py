@@ -297,11 +297,17 @@ def _run_waitress(
                 recv_bytes=WAITRESS_RECV_BYTES,
             ),
         )
-        _stop_on_signals()
-        on_ready(bound)
-        # waitress returns from run() on SystemExit or KeyboardInterrupt, after stopping
-        # its worker threads and closing every socket.
-        server.run()
+        previous = _stop_on_signals()
+        try:
+            on_ready(bound)
+            # waitress returns from run() on SystemExit or KeyboardInterrupt, after stopping
+            # its worker threads and closing every socket.
+            server.run()
+        finally:
+            # As they were: a later server of this process (a host or a test running serve
+            # again) must not take the ignored signals of this one's clean-up for nohup's.
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     finally:
         close()
 
@@ -423,12 +429,17 @@ _STOP_SIGNALS = tuple(
 )
 
 
-def _stop_on_signals() -> None:
+def _stop_on_signals() -> dict[int, Any]:
+    """Stop on :data:`_STOP_SIGNALS`; the handlers they had, to put back afterwards."""
+    previous: dict[int, Any] = {}
     for signum in _STOP_SIGNALS:
         # A signal ignored when serve started stays so: `nohup invoke-middleware serve &`
         # asks for the server to outlive its terminal.
-        if signal.getsignal(signum) is not signal.SIG_IGN:
+        handler = signal.getsignal(signum)
+        if handler is not signal.SIG_IGN:
+            previous[signum] = handler
             signal.signal(signum, _stop)
+    return previous
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import MappingProxyType
-from typing import Any, ClassVar, Final, Protocol, Self
+from typing import Any, ClassVar, Final, Protocol
 
 #: Marks a response as produced by the gateway itself, so a container's own 502 is never
 #: mistaken for the gateway's. Its value is the error ``code``.
@@ -57,20 +57,6 @@ class GatewayError(Exception):
         self.details = tuple(details)
         self.headers = tuple(headers)
         super().__init__(self.message)
-
-    def with_headers(self, extra: Sequence[tuple[str, str]]) -> Self:
-        """A copy of this error with ``extra`` response fields after its own.
-
-        The error itself is left as it is: a host's transport or resolver may raise one
-        instance again and again (a circuit breaker's "open"), and fields added to it would
-        pile up, each request's on every later answer, whatever its team. The copy is made
-        without calling ``__init__``, whose arguments differ from one subclass to another.
-        """
-        copied = type(self).__new__(type(self))
-        copied.__dict__.update(self.__dict__)
-        copied.args = self.args
-        copied.headers = (*self.headers, *extra)
-        return copied
 
 
 def as_gateway_error(error: BaseException) -> GatewayError:

@@ -73,6 +73,16 @@ MiB = 1024 * 1024
 _RELAY_FORBIDDEN_METHODS = frozenset({"CONNECT", "TRACE"})
 _METADATA_METHODS = ("GET", "HEAD")
 
+
+class _Counted(Exception):
+    """A refusal of an admitted request, with the rate-limit fields its answer carries."""
+
+    def __init__(self, error: GatewayError, headers: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(error)
+        self.error = error
+        self.headers = headers
+
+
 #: Added to every relayed response. One URL is a different service for each team (slugs are
 #: unique within a team) and answers each caller as its credentials allow: a shared cache in
 #: front of the gateway that stored a container's ``Cache-Control: public`` answer by URL
@@ -235,6 +245,9 @@ class Pipeline:
         request_id = hdr.choose_request_id(request.headers.get(REQUEST_ID_HEADER))
         try:
             response = self._dispatch(request, route, request_id)
+        except _Counted as counted:
+            response = self.failure_response(counted.error, request_id)
+            response.headers.extend(counted.headers)
         except Exception as error:
             response = self.failure_response(error, request_id)
         if request.method == "HEAD" and isinstance(response.body, tuple):
@@ -250,7 +263,11 @@ class Pipeline:
         nothing: a refusal is raised as its :class:`~invoke_middleware.errors.GatewayError`
         and an unexpected failure propagates. For a caller that reports refusals in a shape of
         its own (the MCP endpoint's tool errors), whatever the configured renderer writes."""
-        return self._dispatch(request, route, request_id)
+        try:
+            return self._dispatch(request, route, request_id)
+        except _Counted as counted:
+            error = counted.error
+        raise error
 
     def check_header_limits(self, request: PipelineRequest) -> None:
         """Raise :class:`~invoke_middleware.errors.HeadersTooLargeError` (431) when the
@@ -341,7 +358,9 @@ class Pipeline:
         admission = UNLIMITED
         if self.limiter is not None:
             admission = self.limiter.admit(principal, service, route=kind, request_id=request_id)
-            if request.client_gone is not None and request.client_gone():
+        try:
+            gone = request.client_gone
+            if admission is not UNLIMITED and gone is not None and gone():
                 # It may have waited for a slot (queue_timeout), and its caller has left
                 # meanwhile: nothing goes upstream, and the answer reaches nobody.
                 admission.release()
@@ -351,7 +370,6 @@ class Pipeline:
                     headers=[("Content-Length", "0")],
                     body=(),
                 )
-        try:
             if kind is RouteKind.INVOKE:
                 response = self._invoke(request, principal, service, request_id)
             else:
@@ -362,9 +380,10 @@ class Pipeline:
             admission.release()
             if not admission.headers:
                 raise
-            # Counted all the same: the refusal says what is left, as an answer does.
-            counted = error.with_headers(admission.headers)
-            raise counted.with_traceback(error.__traceback__) from error.__cause__
+            # Counted all the same: the refusal says what is left, as an answer does. The
+            # fields travel beside the error, never on it: a host's transport may raise one
+            # instance again and again, and each request's would pile up on it.
+            raise _Counted(error, admission.headers) from error
         except BaseException:
             admission.release()
             raise

@@ -1,16 +1,10 @@
-"""Specification of :mod:`invoke_middleware.errors`: the one reason-phrase table, and copies of
-an error with more response fields."""
+"""Specification of :mod:`invoke_middleware.errors`: the one reason-phrase table."""
 
 from __future__ import annotations
 
 import pytest
 
-from invoke_middleware.errors import (
-    GatewayError,
-    MethodNotAllowedError,
-    reason_phrase,
-    render_problem,
-)
+from invoke_middleware.errors import GatewayError, reason_phrase, render_problem
 
 
 @pytest.mark.parametrize(
@@ -41,14 +35,3 @@ def test_the_problem_title_is_the_reason_phrase() -> None:
 
     rendered = render_problem(TooMany(), request_id="rid-1")
     assert b'"title":"Too Many Requests"' in rendered.body
-
-
-def test_with_headers_copies_the_error_and_leaves_it_as_it_was() -> None:
-    # A subclass whose __init__ takes other arguments than the base's.
-    error = MethodNotAllowedError(["GET"], "Only GET.")
-    counted = error.with_headers([("RateLimit", '"team";r=1;t=60')])
-    assert type(counted) is MethodNotAllowedError
-    assert (counted.message, counted.status, counted.code) == ("Only GET.", 405, error.code)
-    assert counted.headers == (("Allow", "GET"), ("RateLimit", '"team";r=1;t=60'))
-    assert error.headers == (("Allow", "GET"),)
-    assert str(counted) == str(error)

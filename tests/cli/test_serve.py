@@ -7,6 +7,8 @@ import base64
 import json
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 
 import requests
@@ -222,6 +224,37 @@ def test_a_server_started_with_sighup_ignored_outlives_its_terminal(workspace: W
         assert requests.get(f"{served.root}/healthz", timeout=10).status_code == 200
     finally:
         assert served.stop() == 0
+
+
+_TWICE = """
+import os, signal, sys, threading, time
+from invoke_middleware._server import WAITRESS, ServerPlan, run_server
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+
+def stop_soon(bound):
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+plan = ServerPlan(engine=WAITRESS, host="127.0.0.1", port=0, workers=1, threads=1,
+                  connection_limit=10, idle_timeout=5, max_request_header_bytes=8192,
+                  max_request_body_bytes=1 << 20, max_header_count=100)
+for n in (1, 2):
+    try:
+        run_server(plan, lambda: (app, lambda: None), on_ready=stop_soon)
+    except SystemExit:
+        pass
+    print("stopped", n, flush=True)
+"""
+
+
+def test_a_second_server_in_one_process_still_stops_on_its_signals() -> None:
+    # The first one's clean-up left the signals ignored, which the second took for nohup's.
+    result = subprocess.run(
+        [sys.executable, "-c", _TWICE], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.stdout.split("\n")[:2] == ["stopped 1", "stopped 2"], result.stderr
 
 
 def test_sighup_under_gunicorn_says_the_file_is_not_read_again(workspace: Workspace) -> None:

@@ -23,6 +23,7 @@ from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import webtest
 
 from invoke_middleware import CredentialKind, InMemoryServiceRegistry, InvokeMiddleware
 from invoke_middleware.auth.principal import Principal, Role
@@ -38,6 +39,7 @@ from invoke_middleware.limits import (
     ServiceLimits,
 )
 from invoke_middleware.pipeline import PipelineResponse, PipelineSettings
+from invoke_middleware.request import CLIENT_GONE_KEY
 from invoke_middleware.testing import MockTransport
 from invoke_middleware.transport.base import Timeouts, UpstreamRequest, UpstreamResponse
 from invoke_middleware.transport.wsgi import WSGITransport
@@ -504,6 +506,34 @@ def test_an_error_raised_again_and_again_never_carries_another_requests_count() 
     for reply in (*ours, theirs):
         assert len(reply.all("RateLimit")) == 1
     assert circuit_open.headers == ()
+
+
+@pytest.mark.parametrize(
+    "gone", [pytest.param(True, id="not-callable"), pytest.param(lambda: 1 / 0, id="raises")]
+)
+def test_a_slot_is_given_back_whatever_a_host_put_under_client_gone(
+    upstream: RecordingUpstream, gone: object
+) -> None:
+    # Asked after admission but outside the code that gives the slot back: a value that was
+    # not a callable, or one that raised, kept the team's only slot for good.
+    limiter = Limiter(LimitSettings(team_max_in_flight=1))
+    registry = InMemoryServiceRegistry([make_service("svc", upstream.url)])
+    middleware = InvokeMiddleware(host_app().wsgi_app, registry=registry, limiter=limiter)
+    key = middleware.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+    app = webtest.TestApp(middleware)
+    try:
+        headers = {"Authorization": f"Bearer {key}"}
+        odd = app.get(
+            "/r/containers/svc/ok",
+            headers=headers,
+            extra_environ={CLIENT_GONE_KEY: gone},
+            expect_errors=True,
+        )
+        assert odd.status_int in (200, 500)
+        assert limiter.in_flight == 0
+        assert app.get("/r/containers/svc/ok", headers=headers).status_int == 200
+    finally:
+        middleware.close()
 
 
 def test_invoke_and_relay_share_one_budget(upstream: RecordingUpstream) -> None:
