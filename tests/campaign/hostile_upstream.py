@@ -152,9 +152,13 @@ class HostileUpstream(RawUpstream):
                     sock.sendall(_response(token, f"Content-Length: {len(token)}"))
                     continue
                 case = CASES[target.removeprefix("/case/")]
-                for part in case.parts:
-                    sock.sendall(part)
-                self.case_written.set()
+                try:
+                    for part in case.parts:
+                        sock.sendall(part)
+                finally:
+                    # Written, or refused by a gateway that closed the connection before the
+                    # end (too many interim responses): either way nothing more will come.
+                    self.case_written.set()
                 later = case.later
                 if case.then == "reset":
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
