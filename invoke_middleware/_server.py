@@ -279,6 +279,7 @@ def _run_waitress(
     on_ready: Callable[[list[tuple[str, int]]], None],
 ) -> None:
     app, close = build()
+    previous: dict[int, Any] = {}
     try:
         server, bound = _waitress_server(
             app,
@@ -298,18 +299,19 @@ def _run_waitress(
             ),
         )
         previous = _stop_on_signals()
+        on_ready(bound)
+        # waitress returns from run() on SystemExit or KeyboardInterrupt, after stopping
+        # its worker threads and closing every socket.
+        server.run()
+    finally:
         try:
-            on_ready(bound)
-            # waitress returns from run() on SystemExit or KeyboardInterrupt, after stopping
-            # its worker threads and closing every socket.
-            server.run()
+            close()
         finally:
-            # As they were: a later server of this process (a host or a test running serve
-            # again) must not take the ignored signals of this one's clean-up for nohup's.
+            # As they were, once the clean-up is over (a second signal must not cut it short):
+            # a later server of this process (a host or a test running serve again) must not
+            # take the ignored signals of this one's clean-up for nohup's.
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-    finally:
-        close()
 
 
 # The refusals a server makes before the gateway sees a request, as the gateway's own errors:

@@ -262,7 +262,11 @@ class Pipeline:
         """Answer one runtime request as :meth:`handle` does, under ``request_id``, but render
         nothing: a refusal is raised as its :class:`~invoke_middleware.errors.GatewayError`
         and an unexpected failure propagates. For a caller that reports refusals in a shape of
-        its own (the MCP endpoint's tool errors), whatever the configured renderer writes."""
+        its own (the MCP endpoint's tool errors), whatever the configured renderer writes.
+
+        The ``RateLimit`` fields :meth:`handle` adds to the refusal of an admitted request
+        are not raised with it: they belong to an answer, and the error may be an instance a
+        host's transport raises again and again."""
         try:
             return self._dispatch(request, route, request_id)
         except _Counted as counted:

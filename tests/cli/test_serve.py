@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 
 from invoke_middleware.readiness import DEFAULT_MAX_AGE
@@ -226,35 +227,60 @@ def test_a_server_started_with_sighup_ignored_outlives_its_terminal(workspace: W
         assert served.stop() == 0
 
 
-_TWICE = """
+#: ``run_server`` under waitress in one process, ``sys.argv[1]`` times, each stopped by
+#: SIGTERM; with ``sys.argv[2]`` seconds of clean-up, during which a second SIGTERM comes.
+_SERVE_AND_STOP = """
 import os, signal, sys, threading, time
 from invoke_middleware._server import WAITRESS, ServerPlan, run_server
+
+times, cleaning = int(sys.argv[1]), float(sys.argv[2])
 
 def app(environ, start_response):
     start_response("200 OK", [("Content-Length", "2")])
     return [b"ok"]
 
+def close():
+    time.sleep(cleaning)
+    print("closed", flush=True)
+
 def stop_soon(bound):
     threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    if cleaning:
+        threading.Timer(0.3 + cleaning / 2, os.kill, (os.getpid(), signal.SIGTERM)).start()
 
 plan = ServerPlan(engine=WAITRESS, host="127.0.0.1", port=0, workers=1, threads=1,
                   connection_limit=10, idle_timeout=5, max_request_header_bytes=8192,
                   max_request_body_bytes=1 << 20, max_header_count=100)
-for n in (1, 2):
+for n in range(times):
     try:
-        run_server(plan, lambda: (app, lambda: None), on_ready=stop_soon)
+        run_server(plan, lambda: (app, close), on_ready=stop_soon)
     except SystemExit:
         pass
-    print("stopped", n, flush=True)
+    print("stopped", flush=True)
 """
 
 
-def test_a_second_server_in_one_process_still_stops_on_its_signals() -> None:
-    # The first one's clean-up left the signals ignored, which the second took for nohup's.
+@pytest.mark.parametrize(
+    ("times", "cleaning"),
+    [
+        # The first one's clean-up left the signals ignored, which the second took for nohup's.
+        pytest.param(2, 0.0, id="a-second-server"),
+        # A second signal must not cut the clean-up short (the store, Redis, the pools).
+        pytest.param(1, 1.5, id="a-signal-during-clean-up"),
+    ],
+)
+def test_serve_in_one_process_stops_on_its_signals_and_cleans_up(
+    times: int, cleaning: float
+) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", _TWICE], capture_output=True, text=True, timeout=30, check=False
+        [sys.executable, "-c", _SERVE_AND_STOP, str(times), str(cleaning)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
-    assert result.stdout.split("\n")[:2] == ["stopped 1", "stopped 2"], result.stderr
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["closed", "stopped"] * times, result.stderr
 
 
 def test_sighup_under_gunicorn_says_the_file_is_not_read_again(workspace: Workspace) -> None:
