@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from gunicorn.glogging import Logger  # type: ignore[import-untyped]
+from gunicorn.http.body import LengthReader  # type: ignore[import-untyped]
 from gunicorn.workers.gthread import TConn, ThreadWorker  # type: ignore[import-untyped]
 
 from invoke_middleware._server import (
@@ -146,6 +147,12 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]
         # (finish_request, _linger).
         if not keepalive or self.cfg.is_ssl or not isinstance(conn, _Conn):
             return bool(super()._keepalive_after(conn, keepalive))
+        reader = getattr(getattr(conn.parser.mesg, "body", None), "reader", None)
+        if isinstance(reader, LengthReader) and reader.length == 0:
+            # Read whole (a request without a body, an upload relayed): nothing is left to
+            # drain, and the socket's mode is not changed twice for nothing (each change is a
+            # system call that lets go of the interpreter lock).
+            return True
         conn.sock.setblocking(False)
         try:
             # gunicorn gives up once it has drained max_bytes: one more lets exactly that many.
