@@ -64,8 +64,10 @@ class Service:
     display_name: str
     service_type: ServiceType
     service_status: ServiceStatus
-    upstream_url: str | None = None
-    external_url: str | None = None
+    # Out of the repr, like the credential reference: hooks receive the service, a host may
+    # log whole events, and some APIs take a secret in the URL's path (webhooks).
+    upstream_url: str | None = field(default=None, repr=False)
+    external_url: str | None = field(default=None, repr=False)
     external_auth_credential_id: str | None = field(default=None, repr=False)
     usage_prompt: str | None = None
     openapi_url: str | None = None

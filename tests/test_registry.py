@@ -115,9 +115,14 @@ def test_invalid_slugs_are_refused(slug: str) -> None:
         )
 
 
-def test_the_credential_reference_is_not_in_the_repr() -> None:
-    service = external("https://api.example.com", external_auth_credential_id="vault:secret/x")
+def test_neither_the_credential_reference_nor_the_url_is_in_the_repr() -> None:
+    # A host logging a hook's whole event wrote the URL, where a webhook keeps its secret.
+    service = external(
+        "https://api.example.com/hooks/T0SECRET", external_auth_credential_id="vault:secret/x"
+    )
     assert "vault" not in repr(service)
+    assert "T0SECRET" not in repr(service)
+    assert "slug='ext'" in repr(service)
 
 
 def test_the_registry_only_answers_for_the_owning_team() -> None:
