@@ -164,21 +164,14 @@ class ResponseBuffer:
             raise ResponseTooLargeError()
         # Pieces are joined as they come: kept in a list, each would hold some 40 bytes of
         # object besides its own, and an upstream trickling its body a few bytes per segment
-        # would make a 10 MiB body cost half a gigabyte. A body in one piece is not copied.
-        first = b""
+        # would make a 10 MiB body cost half a gigabyte.
         joined = bytearray()
         for chunk in response:
             self.received += len(chunk)
             if self.received > self.limit:
                 raise ResponseTooLargeError()
-            if joined:
-                joined += chunk
-            elif first:
-                joined += first
-                joined += chunk
-            else:
-                first = chunk
-        return bytes(joined) if joined else first
+            joined += chunk
+        return bytes(joined)
 
 
 class RelayBody:

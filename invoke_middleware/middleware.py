@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
 
@@ -235,15 +235,9 @@ def _pipeline_request(environ: WSGIEnvironment) -> PipelineRequest:
         body=environ["wsgi.input"],
         content_length=content_length,
         chunked=chunked,
-        client_gone=_client_gone(environ),
+        # A host that put anything but a callable there must not break its requests.
+        client_gone=gone if callable(gone := environ.get(CLIENT_GONE_KEY)) else None,
     )
-
-
-def _client_gone(environ: WSGIEnvironment) -> Callable[[], bool] | None:
-    """What the server says of its client leaving (:data:`CLIENT_GONE_KEY`), if it is a
-    callable: a host that put anything else there must not break its requests."""
-    gone = environ.get(CLIENT_GONE_KEY)
-    return gone if callable(gone) else None
 
 
 def _framed_by_frames(environ: WSGIEnvironment) -> bool:

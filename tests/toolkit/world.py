@@ -50,17 +50,20 @@ def make_service(
     *,
     team: uuid.UUID = TEAM,
     status: ServiceStatus = ServiceStatus.RUNNING,
+    service_type: ServiceType = ServiceType.DEPLOYED,
     **extra: Any,
 ) -> Service:
-    """A deployed service of ``team`` at ``url``, running unless ``status`` says otherwise."""
+    """A service of ``team`` at ``url`` (deployed unless ``service_type`` says otherwise),
+    running unless ``status`` says otherwise."""
+    where = "upstream_url" if service_type is ServiceType.DEPLOYED else "external_url"
     return Service(
         id=uuid.uuid4(),
         team_id=team,
         slug=slug,
         display_name=slug.title(),
-        service_type=ServiceType.DEPLOYED,
+        service_type=service_type,
         service_status=status,
-        upstream_url=url,
+        **{where: url},
         **extra,
     )
 
@@ -70,14 +73,11 @@ def make_external_service(
 ) -> Service:
     """A running external service of ``team`` at ``url``, its ``Authorization`` from the
     secret resolver's ``credential_id`` when given."""
-    return Service(
-        id=uuid.uuid4(),
-        team_id=team,
-        slug=slug,
-        display_name=slug.title(),
+    return make_service(
+        slug,
+        url,
+        team=team,
         service_type=ServiceType.EXTERNAL,
-        service_status=ServiceStatus.RUNNING,
-        external_url=url,
         external_auth_credential_id=credential_id,
     )
 
