@@ -146,10 +146,13 @@ class InvokeEnvelope:
     headers: tuple[tuple[str, str], ...] = ()
 
     def __repr__(self) -> str:
-        # Header values may be the container's credentials: show the names only.
+        # Header values may be the container's credentials: show the names only; and the
+        # path without its query string, which may carry a token.
         names = tuple(name for name, _ in self.headers)
+        path, query, _ = self.path.partition("?")
+        shown = f"{path}?…" if query else path
         return (
-            f"InvokeEnvelope(method={self.method!r}, path={self.path!r}, "
+            f"InvokeEnvelope(method={self.method!r}, path={shown!r}, "
             f"body=<{len(self.body)} bytes>, headers={names!r})"
         )
 

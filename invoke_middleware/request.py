@@ -40,7 +40,8 @@ class PipelineRequest:
 
     method: str
     path: str
-    query: str
+    # Not in the repr: a query string may carry a token (``?access_token=``).
+    query: str = field(repr=False)
     headers: Headers
     remote_addr: str
     scheme: str

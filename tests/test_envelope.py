@@ -710,6 +710,13 @@ def test_envelope_repr_shows_header_names_but_not_values() -> None:
     assert "<3 bytes>" in repr(envelope)
 
 
+def test_envelope_repr_leaves_out_the_query_string() -> None:
+    envelope = InvokeEnvelope(method="GET", path="/items?token=T0SECRET", body=b"")
+    assert "T0SECRET" not in repr(envelope)
+    assert "path='/items?…'" in repr(envelope)
+    assert "path='/items'" in repr(InvokeEnvelope(method="GET", path="/items", body=b""))
+
+
 def test_envelope_is_frozen_and_keyword_only() -> None:
     envelope = InvokeEnvelope(method="GET", path="/", body=b"")
     with pytest.raises(AttributeError):

@@ -36,6 +36,16 @@ def test_query_is_the_raw_query_string() -> None:
     assert seen_by_a_resolver(environ).query == "a=%20&b"
 
 
+def test_the_query_string_stays_out_of_the_repr() -> None:
+    # A resolver or hook that logs the request would write a token passed in the query.
+    environ = EnvironBuilder(
+        path="/api/r/containers/echo/x", query_string="access_token=T0SECRET"
+    ).get_environ()
+    text = repr(seen_by_a_resolver(environ))
+    assert "T0SECRET" not in text
+    assert "path='/api/r/containers/echo/x'" in text
+
+
 def test_headers_keep_the_fields_and_content_type() -> None:
     environ = EnvironBuilder(
         path="/api/r/containers/echo/x",

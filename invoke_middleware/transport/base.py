@@ -114,7 +114,9 @@ class UpstreamRequest:
     """
 
     method: str
-    url: str
+    # Not in the repr, like a Service's URLs: a webhook's path or the caller's query string
+    # may carry a secret.
+    url: str = field(repr=False)
     # Not in the repr: it carries the external service's secret and the caller's cookies.
     headers: tuple[tuple[str, str], ...] = field(repr=False)
     body: bytes | Iterable[bytes] | None = field(default=None, repr=False)

@@ -140,3 +140,12 @@ def test_a_stream_that_breaks_its_declared_length_never_finishes_the_request(
     # The transport is still usable: the broken exchange's connection was not kept.
     _, body = fetch(wire, "GET", raw_upstream.url + "/download?size=10")
     assert body == repeating_bytes(10)
+
+
+def test_the_url_stays_out_of_the_repr() -> None:
+    # A webhook keeps its secret in the path, a caller's token may be in the query.
+    request = UpstreamRequest(
+        method="POST", url="https://hooks.example/T0SECRET?token=T1SECRET", headers=()
+    )
+    assert "SECRET" not in repr(request)
+    assert "method='POST'" in repr(request)
