@@ -9,9 +9,11 @@ The shared counter reserves requests in batches (:class:`RedisCounter`): one rou
 counts up to ``batch`` requests of a window at once, never more than a tenth of what the
 window has left, and this process hands them out one by one. Redis counts every reserved
 request, so no process admits more than the budget; near its end batches shrink to one
-request, and a window found spent refuses here until it ends, without a round trip. After a
-round trip fails, Redis is not asked again for a storage timeout's time: meanwhile requests
-are handled as when Redis is down, without waiting for it.
+request, and a window found spent refuses here until it ends, without a round trip. What a
+process reserved and then had no use for (its traffic went to the other processes) is given
+back to Redis after a second without a request for that key, so that the others can admit
+it. After a round trip fails, Redis is not asked again for a storage timeout's time:
+meanwhile requests are handled as when Redis is down, without waiting for it.
 
 The in-process counter is the gateway's own: the library's ``MemoryStorage`` expires keys from
 a timer thread it starts again every 10 ms, which under a threaded server cost ~75 µs of CPU
@@ -24,6 +26,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from os import getpid as _getpid
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -127,8 +130,24 @@ def _end_of_window(window: _Window) -> float:
     return window.end
 
 
-def _end_of_held(held: list[float]) -> float:
-    return held[2]
+class _Reserved:
+    """What this process holds of one key's window in Redis: ``left``, the requests reserved
+    and not handed out yet; ``top``, the highest count reserved that the budget allows (a
+    request handed out stands for ``top - left``); ``end``, when the window ends; ``used``,
+    when a request last came for the key; ``window``, its length in seconds."""
+
+    __slots__ = ("end", "left", "top", "used", "window")
+
+    def __init__(self, end: float, window: int, now: float) -> None:
+        self.left = 0
+        self.top = 0
+        self.end = end
+        self.used = now
+        self.window = window
+
+
+def _end_of_reserved(reserved: _Reserved) -> float:
+    return reserved.end
 
 
 #: A batch is at most this share of what a window has left (its 1/10th), so that the
@@ -165,16 +184,42 @@ end
 return replies
 """
 
+#: Requests reserved and not used given back, for every key at once: ``DECRBY`` of each key
+#: (``ARGV``: amount, longest time to live in ms, for each key), but only while the key's
+#: time to live says it is still the window they were reserved in (a window that started
+#: since lives longer), and never below zero.
+_GIVE_BACK = """
+for i, key in ipairs(KEYS) do
+    local ttl = redis.call("pttl", key)
+    if ttl > 0 and ttl <= tonumber(ARGV[2 * i]) then
+        local count = tonumber(redis.call("get", key) or "0")
+        local amount = math.min(tonumber(ARGV[2 * i - 1]), count)
+        if amount > 0 then
+            redis.call("decrby", key, amount)
+        end
+    end
+end
+return 0
+"""
+
+#: Seconds without a request for a key after which what this process holds of its window is
+#: given back (see :meth:`RedisCounter.give_back`); also how often the process looks.
+GIVE_BACK_AFTER = 1.0
+
 
 class RedisCounter:
     """Fixed windows on the ``limits`` Redis storage (its connection pool, key prefix and
     options), every key of a request counted by one script call (:data:`_HIT_ALL`).
 
     A round trip reserves up to ``batch`` requests of a window for this process (see the
-    module's docstring). Per key this process keeps ``[requests held, highest count reserved
-    that the budget allows, end of the window]``; the end is the key's time to live as seen
-    from before the round trip, so what is held never outlives its window in Redis. A
-    request served from what is held reports the count it stands for.
+    module's docstring); per key this process keeps a :class:`_Reserved`, whose end is the
+    key's time to live as seen from before the round trip, so what is held never outlives
+    its window in Redis. A request served from what is held reports the count it stands for.
+
+    What is held for a key that saw no request for ``give_back_after`` seconds goes back to
+    Redis (:meth:`give_back`), from a thread of this process that looks as often; the thread
+    starts with the first batch reserved (in the process that serves, after a fork) and
+    stops at :meth:`close`, which gives back everything held.
     """
 
     _MIN_SWEEP = 1024
@@ -185,6 +230,7 @@ class RedisCounter:
         *,
         batch: int = 1,
         retry_after_failure: float = 0.0,
+        give_back_after: float = GIVE_BACK_AFTER,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from redis.exceptions import RedisError  # noqa: PLC0415 - optional dependency
@@ -192,11 +238,16 @@ class RedisCounter:
         self._storage = storage
         # Runs by SHA, and loads the script again when Redis lost it (restart, flush).
         self._script = storage.get_connection().register_script(_HIT_ALL)
+        self._give_back_script = storage.get_connection().register_script(_GIVE_BACK)
         self._redis_error = RedisError
         self._batch = batch
         self._clock = clock
         self._lock = threading.Lock()
-        self._held: dict[str, list[float]] = {}
+        self._held: dict[str, _Reserved] = {}
+        self._give_back_after = give_back_after
+        self._giver: threading.Thread | None = None
+        self._giver_pid = 0
+        self._closed = threading.Event()
         self._sweep_at = self._MIN_SWEEP
         # After a failed round trip Redis is not asked again for ``retry_after_failure``
         # seconds: a Redis that hangs would otherwise cost every request its full timeout
@@ -217,13 +268,14 @@ class RedisCounter:
             table = self._held
             for key, _, allowed in keys:
                 held = table.get(key)
-                if held is not None and held[2] > now:
-                    if held[0]:
-                        held[0] -= 1
-                        counts.append((int(held[1] - held[0]), held[2] - now))
+                if held is not None and held.end > now:
+                    held.used = now
+                    if held.left:
+                        held.left -= 1
+                        counts.append((held.top - held.left, held.end - now))
                         continue
-                    if held[1] >= allowed:  # spent: refused until the window ends
-                        counts.append((allowed + 1, held[2] - now))
+                    if held.top >= allowed:  # spent: refused until the window ends
+                        counts.append((allowed + 1, held.end - now))
                         continue
                 asked.append(len(counts))
                 counts.append((0, 0.0))
@@ -236,20 +288,72 @@ class RedisCounter:
         with self._lock:
             table = self._held
             for index, (total, reset, amount) in zip(asked, replies, strict=True):
-                key, _, allowed = keys[index]
+                key, window, allowed = keys[index]
                 first = total - amount + 1  # this request's own count
                 end = started + reset
                 held = table.get(key)
-                if held is None or held[2] <= now:
-                    held = table[key] = [0, 0, end]
+                if held is None or held.end <= now:
+                    held = table[key] = _Reserved(end, window, now)
                 # What else the budget allows of this batch stays here for the next ones.
-                held[0] += max(0, min(amount, allowed - first + 1) - 1)
-                held[1] = max(held[1], min(total, allowed))
-                held[2] = min(held[2], end)
+                held.left += max(0, min(amount, allowed - first + 1) - 1)
+                held.top = max(held.top, min(total, allowed))
+                held.end = min(held.end, end)
                 counts[index] = (first, end - now)
             if len(table) >= self._sweep_at:
-                self._sweep_at = _drop_ended(table, _end_of_held, now, self._MIN_SWEEP)
+                self._sweep_at = _drop_ended(table, _end_of_reserved, now, self._MIN_SWEEP)
+        if self._giver_pid != _getpid():
+            self._start_giver()
         return counts
+
+    def give_back(self, idle: float | None = None) -> int:
+        """Give back to Redis what this process holds of windows that saw no request for
+        ``idle`` seconds (``give_back_after`` when ``None``; ``0`` gives back everything);
+        the requests given back.
+
+        Only a window with at least a second left is given back: the decrement must land in
+        Redis before the window ends there, and the script checks the key's time to live
+        (:data:`_GIVE_BACK`) so that it never lowers a window that started since. What is
+        given back is no longer held here; should the round trip fail, it stays counted in
+        Redis until the window ends, as it would have.
+        """
+        idle = self._give_back_after if idle is None else idle
+        keys: list[str] = []
+        args: list[int] = []
+        with self._lock:
+            now = self._clock()
+            for key, held in self._held.items():
+                left = held.end - now
+                if held.left and now - held.used >= idle and left >= 1.0:
+                    keys.append(self._storage.prefixed_key(key))
+                    # The time to live the key can have in this window, seen from Redis: at
+                    # most what is left (the end was taken before the reserving round
+                    # trip), plus half a window for the time this call takes to get there.
+                    args += (held.left, math.ceil((left + held.window / 2) * 1000))
+                    held.top -= held.left
+                    held.left = 0
+        if not keys:
+            return 0
+        try:
+            self._give_back_script(keys=keys, args=args)
+        except self._redis_error:
+            return 0
+        return sum(args[0::2])
+
+    def _start_giver(self) -> None:
+        """Start the thread that gives back what this process no longer uses (once per
+        process: a forked worker starts its own)."""
+        with self._lock:
+            if self._giver_pid == _getpid() or self._closed.is_set():
+                return
+            self._giver_pid = _getpid()
+            self._giver = threading.Thread(
+                target=self._give_back_while_open, name="invoke-rate-give-back", daemon=True
+            )
+        self._giver.start()
+
+    def _give_back_while_open(self) -> None:
+        while not self._closed.wait(self._give_back_after):
+            self.give_back()
 
     def _ask(
         self, keys: Sequence[RateKey], amounts: Sequence[int]
@@ -296,7 +400,17 @@ class RedisCounter:
             raise StoreUnavailable from exc
 
     def close(self) -> None:
+        """Give back everything held, stop the thread that gives back, and let go of the
+        Redis connections (a later :meth:`hit` opens them again, and starts the thread)."""
+        self._closed.set()
+        giver = self._giver
+        if giver is not None and giver is not threading.current_thread():
+            giver.join()
+        self.give_back(idle=0)
         self._storage.get_connection().connection_pool.disconnect()
+        with self._lock:
+            self._giver, self._giver_pid = None, 0
+            self._closed.clear()
 
 
 def open_counter(settings: LimitSettings) -> RateCounter:

@@ -32,7 +32,8 @@ window opens at a key's first request and lasts the rate's period, and every req
 refused ones included. Counters live in this process (``memory://``) or in Redis
 (``redis://``, shared by every process using the same Redis and key prefix, where all the rates
 of a request are counted by one script call, in one round trip, which reserves up to
-``rate_batch`` requests of each window for this process); see
+``rate_batch`` requests of each window for this process, and gives back what it did not
+use); see
 :mod:`invoke_middleware._rate_counters`. When Redis cannot be reached the request is served
 (``fail_open``, the default: a warning is logged and the event reported) or refused with 503
 ``limits_unavailable``.
@@ -755,7 +756,8 @@ class Limiter:
             self._counter.ping()
 
     def close(self) -> None:
-        """Close the connections to the rate-limit store; a later request reopens them."""
+        """Give back to the rate-limit store what this process reserved and did not use, and
+        close the connections to it; a later request reopens them."""
         if self._counter is not None:
             self._counter.close()
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from invoke_middleware._rate_counters import LocalCounter, RedisCounter, StoreUnavailable
-from tests.limits.conftest import RedisNamespace, run_concurrently
+from tests.limits.conftest import RedisNamespace, run_concurrently, wait_until
 from tests.store.conftest import FakeClock
 
 
@@ -57,11 +57,21 @@ class _CountedRedis:
         self.namespace = namespace
         self.storage = storage_from_string(namespace.url, key_prefix=namespace.prefix)
         self.client = redis.Redis.from_url(namespace.url)
+        self.counters: list[RedisCounter] = []
 
-    def counter(self, batch: int, clock: FakeClock | None = None) -> RedisCounter:
-        if clock is None:
-            return RedisCounter(self.storage, batch=batch)
-        return RedisCounter(self.storage, batch=batch, clock=clock)
+    def counter(
+        self, batch: int, clock: FakeClock | None = None, give_back_after: float = 3600.0
+    ) -> RedisCounter:
+        """A counter standing for one gateway process; it gives back nothing it holds for
+        an hour unless told otherwise, so that the counts these tests check stay put."""
+        counter = RedisCounter(
+            self.storage,
+            batch=batch,
+            give_back_after=give_back_after,
+            clock=time.monotonic if clock is None else clock,
+        )
+        self.counters.append(counter)
+        return counter
 
     def total(self, key: str) -> int:
         value = self.client.get(f"{self.namespace.prefix}:{key}")
@@ -72,6 +82,8 @@ class _CountedRedis:
 def redis_counts(redis_namespace: RedisNamespace) -> Iterator[_CountedRedis]:
     counted = _CountedRedis(redis_namespace)
     yield counted
+    for counter in counted.counters:
+        counter.close()
     counted.client.close()
 
 
@@ -190,6 +202,93 @@ def test_closing_lets_go_of_the_redis_connections_and_a_later_hit_reopens_them(
     counter.close()
     assert all(c._sock is None for c in pool._available_connections)
     assert counter.hit([("k", 60, 100)])[0][0] == 2
+
+
+# -- Redis: what a process reserved and did not use goes back ---------------------------------
+
+
+def test_a_process_gives_back_what_it_held_unused_and_asks_again_later(
+    redis_counts: _CountedRedis,
+) -> None:
+    clock = FakeClock()
+    counter = redis_counts.counter(batch=16, clock=clock, give_back_after=1.0)
+    counter.hit([("k", 60, 1000)])
+    assert redis_counts.total("k") == 16
+    clock.advance(0.5)
+    assert counter.give_back() == 0  # a request came for it half a second ago
+    assert redis_counts.total("k") == 16
+    clock.advance(1.0)
+    assert counter.give_back() == 15
+    assert redis_counts.total("k") == 1
+    assert counter.give_back() == 0  # nothing is held any more
+    count, _ = counter.hit([("k", 60, 1000)])[0]
+    assert count == 2  # asked Redis again: the count is the window's, not a stale one
+    assert redis_counts.total("k") == 17
+
+
+def test_a_quiet_process_leaves_the_budget_to_the_busy_one(redis_counts: _CountedRedis) -> None:
+    # Two processes share 100 requests a minute. One served a single request, reserving a
+    # tenth of the budget, and then every request went to the other one (a kept-alive client
+    # stays on one worker): the other could admit 90, not 99, until the window ended.
+    quiet = redis_counts.counter(batch=16, give_back_after=0.05)
+    busy = redis_counts.counter(batch=16)
+    assert quiet.hit([("k", 60, 100)])[0][0] == 1
+    assert redis_counts.total("k") == 10
+    wait_until(lambda: redis_counts.total("k") == 1, "the quiet process to give back 9")
+    admitted = sum(busy.hit([("k", 60, 100)])[0][0] <= 100 for _ in range(120))
+    assert admitted == 99
+
+
+def test_only_the_window_the_requests_were_reserved_in_is_lowered(
+    redis_counts: _CountedRedis,
+) -> None:
+    # A process whose give-back reaches Redis late, after its window ended and another
+    # process started the next: that window must not lose requests it counted.
+    clock = FakeClock()
+    late = redis_counts.counter(batch=16, clock=clock)
+    late.hit([("k", 60, 1000)])
+    redis_counts.client.delete(f"{redis_counts.namespace.prefix}:k")  # the window ended
+    redis_counts.counter(batch=16).hit([("k", 60, 1000)])  # and the next one began
+    assert redis_counts.total("k") == 16
+    clock.advance(58.5)  # this process still sees 1.5 s of its window
+    assert late.give_back(idle=1.0) == 15  # no longer held here ...
+    assert redis_counts.total("k") == 16  # ... but the new window keeps its count
+
+
+def test_a_window_about_to_end_is_left_to_end(redis_counts: _CountedRedis) -> None:
+    clock = FakeClock()
+    counter = redis_counts.counter(batch=16, clock=clock)
+    counter.hit([("k", 60, 1000)])
+    clock.advance(59.5)  # half a second left: a decrement could land in the next window
+    assert counter.give_back(idle=1.0) == 0
+    assert redis_counts.total("k") == 16
+
+
+def test_closing_gives_back_everything_held(redis_counts: _CountedRedis) -> None:
+    counter = redis_counts.counter(batch=16)
+    counter.hit([("a", 60, 1000), ("b", 3600, 1000)])
+    assert (redis_counts.total("a"), redis_counts.total("b")) == (16, 16)
+    counter.close()
+    assert (redis_counts.total("a"), redis_counts.total("b")) == (1, 1)
+    assert counter.hit([("a", 60, 1000)])[0][0] == 2  # and it can be used again
+
+
+def test_a_forked_worker_starts_a_thread_of_its_own(
+    redis_counts: _CountedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Threads do not survive fork(): a counter made before gunicorn forks its workers (with
+    # --preload) must start the giving back in each worker, at its first reservation there.
+    import invoke_middleware._rate_counters as counters
+
+    counter = redis_counts.counter(batch=16, give_back_after=0.05)
+    counter.hit([("k", 60, 1000)])
+    wait_until(lambda: redis_counts.total("k") == 1, "the first thread to give back")
+    first = [t for t in threading.enumerate() if t.name == "invoke-rate-give-back"]
+    monkeypatch.setattr(counters, "_getpid", lambda: -1)  # as if this were the child
+    counter.hit([("k", 60, 1000)])
+    wait_until(lambda: redis_counts.total("k") == 2, "the child's thread to give back")
+    second = [t for t in threading.enumerate() if t.name == "invoke-rate-give-back"]
+    assert len(second) == len(first) + 1
 
 
 class _SilentRedis:
