@@ -11,9 +11,10 @@ window has left, and this process hands them out one by one. Redis counts every 
 request, so no process admits more than the budget; near its end batches shrink to one
 request, and a window found spent refuses here until it ends, without a round trip. What a
 process reserved and then had no use for (its traffic went to the other processes) is given
-back to Redis after a second without a request for that key, so that the others can admit
-it. After a round trip fails, Redis is not asked again for a storage timeout's time:
-meanwhile requests are handled as when Redis is down, without waiting for it.
+back to Redis once the key has seen no request for a tenth of its window (a second at least),
+so that the others can admit it. After a round trip fails, Redis is not asked again for a
+storage timeout's time: meanwhile requests are handled as when Redis is down, without
+waiting for it.
 
 The in-process counter is the gateway's own: the library's ``MemoryStorage`` expires keys from
 a timer thread it starts again every 10 ms, which under a threaded server cost ~75 µs of CPU
@@ -22,11 +23,13 @@ per request (``bench/results/limits.md``); this one drops expired windows as it 
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
-from os import getpid as _getpid
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -133,15 +136,18 @@ def _end_of_window(window: _Window) -> float:
 class _Reserved:
     """What this process holds of one key's window in Redis: ``left``, the requests reserved
     and not handed out yet; ``top``, the highest count reserved that the budget allows (a
-    request handed out stands for ``top - left``); ``end``, when the window ends; ``used``,
-    when a request last came for the key; ``window``, its length in seconds."""
+    request handed out stands for ``top - left``); ``end``, when the window ends here;
+    ``expires``, when it ends in Redis, in milliseconds of Redis's clock (what tells this
+    window from the next one there); ``used``, when a request last came for the key;
+    ``window``, its length in seconds."""
 
-    __slots__ = ("end", "left", "top", "used", "window")
+    __slots__ = ("end", "expires", "left", "top", "used", "window")
 
-    def __init__(self, end: float, window: int, now: float) -> None:
+    def __init__(self, end: float, expires: int, window: int, now: float) -> None:
         self.left = 0
         self.top = 0
         self.end = end
+        self.expires = expires
         self.used = now
         self.window = window
 
@@ -154,12 +160,18 @@ def _end_of_reserved(reserved: _Reserved) -> float:
 #: requests one process holds unused are a small part of any budget, and none near its end.
 _BATCH_SHARE = 10
 
+#: How far apart, in milliseconds, two readings of one window's end in Redis may be (its
+#: time to live and clock are read at slightly different instants); the next window of a key
+#: ends a whole window later.
+_SAME_END_MS = 5
+
 #: The ``limits`` library's fixed-window step (its ``incr_expire.lua``: increment, and start
 #: the window's expiry when the key has none) for every key of a request at
 #: once, each by the batch it may take (``ARGV``: window, batch wanted, requests allowed, for
 #: each key): a tenth of what the window has left in Redis, at least one request and at most
-#: the batch wanted. It answers each key's total, remaining time to live and the batch taken:
-#: one command and one round trip, whatever the number of rates. The share is worked out
+#: the batch wanted. It answers each key's total, remaining time to live and the batch taken,
+#: then Redis's clock in milliseconds (from which a window's end there is known exactly): one
+#: command and one round trip, whatever the number of rates. The share is worked out
 #: here, from the count every process adds to, so that processes that each reserve a batch
 #: never reserve more than the window has left, however many they are. Keys may hash to
 #: different slots, so this needs a single Redis, not a Cluster.
@@ -181,19 +193,23 @@ for i, key in ipairs(KEYS) do
     replies[3 * i - 1] = ttl
     replies[3 * i] = amount
 end
+local now = redis.call("time")
+replies[#replies + 1] = now[1] * 1000 + math.floor(now[2] / 1000)
 return replies
 """
 
 #: Requests reserved and not used given back, for every key at once: ``DECRBY`` of each key
-#: (``ARGV``: amount, longest time to live in ms, for each key), but only while the key's
-#: time to live says it is still the window they were reserved in (a window that started
-#: since lives longer), and never below zero.
-_GIVE_BACK = """
+#: (``ARGV``: amount, and when the window they were reserved in ends, in milliseconds of
+#: Redis's clock, for each key), but only while the key is that window (it ends when that
+#: one does: a window that started since, or a key lost and written again, ends elsewhere),
+#: and never below zero. A give-back that reaches Redis late lowers nothing it should not.
+_GIVE_BACK = f"""
+local now = redis.call("time")
+now = now[1] * 1000 + math.floor(now[2] / 1000)
 for i, key in ipairs(KEYS) do
     local ttl = redis.call("pttl", key)
-    if ttl > 0 and ttl <= tonumber(ARGV[2 * i]) then
-        local count = tonumber(redis.call("get", key) or "0")
-        local amount = math.min(tonumber(ARGV[2 * i - 1]), count)
+    if ttl > 0 and math.abs(now + ttl - tonumber(ARGV[2 * i])) <= {_SAME_END_MS} then
+        local amount = math.min(tonumber(ARGV[2 * i - 1]), tonumber(redis.call("get", key) or "0"))
         if amount > 0 then
             redis.call("decrby", key, amount)
         end
@@ -203,8 +219,36 @@ return 0
 """
 
 #: Seconds without a request for a key after which what this process holds of its window is
-#: given back (see :meth:`RedisCounter.give_back`); also how often the process looks.
+#: given back, at the least (a tenth of the window when that is longer, see
+#: :meth:`RedisCounter.give_back`); also how often the process looks.
 GIVE_BACK_AFTER = 1.0
+
+#: Keys given back by one script call: a call holds Redis for every process sharing it.
+_GIVE_BACK_KEYS = 256
+
+
+def _give_back_until(counter: weakref.ref[RedisCounter], stop: threading.Event) -> None:
+    """The loop of the thread that gives back; it holds its counter only while it sweeps, so
+    a counter nobody closed still goes away with its last reference."""
+    while True:
+        held = counter()
+        if held is None:
+            return
+        interval = held._give_back_after
+        del held
+        if stop.wait(interval):
+            return
+        held = counter()
+        if held is None:
+            return
+        held.give_back()
+        del held
+
+
+def _forget_after_fork(counter: weakref.ref[RedisCounter]) -> None:
+    held = counter()
+    if held is not None:
+        held._after_fork()
 
 
 class RedisCounter:
@@ -216,10 +260,12 @@ class RedisCounter:
     key's time to live as seen from before the round trip, so what is held never outlives
     its window in Redis. A request served from what is held reports the count it stands for.
 
-    What is held for a key that saw no request for ``give_back_after`` seconds goes back to
-    Redis (:meth:`give_back`), from a thread of this process that looks as often; the thread
-    starts with the first batch reserved (in the process that serves, after a fork) and
-    stops at :meth:`close`, which gives back everything held.
+    What is held for a key that saw no request for a while goes back to Redis
+    (:meth:`give_back`), from a thread of this process that looks every ``give_back_after``
+    seconds; the thread starts with the first batch reserved and stops at :meth:`close`,
+    which gives back everything held. A forked child (a gunicorn worker after ``--preload``)
+    starts with nothing held: what the parent reserved is the parent's to hand out or give
+    back.
     """
 
     _MIN_SWEEP = 1024
@@ -244,10 +290,12 @@ class RedisCounter:
         self._clock = clock
         self._lock = threading.Lock()
         self._held: dict[str, _Reserved] = {}
+        # The keys of _held with requests left: what a give-back looks through.
+        self._holding: dict[str, _Reserved] = {}
         self._give_back_after = give_back_after
-        self._giver: threading.Thread | None = None
-        self._giver_pid = 0
-        self._closed = threading.Event()
+        # Set to stop the thread that gives back; None while there is none in this process.
+        self._giver: threading.Event | None = None
+        os.register_at_fork(after_in_child=functools.partial(_forget_after_fork, weakref.ref(self)))
         self._sweep_at = self._MIN_SWEEP
         # After a failed round trip Redis is not asked again for ``retry_after_failure``
         # seconds: a Redis that hangs would otherwise cost every request its full timeout
@@ -272,6 +320,9 @@ class RedisCounter:
                     held.used = now
                     if held.left:
                         held.left -= 1
+                        if not held.left:
+                            # Not there when a give-back found the window over meanwhile.
+                            self._holding.pop(key, None)
                         counts.append((held.top - held.left, held.end - now))
                         continue
                     if held.top >= allowed:  # spent: refused until the window ends
@@ -287,79 +338,98 @@ class RedisCounter:
         now = self._clock()
         with self._lock:
             table = self._held
-            for index, (total, reset, amount) in zip(asked, replies, strict=True):
+            for index, (total, reset, amount, expires) in zip(asked, replies, strict=True):
                 key, window, allowed = keys[index]
                 first = total - amount + 1  # this request's own count
                 end = started + reset
                 held = table.get(key)
-                if held is None or held.end <= now:
-                    held = table[key] = _Reserved(end, window, now)
+                if held is None or held.end <= now or abs(held.expires - expires) > _SAME_END_MS:
+                    # A new window (or the key was lost in Redis and written again: what was
+                    # held of it is gone with it).
+                    held = table[key] = _Reserved(end, expires, window, now)
+                    self._holding.pop(key, None)
                 # What else the budget allows of this batch stays here for the next ones.
                 held.left += max(0, min(amount, allowed - first + 1) - 1)
                 held.top = max(held.top, min(total, allowed))
                 held.end = min(held.end, end)
+                if held.left:
+                    self._holding[key] = held
                 counts[index] = (first, end - now)
             if len(table) >= self._sweep_at:
                 self._sweep_at = _drop_ended(table, _end_of_reserved, now, self._MIN_SWEEP)
-        if self._giver_pid != _getpid():
+        if self._giver is None:
             self._start_giver()
         return counts
 
     def give_back(self, idle: float | None = None) -> int:
-        """Give back to Redis what this process holds of windows that saw no request for
-        ``idle`` seconds (``give_back_after`` when ``None``; ``0`` gives back everything);
-        the requests given back.
+        """Give back to Redis what this process holds of windows whose key saw no request for
+        ``idle`` seconds (when ``None``: a tenth of the key's window, or ``give_back_after``
+        if that is longer; ``0`` gives back everything held); the requests given back.
 
-        Only a window with at least a second left is given back: the decrement must land in
-        Redis before the window ends there, and the script checks the key's time to live
-        (:data:`_GIVE_BACK`) so that it never lowers a window that started since. What is
-        given back is no longer held here; should the round trip fail, it stays counted in
-        Redis until the window ends, as it would have.
+        What is given back is no longer held here, and the script lowers a key only while it
+        is the window the requests were reserved in (:data:`_GIVE_BACK`). Should a round trip
+        fail, what it carried stays counted in Redis until the window ends, as it would have
+        without giving back (it is not sent again: the failed call may still have landed).
+        While Redis is known to be down (a request's round trip failed), nothing is sent.
         """
-        idle = self._give_back_after if idle is None else idle
-        keys: list[str] = []
-        args: list[int] = []
+        given: list[tuple[str, int, int]] = []
         with self._lock:
             now = self._clock()
-            for key, held in self._held.items():
-                left = held.end - now
-                if held.left and now - held.used >= idle and left >= 1.0:
-                    keys.append(self._storage.prefixed_key(key))
-                    # The time to live the key can have in this window, seen from Redis: at
-                    # most what is left (the end was taken before the reserving round
-                    # trip), plus half a window for the time this call takes to get there.
-                    args += (held.left, math.ceil((left + held.window / 2) * 1000))
+            if now < self._failed_until:
+                return 0
+            holding = self._holding
+            for key, held in list(holding.items()):
+                quiet = (
+                    idle
+                    if idle is not None
+                    else max(self._give_back_after, held.window / _BATCH_SHARE)
+                )
+                if held.end <= now:
+                    del holding[key]  # the window is over: nothing to give back
+                elif now - held.used >= quiet:
+                    given.append((self._storage.prefixed_key(key), held.left, held.expires))
                     held.top -= held.left
                     held.left = 0
-        if not keys:
-            return 0
-        try:
-            self._give_back_script(keys=keys, args=args)
-        except self._redis_error:
-            return 0
-        return sum(args[0::2])
+                    del holding[key]
+        returned = 0
+        for start in range(0, len(given), _GIVE_BACK_KEYS):
+            part = given[start : start + _GIVE_BACK_KEYS]
+            try:
+                self._give_back_script(
+                    keys=[key for key, _, _ in part],
+                    args=[value for _, left, expires in part for value in (left, expires)],
+                )
+            except self._redis_error:
+                continue
+            returned += sum(left for _, left, _ in part)
+        return returned
 
     def _start_giver(self) -> None:
-        """Start the thread that gives back what this process no longer uses (once per
-        process: a forked worker starts its own)."""
+        """Start the thread that gives back what this process no longer uses."""
         with self._lock:
-            if self._giver_pid == _getpid() or self._closed.is_set():
+            if self._giver is not None:
                 return
-            self._giver_pid = _getpid()
-            self._giver = threading.Thread(
-                target=self._give_back_while_open, name="invoke-rate-give-back", daemon=True
-            )
-        self._giver.start()
+            stop = self._giver = threading.Event()
+            threading.Thread(
+                target=_give_back_until,
+                args=(weakref.ref(self), stop),
+                name="invoke-rate-give-back",
+                daemon=True,
+            ).start()
 
-    def _give_back_while_open(self) -> None:
-        while not self._closed.wait(self._give_back_after):
-            self.give_back()
+    def _after_fork(self) -> None:
+        """In a forked child: nothing held, no thread, a lock of its own (the parent's may
+        have been held by one of its threads at the fork)."""
+        self._lock = threading.Lock()
+        self._held, self._holding, self._giver = {}, {}, None
+        self._sweep_at = self._MIN_SWEEP
 
     def _ask(
         self, keys: Sequence[RateKey], amounts: Sequence[int]
-    ) -> tuple[list[tuple[int, float, int]], float]:
+    ) -> tuple[list[tuple[int, float, int, int]], float]:
         """Add at most ``amounts`` to ``keys`` in Redis (see :data:`_HIT_ALL`): each key's
-        total, seconds left and the amount added, and the time just before asking."""
+        total, seconds left, the amount added and when its window ends in Redis (milliseconds
+        of its clock), and the time just before asking."""
         prefixed = [self._storage.prefixed_key(key) for key, _, _ in keys]
         args: list[int] = []
         for (_, window, allowed), amount in zip(keys, amounts, strict=True):
@@ -387,9 +457,15 @@ class RedisCounter:
             with self._lock:
                 self._failure = None
                 self._failed_until = 0.0
+        redis_now = int(replies[-1])
         counts = [
-            (int(replies[i]), max(int(replies[i + 1]), 0) / 1000, int(replies[i + 2]))
-            for i in range(0, len(replies), 3)
+            (
+                int(replies[i]),
+                max(int(replies[i + 1]), 0) / 1000,
+                int(replies[i + 2]),
+                redis_now + int(replies[i + 1]),
+            )
+            for i in range(0, len(replies) - 1, 3)
         ]
         return counts, started
 
@@ -401,16 +477,13 @@ class RedisCounter:
 
     def close(self) -> None:
         """Give back everything held, stop the thread that gives back, and let go of the
-        Redis connections (a later :meth:`hit` opens them again, and starts the thread)."""
-        self._closed.set()
-        giver = self._giver
-        if giver is not None and giver is not threading.current_thread():
-            giver.join()
+        Redis connections (a later :meth:`hit` opens them again, and starts a thread)."""
+        with self._lock:
+            stop, self._giver = self._giver, None
+        if stop is not None:
+            stop.set()
         self.give_back(idle=0)
         self._storage.get_connection().connection_pool.disconnect()
-        with self._lock:
-            self._giver, self._giver_pid = None, 0
-            self._closed.clear()
 
 
 def open_counter(settings: LimitSettings) -> RateCounter:

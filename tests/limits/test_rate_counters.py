@@ -4,6 +4,7 @@ still open; and in Redis, where one round trip reserves a batch of a window's re
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -214,10 +215,10 @@ def test_a_process_gives_back_what_it_held_unused_and_asks_again_later(
     counter = redis_counts.counter(batch=16, clock=clock, give_back_after=1.0)
     counter.hit([("k", 60, 1000)])
     assert redis_counts.total("k") == 16
-    clock.advance(0.5)
-    assert counter.give_back() == 0  # a request came for it half a second ago
+    clock.advance(5.9)
+    assert counter.give_back() == 0  # quiet for less than a tenth of its 60 s window
     assert redis_counts.total("k") == 16
-    clock.advance(1.0)
+    clock.advance(0.1)
     assert counter.give_back() == 15
     assert redis_counts.total("k") == 1
     assert counter.give_back() == 0  # nothing is held any more
@@ -226,42 +227,93 @@ def test_a_process_gives_back_what_it_held_unused_and_asks_again_later(
     assert redis_counts.total("k") == 17
 
 
+def test_a_key_still_in_use_is_not_given_back(redis_counts: _CountedRedis) -> None:
+    clock = FakeClock()
+    counter = redis_counts.counter(batch=16, clock=clock)
+    counter.hit([("k", 60, 1000)])
+    for _ in range(5):
+        clock.advance(0.9)
+        counter.hit([("k", 60, 1000)])  # handed out here, no round trip
+        assert counter.give_back(idle=1.0) == 0
+    assert redis_counts.total("k") == 16
+
+
 def test_a_quiet_process_leaves_the_budget_to_the_busy_one(redis_counts: _CountedRedis) -> None:
-    # Two processes share 100 requests a minute. One served a single request, reserving a
+    # Two processes share 100 requests per 10 s. One served a single request, reserving a
     # tenth of the budget, and then every request went to the other one (a kept-alive client
-    # stays on one worker): the other could admit 90, not 99, until the window ended.
+    # stays on one worker): the other could admit 90, not 99, until the window ended. The
+    # quiet one gives back after a tenth of the window, by a thread of its own.
     quiet = redis_counts.counter(batch=16, give_back_after=0.05)
     busy = redis_counts.counter(batch=16)
-    assert quiet.hit([("k", 60, 100)])[0][0] == 1
+    assert quiet.hit([("k", 10, 100)])[0][0] == 1
     assert redis_counts.total("k") == 10
     wait_until(lambda: redis_counts.total("k") == 1, "the quiet process to give back 9")
-    admitted = sum(busy.hit([("k", 60, 100)])[0][0] <= 100 for _ in range(120))
+    admitted = sum(busy.hit([("k", 10, 100)])[0][0] <= 100 for _ in range(120))
     assert admitted == 99
 
 
+@pytest.mark.parametrize("seen_left", [55.0, 1.5], ids=["early", "late"])
 def test_only_the_window_the_requests_were_reserved_in_is_lowered(
-    redis_counts: _CountedRedis,
+    redis_counts: _CountedRedis, seen_left: float
 ) -> None:
-    # A process whose give-back reaches Redis late, after its window ended and another
-    # process started the next: that window must not lose requests it counted.
+    # A give-back that reaches Redis after its window ended and another process started the
+    # next one (or after the key was lost and written again): that window must not lose the
+    # requests it counted, however much of the old one this process thinks is left.
     clock = FakeClock()
     late = redis_counts.counter(batch=16, clock=clock)
     late.hit([("k", 60, 1000)])
     redis_counts.client.delete(f"{redis_counts.namespace.prefix}:k")  # the window ended
+    time.sleep(0.05)  # (a window's end is known to the millisecond)
     redis_counts.counter(batch=16).hit([("k", 60, 1000)])  # and the next one began
     assert redis_counts.total("k") == 16
-    clock.advance(58.5)  # this process still sees 1.5 s of its window
-    assert late.give_back(idle=1.0) == 15  # no longer held here ...
+    clock.advance(60 - seen_left)
+    assert late.give_back(idle=1.0) == 15  # sent, and no longer held here ...
     assert redis_counts.total("k") == 16  # ... but the new window keeps its count
 
 
-def test_a_window_about_to_end_is_left_to_end(redis_counts: _CountedRedis) -> None:
+def test_a_window_over_here_is_not_given_back(redis_counts: _CountedRedis) -> None:
     clock = FakeClock()
     counter = redis_counts.counter(batch=16, clock=clock)
     counter.hit([("k", 60, 1000)])
-    clock.advance(59.5)  # half a second left: a decrement could land in the next window
+    clock.advance(60.5)  # over, as this process counts (Redis's key lives on, in real time)
     assert counter.give_back(idle=1.0) == 0
     assert redis_counts.total("k") == 16
+
+
+def test_many_keys_are_given_back_in_several_calls(redis_counts: _CountedRedis) -> None:
+    # One script call holds Redis for every process: a sweep sends a few hundred keys a call.
+    counter = redis_counts.counter(batch=16)
+    keys = [(f"k{number}", 60, 1000) for number in range(600)]
+    for key in keys:
+        counter.hit([key])
+    assert counter.give_back(idle=0) == 600 * 15
+    assert {redis_counts.total(key) for key, _, _ in keys} == {1}
+
+
+def test_nothing_is_given_back_while_redis_is_known_to_be_down(
+    redis_counts: _CountedRedis,
+) -> None:
+    from limits.storage import storage_from_string
+
+    from tests.limits.tcp_cutter import TCPCutter
+
+    with TCPCutter(("127.0.0.1", 6379)) as cutter:
+        storage = storage_from_string(
+            cutter.url, key_prefix=redis_counts.namespace.prefix, socket_timeout=0.5
+        )
+        counter = RedisCounter(storage, batch=16, retry_after_failure=60, give_back_after=3600)
+        try:
+            counter.hit([("k", 60, 1000)])
+            cutter.cut()
+            with pytest.raises(StoreUnavailable):
+                counter.hit([("other", 60, 1000)])
+            assert counter.give_back(idle=0) == 0  # no round trip to a Redis known down
+            cutter.restore()
+            counter._failed_until = 0.0  # the interval is over
+            assert counter.give_back(idle=0) == 15  # still held, given back now
+        finally:
+            counter.close()
+    assert redis_counts.total("k") == 1
 
 
 def test_closing_gives_back_everything_held(redis_counts: _CountedRedis) -> None:
@@ -273,22 +325,30 @@ def test_closing_gives_back_everything_held(redis_counts: _CountedRedis) -> None
     assert counter.hit([("a", 60, 1000)])[0][0] == 2  # and it can be used again
 
 
-def test_a_forked_worker_starts_a_thread_of_its_own(
-    redis_counts: _CountedRedis, monkeypatch: pytest.MonkeyPatch
+def test_a_forked_child_holds_nothing_of_its_parent_s_and_gives_back_its_own(
+    redis_counts: _CountedRedis,
 ) -> None:
-    # Threads do not survive fork(): a counter made before gunicorn forks its workers (with
-    # --preload) must start the giving back in each worker, at its first reservation there.
-    import invoke_middleware._rate_counters as counters
-
-    counter = redis_counts.counter(batch=16, give_back_after=0.05)
+    # gunicorn forks its workers from a process that may have counted already: what the
+    # parent reserved is the parent's. Were it the child's too, both would hand it out or
+    # give it back, and the processes together would admit more than the budget.
+    counter = redis_counts.counter(batch=16)
     counter.hit([("k", 60, 1000)])
-    wait_until(lambda: redis_counts.total("k") == 1, "the first thread to give back")
-    first = [t for t in threading.enumerate() if t.name == "invoke-rate-give-back"]
-    monkeypatch.setattr(counters, "_getpid", lambda: -1)  # as if this were the child
-    counter.hit([("k", 60, 1000)])
-    wait_until(lambda: redis_counts.total("k") == 2, "the child's thread to give back")
-    second = [t for t in threading.enumerate() if t.name == "invoke-rate-give-back"]
-    assert len(second) == len(first) + 1
+    assert redis_counts.total("k") == 16
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status, never return into pytest
+        status = 1
+        try:
+            count, _ = counter.hit([("k", 60, 1000)])[0]
+            alive = [t for t in threading.enumerate() if t.name == "invoke-rate-give-back"]
+            counter.close()
+            status = 0 if count == 17 and alive else 2
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert redis_counts.total("k") == 17  # the child reserved its own and gave back 15
+    counter.close()
+    assert redis_counts.total("k") == 2  # the two requests admitted, and nothing else
 
 
 class _SilentRedis:
