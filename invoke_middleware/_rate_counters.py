@@ -24,6 +24,7 @@ per request (``bench/results/limits.md``); this one drops expired windows as it 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import threading
@@ -34,6 +35,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from invoke_middleware.limits import LimitSettings
+
+_logger = logging.getLogger("invoke_middleware.limits")
 
 #: Storage schemes accepted: one process, or a shared Redis.
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
@@ -241,7 +244,12 @@ def _give_back_until(counter: weakref.ref[RedisCounter], stop: threading.Event) 
         held = counter()
         if held is None:
             return
-        held.give_back()
+        try:
+            held.give_back()
+        except Exception:
+            # A failure of Redis is handled in give_back; anything else is a defect, which
+            # must not end the giving back for the rest of the process's life.
+            _logger.exception("giving back unused rate-limit requests failed")
         del held
 
 
@@ -343,6 +351,11 @@ class RedisCounter:
                 first = total - amount + 1  # this request's own count
                 end = started + reset
                 held = table.get(key)
+                if held is not None and held.expires - expires > _SAME_END_MS:
+                    # Answered late, for a window that has ended: another thread of this
+                    # process already holds part of the next one, which stays.
+                    counts[index] = (first, end - now)
+                    continue
                 if held is None or held.end <= now or abs(held.expires - expires) > _SAME_END_MS:
                     # A new window (or the key was lost in Redis and written again: what was
                     # held of it is gone with it).
@@ -410,12 +423,17 @@ class RedisCounter:
             if self._giver is not None:
                 return
             stop = self._giver = threading.Event()
-            threading.Thread(
-                target=_give_back_until,
-                args=(weakref.ref(self), stop),
-                name="invoke-rate-give-back",
-                daemon=True,
-            ).start()
+            try:
+                threading.Thread(
+                    target=_give_back_until,
+                    args=(weakref.ref(self), stop),
+                    name="invoke-rate-give-back",
+                    daemon=True,
+                ).start()
+            except RuntimeError:
+                # No thread to be had (at the limit, or the interpreter shutting down): the
+                # request goes on, and the next round trip tries again.
+                self._giver = None
 
     def _after_fork(self) -> None:
         """In a forked child: nothing held, no thread, a lock of its own (the parent's may

@@ -4,11 +4,13 @@ still open; and in Redis, where one round trip reserves a batch of a window's re
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -314,6 +316,69 @@ def test_nothing_is_given_back_while_redis_is_known_to_be_down(
         finally:
             counter.close()
     assert redis_counts.total("k") == 1
+
+
+def test_an_answer_for_an_ended_window_leaves_the_next_one_held(
+    redis_counts: _CountedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two threads of one process: one's round trip crossed the end of a window while the
+    # other's reserved in the next. The late answer must not replace what is held of the
+    # next window (its requests would be neither handed out nor given back).
+    counter = redis_counts.counter(batch=16)
+    counter.hit([("k", 60, 1000)])
+    held = counter._held["k"]
+    ask = counter._ask
+
+    def late(keys: Any, amounts: Any) -> Any:
+        held.left = 15  # meanwhile, the other thread reserved in the next window
+        replies, started = ask(keys, amounts)
+        ((total, reset, amount, expires),) = replies
+        return [(total, reset, amount, expires - 60_000)], started  # the window before
+
+    held.left = 0  # this thread finds nothing held, and asks
+    monkeypatch.setattr(counter, "_ask", late)
+    counter.hit([("k", 60, 1000)])
+    assert counter._held["k"] is held
+    assert held.left == 15
+    assert counter.give_back(idle=0) == 15
+
+
+def test_a_defect_in_giving_back_is_logged_and_the_thread_goes_on(
+    redis_counts: _CountedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    counter = redis_counts.counter(batch=16, give_back_after=0.05)
+    script = counter._give_back_script
+    calls: list[int] = []
+
+    def flaky(**kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("a defect")
+        return script(**kwargs)
+
+    counter._give_back_script = flaky
+    with caplog.at_level(logging.ERROR, logger="invoke_middleware.limits"):
+        counter.hit([("k", 2, 1000)])  # quiet after 0.2 s
+        wait_until(lambda: len(calls) >= 1, "the first give-back")
+        counter.hit([("j", 2, 1000)])
+        wait_until(lambda: redis_counts.total("j") == 1, "a give-back after the failure")
+    assert "giving back unused rate-limit requests failed" in caplog.text
+
+
+def test_a_request_goes_on_when_no_thread_can_be_started(
+    redis_counts: _CountedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = redis_counts.counter(batch=16)
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Thread, "start", refuse)
+        assert counter.hit([("k", 60, 1000)])[0][0] == 1
+    assert counter._giver is None
+    counter.hit([("j", 60, 1000)])  # the next round trip starts it
+    assert counter._giver is not None
 
 
 def test_closing_gives_back_everything_held(redis_counts: _CountedRedis) -> None:
