@@ -230,33 +230,28 @@ GIVE_BACK_AFTER = 1.0
 _GIVE_BACK_KEYS = 256
 
 
-def _give_back_until(counter: weakref.ref[RedisCounter], stop: threading.Event) -> None:
+def _give_back_until(
+    counter: weakref.ref[RedisCounter], stop: threading.Event, interval: float
+) -> None:
     """The loop of the thread that gives back; it holds its counter only while it sweeps, so
     a counter nobody closed still goes away with its last reference."""
-    while True:
-        held = counter()
-        if held is None:
-            return
-        interval = held._give_back_after
-        del held
-        if stop.wait(interval):
-            return
-        held = counter()
-        if held is None:
+    while not stop.wait(interval):
+        live = counter()
+        if live is None:
             return
         try:
-            held.give_back()
+            live.give_back()
         except Exception:
             # A failure of Redis is handled in give_back; anything else is a defect, which
             # must not end the giving back for the rest of the process's life.
             _logger.exception("giving back unused rate-limit requests failed")
-        del held
+        del live
 
 
 def _forget_after_fork(counter: weakref.ref[RedisCounter]) -> None:
-    held = counter()
-    if held is not None:
-        held._after_fork()
+    live = counter()
+    if live is not None:
+        live._after_fork()
 
 
 class RedisCounter:
@@ -426,7 +421,7 @@ class RedisCounter:
             try:
                 threading.Thread(
                     target=_give_back_until,
-                    args=(weakref.ref(self), stop),
+                    args=(weakref.ref(self), stop, self._give_back_after),
                     name="invoke-rate-give-back",
                     daemon=True,
                 ).start()

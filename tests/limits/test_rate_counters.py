@@ -4,6 +4,7 @@ still open; and in Redis, where one round trip reserves a batch of a window's re
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -379,6 +380,16 @@ def test_a_request_goes_on_when_no_thread_can_be_started(
     assert counter._giver is None
     counter.hit([("j", 60, 1000)])  # the next round trip starts it
     assert counter._giver is not None
+
+
+def test_a_counter_nobody_closed_takes_its_thread_with_it(redis_counts: _CountedRedis) -> None:
+    counter = RedisCounter(redis_counts.storage, batch=16, give_back_after=0.05)
+    before = set(threading.enumerate())
+    counter.hit([("k", 60, 1000)])
+    [thread] = set(threading.enumerate()) - before
+    del counter
+    gc.collect()
+    wait_until(lambda: not thread.is_alive(), "the thread to end with its counter")
 
 
 def test_closing_gives_back_everything_held(redis_counts: _CountedRedis) -> None:
