@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_PSEUDONYM",
     "GATEWAY_HEADERS",
     "HOP_BY_HOP_HEADERS",
+    "MAX_CONNECTION_TOKENS",
     "MAX_REQUEST_ID_LENGTH",
     "TCHARS",
     "TOKEN_PATTERN",
@@ -283,8 +284,15 @@ class ForwardingRules:
 DEFAULT_FORWARDING_RULES = ForwardingRules()
 
 
+#: The elements of one ``Connection`` field read, at most (a real one names a few): the rest
+#: are ignored unread, so that a field of 60,000 commas costs what one of 64 elements does,
+#: not a loop turn each. A field named past them is relayed as if it were not named.
+MAX_CONNECTION_TOKENS = 64
+
+
 def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
-    """The lower-cased field names listed by every ``Connection`` field of ``headers``.
+    """The lower-cased field names listed by every ``Connection`` field of ``headers`` (the
+    first :data:`MAX_CONNECTION_TOKENS` of each).
 
     Only SP and HTAB surround a list element (RFC 9110 §5.6.1): ``str.strip()`` would also
     take ``keep-alive\x85`` for ``keep-alive``, which a stricter reader does not."""
@@ -292,7 +300,8 @@ def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
     for name, value in headers:
         # Checking the length first keeps the common case to one integer comparison.
         if len(name) == 10 and name.lower() == "connection":
-            tokens.update(token.strip(" \t").lower() for token in value.split(","))
+            elements = value.split(",", MAX_CONNECTION_TOKENS)[:MAX_CONNECTION_TOKENS]
+            tokens.update(token.strip(" \t").lower() for token in elements)
     tokens.discard("")
     return frozenset(tokens)
 
@@ -428,13 +437,23 @@ def is_loop(headers: Iterable[tuple[str, str]], pseudonym: str = DEFAULT_PSEUDON
     """
     wanted = pseudonym.lower()
     for name, value in headers:
-        if len(name) != 3 or name.lower() != "via":
-            continue
-        for element in _VIA_COMMENT.sub("", value).split(","):
-            parts = element.split()
-            if len(parts) >= 2 and parts[1].lower() == wanted:
+        # A field without the pseudonym anywhere is passed over at the pace of a substring
+        # search; one with it is read in one scan of a pattern. Read element by element in
+        # Python, a field of 60,000 commas cost 4.6 ms, before authentication.
+        if len(name) == 3 and name.lower() == "via" and wanted in value.lower():
+            if _received_by(pseudonym).search(_VIA_COMMENT.sub("", value)) is not None:
                 return True
     return False
+
+
+@functools.lru_cache(maxsize=8)
+def _received_by(pseudonym: str) -> re.Pattern[str]:
+    """A ``Via`` element (after comments are taken out) whose received-by is ``pseudonym``:
+    at the field's start or after a comma, optional whitespace, a received-protocol, then
+    whitespace, the pseudonym, and whitespace, a comma or the field's end."""
+    return re.compile(
+        rf"(?:^|,)\s*[^\s,]+\s+{re.escape(pseudonym)}(?=[\s,]|$)", re.IGNORECASE
+    )
 
 
 # New request ids, drawn a batch at a time. Each is handed out once: list.pop is atomic, so

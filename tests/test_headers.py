@@ -16,6 +16,7 @@ from invoke_middleware.headers import (
     DEFAULT_PSEUDONYM,
     GATEWAY_HEADERS,
     HOP_BY_HOP_HEADERS,
+    MAX_CONNECTION_TOKENS,
     ForwardingRules,
     Headers,
     check_header_limits,
@@ -668,6 +669,15 @@ def test_is_safe_value_refuses_cr_lf_and_nul(value: str, safe: bool) -> None:
 def test_connection_tokens_reads_every_connection_field() -> None:
     headers = [("connection", "Keep-Alive, X-A"), ("CONNECTION", " x-b ,"), ("X-A", "1")]
     assert connection_tokens(headers) == frozenset({"keep-alive", "x-a", "x-b"})
+
+
+def test_connection_tokens_reads_the_first_elements_of_each_field_only() -> None:
+    # A container's field of 60,000 commas cost a loop turn each, three times a response.
+    names = [f"x-{number}" for number in range(MAX_CONNECTION_TOKENS + 1)]
+    headers = [("Connection", ",".join(names)), ("Connection", "x-other" + "," * 60_000)]
+    assert connection_tokens(headers) == frozenset([*names[:-1], "x-other"])
+    kept = filter_response_headers([*headers, (names[0], "1"), (names[-1], "2")])
+    assert kept == [(names[-1], "2")]
 
 
 # --- what a WSGI server refuses from an application ---------------------------------------

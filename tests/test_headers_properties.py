@@ -4,6 +4,8 @@ credentials crosses the gateway, and the gateway's own fields appear exactly onc
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +15,7 @@ from invoke_middleware.headers import (
     connection_tokens,
     filter_response_headers,
     forward_request_headers,
+    is_loop,
 )
 
 NAMES = st.sampled_from(
@@ -92,3 +95,24 @@ def test_responses_lose_hop_by_hop_fields_and_fake_gateway_markers(
         assert lowered not in HOP_BY_HOP_HEADERS
         assert lowered not in named
         assert lowered not in {"x-invoke-error", "x-request-id"}
+
+
+def _loops_by_element(value: str, pseudonym: str) -> bool:
+    """The definition of a loop, read element by element (RFC 9110 §7.6.3)."""
+    for element in re.sub(r"\([^()]*\)", "", value).split(","):
+        parts = element.split()
+        if len(parts) >= 2 and parts[1].lower() == pseudonym.lower():
+            return True
+    return False
+
+
+VIA_PIECES = st.sampled_from(
+    [",", " ", "\t", "1.1", "HTTP/2", "gw", "GW", "gw-2", "xgw", "(", ")", "(c, gw)", "a"]
+)
+
+
+@settings(max_examples=500)
+@given(st.lists(VIA_PIECES, max_size=12).map("".join))
+def test_is_loop_finds_exactly_the_elements_received_by_the_gateway(value: str) -> None:
+    # One scan of the field by a pattern: it must agree with the element-by-element reading.
+    assert is_loop([("Via", value)], "gw") is _loops_by_element(value, "gw")
