@@ -440,9 +440,13 @@ def is_loop(headers: Iterable[tuple[str, str]], pseudonym: str = DEFAULT_PSEUDON
         # A field without the pseudonym anywhere is passed over at the pace of a substring
         # search; one with it is read in one scan of a pattern. Read element by element in
         # Python, a field of 60,000 commas cost 4.6 ms, before authentication.
-        if len(name) == 3 and name.lower() == "via" and wanted in value.lower():
-            if _received_by(pseudonym).search(_VIA_COMMENT.sub("", value)) is not None:
-                return True
+        if (
+            len(name) == 3
+            and name.lower() == "via"
+            and wanted in value.lower()
+            and _received_by(pseudonym).search(_VIA_COMMENT.sub("", value)) is not None
+        ):
+            return True
     return False
 
 
@@ -451,9 +455,7 @@ def _received_by(pseudonym: str) -> re.Pattern[str]:
     """A ``Via`` element (after comments are taken out) whose received-by is ``pseudonym``:
     at the field's start or after a comma, optional whitespace, a received-protocol, then
     whitespace, the pseudonym, and whitespace, a comma or the field's end."""
-    return re.compile(
-        rf"(?:^|,)\s*[^\s,]+\s+{re.escape(pseudonym)}(?=[\s,]|$)", re.IGNORECASE
-    )
+    return re.compile(rf"(?:^|,)\s*[^\s,]+\s+{re.escape(pseudonym)}(?=[\s,]|$)", re.IGNORECASE)
 
 
 # New request ids, drawn a batch at a time. Each is handed out once: list.pop is atomic, so
