@@ -6,6 +6,9 @@ says ``Connection: close``. By path:
 
 - ``/download?bytes=N``: ``200`` with ``N`` zero bytes (``Content-Length``), written as fast
   as the reader takes them (never more than a few blocks held);
+- ``/chunks?bytes=N&size=S``: ``200`` with ``N`` zero bytes (rounded down to whole chunks) in
+  chunks of ``S`` bytes (chunked), written as fast as the reader takes them: what a hostile
+  container sends when ``S`` is 1;
 - ``/upload``: reads the request body (``Content-Length`` or chunked) and drops it, then
   answers ``200`` with the number of bytes received, in decimal, and a newline;
 - ``/sse?events=N&interval=S``: ``text/event-stream``, chunked: ``N`` events, one every
@@ -117,6 +120,10 @@ class _Upstream(asyncio.Protocol):
             if target.startswith(b"/download"):
                 size = int(_query(target, "bytes", "0"))
                 self._stream(self._download(size))
+            elif target.startswith(b"/chunks"):
+                size = int(_query(target, "bytes", "0"))
+                chunk = max(1, int(_query(target, "size", "1")))
+                self._stream(self._chunks(size // chunk, chunk))
             elif target.startswith(b"/sse"):
                 events = int(_query(target, "events", "50"))
                 interval = float(_query(target, "interval", "0.1"))
@@ -166,6 +173,23 @@ class _Upstream(asyncio.Protocol):
             block = _BLOCK[: min(left, len(_BLOCK))]
             self._transport.write(block)
             left -= len(block)
+
+    async def _chunks(self, count: int, size: int) -> None:
+        assert self._transport is not None
+        self._transport.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        framed = b"%x\r\n%s\r\n" % (size, bytes(size))
+        per_block = max(1, len(_BLOCK) // len(framed))
+        block = framed * per_block
+        left = count
+        while left and not self._transport.is_closing():
+            await self._writable.wait()
+            taken = min(left, per_block)
+            self._transport.write(block if taken == per_block else framed * taken)
+            left -= taken
+        self._transport.write(b"0\r\n\r\n")
 
     async def _events(self, count: int, interval: float) -> None:
         assert self._transport is not None
