@@ -46,6 +46,13 @@ MAX_FIELDS: Final = 100
 #: (``100 Continue``, ``103 Early Hints``); each is a head to parse, and thousands of empty
 #: ones fit in ``MAX_HEAD`` (16,000 cost 28 ms).
 MAX_INTERIM: Final = 16
+#: How long a relay waits for each chunk of a body of tiny chunks (seconds), the interpreter
+#: lock let go. Reading a chunk costs some microseconds of Python however small it is: a
+#: container sending 1-byte chunks made the gateway spend hundreds of times the CPU of an
+#: ordinary body of that size, under the lock every team's requests need (another team's
+#: invoke waited 21 ms instead of 0.3, ``bench/results/neighbours.md``). Paced, such a body
+#: costs its own relay time instead. Each transport says which chunks it paces.
+CHUNK_PAUSE: Final = 5e-6
 # HTTP/1.x, a three-digit status and an optional reason without CR or NUL (RFC 9112 §4).
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([0-9]) ([1-9][0-9]{2})(?: ([^\r\x00]*))?")
 # The token characters as bytes, to check a field name before decoding it.

@@ -41,6 +41,7 @@ from ..errors import (
 from ..headers import TOKEN_PATTERN, UNSAFE_TARGET_PATTERN, UNSAFE_VALUE_PATTERN, is_token
 from ._origin import Origin, split_url
 from ._response import (
+    CHUNK_PAUSE,
     HEAD_END,
     MAX_FIELDS,
     MAX_HEAD,
@@ -68,16 +69,13 @@ _LINE_END = re.compile(rb"\n")
 # same grammar as _CHUNK_SIZE and the empty line _Exchange._chunked reads after each chunk.
 _NEXT_CHUNK = re.compile(rb"\r?\n([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?\r?\n")
 _BAD_CHUNK = "The service's response has a malformed chunk."
-#: Whole chunks received together that are joined without a pause. Past them, each chunk
-#: joined makes the relay wait _CHUNK_PAUSE seconds (the interpreter lock let go): reading a
-#: chunk costs about 0.6 µs of Python however small it is, so a container sending a body of
-#: 1-byte chunks made the gateway spend 325 times the CPU of an ordinary body of that size,
-#: under the lock every team's requests need. Paced, such a body costs its own relay time
-#: (about 1 MB/s of 1-byte chunks on the wire; 64-byte chunks 15 MB/s), not the other teams'
-#: CPU. A join holds at most 64 KiB of data, so chunks of 512 bytes or more are never paced,
-#: nor are events of a stream, which arrive apart.
+#: Whole chunks received together that are joined without a pause; past them, each chunk
+#: joined makes the relay wait ``CHUNK_PAUSE`` (reading one costs about 0.6 µs here, and 1-byte
+#: chunks cost 325 times the CPU of an ordinary body). A body of 1-byte chunks then goes at
+#: about 1 MB/s on the wire, 64-byte chunks at 15 MB/s. A join holds at most 64 KiB of data,
+#: so chunks of 512 bytes or more are never paced, nor are events of a stream, which arrive
+#: apart.
 _FREE_CHUNKS = 128
-_CHUNK_PAUSE = 5e-6
 _HEAD_TOO_LARGE = "The service's response head is too large."
 
 # Where an exchange failed, which decides whether it may be retried.
@@ -488,7 +486,7 @@ class _Exchange:
             return piece
         self._offset = offset
         if len(pieces) > _FREE_CHUNKS:
-            time.sleep((len(pieces) - _FREE_CHUNKS) * _CHUNK_PAUSE)
+            time.sleep((len(pieces) - _FREE_CHUNKS) * CHUNK_PAUSE)
         return b"".join(pieces)
 
     def _line(self) -> bytes:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import pytest
 
 from invoke_middleware.errors import UpstreamError, UpstreamTimeoutError
-from invoke_middleware.transport import HTTPTransport, Timeouts, UpstreamRequest
+from invoke_middleware.transport import HTTPTransport, RequestsTransport, Timeouts, UpstreamRequest
 
 
 @contextmanager
@@ -348,6 +348,40 @@ def test_a_body_of_tiny_chunks_is_relayed_at_a_pace(
         assert sum(pauses.taken) >= (5000 - 128 * len(pauses.taken)) * 5e-6
     else:
         assert pauses.taken == []
+
+
+@pytest.mark.parametrize(
+    ("chunks", "body", "pause"),
+    [
+        pytest.param(b"1\r\nx\r\n" * 5000, b"x" * 5000, 5000 * 25e-6, id="one-byte-chunks"),
+        pytest.param(b"200\r\n%b\r\n" % (b"x" * 512) * 300, b"x" * 153_600, 0, id="512-b"),
+        pytest.param(b"9\r\ndata: 1\n\n\r\n" * 30, b"data: 1\n\n" * 30, 0, id="few-events"),
+    ],
+)
+def test_requests_transport_relays_a_body_of_tiny_chunks_at_a_pace(
+    chunks: bytes, body: bytes, pause: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # urllib3 hands out each chunk as a piece: every small one owes a pause, waited in turns
+    # of a millisecond, so a stream's few events wait nothing.
+    import invoke_middleware.transport.requests as requests_transport
+
+    pauses = _Pauses()
+    monkeypatch.setattr(requests_transport, "time", pauses)
+    with scripted([_CHUNKED + chunks + b"0\r\n\r\n"], hold=0) as url:
+        transport = RequestsTransport()
+        try:
+            request = UpstreamRequest(
+                method="GET",
+                url=url + "/",
+                headers=(),
+                timeouts=Timeouts(connect=2, read=2, total=5),
+            )
+            with transport.send(request) as response:
+                assert b"".join(response) == body
+        finally:
+            transport.close()
+    assert pause - 0.001 <= sum(pauses.taken) <= pause
+    assert all(taken >= 0.001 for taken in pauses.taken)
 
 
 def test_chunks_arriving_apart_are_handed_out_as_they_arrive() -> None:
