@@ -74,10 +74,19 @@ _ERROR_MARKER_KEY = ERROR_MARKER_HEADER.lower()
 _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower()
 
 
+#: The longest ``http.request.method_original`` recorded; a longer method is cut. A method
+#: of 60,000 characters (an unauthenticated request) was kept whole on its span, and an
+#: exporter's queue holds thousands of spans.
+_MAX_METHOD_ORIGINAL = 32
+
+
 def _method_attributes(method: str) -> dict[str, str]:
     if method in _KNOWN_METHODS:
         return {"http.request.method": method}
-    return {"http.request.method": "_OTHER", "http.request.method_original": method}
+    return {
+        "http.request.method": "_OTHER",
+        "http.request.method_original": method[:_MAX_METHOD_ORIGINAL],
+    }
 
 
 def _tracer(provider: TracerProvider | None) -> trace.Tracer:

@@ -342,6 +342,18 @@ def test_an_unknown_method_is_reported_as_other(make_world: Callable[..., World]
         assert span.name.startswith("HTTP")
 
 
+def test_an_unknown_method_is_recorded_cut_to_a_bounded_length(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world()
+    spans = trace_world(world)
+
+    call_app(world, "/r/containers/echo/x", "X" * 60_000).close()
+
+    attributes = spans.one(SpanKind.SERVER).attributes or {}
+    assert attributes["http.request.method_original"] == "X" * 32
+
+
 def test_a_tracing_transport_of_its_own_closes_its_inner_transport() -> None:
     inner = MockTransport(lambda request: make_response(200))
     with TracingTransport(inner) as transport:
