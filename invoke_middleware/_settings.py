@@ -534,6 +534,14 @@ SETTINGS: dict[str, Setting] = {
         expected="a positive integer",
         typed=_INT,
     ),
+    "limits.idle_team_reserve": Setting(
+        doc=SettingDoc(
+            type="int ≥ 0", default="0", meaning="global slots only idle teams may take"
+        ),
+        convert=_count,
+        expected="an integer (0 or more)",
+        typed=_INT,
+    ),
     "limits.queue_timeout": Setting(
         doc=SettingDoc(
             type="seconds ≥ 0", default="0", meaning="wait for a global slot before the 429"

@@ -51,6 +51,7 @@ import functools
 import hashlib
 import logging
 import re
+import sys
 import threading
 import time
 import uuid
@@ -172,6 +173,8 @@ class _Policy:
     caps: tuple[_Cap, ...]
     #: The slots a request takes: the total's (counted under every cap) and each cap's.
     slots: tuple[_Slot, ...]
+    #: The team's slot, when a reserve is kept for teams with nothing in flight.
+    team: _Slot | None
     release: Callable[[], None]
     credential: _RatePlan | None
     user: _RatePlan | None
@@ -190,6 +193,7 @@ class _Policy:
         own: ServiceLimits,
         caps: tuple[_Cap, ...],
         slots: tuple[_Slot, ...],
+        team: _Slot | None,
         release: Callable[[], None],
         credential: _RatePlan | None,
         user: _RatePlan | None,
@@ -214,6 +218,7 @@ class _Policy:
             own=own,
             caps=caps,
             slots=slots,
+            team=team,
             release=release,
         )
 
@@ -352,7 +357,10 @@ class LimitSettings:
     """What to limit, and where rate counters live. Every limit is off unless set.
 
     ``max_in_flight`` caps relays in flight in this process; ``team_max_in_flight`` and
-    ``service_max_in_flight`` cap them per team and per service; ``queue_timeout`` is how
+    ``service_max_in_flight`` cap them per team and per service; ``idle_team_reserve`` is how
+    many of ``max_in_flight`` only a team with nothing in flight may take (so that teams
+    already holding relays, however many and however hostile, leave a way in for the
+    others; it needs both caps); ``queue_timeout`` is how
     long a request may wait for the global cap (never for a team's or a service's, whose
     caps count waiting requests too). ``*_rate`` are requests per
     window per credential (``sk-``/``dk-`` key or JWT ``jti``), per user, per team and per
@@ -366,6 +374,7 @@ class LimitSettings:
     max_in_flight: int | None = None
     team_max_in_flight: int | None = None
     service_max_in_flight: int | None = None
+    idle_team_reserve: int = 0
     queue_timeout: float = 0.0
     concurrency_retry_after: int = 1
     credential_rate: Rate | None = None
@@ -382,6 +391,11 @@ class LimitSettings:
     def __post_init__(self) -> None:
         if self.rate_batch < 1:
             raise ValueError("rate_batch must be at least 1")
+        if self.idle_team_reserve:
+            if self.max_in_flight is None or self.team_max_in_flight is None:
+                raise ValueError("idle_team_reserve needs max_in_flight and team_max_in_flight")
+            if not 0 < self.idle_team_reserve < self.max_in_flight:
+                raise ValueError("idle_team_reserve must be between 1 and max_in_flight - 1")
 
     @property
     def has_rates(self) -> bool:
@@ -398,12 +412,16 @@ def fair_share(settings: LimitSettings | None, threads: int) -> LimitSettings:
     Unless set, a team may hold at most half of the threads (rounded down, at least one) and
     all relays together all but one thread, which stays free for other teams' requests,
     discovery and health checks: one team's slow streams can no longer starve another team.
+    A quarter of the relays (``idle_team_reserve``, rounded down) is kept for teams with
+    nothing in flight: two or more teams holding relays cannot take the last of them either.
     """
     settings = settings or LimitSettings()
+    total = settings.max_in_flight or max(1, threads - 1)
     shared = replace(
         settings,
-        max_in_flight=settings.max_in_flight or max(1, threads - 1),
+        max_in_flight=total,
         team_max_in_flight=settings.team_max_in_flight or max(1, threads // 2),
+        idle_team_reserve=settings.idle_team_reserve or total // 4,
     )
     warn_unfair(shared, threads)
     return shared
@@ -583,7 +601,10 @@ class _InFlight:
     in use and the relays in flight, not the teams ever seen.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reserve_from: int = sys.maxsize) -> None:
+        #: The count of the process's relays from which only a team with none in flight is
+        #: admitted (``max_in_flight - idle_team_reserve``; never reached without a reserve).
+        self.reserve_from = reserve_from
         # Reentrant: a streamed body dropped unclosed gives its slot back when it is collected,
         # and the collector may run in this very thread, between acquire() and release().
         self._lock = threading.RLock()
@@ -604,18 +625,26 @@ class _InFlight:
             return slot
 
     def acquire(
-        self, caps: Sequence[_Cap], slots: Sequence[_Slot], timeout: float
+        self,
+        caps: Sequence[_Cap],
+        slots: Sequence[_Slot],
+        timeout: float,
+        team: _Slot | None = None,
     ) -> LimitKind | None:
         """Take ``slots`` (the total's, and each cap's), or return the cap that refuses: a
         full team's or service's at once, the process-wide one after waiting up to
-        ``timeout`` seconds for it."""
+        ``timeout`` seconds for it. ``team`` is the team's slot when a reserve is kept for
+        teams with nothing in flight (:attr:`reserve_from`): a team holding relays finds the
+        process full at the reserve."""
         # acquire() and release() rather than ``with``: the statement costs as much again as
         # the lock itself, and this runs twice per request.
         self._lock.acquire()
         try:
             for _, slot, cap in caps:
                 if slot.count >= cap:
-                    return self._when_full(caps, slots, timeout)
+                    return self._when_full(caps, slots, timeout, team)
+            if team is not None and team.count and self.total.count >= self.reserve_from:
+                return self._when_full(caps, slots, timeout, team)
             for slot in slots:
                 slot.count += 1
             return None
@@ -623,7 +652,11 @@ class _InFlight:
             self._lock.release()
 
     def _when_full(
-        self, caps: Sequence[_Cap], slots: Sequence[_Slot], timeout: float
+        self,
+        caps: Sequence[_Cap],
+        slots: Sequence[_Slot],
+        timeout: float,
+        team: _Slot | None,
     ) -> LimitKind | None:
         """With the lock held and a cap full: the cap that refuses, or ``None`` once the
         request holds its slots.
@@ -644,6 +677,8 @@ class _InFlight:
         if timeout <= 0:
             return LimitKind.IN_FLIGHT
         assert total_cap is not None  # no other cap is full: the process-wide one is
+        if team is not None and team.count:
+            total_cap = min(total_cap, self.reserve_from)  # the rest is for idle teams
         own = [slot for slot in slots if slot is not total]
         for slot in own:
             slot.count += 1
@@ -710,7 +745,11 @@ class Limiter:
         self.team_limits = team_limits
         self.on_event = tuple(on_event)
         self._clock = clock
-        self._in_flight = _InFlight()
+        given = self.settings
+        if given.idle_team_reserve and given.max_in_flight is not None:
+            self._in_flight = _InFlight(given.max_in_flight - given.idle_team_reserve)
+        else:
+            self._in_flight = _InFlight()
         # By the UUID's integer: a UUID hashes in Python code, its integer in C.
         self._teams = {team_id.int: limits for team_id, limits in self.settings.teams.items()}
         settings = self.settings
@@ -780,7 +819,9 @@ class Limiter:
             policy = self._policy(pair, stored, own, policy)
         release = None
         if policy.caps:
-            full = self._in_flight.acquire(policy.caps, policy.slots, self.settings.queue_timeout)
+            full = self._in_flight.acquire(
+                policy.caps, policy.slots, self.settings.queue_timeout, policy.team
+            )
             if full is not None:
                 self._report(
                     principal, service, route, request_id, outcome=LimitOutcome.REFUSED, limit=full
@@ -846,6 +887,7 @@ class Limiter:
             own=own,
             caps=tuple(caps),
             slots=slots if caps else (),
+            team=self._reserving(caps),
             release=functools.partial(in_flight.release, slots),
             credential=plans[LimitKind.CREDENTIAL_RATE],
             user=plans[LimitKind.USER_RATE],
@@ -875,6 +917,13 @@ class Limiter:
             caps.append((LimitKind.TEAM_IN_FLIGHT, in_flight.slot(("team", team)), team_cap))
         return caps
 
+    def _reserving(self, caps: Sequence[_Cap]) -> _Slot | None:
+        """The team's slot among ``caps`` when a reserve is kept for teams with nothing in
+        flight (``idle_team_reserve``), else ``None``."""
+        if not self.settings.idle_team_reserve:
+            return None
+        return next((slot for kind, slot, _ in caps if kind is LimitKind.TEAM_IN_FLIGHT), None)
+
     def _slots(self, caps: Sequence[_Cap]) -> tuple[_Slot, ...]:
         """The slots a request under ``caps`` takes: the total's (counted under every cap),
         then each cap's own."""
@@ -897,7 +946,7 @@ class Limiter:
             return UNLIMITED
         in_flight = self._in_flight
         slots = self._slots(caps)
-        full = in_flight.acquire(caps, slots, self.settings.queue_timeout)
+        full = in_flight.acquire(caps, slots, self.settings.queue_timeout, self._reserving(caps))
         if full is not None:
             self._report(
                 principal, None, route, request_id, outcome=LimitOutcome.REFUSED, limit=full

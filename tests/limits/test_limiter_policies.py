@@ -8,17 +8,20 @@ import uuid
 
 import pytest
 
-from invoke_middleware import CredentialKind
+from invoke_middleware import CredentialKind, Service
 from invoke_middleware.auth.principal import Principal
 from invoke_middleware.errors import RateLimitedError, TooManyInFlightError
 from invoke_middleware.limits import (
     _MAX_POLICIES,
     Admission,
     Limiter,
+    LimitEvent,
+    LimitKind,
     LimitSettings,
     Rate,
     ServiceLimits,
     TeamLimits,
+    fair_share,
 )
 from tests.toolkit.world import OTHER_TEAM, TEAM, make_service
 
@@ -182,3 +185,80 @@ def test_two_teams_services_with_one_id_keep_their_own_budgets() -> None:
     for admission in (mine, held):
         admission.release()
     assert dict(admit(limiter).headers)["RateLimit"] == '"service";r=0;t=60'
+
+
+# -- the reserve for teams with nothing in flight -------------------------------------------
+
+
+def _caller(team: uuid.UUID) -> tuple[Principal, Service]:
+    principal = Principal(kind=CredentialKind.INTEGRATION, team_id=team, credential_id="sk-t")
+    return principal, make_service("svc", "http://127.0.0.1:9", team=team)
+
+
+def _hold(limiter: Limiter, team: uuid.UUID, count: int) -> list[Admission]:
+    """Admit ``team`` until it is refused or holds ``count``: what it was given."""
+    principal, service = _caller(team)
+    held: list[Admission] = []
+    for _ in range(count):
+        try:
+            held.append(limiter.admit(principal, service, route="catch_all", request_id="r"))
+        except TooManyInFlightError:
+            break
+    return held
+
+
+def test_teams_holding_relays_leave_the_reserve_to_teams_with_none() -> None:
+    # serve's defaults for 8 threads: 7 in all, 4 per team, 1 kept for idle teams. Without
+    # the reserve, two hostile teams holding 4 and 3 streams refused every other team.
+    events: list[LimitEvent] = []
+    settings = fair_share(None, threads=8)
+    assert (settings.max_in_flight, settings.team_max_in_flight) == (7, 4)
+    assert settings.idle_team_reserve == 1
+    limiter = Limiter(settings, on_event=[events.append])
+    first, second, third, fourth = (uuid.uuid4() for _ in range(4))
+    assert len(_hold(limiter, first, 8)) == 4
+    assert len(_hold(limiter, second, 8)) == 2  # its third would take the reserved slot
+    assert events[-1].limit is LimitKind.IN_FLIGHT
+    assert len(_hold(limiter, third, 8)) == 1  # a team with none takes it
+    assert len(_hold(limiter, fourth, 8)) == 0  # now every slot is held
+    assert limiter.in_flight == 7
+
+
+def test_a_team_holding_relays_does_not_wait_into_the_reserve() -> None:
+    limiter = Limiter(
+        LimitSettings(max_in_flight=3, team_max_in_flight=3, idle_team_reserve=1, queue_timeout=0.2)
+    )
+    team = uuid.uuid4()
+    held = _hold(limiter, team, 2)
+    assert len(held) == 2
+    assert _hold(limiter, team, 1) == []  # waited its queue_timeout, then refused
+    assert limiter.waiting == 0
+    assert len(_hold(limiter, uuid.uuid4(), 1)) == 1  # the reserved slot was there all along
+
+
+@pytest.mark.parametrize(("threads", "reserve"), [(2, 0), (4, 0), (8, 1), (16, 3), (32, 7)])
+def test_the_fair_share_reserve_is_a_quarter_of_the_relays(threads: int, reserve: int) -> None:
+    assert fair_share(None, threads).idle_team_reserve == reserve
+    assert (
+        fair_share(LimitSettings(max_in_flight=9, team_max_in_flight=2), threads).idle_team_reserve
+        == 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"idle_team_reserve": 1, "max_in_flight": 4},
+            "needs max_in_flight and team_max_in_flight",
+        ),
+        ({"idle_team_reserve": 1, "team_max_in_flight": 4}, "needs max_in_flight"),
+        (
+            {"idle_team_reserve": 4, "max_in_flight": 4, "team_max_in_flight": 2},
+            "between 1 and max_in_flight - 1",
+        ),
+    ],
+)
+def test_a_reserve_that_cannot_apply_is_refused(settings: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LimitSettings(**settings)

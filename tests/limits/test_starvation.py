@@ -63,3 +63,44 @@ def test_one_teams_slow_streams_leave_threads_for_another_team(
     assert answer.status_code == 200
     assert Received.from_json(answer.content).target == "/greet"
     assert log.count("limit=team_in_flight outcome=refused") == THREADS - TEAM_SHARE
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_two_teams_slow_streams_still_leave_a_thread_for_a_third(
+    workspace: Workspace, upstream: RecordingUpstream, raw_upstream: RawUpstream, engine: str
+) -> None:
+    # Each team's cap alone let two teams hold every relay (4 + 3 of 7): the last quarter of
+    # the relays is kept for teams with nothing in flight.
+    set_server(workspace, engine=engine, workers=1)
+    teams = [workspace.team, uuid.uuid4(), uuid.uuid4()]
+    keys = []
+    for team, slug in zip(teams, ["slow-a", "slow-b", "hello"], strict=True):
+        workspace.add_service(
+            slug, raw_upstream.url if slug != "hello" else upstream.url, team=team
+        )
+        keys.append(
+            workspace.run(
+                "credentials", "issue", "--team", str(team), "--kind", "integration"
+            ).stdout.strip()
+        )
+
+    with running_gateway(workspace) as gateway, ExitStack() as streams:
+        port = int(gateway.url.rsplit(":", 1)[1])
+        statuses: dict[str, list[int]] = {"slow-a": [], "slow-b": []}
+        for slug, key in zip(statuses, keys, strict=False):
+            for _ in range(THREADS):
+                stream = streams.enter_context(
+                    Stream(port, key, f"/r/containers/{slug}/sse?count=100000&interval=0.5")
+                )
+                statuses[slug].append(stream.status)
+        answer = requests.get(
+            f"{gateway.url}/r/containers/hello/greet",
+            headers={"Authorization": f"Bearer {keys[2]}"},
+            timeout=10,
+        )
+
+    assert statuses["slow-a"] == [200] * TEAM_SHARE + [429] * (THREADS - TEAM_SHARE)
+    # The second team gets what is left but the reserved relay (8 threads: 7 relays, 1 kept).
+    assert statuses["slow-b"] == [200] * 2 + [429] * (THREADS - 2)
+    assert answer.status_code == 200
+    assert Received.from_json(answer.content).target == "/greet"
