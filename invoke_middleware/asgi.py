@@ -129,6 +129,12 @@ class _Client:
         """Start reading from the server (called from the thread that took the request)."""
         self._loop.call_soon_threadsafe(self._start_pump)
 
+    def watch(self) -> None:
+        """Start reading from the server now, on the event loop: for a request without a
+        body, which has nothing to hold back, so that a client that leaves while its request
+        waits for a thread is known by the time one takes it."""
+        self._start_pump()
+
     def _start_pump(self) -> None:
         if self._pump is None and not self._ended:
             self._pump = asyncio.create_task(self._pump_messages())
@@ -242,6 +248,21 @@ def _keep_to_wsgi_fields(scope: Scope) -> None:
         scope["query_string"] = quote_from_bytes(query, safe=_QUERY_SAFE).encode("ascii")
 
 
+def _without_body(scope: Scope) -> bool:
+    """Whether the request surely has no body: HTTP/1.x without ``Content-Length`` (or with
+    0) and without ``Transfer-Encoding`` (RFC 9112 §6.3). An HTTP/2 or HTTP/3 request may
+    send data without announcing it, so it counts as one with a body unless it says 0."""
+    declared: bytes | None = None
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding":
+            return False
+        if name == b"content-length":
+            declared = value
+    if declared is not None:
+        return declared.strip() == b"0"
+    return str(scope.get("http_version", "1.1")).startswith("1")
+
+
 def _request_uri(scope: Scope) -> str | None:
     """The request target as sent (path still percent-encoded), or ``None`` if unknown."""
     raw: bytes | None = scope.get("raw_path")
@@ -327,6 +348,10 @@ class InvokeASGIMiddleware:
             await self.app(scope, receive, send)
             return
         client = _Client(receive, send, self.client_timeout)
+        if _without_body(scope):
+            # Without this, a flood of requests whose clients closed at once waited for the
+            # threads like any other, and each was relayed, for nobody.
+            client.watch()
         scope = {**scope, _CLIENT_KEY: client}
         _keep_to_wsgi_fields(scope)
         call = asyncio.ensure_future(

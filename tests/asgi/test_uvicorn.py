@@ -458,3 +458,48 @@ def test_upstream_failure_mid_body_aborts_the_client_response(raw: RawUpstream) 
         with pytest.raises(http.client.IncompleteRead):
             response.read()
         connection.close()
+
+
+def test_a_request_whose_client_left_while_it_waited_for_a_thread_is_not_relayed(
+    upstream: RecordingUpstream,
+) -> None:
+    # A request without a body is watched from its arrival: 3,000 whose clients closed at
+    # once waited for the threads like any other, and each was relayed, for nobody.
+    with running(upstream.url, workers=1) as gateway:
+        holder = gateway.connection()
+        holder.request("GET", RELAY + "/events", headers=gateway.auth)
+        stream = holder.getresponse()  # the only thread relays it
+        assert stream.status == 200
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=CLIENT_TIMEOUT) as left:
+            left.sendall(
+                f"GET {RELAY}/after-leaving HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {gateway.auth['Authorization']}\r\n\r\n".encode()
+            )
+        time.sleep(0.3)  # the adapter reads the disconnect
+        upstream.release.set()
+        stream.read()
+        holder.close()
+        limiter = gateway.middleware.pipeline.limiter
+        assert limiter is not None
+        wait_until(lambda: limiter.in_flight == 0, "both are done")
+        time.sleep(0.3)  # the thread would relay the second request now
+    assert [r.target for r in upstream.received] == ["/events"]
+
+
+@pytest.mark.parametrize(
+    ("version", "headers", "watched"),
+    [
+        ("1.1", [], True),
+        ("1.0", [(b"content-length", b"0")], True),
+        ("1.1", [(b"content-length", b"5")], False),
+        ("1.1", [(b"transfer-encoding", b"chunked")], False),
+        ("2", [], False),  # HTTP/2 may send data it did not announce
+        ("2", [(b"content-length", b"0")], True),
+    ],
+)
+def test_only_a_request_surely_without_a_body_is_watched_before_a_thread_takes_it(
+    version: str, headers: list[tuple[bytes, bytes]], watched: bool
+) -> None:
+    from invoke_middleware.asgi import _without_body
+
+    assert _without_body({"type": "http", "http_version": version, "headers": headers}) is watched
