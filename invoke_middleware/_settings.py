@@ -536,7 +536,7 @@ SETTINGS: dict[str, Setting] = {
     ),
     "limits.idle_team_reserve": Setting(
         doc=SettingDoc(
-            type="int ≥ 0", default="0", meaning="global slots only idle teams may take"
+            type="int ≥ 0", default="off", meaning="global slots only idle teams may take"
         ),
         convert=_count,
         expected="an integer (0 or more)",

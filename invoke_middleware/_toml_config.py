@@ -327,7 +327,7 @@ prefix = ""
 # which a quarter only teams with nothing in flight may take.
 # team_max_in_flight = 4               # relays in flight per team (default: threads / 2)
 # max_in_flight = 7                    # relays in flight in all (default: threads - 1)
-# idle_team_reserve = 1                # of those, for teams with none (default: max_in_flight / 4)
+# idle_team_reserve = 1                # of those, for idle teams (default: max_in_flight / 4)
 # service_max_in_flight = 4            # relays in flight per service
 # queue_timeout = 0                    # seconds a request may wait for a global slot before its 429
 # Requests per window, written like "100/minute" or "10 per second":

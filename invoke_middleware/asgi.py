@@ -55,7 +55,9 @@ from invoke_middleware.middleware import InvokeMiddleware
 from invoke_middleware.request import CLIENT_GONE_KEY
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from invoke_middleware.otel import TracingMiddleware
 
 __all__ = [
     "DEFAULT_CLIENT_TIMEOUT",
@@ -278,9 +280,10 @@ def _request_uri(scope: Scope) -> str | None:
 
 
 class _GatewayWSGIApp:
-    """Runs in a2wsgi's threads: completes the environ, then calls the gateway."""
+    """Runs in a2wsgi's threads: completes the environ, then calls the gateway (or what wraps
+    it: ``instrument()``'s tracing)."""
 
-    def __init__(self, gateway: InvokeMiddleware) -> None:
+    def __init__(self, gateway: WSGIApplication) -> None:
         self.gateway = gateway
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -304,7 +307,8 @@ class InvokeASGIMiddleware:
     """ASGI middleware: the gateway's runtime routes on threads, everything else to ``app``.
 
     ``gateway`` is an :class:`~invoke_middleware.middleware.InvokeMiddleware` (its own WSGI
-    app is never called from here; give it :func:`no_wsgi_host`). ``workers``
+    app is never called from here; give it :func:`no_wsgi_host`), or what
+    :func:`~invoke_middleware.otel.instrument` made of one, for server spans. ``workers``
     bounds the threads that run runtime requests (see :data:`DEFAULT_WORKERS`);
     ``send_queue_size`` bounds the response chunks queued per request. ``client_timeout``
     (seconds, see :data:`DEFAULT_CLIENT_TIMEOUT`) bounds how long a thread waits on the
@@ -320,7 +324,7 @@ class InvokeASGIMiddleware:
         self,
         app: ASGIApp,
         *,
-        gateway: InvokeMiddleware,
+        gateway: InvokeMiddleware | TracingMiddleware,
         workers: int = DEFAULT_WORKERS,
         send_queue_size: int = DEFAULT_SEND_QUEUE_SIZE,
         client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
@@ -329,6 +333,12 @@ class InvokeASGIMiddleware:
             raise ValueError("workers and send_queue_size must be at least 1.")
         if not client_timeout > 0:
             raise ValueError("client_timeout must be more than 0 seconds.")
+        served: WSGIApplication = gateway
+        if not isinstance(gateway, InvokeMiddleware):
+            inner = getattr(gateway, "app", None)
+            if not isinstance(inner, InvokeMiddleware):
+                raise TypeError("gateway must be an InvokeMiddleware, or instrument()'s wrapper")
+            gateway = inner
         self.app = app
         self.gateway = gateway
         self.workers = workers
@@ -338,7 +348,7 @@ class InvokeASGIMiddleware:
         # event loop keeps only weak references to tasks).
         self._abandoned: set[asyncio.Task[None]] = set()
         self._wsgi = WSGIMiddleware(
-            _GatewayWSGIApp(gateway),  # type: ignore[arg-type]  # a2wsgi's own WSGI types
+            _GatewayWSGIApp(served),  # type: ignore[arg-type]  # a2wsgi's own WSGI types
             workers=workers,
             send_queue_size=send_queue_size,
         )

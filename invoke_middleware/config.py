@@ -48,7 +48,7 @@ jwt.cache_size                int ≥ 0               0 (off)            verifie
 limits.max_in_flight          int > 0               off                relays in flight in this process
 limits.team_max_in_flight     int > 0               off                relays in flight per team
 limits.service_max_in_flight  int > 0               off                relays in flight per service
-limits.idle_team_reserve      int ≥ 0               0                  global slots only idle teams may take
+limits.idle_team_reserve      int ≥ 0               off                global slots only idle teams may take
 limits.queue_timeout          seconds ≥ 0           0                  wait for a global slot before the 429
 limits.credential_rate        rate                  off                requests per window per credential
 limits.user_rate              rate                  off                requests per window per user
@@ -292,6 +292,10 @@ class MiddlewareConfig:
         if self.ca_bundle is not None:
             collaborators["egress_transport"] = HTTPTransport(ca_bundle=self.ca_bundle)
         if self.limits is not None and "limiter" not in collaborators:
+            try:
+                self.limits.check_reserve()
+            except ValueError as exc:
+                raise ConfigError(self.style.key("limits.idle_team_reserve"), str(exc)) from None
             try:
                 collaborators["limiter"] = Limiter(
                     self.limits, on_event=on_limit, team_limits=team_limits

@@ -374,7 +374,7 @@ class LimitSettings:
     max_in_flight: int | None = None
     team_max_in_flight: int | None = None
     service_max_in_flight: int | None = None
-    idle_team_reserve: int = 0
+    idle_team_reserve: int | None = None
     queue_timeout: float = 0.0
     concurrency_retry_after: int = 1
     credential_rate: Rate | None = None
@@ -391,11 +391,22 @@ class LimitSettings:
     def __post_init__(self) -> None:
         if self.rate_batch < 1:
             raise ValueError("rate_batch must be at least 1")
-        if self.idle_team_reserve:
-            if self.max_in_flight is None or self.team_max_in_flight is None:
-                raise ValueError("idle_team_reserve needs max_in_flight and team_max_in_flight")
-            if not 0 < self.idle_team_reserve < self.max_in_flight:
-                raise ValueError("idle_team_reserve must be between 1 and max_in_flight - 1")
+        if self.idle_team_reserve is not None and self.idle_team_reserve < 0:
+            raise ValueError("idle_team_reserve must be 0 or more")
+
+    def check_reserve(self) -> None:
+        """Raise :class:`ValueError` when ``idle_team_reserve`` cannot apply: it needs both
+        ``max_in_flight`` and ``team_max_in_flight`` (which :func:`fair_share` may still fill
+        in, so it is checked when a :class:`Limiter` is made), and must be below the first."""
+        if not self.idle_team_reserve:
+            return
+        if self.max_in_flight is None or self.team_max_in_flight is None:
+            raise ValueError("idle_team_reserve needs max_in_flight and team_max_in_flight")
+        if self.idle_team_reserve >= self.max_in_flight:
+            raise ValueError(
+                f"idle_team_reserve ({self.idle_team_reserve}) must be below max_in_flight "
+                f"({self.max_in_flight})"
+            )
 
     @property
     def has_rates(self) -> bool:
@@ -421,7 +432,9 @@ def fair_share(settings: LimitSettings | None, threads: int) -> LimitSettings:
         settings,
         max_in_flight=total,
         team_max_in_flight=settings.team_max_in_flight or max(1, threads // 2),
-        idle_team_reserve=settings.idle_team_reserve or total // 4,
+        idle_team_reserve=(
+            total // 4 if settings.idle_team_reserve is None else settings.idle_team_reserve
+        ),
     )
     warn_unfair(shared, threads)
     return shared
@@ -677,8 +690,10 @@ class _InFlight:
         if timeout <= 0:
             return LimitKind.IN_FLIGHT
         assert total_cap is not None  # no other cap is full: the process-wide one is
-        if team is not None and team.count:
-            total_cap = min(total_cap, self.reserve_from)  # the rest is for idle teams
+        # A team holding other slots than this request's (counted from here on) stops at the
+        # reserve: asked again at each wake-up, as its other relays may have ended meanwhile,
+        # or others of its requests been admitted.
+        reserved = min(total_cap, self.reserve_from)
         own = [slot for slot in slots if slot is not total]
         for slot in own:
             slot.count += 1
@@ -686,7 +701,7 @@ class _InFlight:
         self._waiting += 1
         admitted = False
         try:
-            while total.count >= total_cap:
+            while total.count >= (reserved if team is not None and team.count > 1 else total_cap):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return LimitKind.IN_FLIGHT
@@ -746,6 +761,7 @@ class Limiter:
         self.on_event = tuple(on_event)
         self._clock = clock
         given = self.settings
+        given.check_reserve()
         if given.idle_team_reserve and given.max_in_flight is not None:
             self._in_flight = _InFlight(given.max_in_flight - given.idle_team_reserve)
         else:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from invoke_middleware._toml_config import SecretEntry, StandaloneConfig
-from invoke_middleware.config import ConfigError
+from invoke_middleware.config import ConfigError, KeyStyle
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
 from invoke_middleware.limits import LimitHook, fair_share
 from invoke_middleware.logging_hook import RelayLogger
@@ -288,10 +288,13 @@ def build_standalone_app(
         settings = config.gateway.resolve(environ)
     except ConfigError as exc:
         raise exc.located(str(config.path)) from None
-    settings = replace(
-        settings,
-        limits=fair_share(settings.limits, threads or config.server.threads),
-    )
+    limits = fair_share(settings.limits, threads or config.server.threads)
+    settings = replace(settings, limits=limits)
+    try:
+        limits.check_reserve()  # the caps fair_share filled in are known now
+    except ValueError as exc:
+        key = KeyStyle.TOML.key("limits.idle_team_reserve")
+        raise ConfigError(key, str(exc), source=str(config.path)) from None
     store = SQLStore(config.database, service_cache_ttl=config.service_cache_ttl)
     access_log = RelayLogger()
     try:

@@ -15,7 +15,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from invoke_middleware.otel import instrument
+from invoke_middleware import InvokeMiddleware
+from invoke_middleware.otel import TracingMiddleware, instrument
 from tests.toolkit.world import World
 
 #: A caller's trace context, as a W3C traceparent (sampled).
@@ -43,15 +44,19 @@ class Spans:
         return found[0]
 
 
-def trace_world(world: World) -> Spans:
-    """Serve ``world``'s host through the tracing wrappers; return where its spans land."""
+def traced(middleware: InvokeMiddleware) -> tuple[TracingMiddleware, Spans]:
+    """``middleware`` through the tracing wrappers, with a provider of its own; and where
+    its spans land."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    world.host.wsgi_app = instrument(  # type: ignore[method-assign]
-        world.middleware, tracer_provider=provider
-    )
-    return Spans(exporter=exporter)
+    return instrument(middleware, tracer_provider=provider), Spans(exporter=exporter)
+
+
+def trace_world(world: World) -> Spans:
+    """Serve ``world``'s host through the tracing wrappers; return where its spans land."""
+    world.host.wsgi_app, spans = traced(world.middleware)  # type: ignore[method-assign]
+    return spans
 
 
 def traceparent_of(span: ReadableSpan) -> str:

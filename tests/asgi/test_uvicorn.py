@@ -503,3 +503,43 @@ def test_only_a_request_surely_without_a_body_is_watched_before_a_thread_takes_i
     from invoke_middleware.asgi import _without_body
 
     assert _without_body({"type": "http", "http_version": version, "headers": headers}) is watched
+
+
+def test_an_instrumented_gateway_makes_its_spans_under_uvicorn(
+    upstream: RecordingUpstream,
+) -> None:
+    # instrument()'s wrapper was refused (it has no pipeline): ASGI hosts had no server spans.
+    from fastapi import FastAPI
+    from opentelemetry.trace import SpanKind
+
+    from invoke_middleware.asgi import InvokeASGIMiddleware
+    from tests.otel_spans import traced
+
+    gateway, key = make_gateway(upstream.url)
+    wrapped, spans = traced(gateway)
+    app = FastAPI()
+    app.add_middleware(InvokeASGIMiddleware, gateway=wrapped, workers=2)
+    try:
+        with serve_uvicorn(app) as port:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
+            connection.request("GET", RELAY + "/hello", headers={"Authorization": f"Bearer {key}"})
+            response = connection.getresponse()
+            response.read()
+            connection.close()
+            assert response.status == 200
+            wait_until(lambda: len(spans.all()) == 2, "the server and client spans")
+    finally:
+        gateway.close()
+    server = spans.one(SpanKind.SERVER)
+    assert (server.attributes or {})["http.route"] == PREFIX + "/r/containers/{slug}/{tail}"
+    assert spans.one(SpanKind.CLIENT).parent is not None
+
+
+def test_only_a_gateway_or_its_tracing_wrapper_is_served() -> None:
+    from invoke_middleware.asgi import InvokeASGIMiddleware, no_wsgi_host
+
+    async def host(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match="InvokeMiddleware"):
+        InvokeASGIMiddleware(host, gateway=no_wsgi_host)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ as the team's or the service's own limits change; it keeps a bounded number of t
 from __future__ import annotations
 
 import dataclasses
+import threading
 import uuid
 
 import pytest
@@ -23,6 +24,7 @@ from invoke_middleware.limits import (
     TeamLimits,
     fair_share,
 )
+from tests.limits.conftest import wait_until
 from tests.toolkit.world import OTHER_TEAM, TEAM, make_service
 
 PRINCIPAL = Principal(kind=CredentialKind.INTEGRATION, team_id=TEAM, credential_id="sk-abc")
@@ -245,6 +247,45 @@ def test_the_fair_share_reserve_is_a_quarter_of_the_relays(threads: int, reserve
     )
 
 
+def test_a_waiting_request_whose_team_got_a_relay_meanwhile_stops_at_the_reserve() -> None:
+    # The waiter's limit was fixed when it began to wait: its team, idle then, had another
+    # request admitted while it waited, and it then took the reserved slot too.
+    limiter = Limiter(
+        LimitSettings(max_in_flight=4, team_max_in_flight=4, idle_team_reserve=1, queue_timeout=1)
+    )
+    team = uuid.uuid4()
+    fillers = [*_hold(limiter, uuid.uuid4(), 3), *_hold(limiter, uuid.uuid4(), 1)]
+    waited: list[int] = []
+    waiter = threading.Thread(target=lambda: waited.append(len(_hold(limiter, team, 1))))
+    waiter.start()
+    wait_until(lambda: limiter.waiting == 1, "the team's first request waits")
+    lock = limiter._in_flight._lock
+    with lock:  # the waiter is woken but cannot run before the team's next request
+        fillers.pop().release()
+        fillers.pop().release()
+        assert len(_hold(limiter, team, 1)) == 1  # admitted: two slots are free
+    waiter.join(5)
+    assert waited == [0]  # refused at its deadline: the free slot is the reserved one
+    assert len(_hold(limiter, uuid.uuid4(), 1)) == 1  # which an idle team then takes
+
+
+def test_a_team_whose_relays_ended_while_it_waited_may_take_the_reserve() -> None:
+    limiter = Limiter(
+        LimitSettings(max_in_flight=4, team_max_in_flight=4, idle_team_reserve=1, queue_timeout=5)
+    )
+    team = uuid.uuid4()
+    others = _hold(limiter, uuid.uuid4(), 3)
+    [own] = _hold(limiter, team, 1)
+    waited: list[int] = []
+    waiter = threading.Thread(target=lambda: waited.append(len(_hold(limiter, team, 1))))
+    waiter.start()
+    wait_until(lambda: limiter.waiting == 1, "the team's second request waits")
+    own.release()  # the team has nothing in flight but the waiting request
+    waiter.join(5)
+    assert waited == [1]
+    assert len(others) == 3
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -255,10 +296,17 @@ def test_the_fair_share_reserve_is_a_quarter_of_the_relays(threads: int, reserve
         ({"idle_team_reserve": 1, "team_max_in_flight": 4}, "needs max_in_flight"),
         (
             {"idle_team_reserve": 4, "max_in_flight": 4, "team_max_in_flight": 2},
-            "between 1 and max_in_flight - 1",
+            r"idle_team_reserve \(4\) must be below max_in_flight \(4\)",
         ),
     ],
 )
 def test_a_reserve_that_cannot_apply_is_refused(settings: dict[str, int], message: str) -> None:
+    given = LimitSettings(**settings)  # fair_share may still fill the caps in
     with pytest.raises(ValueError, match=message):
-        LimitSettings(**settings)
+        Limiter(given)
+
+
+def test_a_reserve_of_zero_turns_the_fair_share_reserve_off() -> None:
+    assert fair_share(LimitSettings(idle_team_reserve=0), threads=8).idle_team_reserve == 0
+    with pytest.raises(ValueError, match="0 or more"):
+        LimitSettings(idle_team_reserve=-1)

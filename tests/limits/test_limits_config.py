@@ -161,16 +161,43 @@ def test_a_bad_limits_table_fails_naming_the_key(tmp_path: Path, limits: str, ke
     assert f"{key}:" in str(caught.value)
 
 
-def test_the_standalone_gateway_gives_each_team_half_the_threads(tmp_path: Path) -> None:
-    path = _write(tmp_path, "")
+@pytest.mark.parametrize(
+    ("limits", "reserve"),
+    [
+        pytest.param("", 1, id="default"),
+        pytest.param("idle_team_reserve = 2\n", 2, id="the-reserve-alone"),
+        pytest.param("idle_team_reserve = 0\n", 0, id="off"),
+    ],
+)
+def test_the_standalone_gateway_gives_each_team_half_the_threads(
+    tmp_path: Path, limits: str, reserve: int
+) -> None:
+    path = _write(tmp_path, limits)
     gateway = build_standalone_app(load_config(path), {}, threads=8)
     try:
         limiter = gateway.app.pipeline.limiter
         assert limiter is not None
         assert limiter.settings.team_max_in_flight == 4
         assert limiter.settings.max_in_flight == 7
+        assert limiter.settings.idle_team_reserve == reserve
     finally:
         gateway.close()
+
+
+def test_a_reserve_the_relays_cannot_hold_fails_naming_its_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_standalone_app(
+            load_config(_write(tmp_path, "idle_team_reserve = 7\n")), {}, threads=8
+        )
+    assert "[limits] idle_team_reserve:" in str(caught.value)
+    assert "must be below max_in_flight (7)" in str(caught.value)
+
+
+def test_an_ini_reserve_without_its_caps_fails_naming_its_key() -> None:
+    config = parse_settings({"invoke.limits.idle_team_reserve": "2"})
+    with pytest.raises(ConfigError) as caught:
+        config.build_middleware(lambda environ, start_response: [])
+    assert caught.value.key == "invoke.limits.idle_team_reserve"
 
 
 @pytest.mark.parametrize(
