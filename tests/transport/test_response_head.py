@@ -15,7 +15,8 @@ from contextlib import contextmanager
 import pytest
 
 from invoke_middleware.errors import UpstreamError, UpstreamTimeoutError
-from invoke_middleware.transport import HTTPTransport, RequestsTransport, Timeouts, UpstreamRequest
+from invoke_middleware.transport import HTTPTransport, Timeouts, Transport, UpstreamRequest
+from tests.transport.conftest import wire_transport
 
 
 @contextmanager
@@ -271,8 +272,10 @@ def test_a_body_that_arrives_with_its_head_frees_the_connection_at_once() -> Non
             transport.close()
 
 
-def _pieces(url: str) -> list[bytes]:
-    transport = HTTPTransport()
+def _pieces(url: str, transport: Transport | None = None) -> list[bytes]:
+    """The pieces of the body a GET of ``url`` answers, through ``transport`` (by default a
+    new ``HTTPTransport``), which is closed afterwards."""
+    transport = transport or HTTPTransport()
     try:
         request = UpstreamRequest(
             method="GET", url=url + "/", headers=(), timeouts=Timeouts(connect=2, read=2, total=5)
@@ -321,6 +324,20 @@ class _Pauses:
         self.taken.append(seconds)
 
 
+def _paced(monkeypatch: pytest.MonkeyPatch, kind: str, chunks: bytes) -> tuple[bytes, list[float]]:
+    """The body of ``chunks`` relayed by the transport of ``kind`` (``http``, ``requests``),
+    and the pauses it took."""
+    import invoke_middleware.transport.http as http_transport
+    import invoke_middleware.transport.requests as requests_transport
+
+    pauses = _Pauses()
+    module = http_transport if kind == "http" else requests_transport
+    monkeypatch.setattr(module, "time", pauses)
+    with scripted([_CHUNKED + chunks + b"0\r\n\r\n"], hold=0) as url:
+        body = b"".join(_pieces(url, wire_transport(kind)))
+    return body, pauses.taken
+
+
 @pytest.mark.parametrize(
     ("chunks", "body", "paced"),
     [
@@ -337,17 +354,13 @@ def test_a_body_of_tiny_chunks_is_relayed_at_a_pace(
     # A container sending 1-byte chunks made the gateway spend 325 times the CPU of an
     # ordinary body of that size, under the interpreter lock every team's requests need:
     # another team's invoke waited 21 ms instead of 0.3. Its relay now waits instead.
-    import invoke_middleware.transport.http as http_transport
-
-    pauses = _Pauses()
-    monkeypatch.setattr(http_transport, "time", pauses)
-    with scripted([_CHUNKED + chunks + b"0\r\n\r\n"], hold=0) as url:
-        assert b"".join(_pieces(url)) == body
+    relayed, pauses = _paced(monkeypatch, "http", chunks)
+    assert relayed == body
     if paced:
         # A pause for every chunk joined past the first 128 of each receive.
-        assert sum(pauses.taken) >= (5000 - 128 * len(pauses.taken)) * 5e-6
+        assert sum(pauses) >= (5000 - 128 * len(pauses)) * 5e-6
     else:
-        assert pauses.taken == []
+        assert pauses == []
 
 
 @pytest.mark.parametrize(
@@ -363,25 +376,10 @@ def test_requests_transport_relays_a_body_of_tiny_chunks_at_a_pace(
 ) -> None:
     # urllib3 hands out each chunk as a piece: every small one owes a pause, waited in turns
     # of a millisecond, so a stream's few events wait nothing.
-    import invoke_middleware.transport.requests as requests_transport
-
-    pauses = _Pauses()
-    monkeypatch.setattr(requests_transport, "time", pauses)
-    with scripted([_CHUNKED + chunks + b"0\r\n\r\n"], hold=0) as url:
-        transport = RequestsTransport()
-        try:
-            request = UpstreamRequest(
-                method="GET",
-                url=url + "/",
-                headers=(),
-                timeouts=Timeouts(connect=2, read=2, total=5),
-            )
-            with transport.send(request) as response:
-                assert b"".join(response) == body
-        finally:
-            transport.close()
-    assert pause - 0.001 <= sum(pauses.taken) <= pause
-    assert all(taken >= 0.001 for taken in pauses.taken)
+    relayed, pauses = _paced(monkeypatch, "requests", chunks)
+    assert relayed == body
+    assert pause - 0.001 <= sum(pauses) <= pause
+    assert all(taken >= 0.001 for taken in pauses)
 
 
 def test_chunks_arriving_apart_are_handed_out_as_they_arrive() -> None:
