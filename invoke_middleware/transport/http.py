@@ -76,6 +76,14 @@ _BAD_CHUNK = "The service's response has a malformed chunk."
 #: so chunks of 512 bytes or more are never paced, nor are events of a stream, which arrive
 #: apart.
 _FREE_CHUNKS = 128
+#: Framing a chunked body may carry past what its data pays for, as Go's ``net/http`` reads
+#: it: each chunk's size line (extensions included) is allowed 16 bytes and twice its data,
+#: and what goes beyond adds up; past 16 KiB the body is refused. Chunks of one byte with a
+#: kilobyte of extensions each got past the pacing above (a receive holds few of them) and
+#: cost the gateway 7 s of CPU per MiB of data.
+_FRAMING_PER_CHUNK = 16
+_MAX_EXCESS_FRAMING = 16 * 1024
+_TOO_MUCH_FRAMING = "The service's response has far more chunk framing than data."
 _HEAD_TOO_LARGE = "The service's response head is too large."
 
 # Where an exchange failed, which decides whether it may be retried.
@@ -190,6 +198,7 @@ class _Exchange:
         "_buffer",
         "_connection",
         "_deadline",
+        "_excess",
         "_head",
         "_host_header",
         "_key",
@@ -219,6 +228,8 @@ class _Exchange:
         # Received and not yet handed out: _buffer[_offset:].
         self._buffer = b""
         self._offset = 0
+        # Chunk framing received past what its data allows (see _MAX_EXCESS_FRAMING).
+        self._excess = 0
         self.stage = _WRITING_HEAD
         self.done = False
 
@@ -445,10 +456,12 @@ class _Exchange:
         for to join it with, so each server-sent event still leaves when it arrives.
         """
         while True:
-            size_line = _CHUNK_SIZE.fullmatch(self._line())
+            line = self._line()
+            size_line = _CHUNK_SIZE.fullmatch(line)
             if size_line is None:
                 raise UpstreamError(_BAD_CHUNK)
             left = int(size_line.group(1), 16)
+            self._charge_framing(len(line) + 2, left)
             if not left:
                 break
             while left:
@@ -479,6 +492,7 @@ class _Exchange:
             start = found.end()
             if not length or size + length > _READ_SIZE or start + length > len(buffer):
                 break
+            self._charge_framing(start - found.start(), length)
             offset = start + length
             pieces.append(buffer[start:offset])
             size += length
@@ -488,6 +502,14 @@ class _Exchange:
         if len(pieces) > _FREE_CHUNKS:
             time.sleep((len(pieces) - _FREE_CHUNKS) * CHUNK_PAUSE)
         return b"".join(pieces)
+
+    def _charge_framing(self, framing: int, data: int) -> None:
+        """Count a chunk's ``framing`` bytes against what its ``data`` allows; raise past
+        :data:`_MAX_EXCESS_FRAMING`."""
+        excess = self._excess + framing - _FRAMING_PER_CHUNK - 2 * data
+        self._excess = excess if excess > 0 else 0
+        if excess > _MAX_EXCESS_FRAMING:
+            raise UpstreamError(_TOO_MUCH_FRAMING)
 
     def _line(self) -> bytes:
         """The next line of the body's framing, without its line break."""

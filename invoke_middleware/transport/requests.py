@@ -85,9 +85,10 @@ __all__ = ["RequestsTransport"]
 _READ_SIZE = 65536
 #: urllib3 hands out a chunked body chunk by chunk, about 4 µs of Python each (five times
 #: what ``HTTPTransport`` spends on one), and each is a write to the client: a piece smaller
-#: than ``_PACED_BELOW`` makes the relay wait five ``CHUNK_PAUSE``, waited in turns of
-#: ``_PAUSE_TURN`` (a sleep is a system call and a wake-up, which cost more than so short a
-#: wait). A stream's events are far apart: a hundred of them owe half a millisecond.
+#: than ``_PACED_BELOW`` makes the relay wait up to five ``CHUNK_PAUSE`` (less as it nears
+#: that size, so that no chunk size is a cliff), waited in turns of ``_PAUSE_TURN`` (a sleep
+#: is a system call and a wake-up, which cost more than so short a wait). A stream's events
+#: are far apart: a hundred of them owe half a millisecond.
 _PACED_BELOW = 512
 _PIECE_PAUSE = 5 * CHUNK_PAUSE
 _PAUSE_TURN = 0.001
@@ -354,7 +355,7 @@ class _Exchange:
                     self.finish()
                     return
                 if len(chunk) < _PACED_BELOW:
-                    owed += _PIECE_PAUSE
+                    owed += _PIECE_PAUSE * (_PACED_BELOW - len(chunk)) / _PACED_BELOW
                     if owed >= _PAUSE_TURN:
                         time.sleep(owed)
                         owed = 0.0

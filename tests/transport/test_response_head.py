@@ -304,6 +304,28 @@ def test_chunks_received_together_are_handed_out_together(chunks: bytes, body: b
     assert len(pieces) < 10  # one per receive at most, not one per chunk
 
 
+@pytest.mark.parametrize(
+    ("extension", "refused"),
+    [
+        pytest.param(b";" + b"a" * 1000, True, id="a-kilobyte-per-byte"),
+        pytest.param(b";name=value", False, id="short"),
+        pytest.param(b' ; a="' + b"b" * 40 + b'"', False, id="under-twice-the-data"),
+    ],
+)
+def test_a_body_with_far_more_chunk_framing_than_data_is_refused(
+    extension: bytes, refused: bool
+) -> None:
+    # One-byte chunks with a kilobyte of extensions each: few fit in a receive, so none was
+    # paced, and they cost 7 s of CPU per MiB of data. Go's net/http refuses them the same way.
+    chunk = b"14%b\r\n%b\r\n" % (extension, b"x" * 20)
+    with scripted([_CHUNKED + chunk * 2000 + b"0\r\n\r\n"], hold=0) as url:
+        if refused:
+            with pytest.raises(UpstreamError, match="far more chunk framing than data"):
+                _pieces(url)
+        else:
+            assert b"".join(_pieces(url)) == b"x" * 40_000
+
+
 def test_chunks_joined_together_stay_within_the_read_size() -> None:
     chunk = b"x" * 1000
     with scripted([_CHUNKED + b"3E8\r\n%b\r\n" % chunk * 300 + b"0\r\n\r\n"], hold=0) as url:
@@ -366,7 +388,12 @@ def test_a_body_of_tiny_chunks_is_relayed_at_a_pace(
 @pytest.mark.parametrize(
     ("chunks", "body", "pause"),
     [
-        pytest.param(b"1\r\nx\r\n" * 5000, b"x" * 5000, 5000 * 25e-6, id="one-byte-chunks"),
+        pytest.param(
+            b"1\r\nx\r\n" * 5000, b"x" * 5000, 5000 * 25e-6 * 511 / 512, id="one-byte-chunks"
+        ),
+        pytest.param(
+            b"100\r\n%b\r\n" % (b"x" * 256) * 100, b"x" * 25_600, 100 * 12.5e-6, id="256-b"
+        ),
         pytest.param(b"200\r\n%b\r\n" % (b"x" * 512) * 300, b"x" * 153_600, 0, id="512-b"),
         pytest.param(b"9\r\ndata: 1\n\n\r\n" * 30, b"data: 1\n\n" * 30, 0, id="few-events"),
     ],
