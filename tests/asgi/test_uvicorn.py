@@ -517,8 +517,7 @@ def test_an_instrumented_gateway_makes_its_spans_under_uvicorn(
 
     gateway, key = make_gateway(upstream.url)
     wrapped, spans = traced(gateway)
-    app = FastAPI()
-    app.add_middleware(InvokeASGIMiddleware, gateway=wrapped, workers=2)
+    app = InvokeASGIMiddleware(FastAPI(), gateway=wrapped, workers=2)
     try:
         with serve_uvicorn(app) as port:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
@@ -529,7 +528,7 @@ def test_an_instrumented_gateway_makes_its_spans_under_uvicorn(
             assert response.status == 200
             wait_until(lambda: len(spans.all()) == 2, "the server and client spans")
     finally:
-        gateway.close()
+        app.close()  # its threads, and the gateway
     server = spans.one(SpanKind.SERVER)
     assert (server.attributes or {})["http.route"] == PREFIX + "/r/containers/{slug}/{tail}"
     assert spans.one(SpanKind.CLIENT).parent is not None
