@@ -142,17 +142,17 @@ class _Reserved:
     request handed out stands for ``top - left``); ``end``, when the window ends here;
     ``expires``, when it ends in Redis, in milliseconds of Redis's clock (what tells this
     window from the next one there); ``used``, when a request last came for the key;
-    ``window``, its length in seconds."""
+    ``quiet``, how long the key may go without one before what is left is given back."""
 
-    __slots__ = ("end", "expires", "left", "top", "used", "window")
+    __slots__ = ("end", "expires", "left", "quiet", "top", "used")
 
-    def __init__(self, end: float, expires: int, window: int, now: float) -> None:
+    def __init__(self, end: float, expires: int, quiet: float, now: float) -> None:
         self.left = 0
         self.top = 0
         self.end = end
         self.expires = expires
         self.used = now
-        self.window = window
+        self.quiet = quiet
 
 
 def _end_of_reserved(reserved: _Reserved) -> float:
@@ -351,10 +351,11 @@ class RedisCounter:
                     # process already holds part of the next one, which stays.
                     counts[index] = (first, end - now)
                     continue
-                if held is None or held.end <= now or abs(held.expires - expires) > _SAME_END_MS:
+                if held is None or held.end <= now or expires - held.expires > _SAME_END_MS:
                     # A new window (or the key was lost in Redis and written again: what was
                     # held of it is gone with it).
-                    held = table[key] = _Reserved(end, expires, window, now)
+                    quiet = max(self._give_back_after, window / _BATCH_SHARE)
+                    held = table[key] = _Reserved(end, expires, quiet, now)
                     self._holding.pop(key, None)
                 # What else the budget allows of this batch stays here for the next ones.
                 held.left += max(0, min(amount, allowed - first + 1) - 1)
@@ -387,14 +388,9 @@ class RedisCounter:
                 return 0
             holding = self._holding
             for key, held in list(holding.items()):
-                quiet = (
-                    idle
-                    if idle is not None
-                    else max(self._give_back_after, held.window / _BATCH_SHARE)
-                )
                 if held.end <= now:
                     del holding[key]  # the window is over: nothing to give back
-                elif now - held.used >= quiet:
+                elif now - held.used >= (held.quiet if idle is None else idle):
                     given.append((self._storage.prefixed_key(key), held.left, held.expires))
                     held.top -= held.left
                     held.left = 0

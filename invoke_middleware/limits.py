@@ -756,19 +756,17 @@ class Limiter:
         team_limits: TeamLimitsSource | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings or LimitSettings()
+        settings = self.settings = settings or LimitSettings()
         self.team_limits = team_limits
         self.on_event = tuple(on_event)
         self._clock = clock
-        given = self.settings
-        given.check_reserve()
-        if given.idle_team_reserve and given.max_in_flight is not None:
-            self._in_flight = _InFlight(given.max_in_flight - given.idle_team_reserve)
+        settings.check_reserve()
+        if settings.idle_team_reserve and settings.max_in_flight is not None:
+            self._in_flight = _InFlight(settings.max_in_flight - settings.idle_team_reserve)
         else:
             self._in_flight = _InFlight()
         # By the UUID's integer: a UUID hashes in Python code, its integer in C.
-        self._teams = {team_id.int: limits for team_id, limits in self.settings.teams.items()}
-        settings = self.settings
+        self._teams = {team_id.int: limits for team_id, limits in settings.teams.items()}
         # The configured rates, formatted once; a team's or service's own are formatted (and
         # cached) when met.
         self._plans = {
