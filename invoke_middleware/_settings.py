@@ -422,7 +422,9 @@ SETTINGS: dict[str, Setting] = {
         SettingDoc(type="bool", default="false", meaning="errors as RFC 9457 problem+json")
     ),
     "scope_cookies": _flag(
-        SettingDoc(type="bool", default="true", meaning="Set-Cookie kept to the service's path")
+        SettingDoc(
+            type="bool", default="true", meaning="cookies kept to the service's path and team"
+        )
     ),
     "mcp_allowed_origins": Setting(
         doc=SettingDoc(

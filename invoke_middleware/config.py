@@ -31,7 +31,7 @@ total_timeout                 seconds > 0, or none  300                the whole
 trusted_proxy_hops            int ≥ 0               0                  proxies trusted for X-Forwarded-*
 pseudonym                     RFC 9110 token        invoke-middleware  the gateway's name in Via
 problem_json                  bool                  false              errors as RFC 9457 problem+json
-scope_cookies                 bool                  true               Set-Cookie kept to the service's path
+scope_cookies                 bool                  true               cookies kept to the service's path and team
 mcp_allowed_origins           list of origins       none               pages that may call /r/mcp
 mcp_credential_kinds          list of sk, dk, jwt   sk                 credentials /r/mcp admits
 ca_bundle                     PEM file              system store       CA bundle for external services

@@ -23,11 +23,41 @@ asked for, is below the root already. Everything else (name, value, ``Expires``,
 ``Max-Age``, ``Secure``, ``HttpOnly``, ``SameSite``, unknown attributes) is relayed as the
 container wrote it. ``Clear-Site-Data``, with which a container would clear every cookie of
 the origin (the host's session and every other service's), is dropped too.
+
+A path is not enough where two teams each have a service of the same slug: both answer at
+``/r/containers/{slug}/``, told apart by the caller's credential, and a browser that belongs
+to both teams sends one team's cookies to the other's container. So a cookie the script of a
+page cannot read (``HttpOnly``), a session's, is kept to its team by name: the gateway hands it
+to the browser as ``__team-<tag>-<name>`` (the tag 16 hex digits of a hash of the team's id;
+after a ``__Secure-`` or ``__Http-`` prefix, which a browser only honours at the start) and,
+on the way up, passes such a cookie to a service of that team only, under its own name again;
+an unmarked cookie of the same name (one a script wrote) gives way to it. A cookie a script
+can read keeps its name, as scripts rely on it: it is the shared origin's anyway (any page's
+script reads it). A ``Set-Cookie`` that removes a cookie removes it under both names, so that
+a logout written without ``HttpOnly`` still ends the session; one whose name starts like a
+marked one is dropped, so that no container writes another team's.
 """
 
 from __future__ import annotations
 
-__all__ = ["MAX_ATTRIBUTES", "MAX_PATH_LENGTH", "scope_cookies", "scope_set_cookie"]
+import functools
+import hashlib
+import time
+import uuid
+
+# The standard library's reader of the date formats browsers take in Expires (RFC 1123 and
+# the Netscape "01-Jan-1970" form among them); typeshed leaves it out of its stubs.
+from http.cookiejar import http2time  # type: ignore[attr-defined]
+
+__all__ = [
+    "MAX_ATTRIBUTES",
+    "MAX_PATH_LENGTH",
+    "TEAM_MARKER",
+    "scope_cookies",
+    "scope_set_cookie",
+    "team_cookies",
+    "team_tag",
+]
 
 #: The longest ``Path`` a browser takes (RFC 6265bis §5.6); past it, the root is used.
 MAX_PATH_LENGTH = 1024
@@ -36,6 +66,22 @@ MAX_PATH_LENGTH = 1024
 #: number): the rest are dropped unread, so that a field of 60,000 ``;`` costs what one of
 #: 32 does, not a loop turn each. A ``Domain`` or ``Path`` among them goes too.
 MAX_ATTRIBUTES = 32
+
+#: What a cookie kept to its team starts with (after a ``__Secure-`` or ``__Http-`` prefix).
+TEAM_MARKER = "__team-"
+
+# The name prefixes a browser gives a meaning to only at the very start of a name: the team's
+# mark goes after them. (``__Host-`` cookies never get this far.)
+_BROWSER_PREFIXES = ("__secure-", "__http-")
+
+
+@functools.lru_cache(maxsize=4096)
+def team_tag(team_id: uuid.UUID) -> str:
+    """The 16 hex digits that mark the cookies of ``team_id``'s services.
+
+    Not a secret: a cookie only a script could forge is no worse than any other a script of
+    the shared origin writes."""
+    return hashlib.blake2b(team_id.bytes, digest_size=8, person=b"invoke-cookie").hexdigest()
 
 
 def scope_set_cookie(value: str, root: str, request_path: str) -> str | None:
@@ -77,10 +123,17 @@ def scope_set_cookie(value: str, root: str, request_path: str) -> str | None:
 
 
 def scope_cookies(
-    headers: list[tuple[str, str]], root: str, request_path: str
+    headers: list[tuple[str, str]],
+    root: str,
+    request_path: str,
+    team: uuid.UUID | None = None,
 ) -> list[tuple[str, str]]:
     """``headers`` with every ``Set-Cookie`` field passed through :func:`scope_set_cookie`,
-    and no ``Clear-Site-Data`` (the same list when there is neither)."""
+    and no ``Clear-Site-Data`` (the same list when there is neither).
+
+    With ``team`` (the caller's), an ``HttpOnly`` cookie is kept to that team by name, a
+    removal goes out under both names, and a cookie named like a marked one is dropped (see
+    the module's docstring)."""
     for name, _ in headers:  # a loop, not any(): no generator on every relayed response
         if (len(name) == 10 and name.lower() == "set-cookie") or (
             len(name) == 15 and name.lower() == "clear-site-data"
@@ -93,8 +146,12 @@ def scope_cookies(
         lowered = name.lower()
         if lowered == "set-cookie":
             limited = scope_set_cookie(value, root, request_path)
-            if limited is not None:
+            if limited is None:
+                continue
+            if team is None:
                 scoped.append((name, limited))
+            else:
+                scoped.extend((name, field) for field in _for_team(limited, team_tag(team)))
         elif lowered != "clear-site-data":
             scoped.append((name, value))
     return scoped
@@ -112,3 +169,82 @@ def _default_path(request_path: str) -> str:
 def _within(path: str, root: str) -> bool:
     """Whether ``path`` is ``root`` or below it (RFC 6265 §5.1.4 path-match)."""
     return path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/")
+
+
+def _for_team(field: str, tag: str) -> list[str]:
+    """The ``Set-Cookie`` fields that stand for ``field`` (already scoped to its path) once
+    its cookie is kept to the team of ``tag``: none, one, or two for a removal."""
+    pair, _, attributes = field.partition(";")
+    name, equals, value = pair.partition("=")
+    if not equals:  # a nameless cookie (RFC 6265bis §5.6): its name is empty
+        name, value = "", pair
+    bare = name.strip(" \t")
+    start = _prefix_length(bare)
+    if bare[start : start + len(TEAM_MARKER)].lower() == TEAM_MARKER:
+        return []  # the gateway's mark: no container writes one
+    http_only = False
+    ended: bool | None = None  # by Max-Age, which wins over Expires (RFC 6265 §5.3 step 3)
+    expires = ""
+    for attribute in attributes.split(";", MAX_ATTRIBUTES)[:MAX_ATTRIBUTES]:
+        key, _, given = attribute.partition("=")
+        key = key.strip(" \t").lower()
+        if key == "httponly":
+            http_only = True
+        elif key == "max-age":
+            ended = _ended_by_max_age(given.strip(" \t"), ended)
+        elif key == "expires":
+            expires = given.strip(" \t")
+    if ended is None and expires:
+        when = http2time(expires[:64])  # a date is short: a long value costs no more
+        ended = when is not None and when <= time.time()
+    marked = f"{bare[:start]}{TEAM_MARKER}{tag}-{bare[start:]}={value}{field[len(pair) :]}"
+    if ended:
+        return [field, marked]
+    return [marked] if http_only else [field]
+
+
+def _prefix_length(name: str) -> int:
+    """How much of ``name`` is a prefix a browser reads at its start (``__Secure-``)."""
+    lowered = name[:9].lower()
+    for prefix in _BROWSER_PREFIXES:
+        if lowered.startswith(prefix):
+            return len(prefix)
+    return 0
+
+
+def _ended_by_max_age(given: str, before: bool | None) -> bool | None:
+    """Whether a ``Max-Age`` of ``given`` ends the cookie at once (0 or less, RFC 6265
+    §5.2.2); ``before`` (what an earlier one said) when ``given`` is not a number, which a
+    browser ignores."""
+    digits = given[1:] if given[:1] == "-" else given
+    if not (digits.isascii() and digits.isdigit()):
+        return before
+    return given[0] == "-" or not digits.strip("0")
+
+
+def team_cookies(value: str, team: uuid.UUID) -> str | None:
+    """One ``Cookie`` field as a service of ``team`` may have it: the team's own marked
+    cookies under their names again, other teams' marked cookies dropped, and an unmarked
+    cookie that has the name of one of the team's own dropped (a script wrote it); ``None``
+    when nothing is left. A field without a marked cookie is returned as it is."""
+    if TEAM_MARKER not in value:
+        return value
+    own = f"{TEAM_MARKER}{team_tag(team)}-"
+    kept: list[tuple[str, str]] = []  # (name, the pair as it is sent)
+    marked: set[str] = set()
+    for piece in value.split(";"):
+        pair = piece.strip(" \t")
+        if not pair:
+            continue
+        name, equals, rest = pair.partition("=")
+        start = _prefix_length(name)
+        if not name.startswith(TEAM_MARKER, start):
+            kept.append((name if equals else "", pair))
+            continue
+        if not name.startswith(own, start):
+            continue  # another team's
+        name = name[:start] + name[start + len(own) :]
+        marked.add(name)
+        kept.append(("", f"{name}={rest}" if name else rest))
+    pairs = [pair for name, pair in kept if not name or name not in marked]
+    return "; ".join(pairs) if pairs else None

@@ -34,10 +34,12 @@ from __future__ import annotations
 import functools
 import os
 import re
+import uuid
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
+from invoke_middleware.cookies import TEAM_MARKER, team_cookies
 from invoke_middleware.errors import (
     ERROR_MARKER_HEADER,
     REQUEST_ID_HEADER,
@@ -346,6 +348,7 @@ def forward_request_headers(
     request_id: str,
     envelope: Collection[tuple[str, str]] | None = None,
     authorization: str | None = None,
+    cookie_team: uuid.UUID | None = None,
     rules: ForwardingRules = DEFAULT_FORWARDING_RULES,
 ) -> tuple[tuple[str, str], ...]:
     """The header fields to send upstream, in the tuple the upstream request carries.
@@ -367,7 +370,9 @@ def forward_request_headers(
     ``1.1 <pseudonym>``), ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and
     ``X-Request-ID: request_id``. Last, when ``authorization`` is given (an external service's
     own credential), ``Authorization: authorization``, and no other ``Authorization`` field.
-    Check :func:`is_loop` on ``incoming`` first.
+    With ``cookie_team`` (the caller's team, on the catch-all), each ``Cookie`` field goes
+    through :func:`~invoke_middleware.cookies.team_cookies`: cookies kept to another team
+    stay behind. Check :func:`is_loop` on ``incoming`` first.
     """
     if envelope is None:
         end_to_end = _kept(incoming, _RELAY_DROP, drop_proxy=True)
@@ -380,11 +385,14 @@ def forward_request_headers(
     protos: list[str] = []
     hosts: list[str] = []
     hops = rules.trusted_hops
+    marked_cookies = False  # a Cookie field holds a cookie kept to a team
     for name, value in incoming:
         # Comparing lengths first spares lower-casing most names on this hot path.
         size = len(name)
         if size == 3 and name.lower() == "via":
             vias.append(value.strip())
+        elif size == 6 and name.lower() == "cookie" and TEAM_MARKER in value:
+            marked_cookies = True
         elif hops and 15 <= size <= 17:
             lowered = name.lower()
             if lowered == "x-forwarded-for":
@@ -394,6 +402,8 @@ def forward_request_headers(
             elif lowered == "x-forwarded-host":
                 hosts.extend(_split_list(value))
 
+    if marked_cookies and cookie_team is not None:
+        end_to_end = _teams_cookies(end_to_end, cookie_team)
     vias.append(f"1.1 {rules.pseudonym}")
     chain = [*xff[-hops:], remote_addr] if hops and len(xff) >= hops else [remote_addr]
     proto = protos[-hops].lower() if hops and len(protos) >= hops else ""
@@ -415,6 +425,20 @@ def forward_request_headers(
     if authorization is not None:
         end_to_end.append(("Authorization", authorization))
     return tuple(end_to_end)
+
+
+def _teams_cookies(fields: list[tuple[str, str]], team: uuid.UUID) -> list[tuple[str, str]]:
+    """``fields`` with each ``Cookie`` field as ``team``'s service may have it (none left:
+    the field goes)."""
+    kept: list[tuple[str, str]] = []
+    for name, value in fields:
+        if len(name) == 6 and name.lower() == "cookie":
+            own = team_cookies(value, team)
+            if own is not None:
+                kept.append((name, own))
+        else:
+            kept.append((name, value))
+    return kept
 
 
 def _is_host(value: str) -> bool:

@@ -118,7 +118,8 @@ class PipelineSettings:
     gateway may set ``X-Forwarded-*``. ``pseudonym`` names the gateway in ``Via``.
     ``problem_json`` renders errors as RFC 9457 ``application/problem+json``.
     ``scope_cookies`` keeps each ``Set-Cookie`` a container sends through the catch-all to its
-    own service's path (:mod:`invoke_middleware.cookies`); off, they are relayed as written.
+    own service's path, and an ``HttpOnly`` one to its team, and passes a service no cookie
+    kept to another team (:mod:`invoke_middleware.cookies`); off, they are relayed as written.
     ``mcp_allowed_origins`` lists the origins (``https://app.example``) whose pages may call the
     MCP endpoint (any other ``Origin`` gets 403); ``mcp_credential_kinds`` the credential kinds
     it admits (integration keys only, by default).
@@ -426,6 +427,7 @@ class Pipeline:
         service: Service,
         request_id: str,
         envelope: tuple[tuple[str, str], ...] | None,
+        cookie_team: uuid.UUID | None = None,
     ) -> tuple[tuple[str, str], ...]:
         authorization = None
         if service.service_type is ServiceType.EXTERNAL and service.external_auth_credential_id:
@@ -461,6 +463,7 @@ class Pipeline:
             request_id=request_id,
             envelope=envelope,
             authorization=authorization,
+            cookie_team=cookie_team,
             rules=self._forwarding,
         )
 
@@ -541,7 +544,13 @@ class Pipeline:
         upstream = UpstreamRequest(
             method=request.method,
             url=url,
-            headers=self._upstream_headers(request, service, request_id, None),
+            headers=self._upstream_headers(
+                request,
+                service,
+                request_id,
+                None,
+                cookie_team=principal.team_id if settings.scope_cookies else None,
+            ),
             body=body,
             content_length=length,
             timeouts=service.timeouts.merged_over(settings.timeouts),
@@ -572,7 +581,7 @@ class Pipeline:
             raise
         headers = hdr.filter_response_headers(response.headers, also_drop=replaced)
         if settings.scope_cookies:
-            headers = scope_cookies(headers, route.mount, tail)
+            headers = scope_cookies(headers, route.mount, tail, principal.team_id)
         response_length = relay_content_length(request.method, response)
         if response_length is not None:
             headers.append(("Content-Length", response_length))

@@ -4,6 +4,8 @@ other host, or the field is dropped."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,11 +13,18 @@ from hypothesis import strategies as st
 from invoke_middleware.cookies import (
     MAX_ATTRIBUTES,
     MAX_PATH_LENGTH,
+    TEAM_MARKER,
     scope_cookies,
     scope_set_cookie,
+    team_cookies,
+    team_tag,
 )
 
 ROOT = "/r/containers/echo"
+TEAM = uuid.UUID("019abc12-4567-7890-abcd-ef1234567891")
+OTHER = uuid.UUID("019abc12-4567-7890-abcd-000000000002")
+OURS = f"{TEAM_MARKER}{team_tag(TEAM)}-"
+THEIRS = f"{TEAM_MARKER}{team_tag(OTHER)}-"
 
 
 @pytest.mark.parametrize(
@@ -127,3 +136,119 @@ def test_no_cookie_escapes_its_service(value: str, request_path: str) -> None:
     paths = [text for name, text in read if name == "path"]
     assert paths, scoped
     assert paths[-1] == ROOT or paths[-1].startswith(ROOT + "/")
+
+
+def for_team(*values: str) -> list[str]:
+    """The ``Set-Cookie`` values a browser gets for ``values`` from a service of TEAM."""
+    fields = [("Set-Cookie", value) for value in values]
+    return [value for _, value in scope_cookies(fields, ROOT, "/", TEAM)]
+
+
+def test_team_tags_differ_and_are_cookie_name_characters() -> None:
+    assert team_tag(TEAM) != team_tag(OTHER)
+    assert len(team_tag(TEAM)) == 16
+    assert int(team_tag(TEAM), 16) >= 0
+    assert team_tag(TEAM) == team_tag(uuid.UUID(str(TEAM)))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # A cookie no script reads carries its team in its name; others keep theirs.
+        ("sid=1; HttpOnly", [f"{OURS}sid=1; Path={ROOT}/; HttpOnly"]),
+        ("sid=1; httponly ; Secure", [f"{OURS}sid=1; Path={ROOT}/; httponly ; Secure"]),
+        ("XSRF-TOKEN=abc", [f"XSRF-TOKEN=abc; Path={ROOT}/"]),
+        # The mark goes after a prefix a browser reads only at the start of the name.
+        (
+            "__Secure-sid=1; Secure; HttpOnly",
+            [f"__Secure-{OURS}sid=1; Path={ROOT}/; Secure; HttpOnly"],
+        ),
+        ("__http-sid=1; HttpOnly", [f"__http-{OURS}sid=1; Path={ROOT}/; HttpOnly"]),
+        # A nameless cookie gets an empty name after the mark.
+        ("token; HttpOnly", [f"{OURS}=token; Path={ROOT}/; HttpOnly"]),
+        # No container writes a marked name: another team's, its own, or a look-alike.
+        (f"{THEIRS}sid=evil", []),
+        (f"{OURS}sid=evil; HttpOnly", []),
+        (f"__Secure-{THEIRS.upper()}sid=evil; Secure", []),
+    ],
+)
+def test_cookies_no_script_reads_are_kept_to_the_team(value: str, expected: list[str]) -> None:
+    assert for_team(value) == expected
+
+
+@pytest.mark.parametrize(
+    "removal",
+    [
+        "sid=; Max-Age=0",
+        "sid=; Max-Age=-1; HttpOnly",
+        "sid=; max-age=000",
+        "sid=; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+        "sid=; Expires=Thu, 01-Jan-1970 00:00:01 GMT; HttpOnly",
+        # A Max-Age that is not a number is ignored: the Expires decides.
+        "sid=; Max-Age=soon; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+    ],
+)
+def test_a_removal_removes_both_names(removal: str) -> None:
+    # A logout written without HttpOnly still ends a session cookie set with it.
+    plain, marked = for_team(removal)
+    assert plain.startswith("sid=;")
+    assert marked.startswith(f"{OURS}sid=;")
+    assert plain.partition(";")[2] == marked.partition(";")[2]
+
+
+@pytest.mark.parametrize(
+    "kept",
+    [
+        "sid=1; Max-Age=60; HttpOnly",
+        "sid=1; Max-Age=0x0; HttpOnly",  # not a number: ignored, the cookie lasts
+        "sid=1; Expires=Wed, 09 Jun 2099 10:18:14 GMT; HttpOnly",
+        "sid=1; Max-Age=60; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly",  # Max-Age wins
+        "sid=1; Expires=never; HttpOnly",
+    ],
+)
+def test_a_cookie_that_lasts_goes_out_once(kept: str) -> None:
+    assert for_team(kept) == [f"{OURS}{scope_set_cookie(kept, ROOT, '/')}"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        # No marked cookie: the field as it is (the same object).
+        ("a=1; b=2", "a=1; b=2"),
+        (f"{OURS}sid=1; theme=dark", "sid=1; theme=dark"),
+        (f"{THEIRS}sid=2; theme=dark", "theme=dark"),
+        (f"{THEIRS}sid=2; {OURS}sid=1", "sid=1"),
+        (f"{THEIRS}sid=2", None),
+        # An unmarked cookie of the name of one of the team's own gives way to it.
+        (f"sid=script; {OURS}sid=1; other=1", "sid=1; other=1"),
+        (f"__Secure-{OURS}sid=1;__Secure-{THEIRS}sid=2", "__Secure-sid=1"),
+        (f"{OURS}=token; x", "token; x"),
+        (f"{OURS}sid=a=b;;  ; {THEIRS}", "sid=a=b"),
+    ],
+)
+def test_a_service_gets_its_own_teams_cookies_only(sent: str, expected: str | None) -> None:
+    assert team_cookies(sent, TEAM) == expected
+
+
+def test_a_field_without_a_marked_cookie_is_not_rebuilt() -> None:
+    sent = "a=1;b=2 ;  c"
+    assert team_cookies(sent, TEAM) is sent
+
+
+NAMES = st.text(alphabet=st.sampled_from("ab_-"), min_size=1, max_size=6)
+
+
+@given(
+    cookies=st.lists(
+        st.tuples(st.sampled_from(["", OURS, THEIRS, "__Secure-" + THEIRS]), NAMES), max_size=8
+    )
+)
+def test_no_cookie_of_another_team_reaches_a_service(cookies: list[tuple[str, str]]) -> None:
+    sent = "; ".join(f"{mark}{name}=v" for mark, name in cookies)
+    passed = team_cookies(sent, TEAM) or ""
+    assert TEAM_MARKER not in passed
+    ours = {name for mark, name in cookies if mark == OURS}
+    got = [pair.partition("=")[0] for pair in passed.split("; ") if pair]
+    assert sorted(got) == sorted(
+        name for mark, name in cookies if mark == OURS or (mark == "" and name not in ours)
+    )

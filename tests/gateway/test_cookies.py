@@ -13,7 +13,9 @@ import webtest
 from werkzeug.test import Client
 
 from invoke_middleware import PipelineSettings
-from tests.toolkit.world import World
+from invoke_middleware.cookies import TEAM_MARKER, team_tag
+from tests.toolkit.upstream import RecordingUpstream
+from tests.toolkit.world import OTHER_TEAM, TEAM, World, default_services, make_service
 
 
 def set_cookies(world: World, slug: str, *values: str, key: str = "sk", **kw: object) -> list[str]:
@@ -38,7 +40,10 @@ def test_set_cookie_is_kept_to_the_service_path(world: World) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("s=1; Path=/api; Secure; HttpOnly", "s=1; Path=/r/containers/echo/api; Secure; HttpOnly"),
+        (
+            "s=1; Path=/api; Secure; SameSite=Strict",
+            "s=1; Path=/r/containers/echo/api; Secure; SameSite=Strict",
+        ),
         ("s=1; Domain=example.com; Max-Age=60", "s=1; Path=/r/containers/echo/; Max-Age=60"),
         (
             "s=1; SameSite=Lax; path=/r/containers/echo/ui",
@@ -152,3 +157,66 @@ def test_invoke_hands_the_fields_over_as_written(world: World) -> None:
     # The envelope is data for the caller, not a response a browser applies.
     res = world.invoke("echo", {"method": "GET", "path": "/cookies"})
     assert res.json["headers"]["set-cookie"] == ["a=1; Path=/", "b=2"]
+
+
+@pytest.fixture
+def same_slug(make_world: Callable[..., World], upstream: RecordingUpstream) -> World:
+    """A world where the other team has an ``echo`` too: one path, two teams' services."""
+    services = [
+        *default_services(upstream.url),
+        make_service("echo", upstream.url, team=OTHER_TEAM),
+    ]
+    return make_world(services=services)
+
+
+def sent_by_the_browser(world: World, key: str) -> list[str]:
+    """The cookies the browser's request to ``echo`` brought its container, as ``key``."""
+    world.relay("echo/x", key=key)
+    sent = cookie_sent(world)
+    return sorted(sent.split("; ")) if sent else []
+
+
+def test_a_session_cookie_never_reaches_the_other_teams_service_of_the_slug(
+    same_slug: World,
+) -> None:
+    world = same_slug
+    ours = set_cookies(world, "echo", "sid=ours; HttpOnly", "theme=dark")
+    assert ours == [
+        f"{TEAM_MARKER}{team_tag(TEAM)}-sid=ours; Path=/r/containers/echo/; HttpOnly",
+        "theme=dark; Path=/r/containers/echo/",
+    ]
+    set_cookies(world, "echo", "sid=theirs; HttpOnly", key="sk-other")
+    # Each team's container gets its own session, under the name it gave it; the cookie a
+    # script reads is the shared origin's, and both get it.
+    assert sent_by_the_browser(world, "sk") == ["sid=ours", "theme=dark"]
+    assert sent_by_the_browser(world, "sk-other") == ["sid=theirs", "theme=dark"]
+
+
+def test_a_logout_without_httponly_ends_the_session(same_slug: World) -> None:
+    world = same_slug
+    set_cookies(world, "echo", "sid=ours; HttpOnly")
+    fields = set_cookies(world, "echo", "sid=; Max-Age=0")
+    assert len(fields) == 2
+    assert sent_by_the_browser(world, "sk") == []
+
+
+def test_a_container_cannot_plant_a_cookie_for_the_other_team(same_slug: World) -> None:
+    world = same_slug
+    planted = f"{TEAM_MARKER}{team_tag(TEAM)}-sid=planted"
+    assert set_cookies(world, "echo", planted, key="sk-other") == []
+    assert sent_by_the_browser(world, "sk") == []
+
+
+def test_a_cookie_a_script_wrote_gives_way_to_the_teams_own(same_slug: World) -> None:
+    world = same_slug
+    set_cookies(world, "echo", "sid=ours; HttpOnly")
+    world.app.set_cookie("sid", "script")  # as a page's script on the origin would
+    assert sent_by_the_browser(world, "sk") == ["sid=ours"]
+    assert sent_by_the_browser(world, "sk-other") == ['sid="script"']  # WebTest quotes the value
+
+
+def test_scope_cookies_off_forwards_every_cookie(make_world: Callable[..., World]) -> None:
+    world = make_world(settings=PipelineSettings(scope_cookies=False))
+    marked = f"{TEAM_MARKER}{team_tag(OTHER_TEAM)}-sid"
+    world.app.set_cookie(marked, "1")
+    assert sent_by_the_browser(world, "sk") == [f'{marked}="1"']  # WebTest quotes the value
