@@ -44,10 +44,7 @@ import functools
 import hashlib
 import time
 import uuid
-
-# The standard library's reader of the date formats browsers take in Expires (RFC 1123 and
-# the Netscape "01-Jan-1970" form among them); typeshed leaves it out of its stubs.
-from http.cookiejar import http2time  # type: ignore[attr-defined]
+from email.utils import mktime_tz, parsedate_tz
 
 __all__ = [
     "MAX_ATTRIBUTES",
@@ -195,8 +192,7 @@ def _for_team(field: str, tag: str) -> list[str]:
         elif key == "expires":
             expires = given.strip(" \t")
     if ended is None and expires:
-        when = http2time(expires[:64])  # a date is short: a long value costs no more
-        ended = when is not None and when <= time.time()
+        ended = _passed(expires)
     marked = f"{bare[:start]}{TEAM_MARKER}{tag}-{bare[start:]}={value}{field[len(pair) :]}"
     if ended:
         return [field, marked]
@@ -220,6 +216,17 @@ def _ended_by_max_age(given: str, before: bool | None) -> bool | None:
     if not (digits.isascii() and digits.isdigit()):
         return before
     return given[0] == "-" or not digits.strip("0")
+
+
+def _passed(expires: str) -> bool:
+    """Whether the date of an ``Expires`` attribute has passed (``False`` when it is not a
+    date, which a browser ignores). The standard library's date reader takes the forms
+    browsers do (RFC 1123, and the Netscape ``01-Jan-1970`` one)."""
+    try:
+        parsed = parsedate_tz(expires[:64])  # a date is short: a long value costs no more
+        return parsed is not None and mktime_tz(parsed) <= time.time()
+    except (ValueError, OverflowError, IndexError):
+        return False
 
 
 def team_cookies(value: str, team: uuid.UUID) -> str | None:

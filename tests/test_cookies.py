@@ -252,3 +252,9 @@ def test_no_cookie_of_another_team_reaches_a_service(cookies: list[tuple[str, st
     assert sorted(got) == sorted(
         name for mark, name in cookies if mark == OURS or (mark == "" and name not in ours)
     )
+
+
+@given(expires=st.text(max_size=80), max_age=st.text(max_size=8))
+def test_any_expiry_text_is_read_without_failing(expires: str, max_age: str) -> None:
+    value = f"sid=1; HttpOnly; Max-Age={max_age}; Expires={expires}".replace("\r", "")
+    assert 1 <= len(for_team(value)) <= 2
