@@ -426,6 +426,9 @@ SETTINGS: dict[str, Setting] = {
             type="bool", default="true", meaning="cookies kept to the service's path and team"
         )
     ),
+    "sandbox_pages": _flag(
+        SettingDoc(type="bool", default="false", meaning="container pages run in their own origin")
+    ),
     "mcp_allowed_origins": Setting(
         doc=SettingDoc(
             type="list of origins",

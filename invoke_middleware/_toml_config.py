@@ -304,6 +304,7 @@ prefix = ""
 # pseudonym = "invoke-middleware"      # the gateway's name in the Via header
 # problem_json = false                 # errors as RFC 9457 application/problem+json
 # scope_cookies = true                 # a container's cookies kept to its service's path and team
+# sandbox_pages = false                # container pages run in an origin of their own (CSP sandbox)
 # mcp_allowed_origins = ["https://app.example"]  # pages that may call /r/mcp (default: none)
 # mcp_credential_kinds = ["sk"]        # credentials /r/mcp admits, among "sk", "dk", "jwt"
 # ca_bundle = "ca.pem"                 # PEM CA bundle for external services (default: system)

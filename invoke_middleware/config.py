@@ -32,6 +32,7 @@ trusted_proxy_hops            int ≥ 0               0                  proxies
 pseudonym                     RFC 9110 token        invoke-middleware  the gateway's name in Via
 problem_json                  bool                  false              errors as RFC 9457 problem+json
 scope_cookies                 bool                  true               cookies kept to the service's path and team
+sandbox_pages                 bool                  false              container pages run in their own origin
 mcp_allowed_origins           list of origins       none               pages that may call /r/mcp
 mcp_credential_kinds          list of sk, dk, jwt   sk                 credentials /r/mcp admits
 ca_bundle                     PEM file              system store       CA bundle for external services
@@ -435,6 +436,7 @@ def _assemble(
             "pseudonym",
             "problem_json",
             "scope_cookies",
+            "sandbox_pages",
         )
         if name in values
     }

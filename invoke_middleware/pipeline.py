@@ -55,6 +55,7 @@ from invoke_middleware.hooks import (
     call_hooks,
 )
 from invoke_middleware.limits import UNLIMITED, Limiter
+from invoke_middleware.pages import PAGE_SANDBOX, renders_as_page
 from invoke_middleware.registry import Service, ServiceRegistry, ServiceType, is_valid_slug
 from invoke_middleware.request import PipelineRequest
 from invoke_middleware.routing import RouteKind, RouteMatch
@@ -120,6 +121,9 @@ class PipelineSettings:
     ``scope_cookies`` keeps each ``Set-Cookie`` a container sends through the catch-all to its
     own service's path, and an ``HttpOnly`` one to its team, and passes a service no cookie
     kept to another team (:mod:`invoke_middleware.cookies`); off, they are relayed as written.
+    ``sandbox_pages`` sends every catch-all answer a browser may render as a page with
+    ``Content-Security-Policy: sandbox``, so that its scripts run in an origin of their own,
+    not the one every team's services share (:mod:`invoke_middleware.pages`).
     ``mcp_allowed_origins`` lists the origins (``https://app.example``) whose pages may call the
     MCP endpoint (any other ``Origin`` gets 403); ``mcp_credential_kinds`` the credential kinds
     it admits (integration keys only, by default).
@@ -135,6 +139,7 @@ class PipelineSettings:
     pseudonym: str = "invoke-middleware"
     problem_json: bool = False
     scope_cookies: bool = True
+    sandbox_pages: bool = False
     mcp_allowed_origins: tuple[str, ...] = ()
     mcp_credential_kinds: frozenset[CredentialKind] = frozenset({CredentialKind.INTEGRATION})
 
@@ -582,6 +587,8 @@ class Pipeline:
         headers = hdr.filter_response_headers(response.headers, also_drop=replaced)
         if settings.scope_cookies:
             headers = scope_cookies(headers, route.mount, tail, principal.team_id)
+        if settings.sandbox_pages and renders_as_page(headers):
+            headers.append(PAGE_SANDBOX)
         response_length = relay_content_length(request.method, response)
         if response_length is not None:
             headers.append(("Content-Length", response_length))

@@ -390,7 +390,8 @@ def test_the_gateway_table_takes_the_settings_of_the_integrations(tmp_path: Path
             'prefix = ""\n',
             'prefix = "/api"\nmax_header_count = 7\nmax_header_bytes = 4096\n'
             'pseudonym = "edge-1"\ntotal_timeout = "none"\nread_timeout = 2.5\n'
-            "trusted_proxy_hops = 1\nproblem_json = true\nscope_cookies = false\n",
+            "trusted_proxy_hops = 1\nproblem_json = true\nscope_cookies = false\n"
+            "sandbox_pages = true\n",
         )
     )
 
@@ -405,6 +406,7 @@ def test_the_gateway_table_takes_the_settings_of_the_integrations(tmp_path: Path
         trusted_proxy_hops=1,
         problem_json=True,
         scope_cookies=False,
+        sandbox_pages=True,
     )
 
 

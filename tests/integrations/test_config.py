@@ -79,6 +79,7 @@ def test_ini_strings_are_converted_to_typed_settings() -> None:
             "invoke.pseudonym": "edge-1",
             "invoke.problem_json": "On",
             "invoke.scope_cookies": "off",
+            "invoke.sandbox_pages": "yes",
             "invoke.ca_bundle": certifi.where(),
         }
     )
@@ -98,6 +99,7 @@ def test_ini_strings_are_converted_to_typed_settings() -> None:
         pseudonym="edge-1",
         problem_json=True,
         scope_cookies=False,
+        sandbox_pages=True,
     )
 
 

@@ -7,7 +7,8 @@ forwarded, and that a refused request forwarded nothing. Paths choose the answer
 - ``/status/<code>``: that status with a small JSON body;
 - ``/cookies`` (and any path ending so): two ``Set-Cookie`` fields, ``a=1; Path=/`` and
   ``b=2``; with ``?set=`` values in the query (percent-encoded), one field of each instead;
-- ``/fields?Name=value&...``: ``200`` carrying those response fields (percent-encoded);
+- ``/fields?Name=value&...``: ``200`` carrying those response fields (percent-encoded), and
+  ``Content-Type: text/plain`` unless they name one or hold ``X-Untyped=`` (then none);
 - ``/gzip``: a gzip body with ``Content-Encoding: gzip``;
 - ``/redirect``: ``302`` to the relative ``/elsewhere``;
 - ``/bytes/<n>``: :func:`repeating_bytes` ``(n)``;
@@ -134,8 +135,11 @@ class _Handler(BaseHTTPRequestHandler):
                 b"",
             )
         elif path == "/fields":
-            chosen = parse_qsl(self.path.partition("?")[2])
-            self._send(200, [("Content-Type", "text/plain"), *chosen], b"")
+            chosen = parse_qsl(self.path.partition("?")[2], keep_blank_values=True)
+            typed = any(name.lower() == "content-type" for name, _ in chosen)
+            untyped = ("X-Untyped", "") in chosen  # ask for an answer without Content-Type
+            default = [] if typed or untyped else [("Content-Type", "text/plain")]
+            self._send(200, [*default, *chosen], b"")
         elif path == "/gzip":
             self._send(
                 200,
