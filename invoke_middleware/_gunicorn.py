@@ -34,6 +34,8 @@ from invoke_middleware.log_format import JSONFormatter
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from invoke_middleware._server import Builder
+
 
 class EscapingLogger(Logger):  # type: ignore[misc]
     """gunicorn's logger, writing the gateway's line format with control characters escaped."""
@@ -301,15 +303,17 @@ class GatewayApplication(BaseApplication):  # type: ignore[misc]
     def __init__(
         self,
         plan: ServerPlan,
-        build: Callable[[], tuple[WSGIApplication, Callable[[], None]]],
+        build: Builder,
         *,
         options: dict[str, Any],
         on_ready: Callable[[], None],
         process_safe_metrics: bool,
+        reread: Callable[[], Builder | None] | None = None,
     ) -> None:
         #: What the workers serve; they read the head cap from it.
         self.plan = plan
         self._build = build
+        self._reread = reread
         self._options = options
         self._on_ready = on_ready
         self._process_safe_metrics = process_safe_metrics
@@ -328,12 +332,11 @@ class GatewayApplication(BaseApplication):  # type: ignore[misc]
             self.cfg.set(name, value)
 
     def reload(self) -> None:
-        # gunicorn's SIGHUP: new workers, each building the gateway again, but from the
-        # configuration read when serve started (build holds it), not the file as it is now.
-        logging.getLogger("invoke_middleware.cli").warning(
-            "SIGHUP: the workers restart with the configuration read at start; restart serve "
-            "to apply changes to its file"
-        )
+        # gunicorn's SIGHUP, in the arbiter: the workers it starts next (each forked from
+        # here) build the gateway with what reread made of the file as it is now; when that
+        # fails (logged), with what they had.
+        if self._reread is not None:
+            self._build = self._reread() or self._build
         super().reload()
 
     def load(self) -> WSGIApplication:

@@ -62,8 +62,13 @@ from invoke_middleware.logging_hook import escape_control
 from invoke_middleware.pipeline import PipelineSettings
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from _typeshed.wsgi import WSGIApplication
     from waitress.parser import HTTPRequestParser
+
+    #: What makes a process's application and its ``close``.
+    Builder: TypeAlias = Callable[[], tuple[WSGIApplication, Callable[[], None]]]
 
 __all__ = [
     "GUNICORN",
@@ -236,10 +241,11 @@ def _gateway_caps(config: StandaloneConfig) -> PipelineSettings:
 
 def run_server(
     plan: ServerPlan,
-    build: Callable[[], tuple[WSGIApplication, Callable[[], None]]],
+    build: Builder,
     *,
     on_ready: Callable[[list[tuple[str, int]]], None],
     requires: Mapping[str, str] | None = None,
+    reread: Callable[[], Builder | None] | None = None,
 ) -> None:
     """Listen as ``plan`` says and serve until SIGINT or SIGTERM.
 
@@ -255,12 +261,15 @@ def run_server(
     :class:`SystemExit` with its status from this call, in its own process: the caller must
     let it through unchanged (the arbiter reads that status: 3 means the worker could not
     boot, and stops the server), and skip what only the starting process should do.
+
+    ``reread`` (gunicorn only) is called on ``SIGHUP``, before the workers restart: the
+    ``build`` they restart with, or ``None`` to keep the one they had.
     """
     if plan.engine == WAITRESS:
         _import_required(requires or {})
         _run_waitress(plan, build, on_ready)
     else:
-        _run_gunicorn(plan, build, on_ready, requires or {})
+        _run_gunicorn(plan, build, on_ready, requires or {}, reread)
 
 
 def _import_required(requires: Mapping[str, str]) -> None:
@@ -275,7 +284,7 @@ def _import_required(requires: Mapping[str, str]) -> None:
 
 def _run_waitress(
     plan: ServerPlan,
-    build: Callable[[], tuple[WSGIApplication, Callable[[], None]]],
+    build: Builder,
     on_ready: Callable[[list[tuple[str, int]]], None],
 ) -> None:
     app, close = build()
@@ -495,9 +504,10 @@ def _reserve(host: str, port: int) -> socket.socket:
 
 def _run_gunicorn(
     plan: ServerPlan,
-    build: Callable[[], tuple[WSGIApplication, Callable[[], None]]],
+    build: Builder,
     on_ready: Callable[[list[tuple[str, int]]], None],
     requires: Mapping[str, str],
+    reread: Callable[[], Builder | None] | None,
 ) -> None:
     # gunicorn is optional (the serve extra): imported only when it runs.
     from invoke_middleware._gunicorn import GatewayApplication  # noqa: PLC0415
@@ -537,6 +547,7 @@ def _run_gunicorn(
             build,
             options=options,
             on_ready=lambda: on_ready(bound),
+            reread=reread,
             process_safe_metrics=metrics_dir is not None or MULTIPROC_ENV in os.environ,
         ).run()
     finally:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import os
 import stat
@@ -68,6 +69,8 @@ from invoke_middleware.store.sql import DuplicateServiceError, SQLStore
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
+
+    from invoke_middleware._server import Builder, ServerPlan
 
 CONFIG_ENV = "INVOKE_MIDDLEWARE_CONFIG"
 PROG = "invoke-middleware"
@@ -551,6 +554,63 @@ def _serve(args: argparse.Namespace, context: _Context) -> None:
     )
 
 
+def _check_gateway(config: StandaloneConfig, plan: ServerPlan) -> None:
+    """Build the gateway of ``config`` once and close it, saying at once what it would fail
+    or warn about in each process (raises :class:`ConfigError` or :class:`ImportError`).
+    Without metrics: prometheus_client must not be imported before the server chooses its
+    multi-process mode."""
+    without_metrics = dataclasses.replace(
+        config, server=dataclasses.replace(config.server, metrics=False)
+    )
+    checked = build_standalone_app(without_metrics, threads=plan.threads)
+    try:
+        warn_rates_per_process(checked, plan.workers)
+        warn_open_metrics(config, checked)
+    finally:
+        checked.close()
+
+
+def _builder(config: StandaloneConfig, plan: ServerPlan) -> Builder:
+    """What makes a process's gateway of ``config`` (and its ``close``)."""
+
+    def build() -> tuple[WSGIApplication, Callable[[], None]]:
+        # Each process serves with plan.threads threads: the fair-share default divides those.
+        gateway = build_standalone_app(config, threads=plan.threads)
+        return gateway.wsgi, gateway.close
+
+    return build
+
+
+def _reread(config: StandaloneConfig, plan: ServerPlan) -> Builder | None:
+    """gunicorn's ``SIGHUP``, in the arbiter: the builder of the gateway of ``config``'s file
+    as it is now, checked as at start, for the workers it starts next; ``None`` (logged) when
+    the file fails. The ``[server]`` table (the port, the processes) stays as it was: it is
+    the running server's own."""
+    # A reload never stops a server that serves: whatever fails is said, and that is all.
+    failure: object = None
+    try:
+        loaded = load_config(config.path)  # its errors name the file already
+        fresh = dataclasses.replace(loaded, server=config.server)
+    except Exception as exc:
+        failure = exc
+    else:
+        try:
+            _check_gateway(fresh, plan)
+        except ConfigError as exc:
+            failure = exc.located(str(config.path))
+        except ImportError as exc:
+            failure = f"{config.path}: [store] database: {_missing_driver(exc)}"
+        except Exception as exc:
+            failure = f"{config.path}: {exc}"
+    if failure is not None:
+        logger.error("SIGHUP: %s; the workers restart with the configuration they had", failure)
+        return None
+    if loaded.server != config.server:
+        logger.warning("SIGHUP: a changed [server] table applies when serve starts again")
+    logger.info("SIGHUP: read %s again; the workers restart with it", config.path)
+    return _builder(fresh, plan)
+
+
 def _demo(args: argparse.Namespace, context: _Context) -> None:
     with example_service() as upstream, demo_setup(upstream) as demo:
 
@@ -590,18 +650,9 @@ def _run_gateway(
         )
     try:
         plan = plan_server(config, host=host, port=port, threads=threads, workers=workers)
-        # Built once here so that a bad JWT key is one line before listening; each process
-        # then builds its own. Without metrics: prometheus_client must not be imported
-        # before the server chooses its multi-process mode.
-        without_metrics = dataclasses.replace(
-            config, server=dataclasses.replace(config.server, metrics=False)
-        )
-        checked = build_standalone_app(without_metrics, threads=plan.threads)
-        try:
-            warn_rates_per_process(checked, plan.workers)
-            warn_open_metrics(config, checked)
-        finally:
-            checked.close()
+        # Checked once here so that a bad JWT key is one line before listening; each process
+        # then builds its own.
+        _check_gateway(config, plan)
         if config.server.metrics:
             metrics_token(config, os.environ)
     except ConfigError as exc:
@@ -610,11 +661,6 @@ def _run_gateway(
         raise CommandError(
             f"{config.path}: [store] database: {_missing_driver(exc)}", EXIT_USAGE
         ) from None
-
-    def build() -> tuple[WSGIApplication, Callable[[], None]]:
-        # Each process serves with plan.threads threads: the fair-share default divides those.
-        gateway = build_standalone_app(config, threads=plan.threads)
-        return gateway.wsgi, gateway.close
 
     def ready(bound: list[tuple[str, int]]) -> None:
         urls = [f"http://{_authority(address)}{config.prefix}" for address in bound]
@@ -631,8 +677,9 @@ def _run_gateway(
     try:
         run_server(
             plan,
-            build,
+            _builder(config, plan),
             on_ready=ready,
+            reread=functools.partial(_reread, config, plan),
             requires={"prometheus_client": "[server] metrics"} if config.server.metrics else {},
         )
     except ConfigError as exc:

@@ -281,17 +281,6 @@ def test_serve_in_one_process_stops_on_its_signals_and_cleans_up(
     assert result.stdout.split() == ["closed", "stopped"] * times, result.stderr
 
 
-def test_sighup_under_gunicorn_says_the_file_is_not_read_again(workspace: Workspace) -> None:
-    set_server(workspace, engine="gunicorn", workers=1)
-    with running_gateway(workspace) as gateway:
-        gateway.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 20
-        while "configuration read at start" not in gateway.log.read_text():
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        assert requests.get(f"{gateway.root}/healthz", timeout=10).status_code == 200
-
-
 def test_readyz_checks_the_store_and_says_which_probe_failed(workspace: Workspace) -> None:
     with running_gateway(workspace) as gateway:
         ready = requests.get(f"{gateway.root}/readyz", timeout=10)
