@@ -239,12 +239,19 @@ def _keep_to_wsgi_fields(scope: Scope) -> None:
     - A field name holding ``_`` is dropped, as gunicorn and waitress drop it: a2wsgi would
       join ``X_Forwarded_For`` into ``X-Forwarded-For`` (both are ``HTTP_X_FORWARDED_FOR``),
       letting a caller write into a field a trusted proxy in front set.
+    - ``Cookie`` fields are joined into one with ``"; "``, not a2wsgi's ``","``.
     - A query's bytes outside ASCII (HTTP/2 servers pass them) are percent-encoded, as a
       browser sends them: a2wsgi decodes the query as ASCII and would fail with a 500.
     """
     headers = scope.get("headers")
     if headers and any(b"_" in name for name, _ in headers):
-        scope["headers"] = [(name, value) for name, value in headers if b"_" not in name]
+        scope["headers"] = headers = [(name, value) for name, value in headers if b"_" not in name]
+    if headers and sum(name == b"cookie" for name, _ in headers) > 1:
+        # HTTP/2 and HTTP/3 send cookies in fields of their own, which a2wsgi would join
+        # with ",": one field, joined with "; " as RFC 9113 §8.2.3 says.
+        cookies = b"; ".join(value for name, value in headers if name == b"cookie")
+        scope["headers"] = [(name, value) for name, value in headers if name != b"cookie"]
+        scope["headers"].append((b"cookie", cookies))
     query: bytes = scope.get("query_string", b"")
     if not query.isascii():
         scope["query_string"] = quote_from_bytes(query, safe=_QUERY_SAFE).encode("ascii")

@@ -31,11 +31,19 @@ page cannot read (``HttpOnly``), a session's, is kept to its team by name: the g
 to the browser as ``__team-<tag>-<name>`` (the tag 16 hex digits of a hash of the team's id;
 after a ``__Secure-`` or ``__Http-`` prefix, which a browser only honours at the start) and,
 on the way up, passes such a cookie to a service of that team only, under its own name again;
-an unmarked cookie of the same name (one a script wrote) gives way to it. A cookie a script
-can read keeps its name, as scripts rely on it: it is the shared origin's anyway (any page's
-script reads it). A ``Set-Cookie`` that removes a cookie removes it under both names, so that
-a logout written without ``HttpOnly`` still ends the session; one whose name starts like a
-marked one is dropped, so that no container writes another team's.
+an unmarked cookie of the same name (one a script wrote) gives way to it, and so does any
+cookie that holds a mark elsewhere than at the start of its name. A cookie a script can read
+keeps its name, as scripts rely on it (it is the shared origin's anyway: any page's script
+reads it), unless pages run sandboxed (``sandbox_pages``), whose scripts read no cookie: then
+every cookie is marked.
+
+A cookie has one name for the container and two spellings in the browser: each
+``Set-Cookie`` that sets one spelling also removes the other, and one that removes a cookie
+removes both (without its value), so that a logout or a new value written without
+``HttpOnly`` still ends the session the container set with it. A nameless cookie (the browser
+sends back its value alone, ``=sid=x`` as ``sid=x``) can be neither marked nor removed and is
+dropped, and so is one whose name starts like a marked one: no container writes another
+team's.
 """
 
 from __future__ import annotations
@@ -124,13 +132,16 @@ def scope_cookies(
     root: str,
     request_path: str,
     team: uuid.UUID | None = None,
+    *,
+    mark_every_cookie: bool = False,
 ) -> list[tuple[str, str]]:
     """``headers`` with every ``Set-Cookie`` field passed through :func:`scope_set_cookie`,
     and no ``Clear-Site-Data`` (the same list when there is neither).
 
-    With ``team`` (the caller's), an ``HttpOnly`` cookie is kept to that team by name, a
-    removal goes out under both names, and a cookie named like a marked one is dropped (see
-    the module's docstring)."""
+    With ``team`` (the caller's), an ``HttpOnly`` cookie (with ``mark_every_cookie``, every
+    cookie: for pages whose scripts read no cookie) is kept to that team by name, each field
+    also removes the cookie's other spelling, and a nameless cookie or one named like a marked
+    one is dropped (see the module's docstring)."""
     for name, _ in headers:  # a loop, not any(): no generator on every relayed response
         if (len(name) == 10 and name.lower() == "set-cookie") or (
             len(name) == 15 and name.lower() == "clear-site-data"
@@ -148,7 +159,8 @@ def scope_cookies(
             if team is None:
                 scoped.append((name, limited))
             else:
-                scoped.extend((name, field) for field in _for_team(limited, team_tag(team)))
+                fields = _for_team(limited, team_tag(team), mark_every_cookie)
+                scoped.extend((name, field) for field in fields)
         elif lowered != "clear-site-data":
             scoped.append((name, value))
     return scoped
@@ -168,35 +180,52 @@ def _within(path: str, root: str) -> bool:
     return path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/")
 
 
-def _for_team(field: str, tag: str) -> list[str]:
+def _for_team(field: str, tag: str, every: bool) -> list[str]:
     """The ``Set-Cookie`` fields that stand for ``field`` (already scoped to its path) once
-    its cookie is kept to the team of ``tag``: none, one, or two for a removal."""
+    its cookie is kept to the team of ``tag`` (``every`` cookie, or an ``HttpOnly`` one).
+
+    A cookie has one name for the container and two spellings in the browser, the marked and
+    the plain one: each field that sets one spelling also removes the other, so the browser
+    never keeps both (an older session beside a newer value), and a removal removes both."""
     pair, _, attributes = field.partition(";")
     name, equals, value = pair.partition("=")
-    if not equals:  # a nameless cookie (RFC 6265bis §5.6): its name is empty
-        name, value = "", pair
     bare = name.strip(" \t")
+    if not equals or not bare:
+        # A nameless cookie comes back as its value alone: "=sid=x" reaches the service as a
+        # cookie named sid, "__team-…-sid" as a marked one. It can be neither marked nor
+        # removed (a nameless, empty cookie is ignored), so it is not relayed at all.
+        return []
     start = _prefix_length(bare)
     if bare[start : start + len(TEAM_MARKER)].lower() == TEAM_MARKER:
         return []  # the gateway's mark: no container writes one
     http_only = False
     ended: bool | None = None  # by Max-Age, which wins over Expires (RFC 6265 §5.3 step 3)
     expires = ""
-    for attribute in attributes.split(";", MAX_ATTRIBUTES)[:MAX_ATTRIBUTES]:
+    kept: list[str] = []  # the attributes of a removal: all but the cookie's lifetime
+    # One more than scope_set_cookie keeps: the Path it put first.
+    for attribute in attributes.split(";", MAX_ATTRIBUTES + 1)[: MAX_ATTRIBUTES + 1]:
         key, _, given = attribute.partition("=")
         key = key.strip(" \t").lower()
+        if key == "max-age":
+            ended = _ended_by_max_age(given.strip(" \t"), ended)
+            continue
+        if key == "expires":
+            expires = given.strip(" \t")
+            continue
         if key == "httponly":
             http_only = True
-        elif key == "max-age":
-            ended = _ended_by_max_age(given.strip(" \t"), ended)
-        elif key == "expires":
-            expires = given.strip(" \t")
+        kept.append(attribute)
     if ended is None and expires:
         ended = _passed(expires)
-    marked = f"{bare[:start]}{TEAM_MARKER}{tag}-{bare[start:]}={value}{field[len(pair) :]}"
+    marked = f"{bare[:start]}{TEAM_MARKER}{tag}-{bare[start:]}"
+    removal = "; Max-Age=0" + "".join(f";{attribute}" for attribute in kept)
     if ended:
-        return [field, marked]
-    return [marked] if http_only else [field]
+        # Both spellings removed, neither with a value: a browser that reads the date
+        # otherwise keeps no value either.
+        return [f"{bare}={removal}", f"{marked}={removal}"]
+    if http_only or every:
+        return [f"{marked}={value}{field[len(pair) :]}", f"{bare}={removal}"]
+    return [field, f"{marked}={removal}"]
 
 
 def _prefix_length(name: str) -> int:
@@ -246,7 +275,10 @@ def team_cookies(value: str, team: uuid.UUID) -> str | None:
         name, equals, rest = pair.partition("=")
         start = _prefix_length(name)
         if not name.startswith(TEAM_MARKER, start):
-            kept.append((name if equals else "", pair))
+            if TEAM_MARKER not in pair:
+                kept.append((name if equals else "", pair))
+            # else: a mark out of place (fields joined with "," by a server, a value that
+            # holds one): whose it is cannot be told, so it goes.
             continue
         if not name.startswith(own, start):
             continue  # another team's

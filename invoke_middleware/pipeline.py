@@ -586,7 +586,13 @@ class Pipeline:
             raise
         headers = hdr.filter_response_headers(response.headers, also_drop=replaced)
         if settings.scope_cookies:
-            headers = scope_cookies(headers, route.mount, tail, principal.team_id)
+            headers = scope_cookies(
+                headers,
+                route.mount,
+                tail,
+                principal.team_id,
+                mark_every_cookie=settings.sandbox_pages,
+            )
         if settings.sandbox_pages and renders_as_page(headers):
             headers.append(PAGE_SANDBOX)
         response_length = relay_content_length(request.method, response)

@@ -151,21 +151,48 @@ def test_team_tags_differ_and_are_cookie_name_characters() -> None:
     assert team_tag(TEAM) == team_tag(uuid.UUID(str(TEAM)))
 
 
+def removal(name: str, attributes: str = f"; Path={ROOT}/") -> str:
+    """The field with which the gateway removes ``name``: no value, and no lifetime but 0."""
+    return f"{name}=; Max-Age=0{attributes}"
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        # A cookie no script reads carries its team in its name; others keep theirs.
-        ("sid=1; HttpOnly", [f"{OURS}sid=1; Path={ROOT}/; HttpOnly"]),
-        ("sid=1; httponly ; Secure", [f"{OURS}sid=1; Path={ROOT}/; httponly ; Secure"]),
-        ("XSRF-TOKEN=abc", [f"XSRF-TOKEN=abc; Path={ROOT}/"]),
+        # A cookie no script reads carries its team in its name; the plain spelling goes.
+        (
+            "sid=1; HttpOnly",
+            [f"{OURS}sid=1; Path={ROOT}/; HttpOnly", removal("sid", f"; Path={ROOT}/; HttpOnly")],
+        ),
+        (
+            "sid=1; httponly ; Secure",
+            [
+                f"{OURS}sid=1; Path={ROOT}/; httponly ; Secure",
+                removal("sid", f"; Path={ROOT}/; httponly ; Secure"),
+            ],
+        ),
+        # One a script reads keeps its name; the marked spelling goes.
+        ("XSRF-TOKEN=abc", [f"XSRF-TOKEN=abc; Path={ROOT}/", removal(f"{OURS}XSRF-TOKEN")]),
         # The mark goes after a prefix a browser reads only at the start of the name.
         (
             "__Secure-sid=1; Secure; HttpOnly",
-            [f"__Secure-{OURS}sid=1; Path={ROOT}/; Secure; HttpOnly"],
+            [
+                f"__Secure-{OURS}sid=1; Path={ROOT}/; Secure; HttpOnly",
+                removal("__Secure-sid", f"; Path={ROOT}/; Secure; HttpOnly"),
+            ],
         ),
-        ("__http-sid=1; HttpOnly", [f"__http-{OURS}sid=1; Path={ROOT}/; HttpOnly"]),
-        # A nameless cookie gets an empty name after the mark.
-        ("token; HttpOnly", [f"{OURS}=token; Path={ROOT}/; HttpOnly"]),
+        (
+            "__http-sid=1; HttpOnly",
+            [
+                f"__http-{OURS}sid=1; Path={ROOT}/; HttpOnly",
+                removal("__http-sid", f"; Path={ROOT}/; HttpOnly"),
+            ],
+        ),
+        # A nameless cookie comes back as its value alone: "=sid=x" would reach a service
+        # as sid, "=__team-…-sid" as a marked cookie. It is never relayed.
+        ("token; HttpOnly", []),
+        (f"={OURS}sid=planted", []),
+        ("  =sid=planted; HttpOnly", []),
         # No container writes a marked name: another team's, its own, or a look-alike.
         (f"{THEIRS}sid=evil", []),
         (f"{OURS}sid=evil; HttpOnly", []),
@@ -176,10 +203,19 @@ def test_cookies_no_script_reads_are_kept_to_the_team(value: str, expected: list
     assert for_team(value) == expected
 
 
+def test_with_pages_sandboxed_every_cookie_is_kept_to_the_team() -> None:
+    fields = [("Set-Cookie", "XSRF-TOKEN=abc")]
+    scoped = scope_cookies(fields, ROOT, "/", TEAM, mark_every_cookie=True)
+    assert [value for _, value in scoped] == [
+        f"{OURS}XSRF-TOKEN=abc; Path={ROOT}/",
+        removal("XSRF-TOKEN"),
+    ]
+
+
 @pytest.mark.parametrize(
-    "removal",
+    "removed",
     [
-        "sid=; Max-Age=0",
+        "sid=gone; Max-Age=0",
         "sid=; Max-Age=-1; HttpOnly",
         "sid=; max-age=000",
         "sid=; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
@@ -188,11 +224,13 @@ def test_cookies_no_script_reads_are_kept_to_the_team(value: str, expected: list
         "sid=; Max-Age=soon; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
     ],
 )
-def test_a_removal_removes_both_names(removal: str) -> None:
-    # A logout written without HttpOnly still ends a session cookie set with it.
-    plain, marked = for_team(removal)
-    assert plain.startswith("sid=;")
-    assert marked.startswith(f"{OURS}sid=;")
+def test_a_removal_removes_both_spellings_without_a_value(removed: str) -> None:
+    # A logout written without HttpOnly still ends a session cookie set with it; and a
+    # browser that reads the date otherwise keeps no value of it either.
+    plain, marked = for_team(removed)
+    assert plain.startswith("sid=; Max-Age=0; Path=")
+    assert marked.startswith(f"{OURS}sid=; Max-Age=0; Path=")
+    assert "Expires" not in plain + marked
     assert plain.partition(";")[2] == marked.partition(";")[2]
 
 
@@ -206,8 +244,17 @@ def test_a_removal_removes_both_names(removal: str) -> None:
         "sid=1; Expires=never; HttpOnly",
     ],
 )
-def test_a_cookie_that_lasts_goes_out_once(kept: str) -> None:
-    assert for_team(kept) == [f"{OURS}{scope_set_cookie(kept, ROOT, '/')}"]
+def test_a_cookie_that_lasts_is_set_marked(kept: str) -> None:
+    marked, plain = for_team(kept)
+    assert marked == f"{OURS}{scope_set_cookie(kept, ROOT, '/')}"
+    assert plain.startswith("sid=; Max-Age=0; Path=")
+    assert "Expires" not in plain
+
+
+def test_the_attribute_past_the_path_is_read_too() -> None:
+    # scope_set_cookie keeps MAX_ATTRIBUTES of the container's and adds Path before them.
+    value = "sid=1" + "; x" * (MAX_ATTRIBUTES - 1) + "; HttpOnly"
+    assert for_team(value)[0].startswith(f"{OURS}sid=1;")
 
 
 @pytest.mark.parametrize(
@@ -224,6 +271,10 @@ def test_a_cookie_that_lasts_goes_out_once(kept: str) -> None:
         (f"__Secure-{OURS}sid=1;__Secure-{THEIRS}sid=2", "__Secure-sid=1"),
         (f"{OURS}=token; x", "token; x"),
         (f"{OURS}sid=a=b;;  ; {THEIRS}", "sid=a=b"),
+        # A mark out of place (fields a server joined with ",", a value holding one) is
+        # whose nobody can tell: it goes.
+        (f"theme=dark,{THEIRS}sid=2; {OURS}sid=1", "sid=1"),
+        (f"x=a{OURS}", None),
     ],
 )
 def test_a_service_gets_its_own_teams_cookies_only(sent: str, expected: str | None) -> None:

@@ -14,16 +14,17 @@ from werkzeug.test import Client
 
 from invoke_middleware import PipelineSettings
 from invoke_middleware.cookies import TEAM_MARKER, team_tag
+from tests.toolkit.cookies import setting
 from tests.toolkit.upstream import RecordingUpstream
 from tests.toolkit.world import OTHER_TEAM, TEAM, World, default_services, make_service
 
 
 def set_cookies(world: World, slug: str, *values: str, key: str = "sk", **kw: object) -> list[str]:
-    """Ask ``slug``'s container to set ``values``; the ``Set-Cookie`` fields that came back."""
+    """Ask ``slug``'s container to set ``values``; the ``Set-Cookie`` fields that came back
+    and set a cookie."""
     query = "&".join(f"set={quote(value)}" for value in values)
     response = world.relay(f"{slug}/cookies?{query}", key=key, **kw)
-    fields: list[str] = response.headers.getall("Set-Cookie")
-    return fields
+    return setting(response.headers.getall("Set-Cookie"))
 
 
 def cookie_sent(world: World) -> str | None:
@@ -31,7 +32,7 @@ def cookie_sent(world: World) -> str | None:
 
 
 def test_set_cookie_is_kept_to_the_service_path(world: World) -> None:
-    fields = world.relay("echo/cookies").headers.getall("Set-Cookie")
+    fields = setting(world.relay("echo/cookies").headers.getall("Set-Cookie"))
     # The container's "/" is the service's root; without Path, the browser's default is the
     # directory of /cookies, which is "/" for the container too.
     assert fields == ["a=1; Path=/r/containers/echo/", "b=2; Path=/r/containers/echo/"]
@@ -59,7 +60,7 @@ def test_attributes_are_kept_but_path_and_domain(world: World, value: str, expec
 def test_default_path_is_the_container_path_directory(world: World) -> None:
     # As a browser computes it from the URL the container was asked for: /deep/cookies -> /deep.
     response = world.relay("echo/deep/cookies?set=x%3D1;%20Path%3Dnot-absolute")
-    assert response.headers.getall("Set-Cookie") == ["x=1; Path=/r/containers/echo/deep"]
+    assert setting(response.headers.getall("Set-Cookie")) == ["x=1; Path=/r/containers/echo/deep"]
 
 
 def test_host_prefixed_cookie_is_dropped(world: World) -> None:
@@ -101,7 +102,9 @@ def test_the_path_includes_the_prefix_and_the_mount_point(
         "/api/r/containers/echo/cookies?set=a%3D1%3B%20Path%3D%2Fx",
         headers=world.auth(),
     )
-    assert response.headers.getall("Set-Cookie") == ["a=1; Path=/my%20app/api/r/containers/echo/x"]
+    assert setting(response.headers.getall("Set-Cookie")) == [
+        "a=1; Path=/my%20app/api/r/containers/echo/x"
+    ]
 
 
 def spelled(world: World, target: str, **environ: str) -> list[str]:
@@ -113,7 +116,7 @@ def spelled(world: World, target: str, **environ: str) -> list[str]:
         headers=world.auth(),
         environ_overrides={"REQUEST_URI": target + query, **environ},
     )
-    fields = response.headers.getlist("Set-Cookie")
+    fields = setting(response.headers.getlist("Set-Cookie"))
     response.close()
     return fields
 
@@ -141,9 +144,11 @@ def test_a_prefix_holding_a_semicolon_gets_the_browser_default(
 ) -> None:
     # "Path=/api;v=1/..." would be read as Path=/api, the host's.
     world = make_world(prefix="/api;v=1")
-    fields = world.app.get(
-        "/api;v=1/r/containers/echo/cookies", headers=world.auth()
-    ).headers.getall("Set-Cookie")
+    fields = setting(
+        world.app.get("/api;v=1/r/containers/echo/cookies", headers=world.auth()).headers.getall(
+            "Set-Cookie"
+        )
+    )
     assert fields == ["a=1", "b=2"]
 
 
@@ -195,9 +200,30 @@ def test_a_session_cookie_never_reaches_the_other_teams_service_of_the_slug(
 def test_a_logout_without_httponly_ends_the_session(same_slug: World) -> None:
     world = same_slug
     set_cookies(world, "echo", "sid=ours; HttpOnly")
-    fields = set_cookies(world, "echo", "sid=; Max-Age=0")
-    assert len(fields) == 2
+    world.relay("echo/cookies?set=sid%3D%3B%20Max-Age%3D0")
     assert sent_by_the_browser(world, "sk") == []
+
+
+def test_a_new_value_written_without_httponly_replaces_the_session(same_slug: World) -> None:
+    # Not a removal: the cookie now has a value a script may read. The browser must not keep
+    # the session beside it, which the container would get instead.
+    world = same_slug
+    set_cookies(world, "echo", "sid=ours; HttpOnly")
+    set_cookies(world, "echo", "sid=guest")
+    assert sent_by_the_browser(world, "sk") == ["sid=guest"]
+    # And back: the plain one goes when the session is set again.
+    set_cookies(world, "echo", "sid=again; HttpOnly")
+    assert sent_by_the_browser(world, "sk") == ["sid=again"]
+    assert sent_by_the_browser(world, "sk-other") == []
+
+
+def test_a_nameless_cookie_is_not_relayed(same_slug: World) -> None:
+    # A browser sends it back as its value alone: "=sid=planted" would reach the other
+    # team's service as its session (WebTest's cookie jar would not even keep it).
+    world = same_slug
+    planted = f"={TEAM_MARKER}{team_tag(TEAM)}-sid=planted"
+    response = world.relay(f"echo/cookies?set={quote(planted)}&set=%3Dsid%3Dx", key="sk-other")
+    assert response.headers.getall("Set-Cookie") == []
 
 
 def test_a_container_cannot_plant_a_cookie_for_the_other_team(same_slug: World) -> None:
