@@ -497,7 +497,7 @@ class Pipeline:
             body=envelope.body if envelope.body or envelope.method not in ("GET", "HEAD") else None,
             content_length=len(envelope.body),
             timeouts=service.timeouts.merged_over(settings.timeouts),
-            tenant=_tenant(principal.team_id),
+            tenant=_tenant(principal.team_id, principal.user_id, principal.credential_id),
         )
         relay = self._start(
             request_id=request_id,
@@ -559,7 +559,7 @@ class Pipeline:
             body=body,
             content_length=length,
             timeouts=service.timeouts.merged_over(settings.timeouts),
-            tenant=_tenant(principal.team_id),
+            tenant=_tenant(principal.team_id, principal.user_id, principal.credential_id),
         )
         relay = self._start(
             request_id=request_id,
@@ -674,10 +674,18 @@ def _final(response: UpstreamResponse) -> UpstreamResponse:
 
 
 @functools.lru_cache(maxsize=4096)
-def _tenant(team_id: uuid.UUID) -> str:
-    # Transports pool connections per tenant: no connection, and so no byte an upstream sends
-    # past the end of a response, ever passes from one team to another (README, security).
-    # Cached: formatting a UUID costs more than the rest of building the upstream request.
+def _tenant(team_id: uuid.UUID, user_id: str | None, credential_id: str | None) -> str:
+    # Transports pool connections per tenant: the caller, a user (whatever credential it
+    # presents) or, without one, a team's key. No connection, and so no byte an upstream
+    # sends past the end of a response, passes from one team to another, nor from one caller
+    # to another: an upstream that answers a request it never got (a caller's body that is
+    # itself a request, sent to one that answers before reading) puts every later answer on
+    # that connection one behind, for that caller only (README, security). Cached: formatting
+    # a UUID costs more than the rest of building the upstream request.
+    if user_id is not None:
+        return f"{team_id} user {user_id}"
+    if credential_id is not None:
+        return f"{team_id} key {credential_id}"
     return str(team_id)
 
 

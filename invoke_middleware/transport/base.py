@@ -108,7 +108,8 @@ class UpstreamRequest:
     (``None`` with an iterable body means chunked transfer coding). The properties below say
     how the body goes on the wire, so that every transport frames it the same way.
 
-    ``tenant`` names who the request is sent for (the gateway sets the caller's team id):
+    ``tenant`` names who the request is sent for (the gateway sets the caller: its team, and
+    its user or key):
     connections are pooled per tenant, never shared between two (see the module docstring).
     ``None`` is a tenant of its own, for requests sent outside the gateway.
     """
