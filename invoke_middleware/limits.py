@@ -539,8 +539,9 @@ class Admission:
         that the caller already dropped them (the pipeline does, as it filters the upstream's
         fields, with :attr:`replaces`), so they need not be looked for.
 
-        A buffered body (a tuple) ends now; a streamed one ends when it is exhausted, fails
-        or is closed (the client went away), whichever comes first.
+        The body ends when it is exhausted, fails or is closed (the client went away),
+        whichever comes first: a buffered one too, since the server's thread is held while
+        it writes it to a client that may read slowly.
         """
         if self.replaces:
             fields = response.headers
@@ -553,9 +554,7 @@ class Admission:
             fields.extend(self.headers)
         if self._pending:
             body = response.body
-            if isinstance(body, tuple):
-                self.release()
-            elif isinstance(body, RelayBody):
+            if isinstance(body, RelayBody):
                 body.also_on_end(self.release)  # ends however the relay ends
             else:
                 response.body = _HeldBody(body, self)
@@ -567,7 +566,8 @@ UNLIMITED = Admission((), None)
 
 
 class _HeldBody:
-    """A streamed response body that gives its concurrency slot back when it ends."""
+    """A response body that gives its concurrency slot back when it ends: written whole, failed
+    or closed."""
 
     __slots__ = ("_admission", "_body")
 
@@ -815,9 +815,19 @@ class Limiter:
             self._counter.close()
 
     def admit(
-        self, principal: Principal, service: Service, *, route: str, request_id: str
+        self,
+        principal: Principal,
+        service: Service,
+        *,
+        route: str,
+        request_id: str,
+        within_caller: bool = False,
     ) -> Admission:
         """Take the request's slots and count it under its rates, or raise.
+
+        ``within_caller``: the request is part of one that holds the process's and the team's
+        slots already (:meth:`admit_caller`; an MCP message's tool call, run on the message's
+        thread): only the service's cap is taken for it, so that one thread holds one slot.
 
         Raises :class:`~invoke_middleware.errors.TooManyInFlightError`,
         :class:`~invoke_middleware.errors.RateLimitedError` or (store down, fail-closed)
@@ -832,17 +842,21 @@ class Limiter:
         if policy is None or policy.stored is not stored or policy.own is not own:
             policy = self._policy(pair, stored, own, policy)
         release = None
-        if policy.caps:
-            full = self._in_flight.acquire(
-                policy.caps, policy.slots, self.settings.queue_timeout, policy.team
-            )
+        caps, slots, team, give_back = policy.caps, policy.slots, policy.team, policy.release
+        if within_caller and caps:
+            caps = tuple(cap for cap in caps if cap[0] is LimitKind.SERVICE_IN_FLIGHT)
+            slots = tuple(slot for _, slot, _ in caps)
+            team = None
+            give_back = functools.partial(self._in_flight.release, slots)
+        if caps:
+            full = self._in_flight.acquire(caps, slots, self.settings.queue_timeout, team)
             if full is not None:
                 self._report(
                     principal, service, route, request_id, outcome=LimitOutcome.REFUSED, limit=full
                 )
                 retry = retry_after(self.settings.concurrency_retry_after)
                 raise TooManyInFlightError(headers=(retry,))
-            release = policy.release
+            release = give_back
         if not policy.rates:
             return UNLIMITED if release is None else Admission((), release)
         try:
@@ -949,9 +963,10 @@ class Limiter:
         ``principal`` before any service is known (the MCP endpoint reading a message), or
         raise :class:`~invoke_middleware.errors.TooManyInFlightError`.
 
-        A request reading its body holds a worker thread as a relay does, so it counts under
-        the same caps; give the slot back (:meth:`Admission.release`) once the body is read.
-        No rate is counted: each service the message then calls is admitted by :meth:`admit`.
+        The request holds a worker thread as a relay does, so it counts under the same caps,
+        from reading its body until its answer is written: hand the answer to
+        :meth:`Admission.hold`. No rate is counted: each service the message then calls is
+        admitted by :meth:`admit` with ``within_caller``, under the service's cap alone.
         """
         team_id = principal.team_id
         stored = self.team_limits.get(team_id) if self.team_limits is not None else None

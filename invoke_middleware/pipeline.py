@@ -367,7 +367,13 @@ class Pipeline:
         # the endpoint and the REST routes share one budget.
         admission = UNLIMITED
         if self.limiter is not None:
-            admission = self.limiter.admit(principal, service, route=kind, request_id=request_id)
+            admission = self.limiter.admit(
+                principal,
+                service,
+                route=kind,
+                request_id=request_id,
+                within_caller=request.within_caller,
+            )
         try:
             gone = request.client_gone
             if admission is not UNLIMITED and gone is not None and gone():

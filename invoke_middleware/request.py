@@ -51,3 +51,7 @@ class PipelineRequest:
     chunked: bool = False
     #: Whether the caller has gone, when the server can tell (see :data:`CLIENT_GONE_KEY`).
     client_gone: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+    #: Part of a request that holds the process's and the team's concurrency slots already
+    #: (an MCP message's tool call, run on the message's thread): only the service's cap is
+    #: taken for it (see :meth:`~invoke_middleware.limits.Limiter.admit`).
+    within_caller: bool = False

@@ -327,25 +327,34 @@ class MCPEndpoint:
         content_type = (request.headers.get("Content-Type") or "").partition(";")[0]
         if content_type.strip().lower() != "application/json":
             raise UnsupportedMediaTypeError()
-        # Reading a message holds a worker thread as a relay does: under the team's and the
-        # process's caps, so that a team's slow uploads cannot take more than its share. The
-        # slot goes back once the body is read; each tool call is admitted on its own.
+        # A message holds a worker thread as a relay does, from reading its body to writing
+        # its answer: under the team's and the process's caps all along, so that a team's slow
+        # uploads, or clients that read their answers slowly, cannot take more than its share.
+        # Its tool calls run on the same thread, each under its service's cap alone.
         limiter = self.pipeline.limiter
         admission = UNLIMITED
         if limiter is not None:
             admission = limiter.admit_caller(principal, route=RouteKind.MCP, request_id=request_id)
         try:
             raw = read_capped(request, self.pipeline.settings.max_envelope_bytes + 64 * 1024)
-        finally:
+            exchange = _Exchange(
+                request=request,
+                principal=principal,
+                request_id=request_id,
+                budget=_ResultBudget(self.pipeline.settings.max_response_body_bytes),
+            )
+            status, answer = self._answer(raw, exchange)
+            response = _response(status, answer, request_id, sse=sse)
+        except _ClientGone:
+            # As the pipeline answers a request whose caller left: the answer reaches nobody.
             admission.release()
-        exchange = _Exchange(
-            request=request,
-            principal=principal,
-            request_id=request_id,
-            budget=_ResultBudget(self.pipeline.settings.max_response_body_bytes),
-        )
-        status, answer = self._answer(raw, exchange)
-        return _response(status, answer, request_id, sse=sse)
+            return PipelineResponse(
+                status=503, reason=reason_phrase(503), headers=[("Content-Length", "0")], body=()
+            )
+        except BaseException:
+            admission.release()
+            raise
+        return admission.hold(response)
 
     def _authenticate(self, request: PipelineRequest) -> Principal:
         for resolver in self.pipeline.resolvers:
@@ -496,6 +505,8 @@ class MCPEndpoint:
             return 200, _encode({"jsonrpc": "2.0", "id": message.id, "result": result})
         except JSONRPCError as error:
             return http_status(error, era), _error_response(message.id, error)
+        except _ClientGone:
+            raise  # the whole request ends: nobody is left to answer
         except Exception:
             logger.exception("MCP request %s failed", exchange.request_id)
             failure = JSONRPCError(INTERNAL_ERROR, "Internal error.")
@@ -765,8 +776,12 @@ class _ToolCall:
         )
 
     def _run(self, route: RouteMatch, method: str, body: bytes | None) -> dict[str, Any] | _Refusal:
-        """Run the pipeline on a synthetic request for ``route``; its JSON, or its refusal."""
+        """Run the pipeline on a synthetic request for ``route``; its JSON, or its refusal.
+        Raises :class:`_ClientGone` once the caller has left (when the server can tell): no
+        call is made for nobody, and the rest of a batch is not run."""
         outer = self.exchange.request
+        if outer.client_gone is not None and outer.client_gone():
+            raise _ClientGone
         fields = [(k, v) for k, v in outer.headers if k.lower() not in _NOT_CARRIED]
         fields.append((REQUEST_ID_HEADER, self.request_id))
         if body is not None:
@@ -781,6 +796,8 @@ class _ToolCall:
             host=outer.host,
             body=io.BytesIO(body or b""),
             content_length=None if body is None else len(body),
+            client_gone=outer.client_gone,
+            within_caller=True,
         )
         try:
             # The refusal as raised, not as rendered: a host's error renderer may write any
@@ -792,6 +809,10 @@ class _ToolCall:
         payload = json.loads(raw)
         assert isinstance(payload, dict)
         return payload
+
+
+class _ClientGone(Exception):
+    """The caller of an MCP request left before all of its tool calls were made."""
 
 
 class _Refusal:

@@ -9,6 +9,8 @@ the first team's streams are all still open.
 
 from __future__ import annotations
 
+import json
+import socket
 import uuid
 from contextlib import ExitStack
 
@@ -104,3 +106,73 @@ def test_two_teams_slow_streams_still_leave_a_thread_for_a_third(
     assert statuses["slow-b"] == [200] * 2 + [429] * (THREADS - 2)
     assert answer.status_code == 200
     assert Received.from_json(answer.content).target == "/greet"
+
+
+#: An answer far larger than the socket buffers between the gateway and a client that reads
+#: none of it: writing it holds the server's thread (gunicorn writes from the thread).
+UNREAD_BYTES = 8 * 1024 * 1024
+
+
+def _unread_answer(port: int, key: str, route: str) -> socket.socket:
+    """Ask ``route`` for the large answer on a connection whose client never reads it."""
+    if route == "invoke":
+        target, message = "/r/invoke/big", {"method": "GET", "path": f"/bytes/{UNREAD_BYTES}"}
+    else:
+        target = "/r/mcp"
+        message = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {
+                "name": "call_container_service",
+                "arguments": {
+                    "service_slug": "big",
+                    "method": "GET",
+                    "path": f"/bytes/{UNREAD_BYTES}",
+                },
+            },
+        }
+    body = json.dumps(message).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+        "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+        f"MCP-Protocol-Version: 2025-06-18\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return sock
+
+
+@pytest.mark.parametrize("route", ["invoke", "mcp"])
+def test_answers_one_team_leaves_unread_leave_threads_for_another_team(
+    workspace: Workspace, upstream: RecordingUpstream, route: str
+) -> None:
+    # The slot went back once a buffered answer was made, before the server wrote it: a team
+    # whose clients read nothing held every thread, writing, and the other team timed out.
+    set_server(workspace, engine="gunicorn", workers=1)
+    other_team = uuid.uuid4()
+    workspace.add_service("big", upstream.url)
+    workspace.add_service("hello", upstream.url, team=other_team)
+    key = workspace.issue("--kind", "integration")
+    other_key = workspace.run(
+        "credentials", "issue", "--team", str(other_team), "--kind", "integration"
+    ).stdout.strip()
+
+    with running_gateway(workspace) as gateway, ExitStack() as held:
+        port = int(gateway.url.rsplit(":", 1)[1])
+        heads = []
+        for _ in range(THREADS):
+            # One at a time: each has its answer's head (its write then stalls) or a 429
+            # before the next asks.
+            heads.append(held.enter_context(_unread_answer(port, key, route)).recv(12))
+        answer = requests.get(
+            f"{gateway.url}/r/containers/hello/greet",
+            headers={"Authorization": f"Bearer {other_key}"},
+            timeout=10,
+        )
+
+    assert heads == [b"HTTP/1.1 200"] * TEAM_SHARE + [b"HTTP/1.1 429"] * (THREADS - TEAM_SHARE)
+    assert answer.status_code == 200

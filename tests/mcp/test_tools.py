@@ -23,6 +23,7 @@ from invoke_middleware.mcp.endpoint import (
     OPENAPI_MAX_DEPTH,
     OpenAPIDocument,
 )
+from invoke_middleware.request import CLIENT_GONE_KEY
 from invoke_middleware.testing import make_response
 from invoke_middleware.transport.base import UpstreamRequest, UpstreamResponse
 from tests.mcp.conftest import (
@@ -290,6 +291,43 @@ def test_a_limit_s_retry_after_is_read_from_the_error_whatever_the_renderer(
     assert refused["code"] == "rate_limited"
     assert refused["status"] == 429
     assert int(refused["retry_after"]) >= 1
+
+
+def test_a_message_holds_one_slot_of_its_team_however_many_calls_it_makes(
+    make_world: Callable[..., World],
+) -> None:
+    # The message holds its team's slot from reading its body to writing its answer; its tool
+    # calls run on its thread, under their services' caps alone. Taking the team's slot again
+    # for each call, a team allowed one request at a time could call nothing.
+    limiter = Limiter(LimitSettings(team_max_in_flight=1, service_max_in_flight=1))
+    world = make_world(limiter=limiter)
+    agent = Agent(world, version="2025-11-25")
+    arguments = {"service_slug": "echo", "method": "GET", "path": "/"}
+    assert result_of(agent.call("call_container_service", arguments))["isError"] is False
+    assert limiter.in_flight == 0  # the answer was written: every slot is back
+
+
+def test_no_call_is_made_for_a_caller_that_left(world: World) -> None:
+    # As the REST routes: a server that can tell (the ASGI adapter) says so in the environ.
+    agent = Agent(world, version="2025-11-25")
+    message = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "call_container_service",
+            "arguments": {"service_slug": "echo", "method": "POST", "path": "/order"},
+        },
+    }
+    answer = world.app.post_json(
+        "/r/mcp",
+        message,
+        headers=agent._headers({}),
+        extra_environ={CLIENT_GONE_KEY: lambda: True},
+        status=503,
+    )
+    assert answer.body == b""
+    assert world.upstream.received == []
 
 
 def serving(document: bytes, status: int = 200) -> Callable[[UpstreamRequest], UpstreamResponse]:
