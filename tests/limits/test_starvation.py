@@ -20,12 +20,20 @@ import requests
 from tests.cli.conftest import Workspace, running_gateway
 from tests.cli.test_server_limits import ENGINES, set_server
 from tests.limits.test_limits_relay import Stream
+from tests.mcp.conftest import tool_calls
 from tests.toolkit.upstream import Received, RecordingUpstream
 from tests.upstreams import RawUpstream
 
 #: ``serve``'s default worker threads, and the share of them one team may hold.
 THREADS = 8
 TEAM_SHARE = THREADS // 2
+
+
+def _serving_team(workspace: Workspace, slug: str, url: str, team: uuid.UUID) -> str:
+    """Add ``team``'s service ``slug`` at ``url``; an integration key of the team."""
+    workspace.add_service(slug, url, team=team)
+    issued = workspace.run("credentials", "issue", "--team", str(team), "--kind", "integration")
+    return issued.stdout.strip()
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -35,14 +43,8 @@ def test_one_teams_slow_streams_leave_threads_for_another_team(
     # One process: the share is of each process's threads (with N processes, a team holds at
     # most half of each, wherever the kernel sends its connections).
     set_server(workspace, engine=engine, workers=1)
-    slow_team = workspace.team
-    other_team = uuid.uuid4()
-    workspace.add_service("slow", raw_upstream.url, team=slow_team)
-    workspace.add_service("hello", upstream.url, team=other_team)
-    slow_key = workspace.issue("--kind", "integration")
-    other_key = workspace.run(
-        "credentials", "issue", "--team", str(other_team), "--kind", "integration"
-    ).stdout.strip()
+    slow_key = _serving_team(workspace, "slow", raw_upstream.url, workspace.team)
+    other_key = _serving_team(workspace, "hello", upstream.url, uuid.uuid4())
 
     with running_gateway(workspace) as gateway, ExitStack() as streams:
         port = int(gateway.url.rsplit(":", 1)[1])
@@ -75,16 +77,10 @@ def test_two_teams_slow_streams_still_leave_a_thread_for_a_third(
     # the relays is kept for teams with nothing in flight.
     set_server(workspace, engine=engine, workers=1)
     teams = [workspace.team, uuid.uuid4(), uuid.uuid4()]
-    keys = []
-    for team, slug in zip(teams, ["slow-a", "slow-b", "hello"], strict=True):
-        workspace.add_service(
-            slug, raw_upstream.url if slug != "hello" else upstream.url, team=team
-        )
-        keys.append(
-            workspace.run(
-                "credentials", "issue", "--team", str(team), "--kind", "integration"
-            ).stdout.strip()
-        )
+    keys = [
+        _serving_team(workspace, slug, raw_upstream.url if slug != "hello" else upstream.url, team)
+        for team, slug in zip(teams, ["slow-a", "slow-b", "hello"], strict=True)
+    ]
 
     with running_gateway(workspace) as gateway, ExitStack() as streams:
         port = int(gateway.url.rsplit(":", 1)[1])
@@ -115,23 +111,12 @@ UNREAD_BYTES = 8 * 1024 * 1024
 
 def _unread_answer(port: int, key: str, route: str) -> socket.socket:
     """Ask ``route`` for the large answer on a connection whose client never reads it."""
+    path = f"/bytes/{UNREAD_BYTES}"
     if route == "invoke":
-        target, message = "/r/invoke/big", {"method": "GET", "path": f"/bytes/{UNREAD_BYTES}"}
+        target, message = "/r/invoke/big", {"method": "GET", "path": path}
     else:
-        target = "/r/mcp"
-        message = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "tools/call",
-            "params": {
-                "name": "call_container_service",
-                "arguments": {
-                    "service_slug": "big",
-                    "method": "GET",
-                    "path": f"/bytes/{UNREAD_BYTES}",
-                },
-            },
-        }
+        arguments = {"service_slug": "big", "method": "GET", "path": path}
+        target, message = "/r/mcp", tool_calls("call_container_service", arguments, 1)[0]
     body = json.dumps(message).encode()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -153,13 +138,8 @@ def test_answers_one_team_leaves_unread_leave_threads_for_another_team(
     # The slot went back once a buffered answer was made, before the server wrote it: a team
     # whose clients read nothing held every thread, writing, and the other team timed out.
     set_server(workspace, engine="gunicorn", workers=1)
-    other_team = uuid.uuid4()
-    workspace.add_service("big", upstream.url)
-    workspace.add_service("hello", upstream.url, team=other_team)
-    key = workspace.issue("--kind", "integration")
-    other_key = workspace.run(
-        "credentials", "issue", "--team", str(other_team), "--kind", "integration"
-    ).stdout.strip()
+    key = _serving_team(workspace, "big", upstream.url, workspace.team)
+    other_key = _serving_team(workspace, "hello", upstream.url, uuid.uuid4())
 
     with running_gateway(workspace) as gateway, ExitStack() as held:
         port = int(gateway.url.rsplit(":", 1)[1])

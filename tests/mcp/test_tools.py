@@ -310,15 +310,8 @@ def test_a_message_holds_one_slot_of_its_team_however_many_calls_it_makes(
 def test_no_call_is_made_for_a_caller_that_left(world: World) -> None:
     # As the REST routes: a server that can tell (the ASGI adapter) says so in the environ.
     agent = Agent(world, version="2025-11-25")
-    message = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {
-            "name": "call_container_service",
-            "arguments": {"service_slug": "echo", "method": "POST", "path": "/order"},
-        },
-    }
+    arguments = {"service_slug": "echo", "method": "POST", "path": "/order"}
+    [message] = tool_calls("call_container_service", arguments, 1)
     answer = world.app.post_json(
         "/r/mcp",
         message,
