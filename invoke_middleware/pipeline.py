@@ -482,9 +482,7 @@ class Pipeline:
         self, request: PipelineRequest, principal: Principal, service: Service, request_id: str
     ) -> PipelineResponse:
         settings = self.settings
-        content_type = (request.headers.get("Content-Type") or "").partition(";")[0]
-        if content_type.strip().lower() != "application/json":
-            raise UnsupportedMediaTypeError()
+        require_json(request)
         raw = read_capped(request, settings.max_envelope_bytes)
         # The envelope's headers go upstream as a header section: the same caps apply, and
         # are checked before the envelope is validated.
@@ -677,6 +675,22 @@ def _final(response: UpstreamResponse) -> UpstreamResponse:
         response.close()
         raise UpstreamError("The service switched protocols; upgrades are not relayed.")
     return response
+
+
+@functools.lru_cache(maxsize=4096)
+def require_json(request: PipelineRequest) -> None:
+    """Refuse (415) a body that is not JSON as it stands: a media type other than
+    ``application/json``, or a content coding (``Content-Encoding: gzip``), which the gateway
+    does not undo (then ``Accept-Encoding: identity`` says so, RFC 9110 §15.5.16)."""
+    content_type = (request.headers.get("Content-Type") or "").partition(";")[0]
+    if content_type.strip().lower() != "application/json":
+        raise UnsupportedMediaTypeError()
+    coding = request.headers.get("Content-Encoding")
+    if coding is not None and coding.strip(" \t").lower() not in ("", "identity"):
+        raise UnsupportedMediaTypeError(
+            "The request body must be application/json without a content coding.",
+            headers=(("Accept-Encoding", "identity"),),
+        )
 
 
 @functools.lru_cache(maxsize=4096)

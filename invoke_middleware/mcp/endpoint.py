@@ -61,7 +61,6 @@ from invoke_middleware.errors import (
     NotAcceptableError,
     ResponseTooLargeError,
     UnauthenticatedError,
-    UnsupportedMediaTypeError,
     reason_phrase,
 )
 from invoke_middleware.headers import Headers
@@ -105,7 +104,7 @@ from invoke_middleware.mcp.tools import (
     tool_error,
     tool_result,
 )
-from invoke_middleware.pipeline import Pipeline, PipelineResponse
+from invoke_middleware.pipeline import Pipeline, PipelineResponse, require_json
 from invoke_middleware.registry import is_valid_slug
 from invoke_middleware.request import PipelineRequest
 from invoke_middleware.routing import RouteKind, RouteMatch
@@ -324,9 +323,7 @@ class MCPEndpoint:
             raise MethodNotAllowedError(["POST"])
         principal = self._authenticate(request)
         sse = _wants_event_stream(request.headers)
-        content_type = (request.headers.get("Content-Type") or "").partition(";")[0]
-        if content_type.strip().lower() != "application/json":
-            raise UnsupportedMediaTypeError()
+        require_json(request)
         # A message holds a worker thread as a relay does, from reading its body to writing
         # its answer: under the team's and the process's caps all along, so that a team's slow
         # uploads, or clients that read their answers slowly, cannot take more than its share.

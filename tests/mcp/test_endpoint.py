@@ -127,6 +127,11 @@ def test_a_body_that_is_not_json_typed_is_415(world: World) -> None:
     world.app.post("/r/mcp", "{}", headers=world.auth(), content_type="text/plain", status=415)
 
 
+def test_a_body_with_a_content_coding_is_415(agent: Agent) -> None:
+    refused = agent.post_raw(b"{}", status=415, **{"Content-Encoding": "gzip"})
+    assert refused.headers["Accept-Encoding"] == "identity"
+
+
 def test_an_origin_not_on_the_allow_list_is_403(agent: Agent) -> None:
     response = agent.request("ping", Origin="http://evil.example", status=403)
     assert response.headers["X-Request-ID"]
