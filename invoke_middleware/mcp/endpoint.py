@@ -65,7 +65,7 @@ from invoke_middleware.errors import (
 )
 from invoke_middleware.headers import Headers
 from invoke_middleware.limits import UNLIMITED
-from invoke_middleware.mcp._json import COMPACT, nesting_exceeds, non_finite_pointer
+from invoke_middleware.mcp._json import COMPACT, encode_utf8, nesting_exceeds, non_finite_pointer
 from invoke_middleware.mcp.protocol import (
     DEFAULT_HEADERLESS_VERSION,
     HANDSHAKE_VERSIONS,
@@ -607,7 +607,8 @@ class OpenAPIDocument:
     endpoint can write back (then compact, re-encoded from the parsed document).
 
     Kept as text, not as the parsed document, which can take 30 times the room; ``size``
-    is the byte length of the document as the service sent it.
+    is its byte length as sent or as written back, whichever is larger: what a result that
+    carries it, and the cache that keeps it, are charged.
     """
 
     text: str = field(repr=False)
@@ -747,6 +748,9 @@ class _ToolCall:
             if isinstance(fetched, str):
                 return _unavailable(fetched)
             document = fetched
+            assert not isinstance(outcome, _Refusal)  # a refusal is never a document
+            # What it grew by, written back, is carried too.
+            fits = budget.take(document.size - _decoded_size(outcome["body_base64"]))
             self.endpoint.remember_openapi(key, document)
         if not fits:
             return _unavailable(self._no_room())
@@ -877,7 +881,13 @@ def _read_openapi(outcome: dict[str, Any] | _Refusal) -> OpenAPIDocument | str:
         except (ValueError, RecursionError):
             pass
         else:
-            return OpenAPIDocument(text=compact, is_json=True, size=len(body))
+            # Written back, a document may grow ("1e15" is 1000000000000000.0): it is carried,
+            # counted and cached at the size it has then, and kept as sent when that is past
+            # what a document may be.
+            if len(compact) <= OPENAPI_MAX_BYTES:
+                return OpenAPIDocument(
+                    text=compact, is_json=True, size=max(len(body), len(compact))
+                )
     return OpenAPIDocument(text=text, is_json=False, size=len(body))
 
 
@@ -892,8 +902,8 @@ def _utf8_body(payload: dict[str, Any]) -> str | None:
 
     The answer's JSON writes a control character as a 6-byte escape: a body of them, added
     as text, would come back 6 times its size besides its base64. Text as defined here takes
-    at most 3 times (an escaped non-ASCII character), and holds nothing a reader of text
-    wants that the base64 does not carry.
+    its own size (characters beyond ASCII are written as UTF-8, :func:`encode_utf8`), and
+    holds nothing a reader of text wants that the base64 does not carry.
     """
     try:
         body = base64.b64decode(payload.get("body_base64", ""), validate=True)
@@ -917,7 +927,7 @@ def _server_info() -> dict[str, str]:
 
 
 def _encode(message: dict[str, Any]) -> bytes:
-    return COMPACT.encode(message).encode()
+    return encode_utf8(message)
 
 
 def _error_response(message_id: str | int | None, error: JSONRPCError) -> bytes:

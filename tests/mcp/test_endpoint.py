@@ -13,7 +13,7 @@ import pytest
 from invoke_middleware import PipelineSettings
 from invoke_middleware.auth.principal import CredentialKind
 from invoke_middleware.envelope import load_schema
-from invoke_middleware.mcp._json import _STRING, nesting_exceeds
+from invoke_middleware.mcp._json import _STRING, encode_utf8, nesting_exceeds
 from invoke_middleware.mcp.endpoint import MAX_BATCH_MESSAGES, MAX_MESSAGE_DEPTH
 from tests.mcp.conftest import (
     STATELESS,
@@ -725,3 +725,11 @@ def test_a_hostile_body_costs_in_proportion_to_its_size(agent: Agent, shape: byt
     assert error_code(response) == -32700
     assert "more JSON members and array items" in response.json["error"]["message"]
     assert peak < 4 * len(shape) + 1024 * 1024
+
+
+def test_answers_are_utf8_and_a_lone_surrogate_is_written_escaped(agent: Agent) -> None:
+    assert encode_utf8({"text": "é😀"}) == '{"text":"é😀"}'.encode()
+    # UTF-8 cannot write a lone surrogate: the answer is all escapes then, and still JSON.
+    assert encode_utf8({"id": "\ud800", "text": "é"}) == b'{"id":"\\ud800","text":"\\u00e9"}'
+    answer = agent.post_raw(b'{"jsonrpc":"2.0","id":"\\ud800","method":"ping"}')
+    assert answer.body.startswith(b'{"jsonrpc":"2.0","id":"\\ud800"')

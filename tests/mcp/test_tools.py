@@ -457,3 +457,40 @@ def test_a_looping_request_is_refused_by_the_pipeline(agent: Agent) -> None:
     arguments = {"service_slug": "echo", "method": "GET", "path": "/loop"}
     response = agent.call("call_container_service", arguments, Via="1.1 invoke-middleware")
     assert "loop_detected" in response.json["result"]["content"][0]["text"]
+
+
+def test_an_openapi_document_is_charged_at_the_size_it_is_written_back_in(
+    make_world: Callable[..., World],
+) -> None:
+    # "1e15" comes back as 1000000000000000.0: 60 KiB of them were charged 60 KiB, and a
+    # batch carried 3.8 times that in each of its answers, from the cache, again and again.
+    document = b"[" + b",".join([b"1e15"] * 12_000) + b"]"
+    world, transport = container_world(
+        make_world,
+        serving(document),
+        settings=PipelineSettings(max_response_body_bytes=128 * 1024),
+    )
+    world.registry.add(make_service("documented", world.upstream.url, openapi_url="/openapi.json"))
+    agent = Agent(world, version="2025-11-25")
+    for _ in range(2):  # fetched, then from the cache
+        result = result_of(agent.call("get_container_service", {"service_slug": "documented"}))
+        openapi = result["structuredContent"]["openapi"]
+        assert openapi["status"] == "unavailable"
+        assert "a request of its own" in openapi["error"]
+    assert len(transport.requests) == 1
+
+
+def test_a_text_body_beyond_ascii_is_carried_at_its_own_size(
+    make_world: Callable[..., World],
+) -> None:
+    # Escaped, each 4-byte character took 12 bytes: a call came back 4.3 times its body.
+    body = "😀".encode() * 50_000
+    world, _ = container_world(make_world, serving(body))
+    agent = Agent(world, version="2025-11-25")
+    answer = agent.call(
+        "call_container_service", {"service_slug": "echo", "method": "GET", "path": "/"}
+    )
+    result = result_of(answer)
+    assert result["isError"] is False
+    # Twice as text (the content block and the structured result), once as base64.
+    assert len(answer.body) < len(body) * (2 + 4 / 3) + 4096
