@@ -159,6 +159,10 @@ class _Deadline:
             sock.settimeout(timeout)
 
 
+class _AnsweredEarly(Exception):
+    """The upstream stopped taking the request's body with bytes of an answer waiting."""
+
+
 def _untaken(sock: socket.socket) -> int | None:
     """The bytes in ``sock``'s send queue that the peer has not acknowledged (``SIOCOUTQ``);
     ``None`` where the system does not say."""
@@ -299,6 +303,10 @@ class _Exchange:
                 # bytes it has not taken went down since the last such timeout.
                 untaken = _untaken(sock)
                 if untaken is None or (stalled is not None and untaken >= stalled):
+                    if not self._connection.is_quiet():
+                        # It stopped taking the body with bytes for us waiting: an answer
+                        # given before the end of the request, which is the response.
+                        raise _AnsweredEarly from None
                     raise
                 stalled = untaken
 
@@ -643,12 +651,12 @@ class HTTPTransport(Closeable):
         try:
             try:
                 exchange.write(request, target)
-            except PEER_CLOSED:
+            except (*PEER_CLOSED, _AnsweredEarly):
                 if exchange.stage != _WRITING_BODY:
                     raise
                 # RFC 9112 §9.5: an upstream may answer before it took the whole request (a
-                # 413, say) and close. Its answer is the response; the connection, with the
-                # request cut short on it, is never kept.
+                # 413, say), and close or stop reading. Its answer is the response; the
+                # connection, with the request cut short on it, is never kept.
                 response = exchange.read_head(request.method)
                 response.will_close = True
             else:

@@ -24,13 +24,15 @@ And two answers a WSGI server must never be handed as they are:
   application) and a ``Connection``-named field;
 - ``/switch``: ``101 Switching Protocols`` to a request that asked for no upgrade.
 
-And four paths that act on a request as soon as its head is read, leaving its body unread,
+And five paths that act on a request as soon as its head is read, leaving its body unread,
 each counted in ``heads_read`` and each closing the connection:
 
 - ``/answer-early``: ``413`` with an 8-byte body (and no ``Connection: close``), then the
   close, which the unread body turns into a reset;
 - ``/act-and-drop``: no answer, a reset (as an upstream that crashed after acting on it);
 - ``/stall``: reads nothing more, for a few seconds at most;
+- ``/answer-early-and-stall``: ``413`` as ``/answer-early``, then reads nothing more and
+  keeps the connection open, for a few seconds at most;
 - ``/trickle?size=S&every=E``: reads ``S`` bytes of the body (8 KiB) every ``E`` seconds
   (0.05), for a few seconds at most.
 
@@ -81,7 +83,9 @@ class HostileUpstream(RawUpstream):
     """A :class:`~tests.upstreams.RawUpstream` with the hostile paths above; TLS when
     ``ssl_context`` (a server context) is given."""
 
-    unread_body_paths = frozenset({"/answer-early", "/act-and-drop", "/stall", "/trickle"})
+    unread_body_paths = frozenset(
+        {"/answer-early", "/answer-early-and-stall", "/act-and-drop", "/stall", "/trickle"}
+    )
 
     def __init__(
         self, *, ssl_context: ssl.SSLContext | None = None, receive_buffer: int | None = None
@@ -172,6 +176,15 @@ class HostileUpstream(RawUpstream):
         self._send_head(connection, "413 Content Too Large", "Content-Length: 8")
         connection.sock.sendall(b"too big!")
         self._stop.wait(_LATE)  # the client keeps sending meanwhile
+        return False
+
+    def _handle_answer_early_and_stall(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        self._count_head()
+        self._send_head(connection, "413 Content Too Large", "Content-Length: 8")
+        connection.sock.sendall(b"too big!")
+        self._stop.wait(_HOLD)
         return False
 
     def _handle_act_and_drop(

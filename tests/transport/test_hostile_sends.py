@@ -200,6 +200,26 @@ def test_an_answer_given_before_the_body_was_taken_is_the_response(
     assert upstream.heads_read == 1
 
 
+@SCHEMES
+@pytest.mark.parametrize("streamed", BODY_SHAPES)
+def test_an_answer_given_before_the_body_stalled_is_the_response(
+    transport: HTTPTransport, upstream: HostileUpstream, streamed: bool
+) -> None:
+    # The upstream answered, then took no more of the body and kept the connection open:
+    # the answer waited on the socket while the send timed out, and the caller got 504.
+    response = send(
+        transport,
+        "POST",
+        upstream.url + "/answer-early-and-stall",
+        body=_body(streamed),
+        content_length=_LARGE,
+        timeouts=Timeouts(connect=2.0, read=0.3, total=30.0),
+    )
+
+    assert (response.status, drain(response)) == (413, b"too big!")
+    assert _idle_connections(transport) == 0
+
+
 @pytest.mark.parametrize(
     "url",
     [
