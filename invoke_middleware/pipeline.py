@@ -677,7 +677,6 @@ def _final(response: UpstreamResponse) -> UpstreamResponse:
     return response
 
 
-@functools.lru_cache(maxsize=4096)
 def require_json(request: PipelineRequest) -> None:
     """Refuse (415) a body that is not JSON as it stands: a media type other than
     ``application/json``, or a content coding (``Content-Encoding: gzip``), which the gateway

@@ -4,9 +4,11 @@ WebTest against a real loopback upstream."""
 from __future__ import annotations
 
 import base64
+import gc
 import gzip
 import json
 import tracemalloc
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -17,6 +19,7 @@ from invoke_middleware import (
     UpstreamRequest,
     UpstreamResponse,
 )
+from invoke_middleware.request import PipelineRequest
 from invoke_middleware.testing import MockTransport, make_response
 from tests.toolkit.upstream import repeating_bytes
 from tests.toolkit.world import World
@@ -346,3 +349,24 @@ def test_header_values_beyond_latin1_are_400(world: World) -> None:
 def test_latin1_header_values_are_sent_as_octets(world: World) -> None:
     world.invoke("echo", {"method": "GET", "path": "/", "headers": {"X-A": "caf\u00e9"}})
     assert world.upstream.last().header("X-A") == "caf\u00e9"
+
+
+def test_a_request_is_not_kept_once_answered(world: World) -> None:
+    # A check of the request's fields was cached on the request, body and all: every
+    # invoke stayed in memory, up to 4,096 of them.
+    seen: list[weakref.ref[PipelineRequest]] = []
+    pipeline = world.middleware.pipeline
+    handle = pipeline.handle
+
+    def recording(request: PipelineRequest, *args: object, **kwargs: object) -> object:
+        seen.append(weakref.ref(request))
+        return handle(request, *args, **kwargs)  # type: ignore[arg-type]
+
+    pipeline.handle = recording  # type: ignore[method-assign]
+    try:
+        assert world.invoke("echo", {"method": "GET", "path": "/"}).status_int == 200
+    finally:
+        del pipeline.handle
+    gc.collect()
+    assert seen
+    assert all(ref() is None for ref in seen)
