@@ -588,6 +588,12 @@ class _HeldBody:
         finally:
             self._admission.release()
 
+    def __del__(self) -> None:
+        # Dropped without being read to its end or closed (a host that discards what it was
+        # given, against PEP 3333): the slot goes back all the same (a second release is a
+        # no-op).
+        self._admission.release()
+
 
 class _Slot:
     """The relays in flight under one cap's key: the process, one team or one service.

@@ -667,6 +667,32 @@ def test_an_admission_holds_its_slot_until_any_other_streamed_body_ends() -> Non
         assert limiter.in_flight == 0
 
 
+@pytest.mark.parametrize("finish", ["write", "close", "drop"])
+def test_a_buffered_answer_holds_its_slot_until_the_server_has_written_it(finish: str) -> None:
+    # Given back once the answer was made, the slot was free while the server's thread wrote
+    # it to a client that may read nothing: a team held every thread, writing.
+    limiter = Limiter(LimitSettings(team_max_in_flight=1))
+    principal = Principal(kind=CredentialKind.INTEGRATION, team_id=TEAM, credential_id="sk-x")
+    service = make_service("svc", "http://127.0.0.1:9")
+    admission = limiter.admit(principal, service, route="invoke", request_id="r")
+    response = admission.hold(
+        PipelineResponse(status=200, reason="OK", headers=[], body=(b"answer",))
+    )
+    assert limiter.in_flight == 1
+    body = response.body
+    if finish == "write":
+        chunks = iter(body)
+        assert next(chunks) == b"answer"
+        assert limiter.in_flight == 1  # being written
+        assert list(chunks) == []
+    elif finish == "close":
+        body.close()  # type: ignore[attr-defined]
+    else:
+        del response, body  # a host that discards what it was given
+        gc.collect()
+    assert limiter.in_flight == 0
+
+
 # -- a slot is given back when the host or the upstream misbehaves ----------------------------
 
 
