@@ -51,6 +51,7 @@ from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.auth.stores import CredentialRecord
 from invoke_middleware.config import ConfigError
 from invoke_middleware.limits import Rate, ServiceLimits, TeamLimits
+from invoke_middleware.readiness import store_probe
 from invoke_middleware.registry import (
     Service,
     ServiceStatus,
@@ -554,16 +555,26 @@ def _serve(args: argparse.Namespace, context: _Context) -> None:
     )
 
 
-def _check_gateway(config: StandaloneConfig, plan: ServerPlan) -> None:
+def _check_gateway(config: StandaloneConfig, plan: ServerPlan, *, read_store: bool = False) -> None:
     """Build the gateway of ``config`` once and close it, saying at once what it would fail
-    or warn about in each process (raises :class:`ConfigError` or :class:`ImportError`).
-    Without metrics: prometheus_client must not be imported before the server chooses its
-    multi-process mode."""
+    or warn about in each process (raises :class:`ConfigError` or :class:`ImportError`);
+    with ``read_store``, its store must answer too (the store is opened lazily: a gateway
+    builds on one that cannot be reached, and fails every request). Without metrics:
+    prometheus_client must not be imported before the server chooses its multi-process
+    mode."""
     without_metrics = dataclasses.replace(
         config, server=dataclasses.replace(config.server, metrics=False)
     )
     checked = build_standalone_app(without_metrics, threads=plan.threads)
     try:
+        if read_store:
+            try:
+                store_probe(checked.store)()
+            except Exception as exc:
+                # Named, not printed: a driver's message may carry the database's address.
+                raise ConfigError(
+                    "[store] database", f"cannot be read ({type(exc).__name__})"
+                ) from None
         warn_rates_per_process(checked, plan.workers)
         warn_open_metrics(config, checked)
     finally:
@@ -595,11 +606,14 @@ def _reread(config: StandaloneConfig, plan: ServerPlan) -> Builder | None:
         failure = exc
     else:
         try:
-            _check_gateway(fresh, plan)
+            open_store(fresh).close()  # a missing SQLite file is refused, as at start
+            _check_gateway(fresh, plan, read_store=True)
         except ConfigError as exc:
             failure = exc.located(str(config.path))
         except ImportError as exc:
             failure = f"{config.path}: [store] database: {_missing_driver(exc)}"
+        except CommandError as exc:
+            failure = exc
         except Exception as exc:
             failure = f"{config.path}: {exc}"
     if failure is not None:

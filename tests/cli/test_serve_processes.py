@@ -18,6 +18,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from invoke_middleware._server import plan_server
+from invoke_middleware._toml_config import load_config
+from invoke_middleware.cli import _reread
 from tests.cli.conftest import Served, Workspace, running_gateway
 from tests.cli.test_server_limits import ENGINES, set_server, set_table
 from tests.toolkit.upstream import RecordingUpstream
@@ -398,3 +401,28 @@ def test_sighup_reads_the_configuration_file_again(
         _via_after_reload(gateway, upstream, key, "1.1 edge-3")
         assert len(_log_lines(gateway, "a changed [server] table applies")) == 1
     assert gateway.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("database", "said"),
+    [
+        pytest.param("postgresql://postgres@127.0.0.1:1/test", "cannot be read", id="unreachable"),
+        pytest.param("sqlite:///missing/store.sqlite3", "does not exist", id="missing-file"),
+    ],
+)
+def test_sighup_keeps_the_workers_off_a_store_that_cannot_be_read(
+    workspace: Workspace, caplog: pytest.LogCaptureFixture, database: str, said: str
+) -> None:
+    # The store opens lazily: the check built a gateway on it, and the workers that replaced
+    # the healthy ones answered every request 500.
+    config = load_config(workspace.config)
+    plan = plan_server(config)
+    text = workspace.config.read_text()
+    assert _reread(config, plan) is not None  # as it is: read again
+    workspace.config.write_text(re.sub(r"(?m)^database = .*$", f'database = "{database}"', text))
+    assert _reread(config, plan) is None
+    [failed] = [
+        r.getMessage() for r in caplog.records if "configuration they had" in r.getMessage()
+    ]
+    assert said in failed
+    assert "postgres@" not in failed
