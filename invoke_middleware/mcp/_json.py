@@ -31,13 +31,24 @@ def encode_utf8(value: object) -> bytes:
     """``value`` as compact JSON in UTF-8, each character beyond ASCII as its own bytes.
 
     Escaped, a character costs 6 bytes, and one beyond the BMP 12, where UTF-8 takes 2 to 4:
-    an answer carrying a text of them came back 3 times its size. A string holding a lone
-    surrogate (a caller's ``"\\ud800"``), which UTF-8 cannot write, makes the whole value
-    written as escapes, as before."""
-    try:
-        return _COMPACT_UTF8.encode(value).encode("utf-8")
-    except UnicodeEncodeError:
-        return COMPACT.encode(value).encode("ascii")
+    an answer carrying a text of them came back 3 times its size. Two kinds stay escaped:
+    a lone surrogate (a caller's ``"\\ud800"``), which UTF-8 cannot write (Python's
+    ``backslashreplace`` writes it as the very JSON escape, and only it); and the three line
+    ends beyond ASCII (U+0085, U+2028, U+2029), which event-stream readers that split lines
+    as Python's ``str.splitlines`` does would take for the end of a ``data:`` line."""
+    encoded = _COMPACT_UTF8.encode(value).encode("utf-8", "backslashreplace")
+    for raw, escape in _LINE_ENDS:
+        if raw in encoded:
+            encoded = encoded.replace(raw, escape)
+    return encoded
+
+
+# Each only ever inside a JSON string, where its escape stands for it.
+_LINE_ENDS: Final = (
+    ("\x85".encode(), b"\\u0085"),
+    ("\u2028".encode(), b"\\u2028"),
+    ("\u2029".encode(), b"\\u2029"),
+)
 
 
 #: A JSON string, a string left open running to the end (see the envelope's scan).

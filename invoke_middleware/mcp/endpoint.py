@@ -806,6 +806,10 @@ class _ToolCall:
             response = self.endpoint.pipeline.dispatch(synthetic, route, self.request_id)
         except GatewayError as refusal:
             return _Refusal.of(refusal)
+        if response.status == 503 and outer.client_gone is not None and outer.client_gone():
+            # It left while the call waited: the pipeline's bare 503, for nobody.
+            close_body(response.body)
+            raise _ClientGone
         raw = _drain(response.body)
         payload = json.loads(raw)
         assert isinstance(payload, dict)

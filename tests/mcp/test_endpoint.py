@@ -729,7 +729,10 @@ def test_a_hostile_body_costs_in_proportion_to_its_size(agent: Agent, shape: byt
 
 def test_answers_are_utf8_and_a_lone_surrogate_is_written_escaped(agent: Agent) -> None:
     assert encode_utf8({"text": "é😀"}) == '{"text":"é😀"}'.encode()
-    # UTF-8 cannot write a lone surrogate: the answer is all escapes then, and still JSON.
-    assert encode_utf8({"id": "\ud800", "text": "é"}) == b'{"id":"\\ud800","text":"\\u00e9"}'
+    # UTF-8 cannot write a lone surrogate: it alone is escaped, and the rest stays UTF-8 (a
+    # caller's id made the whole answer escapes, container text and all).
+    assert encode_utf8({"id": "\ud800", "text": "é"}) == '{"id":"\\ud800","text":"é"}'.encode()
+    # Line ends beyond ASCII stay escaped: some event-stream readers end a data line there.
+    assert encode_utf8({"t": "a\u2028b\x85c\u2029"}) == b'{"t":"a\\u2028b\\u0085c\\u2029"}'
     answer = agent.post_raw(b'{"jsonrpc":"2.0","id":"\\ud800","method":"ping"}')
     assert answer.body.startswith(b'{"jsonrpc":"2.0","id":"\\ud800"')

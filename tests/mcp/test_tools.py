@@ -494,3 +494,27 @@ def test_a_text_body_beyond_ascii_is_carried_at_its_own_size(
     assert result["isError"] is False
     # Twice as text (the content block and the structured result), once as base64.
     assert len(answer.body) < len(body) * (2 + 4 / 3) + 4096
+
+
+def test_a_caller_that_leaves_while_a_call_waits_for_its_slot_ends_the_request(
+    make_world: Callable[..., World], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Gone between the endpoint's look and the pipeline's: the pipeline's bare 503 was read as
+    # the call's JSON, and the request failed as an internal error, with a traceback.
+    limiter = Limiter(LimitSettings(service_max_in_flight=1))
+    world = make_world(limiter=limiter)
+    agent = Agent(world, version="2025-11-25")
+    looks = iter([False])  # here at the endpoint's look; gone from then on
+    arguments = {"service_slug": "echo", "method": "GET", "path": "/"}
+    [message] = tool_calls("call_container_service", arguments, 1)
+    answer = world.app.post_json(
+        "/r/mcp",
+        message,
+        headers=agent._headers({}),
+        extra_environ={CLIENT_GONE_KEY: lambda: next(looks, True)},
+        status=503,
+    )
+    assert answer.body == b""
+    assert world.upstream.received == []
+    assert "failed" not in caplog.text
+    assert limiter.in_flight == 0
