@@ -502,6 +502,7 @@ class Pipeline:
             content_length=len(envelope.body),
             timeouts=service.timeouts.merged_over(settings.timeouts),
             tenant=_tenant(principal.team_id, principal.user_id, principal.credential_id),
+            share=_share(principal.team_id),
         )
         relay = self._start(
             request_id=request_id,
@@ -564,6 +565,7 @@ class Pipeline:
             content_length=length,
             timeouts=service.timeouts.merged_over(settings.timeouts),
             tenant=_tenant(principal.team_id, principal.user_id, principal.credential_id),
+            share=_share(principal.team_id),
         )
         relay = self._start(
             request_id=request_id,
@@ -705,6 +707,13 @@ def _tenant(team_id: uuid.UUID, user_id: str | None, credential_id: str | None) 
         return f"{team_id} user {user_id}"
     if credential_id is not None:
         return f"{team_id} key {credential_id}"
+    return str(team_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _share(team_id: uuid.UUID) -> str:
+    # The caller's connections count in its team's share of a transport's idle ones: a team
+    # of many callers holds no more of them than a team of one.
     return str(team_id)
 
 

@@ -111,7 +111,10 @@ class UpstreamRequest:
     ``tenant`` names who the request is sent for (the gateway sets the caller: its team, and
     its user or key):
     connections are pooled per tenant, never shared between two (see the module docstring).
-    ``None`` is a tenant of its own, for requests sent outside the gateway.
+    ``None`` is a tenant of its own, for requests sent outside the gateway. ``share`` names
+    whose share of a transport's idle connections the request's connection counts in, when
+    that is wider than its tenant (the gateway sets the caller's team, so that a team of many
+    callers holds no more idle connections than a team of one); ``None``: its tenant's.
     """
 
     method: str
@@ -124,6 +127,7 @@ class UpstreamRequest:
     content_length: int | None = None
     timeouts: Timeouts = DEFAULT_TIMEOUTS
     tenant: str | None = None
+    share: str | None = None
 
     @property
     def body_stream(self) -> Iterable[bytes] | None:

@@ -56,8 +56,10 @@ from .base import Closeable, UpstreamRequest, UpstreamResponse
 __all__ = ["HTTPTransport"]
 
 #: Connections are pooled per tenant and origin (scheme, host, port): never shared between two
-#: tenants. A plain tuple, hashed without calling into Python on every pool look-up.
-_PoolKey = tuple[str | None, str, str, int]
+#: tenants. The share they count in (see UpstreamRequest.share) comes first, where the cap on
+#: idle connections looks. A plain tuple, hashed without calling into Python on every pool
+#: look-up.
+_PoolKey = tuple[str | None, str | None, str, str, int]
 
 #: Largest piece handed out per read; a chunk is returned as soon as any bytes arrived.
 _READ_SIZE = 65536
@@ -594,7 +596,7 @@ class HTTPTransport(Closeable):
         # Least recently released first: the end that gives up a connection over the cap.
         self._idle: OrderedDict[_PoolKey, list[_HTTPConnection]] = OrderedDict()
         self._idle_count = 0
-        # Idle connections by tenant: over the cap, the tenant holding the most gives one up.
+        # Idle connections by share: over the cap, the share holding the most gives one up.
         self._idle_of: dict[str | None, int] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -607,7 +609,9 @@ class HTTPTransport(Closeable):
             origin, target = split_url(request.url)
         except ValueError as exc:
             raise _translate(exc) from exc
-        key = (request.tenant, origin.scheme, origin.host, origin.port)
+        tenant = request.tenant
+        share = tenant if request.share is None else request.share
+        key = (share, tenant, origin.scheme, origin.host, origin.port)
         connection = self._idle_connection(key)
         if connection is not None:
             response = self._exchange(key, origin, target, request, connection, reused=True)
@@ -733,27 +737,28 @@ class HTTPTransport(Closeable):
                 and len(self._idle.get(key, ())) < self._pool_size
                 and (self._idle_count < self._max_idle or self._idle)
             ):
-                tenant = key[0]
+                share = key[0]
                 if self._idle_count >= self._max_idle:
-                    evicted = self._pop_from_the_largest(tenant)
+                    evicted = self._pop_from_the_largest(share)
                 self._idle.setdefault(key, []).append(connection)
                 self._idle.move_to_end(key)
                 self._idle_count += 1
-                self._idle_of[tenant] = self._idle_of.get(tenant, 0) + 1
+                self._idle_of[share] = self._idle_of.get(share, 0) + 1
                 unused = None
         for closing in (evicted, unused):
             if closing is not None:
                 closing.close()
 
-    def _pop_from_the_largest(self, tenant: str | None) -> _HTTPConnection:
-        """Take out of the full pool the connection idle the longest of the tenant that holds
-        the most idle ones: ``tenant``'s own, when it holds as many (the lock is held).
+    def _pop_from_the_largest(self, share: str | None) -> _HTTPConnection:
+        """Take out of the full pool the connection idle the longest of the share that holds
+        the most idle ones: ``share``'s own, when it holds as many (the lock is held).
 
-        Evicting the oldest of all would let a tenant with connections to many origins push
-        every other tenant's out, each then paying for new connections (and TLS handshakes)."""
+        Evicting the oldest of all would let a tenant with connections to many origins (or a
+        team of many callers) push every other's out, each then paying for new connections
+        (and TLS handshakes)."""
         held = self._idle_of
-        mine = held.get(tenant, 0)
-        victim = tenant
+        mine = held.get(share, 0)
+        victim = share
         if not mine or mine < max(held.values()):
             victim = max(held, key=held.__getitem__)
         key, idle = next((key, idle) for key, idle in self._idle.items() if key[0] == victim)
@@ -764,13 +769,13 @@ class HTTPTransport(Closeable):
             del self._idle[key]
         return connection
 
-    def _forget_one(self, tenant: str | None) -> None:
-        """One idle connection of ``tenant`` fewer (the lock is held)."""
-        left = self._idle_of[tenant] - 1
+    def _forget_one(self, share: str | None) -> None:
+        """One idle connection of ``share`` fewer (the lock is held)."""
+        left = self._idle_of[share] - 1
         if left:
-            self._idle_of[tenant] = left
+            self._idle_of[share] = left
         else:
-            del self._idle_of[tenant]
+            del self._idle_of[share]
 
 
 class _HTTPConnection(http.client.HTTPConnection):

@@ -19,6 +19,7 @@ def send(
     content_length: int | None = None,
     timeouts: Timeouts = QUICK,
     tenant: str | None = None,
+    share: str | None = None,
 ) -> UpstreamResponse:
     return transport.send(
         UpstreamRequest(
@@ -29,6 +30,7 @@ def send(
             content_length=content_length,
             timeouts=timeouts,
             tenant=tenant,
+            share=share,
         )
     )
 

@@ -111,6 +111,30 @@ def test_idle_connections_kept_per_origin_are_bounded(raw_upstream: RawUpstream)
     assert raw_upstream.connections_accepted == 2
 
 
+def test_a_full_pool_takes_from_the_share_that_holds_the_most(raw_upstream: RawUpstream) -> None:
+    # The gateway pools per caller: team-a's four callers held one idle connection each, as
+    # many tenants, and team-b's one was the one pushed out. Counted by team, team-a gives
+    # up its own.
+    transport = HTTPTransport(max_idle_connections=4)
+    size = 1024 * 1024  # larger than one receive: each connection stays busy until read
+    url = raw_upstream.url + f"/download?size={size}"
+    try:
+        busy = [send(transport, "GET", url, tenant="team-b caller", share="team-b")]
+        busy += [
+            send(transport, "GET", url, tenant=f"team-a caller-{n}", share="team-a")
+            for n in range(4)
+        ]
+        for response in busy:  # team-b's released first: the one idle the longest
+            assert b"".join(response) == repeating_bytes(size)
+            response.close()
+        assert raw_upstream.connections_accepted == 5
+        small = raw_upstream.url + "/download?size=10"
+        fetch(transport, "GET", small, tenant="team-b caller", share="team-b")
+    finally:
+        transport.close()
+    assert raw_upstream.connections_accepted == 5  # team-b's connection was still there
+
+
 def test_closed_transport_refuses_to_send(raw_upstream: RawUpstream) -> None:
     transport = HTTPTransport()
     fetch(transport, "GET", raw_upstream.url + "/download?size=10")
