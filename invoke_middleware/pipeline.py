@@ -494,6 +494,7 @@ class Pipeline:
         )
         url = build_target_url(service.base_url, envelope.path)
         path = envelope.path.partition("?")[0]
+        tenant, share = _pool_keys(principal.team_id, principal.user_id, principal.credential_id)
         upstream = UpstreamRequest(
             method=envelope.method,
             url=url,
@@ -501,8 +502,8 @@ class Pipeline:
             body=envelope.body if envelope.body or envelope.method not in ("GET", "HEAD") else None,
             content_length=len(envelope.body),
             timeouts=service.timeouts.merged_over(settings.timeouts),
-            tenant=_tenant(principal.team_id, principal.user_id, principal.credential_id),
-            share=_share(principal.team_id),
+            tenant=tenant,
+            share=share,
         )
         relay = self._start(
             request_id=request_id,
@@ -551,6 +552,7 @@ class Pipeline:
         tail = route.tail
         url = build_target_url(service.base_url, tail, request.query or None)
         body, length = request_body(request, settings.max_relay_body_bytes)
+        tenant, share = _pool_keys(principal.team_id, principal.user_id, principal.credential_id)
         upstream = UpstreamRequest(
             method=request.method,
             url=url,
@@ -564,8 +566,8 @@ class Pipeline:
             body=body,
             content_length=length,
             timeouts=service.timeouts.merged_over(settings.timeouts),
-            tenant=_tenant(principal.team_id, principal.user_id, principal.credential_id),
-            share=_share(principal.team_id),
+            tenant=tenant,
+            share=share,
         )
         relay = self._start(
             request_id=request_id,
@@ -695,26 +697,24 @@ def require_json(request: PipelineRequest) -> None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _tenant(team_id: uuid.UUID, user_id: str | None, credential_id: str | None) -> str:
-    # Transports pool connections per tenant: the caller, a user (whatever credential it
-    # presents) or, without one, a team's key. No connection, and so no byte an upstream
-    # sends past the end of a response, passes from one team to another, nor from one caller
-    # to another: an upstream that answers a request it never got (a caller's body that is
-    # itself a request, sent to one that answers before reading) puts every later answer on
-    # that connection one behind, for that caller only (README, security). Cached: formatting
-    # a UUID costs more than the rest of building the upstream request.
+def _pool_keys(
+    team_id: uuid.UUID, user_id: str | None, credential_id: str | None
+) -> tuple[str, str]:
+    # The upstream request's tenant and share. Transports pool connections per tenant: the
+    # caller, a user (whatever credential it presents) or, without one, a team's key. No
+    # connection, and so no byte an upstream sends past the end of a response, passes from
+    # one team to another, nor from one caller to another: an upstream that answers a request
+    # it never got (a caller's body that is itself a request, sent to one that answers before
+    # reading) puts every later answer on that connection one behind, for that caller only
+    # (README, security). The connections count in the team's share of a transport's idle
+    # ones: a team of many callers holds no more of them than a team of one. Cached:
+    # formatting a UUID costs more than the rest of building the upstream request.
+    team = str(team_id)
     if user_id is not None:
-        return f"{team_id} user {user_id}"
+        return f"{team} user {user_id}", team
     if credential_id is not None:
-        return f"{team_id} key {credential_id}"
-    return str(team_id)
-
-
-@functools.lru_cache(maxsize=4096)
-def _share(team_id: uuid.UUID) -> str:
-    # The caller's connections count in its team's share of a transport's idle ones: a team
-    # of many callers holds no more of them than a team of one.
-    return str(team_id)
+        return f"{team} key {credential_id}", team
+    return team, team
 
 
 def _safe_reason(reason: str, status: int) -> str:

@@ -43,10 +43,14 @@ class Agent:
     key: str = "sk"
     version: str | None = None  # handshake-era MCP-Protocol-Version; None: no header
     headers: dict[str, str] = field(default_factory=dict)
+    #: What the server adds to each request's environ (``CLIENT_GONE_KEY``, say).
+    environ: dict[str, Any] = field(default_factory=dict)
 
     def post(self, document: Any, *, status: int | None = 200, **headers: str) -> Any:
         sent = self._headers(headers)
-        return self.world.app.post_json("/r/mcp", document, headers=sent, status=status)
+        return self.world.app.post_json(
+            "/r/mcp", document, headers=sent, status=status, extra_environ=self.environ
+        )
 
     def post_raw(self, body: bytes, *, status: int | None = 200, **headers: str) -> Any:
         """Post ``body`` as it is: for texts that no JSON encoder writes."""
@@ -56,6 +60,7 @@ class Agent:
             headers=self._headers(headers),
             content_type="application/json",
             status=status,
+            extra_environ=self.environ,
         )
 
     def _headers(self, headers: dict[str, str]) -> dict[str, str]:

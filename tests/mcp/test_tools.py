@@ -309,16 +309,9 @@ def test_a_message_holds_one_slot_of_its_team_however_many_calls_it_makes(
 
 def test_no_call_is_made_for_a_caller_that_left(world: World) -> None:
     # As the REST routes: a server that can tell (the ASGI adapter) says so in the environ.
-    agent = Agent(world, version="2025-11-25")
+    agent = Agent(world, version="2025-11-25", environ={CLIENT_GONE_KEY: lambda: True})
     arguments = {"service_slug": "echo", "method": "POST", "path": "/order"}
-    [message] = tool_calls("call_container_service", arguments, 1)
-    answer = world.app.post_json(
-        "/r/mcp",
-        message,
-        headers=agent._headers({}),
-        extra_environ={CLIENT_GONE_KEY: lambda: True},
-        status=503,
-    )
+    answer = agent.call("call_container_service", arguments, status=503)
     assert answer.body == b""
     assert world.upstream.received == []
 
@@ -503,17 +496,10 @@ def test_a_caller_that_leaves_while_a_call_waits_for_its_slot_ends_the_request(
     # the call's JSON, and the request failed as an internal error, with a traceback.
     limiter = Limiter(LimitSettings(service_max_in_flight=1))
     world = make_world(limiter=limiter)
-    agent = Agent(world, version="2025-11-25")
     looks = iter([False])  # here at the endpoint's look; gone from then on
+    agent = Agent(world, version="2025-11-25", environ={CLIENT_GONE_KEY: lambda: next(looks, True)})
     arguments = {"service_slug": "echo", "method": "GET", "path": "/"}
-    [message] = tool_calls("call_container_service", arguments, 1)
-    answer = world.app.post_json(
-        "/r/mcp",
-        message,
-        headers=agent._headers({}),
-        extra_environ={CLIENT_GONE_KEY: lambda: next(looks, True)},
-        status=503,
-    )
+    answer = agent.call("call_container_service", arguments, status=503)
     assert answer.body == b""
     assert world.upstream.received == []
     assert "failed" not in caplog.text

@@ -172,19 +172,19 @@ class HostileUpstream(RawUpstream):
     def _handle_answer_early(
         self, connection: _Connection, method: str, params: dict[str, str]
     ) -> bool:
-        self._count_head()
-        self._send_head(connection, "413 Content Too Large", "Content-Length: 8")
-        connection.sock.sendall(b"too big!")
-        self._stop.wait(_LATE)  # the client keeps sending meanwhile
-        return False
+        return self._answer_early(connection, _LATE)  # the client keeps sending meanwhile
 
     def _handle_answer_early_and_stall(
         self, connection: _Connection, method: str, params: dict[str, str]
     ) -> bool:
+        return self._answer_early(connection, _HOLD)
+
+    def _answer_early(self, connection: _Connection, then_wait: float) -> bool:
+        """Answer 413 with the body unread, then wait ``then_wait`` seconds before closing."""
         self._count_head()
         self._send_head(connection, "413 Content Too Large", "Content-Length: 8")
         connection.sock.sendall(b"too big!")
-        self._stop.wait(_HOLD)
+        self._stop.wait(then_wait)
         return False
 
     def _handle_act_and_drop(
