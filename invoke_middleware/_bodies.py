@@ -8,8 +8,12 @@ fails half-way re-raises so the server aborts the connection instead of ending i
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
+from typing import cast
 
 from invoke_middleware.errors import (
     InvalidRequestError,
@@ -20,7 +24,7 @@ from invoke_middleware.errors import (
 )
 from invoke_middleware.headers import CONTENT_LENGTH_PATTERN
 from invoke_middleware.request import PipelineRequest
-from invoke_middleware.transport.base import UpstreamResponse
+from invoke_middleware.transport.base import FileRegion, UpstreamResponse
 
 logger = logging.getLogger("invoke_middleware")
 
@@ -38,6 +42,12 @@ def close_body(body: Iterable[bytes]) -> None:
 #: worker twice the CPU. Larger reads hold more per connection for no further gain (1 MiB
 #: reads took an upload's peak memory to 7 MiB).
 _READ_SIZE = 256 * 1024
+
+#: The readers whose position is the position in their file descriptor's file and whose bytes
+#: are that file's: a body read through one of them may be sent from the file itself. Exact
+#: types, not subclasses: a wrapper with a file descriptor may hand out other bytes than its
+#: file's (``gzip.GzipFile`` has the compressed file's descriptor).
+_FILE_READERS = frozenset({io.BufferedRandom, io.BufferedReader, io.FileIO})
 
 
 def relay_content_length(method: str, response: UpstreamResponse) -> str | None:
@@ -102,6 +112,29 @@ class RequestBody:
                 raise PayloadTooLargeError()
             yield chunk
             chunk = read(_READ_SIZE)
+
+    def file_region(self) -> FileRegion | None:
+        """Where the body lies, when the server spooled it whole into a regular file before
+        calling the application (waitress does, past its in-memory limit) and none of it has
+        been read: a transport may then send it from the file (:class:`FileRegion`)."""
+        body = self._body
+        if self._length is None or self.sent or type(body) not in _FILE_READERS:
+            return None
+        reader = cast("io.BufferedIOBase", body)
+        try:
+            fd = reader.fileno()
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None  # a pipe or a socket: its bytes are read once, as they come
+            offset = reader.tell()
+        except (OSError, ValueError):
+            return None  # closed, or not a file after all
+        return FileRegion(fd, offset, self._length, self._taken)
+
+    def _taken(self, size: int) -> None:
+        """``size`` more bytes were sent from the file: counted, and the reader moved past them
+        (a server that drains what the application left unread finds nothing)."""
+        self.sent += size
+        cast("io.BufferedIOBase", self._body).seek(size, io.SEEK_CUR)
 
     def _read(self, size: int) -> bytes:
         try:

@@ -16,6 +16,8 @@ from invoke_middleware._lazy import lazy_attributes
 from .base import (
     DEFAULT_TIMEOUTS,
     Closeable,
+    FileRegion,
+    SpooledBody,
     Timeouts,
     Transport,
     UpstreamRequest,
@@ -30,8 +32,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TIMEOUTS",
     "Closeable",
+    "FileRegion",
     "HTTPTransport",
     "RequestsTransport",
+    "SpooledBody",
     "Timeouts",
     "Transport",
     "UpstreamRequest",

@@ -99,6 +99,32 @@ class Timeouts:
 DEFAULT_TIMEOUTS = Timeouts(connect=5.0, read=60.0, total=300.0)
 
 
+@dataclass(frozen=True)
+class FileRegion:
+    """Where a streamed body lies whole in a regular file: ``length`` bytes of the file open as
+    ``fd``, from ``offset``.
+
+    A transport may send them from there (``os.sendfile``: the kernel copies the file to the
+    socket, never through Python's memory) instead of iterating the body, and then calls
+    ``taken`` with each count of bytes sent, in order, so that the body knows how far it was
+    read. A file that ends before ``length`` bytes is a body cut short.
+    """
+
+    fd: int
+    offset: int
+    length: int
+    taken: Callable[[int], None] = field(repr=False, compare=False)
+
+
+class SpooledBody(Protocol):
+    """A streamed body that may lie whole in a file (a server may spool a request's body to
+    one before the application runs: waitress does, past its in-memory limit)."""
+
+    def file_region(self) -> FileRegion | None:
+        """Where the body lies when it is in a regular file and none of it has been read;
+        ``None`` otherwise (then it is read by iterating it)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class UpstreamRequest:
     """One request to send upstream.
@@ -174,6 +200,16 @@ class UpstreamRequest:
         """
         return self.method in IDEMPOTENT_METHODS and self.body_stream is None
 
+    @property
+    def file_region(self) -> FileRegion | None:
+        """Where the streamed body lies in a file (:class:`SpooledBody`), when it does and
+        its length is the declared one; ``None`` otherwise: iterate :meth:`checked_stream`."""
+        region_of = getattr(self.body_stream, "file_region", None)
+        if region_of is None or self.content_length is None:
+            return None
+        region = cast("FileRegion | None", region_of())
+        return region if region is not None and region.length == self.content_length else None
+
     def checked_stream(self, deadline: float | None = None) -> Iterator[bytes]:
         """The streamed body's chunks (none when it is not streamed), checked against
         ``content_length`` when that is declared, and against ``deadline`` (a
@@ -197,13 +233,14 @@ class UpstreamRequest:
                 )
             sent += len(chunk)
             if expected is not None and sent > expected:
-                raise _length_mismatch()
+                raise length_mismatch()
             yield chunk
         if expected is not None and sent != expected:
-            raise _length_mismatch()
+            raise length_mismatch()
 
 
-def _length_mismatch() -> InvalidRequestError:
+def length_mismatch() -> InvalidRequestError:
+    """The caller's body ran past, or ended short of, its declared length (400)."""
     return InvalidRequestError("The request body does not match its declared length.")
 
 

@@ -19,6 +19,7 @@ gateway's own errors::
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import select
 import socket
@@ -51,7 +52,7 @@ from ._response import (
     parse_head,
 )
 from ._tls import PEER_CLOSED, TLS_RECORD, CABundle, resolve_ssl_context
-from .base import Closeable, UpstreamRequest, UpstreamResponse
+from .base import Closeable, FileRegion, UpstreamRequest, UpstreamResponse, length_mismatch
 
 __all__ = ["HTTPTransport"]
 
@@ -265,11 +266,15 @@ class _Exchange:
             if body:
                 self._send(body)
             if stream is not None:
-                # Checked against the total: a caller slower than it is told so (408), not
-                # blamed on the service at the next send.
-                self._write_stream(
-                    request.checked_stream(self._deadline.at), chunked=request.is_chunked
-                )
+                region = request.file_region if self._connection.sends_files else None
+                if region is not None:
+                    self._send_file(region)
+                else:
+                    # Checked against the total: a caller slower than it is told so (408),
+                    # not blamed on the service at the next send.
+                    self._write_stream(
+                        request.checked_stream(self._deadline.at), chunked=request.is_chunked
+                    )
 
     def _write_stream(self, chunks: Iterable[bytes], *, chunked: bool) -> None:
         self.stage = _READING_BODY
@@ -281,6 +286,40 @@ class _Exchange:
         if chunked:
             self.stage = _WRITING_BODY
             self._send(b"0\r\n\r\n")
+
+    def _send_file(self, region: FileRegion) -> None:
+        """Send a body that lies in a file from the file: the kernel copies it to the socket
+        (``os.sendfile``), never through Python's memory.
+
+        A piece at a time, each after re-arming the deadline, as :meth:`_send` sends: a piece
+        is at most what the kernel moves to the socket at once (a pipe's 64 KiB), so that
+        the kernel's send timeout bounds each call. While Python's socket timeout applies
+        (the last of the total), a piece is read and goes through :meth:`_send`, which
+        waits for it.
+        """
+        self.stage = _WRITING_BODY
+        sock, arm = self._sock, self._deadline.arm
+        out, offset, left = sock.fileno(), region.offset, region.length
+        stalled = None
+        while left:
+            arm()
+            size = left if left < _READ_SIZE else _READ_SIZE
+            if sock.gettimeout() is None:
+                try:
+                    sent = os.sendfile(out, region.fd, offset, size)
+                except (BlockingIOError, TimeoutError) as error:
+                    stalled = self._stalled(error, stalled)
+                    continue
+                stalled = None
+            else:
+                piece = os.pread(region.fd, size, offset)
+                self._send(piece)
+                sent = len(piece)
+            if not sent:
+                raise length_mismatch()  # the file ends before the declared length
+            offset += sent
+            left -= sent
+            region.taken(sent)
 
     def _send(self, data: bytes | memoryview) -> None:
         """Write ``data`` whole, re-arming the deadline before each send.
@@ -298,19 +337,27 @@ class _Exchange:
             try:
                 view = view[sock.send(view[:size]) :]
                 stalled = None
-            except (BlockingIOError, TimeoutError):
-                # Nothing was queued within the read timeout. The kernel wakes a sender only
-                # once a third of its send buffer is free, so an upstream that reads steadily
-                # but slowly can leave it waiting longer than that: it has been reading if the
-                # bytes it has not taken went down since the last such timeout.
-                untaken = _untaken(sock)
-                if untaken is None or (stalled is not None and untaken >= stalled):
-                    if not self._connection.is_quiet():
-                        # It stopped taking the body with bytes for us waiting: an answer
-                        # given before the end of the request, which is the response.
-                        raise _AnsweredEarly from None
-                    raise
-                stalled = untaken
+            except (BlockingIOError, TimeoutError) as error:
+                stalled = self._stalled(error, stalled)
+
+    def _stalled(self, error: OSError, before: int | None) -> int:
+        """A send took nothing within the read timeout (``error``): the bytes the upstream has
+        not taken yet, to compare at the next such time out, when it is still reading; else
+        raise ``error``, or :class:`_AnsweredEarly` when an answer waits.
+
+        The kernel wakes a sender only once a third of its send buffer is free, so an upstream
+        that reads steadily but slowly can leave it waiting longer than the timeout: it has
+        been reading if the bytes it has not taken (``before``: at the last time out) went
+        down.
+        """
+        untaken = _untaken(self._sock)
+        if untaken is None or (before is not None and untaken >= before):
+            if not self._connection.is_quiet():
+                # It stopped taking the body with bytes for us waiting: an answer given
+                # before the end of the request, which is the response.
+                raise _AnsweredEarly from None
+            raise error
+        return untaken
 
     def _receive(self, size: int = _READ_SIZE) -> bytes:
         """At most ``size`` bytes as soon as any arrive; ``b""`` once the peer closed."""
@@ -790,6 +837,8 @@ class _HTTPConnection(http.client.HTTPConnection):
     #: The most bytes one send of a request is given. A TCP ``send`` that fails took
     #: nothing, and one that succeeds says how much it took, so any size will do.
     send_size = sys.maxsize
+    #: Whether a body that lies in a file is sent from it (``os.sendfile``; not through TLS).
+    sends_files = hasattr(os, "sendfile")
 
     def connect(self) -> None:
         super().connect()
@@ -821,6 +870,8 @@ class _HTTPSConnection(_HTTPConnection, http.client.HTTPSConnection):
     # went out, but a record cut short cannot be read: when the first send fails, the
     # upstream has seen nothing of the request.
     send_size = TLS_RECORD
+    # The bytes must go through the TLS layer: a file is read into memory like any body.
+    sends_files = False
 
     def __init__(self, host: str, port: int, *, timeout: float | None, context: ssl.SSLContext):
         super().__init__(host, port, timeout=timeout, context=context)

@@ -4,13 +4,17 @@ against a real loopback upstream. Streaming, timing and large bodies are in test
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
+import os
+import random
 from collections.abc import Callable
 
 import pytest
 from werkzeug.test import Client
 
 from invoke_middleware import PipelineSettings
+from tests.toolkit.servers import serve_waitress
 from tests.toolkit.upstream import repeating_bytes
 from tests.toolkit.world import World
 
@@ -85,6 +89,43 @@ def test_binary_upload_is_byte_exact(world: World) -> None:
     payload = bytes(range(256)) * 4096
     world.app.post("/r/containers/echo/up", payload, headers=world.auth())
     assert world.upstream.last().body == payload
+
+
+@pytest.mark.parametrize(
+    ("size", "from_file"),
+    [
+        pytest.param(100 * 1024, False, id="in-memory"),
+        pytest.param(3 * 1024 * 1024 + 7, True, id="spooled-to-a-file"),
+    ],
+)
+def test_a_body_waitress_spooled_to_a_file_goes_upstream_from_it_byte_exact(
+    world: World, monkeypatch: pytest.MonkeyPatch, size: int, from_file: bool
+) -> None:
+    # waitress reads a body whole before calling the app, into a temporary file past 512 KiB:
+    # the transport sends it from there (os.sendfile), not through Python's memory.
+    sent_from_files: list[int] = []
+    sendfile = os.sendfile
+
+    def counted(out: int, fd: int, offset: int, count: int) -> int:
+        sent = sendfile(out, fd, offset, count)
+        sent_from_files.append(sent)
+        return sent
+
+    monkeypatch.setattr(os, "sendfile", counted)
+    payload = random.Random(size).randbytes(size)
+
+    with serve_waitress(world.host) as url:
+        connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=20)
+        try:
+            connection.request("POST", "/r/containers/echo/up", payload, world.auth())
+            status = connection.getresponse().status
+        finally:
+            connection.close()
+
+    assert status == 200
+    assert world.upstream.last().body == payload
+    assert world.finished[-1].bytes_in == size
+    assert sum(sent_from_files) == (size if from_file else 0)
 
 
 def test_gzip_passes_untouched(world: World) -> None:

@@ -6,40 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 import pytest
-import waitress
-import waitress.server
 
 from invoke_middleware import PipelineSettings, Timeouts
 from tests.toolkit.errors import assert_gateway_error
-from tests.toolkit.servers import JOIN_TIMEOUT, serve_wsgiref
+from tests.toolkit.servers import serve_waitress, serve_wsgiref
 from tests.toolkit.world import World, make_service
 from tests.transport._hostile import HostileUpstream, serve_hostile
 from tests.upstreams import RawUpstream
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication
-
-
-@contextlib.contextmanager
-def serve_waitress(app: WSGIApplication) -> Iterator[str]:
-    """Serve ``app`` with waitress (the standalone gateway's server) from a thread."""
-    server = waitress.server.create_server(app, host="127.0.0.1", port=0, threads=2)
-    assert isinstance(server, waitress.server.TcpWSGIServer)
-    thread = threading.Thread(target=server.run)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.effective_port}"
-    finally:
-        server.task_dispatcher.shutdown()
-        for channel in list(server._map.values()):  # the listener and any open connection
-            channel.close()
-        thread.join(JOIN_TIMEOUT)
-
 
 SERVERS = [pytest.param(serve_wsgiref, id="wsgiref"), pytest.param(serve_waitress, id="waitress")]
 

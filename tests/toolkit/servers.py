@@ -1,8 +1,8 @@
 """Run a server from a thread for the length of a ``with`` block.
 
-Every loopback server of the tests (``http.server``, werkzeug, wsgiref) runs the same way:
-``serve_forever`` in a thread, then ``shutdown``, ``server_close`` and a bounded ``join`` when
-the block ends, so that no test leaves a thread or a listening socket behind.
+Every loopback server of the tests (``http.server``, werkzeug, wsgiref, waitress) runs the same
+way: served from a thread, then shut down, its sockets closed and its thread joined (bounded)
+when the block ends, so that no test leaves a thread or a listening socket behind.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from wsgiref.simple_server import WSGIRequestHandler as WsgirefHandler
 from wsgiref.simple_server import WSGIServer
 from wsgiref.simple_server import make_server as make_wsgiref_server
 
+import waitress.server
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 from werkzeug.serving import make_server as make_werkzeug_server
 
@@ -85,3 +86,21 @@ def serve_wsgiref(app: WSGIApplication) -> Iterator[str]:
     )
     with serving(server) as url:
         yield url
+
+
+@contextlib.contextmanager
+def serve_waitress(app: WSGIApplication) -> Iterator[str]:
+    """Serve ``app`` with waitress (the standalone gateway's server) from a thread; yield its
+    base URL. waitress reads a request's body whole before calling the app, into a temporary
+    file past 512 KiB (its ``inbuf_overflow``)."""
+    server = waitress.server.create_server(app, host="127.0.0.1", port=0, threads=2)
+    assert isinstance(server, waitress.server.TcpWSGIServer)
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.task_dispatcher.shutdown()
+        for channel in list(server._map.values()):  # the listener and any open connection
+            channel.close()
+        thread.join(JOIN_TIMEOUT)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 
@@ -22,7 +22,7 @@ from invoke_middleware.errors import (
 from invoke_middleware.transport import HTTPTransport, Timeouts
 from tests.upstreams import RawUpstream, TLSFiles
 
-from ._helpers import drain, fetch, send
+from ._helpers import SpooledFile, drain, fetch, send
 from ._hostile import HostileUpstream, serve_hostile
 
 #: Far more than the socket buffers on both sides hold: sending it waits on the upstream.
@@ -46,12 +46,34 @@ def transport(tls_files: TLSFiles) -> Iterator[HTTPTransport]:
 SCHEMES = pytest.mark.parametrize("upstream", ["http", "https"], indirect=True)
 
 
-def _body(streamed: bool) -> bytes | Iterator[bytes]:
-    data = bytes(_LARGE)
-    return iter([data]) if streamed else data
+BodyOf = Callable[[str], bytes | Iterable[bytes]]
 
 
-BODY_SHAPES = [pytest.param(False, id="bytes-body"), pytest.param(True, id="streamed-body")]
+@pytest.fixture
+def body_of() -> Iterator[BodyOf]:
+    """Makes a body of ``_LARGE`` zero bytes in a shape of ``BODY_SHAPES``."""
+    spooled: list[SpooledFile] = []
+
+    def make(shape: str) -> bytes | Iterable[bytes]:
+        data = bytes(_LARGE)
+        if shape == "streamed":
+            return iter([data])
+        if shape == "spooled":
+            # Sent from its file (over TLS, read into memory).
+            spooled.append(SpooledFile(data))
+            return spooled[-1]
+        return data
+
+    yield make
+    for body in spooled:
+        body.close()
+
+
+BODY_SHAPES = [
+    pytest.param("bytes", id="bytes-body"),
+    pytest.param("streamed", id="streamed-body"),
+    pytest.param("spooled", id="spooled-body"),
+]
 
 
 def _idle_connections(transport: HTTPTransport) -> int:
@@ -59,9 +81,9 @@ def _idle_connections(transport: HTTPTransport) -> int:
 
 
 @SCHEMES
-@pytest.mark.parametrize("streamed", BODY_SHAPES)
+@pytest.mark.parametrize("shape", BODY_SHAPES)
 def test_the_total_deadline_holds_while_the_upstream_reads_the_body_slowly(
-    transport: HTTPTransport, upstream: HostileUpstream, streamed: bool
+    transport: HTTPTransport, upstream: HostileUpstream, shape: str, body_of: BodyOf
 ) -> None:
     # The upstream takes a little of the body well within each read timeout: only the total
     # can stop the upload, and running into it is a timeout, not a broken connection.
@@ -73,7 +95,7 @@ def test_the_total_deadline_holds_while_the_upstream_reads_the_body_slowly(
             transport,
             "POST",
             upstream.url + "/trickle",
-            body=_body(streamed),
+            body=body_of(shape),
             content_length=_LARGE,
             timeouts=timeouts,
         )
@@ -81,8 +103,11 @@ def test_the_total_deadline_holds_while_the_upstream_reads_the_body_slowly(
     assert time.monotonic() - started < 3.0  # the upstream would keep reading for 5 s
 
 
+@pytest.mark.parametrize(
+    "spooled", [pytest.param(False, id="streamed"), pytest.param(True, id="spooled")]
+)
 def test_an_upstream_that_reads_the_body_steadily_is_not_cut_off_at_the_read_timeout(
-    transport: HTTPTransport,
+    transport: HTTPTransport, spooled: bool, body_of: BodyOf
 ) -> None:
     # 64 KiB every 100 ms, with the system's usual socket buffers, a streamed body sent
     # 64 KiB at a time: the kernel wakes a sender blocked on one only once a third of its
@@ -97,7 +122,7 @@ def test_an_upstream_that_reads_the_body_steadily_is_not_cut_off_at_the_read_tim
             transport,
             "POST",
             upstream.url + "/trickle?size=65536&every=0.1",
-            body=iter([chunk] * (_LARGE // len(chunk))),
+            body=body_of("spooled") if spooled else iter([chunk] * (_LARGE // len(chunk))),
             content_length=_LARGE,
             timeouts=timeouts,
         )
@@ -105,8 +130,9 @@ def test_an_upstream_that_reads_the_body_steadily_is_not_cut_off_at_the_read_tim
     assert time.monotonic() - started > 2.5
 
 
+@pytest.mark.parametrize("shape", BODY_SHAPES)
 def test_an_upstream_that_stops_reading_the_body_is_cut_off_within_two_read_timeouts(
-    transport: HTTPTransport, upstream: HostileUpstream
+    transport: HTTPTransport, upstream: HostileUpstream, shape: str, body_of: BodyOf
 ) -> None:
     started = time.monotonic()
 
@@ -115,7 +141,7 @@ def test_an_upstream_that_stops_reading_the_body_is_cut_off_within_two_read_time
             transport,
             "POST",
             upstream.url + "/stall",
-            body=bytes(_LARGE),
+            body=body_of(shape),
             content_length=_LARGE,
             timeouts=Timeouts(connect=2.0, read=0.3, total=30.0),
         )
@@ -178,10 +204,10 @@ def test_a_send_timeout_on_a_reused_connection_is_a_timeout_and_not_retried(
 
 
 @SCHEMES
-@pytest.mark.parametrize("streamed", BODY_SHAPES)
+@pytest.mark.parametrize("shape", BODY_SHAPES)
 @pytest.mark.parametrize("reused", [pytest.param(False, id="new"), pytest.param(True, id="reused")])
 def test_an_answer_given_before_the_body_was_taken_is_the_response(
-    transport: HTTPTransport, upstream: HostileUpstream, streamed: bool, reused: bool
+    transport: HTTPTransport, upstream: HostileUpstream, shape: str, body_of: BodyOf, reused: bool
 ) -> None:
     if reused:
         fetch(transport, "GET", upstream.url + "/say?word=hi")
@@ -190,7 +216,7 @@ def test_an_answer_given_before_the_body_was_taken_is_the_response(
         transport,
         "POST",
         upstream.url + "/answer-early",
-        body=_body(streamed),
+        body=body_of(shape),
         content_length=_LARGE,
     )
 
@@ -201,9 +227,9 @@ def test_an_answer_given_before_the_body_was_taken_is_the_response(
 
 
 @SCHEMES
-@pytest.mark.parametrize("streamed", BODY_SHAPES)
+@pytest.mark.parametrize("shape", BODY_SHAPES)
 def test_an_answer_given_before_the_body_stalled_is_the_response(
-    transport: HTTPTransport, upstream: HostileUpstream, streamed: bool
+    transport: HTTPTransport, upstream: HostileUpstream, shape: str, body_of: BodyOf
 ) -> None:
     # The upstream answered, then took no more of the body and kept the connection open:
     # the answer waited on the socket while the send timed out, and the caller got 504.
@@ -211,7 +237,7 @@ def test_an_answer_given_before_the_body_stalled_is_the_response(
         transport,
         "POST",
         upstream.url + "/answer-early-and-stall",
-        body=_body(streamed),
+        body=body_of(shape),
         content_length=_LARGE,
         timeouts=Timeouts(connect=2.0, read=0.3, total=30.0),
     )
