@@ -24,7 +24,7 @@ from invoke_middleware.errors import (
 )
 from invoke_middleware.headers import CONTENT_LENGTH_PATTERN
 from invoke_middleware.request import PipelineRequest
-from invoke_middleware.transport.base import FileRegion, UpstreamResponse
+from invoke_middleware.transport.base import FileRegion, UpstreamResponse, unreadable_body
 
 logger = logging.getLogger("invoke_middleware")
 
@@ -43,11 +43,11 @@ def close_body(body: Iterable[bytes]) -> None:
 #: reads took an upload's peak memory to 7 MiB).
 _READ_SIZE = 256 * 1024
 
-#: The readers whose position is the position in their file descriptor's file and whose bytes
-#: are that file's: a body read through one of them may be sent from the file itself. Exact
-#: types, not subclasses: a wrapper with a file descriptor may hand out other bytes than its
-#: file's (``gzip.GzipFile`` has the compressed file's descriptor).
-_FILE_READERS = frozenset({io.BufferedRandom, io.BufferedReader, io.FileIO})
+#: The buffered readers whose position is the position in their file and whose bytes are that
+#: file's, when what they read is a plain ``io.FileIO``: a body read through one may be sent
+#: from the file itself. Exact types, not subclasses: a wrapper with a file descriptor may
+#: hand out other bytes than its file's (``gzip.GzipFile`` has the compressed file's).
+_BUFFERED_READERS = frozenset({io.BufferedRandom, io.BufferedReader})
 
 
 def relay_content_length(method: str, response: UpstreamResponse) -> str | None:
@@ -118,7 +118,12 @@ class RequestBody:
         calling the application (waitress does, past its in-memory limit) and none of it has
         been read: a transport may then send it from the file (:class:`FileRegion`)."""
         body = self._body
-        if self._length is None or self.sent or type(body) not in _FILE_READERS:
+        if self._length is None or self.sent:
+            return None
+        if type(body) in _BUFFERED_READERS:
+            if type(cast("io.BufferedReader", body).raw) is not io.FileIO:
+                return None  # a layer of its own between the reader and the file
+        elif type(body) is not io.FileIO:
             return None
         reader = cast("io.BufferedIOBase", body)
         try:
@@ -134,7 +139,10 @@ class RequestBody:
         """``size`` more bytes were sent from the file: counted, and the reader moved past them
         (a server that drains what the application left unread finds nothing)."""
         self.sent += size
-        cast("io.BufferedIOBase", self._body).seek(size, io.SEEK_CUR)
+        try:
+            cast("io.BufferedIOBase", self._body).seek(size, io.SEEK_CUR)
+        except (OSError, ValueError) as error:
+            raise unreadable_body() from error
 
     def _read(self, size: int) -> bytes:
         try:
@@ -143,7 +151,7 @@ class RequestBody:
             # The server's own reader failed: a malformed chunk size, a body cut short, a
             # client that went away (gunicorn's InvalidChunkSize and NoMoreData, werkzeug's
             # ClientDisconnected). The caller's fault, not the gateway's: 400, not 500.
-            raise InvalidRequestError("The request body could not be read.") from error
+            raise unreadable_body() from error
 
 
 def request_body(request: PipelineRequest, limit: int) -> tuple[RequestBody | None, int | None]:

@@ -101,6 +101,33 @@ def test_a_file_whose_bytes_are_not_its_reader_s_is_not_offered() -> None:
             assert _body(reader).file_region() is None
 
 
+class _Rot13Raw(io.RawIOBase):
+    """A raw layer with its file's descriptor that hands out other bytes than the file's (as
+    one that decrypts or decompresses would)."""
+
+    def __init__(self, file: io.BufferedRandom) -> None:
+        self._file = file
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = bytes((byte + 13) % 256 for byte in self._file.read(len(buffer)))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def test_a_reader_over_a_layer_of_its_own_is_not_offered_from_its_file(
+    spooled: io.BufferedRandom,
+) -> None:
+    reader = io.BufferedReader(_Rot13Raw(spooled))
+
+    assert _body(reader).file_region() is None
+
+
 def test_a_pipe_is_not_offered_from_its_file() -> None:
     read_end, write_end = os.pipe()
     with os.fdopen(read_end, "rb") as reader, os.fdopen(write_end, "wb") as writer:

@@ -239,6 +239,11 @@ class UpstreamRequest:
             raise length_mismatch()
 
 
+def unreadable_body() -> InvalidRequestError:
+    """The caller's body could not be read: the server's reader or its file failed (400)."""
+    return InvalidRequestError("The request body could not be read.")
+
+
 def length_mismatch() -> InvalidRequestError:
     """The caller's body ran past, or ended short of, its declared length (400)."""
     return InvalidRequestError("The request body does not match its declared length.")

@@ -18,6 +18,7 @@ gateway's own errors::
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import re
@@ -52,7 +53,14 @@ from ._response import (
     parse_head,
 )
 from ._tls import PEER_CLOSED, TLS_RECORD, CABundle, resolve_ssl_context
-from .base import Closeable, FileRegion, UpstreamRequest, UpstreamResponse, length_mismatch
+from .base import (
+    Closeable,
+    FileRegion,
+    UpstreamRequest,
+    UpstreamResponse,
+    length_mismatch,
+    unreadable_body,
+)
 
 __all__ = ["HTTPTransport"]
 
@@ -88,6 +96,8 @@ _FRAMING_PER_CHUNK = 16
 _MAX_EXCESS_FRAMING = 16 * 1024
 _TOO_MUCH_FRAMING = "The service's response has far more chunk framing than data."
 _HEAD_TOO_LARGE = "The service's response head is too large."
+#: What ``sendfile`` fails with, having sent nothing, where the file cannot be sent from.
+_NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 
 # Where an exchange failed, which decides whether it may be retried.
 _WRITING_HEAD = 0  # no send has taken a byte of the request yet
@@ -130,12 +140,18 @@ class _Deadline:
 
     def arm(self) -> None:
         """Set the timeout of the next wait; raise once the total is spent."""
+        if self._at is not None:
+            self._wait(self.next_wait())
+
+    def next_wait(self) -> float | None:
+        """The timeout of the next wait, for a caller that waits itself (``None``: none);
+        raise once the total is spent."""
         if self._at is None:
-            return
+            return self._read
         remaining = self._at - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
-        self._wait(remaining if self._read is None or remaining < self._read else self._read)
+        return remaining if self._read is None or remaining < self._read else self._read
 
     @property
     def at(self) -> float | None:
@@ -267,9 +283,7 @@ class _Exchange:
                 self._send(body)
             if stream is not None:
                 region = request.file_region if self._connection.sends_files else None
-                if region is not None:
-                    self._send_file(region)
-                else:
+                if region is None or not self._send_file(region):
                     # Checked against the total: a caller slower than it is told so (408),
                     # not blamed on the service at the next send.
                     self._write_stream(
@@ -287,39 +301,49 @@ class _Exchange:
             self.stage = _WRITING_BODY
             self._send(b"0\r\n\r\n")
 
-    def _send_file(self, region: FileRegion) -> None:
+    def _send_file(self, region: FileRegion) -> bool:
         """Send a body that lies in a file from the file: the kernel copies it to the socket
-        (``os.sendfile``), never through Python's memory.
+        (``os.sendfile``), never through Python's memory. ``False`` when nothing could be
+        sent from it (a file system that cannot): then it is read as any body is.
 
-        A piece at a time, each after re-arming the deadline, as :meth:`_send` sends: a piece
-        is at most what the kernel moves to the socket at once (a pipe's 64 KiB), so that
-        the kernel's send timeout bounds each call. While Python's socket timeout applies
-        (the last of the total), a piece is read and goes through :meth:`_send`, which
-        waits for it.
+        The socket is non-blocking meanwhile, and each wait for it is a ``poll`` under the
+        deadline, as :meth:`_send` waits in ``send``: a blocking ``sendfile`` waits again,
+        with a fresh kernel timeout, after each part it sends, so an upstream taking a
+        trickle would hold one call for many read timeouts, past the total.
         """
         self.stage = _WRITING_BODY
-        sock, arm = self._sock, self._deadline.arm
+        sock, next_wait = self._sock, self._deadline.next_wait
         out, offset, left = sock.fileno(), region.offset, region.length
-        stalled = None
-        while left:
-            arm()
-            size = left if left < _READ_SIZE else _READ_SIZE
-            if sock.gettimeout() is None:
+        writable = select.poll()
+        writable.register(out, select.POLLOUT)
+        stalled = None  # the bytes the upstream had not taken when a wait last timed out
+        mode = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            while left:
+                wait = next_wait()  # raises once the total is spent
                 try:
-                    sent = os.sendfile(out, region.fd, offset, size)
-                except (BlockingIOError, TimeoutError) as error:
-                    stalled = self._stalled(error, stalled)
+                    sent = os.sendfile(out, region.fd, offset, left)
+                except BlockingIOError as error:
+                    if not writable.poll(None if wait is None else wait * 1000):
+                        stalled = self._stalled(error, stalled)
                     continue
+                except (ConnectionError, TimeoutError):
+                    raise  # the upstream's side of it
+                except OSError as error:
+                    if offset == region.offset and error.errno in _NO_SENDFILE:
+                        return False
+                    # The file failed: the caller's body, as when reading it fails.
+                    raise unreadable_body() from error
+                if not sent:
+                    raise length_mismatch()  # the file ends before the declared length
                 stalled = None
-            else:
-                piece = os.pread(region.fd, size, offset)
-                self._send(piece)
-                sent = len(piece)
-            if not sent:
-                raise length_mismatch()  # the file ends before the declared length
-            offset += sent
-            left -= sent
-            region.taken(sent)
+                offset += sent
+                left -= sent
+                region.taken(sent)
+        finally:
+            sock.settimeout(mode)
+        return True
 
     def _send(self, data: bytes | memoryview) -> None:
         """Write ``data`` whole, re-arming the deadline before each send.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
+import os
 import random
 import socket
 import threading
@@ -89,7 +91,6 @@ def test_a_body_spooled_to_a_file_arrives_byte_exact(upstreams: Upstreams) -> No
     assert values(response, "X-Echo-Content-Length") == [str(len(data))]
     if isinstance(upstreams.transport, HTTPTransport):
         assert sum(body.taken) == len(data)
-        assert len(body.taken) > 1  # in pieces, each after the deadline is re-armed
     else:
         assert body.taken == []
 
@@ -111,6 +112,59 @@ def test_a_spooled_body_shorter_than_its_declared_length_is_refused(
             )
     finally:
         body.close()
+
+
+def test_a_file_sendfile_cannot_send_from_is_read_instead(
+    scripted_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Some regular files cannot be sent from (procfs: EINVAL); nothing went out yet, so the
+    # body is read as any body is.
+    def refuses(out: int, fd: int, offset: int, count: int) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sendfile", refuses)
+    data = _random_bytes(MIB)
+    body = SpooledFile(data, at=10)
+    with HTTPTransport() as transport:
+        try:
+            _, echoed = fetch(
+                transport, "POST", scripted_url + "/echo", body=body, content_length=len(data)
+            )
+        finally:
+            body.close()
+
+    assert echoed == data
+
+
+@pytest.mark.parametrize(
+    ("code", "after"),
+    [
+        pytest.param(errno.EIO, 0, id="disk-error"),
+        pytest.param(errno.EINVAL, 65536, id="refused-half-way"),
+    ],
+)
+def test_a_file_that_fails_while_sent_from_is_the_caller_s_unreadable_body(
+    scripted_url: str, monkeypatch: pytest.MonkeyPatch, code: int, after: int
+) -> None:
+    # The file's failure, not the upstream's: 400, as when reading the body fails.
+    sendfile = os.sendfile
+    sent: list[int] = []
+
+    def failing(out: int, fd: int, offset: int, count: int) -> int:
+        if sum(sent) >= after:
+            raise OSError(code, os.strerror(code))
+        sent.append(sendfile(out, fd, offset, min(count, after - sum(sent))))
+        return sent[-1]
+
+    monkeypatch.setattr(os, "sendfile", failing)
+    body = SpooledFile(_random_bytes(MIB))
+    with HTTPTransport() as transport:
+        try:
+            with pytest.raises(InvalidRequestError, match="could not be read"):
+                send(transport, "POST", scripted_url + "/echo", body=body, content_length=MIB)
+        finally:
+            body.close()
+        assert sum(map(len, transport._idle.values())) == 0  # the request cut short: not kept
 
 
 def test_every_byte_value_round_trips_unchanged(upstreams: Upstreams) -> None:

@@ -86,21 +86,22 @@ def test_the_total_deadline_holds_while_the_upstream_reads_the_body_slowly(
     transport: HTTPTransport, upstream: HostileUpstream, shape: str, body_of: BodyOf
 ) -> None:
     # The upstream takes a little of the body well within each read timeout: only the total
-    # can stop the upload, and running into it is a timeout, not a broken connection.
-    timeouts = Timeouts(connect=2.0, read=0.5, total=1.0)
+    # can stop the upload, and running into it is a timeout, not a broken connection. 4 KiB
+    # every 250 ms: a blocking sendfile waits again, with a fresh kernel timeout, after each.
+    timeouts = Timeouts(connect=2.0, read=0.5, total=1.5)
     started = time.monotonic()
 
     with pytest.raises(UpstreamTimeoutError):
         send(
             transport,
             "POST",
-            upstream.url + "/trickle",
+            upstream.url + "/trickle?size=4096&every=0.25",
             body=body_of(shape),
             content_length=_LARGE,
             timeouts=timeouts,
         )
 
-    assert time.monotonic() - started < 3.0  # the upstream would keep reading for 5 s
+    assert time.monotonic() - started < 2.0  # the upstream would keep reading for 5 s
 
 
 @pytest.mark.parametrize(
