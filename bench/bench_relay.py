@@ -483,9 +483,14 @@ def run_standalone(
     for processes in dict.fromkeys((1, args.standalone_workers)):
         port = free_port()
         server = {"engine": "gunicorn", "workers": processes, "threads": args.threads}
-        # By default one team holds at most half of a process's threads (429 past it): every
-        # thread may relay here, as in the other sections, where no limiter runs.
-        limits = {"team_max_in_flight": args.threads, "max_in_flight": args.threads}
+        # By default one team holds at most half of a process's threads (429 past it), and a
+        # quarter is kept for teams with nothing in flight: every thread may relay here, as in
+        # the other sections, where no limiter runs.
+        limits = {
+            "team_max_in_flight": args.threads,
+            "max_in_flight": args.threads,
+            "idle_team_reserve": 0,
+        }
         config = serve_config(
             directory, f"serve-{processes}.toml", port=port, server=server, limits=limits
         )
