@@ -9,7 +9,8 @@ The shared counter reserves requests in batches (:class:`RedisCounter`): one rou
 counts up to ``batch`` requests of a window at once, never more than a tenth of what the
 window has left, and this process hands them out one by one. Redis counts every reserved
 request, so no process admits more than the budget; near its end batches shrink to one
-request, and a window found spent refuses here until it ends, without a round trip. What a
+request, and a window found spent refuses here without a round trip for as long as others
+may hold what they will give back (below), then Redis is asked again. What a
 process reserved and then had no use for (its traffic went to the other processes) is given
 back to Redis once the key has seen no request for a tenth of its window (a second at least),
 so that the others can admit it. After a round trip fails, Redis is not asked again for a
@@ -23,15 +24,15 @@ per request (``bench/results/limits.md``); this one drops expired windows as it 
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from invoke_middleware._forking import after_fork_in_child
 
 if TYPE_CHECKING:
     from invoke_middleware.limits import LimitSettings
@@ -89,6 +90,12 @@ class LocalCounter:
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
         self._sweep_at = self._MIN_SWEEP
+        after_fork_in_child(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a lock of its own (one of the parent's threads may have held
+        the parent's at the fork). The counts stay: they are this process's too."""
+        self._lock = threading.Lock()
 
     def hit(self, keys: Sequence[RateKey]) -> list[tuple[int, float]]:
         now = self._clock()
@@ -142,9 +149,11 @@ class _Reserved:
     request handed out stands for ``top - left``); ``end``, when the window ends here;
     ``expires``, when it ends in Redis, in milliseconds of Redis's clock (what tells this
     window from the next one there); ``used``, when a request last came for the key;
-    ``quiet``, how long the key may go without one before what is left is given back."""
+    ``quiet``, how long the key may go without one before what is left is given back;
+    ``spent_until``, once the budget is all reserved, until when a request is refused here
+    without asking Redis."""
 
-    __slots__ = ("end", "expires", "left", "quiet", "top", "used")
+    __slots__ = ("end", "expires", "left", "quiet", "spent_until", "top", "used")
 
     def __init__(self, end: float, expires: int, quiet: float, now: float) -> None:
         self.left = 0
@@ -153,6 +162,7 @@ class _Reserved:
         self.expires = expires
         self.used = now
         self.quiet = quiet
+        self.spent_until = 0.0
 
 
 def _end_of_reserved(reserved: _Reserved) -> float:
@@ -248,12 +258,6 @@ def _give_back_until(
         del live
 
 
-def _forget_after_fork(counter: weakref.ref[RedisCounter]) -> None:
-    live = counter()
-    if live is not None:
-        live._after_fork()
-
-
 class RedisCounter:
     """Fixed windows on the ``limits`` Redis storage (its connection pool, key prefix and
     options), every key of a request counted by one script call (:data:`_HIT_ALL`).
@@ -298,7 +302,7 @@ class RedisCounter:
         self._give_back_after = give_back_after
         # Set to stop the thread that gives back; None while there is none in this process.
         self._giver: threading.Event | None = None
-        os.register_at_fork(after_in_child=functools.partial(_forget_after_fork, weakref.ref(self)))
+        after_fork_in_child(self)
         self._sweep_at = self._MIN_SWEEP
         # After a failed round trip Redis is not asked again for ``retry_after_failure``
         # seconds: a Redis that hangs would otherwise cost every request its full timeout
@@ -328,13 +332,15 @@ class RedisCounter:
                             self._holding.pop(key, None)
                         counts.append((held.top - held.left, held.end - now))
                         continue
-                    if held.top >= allowed:  # spent: refused until the window ends
+                    if now < held.spent_until:
+                        # Spent: refused without a round trip, for a while (see below).
                         counts.append((allowed + 1, held.end - now))
                         continue
                 asked.append(len(counts))
                 counts.append((0, 0.0))
-                # Redis takes less, near the end of the window (see _HIT_ALL).
-                amounts.append(self._batch)
+                # Redis takes less, near the end of the window (see _HIT_ALL); right after a
+                # failed round trip, one: a reservation whose answer was lost stays counted.
+                amounts.append(1 if self._failure is not None else self._batch)
         if not asked:
             return counts
         replies, started = self._ask([keys[i] for i in asked], amounts)
@@ -361,6 +367,11 @@ class RedisCounter:
                 held.left += max(0, min(amount, allowed - first + 1) - 1)
                 held.top = max(held.top, min(total, allowed))
                 held.end = min(held.end, end)
+                # Redis has all the budget reserved: once what is held here runs out, requests
+                # are refused here for as long as a key may go quiet before its holder gives
+                # back, then Redis is asked again (other processes may have given back what
+                # they held unused).
+                held.spent_until = now + held.quiet if total >= allowed else 0.0
                 if held.left:
                     self._holding[key] = held
                 counts[index] = (first, end - now)
@@ -428,10 +439,13 @@ class RedisCounter:
 
     def _after_fork(self) -> None:
         """In a forked child: nothing held, no thread, a lock of its own (the parent's may
-        have been held by one of its threads at the fork)."""
+        have been held by one of its threads at the fork), and Redis asked at the next
+        request if it had failed (a thread of the parent's asking whether it was back is not
+        in the child to say)."""
         self._lock = threading.Lock()
         self._held, self._holding, self._giver = {}, {}, None
         self._sweep_at = self._MIN_SWEEP
+        self._failed_until = 0.0
 
     def _ask(
         self, keys: Sequence[RateKey], amounts: Sequence[int]

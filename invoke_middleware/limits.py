@@ -63,6 +63,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from invoke_middleware._bodies import RelayBody, close_body
+from invoke_middleware._forking import after_fork_in_child
 from invoke_middleware._rate_counters import (
     LocalCounter,
     RateCounter,
@@ -634,6 +635,17 @@ class _InFlight:
         self._slots: weakref.WeakValueDictionary[tuple[str | int, ...], _Slot] = (
             weakref.WeakValueDictionary()
         )
+        after_fork_in_child(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: nothing in flight (the relays counted are the parent's threads',
+        which are not in the child to give their slots back), and a lock of its own."""
+        self._lock = threading.RLock()
+        self._ready = threading.Condition(self._lock)
+        self._waiting = 0
+        self.total.count = 0
+        for slot in list(self._slots.values()):
+            slot.count = 0
 
     def slot(self, key: tuple[str | int, ...]) -> _Slot:
         """The one slot of ``key`` (``("team", team id)``, ``("service", team id, id)``)."""

@@ -7,10 +7,11 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -255,6 +256,57 @@ def test_a_quiet_process_leaves_the_budget_to_the_busy_one(redis_counts: _Counte
     assert admitted == 99
 
 
+def test_a_process_that_found_the_window_spent_admits_what_another_gave_back_later(
+    redis_counts: _CountedRedis,
+) -> None:
+    # The busy process used the budget up before the quiet one gave back what it held: it
+    # refuses without a round trip only for as long as a key may go quiet before its holder
+    # gives back (a tenth of the window here), then asks Redis again.
+    clock = FakeClock()
+    quiet = redis_counts.counter(batch=16, give_back_after=0.05)
+    busy = redis_counts.counter(batch=16, clock=clock, give_back_after=0.05)
+    key = [("k", 10, 100)]
+    assert quiet.hit(key)[0][0] == 1  # reserves 10, holds 9
+    assert sum(busy.hit(key)[0][0] <= 100 for _ in range(120)) == 90
+    assert redis_counts.total("k") == 100  # the refusals cost Redis nothing
+    wait_until(lambda: redis_counts.total("k") == 91, "the quiet process to give back 9")
+    assert busy.hit(key)[0][0] == 101  # still refused here, without asking
+    assert redis_counts.total("k") == 91
+
+    clock.advance(1.0)  # a tenth of the window
+    admitted = sum(busy.hit(key)[0][0] <= 100 for _ in range(20))
+
+    assert admitted == 9
+    assert redis_counts.total("k") == 100  # the last of the 9 found the budget spent again
+
+
+def test_right_after_a_failed_round_trip_one_request_is_reserved_at_a_time(
+    redis_counts: _CountedRedis,
+) -> None:
+    # A round trip whose answer is lost (Redis slow past the timeout) leaves its batch counted
+    # in Redis: while Redis is in doubt, each asks for one request only.
+    from limits.storage import storage_from_string
+
+    from tests.limits.tcp_cutter import TCPCutter
+
+    with TCPCutter(("127.0.0.1", 6379)) as cutter:
+        storage = storage_from_string(
+            cutter.url, key_prefix=redis_counts.namespace.prefix, socket_timeout=0.5
+        )
+        counter = RedisCounter(storage, batch=16, retry_after_failure=0.0, give_back_after=3600)
+        try:
+            cutter.cut()
+            with pytest.raises(StoreUnavailable):
+                counter.hit([("k", 60, 1000)])
+            cutter.restore()
+            assert counter.hit([("k", 60, 1000)])[0][0] == 1
+            assert redis_counts.total("k") == 1  # the probe reserved one
+            assert counter.hit([("k", 60, 1000)])[0][0] == 2
+            assert redis_counts.total("k") == 17  # Redis is back: a batch again
+        finally:
+            counter.close()
+
+
 @pytest.mark.parametrize("seen_left", [55.0, 1.5], ids=["early", "late"])
 def test_only_the_window_the_requests_were_reserved_in_is_lowered(
     redis_counts: _CountedRedis, seen_left: float
@@ -425,6 +477,84 @@ def test_a_forked_child_holds_nothing_of_its_parent_s_and_gives_back_its_own(
     assert redis_counts.total("k") == 17  # the child reserved its own and gave back 15
     counter.close()
     assert redis_counts.total("k") == 2  # the two requests admitted, and nothing else
+
+
+def _in_child(check: Callable[[], bool]) -> bool:
+    """Fork; in the child, run ``check`` (killed after 5 s: a child that hangs fails) and
+    report through the exit status, never returning into pytest."""
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            signal.alarm(5)
+            status = 0 if check() else 2
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_child_forked_while_its_parent_asks_whether_redis_is_back_asks_again(
+    redis_counts: _CountedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One of the parent's threads was finding out whether Redis was back when the process
+    # forked: the others wait for its answer, which never comes in the child.
+    counter = redis_counts.counter(batch=1)
+    counter._failure = ConnectionError("an earlier round trip failed")
+    script, parent = counter._script, os.getpid()
+    asking, answer = threading.Event(), threading.Event()
+
+    def slow_in_the_parent(**kwargs: Any) -> Any:
+        if os.getpid() == parent:
+            asking.set()
+            answer.wait(10)
+        return script(**kwargs)
+
+    monkeypatch.setattr(counter, "_script", slow_in_the_parent)
+    prober = threading.Thread(target=counter.hit, args=([("k", 60, 100)],))
+    prober.start()
+    assert asking.wait(5)
+    try:
+        assert _in_child(lambda: counter.hit([("j", 60, 100)])[0][0] == 1)
+    finally:
+        answer.set()
+        prober.join(5)
+    assert counter.hit([("k", 60, 100)])[0][0] == 2  # and the parent got its answer
+
+
+@pytest.mark.parametrize("kind", ["local-counter", "in-flight"])
+def test_a_child_forked_while_a_thread_held_the_lock_counts_on(kind: str) -> None:
+    from invoke_middleware.limits import LimitKind, _InFlight
+
+    counter, in_flight = LocalCounter(), _InFlight()
+    cap = (LimitKind.IN_FLIGHT, in_flight.total, 4)
+    assert in_flight.acquire([cap], [in_flight.total], 0.0) is None  # a relay of the parent's
+    lock = counter._lock if kind == "local-counter" else in_flight._lock
+    inside, leave = threading.Event(), threading.Event()
+
+    def holding() -> None:
+        with lock:
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=holding)
+    thread.start()
+    assert inside.wait(5)
+    try:
+        if kind == "local-counter":
+            assert _in_child(lambda: counter.hit([("k", 60, 10)])[0][0] == 1)
+        else:
+            # Nothing in flight in the child: the parent's relay is not there to end.
+            assert _in_child(
+                lambda: (
+                    in_flight.held() == 0
+                    and in_flight.acquire([cap], [in_flight.total], 0.0) is None
+                )
+            )
+    finally:
+        leave.set()
+        thread.join(5)
+    assert in_flight.held() == 1  # the parent's own count is its own
 
 
 class _SilentRedis:
