@@ -202,7 +202,7 @@ class StandaloneConfig:
 
     def describe_database(self) -> str:
         """The store's URL, with any password hidden."""
-        return sa.make_url(self.database).render_as_string(hide_password=True)
+        return shown_url(self.database)
 
 
 def load_config(path: Path) -> StandaloneConfig:
@@ -233,6 +233,17 @@ def database_from_setting(value: str, base: Path) -> str | sa.URL:
     if "://" in value:
         return value
     return sa.URL.create("sqlite", database=str((base / value).resolve()))
+
+
+def shown_url(url: str | sa.URL) -> str:
+    """The store's URL for people to read: its password hidden, in the user part and in the
+    query (libpq reads ``password`` and ``sslpassword`` there too; any parameter whose name
+    holds ``pass`` is shown as ``hidden``)."""
+    url = sa.make_url(url)
+    hidden = {
+        name: "hidden" if "pass" in name.lower() else value for name, value in url.query.items()
+    }
+    return url.set(query=hidden).render_as_string(hide_password=True)
 
 
 def sqlite_file(database: str | sa.URL) -> Path | None:

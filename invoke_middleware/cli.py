@@ -43,6 +43,7 @@ from invoke_middleware._toml_config import (
     StandaloneConfig,
     database_from_setting,
     load_config,
+    shown_url,
     sqlite_file,
     starter_config,
 )
@@ -146,9 +147,8 @@ def _openapi_path(value: str) -> str:
 
 def _text(value: str) -> str:
     if not value.strip() or any(ord(c) < 0x20 or c == "\x7f" for c in value):
-        raise argparse.ArgumentTypeError(
-            f"must be non-empty, without control characters: {value!r}"
-        )
+        # The value is not repeated: it may be a key pasted with a stray character.
+        raise argparse.ArgumentTypeError("must be non-empty, without control characters")
     return value
 
 
@@ -503,6 +503,8 @@ def _one_line(text: str) -> str:
 def _store_error(exc: sa.exc.SQLAlchemyError) -> str:
     detail = str(exc.orig) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
     detail = detail.strip().splitlines()[0] if detail.strip() else type(exc).__name__
+    if isinstance(exc, sa.exc.NoSuchTableError):
+        detail = f"no such table: {detail}"
     if "no such table" in detail or "does not exist" in detail:
         return f"store error: {detail} (run `{PROG} init` to create the tables)"
     return f"store error: {detail}"
@@ -533,8 +535,7 @@ def _init(args: argparse.Namespace, context: _Context) -> None:
         store.init()
     # The configuration may hold a JWT secret.
     create_private_file(path, starter_config(args.database).encode())
-    shown = sa.make_url(database).render_as_string(hide_password=True)
-    context.notice(f"wrote {path}; store ready at {shown}")
+    context.notice(f"wrote {path}; store ready at {shown_url(database)}")
 
 
 def _serve(args: argparse.Namespace, context: _Context) -> None:
@@ -995,9 +996,11 @@ def _find_credential(context: _Context, reference: str) -> CredentialRecord:
             raise CommandError(f"no credential with id {reference}")
         return record
     reference = reference.removesuffix("…")
+    # Never repeated whole: what was given may be a key (the README lets one revoke by it).
+    shown = reference if len(reference) <= PREFIX_LENGTH else reference[:PREFIX_LENGTH] + "…"
     if CredentialKind.of_key(reference) is None or len(reference) < PREFIX_LENGTH:
         raise CommandError(
-            f"not a credential id or prefix: {reference!r} (see `{PROG} credentials list`)",
+            f"not a credential id or prefix: {shown!r} (see `{PROG} credentials list`)",
             EXIT_USAGE,
         )
     candidates = store.find_by_prefix(reference[:PREFIX_LENGTH])
@@ -1006,9 +1009,7 @@ def _find_credential(context: _Context, reference: str) -> CredentialRecord:
     if not candidates:
         raise CommandError(f"no credential with prefix {reference[:PREFIX_LENGTH]}")
     if len(candidates) > 1:
-        raise CommandError(
-            f"prefix {reference} matches {len(candidates)} credentials: revoke by id"
-        )
+        raise CommandError(f"prefix {shown} matches {len(candidates)} credentials: revoke by id")
     return candidates[0]
 
 

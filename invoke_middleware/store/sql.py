@@ -36,7 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 
 from invoke_middleware._private_files import create_private_file
-from invoke_middleware._toml_config import sqlite_file
+from invoke_middleware._toml_config import shown_url, sqlite_file
 from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.auth.stores import (
     CredentialRecord,
@@ -98,6 +98,12 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+#: Seconds a PostgreSQL connection may take to be made (libpq's ``connect_timeout``), unless
+#: the URL says otherwise: a server that accepts connections and never answers would hold a
+#: worker thread, or gunicorn's arbiter re-reading its configuration, for good.
+POSTGRESQL_CONNECT_TIMEOUT = 5
+
+
 def create_engine(
     url: str | sa.URL, *, sqlite_busy_timeout: float = DEFAULT_SQLITE_BUSY_TIMEOUT
 ) -> Engine:
@@ -112,8 +118,11 @@ def create_engine(
         url = url.set(drivername="postgresql+psycopg")
     backend = url.get_backend_name()
     if backend == "postgresql":
+        connect_args = {}
+        if "connect_timeout" not in url.query:
+            connect_args["connect_timeout"] = POSTGRESQL_CONNECT_TIMEOUT
         # A connection may have been closed by the server or a proxy since it was pooled.
-        return sa.create_engine(url, pool_pre_ping=True)
+        return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if backend != "sqlite":
         raise ValueError(f"unsupported database {backend!r}: use SQLite or PostgreSQL")
     options: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
@@ -220,7 +229,7 @@ class SQLStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"SQLStore({self.engine.url.render_as_string(hide_password=True)!r})"
+        return f"SQLStore({shown_url(self.engine.url)!r})"
 
 
 class _SchemaProbe:

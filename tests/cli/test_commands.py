@@ -207,6 +207,57 @@ def test_revoke_finds_the_credential_by_id_prefix_or_key(
     assert after.splitlines()[1].split()[7] != "-"
 
 
+@pytest.mark.parametrize(
+    "pasted",
+    [
+        pytest.param(lambda key: f"Bearer {key}", id="with-its-scheme"),
+        pytest.param(lambda key: key + "\r", id="with-a-carriage-return"),
+    ],
+)
+def test_revoke_never_repeats_a_key_it_cannot_use(
+    workspace: Workspace, pasted: Callable[[str], str]
+) -> None:
+    # A key pasted from a header or a CRLF file: the error goes to a terminal or a CI log.
+    key = workspace.issue("--kind", "integration").strip()
+    line = assert_one_line_error(
+        workspace.run("credentials", "revoke", pasted(key), check=False), 2
+    )
+    assert key not in line
+    assert key[12:] not in line
+
+
+def test_init_hides_a_password_given_in_the_database_url_s_query(tmp_path: Path) -> None:
+    space = Workspace(tmp_path)
+    url = "postgresql://postgres@127.0.0.1:5432/test?password=S3cret-db-pw&sslmode=disable"
+    result = space.run("init", "--database", url)
+    assert "S3cret-db-pw" not in result.stderr + result.stdout
+    assert "password=hidden" in result.stderr
+    assert "sslmode=disable" in result.stderr  # what is not secret still shows
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["services", "list", "--team", TEAM], id="services-list"),
+        pytest.param(["services", "show", "hello", "--team", TEAM], id="services-show"),
+        pytest.param(["credentials", "list", "--team", TEAM], id="credentials-list"),
+    ],
+)
+def test_a_store_without_its_tables_is_an_error_that_says_to_run_init(
+    tmp_path: Path, command: list[str]
+) -> None:
+    space = Workspace(tmp_path)
+    space.run("init")
+    store = tmp_path / "invoke-middleware.sqlite3"
+    for leftover in tmp_path.glob("invoke-middleware.sqlite3*"):
+        leftover.unlink()
+    store.touch(mode=0o600)  # a store file made by hand, or another database
+
+    line = assert_one_line_error(space.run(*command, check=False), 1)
+
+    assert "init" in line, line
+
+
 # -- bad input -----------------------------------------------------------------------------
 
 

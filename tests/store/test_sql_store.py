@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +28,42 @@ def test_repr_hides_the_database_password() -> None:
         assert "gateway:***@127.0.0.1" in repr(store)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("name", ["password", "sslpassword"])
+def test_repr_hides_a_password_in_the_query(name: str) -> None:
+    store = SQLStore(f"postgresql+psycopg://gateway@127.0.0.1:5432/invoke?{name}=s3cret-pw")
+    try:
+        assert "s3cret-pw" not in repr(store)
+        assert f"{name}=hidden" in repr(store)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "default"),
+    [
+        pytest.param("", 1, id="the-store-s-default"),
+        pytest.param("?connect_timeout=1", 60, id="the-url-s"),
+    ],
+)
+def test_a_postgresql_server_that_never_answers_fails_the_connection_in_bounded_time(
+    monkeypatch: pytest.MonkeyPatch, query: str, default: int
+) -> None:
+    # It accepts connections and says nothing: libpq waits for ever without connect_timeout.
+    from invoke_middleware.store import sql
+
+    monkeypatch.setattr(sql, "POSTGRESQL_CONNECT_TIMEOUT", default)
+    listener = socket.create_server(("127.0.0.1", 0))
+    engine = create_engine(f"postgresql://gateway@127.0.0.1:{listener.getsockname()[1]}/x{query}")
+    try:
+        started = time.monotonic()
+        with pytest.raises(sa.exc.OperationalError), engine.connect():
+            pass
+        assert time.monotonic() - started < 5
+    finally:
+        engine.dispose()
+        listener.close()
 
 
 def test_a_bare_postgresql_url_uses_psycopg() -> None:
