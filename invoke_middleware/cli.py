@@ -842,7 +842,9 @@ def _services_set_limits(args: argparse.Namespace, context: _Context) -> None:
     service = _find_service(context, args.team, args.slug)
     limits = _limits_of(args, service.limits)
     context.store.init()  # adds the limit columns to a store made by an earlier release
-    context.store.services.set_limits(args.team, args.slug, limits)
+    if not context.store.services.set_limits(args.team, args.slug, limits):
+        # Removed since it was found: nothing was stored, and saying otherwise would mislead.
+        raise CommandError(f"team {args.team} has no service {args.slug!r}")
     context.notice(f"service {args.slug}: {_describe_limits(limits)}")
 
 

@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -256,6 +257,31 @@ def test_a_store_without_its_tables_is_an_error_that_says_to_run_init(
     line = assert_one_line_error(space.run(*command, check=False), 1)
 
     assert "init" in line, line
+
+
+def test_set_limits_on_a_service_removed_meanwhile_says_nothing_was_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Another operator removed the service between the look-up and the write.
+    from invoke_middleware import cli
+
+    space = Workspace(tmp_path)
+    space.run("init")
+    space.run("services", "add", "svc", "--team", TEAM, "--name", "Svc",
+              "--upstream", "http://127.0.0.1:9000")  # fmt: skip
+    find = cli._find_service
+
+    def found_then_removed(context: Any, team: uuid.UUID, slug: str) -> Any:
+        service = find(context, team, slug)
+        context.store.services.remove(team, slug)
+        return service
+
+    monkeypatch.setattr(cli, "_find_service", found_then_removed)
+    status = cli.main(["--config", str(space.config), "services", "set-limits", "svc",
+                       "--team", TEAM, "--rate", "10/second"])  # fmt: skip
+
+    assert status == 1
+    assert "has no service 'svc'" in capsys.readouterr().err
 
 
 # -- bad input -----------------------------------------------------------------------------
