@@ -619,32 +619,13 @@ def goals(args: argparse.Namespace, results: Results) -> list[Goal]:
             where = f"{server}, {connections} connections"
             catch_all, proxy = rounds["catch-all"] or [], rounds["proxy"] or []
             bare, invoke = rounds["bare"] or [], rounds["invoke"] or []
-            found += [
-                Goal(
-                    "req/s catch-all / proxy",
-                    where,
-                    _paired(catch_all, proxy, rps),
-                    1.5,
-                    True,
-                    spread=_spread(catch_all, proxy),
-                ),
-                Goal(
-                    "req/s catch-all / bare",
-                    where,
-                    _paired(catch_all, bare, rps),
-                    0.6,
-                    True,
-                    spread=_spread(catch_all, bare),
-                ),
-                Goal(
-                    "req/s invoke / catch-all",
-                    where,
-                    _paired(invoke, catch_all, rps),
-                    0.85,
-                    True,
-                    spread=_spread(invoke, catch_all),
-                ),
-            ]
+            for what, mine, theirs, target in (
+                ("req/s catch-all / proxy", catch_all, proxy, 1.5),
+                ("req/s catch-all / bare", catch_all, bare, 0.6),
+                ("req/s invoke / catch-all", invoke, catch_all, 0.85),
+            ):
+                ratio = _paired(mine, theirs, rps)
+                found.append(Goal(what, where, ratio, target, True, spread=_spread(mine, theirs)))
     for server in args.servers:
         for direction in DIRECTIONS:
             catch_all_streams = results.streaming.get((server, direction, "catch-all"))
