@@ -500,6 +500,12 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _missing_tables(exc: sa.exc.DBAPIError) -> bool:
+    """Whether the database answered that the store's tables are not there (SQLite's "no such
+    table", PostgreSQL's undefined_table), as opposed to not answering at all."""
+    return getattr(exc.orig, "sqlstate", None) == "42P01" or "no such table" in str(exc.orig)
+
+
 def _store_error(exc: sa.exc.SQLAlchemyError) -> str:
     detail = str(exc.orig) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
     detail = detail.strip().splitlines()[0] if detail.strip() else type(exc).__name__
@@ -540,7 +546,17 @@ def _init(args: argparse.Namespace, context: _Context) -> None:
 
 def _serve(args: argparse.Namespace, context: _Context) -> None:
     config = context.config
-    open_store(config).close()  # fails early, with the hint, when the store is missing
+    store = open_store(config)  # fails early, with the hint, when the store is missing
+    try:
+        store_probe(store)()
+    except sa.exc.DBAPIError as exc:
+        if _missing_tables(exc):
+            raise CommandError(
+                f"{config.path}: [store] database has no tables (run `{PROG} init`)"
+            ) from None
+        # Not answering now: served all the same, and /readyz says so until it answers.
+    finally:
+        store.close()
     for path in secret_files(config):
         if path.exists() and path.stat().st_mode & 0o077:
             context.notice(

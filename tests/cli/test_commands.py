@@ -242,6 +242,7 @@ def test_init_hides_a_password_given_in_the_database_url_s_query(tmp_path: Path)
         pytest.param(["services", "list", "--team", TEAM], id="services-list"),
         pytest.param(["services", "show", "hello", "--team", TEAM], id="services-show"),
         pytest.param(["credentials", "list", "--team", TEAM], id="credentials-list"),
+        pytest.param(["serve", "--port", "0"], id="serve"),
     ],
 )
 def test_a_store_without_its_tables_is_an_error_that_says_to_run_init(
