@@ -18,6 +18,7 @@ import pytest
 
 from invoke_middleware._rate_counters import LocalCounter, RedisCounter, StoreUnavailable
 from tests.limits.conftest import RedisNamespace, run_concurrently, wait_until
+from tests.limits.tcp_cutter import TCPCutter
 from tests.store.conftest import FakeClock
 
 
@@ -77,6 +78,27 @@ class _CountedRedis:
         )
         self.counters.append(counter)
         return counter
+
+    @contextlib.contextmanager
+    def cuttable(self, retry_after_failure: float) -> Iterator[tuple[TCPCutter, RedisCounter]]:
+        """A counter (batches of 16, nothing given back for an hour) that reaches this Redis
+        through a :class:`TCPCutter`, so that a test can take Redis away from it."""
+        from limits.storage import storage_from_string
+
+        with TCPCutter(("127.0.0.1", 6379)) as cutter:
+            storage = storage_from_string(
+                cutter.url, key_prefix=self.namespace.prefix, socket_timeout=0.5
+            )
+            counter = RedisCounter(
+                storage,
+                batch=16,
+                retry_after_failure=retry_after_failure,
+                give_back_after=3600,
+            )
+            try:
+                yield cutter, counter
+            finally:
+                counter.close()
 
     def total(self, key: str) -> int:
         value = self.client.get(f"{self.namespace.prefix}:{key}")
@@ -285,26 +307,15 @@ def test_right_after_a_failed_round_trip_one_request_is_reserved_at_a_time(
 ) -> None:
     # A round trip whose answer is lost (Redis slow past the timeout) leaves its batch counted
     # in Redis: while Redis is in doubt, each asks for one request only.
-    from limits.storage import storage_from_string
-
-    from tests.limits.tcp_cutter import TCPCutter
-
-    with TCPCutter(("127.0.0.1", 6379)) as cutter:
-        storage = storage_from_string(
-            cutter.url, key_prefix=redis_counts.namespace.prefix, socket_timeout=0.5
-        )
-        counter = RedisCounter(storage, batch=16, retry_after_failure=0.0, give_back_after=3600)
-        try:
-            cutter.cut()
-            with pytest.raises(StoreUnavailable):
-                counter.hit([("k", 60, 1000)])
-            cutter.restore()
-            assert counter.hit([("k", 60, 1000)])[0][0] == 1
-            assert redis_counts.total("k") == 1  # the probe reserved one
-            assert counter.hit([("k", 60, 1000)])[0][0] == 2
-            assert redis_counts.total("k") == 17  # Redis is back: a batch again
-        finally:
-            counter.close()
+    with redis_counts.cuttable(retry_after_failure=0.0) as (cutter, counter):
+        cutter.cut()
+        with pytest.raises(StoreUnavailable):
+            counter.hit([("k", 60, 1000)])
+        cutter.restore()
+        assert counter.hit([("k", 60, 1000)])[0][0] == 1
+        assert redis_counts.total("k") == 1  # the probe reserved one
+        assert counter.hit([("k", 60, 1000)])[0][0] == 2
+        assert redis_counts.total("k") == 17  # Redis is back: a batch again
 
 
 @pytest.mark.parametrize("seen_left", [55.0, 1.5], ids=["early", "late"])
@@ -348,26 +359,15 @@ def test_many_keys_are_given_back_in_several_calls(redis_counts: _CountedRedis) 
 def test_nothing_is_given_back_while_redis_is_known_to_be_down(
     redis_counts: _CountedRedis,
 ) -> None:
-    from limits.storage import storage_from_string
-
-    from tests.limits.tcp_cutter import TCPCutter
-
-    with TCPCutter(("127.0.0.1", 6379)) as cutter:
-        storage = storage_from_string(
-            cutter.url, key_prefix=redis_counts.namespace.prefix, socket_timeout=0.5
-        )
-        counter = RedisCounter(storage, batch=16, retry_after_failure=60, give_back_after=3600)
-        try:
-            counter.hit([("k", 60, 1000)])
-            cutter.cut()
-            with pytest.raises(StoreUnavailable):
-                counter.hit([("other", 60, 1000)])
-            assert counter.give_back(idle=0) == 0  # no round trip to a Redis known down
-            cutter.restore()
-            counter._failed_until = 0.0  # the interval is over
-            assert counter.give_back(idle=0) == 15  # still held, given back now
-        finally:
-            counter.close()
+    with redis_counts.cuttable(retry_after_failure=60) as (cutter, counter):
+        counter.hit([("k", 60, 1000)])
+        cutter.cut()
+        with pytest.raises(StoreUnavailable):
+            counter.hit([("other", 60, 1000)])
+        assert counter.give_back(idle=0) == 0  # no round trip to a Redis known down
+        cutter.restore()
+        counter._failed_until = 0.0  # the interval is over
+        assert counter.give_back(idle=0) == 15  # still held, given back now
     assert redis_counts.total("k") == 1
 
 
