@@ -102,6 +102,12 @@ def _utc_now() -> dt.datetime:
 #: the URL says otherwise: a server that accepts connections and never answers would hold a
 #: worker thread, or gunicorn's arbiter re-reading its configuration, for good.
 POSTGRESQL_CONNECT_TIMEOUT = 5
+#: Seconds a PostgreSQL statement may run, waits for locks included, unless the URL's
+#: ``options`` set a ``statement_timeout``: every read the gateway makes takes milliseconds,
+#: and one queued behind a lock (an ``ALTER TABLE`` waiting for a long transaction) would
+#: otherwise hold its worker thread for as long as the lock is held, and so would every
+#: request after it.
+POSTGRESQL_STATEMENT_TIMEOUT = 5
 
 
 def create_engine(
@@ -118,9 +124,15 @@ def create_engine(
         url = url.set(drivername="postgresql+psycopg")
     backend = url.get_backend_name()
     if backend == "postgresql":
-        connect_args = {}
+        connect_args: dict[str, Any] = {}
         if "connect_timeout" not in url.query:
             connect_args["connect_timeout"] = POSTGRESQL_CONNECT_TIMEOUT
+        given = url.query.get("options", "")
+        switches = given if isinstance(given, str) else given[-1]  # given twice: the last
+        if "statement_timeout" not in switches:
+            # libpq's options are the server's command-line switches; the URL's own stay.
+            timeout = f"-c statement_timeout={POSTGRESQL_STATEMENT_TIMEOUT * 1000}"
+            connect_args["options"] = f"{switches} {timeout}".strip()
         # A connection may have been closed by the server or a proxy since it was pooled.
         return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if backend != "sqlite":

@@ -12,14 +12,14 @@ import requests
 import sqlalchemy as sa
 
 from tests.cli.conftest import Workspace, running_gateway
-from tests.store.conftest import _postgres_schema, postgres_server  # noqa: F401
+from tests.store.conftest import postgres_schema, postgres_server  # noqa: F401
 from tests.toolkit.upstream import RecordingUpstream
 
 
 @pytest.fixture
 def shared(tmp_path: Path, postgres_server: sa.Engine) -> Iterator[Workspace]:  # noqa: F811
     """A workspace whose store is a fresh PostgreSQL schema."""
-    with _postgres_schema(postgres_server) as url:
+    with postgres_schema(postgres_server) as url:
         space = Workspace(tmp_path)
         space.run("init", "--database", url)
         yield space

@@ -69,7 +69,7 @@ def postgres_server() -> Iterator[sa.Engine]:
 
 
 @contextmanager
-def _postgres_schema(server: sa.Engine) -> Iterator[str]:
+def postgres_schema(server: sa.Engine) -> Iterator[str]:
     """A new schema for one test, dropped afterwards; yields a URL that selects it."""
     schema = f"invoke_test_{uuid.uuid4().hex[:12]}"
     with server.connect() as connection:
@@ -88,9 +88,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         if request.param == "sqlite":
             url = f"sqlite:///{tmp_path / 'store.db'}"
         else:
-            url = cleanup.enter_context(
-                _postgres_schema(request.getfixturevalue("postgres_server"))
-            )
+            url = cleanup.enter_context(postgres_schema(request.getfixturevalue("postgres_server")))
 
         def open_store(**options: Any) -> SQLStore:
             store = SQLStore(url, **options)

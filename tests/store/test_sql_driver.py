@@ -15,7 +15,7 @@ from invoke_middleware.store import SQLStore, _schema
 from invoke_middleware.store._driver import DriverSelect
 from invoke_middleware.store.sql import _CREDENTIALS_BY_PREFIX, _ROLE
 
-from .conftest import Backend, _postgres_schema
+from .conftest import Backend, postgres_schema
 
 TEAM = uuid.UUID("5e1ec7ed-0000-4000-8000-0000000000d1")
 
@@ -95,7 +95,7 @@ def _drop_pooled_connection(store: SQLStore, server: sa.Engine) -> int:
 
 
 def test_a_connection_the_server_dropped_is_replaced(postgres_server: sa.Engine) -> None:
-    with _postgres_schema(postgres_server) as url:
+    with postgres_schema(postgres_server) as url:
         store = SQLStore(url)  # pre-ping on, as the store sets it for PostgreSQL
         try:
             store.init()
@@ -112,7 +112,7 @@ def test_a_connection_the_server_dropped_is_replaced(postgres_server: sa.Engine)
 def test_a_lost_connection_is_invalidated_like_connection_execute_does(
     postgres_server: sa.Engine,
 ) -> None:
-    with _postgres_schema(postgres_server) as url:
+    with postgres_schema(postgres_server) as url:
         engine = sa.create_engine(url)  # no pre-ping: the read meets the dead socket
         store = SQLStore(engine)
         try:

@@ -10,13 +10,14 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
 
 from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.store import SQLStore, create_engine
-from tests.store.conftest import Backend
+from tests.store.conftest import Backend, postgres_schema
 
 TEAM = uuid.UUID("6f1b1c52-0c39-4d8e-9d55-3c3f3f0e7a01")
 
@@ -64,6 +65,56 @@ def test_a_postgresql_server_that_never_answers_fails_the_connection_in_bounded_
     finally:
         engine.dispose()
         listener.close()
+
+
+def test_a_postgresql_read_queued_behind_a_lock_fails_in_bounded_time(
+    monkeypatch: pytest.MonkeyPatch, postgres_server: sa.Engine
+) -> None:
+    # An ALTER TABLE waiting for a long transaction queues every read behind it: without a
+    # statement timeout each request's key lookup would hold its thread as long.
+    from invoke_middleware.store import sql
+
+    monkeypatch.setattr(sql, "POSTGRESQL_STATEMENT_TIMEOUT", 1)
+    with postgres_schema(postgres_server) as url, SQLStore(url) as store:
+        store.init()
+        holder = sa.create_engine(url)
+        try:
+            with holder.connect() as connection:
+                lock = "LOCK TABLE invoke_credentials IN ACCESS EXCLUSIVE MODE"
+                connection.execute(sa.text(lock))
+                started = time.monotonic()
+                with pytest.raises(sa.exc.OperationalError, match="statement timeout"):
+                    store.credentials.find_by_prefix("sk-abcdefgh")
+                waited = time.monotonic() - started
+        finally:
+            holder.dispose()
+        # The lock is gone with its transaction: the store reads again.
+        assert store.credentials.find_by_prefix("sk-abcdefgh") == []
+    assert waited < 4
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        pytest.param("", "5s", id="the-store-s-default"),
+        pytest.param("-c statement_timeout=250", "250ms", id="the-url-s"),
+    ],
+)
+def test_postgresql_statements_time_out_unless_the_url_says_otherwise(
+    postgres_server: sa.Engine, options: str, expected: str
+) -> None:
+    with postgres_schema(postgres_server) as schema_url:
+        # The schema's search_path and the URL's own options are kept beside the timeout.
+        given = f"options={quote(options)}%20" if options else "options="
+        engine = create_engine(schema_url.replace("options=", given))
+        try:
+            with engine.connect() as connection:
+                timeout = connection.execute(sa.text("SHOW statement_timeout")).scalar_one()
+                path = connection.execute(sa.text("SHOW search_path")).scalar_one()
+        finally:
+            engine.dispose()
+    assert timeout == expected
+    assert path.startswith("invoke_test_")
 
 
 def test_a_bare_postgresql_url_uses_psycopg() -> None:
