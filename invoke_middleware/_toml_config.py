@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, unquote
 
 import sqlalchemy as sa
 
@@ -246,14 +247,34 @@ def shown_url(url: str | sa.URL) -> str:
     return url.set(query=hidden).render_as_string(hide_password=True)
 
 
-def sqlite_file(database: str | sa.URL) -> Path | None:
-    """The file of a SQLite database URL, or ``None`` (another database, in memory, or a URI
-    filename such as ``file:x.db?mode=ro`` with ``?uri=true``, which SQLite resolves itself)."""
+def sqlite_file(database: str | sa.URL, *, creating: bool = False) -> Path | None:
+    """The file of a SQLite database URL, or ``None``: another database, one in memory, or
+    a URI filename (``?uri=true``) that SQLite resolves some other way (a ``vfs`` of its
+    own, a remote authority). With ``creating``, also ``None`` when a URI's ``mode`` forbids
+    SQLite to create the file (``ro``, ``rw``): making it would override that."""
     url = sa.make_url(database)
     path = url.database
-    if url.get_backend_name() != "sqlite" or path in (None, "", ":memory:") or "uri" in url.query:
+    if url.get_backend_name() != "sqlite" or path in (None, "", ":memory:"):
         return None
-    return Path(path)
+    if "uri" not in url.query or not path.startswith("file:"):
+        return Path(path)  # without the prefix, SQLite reads even a URI name as a plain path
+    # https://sqlite.org/uri.html: file:[//authority]path[?query][#fragment], the authority
+    # empty or "localhost", the path percent-encoded. SQLAlchemy hands the URL's query on.
+    rest = path.removeprefix("file:").partition("#")[0]
+    if rest.startswith("//"):
+        authority, slash, tail = rest[2:].partition("/")
+        if authority not in ("", "localhost"):
+            return None
+        rest = slash + tail
+    rest, _, inner = rest.partition("?")
+    params = dict(parse_qsl(inner))
+    params.update((name, value) for name, value in url.query.items() if isinstance(value, str))
+    mode = params.get("mode", "rwc")
+    if mode == "memory" or "vfs" in params or rest in ("", ":memory:"):
+        return None
+    if creating and mode != "rwc":
+        return None
+    return Path(unquote(rest))
 
 
 def starter_config(database: str = DEFAULT_STORE_NAME) -> str:

@@ -532,7 +532,7 @@ def _init(args: argparse.Namespace, context: _Context) -> None:
         raise CommandError(f"--database: {exc}", EXIT_USAGE) from None
     except ImportError as exc:
         raise CommandError(f"--database: {_missing_driver(exc)}", EXIT_USAGE) from None
-    store_file = sqlite_file(database)
+    store_file = sqlite_file(database, creating=True)
     if store_file is not None:
         # Before SQLite creates it: the store holds key hashes, and its -wal and -shm files
         # take the database file's mode.

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 
+from invoke_middleware._toml_config import sqlite_file
 from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.store import SQLStore, create_engine
 from tests.store.conftest import Backend, postgres_schema
@@ -137,21 +138,33 @@ def test_other_databases_are_refused(url: str) -> None:
         create_engine(url)
 
 
-def test_a_sqlite_file_runs_in_wal_mode(tmp_path: Path) -> None:
+def test_a_sqlite_file_runs_in_wal_mode_synced_at_every_commit(tmp_path: Path) -> None:
     store = SQLStore(f"sqlite:///{tmp_path}/wal.db")
     try:
         with store.engine.connect() as connection:
             mode = connection.execute(sa.text("PRAGMA journal_mode")).scalar_one()
             busy = connection.execute(sa.text("PRAGMA busy_timeout")).scalar_one()
-        assert (mode, busy) == ("wal", 5000)
+            synchronous = connection.execute(sa.text("PRAGMA synchronous")).scalar_one()
+        # 2 is FULL: a confirmed revocation survives a power failure.
+        assert (mode, busy, synchronous) == ("wal", 5000, 2)
     finally:
         store.close()
 
 
-def test_init_makes_a_new_sqlite_file_the_owners_alone_under_any_umask(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("{dir}/store.db", id="a-path"),
+        pytest.param("file:{dir}/store.db?uri=true", id="a-uri"),
+        pytest.param("file://localhost{dir}/store.db?cache=private&uri=true", id="a-uri-with-host"),
+    ],
+)
+def test_init_makes_a_new_sqlite_file_the_owners_alone_under_any_umask(
+    tmp_path: Path, name: str
+) -> None:
     umask = os.umask(0)
     try:
-        with SQLStore(f"sqlite:///{tmp_path}/store.db") as store:
+        with SQLStore(f"sqlite:///{name.format(dir=tmp_path)}") as store:
             store.init()
             store.memberships.set_role(TEAM, "alice", Role.ADMIN)
             # While the store is open, SQLite keeps its -wal and -shm files.
@@ -160,6 +173,39 @@ def test_init_makes_a_new_sqlite_file_the_owners_alone_under_any_umask(tmp_path:
         os.umask(umask)
     assert set(modes) == {"store.db", "store.db-wal", "store.db-shm"}
     assert modes == dict.fromkeys(modes, 0o600)
+
+
+def test_init_leaves_a_file_a_uri_may_not_create_to_sqlite(tmp_path: Path) -> None:
+    # mode=rw opens an existing file only: making it first would override the URI.
+    with (
+        SQLStore(f"sqlite:///file:{tmp_path}/store.db?mode=rw&uri=true") as store,
+        pytest.raises(sa.exc.OperationalError, match="unable to open"),
+    ):
+        store.init()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "opened", "created"),
+    [
+        ("sqlite:////srv/store.db", "/srv/store.db", "/srv/store.db"),
+        ("sqlite:///file:/srv/store.db?uri=true", "/srv/store.db", "/srv/store.db"),
+        ("sqlite:///file:///srv/my%20store.db?uri=true", "/srv/my store.db", "/srv/my store.db"),
+        ("sqlite:///file://localhost/srv/store.db?uri=true", "/srv/store.db", "/srv/store.db"),
+        ("sqlite:///file:/srv/store.db?mode=ro&uri=true", "/srv/store.db", None),
+        ("sqlite:///file:/srv/store.db?mode=rwc&uri=true", "/srv/store.db", "/srv/store.db"),
+        ("sqlite:///relative.db?uri=true", "relative.db", "relative.db"),
+        ("sqlite:///file://elsewhere/srv/store.db?uri=true", None, None),
+        ("sqlite:///file:/srv/store.db?vfs=unix-none&uri=true", None, None),
+        ("sqlite:///file:store?mode=memory&uri=true", None, None),
+        ("sqlite:///file::memory:?uri=true", None, None),
+        ("sqlite://", None, None),
+        ("postgresql://gateway@127.0.0.1/invoke", None, None),
+    ],
+)
+def test_the_file_of_a_sqlite_url(url: str, opened: str | None, created: str | None) -> None:
+    assert sqlite_file(url) == (None if opened is None else Path(opened))
+    assert sqlite_file(url, creating=True) == (None if created is None else Path(created))
 
 
 def test_an_in_memory_sqlite_store_is_one_database_for_every_thread() -> None:
