@@ -846,6 +846,12 @@ def _limits_of(args: argparse.Namespace, current: _Limits) -> _Limits:
     return dataclasses.replace(current, rate=rate, max_in_flight=in_flight)
 
 
+def _limits_given(args: argparse.Namespace) -> list[str]:
+    """The limits the options name: only these are written, so that a concurrent change of
+    the others is kept."""
+    return [name for name in ("rate", "max_in_flight") if getattr(args, name) is not None]
+
+
 def _describe_limits(limits: ServiceLimits | TeamLimits) -> str:
     rate = "gateway default" if limits.rate is None else f"{limits.rate}"
     in_flight = "gateway default" if limits.max_in_flight is None else str(limits.max_in_flight)
@@ -855,13 +861,16 @@ def _describe_limits(limits: ServiceLimits | TeamLimits) -> str:
 def _services_set_limits(args: argparse.Namespace, context: _Context) -> None:
     if args.rate is None and args.max_in_flight is None:
         raise CommandError("give --rate and/or --max-in-flight", EXIT_USAGE)
-    service = _find_service(context, args.team, args.slug)
-    limits = _limits_of(args, service.limits)
-    context.store.init()  # adds the limit columns to a store made by an earlier release
-    if not context.store.services.set_limits(args.team, args.slug, limits):
+    _find_service(context, args.team, args.slug)
+    store = context.store
+    store.init()  # adds the limit columns to a store made by an earlier release
+    limits = _limits_of(args, ServiceLimits())
+    stored = store.services.set_limits(args.team, args.slug, limits, fields=_limits_given(args))
+    service = store.services.get(args.team, args.slug) if stored else None
+    if service is None:
         # Removed since it was found: nothing was stored, and saying otherwise would mislead.
         raise CommandError(f"team {args.team} has no service {args.slug!r}")
-    context.notice(f"service {args.slug}: {_describe_limits(limits)}")
+    context.notice(f"service {args.slug}: {_describe_limits(service.limits)}")
 
 
 def _services_list(args: argparse.Namespace, context: _Context) -> None:
@@ -944,10 +953,11 @@ def _teams_set_limits(args: argparse.Namespace, context: _Context) -> None:
     if args.rate is None and args.max_in_flight is None:
         raise CommandError("give --rate and/or --max-in-flight", EXIT_USAGE)
     _require_known_team(context, args.team)
+    team_limits = context.store.team_limits
     context.store.init()  # creates the table in a store made by an earlier release
-    limits = _limits_of(args, context.store.team_limits.get(args.team) or TeamLimits())
-    context.store.team_limits.set(args.team, limits)
-    context.notice(f"team {args.team}: {_describe_limits(limits)}")
+    team_limits.set(args.team, _limits_of(args, TeamLimits()), fields=_limits_given(args))
+    stored = team_limits.get(args.team) or TeamLimits()
+    context.notice(f"team {args.team}: {_describe_limits(stored)}")
 
 
 def _teams_limits(args: argparse.Namespace, context: _Context) -> None:

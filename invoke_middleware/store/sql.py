@@ -27,7 +27,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -72,6 +72,9 @@ DEFAULT_SQLITE_BUSY_TIMEOUT = 5.0
 
 _SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
+#: The limits a service or a team may have of its own, by their attribute names.
+LIMIT_FIELDS = frozenset({"rate", "max_in_flight"})
+
 # The reads a request makes, built once with bound parameters: building a statement and its
 # cache key on every call cost more than running it (a credential lookup on SQLite took
 # 202 µs of CPU that way, 86 µs with the statement built once).
@@ -88,6 +91,11 @@ _ROLE = sa.select(_schema.memberships.c.role).where(
 _TEAM_LIMITS = sa.select(_schema.team_limits).where(
     _schema.team_limits.c.team_id == sa.bindparam("team_id")
 )
+
+
+# The advisory lock PostgreSQL inits take, held until their transaction ends: a number of
+# this store's own (the first eight bytes of sha256(b"invoke_middleware.store.init")).
+_INIT_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=0x59C2F572271F0D4A)
 
 
 class DuplicateServiceError(ValueError):
@@ -204,8 +212,15 @@ class SQLStore:
         ``invoke-middleware init`` makes: it holds key hashes.
         """
         self._create_private_sqlite_file()
-        _schema.metadata.create_all(self.engine, checkfirst=True)
         with self.engine.begin() as connection:
+            # One init at a time: each reads the schema and adds what it lacks, so two at
+            # once (two processes starting on an upgraded store) would add it twice and the
+            # second fail. Both databases run this DDL in the transaction, all or nothing.
+            if self.engine.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")  # the database's write lock
+            else:
+                connection.execute(_INIT_LOCK)
+            _schema.metadata.create_all(connection, checkfirst=True)
             inspector = sa.inspect(connection)
             for table_name, names in _schema.ADDED_COLUMNS.items():
                 present = {column["name"] for column in inspector.get_columns(table_name)}
@@ -352,15 +367,28 @@ class SQLServiceRegistry:
         self.invalidate()
         return changed > 0
 
-    def set_limits(self, team_id: uuid.UUID, slug: str, limits: ServiceLimits) -> bool:
-        """Replace a service's own limits; ``False`` when there is no such service."""
+    def set_limits(
+        self,
+        team_id: uuid.UUID,
+        slug: str,
+        limits: ServiceLimits,
+        *,
+        fields: Collection[str] = LIMIT_FIELDS,
+    ) -> bool:
+        """Replace a service's own limits, or of them only ``fields`` (``"rate"``,
+        ``"max_in_flight"``); ``False`` when there is no such service.
+
+        Only the named limits are written, in one statement: two writers changing different
+        limits of one service keep both changes (reading the row and writing it all back would
+        lose one).
+        """
         if not self._has_limit_columns():
             raise _needs_init()
         table = _schema.services
         query = (
             sa.update(table)
             .where(table.c.team_id == team_id, table.c.slug == slug)
-            .values(**_limit_values(limits), updated_at=self._now())
+            .values(**_limit_values(limits, fields), updated_at=self._now())
         )
         with self._engine.begin() as connection:
             changed = connection.execute(query).rowcount
@@ -431,13 +459,21 @@ def _service_values(service: Service) -> dict[str, Any]:
 _LIMIT_COLUMNS = _schema.ADDED_COLUMNS["invoke_services"]
 
 
-def _limit_values(limits: ServiceLimits | TeamLimits) -> dict[str, int | None]:
-    rate = limits.rate
-    return {
-        "max_in_flight": limits.max_in_flight,
-        "rate_amount": None if rate is None else rate.amount,
-        "rate_window": None if rate is None else rate.window,
-    }
+def _limit_values(
+    limits: ServiceLimits | TeamLimits, fields: Collection[str] = LIMIT_FIELDS
+) -> dict[str, int | None]:
+    """The columns of ``limits`` named by ``fields``."""
+    unknown = set(fields) - LIMIT_FIELDS
+    if unknown or not fields:
+        raise ValueError(f"fields must name some of {sorted(LIMIT_FIELDS)}, got {sorted(fields)}")
+    values: dict[str, int | None] = {}
+    if "max_in_flight" in fields:
+        values["max_in_flight"] = limits.max_in_flight
+    if "rate" in fields:
+        rate = limits.rate
+        values["rate_amount"] = None if rate is None else rate.amount
+        values["rate_window"] = None if rate is None else rate.window
+    return values
 
 
 def _limits_from_row(row: sa.RowMapping) -> ServiceLimits:
@@ -474,15 +510,35 @@ class SQLTeamLimits:
         """The team's own limits, or ``None`` (possibly up to the TTL old)."""
         return self._cache.get_or_load(team_id, lambda: self._select_one(team_id))
 
-    def set(self, team_id: uuid.UUID, limits: TeamLimits) -> None:
-        """Replace the team's own limits; limits that are all ``None`` remove them."""
+    def set(
+        self, team_id: uuid.UUID, limits: TeamLimits, *, fields: Collection[str] = LIMIT_FIELDS
+    ) -> None:
+        """Replace the team's own limits, or of them only ``fields`` (``"rate"``,
+        ``"max_in_flight"``); a team left with no limit of its own loses its row.
+
+        As with :meth:`SQLServiceRegistry.set_limits`, only the named limits are written, so
+        two writers changing different limits of one team keep both changes.
+        """
         if not self._has_table():
             raise ValueError(
                 "this database predates per-team limits: SQLStore.init() creates their table "
                 "(`invoke-middleware teams set-limits` runs it)"
             )
+        changed = _limit_values(limits, fields)
+        table = _schema.team_limits
         with self._engine.begin() as connection:
-            connection.execute(self._replace(team_id, limits))
+            # An upsert: after a delete, two writers for one team would each insert, and the
+            # second would fail on the primary key. A new row holds only what is named.
+            written = {**changed, "updated_at": self._now()}
+            values = {"team_id": team_id, **_limit_values(TeamLimits()), **written}
+            connection.execute(_upsert(self._engine, table, values, update=written.keys()))
+            # In the same transaction, so a concurrent writer's limit is seen, not overwritten.
+            connection.execute(
+                sa.delete(table).where(
+                    table.c.team_id == team_id,
+                    *(table.c[name].is_(None) for name in _limit_values(TeamLimits())),
+                )
+            )
         self.invalidate()
 
     def list_all(self) -> Sequence[tuple[uuid.UUID, TeamLimits]]:
@@ -500,15 +556,6 @@ class SQLTeamLimits:
         self._cache.clear()
         self._has_table.forget()
 
-    def _replace(self, team_id: uuid.UUID, limits: TeamLimits) -> sa.Executable:
-        # An upsert: after a delete, two writers for one team would each insert, and the
-        # second would fail on the primary key.
-        table = _schema.team_limits
-        if limits == TeamLimits():
-            return sa.delete(table).where(table.c.team_id == team_id)
-        values = {"team_id": team_id, **_limit_values(limits), "updated_at": self._now()}
-        return _upsert(self._engine, table, values)
-
     def _probe_table(self) -> bool:
         with self._engine.connect() as connection:
             return sa.inspect(connection).has_table(_schema.team_limits.name)
@@ -521,12 +568,23 @@ class SQLTeamLimits:
         return None if row is None else _team_limits_from_row(row)
 
 
-def _upsert(engine: Engine, table: sa.Table, values: Mapping[str, Any]) -> sa.Insert:
-    """Insert ``values`` into ``table``, or update the row with their primary key."""
+def _upsert(
+    engine: Engine,
+    table: sa.Table,
+    values: Mapping[str, Any],
+    *,
+    update: Collection[str] | None = None,
+) -> sa.Insert:
+    """Insert ``values`` into ``table``, or update the row with their primary key: its
+    columns named in ``update`` (by default, every one of ``values`` but the key)."""
     # Both supported dialects spell an upsert the same way, from their own insert().
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     key = [column.name for column in table.primary_key]
-    changed = {name: value for name, value in values.items() if name not in key}
+    changed = {
+        name: value
+        for name, value in values.items()
+        if name not in key and (update is None or name in update)
+    }
     statement: sa.Insert = (
         dialect.insert(table).values(values).on_conflict_do_update(index_elements=key, set_=changed)
     )

@@ -339,6 +339,29 @@ def test_a_store_made_before_team_limits_keeps_working_and_init_adds_the_table(
         assert old.team_limits.get(TEAM) == TeamLimits(max_in_flight=2)
 
 
+def test_init_run_by_several_processes_at_once_upgrades_a_store_once(backend: Backend) -> None:
+    # Each reads the schema, then adds what it lacks: the later ones found the table or the
+    # column already there ("duplicate column", "already exists") and failed.
+    writers = 4
+    for _ in range(5):  # a lost race shows in some rounds, not in every one
+        backend.open_store()
+        _execute(backend.url, _NO_SERVICE_LIMITS + _NO_TEAM_LIMITS)
+        stores = [SQLStore(backend.url) for _ in range(writers)]
+        try:
+            run_concurrently(writers, lambda n, stores=stores: stores[n].init())
+            stores[0].team_limits.set(TEAM, TeamLimits(max_in_flight=2))
+            stores[0].services.add(make_service("svc", "http://127.0.0.1:9", limits=LIMITED))
+            assert stores[0].services.get(TEAM, "svc").limits == LIMITED  # type: ignore[union-attr]
+            assert stores[0].team_limits.get(TEAM) == TeamLimits(max_in_flight=2)
+        finally:
+            for store in stores:
+                store.close()
+        _execute(backend.url, ("DELETE FROM invoke_services",))
+
+
+LIMITED = ServiceLimits(rate=Rate(amount=5, window=1), max_in_flight=2)
+
+
 def test_limits_stored_after_an_upgrade_elsewhere_reach_a_running_gateway_within_the_ttl(
     backend: Backend,
 ) -> None:
@@ -392,6 +415,65 @@ def test_concurrent_writes_of_one_teams_limits_all_succeed_and_one_is_kept(
         team = uuid.uuid4()
         run_concurrently(writers, functools.partial(write, team))
         assert stores[0].team_limits.get(team) in written
+
+
+_RATE = Rate(amount=100, window=60)
+
+
+def test_concurrent_writers_of_different_limits_keep_both_changes(backend: Backend) -> None:
+    # Two `set-limits` runs at once, one with --rate, one with --max-in-flight: reading the
+    # row and writing it all back lost one change in some rounds.
+    stores = [backend.open_store(service_cache_ttl=0) for _ in range(2)]
+    written = (ServiceLimits(rate=_RATE), ServiceLimits(max_in_flight=3))
+    fields = (["rate"], ["max_in_flight"])
+
+    for round_number in range(10):
+        team = uuid.uuid4()
+        slug = f"svc{round_number}"
+        stores[0].services.add(make_service(slug, "http://127.0.0.1:9", team=team))
+
+        def write(n: int, team: uuid.UUID = team, slug: str = slug) -> None:
+            assert stores[n].services.set_limits(team, slug, written[n], fields=fields[n])
+            own = TeamLimits(rate=written[n].rate, max_in_flight=written[n].max_in_flight)
+            stores[n].team_limits.set(team, own, fields=fields[n])
+
+        run_concurrently(2, write)
+        both = ServiceLimits(rate=_RATE, max_in_flight=3)
+        assert stores[0].services.get(team, slug).limits == both  # type: ignore[union-attr]
+        assert stores[0].team_limits.get(team) == TeamLimits(rate=_RATE, max_in_flight=3)
+
+
+def test_a_limit_written_alone_leaves_the_others_and_the_last_one_cleared_drops_the_row(
+    backend: Backend,
+) -> None:
+    store = backend.open_store(service_cache_ttl=0)
+    store.services.add(make_service("svc", "http://127.0.0.1:9"))
+    store.services.set_limits(TEAM, "svc", ServiceLimits(rate=_RATE, max_in_flight=3))
+    assert store.services.set_limits(TEAM, "svc", ServiceLimits(), fields=["max_in_flight"])
+    assert store.services.get(TEAM, "svc").limits == ServiceLimits(rate=_RATE)  # type: ignore[union-attr]
+
+    store.team_limits.set(TEAM, TeamLimits(rate=_RATE, max_in_flight=3))
+    store.team_limits.set(TEAM, TeamLimits(max_in_flight=7), fields=["max_in_flight"])
+    assert store.team_limits.get(TEAM) == TeamLimits(rate=_RATE, max_in_flight=7)
+    store.team_limits.set(TEAM, TeamLimits(), fields=["rate"])
+    assert store.team_limits.list_all() == [(TEAM, TeamLimits(max_in_flight=7))]
+    store.team_limits.set(TEAM, TeamLimits(), fields=["max_in_flight"])
+    assert store.team_limits.list_all() == []
+    # A first row holds only what is named.
+    store.team_limits.set(TEAM, TeamLimits(rate=_RATE, max_in_flight=9), fields=["rate"])
+    assert store.team_limits.get(TEAM) == TeamLimits(rate=_RATE)
+
+
+@pytest.mark.parametrize("fields", [[], ["rate", "burst"]], ids=["none", "unknown"])
+def test_limits_to_write_must_be_named_among_the_known_ones(
+    backend: Backend, fields: list[str]
+) -> None:
+    store = backend.open_store(service_cache_ttl=0)
+    store.services.add(make_service("svc", "http://127.0.0.1:9"))
+    with pytest.raises(ValueError, match="fields must name"):
+        store.services.set_limits(TEAM, "svc", ServiceLimits(), fields=fields)
+    with pytest.raises(ValueError, match="fields must name"):
+        store.team_limits.set(TEAM, TeamLimits(), fields=fields)
 
 
 def test_a_teams_stored_limits_take_precedence_over_the_configured_ones() -> None:
