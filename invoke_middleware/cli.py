@@ -51,6 +51,7 @@ from invoke_middleware.auth.keys import PREFIX_LENGTH, key_matches
 from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.auth.stores import CredentialRecord
 from invoke_middleware.config import ConfigError
+from invoke_middleware.errors import StoreUnavailableError
 from invoke_middleware.limits import Rate, ServiceLimits, TeamLimits
 from invoke_middleware.readiness import store_probe
 from invoke_middleware.registry import (
@@ -67,7 +68,7 @@ from invoke_middleware.standalone import (
     warn_open_metrics,
     warn_rates_per_process,
 )
-from invoke_middleware.store.sql import DuplicateServiceError, SQLStore
+from invoke_middleware.store.sql import DuplicateServiceError, SQLStore, missing_tables
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -467,9 +468,16 @@ def _missing_driver(exc: ImportError) -> str:
     return f"the database driver is missing (No module named {exc.name})"
 
 
+_QUIET = logging.NullHandler()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``invoke-middleware`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    # A command says what went wrong in its one line: the package's log records (a store
+    # found unavailable, say) reach stderr only where serve sets up the log, not through
+    # logging's last-resort handler.
+    logging.getLogger("invoke_middleware").addHandler(_QUIET)
     config_path = args.config or Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)
     context = _Context(config_path, sys.stdout, sys.stderr)
     handler: Callable[[argparse.Namespace, _Context], None] = args.handler
@@ -480,6 +488,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except sa.exc.SQLAlchemyError as exc:
         # The one place the store's database errors become a message.
         return _fail(_store_error(exc), EXIT_FAILURE)
+    except StoreUnavailableError as exc:
+        # A read made as a request makes it: the database's own error says more.
+        cause = exc.__cause__
+        return _fail(
+            _store_error(cause) if isinstance(cause, sa.exc.SQLAlchemyError) else exc.message,
+            EXIT_FAILURE,
+        )
     except OSError as exc:
         return _fail(
             f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), EXIT_FAILURE
@@ -498,12 +513,6 @@ def _fail(message: str, code: int) -> int:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def _missing_tables(exc: sa.exc.DBAPIError) -> bool:
-    """Whether the database answered that the store's tables are not there (SQLite's "no such
-    table", PostgreSQL's undefined_table), as opposed to not answering at all."""
-    return getattr(exc.orig, "sqlstate", None) == "42P01" or "no such table" in str(exc.orig)
 
 
 def _store_error(exc: sa.exc.SQLAlchemyError) -> str:
@@ -550,7 +559,7 @@ def _serve(args: argparse.Namespace, context: _Context) -> None:
     try:
         store_probe(store)()
     except sa.exc.DBAPIError as exc:
-        if _missing_tables(exc):
+        if missing_tables(exc):
             raise CommandError(
                 f"{config.path}: [store] database has no tables (run `{PROG} init`)"
             ) from None

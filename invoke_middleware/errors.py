@@ -188,6 +188,22 @@ class LimitsUnavailableError(GatewayError):
     default_message = "The gateway cannot check its rate limits right now; retry later."
 
 
+class StoreUnavailableError(GatewayError):
+    """The store of services, credentials or memberships cannot answer now (its server is
+    down or overloaded, a lock or the connection pool made the read wait too long). Not the
+    caller's fault and not a bug: a client should retry, which a 500 would not tell it.
+
+    Raised by a store's reads (the SQL store raises it); any other failure of a store
+    remains the 500 of an unexpected error."""
+
+    status = 503
+    code = "store_unavailable"
+    default_message = "The gateway cannot reach its store right now; retry later."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers=(("Retry-After", "1"),))
+
+
 class UpgradeNotSupportedError(GatewayError):
     status = 501
     code = "upgrade_not_supported"

@@ -52,7 +52,19 @@ class DriverSelect:
             process = self._params[name]
             values[name] = value if process is None else process(value)
         arguments: Any = values if self._names is None else tuple(values[n] for n in self._names)
-        connection = self._engine.raw_connection()
+        try:
+            connection = self._engine.raw_connection()
+        except self._dbapi_error as exc:
+            # The pool hands on the driver's own error when it cannot connect; Connection
+            # wraps it, as this must (the store tells "cannot answer" from SQLAlchemy's).
+            raise sa.exc.DBAPIError.instance(
+                None,
+                None,
+                exc,
+                self._dbapi_error,
+                connection_invalidated=self._dialect.is_disconnect(exc, None, None),
+                dialect=self._dialect,
+            ) from exc
         try:
             cursor = connection.cursor()
             try:

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -45,6 +47,7 @@ from invoke_middleware.auth.stores import (
     new_credential,
     require_aware,
 )
+from invoke_middleware.errors import StoreUnavailableError
 from invoke_middleware.limits import Rate, ServiceLimits, TeamLimits
 from invoke_middleware.registry import Service, ServiceStatus, ServiceType, is_valid_slug
 from invoke_middleware.store import _schema
@@ -96,6 +99,77 @@ _TEAM_LIMITS = sa.select(_schema.team_limits).where(
 # The advisory lock PostgreSQL inits take, held until their transaction ends: a number of
 # this store's own (the first eight bytes of sha256(b"invoke_middleware.store.init")).
 _INIT_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=0x59C2F572271F0D4A)
+
+
+#: A store that cannot answer is reported in the log at most this often (seconds): once per
+#: request would flood the log exactly when it matters.
+_WARNING_INTERVAL = 10.0
+#: When each engine's outage was last reported.
+_last_warnings: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class _OnEngine(Protocol):
+    _engine: Engine
+
+
+_V = TypeVar("_V", bound=_OnEngine)
+
+
+def missing_tables(exc: sa.exc.DBAPIError) -> bool:
+    """Whether the database answered that the store's tables are not there (SQLite's "no such
+    table", PostgreSQL's undefined_table), as opposed to not answering at all."""
+    return getattr(exc.orig, "sqlstate", None) == "42P01" or "no such table" in str(exc.orig)
+
+
+def _cannot_answer(exc: sa.exc.SQLAlchemyError) -> bool:
+    """Whether ``exc`` says the database cannot answer now (down, overloaded, a timeout, the
+    connection lost or the pool exhausted), which a retry may mend; a mistake such as a
+    missing table is not that."""
+    if isinstance(exc, sa.exc.TimeoutError):  # no pooled connection came free in time
+        return True
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    operational = isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+    return operational and not missing_tables(exc)
+
+
+def _answering(read: Callable[Concatenate[_V, _P], _T]) -> Callable[Concatenate[_V, _P], _T]:
+    """A read the gateway makes for a request: a database that cannot answer is
+    :class:`~invoke_middleware.errors.StoreUnavailableError` (503, retry), logged at most once
+    per ``_WARNING_INTERVAL`` for each engine, instead of an unexpected failure (500) with a
+    traceback for every request."""
+
+    @functools.wraps(read)
+    def answering(view: _V, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return read(view, *args, **kwargs)
+        except sa.exc.SQLAlchemyError as exc:
+            if not _cannot_answer(exc):
+                raise
+            _report_unavailable(view._engine, exc)
+            raise StoreUnavailableError from exc
+
+    return answering
+
+
+def _report_unavailable(engine: Engine, exc: sa.exc.SQLAlchemyError) -> None:
+    now = time.monotonic()
+    if now - _last_warnings.get(engine, -_WARNING_INTERVAL) < _WARNING_INTERVAL:
+        return
+    _last_warnings[engine] = now
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    text = str(cause).strip()
+    logger.warning(
+        "store %s unavailable (%s: %s); requests that need it are answered 503",
+        shown_url(engine.url),
+        type(cause).__name__,
+        text.splitlines()[0] if text else "-",
+    )
 
 
 class DuplicateServiceError(ValueError):
@@ -314,12 +388,14 @@ class SQLServiceRegistry:
             self._probe_limit_columns, ttl=cache_ttl, clock=clock
         )
 
+    @_answering
     def get(self, team_id: uuid.UUID, slug: str) -> Service | None:
         """The service ``slug`` of ``team_id``, or ``None`` (possibly up to the TTL old)."""
         if not is_valid_slug(slug):
             return None
         return self._by_slug.get_or_load((team_id, slug), lambda: self._select_one(team_id, slug))
 
+    @_answering
     def list(self, team_id: uuid.UUID) -> Sequence[Service]:
         """Every service of ``team_id``, in slug order (possibly up to the TTL old)."""
         return self._by_team.get_or_load(team_id, lambda: self._select_team(team_id))
@@ -506,6 +582,7 @@ class SQLTeamLimits:
         self._cache: TTLCache[uuid.UUID, TeamLimits | None] = TTLCache(cache_ttl, clock=clock)
         self._has_table = _SchemaProbe(self._probe_table, ttl=cache_ttl, clock=clock)
 
+    @_answering
     def get(self, team_id: uuid.UUID) -> TeamLimits | None:
         """The team's own limits, or ``None`` (possibly up to the TTL old)."""
         return self._cache.get_or_load(team_id, lambda: self._select_one(team_id))
@@ -654,6 +731,7 @@ class SQLCredentialStore:
         # Run on every request that carries a key: on the driver's cursor.
         self._by_prefix = DriverSelect(engine, _CREDENTIALS_BY_PREFIX)
 
+    @_answering
     def find_by_prefix(self, prefix: str) -> Sequence[CredentialRecord]:
         """Every record whose prefix is ``prefix`` (normally zero or one)."""
         return [_credential_from_row(row) for row in self._by_prefix.rows({"prefix": prefix})]
@@ -785,6 +863,7 @@ class SQLMembershipStore:
         # Run on every request with a device key: on the driver's cursor.
         self._role = DriverSelect(engine, _ROLE)
 
+    @_answering
     def role_of(self, team_id: uuid.UUID, user_id: str) -> Role | None:
         """The role of ``user_id`` in ``team_id``, or ``None`` when not a member."""
         rows = self._role.rows({"team_id": team_id, "user_id": user_id})

@@ -554,6 +554,24 @@ def test_a_missing_store_is_reported_with_a_hint(workspace: Workspace) -> None:
     assert not (workspace.path / "invoke-middleware.sqlite3").exists()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [("services", "list"), ("services", "show", "svc"), ("members", "list")],
+    ids=" ".join,
+)
+def test_a_store_that_refuses_connections_is_one_line(
+    workspace: Workspace, command: tuple[str, ...]
+) -> None:
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        database = 'database = "invoke-middleware.sqlite3"'
+        _rewrite(workspace, database, f'database = "postgresql://gateway@127.0.0.1:{port}/x"')
+        line = assert_one_line_error(workspace.run(*command, "--team", TEAM, check=False), 1)
+    assert "store error" in line
+    assert "Connection refused" in line
+
+
 def test_serve_without_the_jwt_secret_in_the_environment_is_one_line(
     workspace: Workspace,
 ) -> None:

@@ -17,6 +17,7 @@ from invoke_middleware import (
     Rate,
     ServiceStatus,
 )
+from invoke_middleware.errors import StoreUnavailableError
 from invoke_middleware.mcp.endpoint import (
     MAX_BATCH_MESSAGES,
     OPENAPI_MAX_BYTES,
@@ -291,6 +292,30 @@ def test_a_limit_s_retry_after_is_read_from_the_error_whatever_the_renderer(
     assert refused["code"] == "rate_limited"
     assert refused["status"] == 429
     assert int(refused["retry_after"]) >= 1
+
+
+def test_a_store_that_cannot_answer_is_a_tool_error_to_retry(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(*_: object) -> None:
+        raise StoreUnavailableError
+
+    monkeypatch.setattr(agent.world.registry, "list", down)
+    monkeypatch.setattr(agent.world.registry, "get", down)
+    for tool, arguments in [
+        ("list_container_services", {}),
+        ("get_container_service", {"service_slug": "echo"}),
+        ("call_container_service", {"service_slug": "echo", "method": "GET", "path": "/"}),
+    ]:
+        result = result_of(agent.call(tool, arguments))
+        assert result["isError"] is True
+        refused = json.loads(result["content"][1]["text"])
+        assert (refused["code"], refused["status"], refused["retry_after"]) == (
+            "store_unavailable",
+            503,
+            "1",
+        )
+    assert agent.world.upstream.received == []
 
 
 def test_a_message_holds_one_slot_of_its_team_however_many_calls_it_makes(
