@@ -26,6 +26,7 @@ from invoke_middleware._server import (
     LOG_FORMAT,
     EscapingFormatter,
     ServerPlan,
+    gunicorn_caps,
     server_refusal,
 )
 from invoke_middleware.errors import reason_phrase
@@ -34,7 +35,7 @@ from invoke_middleware.log_format import JSONFormatter
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-    from invoke_middleware._server import Builder
+    from invoke_middleware._server import Builder, Reread
 
 
 class EscapingLogger(Logger):  # type: ignore[misc]
@@ -308,9 +309,9 @@ class GatewayApplication(BaseApplication):  # type: ignore[misc]
         options: dict[str, Any],
         on_ready: Callable[[], None],
         process_safe_metrics: bool,
-        reread: Callable[[], Builder | None] | None = None,
+        reread: Reread | None = None,
     ) -> None:
-        #: What the workers serve; they read the head cap from it.
+        #: What the workers serve; they read the head and body caps from it.
         self.plan = plan
         self._build = build
         self._reread = reread
@@ -333,11 +334,13 @@ class GatewayApplication(BaseApplication):  # type: ignore[misc]
 
     def reload(self) -> None:
         # gunicorn's SIGHUP, in the arbiter: the workers it starts next (each forked from
-        # here) build the gateway with what reread made of the file as it is now; when that
-        # fails (logged), with what they had.
-        if self._reread is not None:
-            self._build = self._reread() or self._build
-        super().reload()
+        # here) build the gateway with what reread made of the file as it is now, and apply
+        # its header and body caps; when that fails (logged), what they had.
+        fresh = None if self._reread is None else self._reread()
+        if fresh is not None:
+            self._build, self.plan = fresh
+            self._options.update(gunicorn_caps(self.plan))
+        super().reload()  # load_config() sets the options again
 
     def load(self) -> WSGIApplication:
         # In the worker, after the fork: its own store connections and upstream pools.

@@ -26,6 +26,7 @@ one line and no caller can forge another.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import logging
@@ -69,6 +70,8 @@ if TYPE_CHECKING:
 
     #: What makes a process's application and its ``close``.
     Builder: TypeAlias = Callable[[], tuple[WSGIApplication, Callable[[], None]]]
+    #: gunicorn's ``SIGHUP``: what the workers restart with, or ``None`` to keep what they had.
+    Reread: TypeAlias = Callable[[], tuple[Builder, "ServerPlan"] | None]
 
 __all__ = [
     "GUNICORN",
@@ -79,6 +82,7 @@ __all__ = [
     "gunicorn_available",
     "plan_server",
     "run_server",
+    "with_caps_of",
 ]
 
 logger = logging.getLogger("invoke_middleware.cli")
@@ -210,7 +214,6 @@ def plan_server(
     elif workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
         workers = workers or os.cpu_count() or 1
-    caps = _gateway_caps(config)
     return ServerPlan(
         engine=engine,
         host=host or server.host,
@@ -219,21 +222,39 @@ def plan_server(
         threads=threads or server.threads,
         connection_limit=server.connection_limit,
         idle_timeout=server.idle_timeout,
-        max_request_header_bytes=server.max_request_header_bytes
-        or caps.max_header_bytes + REQUEST_LINE_ALLOWANCE,
-        max_request_body_bytes=server.max_request_body_bytes
-        or max(caps.max_relay_body_bytes, caps.max_envelope_bytes),
-        max_header_count=caps.max_header_count,
         log_format=server.log_format,
+        **_caps(config),
     )
 
 
-def _gateway_caps(config: StandaloneConfig) -> PipelineSettings:
+def with_caps_of(plan: ServerPlan, config: StandaloneConfig) -> ServerPlan:
+    """``plan`` with the header and body caps of ``config`` (its ``[server]`` overrides, else
+    what its gateway admits): what a re-read file changes in a running server."""
+    caps = _caps(config)
+    return dataclasses.replace(
+        plan,
+        max_request_header_bytes=caps["max_request_header_bytes"],
+        max_request_body_bytes=caps["max_request_body_bytes"],
+        max_header_count=caps["max_header_count"],
+    )
+
+
+def _caps(config: StandaloneConfig) -> dict[str, int]:
+    """The server's header and body caps for ``config``: the ``[server]`` table's, or room for
+    what the gateway admits (its own caps, read from ``[gateway]``)."""
     names = ("max_invoke_body_bytes", "max_relay_body_bytes", "max_header_count")
     values = config.gateway.values
-    return PipelineSettings(
+    gateway = PipelineSettings(
         **{name: values[name] for name in (*names, "max_header_bytes") if name in values}
     )
+    server = config.server
+    return {
+        "max_request_header_bytes": server.max_request_header_bytes
+        or gateway.max_header_bytes + REQUEST_LINE_ALLOWANCE,
+        "max_request_body_bytes": server.max_request_body_bytes
+        or max(gateway.max_relay_body_bytes, gateway.max_envelope_bytes),
+        "max_header_count": gateway.max_header_count,
+    }
 
 
 # -- running it ------------------------------------------------------------------------------
@@ -245,7 +266,7 @@ def run_server(
     *,
     on_ready: Callable[[list[tuple[str, int]]], None],
     requires: Mapping[str, str] | None = None,
-    reread: Callable[[], Builder | None] | None = None,
+    reread: Reread | None = None,
 ) -> None:
     """Listen as ``plan`` says and serve until SIGINT or SIGTERM.
 
@@ -263,7 +284,8 @@ def run_server(
     boot, and stops the server), and skip what only the starting process should do.
 
     ``reread`` (gunicorn only) is called on ``SIGHUP``, before the workers restart: the
-    ``build`` they restart with, or ``None`` to keep the one they had.
+    ``build`` they restart with and the plan whose header and body caps they apply (see
+    :func:`with_caps_of`), or ``None`` to keep what they had.
     """
     if plan.engine == WAITRESS:
         _import_required(requires or {})
@@ -507,7 +529,7 @@ def _run_gunicorn(
     build: Builder,
     on_ready: Callable[[list[tuple[str, int]]], None],
     requires: Mapping[str, str],
-    reread: Callable[[], Builder | None] | None,
+    reread: Reread | None,
 ) -> None:
     # gunicorn is optional (the serve extra): imported only when it runs.
     from invoke_middleware._gunicorn import GatewayApplication  # noqa: PLC0415
@@ -566,6 +588,14 @@ def _bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def gunicorn_caps(plan: ServerPlan) -> dict[str, int]:
+    """gunicorn's own settings for ``plan``'s header caps (its parser applies them too)."""
+    return {
+        "limit_request_fields": min(plan.max_header_count, 32768),
+        "limit_request_field_size": min(plan.max_request_header_bytes, _GUNICORN_MAX_FIELD * 8),
+    }
+
+
 def gunicorn_options(plan: ServerPlan, *, bind: str, reuse_port: bool = False) -> dict[str, Any]:
     """gunicorn's settings for ``plan``, serving on ``bind`` (``fd://N``: a descriptor already
     bound and listening; ``host:port`` with ``reuse_port``: each worker binds its own)."""
@@ -578,8 +608,7 @@ def gunicorn_options(plan: ServerPlan, *, bind: str, reuse_port: bool = False) -
         "worker_connections": plan.connection_limit,
         "keepalive": plan.idle_timeout,
         "limit_request_line": _GUNICORN_MAX_FIELD,
-        "limit_request_fields": min(plan.max_header_count, 32768),
-        "limit_request_field_size": min(plan.max_request_header_bytes, _GUNICORN_MAX_FIELD * 8),
+        **gunicorn_caps(plan),
         # Relays may last minutes: the gthread heartbeat comes from the worker's main loop,
         # so this only catches a worker whose loop is stuck.
         "timeout": 60,

@@ -36,7 +36,13 @@ import sqlalchemy as sa
 
 from invoke_middleware._demo import DEMO_SLUG, demo_setup, example_service
 from invoke_middleware._private_files import create_private_file, secret_files
-from invoke_middleware._server import WAITRESS, configure_logging, plan_server, run_server
+from invoke_middleware._server import (
+    WAITRESS,
+    configure_logging,
+    plan_server,
+    run_server,
+    with_caps_of,
+)
 from invoke_middleware._toml_config import (
     DEFAULT_CONFIG_NAME,
     DEFAULT_STORE_NAME,
@@ -618,11 +624,12 @@ def _builder(config: StandaloneConfig, plan: ServerPlan) -> Builder:
     return build
 
 
-def _reread(config: StandaloneConfig, plan: ServerPlan) -> Builder | None:
+def _reread(config: StandaloneConfig, plan: ServerPlan) -> tuple[Builder, ServerPlan] | None:
     """gunicorn's ``SIGHUP``, in the arbiter: the builder of the gateway of ``config``'s file
-    as it is now, checked as at start, for the workers it starts next; ``None`` (logged) when
-    the file fails. The ``[server]`` table (the port, the processes) stays as it was: it is
-    the running server's own."""
+    as it is now, checked as at start, for the workers it starts next, and ``plan`` with the
+    header and body caps that gateway admits; ``None`` (logged) when the file fails. The rest
+    of the ``[server]`` table (the port, the processes) stays as it was: it is the running
+    server's own."""
     # A reload never stops a server that serves: whatever fails is said, and that is all.
     failure: object = None
     try:
@@ -648,7 +655,7 @@ def _reread(config: StandaloneConfig, plan: ServerPlan) -> Builder | None:
     if loaded.server != config.server:
         logger.warning("SIGHUP: a changed [server] table applies when serve starts again")
     logger.info("SIGHUP: read %s again; the workers restart with it", config.path)
-    return _builder(fresh, plan)
+    return _builder(fresh, plan), with_caps_of(plan, fresh)
 
 
 def _demo(args: argparse.Namespace, context: _Context) -> None:

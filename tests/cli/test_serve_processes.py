@@ -5,6 +5,7 @@ boot stops the server, and what every worker imports is checked before any start
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import re
 import signal
@@ -401,6 +402,67 @@ def test_sighup_reads_the_configuration_file_again(
         _via_after_reload(gateway, upstream, key, "1.1 edge-3")
         assert len(_log_lines(gateway, "a changed [server] table applies")) == 1
     assert gateway.stop() == 0
+
+
+def test_sighup_applies_the_gateway_s_header_cap_in_the_server_too(
+    workspace: Workspace, upstream: RecordingUpstream
+) -> None:
+    # The server refuses a head over the gateway's cap (plus the request line's room) before
+    # the gateway sees it: a cap raised in the file must reach the server's workers too.
+    set_server(workspace, engine="gunicorn", workers=1)
+    set_table(workspace, "gateway", max_header_bytes=4096)
+    workspace.add_service("hello", upstream.url)
+    key = workspace.issue("--kind", "integration")
+    # One field past the server's first cap (4096 + 8192), under the second.
+    padding = {"X-Padding": "p" * 8000, "X-More-Padding": "p" * 6000}
+
+    def relay() -> int:
+        return requests.get(
+            f"{gateway.url}/r/containers/hello/ping",
+            headers={"Authorization": f"Bearer {key}", **padding},
+            timeout=20,
+        ).status_code
+
+    with running_gateway(workspace) as gateway:
+        assert relay() == 431
+        text = workspace.config.read_text()
+        workspace.config.write_text(
+            text.replace("max_header_bytes = 4096", "max_header_bytes = 65536")
+        )
+        gateway.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        statuses = []
+        while time.monotonic() < deadline:
+            try:
+                statuses.append(relay())
+            except requests.ConnectionError:
+                continue  # the old worker's queue, reset as it goes (see the README)
+            if statuses[-1] == 200:
+                break
+            time.sleep(0.2)
+        assert statuses[-1] == 200, (statuses, gateway.log.read_text())
+    assert gateway.stop() == 0
+
+
+def test_a_reread_plan_has_the_file_s_caps_and_the_running_server_s_table(
+    workspace: Workspace,
+) -> None:
+    set_table(workspace, "server", max_request_body_bytes=5000)
+    config = load_config(workspace.config)
+    plan = dataclasses.replace(plan_server(config), port=9999, threads=3)
+    text = workspace.config.read_text()
+    workspace.config.write_text(
+        text.replace(
+            "[gateway]\n", "[gateway]\nmax_header_bytes = 1000\nmax_header_count = 7\n"
+        ).replace("max_request_body_bytes = 5000", "max_request_body_bytes = 6000")
+    )
+    reread = _reread(config, plan)
+    assert reread is not None
+    _, fresh = reread
+    # The gateway's caps are the file's; the [server] table's own are the running server's.
+    assert (fresh.max_request_header_bytes, fresh.max_header_count) == (1000 + 8192, 7)
+    assert fresh.max_request_body_bytes == 5000
+    assert (fresh.port, fresh.threads) == (9999, 3)
 
 
 @pytest.mark.parametrize(
