@@ -184,8 +184,9 @@ def _utc_now() -> dt.datetime:
 #: the URL says otherwise: a server that accepts connections and never answers would hold a
 #: worker thread, or gunicorn's arbiter re-reading its configuration, for good.
 POSTGRESQL_CONNECT_TIMEOUT = 5
-#: Seconds a PostgreSQL statement may run, waits for locks included, unless the URL's
-#: ``options`` set a ``statement_timeout``: every read the gateway makes takes milliseconds,
+#: Seconds a PostgreSQL statement may run, waits for locks included, unless a
+#: ``statement_timeout`` is set already (in the URL's ``options``, ``PGOPTIONS``, or for the
+#: role or the database on the server): every read the gateway makes takes milliseconds,
 #: and one queued behind a lock (an ``ALTER TABLE`` waiting for a long transaction) would
 #: otherwise hold its worker thread for as long as the lock is held, and so would every
 #: request after it.
@@ -209,14 +210,10 @@ def create_engine(
         connect_args: dict[str, Any] = {}
         if "connect_timeout" not in url.query:
             connect_args["connect_timeout"] = POSTGRESQL_CONNECT_TIMEOUT
-        given = url.query.get("options", "")
-        switches = given if isinstance(given, str) else given[-1]  # given twice: the last
-        if "statement_timeout" not in switches:
-            # libpq's options are the server's command-line switches; the URL's own stay.
-            timeout = f"-c statement_timeout={POSTGRESQL_STATEMENT_TIMEOUT * 1000}"
-            connect_args["options"] = f"{switches} {timeout}".strip()
         # A connection may have been closed by the server or a proxy since it was pooled.
-        return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        sa.event.listen(engine, "connect", _default_statement_timeout)
+        return engine
     if backend != "sqlite":
         raise ValueError(f"unsupported database {backend!r}: use SQLite or PostgreSQL")
     options: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
@@ -242,6 +239,23 @@ def create_engine(
             cursor.close()
 
     return engine
+
+
+# Set on each new connection, unless something set the timeout already (the URL's or
+# PGOPTIONS' options, the role's or the database's setting): a SET, not the startup packet's
+# options, which connection poolers such as PgBouncer refuse, and which would replace the
+# options PGOPTIONS or a service file give.
+_STATEMENT_TIMEOUT = (
+    "SELECT set_config('statement_timeout', %s, false) FROM pg_settings "
+    "WHERE name = 'statement_timeout' AND source = 'default'"
+)
+
+
+def _default_statement_timeout(dbapi_connection: Any, _record: Any) -> None:
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(_STATEMENT_TIMEOUT, (f"{POSTGRESQL_STATEMENT_TIMEOUT * 1000}",))
+    # Kept past this transaction: a setting made in one that is rolled back reverts.
+    dbapi_connection.commit()
 
 
 class SQLStore:

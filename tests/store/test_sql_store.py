@@ -19,7 +19,7 @@ from invoke_middleware._toml_config import sqlite_file
 from invoke_middleware.auth.principal import CredentialKind, Role
 from invoke_middleware.errors import StoreUnavailableError
 from invoke_middleware.store import SQLStore, create_engine
-from tests.store.conftest import Backend, postgres_schema
+from tests.store.conftest import POSTGRES_URL, Backend, postgres_schema
 
 TEAM = uuid.UUID("6f1b1c52-0c39-4d8e-9d55-3c3f3f0e7a01")
 
@@ -96,28 +96,52 @@ def test_a_postgresql_read_queued_behind_a_lock_fails_in_bounded_time(
     assert "statement timeout" in str(refused.value.__cause__)
 
 
+def _timeout_and_path(url: str) -> tuple[str, str]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            timeout = connection.execute(sa.text("SHOW statement_timeout")).scalar_one()
+            path = connection.execute(sa.text("SHOW search_path")).scalar_one()
+    finally:
+        engine.dispose()
+    return timeout, path
+
+
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
         pytest.param("", "5s", id="the-store-s-default"),
         pytest.param("-c statement_timeout=250", "250ms", id="the-url-s"),
+        pytest.param("-c statement-timeout=0", "0", id="the-url-s-spelled-with-a-dash"),
     ],
 )
 def test_postgresql_statements_time_out_unless_the_url_says_otherwise(
     postgres_server: sa.Engine, options: str, expected: str
 ) -> None:
     with postgres_schema(postgres_server) as schema_url:
-        # The schema's search_path and the URL's own options are kept beside the timeout.
+        # The URL's options (the schema's search_path among them) reach the server as given.
         given = f"options={quote(options)}%20" if options else "options="
-        engine = create_engine(schema_url.replace("options=", given))
-        try:
-            with engine.connect() as connection:
-                timeout = connection.execute(sa.text("SHOW statement_timeout")).scalar_one()
-                path = connection.execute(sa.text("SHOW search_path")).scalar_one()
-        finally:
-            engine.dispose()
+        timeout, path = _timeout_and_path(schema_url.replace("options=", given))
     assert timeout == expected
     assert path.startswith("invoke_test_")
+
+
+def test_a_statement_timeout_set_by_pgoptions_or_for_the_role_is_kept(
+    postgres_server: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Neither is in the URL: the store must not replace what libpq or the server set.
+    role = f"invoke_test_{uuid.uuid4().hex[:12]}"
+    with postgres_server.connect() as connection:
+        connection.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+        connection.execute(sa.text(f"ALTER ROLE {role} SET statement_timeout = '1min'"))
+    try:
+        url = POSTGRES_URL.replace("postgres@", f"{role}@", 1)
+        assert _timeout_and_path(url)[0] == "1min"
+        monkeypatch.setenv("PGOPTIONS", "-c statement_timeout=7s -c search_path=elsewhere")
+        assert _timeout_and_path(url) == ("7s", "elsewhere")
+    finally:
+        with postgres_server.connect() as connection:
+            connection.execute(sa.text(f"DROP ROLE {role}"))
 
 
 def test_a_bare_postgresql_url_uses_psycopg() -> None:
