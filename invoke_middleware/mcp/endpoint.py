@@ -361,7 +361,9 @@ class MCPEndpoint:
                 # An integration key has no role and ignores X-Team-ID, so a 400 or 403 while
                 # resolving came from a user credential (a token without its team, a removed
                 # member). Where user credentials are not admitted, they are all refused alike.
-                if refusal.status != 401 and not self._admits_users:
+                # A 5xx is not the credential's fault (the store cannot answer, say): it stays,
+                # with its Retry-After, so that a client retries instead of dropping its key.
+                if refusal.status < 500 and refusal.status != 401 and not self._admits_users:
                     raise UnauthenticatedError() from None
                 raise
             if principal is not None:

@@ -76,6 +76,22 @@ def test_a_database_that_refuses_connections_is_503_with_one_warning(
     assert not [r for r in caplog.records if r.exc_info]
 
 
+def test_an_mcp_request_while_the_database_refuses_connections_is_503(closed_port: int) -> None:
+    # Not 401: a client told its key is bad may drop it; one told to retry keeps it.
+    with SQLStore(f"postgresql://gateway@127.0.0.1:{closed_port}/invoke") as store:
+        answer = _gateway(store).post_json(
+            "/r/mcp",
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={
+                "Authorization": f"Bearer {_well_formed_key()}",
+                "Accept": "application/json, text/event-stream",
+            },
+            expect_errors=True,
+        )
+    assert_gateway_error(answer, 503, "store_unavailable")
+    assert answer.headers["Retry-After"] == "1"
+
+
 def test_a_read_queued_behind_a_lock_is_503_once_the_statement_times_out(
     monkeypatch: pytest.MonkeyPatch, postgres_server: sa.Engine
 ) -> None:
