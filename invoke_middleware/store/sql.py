@@ -124,18 +124,38 @@ def missing_tables(exc: sa.exc.DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) == "42P01" or "no such table" in str(exc.orig)
 
 
+# What says a database cannot answer now, as opposed to a mistake in what it was asked:
+# SQLite's primary result codes (busy, locked, out of memory, interrupted, I/O error, disk
+# full, cannot open the file, lock protocol error; https://sqlite.org/rescode.html), and
+# PostgreSQL's SQLSTATE classes (connection exception, transaction rollback, insufficient
+# resources, operator intervention: a statement timeout is 57014, system error) and
+# lock_not_available (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+_SQLITE_CANNOT_ANSWER = frozenset({5, 6, 7, 9, 10, 13, 14, 15})
+_SQLSTATE_CLASSES_CANNOT_ANSWER = frozenset({"08", "40", "53", "57", "58"})
+_SQLSTATES_CANNOT_ANSWER = frozenset({"55P03"})
+
+
 def _cannot_answer(exc: sa.exc.SQLAlchemyError) -> bool:
     """Whether ``exc`` says the database cannot answer now (down, overloaded, a timeout, the
-    connection lost or the pool exhausted), which a retry may mend; a mistake such as a
-    missing table is not that."""
+    connection lost or the pool exhausted), which a retry may mend; a mistake in the query or
+    the schema (a missing table or column) is not that."""
     if isinstance(exc, sa.exc.TimeoutError):  # no pooled connection came free in time
         return True
     if not isinstance(exc, sa.exc.DBAPIError):
         return False
     if exc.connection_invalidated:
         return True
-    operational = isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
-    return operational and not missing_tables(exc)
+    orig = exc.orig
+    sqlite_code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(sqlite_code, int):
+        return sqlite_code & 0xFF in _SQLITE_CANNOT_ANSWER  # the extended code's primary
+    state = getattr(orig, "sqlstate", None)
+    if isinstance(state, str) and state:
+        return state[:2] in _SQLSTATE_CLASSES_CANNOT_ANSWER or state in _SQLSTATES_CANNOT_ANSWER
+    # No code from the server: the driver could not connect, or lost the connection (a
+    # refused connection, a timeout; a wrong database name or password in the URL too, which
+    # libpq reports the same way and the warning names).
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
 
 
 def _answering(read: Callable[Concatenate[_V, _P], _T]) -> Callable[Concatenate[_V, _P], _T]:

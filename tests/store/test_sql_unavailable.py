@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -22,8 +24,8 @@ from invoke_middleware.asgi import no_wsgi_host
 from invoke_middleware.auth.principal import CredentialKind
 from invoke_middleware.auth.stores import InMemoryCredentialStore
 from invoke_middleware.errors import StoreUnavailableError
-from invoke_middleware.store import SQLStore
-from tests.store.conftest import postgres_schema
+from invoke_middleware.store import SQLStore, create_engine
+from tests.store.conftest import Backend, postgres_schema
 from tests.toolkit.errors import assert_gateway_error
 from tests.toolkit.world import TEAM, make_service
 
@@ -120,6 +122,38 @@ def test_a_read_queued_behind_a_lock_is_503_once_the_statement_times_out(
     assert_gateway_error(answer, 503, "store_unavailable")
     assert waited < 4
     assert_gateway_error(after, 502, "upstream_unreachable")
+
+
+def test_a_sqlite_file_locked_by_another_process_is_503(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/store.db"
+    with SQLStore(url) as made:
+        made.init()
+    holder = sqlite3.connect(tmp_path / "store.db")
+    try:
+        # Exclusive locking in WAL mode keeps every other reader out, busy.
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("DELETE FROM invoke_credentials")
+        with SQLStore(create_engine(url, sqlite_busy_timeout=0.1)) as store:
+            answer = _relay(_gateway(store), _well_formed_key())
+            store.engine.dispose()
+    finally:
+        holder.close()
+    assert_gateway_error(answer, 503, "store_unavailable")
+
+
+def test_a_column_missing_from_the_store_is_an_internal_error(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A mistake in the schema, which a retry would not mend: not an outage, on either
+    # database (SQLite reports it with the same exception class as a locked file).
+    store = backend.open_store()
+    with store.engine.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE invoke_credentials DROP COLUMN key_hash"))
+    with caplog.at_level(logging.ERROR):
+        answer = _relay(_gateway(store), _well_formed_key())
+    assert_gateway_error(answer, 500, "internal_error")
+    assert any(r.exc_info for r in caplog.records)
 
 
 def test_a_store_without_its_tables_is_still_an_internal_error(
