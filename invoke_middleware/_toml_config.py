@@ -249,9 +249,10 @@ def shown_url(url: str | sa.URL) -> str:
 
 def sqlite_file(database: str | sa.URL, *, creating: bool = False) -> Path | None:
     """The file of a SQLite database URL, or ``None``: another database, one in memory, or
-    a URI filename (``?uri=true``) that SQLite resolves some other way (a ``vfs`` of its
-    own, a remote authority). With ``creating``, also ``None`` when a URI's ``mode`` forbids
-    SQLite to create the file (``ro``, ``rw``): making it would override that."""
+    a URI filename (``?uri=true``) that SQLite resolves some other way (a ``vfs`` other than
+    the system's, a remote authority). With ``creating``, also ``None`` when a URI's
+    ``mode`` forbids SQLite to create the file (``ro``, ``rw``): making it would override
+    that."""
     url = sa.make_url(database)
     path = url.database
     if url.get_backend_name() != "sqlite" or path in (None, "", ":memory:"):
@@ -270,7 +271,10 @@ def sqlite_file(database: str | sa.URL, *, creating: bool = False) -> Path | Non
     params = dict(parse_qsl(inner))
     params.update((name, value) for name, value in url.query.items() if isinstance(value, str))
     mode = params.get("mode", "rwc")
-    if mode == "memory" or "vfs" in params or rest in ("", ":memory:"):
+    # SQLite's own VFSes for the system (unix, unix-excl, unix-dotfile, win32...) open a
+    # plain file; another VFS may store the database anywhere.
+    vfs = params.get("vfs", "unix")
+    if mode == "memory" or not vfs.startswith(("unix", "win32")) or rest in ("", ":memory:"):
         return None
     if creating and mode != "rwc":
         return None
