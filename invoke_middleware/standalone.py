@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+import sqlalchemy as sa
+
 from invoke_middleware._toml_config import SecretEntry, StandaloneConfig
 from invoke_middleware.config import ConfigError, KeyStyle
 from invoke_middleware.hooks import AfterRelayHook, BeforeRelayHook
@@ -351,9 +353,14 @@ def warn_rates_per_process(app: StandaloneApp, processes: int) -> None:
     limiter = app.app.pipeline.limiter
     if processes < 2 or limiter is None or limiter.shares_store:
         return
-    stored = any(
-        service.limits.rate is not None for service in app.store.services.list_all()
-    ) or any(limits.rate is not None for _, limits in app.store.team_limits.list_all())
+    try:
+        stored = any(
+            service.limits.rate is not None for service in app.store.services.list_all()
+        ) or any(limits.rate is not None for _, limits in app.store.team_limits.list_all())
+    except sa.exc.SQLAlchemyError:
+        # A store that does not answer now is served all the same (readiness says so): the
+        # rates it holds are not known, and only the configured ones are warned about.
+        stored = False
     if limiter.settings.has_rates or stored:
         logger.warning(
             "limits: each of the %d processes counts rates on its own (storage_url = "

@@ -465,6 +465,32 @@ def test_a_reread_plan_has_the_file_s_caps_and_the_running_server_s_table(
     assert (fresh.port, fresh.threads) == (9999, 3)
 
 
+@pytest.mark.parametrize(("engine", "workers"), [("waitress", 1), ("gunicorn", 1), ("gunicorn", 2)])
+def test_a_store_that_does_not_answer_at_start_is_served_and_said_unready(
+    workspace: Workspace, engine: str, workers: int
+) -> None:
+    # It may be back any moment: requests get 503 meanwhile, and /readyz tells a load
+    # balancer. With more than one process, looking for stored rates stopped the start.
+    set_server(workspace, engine=engine, workers=workers)
+    key = workspace.issue("--kind", "integration")
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        text = workspace.config.read_text()
+        database = f'database = "postgresql://gateway@127.0.0.1:{port}/x"'
+        workspace.config.write_text(re.sub(r"(?m)^database = .*$", database, text))
+        with running_gateway(workspace) as gateway:
+            ready = requests.get(f"{gateway.root}/readyz", timeout=10)
+            relayed = requests.get(
+                f"{gateway.url}/r/containers/hello/ping",
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=10,
+            )
+    assert ready.status_code == 503
+    assert (relayed.status_code, relayed.headers["X-Invoke-Error"]) == (503, "store_unavailable")
+    assert relayed.headers["Retry-After"] == "1"
+
+
 @pytest.mark.parametrize(
     ("database", "said"),
     [
