@@ -320,29 +320,38 @@ class SQLStore:
         ``invoke-middleware init`` makes: it holds key hashes.
         """
         self._create_private_sqlite_file()
-        with self.engine.begin() as connection:
-            # One init at a time: each reads the schema and adds what it lacks, so two at
-            # once (two processes starting on an upgraded store) would add it twice and the
-            # second fail. Both databases run this DDL in the transaction, all or nothing.
-            if self.engine.dialect.name == "sqlite":
-                connection.exec_driver_sql("BEGIN IMMEDIATE")  # the database's write lock
-            else:
-                connection.execute(_INIT_LOCK)
-            _schema.metadata.create_all(connection, checkfirst=True)
-            inspector = sa.inspect(connection)
-            for table_name, names in _schema.ADDED_COLUMNS.items():
-                present = {column["name"] for column in inspector.get_columns(table_name)}
-                table = _schema.metadata.tables[table_name]
-                for name in names:
-                    if name not in present:
-                        column = table.c[name]
-                        kind = column.type.compile(dialect=self.engine.dialect)
-                        # DDL cannot take bound parameters; both names come from the schema.
-                        connection.execute(
-                            sa.text(f'ALTER TABLE "{table_name}" ADD COLUMN "{name}" {kind}')
-                        )
+        sqlite = self.engine.dialect.name == "sqlite"
+        # PostgreSQL: in a transaction whatever the engine's own level (an AUTOCOMMIT engine
+        # would release the lock below at once, and apply half an init).
+        level = {} if sqlite else {"isolation_level": "READ COMMITTED"}
+        with self.engine.connect().execution_options(**level) as connection, connection.begin():
+            self._init_on(connection, sqlite)
         self.services.invalidate()
         self.team_limits.invalidate()
+
+    def _init_on(self, connection: sa.Connection, sqlite: bool) -> None:
+        # One init at a time: each reads the schema and adds what it lacks, so two at once
+        # (two processes starting on an upgraded store) would add it twice and the second
+        # fail. Both databases run this DDL in the transaction, all or nothing.
+        if not sqlite:
+            connection.execute(_INIT_LOCK)
+        elif not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+            # The database's write lock, from the start. An engine that begins transactions
+            # itself (SQLAlchemy's recipe for transactional DDL on SQLite) began one already,
+            # and its inits take the lock at their first change.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        _schema.metadata.create_all(connection, checkfirst=True)
+        inspector = sa.inspect(connection)
+        for table_name, names in _schema.ADDED_COLUMNS.items():
+            present = {column["name"] for column in inspector.get_columns(table_name)}
+            table = _schema.metadata.tables[table_name]
+            for name in names:
+                if name not in present:
+                    kind = table.c[name].type.compile(dialect=self.engine.dialect)
+                    # DDL cannot take bound parameters; both names come from the schema.
+                    connection.execute(
+                        sa.text(f'ALTER TABLE "{table_name}" ADD COLUMN "{name}" {kind}')
+                    )
 
     def _create_private_sqlite_file(self) -> None:
         # Before SQLite creates it with the umask's mode: its -wal and -shm files take the

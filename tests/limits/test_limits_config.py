@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -24,7 +25,7 @@ from invoke_middleware.limits import (
     fair_share,
 )
 from invoke_middleware.standalone import build_standalone_app
-from invoke_middleware.store import SQLStore
+from invoke_middleware.store import SQLStore, create_engine
 from tests.cli.conftest import Workspace
 from tests.limits.conftest import run_concurrently
 from tests.store.conftest import Backend, FakeClock
@@ -360,6 +361,35 @@ def test_init_run_by_several_processes_at_once_upgrades_a_store_once(backend: Ba
 
 
 LIMITED = ServiceLimits(rate=Rate(amount=5, window=1), max_in_flight=2)
+
+
+def test_init_upgrades_a_store_through_an_engine_that_sets_its_own_transactions(
+    backend: Backend,
+) -> None:
+    # Engines a host may hand the store: AUTOCOMMIT on PostgreSQL (the init's lock and DDL
+    # must still be one transaction, or inits at once fail as above), and on SQLite the
+    # recipe that begins every transaction itself (an init's BEGIN IMMEDIATE then failed).
+    backend.open_store()
+    _execute(backend.url, _NO_SERVICE_LIMITS + _NO_TEAM_LIMITS)
+    engines = [create_engine(backend.url) for _ in range(4 if backend.name != "sqlite" else 1)]
+    for engine in engines:
+        if backend.name == "sqlite":
+            sa.event.listen(engine, "connect", _no_implicit_transactions)
+            sa.event.listen(engine, "begin", lambda c: c.exec_driver_sql("BEGIN"))
+        else:
+            engine.update_execution_options(isolation_level="AUTOCOMMIT")
+    stores = [SQLStore(engine) for engine in engines]
+    try:
+        run_concurrently(len(stores), lambda n: stores[n].init())
+        stores[0].services.add(make_service("svc", "http://127.0.0.1:9", limits=LIMITED))
+        assert stores[0].services.get(TEAM, "svc").limits == LIMITED  # type: ignore[union-attr]
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+def _no_implicit_transactions(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
 
 
 def test_limits_stored_after_an_upgrade_elsewhere_reach_a_running_gateway_within_the_ttl(
