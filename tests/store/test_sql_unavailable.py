@@ -1,9 +1,9 @@
 """A store that cannot answer: requests get 503 ``store_unavailable`` and may retry.
 
 A database that is down, or a read that waits behind a lock past the statement timeout, is
-not the caller's fault and not a bug: the answer says so (503, ``Retry-After``), the log
-says it once in a while, not once per request with a traceback, and no thread is held
-for longer than the store's timeouts.
+not the caller's fault and not a bug: the answer says so (503, ``Retry-After``), and the log
+says it once in a while, not once per request with a traceback. A read queued behind a lock
+holds its thread for the statement timeout, not for as long as the lock is held.
 """
 
 from __future__ import annotations
