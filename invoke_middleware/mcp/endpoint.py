@@ -49,6 +49,7 @@ from http import HTTPStatus
 from typing import Any, Final
 
 from invoke_middleware._bodies import close_body, read_capped
+from invoke_middleware.auth.base import bearer_token
 from invoke_middleware.auth.principal import CredentialKind, Principal
 from invoke_middleware.envelope import check_json_structure, envelope_structure_limit
 from invoke_middleware.errors import (
@@ -360,10 +361,16 @@ class MCPEndpoint:
             except GatewayError as refusal:
                 # An integration key has no role and ignores X-Team-ID, so a 400 or 403 while
                 # resolving came from a user credential (a token without its team, a removed
-                # member). Where user credentials are not admitted, they are all refused alike.
-                # A 5xx is not the credential's fault (the store cannot answer, say): it stays,
-                # with its Retry-After, so that a client retries instead of dropping its key.
-                if refusal.status < 500 and refusal.status != 401 and not self._admits_users:
+                # member). Where user credentials are not admitted, they are all refused alike:
+                # a 5xx too (no key set to check a token, no store to find a device key's
+                # role), since a retry could not admit them. A 5xx met resolving a key of an
+                # admitted kind stays, with its Retry-After, so that the client retries
+                # instead of dropping a key that may be good.
+                if (
+                    refusal.status != 401
+                    and not self._admits_users
+                    and (refusal.status < 500 or not self._claims_admitted_key(request))
+                ):
                     raise UnauthenticatedError() from None
                 raise
             if principal is not None:
@@ -373,6 +380,12 @@ class MCPEndpoint:
                     raise UnauthenticatedError()
                 return principal
         raise UnauthenticatedError()
+
+    def _claims_admitted_key(self, request: PipelineRequest) -> bool:
+        """Whether the request's bearer token is a stored key of a kind this endpoint admits,
+        by its prefix."""
+        token = bearer_token(request)
+        return token is not None and CredentialKind.of_key(token) in self._kinds
 
     # -- JSON-RPC ------------------------------------------------------------------------
 

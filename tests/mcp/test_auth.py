@@ -8,6 +8,7 @@ reaches the recording upstream or the relay hooks. Integration keys are admitted
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,8 @@ from invoke_middleware import (
     PipelineSettings,
     Role,
 )
+from invoke_middleware.auth.stores import CredentialRecord
+from invoke_middleware.errors import StoreUnavailableError
 from tests.auth_matrix.conftest import hs256_resolver, user_token
 from tests.mcp.conftest import Agent, StatelessAgent
 from tests.toolkit.world import OTHER_TEAM, TEAM, World, make_service
@@ -137,6 +140,46 @@ def test_a_user_token_without_its_team_is_401_where_users_are_not_admitted(
     world = jwt_world(make_world, frozenset({CredentialKind.INTEGRATION}))
     for agent in agents(world, "jwt-member"):
         assert_refused_untouched(world, call_echo(agent, status=401), 401, "unauthenticated")
+
+
+class _FlakyMemberships(InMemoryMembershipStore):
+    """Memberships whose reads fail as a store that cannot answer fails them."""
+
+    down = False
+
+    def role_of(self, team_id: uuid.UUID, user_id: str) -> Role | None:
+        if self.down:
+            raise StoreUnavailableError
+        return super().role_of(team_id, user_id)
+
+
+def test_a_user_credential_is_401_where_users_are_not_admitted_even_if_the_store_is_down(
+    make_world: Callable[..., World],
+) -> None:
+    # Told to retry, a client would retry a credential that can never be admitted here; and
+    # the 503 would tell a device key whose hash matched from one that did not. An
+    # integration key in the same outage is told to retry: it may be good.
+    credentials, memberships = InMemoryCredentialStore(), _FlakyMemberships()
+    world = make_world(
+        credentials=credentials,
+        memberships=memberships,
+        resolvers=[CredentialResolver(credentials, memberships), hs256_resolver(memberships)],
+        settings=PipelineSettings(mcp_credential_kinds=frozenset({CredentialKind.INTEGRATION})),
+    )
+    world.keys["jwt-member"] = user_token(Role.MEMBER)
+    memberships.down = True
+    for key in ("member", "jwt-member"):
+        for agent in agents(world, key, **{"X-Team-ID": str(TEAM)}):
+            assert_refused_untouched(world, call_echo(agent, status=401), 401, "unauthenticated")
+
+    def down(prefix: str) -> list[CredentialRecord]:
+        raise StoreUnavailableError
+
+    credentials.find_by_prefix = down  # type: ignore[method-assign]
+    for agent in agents(world, "sk"):
+        refused = call_echo(agent, status=503)
+        assert_refused_untouched(world, refused, 503, "store_unavailable")
+        assert refused.headers["Retry-After"] == "1"
 
 
 @pytest.mark.parametrize(
