@@ -562,6 +562,7 @@ def _init(args: argparse.Namespace, context: _Context) -> None:
 def _serve(args: argparse.Namespace, context: _Context) -> None:
     config = context.config
     store = open_store(config)  # fails early, with the hint, when the store is missing
+    answers = True
     try:
         store_probe(store)()
     except sa.exc.DBAPIError as exc:
@@ -570,6 +571,7 @@ def _serve(args: argparse.Namespace, context: _Context) -> None:
                 f"{config.path}: [store] database has no tables (run `{PROG} init`)"
             ) from None
         # Not answering now: served all the same, and /readyz says so until it answers.
+        answers = False
     finally:
         store.close()
     for path in secret_files(config):
@@ -584,16 +586,24 @@ def _serve(args: argparse.Namespace, context: _Context) -> None:
         port=args.port,
         threads=args.threads,
         workers=args.workers,
+        store_answers=answers,
     )
 
 
-def _check_gateway(config: StandaloneConfig, plan: ServerPlan, *, read_store: bool = False) -> None:
+def _check_gateway(
+    config: StandaloneConfig,
+    plan: ServerPlan,
+    *,
+    read_store: bool = False,
+    store_answers: bool = True,
+) -> None:
     """Build the gateway of ``config`` once and close it, saying at once what it would fail
     or warn about in each process (raises :class:`ConfigError` or :class:`ImportError`);
     with ``read_store``, its store must answer too (the store is opened lazily: a gateway
-    builds on one that cannot be reached, and fails every request). Without metrics:
-    prometheus_client must not be imported before the server chooses its multi-process
-    mode."""
+    builds on one that cannot be reached, and fails every request). ``store_answers=False``:
+    the store was found not to answer, and is not asked again (each time would cost its
+    timeout). Without metrics: prometheus_client must not be imported before the server
+    chooses its multi-process mode."""
     without_metrics = dataclasses.replace(
         config, server=dataclasses.replace(config.server, metrics=False)
     )
@@ -607,7 +617,7 @@ def _check_gateway(config: StandaloneConfig, plan: ServerPlan, *, read_store: bo
                 raise ConfigError(
                     "[store] database", f"cannot be read ({type(exc).__name__})"
                 ) from None
-        warn_rates_per_process(checked, plan.workers)
+        warn_rates_per_process(checked, plan.workers, read_store=store_answers)
         warn_open_metrics(config, checked)
     finally:
         checked.close()
@@ -688,8 +698,10 @@ def _run_gateway(
     workers: int | None = None,
     engine: str | None = None,
     announce: Callable[[str], None] | None = None,
+    store_answers: bool = True,
 ) -> None:
-    """Serve the gateway of ``config`` until SIGINT or SIGTERM (see :mod:`._server`)."""
+    """Serve the gateway of ``config`` until SIGINT or SIGTERM (see :mod:`._server`);
+    ``store_answers=False`` when the store was just found not to answer."""
     configure_logging(config.server.log_format)
     if engine is not None:
         config = dataclasses.replace(
@@ -699,7 +711,7 @@ def _run_gateway(
         plan = plan_server(config, host=host, port=port, threads=threads, workers=workers)
         # Checked once here so that a bad JWT key is one line before listening; each process
         # then builds its own.
-        _check_gateway(config, plan)
+        _check_gateway(config, plan, store_answers=store_answers)
         if config.server.metrics:
             metrics_token(config, os.environ)
     except ConfigError as exc:

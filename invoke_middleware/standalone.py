@@ -345,22 +345,30 @@ def build_standalone_app(
     return StandaloneApp(app=app, store=store, readiness=readiness, wsgi=wsgi)
 
 
-def warn_rates_per_process(app: StandaloneApp, processes: int) -> None:
+def warn_rates_per_process(app: StandaloneApp, processes: int, *, read_store: bool = True) -> None:
     """Log, once at start-up, that each of ``processes`` counts rates on its own when they
     share no store (``[limits] storage_url = "memory://"``) and a rate is configured or
     stored: a caller then gets up to ``processes`` times each rate, while the ``RateLimit``
-    fields show the rate itself. Rates stored later are not looked for."""
+    fields show the rate itself. Rates stored later are not looked for, nor any when
+    ``read_store`` is false or the store does not answer (which the log says)."""
     limiter = app.app.pipeline.limiter
     if processes < 2 or limiter is None or limiter.shares_store:
         return
-    try:
-        stored = any(
-            service.limits.rate is not None for service in app.store.services.list_all()
-        ) or any(limits.rate is not None for _, limits in app.store.team_limits.list_all())
-    except sa.exc.SQLAlchemyError:
-        # A store that does not answer now is served all the same (readiness says so): the
-        # rates it holds are not known, and only the configured ones are warned about.
-        stored = False
+    stored, looked = False, read_store
+    if read_store:
+        try:
+            stored = any(
+                service.limits.rate is not None for service in app.store.services.list_all()
+            ) or any(limits.rate is not None for _, limits in app.store.team_limits.list_all())
+        except sa.exc.SQLAlchemyError:
+            looked = False  # served all the same, readiness saying so
+    if not looked and not limiter.settings.has_rates:
+        logger.warning(
+            "limits: the store does not answer, so rates stored for teams or services were "
+            "not looked for; with storage_url = memory://, each of the %d processes counts "
+            "any on its own",
+            processes,
+        )
     if limiter.settings.has_rates or stored:
         logger.warning(
             "limits: each of the %d processes counts rates on its own (storage_url = "

@@ -135,7 +135,7 @@ _SQLSTATE_CLASSES_CANNOT_ANSWER = frozenset({"08", "40", "53", "57", "58"})
 _SQLSTATES_CANNOT_ANSWER = frozenset({"55P03"})
 
 
-def _cannot_answer(exc: sa.exc.SQLAlchemyError) -> bool:
+def _cannot_answer(exc: sa.exc.SQLAlchemyError, dialect: str) -> bool:
     """Whether ``exc`` says the database cannot answer now (down, overloaded, a timeout, the
     connection lost or the pool exhausted), which a retry may mend; a mistake in the query or
     the schema (a missing table or column) is not that."""
@@ -146,9 +146,11 @@ def _cannot_answer(exc: sa.exc.SQLAlchemyError) -> bool:
     if exc.connection_invalidated:
         return True
     orig = exc.orig
-    sqlite_code = getattr(orig, "sqlite_errorcode", None)
-    if isinstance(sqlite_code, int):
-        return sqlite_code & 0xFF in _SQLITE_CANNOT_ANSWER  # the extended code's primary
+    if dialect == "sqlite":
+        # The library's errors have a result code; the sqlite3 module's own (a text that is
+        # not UTF-8, say) have none, and are no outage.
+        code = getattr(orig, "sqlite_errorcode", None)
+        return isinstance(code, int) and code & 0xFF in _SQLITE_CANNOT_ANSWER
     state = getattr(orig, "sqlstate", None)
     if isinstance(state, str) and state:
         return state[:2] in _SQLSTATE_CLASSES_CANNOT_ANSWER or state in _SQLSTATES_CANNOT_ANSWER
@@ -169,7 +171,7 @@ def _answering(read: Callable[Concatenate[_V, _P], _T]) -> Callable[Concatenate[
         try:
             return read(view, *args, **kwargs)
         except sa.exc.SQLAlchemyError as exc:
-            if not _cannot_answer(exc):
+            if not _cannot_answer(exc, view._engine.dialect.name):
                 raise
             _report_unavailable(view._engine, exc)
             raise StoreUnavailableError from exc
@@ -335,11 +337,12 @@ class SQLStore:
         # fail. Both databases run this DDL in the transaction, all or nothing.
         if not sqlite:
             connection.execute(_INIT_LOCK)
-        elif not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
-            # The database's write lock, from the start. An engine that begins transactions
-            # itself (SQLAlchemy's recipe for transactional DDL on SQLite) began one already,
-            # and its inits take the lock at their first change.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            if connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+                # Begun by an engine that begins transactions itself (SQLAlchemy's recipe for
+                # transactional DDL on SQLite), and empty yet: begun again, locked.
+                connection.exec_driver_sql("ROLLBACK")
+            connection.exec_driver_sql("BEGIN IMMEDIATE")  # the database's write lock
         _schema.metadata.create_all(connection, checkfirst=True)
         inspector = sa.inspect(connection)
         for table_name, names in _schema.ADDED_COLUMNS.items():

@@ -489,6 +489,10 @@ def test_a_store_that_does_not_answer_at_start_is_served_and_said_unready(
     assert ready.status_code == 503
     assert (relayed.status_code, relayed.headers["X-Invoke-Error"]) == (503, "store_unavailable")
     assert relayed.headers["Retry-After"] == "1"
+    # With several processes, stored rates could not be looked for: said, not skipped.
+    assert len(_log_lines(gateway, "rates stored for teams or services were not looked")) == (
+        workers > 1
+    )
 
 
 @pytest.mark.parametrize(

@@ -368,10 +368,11 @@ def test_init_upgrades_a_store_through_an_engine_that_sets_its_own_transactions(
 ) -> None:
     # Engines a host may hand the store: AUTOCOMMIT on PostgreSQL (the init's lock and DDL
     # must still be one transaction, or inits at once fail as above), and on SQLite the
-    # recipe that begins every transaction itself (an init's BEGIN IMMEDIATE then failed).
+    # recipe that begins every transaction itself (an init's BEGIN IMMEDIATE then failed,
+    # and without it inits at once were "database is locked").
     backend.open_store()
     _execute(backend.url, _NO_SERVICE_LIMITS + _NO_TEAM_LIMITS)
-    engines = [create_engine(backend.url) for _ in range(4 if backend.name != "sqlite" else 1)]
+    engines = [create_engine(backend.url) for _ in range(4)]
     for engine in engines:
         if backend.name == "sqlite":
             sa.event.listen(engine, "connect", _no_implicit_transactions)

@@ -156,6 +156,20 @@ def test_a_column_missing_from_the_store_is_an_internal_error(
     assert any(r.exc_info for r in caplog.records)
 
 
+def test_a_sqlite_row_the_driver_cannot_decode_is_no_outage(tmp_path: Path) -> None:
+    # The sqlite3 module's own error has no result code: no outage, whatever its class.
+    with SQLStore(f"sqlite:///{tmp_path}/store.db") as store:
+        store.init()
+        store.services.add(make_service("svc", "http://127.0.0.1:9"))
+        with store.engine.begin() as connection:
+            connection.execute(
+                sa.text("UPDATE invoke_services SET display_name = CAST(x'ff' AS TEXT)")
+            )
+        store.services.invalidate()
+        with pytest.raises(sa.exc.OperationalError, match="decode"):
+            store.services.get(TEAM, "svc")
+
+
 def test_a_store_without_its_tables_is_still_an_internal_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
