@@ -95,8 +95,10 @@ def test_an_mcp_request_while_the_database_refuses_connections_is_503(closed_por
 
 
 def test_a_read_queued_behind_a_lock_is_503_once_the_statement_times_out(
-    monkeypatch: pytest.MonkeyPatch, postgres_server: sa.Engine
+    monkeypatch: pytest.MonkeyPatch, postgres_server: sa.Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # An ALTER TABLE waiting for a long transaction queues every read behind it: without a
+    # statement timeout each request's key lookup would hold its thread as long.
     from invoke_middleware.store import sql
 
     monkeypatch.setattr(sql, "POSTGRESQL_STATEMENT_TIMEOUT", 1)
@@ -112,7 +114,8 @@ def test_a_read_queued_behind_a_lock_is_503_once_the_statement_times_out(
                     sa.text("LOCK TABLE invoke_credentials IN ACCESS EXCLUSIVE MODE")
                 )
                 started = time.monotonic()
-                answer = _relay(app, key)
+                with caplog.at_level(logging.WARNING, logger="invoke_middleware.store"):
+                    answer = _relay(app, key)
                 waited = time.monotonic() - started
         finally:
             holder.dispose()
@@ -121,6 +124,7 @@ def test_a_read_queued_behind_a_lock_is_503_once_the_statement_times_out(
 
     assert_gateway_error(answer, 503, "store_unavailable")
     assert waited < 4
+    assert "statement timeout" in caplog.text
     assert_gateway_error(after, 502, "upstream_unreachable")
 
 
