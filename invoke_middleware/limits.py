@@ -337,7 +337,8 @@ class TeamLimits:
 class TeamLimitsSource(Protocol):
     """Where teams' own limits are kept at run time (the SQL store's ``team_limits``): they
     take precedence over the ``teams`` of :class:`LimitSettings`, field by field. Asked once
-    per limited request, so an implementation should cache."""
+    per limited request, so an implementation should cache; one that cannot answer now raises
+    :class:`~invoke_middleware.errors.StoreUnavailableError` (503)."""
 
     def get(self, team_id: uuid.UUID) -> TeamLimits | None:
         """The team's own limits, or ``None`` when it has none."""

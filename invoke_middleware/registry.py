@@ -157,7 +157,11 @@ def _validate_base_url(url: str, name: str, schemes: tuple[str, ...]) -> None:
 
 
 class ServiceRegistry(Protocol):
-    """Where the gateway looks services up. Both methods only ever see one team's services."""
+    """Where the gateway looks services up. Both methods only ever see one team's services.
+
+    A registry whose storage cannot answer now raises
+    :class:`~invoke_middleware.errors.StoreUnavailableError`: the request is answered 503 with
+    ``Retry-After``, where any other exception is a 500."""
 
     def get(self, team_id: uuid.UUID, slug: str) -> Service | None:
         """The service ``slug`` of ``team_id``, or ``None``."""

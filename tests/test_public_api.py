@@ -43,9 +43,15 @@ def test_every_exported_class_and_function_is_documented() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["GatewayError", "UpstreamError", "UpstreamUnreachableError", "UpstreamTimeoutError"],
+    [
+        "GatewayError",
+        "UpstreamError",
+        "UpstreamUnreachableError",
+        "UpstreamTimeoutError",
+        "StoreUnavailableError",
+    ],
 )
-def test_the_errors_the_transport_contract_raises_are_exported(name: str) -> None:
+def test_the_errors_the_transport_and_store_contracts_raise_are_exported(name: str) -> None:
     assert name in invoke_middleware.__all__
     assert getattr(invoke_middleware, name) is getattr(errors, name)
 

@@ -145,7 +145,11 @@ def new_credential(
 
 
 class CredentialStore(Protocol):
-    """Where ``sk-``/``dk-``/``ak-`` credentials live."""
+    """Where ``sk-``/``dk-``/``ak-`` credentials live.
+
+    A store that cannot answer now raises
+    :class:`~invoke_middleware.errors.StoreUnavailableError` from :meth:`find_by_prefix`: the
+    request is answered 503 with ``Retry-After``, not 401, so a client keeps its key."""
 
     def find_by_prefix(self, prefix: str) -> Sequence[CredentialRecord]:
         """Every record whose prefix is ``prefix`` (normally zero or one)."""
@@ -186,7 +190,10 @@ class CredentialStore(Protocol):
 
 
 class MembershipStore(Protocol):
-    """Who is in which team, with which role."""
+    """Who is in which team, with which role.
+
+    A store that cannot answer now raises
+    :class:`~invoke_middleware.errors.StoreUnavailableError` from :meth:`role_of` (503)."""
 
     def role_of(self, team_id: uuid.UUID, user_id: str) -> Role | None:
         """The role of ``user_id`` in ``team_id``, or ``None`` when not a member."""

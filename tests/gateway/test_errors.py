@@ -10,7 +10,12 @@ import pytest
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Response
 
-from invoke_middleware import ERROR_MARKER_HEADER, PipelineSettings, ServiceStatus
+from invoke_middleware import (
+    ERROR_MARKER_HEADER,
+    PipelineSettings,
+    ServiceStatus,
+    StoreUnavailableError,
+)
 from invoke_middleware.errors import GatewayError, RenderedError
 from tests.toolkit.errors import assert_gateway_error
 from tests.toolkit.world import World
@@ -130,6 +135,22 @@ def test_an_unexpected_failure_is_a_500_without_details(
     assert "hunter2" not in res.text
     assert body["error_message"] == "The gateway failed to handle the request."
     assert any("hunter2" in r.exc_text for r in caplog.records if r.exc_text)
+
+
+@pytest.mark.parametrize("route", ["invoke", "catch_all", "list", "get"])
+def test_a_registry_of_its_own_that_cannot_answer_is_503_to_retry(
+    world: World, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    # The store protocols' contract: StoreUnavailableError from any of them is a 503.
+    def down(*_: object) -> None:
+        raise StoreUnavailableError
+
+    monkeypatch.setattr(world.registry, "get", down)
+    monkeypatch.setattr(world.registry, "list", down)
+    answer = world.send(route, token=world.keys["sk"])
+    assert_gateway_error(answer, 503, "store_unavailable")
+    assert answer.headers["Retry-After"] == "1"
+    assert world.upstream.received == []
 
 
 @pytest.mark.parametrize(
