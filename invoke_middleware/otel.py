@@ -185,10 +185,12 @@ class TracingTransport(Closeable):
         # A fresh context holding only our span: nothing else of the gateway's context
         # (baggage extracted from the caller's request, say) leaves with the request.
         propagator.inject(carrier, context=trace.set_span_in_context(span, otel_context.Context()))
-        if not carrier:
-            return request
-        replaced = {name.lower() for name in carrier}
+        # Every field the propagator speaks is the gateway's to write: a caller's baggage or
+        # tracestate, which it does not inject, would otherwise pass beside its traceparent.
+        replaced = {name.lower() for name in (*propagator.fields, *carrier)}
         kept = tuple(field for field in request.headers if field[0].lower() not in replaced)
+        if not carrier and len(kept) == len(request.headers):
+            return request
         return replace(request, headers=kept + tuple(carrier.items()))
 
     def close(self) -> None:
@@ -275,7 +277,10 @@ class TracingMiddleware:
 
     The caller's trace context (``traceparent``) is extracted with ``propagator`` (the global
     one by default) unless ``trust_incoming_context`` is false; when a span is already current
-    (the host's own instrumentation wraps this one), it is the parent instead.
+    (the host's own instrumentation wraps this one), it is the parent instead. Under a
+    ``ParentBased`` sampler the caller's sampled flag then decides whether the request is
+    recorded (before it is authenticated): with callers not trusted with the tracing
+    budget, pass ``trust_incoming_context=False``.
     """
 
     def __init__(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -44,18 +45,20 @@ class Spans:
         return found[0]
 
 
-def traced(middleware: InvokeMiddleware) -> tuple[TracingMiddleware, Spans]:
+def traced(middleware: InvokeMiddleware, **options: Any) -> tuple[TracingMiddleware, Spans]:
     """``middleware`` through the tracing wrappers, with a provider of its own; and where
     its spans land."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return instrument(middleware, tracer_provider=provider), Spans(exporter=exporter)
+    traced = instrument(middleware, tracer_provider=provider, **options)
+    return traced, Spans(exporter=exporter)
 
 
-def trace_world(world: World) -> Spans:
-    """Serve ``world``'s host through the tracing wrappers; return where its spans land."""
-    world.host.wsgi_app, spans = traced(world.middleware)  # type: ignore[method-assign]
+def trace_world(world: World, **options: Any) -> Spans:
+    """Serve ``world``'s host through the tracing wrappers (``options`` go to
+    :func:`~invoke_middleware.otel.instrument`); return where its spans land."""
+    world.host.wsgi_app, spans = traced(world.middleware, **options)  # type: ignore[method-assign]
     return spans
 
 

@@ -128,6 +128,30 @@ def test_the_caller_s_tracestate_travels_on_and_its_baggage_does_not_join_the_tr
     assert received.header("baggage") is None
 
 
+@pytest.mark.parametrize("trust", [True, False], ids=["trusted", "untrusted"])
+def test_a_relay_carries_the_gateway_s_trace_context_and_no_other(
+    make_world: Callable[..., World], trust: bool
+) -> None:
+    # The propagator's fields are the gateway's to write: a caller's baggage would pass for
+    # context the gateway set, and its tracestate beside a new trace's traceparent would
+    # pair two traces.
+    world = make_world()
+    spans = trace_world(world, trust_incoming_context=trust)
+    world.relay(
+        "echo/items",
+        headers={
+            "traceparent": CALLER_TRACEPARENT,
+            "tracestate": "vendor=abc",
+            "baggage": "user.id=admin",
+        },
+    )
+
+    received = world.upstream.last()
+    assert received.header("traceparent") == traceparent_of(spans.one(SpanKind.CLIENT))
+    assert received.header("tracestate") == ("vendor=abc" if trust else None)
+    assert received.header("baggage") is None
+
+
 @pytest.mark.parametrize(
     ("path", "template", "method"),
     [
