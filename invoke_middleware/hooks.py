@@ -9,6 +9,8 @@ ignored: it never breaks the relay.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -102,9 +104,38 @@ def _request_id(event: object) -> str:
 
 
 def call_hooks(hooks: Sequence[Callable[[_E], None]], event: _E) -> None:
-    """Call each hook with ``event``; log and swallow what a hook raises."""
+    """Call each hook with ``event``; log and swallow what a hook raises (its traceback at
+    most once per ``_REPORT_INTERVAL`` for each hook and kind of event, with the count of
+    the failures left out meanwhile)."""
     for hook in hooks:
         try:
             hook(event)
         except Exception:
-            logger.exception("hook %r failed (request %s)", hook, _request_id(event))
+            _report_failure(hook, event)
+
+
+#: Seconds between two tracebacks of one failing hook: a hook that fails on every relay
+#: would otherwise write one per request, and flood the log exactly when it matters.
+_REPORT_INTERVAL = 10.0
+_clock = time.monotonic
+_reports_lock = threading.Lock()
+#: By hook and kind of event: the hook (held, so that its id is not another's while it is
+#: here), when its failure was last logged, and how many failed since.
+_reports: dict[tuple[int, type], tuple[object, float, int]] = {}
+
+
+def _report_failure(hook: Callable[[_E], None], event: _E) -> None:
+    key = (id(hook), type(event))
+    now = _clock()
+    with _reports_lock:
+        _, last, left_out = _reports.get(key, (hook, -_REPORT_INTERVAL, 0))
+        if now - last < _REPORT_INTERVAL:
+            _reports[key] = (hook, last, left_out + 1)
+            return
+        _reports[key] = (hook, now, 0)
+    logger.exception(
+        "hook %r failed (request %s)%s",
+        hook,
+        _request_id(event),
+        f"; {left_out} more failures of it not logged since the last" if left_out else "",
+    )

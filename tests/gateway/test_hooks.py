@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from invoke_middleware import CredentialKind, PipelineSettings, RelayFinished, RelayStarted
+from invoke_middleware import CredentialKind, PipelineSettings, RelayFinished, RelayStarted, hooks
 from tests.toolkit.world import World, make_service
 from tests.upstreams import RawUpstream
 
@@ -108,6 +108,30 @@ def test_events_hold_no_secret(world: World) -> None:
     text = repr(world.started) + repr(world.finished)
     assert world.keys["sk"] not in text
     assert "container-secret" not in text
+
+
+def test_a_hook_failing_on_every_relay_is_logged_once_per_interval(
+    make_world: Callable[..., World],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(hooks, "_clock", lambda: now[0])
+
+    def broken(event: RelayFinished) -> None:
+        raise ValueError("hook bug")
+
+    world = make_world(after_relay=[broken])
+    with caplog.at_level(logging.ERROR, logger="invoke_middleware.hooks"):
+        for _ in range(5):
+            assert world.relay("echo/x").status_int == 200
+        now[0] += hooks._REPORT_INTERVAL
+        assert world.relay("echo/x").status_int == 200
+    logged = [r.getMessage() for r in caplog.records if "hook" in r.getMessage()]
+    assert len(logged) == 2, logged
+    assert "more failures" not in logged[0]
+    assert logged[1].endswith("; 4 more failures of it not logged since the last")
+    assert all(r.exc_info for r in caplog.records)
 
 
 def test_a_failing_hook_is_logged_and_the_relay_goes_on(
