@@ -206,6 +206,17 @@ def _utc_now() -> dt.datetime:
 #: the URL says otherwise: a server that accepts connections and never answers would hold a
 #: worker thread, or gunicorn's arbiter re-reading its configuration, for good.
 POSTGRESQL_CONNECT_TIMEOUT = 5
+#: libpq's TCP settings, unless the URL gives its own: a server whose host is gone (a
+#: failover, a network cut) sends neither an answer nor a reset, and the kernel's defaults
+#: would wait two hours. Keepalive probes find it after 10 s of silence (then 3 unanswered,
+#: 5 s apart), and a request it never acknowledged fails after 15 s.
+POSTGRESQL_TCP = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15_000,
+}
 #: Seconds a PostgreSQL statement may run, waits for locks included, unless a
 #: ``statement_timeout`` is set already (in the URL's ``options``, ``PGOPTIONS``, or for the
 #: role or the database on the server): every read the gateway makes takes milliseconds,
@@ -229,7 +240,9 @@ def create_engine(
         url = url.set(drivername="postgresql+psycopg")
     backend = url.get_backend_name()
     if backend == "postgresql":
-        connect_args: dict[str, Any] = {}
+        connect_args: dict[str, Any] = {
+            name: value for name, value in POSTGRESQL_TCP.items() if name not in url.query
+        }
         if "connect_timeout" not in url.query:
             connect_args["connect_timeout"] = POSTGRESQL_CONNECT_TIMEOUT
         # A connection may have been closed by the server or a proxy since it was pooled.

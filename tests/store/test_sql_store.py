@@ -116,6 +116,34 @@ def test_a_statement_timeout_set_by_pgoptions_or_for_the_role_is_kept(
             connection.execute(sa.text(f"DROP ROLE {role}"))
 
 
+@pytest.mark.parametrize(
+    ("query", "idle"),
+    [
+        pytest.param("", 10, id="the-store-s"),
+        pytest.param("?keepalives_idle=30", 30, id="the-url-s"),
+    ],
+)
+def test_a_postgresql_connection_s_socket_finds_a_vanished_server(
+    postgres_server: sa.Engine, query: str, idle: int
+) -> None:
+    # A failover or a network cut sends no reset: without these the kernel waits two hours.
+    engine = create_engine(POSTGRES_URL + query)
+    try:
+        with engine.connect() as connection:
+            fileno = connection.connection.dbapi_connection.fileno()  # type: ignore[union-attr]
+            with socket.socket(fileno=os.dup(fileno)) as sock:
+                options = (
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                )
+    finally:
+        engine.dispose()
+    assert options == (1, idle, 5, 3, 15_000)
+
+
 def test_a_bare_postgresql_url_uses_psycopg() -> None:
     engine = create_engine("postgresql://gateway@127.0.0.1/invoke")
     try:
