@@ -74,7 +74,12 @@ from invoke_middleware.standalone import (
     warn_open_metrics,
     warn_rates_per_process,
 )
-from invoke_middleware.store.sql import DuplicateServiceError, SQLStore, missing_tables
+from invoke_middleware.store.sql import (
+    LIMIT_FIELDS,
+    DuplicateServiceError,
+    SQLStore,
+    missing_tables,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -790,7 +795,7 @@ def _services_add(args: argparse.Namespace, context: _Context) -> None:
         external_auth_credential_id=args.credential_ref,
         usage_prompt=args.usage_prompt,
         openapi_url=args.openapi_url,
-        limits=_limits_of(args, ServiceLimits()),
+        limits=_limits_of(args, ServiceLimits),
     )
     if service.limits != ServiceLimits():
         context.store.init()  # adds the limit columns to a store made by an earlier release
@@ -864,20 +869,19 @@ def _max_in_flight_option(value: str) -> int | str:
 _Limits = TypeVar("_Limits", ServiceLimits, TeamLimits)
 
 
-def _limits_of(args: argparse.Namespace, current: _Limits) -> _Limits:
-    """``current`` with what ``--rate`` and ``--max-in-flight`` say (``none`` clears)."""
-    rate, in_flight = current.rate, current.max_in_flight
-    if args.rate is not None:
-        rate = None if args.rate == _CLEARED else args.rate
-    if args.max_in_flight is not None:
-        in_flight = None if args.max_in_flight == _CLEARED else args.max_in_flight
-    return dataclasses.replace(current, rate=rate, max_in_flight=in_flight)
+def _limits_of(args: argparse.Namespace, kind: type[_Limits]) -> _Limits:
+    """The limits ``--rate`` and ``--max-in-flight`` say (``none``, or no option, leaves the
+    gateway's setting)."""
+    return kind(
+        rate=None if args.rate == _CLEARED else args.rate,
+        max_in_flight=None if args.max_in_flight == _CLEARED else args.max_in_flight,
+    )
 
 
 def _limits_given(args: argparse.Namespace) -> list[str]:
-    """The limits the options name: only these are written, so that a concurrent change of
-    the others is kept."""
-    return [name for name in ("rate", "max_in_flight") if getattr(args, name) is not None]
+    """The limits the options name (their names are the store's): only these are written, so
+    that a concurrent change of the others is kept."""
+    return [name for name in sorted(LIMIT_FIELDS) if getattr(args, name) is not None]
 
 
 def _describe_limits(limits: ServiceLimits | TeamLimits) -> str:
@@ -892,7 +896,7 @@ def _services_set_limits(args: argparse.Namespace, context: _Context) -> None:
     _find_service(context, args.team, args.slug)
     store = context.store
     store.init()  # adds the limit columns to a store made by an earlier release
-    limits = _limits_of(args, ServiceLimits())
+    limits = _limits_of(args, ServiceLimits)
     stored = store.services.set_limits(args.team, args.slug, limits, fields=_limits_given(args))
     service = store.services.get(args.team, args.slug) if stored else None
     if service is None:
@@ -983,7 +987,7 @@ def _teams_set_limits(args: argparse.Namespace, context: _Context) -> None:
     _require_known_team(context, args.team)
     team_limits = context.store.team_limits
     context.store.init()  # creates the table in a store made by an earlier release
-    team_limits.set(args.team, _limits_of(args, TeamLimits()), fields=_limits_given(args))
+    team_limits.set(args.team, _limits_of(args, TeamLimits), fields=_limits_given(args))
     stored = team_limits.get(args.team) or TeamLimits()
     context.notice(f"team {args.team}: {_describe_limits(stored)}")
 

@@ -9,13 +9,12 @@ ignored: it never breaks the relay.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from invoke_middleware._log_throttle import LogThrottle
 from invoke_middleware.auth.principal import Principal
 from invoke_middleware.registry import Service
 
@@ -105,37 +104,33 @@ def _request_id(event: object) -> str:
 
 def call_hooks(hooks: Sequence[Callable[[_E], None]], event: _E) -> None:
     """Call each hook with ``event``; log and swallow what a hook raises (its traceback at
-    most once per ``_REPORT_INTERVAL`` for each hook and kind of event, with the count of
-    the failures left out meanwhile)."""
+    most once per ``LOG_INTERVAL`` for each hook and kind of event, with the count of the
+    failures left out meanwhile)."""
     for hook in hooks:
         try:
             hook(event)
         except Exception:
-            _report_failure(hook, event)
+            left_out = _failures.due(_hook_key(hook, event))
+            if left_out is None:
+                continue
+            logger.exception(
+                "hook %r failed (request %s)%s",
+                hook,
+                _request_id(event),
+                f"; {left_out} more failures of it not logged since the last" if left_out else "",
+            )
 
 
-#: Seconds between two tracebacks of one failing hook: a hook that fails on every relay
-#: would otherwise write one per request, and flood the log exactly when it matters.
-_REPORT_INTERVAL = 10.0
-_clock = time.monotonic
-_reports_lock = threading.Lock()
-#: By hook and kind of event: the hook (held, so that its id is not another's while it is
-#: here), when its failure was last logged, and how many failed since.
-_reports: dict[tuple[int, type], tuple[object, float, int]] = {}
+#: Failing hooks, by hook and kind of event.
+_failures = LogThrottle()
 
 
-def _report_failure(hook: Callable[[_E], None], event: _E) -> None:
-    key = (id(hook), type(event))
-    now = _clock()
-    with _reports_lock:
-        _, last, left_out = _reports.get(key, (hook, -_REPORT_INTERVAL, 0))
-        if now - last < _REPORT_INTERVAL:
-            _reports[key] = (hook, last, left_out + 1)
-            return
-        _reports[key] = (hook, now, 0)
-    logger.exception(
-        "hook %r failed (request %s)%s",
-        hook,
-        _request_id(event),
-        f"; {left_out} more failures of it not logged since the last" if left_out else "",
-    )
+def _hook_key(hook: object, event: object) -> Hashable:
+    # The hook itself, held by the throttle, so that its id is no other's while it is there;
+    # a callable object that cannot be hashed is told apart by its id.
+    key = (hook, type(event))
+    try:
+        hash(key)
+    except TypeError:
+        return (id(hook), type(event))
+    return key

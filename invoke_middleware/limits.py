@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from invoke_middleware._bodies import RelayBody, close_body
 from invoke_middleware._forking import after_fork_in_child
+from invoke_middleware._log_throttle import LogThrottle
 from invoke_middleware._rate_counters import (
     LocalCounter,
     RateCounter,
@@ -108,10 +109,6 @@ DEFAULT_KEY_PREFIX = "invoke-limits"
 #: Requests of a window one Redis round trip reserves at most: a round trip costs about as
 #: much CPU as the relay's own work (``bench/results/limits.md``); one in 16 requests pays it.
 DEFAULT_RATE_BATCH = 16
-
-#: A failing store is reported in the log at most this often (seconds): one line per request
-#: would flood the log exactly when it matters.
-_WARNING_INTERVAL = 10.0
 
 
 class LimitKind(StrEnum):
@@ -778,7 +775,6 @@ class Limiter:
         settings = self.settings = settings or LimitSettings()
         self.team_limits = team_limits
         self.on_event = tuple(on_event)
-        self._clock = clock
         settings.check_reserve()
         if settings.idle_team_reserve and settings.max_in_flight is not None:
             self._in_flight = _InFlight(settings.max_in_flight - settings.idle_team_reserve)
@@ -800,7 +796,8 @@ class Limiter:
         self._policies: dict[tuple[int, int], _Policy] = {}
         self._counter: RateCounter | None = None
         self._counter_lock = threading.Lock()
-        self._last_warning = -_WARNING_INTERVAL
+        # A failing store is said once per interval, not once per request.
+        self._store_warnings = LogThrottle(clock=clock)
         if settings.has_rates or settings.storage_url != DEFAULT_STORAGE_URL:
             # A storage URL that cannot be used fails here, at start-up, even when only a
             # team or a service brings its own rate later.
@@ -1052,9 +1049,7 @@ class Limiter:
         request_id: str,
     ) -> tuple[tuple[str, str], ...]:
         fail_open = self.settings.fail_open
-        now = self._clock()
-        if now - self._last_warning >= _WARNING_INTERVAL:
-            self._last_warning = now
+        if self._store_warnings.due() is not None:
             logger.warning(
                 "rate-limit store unavailable (%s); requests are %s",
                 type(exc.__cause__).__name__,

@@ -33,6 +33,12 @@ from tests.toolkit.errors import assert_gateway_error
 from tests.toolkit.world import World, make_service
 
 SECRET_QUERY = "access_token=qs-secret-7f3a"
+#: A caller's whole trace context: its span, its vendors' state, and baggage of its own.
+CALLER_CONTEXT = {
+    "traceparent": CALLER_TRACEPARENT,
+    "tracestate": "vendor=abc",
+    "baggage": "tenant=secret-team",
+}
 
 
 @pytest.fixture
@@ -114,11 +120,7 @@ def test_the_caller_s_tracestate_travels_on_and_its_baggage_does_not_join_the_tr
     world.invoke(
         "echo",
         {"method": "GET", "path": "/x"},
-        headers={
-            "traceparent": CALLER_TRACEPARENT,
-            "tracestate": "vendor=abc",
-            "baggage": "tenant=secret-team",
-        },
+        headers=CALLER_CONTEXT,
     )
 
     received = world.upstream.last()
@@ -139,11 +141,7 @@ def test_a_relay_carries_the_gateway_s_trace_context_and_no_other(
     spans = trace_world(world, trust_incoming_context=trust)
     world.relay(
         "echo/items",
-        headers={
-            "traceparent": CALLER_TRACEPARENT,
-            "tracestate": "vendor=abc",
-            "baggage": "user.id=admin",
-        },
+        headers=CALLER_CONTEXT,
     )
 
     received = world.upstream.last()

@@ -57,14 +57,8 @@ class DriverSelect:
         except self._dbapi_error as exc:
             # The pool hands on the driver's own error when it cannot connect; Connection
             # wraps it, as this must (the store tells "cannot answer" from SQLAlchemy's).
-            raise sa.exc.DBAPIError.instance(
-                None,
-                None,
-                exc,
-                self._dbapi_error,
-                connection_invalidated=self._dialect.is_disconnect(exc, None, None),
-                dialect=self._dialect,
-            ) from exc
+            lost = self._dialect.is_disconnect(exc, None, None)
+            raise self._wrapped(exc, None, None, lost) from exc
         try:
             cursor = connection.cursor()
             try:
@@ -76,14 +70,7 @@ class DriverSelect:
             lost = self._dialect.is_disconnect(exc, connection.dbapi_connection, None)
             if lost:
                 connection.invalidate(exc)  # as Connection does: the pool drops it
-            raise sa.exc.DBAPIError.instance(
-                self._sql,
-                arguments,
-                exc,
-                self._dbapi_error,
-                connection_invalidated=lost,
-                dialect=self._dialect,
-            ) from exc
+            raise self._wrapped(exc, self._sql, arguments, lost) from exc
         finally:
             connection.close()  # back to the pool, which rolls the read back
         columns = self._columns
@@ -94,3 +81,16 @@ class DriverSelect:
             }
             for row in fetched
         ]
+
+    def _wrapped(
+        self, exc: Exception, statement: str | None, arguments: Any, lost: bool
+    ) -> sa.exc.StatementError:
+        """The driver's ``exc`` as SQLAlchemy raises it."""
+        return sa.exc.DBAPIError.instance(
+            statement,
+            arguments,
+            exc,
+            self._dbapi_error,
+            connection_invalidated=lost,
+            dialect=self._dialect,
+        )

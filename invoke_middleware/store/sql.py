@@ -28,7 +28,6 @@ import functools
 import logging
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -37,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 
+from invoke_middleware._log_throttle import LogThrottle
 from invoke_middleware._private_files import create_private_file
 from invoke_middleware._toml_config import shown_url, sqlite_file
 from invoke_middleware.auth.principal import CredentialKind, Role
@@ -101,11 +101,8 @@ _TEAM_LIMITS = sa.select(_schema.team_limits).where(
 _INIT_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=0x59C2F572271F0D4A)
 
 
-#: A store that cannot answer is reported in the log at most this often (seconds): once per
-#: request would flood the log exactly when it matters.
-_WARNING_INTERVAL = 10.0
-#: When each engine's outage was last reported.
-_last_warnings: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
+#: Stores that cannot answer, by URL: one line per database per interval, not per request.
+_unavailable = LogThrottle()
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -163,7 +160,7 @@ def _cannot_answer(exc: sa.exc.SQLAlchemyError, dialect: str) -> bool:
 def _answering(read: Callable[Concatenate[_V, _P], _T]) -> Callable[Concatenate[_V, _P], _T]:
     """A read the gateway makes for a request: a database that cannot answer is
     :class:`~invoke_middleware.errors.StoreUnavailableError` (503, retry), logged at most once
-    per ``_WARNING_INTERVAL`` for each engine, instead of an unexpected failure (500) with a
+    per ``LOG_INTERVAL`` for each database, instead of an unexpected failure (500) with a
     traceback for every request."""
 
     @functools.wraps(read)
@@ -180,15 +177,14 @@ def _answering(read: Callable[Concatenate[_V, _P], _T]) -> Callable[Concatenate[
 
 
 def _report_unavailable(engine: Engine, exc: sa.exc.SQLAlchemyError) -> None:
-    now = time.monotonic()
-    if now - _last_warnings.get(engine, -_WARNING_INTERVAL) < _WARNING_INTERVAL:
+    url = shown_url(engine.url)
+    if _unavailable.due(url) is None:
         return
-    _last_warnings[engine] = now
     cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
     text = str(cause).strip()
     logger.warning(
         "store %s unavailable (%s: %s); requests that need it are answered 503",
-        shown_url(engine.url),
+        url,
         type(cause).__name__,
         text.splitlines()[0] if text else "-",
     )
@@ -666,13 +662,13 @@ class SQLTeamLimits:
             # An upsert: after a delete, two writers for one team would each insert, and the
             # second would fail on the primary key. A new row holds only what is named.
             written = {**changed, "updated_at": self._now()}
-            values = {"team_id": team_id, **_limit_values(TeamLimits()), **written}
+            values = {"team_id": team_id, **dict.fromkeys(_LIMIT_COLUMNS), **written}
             connection.execute(_upsert(self._engine, table, values, update=written.keys()))
             # In the same transaction, so a concurrent writer's limit is seen, not overwritten.
             connection.execute(
                 sa.delete(table).where(
                     table.c.team_id == team_id,
-                    *(table.c[name].is_(None) for name in _limit_values(TeamLimits())),
+                    *(table.c[name].is_(None) for name in _LIMIT_COLUMNS),
                 )
             )
         self.invalidate()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.cli.conftest import COMMAND_TIMEOUT, Workspace
+from tests.toolkit.servers import refused_port
 
 KEY_LINE = re.compile(r"(sk|dk)-[A-Za-z0-9_-]{43}\n")
 TEAM = "6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b"
@@ -562,9 +563,7 @@ def test_a_missing_store_is_reported_with_a_hint(workspace: Workspace) -> None:
 def test_a_store_that_refuses_connections_is_one_line(
     workspace: Workspace, command: tuple[str, ...]
 ) -> None:
-    with socket.socket() as closed:  # bound, never listening: connections are refused
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    with refused_port() as port:
         database = 'database = "invoke-middleware.sqlite3"'
         _rewrite(workspace, database, f'database = "postgresql://gateway@127.0.0.1:{port}/x"')
         line = assert_one_line_error(workspace.run(*command, "--team", TEAM, check=False), 1)

@@ -24,6 +24,7 @@ from invoke_middleware._toml_config import load_config
 from invoke_middleware.cli import _reread
 from tests.cli.conftest import Served, Workspace, running_gateway
 from tests.cli.test_server_limits import ENGINES, set_server, set_table
+from tests.toolkit.servers import refused_port
 from tests.toolkit.upstream import RecordingUpstream
 
 _PER_PROCESS = re.compile(r'^invoke_server_requests\{pid="(\d+)"\} (\S+)$', re.MULTILINE)
@@ -473,9 +474,7 @@ def test_a_store_that_does_not_answer_at_start_is_served_and_said_unready(
     # balancer. With more than one process, looking for stored rates stopped the start.
     set_server(workspace, engine=engine, workers=workers)
     key = workspace.issue("--kind", "integration")
-    with socket.socket() as closed:  # bound, never listening: connections are refused
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    with refused_port() as port:
         text = workspace.config.read_text()
         database = f'database = "postgresql://gateway@127.0.0.1:{port}/x"'
         workspace.config.write_text(re.sub(r"(?m)^database = .*$", database, text))

@@ -116,7 +116,7 @@ def test_a_hook_failing_on_every_relay_is_logged_once_per_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr(hooks, "_clock", lambda: now[0])
+    monkeypatch.setattr(hooks._failures, "clock", lambda: now[0])
 
     def broken(event: RelayFinished) -> None:
         raise ValueError("hook bug")
@@ -125,7 +125,7 @@ def test_a_hook_failing_on_every_relay_is_logged_once_per_interval(
     with caplog.at_level(logging.ERROR, logger="invoke_middleware.hooks"):
         for _ in range(5):
             assert world.relay("echo/x").status_int == 200
-        now[0] += hooks._REPORT_INTERVAL
+        now[0] += hooks._failures.interval
         assert world.relay("echo/x").status_int == 200
     logged = [r.getMessage() for r in caplog.records if "hook" in r.getMessage()]
     assert len(logged) == 2, logged

@@ -9,7 +9,6 @@ holds its thread for the statement timeout, not for as long as the lock is held.
 from __future__ import annotations
 
 import logging
-import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from invoke_middleware.errors import StoreUnavailableError
 from invoke_middleware.store import SQLStore, create_engine
 from tests.store.conftest import Backend, postgres_schema
 from tests.toolkit.errors import assert_gateway_error
+from tests.toolkit.servers import refused_port
 from tests.toolkit.world import TEAM, make_service
 
 
@@ -53,10 +53,9 @@ def _relay(app: webtest.TestApp, key: str) -> webtest.TestResponse:
 
 @pytest.fixture
 def closed_port() -> Iterator[int]:
-    """A loopback port nothing listens on (bound, never listening: connections are refused)."""
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        yield holder.getsockname()[1]
+    """A loopback port that refuses connections."""
+    with refused_port() as port:
+        yield port
 
 
 def test_a_database_that_refuses_connections_is_503_with_one_warning(

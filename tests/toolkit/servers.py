@@ -8,6 +8,7 @@ when the block ends, so that no test leaves a thread or a listening socket behin
 from __future__ import annotations
 
 import contextlib
+import socket
 import socketserver
 import ssl
 import threading
@@ -104,3 +105,12 @@ def serve_waitress(app: WSGIApplication) -> Iterator[str]:
         for channel in list(server._map.values()):  # the listener and any open connection
             channel.close()
         thread.join(JOIN_TIMEOUT)
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the length of the block: bound, so no
+    other server takes it meanwhile, and never listening."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
