@@ -53,6 +53,7 @@ from invoke_middleware.registry import Service, ServiceStatus, ServiceType, is_v
 from invoke_middleware.store import _schema
 from invoke_middleware.store._cache import TTLCache
 from invoke_middleware.store._driver import DriverSelect
+from invoke_middleware.store._watchdog import bound_reads, watch_request_reads
 from invoke_middleware.transport.base import Timeouts
 
 logger = logging.getLogger("invoke_middleware.store")
@@ -161,12 +162,14 @@ def _answering(read: Callable[Concatenate[_V, _P], _T]) -> Callable[Concatenate[
     """A read the gateway makes for a request: a database that cannot answer is
     :class:`~invoke_middleware.errors.StoreUnavailableError` (503, retry), logged at most once
     per ``LOG_INTERVAL`` for each database, instead of an unexpected failure (500) with a
-    traceback for every request."""
+    traceback for every request. On PostgreSQL the read is bounded by
+    ``POSTGRESQL_READ_TIMEOUT``, whatever the server does."""
 
     @functools.wraps(read)
     def answering(view: _V, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
-            return read(view, *args, **kwargs)
+            with bound_reads():
+                return read(view, *args, **kwargs)
         except sa.exc.SQLAlchemyError as exc:
             if not _cannot_answer(exc, view._engine.dialect.name):
                 raise
@@ -220,6 +223,12 @@ POSTGRESQL_TCP = {
 #: otherwise hold its worker thread for as long as the lock is held, and so would every
 #: request after it.
 POSTGRESQL_STATEMENT_TIMEOUT = 5
+#: Seconds a request's read may hold its PostgreSQL connection, ping and rollback included,
+#: before the gateway shuts the connection down itself (503): the bound for what the
+#: statement timeout cannot end, a server that stopped or a pooler that queues the query
+#: (``_watchdog``). Above the statement timeout, so that a running server ends a slow read
+#: first and keeps the connection.
+POSTGRESQL_READ_TIMEOUT = 10
 
 
 def create_engine(
@@ -241,9 +250,11 @@ def create_engine(
         }
         if "connect_timeout" not in url.query:
             connect_args["connect_timeout"] = POSTGRESQL_CONNECT_TIMEOUT
-        # A connection may have been closed by the server or a proxy since it was pooled.
-        engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        engine = sa.create_engine(url, connect_args=connect_args)
         sa.event.listen(engine, "connect", _default_statement_timeout)
+        # Pings a connection that was pooled (the server or a proxy may have closed it since)
+        # as pool_pre_ping would, but with the read's clock already running.
+        watch_request_reads(engine, POSTGRESQL_READ_TIMEOUT, name=shown_url(engine.url))
         return engine
     if backend != "sqlite":
         raise ValueError(f"unsupported database {backend!r}: use SQLite or PostgreSQL")
@@ -870,7 +881,8 @@ class SQLCredentialStore:
             )
             .values(last_used_at=when)
         )
-        with self._engine.begin() as connection:
+        # Written on a request's thread, for the credential it carries: bounded as its reads.
+        with bound_reads(), self._engine.begin() as connection:
             connection.execute(query)
 
     def list(self, team_id: uuid.UUID) -> Sequence[CredentialRecord]:

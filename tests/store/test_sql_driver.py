@@ -96,14 +96,14 @@ def _drop_pooled_connection(store: SQLStore, server: sa.Engine) -> int:
 
 def test_a_connection_the_server_dropped_is_replaced(postgres_server: sa.Engine) -> None:
     with postgres_schema(postgres_server) as url:
-        store = SQLStore(url)  # pre-ping on, as the store sets it for PostgreSQL
+        store = SQLStore(url)  # its check-out pings a pooled connection
         try:
             store.init()
             prefix = store.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).record.prefix
             select = DriverSelect(store.engine, _CREDENTIALS_BY_PREFIX)
             assert len(select.rows({"prefix": prefix})) == 1
             _drop_pooled_connection(store, postgres_server)
-            # The pool's pre-ping finds the dead connection and opens another.
+            # The ping finds the dead connection, and the pool opens another.
             assert len(select.rows({"prefix": prefix})) == 1
         finally:
             store.close()

@@ -9,10 +9,13 @@ holds its thread for the statement timeout, not for as long as the lock is held.
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -26,7 +29,7 @@ from invoke_middleware.errors import StoreUnavailableError
 from invoke_middleware.store import SQLStore, create_engine
 from tests.store.conftest import Backend, postgres_schema
 from tests.toolkit.errors import assert_gateway_error
-from tests.toolkit.servers import refused_port
+from tests.toolkit.servers import refused_port, stalling_forwarder
 from tests.toolkit.world import TEAM, make_service
 
 
@@ -200,3 +203,119 @@ def test_every_read_a_request_makes_answers_503(closed_port: int) -> None:
                 read()
     finally:
         store.close()
+
+
+# A server that stopped, or a pooler that queues the query, acknowledges it and never
+# answers: only the gateway's own bound on the read (POSTGRESQL_READ_TIMEOUT) frees the thread.
+
+
+def _timed_relay(app: webtest.TestApp, key: str, *, give_up: float) -> tuple[float, Any]:
+    """The relay of ``key`` from a thread, and the seconds it took; waiting for it at most
+    ``give_up`` seconds (then ``inf`` and no answer), so a read that hangs fails the test
+    instead of hanging it."""
+    answers: list[webtest.TestResponse] = []
+    started = time.monotonic()
+    thread = threading.Thread(target=lambda: answers.append(_relay(app, key)), daemon=True)
+    thread.start()
+    thread.join(give_up)
+    took = time.monotonic() - started
+    return (took, answers[0]) if answers else (math.inf, None)
+
+
+def _with_options(url: str, option: str) -> str:
+    """``url`` (from ``postgres_schema``) with one more server option."""
+    parsed = sa.make_url(url)
+    options = f"{parsed.query['options']} {option}"
+    return parsed.update_query_dict({"options": options}).render_as_string(hide_password=False)
+
+
+def test_a_server_that_stops_answering_frees_the_thread_at_the_read_timeout(
+    monkeypatch: pytest.MonkeyPatch, postgres_server: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    from invoke_middleware.store import sql
+
+    monkeypatch.setattr(sql, "POSTGRESQL_READ_TIMEOUT", 1)
+    with postgres_schema(postgres_server) as url, stalling_forwarder(5432) as forwarder:
+        through = sa.make_url(url).set(port=forwarder.port)
+        through = through.update_query_dict({"connect_timeout": "1"})
+        with SQLStore(through.render_as_string(hide_password=False)) as store:
+            store.init()
+            store.services.add(make_service("svc", "http://127.0.0.1:9"))
+            key = store.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+            app = _gateway(store)
+            before = _relay(app, key)  # leaves a connection in the pool
+            forwarder.stall()
+            with caplog.at_level(logging.WARNING, logger="invoke_middleware.store"):
+                took, answer = _timed_relay(app, key, give_up=8)
+            forwarder.resume()
+            after = _relay(app, key)
+
+    assert_gateway_error(before, 502, "upstream_unreachable")
+    # The pooled connection's ping cut at 1 s, a new connection given up at 1 s.
+    assert took < 5, took
+    assert_gateway_error(answer, 503, "store_unavailable")
+    assert "did not answer a read within 1 s; its connection was shut down" in caplog.text
+    # The server back, the pool makes a new connection: the request gets through.
+    assert_gateway_error(after, 502, "upstream_unreachable")
+
+
+def test_a_read_no_statement_timeout_ends_is_ended_at_the_read_timeout(
+    monkeypatch: pytest.MonkeyPatch, postgres_server: sa.Engine
+) -> None:
+    # The URL turns the statement timeout off (an operator's choice the store keeps): a read
+    # queued behind a lock is still bounded, by the client, and its connection replaced.
+    from invoke_middleware.store import sql
+
+    monkeypatch.setattr(sql, "POSTGRESQL_READ_TIMEOUT", 1)
+    with (
+        postgres_schema(postgres_server) as url,
+        SQLStore(_with_options(url, "-cstatement_timeout=0")) as store,
+    ):
+        store.init()
+        store.services.add(make_service("svc", "http://127.0.0.1:9"))
+        key = store.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+        app = _gateway(store)
+        holder = sa.create_engine(url)
+        try:
+            with holder.connect() as connection:
+                lock = "LOCK TABLE invoke_credentials IN ACCESS EXCLUSIVE MODE"
+                connection.execute(sa.text(lock))
+                took, answer = _timed_relay(app, key, give_up=8)
+        finally:
+            holder.dispose()
+        after = _relay(app, key)
+
+    assert took < 4, took
+    assert_gateway_error(answer, 503, "store_unavailable")
+    assert_gateway_error(after, 502, "upstream_unreachable")
+
+
+def test_what_is_not_a_request_read_is_not_bounded(
+    monkeypatch: pytest.MonkeyPatch, postgres_server: sa.Engine
+) -> None:
+    # A command (here, listing every service) may wait longer than a request may: for a lock
+    # held 2 s, past the 1 s bound, it waits and answers.
+    from invoke_middleware.store import sql
+
+    monkeypatch.setattr(sql, "POSTGRESQL_READ_TIMEOUT", 1)
+    with (
+        postgres_schema(postgres_server) as url,
+        SQLStore(_with_options(url, "-cstatement_timeout=0")) as store,
+    ):
+        store.init()
+        store.services.add(make_service("svc", "http://127.0.0.1:9"))
+        holder = sa.create_engine(url)
+        try:
+            connection = holder.connect()
+            connection.execute(sa.text("LOCK TABLE invoke_services IN ACCESS EXCLUSIVE MODE"))
+            release = threading.Timer(2, connection.close)
+            release.start()
+            started = time.monotonic()
+            services = store.services.list_all()
+            took = time.monotonic() - started
+            release.join()
+        finally:
+            holder.dispose()
+
+    assert [service.slug for service in services] == ["svc"]
+    assert took > 1.5, took

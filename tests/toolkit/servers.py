@@ -8,12 +8,14 @@ when the block ends, so that no test leaves a thread or a listening socket behin
 from __future__ import annotations
 
 import contextlib
+import select
+import selectors
 import socket
 import socketserver
 import ssl
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from wsgiref.simple_server import WSGIRequestHandler as WsgirefHandler
 from wsgiref.simple_server import WSGIServer
 from wsgiref.simple_server import make_server as make_wsgiref_server
@@ -114,3 +116,89 @@ def refused_port() -> Iterator[int]:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         yield holder.getsockname()[1]
+
+
+class StallingForwarder:
+    """Forwards loopback TCP connections to ``127.0.0.1:target_port`` until :meth:`stall`.
+
+    Stalled, it passes no byte either way and holds every connection open, new ones included
+    (accepted, never forwarded): what a client sees of a stopped server, whose kernel still
+    accepts and acknowledges, or of a connection pooler queueing its queries.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self._target = ("127.0.0.1", target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._stalled = threading.Event()
+        self._holding = threading.Event()  # the thread has seen the stall
+        self._closed = threading.Event()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._peers: dict[socket.socket, socket.socket] = {}
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._forward, daemon=True)
+        self._thread.start()
+
+    def stall(self) -> None:
+        """Stop passing bytes; returns once no more will pass."""
+        self._stalled.set()
+        self._holding.wait(JOIN_TIMEOUT)
+
+    def resume(self) -> None:
+        self._holding.clear()
+        self._stalled.clear()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(JOIN_TIMEOUT)
+        for held in [*self._peers, *self._held, self._listener]:
+            held.close()
+        self._selector.close()
+
+    def _forward(self) -> None:
+        while not self._closed.is_set():
+            if self._stalled.is_set():
+                self._holding.set()
+                ready, _, _ = select.select([self._listener], [], [], 0.05)
+                if ready and self._stalled.is_set():  # else the forwarding loop accepts it
+                    self._held.append(self._listener.accept()[0])
+                continue
+            for key, _ in self._selector.select(0.05):
+                if key.fileobj is self._listener:
+                    self._pair(self._listener.accept()[0])
+                else:
+                    self._pass_on(cast(socket.socket, key.fileobj))
+
+    def _pair(self, client: socket.socket) -> None:
+        server = socket.create_connection(self._target, timeout=JOIN_TIMEOUT)
+        for one, other in ((client, server), (server, client)):
+            self._peers[one] = other
+            self._selector.register(one, selectors.EVENT_READ)
+
+    def _pass_on(self, source: socket.socket) -> None:
+        peer = self._peers.get(source)
+        if peer is None:  # closed with its peer earlier in the same round
+            return
+        try:
+            data = source.recv(65536)
+        except OSError:
+            data = b""
+        if data:
+            with contextlib.suppress(OSError):
+                peer.sendall(data)
+            return
+        for one in (source, peer):  # one side ended: end the other
+            self._selector.unregister(one)
+            del self._peers[one]
+            one.close()
+
+
+@contextlib.contextmanager
+def stalling_forwarder(target_port: int) -> Iterator[StallingForwarder]:
+    """A :class:`StallingForwarder` to ``target_port`` for the length of the block."""
+    forwarder = StallingForwarder(target_port)
+    try:
+        yield forwarder
+    finally:
+        forwarder.close()
