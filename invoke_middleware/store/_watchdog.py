@@ -170,11 +170,12 @@ def watch_request_reads(engine: Engine, seconds: float, *, name: str) -> ReadWat
         record.info[_FRESH] = True
 
     def checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        if reading_for_a_request() and hasattr(dbapi_connection, "fileno"):
-            watchdog.watch(dbapi_connection)
-        if record.info.pop(_FRESH, False):
-            return
         try:
+            # A connection the driver knows is lost has no socket: it fails as the ping would.
+            if reading_for_a_request() and hasattr(dbapi_connection, "fileno"):
+                watchdog.watch(dbapi_connection)
+            if record.info.pop(_FRESH, False):
+                return
             dialect.do_ping(dbapi_connection)
         except dialect.loaded_dbapi.Error as exc:
             if dialect.is_disconnect(exc, dbapi_connection, None):
