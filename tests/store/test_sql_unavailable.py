@@ -8,6 +8,7 @@ holds its thread for the statement timeout, not for as long as the lock is held.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sqlite3
@@ -52,6 +53,28 @@ def _relay(app: webtest.TestApp, key: str) -> webtest.TestResponse:
     return app.get(
         "/r/containers/svc/hello", headers={"Authorization": f"Bearer {key}"}, expect_errors=True
     )
+
+
+@contextlib.contextmanager
+def _opened(url: str) -> Iterator[tuple[SQLStore, str]]:
+    """A store on ``url``, initialised, with the service ``svc`` and a key of its team."""
+    with SQLStore(url) as store:
+        store.init()
+        store.services.add(make_service("svc", "http://127.0.0.1:9"))
+        yield store, store.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+
+
+@contextlib.contextmanager
+def _table_locked(url: str, table: str) -> Iterator[sa.Connection]:
+    """``table`` locked by a connection of its own until the block ends or the yielded
+    connection closes: every read of it waits meanwhile."""
+    holder = sa.create_engine(url)
+    try:
+        with holder.connect() as connection:
+            connection.execute(sa.text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+            yield connection
+    finally:
+        holder.dispose()
 
 
 @pytest.fixture
@@ -104,23 +127,13 @@ def test_a_read_queued_behind_a_lock_is_503_once_the_statement_times_out(
     from invoke_middleware.store import sql
 
     monkeypatch.setattr(sql, "POSTGRESQL_STATEMENT_TIMEOUT", 1)
-    with postgres_schema(postgres_server) as url, SQLStore(url) as store:
-        store.init()
-        store.services.add(make_service("svc", "http://127.0.0.1:9"))
-        key = store.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+    with postgres_schema(postgres_server) as url, _opened(url) as (store, key):
         app = _gateway(store)
-        holder = sa.create_engine(url)
-        try:
-            with holder.connect() as connection:
-                connection.execute(
-                    sa.text("LOCK TABLE invoke_credentials IN ACCESS EXCLUSIVE MODE")
-                )
-                started = time.monotonic()
-                with caplog.at_level(logging.WARNING, logger="invoke_middleware.store"):
-                    answer = _relay(app, key)
-                waited = time.monotonic() - started
-        finally:
-            holder.dispose()
+        with _table_locked(url, "invoke_credentials"):
+            started = time.monotonic()
+            with caplog.at_level(logging.WARNING, logger="invoke_middleware.store"):
+                answer = _relay(app, key)
+            waited = time.monotonic() - started
         # The lock gone, the same key gets through to the (absent) container.
         after = _relay(app, key)
 
@@ -238,10 +251,7 @@ def test_a_server_that_stops_answering_frees_the_thread_at_the_read_timeout(
     with postgres_schema(postgres_server) as url, stalling_forwarder(5432) as forwarder:
         through = sa.make_url(url).set(port=forwarder.port)
         through = through.update_query_dict({"connect_timeout": "1"})
-        with SQLStore(through.render_as_string(hide_password=False)) as store:
-            store.init()
-            store.services.add(make_service("svc", "http://127.0.0.1:9"))
-            key = store.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+        with _opened(through.render_as_string(hide_password=False)) as (store, key):
             app = _gateway(store)
             before = _relay(app, key)  # leaves a connection in the pool
             forwarder.stall()
@@ -269,20 +279,11 @@ def test_a_read_no_statement_timeout_ends_is_ended_at_the_read_timeout(
     monkeypatch.setattr(sql, "POSTGRESQL_READ_TIMEOUT", 1)
     with (
         postgres_schema(postgres_server) as url,
-        SQLStore(_with_options(url, "-cstatement_timeout=0")) as store,
+        _opened(_with_options(url, "-cstatement_timeout=0")) as (store, key),
     ):
-        store.init()
-        store.services.add(make_service("svc", "http://127.0.0.1:9"))
-        key = store.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
         app = _gateway(store)
-        holder = sa.create_engine(url)
-        try:
-            with holder.connect() as connection:
-                lock = "LOCK TABLE invoke_credentials IN ACCESS EXCLUSIVE MODE"
-                connection.execute(sa.text(lock))
-                took, answer = _timed_relay(app, key, give_up=8)
-        finally:
-            holder.dispose()
+        with _table_locked(url, "invoke_credentials"):
+            took, answer = _timed_relay(app, key, give_up=8)
         after = _relay(app, key)
 
     assert took < 4, took
@@ -300,22 +301,15 @@ def test_what_is_not_a_request_read_is_not_bounded(
     monkeypatch.setattr(sql, "POSTGRESQL_READ_TIMEOUT", 1)
     with (
         postgres_schema(postgres_server) as url,
-        SQLStore(_with_options(url, "-cstatement_timeout=0")) as store,
+        _opened(_with_options(url, "-cstatement_timeout=0")) as (store, _),
+        _table_locked(url, "invoke_services") as holder,
     ):
-        store.init()
-        store.services.add(make_service("svc", "http://127.0.0.1:9"))
-        holder = sa.create_engine(url)
-        try:
-            connection = holder.connect()
-            connection.execute(sa.text("LOCK TABLE invoke_services IN ACCESS EXCLUSIVE MODE"))
-            release = threading.Timer(2, connection.close)
-            release.start()
-            started = time.monotonic()
-            services = store.services.list_all()
-            took = time.monotonic() - started
-            release.join()
-        finally:
-            holder.dispose()
+        release = threading.Timer(2, holder.close)
+        release.start()
+        started = time.monotonic()
+        services = store.services.list_all()
+        took = time.monotonic() - started
+        release.join()
 
     assert [service.slug for service in services] == ["svc"]
     assert took > 1.5, took
