@@ -495,13 +495,19 @@ class Pipeline:
         url = build_target_url(service.base_url, envelope.path)
         path = envelope.path.partition("?")[0]
         tenant, share = _pool_keys(principal.team_id, principal.user_id, principal.credential_id)
+        timeouts = service.timeouts.merged_over(settings.timeouts)
+        limit = settings.max_response_body_bytes
+        shared = request.allowance
+        if shared is not None:
+            timeouts = shared.bounded(timeouts)
+            limit = min(limit, shared.bytes_left)
         upstream = UpstreamRequest(
             method=envelope.method,
             url=url,
             headers=self._upstream_headers(request, service, request_id, envelope.headers),
             body=envelope.body if envelope.body or envelope.method not in ("GET", "HEAD") else None,
             content_length=len(envelope.body),
-            timeouts=service.timeouts.merged_over(settings.timeouts),
+            timeouts=timeouts,
             tenant=tenant,
             share=share,
         )
@@ -513,13 +519,15 @@ class Pipeline:
             method=envelope.method,
             path=path,
         )
-        status, error_code, bytes_in = 502, None, 0
-        buffer = ResponseBuffer(settings.max_response_body_bytes)
+        status, error_code, bytes_in, head = 502, None, 0, 0
+        buffer = ResponseBuffer(limit)
         try:
             response = _final(self._transport_for(service).send(upstream))
             # The body went in one piece: it counts once the upstream answered. (A request
             # to a service that is down sent nothing, whatever its size.)
             bytes_in = len(envelope.body)
+            if shared is not None:
+                head = sum(len(name) + len(value) + 4 for name, value in response.headers)
             try:
                 body = buffer.read(response, envelope.method)
             finally:
@@ -533,6 +541,8 @@ class Pipeline:
             status, error_code = failure.status, failure.code
             raise
         finally:
+            if shared is not None:  # what was read counts, whatever came of it
+                shared.take(head + buffer.received)
             self._finish(relay, status, bytes_in, buffer.received, error_code)
         return _json_body_response(200, payload, request_id)
 

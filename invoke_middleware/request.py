@@ -6,11 +6,13 @@ environ; nothing past it ever sees WSGI. Auth resolvers receive the same object.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from invoke_middleware.headers import Headers
+from invoke_middleware.transport.base import Timeouts
 
 #: The environ key under which a server adapter may put a callable telling whether the caller
 #: has gone (the ASGI adapter does): a request that waited for a concurrency slot is then not
@@ -22,6 +24,50 @@ class BodyReader(Protocol):
     """A readable request body (a WSGI ``wsgi.input`` satisfies it)."""
 
     def read(self, size: int = -1, /) -> bytes: ...
+
+
+class SharedAllowance:
+    """What the invokes made for one caller's request share, when it makes several (an MCP
+    request's tool calls, a batch's too): ``limit`` bytes of the services' responses read in
+    all (heads and bodies, returned or not), and one ``deadline`` on the ``clock`` for every
+    exchange. So that the request costs no more than one invoke could, however many calls it
+    makes: each call may read only what is left, and its total timeout ends at the deadline.
+    """
+
+    __slots__ = ("clock", "deadline", "limit", "used")
+
+    def __init__(
+        self, limit: int, seconds: float | None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.used = 0
+        self.clock = clock
+        self.deadline = None if seconds is None else clock() + seconds
+
+    @property
+    def bytes_left(self) -> int:
+        return max(0, self.limit - self.used)
+
+    @property
+    def spent(self) -> bool:
+        """Whether no more bytes may be read, or no more time is left."""
+        return self.used >= self.limit or self.seconds_left() == 0
+
+    def seconds_left(self) -> float | None:
+        """``None`` without a deadline; otherwise what is left of it, never below 0."""
+        return None if self.deadline is None else max(0.0, self.deadline - self.clock())
+
+    def take(self, size: int) -> bool:
+        """Count ``size`` bytes more; whether everything counted still fits."""
+        self.used += size
+        return self.used <= self.limit
+
+    def bounded(self, timeouts: Timeouts) -> Timeouts:
+        """``timeouts`` with the total ending at the deadline at the latest."""
+        left = self.seconds_left()
+        if left is None or (timeouts.total is not None and timeouts.total <= left):
+            return timeouts
+        return replace(timeouts, total=left)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,3 +101,6 @@ class PipelineRequest:
     #: (an MCP message's tool call, run on the message's thread): only the service's cap is
     #: taken for it (see :meth:`~invoke_middleware.limits.Limiter.admit`).
     within_caller: bool = False
+    #: The bytes and time an invoke made for this request shares with the others made for
+    #: the same caller's request (``None``: its own, as the settings give them).
+    allowance: SharedAllowance | None = field(default=None, repr=False, compare=False)

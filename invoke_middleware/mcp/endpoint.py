@@ -62,6 +62,7 @@ from invoke_middleware.errors import (
     NotAcceptableError,
     ResponseTooLargeError,
     UnauthenticatedError,
+    UpstreamTimeoutError,
     reason_phrase,
 )
 from invoke_middleware.headers import Headers
@@ -107,7 +108,7 @@ from invoke_middleware.mcp.tools import (
 )
 from invoke_middleware.pipeline import Pipeline, PipelineResponse, require_json
 from invoke_middleware.registry import is_valid_slug
-from invoke_middleware.request import PipelineRequest
+from invoke_middleware.request import PipelineRequest, SharedAllowance
 from invoke_middleware.routing import RouteKind, RouteMatch
 
 logger = logging.getLogger("invoke_middleware.mcp")
@@ -123,7 +124,7 @@ OPENAPI_MAX_DEPTH: Final = 128
 #: How long a fetched OpenAPI document is reused, per credential and service.
 OPENAPI_CACHE_SECONDS: Final = 30.0
 _OPENAPI_CACHE_ENTRIES: Final = 256
-# The cache keeps documents as text, at most this much of it: 32 documents of the largest size.
+# The cache keeps documents as UTF-8, at most this much of it: 32 documents of the largest size.
 _OPENAPI_CACHE_BYTES: Final = 32 * OPENAPI_MAX_BYTES
 
 # What the tools' input schemas and the registry call a slug (docs/contract.md §1).
@@ -171,8 +172,8 @@ MAX_BATCH_MESSAGES: Final = 16
 MAX_MESSAGE_DEPTH: Final = 64
 # A body whose first token is "[" is a batch: its array is one level more (RFC 8259 §2).
 _BATCH_START: Final = re.compile(rb"[ \t\n\r]*\[")
-#: A character that keeps a body from being added to a tool result as text: a control other
-#: than TAB, LF and CR (see ``_utf8_body``).
+#: A character that keeps a body or an OpenAPI document from being added to a tool result as
+#: text: a control other than TAB, LF and CR (see ``_utf8_body`` and ``_read_openapi``).
 _NOT_TEXT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 #: Members and items of one message beside its envelope's: the JSON-RPC fields, params,
 #: arguments, service_slug and the 2026-07-28 _meta (client info and capabilities).
@@ -215,49 +216,20 @@ _PAGE_RESPONSE_FIELDS: Final = ", ".join(
 @dataclass(frozen=True, kw_only=True)
 class _Exchange:
     """One HTTP request to the endpoint, as its messages see it: the request, its caller, the
-    gateway's request id and what its tool results may still carry."""
+    gateway's request id, and what its tool calls may still read and take in all.
+
+    ``allowance`` is ``max_response_body_bytes``, what one invoke may read, and the gateway's
+    total timeout, what one invoke may take: a batch of calls then costs no more than one call
+    could, however many messages it has. What a call read is counted whatever came of it (an
+    error status, a response cut off or refused as too large, an OpenAPI document too large to
+    return), its head included; each call may read only what is left, and ends by the
+    deadline. A call is not made once either is spent.
+    """
 
     request: PipelineRequest
     principal: Principal
     request_id: str
-    budget: _ResultBudget
-
-
-class _ResultBudget:
-    """How many bytes of containers' responses the tool calls of one HTTP request may read
-    and carry in all: ``max_response_body_bytes``, what one invoke may read. A batch of calls
-    then costs no more than one call could, however many messages it has.
-
-    What a call read is counted whatever came of it: an error status or an OpenAPI document
-    too large to return costs what it read, as a returned one does. A call is not made once
-    the budget is spent; a response that takes it past the limit is counted, and not
-    returned.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    @property
-    def spent(self) -> bool:
-        """Whether nothing more may be carried."""
-        return self.used >= self.limit
-
-    def take(self, size: int) -> bool:
-        """Count ``size`` bytes more; whether everything counted still fits."""
-        self.used += size
-        return self.used <= self.limit
-
-    def charge(self, outcome: dict[str, Any] | _Refusal) -> bool:
-        """Count what the pipeline read of the service's answer to one invoke, as
-        :meth:`take` does."""
-        if not isinstance(outcome, _Refusal):
-            return self.take(_decoded_size(outcome["body_base64"]))
-        # The pipeline refuses a response as too large once it has read past the limit, which
-        # is this budget's (or on a Content-Length over it, which the refusal does not tell
-        # apart): count the whole limit. Other refusals come before the answer is read, or do
-        # not say how much of it was (a timeout, a broken framing): they count nothing.
-        return self.take(self.limit if outcome.code == ResponseTooLargeError.code else 0)
+    allowance: SharedAllowance
 
 
 class MCPEndpoint:
@@ -333,13 +305,16 @@ class MCPEndpoint:
         admission = UNLIMITED
         if limiter is not None:
             admission = limiter.admit_caller(principal, route=RouteKind.MCP, request_id=request_id)
+        settings = self.pipeline.settings
         try:
-            raw = read_capped(request, self.pipeline.settings.max_envelope_bytes + 64 * 1024)
+            raw = read_capped(request, settings.max_envelope_bytes + 64 * 1024)
             exchange = _Exchange(
                 request=request,
                 principal=principal,
                 request_id=request_id,
-                budget=_ResultBudget(self.pipeline.settings.max_response_body_bytes),
+                allowance=SharedAllowance(
+                    settings.max_response_body_bytes, settings.timeouts.total, clock=self._clock
+                ),
             )
             status, answer = self._answer(raw, exchange)
             response = _response(status, answer, request_id, sse=sse)
@@ -428,6 +403,11 @@ class MCPEndpoint:
             unparsed = JSONRPCError(PARSE_ERROR, "Parse error: the body is not a JSON document.")
             return 400, _error_response(None, unparsed)
         if isinstance(document, list):
+            header = exchange.request.headers.get(VERSION_HEADER)
+            if header is not None and header.strip() not in SUPPORTED_VERSIONS:
+                # Judged before the batch is, as for one message: the list of supported
+                # revisions is what a client learns from this answer.
+                return 400, _error_response(None, unsupported_version(header.strip()))
             return self._batch(document, exchange)
         try:
             return self._one(document, exchange)
@@ -606,7 +586,14 @@ class MCPEndpoint:
             replaced = self._openapi.pop(key, None)
             if replaced is not None:
                 self._openapi_bytes -= replaced[1].size
-            self._openapi[key] = (self._clock() + OPENAPI_CACHE_SECONDS, document)
+            now = self._clock()
+            # Every entry lives as long, so the oldest expire first: gone before they count.
+            while self._openapi:
+                oldest = next(iter(self._openapi.values()))
+                if oldest[0] > now:
+                    break
+                self._openapi_bytes -= self._openapi.popitem(last=False)[1][1].size
+            self._openapi[key] = (now + OPENAPI_CACHE_SECONDS, document)
             self._openapi_bytes += document.size
             while (
                 len(self._openapi) > _OPENAPI_CACHE_ENTRIES
@@ -618,23 +605,24 @@ class MCPEndpoint:
 
 @dataclass(frozen=True, kw_only=True)
 class OpenAPIDocument:
-    """A service's OpenAPI document as fetched: its text, and whether that text is JSON the
-    endpoint can write back (then compact, re-encoded from the parsed document).
+    """A service's OpenAPI document as fetched: its text in UTF-8, and whether that text is
+    JSON the endpoint can write back (then compact, re-encoded from the parsed document).
 
-    Kept as text, not as the parsed document, which can take 30 times the room; ``size``
-    is its byte length as sent or as written back, whichever is larger: what a result that
+    Kept as UTF-8, not as the parsed document, which can take 30 times the room, nor as a
+    Python string, which takes 4 bytes a character once one is beyond the BMP; ``size`` is
+    its byte length as sent or as a result writes it, whichever is larger: what a result that
     carries it, and the cache that keeps it, are charged.
     """
 
-    text: str = field(repr=False)
+    utf8: bytes = field(repr=False)
     is_json: bool
     size: int
 
     def as_result(self) -> dict[str, Any]:
         """The ``openapi`` member of ``get_container_service``'s result."""
         if self.is_json:
-            return {"status": "included", "document": json.loads(self.text)}
-        return {"status": "included", "text": self.text}
+            return {"status": "included", "document": json.loads(self.utf8)}
+        return {"status": "included", "text": self.utf8.decode()}
 
 
 class _ToolCall:
@@ -708,34 +696,48 @@ class _ToolCall:
             # Unreachable within MAX_MESSAGE_DEPTH unless the host's own stack is nearly
             # exhausted; still the caller's arguments, never an internal error.
             return self._invalid_arguments("the arguments are nested too deeply.")
-        budget = self.exchange.budget
-        if budget.spent:
-            return self._over_budget(made=False)
+        allowance = self.exchange.allowance
+        if allowance.spent:
+            return self._not_made()
+        left = allowance.bytes_left
         outcome = self._run(RouteMatch(kind=RouteKind.INVOKE, slug=slug), "POST", body)
-        fits = budget.charge(outcome)
         if isinstance(outcome, _Refusal):
             if outcome.code == "invalid_request":
                 # The envelope broke the invoke schema: the tool's input schema is that schema.
                 return self._invalid_arguments(outcome.message, outcome.details)
+            if outcome.code == ResponseTooLargeError.code and left < self.max_response_bytes:
+                return self._too_large_for_what_is_left()
             return outcome.result(self.request_id)
-        if not fits:
-            return self._over_budget(made=True)
+        if allowance.used > allowance.limit:  # its head took the calls past the limit
+            return self._too_large_for_what_is_left()
         return call_result(self.version, outcome, _utf8_body(outcome))
 
-    def _over_budget(self, *, made: bool) -> dict[str, Any]:
-        limit = self.exchange.budget.limit
-        if made:
-            message = (
-                "The service answered, but its response would take the tool results of this "
-                f"request past {limit} bytes of responses in all; make the call in a request "
-                "of its own."
-            )
-        else:
-            message = (
-                f"The tool calls of this request already read {limit} bytes of responses; "
-                "the call was not made. Make it in a request of its own."
-            )
+    @property
+    def max_response_bytes(self) -> int:
+        return self.endpoint.pipeline.settings.max_response_body_bytes
+
+    def _too_large_for_what_is_left(self) -> dict[str, Any]:
+        message = (
+            "The service answered, but its response would take the tool calls of this request "
+            f"past {self.exchange.allowance.limit} bytes of responses in all; make the call in "
+            "a request of its own."
+        )
         return _Refusal.of(ResponseTooLargeError(message)).result(self.request_id)
+
+    def _not_made(self) -> dict[str, Any]:
+        """The refusal of a call the request has nothing left for."""
+        allowance = self.exchange.allowance
+        if allowance.used >= allowance.limit:
+            message = (
+                f"The tool calls of this request already read {allowance.limit} bytes of "
+                "responses; the call was not made. Make it in a request of its own."
+            )
+            return _Refusal.of(ResponseTooLargeError(message)).result(self.request_id)
+        message = (
+            "The tool calls of this request already took the gateway's total timeout; the "
+            "call was not made. Make it in a request of its own."
+        )
+        return _Refusal.of(UpstreamTimeoutError(message)).result(self.request_id)
 
     def _openapi_for(self, slug: str, service: dict[str, Any]) -> dict[str, Any]:
         url = service.get("openapi_url")
@@ -744,11 +746,11 @@ class _ToolCall:
         if service.get("service_status") != "running":
             return {"status": "not_running"}
         key = self._openapi_key(slug, url)
-        budget = self.exchange.budget
+        allowance = self.exchange.allowance
         document = self.endpoint.cached_openapi(key)
         if document is not None:
-            fits = budget.take(document.size)  # not read again, but carried all the same
-        elif budget.spent:
+            fits = allowance.take(document.size)  # not read again, but carried all the same
+        elif allowance.spent:
             return _unavailable(self._no_room())
         else:
             envelope = {"method": "GET", "path": url, "headers": {"Accept": "application/json"}}
@@ -757,15 +759,15 @@ class _ToolCall:
                 "POST",
                 COMPACT.encode(envelope).encode(),
             )
-            # Counted whatever came of it: a document too large or an error page was read too.
-            fits = budget.charge(outcome)
+            # The pipeline counted what it read, whatever came of it: a document too large or
+            # an error page was read too.
             fetched = _read_openapi(outcome)
             if isinstance(fetched, str):
                 return _unavailable(fetched)
             document = fetched
             assert not isinstance(outcome, _Refusal)  # a refusal is never a document
-            # What it grew by, written back, is carried too.
-            fits = budget.take(document.size - _decoded_size(outcome["body_base64"]))
+            # What it grew by, written as the answer carries it, is carried too.
+            fits = allowance.take(document.size - _decoded_size(outcome["body_base64"]))
             self.endpoint.remember_openapi(key, document)
         if not fits:
             return _unavailable(self._no_room())
@@ -786,8 +788,14 @@ class _ToolCall:
         )
 
     def _no_room(self) -> str:
+        allowance = self.exchange.allowance
+        if allowance.used < allowance.limit and allowance.spent:
+            return (
+                "the tool calls of this request already took the gateway's total timeout; ask "
+                "for this service in a request of its own"
+            )
         return (
-            f"the tool calls of this request already read {self.exchange.budget.limit} "
+            f"the tool calls of this request already read {allowance.limit} "
             "bytes of responses; ask for this service in a request of its own"
         )
 
@@ -814,12 +822,17 @@ class _ToolCall:
             content_length=None if body is None else len(body),
             client_gone=outer.client_gone,
             within_caller=True,
+            allowance=self.exchange.allowance,
         )
         try:
             # The refusal as raised, not as rendered: a host's error renderer may write any
             # body and headers it likes.
             response = self.endpoint.pipeline.dispatch(synthetic, route, self.request_id)
         except GatewayError as refusal:
+            if refusal.code == ResponseTooLargeError.code:
+                # Read up to what was left, or announced as more: it spends the rest, so that
+                # no later call asks the service for what cannot be carried either.
+                self.exchange.allowance.take(self.exchange.allowance.limit)
             return _Refusal.of(refusal)
         if response.status == 503 and outer.client_gone is not None and outer.client_gone():
             # It left while the call waited: the pipeline's bare 503, for nobody.
@@ -905,9 +918,15 @@ def _read_openapi(outcome: dict[str, Any] | _Refusal) -> OpenAPIDocument | str:
             # what a document may be.
             if len(compact) <= OPENAPI_MAX_BYTES:
                 return OpenAPIDocument(
-                    text=compact, is_json=True, size=max(len(body), len(compact))
+                    utf8=compact.encode(), is_json=True, size=max(len(body), len(compact))
                 )
-    return OpenAPIDocument(text=text, is_json=False, size=len(body))
+    if _NOT_TEXT.search(text) is not None:
+        # Each control character would be written as a 6-byte escape, twice (the result and
+        # its text block): a document of them would come back 13 times its size.
+        return "the document is neither JSON nor text (it holds control characters)"
+    # Carried as a JSON string: charged at the size it is written in (quotes and
+    # backslashes escaped), not as sent.
+    return OpenAPIDocument(utf8=body, is_json=False, size=max(len(body), len(encode_utf8(text))))
 
 
 def _decoded_size(encoded: str) -> int:
@@ -950,10 +969,9 @@ def _encode(message: dict[str, Any]) -> bytes:
 
 
 def _error_response(message_id: str | int | None, error: JSONRPCError) -> bytes:
-    response: dict[str, Any] = {"jsonrpc": "2.0", "error": error.as_error_object()}
-    if message_id is not None:
-        response["id"] = message_id
-    return _encode(response)
+    # An id that could not be read is null (JSON-RPC 2.0 §5): the member is required, and
+    # clients (the official SDKs among them) refuse an error without it.
+    return _encode({"jsonrpc": "2.0", "id": message_id, "error": error.as_error_object()})
 
 
 def _era_from_header(headers: Headers) -> Era:

@@ -17,6 +17,7 @@ import httpx2
 import pytest
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from tests.integration.gateway import RunningGateway, serve_gateway
 from tests.toolkit.upstream import RecordingUpstream
@@ -101,3 +102,31 @@ def test_sdk_client_lists_and_calls_a_service_through_the_gateway(
     refused = seen["refused"]
     assert refused.is_error
     assert "service_not_found" in refused.content[0].text
+
+
+async def _call_nested_too_deep(gateway: RunningGateway, mode: str) -> str:
+    headers: object = "x"
+    for _ in range(70):  # past the 64 levels a message may nest: refused unparsed
+        headers = {"a": headers}
+    async with (
+        httpx2.AsyncClient(headers=gateway.auth, timeout=15) as http,
+        Client(
+            streamable_http_client(f"{gateway.url}/r/mcp", http_client=http), mode=mode
+        ) as client,
+    ):
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool(
+                "call_container_service",
+                {"service_slug": "echo", "method": "GET", "path": "/", "headers": headers},
+            )
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+def test_sdk_client_reads_a_refusal_whose_id_could_not_be_read(
+    gateway: RunningGateway, mode: str
+) -> None:
+    # The id of a message refused unparsed is null: without it, the SDK took the answer for
+    # no JSON-RPC message at all and put a message of its own in place of the gateway's.
+    message = anyio.run(_call_nested_too_deep, gateway, mode)
+    assert "may nest arrays and objects 64 deep at most" in message

@@ -76,7 +76,7 @@ def test_a_notification_the_server_cannot_accept_is_400_and_answered_by_no_respo
 ) -> None:
     refused = Agent(world, version=version).post(UNACCEPTABLE, status=400)
     assert error_code(refused) == -32602
-    assert "id" not in refused.json
+    assert refused.json["id"] is None  # no id to echo: null, as JSON-RPC 2.0 says
 
 
 def test_a_batch_answers_no_notification(world: World) -> None:
@@ -86,7 +86,7 @@ def test_a_batch_answers_no_notification(world: World) -> None:
     # Notifications only: one the server cannot accept is refused as it is alone.
     refused = agent.post([UNACCEPTABLE], status=400)
     assert error_code(refused) == -32602
-    assert "id" not in refused.json
+    assert refused.json["id"] is None  # no id to echo: null, as JSON-RPC 2.0 says
     # A notification named initialize is not the initialize request: accepted, unanswered.
     accepted = agent.post([{"jsonrpc": "2.0", "method": "initialize"}], status=202)
     assert accepted.body == b""
@@ -660,7 +660,7 @@ def test_a_notification_or_response_naming_an_unsupported_revision_is_400(
 ) -> None:
     response = agent.post(message, status=400, **{"MCP-Protocol-Version": "2099-01-01"})
     assert error_code(response) == -32022
-    assert "id" not in response.json
+    assert response.json["id"] is None
 
 
 # -- instructions ----------------------------------------------------------------------
@@ -736,3 +736,10 @@ def test_answers_are_utf8_and_a_lone_surrogate_is_written_escaped(agent: Agent) 
     assert encode_utf8({"t": "a\u2028b\x85c\u2029"}) == b'{"t":"a\\u2028b\\u0085c\\u2029"}'
     answer = agent.post_raw(b'{"jsonrpc":"2.0","id":"\\ud800","method":"ping"}')
     assert answer.body.startswith(b'{"jsonrpc":"2.0","id":"\\ud800"')
+
+
+def test_a_batch_naming_an_unsupported_revision_gets_the_supported_list(world: World) -> None:
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "ping"}]
+    refused = Agent(world).post(batch, status=400, **{"MCP-Protocol-Version": "2099-01-01"})
+    assert error_code(refused) == -32022
+    assert "2025-03-26" in refused.json["error"]["data"]["supported"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from invoke_middleware import (
     Rate,
     ServiceStatus,
 )
-from invoke_middleware.errors import StoreUnavailableError
+from invoke_middleware.errors import StoreUnavailableError, UpstreamError
 from invoke_middleware.mcp.endpoint import (
     MAX_BATCH_MESSAGES,
     OPENAPI_MAX_BYTES,
@@ -26,7 +27,7 @@ from invoke_middleware.mcp.endpoint import (
 )
 from invoke_middleware.request import CLIENT_GONE_KEY
 from invoke_middleware.testing import make_response
-from invoke_middleware.transport.base import UpstreamRequest, UpstreamResponse
+from invoke_middleware.transport.base import Timeouts, UpstreamRequest, UpstreamResponse
 from tests.mcp.conftest import (
     Agent,
     StatelessAgent,
@@ -453,7 +454,7 @@ def test_failed_openapi_fetches_count_against_the_batch_s_response_cap(
 
 def test_the_openapi_cache_holds_a_bounded_number_of_bytes(world: World) -> None:
     endpoint = world.middleware.pipeline.mcp
-    largest = OpenAPIDocument(text="{}", is_json=True, size=OPENAPI_MAX_BYTES)
+    largest = OpenAPIDocument(utf8=b"{}", is_json=True, size=OPENAPI_MAX_BYTES)
     for n in range(40):
         endpoint.remember_openapi(("key", n), largest)
     kept = [n for n in range(40) if endpoint.cached_openapi(("key", n)) is not None]
@@ -529,3 +530,91 @@ def test_a_caller_that_leaves_while_a_call_waits_for_its_slot_ends_the_request(
     assert world.upstream.received == []
     assert "failed" not in caplog.text
     assert limiter.in_flight == 0
+
+
+# -- what one request's tool calls may read and take, in all ---------------------------
+
+
+def test_an_openapi_document_of_control_characters_is_not_returned(
+    make_world: Callable[..., World],
+) -> None:
+    # Each would be written as a 6-byte escape, in the result and again in its text block.
+    world, _ = container_world(make_world, serving(b"\x01" * 4096))
+    world.registry.add(make_service("documented", world.upstream.url, openapi_url="/openapi.json"))
+    result = result_of(
+        Agent(world, version="2025-11-25").call(
+            "get_container_service", {"service_slug": "documented"}
+        )
+    )
+    openapi = result["structuredContent"]["openapi"]
+    assert openapi["status"] == "unavailable"
+    assert "control characters" in openapi["error"]
+
+
+def test_an_openapi_text_is_charged_at_the_size_it_is_written_in(
+    make_world: Callable[..., World],
+) -> None:
+    # 40 KiB of quotes is not JSON: carried as a JSON string, each is written as two bytes,
+    # 80 KiB in all, past the cap of 64 KiB.
+    world, transport = container_world(
+        make_world,
+        serving(b'"' * 40 * 1024),
+        settings=PipelineSettings(max_response_body_bytes=64 * 1024),
+    )
+    world.registry.add(make_service("documented", world.upstream.url, openapi_url="/openapi.json"))
+    agent = Agent(world, version="2025-11-25")
+    result = result_of(agent.call("get_container_service", {"service_slug": "documented"}))
+    openapi = result["structuredContent"]["openapi"]
+    assert openapi["status"] == "unavailable"
+    assert "a request of its own" in openapi["error"]
+    assert len(transport.requests) == 1
+
+
+def test_a_response_cut_off_counts_what_was_read_against_the_batch(
+    make_world: Callable[..., World],
+) -> None:
+    # Each call reads 40 KiB before the body fails: nothing is returned, but what was read
+    # is counted. The second call may read only what is left of the cap of 64 KiB, and no
+    # call after it is made (16 calls read 16 times 40 KiB).
+    def cut_off(request: UpstreamRequest) -> UpstreamResponse:
+        return make_response(
+            200, chunks=[b"x" * 40 * 1024, UpstreamError("The service's response ended early.")]
+        )
+
+    limit = 64 * 1024
+    world, transport = container_world(
+        make_world, cut_off, settings=PipelineSettings(max_response_body_bytes=limit)
+    )
+    arguments = {"service_slug": "echo", "method": "GET", "path": "/"}
+    answers = Agent(world).post(tool_calls("call_container_service", arguments, 16)).json
+    refusals = [json.loads(answer["result"]["content"][1]["text"]) for answer in answers]
+    assert [refusal["code"] for refusal in refusals[:2]] == ["upstream_error", "response_too_large"]
+    assert "past 65536 bytes of responses in all" in refusals[1]["error_message"]
+    assert all("the call was not made" in refusal["error_message"] for refusal in refusals[2:])
+    assert len(transport.requests) == 2
+
+
+def test_the_calls_of_a_batch_share_one_total_timeout(make_world: Callable[..., World]) -> None:
+    # Each call takes 0.6 s, the gateway's total timeout is 1 s: the second call is given
+    # what is left of it, and none after it is made (16 calls took 9.6 s).
+    def slow(request: UpstreamRequest) -> UpstreamResponse:
+        time.sleep(0.6)
+        return make_response(200, headers=[("Content-Length", "2")], body=b"{}")
+
+    settings = PipelineSettings(timeouts=Timeouts(connect=1, read=1, total=1))
+    world, transport = container_world(make_world, slow, settings=settings)
+    arguments = {"service_slug": "echo", "method": "GET", "path": "/"}
+    started = time.monotonic()
+    answers = Agent(world).post(tool_calls("call_container_service", arguments, 16)).json
+    took = time.monotonic() - started
+
+    assert len(transport.requests) == 2
+    first, second = (request.timeouts.total for request in transport.requests)
+    assert first is not None
+    assert 0.9 < first <= 1
+    assert second is not None
+    assert second < 0.5
+    refusals = [json.loads(answer["result"]["content"][1]["text"]) for answer in answers[2:]]
+    assert {refusal["code"] for refusal in refusals} == {"upstream_timeout"}
+    assert all("the call was not made" in refusal["error_message"] for refusal in refusals)
+    assert took < 3
