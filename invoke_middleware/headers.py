@@ -57,6 +57,7 @@ __all__ = [
     "HOP_BY_HOP_HEADERS",
     "MAX_CONNECTION_TOKENS",
     "MAX_REQUEST_ID_LENGTH",
+    "ORIGIN_WIDE_HEADERS",
     "TCHARS",
     "TOKEN_PATTERN",
     "UNSAFE_TARGET_PATTERN",
@@ -128,6 +129,32 @@ GATEWAY_HEADERS: frozenset[str] = frozenset(
         "x-original-url",
         "x-rewrite-url",
         "forwarded",
+    }
+)
+
+#: Response fields a browser applies to the whole origin (or its host and subdomains), not to
+#: the resource that carried them, lower-case. Every service answers on the gateway's origin,
+#: which its other teams and the host application share: one container must not decide for
+#: them, so the catch-all never relays these. ``NEL`` with ``Report-To`` would have the
+#: browser report every URL it asks of the origin, other teams' included, to the container's
+#: collector for up to a year; ``Service-Worker-Allowed: /`` would let a page's worker take
+#: every path of the origin; ``Strict-Transport-Security``, ``Alt-Svc``, ``Accept-CH`` and
+#: ``Critical-CH``, ``Set-Login``, and the retired ``Expect-CT`` and ``Public-Key-Pins``
+#: settle for the origin how it is reached and what each request of it carries. (The invoke
+#: route returns its fields as data, which no browser applies.)
+ORIGIN_WIDE_HEADERS: frozenset[str] = frozenset(
+    {
+        "nel",
+        "report-to",
+        "service-worker-allowed",
+        "strict-transport-security",
+        "alt-svc",
+        "accept-ch",
+        "critical-ch",
+        "set-login",
+        "expect-ct",
+        "public-key-pins",
+        "public-key-pins-report-only",
     }
 )
 

@@ -602,7 +602,7 @@ class Pipeline:
             failure = as_gateway_error(error)
             self._finish(relay, failure.status, body.sent if body else 0, 0, failure.code)
             raise
-        headers = hdr.filter_response_headers(response.headers, also_drop=replaced)
+        headers = hdr.filter_response_headers(response.headers, also_drop=_relay_drop(replaced))
         if settings.scope_cookies:
             headers = scope_cookies(
                 headers,
@@ -679,6 +679,14 @@ class _Relay(NamedTuple):
 
     event: RelayStarted
     started: float
+
+
+@functools.lru_cache(maxsize=8)
+def _relay_drop(replaced: frozenset[str]) -> frozenset[str]:
+    """What the catch-all drops of a container's response besides what every route drops: the
+    fields the gateway writes itself on it (``replaced``), and those a browser would apply to
+    the whole shared origin. The same one or two sets on every response: joined once."""
+    return replaced | hdr.ORIGIN_WIDE_HEADERS
 
 
 def _final(response: UpstreamResponse) -> UpstreamResponse:

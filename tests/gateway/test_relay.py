@@ -9,6 +9,7 @@ import json
 import os
 import random
 from collections.abc import Callable
+from urllib.parse import quote
 
 import pytest
 from werkzeug.test import Client
@@ -155,6 +156,34 @@ def test_hop_by_hop_fields_and_fake_markers_are_dropped(world: World) -> None:
     for name in ("X-Private", "Keep-Alive", "X-Invoke-Error"):
         assert name not in res.headers
     assert res.headers["X-Request-ID"]
+
+
+_ORIGIN_WIDE = {
+    "NEL": '{"report_to":"team-a","max_age":31536000,"success_fraction":1.0}',
+    "Report-To": '{"group":"team-a","max_age":31536000,"endpoints":[{"url":"https://a.test/r"}]}',
+    "Service-Worker-Allowed": "/",
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+    "Alt-Svc": 'h3=":443"; ma=86400',
+    "Accept-CH": "Sec-CH-UA-Model",
+    "Critical-CH": "Sec-CH-UA-Model",
+    "Set-Login": "logged-in",
+}
+
+
+@pytest.mark.parametrize("sandbox_pages", [False, True])
+def test_fields_a_browser_applies_to_the_whole_origin_are_not_relayed(
+    make_world: Callable[..., World], sandbox_pages: bool
+) -> None:
+    # The origin is every team's and the host's: one container must not set for all of them
+    # where the browser reports their URLs, which worker serves them, or how they are reached.
+    world = make_world(settings=PipelineSettings(sandbox_pages=sandbox_pages))
+    query = "&".join(f"{name}={quote(value)}" for name, value in _ORIGIN_WIDE.items())
+    relayed = world.relay(f"echo/fields?{query}&X-Kept=yes")
+    assert relayed.headers["X-Kept"] == "yes"
+    assert [name for name in _ORIGIN_WIDE if name in relayed.headers] == []
+    # The invoke route hands them over as data, which no browser applies.
+    envelope = world.invoke("echo", {"method": "GET", "path": f"/fields?{query}"}).json
+    assert envelope["headers"]["nel"] == _ORIGIN_WIDE["NEL"]
 
 
 @pytest.mark.parametrize("method", ["TRACE", "CONNECT"])
