@@ -111,6 +111,10 @@ def parse_head(head: bytes, method: str) -> ResponseHead:
         raise UpstreamError("The service's response is not HTTP/1.x.")
     minor, code, reason = status_line.groups()
     status = int(code)
+    if status > 599:
+        # RFC 9110 §15: codes run from 100 to 599; browsers take any other for a failure of
+        # the network, and the invoke envelope's schema has no room for one.
+        raise UpstreamError("The service's response has a status code past 599.")
     fields, lengths, codings = _parse_fields(lines)
 
     keep_alive_default = minor != b"0"  # HTTP/1.0 closes unless asked not to (RFC 9112 §9.3)
@@ -119,11 +123,12 @@ def parse_head(head: bytes, method: str) -> ResponseHead:
     length: int | None = None
     chunked = False
     if codings:
-        chunked = _final_coding(codings) == "chunked"
+        _check_chunked(codings)
+        chunked = True
         # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a message with both
-        # must not keep its connection. Not chunked: the body ends at the close. §6.1: an
-        # HTTP/1.0 message with Transfer-Encoding has faulty framing; its connection closes.
-        will_close = will_close or not chunked or bool(lengths) or not keep_alive_default
+        # must not keep its connection. §6.1: an HTTP/1.0 message with Transfer-Encoding has
+        # faulty framing; its connection closes.
+        will_close = will_close or bool(lengths) or not keep_alive_default
     elif lengths:
         values = {v.strip(_OWS) for item in lengths for v in item.split(",")}
         if len(values) != 1 or CONTENT_LENGTH_PATTERN.fullmatch(next(iter(values))) is None:
@@ -147,16 +152,22 @@ def parse_head(head: bytes, method: str) -> ResponseHead:
     )
 
 
-def _final_coding(codings: list[str]) -> str:
-    """The last transfer coding that the ``Transfer-Encoding`` values list, lower-cased;
-    an :class:`UpstreamError` when one of them is not a list of transfer codings."""
+def _check_chunked(codings: list[str]) -> None:
+    """Raise :class:`UpstreamError` unless the ``Transfer-Encoding`` values name ``chunked``
+    alone: the one transfer coding the gateway decodes. Any other (``gzip, chunked``) would
+    reach the caller still applied, with nothing to say so once the hop-by-hop field is
+    dropped, and ``chunked`` applied twice (RFC 9112 §6.1 forbids it) would hand over the inner
+    framing as content."""
     elements = [e.strip(_OWS) for value in codings for e in value.split(",")]
     # RFC 9110 §5.6.1: a recipient accepts empty list elements, but a list of nothing at all
     # names no framing.
     elements = [e for e in elements if e]
     if not elements or any(_TRANSFER_CODING.fullmatch(e) is None for e in elements):
         raise UpstreamError("The service's response has an invalid Transfer-Encoding.")
-    return elements[-1].lower()
+    if len(elements) != 1 or elements[0].lower() != "chunked":
+        raise UpstreamError(
+            "The service's response has a transfer coding the gateway does not decode."
+        )
 
 
 def _parse_fields(

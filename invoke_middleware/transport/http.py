@@ -133,10 +133,10 @@ class _Deadline:
 
     __slots__ = ("_at", "_connection", "_read")
 
-    def __init__(self, connection: _HTTPConnection, read: float | None, total: float | None):
+    def __init__(self, connection: _HTTPConnection, read: float | None, at: float | None):
         self._connection = connection
         self._read = read
-        self._at = None if total is None else time.monotonic() + total
+        self._at = at  # when the total is spent (time.monotonic()), or None
 
     def arm(self) -> None:
         """Set the timeout of the next wait; raise once the total is spent."""
@@ -683,13 +683,17 @@ class HTTPTransport(Closeable):
         tenant = request.tenant
         share = tenant if request.share is None else request.share
         key = (share, tenant, origin.scheme, origin.host, origin.port)
+        # One total for the request, a retry on a new connection included: an upstream that
+        # took the request slowly and closed without answering must not get a second one.
+        total = request.timeouts.total
+        at = None if total is None else time.monotonic() + total
         connection = self._idle_connection(key)
         if connection is not None:
-            response = self._exchange(key, origin, target, request, connection, reused=True)
+            response = self._exchange(key, origin, target, request, connection, at=at, reused=True)
             if response is not None:
                 return response
         connection = self._connect(origin, request.timeouts.connect)
-        response = self._exchange(key, origin, target, request, connection, reused=False)
+        response = self._exchange(key, origin, target, request, connection, at=at, reused=False)
         assert response is not None  # only a reused connection asks for a retry
         return response
 
@@ -712,16 +716,17 @@ class HTTPTransport(Closeable):
         request: UpstreamRequest,
         connection: _HTTPConnection,
         *,
+        at: float | None,
         reused: bool,
     ) -> UpstreamResponse | None:
-        """Write the request and read the response head; ``None`` asks for one retry."""
-        timeouts = request.timeouts
+        """Write the request and read the response head, the total ending ``at``; ``None``
+        asks for one retry."""
         exchange = _Exchange(
             transport=self,
             key=key,
             host_header=origin.host_header,
             connection=connection,
-            deadline=_Deadline(connection, timeouts.read, timeouts.total),
+            deadline=_Deadline(connection, request.timeouts.read, at),
         )
         try:
             try:

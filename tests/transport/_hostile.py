@@ -24,13 +24,15 @@ And two answers a WSGI server must never be handed as they are:
   application) and a ``Connection``-named field;
 - ``/switch``: ``101 Switching Protocols`` to a request that asked for no upgrade.
 
-And five paths that act on a request as soon as its head is read, leaving its body unread,
+And six paths that act on a request as soon as its head is read, leaving its body unread,
 each counted in ``heads_read`` and each closing the connection:
 
 - ``/answer-early``: ``413`` with an 8-byte body (and no ``Connection: close``), then the
   close, which the unread body turns into a reset;
 - ``/act-and-drop``: no answer, a reset (as an upstream that crashed after acting on it);
 - ``/stall``: reads nothing more, for a few seconds at most;
+- ``/silent-close?seconds=S``: reads nothing more, and closes without a byte after ``S``
+  seconds (a few at most);
 - ``/answer-early-and-stall``: ``413`` as ``/answer-early``, then reads nothing more and
   keeps the connection open, for a few seconds at most;
 - ``/trickle?size=S&every=E``: reads ``S`` bytes of the body (8 KiB) every ``E`` seconds
@@ -84,7 +86,14 @@ class HostileUpstream(RawUpstream):
     ``ssl_context`` (a server context) is given."""
 
     unread_body_paths = frozenset(
-        {"/answer-early", "/answer-early-and-stall", "/act-and-drop", "/stall", "/trickle"}
+        {
+            "/answer-early",
+            "/answer-early-and-stall",
+            "/act-and-drop",
+            "/stall",
+            "/silent-close",
+            "/trickle",
+        }
     )
 
     def __init__(
@@ -197,6 +206,13 @@ class HostileUpstream(RawUpstream):
     def _handle_stall(self, connection: _Connection, method: str, params: dict[str, str]) -> bool:
         self._count_head()
         self._stop.wait(_HOLD)
+        return False
+
+    def _handle_silent_close(
+        self, connection: _Connection, method: str, params: dict[str, str]
+    ) -> bool:
+        self._count_head()
+        self._stop.wait(min(float(params["seconds"]), _HOLD))
         return False
 
     def _handle_trickle(self, connection: _Connection, method: str, params: dict[str, str]) -> bool:

@@ -184,6 +184,27 @@ def test_a_request_answered_in_part_on_a_reused_connection_is_not_sent_again(
     assert raw_upstream.cut_short == 1
 
 
+def test_a_retry_on_a_new_connection_gets_what_is_left_of_the_total(
+    transport: HTTPTransport, upstream: HostileUpstream
+) -> None:
+    # The reused connection is closed without a byte after 0.9 s: the request may be sent
+    # again, but within the same total of 1.2 s, not a new one (the upstream would have held
+    # it 1.8 s, and twice as long as the total with each stall just under it).
+    fetch(transport, "GET", upstream.url + "/say?word=hi")
+    started = time.monotonic()
+
+    with pytest.raises(UpstreamTimeoutError):
+        send(
+            transport,
+            "GET",
+            upstream.url + "/silent-close?seconds=0.9",
+            timeouts=Timeouts(connect=2.0, read=1.0, total=1.2),
+        )
+
+    assert time.monotonic() - started < 1.7
+    assert upstream.heads_read == 2  # sent again, on a new connection
+
+
 def test_a_send_timeout_on_a_reused_connection_is_a_timeout_and_not_retried(
     transport: HTTPTransport, upstream: HostileUpstream
 ) -> None:

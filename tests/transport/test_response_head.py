@@ -101,6 +101,14 @@ def fetch(url: str, *, method: str = "GET", timeouts: Timeouts | None = None) ->
         pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\x1c\r\n", id="te-fs"),
         pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: , \r\n", id="te-no-coding"),
         pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked=1\r\n", id="te-no-token"),
+        # Codings the gateway does not decode would reach the caller still applied, unlabelled.
+        pytest.param(
+            b'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip;x="a b" , chunked\r\n', id="te-gzip"
+        ),
+        pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n", id="te-twice"),
+        pytest.param(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: identity\r\n", id="te-identity"),
+        pytest.param(b"HTTP/1.1 600 Beyond\r\nContent-Length: 3\r\n", id="status-600"),
+        pytest.param(b"HTTP/1.1 999 Whatever\r\nContent-Length: 3\r\n", id="status-999"),
     ],
 )
 def test_a_malformed_head_is_an_upstream_error(head: bytes) -> None:
@@ -185,10 +193,9 @@ def test_a_response_framed_both_ways_does_not_keep_its_connection() -> None:
             id="folded-line",
         ),
         pytest.param(
-            b'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip;x="a b" , chunked,\t,\r\n\r\n'
-            b"2\r\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: , Chunked,\t,\r\n\r\n2\r\nok\r\n0\r\n\r\n",
             (200, b"ok"),
-            id="coding-list-with-parameters-and-empty-elements",
+            id="coding-list-with-empty-elements",
         ),
         pytest.param(
             b"HTTP/1.1 200 OK\r\nContent-Length:\t 2 \t\r\n\r\nok", (200, b"ok"), id="cl-ows"
