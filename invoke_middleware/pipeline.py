@@ -316,7 +316,10 @@ class Pipeline:
             # It checks the header caps itself: its refusals to a page carry CORS fields.
             return self.mcp.handle(request, request_id)
         settings = self.settings
-        self.check_header_limits(request)
+        if not request.within_caller:
+            # A part of a request (an MCP tool call) carries the caller's fields, checked with
+            # it, and a few of the gateway's own: not the caller's to answer for.
+            self.check_header_limits(request)
         if kind is RouteKind.CATCH_ALL:
             if request.method in _RELAY_FORBIDDEN_METHODS:
                 raise MethodNotAllowedError(

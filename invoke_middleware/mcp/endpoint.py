@@ -683,7 +683,9 @@ class _ToolCall:
             return self._invalid_slug()
         envelope = {key: value for key, value in arguments.items() if key != "service_slug"}
         try:
-            body = COMPACT.encode(envelope).encode()
+            # In UTF-8: escaped, a character beyond ASCII takes 6 bytes, and an envelope the
+            # invoke route accepts could pass its size cap here.
+            body = encode_utf8(envelope)
         except ValueError:
             # A number too large for a float (1e400) was parsed as an infinity, which JSON
             # cannot express: name it, rather than send the invoke parser a text it refuses.

@@ -618,3 +618,53 @@ def test_the_calls_of_a_batch_share_one_total_timeout(make_world: Callable[..., 
     assert {refusal["code"] for refusal in refusals} == {"upstream_timeout"}
     assert all("the call was not made" in refusal["error_message"] for refusal in refusals)
     assert took < 3
+
+
+def test_an_envelope_the_invoke_route_accepts_is_accepted_as_a_tool_call(
+    make_world: Callable[..., World],
+) -> None:
+    # 300,000 bytes of body and a header of 25,000 "é": within the envelope cap in UTF-8, but
+    # not once each "é" is escaped to 6 bytes, as the tool call's envelope was.
+    world = make_world(settings=PipelineSettings(max_invoke_body_bytes=300_000))
+    envelope = {
+        "method": "POST",
+        "path": "/anything",
+        "body_base64": base64.b64encode(b"x" * 300_000).decode(),
+        "headers": {"X-Name": "é" * 25_000, "Content-Type": "text/plain"},
+    }
+    raw = json.dumps(envelope, ensure_ascii=False).encode()
+    assert (
+        len(raw)
+        <= world.middleware.pipeline.settings.max_envelope_bytes
+        < len(json.dumps(envelope).encode())
+    )
+    result = result_of(
+        Agent(world, version="2025-11-25").call(
+            "call_container_service", {"service_slug": "echo", **envelope}
+        )
+    )
+    assert result["isError"] is False
+    assert world.upstream.last().header("X-Name") == "é" * 25_000
+
+
+def test_a_request_at_the_field_cap_can_call_a_tool(make_world: Callable[..., World]) -> None:
+    # The tool call's request carries the caller's fields and the gateway's request id: the
+    # caller's, checked at the endpoint, are not checked again with the gateway's added (a
+    # caller that sent no Accept, at the cap, had every call refused 431).
+    world = make_world(settings=PipelineSettings(max_header_count=30))
+    message = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "call_container_service",
+            "arguments": {"service_slug": "echo", "method": "GET", "path": "/"},
+        },
+    }
+    fields = {**world.auth(), "MCP-Protocol-Version": "2025-11-25"}
+    sent = len(world.app.post_json("/r/mcp", message, headers=fields).request.headers)
+    fields.update({f"X-Filler-{n}": "1" for n in range(30 - sent)})
+    response = world.app.post_json("/r/mcp", message, headers=fields)
+    assert len(response.request.headers) == 30
+    assert "Accept" not in response.request.headers
+    assert result_of(response)["isError"] is False
