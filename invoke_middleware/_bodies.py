@@ -197,8 +197,9 @@ class ResponseBuffer:
         self.limit = limit
         self.received = 0
 
-    def read(self, response: UpstreamResponse, method: str) -> bytes:
-        """The body of ``response`` to a ``method`` request (none for ``HEAD``)."""
+    def read(self, response: UpstreamResponse, method: str) -> bytes | bytearray:
+        """The body of ``response`` to a ``method`` request (none for ``HEAD``), as it was
+        joined: not copied once more into ``bytes``."""
         if method == "HEAD":
             return b""
         if response.content_length is not None and response.content_length > self.limit:
@@ -212,7 +213,7 @@ class ResponseBuffer:
             if self.received > self.limit:
                 raise ResponseTooLargeError()
             joined += chunk
-        return bytes(joined)
+        return joined
 
 
 class RelayBody:

@@ -67,6 +67,7 @@ __all__ = [
     "REQUEST_VALIDATOR",
     "InvokeEnvelope",
     "encode_response",
+    "encode_response_pieces",
     "load_schema",
     "parse_envelope",
     "read_schema_bytes",
@@ -232,15 +233,28 @@ def encode_response(
     Raises :class:`~invoke_middleware.errors.UpstreamError` (502) for a status outside
     100-599, which the response schema cannot express.
     """
+    return b"".join(encode_response_pieces(status_code, headers, body))
+
+
+def encode_response_pieces(
+    status_code: int,
+    headers: Iterable[tuple[str, str]] | Mapping[str, str | Sequence[str]],
+    body: bytes | bytearray,
+) -> tuple[bytes, bytes, bytes]:
+    """:func:`encode_response`'s JSON in three pieces that join to it: what comes before the
+    body's base64, the base64, and what follows it.
+
+    Nothing is copied whole: a buffered response answered as the pieces holds the body's
+    base64 once, where the JSON text and its bytes would hold it three times more (a 10 MiB
+    body cost 50 MiB to answer). Base64 needs no escape in a JSON string.
+    """
     if isinstance(status_code, bool) or not 100 <= status_code <= 599:
         raise UpstreamError()
     pairs = _expand_headers(headers) if isinstance(headers, Mapping) else headers
-    payload = {
-        "status_code": status_code,
-        "headers": fold_response_headers(pairs),
-        "body_base64": base64.b64encode(body).decode("ascii"),
-    }
-    return _COMPACT_JSON.encode(payload).encode("ascii")
+    fields = {"status_code": status_code, "headers": fold_response_headers(pairs)}
+    # The object without its closing brace, then the last member's name and opening quote.
+    before = _COMPACT_JSON.encode(fields).encode("ascii")[:-1] + b',"body_base64":"'
+    return before, base64.b64encode(body), b'"}'
 
 
 # --- decoding --------------------------------------------------------------------------------

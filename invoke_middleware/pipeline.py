@@ -29,7 +29,7 @@ from invoke_middleware.auth.base import AuthResolver
 from invoke_middleware.auth.policy import Action, Policy, authorize, default_policy
 from invoke_middleware.auth.principal import CredentialKind, Principal
 from invoke_middleware.cookies import scope_cookies
-from invoke_middleware.envelope import encode_response, parse_envelope
+from invoke_middleware.envelope import encode_response_pieces, parse_envelope
 from invoke_middleware.errors import (
     REQUEST_ID_HEADER,
     ErrorRenderer,
@@ -169,17 +169,21 @@ def _json_response(status: int, payload: object, request_id: str) -> PipelineRes
     )
 
 
-def _json_body_response(status: int, body: bytes, request_id: str) -> PipelineResponse:
+def _json_body_response(
+    status: int, body: bytes | tuple[bytes, ...], request_id: str
+) -> PipelineResponse:
+    """A JSON answer; ``body`` the bytes, or pieces that join to them (sent one by one)."""
+    pieces = (body,) if isinstance(body, bytes) else body
     return PipelineResponse(
         status=status,
         reason=reason_phrase(status),
         headers=[
             ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
+            ("Content-Length", str(sum(len(piece) for piece in pieces))),
             ("Cache-Control", "no-store"),
             (REQUEST_ID_HEADER, request_id),
         ],
-        body=(body,),
+        body=pieces,
     )
 
 
@@ -536,7 +540,7 @@ class Pipeline:
             finally:
                 response.close()
             status = response.status
-            payload = encode_response(
+            payload = encode_response_pieces(
                 response.status, hdr.filter_response_headers(response.headers), body
             )
         except Exception as error:

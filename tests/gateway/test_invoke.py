@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import gc
 import gzip
+import io
 import json
 import tracemalloc
 import weakref
@@ -229,6 +230,43 @@ def test_a_body_trickled_in_tiny_pieces_costs_memory_in_proportion_to_its_size(
     assert unb64(res.json["body_base64"]) == b"ab" * (size // 2)
     # The body, its base64 and the envelope's text, and WebTest's copy: some 5 times.
     assert peak < 8 * size + (1 << 20), peak
+
+
+def test_a_buffered_answer_holds_its_base64_once(make_world: Callable[..., World]) -> None:
+    # The body, then its base64 sent on in a piece of its own: no JSON text of the whole
+    # answer and no bytes of that text besides (a 10 MiB body cost 50 MiB to answer).
+    size = 4 * 1024 * 1024
+    payload = repeating_bytes(size)
+
+    def large(_request: UpstreamRequest) -> UpstreamResponse:
+        return make_response(200, headers=[("Content-Length", str(size))], body=payload)
+
+    world = make_world(transport=MockTransport(large))
+    raw = json.dumps({"method": "GET", "path": "/large"}).encode()
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/r/invoke/echo",
+        "SERVER_NAME": "gateway",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(raw),
+        "CONTENT_LENGTH": str(len(raw)),
+        "CONTENT_TYPE": "application/json",
+        "HTTP_AUTHORIZATION": world.auth()["Authorization"],
+    }
+    sent = 0
+    tracemalloc.start()
+    try:
+        answer = world.middleware(environ, lambda status, headers, exc_info=None: None)
+        for piece in answer:  # as a server writes them, none kept
+            sent += len(piece)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert 0 < sent - len(base64.b64encode(payload)) < 200  # the base64 and a few members
+    assert peak < 3.5 * size, peak  # it was 5 times
 
 
 def test_decoded_body_over_the_limit_is_413(make_world: Callable[..., World]) -> None:
