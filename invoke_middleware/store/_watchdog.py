@@ -12,7 +12,7 @@ worker thread, and every request that reads the store after it, until no thread 
 reads; each connection such a read checks out from the pool is watched until it goes back,
 and one still out after ``seconds`` has its socket shut down. The driver's wait ends at once
 with a lost connection, which the store answers 503 and the pool replaces. One daemon thread
-per watchdog keeps the time, and only while a read is out.
+per watchdog keeps the time; it ends when nothing was watched for ``IDLE_SECONDS``.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ _BOUNDED = _Bounded()
 
 def bound_reads() -> AbstractContextManager[None]:
     """Within this block, connections the thread checks out are bounded by the engine's
-    watchdog: what a request reads. Commands and start-up checks run unbounded (one may
-    wait for another process's schema upgrade, as long as that takes)."""
+    watchdog: what a request reads (also when a command makes the same read). Statements of
+    their own, such as a schema upgrade or a write, run unbounded: one may wait for another
+    process's upgrade, as long as that takes."""
     return _BOUNDED
 
 
@@ -67,20 +68,28 @@ def reading_for_a_request() -> bool:
     return _reading.depth > 0
 
 
+#: Seconds the timekeeper waits with nothing to watch before it ends (a new read starts
+#: another): a store that is closed, or no longer read, keeps no thread.
+IDLE_SECONDS = 60.0
+
+
 class ReadWatchdog:
     """Shuts down the socket of each watched connection still out after ``seconds``.
 
     :meth:`watch` a DB-API connection when it leaves the pool, :meth:`release` it when it
-    comes back, is invalidated or closed: the socket is shut down only while the connection
-    is watched, under the same lock, so never once the driver may have closed it (and its
-    descriptor may be another socket's). ``name`` names the database in the warning.
+    comes back, is invalidated or closed. The watch holds a duplicate of the connection's
+    socket and shuts that down: the driver may have closed its own descriptor meanwhile (a
+    lost connection is closed before the pool hears of it), and the number may already be
+    another socket's, which the duplicate never is. ``name`` names the database in the
+    warning.
     """
 
-    def __init__(self, seconds: float, *, name: str) -> None:
+    def __init__(self, seconds: float, *, name: str, idle: float = IDLE_SECONDS) -> None:
         if seconds <= 0:
             raise ValueError("seconds must be positive")
         self.seconds = seconds
         self._name = name
+        self._idle = idle
         self._warnings = LogThrottle()
         self._start()
         after_fork_in_child(self)
@@ -88,22 +97,35 @@ class ReadWatchdog:
     def _start(self) -> None:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        # DB-API connection -> (deadline, its socket's descriptor), in the order watched:
+        # DB-API connection -> (deadline, a duplicate of its socket), in the order watched:
         # with one bound for all, the first is due first.
-        self._watched: dict[Any, tuple[float, int]] = {}
+        self._watched: dict[Any, tuple[float, socket.socket]] = {}
         self._thread: threading.Thread | None = None
 
     def _after_fork(self) -> None:
-        # The parent's timekeeper is not in the child, nor are the reads it watched.
+        # The parent's timekeeper is not in the child, nor are the reads it watched. The
+        # duplicates are closed, never shut down: the sockets are the parent's too (closing
+        # the child's descriptors leaves them open).
+        for _, duplicate in self._watched.values():
+            duplicate.close()
         self._start()
 
-    def watch(self, connection: Any) -> None:
-        """Start the clock on ``connection`` (one with a ``fileno()``: psycopg's, psycopg2's)."""
-        deadline = time.monotonic() + self.seconds
-        descriptor = connection.fileno()
+    @property
+    def watching(self) -> int:
+        """How many connections are watched now."""
         with self._lock:
-            self._watched.pop(connection, None)  # to the end, in deadline order
-            self._watched[connection] = (deadline, descriptor)
+            return len(self._watched)
+
+    def watch(self, connection: Any) -> None:
+        """Start the clock on ``connection`` (one with a ``fileno()``: psycopg's, psycopg2's);
+        nothing when its descriptor is not a socket's."""
+        deadline = time.monotonic() + self.seconds
+        duplicate = _duplicate(connection.fileno())
+        if duplicate is None:
+            return
+        with self._lock:
+            earlier = self._watched.pop(connection, None)  # to the end, in deadline order
+            self._watched[connection] = (deadline, duplicate)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._keep_time, name="invoke-middleware-store-watchdog", daemon=True
@@ -111,32 +133,42 @@ class ReadWatchdog:
                 self._thread.start()
             elif len(self._watched) == 1:
                 self._changed.notify()
+        if earlier is not None:
+            earlier[1].close()
 
     def release(self, connection: Any) -> None:
         """Stop the clock on ``connection`` (nothing if it was not watched)."""
         with self._lock:
-            self._watched.pop(connection, None)
+            watched = self._watched.pop(connection, None)
+        if watched is not None:
+            watched[1].close()
 
     def _keep_time(self) -> None:
         while True:
             with self._lock:
-                self._shut_down_next()
+                due = self._next_due()
+                if due is None:
+                    self._thread = None  # idle: the next watch starts another
+                    return
+            with due, suppress(OSError):  # not connected (any more): nothing to end
+                due.shutdown(socket.SHUT_RDWR)
             self._warn()  # not under the lock: a slow log handler must not hold up reads
 
-    def _shut_down_next(self) -> None:
-        """Wait until the first watched connection is due, and shut its socket down."""
+    def _next_due(self) -> socket.socket | None:
+        """Wait until the first watched connection is due and stop watching it; its socket's
+        duplicate. ``None`` once nothing was watched for the idle time."""
         while True:
             if not self._watched:
-                self._changed.wait()
+                if not self._changed.wait(self._idle) and not self._watched:
+                    return None
                 continue
-            connection, (deadline, descriptor) = next(iter(self._watched.items()))
+            connection, (deadline, duplicate) = next(iter(self._watched.items()))
             left = deadline - time.monotonic()
             if left > 0:
                 self._changed.wait(left)
                 continue
             del self._watched[connection]
-            _shut_down(descriptor)
-            return
+            return duplicate
 
     def _warn(self) -> None:
         left_out = self._warnings.due(self._name)
@@ -148,6 +180,16 @@ class ReadWatchdog:
             self.seconds,
             f"; {left_out} more not logged since the last" if left_out else "",
         )
+
+
+def _duplicate(descriptor: int) -> socket.socket | None:
+    """A socket object on a duplicate of ``descriptor``; ``None`` when it is not a socket's."""
+    copy = os.dup(descriptor)
+    try:
+        return socket.socket(fileno=copy)
+    except OSError:
+        os.close(copy)
+        return None
 
 
 #: Set on a pooled connection's record when it is made, and cleared when it is first checked
@@ -179,9 +221,11 @@ def watch_request_reads(engine: Engine, seconds: float, *, name: str) -> ReadWat
             dialect.do_ping(dbapi_connection)
         except dialect.loaded_dbapi.Error as exc:
             if dialect.is_disconnect(exc, dbapi_connection, None):
-                # The pool replaces the connection and checks the new one out.
+                # As pool_pre_ping does: the pool drops every connection it holds (after a
+                # failover or a server stop, each would cost a request its stall) and
+                # checks out a new one.
                 watchdog.release(dbapi_connection)
-                raise sa.exc.DisconnectionError(str(exc)) from exc
+                raise sa.exc.InvalidatePoolError(str(exc)) from exc
             raise
 
     def back(dbapi_connection: Any, *_: Any) -> None:
@@ -192,14 +236,3 @@ def watch_request_reads(engine: Engine, seconds: float, *, name: str) -> ReadWat
     for returned in ("checkin", "invalidate", "soft_invalidate", "close", "detach"):
         sa.event.listen(engine, returned, back)
     return watchdog
-
-
-def _shut_down(descriptor: int) -> None:
-    """Shut down the socket behind ``descriptor`` in both directions: a thread waiting on it
-    sees the connection end. A copy of the descriptor is closed; the driver's stays its own."""
-    try:
-        copy = socket.socket(fileno=os.dup(descriptor))
-    except OSError:
-        return
-    with copy, suppress(OSError):  # not connected (any more): nothing to end
-        copy.shutdown(socket.SHUT_RDWR)

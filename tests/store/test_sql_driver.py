@@ -109,6 +109,42 @@ def test_a_connection_the_server_dropped_is_replaced(postgres_server: sa.Engine)
             store.close()
 
 
+def test_a_dead_connection_found_on_check_out_renews_the_whole_pool(
+    monkeypatch: pytest.MonkeyPatch, postgres_server: sa.Engine
+) -> None:
+    # After a failover every pooled connection is dead: the first one found sends them all
+    # away, as pool_pre_ping does, instead of each costing a request its failed ping (or,
+    # with a stopped server, its wait for the read timeout).
+    with postgres_schema(postgres_server) as url:
+        store = SQLStore(url)
+        try:
+            store.init()
+            held = [store.engine.connect() for _ in range(3)]
+            pids = [c.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() for c in held]
+            for connection in held:
+                connection.close()
+            with postgres_server.connect() as connection:
+                for pid in pids:
+                    connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            failed: list[Exception] = []
+            ping = store.engine.dialect.do_ping
+
+            def counted(dbapi_connection: Any) -> bool:
+                try:
+                    return ping(dbapi_connection)
+                except Exception as exc:
+                    failed.append(exc)
+                    raise
+
+            monkeypatch.setattr(store.engine.dialect, "do_ping", counted)
+            for _ in range(3):
+                assert store.memberships.role_of(TEAM, "nobody") is None
+        finally:
+            store.close()
+
+    assert len(failed) == 1
+
+
 def test_a_lost_connection_is_invalidated_like_connection_execute_does(
     postgres_server: sa.Engine,
 ) -> None:

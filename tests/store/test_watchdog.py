@@ -43,15 +43,68 @@ def test_a_connection_out_past_the_bound_has_its_socket_shut_down(
 ) -> None:
     one, _ = pair
     watchdog = ReadWatchdog(BOUND, name="postgresql://db")
+    started = time.monotonic()
     watchdog.watch(one)
 
-    received, took = _received_within(one, 5)
+    received, _ = _received_within(one, 5)
+    took = time.monotonic() - started
 
     assert received == b""  # the waiting receive ends, as a lost connection
     assert BOUND <= took < 2, took
-    assert "store postgresql://db did not answer a read within 0.3 s" in caplog.text
+    assert _logged("store postgresql://db did not answer a read within 0.3 s", caplog)
     # The descriptor is still the connection's own: its owner closes it.
     assert one.fileno() >= 0
+    assert watchdog.watching == 0
+
+
+def test_a_descriptor_the_driver_closed_and_another_socket_took_is_left_alone() -> None:
+    # A lost connection is closed by the driver before the pool hears of it: its number may
+    # be another socket's by the deadline (another team's upstream, a client), never touched.
+    one, peer = socket.socketpair()
+    with peer:
+        watchdog = ReadWatchdog(BOUND, name="db")
+        watchdog.watch(one)
+        number = one.fileno()
+        one.close()
+        other, other_peer = socket.socketpair()
+        with other, other_peer:
+            if other.fileno() != number:  # the number went to the pair's other end
+                other, other_peer = other_peer, other
+            assert other.fileno() == number
+            time.sleep(3 * BOUND)
+            other_peer.sendall(b"still mine")
+            assert _received_within(other, 5)[0] == b"still mine"
+        assert watchdog.watching == 0
+
+
+def test_the_timekeeper_ends_when_idle_and_a_new_watch_starts_another(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    one, _ = pair
+    watchdog = ReadWatchdog(BOUND, name="db", idle=0.1)
+    watchdog.watch(one)
+    watchdog.release(one)
+    deadline = time.monotonic() + 5
+    while _timekeepers(watchdog) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _timekeepers(watchdog)
+
+    watchdog.watch(one)
+    assert _received_within(one, 5)[0] == b""
+
+
+def _timekeepers(watchdog: ReadWatchdog) -> bool:
+    thread = watchdog._thread
+    return thread is not None and thread.is_alive()
+
+
+def _logged(text: str, caplog: pytest.LogCaptureFixture) -> bool:
+    """Whether ``text`` is logged within a few seconds (the timekeeper logs after it shut the
+    socket down, on its own thread)."""
+    deadline = time.monotonic() + 5
+    while text not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return text in caplog.text
 
 
 def test_a_connection_back_in_time_is_left_alone(
