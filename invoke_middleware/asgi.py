@@ -52,7 +52,7 @@ from invoke_middleware._bodies import close_body
 from invoke_middleware.errors import InvalidRequestError
 from invoke_middleware.limits import Limiter, fair_share, warn_unfair
 from invoke_middleware.middleware import InvokeMiddleware
-from invoke_middleware.request import CLIENT_GONE_KEY
+from invoke_middleware.request import CLIENT_GONE_KEY, WRITTEN_BY_CLOSE_KEY
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -197,8 +197,16 @@ def _client_left() -> InvalidRequestError:
     return InvalidRequestError("The client closed the connection before the body ended.")
 
 
+#: The largest piece of a response handed to a2wsgi's queue: a buffered answer (an invoke's
+#: base64, up to some 13 MiB) goes in pieces, so that a client that does not read holds the
+#: thread, and the request's concurrency slot, instead of the whole answer waiting in the
+#: server's buffer with neither held.
+_PIECE = 64 * 1024
+
+
 class _UntilClientLeaves:
-    """The gateway's response body, cut short once the client has gone away."""
+    """The gateway's response body in pieces of at most :data:`_PIECE` bytes, cut short once
+    the client has gone away."""
 
     __slots__ = ("_body", "_gone")
 
@@ -208,9 +216,10 @@ class _UntilClientLeaves:
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._body:
-            if self._gone.is_set():
-                return  # close() follows: it closes the upstream connection
-            yield chunk
+            for start in range(0, len(chunk), _PIECE):
+                if self._gone.is_set():
+                    return  # close() follows: it closes the upstream connection
+                yield chunk if len(chunk) <= _PIECE else chunk[start : start + _PIECE]
 
     def close(self) -> None:
         close_body(self._body)
@@ -304,6 +313,9 @@ class _GatewayWSGIApp:
         client.start()
         environ["wsgi.input_terminated"] = True  # the ASGI server signals the body's end
         environ[CLIENT_GONE_KEY] = client.gone.is_set
+        # a2wsgi queues what it takes for the event loop, and calls close() after its last
+        # send: a slot is held until then, not given back while the answer waits unwritten.
+        environ[WRITTEN_BY_CLOSE_KEY] = True
         request_uri = _request_uri(scope)
         if request_uri is not None:
             environ["REQUEST_URI"] = request_uri

@@ -531,7 +531,7 @@ class Admission:
             return  # released by another thread in between
         release()
 
-    def hold(self, response: _R, *, replaced: bool = False) -> _R:
+    def hold(self, response: _R, *, replaced: bool = False, until_close: bool = False) -> _R:
         """Add the rate-limit fields to ``response`` and keep the slot until its body ends.
 
         The response's own fields of the same names are dropped, unless ``replaced`` says
@@ -540,7 +540,9 @@ class Admission:
 
         The body ends when it is exhausted, fails or is closed (the client went away),
         whichever comes first: a buffered one too, since the server's thread is held while
-        it writes it to a client that may read slowly.
+        it writes it to a client that may read slowly. With ``until_close``, only when it is
+        closed: the server writes what it took from the body by then, not as it takes it
+        (:data:`~invoke_middleware.request.WRITTEN_BY_CLOSE_KEY`).
         """
         if self.replaces:
             fields = response.headers
@@ -553,10 +555,10 @@ class Admission:
             fields.extend(self.headers)
         if self._pending:
             body = response.body
-            if isinstance(body, RelayBody):
+            if isinstance(body, RelayBody) and not until_close:
                 body.also_on_end(self.release)  # ends however the relay ends
             else:
-                response.body = _HeldBody(body, self)
+                response.body = _HeldBody(body, self, until_close=until_close)
         return response
 
 
@@ -566,20 +568,23 @@ UNLIMITED = Admission((), None)
 
 class _HeldBody:
     """A response body that gives its concurrency slot back when it ends: written whole, failed
-    or closed."""
+    or closed (``until_close``: closed, once the server wrote what it took)."""
 
-    __slots__ = ("_admission", "_body")
+    __slots__ = ("_admission", "_body", "_until_close")
 
-    def __init__(self, body: Iterable[bytes], admission: Admission) -> None:
+    def __init__(self, body: Iterable[bytes], admission: Admission, *, until_close: bool) -> None:
         self._body = body
         self._admission = admission
+        self._until_close = until_close
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self._body
         finally:
-            # Exhausted, failed, or the generator closed: the relay is over either way.
-            self._admission.release()
+            # Exhausted, failed, or the generator closed: the relay is over either way, and
+            # written, unless the server writes it later.
+            if not self._until_close:
+                self._admission.release()
 
     def close(self) -> None:
         try:

@@ -49,7 +49,7 @@ from invoke_middleware.pipeline import (
     ServiceSecretResolver,
 )
 from invoke_middleware.registry import InMemoryServiceRegistry, ServiceRegistry
-from invoke_middleware.request import CLIENT_GONE_KEY, PipelineRequest
+from invoke_middleware.request import CLIENT_GONE_KEY, WRITTEN_BY_CLOSE_KEY, PipelineRequest
 from invoke_middleware.routing import RouteKind, RouteMatch, Router
 from invoke_middleware.transport.base import Transport
 
@@ -237,6 +237,7 @@ def _pipeline_request(environ: WSGIEnvironment) -> PipelineRequest:
         chunked=chunked,
         # A host that put anything but a callable there must not break its requests.
         client_gone=gone if callable(gone := environ.get(CLIENT_GONE_KEY)) else None,
+        written_by_close=environ.get(WRITTEN_BY_CLOSE_KEY) is True,
     )
 
 

@@ -414,7 +414,7 @@ class Pipeline:
             return response  # nothing to add, no slot to give back
         # An invoke's fields are the gateway's own; a relay's lost the upstream's RateLimit
         # fields, if the admission replaces them, with the rest of the filtering.
-        return admission.hold(response, replaced=True)
+        return admission.hold(response, replaced=True, until_close=request.written_by_close)
 
     # -- steps -------------------------------------------------------------------------
 

@@ -18,6 +18,12 @@ from invoke_middleware.transport.base import Timeouts
 #: has gone (the ASGI adapter does): a request that waited for a concurrency slot is then not
 #: relayed for nobody.
 CLIENT_GONE_KEY = "invoke_middleware.client_gone"
+#: The environ key under which a server adapter says (``True``) that what it takes from a
+#: response body is not written yet when it asks for the next piece, only once it calls the
+#: body's ``close()``: the ASGI adapter, whose thread queues pieces for the event loop. A
+#: concurrency slot is then held until ``close()``, so that a client that reads slowly holds
+#: its request's slot as long as it holds the thread.
+WRITTEN_BY_CLOSE_KEY = "invoke_middleware.written_by_close"
 
 
 class BodyReader(Protocol):
@@ -101,6 +107,9 @@ class PipelineRequest:
     #: (an MCP message's tool call, run on the message's thread): only the service's cap is
     #: taken for it (see :meth:`~invoke_middleware.limits.Limiter.admit`).
     within_caller: bool = False
+    #: The server writes the response body by the time it calls ``close()``, not as it takes
+    #: each piece (see :data:`WRITTEN_BY_CLOSE_KEY`).
+    written_by_close: bool = False
     #: The bytes and time an invoke made for this request shares with the others made for
     #: the same caller's request (``None``: its own, as the settings give them).
     allowance: SharedAllowance | None = field(default=None, repr=False, compare=False)

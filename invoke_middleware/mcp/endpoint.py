@@ -327,7 +327,7 @@ class MCPEndpoint:
         except BaseException:
             admission.release()
             raise
-        return admission.hold(response)
+        return admission.hold(response, until_close=request.written_by_close)
 
     def _authenticate(self, request: PipelineRequest) -> Principal:
         for resolver in self.pipeline.resolvers:

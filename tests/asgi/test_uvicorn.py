@@ -552,3 +552,36 @@ def test_only_a_gateway_or_its_tracing_wrapper_is_served() -> None:
 
     with pytest.raises(TypeError, match="InvokeMiddleware"):
         InvokeASGIMiddleware(host, gateway=no_wsgi_host)  # type: ignore[arg-type]
+
+
+def test_invoke_answers_left_unread_hold_their_team_s_slots(sink: SinkUpstream) -> None:
+    # An invoke answer (8 MiB of body, 11 MiB of base64) went to a2wsgi in one piece, which
+    # its queue took at once: the slot was given back before a byte was written, and one team
+    # left any number of answers waiting in the server's memory. In 64 KiB pieces, a client
+    # that reads nothing holds the thread and the slot; the team's third request is refused.
+    envelope = json.dumps({"method": "GET", "path": f"/download?size={8 * 1024 * 1024}"})
+    with running(sink.url, workers=4, client_timeout=CLIENT_TIMEOUT) as gateway:
+        unread: list[socket.socket] = []
+        try:
+            statuses = []
+            for _ in range(4):
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.settimeout(CLIENT_TIMEOUT)
+                sock.connect(("127.0.0.1", gateway.port))
+                sock.sendall(
+                    f"POST {PREFIX}/r/invoke/svc HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Authorization: Bearer {gateway.key}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(envelope)}\r\n\r\n{envelope}".encode()
+                )
+                statuses.append(int(sock.recv(12)[9:12]))  # the status line, nothing more
+                unread.append(sock)
+            # The fair-share caps for 4 workers, set on the first request: 2 for a team.
+            limiter = gateway.middleware.pipeline.limiter
+            assert limiter is not None
+            held = limiter.in_flight
+        finally:
+            for sock in unread:
+                sock.close()
+    assert statuses == [200, 200, 429, 429]
+    assert held == 2

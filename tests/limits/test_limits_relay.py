@@ -39,8 +39,8 @@ from invoke_middleware.limits import (
     ServiceLimits,
 )
 from invoke_middleware.pipeline import PipelineResponse, PipelineSettings
-from invoke_middleware.request import CLIENT_GONE_KEY
-from invoke_middleware.testing import MockTransport
+from invoke_middleware.request import CLIENT_GONE_KEY, WRITTEN_BY_CLOSE_KEY
+from invoke_middleware.testing import MockTransport, make_response
 from invoke_middleware.transport.base import Timeouts, UpstreamRequest, UpstreamResponse
 from invoke_middleware.transport.wsgi import WSGITransport
 from tests.integration.gateway import (
@@ -693,6 +693,25 @@ def test_a_buffered_answer_holds_its_slot_until_the_server_has_written_it(finish
     assert limiter.in_flight == 0
 
 
+def test_a_server_that_writes_by_close_keeps_the_slot_until_it_closes_the_body() -> None:
+    # The ASGI adapter's thread queues what it takes for the event loop, and its last send
+    # may wait for a client that reads nothing: the slot is held until close(), which comes
+    # after that send, not given back when the relay's body is exhausted.
+    limiter = Limiter(LimitSettings(team_max_in_flight=1))
+    middleware = InvokeMiddleware(
+        host_app().wsgi_app,
+        registry=InMemoryServiceRegistry([make_service("svc", "http://svc.internal")]),
+        transport=MockTransport(lambda _: make_response(200, chunks=[b"first", b"second"])),
+        limiter=limiter,
+    )
+    key = middleware.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
+    body = _call(middleware, key, **{WRITTEN_BY_CLOSE_KEY: True})
+    assert list(body) == [b"first", b"second"]
+    assert limiter.in_flight == 1  # taken whole, perhaps not written yet
+    body.close()  # type: ignore[attr-defined]
+    assert limiter.in_flight == 0
+
+
 # -- a slot is given back when the host or the upstream misbehaves ----------------------------
 
 
@@ -723,8 +742,8 @@ def _in_process_gateway(limiter: Limiter) -> tuple[InvokeMiddleware, str]:
     return middleware, middleware.credentials.issue(CredentialKind.INTEGRATION, team_id=TEAM).key
 
 
-def _call(middleware: InvokeMiddleware, key: str) -> Iterable[bytes]:
-    environ = {
+def _call(middleware: InvokeMiddleware, key: str, **extra: object) -> Iterable[bytes]:
+    environ: dict[str, object] = {
         "REQUEST_METHOD": "GET",
         "PATH_INFO": "/r/containers/svc/stream",
         "QUERY_STRING": "",
@@ -735,6 +754,7 @@ def _call(middleware: InvokeMiddleware, key: str) -> Iterable[bytes]:
         "HTTP_AUTHORIZATION": f"Bearer {key}",
         "wsgi.input": io.BytesIO(b""),
         "wsgi.url_scheme": "http",
+        **extra,
     }
     statuses: list[str] = []
     body = middleware(environ, lambda status, headers, exc_info=None: statuses.append(status))  # type: ignore[arg-type,return-value]
