@@ -228,19 +228,22 @@ class _Policy:
         caller = 0
         plan = self.credential
         credential_id = principal.credential_id
+        if principal.kind is _JWT and plan is not None:
+            # A token's jti is the identity provider's text: in a namespace of its own (an sk-
+            # key's id as a jti must not spend that key's budget), and short. A token without
+            # one is told from the user's others by nothing: it counts under its subject.
+            if credential_id is not None:
+                credential_id = _token_rate_id(credential_id)
+            elif principal.user_id is not None:
+                credential_id = "jwt-sub:" + _rate_id(principal.user_id)
         if plan is not None and credential_id is not None:
             caller = 2
-            if principal.kind is _JWT:
-                # A token's jti is the identity provider's text: in a namespace of its own
-                # (an sk- key's id as a jti must not spend that key's budget), and short.
-                credential_id = _token_rate_id(credential_id)
             keys.append((plan.prefix + credential_id + plan.suffix, plan.window, plan.amount))
         plan = self.user
         user_id = principal.user_id
         if plan is not None and user_id is not None:
             caller += 1
-            if len(user_id) > _MAX_RATE_ID:
-                user_id = _hashed(user_id)  # a JWT sub may be up to the header cap long
+            user_id = _rate_id(user_id)  # a JWT sub may be up to the header cap long
             keys.append((plan.prefix + user_id + plan.suffix, plan.window, plan.amount))
         keys.extend(self.shared_keys)
         plans, policies = self.rates_by_caller[caller]
@@ -252,8 +255,20 @@ class _Policy:
 _MAX_RATE_ID = 64
 
 
+_HASHED = "sha256:"
+
+
 def _hashed(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return _HASHED + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _rate_id(text: str) -> str:
+    """``text`` as a rate key's id: itself, or its hash when it is long, or when it reads like
+    a hash (so that no id is ever another's hashed form: a sub of "sha256:…" would share the
+    budget of the long sub that hashes to it)."""
+    if len(text) > _MAX_RATE_ID or text.startswith(_HASHED):
+        return _hashed(text)
+    return text
 
 
 _JWT = CredentialKind.JWT  # a module global: an enum member's lookup costs more on every request
@@ -262,7 +277,9 @@ _JWT = CredentialKind.JWT  # a module global: an enum member's lookup costs more
 @functools.lru_cache(maxsize=4096)
 def _token_rate_id(token_id: str) -> str:
     """The rate id of a user token's ``jti``: never equal to a key's id, at most 64 long."""
-    return "jwt:" + (token_id if len(token_id) <= _MAX_RATE_ID - 4 else _hashed(token_id))
+    if len(token_id) > _MAX_RATE_ID - 4 or token_id.startswith(_HASHED):
+        return "jwt:" + _hashed(token_id)
+    return "jwt:" + token_id
 
 
 class LimitOutcome(StrEnum):

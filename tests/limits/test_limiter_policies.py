@@ -4,6 +4,7 @@ as the team's or the service's own limits change; it keeps a bounded number of t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 import uuid
 
@@ -168,6 +169,36 @@ def test_a_token_id_never_spends_a_key_s_budget_and_long_ids_count_under_their_h
         limiter.admit(long_token, SERVICE, route="catch_all", request_id="r")
     keys = limiter._counter._windows  # type: ignore[union-attr]
     assert max(len(key) for key in keys) < 128
+
+
+def test_a_user_token_without_a_token_id_counts_under_its_subject() -> None:
+    # Without a jti nothing tells one of a user's tokens from another: it was counted under
+    # no credential budget at all, and its answers named no credential policy.
+    limiter = Limiter(LimitSettings(credential_rate=Rate(amount=2, window=3600)))
+    ada = Principal(kind=CredentialKind.JWT, team_id=TEAM, user_id="ada")
+    first = limiter.admit(ada, SERVICE, route="catch_all", request_id="r")
+    assert '"credential"' in dict(first.headers)["RateLimit-Policy"]
+    limiter.admit(ada, SERVICE, route="catch_all", request_id="r")
+    with pytest.raises(RateLimitedError):
+        limiter.admit(ada, SERVICE, route="catch_all", request_id="r")
+    bob = dataclasses.replace(ada, user_id="bob")
+    limiter.admit(bob, SERVICE, route="catch_all", request_id="r")  # a budget of its own
+    # Nor does it share one with a token whose jti reads like a subject's key.
+    ada_jti = dataclasses.replace(ada, user_id="carol", credential_id="-sub:ada")
+    limiter.admit(ada_jti, SERVICE, route="catch_all", request_id="r")
+
+
+def test_an_id_that_reads_like_a_hashed_one_never_shares_its_budget() -> None:
+    # A long sub counts under "sha256:" and 32 hex digits; a sub of exactly that text (which
+    # anyone can compute from the long one) spent the long sub's budget, across teams.
+    limiter = Limiter(LimitSettings(user_rate=Rate(amount=1, window=3600)))
+    long_sub = Principal(kind=CredentialKind.JWT, team_id=TEAM, user_id="u" * 100)
+    limiter.admit(long_sub, SERVICE, route="catch_all", request_id="r")
+    digest = "sha256:" + hashlib.sha256(b"u" * 100).hexdigest()[:32]
+    lookalike = Principal(kind=CredentialKind.JWT, team_id=OTHER_TEAM, user_id=digest)
+    limiter.admit(lookalike, SERVICE, route="catch_all", request_id="r")  # its own budget
+    with pytest.raises(RateLimitedError):
+        limiter.admit(long_sub, SERVICE, route="catch_all", request_id="r")
 
 
 def test_two_teams_services_with_one_id_keep_their_own_budgets() -> None:
