@@ -242,12 +242,18 @@ def _with_options(url: str, option: str) -> str:
     return parsed.update_query_dict({"options": options}).render_as_string(hide_password=False)
 
 
-def test_a_server_that_stops_answering_frees_the_thread_at_the_read_timeout(
-    monkeypatch: pytest.MonkeyPatch, postgres_server: sa.Engine, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.fixture
+def reads_bounded_at_one_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stores opened in the test bound a request's read at 1 s, not 10."""
     from invoke_middleware.store import sql
 
     monkeypatch.setattr(sql, "POSTGRESQL_READ_TIMEOUT", 1)
+
+
+@pytest.mark.usefixtures("reads_bounded_at_one_second")
+def test_a_server_that_stops_answering_frees_the_thread_at_the_read_timeout(
+    postgres_server: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
     with postgres_schema(postgres_server) as url, stalling_forwarder(5432) as forwarder:
         through = sa.make_url(url).set(port=forwarder.port)
         through = through.update_query_dict({"connect_timeout": "1"})
@@ -269,14 +275,12 @@ def test_a_server_that_stops_answering_frees_the_thread_at_the_read_timeout(
     assert_gateway_error(after, 502, "upstream_unreachable")
 
 
+@pytest.mark.usefixtures("reads_bounded_at_one_second")
 def test_a_read_no_statement_timeout_ends_is_ended_at_the_read_timeout(
-    monkeypatch: pytest.MonkeyPatch, postgres_server: sa.Engine
+    postgres_server: sa.Engine,
 ) -> None:
     # The URL turns the statement timeout off (an operator's choice the store keeps): a read
     # queued behind a lock is still bounded, by the client, and its connection replaced.
-    from invoke_middleware.store import sql
-
-    monkeypatch.setattr(sql, "POSTGRESQL_READ_TIMEOUT", 1)
     with (
         postgres_schema(postgres_server) as url,
         _opened(_with_options(url, "-cstatement_timeout=0")) as (store, key),
@@ -291,14 +295,10 @@ def test_a_read_no_statement_timeout_ends_is_ended_at_the_read_timeout(
     assert_gateway_error(after, 502, "upstream_unreachable")
 
 
-def test_what_is_not_a_request_read_is_not_bounded(
-    monkeypatch: pytest.MonkeyPatch, postgres_server: sa.Engine
-) -> None:
+@pytest.mark.usefixtures("reads_bounded_at_one_second")
+def test_what_is_not_a_request_read_is_not_bounded(postgres_server: sa.Engine) -> None:
     # A command (here, listing every service) may wait longer than a request may: for a lock
     # held 2 s, past the 1 s bound, it waits and answers.
-    from invoke_middleware.store import sql
-
-    monkeypatch.setattr(sql, "POSTGRESQL_READ_TIMEOUT", 1)
     with (
         postgres_schema(postgres_server) as url,
         _opened(_with_options(url, "-cstatement_timeout=0")) as (store, _),
