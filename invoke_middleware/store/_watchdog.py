@@ -39,17 +39,19 @@ class _Reading(threading.local):
     depth = 0
 
 
-_reading = _Reading()
+#: The calling thread's count of the request reads it is inside (:func:`bound_reads` counts
+#: through it; so may a caller on the hot path, without its calls).
+reading = _Reading()
 
 
 class _Bounded:
     __slots__ = ()
 
     def __enter__(self) -> None:
-        _reading.depth += 1
+        reading.depth += 1
 
     def __exit__(self, *_: object) -> None:
-        _reading.depth -= 1
+        reading.depth -= 1
 
 
 _BOUNDED = _Bounded()
@@ -65,7 +67,7 @@ def bound_reads() -> AbstractContextManager[None]:
 
 def reading_for_a_request() -> bool:
     """Whether the calling thread is inside :func:`bound_reads`."""
-    return _reading.depth > 0
+    return reading.depth > 0
 
 
 #: Seconds the timekeeper waits with nothing to watch before it ends (a new read starts

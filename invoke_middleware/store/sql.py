@@ -53,7 +53,7 @@ from invoke_middleware.registry import Service, ServiceStatus, ServiceType, is_v
 from invoke_middleware.store import _schema
 from invoke_middleware.store._cache import TTLCache
 from invoke_middleware.store._driver import DriverSelect
-from invoke_middleware.store._watchdog import bound_reads, watch_request_reads
+from invoke_middleware.store._watchdog import bound_reads, reading, watch_request_reads
 from invoke_middleware.transport.base import Timeouts
 
 logger = logging.getLogger("invoke_middleware.store")
@@ -167,14 +167,17 @@ def _answering(read: Callable[Concatenate[_V, _P], _T]) -> Callable[Concatenate[
 
     @functools.wraps(read)
     def answering(view: _V, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        # bound_reads(), without its calls: this runs several times for every request.
+        reading.depth += 1
         try:
-            with bound_reads():
-                return read(view, *args, **kwargs)
+            return read(view, *args, **kwargs)
         except sa.exc.SQLAlchemyError as exc:
             if not _cannot_answer(exc, view._engine.dialect.name):
                 raise
             _report_unavailable(view._engine, exc)
             raise StoreUnavailableError from exc
+        finally:
+            reading.depth -= 1
 
     return answering
 
