@@ -6,6 +6,7 @@ response can be anything a broken or hostile upstream might send.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -414,6 +415,19 @@ def test_requests_transport_relays_a_body_of_tiny_chunks_at_a_pace(
     assert relayed == body
     assert pause - 0.001 <= sum(pauses) <= pause
     assert all(taken >= 0.001 for taken in pauses)
+
+
+@pytest.mark.parametrize("kind", ["http", "requests"])
+def test_a_status_code_past_599_is_an_upstream_error_on_either_transport(kind: str) -> None:
+    head = b"HTTP/1.1 999 Whatever\r\nContent-Length: 3\r\n\r\nabc"
+    transport = wire_transport(kind)
+    timeouts = Timeouts(connect=2, read=2, total=5)
+    request = UpstreamRequest(method="GET", url="", headers=(), timeouts=timeouts)
+    try:
+        with scripted([head]) as url, pytest.raises(UpstreamError, match="past 599"):
+            transport.send(dataclasses.replace(request, url=url + "/"))
+    finally:
+        transport.close()
 
 
 def test_chunks_arriving_apart_are_handed_out_as_they_arrive() -> None:
