@@ -104,8 +104,14 @@ def serve_waitress(app: WSGIApplication) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
         server.task_dispatcher.shutdown()
-        for channel in list(server._map.values()):  # the listener and any open connection
-            channel.close()
+
+        def close_all() -> None:
+            for channel in list(server._map.values()):  # the listener, connections, trigger
+                channel.close()
+
+        # Closed on the server's own thread, between two polls: closed from here, a socket
+        # could go while its loop waits on it, which fails that thread (EBADF in select).
+        server.trigger.pull_trigger(close_all)
         thread.join(JOIN_TIMEOUT)
 
 
