@@ -219,7 +219,7 @@ class _UntilClientLeaves:
             for start in range(0, len(chunk), _PIECE):
                 if self._gone.is_set():
                     return  # close() follows: it closes the upstream connection
-                yield chunk if len(chunk) <= _PIECE else chunk[start : start + _PIECE]
+                yield chunk[start : start + _PIECE]  # the chunk itself when it fits one piece
 
     def close(self) -> None:
         close_body(self._body)

@@ -262,11 +262,11 @@ def _hashed(text: str) -> str:
     return _HASHED + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _rate_id(text: str) -> str:
-    """``text`` as a rate key's id: itself, or its hash when it is long, or when it reads like
-    a hash (so that no id is ever another's hashed form: a sub of "sha256:…" would share the
-    budget of the long sub that hashes to it)."""
-    if len(text) > _MAX_RATE_ID or text.startswith(_HASHED):
+def _rate_id(text: str, longest: int = _MAX_RATE_ID) -> str:
+    """``text`` as a rate key's id: itself, or its hash when it is longer than ``longest``, or
+    when it reads like a hash (so that no id is ever another's hashed form: a sub of
+    "sha256:…" would share the budget of the long sub that hashes to it)."""
+    if len(text) > longest or text.startswith(_HASHED):
         return _hashed(text)
     return text
 
@@ -277,9 +277,7 @@ _JWT = CredentialKind.JWT  # a module global: an enum member's lookup costs more
 @functools.lru_cache(maxsize=4096)
 def _token_rate_id(token_id: str) -> str:
     """The rate id of a user token's ``jti``: never equal to a key's id, at most 64 long."""
-    if len(token_id) > _MAX_RATE_ID - 4 or token_id.startswith(_HASHED):
-        return "jwt:" + _hashed(token_id)
-    return "jwt:" + token_id
+    return "jwt:" + _rate_id(token_id, _MAX_RATE_ID - 4)
 
 
 class LimitOutcome(StrEnum):

@@ -165,15 +165,14 @@ class PipelineResponse:
 
 def _json_response(status: int, payload: object, request_id: str) -> PipelineResponse:
     return _json_body_response(
-        status, json.dumps(payload, separators=(",", ":")).encode(), request_id
+        status, (json.dumps(payload, separators=(",", ":")).encode(),), request_id
     )
 
 
 def _json_body_response(
-    status: int, body: bytes | tuple[bytes, ...], request_id: str
+    status: int, pieces: tuple[bytes, ...], request_id: str
 ) -> PipelineResponse:
-    """A JSON answer; ``body`` the bytes, or pieces that join to them (sent one by one)."""
-    pieces = (body,) if isinstance(body, bytes) else body
+    """A JSON answer whose body is ``pieces`` joined (sent one by one)."""
     return PipelineResponse(
         status=status,
         reason=reason_phrase(status),

@@ -55,9 +55,14 @@ class SharedAllowance:
         return max(0, self.limit - self.used)
 
     @property
+    def bytes_spent(self) -> bool:
+        """Whether no more bytes may be read."""
+        return self.used >= self.limit
+
+    @property
     def spent(self) -> bool:
         """Whether no more bytes may be read, or no more time is left."""
-        return self.used >= self.limit or self.seconds_left() == 0
+        return self.bytes_spent or self.seconds_left() == 0
 
     def seconds_left(self) -> float | None:
         """``None`` without a deadline; otherwise what is left of it, never below 0."""

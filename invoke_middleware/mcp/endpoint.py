@@ -403,11 +403,11 @@ class MCPEndpoint:
             unparsed = JSONRPCError(PARSE_ERROR, "Parse error: the body is not a JSON document.")
             return 400, _error_response(None, unparsed)
         if isinstance(document, list):
-            header = exchange.request.headers.get(VERSION_HEADER)
-            if header is not None and header.strip() not in SUPPORTED_VERSIONS:
+            unsupported = _unsupported_version(exchange.request.headers)
+            if unsupported is not None:
                 # Judged before the batch is, as for one message: the list of supported
                 # revisions is what a client learns from this answer.
-                return 400, _error_response(None, unsupported_version(header.strip()))
+                return 400, _error_response(None, unsupported)
             return self._batch(document, exchange)
         try:
             return self._one(document, exchange)
@@ -452,14 +452,10 @@ class MCPEndpoint:
         """The status and the encoded response to one message, ``None`` for none; raises
         :class:`UnacceptableNotificationError`, which no response answers."""
         headers = exchange.request.headers
-        header = headers.get(VERSION_HEADER)
-        if header is not None and header.strip() not in SUPPORTED_VERSIONS:
-            # 2025-06-18 and later, "Protocol Version Header": any POST naming a revision the
-            # server does not speak is 400, a notification's too, before anything its message
-            # holds is judged. Only a request's id is echoed: a client's response is answered
-            # by nothing.
+        refusal = _unsupported_version(headers)
+        if refusal is not None:
+            # Only a request's id is echoed: a client's response is answered by nothing.
             asks = isinstance(document, dict) and "method" in document
-            refusal = unsupported_version(header.strip())
             return 400, _error_response(request_id_of(document) if asks else None, refusal)
         guessed = _era_from_header(headers)
         try:
@@ -729,7 +725,7 @@ class _ToolCall:
     def _not_made(self) -> dict[str, Any]:
         """The refusal of a call the request has nothing left for."""
         allowance = self.exchange.allowance
-        if allowance.used >= allowance.limit:
+        if allowance.bytes_spent:
             message = (
                 f"The tool calls of this request already read {allowance.limit} bytes of "
                 "responses; the call was not made. Make it in a request of its own."
@@ -791,7 +787,7 @@ class _ToolCall:
 
     def _no_room(self) -> str:
         allowance = self.exchange.allowance
-        if allowance.used < allowance.limit and allowance.spent:
+        if not allowance.bytes_spent:  # the time is
             return (
                 "the tool calls of this request already took the gateway's total timeout; ask "
                 "for this service in a request of its own"
@@ -974,6 +970,16 @@ def _error_response(message_id: str | int | None, error: JSONRPCError) -> bytes:
     # An id that could not be read is null (JSON-RPC 2.0 §5): the member is required, and
     # clients (the official SDKs among them) refuse an error without it.
     return _encode({"jsonrpc": "2.0", "id": message_id, "error": error.as_error_object()})
+
+
+def _unsupported_version(headers: Headers) -> JSONRPCError | None:
+    """The refusal of a request naming a revision the server does not speak (2025-06-18 and
+    later, "Protocol Version Header": any POST, a notification's too, is 400 before anything
+    its message holds is judged); ``None`` when it names none or a supported one."""
+    header = headers.get(VERSION_HEADER)
+    if header is None or header.strip() in SUPPORTED_VERSIONS:
+        return None
+    return unsupported_version(header.strip())
 
 
 def _era_from_header(headers: Headers) -> Era:

@@ -225,8 +225,7 @@ def watch_request_reads(engine: Engine, seconds: float, *, name: str) -> ReadWat
             if dialect.is_disconnect(exc, dbapi_connection, None):
                 # As pool_pre_ping does: the pool drops every connection it holds (after a
                 # failover or a server stop, each would cost a request its stall) and
-                # checks out a new one.
-                watchdog.release(dbapi_connection)
+                # checks out a new one. Invalidating this one releases its watch.
                 raise sa.exc.InvalidatePoolError(str(exc)) from exc
             raise
 
