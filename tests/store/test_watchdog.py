@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from invoke_middleware.store._watchdog import ReadWatchdog, bound_reads, reading_for_a_request
+from tests.limits.conftest import wait_until
 
 BOUND = 0.3
 
@@ -51,7 +52,9 @@ def test_a_connection_out_past_the_bound_has_its_socket_shut_down(
 
     assert received == b""  # the waiting receive ends, as a lost connection
     assert BOUND <= took < 2, took
-    assert _logged("store postgresql://db did not answer a read within 0.3 s", caplog)
+    # Logged by the timekeeper, on its own thread, after it shut the socket down.
+    logged = "store postgresql://db did not answer a read within 0.3 s"
+    wait_until(lambda: logged in caplog.text, "the warning is logged")
     # The descriptor is still the connection's own: its owner closes it.
     assert one.fileno() >= 0
     assert watchdog.watching == 0
@@ -84,10 +87,7 @@ def test_the_timekeeper_ends_when_idle_and_a_new_watch_starts_another(
     watchdog = ReadWatchdog(BOUND, name="db", idle=0.1)
     watchdog.watch(one)
     watchdog.release(one)
-    deadline = time.monotonic() + 5
-    while _timekeepers(watchdog) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not _timekeepers(watchdog)
+    wait_until(lambda: not _timekeepers(watchdog), "the idle timekeeper ends")
 
     watchdog.watch(one)
     assert _received_within(one, 5)[0] == b""
@@ -96,15 +96,6 @@ def test_the_timekeeper_ends_when_idle_and_a_new_watch_starts_another(
 def _timekeepers(watchdog: ReadWatchdog) -> bool:
     thread = watchdog._thread
     return thread is not None and thread.is_alive()
-
-
-def _logged(text: str, caplog: pytest.LogCaptureFixture) -> bool:
-    """Whether ``text`` is logged within a few seconds (the timekeeper logs after it shut the
-    socket down, on its own thread)."""
-    deadline = time.monotonic() + 5
-    while text not in caplog.text and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return text in caplog.text
 
 
 def test_a_connection_back_in_time_is_left_alone(
