@@ -158,6 +158,13 @@ def _plan(kind: LimitKind, rate: Rate) -> _RatePlan:
 #: Policies kept at most (one per team and service met): past it, they are worked out again.
 _MAX_POLICIES = 4096
 
+#: A caller as its rates tell it apart: its kind of credential, its credential id, its user.
+_Who = tuple[CredentialKind, "str | None", "str | None"]
+#: A caller's index in :attr:`_Policy.rates_by_caller` and the keys of its own rates.
+_Caller = tuple[int, tuple["RateKey", ...]]
+#: Callers whose keys are kept at most: past it, they are worked out again.
+_MAX_CALLERS = 4096
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Policy:
@@ -174,8 +181,6 @@ class _Policy:
     #: The team's slot, when a reserve is kept for teams with nothing in flight.
     team: _Slot | None
     release: Callable[[], None]
-    credential: _RatePlan | None
-    user: _RatePlan | None
     #: The keys of the team's and the service's rates.
     shared_keys: tuple[RateKey, ...]
     #: By caller (with a credential id: +2, with a user id: +1), the rates that count its
@@ -207,8 +212,6 @@ class _Policy:
             )
             rates_by_caller.append((plans, PolicySet(tuple(plan.policy for plan in plans))))
         return cls(
-            credential=credential,
-            user=user,
             shared_keys=tuple(key for _, key in shared),
             rates_by_caller=tuple(rates_by_caller),
             rates=bool(shared) or credential is not None or user is not None,
@@ -219,35 +222,6 @@ class _Policy:
             team=team,
             release=release,
         )
-
-    def rates_of(
-        self, principal: Principal
-    ) -> tuple[tuple[_RatePlan, ...], PolicySet, list[RateKey]]:
-        """The rates that count ``principal``'s request, their policies and their keys."""
-        keys: list[RateKey] = []
-        caller = 0
-        plan = self.credential
-        credential_id = principal.credential_id
-        if principal.kind is _JWT and plan is not None:
-            # A token's jti is the identity provider's text: in a namespace of its own (an sk-
-            # key's id as a jti must not spend that key's budget), and short. A token without
-            # one is told from the user's others by nothing: it counts under its subject.
-            if credential_id is not None:
-                credential_id = _token_rate_id(credential_id)
-            elif principal.user_id is not None:
-                credential_id = "jwt-sub:" + _rate_id(principal.user_id)
-        if plan is not None and credential_id is not None:
-            caller = 2
-            keys.append((plan.prefix + credential_id + plan.suffix, plan.window, plan.amount))
-        plan = self.user
-        user_id = principal.user_id
-        if plan is not None and user_id is not None:
-            caller += 1
-            user_id = _rate_id(user_id)  # a JWT sub may be up to the header cap long
-            keys.append((plan.prefix + user_id + plan.suffix, plan.window, plan.amount))
-        keys.extend(self.shared_keys)
-        plans, policies = self.rates_by_caller[caller]
-        return plans, policies, keys
 
 
 # Ids longer than this (a JWT's sub, or any jti) count under their hash: every key held in
@@ -274,7 +248,6 @@ def _rate_id(text: str, longest: int = _MAX_RATE_ID) -> str:
 _JWT = CredentialKind.JWT  # a module global: an enum member's lookup costs more on every request
 
 
-@functools.lru_cache(maxsize=4096)
 def _token_rate_id(token_id: str) -> str:
     """The rate id of a user token's ``jti``: never equal to a key's id, at most 64 long."""
     return "jwt:" + _rate_id(token_id, _MAX_RATE_ID - 4)
@@ -814,6 +787,7 @@ class Limiter:
             )
         }
         self._policies: dict[tuple[int, int], _Policy] = {}
+        self._callers: dict[_Who, _Caller] = {}
         self._counter: RateCounter | None = None
         self._counter_lock = threading.Lock()
         # A failing store is said once per interval, not once per request.
@@ -1030,7 +1004,12 @@ class Limiter:
         route: str,
         request_id: str,
     ) -> tuple[tuple[str, str], ...]:
-        plans, policies, keys = policy.rates_of(principal)
+        who = (principal.kind, principal.credential_id, principal.user_id)
+        caller = self._callers.get(who)
+        if caller is None:
+            caller = self._caller(who)
+        plans, policies = policy.rates_by_caller[caller[0]]
+        keys = caller[1] + policy.shared_keys
         counter = self._counter if self._counter is not None else self._open_counter()
         try:
             counts = counter.hit(keys)
@@ -1049,6 +1028,37 @@ class Limiter:
             wait = until_admitted(policies, counts)
             raise RateLimitedError(headers=(retry_after(wait), *headers))
         return headers
+
+    def _caller(self, who: _Who) -> _Caller:
+        """The rates that count one caller's requests whatever its service, worked out when
+        the caller is first met: which of them apply (with a credential id: +2, with a user
+        id: +1, the index of :attr:`_Policy.rates_by_caller`) and their keys."""
+        kind, credential_id, user_id = who
+        keys: list[RateKey] = []
+        caller = 0
+        plan = self._plans[LimitKind.CREDENTIAL_RATE]
+        if kind is _JWT and plan is not None:
+            # A token's jti is the identity provider's text: in a namespace of its own (an sk-
+            # key's id as a jti must not spend that key's budget), and short. A token without
+            # one is told from the user's others by nothing: it counts under its subject.
+            if credential_id is not None:
+                credential_id = _token_rate_id(credential_id)
+            elif user_id is not None:
+                credential_id = "jwt-sub:" + _rate_id(user_id)
+        if plan is not None and credential_id is not None:
+            caller = 2
+            keys.append((plan.prefix + credential_id + plan.suffix, plan.window, plan.amount))
+        plan = self._plans[LimitKind.USER_RATE]
+        if plan is not None and user_id is not None:
+            caller += 1
+            user_id = _rate_id(user_id)  # a JWT sub may be up to the header cap long
+            keys.append((plan.prefix + user_id + plan.suffix, plan.window, plan.amount))
+        known = (caller, tuple(keys))
+        if len(self._callers) >= _MAX_CALLERS:
+            # Memory follows the callers of late, not every credential ever seen.
+            self._callers.clear()
+        self._callers[who] = known
+        return known
 
     def _plan_over(self, kind: LimitKind, own: Rate | None) -> _RatePlan | None:
         """A team's or service's own rate of ``kind`` when it has one, else the configured."""

@@ -14,6 +14,7 @@ from invoke_middleware import CredentialKind, Service
 from invoke_middleware.auth.principal import Principal
 from invoke_middleware.errors import RateLimitedError, TooManyInFlightError
 from invoke_middleware.limits import (
+    _MAX_CALLERS,
     _MAX_POLICIES,
     Admission,
     Limiter,
@@ -145,6 +146,19 @@ def test_a_wait_for_a_global_slot_that_raises_gives_the_teams_slot_back(
     held.release()
     assert {kind: slot.count for (kind, _), slot in in_flight._slots.items()} == {"team": 0}
     assert limiter.waiting == 0
+
+
+def test_callers_kept_stay_bounded_and_keep_their_budgets_when_worked_out_again() -> None:
+    limiter = Limiter(LimitSettings(credential_rate=Rate(amount=1, window=3600)))
+    admit(limiter)
+    for number in range(_MAX_CALLERS + 100):
+        caller = dataclasses.replace(PRINCIPAL, credential_id=f"sk-{number}")
+        limiter.admit(caller, SERVICE, route="catch_all", request_id="r")
+    assert len(limiter._callers) <= _MAX_CALLERS
+    # Its keys were dropped with the others' and worked out again: its window is the same.
+    assert PRINCIPAL.credential_id not in {who[1] for who in limiter._callers}
+    with pytest.raises(RateLimitedError):
+        admit(limiter)
 
 
 def test_a_token_id_never_spends_a_key_s_budget_and_long_ids_count_under_their_hash() -> None:
