@@ -10,7 +10,10 @@ All wrap the same trivial host app:
 - ``make_bare()``: the host alone, answering every request itself;
 - ``make_floor()``: the least any relay of ``/r/containers/bench/<tail>`` can do (one
   kept-alive upstream connection per thread, one send and one receive per request, nothing
-  checked): what a relay costs under a server before it does any of a gateway's work.
+  checked): what a relay costs under a server before it does any of a gateway's work;
+- ``make_relay_ab()``: for ``bench/bench_limits.py``, the relay without a limiter, with the
+  in-memory one, and with two floors under it (:class:`FieldsOnlyLimiter`,
+  :class:`LeastLimiter`), in one process.
 
 They read ``BENCH_UPSTREAM`` (the upstream's base URL) and ``BENCH_STREAM_UPSTREAM`` (that of
 the ``stream`` service and route, for downloads, uploads and events; ``BENCH_UPSTREAM`` when
@@ -25,9 +28,12 @@ the master.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,10 +51,15 @@ from invoke_middleware import (
     ServiceStatus,
     ServiceType,
 )
-from invoke_middleware.limits import DEFAULT_RATE_BATCH, Limiter, LimitSettings, Rate
+from invoke_middleware._ratelimit_headers import PolicySet, rate_limit_headers
+from invoke_middleware.errors import RateLimitedError, TooManyInFlightError
+from invoke_middleware.limits import DEFAULT_RATE_BATCH, Admission, Limiter, LimitSettings, Rate
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from invoke_middleware.auth.principal import Principal
+    from invoke_middleware.registry import Service
 
 TEAM = uuid.UUID("0b0b0b0b-0000-4000-8000-00000000be4c")
 BODY = b"hello, world\n"
@@ -82,15 +93,20 @@ def bench_registry(upstream_url: str, stream_url: str | None = None) -> InMemory
     return registry
 
 
+#: The rates of :func:`bench_limiter`: high enough never to refuse.
+BENCH_RATE = Rate(amount=10**9, window=3600)
+#: Its concurrency cap per team.
+BENCH_TEAM_CAP = 64
+
+
 def bench_limiter(storage_url: str, prefix: str, rate_batch: int = DEFAULT_RATE_BATCH) -> Limiter:
     """The limiter the limits benchmark measures: a per-team concurrency cap and two rates
     (per credential, per team) high enough never to refuse."""
-    never = Rate(amount=10**9, window=3600)
     return Limiter(
         LimitSettings(
-            team_max_in_flight=64,
-            credential_rate=never,
-            team_rate=never,
+            team_max_in_flight=BENCH_TEAM_CAP,
+            credential_rate=BENCH_RATE,
+            team_rate=BENCH_RATE,
             storage_url=storage_url,
             key_prefix=prefix,
             rate_batch=rate_batch,
@@ -113,21 +129,118 @@ def make_relay(limits: str | None = None) -> WSGIApplication:
     return middleware
 
 
-def make_relay_ab() -> WSGIApplication:
-    """Two gateways in one process, one key for both: ``/a/r/...`` without a limiter and
-    ``/b/r/...`` with the in-memory one, so that the limiter is measured in the same worker
-    (same threads, same memory layout) as its baseline. Writes ``BENCH_KEY_FILE`` + ``.ab``.
+class FieldsOnlyLimiter(Limiter):
+    """A floor under any limiter that writes the IETF fields: every request is admitted with
+    the same two fields (the values :func:`bench_limiter` writes, fixed), and nothing is
+    counted or held. What it adds to the relay is the pipeline attaching two fields and the
+    server checking and writing them: the part of a limiter's cost that no limiter's own code
+    can remove."""
 
-    Each request goes straight to its own gateway (by its first path segment), so neither
-    pays for the other."""
+    def __init__(self) -> None:
+        super().__init__()
+        amount, window = BENCH_RATE.amount, BENCH_RATE.window
+        policies = PolicySet((("credential", amount, window), ("team", amount, window)))
+        fields, _ = rate_limit_headers(policies, [(1, float(window)), (1, float(window))])
+        self._admission = Admission(fields, None)
+
+    def admit(
+        self,
+        principal: Principal,
+        service: Service,
+        *,
+        route: str,
+        request_id: str,
+        within_caller: bool = False,
+    ) -> Admission:
+        return self._admission
+
+
+class LeastLimiter(Limiter):
+    """A floor under the in-memory limiter: the least work that :func:`bench_limiter`'s policy
+    needs, written for it alone. Under one lock, it takes the team's slot and counts the
+    credential's and the team's fixed windows, kept in two plain tables; it formats
+    ``RateLimit`` from the tightest of the two, and gives the slot back when the relay ends.
+    No settings, overrides, other limits, store or events; a refusal says nothing but 429."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._held: dict[int, int] = {}
+        self._credentials: dict[str | None, list[float]] = {}
+        self._teams: dict[int, list[float]] = {}
+        amount, window = BENCH_RATE.amount, BENCH_RATE.window
+        self._policies = (
+            "RateLimit-Policy",
+            PolicySet((("credential", amount, window), ("team", amount, window))).value,
+        )
+
+    def admit(
+        self,
+        principal: Principal,
+        service: Service,
+        *,
+        route: str,
+        request_id: str,
+        within_caller: bool = False,
+    ) -> Admission:
+        now = time.monotonic()
+        team = principal.team_id.int
+        amount, window = BENCH_RATE.amount, BENCH_RATE.window
+        self._lock.acquire()
+        try:
+            held = self._held.get(team, 0)
+            if held >= BENCH_TEAM_CAP:
+                raise TooManyInFlightError()
+            credential = self._credentials.get(principal.credential_id)
+            if credential is None or credential[1] <= now:
+                credential = self._credentials[principal.credential_id] = [0, now + window]
+            shared = self._teams.get(team)
+            if shared is None or shared[1] <= now:
+                shared = self._teams[team] = [0, now + window]
+            credential[0] += 1
+            shared[0] += 1
+            self._held[team] = held + 1
+        finally:
+            self._lock.release()
+        left, shared_left = amount - credential[0], amount - shared[0]
+        if left < 0 or shared_left < 0:
+            self._release(team)
+            raise RateLimitedError()
+        if shared_left < left or (shared_left == left and shared[1] > credential[1]):
+            state = f'"team";r={shared_left};t={math.ceil(shared[1] - now)}'
+        else:
+            state = f'"credential";r={left};t={math.ceil(credential[1] - now)}'
+        return Admission(
+            (self._policies, ("RateLimit", state)), functools.partial(self._release, team)
+        )
+
+    def _release(self, team: int) -> None:
+        with self._lock:
+            self._held[team] -= 1
+
+
+def make_relay_ab() -> WSGIApplication:
+    """Gateways in one process, one key for all: ``/a/r/...`` without a limiter, ``/b/r/...``
+    with the in-memory one, and the two floors under it, ``/c/r/...`` with
+    :class:`FieldsOnlyLimiter` and ``/d/r/...`` with :class:`LeastLimiter`; so that each
+    limiter is measured in the same worker (same threads, same memory layout) as its
+    baseline. Writes ``BENCH_KEY_FILE`` + ``.ab``.
+
+    Each request goes straight to its own gateway (by its first path segment), so none pays
+    for the others."""
     registry = bench_registry(os.environ["BENCH_UPSTREAM"])
     credentials = InMemoryCredentialStore()
-    limiter = bench_limiter("memory://", os.environ["BENCH_REDIS_PREFIX"])
+    limiters: dict[str, Limiter | None] = {
+        "a": None,
+        "b": bench_limiter("memory://", os.environ["BENCH_REDIS_PREFIX"]),
+        "c": FieldsOnlyLimiter(),
+        "d": LeastLimiter(),
+    }
     gateways = {
-        "/a/": InvokeMiddleware(host, prefix="/a", registry=registry, credentials=credentials),
-        "/b/": InvokeMiddleware(
-            host, prefix="/b", registry=registry, credentials=credentials, limiter=limiter
-        ),
+        f"/{name}/": InvokeMiddleware(
+            host, prefix=f"/{name}", registry=registry, credentials=credentials, limiter=limiter
+        )
+        for name, limiter in limiters.items()
     }
 
     def dispatch(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

@@ -183,13 +183,23 @@ def served_rounds(args: argparse.Namespace, prefix: str) -> dict[str, list[bench
     return rounds
 
 
-def same_process_rounds(args: argparse.Namespace, prefix: str) -> dict[str, list[float]]:
-    """The catch-all without and with the in-memory limiter in one gunicorn worker
-    (``apps.make_relay_ab``), in alternating short rounds: the worker's CPU µs per request.
-    Two processes differ by more than the limiter costs (placement, memory layout); one
-    process, alternating, cancels that out."""
-    cpu: dict[str, list[float]] = {"none": [], "memory": []}
-    paths = {"none": "/a/r/containers/bench/hello", "memory": "/b/r/containers/bench/hello"}
+#: The gateways of ``apps.make_relay_ab``, by the first segment of their paths.
+AB_PATHS = {
+    "none": "/a/r/containers/bench/hello",
+    "memory": "/b/r/containers/bench/hello",
+    "fields only": "/c/r/containers/bench/hello",
+    "least": "/d/r/containers/bench/hello",
+}
+
+
+def same_process_rounds(
+    args: argparse.Namespace, prefix: str
+) -> dict[str, list[tuple[float, float]]]:
+    """The catch-all without a limiter, with the in-memory one and with its two floors, in
+    one gunicorn worker (``apps.make_relay_ab``), in alternating short rounds: the worker's
+    CPU µs per request, user and system. Two processes differ by more than the limiter costs
+    (placement, memory layout); one process, alternating, cancels that out."""
+    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in AB_PATHS}
     with ExitStack() as stack:
         scratch, env, _ = _upstream_for_servers(stack, args, prefix)
         port = harness.free_port()
@@ -197,21 +207,28 @@ def same_process_rounds(args: argparse.Namespace, prefix: str) -> dict[str, list
         master = stack.enter_context(bench_relay.running(gunicorn, port, env))
         workers = bench_relay.workers_of(master, args.workers)
         key = (scratch / "key.ab").read_text(encoding="utf-8")
-        requests = {name: harness.Request(path=path) for name, path in paths.items()}
+        requests = {name: harness.Request(path=path) for name, path in AB_PATHS.items()}
         for request in requests.values():
             harness.check(port, key, request)
             harness.wrk_load(port, key, connections=args.connections, seconds=1, request=request)
-        for _ in range(args.ab_rounds):
-            for name, request in requests.items():
-                before = sum(harness.cpu_seconds(workers))
+        for round_number in range(args.ab_rounds):
+            # Each gateway first as often as last: a round after another finds the worker warm.
+            names = list(requests)
+            order = names[round_number % len(names) :] + names[: round_number % len(names)]
+            for name in order:
+                user, system = harness.cpu_seconds(workers)
                 load = harness.wrk_load(
                     port, key, connections=args.connections, seconds=args.ab_seconds,
-                    request=request,
+                    request=requests[name],
                 )  # fmt: skip
-                cpu[name].append((sum(harness.cpu_seconds(workers)) - before) / load.requests * 1e6)
+                user_after, system_after = harness.cpu_seconds(workers)
+                per_request = 1e6 / load.requests
+                cpu[name].append(
+                    ((user_after - user) * per_request, (system_after - system) * per_request)
+                )
         print(
-            f"same process: none {_median(cpu['none']):.0f} µs/req, "
-            f"memory {_median(cpu['memory']):.0f} µs/req",
+            "same process: "
+            + ", ".join(f"{name} {_median(_totals(cpu[name])):.0f} µs/req" for name in AB_PATHS),
             file=sys.stderr,
         )
     return cpu
@@ -225,8 +242,7 @@ def instruction_rounds(args: argparse.Namespace, prefix: str) -> dict[str, list[
     kept-alive connection, the counters zeroed before each batch and dumped after.
     Deterministic where CPU time is not; it counts user space only (the system calls are the
     same with and without the limiter)."""
-    counts: dict[str, list[float]] = {"none": [], "memory": []}
-    paths = {"none": "/a/r/containers/bench/hello", "memory": "/b/r/containers/bench/hello"}
+    counts: dict[str, list[float]] = {name: [] for name in AB_PATHS}
     with ExitStack() as stack:
         scratch, env, _ = _upstream_for_servers(stack, args, prefix)
         env["PYTHONPATH"] = f"{BENCH}{os.pathsep}{ROOT}"
@@ -250,11 +266,11 @@ def instruction_rounds(args: argparse.Namespace, prefix: str) -> dict[str, list[
                 if response.status != 200 or response.read() != EXPECTED_BODY:
                     raise RuntimeError(f"{path}: {response.status}")
 
-        for path in paths.values():  # warm-up: the pooled connection, caches, lazy imports
+        for path in AB_PATHS.values():  # warm-up: the pooled connection, caches, lazy imports
             requests(path, 50)
         dumps = 0
         for _ in range(args.callgrind_rounds):
-            for name, path in paths.items():
+            for name, path in AB_PATHS.items():
                 _callgrind_control("--zero", server.pid)
                 requests(path, args.callgrind_requests)
                 _callgrind_control("--dump", server.pid)
@@ -337,7 +353,7 @@ def main() -> None:
         if args.served_rounds:
             served_args = argparse.Namespace(**{**vars(args), "rounds": args.served_rounds})
             served = served_rounds(served_args, prefix)
-        same: dict[str, list[float]] = {}
+        same: dict[str, list[tuple[float, float]]] = {}
         if args.ab_rounds and args.client == "wrk":
             same = same_process_rounds(args, prefix)
         instructions: dict[str, list[float]] = {}
@@ -361,7 +377,7 @@ def render(
     rounds: dict[str, list[Round]],
     alone: dict[str, list[Round]],
     served: dict[str, list[bench_relay.Round]],
-    same: dict[str, list[float]],
+    same: dict[str, list[tuple[float, float]]],
     instructions: dict[str, list[float]],
     load_before: float,
     load_after: float,
@@ -472,37 +488,75 @@ def render_served(
     return lines
 
 
-def render_same_process(args: argparse.Namespace, same: dict[str, list[float]]) -> list[str]:
-    added = [m - n for m, n in zip(same["memory"], same["none"], strict=True)]
-    ratios = [a / n for a, n in zip(added, same["none"], strict=True)]
-    quartiles = statistics.quantiles(ratios, n=4)
-    return [
+#: What each gateway of ``apps.make_relay_ab`` is, in the tables.
+AB_LABELS = {
+    "none": "none",
+    "memory": "in-memory limiter",
+    "fields only": "floor: the two fields, fixed (`FieldsOnlyLimiter`)",
+    "least": "floor: this policy's least work (`LeastLimiter`)",
+}
+
+AB_ABOUT = [
+    "`apps.make_relay_ab` serves four gateways from one process, one key for all, each",
+    "request sent to its own gateway by its first path segment: `/a/...` without a limiter,",
+    "`/b/...` with the in-memory one, and two floors under it. **fields only** admits every",
+    "request with the same two fields and counts nothing: what any limiter writing",
+    "`RateLimit-Policy` and `RateLimit` costs, in the pipeline and in the server, whatever its",
+    "own code. **least** does the least work of this policy, written for it alone: under one",
+    "lock, the team's slot and the two windows in plain tables, `RateLimit` formatted from the",
+    "tightest, the slot given back at the end; no settings, overrides, store or events.",
+]
+
+
+def _totals(rounds: list[tuple[float, float]]) -> list[float]:
+    return [user + system for user, system in rounds]
+
+
+def render_same_process(
+    args: argparse.Namespace, rounds: dict[str, list[tuple[float, float]]]
+) -> list[str]:
+    same = {name: _totals(each) for name, each in rounds.items()}
+    user_share = _median([user / (user + system) for user, system in rounds["none"]])
+    lines = [
         "",
-        "## Served, the in-memory limiter against no limiter in one worker",
+        "## Served, the in-memory limiter and its floors against no limiter in one worker",
         "",
-        "One gunicorn worker serving two gateways (`apps.make_relay_ab`: `/a/...` without a",
-        "limiter, `/b/...` with the in-memory one, one key for both, each request sent to its",
-        "own gateway by its first path segment), loaded in alternating",
-        f"rounds of {args.ab_seconds:g} s ({args.ab_rounds} pairs, {args.connections}"
-        " connections): the worker's CPU per request. Separate server processes differ by",
-        "more than the limiter costs; alternating in one process cancels that out.",
+        *AB_ABOUT,
         "",
-        "| limiter | gateway CPU µs/req | added CPU µs/req | added CPU / relay CPU |",
-        "|---|---:|---:|---:|",
-        f"| none | {_median(same['none']):.0f} | — | — |",
-        f"| memory | {_median(same['memory']):.0f} | {_median(added):.1f} | "
-        f"**{_median(ratios) * 100:.1f} %** (quartiles {quartiles[0] * 100:.1f} %, "
-        f"{quartiles[2] * 100:.1f} %) |",
+        f"One gunicorn worker, loaded in rotating rounds of {args.ab_seconds:g} s"
+        f" ({args.ab_rounds} rounds of each, {args.connections} connections): the worker's",
+        "CPU per request. Separate server processes differ by more than the limiter costs;",
+        "alternating in one process cancels that out. Ratios are medians over rounds of the",
+        "difference with the `none` round of the same rotation.",
+        "",
+        "| gateway | CPU µs/req | added CPU µs/req | added CPU / relay CPU | quartiles |",
+        "|---|---:|---:|---:|---:|",
+        f"| none | {_median(same['none']):.0f} | — | — | — |",
     ]
+    for name in list(AB_PATHS)[1:]:
+        added = [m - n for m, n in zip(same[name], same["none"], strict=True)]
+        ratios = [a / n for a, n in zip(added, same["none"], strict=True)]
+        low, _, high = statistics.quantiles(ratios, n=4)
+        lines.append(
+            f"| {AB_LABELS[name]} | {_median(same[name]):.0f} | {_median(added):.1f} | "
+            f"**{_median(ratios) * 100:.1f} %** | {low * 100:.1f} %, {high * 100:.1f} % |"
+        )
+    lines += [
+        "",
+        f"User space is {user_share * 100:.0f} % of the relay's CPU time here (median of the",
+        "`none` rounds); the rest is the kernel's work on the relay's system calls, which a",
+        "limiter does not add to.",
+    ]
+    return lines
 
 
 def render_instructions(args: argparse.Namespace, counts: dict[str, list[float]]) -> list[str]:
-    none, memory = _median(counts["none"]), _median(counts["memory"])
-    return [
+    none = _median(counts["none"])
+    lines = [
         "",
         "## Served, counted in instructions",
         "",
-        "The same two gateways (`apps.make_relay_ab`) in one waitress process with one worker",
+        "The same gateways (`apps.make_relay_ab`) in one waitress process with one worker",
         "thread (gunicorn's forked workers are out of `callgrind_control`'s reach), under",
         "`valgrind --tool=callgrind`: batches of"
         f" {args.callgrind_requests} sequential requests on one kept-alive connection, the",
@@ -511,12 +565,17 @@ def render_instructions(args: argparse.Namespace, counts: dict[str, list[float]]
         "system calls (the same with and without the limiter) are not in the denominator, so",
         "the ratio is an upper bound of the limiter's share of the CPU time.",
         "",
-        "| limiter | instructions per request | added | added / relay |",
+        "| gateway | instructions per request | added | added / relay |",
         "|---|---:|---:|---:|",
         f"| none | {none:,.0f} | — | — |",
-        f"| memory | {memory:,.0f} | {memory - none:,.0f} "
-        f"| **{(memory - none) / none * 100:.1f} %** |",
     ]
+    for name in list(AB_PATHS)[1:]:
+        counted = _median(counts[name])
+        lines.append(
+            f"| {AB_LABELS[name]} | {counted:,.0f} | {counted - none:,.0f} "
+            f"| **{(counted - none) / none * 100:.1f} %** |"
+        )
+    return lines
 
 
 def _redis_version(url: str) -> str:
