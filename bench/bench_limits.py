@@ -234,54 +234,160 @@ def same_process_rounds(
     return cpu
 
 
-def instruction_rounds(args: argparse.Namespace, prefix: str) -> dict[str, list[float]]:
-    """The catch-all without and with the in-memory limiter in one server process
-    (``apps.make_relay_ab`` under waitress with one worker thread: gunicorn's forked workers
-    cannot be reached by ``callgrind_control``) under ``valgrind --tool=callgrind``:
-    instructions per request, from ``--callgrind-requests`` sequential requests on one
-    kept-alive connection, the counters zeroed before each batch and dumped after.
-    Deterministic where CPU time is not; it counts user space only (the system calls are the
-    same with and without the limiter)."""
-    counts: dict[str, list[float]] = {name: [] for name in AB_PATHS}
+#: Requests each gateway gets before it is counted: the pooled connection, caches, imports.
+CALLGRIND_WARM_UP = 50
+
+
+def _get_each(connection: http.client.HTTPConnection, key: str, path: str, count: int) -> None:
+    """``count`` sequential requests for ``path`` on ``connection``, each checked."""
+    for _ in range(count):
+        connection.request("GET", path, headers={"Authorization": f"Bearer {key}"})
+        response = connection.getresponse()
+        if response.status != 200 or response.read() != EXPECTED_BODY:
+            raise RuntimeError(f"{path}: {response.status}")
+
+
+def instruction_rounds(args: argparse.Namespace, prefix: str) -> dict[str, dict[str, list[float]]]:
+    """The gateways of ``apps.make_relay_ab`` under ``valgrind --tool=callgrind``, served by
+    gunicorn and by waitress, each with one worker thread: instructions per request, by
+    server and gateway. Deterministic where CPU time is not; they count user space only (the
+    system calls are the same with and without the limiter)."""
     with ExitStack() as stack:
         scratch, env, _ = _upstream_for_servers(stack, args, prefix)
         env["PYTHONPATH"] = f"{BENCH}{os.pathsep}{ROOT}"
-        port = harness.free_port()
-        command = [
-            "valgrind",
-            "--tool=callgrind",
-            f"--callgrind-out-file={scratch}/callgrind.%p",
-            *harness.waitress_command(port, "make_relay_ab", 1),
-        ]
-        server = stack.enter_context(
-            bench_relay.running(command, port, env, log=scratch / "valgrind.log", timeout=300)
+        return {
+            "gunicorn": _gunicorn_instructions(args, scratch, env),
+            "waitress": _waitress_instructions(args, scratch, env),
+        }
+
+
+def _gunicorn_instructions(
+    args: argparse.Namespace, scratch: Path, env: dict[str, str]
+) -> dict[str, list[float]]:
+    """A forked gunicorn worker gets no channel of its own for ``callgrind_control``, so a
+    worker is counted over its whole life, from the dump it writes as it exits: a worker that
+    served ``--callgrind-requests`` more requests than another, less the other, over that
+    number. Each pair of workers is forked from masters started alike (with the same string
+    hashes, so that both lay their tables out alike), and their start-up cancels out."""
+    counts: dict[str, list[float]] = {name: [] for name in AB_PATHS}
+    env = {**env, "PYTHONHASHSEED": "0"}
+    for _ in range(args.callgrind_rounds):
+        for name, path in AB_PATHS.items():
+            short, long = (
+                _gunicorn_worker_total(scratch, env, path, requests)
+                for requests in (0, args.callgrind_requests)
+            )
+            counts[name].append((long - short) / args.callgrind_requests)
+            print(f"gunicorn: {name} {counts[name][-1]:,.0f} per request", file=sys.stderr)
+    return counts
+
+
+def _gunicorn_worker_total(scratch: Path, env: dict[str, str], path: str, requests: int) -> int:
+    """The instructions of one gunicorn worker's life, through a warm-up and ``requests``
+    more requests for ``path``."""
+    run = Path(tempfile.mkdtemp(dir=scratch))
+    port = harness.free_port()
+    one_thread = argparse.Namespace(workers=1, threads=1)
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={run}/callgrind.%p",
+        *harness.gunicorn_command(port, "make_relay_ab()", one_thread),
+    ]
+    with (run / "valgrind.log").open("ab") as log:
+        master = subprocess.Popen(
+            command, env={**env, "BENCH_KEY_FILE": str(run / "key")}, cwd=ROOT, stderr=log
         )
+    try:
+        harness.wait_listening(port, master, timeout=300)
+        key = (run / "key.ab").read_text(encoding="utf-8")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        _get_each(connection, key, path, CALLGRIND_WARM_UP + requests)
+        connection.close()
+    finally:
+        # Under valgrind the worker takes its time to stop and write its dump.
+        master.terminate()
+        master.wait(timeout=300)
+    dumps = [dump for dump in run.glob("callgrind.*") if dump.name != f"callgrind.{master.pid}"]
+    if len(dumps) != 1:
+        raise RuntimeError(f"one worker's dump expected: {sorted(run.iterdir())}")
+    return harness.callgrind_total(dumps[0])
+
+
+def _waitress_instructions(
+    args: argparse.Namespace, scratch: Path, env: dict[str, str]
+) -> dict[str, list[float]]:
+    """All gateways in one waitress process: batches of ``--callgrind-requests`` requests on
+    one kept-alive connection, the counters zeroed before each batch and dumped after."""
+    counts: dict[str, list[float]] = {name: [] for name in AB_PATHS}
+    port = harness.free_port()
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={scratch}/callgrind.%p",
+        *harness.waitress_command(port, "make_relay_ab", 1),
+    ]
+    log = scratch / "valgrind.log"
+    with bench_relay.running(command, port, env, log=log, timeout=300) as server:
         key = (scratch / "key.ab").read_text(encoding="utf-8")
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-
-        def requests(path: str, count: int) -> None:
-            for _ in range(count):
-                connection.request("GET", path, headers={"Authorization": f"Bearer {key}"})
-                response = connection.getresponse()
-                if response.status != 200 or response.read() != EXPECTED_BODY:
-                    raise RuntimeError(f"{path}: {response.status}")
-
-        for path in AB_PATHS.values():  # warm-up: the pooled connection, caches, lazy imports
-            requests(path, 50)
+        for path in AB_PATHS.values():
+            _get_each(connection, key, path, CALLGRIND_WARM_UP)
         dumps = 0
         for _ in range(args.callgrind_rounds):
             for name, path in AB_PATHS.items():
                 _callgrind_control("--zero", server.pid)
-                requests(path, args.callgrind_requests)
+                _get_each(connection, key, path, args.callgrind_requests)
                 _callgrind_control("--dump", server.pid)
                 dumps += 1
                 dump = next(scratch.glob(f"callgrind.{server.pid}.{dumps}"), None)
                 if dump is None:
                     raise RuntimeError(f"no dump {dumps}: {sorted(scratch.iterdir())}")
                 counts[name].append(harness.callgrind_total(dump) / args.callgrind_requests)
-                print(f"instructions: {name} {counts[name][-1]:,.0f} per request", file=sys.stderr)
+                print(f"waitress: {name} {counts[name][-1]:,.0f} per request", file=sys.stderr)
         connection.close()
     return counts
+
+
+def _user_share(
+    args: argparse.Namespace, port: int, key: str, processes: list[psutil.Process]
+) -> float:
+    request = harness.Request(path=AB_PATHS["none"])
+    harness.wrk_load(port, key, connections=args.connections, seconds=1, request=request)
+    rounds = []
+    for _ in range(5):
+        user, system = harness.cpu_seconds(processes)
+        harness.wrk_load(
+            port, key, connections=args.connections, seconds=args.ab_seconds, request=request
+        )
+        user_after, system_after = harness.cpu_seconds(processes)
+        rounds.append((user_after - user) / (user_after - user + system_after - system))
+    return _median(rounds)
+
+
+def user_shares(args: argparse.Namespace, prefix: str) -> dict[str, float]:
+    """The share of user space in the relay's CPU time (no limiter), by server, each with
+    ``--threads`` threads under ``--connections`` connections for 5 rounds: what weighs the
+    instruction counts, which leave out the kernel's work on the relay's system calls."""
+    shares: dict[str, float] = {}
+    with ExitStack() as stack:
+        scratch, env, _ = _upstream_for_servers(stack, args, prefix)
+        env["PYTHONPATH"] = f"{BENCH}{os.pathsep}{ROOT}"
+        for server in ("gunicorn", "waitress"):
+            port = harness.free_port()
+            if server == "gunicorn":
+                command = bench_relay.gunicorn_command(port, "make_relay_ab()", args)
+            else:
+                command = harness.waitress_command(port, "make_relay_ab", args.threads)
+            with bench_relay.running(command, port, env) as master:
+                processes = (
+                    bench_relay.workers_of(master, args.workers)
+                    if server == "gunicorn"
+                    else [master]
+                )
+                key = (scratch / "key.ab").read_text(encoding="utf-8")
+                shares[server] = _user_share(args, port, key, processes)
+    return shares
 
 
 def _callgrind_control(option: str, pid: int) -> None:
@@ -356,14 +462,19 @@ def main() -> None:
         same: dict[str, list[tuple[float, float]]] = {}
         if args.ab_rounds and args.client == "wrk":
             same = same_process_rounds(args, prefix)
-        instructions: dict[str, list[float]] = {}
+        instructions: dict[str, dict[str, list[float]]] = {}
+        shares: dict[str, float] = {}
         if args.callgrind_requests and shutil.which("valgrind"):
             instructions = instruction_rounds(args, prefix)
+            if args.client == "wrk":
+                shares = user_shares(args, prefix)
     finally:
         cleanup(args.redis, prefix)
     load_after = os.getloadavg()[0]
 
-    report = render(args, rounds, alone, served, same, instructions, load_before, load_after)
+    report = render(
+        args, rounds, alone, served, same, instructions, shares, load_before, load_after
+    )
     args.output.write_text(report, encoding="utf-8")
     print(report)
 
@@ -378,7 +489,8 @@ def render(
     alone: dict[str, list[Round]],
     served: dict[str, list[bench_relay.Round]],
     same: dict[str, list[tuple[float, float]]],
-    instructions: dict[str, list[float]],
+    instructions: dict[str, dict[str, list[float]]],
+    shares: dict[str, float],
     load_before: float,
     load_after: float,
 ) -> str:
@@ -443,7 +555,7 @@ def render(
     if same:
         lines += render_same_process(args, same)
     if instructions:
-        lines += render_instructions(args, instructions)
+        lines += render_instructions(args, instructions, shares)
     lines += [
         "",
         f"Command: `python bench/bench_limits.py --rounds {args.rounds} "
@@ -550,31 +662,43 @@ def render_same_process(
     return lines
 
 
-def render_instructions(args: argparse.Namespace, counts: dict[str, list[float]]) -> list[str]:
-    none = _median(counts["none"])
+def render_instructions(
+    args: argparse.Namespace, counts: dict[str, dict[str, list[float]]], shares: dict[str, float]
+) -> list[str]:
     lines = [
         "",
         "## Served, counted in instructions",
         "",
-        "The same gateways (`apps.make_relay_ab`) in one waitress process with one worker",
-        "thread (gunicorn's forked workers are out of `callgrind_control`'s reach), under",
-        "`valgrind --tool=callgrind`: batches of"
-        f" {args.callgrind_requests} sequential requests on one kept-alive connection, the",
-        f"counters zeroed before each batch and dumped after; {args.callgrind_rounds} rounds"
-        " (the counts repeat to within 0.5 %). Callgrind counts user space only: the relay's",
-        "system calls (the same with and without the limiter) are not in the denominator, so",
-        "the ratio is an upper bound of the limiter's share of the CPU time.",
+        "The same gateways (`apps.make_relay_ab`) under `valgrind --tool=callgrind`, each",
+        "server with one worker thread, sequential requests on one kept-alive connection,",
+        f"{args.callgrind_rounds} rounds (the counts repeat to within 0.5 %). **gunicorn**: a",
+        "forked worker cannot be reached by `callgrind_control`, so each count is the",
+        f"difference between two workers' whole lives, one with {args.callgrind_requests}",
+        "requests more than the other, over that number. **waitress**: one process, the",
+        f"counters zeroed before each batch of {args.callgrind_requests} requests and dumped",
+        "after.",
         "",
-        "| gateway | instructions per request | added | added / relay |",
-        "|---|---:|---:|---:|",
-        f"| none | {none:,.0f} | — | — |",
+        "Callgrind counts user space only; the relay's CPU time is also the kernel's work on",
+        "its system calls, which a limiter does not add to. *Of the CPU time* weighs the",
+        "instruction ratio by the share of user space in the relay's CPU time, measured for",
+        "each server in the same run (5 rounds without a limiter, "
+        f"{args.threads} threads, {args.connections} connections):",
+        ", ".join(f"{server} {share * 100:.0f} %" for server, share in shares.items()) + ".",
+        "",
+        "| server | gateway | instructions per request | added | added / relay | of the CPU time |",
+        "|---|---|---:|---:|---:|---:|",
     ]
-    for name in list(AB_PATHS)[1:]:
-        counted = _median(counts[name])
-        lines.append(
-            f"| {AB_LABELS[name]} | {counted:,.0f} | {counted - none:,.0f} "
-            f"| **{(counted - none) / none * 100:.1f} %** |"
-        )
+    for server, by_gateway in counts.items():
+        none = _median(by_gateway["none"])
+        lines.append(f"| {server} | none | {none:,.0f} | — | — | — |")
+        for name in list(AB_PATHS)[1:]:
+            counted = _median(by_gateway[name])
+            ratio = (counted - none) / none
+            weighed = f"{ratio * shares[server] * 100:.1f} %" if server in shares else "—"
+            lines.append(
+                f"| {server} | {AB_LABELS[name]} | {counted:,.0f} | {counted - none:,.0f} "
+                f"| {ratio * 100:.1f} % | **{weighed}** |"
+            )
     return lines
 
 
