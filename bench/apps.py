@@ -97,6 +97,13 @@ def bench_registry(upstream_url: str, stream_url: str | None = None) -> InMemory
 BENCH_RATE = Rate(amount=10**9, window=3600)
 #: Its concurrency cap per team.
 BENCH_TEAM_CAP = 64
+#: Its policies, as its ``RateLimit`` fields name them.
+BENCH_POLICIES = PolicySet(
+    (
+        ("credential", BENCH_RATE.amount, BENCH_RATE.window),
+        ("team", BENCH_RATE.amount, BENCH_RATE.window),
+    )
+)
 
 
 def bench_limiter(storage_url: str, prefix: str, rate_batch: int = DEFAULT_RATE_BATCH) -> Limiter:
@@ -138,9 +145,8 @@ class FieldsOnlyLimiter(Limiter):
 
     def __init__(self) -> None:
         super().__init__()
-        amount, window = BENCH_RATE.amount, BENCH_RATE.window
-        policies = PolicySet((("credential", amount, window), ("team", amount, window)))
-        fields, _ = rate_limit_headers(policies, [(1, float(window)), (1, float(window))])
+        window = float(BENCH_RATE.window)
+        fields, _ = rate_limit_headers(BENCH_POLICIES, [(1, window), (1, window)])
         self._admission = Admission(fields, None)
 
     def admit(
@@ -168,11 +174,7 @@ class LeastLimiter(Limiter):
         self._held: dict[int, int] = {}
         self._credentials: dict[str | None, list[float]] = {}
         self._teams: dict[int, list[float]] = {}
-        amount, window = BENCH_RATE.amount, BENCH_RATE.window
-        self._policies = (
-            "RateLimit-Policy",
-            PolicySet((("credential", amount, window), ("team", amount, window))).value,
-        )
+        self._policies = BENCH_POLICIES.field
 
     def admit(
         self,
