@@ -20,6 +20,13 @@ by the relay's own CPU per request in that same pair of rounds. Redis's own CPU 
 (it is another process, like the upstream); its round trip shows in the wall time.
 
 A second table times ``Limiter.admit`` and ``Admission.release`` alone, without a relay.
+
+Served, the gateways run under gunicorn as ``bench/bench_relay.py`` runs the relay; then
+the in-memory limiter runs beside two floors under it and a gateway without a limiter, in one
+server process (``apps.make_relay_ab``): alternating in one gunicorn worker (CPU per request,
+user and system), and counted in instructions under valgrind's callgrind, served by gunicorn
+and by waitress. The counts are weighed by each server's share of user space in the relay's
+CPU time, measured in the same run.
 """
 
 from __future__ import annotations
