@@ -223,16 +223,7 @@ def same_process_rounds(
             names = list(requests)
             order = names[round_number % len(names) :] + names[: round_number % len(names)]
             for name in order:
-                user, system = harness.cpu_seconds(workers)
-                load = harness.wrk_load(
-                    port, key, connections=args.connections, seconds=args.ab_seconds,
-                    request=requests[name],
-                )  # fmt: skip
-                user_after, system_after = harness.cpu_seconds(workers)
-                per_request = 1e6 / load.requests
-                cpu[name].append(
-                    ((user_after - user) * per_request, (system_after - system) * per_request)
-                )
+                cpu[name].append(_cpu_per_request(args, port, key, workers, requests[name]))
         print(
             "same process: "
             + ", ".join(f"{name} {_median(_totals(cpu[name])):.0f} µs/req" for name in AB_PATHS),
@@ -356,20 +347,30 @@ def _waitress_instructions(
     return counts
 
 
+def _cpu_per_request(
+    args: argparse.Namespace,
+    port: int,
+    key: str,
+    processes: list[psutil.Process],
+    request: harness.Request,
+) -> tuple[float, float]:
+    """The user and system CPU µs per request of ``processes`` under one round of load."""
+    user, system = harness.cpu_seconds(processes)
+    load = harness.wrk_load(
+        port, key, connections=args.connections, seconds=args.ab_seconds, request=request
+    )
+    user_after, system_after = harness.cpu_seconds(processes)
+    per_request = 1e6 / load.requests
+    return (user_after - user) * per_request, (system_after - system) * per_request
+
+
 def _user_share(
     args: argparse.Namespace, port: int, key: str, processes: list[psutil.Process]
 ) -> float:
     request = harness.Request(path=AB_PATHS["none"])
     harness.wrk_load(port, key, connections=args.connections, seconds=1, request=request)
-    rounds = []
-    for _ in range(5):
-        user, system = harness.cpu_seconds(processes)
-        harness.wrk_load(
-            port, key, connections=args.connections, seconds=args.ab_seconds, request=request
-        )
-        user_after, system_after = harness.cpu_seconds(processes)
-        rounds.append((user_after - user) / (user_after - user + system_after - system))
-    return _median(rounds)
+    rounds = [_cpu_per_request(args, port, key, processes, request) for _ in range(5)]
+    return _median([user / (user + system) for user, system in rounds])
 
 
 def user_shares(args: argparse.Namespace, prefix: str) -> dict[str, float]:
